@@ -1,0 +1,79 @@
+"""A viewer that speaks the /ws protocol with aiortc: for tests, benchmarks and scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from av import VideoFrame
+
+
+class Viewer:
+    """One receive-only WebRTC viewer connected over a camtrack websocket."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession | None = None) -> None:
+        self.url = url
+        self._own_session = session is None
+        self.session = session
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.pc: RTCPeerConnection | None = None
+        self.hello: dict[str, Any] = {}
+        self.answer_sdp = ""
+        self.track: asyncio.Future[MediaStreamTrack] | None = None
+
+    async def connect(self, timeout: float = 20.0) -> None:
+        """Open the socket, offer, and apply the answer."""
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        self.ws = await self.session.ws_connect(self.url)
+        self.hello = await self.receive("hello", timeout)
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.track = asyncio.get_running_loop().create_future()
+        track_future = self.track
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if not track_future.done():
+                track_future.set_result(track)
+
+        self.pc.addTransceiver("video", direction="recvonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
+        answer = await self.receive("answer", timeout)
+        self.answer_sdp = answer["sdp"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+
+    async def receive(self, kind: str, timeout: float = 20.0) -> dict[str, Any]:
+        """The next message of type `kind`; raises on an error message or a closed socket."""
+        assert self.ws is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.ws.receive()
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"socket closed while waiting for {kind!r}: {message.type}")
+                data = json.loads(message.data)
+                if data.get("type") == kind:
+                    return data
+                if data.get("type") == "error":
+                    raise RuntimeError(f"server error: {data.get('message')}")
+
+    async def frames(self, count: int, timeout: float = 30.0) -> list[VideoFrame]:
+        """Receive `count` decoded frames."""
+        assert self.track is not None
+        async with asyncio.timeout(timeout):
+            track = await self.track
+            return [await track.recv() for _ in range(count)]
+
+    async def close(self, bye: bool = True) -> None:
+        if self.ws is not None and not self.ws.closed:
+            if bye:
+                await self.ws.send_json({"type": "bye"})
+            await self.ws.close()
+        if self.pc is not None:
+            await self.pc.close()
+        if self._own_session and self.session is not None:
+            await self.session.close()

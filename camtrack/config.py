@@ -1,0 +1,39 @@
+"""One settings object for the whole server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CODECS = ("h264", "vp8")
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+@dataclass
+class Config:
+    """Everything a camtrack server is built from; `create_app(config)` reads nothing else."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    source: str = "auto"
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    codec: str = "h264"
+    ice_servers: list[str] = field(default_factory=list)
+    ice_addresses: list[str] = field(default_factory=list)
+    #: seconds a source stays open after its last viewer leaves
+    linger: float = 3.0
+    #: seconds a peer may stay "disconnected" before it is closed
+    disconnect_timeout: float = 10.0
+    log_level: str = "info"
+    static_dir: Path = STATIC_DIR
+
+    def __post_init__(self) -> None:
+        self.codec = self.codec.lower()
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be even and positive, not {self.width}x{self.height}")
+        if not 0 < self.fps <= 120:
+            raise ValueError(f"fps must be between 0 and 120, not {self.fps}")

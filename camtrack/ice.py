@@ -1,0 +1,88 @@
+"""ICE settings: which STUN/TURN servers to use and which local addresses to offer."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable
+from urllib.parse import unquote
+
+import aioice.ice
+import ifaddr
+from aiortc import RTCConfiguration, RTCIceServer
+
+
+def parse_ice_server(url: str) -> RTCIceServer:
+    """`stun:host[:port]` or `turn[s]:user:password@host[:port][?transport=udp|tcp]`."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme not in ("stun", "stuns", "turn", "turns") or not rest:
+        raise ValueError(f"ICE server must look like stun:HOST[:PORT] or turn:USER:PASS@HOST[:PORT], not {url!r}")
+    rest = rest.removeprefix("//")
+    username = credential = None
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+        username, _, credential = userinfo.partition(":")
+        username, credential = unquote(username), unquote(credential)
+    if scheme.startswith("turn") and not username:
+        raise ValueError(f"TURN server needs a user and password (turn:USER:PASS@HOST): {url!r}")
+    return RTCIceServer(urls=f"{scheme}:{rest}", username=username, credential=credential)
+
+
+def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
+    """An RTCConfiguration with exactly these servers (an empty list means host candidates only)."""
+    return RTCConfiguration(iceServers=[parse_ice_server(url) for url in ice_servers])
+
+
+def ice_servers_json(ice_servers: list[str]) -> list[dict[str, str]]:
+    """The servers as a browser's RTCPeerConnection wants them."""
+    result = []
+    for server in map(parse_ice_server, ice_servers):
+        entry = {"urls": server.urls}
+        if server.username:
+            entry["username"] = server.username
+            entry["credential"] = server.credential or ""
+        result.append(entry)
+    return result
+
+
+def resolve_addresses(names: list[str]) -> list[str]:
+    """Turn a list of IP addresses and interface names into IP addresses."""
+    addresses: list[str] = []
+    adapters = None
+    for name in names:
+        try:
+            addresses.append(str(ipaddress.ip_address(name)))
+            continue
+        except ValueError:
+            pass
+        if adapters is None:
+            adapters = ifaddr.get_adapters()
+        found = [a for a in adapters if a.nice_name == name or a.name == name]
+        if not found:
+            raise ValueError(f"--ice-address {name!r} is neither an IP address nor a network interface")
+        for adapter in found:
+            for ip in adapter.ips:
+                if isinstance(ip.ip, str):
+                    addresses.append(ip.ip)
+                elif ip.ip[2] == 0:  # IPv6 without a scope (not link-local)
+                    addresses.append(ip.ip[0])
+    return addresses
+
+
+def restrict_host_addresses(addresses: list[str]) -> Callable[[], None]:
+    """Make ICE gather host candidates only on `addresses`; returns a function that undoes it.
+
+    aioice decides which addresses to gather in `aioice.ice.get_host_addresses`, for the
+    whole process, so this applies to every peer connection the process makes.
+    """
+    original = aioice.ice.get_host_addresses
+    chosen = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+    def undo() -> None:
+        aioice.ice.get_host_addresses = original
+
+    return undo

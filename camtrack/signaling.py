@@ -1,0 +1,236 @@
+"""The signaling protocol on `GET /ws`: one websocket, one peer connection.
+
+Every message is a JSON text frame, an object with a "type":
+
+- server → client on open: {"type": "hello", "codecs": [...], "iceServers": [...]}
+- client → server: {"type": "offer", "sdp": "..."}  (recvonly video)
+- server → client: {"type": "answer", "sdp": "..."} (candidates included)
+- client → server, optional trickle: {"type": "candidate", "candidate": "candidate:...",
+  "sdpMid": "0", "sdpMLineIndex": 0}; {"type": "candidate", "candidate": null} ends them
+- either side: {"type": "bye"}
+- server → client: {"type": "error", "message": "..."} for anything it cannot use
+
+Closing the socket closes the peer and the other way round; a new offer replaces the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiortc import RTCIceCandidate, RTCPeerConnection
+from aiortc.sdp import candidate_from_sdp
+
+from .config import Config
+from .ice import ice_servers_json, rtc_configuration
+from .peer import OfferError, answer_offer
+from .stream import CameraStream
+from .track import CameraTrack
+
+logger = logging.getLogger(__name__)
+
+#: the largest message a client may send (SDP offers are a few KiB)
+MAX_MESSAGE_SIZE = 64 * 1024
+#: seconds a peer's close may take before it is abandoned
+CLOSE_TIMEOUT = 5.0
+
+
+class ProtocolError(ValueError):
+    """A message the server cannot use; sent back as an error message."""
+
+
+class Session:
+    """One viewer: its websocket and the peer connection negotiated over it."""
+
+    def __init__(self, ws: web.WebSocketResponse, remote: str, config: Config,
+                 stream: CameraStream, sessions: set["Session"]) -> None:
+        self.ws = ws
+        self.remote = remote
+        self.config = config
+        self.stream = stream
+        self.sessions = sessions
+        self.pc: RTCPeerConnection | None = None
+        self.track: CameraTrack | None = None
+        self.reason: str | None = None
+        self._disconnect_timer: asyncio.TimerHandle | None = None
+        self._teardown: asyncio.Task[None] | None = None
+        sessions.add(self)
+
+    async def run(self) -> None:
+        """Greet the client, then handle its messages until the socket closes."""
+        await self.send({
+            "type": "hello",
+            "codecs": [self.config.codec],
+            "iceServers": ice_servers_json(self.config.ice_servers),
+            "width": self.config.width,
+            "height": self.config.height,
+            "fps": self.config.fps,
+        })
+        async for message in self.ws:
+            if self.reason is not None:
+                break
+            if message.type == WSMsgType.TEXT:
+                try:
+                    await self.handle(parse_message(message.data))
+                except ProtocolError as exc:
+                    logger.info("viewer %s: %s", self.remote, exc)
+                    await self.send({"type": "error", "message": str(exc)})
+            elif message.type == WSMsgType.BINARY:
+                await self.send({"type": "error", "message": "binary frames are not part of the protocol; send JSON text"})
+            elif message.type == WSMsgType.ERROR:
+                logger.info("viewer %s: websocket error: %s", self.remote, self.ws.exception())
+                self.end(f"websocket error: {self.ws.exception()}")
+                break
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "offer":
+            await self.on_offer(message)
+        elif kind == "candidate":
+            await self.on_candidate(message)
+        elif kind == "bye":
+            self.end("said bye")
+        else:
+            raise ProtocolError(f"unknown message type {kind!r}; expected offer, candidate or bye")
+
+    async def on_offer(self, message: dict[str, Any]) -> None:
+        sdp = message.get("sdp")
+        if not isinstance(sdp, str) or not sdp.strip():
+            raise ProtocolError("an offer needs an 'sdp' string")
+        if self.pc is not None:
+            logger.info("viewer %s: new offer replaces the peer", self.remote)
+            await self._close_peer()
+        pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
+        track = CameraTrack(self.stream)
+        self.pc, self.track = pc, track
+        pc.on("connectionstatechange", lambda: self._on_state(pc))
+        try:
+            answer = await answer_offer(pc, sdp, track, self.config.codec)
+        except OfferError as exc:
+            await self._close_peer()
+            raise ProtocolError(str(exc)) from None
+        if self.pc is not pc:  # replaced or ended while negotiating
+            return
+        await self.send({"type": "answer", "sdp": answer})
+        logger.info("viewer %s: answered with %s %dx%d", self.remote, self.config.codec,
+                    self.config.width, self.config.height)
+
+    async def on_candidate(self, message: dict[str, Any]) -> None:
+        if self.pc is None:
+            raise ProtocolError("a candidate came before any offer")
+        text = message.get("candidate")
+        if text is None or text == "":
+            await self.pc.addIceCandidate(None)
+            return
+        if not isinstance(text, str):
+            raise ProtocolError("'candidate' must be a string or null")
+        mid, index = message.get("sdpMid"), message.get("sdpMLineIndex")
+        if mid is not None and not isinstance(mid, str):
+            raise ProtocolError("'sdpMid' must be a string")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            raise ProtocolError("'sdpMLineIndex' must be an integer")
+        if mid is None and index is None:
+            raise ProtocolError("a candidate needs 'sdpMid' or 'sdpMLineIndex'")
+        try:
+            candidate: RTCIceCandidate = candidate_from_sdp(text.removeprefix("candidate:"))
+        except Exception:  # noqa: BLE001 - the parser raises IndexError, ValueError, ...
+            raise ProtocolError(f"malformed candidate: {text[:200]!r}") from None
+        candidate.sdpMid, candidate.sdpMLineIndex = mid, index
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except Exception as exc:  # noqa: BLE001
+            raise ProtocolError(f"candidate refused: {exc}") from None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            try:
+                await self.ws.send_json(message)
+            except (ConnectionError, RuntimeError):
+                pass  # the socket went away; run() sees it close
+
+    def end(self, reason: str) -> None:
+        """Hang up: close the peer and the socket (once; safe from any callback)."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.sessions.discard(self)
+        logger.info("viewer %s left: %s", self.remote, reason)
+        self._teardown = asyncio.ensure_future(self._close_all())
+
+    async def closed(self) -> None:
+        """Wait until `end()` has released everything."""
+        if self._teardown is not None:
+            await asyncio.shield(self._teardown)
+
+    async def _close_all(self) -> None:
+        await self._close_peer()
+        if not self.ws.closed:
+            await self.send({"type": "bye"})
+            await self.ws.close()
+
+    async def _close_peer(self) -> None:
+        pc, track = self.pc, self.track
+        self.pc = self.track = None
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+            self._disconnect_timer = None
+        if track is not None:
+            track.stop()
+        if pc is not None:
+            # shielded: a close cancelled half-way leaves aiortc waiting forever on a second one
+            try:
+                await asyncio.wait_for(asyncio.shield(pc.close()), CLOSE_TIMEOUT)
+            except asyncio.TimeoutError:
+                logger.warning("viewer %s: peer close timed out", self.remote)
+
+    def _on_state(self, pc: RTCPeerConnection) -> None:
+        if pc is not self.pc:
+            return
+        state = pc.connectionState
+        logger.debug("viewer %s: peer %s", self.remote, state)
+        if state == "connected":
+            if self._disconnect_timer is not None:
+                self._disconnect_timer.cancel()
+                self._disconnect_timer = None
+            logger.info("viewer %s: connected", self.remote)
+        elif state == "disconnected" and self._disconnect_timer is None:
+            self._disconnect_timer = asyncio.get_running_loop().call_later(
+                self.config.disconnect_timeout, self.end, "peer stayed disconnected")
+        elif state in ("failed", "closed"):
+            self.end(f"peer {state}")
+
+
+def parse_message(data: str) -> dict[str, Any]:
+    """A client message as a dict with a string "type", or ProtocolError."""
+    try:
+        message = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"invalid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("a message needs a string 'type'")
+    return message
+
+
+def websocket_handler(config: Config, stream: CameraStream, sessions: set[Session]):
+    """The `GET /ws` handler: runs one viewer's session per websocket."""
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE)
+        await ws.prepare(request)
+        remote = request.remote or "?"
+        logger.info("viewer %s connected (%s)", remote, request.headers.get("User-Agent", "-")[:80])
+        session = Session(ws, remote, config, stream, sessions)
+        try:
+            await session.run()
+        finally:
+            session.end("socket closed")
+            await session.closed()
+        return ws
+
+    return handler

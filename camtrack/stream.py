@@ -1,0 +1,130 @@
+"""A camera stream: one source shared by its consumers, open only while someone watches."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Callable
+
+from .capture import Capture, Frame
+from .sources import FrameSource
+
+logger = logging.getLogger(__name__)
+
+
+class StreamClosed(Exception):
+    """The stream was closed while a consumer waited for a frame."""
+
+
+class CameraStream:
+    """Opens its source when the first consumer attaches and releases it `linger`
+    seconds after the last one detaches. Knows nothing of the protocols that read it."""
+
+    def __init__(self, name: str, source_factory: Callable[[], FrameSource], linger: float = 3.0) -> None:
+        self.name = name
+        self.source_factory = source_factory
+        self.linger = linger
+        self.consumers: set[object] = set()
+        #: how many times the source has been opened, over the stream's life
+        self.opens = 0
+        self.latest: Frame | None = None
+        self._seq = 0
+        self._capture: Capture | None = None
+        self._stopping: list[asyncio.Task[None]] = []
+        self._release_timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[Frame] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while a capture thread is open or still shutting down."""
+        return self._capture is not None or any(not t.done() for t in self._stopping)
+
+    @property
+    def state(self) -> str:
+        """`idle` (closed), `up` (giving frames) or `retrying` (source failing)."""
+        if self._capture is None:
+            return "idle"
+        return "up" if self._capture.state in ("up", "starting") else self._capture.state
+
+    def attach(self, consumer: object) -> None:
+        """Add a consumer, opening the source if it is the first."""
+        self.consumers.add(consumer)
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        if self._capture is None:
+            self._open()
+
+    def detach(self, consumer: object) -> None:
+        """Remove a consumer; the source is released `linger` seconds after the last."""
+        self.consumers.discard(consumer)
+        if not self.consumers and self._capture is not None and self._release_timer is None:
+            loop = asyncio.get_running_loop()
+            self._release_timer = loop.call_later(self.linger, self._release)
+
+    async def next_frame(self, after: int = 0) -> Frame:
+        """The latest frame newer than sequence number `after`, waiting for one if needed."""
+        while True:
+            latest = self.latest
+            if latest is not None and latest.seq > after:
+                return latest
+            if self._capture is None:
+                raise StreamClosed(self.name)
+            if self._waiter is None or self._waiter.done():
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+
+    async def close(self) -> None:
+        """Release the source now and wait for the capture thread to end."""
+        self.consumers.clear()
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        self._release()
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+
+    def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.latest = None
+        capture = Capture(self.source_factory(), lambda frame: self._from_thread(capture, frame))
+        self._capture = capture
+        self.opens += 1
+        logger.info("stream %s: opening %s", self.name, capture.source.description)
+        capture.start()
+
+    def _release(self) -> None:
+        self._release_timer = None
+        capture, self._capture = self._capture, None
+        if capture is None:
+            return
+        logger.info("stream %s: no viewers, releasing %s", self.name, capture.source.description)
+        capture.stop()
+        self._stopping = [t for t in self._stopping if not t.done()]
+        self._stopping.append(asyncio.ensure_future(asyncio.to_thread(capture.join)))
+        self.latest = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(StreamClosed(self.name))
+            waiter.exception()  # mark retrieved: nobody may be waiting
+
+    def _from_thread(self, capture: Capture, frame: Frame) -> None:
+        """Called on the capture thread for every new frame."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._publish, capture, frame)
+            except RuntimeError:  # loop closed in between
+                pass
+
+    def _publish(self, capture: Capture, frame: Frame) -> None:
+        if capture is not self._capture:
+            return  # a late frame from a capture being released
+        # sequence numbers grow across reopenings, so a consumer never waits on an old number
+        self._seq += 1
+        self.latest = dataclasses.replace(frame, seq=self._seq)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self.latest)

@@ -1,0 +1,140 @@
+// camtrack viewer: negotiates a receive-only WebRTC video over /ws and reconnects on failure.
+// The protocol is described in the README ("Signaling protocol").
+"use strict";
+
+const video = document.getElementById("video");
+const statusEl = document.getElementById("status");
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 5000;
+const DISCONNECTED_GRACE_MS = 4000;
+
+// Exposed for tests and for curious people in the console.
+const camtrack = (window.camtrack = { state: "connecting", pc: null, ws: null, connects: 0, lastError: null });
+
+let retries = 0;
+let retryTimer = null;
+let disconnectTimer = null;
+
+function setState(state, detail) {
+  camtrack.state = state;
+  statusEl.className = "status " + state;
+  statusEl.textContent = detail ? `${state}: ${detail}` : state;
+}
+
+function wsUrl() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${proto}//${location.host}/ws${location.search}`;
+}
+
+function send(ws, message) {
+  if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
+}
+
+function teardown() {
+  clearTimeout(disconnectTimer);
+  const { ws, pc } = camtrack;
+  camtrack.ws = camtrack.pc = null;
+  if (pc) {
+    pc.onconnectionstatechange = pc.onicecandidate = pc.ontrack = null;
+    pc.close();
+  }
+  if (ws) {
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws.readyState === WebSocket.OPEN) send(ws, { type: "bye" });
+    ws.close();
+  }
+}
+
+function reconnect(reason) {
+  teardown();
+  if (retryTimer) return;
+  const delay = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** retries) * (0.8 + 0.4 * Math.random());
+  retries += 1;
+  setState("reconnecting", `${reason}, retrying in ${(delay / 1000).toFixed(1)} s`);
+  retryTimer = setTimeout(() => {
+    retryTimer = null;
+    connect();
+  }, delay);
+}
+
+function connect() {
+  teardown();
+  setState("connecting");
+  const ws = new WebSocket(wsUrl());
+  camtrack.ws = ws;
+  ws.onmessage = (event) => {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    handle(ws, message).catch((error) => {
+      console.error(error);
+      reconnect(String(error.message || error));
+    });
+  };
+  ws.onclose = () => reconnect("connection to server lost");
+}
+
+async function handle(ws, message) {
+  switch (message.type) {
+    case "hello":
+      await startPeer(ws, message);
+      break;
+    case "answer":
+      if (camtrack.pc) await camtrack.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      break;
+    case "error":
+      camtrack.lastError = message.message;
+      console.warn("camtrack server:", message.message);
+      break;
+    case "bye":
+      reconnect("server hung up");
+      break;
+  }
+}
+
+async function startPeer(ws, hello) {
+  const pc = new RTCPeerConnection({ iceServers: hello.iceServers || [] });
+  camtrack.pc = pc;
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.ontrack = (event) => {
+    video.srcObject = event.streams[0] || new MediaStream([event.track]);
+    video.play().catch(() => {});
+  };
+  // candidates found before the offer is sent wait for it
+  let offered = false;
+  const pending = [];
+  pc.onicecandidate = (event) => {
+    const c = event.candidate;
+    const message = c
+      ? { type: "candidate", candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex }
+      : { type: "candidate", candidate: null };
+    if (c && !c.candidate) return; // Chrome's empty end-of-generation marker
+    if (offered) send(ws, message);
+    else pending.push(message);
+  };
+  pc.onconnectionstatechange = () => {
+    const state = pc.connectionState;
+    clearTimeout(disconnectTimer);
+    if (state === "connected") {
+      retries = 0;
+      camtrack.connects += 1;
+      setState("live");
+    } else if (state === "disconnected") {
+      setState("connecting", "connection interrupted");
+      disconnectTimer = setTimeout(() => reconnect("connection lost"), DISCONNECTED_GRACE_MS);
+    } else if (state === "failed") {
+      reconnect("connection failed");
+    }
+  };
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  send(ws, { type: "offer", sdp: pc.localDescription.sdp });
+  offered = true;
+  pending.splice(0).forEach((message) => send(ws, message));
+}
+
+window.addEventListener("pagehide", teardown);
+connect();

@@ -1,0 +1,163 @@
+"""The page in real headless Chromium, with the server, inside a private network namespace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from . import netns as netns_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+PORT = 8080
+URL = f"http://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+FRAMES_DECODED = """async () => {
+  const pc = window.camtrack && window.camtrack.pc;
+  if (!pc) return {frames: 0, codec: null};
+  const stats = await pc.getStats();
+  let frames = 0, codecId = null;
+  stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") { frames = r.framesDecoded || 0; codecId = r.codecId; } });
+  const codec = codecId && stats.get(codecId) ? stats.get(codecId).mimeType : null;
+  return {frames, codec};
+}"""
+
+
+def unavailable(reason: str):
+    """Browser tests may skip on a developer's machine, never in CI."""
+    if os.environ.get("CI"):
+        pytest.fail(f"browser test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        unavailable(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: F401
+    except ImportError:
+        unavailable("playwright for Python is not installed")
+    try:
+        ns = netns_mod.create(f"camtrack-test-{os.getpid()}")
+    except netns_mod.NetnsUnavailable as exc:
+        unavailable(str(exc))
+    wrapper = tmp_path_factory.mktemp("chromium") / "chromium-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns.name} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    yield ns, wrapper
+    ns.delete()
+
+
+class Server:
+    """`python server.py` in the namespace."""
+
+    def __init__(self, ns: netns_mod.Netns, log: Path, codec: str) -> None:
+        self.log = log
+        argv = ns.command(
+            sys.executable, str(ROOT / "server.py"), "--host", netns_mod.SERVER_ADDRESS, "--port", str(PORT),
+            "--source", "pattern", "--codec", codec, "--ice-address", netns_mod.SERVER_ADDRESS, "--linger", "1",
+        )
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def stop(self, timeout: float = 10.0) -> float:
+        """SIGTERM, and how long the server took to exit."""
+        start = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.log.read_text()}")
+        return time.monotonic() - start
+
+
+def open_page(browser, timeout: float = 30.0):
+    """A page on the server's URL, retried until the server answers."""
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            page.goto(URL, timeout=5000)
+            return page
+        except Exception:  # noqa: BLE001 - connection refused until the server listens
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def wait_frames(page, minimum: int, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = page.evaluate(FRAMES_DECODED)
+        if stats["frames"] > minimum:
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {stats['frames']} frames decoded in {timeout} s; state "
+                                 f"{page.evaluate('window.camtrack.state')}")
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+def test_page_plays_and_reconnects(sandbox, tmp_path, codec):
+    from playwright.sync_api import sync_playwright
+
+    ns, wrapper = sandbox
+    log = tmp_path / "server.log"
+    server = Server(ns, log, codec)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
+            try:
+                page = open_page(browser)
+                page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+                page.wait_for_function("document.querySelector('video').currentTime > 0", timeout=30000)
+                stats = wait_frames(page, 30)
+                assert stats["codec"].lower() == f"video/{codec}"
+                size = page.evaluate("[document.querySelector('video').videoWidth, document.querySelector('video').videoHeight]")
+                assert size == [640, 480]
+                t0 = page.evaluate("document.querySelector('video').currentTime")
+                page.wait_for_function(f"document.querySelector('video').currentTime > {t0} + 0.5", timeout=15000)
+
+                shot = page.locator("video").screenshot()
+                (tmp_path / f"page-{codec}.png").write_bytes(shot)
+                image = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
+                assert image.std() > 30, "the video looks blank"
+                # the colour bars: a yellow-ish and a blue-ish area exist
+                colours = {tuple(int(v) // 64 for v in px) for px in image[image.shape[0] // 3, ::8]}
+                assert len(colours) >= 5, colours
+
+                # restart the server: the page notices and comes back by itself
+                took = server.stop()
+                assert took < 8, f"server took {took:.1f} s to exit on SIGTERM"
+                page.wait_for_function("window.camtrack.state !== 'live'", timeout=15000)
+                server = Server(ns, log, codec)
+                page.wait_for_function("window.camtrack.connects >= 2 && window.camtrack.state === 'live'",
+                                       timeout=45000)
+                wait_frames(page, 10)
+            finally:
+                browser.close()
+    except BaseException:
+        print(log.read_text() if log.exists() else "(no server log)")
+        raise
+    finally:
+        if server.process.poll() is None:
+            server.stop()
