@@ -111,3 +111,22 @@ async def test_oversized_message_closes_the_socket(serve, size):
         while message.type == aiohttp.WSMsgType.TEXT:
             message = await asyncio.wait_for(ws.receive(), 10)
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+async def test_hello_lists_configured_ice_servers(serve):
+    # no offer is made: nothing tries to reach these (documentation-range) servers
+    url, _ = await serve(ice_servers=["stun:192.0.2.10:3478", "turn:bob:s%40cret@192.0.2.11:3478?transport=tcp"])
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        hello = await ws.receive_json()
+    assert hello["iceServers"] == [
+        {"urls": "stun:192.0.2.10:3478"},
+        {"urls": "turn:192.0.2.11:3478?transport=tcp", "username": "bob", "credential": "s@cret"},
+    ]
+
+
+def test_bad_ice_server_is_refused():
+    from camtrack.ice import parse_ice_server
+
+    for bad in ["stun.example.org", "http://x", "turn:192.0.2.1:3478"]:
+        with pytest.raises(ValueError):
+            parse_ice_server(bad)

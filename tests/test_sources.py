@@ -142,3 +142,23 @@ def test_capture_retries_a_failing_source():
     capture.join(5)
     assert source.opens == 3
     assert capture.opens == 1
+
+
+def test_stream_url_is_read_through_opencv(tmp_path):
+    """An http:// URL (here a file served on loopback) is a source too."""
+    import functools
+    import http.server
+
+    write_video(tmp_path / "clip.avi", 20)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        source = make_source(f"http://127.0.0.1:{httpd.server_port}/clip.avi", 320, 240, 30)
+        assert source.description.startswith("stream")
+        frames = collect(source, 10)
+        assert all(f.bgr.shape == (240, 320, 3) for f in frames)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
