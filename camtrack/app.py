@@ -9,6 +9,7 @@ import logging
 from aiohttp import web
 
 from .config import Config
+from .encoder import EncoderSettings, SharedEncoder
 from .ice import resolve_addresses, restrict_host_addresses
 from .signaling import Session, websocket_handler
 from .sources import make_source, resolve_auto
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", Config)
 STREAM = web.AppKey("stream", CameraStream)
 SESSIONS = web.AppKey("sessions", set)
+ENCODER = web.AppKey("encoder", object)  # SharedEncoder, or None in per-viewer mode
 
 
 def create_app(config: Config) -> web.Application:
@@ -30,16 +32,22 @@ def create_app(config: Config) -> web.Application:
         functools.partial(make_source, source, config.width, config.height, config.fps),
         linger=config.linger,
     )
+    encoder = None
+    if config.encoder == "shared":
+        encoder = SharedEncoder(stream, EncoderSettings(
+            codec=config.codec, width=config.width, height=config.height, fps=config.fps,
+            bitrate=config.bitrate, keyframe_interval=config.keyframe_interval))
     sessions: set[Session] = set()
     app[CONFIG] = config
     app[STREAM] = stream
+    app[ENCODER] = encoder
     app[SESSIONS] = sessions
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.router.add_get("/", index)
-    app.router.add_get("/ws", websocket_handler(config, stream, sessions))
+    app.router.add_get("/ws", websocket_handler(config, stream, encoder, sessions))
     app.router.add_static("/static/", config.static_dir)
 
     undo_ice: list = []
@@ -58,6 +66,8 @@ def create_app(config: Config) -> web.Application:
             await asyncio.wait_for(asyncio.gather(*(s.closed() for s in ending), return_exceptions=True), 10)
 
     async def on_cleanup(app: web.Application) -> None:
+        if encoder is not None:
+            await encoder.close()
         await stream.close()
         while undo_ice:
             undo_ice.pop()()

@@ -11,7 +11,7 @@ import ifaddr
 from aiohttp import web
 
 from .app import create_app
-from .config import CODECS, Config
+from .config import CODECS, ENCODERS, Config
 from .ice import parse_ice_server, resolve_addresses
 from .sources import SourceError, check_source, resolve_auto
 
@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second (default: 30)")
     parser.add_argument("--codec", choices=CODECS, default="h264",
                         help="video codec sent to viewers (default: h264, constrained baseline)")
+    parser.add_argument("--encoder", choices=ENCODERS, default="shared",
+                        help="'shared' (default): each frame encoded once for every viewer; "
+                             "'per-viewer': aiortc encodes for each viewer, with its own congestion control")
+    parser.add_argument("--bitrate", type=int, default=1_000_000, metavar="BPS",
+                        help="target bitrate of the shared encoder in bit/s (default: 1000000)")
+    parser.add_argument("--keyframe-interval", type=float, default=2.0, metavar="SECONDS",
+                        help="seconds between periodic keyframes of the shared encoder (default: 2)")
     parser.add_argument("--ice-server", action="append", default=[], metavar="URL",
                         help="STUN/TURN server, repeatable: stun:HOST:PORT or turn:USER:PASS@HOST:PORT "
                              "(default: none, host candidates only, for a LAN)")
@@ -50,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         host=args.host, port=args.port, source=args.source, width=args.width, height=args.height,
-        fps=args.fps, codec=args.codec, ice_servers=args.ice_server, ice_addresses=args.ice_address,
+        fps=args.fps, codec=args.codec, encoder=args.encoder, bitrate=args.bitrate,
+        keyframe_interval=args.keyframe_interval, ice_servers=args.ice_server, ice_addresses=args.ice_address,
         linger=args.linger, log_level=args.log_level,
     )
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CODECS = ("h264", "vp8")
+ENCODERS = ("shared", "per-viewer")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -20,6 +21,12 @@ class Config:
     height: int = 480
     fps: float = 30.0
     codec: str = "h264"
+    #: "shared": one encoder for every viewer; "per-viewer": aiortc encodes for each
+    encoder: str = "shared"
+    #: target bitrate of the shared encoder, bits per second
+    bitrate: int = 1_000_000
+    #: seconds between periodic keyframes of the shared encoder
+    keyframe_interval: float = 2.0
     ice_servers: list[str] = field(default_factory=list)
     ice_addresses: list[str] = field(default_factory=list)
     #: seconds a source stays open after its last viewer leaves
@@ -33,6 +40,12 @@ class Config:
         self.codec = self.codec.lower()
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
+        if not 50_000 <= self.bitrate <= 50_000_000:
+            raise ValueError(f"bitrate must be between 50000 and 50000000 bit/s, not {self.bitrate}")
+        if self.keyframe_interval <= 0:
+            raise ValueError("keyframe interval must be positive")
         if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
             raise ValueError(f"width and height must be even and positive, not {self.width}x{self.height}")
         if not 0 < self.fps <= 120:

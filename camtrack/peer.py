@@ -51,6 +51,26 @@ def check_offer(sdp: str, codec: str) -> None:
         raise OfferError(f"the offer has no {CODEC_MIME[codec][6:]} codec; this server sends {codec} only")
 
 
+def forward_keyframe_requests(pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+    """Pass the viewer's PLI/FIR to `track.request_keyframe()`.
+
+    aiortc turns PLI/FIR into a flag of its own encoder, which pre-encoded packets never
+    see; the sender's `_send_keyframe` hook is where the request surfaces.
+    """
+    request = getattr(track, "request_keyframe", None)
+    if request is None:
+        return
+    for sender in pc.getSenders():
+        if sender.track is track:
+            original = sender._send_keyframe
+
+            def send_keyframe() -> None:
+                original()
+                request()
+
+            sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+
+
 async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack, codec: str) -> str:
     """Attach `track` to `pc`, answer `sdp` with `codec` only, and return the answer SDP.
 
@@ -60,6 +80,7 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack,
     check_offer(sdp, codec)
     transceiver = pc.addTransceiver(track, direction="sendonly")
     transceiver.setCodecPreferences(codec_preferences(codec))
+    forward_keyframe_requests(pc, track)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, OperationError, ...

@@ -28,7 +28,8 @@ from .config import Config
 from .ice import ice_servers_json, rtc_configuration
 from .peer import OfferError, answer_offer
 from .stream import CameraStream
-from .track import CameraTrack
+from .encoder import SharedEncoder
+from .track import CameraTrack, EncodedTrack
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,15 @@ class Session:
     """One viewer: its websocket and the peer connection negotiated over it."""
 
     def __init__(self, ws: web.WebSocketResponse, remote: str, config: Config,
-                 stream: CameraStream, sessions: set["Session"]) -> None:
+                 stream: CameraStream, encoder: SharedEncoder | None, sessions: set["Session"]) -> None:
         self.ws = ws
         self.remote = remote
         self.config = config
         self.stream = stream
+        self.encoder = encoder
         self.sessions = sessions
         self.pc: RTCPeerConnection | None = None
-        self.track: CameraTrack | None = None
+        self.track: CameraTrack | EncodedTrack | None = None
         self.reason: str | None = None
         self._disconnect_timer: asyncio.TimerHandle | None = None
         self._teardown: asyncio.Task[None] | None = None
@@ -104,7 +106,7 @@ class Session:
             logger.info("viewer %s: new offer replaces the peer", self.remote)
             await self._close_peer()
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
-        track = CameraTrack(self.stream)
+        track = EncodedTrack(self.encoder) if self.encoder is not None else CameraTrack(self.stream)
         self.pc, self.track = pc, track
         pc.on("connectionstatechange", lambda: self._on_state(pc))
         try:
@@ -115,8 +117,8 @@ class Session:
         if self.pc is not pc:  # replaced or ended while negotiating
             return
         await self.send({"type": "answer", "sdp": answer})
-        logger.info("viewer %s: answered with %s %dx%d", self.remote, self.config.codec,
-                    self.config.width, self.config.height)
+        logger.info("viewer %s: answered with %s %dx%d (%s encoder)", self.remote, self.config.codec,
+                    self.config.width, self.config.height, self.config.encoder)
 
     async def on_candidate(self, message: dict[str, Any]) -> None:
         if self.pc is None:
@@ -217,7 +219,8 @@ def parse_message(data: str) -> dict[str, Any]:
     return message
 
 
-def websocket_handler(config: Config, stream: CameraStream, sessions: set[Session]):
+def websocket_handler(config: Config, stream: CameraStream, encoder: SharedEncoder | None,
+                      sessions: set[Session]):
     """The `GET /ws` handler: runs one viewer's session per websocket."""
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -225,7 +228,7 @@ def websocket_handler(config: Config, stream: CameraStream, sessions: set[Sessio
         await ws.prepare(request)
         remote = request.remote or "?"
         logger.info("viewer %s connected (%s)", remote, request.headers.get("User-Agent", "-")[:80])
-        session = Session(ws, remote, config, stream, sessions)
+        session = Session(ws, remote, config, stream, encoder, sessions)
         try:
             await session.run()
         finally:

@@ -1,10 +1,15 @@
-"""The aiortc video track that feeds a peer from a camera stream."""
+"""The aiortc video tracks that feed a peer: raw frames (per-viewer encoding) or shared packets."""
 
 from __future__ import annotations
 
+import time
+from collections import deque
+
+import av
 from av import VideoFrame
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
+from .encoder import EncodedFrame, EncoderClosed, SharedEncoder
 from .stream import CameraStream, StreamClosed
 
 
@@ -48,4 +53,73 @@ class CameraTrack(MediaStreamTrack):
     def stop(self) -> None:
         if self.readyState == "live":
             self.stream.detach(self)
+        super().stop()
+
+
+class EncodedTrack(MediaStreamTrack):
+    """A video track of pre-encoded packets from a shared encoder.
+
+    It starts on a keyframe, never queues: a viewer that falls behind (its sender missed
+    frames) drops what it missed and waits for the next keyframe, asking for one.
+    Memory per viewer is a reference to one packet (plus, at the start, the few cached
+    frames since a keyframe that was made less than a rate-limit interval ago).
+    """
+
+    kind = "video"
+
+    def __init__(self, encoder: SharedEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.started = time.monotonic()
+        #: seconds from attaching to the first packet handed out, and whether it was a keyframe
+        self.first_packet: tuple[float, bool] | None = None
+        self.skipped = 0
+        self._pending: deque[EncodedFrame] | None = None  # set at the first recv()
+        self._seq = 0
+        self._synced = False
+        encoder.attach(self)
+
+    def request_keyframe(self) -> None:
+        """The remote peer asked for a keyframe (PLI or FIR)."""
+        self.encoder.request_keyframe()
+
+    async def recv(self) -> av.Packet:
+        if self._pending is None:
+            # the sender starts reading once the peer is connected: start from a keyframe now
+            self._pending = deque(self.encoder.start_packets())
+            self._synced = bool(self._pending)
+            if self._pending:
+                self._seq = self._pending[-1].seq
+            elif self.encoder.latest is not None:
+                self._seq = self.encoder.latest.seq
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self._pending:
+                encoded = self._pending.popleft()
+            else:
+                try:
+                    encoded = await self.encoder.next_packet(self._seq)
+                except EncoderClosed:
+                    self.stop()
+                    raise MediaStreamError from None
+                if self._synced and encoded.seq != self._seq + 1:
+                    # fell behind: what was missed is needed to decode this, so resync
+                    self.skipped += encoded.seq - self._seq - 1
+                    self._synced = False
+                    self.encoder.request_keyframe()
+                self._seq = encoded.seq
+                if not self._synced:
+                    if not encoded.keyframe:
+                        continue
+                    self._synced = True
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self.first_packet is None:
+                self.first_packet = (time.monotonic() - self.started, encoded.keyframe)
+            return encoded.packet
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            self.encoder.detach(self)
         super().stop()

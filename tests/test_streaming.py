@@ -9,7 +9,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack import stamp
-from camtrack.app import STREAM
+from camtrack.app import ENCODER, STREAM
 from camtrack.client import Viewer
 
 from .conftest import eventually
@@ -17,10 +17,12 @@ from .conftest import eventually
 RTPMAP = re.compile(r"^a=rtpmap:\d+ ([\w-]+)/90000", re.M)
 
 
+@pytest.mark.parametrize("encoder", ["shared", "per-viewer"])
 @pytest.mark.parametrize("codec", ["h264", "vp8"])
-async def test_three_viewers_share_one_source(serve, codec):
-    url, app = await serve(width=320, height=240, fps=30, codec=codec)
+async def test_three_viewers_share_one_source(serve, codec, encoder):
+    url, app = await serve(width=320, height=240, fps=30, codec=codec, encoder=encoder)
     stream = app[STREAM]
+    watchers = stream.consumers if encoder == "per-viewer" else app[ENCODER].consumers
     viewers = [Viewer(url) for _ in range(3)]
     try:
         await asyncio.gather(*(v.connect() for v in viewers))
@@ -39,12 +41,12 @@ async def test_three_viewers_share_one_source(serve, codec):
             last = frames[-1].to_ndarray(format="gray")
             assert 0 <= stamp.latency_ms(stamp.read_stamp(last)) < 2000
         assert stream.opens == 1
-        assert len(stream.consumers) == 3
+        assert len(watchers) == 3
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
     # every viewer said bye: the source is released after the linger time
     await eventually(lambda: not stream.running and stream.state == "idle")
-    assert stream.consumers == set()
+    assert stream.consumers == set() and watchers == set()
 
 
 async def test_new_offer_replaces_the_peer(serve):
@@ -67,7 +69,7 @@ async def test_new_offer_replaces_the_peer(serve):
         await viewer.pc.close()  # the old server-side peer is already gone
         for _ in range(5):
             await asyncio.wait_for(track.recv(), 20)
-        assert len(stream.consumers) == 1
+        assert len(app[ENCODER].consumers) == 1
         assert stream.opens == 1
         await pc.close()
     finally:
@@ -83,6 +85,6 @@ async def test_abrupt_disconnect_releases_the_source(serve):
     await viewer.frames(5)
     # the socket drops without a bye: the peer is closed and forgotten
     await viewer.ws.close()
-    await eventually(lambda: not stream.consumers)
+    await eventually(lambda: not app[ENCODER].consumers and not stream.consumers)
     await eventually(lambda: not stream.running)
     await viewer.close(bye=False)

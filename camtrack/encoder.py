@@ -1,0 +1,278 @@
+"""The shared encoder: each captured frame encoded once, the packets handed to every viewer."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fractions
+import logging
+import time
+from dataclasses import dataclass, field
+
+import av
+from av import VideoFrame
+from av.video.frame import PictureType
+
+from .capture import Frame
+from .stream import CameraStream, StreamClosed
+
+logger = logging.getLogger(__name__)
+
+TIME_BASE = fractions.Fraction(1, 90000)
+#: frames kept after the newest keyframe, so a viewer joining just after it starts at once
+GOP_CACHE_FRAMES = 8
+
+
+class EncoderClosed(Exception):
+    """The encoder stopped while a viewer waited for a packet."""
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How a shared encoder encodes: codec, size, rate and its keyframe rules."""
+
+    codec: str = "h264"
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    bitrate: int = 1_000_000
+    #: seconds between periodic keyframes, so a lost request cannot freeze a viewer for long
+    keyframe_interval: float = 2.0
+    #: forced keyframes (joins, PLI/FIR) come at most this often
+    keyframe_min_interval: float = 0.1
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """One encoded picture, shared read-only by every viewer."""
+
+    seq: int
+    packet: av.Packet
+    keyframe: bool
+    #: capture time of the picture, seconds since the epoch
+    captured: float
+    size: int
+
+
+@dataclass
+class EncoderStats:
+    """Counters an operator (and the tests) can read."""
+
+    frames: int = 0
+    keyframes: int = 0
+    forced_keyframes: int = 0
+    keyframe_requests: int = 0
+    bytes: int = 0
+    encode_seconds: float = 0.0
+    opens: int = 0
+    recent_keyframes: list[float] = field(default_factory=list)
+
+
+def _codec_context(settings: EncoderSettings) -> av.VideoCodecContext:
+    """A libx264 or libvpx encoder tuned for live video: no B-frames, no look-ahead."""
+    gop = max(1, round(settings.keyframe_interval * settings.fps))
+    if settings.codec == "h264":
+        codec = av.CodecContext.create("libx264", "w")
+        codec.profile = "Baseline"  # x264 writes constrained baseline (42e0..), which Safari plays
+        level = "31" if settings.width * settings.height <= 1280 * 720 else "40"
+        codec.options = {
+            "preset": "veryfast",
+            "tune": "zerolatency",
+            "level": level,
+            "forced-idr": "1",
+            "bf": "0",
+            "rc-lookahead": "0",
+            "sc_threshold": "0",
+        }
+    elif settings.codec == "vp8":
+        codec = av.CodecContext.create("libvpx", "w")
+        codec.qmin, codec.qmax = 2, 56
+        codec.options = {
+            "deadline": "realtime",
+            "cpu-used": "8",
+            "lag-in-frames": "0",
+            "auto-alt-ref": "0",
+            "error-resilient": "1",
+            "static-thresh": "1",
+            "undershoot-pct": "100",
+            "overshoot-pct": "15",
+            "bufsize": str(settings.bitrate),
+            "maxrate": str(settings.bitrate),
+            "minrate": str(settings.bitrate // 4),
+        }
+    else:
+        raise ValueError(f"unknown codec {settings.codec!r}")
+    codec.width, codec.height = settings.width, settings.height
+    codec.pix_fmt = "yuv420p"
+    codec.bit_rate = settings.bitrate
+    codec.time_base = TIME_BASE
+    codec.framerate = fractions.Fraction(round(settings.fps * 1000), 1000)
+    codec.gop_size = gop
+    codec.max_b_frames = 0
+    codec.thread_count = 1 if settings.width * settings.height <= 640 * 480 else 2
+    return codec
+
+
+class SharedEncoder:
+    """Encodes a camera stream once for all its viewers, off the event loop.
+
+    Viewers attach and detach; the encoder (and through it the camera) runs only while
+    at least one is attached. A newcomer asks for a keyframe, and the frames since the
+    latest keyframe are kept so that a request inside the rate limit is served at once.
+    """
+
+    def __init__(self, stream: CameraStream, settings: EncoderSettings) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.stats = EncoderStats()
+        self.consumers: set[object] = set()
+        self.latest: EncodedFrame | None = None
+        #: the newest keyframe and the frames after it (None when that run grew too long)
+        self.gop: list[EncodedFrame] | None = None
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._waiter: asyncio.Future[EncodedFrame] | None = None
+        self._keyframe_wanted = False
+        self._last_keyframe = 0.0
+        self._last_forced = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def attach(self, consumer: object) -> None:
+        """Add a viewer, starting the encoder (and the camera) if it is the first."""
+        self.consumers.add(consumer)
+        if self._task is None or self._task.done():
+            self.stream.attach(self)
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"encoder {self.settings.codec}")
+            self._task = asyncio.ensure_future(self._run())
+            self.stats.opens += 1
+
+    def detach(self, consumer: object) -> None:
+        """Remove a viewer; the last one out stops the encoder."""
+        self.consumers.discard(consumer)
+        if not self.consumers and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def request_keyframe(self) -> None:
+        """Make one of the next frames a keyframe (rate-limited; see EncoderSettings)."""
+        self.stats.keyframe_requests += 1
+        self._keyframe_wanted = True
+
+    def start_packets(self) -> list[EncodedFrame]:
+        """Where a new viewer starts: the cached run from a recent keyframe, or nothing (and a
+        keyframe is requested)."""
+        now = time.monotonic()
+        if self.gop and now - self._last_forced < self.settings.keyframe_min_interval:
+            return list(self.gop)
+        self.request_keyframe()
+        return []
+
+    async def next_packet(self, after: int = 0) -> EncodedFrame:
+        """The newest encoded frame with a sequence number above `after`, waiting if needed."""
+        while True:
+            latest = self.latest
+            if latest is not None and latest.seq > after:
+                return latest
+            if not self.running:
+                raise EncoderClosed
+            if self._waiter is None or self._waiter.done():
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+
+    async def close(self) -> None:
+        """Stop now (server shutdown)."""
+        self.consumers.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        assert executor is not None
+        codec = _codec_context(self.settings)
+        start: float | None = None
+        last_pts = -1
+        after = 0
+        logger.info("encoder %s %dx%d started (%d bit/s)", self.settings.codec, self.settings.width,
+                    self.settings.height, self.settings.bitrate)
+        try:
+            while True:
+                frame = await self.stream.next_frame(after)
+                after = frame.seq
+                if start is None:
+                    start = frame.monotonic
+                pts = max(last_pts + 1, int(round((frame.monotonic - start) * 90000)))
+                last_pts = pts
+                force = self._should_force(time.monotonic())
+                encoded = await loop.run_in_executor(executor, self._encode, codec, frame, pts, force)
+                if encoded is not None:
+                    self._publish(encoded)
+        except (asyncio.CancelledError, StreamClosed):
+            pass
+        finally:
+            self.stream.detach(self)
+            # the encoder thread may be mid-frame: let it finish, then drop the codec there
+            executor.submit(lambda: None)
+            executor.shutdown(wait=False)
+            self.latest = None
+            self.gop = None
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(EncoderClosed())
+                waiter.exception()
+            logger.info("encoder %s stopped", self.settings.codec)
+
+    def _should_force(self, now: float) -> bool:
+        if now - self._last_keyframe >= self.settings.keyframe_interval:
+            return True
+        if self._keyframe_wanted and now - self._last_forced >= self.settings.keyframe_min_interval:
+            return True
+        return False
+
+    def _encode(self, codec: av.VideoCodecContext, frame: Frame, pts: int, force: bool) -> EncodedFrame | None:
+        """Runs on the encoder thread."""
+        began = time.perf_counter()
+        video_frame = VideoFrame.from_ndarray(frame.yuv, format="yuv420p")
+        video_frame.pts = pts
+        video_frame.time_base = TIME_BASE
+        video_frame.pict_type = PictureType.I if force else PictureType.NONE
+        packets = codec.encode(video_frame)
+        if not packets:
+            return None
+        data = b"".join(bytes(p) for p in packets)
+        keyframe = any(p.is_keyframe for p in packets)
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts
+        packet.time_base = TIME_BASE
+        self.stats.encode_seconds += time.perf_counter() - began
+        return EncodedFrame(0, packet, keyframe, frame.time, len(data))
+
+    def _publish(self, encoded: EncodedFrame) -> None:
+        self._seq += 1
+        encoded = EncodedFrame(self._seq, encoded.packet, encoded.keyframe, encoded.captured, encoded.size)
+        stats = self.stats
+        stats.frames += 1
+        stats.bytes += encoded.size
+        if encoded.keyframe:
+            now = time.monotonic()
+            stats.keyframes += 1
+            if self._keyframe_wanted:
+                stats.forced_keyframes += 1
+                self._last_forced = now
+            self._keyframe_wanted = False
+            self._last_keyframe = now
+            self.gop = [encoded]
+        elif self.gop is not None:
+            self.gop.append(encoded)
+            if len(self.gop) > GOP_CACHE_FRAMES:
+                self.gop = None
+        self.latest = encoded
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(encoded)

@@ -1,0 +1,148 @@
+"""The shared encoder: one encode for all viewers, keyframes on join and on PLI, no stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import pytest
+
+from camtrack.app import ENCODER, STREAM
+from camtrack.client import Viewer
+from camtrack.encoder import EncoderSettings, SharedEncoder
+from camtrack.sources import PatternSource
+from camtrack.stream import CameraStream
+from camtrack.track import EncodedTrack
+
+from .conftest import eventually
+
+
+def digest(frame) -> str:
+    return hashlib.sha1(frame.to_ndarray(format="yuv420p").tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+async def test_viewers_receive_identical_encoded_frames(serve, codec):
+    """Identical bitstreams decode to bit-identical pictures; separate encoders would not."""
+    url, app = await serve(width=320, height=240, codec=codec)
+    viewers = [Viewer(url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(v.connect() for v in viewers))
+        results = await asyncio.gather(*(v.frames(40, timeout=60) for v in viewers))
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+    hashes = [{digest(f) for f in frames[10:]} for frames in results]
+    common = hashes[0] & hashes[1] & hashes[2]
+    assert len(common) >= 15, f"only {len(common)} identical pictures"
+    assert app[ENCODER].stats.opens == 1
+
+
+async def test_per_viewer_encoders_differ(serve):
+    """The control for the test above: with per-viewer encoding, pictures are not shared."""
+    url, _ = await serve(width=320, height=240, encoder="per-viewer")
+    first, second = Viewer(url), Viewer(url)
+    try:
+        await first.connect()
+        await first.frames(15)
+        await second.connect()
+        a, b = await asyncio.gather(first.frames(30), second.frames(30))
+    finally:
+        await asyncio.gather(first.close(), second.close())
+    assert len({digest(f) for f in a} & {digest(f) for f in b}) < 5
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+async def test_late_joiner_starts_promptly_on_a_keyframe(serve, codec):
+    url, app = await serve(width=320, height=240, codec=codec, keyframe_interval=60)
+    encoder = app[ENCODER]
+    first = Viewer(url)
+    late = Viewer(url)
+    try:
+        await first.connect()
+        await first.frames(45)  # well past the first keyframe; the next periodic one is 60 s away
+        opened = time.monotonic()
+        await late.connect()
+        frames = await late.frames(1, timeout=20)
+        took = time.monotonic() - opened
+        tracks = [s for s in encoder.consumers if isinstance(s, EncodedTrack)]
+        late_track = max(tracks, key=lambda t: t.started)
+        await eventually(lambda: late_track.first_packet is not None)
+        delay, keyframe = late_track.first_packet
+        assert keyframe, "a new viewer must start on a keyframe"
+        # from the sender's first read: one frame interval plus one encode, with slack for a busy CI
+        assert delay < 0.5, f"first packet after {delay:.3f} s"
+        assert took < 5, f"first decoded frame {took:.2f} s after the socket opened"
+        assert encoder.stats.keyframes >= 2
+    finally:
+        await asyncio.gather(first.close(), late.close())
+
+
+async def test_pli_produces_a_keyframe(serve):
+    url, app = await serve(width=320, height=240, keyframe_interval=60)
+    encoder = app[ENCODER]
+    viewer = Viewer(url)
+    try:
+        await viewer.connect()
+        await viewer.frames(20)
+        before = encoder.stats.keyframes
+        requests = encoder.stats.keyframe_requests
+        receiver = viewer.pc.getReceivers()[0]
+        ssrc = receiver.getSynchronizationSources()[0].source
+        await receiver._send_rtcp_pli(ssrc)
+        await eventually(lambda: encoder.stats.keyframe_requests > requests, timeout=10)
+        await eventually(lambda: encoder.stats.keyframes > before, timeout=10)
+        await viewer.frames(5)
+    finally:
+        await viewer.close()
+
+
+async def test_h264_is_constrained_baseline():
+    stream = CameraStream("t", lambda: PatternSource(320, 240, 30), linger=0.1)
+    encoder = SharedEncoder(stream, EncoderSettings(codec="h264", width=320, height=240))
+    track = EncodedTrack(encoder)
+    try:
+        packet = bytes(await asyncio.wait_for(track.recv(), 10))
+    finally:
+        track.stop()
+        await encoder.close()
+        await stream.close()
+    sps = packet.index(b"\x00\x00\x01\x67") + 4  # NAL type 7
+    profile, constraints = packet[sps], packet[sps + 1]
+    assert profile == 66 and constraints & 0x40, (profile, constraints)  # baseline + constraint_set1
+
+
+async def test_a_stalled_viewer_does_not_hold_back_the_others():
+    stream = CameraStream("t", lambda: PatternSource(320, 240, 30), linger=0.1)
+    encoder = SharedEncoder(stream, EncoderSettings(codec="vp8", width=320, height=240, keyframe_interval=60))
+    steady, stalled = EncodedTrack(encoder), EncodedTrack(encoder)
+    try:
+        await asyncio.wait_for(stalled.recv(), 10)  # reads once, then stops reading
+        seqs = []
+        for _ in range(30):
+            await asyncio.wait_for(steady.recv(), 5)
+            seqs.append(steady._seq)
+        # the steady viewer got every frame, in order, at the camera's pace
+        assert seqs == list(range(seqs[0], seqs[0] + 30))
+        # the stalled one resumes on a (requested) keyframe, not on a backlog
+        requests = encoder.stats.keyframe_requests
+        packet = await asyncio.wait_for(stalled.recv(), 10)
+        assert packet.is_keyframe or encoder.latest.keyframe
+        assert stalled.skipped >= 25
+        assert encoder.stats.keyframe_requests > requests
+    finally:
+        steady.stop()
+        stalled.stop()
+        await encoder.close()
+        await stream.close()
+
+
+async def test_encoder_and_camera_stop_after_the_last_viewer(serve):
+    url, app = await serve(width=320, height=240)
+    viewer = Viewer(url)
+    await viewer.connect()
+    await viewer.frames(5)
+    assert app[ENCODER].running and app[STREAM].running
+    await viewer.close()
+    await eventually(lambda: not app[ENCODER].running)
+    await eventually(lambda: not app[STREAM].running)
