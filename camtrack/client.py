@@ -24,12 +24,15 @@ class Viewer:
         self.hello: dict[str, Any] = {}
         self.answer_sdp = ""
         self.track: asyncio.Future[MediaStreamTrack] | None = None
+        #: loop time when the websocket opened
+        self.opened_at: float | None = None
 
     async def connect(self, timeout: float = 20.0) -> None:
         """Open the socket, offer, and apply the answer."""
         if self.session is None:
             self.session = aiohttp.ClientSession()
         self.ws = await self.session.ws_connect(self.url)
+        self.opened_at = asyncio.get_running_loop().time()
         self.hello = await self.receive("hello", timeout)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.track = asyncio.get_running_loop().create_future()

@@ -1,0 +1,198 @@
+"""camtrack's benchmark: server CPU, fps, latency and start-up time against N viewers.
+
+    python -m bench.run            # the full sweep (a few minutes)
+    python -m bench.run --quick    # a CI-sized run
+
+Each row starts `server.py` as its own process on loopback with the test pattern, connects
+N aiortc viewers from separate client processes, and measures one time window. At most
+four viewers decode every frame and read the latency stamp; the rest count received frames
+without decoding, so that the clients leave the server a fair share of this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DECODING_VIEWERS = 4
+VIEWERS_PER_PROCESS = 25
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Row:
+    mode: str
+    codec: str
+    size: str
+    viewers: int
+    server_cpu: float
+    client_cpu: float
+    fps_min: float
+    fps_mean: float
+    latency_p50: float | None
+    latency_p95: float | None
+    first_frame_max: float
+    rss_mb: float
+    errors: int
+
+    def cells(self) -> list[str]:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f}"
+
+        return [self.mode, self.codec, self.size, str(self.viewers), f"{self.server_cpu:.0f}",
+                f"{self.client_cpu:.0f}", f"{self.fps_min:.1f}", f"{self.fps_mean:.1f}",
+                ms(self.latency_p50), ms(self.latency_p95), ms(self.first_frame_max * 1000),
+                f"{self.rss_mb:.0f}", str(self.errors)]
+
+
+HEADER = ["encoder", "codec", "size", "N", "server CPU %", "clients CPU %", "fps min", "fps mean",
+          "latency p50 ms", "latency p95 ms", "first frame max ms", "server RSS MB", "errors"]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def measure(mode: str, codec: str, width: int, height: int, viewers: int, duration: float) -> Row:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port),
+         "--source", "pattern", "--width", str(width), "--height", str(height), "--fps", "30",
+         "--codec", codec, "--encoder", mode, "--ice-address", "127.0.0.1", "--log-level", "warning"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    clients: list[subprocess.Popen] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"server did not start: {server.stderr.read() if server.poll() is not None else ''}")
+                time.sleep(0.1)
+        start_at = time.time() + 4 + 0.08 * viewers
+        url = f"ws://127.0.0.1:{port}/ws"
+        groups = [(min(viewers, DECODING_VIEWERS), True)]
+        rest = viewers - groups[0][0]
+        while rest > 0:
+            groups.append((min(rest, VIEWERS_PER_PROCESS), False))
+            rest -= groups[-1][0]
+        for count, decode in groups:
+            argv = [sys.executable, "-m", "bench.viewers", "--url", url, "--count", str(count),
+                    "--start-at", str(start_at), "--duration", str(duration)]
+            if decode:
+                argv.append("--decode")
+            clients.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True))
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+        time.sleep(duration)
+        cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+        rss = rss_mb(server.pid)
+        results = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    per_viewer = [v for r in results for v in r["viewers"]]
+    fps = [v["frames"] / duration for v in per_viewer]
+    latency = [ms for v in per_viewer for ms in v["latency"]]
+    return Row(
+        mode=mode, codec=codec, size=f"{width}x{height}", viewers=viewers,
+        server_cpu=100 * (cpu1 - cpu0) / (t1 - t0),
+        client_cpu=100 * sum(r["cpu_seconds"] for r in results) / duration,
+        fps_min=min(fps), fps_mean=statistics.mean(fps),
+        latency_p50=percentile(latency, 0.5), latency_p95=percentile(latency, 0.95),
+        first_frame_max=max(v.get("first_frame", float("inf")) for v in per_viewer),
+        rss_mb=rss, errors=sum(1 for v in per_viewer if "error" in v),
+    )
+
+
+def print_table(rows: list[Row]) -> None:
+    lines = [HEADER] + [row.cells() for row in rows]
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "|".join("---" for _ in HEADER) + "|")
+    for cells in lines[1:]:
+        print("| " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small sweep with short windows (about a minute)")
+    parser.add_argument("--modes", default="shared,per-viewer")
+    parser.add_argument("--codecs", default="h264,vp8")
+    parser.add_argument("--viewers", default=None, help="comma-separated N (default 1,4,16)")
+    parser.add_argument("--max-viewers", type=int, default=50,
+                        help="one more shared-encoder row at this N, to show how far one box goes (0: none)")
+    parser.add_argument("--sizes", default=None, help="comma-separated WxH (default 640x480, plus 1280x720 at N=1,4)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds measured per row")
+    args = parser.parse_args()
+
+    duration = args.duration or (4.0 if args.quick else 10.0)
+    counts = [int(n) for n in (args.viewers or ("1,4" if args.quick else "1,4,16")).split(",")]
+    modes, codecs = args.modes.split(","), args.codecs.split(",")
+    plan = []
+    for size in (args.sizes or "640x480").split(","):
+        width, height = map(int, size.split("x"))
+        plan += [(m, c, width, height, n) for m in modes for c in codecs for n in counts]
+    if not args.quick and not args.sizes:
+        plan += [(m, c, 1280, 720, n) for m in modes for c in codecs for n in (1, 4)]
+    if args.max_viewers and not args.quick and "shared" in modes:
+        plan += [("shared", c, 640, 480, args.max_viewers) for c in codecs]
+
+    print(f"# camtrack benchmark: {os.cpu_count()} cores, {duration:g} s windows, pattern source at 30 fps", flush=True)
+    rows = []
+    for mode, codec, width, height, viewers in plan:
+        row = measure(mode, codec, width, height, viewers, duration)
+        rows.append(row)
+        print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
+    print_table(rows)
+    for codec in codecs:
+        for mode in modes:
+            one = next((r for r in rows if (r.mode, r.codec, r.size, r.viewers) == (mode, codec, "640x480", 1)), None)
+            many = max((r for r in rows if (r.mode, r.codec, r.size) == (mode, codec, "640x480")),
+                       key=lambda r: r.viewers, default=None)
+            if one and many and many.viewers > 1 and one.server_cpu > 0:
+                print(f"{mode:10s} {codec}: CPU({many.viewers} viewers) / CPU(1 viewer) = "
+                      f"{many.server_cpu / one.server_cpu:.1f}")
+
+
+if __name__ == "__main__":
+    main()

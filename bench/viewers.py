@@ -1,0 +1,109 @@
+"""A benchmark client process: N aiortc viewers of one camtrack server, measured in a time window.
+
+`--decode` viewers decode every frame and read the latency stamp the moment each frame is
+decoded; the others count whole received frames without decoding them (so one machine
+can hold many viewers). Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import aiortc.rtcrtpreceiver
+import av
+from aiortc.codecs import get_decoder
+
+from camtrack import stamp
+from camtrack.client import Viewer
+from camtrack.ice import restrict_host_addresses
+
+
+class StampingDecoder:
+    """Decodes, then reads each frame's latency stamp at once (on the decoder thread)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def decode(self, encoded_frame):
+        frames = self.inner.decode(encoded_frame)
+        at = stamp.now_ms()
+        for frame in frames:
+            luma = frame.to_ndarray(format="gray")
+            frame.opaque = stamp.latency_ms(stamp.read_stamp(luma), at)
+        return frames
+
+
+class CountingDecoder:
+    """Does not decode: one tiny placeholder frame per received frame."""
+
+    def __init__(self, codec) -> None:
+        pass
+
+    def decode(self, encoded_frame):
+        frame = av.VideoFrame(16, 16, "yuv420p")
+        frame.pts = encoded_frame.timestamp
+        return [frame]
+
+
+async def watch(viewer: Viewer, start: float, end: float, result: dict) -> None:
+    loop = asyncio.get_running_loop()
+    track = await viewer.track
+    while True:
+        frame = await track.recv()
+        now = loop.time()
+        if "first_frame" not in result:
+            result["first_frame"] = now - viewer.opened_at
+        if now >= end:
+            return
+        if now >= start:
+            result["frames"] += 1
+            if isinstance(frame.opaque, int):
+                result["latency"].append(frame.opaque)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--decode", action="store_true")
+    parser.add_argument("--start-at", type=float, required=True, help="time.time() the window opens")
+    parser.add_argument("--duration", type=float, required=True)
+    args = parser.parse_args()
+
+    restrict_host_addresses(["127.0.0.1"])
+    if args.decode:
+        aiortc.rtcrtpreceiver.get_decoder = lambda codec: StampingDecoder(get_decoder(codec))
+    else:
+        aiortc.rtcrtpreceiver.get_decoder = CountingDecoder
+
+    loop = asyncio.get_running_loop()
+    start = loop.time() + (args.start_at - time.time())
+    end = start + args.duration
+    viewers = [Viewer(args.url) for _ in range(args.count)]
+    results = [{"frames": 0, "latency": []} for _ in viewers]
+
+    async def run(viewer: Viewer, result: dict) -> None:
+        try:
+            await viewer.connect(timeout=60)
+            await asyncio.wait_for(watch(viewer, start, end, result), end - loop.time() + 30)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            result["error"] = f"{type(exc).__name__}: {exc}"
+
+    async def cpu_window() -> tuple[float, float]:
+        await asyncio.sleep(max(0.0, start - loop.time()))
+        before = time.process_time()
+        await asyncio.sleep(max(0.0, end - loop.time()))
+        return before, time.process_time()
+
+    window = asyncio.ensure_future(cpu_window())
+    await asyncio.gather(*(run(v, r) for v, r in zip(viewers, results)))
+    before, after = await window
+    print(json.dumps({"viewers": results, "cpu_seconds": after - before, "duration": args.duration}))
+    await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
