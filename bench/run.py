@@ -186,13 +186,14 @@ def main() -> None:
     print_table(rows)
     for codec in codecs:
         for mode in modes:
-            one = next((r for r in rows if (r.mode, r.codec, r.size, r.viewers) == (mode, codec, "640x480", 1)), None)
-            many = max((r for r in rows if (r.mode, r.codec, r.size) == (mode, codec, "640x480")),
-                       key=lambda r: r.viewers, default=None)
-            if one and many and many.viewers > 1 and one.server_cpu > 0:
-                print(f"{mode:10s} {codec}: CPU({many.viewers} viewers) / CPU(1 viewer) = "
-                      f"{many.server_cpu / one.server_cpu:.1f}")
-
+            base = [r for r in rows if (r.mode, r.codec, r.size) == (mode, codec, "640x480")]
+            one = next((r for r in base if r.viewers == 1), None)
+            if one is None or one.server_cpu <= 0:
+                continue
+            ratios = ", ".join(f"CPU({r.viewers})/CPU(1) = {r.server_cpu / one.server_cpu:.1f}"
+                               for r in base if r.viewers > 1)
+            if ratios:
+                print(f"{mode} {codec} 640x480: {ratios}")
 
 if __name__ == "__main__":
     main()

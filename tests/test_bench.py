@@ -1,0 +1,27 @@
+"""The benchmark still runs end to end (its figures are read by people, not asserted here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(180)
+def test_bench_quick_row():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--viewers", "2", "--modes", "shared",
+         "--codecs", "vp8", "--duration", "2", "--max-viewers", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| shared")]
+    assert len(rows) == 1, result.stdout
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:4] == ["shared", "vp8", "640x480", "2"]
+    assert float(cells[7]) > 0, "no frames received"
+    assert cells[-1] == "0", "a viewer failed"
