@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 
 from aiohttp import web
 
+from .access import is_loopback
 from .config import Config
 from .encoder import EncoderSettings, SharedEncoder
 from .ice import resolve_addresses, restrict_host_addresses
@@ -46,13 +48,42 @@ def create_app(config: Config) -> web.Application:
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 
+    async def healthz(request: web.Request) -> web.Response:
+        """Source states and viewer counts; 503 while a watched source is down."""
+        watched = bool(stream.consumers)
+        state = stream.state
+        body = {
+            "status": "down" if watched and state == "retrying" else "ok",
+            "viewers": len(sessions),
+            "peers": sum(1 for s in sessions if s.pc is not None),
+            "sources": {
+                stream.name: {
+                    "state": state,
+                    "watched": watched,
+                    "opens": stream.opens,
+                    "encoder": None if encoder is None else {
+                        "running": encoder.running,
+                        "viewers": len(encoder.consumers),
+                        "frames": encoder.stats.frames,
+                        "keyframes": encoder.stats.keyframes,
+                    },
+                },
+            },
+            "threads": threading.active_count(),
+            "tasks": len(asyncio.all_tasks()),
+        }
+        return web.json_response(body, status=503 if body["status"] == "down" else 200)
+
     app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
     app.router.add_get("/ws", websocket_handler(config, stream, encoder, sessions))
     app.router.add_static("/static/", config.static_dir)
 
     undo_ice: list = []
 
     async def on_startup(app: web.Application) -> None:
+        if not config.token and not is_loopback(config.host):
+            logger.warning("no --token: anyone who can reach %s:%d can watch", config.host, config.port)
         if config.ice_addresses:
             addresses = resolve_addresses(config.ice_addresses)
             undo_ice.append(restrict_host_addresses(addresses))

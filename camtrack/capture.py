@@ -11,9 +11,28 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from . import stamp
 from .sources import FrameSource
 
 logger = logging.getLogger(__name__)
+
+#: seconds between "no signal" pictures while a source is retrying
+NO_SIGNAL_INTERVAL = 0.2
+
+
+def no_signal_image(width: int, height: int, description: str) -> np.ndarray:
+    """A dark picture saying the source is gone, with the time and a latency stamp."""
+    image = np.full((height, width, 3), 40, np.uint8)
+    scale = max(0.5, height / 320)
+    lines = ["NO SIGNAL", description[:60], time.strftime("%H:%M:%S")]
+    y = height // 2 - int(40 * scale)
+    for i, line in enumerate(lines):
+        size = scale * (1.6 if i == 0 else 0.6)
+        (w, h), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, size, 2)
+        cv2.putText(image, line, ((width - w) // 2, y), cv2.FONT_HERSHEY_SIMPLEX, size, (230, 230, 230), 2, cv2.LINE_AA)
+        y += h + int(20 * scale)
+    stamp.write_stamp(image, stamp.now_ms())
+    return image
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,25 @@ class Capture:
             self.state = state
             self.on_state(state)
 
+    def _emit(self, seq: int, image: np.ndarray) -> None:
+        now, mono = time.time(), time.monotonic()
+        yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+        self.on_frame(Frame(seq, image, yuv, now, mono))
+
+    def _no_signal(self, seq: int, seconds: float) -> int:
+        """Wait `seconds` (or until stopped), showing viewers a "no signal" picture meanwhile."""
+        width, height = getattr(self.source, "width", 0), getattr(self.source, "height", 0)
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            if width and height:
+                seq += 1
+                self._emit(seq, no_signal_image(width, height, self.source.description))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._stop.wait(min(NO_SIGNAL_INTERVAL, left))
+        return seq
+
     def _run(self) -> None:
         seq = 0
         delay = 0.5
@@ -90,7 +128,7 @@ class Capture:
                 if self.state != "retrying":
                     logger.warning("%s: %s; retrying", self.source.description, exc)
                 self._set_state("retrying")
-                self._stop.wait(delay)
+                seq = self._no_signal(seq, delay)
                 delay = min(delay * 2, self.retry_max)
                 continue
             self.opens += 1
@@ -105,16 +143,14 @@ class Capture:
                         break
                     delay = 0.5
                     seq += 1
-                    now, mono = time.time(), time.monotonic()
-                    yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
-                    self.on_frame(Frame(seq, image, yuv, now, mono))
+                    self._emit(seq, image)
             except Exception:  # noqa: BLE001
                 logger.exception("%s failed; reopening", self.source.description)
                 self._set_state("retrying")
             finally:
                 self.source.close()
             if not self._stop.is_set():
-                self._stop.wait(delay)
+                seq = self._no_signal(seq, delay)
                 delay = min(delay * 2, self.retry_max)
         logger.info("%s released", self.source.description)
         self._set_state("idle")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
+import ssl
 
 import ifaddr
 
@@ -47,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ice-address", action="append", default=[], metavar="ADDR",
                         help="offer only this local IP address or interface as a host candidate, repeatable "
                              "(default: all the machine's addresses)")
+    parser.add_argument("--max-viewers", type=int, default=0, metavar="N",
+                        help="at most N viewers at once; the next gets 'server full' (default: 0, no limit)")
+    parser.add_argument("--negotiation-timeout", type=float, default=15.0, metavar="SECONDS",
+                        help="close a peer that has not connected within this time (default: 15)")
+    parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="close a websocket that has sent no offer within this time (default: 30)")
+    parser.add_argument("--token", default=os.environ.get("CAMTRACK_TOKEN") or None,
+                        help="require this token to watch (default: $CAMTRACK_TOKEN, else none); "
+                             "the page takes it from its own URL, /?token=...")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let pages from this origin (https://host:port) open the websocket, repeatable; "
+                             "same-origin pages and non-browser clients are always allowed")
+    parser.add_argument("--cert", help="TLS certificate file (PEM): serve HTTPS and WSS")
+    parser.add_argument("--key", help="TLS private key file (PEM), with --cert")
     parser.add_argument("--linger", type=float, default=3.0,
                         help="seconds the source stays open after the last viewer leaves (default: 3)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -59,7 +75,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         host=args.host, port=args.port, source=args.source, width=args.width, height=args.height,
         fps=args.fps, codec=args.codec, encoder=args.encoder, bitrate=args.bitrate,
         keyframe_interval=args.keyframe_interval, ice_servers=args.ice_server, ice_addresses=args.ice_address,
-        linger=args.linger, log_level=args.log_level,
+        linger=args.linger, log_level=args.log_level, max_viewers=args.max_viewers,
+        negotiation_timeout=args.negotiation_timeout, idle_timeout=args.idle_timeout, token=args.token,
+        allow_origins=args.allow_origin, cert=args.cert, key=args.key,
     )
 
 
@@ -81,15 +99,22 @@ def main(argv: list[str] | None = None) -> None:
         check_source(config.source, config.width, config.height, config.fps)
     except SourceError as exc:
         parser.exit(2, f"camtrack: error: {exc}\n")
-    logger.info("watch at %s", watch_url(config.host, config.port))
+    ssl_context = None
+    if config.cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ssl_context.load_cert_chain(config.cert, config.key)
+        except (OSError, ssl.SSLError) as exc:
+            parser.exit(2, f"camtrack: error: cannot load TLS certificate/key: {exc}\n")
+    logger.info("watch at %s", watch_url(config.host, config.port, tls=ssl_context is not None))
     try:
         web.run_app(create_app(config), host=config.host, port=config.port, print=None,
-                    shutdown_timeout=3.0, access_log=None)
+                    shutdown_timeout=3.0, access_log=None, ssl_context=ssl_context)
     except OSError as exc:
         parser.exit(1, f"camtrack: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}\n")
 
 
-def watch_url(host: str, port: int) -> str:
+def watch_url(host: str, port: int, tls: bool = False) -> str:
     """The address a person should open in a browser."""
     if host in ("0.0.0.0", "::", ""):
         addresses = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
@@ -97,4 +122,4 @@ def watch_url(host: str, port: int) -> str:
         host = addresses[0] if addresses else socket.gethostname()
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/"
+    return f"{'https' if tls else 'http'}://{host}:{port}/"

@@ -10,6 +10,8 @@ Every message is a JSON text frame, an object with a "type":
 - either side: {"type": "bye"}
 - server → client: {"type": "error", "message": "..."} for anything it cannot use
 
+With a token configured, a client that did not put `?token=` in the URL sends
+{"type": "auth", "token": "..."} first, and the hello follows.
 Closing the socket closes the peer and the other way round; a new offer replaces the peer.
 """
 
@@ -18,17 +20,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceCandidate, RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 
+from .access import origin_allowed, token_matches
 from .config import Config
+from .encoder import SharedEncoder
 from .ice import ice_servers_json, rtc_configuration
 from .peer import OfferError, answer_offer
 from .stream import CameraStream
-from .encoder import SharedEncoder
 from .track import CameraTrack, EncodedTrack
 
 logger = logging.getLogger(__name__)
@@ -37,10 +41,33 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_SIZE = 64 * 1024
 #: seconds a peer's close may take before it is abandoned
 CLOSE_TIMEOUT = 5.0
+#: a client may send this many messages at once, refilled at MESSAGE_RATE a second
+MESSAGE_BURST = 60
+MESSAGE_RATE = 20.0
+#: close code for "unauthorized" (the 4000–4999 range is the application's)
+CLOSE_UNAUTHORIZED = 4401
 
 
 class ProtocolError(ValueError):
     """A message the server cannot use; sent back as an error message."""
+
+
+class TokenBucket:
+    """Allows `burst` events at once and `rate` a second after that."""
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.capacity, self.rate = float(burst), rate
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class Session:
@@ -57,12 +84,46 @@ class Session:
         self.pc: RTCPeerConnection | None = None
         self.track: CameraTrack | EncodedTrack | None = None
         self.reason: str | None = None
-        self._disconnect_timer: asyncio.TimerHandle | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._teardown: asyncio.Task[None] | None = None
+        self._bucket = TokenBucket(MESSAGE_BURST, MESSAGE_RATE)
         sessions.add(self)
 
-    async def run(self) -> None:
-        """Greet the client, then handle its messages until the socket closes."""
+    async def run(self, authorized: bool) -> None:
+        """Greet the client (after its auth message if needed), then handle its messages."""
+        self._set_timer("idle", self.config.idle_timeout, self._idle_expired)
+        if authorized:
+            await self.send_hello()
+        while self.reason is None:
+            message = await self.ws.receive()
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            if message.type == WSMsgType.ERROR:
+                self.end(f"websocket error: {self.ws.exception()}")
+                return
+            if not self._bucket.take():
+                await self.send_error("too many messages; closing")
+                self.end("flooded the socket")
+                await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many messages")
+                return
+            if message.type == WSMsgType.BINARY:
+                await self.send_error("binary frames are not part of the protocol; send JSON text")
+                continue
+            if message.type != WSMsgType.TEXT:
+                continue
+            try:
+                parsed = parse_message(message.data)
+                if not authorized:
+                    authorized = await self.on_auth(parsed)
+                    if not authorized:
+                        return
+                    continue
+                await self.handle(parsed)
+            except ProtocolError as exc:
+                logger.info("viewer %s: %s", self.remote, exc)
+                await self.send_error(str(exc))
+
+    async def send_hello(self) -> None:
         await self.send({
             "type": "hello",
             "codecs": [self.config.codec],
@@ -71,21 +132,16 @@ class Session:
             "height": self.config.height,
             "fps": self.config.fps,
         })
-        async for message in self.ws:
-            if self.reason is not None:
-                break
-            if message.type == WSMsgType.TEXT:
-                try:
-                    await self.handle(parse_message(message.data))
-                except ProtocolError as exc:
-                    logger.info("viewer %s: %s", self.remote, exc)
-                    await self.send({"type": "error", "message": str(exc)})
-            elif message.type == WSMsgType.BINARY:
-                await self.send({"type": "error", "message": "binary frames are not part of the protocol; send JSON text"})
-            elif message.type == WSMsgType.ERROR:
-                logger.info("viewer %s: websocket error: %s", self.remote, self.ws.exception())
-                self.end(f"websocket error: {self.ws.exception()}")
-                break
+
+    async def on_auth(self, message: dict[str, Any]) -> bool:
+        """The first message when a token is needed and the URL had none."""
+        if message["type"] == "auth" and token_matches(self.config.token, message.get("token")):
+            await self.send_hello()
+            return True
+        await self.send_error("unauthorized: send {\"type\": \"auth\", \"token\": \"...\"} first")
+        self.end("unauthorized")
+        await self.ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+        return False
 
     async def handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -95,6 +151,8 @@ class Session:
             await self.on_candidate(message)
         elif kind == "bye":
             self.end("said bye")
+        elif kind == "auth":
+            pass  # already authorized: harmless
         else:
             raise ProtocolError(f"unknown message type {kind!r}; expected offer, candidate or bye")
 
@@ -103,6 +161,8 @@ class Session:
         if not isinstance(sdp, str) or not sdp.strip():
             raise ProtocolError("an offer needs an 'sdp' string")
         if self.pc is not None:
+            if self.pc.connectionState in ("new", "connecting"):
+                raise ProtocolError("an offer is still being negotiated; wait for it to connect or fail")
             logger.info("viewer %s: new offer replaces the peer", self.remote)
             await self._close_peer()
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
@@ -116,6 +176,7 @@ class Session:
             raise ProtocolError(str(exc)) from None
         if self.pc is not pc:  # replaced or ended while negotiating
             return
+        self._set_timer("negotiation", self.config.negotiation_timeout, self._negotiation_expired, pc)
         await self.send({"type": "answer", "sdp": answer})
         logger.info("viewer %s: answered with %s %dx%d (%s encoder)", self.remote, self.config.codec,
                     self.config.width, self.config.height, self.config.encoder)
@@ -153,6 +214,9 @@ class Session:
             except (ConnectionError, RuntimeError):
                 pass  # the socket went away; run() sees it close
 
+    async def send_error(self, text: str) -> None:
+        await self.send({"type": "error", "message": text})
+
     def end(self, reason: str) -> None:
         """Hang up: close the peer and the socket (once; safe from any callback)."""
         if self.reason is not None:
@@ -168,6 +232,9 @@ class Session:
             await asyncio.shield(self._teardown)
 
     async def _close_all(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         await self._close_peer()
         if not self.ws.closed:
             await self.send({"type": "bye"})
@@ -176,9 +243,10 @@ class Session:
     async def _close_peer(self) -> None:
         pc, track = self.pc, self.track
         self.pc = self.track = None
-        if self._disconnect_timer is not None:
-            self._disconnect_timer.cancel()
-            self._disconnect_timer = None
+        for name in ("disconnected", "negotiation"):
+            timer = self._timers.pop(name, None)
+            if timer is not None:
+                timer.cancel()
         if track is not None:
             track.stop()
         if pc is not None:
@@ -188,19 +256,38 @@ class Session:
             except asyncio.TimeoutError:
                 logger.warning("viewer %s: peer close timed out", self.remote)
 
+    def _set_timer(self, name: str, delay: float, callback, *args) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._timers[name] = asyncio.get_running_loop().call_later(delay, callback, *args)
+
+    def _idle_expired(self) -> None:
+        self._timers.pop("idle", None)
+        if self.pc is None and self.reason is None:
+            asyncio.ensure_future(self.send_error(f"closing: no offer within {self.config.idle_timeout:g} s"))
+            self.end("idle")
+
+    def _negotiation_expired(self, pc: RTCPeerConnection) -> None:
+        self._timers.pop("negotiation", None)
+        if pc is self.pc and pc.connectionState != "connected":
+            asyncio.ensure_future(self.send_error(
+                f"closing: the connection was not established within {self.config.negotiation_timeout:g} s"))
+            self.end("negotiation timed out")
+
     def _on_state(self, pc: RTCPeerConnection) -> None:
         if pc is not self.pc:
             return
         state = pc.connectionState
         logger.debug("viewer %s: peer %s", self.remote, state)
         if state == "connected":
-            if self._disconnect_timer is not None:
-                self._disconnect_timer.cancel()
-                self._disconnect_timer = None
+            for name in ("disconnected", "negotiation"):
+                timer = self._timers.pop(name, None)
+                if timer is not None:
+                    timer.cancel()
             logger.info("viewer %s: connected", self.remote)
-        elif state == "disconnected" and self._disconnect_timer is None:
-            self._disconnect_timer = asyncio.get_running_loop().call_later(
-                self.config.disconnect_timeout, self.end, "peer stayed disconnected")
+        elif state == "disconnected" and "disconnected" not in self._timers:
+            self._set_timer("disconnected", self.config.disconnect_timeout, self.end, "peer stayed disconnected")
         elif state in ("failed", "closed"):
             self.end(f"peer {state}")
 
@@ -224,15 +311,28 @@ def websocket_handler(config: Config, stream: CameraStream, encoder: SharedEncod
     """The `GET /ws` handler: runs one viewer's session per websocket."""
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
+        remote = request.remote or "?"
+        if not origin_allowed(request, config.allow_origins):
+            logger.warning("refused websocket from %s: origin %s not allowed", remote, request.headers.get("Origin"))
+            raise web.HTTPForbidden(text="origin not allowed (see --allow-origin)\n")
+        query_token = request.query.get("token")
+        if query_token is not None and not token_matches(config.token, query_token):
+            logger.warning("refused websocket from %s: wrong token", remote)
+            raise web.HTTPUnauthorized(text="unauthorized: wrong token\n")
+        authorized = not config.token or query_token is not None
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE)
         await ws.prepare(request)
-        remote = request.remote or "?"
+        if config.max_viewers and len(sessions) >= config.max_viewers:
+            logger.warning("refused viewer %s: server full (%d viewers)", remote, len(sessions))
+            await ws.send_json({"type": "error", "message": "server full"})
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full")
+            return ws
         logger.info("viewer %s connected (%s)", remote, request.headers.get("User-Agent", "-")[:80])
         session = Session(ws, remote, config, stream, encoder, sessions)
         try:
-            await session.run()
+            await session.run(authorized)
         finally:
-            session.end("socket closed")
+            session.end(session.reason or "socket closed")
             await session.closed()
         return ws
 

@@ -103,7 +103,7 @@ class CameraStream:
         logger.info("stream %s: no viewers, releasing %s", self.name, capture.source.description)
         capture.stop()
         self._stopping = [t for t in self._stopping if not t.done()]
-        self._stopping.append(asyncio.ensure_future(asyncio.to_thread(capture.join)))
+        self._stopping.append(asyncio.ensure_future(_joined(capture)))
         self.latest = None
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
@@ -128,3 +128,9 @@ class CameraStream:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(self.latest)
+
+
+async def _joined(capture: Capture) -> None:
+    """Wait for a capture thread to end without tying up a worker thread."""
+    while capture.alive:
+        await asyncio.sleep(0.02)

@@ -11,6 +11,19 @@ const DISCONNECTED_GRACE_MS = 4000;
 // Exposed for tests and for curious people in the console.
 const camtrack = (window.camtrack = { state: "connecting", pc: null, ws: null, connects: 0, lastError: null });
 
+// A token in the page's URL (/?token=...) is moved out of the address bar and sent as the
+// first websocket message, so it stays out of history, screenshots and server logs.
+const TOKEN_KEY = "camtrack-token";
+(function takeToken() {
+  const params = new URLSearchParams(location.search);
+  const token = params.get("token");
+  if (token === null) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+})();
+
 let retries = 0;
 let retryTimer = null;
 let disconnectTimer = null;
@@ -23,7 +36,7 @@ function setState(state, detail) {
 
 function wsUrl() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${proto}//${location.host}/ws${location.search}`;
+  return `${proto}//${location.host}/ws`;
 }
 
 function send(ws, message) {
@@ -45,12 +58,20 @@ function teardown() {
   }
 }
 
-function reconnect(reason) {
+function stop(state, detail) {
+  teardown();
+  clearTimeout(retryTimer);
+  retryTimer = null;
+  setState(state, detail);
+  statusEl.classList.add("error");
+}
+
+function reconnect(reason, state = "reconnecting") {
   teardown();
   if (retryTimer) return;
   const delay = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** retries) * (0.8 + 0.4 * Math.random());
   retries += 1;
-  setState("reconnecting", `${reason}, retrying in ${(delay / 1000).toFixed(1)} s`);
+  setState(state, `${reason}, retrying in ${(delay / 1000).toFixed(1)} s`);
   retryTimer = setTimeout(() => {
     retryTimer = null;
     connect();
@@ -62,6 +83,10 @@ function connect() {
   setState("connecting");
   const ws = new WebSocket(wsUrl());
   camtrack.ws = ws;
+  ws.onopen = () => {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token !== null) send(ws, { type: "auth", token });
+  };
   ws.onmessage = (event) => {
     let message;
     try {
@@ -88,6 +113,12 @@ async function handle(ws, message) {
     case "error":
       camtrack.lastError = message.message;
       console.warn("camtrack server:", message.message);
+      if (message.message === "server full") {
+        retries = Math.max(retries, 3); // back off harder
+        reconnect("server full", "full");
+      } else if (message.message.startsWith("unauthorized")) {
+        stop("unauthorized", "open this page with ?token=...");
+      }
       break;
     case "bye":
       reconnect("server hung up");

@@ -30,7 +30,8 @@ async def serve(loopback_ice) -> AsyncIterator[Callable[..., Awaitable[Server]]]
     async def start(**settings) -> Server:
         settings.setdefault("source", "pattern")
         settings.setdefault("linger", 0.5)
-        config = Config(host="127.0.0.1", port=0, **settings)
+        settings.setdefault("host", "127.0.0.1")
+        config = Config(port=0, **settings)
         app = create_app(config)
         runner = web.AppRunner(app)
         await runner.setup()
