@@ -83,10 +83,8 @@ function connect() {
   setState("connecting");
   const ws = new WebSocket(wsUrl());
   camtrack.ws = ws;
-  ws.onopen = () => {
-    const token = sessionStorage.getItem(TOKEN_KEY);
-    if (token !== null) send(ws, { type: "auth", token });
-  };
+  // always authenticate first: a server without a token ignores it, one with a token needs it
+  ws.onopen = () => send(ws, { type: "auth", token: sessionStorage.getItem(TOKEN_KEY) || "" });
   ws.onmessage = (event) => {
     let message;
     try {

@@ -67,11 +67,12 @@ def sandbox(tmp_path_factory):
 class Server:
     """`python server.py` in the namespace."""
 
-    def __init__(self, ns: netns_mod.Netns, log: Path, codec: str) -> None:
+    def __init__(self, ns: netns_mod.Netns, log: Path, codec: str, *options: str) -> None:
         self.log = log
         argv = ns.command(
             sys.executable, str(ROOT / "server.py"), "--host", netns_mod.SERVER_ADDRESS, "--port", str(PORT),
             "--source", "pattern", "--codec", codec, "--ice-address", netns_mod.SERVER_ADDRESS, "--linger", "1",
+            *options,
         )
         with open(log, "ab") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -89,13 +90,13 @@ class Server:
         return time.monotonic() - start
 
 
-def open_page(browser, timeout: float = 30.0):
+def open_page(browser, path: str = "", timeout: float = 30.0):
     """A page on the server's URL, retried until the server answers."""
     page = browser.new_page(viewport={"width": 800, "height": 600})
     deadline = time.monotonic() + timeout
     while True:
         try:
-            page.goto(URL, timeout=5000)
+            page.goto(URL + path, timeout=5000)
             return page
         except Exception:  # noqa: BLE001 - connection refused until the server listens
             if time.monotonic() > deadline:
@@ -155,6 +156,43 @@ def test_page_plays_and_reconnects(sandbox, tmp_path, codec):
                 wait_frames(page, 10)
             finally:
                 browser.close()
+    except BaseException:
+        print(log.read_text() if log.exists() else "(no server log)")
+        raise
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+
+
+@pytest.mark.timeout(180)
+def test_page_token_and_full_states(sandbox, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    ns, wrapper = sandbox
+    log = tmp_path / "server.log"
+    server = Server(ns, log, "h264", "--token", "s3cret", "--max-viewers", "1")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
+            try:
+                stranger = open_page(browser)
+                stranger.wait_for_function("window.camtrack.state === 'unauthorized'", timeout=30000)
+                assert "unauthorized" in stranger.locator("#status").inner_text()
+                stranger.close()
+
+                viewer = open_page(browser, "?token=s3cret")
+                viewer.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+                wait_frames(viewer, 10)
+                # the token left the address bar (and never went into a URL the server sees)
+                assert "token" not in viewer.url
+
+                late = open_page(browser, "?token=s3cret")
+                late.wait_for_function("window.camtrack.state === 'full'", timeout=30000)
+                assert "server full" in late.locator("#status").inner_text()
+                late.screenshot(path=str(tmp_path / "full.png"))
+            finally:
+                browser.close()
+        assert "s3cret" not in log.read_text()
     except BaseException:
         print(log.read_text() if log.exists() else "(no server log)")
         raise
