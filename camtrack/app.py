@@ -1,85 +1,73 @@
-"""The aiohttp application: the page, the signaling websocket, and their shutdown."""
+"""The aiohttp application: the page, the outputs of every camera, health, and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 
 from aiohttp import web
 
 from .access import is_loopback
+from .cameras import Cameras
 from .config import Config
-from .encoder import EncoderSettings, SharedEncoder
 from .ice import resolve_addresses, restrict_host_addresses
-from .signaling import Session, websocket_handler
-from .sources import make_source, resolve_auto
-from .stream import CameraStream
+from . import whep
+from .signaling import websocket_handler
 
 logger = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
-STREAM = web.AppKey("stream", CameraStream)
-SESSIONS = web.AppKey("sessions", set)
-ENCODER = web.AppKey("encoder", object)  # SharedEncoder, or None in per-viewer mode
+CAMERAS = web.AppKey("cameras", Cameras)
 
 
 def create_app(config: Config) -> web.Application:
     """Build the camtrack application for `config`; nothing runs until it is started."""
     app = web.Application()
-    source = resolve_auto(config.source)
-    stream = CameraStream(
-        "default",
-        functools.partial(make_source, source, config.width, config.height, config.fps),
-        linger=config.linger,
-    )
-    encoder = None
-    if config.encoder == "shared":
-        encoder = SharedEncoder(stream, EncoderSettings(
-            codec=config.codec, width=config.width, height=config.height, fps=config.fps,
-            bitrate=config.bitrate, keyframe_interval=config.keyframe_interval))
-    sessions: set[Session] = set()
+    cameras = Cameras(config)
     app[CONFIG] = config
-    app[STREAM] = stream
-    app[ENCODER] = encoder
-    app[SESSIONS] = sessions
+    app[CAMERAS] = cameras
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 
+    async def api_cameras(request: web.Request) -> web.Response:
+        """The cameras, in order, with their state and viewers."""
+        return web.json_response({"cameras": [camera.describe() for camera in cameras]})
+
     async def healthz(request: web.Request) -> web.Response:
         """Source states and viewer counts; 503 while a watched source is down."""
-        watched = bool(stream.consumers)
-        state = stream.state
+        sources = {}
+        down = False
+        for camera in cameras:
+            watched = bool(camera.stream.consumers)
+            state = camera.stream.state
+            down |= watched and state == "retrying"
+            sources[camera.name] = {**camera.describe(), "watched": watched, "encoder": None}
+            if camera.encoder is not None:
+                stats = camera.encoder.stats
+                sources[camera.name]["encoder"] = {
+                    "running": camera.encoder.running, "viewers": len(camera.encoder.consumers),
+                    "frames": stats.frames, "keyframes": stats.keyframes}
         body = {
-            "status": "down" if watched and state == "retrying" else "ok",
-            "viewers": len(sessions),
-            "peers": sum(1 for s in sessions if s.pc is not None),
-            "sources": {
-                stream.name: {
-                    "state": state,
-                    "watched": watched,
-                    "opens": stream.opens,
-                    "encoder": None if encoder is None else {
-                        "running": encoder.running,
-                        "viewers": len(encoder.consumers),
-                        "frames": encoder.stats.frames,
-                        "keyframes": encoder.stats.keyframes,
-                    },
-                },
-            },
+            "status": "down" if down else "ok",
+            "viewers": cameras.viewer_count,
+            "peers": sum(len(c.viewers["websocket"]) + len(c.viewers["whep"]) for c in cameras),
+            "sources": sources,
             "threads": threading.active_count(),
             "tasks": len(asyncio.all_tasks()),
         }
-        return web.json_response(body, status=503 if body["status"] == "down" else 200)
+        return web.json_response(body, status=503 if down else 200)
 
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/ws", websocket_handler(config, stream, encoder, sessions))
+    app.router.add_get("/api/cameras", api_cameras)
+    app.router.add_get("/ws", websocket_handler(config, cameras))
     app.router.add_static("/static/", config.static_dir)
+    whep.add_routes(app, config, cameras)
 
     undo_ice: list = []
+    sessions_closing: list = []
 
     async def on_startup(app: web.Application) -> None:
         if not config.token and not is_loopback(config.host):
@@ -90,16 +78,14 @@ def create_app(config: Config) -> web.Application:
             logger.info("offering ICE host candidates on %s only", ", ".join(addresses))
 
     async def on_shutdown(app: web.Application) -> None:
-        ending = list(sessions)
-        for session in ending:
-            session.end("server shutting down")
-        if ending:
-            await asyncio.wait_for(asyncio.gather(*(s.closed() for s in ending), return_exceptions=True), 10)
+        viewers = [v for camera in cameras for group in camera.viewers.values() for v in group]
+        for viewer in viewers:
+            viewer.end("server shutting down")
+        if viewers:
+            await asyncio.wait_for(asyncio.gather(*(v.closed() for v in viewers), return_exceptions=True), 10)
 
     async def on_cleanup(app: web.Application) -> None:
-        if encoder is not None:
-            await encoder.close()
-        await stream.close()
+        await cameras.close()
         while undo_ice:
             undo_ice.pop()()
 

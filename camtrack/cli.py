@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
 import ssl
+import tomllib
 
 import ifaddr
 
@@ -25,6 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="camtrack",
         description="Stream a camera to web browsers over WebRTC.",
     )
+    parser.add_argument("--config", metavar="FILE",
+                        help="read options from this TOML file: any option below as a top-level key "
+                             "(ice-server = [\"stun:...\"] for repeatable ones), and cameras as "
+                             "[cameras.NAME] tables with source, width, height, fps, codec, bitrate, "
+                             "keyframe-interval, max-viewers; the command line wins")
+    parser.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
+                        help="a named camera, repeatable (URLs /cameras/NAME/..., /ws?camera=NAME); "
+                             "without any, one camera named 'default' from --source")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all, 0.0.0.0)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     parser.add_argument(
@@ -63,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "same-origin pages and non-browser clients are always allowed")
     parser.add_argument("--cert", help="TLS certificate file (PEM): serve HTTPS and WSS")
     parser.add_argument("--key", help="TLS private key file (PEM), with --cert")
+    parser.add_argument("--mjpeg-fps", type=float, default=15.0, metavar="FPS",
+                        help="most frames a second an MJPEG client gets (default: 15; a client may ask "
+                             "for fewer with ?fps=)")
+    parser.add_argument("--jpeg-quality", type=int, default=80, metavar="Q",
+                        help="JPEG quality of MJPEG and snapshots, 1-100 (default: 80; ?quality= per request)")
     parser.add_argument("--linger", type=float, default=3.0,
                         help="seconds the source stays open after the last viewer leaves (default: 3)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -70,35 +85,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(
+#: keys a [cameras.NAME] table of the config file may have
+CAMERA_KEYS = {"source", "width", "height", "fps", "codec", "bitrate", "keyframe_interval", "max_viewers"}
+#: options that only make sense on the command line
+NOT_IN_FILE = {"config", "camera", "help"}
+
+
+def read_config_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict, dict[str, dict]]:
+    """The options and the [cameras.NAME] tables of a TOML config file."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        parser.exit(2, f"camtrack: error: cannot read config file {path}: {exc.strerror or exc}\n")
+    except tomllib.TOMLDecodeError as exc:
+        parser.exit(2, f"camtrack: error: config file {path}: {exc}\n")
+    known = {action.dest for action in parser._actions} - NOT_IN_FILE
+    cameras = data.pop("cameras", {})
+    options = {}
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            parser.exit(2, f"camtrack: error: config file {path}: unknown option {key!r}\n")
+        options[dest] = value
+    if not isinstance(cameras, dict) or not all(isinstance(t, dict) for t in cameras.values()):
+        parser.exit(2, f"camtrack: error: config file {path}: cameras must be [cameras.NAME] tables\n")
+    for name, table in cameras.items():
+        table = {k.replace("-", "_"): v for k, v in table.items()}
+        unknown = set(table) - CAMERA_KEYS
+        if unknown or "source" not in table:
+            problem = f"unknown key {sorted(unknown)[0]!r}" if unknown else "needs a source"
+            parser.exit(2, f"camtrack: error: config file {path}: camera {name!r} {problem}\n")
+        cameras[name] = table
+    return options, cameras
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, dict[str, dict]]:
+    """Command line over config file over defaults; returns the cameras too."""
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    cameras: dict[str, dict] = {}
+    if known.config:
+        options, cameras = read_config_file(known.config, parser)
+        parser.set_defaults(**options)
+    args = parser.parse_args(argv)
+    for item in args.camera:
+        name, sep, source = item.partition("=")
+        if not sep or not source:
+            parser.error(f"--camera takes NAME=SOURCE, not {item!r}")
+        cameras[name] = {**cameras.get(name, {}), "source": source}
+    return parser, args, cameras
+
+
+def config_from_args(args: argparse.Namespace, cameras: dict[str, dict] | None = None) -> Config:
+    config = Config(
         host=args.host, port=args.port, source=args.source, width=args.width, height=args.height,
         fps=args.fps, codec=args.codec, encoder=args.encoder, bitrate=args.bitrate,
-        keyframe_interval=args.keyframe_interval, ice_servers=args.ice_server, ice_addresses=args.ice_address,
-        linger=args.linger, log_level=args.log_level, max_viewers=args.max_viewers,
-        negotiation_timeout=args.negotiation_timeout, idle_timeout=args.idle_timeout, token=args.token,
-        allow_origins=args.allow_origin, cert=args.cert, key=args.key,
+        keyframe_interval=args.keyframe_interval, ice_servers=list(args.ice_server),
+        ice_addresses=list(args.ice_address), linger=args.linger, log_level=args.log_level,
+        max_viewers=args.max_viewers, negotiation_timeout=args.negotiation_timeout,
+        idle_timeout=args.idle_timeout, token=args.token, allow_origins=list(args.allow_origin),
+        cert=args.cert, key=args.key, mjpeg_fps=args.mjpeg_fps, jpeg_quality=args.jpeg_quality,
     )
+    if cameras:
+        config = dataclasses.replace(config, cameras=[
+            config.camera(name, **settings) for name, settings in cameras.items()])
+    return config
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, args, cameras = parse(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aioice", "aiortc", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, cameras)
         for url in config.ice_servers:
             parse_ice_server(url)
         resolve_addresses(config.ice_addresses)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         parser.error(str(exc))
-    try:
-        config.source = resolve_auto(config.source)
-        check_source(config.source, config.width, config.height, config.fps)
-    except SourceError as exc:
-        parser.exit(2, f"camtrack: error: {exc}\n")
+    for camera in config.cameras:
+        try:
+            camera.source = resolve_auto(camera.source)
+            check_source(camera.source, camera.width, camera.height, camera.fps)
+        except SourceError as exc:
+            name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
+            parser.exit(2, f"camtrack: error: {name}{exc}\n")
     ssl_context = None
     if config.cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -106,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
             ssl_context.load_cert_chain(config.cert, config.key)
         except (OSError, ssl.SSLError) as exc:
             parser.exit(2, f"camtrack: error: cannot load TLS certificate/key: {exc}\n")
-    logger.info("watch at %s", watch_url(config.host, config.port, tls=ssl_context is not None))
+    url = watch_url(config.host, config.port, tls=ssl_context is not None)
+    for camera in config.cameras:
+        logger.info("camera %s: %s, %dx%d@%g %s", camera.name, camera.source, camera.width, camera.height,
+                    camera.fps, camera.codec)
+    logger.info("watch at %s", url)
     try:
         web.run_app(create_app(config), host=config.host, port=config.port, print=None,
                     shutdown_timeout=3.0, access_log=None, ssl_context=ssl_context)

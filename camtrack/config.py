@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+@dataclass
+class CameraConfig:
+    """One camera: its name (in URLs), its source and how it is encoded."""
+
+    name: str
+    source: str
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    codec: str = "h264"
+    bitrate: int = 1_000_000
+    keyframe_interval: float = 2.0
+    #: at most this many viewers of this camera at once, over every transport; 0: no limit
+    max_viewers: int = 0
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.name):
+            raise ValueError(f"camera name {self.name!r} must be letters, digits, '-' or '_'")
+        self.codec = self.codec.lower()
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
+
+    def camera(self, name: str, source: str, **settings) -> CameraConfig:
+        """A camera with this server's defaults for whatever `settings` leaves out."""
+        defaults = dict(width=self.width, height=self.height, fps=self.fps, codec=self.codec,
+                        bitrate=self.bitrate, keyframe_interval=self.keyframe_interval)
+        return CameraConfig(name=name, source=source, **{**defaults, **settings})
+        if not 50_000 <= self.bitrate <= 50_000_000:
+            raise ValueError(f"bitrate must be between 50000 and 50000000 bit/s, not {self.bitrate}")
+        if self.keyframe_interval <= 0:
+            raise ValueError("keyframe interval must be positive")
+        if self.max_viewers < 0:
+            raise ValueError("max viewers must be 0 (no limit) or more")
 
 
 @dataclass
@@ -46,26 +83,36 @@ class Config:
     #: TLS certificate and key files; with both, the server speaks HTTPS/WSS
     cert: str | None = None
     key: str | None = None
+    #: the cameras; when empty, one camera named "default" from the fields above
+    cameras: list[CameraConfig] = field(default_factory=list)
+    #: most frames a second an MJPEG client gets, and the JPEG quality it gets unless it asks
+    mjpeg_fps: float = 15.0
+    jpeg_quality: int = 80
     log_level: str = "info"
     static_dir: Path = STATIC_DIR
 
     def __post_init__(self) -> None:
-        self.codec = self.codec.lower()
-        if self.codec not in CODECS:
-            raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
+        # the per-camera settings are checked by CameraConfig, the default camera's included
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
-        if not 50_000 <= self.bitrate <= 50_000_000:
-            raise ValueError(f"bitrate must be between 50000 and 50000000 bit/s, not {self.bitrate}")
-        if self.keyframe_interval <= 0:
-            raise ValueError("keyframe interval must be positive")
         if self.max_viewers < 0:
             raise ValueError("max viewers must be 0 (no limit) or more")
         if self.negotiation_timeout <= 0 or self.idle_timeout <= 0:
             raise ValueError("time-outs must be positive")
         if bool(self.cert) != bool(self.key):
             raise ValueError("TLS needs both --cert and --key")
-        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
-            raise ValueError(f"width and height must be even and positive, not {self.width}x{self.height}")
-        if not 0 < self.fps <= 120:
-            raise ValueError(f"fps must be between 0 and 120, not {self.fps}")
+        if not 0 < self.mjpeg_fps <= 120:
+            raise ValueError(f"MJPEG fps must be between 0 and 120, not {self.mjpeg_fps}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"JPEG quality must be between 1 and 100, not {self.jpeg_quality}")
+        if not self.cameras:
+            self.cameras = [self.camera("default", self.source)]
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must differ: {', '.join(names)}")
+
+    def camera(self, name: str, source: str, **settings) -> CameraConfig:
+        """A camera with this server's defaults for whatever `settings` leaves out."""
+        defaults = dict(width=self.width, height=self.height, fps=self.fps, codec=self.codec,
+                        bitrate=self.bitrate, keyframe_interval=self.keyframe_interval)
+        return CameraConfig(name=name, source=source, **{**defaults, **settings})

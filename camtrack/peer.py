@@ -1,12 +1,26 @@
-"""Answering a viewer's SDP offer: the codec it gets and the checks the offer must pass."""
+"""A WebRTC viewer's peer connection: the checks its offer must pass, the codec it gets, its lifecycle."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Callable
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.mediastreams import MediaStreamTrack
 
+from .ice import rtc_configuration
+
+if TYPE_CHECKING:
+    from .cameras import Camera
+    from .config import Config
+
+logger = logging.getLogger(__name__)
+
+#: seconds a peer's close may take before it is abandoned
+CLOSE_TIMEOUT = 5.0
 #: what each --codec name sends; H.264 is constrained baseline so Safari plays it
 CODEC_MIME = {"h264": "video/H264", "vp8": "video/VP8"}
 H264_PROFILE = "42e01f"
@@ -88,3 +102,93 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack,
     answer = await pc.createAnswer()
     await pc.setLocalDescription(answer)
     return pc.localDescription.sdp
+
+
+class Peer:
+    """One WebRTC viewer of a camera: answers its offer, watches the connection, and calls
+    `on_end(reason)` once when it fails, closes, stays disconnected or never connects."""
+
+    def __init__(self, camera: "Camera", config: "Config", transport: str, remote: str,
+                 on_end: Callable[[str], None]) -> None:
+        self.camera = camera
+        self.config = config
+        self.transport = transport
+        self.remote = remote
+        self.on_end = on_end
+        self.pc = RTCPeerConnection(rtc_configuration(config.ice_servers))
+        self.track = camera.make_track(transport)
+        self.connected = False
+        self._ended = False
+        self._closing: asyncio.Task[None] | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.pc.on("connectionstatechange", self._on_state)
+
+    @property
+    def negotiating(self) -> bool:
+        return self.pc.connectionState in ("new", "connecting")
+
+    async def answer(self, sdp: str) -> str:
+        """The answer to `sdp` (OfferError if it cannot be answered); starts the negotiation clock."""
+        try:
+            answer = await answer_offer(self.pc, sdp, self.track, self.camera.settings.codec)
+        except OfferError:
+            self.camera.meters[self.transport].negotiation_failures += 1
+            raise
+        self._set_timer("negotiation", self.config.negotiation_timeout, self._negotiation_expired)
+        logger.info("%s viewer %s of %s: answered with %s %dx%d", self.transport, self.remote, self.camera.name,
+                    self.camera.settings.codec, self.camera.settings.width, self.camera.settings.height)
+        return answer
+
+    async def close(self) -> None:
+        """Stop the track and close the connection (idempotent, never cancelled half-way)."""
+        self._ended = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self._closing is None:
+            self.track.stop()
+            # shielded: a close cancelled half-way leaves aiortc waiting forever on a second one
+            self._closing = asyncio.ensure_future(self.pc.close())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closing), CLOSE_TIMEOUT)
+        except asyncio.TimeoutError:
+            logger.warning("%s viewer %s: peer close timed out", self.transport, self.remote)
+
+    def _end(self, reason: str) -> None:
+        if not self._ended:
+            self._ended = True
+            self.on_end(reason)
+
+    def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._timers[name] = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _negotiation_expired(self) -> None:
+        self._timers.pop("negotiation", None)
+        if self.pc.connectionState != "connected":
+            self.camera.meters[self.transport].negotiation_failures += 1
+            self._end("negotiation timed out")
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        logger.debug("%s viewer %s: peer %s", self.transport, self.remote, state)
+        if state == "connected":
+            self._cancel_timer("negotiation")
+            self._cancel_timer("disconnected")
+            if not self.connected:
+                logger.info("%s viewer %s of %s: connected", self.transport, self.remote, self.camera.name)
+            self.connected = True
+        elif state == "disconnected" and "disconnected" not in self._timers:
+            self._set_timer("disconnected", self.config.disconnect_timeout,
+                            lambda: self._end("peer stayed disconnected"))
+        elif state in ("failed", "closed"):
+            if state == "failed" and not self.connected:
+                self.camera.meters[self.transport].negotiation_failures += 1
+            self._end(f"peer {state}")

@@ -28,19 +28,15 @@ from aiortc import RTCIceCandidate, RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 
 from .access import origin_allowed, token_matches
+from .cameras import Camera, Cameras
 from .config import Config
-from .encoder import SharedEncoder
-from .ice import ice_servers_json, rtc_configuration
-from .peer import OfferError, answer_offer
-from .stream import CameraStream
-from .track import CameraTrack, EncodedTrack
+from .ice import ice_servers_json
+from .peer import OfferError, Peer
 
 logger = logging.getLogger(__name__)
 
 #: the largest message a client may send (SDP offers are a few KiB)
 MAX_MESSAGE_SIZE = 64 * 1024
-#: seconds a peer's close may take before it is abandoned
-CLOSE_TIMEOUT = 5.0
 #: a client may send this many messages at once, refilled at MESSAGE_RATE a second
 MESSAGE_BURST = 60
 MESSAGE_RATE = 20.0
@@ -71,27 +67,28 @@ class TokenBucket:
 
 
 class Session:
-    """One viewer: its websocket and the peer connection negotiated over it."""
+    """One viewer's websocket and the peer connection negotiated over it."""
 
-    def __init__(self, ws: web.WebSocketResponse, remote: str, config: Config,
-                 stream: CameraStream, encoder: SharedEncoder | None, sessions: set["Session"]) -> None:
+    def __init__(self, ws: web.WebSocketResponse, remote: str, config: Config, camera: Camera,
+                 cameras: Cameras) -> None:
         self.ws = ws
         self.remote = remote
         self.config = config
-        self.stream = stream
-        self.encoder = encoder
-        self.sessions = sessions
-        self.pc: RTCPeerConnection | None = None
-        self.track: CameraTrack | EncodedTrack | None = None
+        self.camera = camera
+        self.cameras = cameras
+        self.peer: Peer | None = None
         self.reason: str | None = None
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._idle: asyncio.TimerHandle | None = None
         self._teardown: asyncio.Task[None] | None = None
         self._bucket = TokenBucket(MESSAGE_BURST, MESSAGE_RATE)
-        sessions.add(self)
+
+    @property
+    def pc(self) -> RTCPeerConnection | None:
+        return self.peer.pc if self.peer is not None else None
 
     async def run(self, authorized: bool) -> None:
         """Greet the client (after its auth message if needed), then handle its messages."""
-        self._set_timer("idle", self.config.idle_timeout, self._idle_expired)
+        self._idle = asyncio.get_running_loop().call_later(self.config.idle_timeout, self._idle_expired)
         if authorized:
             await self.send_hello()
         while self.reason is None:
@@ -124,13 +121,15 @@ class Session:
                 await self.send_error(str(exc))
 
     async def send_hello(self) -> None:
+        settings = self.camera.settings
         await self.send({
             "type": "hello",
-            "codecs": [self.config.codec],
+            "codecs": [settings.codec],
             "iceServers": ice_servers_json(self.config.ice_servers),
-            "width": self.config.width,
-            "height": self.config.height,
-            "fps": self.config.fps,
+            "camera": self.camera.name,
+            "width": settings.width,
+            "height": settings.height,
+            "fps": settings.fps,
         })
 
     async def on_auth(self, message: dict[str, Any]) -> bool:
@@ -160,33 +159,28 @@ class Session:
         sdp = message.get("sdp")
         if not isinstance(sdp, str) or not sdp.strip():
             raise ProtocolError("an offer needs an 'sdp' string")
-        if self.pc is not None:
-            if self.pc.connectionState in ("new", "connecting"):
+        if self.peer is not None:
+            if self.peer.negotiating:
                 raise ProtocolError("an offer is still being negotiated; wait for it to connect or fail")
             logger.info("viewer %s: new offer replaces the peer", self.remote)
             await self._close_peer()
-        pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
-        track = EncodedTrack(self.encoder) if self.encoder is not None else CameraTrack(self.stream)
-        self.pc, self.track = pc, track
-        pc.on("connectionstatechange", lambda: self._on_state(pc))
+        peer = Peer(self.camera, self.config, "websocket", self.remote, lambda reason: self._peer_ended(peer, reason))
+        self.peer = peer
         try:
-            answer = await answer_offer(pc, sdp, track, self.config.codec)
+            answer = await peer.answer(sdp)
         except OfferError as exc:
             await self._close_peer()
             raise ProtocolError(str(exc)) from None
-        if self.pc is not pc:  # replaced or ended while negotiating
-            return
-        self._set_timer("negotiation", self.config.negotiation_timeout, self._negotiation_expired, pc)
-        await self.send({"type": "answer", "sdp": answer})
-        logger.info("viewer %s: answered with %s %dx%d (%s encoder)", self.remote, self.config.codec,
-                    self.config.width, self.config.height, self.config.encoder)
+        if self.peer is peer:  # not replaced or ended while negotiating
+            await self.send({"type": "answer", "sdp": answer})
 
     async def on_candidate(self, message: dict[str, Any]) -> None:
-        if self.pc is None:
+        if self.peer is None:
             raise ProtocolError("a candidate came before any offer")
+        pc = self.peer.pc
         text = message.get("candidate")
         if text is None or text == "":
-            await self.pc.addIceCandidate(None)
+            await pc.addIceCandidate(None)
             return
         if not isinstance(text, str):
             raise ProtocolError("'candidate' must be a string or null")
@@ -203,7 +197,7 @@ class Session:
             raise ProtocolError(f"malformed candidate: {text[:200]!r}") from None
         candidate.sdpMid, candidate.sdpMLineIndex = mid, index
         try:
-            await self.pc.addIceCandidate(candidate)
+            await pc.addIceCandidate(candidate)
         except Exception as exc:  # noqa: BLE001
             raise ProtocolError(f"candidate refused: {exc}") from None
 
@@ -222,8 +216,8 @@ class Session:
         if self.reason is not None:
             return
         self.reason = reason
-        self.sessions.discard(self)
-        logger.info("viewer %s left: %s", self.remote, reason)
+        self.cameras.leave(self.camera, "websocket", self)
+        logger.info("viewer %s of %s left: %s", self.remote, self.camera.name, reason)
         self._teardown = asyncio.ensure_future(self._close_all())
 
     async def closed(self) -> None:
@@ -232,64 +226,31 @@ class Session:
             await asyncio.shield(self._teardown)
 
     async def _close_all(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        if self._idle is not None:
+            self._idle.cancel()
         await self._close_peer()
         if not self.ws.closed:
             await self.send({"type": "bye"})
             await self.ws.close()
 
     async def _close_peer(self) -> None:
-        pc, track = self.pc, self.track
-        self.pc = self.track = None
-        for name in ("disconnected", "negotiation"):
-            timer = self._timers.pop(name, None)
-            if timer is not None:
-                timer.cancel()
-        if track is not None:
-            track.stop()
-        if pc is not None:
-            # shielded: a close cancelled half-way leaves aiortc waiting forever on a second one
-            try:
-                await asyncio.wait_for(asyncio.shield(pc.close()), CLOSE_TIMEOUT)
-            except asyncio.TimeoutError:
-                logger.warning("viewer %s: peer close timed out", self.remote)
+        peer, self.peer = self.peer, None
+        if peer is not None:
+            await peer.close()
 
-    def _set_timer(self, name: str, delay: float, callback, *args) -> None:
-        old = self._timers.pop(name, None)
-        if old is not None:
-            old.cancel()
-        self._timers[name] = asyncio.get_running_loop().call_later(delay, callback, *args)
-
-    def _idle_expired(self) -> None:
-        self._timers.pop("idle", None)
-        if self.pc is None and self.reason is None:
-            asyncio.ensure_future(self.send_error(f"closing: no offer within {self.config.idle_timeout:g} s"))
-            self.end("idle")
-
-    def _negotiation_expired(self, pc: RTCPeerConnection) -> None:
-        self._timers.pop("negotiation", None)
-        if pc is self.pc and pc.connectionState != "connected":
+    def _peer_ended(self, peer: Peer, reason: str) -> None:
+        if peer is not self.peer:
+            return
+        if reason == "negotiation timed out":
             asyncio.ensure_future(self.send_error(
                 f"closing: the connection was not established within {self.config.negotiation_timeout:g} s"))
-            self.end("negotiation timed out")
+        self.end(reason)
 
-    def _on_state(self, pc: RTCPeerConnection) -> None:
-        if pc is not self.pc:
-            return
-        state = pc.connectionState
-        logger.debug("viewer %s: peer %s", self.remote, state)
-        if state == "connected":
-            for name in ("disconnected", "negotiation"):
-                timer = self._timers.pop(name, None)
-                if timer is not None:
-                    timer.cancel()
-            logger.info("viewer %s: connected", self.remote)
-        elif state == "disconnected" and "disconnected" not in self._timers:
-            self._set_timer("disconnected", self.config.disconnect_timeout, self.end, "peer stayed disconnected")
-        elif state in ("failed", "closed"):
-            self.end(f"peer {state}")
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if self.peer is None and self.reason is None:
+            asyncio.ensure_future(self.send_error(f"closing: no offer within {self.config.idle_timeout:g} s"))
+            self.end("idle")
 
 
 def parse_message(data: str) -> dict[str, Any]:
@@ -306,11 +267,10 @@ def parse_message(data: str) -> dict[str, Any]:
     return message
 
 
-def websocket_handler(config: Config, stream: CameraStream, encoder: SharedEncoder | None,
-                      sessions: set[Session]):
-    """The `GET /ws` handler: runs one viewer's session per websocket."""
+def websocket_handler(config: Config, cameras: Cameras):
+    """The `GET /ws` handler (`?camera=NAME`, default the first): one viewer's session per websocket."""
 
-    async def handler(request: web.Request) -> web.WebSocketResponse:
+    async def handler(request: web.Request) -> web.StreamResponse:
         remote = request.remote or "?"
         if not origin_allowed(request, config.allow_origins):
             logger.warning("refused websocket from %s: origin %s not allowed", remote, request.headers.get("Origin"))
@@ -319,16 +279,20 @@ def websocket_handler(config: Config, stream: CameraStream, encoder: SharedEncod
         if query_token is not None and not token_matches(config.token, query_token):
             logger.warning("refused websocket from %s: wrong token", remote)
             raise web.HTTPUnauthorized(text="unauthorized: wrong token\n")
+        camera = cameras.get(request.query.get("camera"))
+        if camera is None:
+            raise web.HTTPNotFound(text=f"no camera {request.query.get('camera')!r}\n")
         authorized = not config.token or query_token is not None
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE)
         await ws.prepare(request)
-        if config.max_viewers and len(sessions) >= config.max_viewers:
-            logger.warning("refused viewer %s: server full (%d viewers)", remote, len(sessions))
+        session = Session(ws, remote, config, camera, cameras)
+        if not cameras.admit(camera, "websocket", session):
+            logger.warning("refused viewer %s of %s: server full", remote, camera.name)
             await ws.send_json({"type": "error", "message": "server full"})
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full")
             return ws
-        logger.info("viewer %s connected (%s)", remote, request.headers.get("User-Agent", "-")[:80])
-        session = Session(ws, remote, config, stream, encoder, sessions)
+        logger.info("viewer %s connected to %s (%s)", remote, camera.name,
+                    request.headers.get("User-Agent", "-")[:80])
         try:
             await session.run(authorized)
         finally:

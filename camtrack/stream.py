@@ -30,11 +30,22 @@ class CameraStream:
         self.opens = 0
         self.latest: Frame | None = None
         self._seq = 0
+        self._description = name
         self._capture: Capture | None = None
         self._stopping: list[asyncio.Task[None]] = []
         self._release_timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[Frame] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def description(self) -> str:
+        """What the source is, as the capture thread names it."""
+        return self._description
+
+    @property
+    def frames(self) -> int:
+        """Frames captured over the stream's life."""
+        return self._seq
 
     @property
     def running(self) -> bool:
@@ -90,6 +101,7 @@ class CameraStream:
         self._loop = asyncio.get_running_loop()
         self.latest = None
         capture = Capture(self.source_factory(), lambda frame: self._from_thread(capture, frame))
+        self._description = capture.source.description
         self._capture = capture
         self.opens += 1
         logger.info("stream %s: opening %s", self.name, capture.source.description)

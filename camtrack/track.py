@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import av
 from av import VideoFrame
@@ -11,6 +12,9 @@ from aiortc.mediastreams import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, MediaStreamEr
 
 from .encoder import EncodedFrame, EncoderClosed, SharedEncoder
 from .stream import CameraStream, StreamClosed
+
+if TYPE_CHECKING:
+    from .cameras import Meter
 
 
 class CameraTrack(MediaStreamTrack):
@@ -22,9 +26,10 @@ class CameraTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, stream: CameraStream) -> None:
+    def __init__(self, stream: CameraStream, meter: "Meter | None" = None) -> None:
         super().__init__()
         self.stream = stream
+        self.meter = meter
         self._seq = 0
         self._start: float | None = None
         self._pts = -1
@@ -48,6 +53,8 @@ class CameraTrack(MediaStreamTrack):
         video_frame = VideoFrame.from_ndarray(frame.yuv, format="yuv420p")
         video_frame.pts = self._pts
         video_frame.time_base = VIDEO_TIME_BASE
+        if self.meter is not None:
+            self.meter.frames += 1  # encoded by aiortc: its size is not known here
         return video_frame
 
     def stop(self) -> None:
@@ -67,9 +74,10 @@ class EncodedTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, encoder: SharedEncoder) -> None:
+    def __init__(self, encoder: SharedEncoder, meter: "Meter | None" = None) -> None:
         super().__init__()
         self.encoder = encoder
+        self.meter = meter
         self.started = time.monotonic()
         #: seconds from attaching to the first packet handed out, and whether it was a keyframe
         self.first_packet: tuple[float, bool] | None = None
@@ -117,6 +125,9 @@ class EncodedTrack(MediaStreamTrack):
                 raise MediaStreamError
             if self.first_packet is None:
                 self.first_packet = (time.monotonic() - self.started, encoded.keyframe)
+            if self.meter is not None:
+                self.meter.frames += 1
+                self.meter.bytes += encoded.size
             return encoded.packet
 
     def stop(self) -> None:

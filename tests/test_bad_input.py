@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from camtrack.app import ENCODER, SESSIONS
+from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.track import EncodedTrack
 
@@ -125,7 +125,7 @@ async def test_bad_input_table(serve):
     watcher = Viewer(url)
     await watcher.connect()
     await watcher.frames(5)
-    watcher_track = next(t for t in app[ENCODER].consumers if isinstance(t, EncodedTrack))
+    watcher_track = next(t for t in app[CAMERAS].first.encoder.consumers if isinstance(t, EncodedTrack))
     for name, before, bad, expected in CASES:
         try:
             await run_case(url, before, bad, expected)
@@ -134,7 +134,7 @@ async def test_bad_input_table(serve):
         # the watcher keeps watching, without a dropped frame
         await watcher.frames(2)
         assert watcher_track.skipped == 0, f"case {name!r} made the watcher drop frames"
-    await eventually(lambda: len(app[SESSIONS]) == 1)
+    await eventually(lambda: app[CAMERAS].viewer_count == 1)
     await watcher.close()
 
 
@@ -144,7 +144,7 @@ async def test_silent_client_is_closed(serve):
         assert (await ws.receive_json())["type"] == "hello"
         await expect(ws, "no offer within")
         await expect(ws, "close:1000")
-    await eventually(lambda: not app[SESSIONS])
+    await eventually(lambda: app[CAMERAS].viewer_count == 0)
 
 
 async def test_negotiation_that_never_completes_is_closed(serve):
@@ -154,7 +154,7 @@ async def test_negotiation_that_never_completes_is_closed(serve):
         await ws.send_json({"type": "offer", "sdp": await make_offer()})
         await expect(ws, "not established within 1 s")
         await expect(ws, "close:1000")
-    await eventually(lambda: not app[SESSIONS] and not app[ENCODER].consumers)
+    await eventually(lambda: app[CAMERAS].viewer_count == 0 and not app[CAMERAS].first.encoder.consumers)
 
 
 async def test_max_viewers(serve):
@@ -167,7 +167,7 @@ async def test_max_viewers(serve):
         await expect(ws, "close:1013")
     await first.frames(3)
     await first.close()
-    await eventually(lambda: len(app[SESSIONS]) == 1)
+    await eventually(lambda: app[CAMERAS].viewer_count == 1)
     third = Viewer(url)
     await third.connect()
     await third.frames(3)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from camtrack.app import ENCODER, STREAM
+from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.encoder import EncoderSettings, SharedEncoder
 from camtrack.sources import PatternSource
@@ -35,7 +35,7 @@ async def test_viewers_receive_identical_encoded_frames(serve, codec):
     hashes = [{digest(f) for f in frames[10:]} for frames in results]
     common = hashes[0] & hashes[1] & hashes[2]
     assert len(common) >= 15, f"only {len(common)} identical pictures"
-    assert app[ENCODER].stats.opens == 1
+    assert app[CAMERAS].first.encoder.stats.opens == 1
 
 
 async def test_per_viewer_encoders_differ(serve):
@@ -55,7 +55,7 @@ async def test_per_viewer_encoders_differ(serve):
 @pytest.mark.parametrize("codec", ["h264", "vp8"])
 async def test_late_joiner_starts_promptly_on_a_keyframe(serve, codec):
     url, app = await serve(width=320, height=240, codec=codec, keyframe_interval=60)
-    encoder = app[ENCODER]
+    encoder = app[CAMERAS].first.encoder
     first = Viewer(url)
     late = Viewer(url)
     try:
@@ -80,7 +80,7 @@ async def test_late_joiner_starts_promptly_on_a_keyframe(serve, codec):
 
 async def test_pli_produces_a_keyframe(serve):
     url, app = await serve(width=320, height=240, keyframe_interval=60)
-    encoder = app[ENCODER]
+    encoder = app[CAMERAS].first.encoder
     viewer = Viewer(url)
     try:
         await viewer.connect()
@@ -142,7 +142,7 @@ async def test_encoder_and_camera_stop_after_the_last_viewer(serve):
     viewer = Viewer(url)
     await viewer.connect()
     await viewer.frames(5)
-    assert app[ENCODER].running and app[STREAM].running
+    assert app[CAMERAS].first.encoder.running and app[CAMERAS].first.stream.running
     await viewer.close()
-    await eventually(lambda: not app[ENCODER].running)
-    await eventually(lambda: not app[STREAM].running)
+    await eventually(lambda: not app[CAMERAS].first.encoder.running)
+    await eventually(lambda: not app[CAMERAS].first.stream.running)

@@ -8,7 +8,7 @@ import threading
 import aiohttp
 import numpy as np
 
-from camtrack.app import STREAM
+from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.sources import PatternSource, SourceError
 
@@ -47,7 +47,7 @@ async def test_source_failure_and_recovery(serve, caplog):
     caplog.set_level(logging.INFO)
     url, app = await serve(width=320, height=240)
     camera = Unpluggable(320, 240, 30)
-    app[STREAM].source_factory = lambda: camera
+    app[CAMERAS].first.stream.source_factory = lambda: camera
 
     status, body = await health(url)
     assert status == 200 and body["sources"]["default"]["state"] == "idle" and body["viewers"] == 0
@@ -62,7 +62,7 @@ async def test_source_failure_and_recovery(serve, caplog):
     pc = viewer.pc
 
     camera.plugged.clear()
-    await eventually(lambda: app[STREAM].state == "retrying")
+    await eventually(lambda: app[CAMERAS].first.stream.state == "retrying")
     status, body = await health(url)
     assert status == 503 and body["status"] == "down" and body["sources"]["default"]["state"] == "retrying"
     # viewers stay connected and are shown a "no signal" picture
@@ -77,7 +77,7 @@ async def test_source_failure_and_recovery(serve, caplog):
     assert pc.connectionState == "connected"
 
     camera.plugged.set()
-    await eventually(lambda: app[STREAM].state == "up", timeout=30)
+    await eventually(lambda: app[CAMERAS].first.stream.state == "up", timeout=30)
     for _ in range(200):
         frame = await track.recv()
         if left_middle_luma(frame) > 150:
@@ -87,7 +87,7 @@ async def test_source_failure_and_recovery(serve, caplog):
     status, body = await health(url)
     assert status == 200 and body["status"] == "ok"
     assert viewer.pc is pc and pc.connectionState == "connected"
-    assert app[STREAM].opens == 1  # the stream stayed open; only the device was reopened
+    assert app[CAMERAS].first.stream.opens == 1  # the stream stayed open; only the device was reopened
 
     # the log said it once, not once per frame or per retry
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING and "unpluggable camera" in r.getMessage()]

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from camtrack import Config, create_app
-from camtrack.app import ENCODER, SESSIONS
+from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.ice import restrict_host_addresses
 from camtrack.track import EncodedTrack
@@ -60,7 +60,7 @@ class ServerThread:
         self.watcher = Viewer(self.url)
         await self.watcher.connect()
         await self.watcher.frames(5)
-        self.watcher_track = next(t for t in self.app[ENCODER].consumers if isinstance(t, EncodedTrack))
+        self.watcher_track = next(t for t in self.app[CAMERAS].first.encoder.consumers if isinstance(t, EncodedTrack))
         self.received = 0
         self.reader = asyncio.ensure_future(self._watch())
 
@@ -125,4 +125,4 @@ async def _until(predicate) -> None:
 
 def test_after_the_storm(server):
     """Every thrown socket is gone; the watcher is the only session left."""
-    server.call(asyncio.wait_for(_until(lambda: len(server.app[SESSIONS]) == 1), 20))
+    server.call(asyncio.wait_for(_until(lambda: server.app[CAMERAS].viewer_count == 1), 20))

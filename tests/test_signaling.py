@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from camtrack.app import SESSIONS
+from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 
 OFFER_NO_VIDEO = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -97,7 +97,7 @@ async def test_bye_closes_the_socket(serve):
     while message.type == aiohttp.WSMsgType.TEXT:
         message = await asyncio.wait_for(viewer.ws.receive(), 10)
     assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
-    assert not app[SESSIONS]
+    assert app[CAMERAS].viewer_count == 0
     await viewer.close(bye=False)
 
 

@@ -12,7 +12,7 @@ import time
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from camtrack.app import ENCODER, SESSIONS, STREAM
+from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 
 from .conftest import eventually
@@ -85,12 +85,12 @@ async def test_soak(serve, capsys, caplog):
     url, app = await serve(width=160, height=120, fps=15, codec="vp8", linger=0.3, negotiation_timeout=2,
                            keyframe_interval=1)
     camera = Unpluggable(160, 120, 15)
-    app[STREAM].source_factory = lambda: camera
+    app[CAMERAS].first.stream.source_factory = lambda: camera
     async with aiohttp.ClientSession() as http:
         # warm up with the same concurrency: load codecs, and let the allocator make its
         # per-thread arenas, which it keeps (growth after that is what would be a leak)
         await asyncio.gather(*(session(url, kind % 5, http) for kind in range(5 * CONCURRENCY)))
-        await eventually(lambda: not app[SESSIONS] and not app[STREAM].running, timeout=30)
+        await eventually(lambda: app[CAMERAS].viewer_count == 0 and not app[CAMERAS].first.stream.running, timeout=30)
         gc.collect()
         await asyncio.sleep(0.5)
         base = {"rss": rss_mb(), "fds": open_fds(), "threads": own_threads(),
@@ -114,8 +114,8 @@ async def test_soak(serve, capsys, caplog):
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
         took = time.monotonic() - started
 
-    await eventually(lambda: not app[SESSIONS], timeout=30)
-    await eventually(lambda: not app[ENCODER].running and not app[STREAM].running, timeout=30)
+    await eventually(lambda: app[CAMERAS].viewer_count == 0, timeout=30)
+    await eventually(lambda: not app[CAMERAS].first.encoder.running and not app[CAMERAS].first.stream.running, timeout=30)
     gc.collect()
     await eventually(lambda: own_threads() <= base["threads"], timeout=30)
     await eventually(lambda: len(asyncio.all_tasks()) <= base["tasks"], timeout=30)
@@ -131,8 +131,8 @@ async def test_soak(serve, capsys, caplog):
     assert after["peers"] == 0
     assert after["fds"] <= base["fds"]
     assert after["rss"] - base["rss"] < 20
-    assert not app[STREAM].running  # the camera is released
+    assert not app[CAMERAS].first.stream.running  # the camera is released
 
 
 def camera_opens(app) -> int:
-    return app[STREAM].opens
+    return app[CAMERAS].first.stream.opens

@@ -9,7 +9,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack import stamp
-from camtrack.app import ENCODER, STREAM
+from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 
 from .conftest import eventually
@@ -21,8 +21,8 @@ RTPMAP = re.compile(r"^a=rtpmap:\d+ ([\w-]+)/90000", re.M)
 @pytest.mark.parametrize("codec", ["h264", "vp8"])
 async def test_three_viewers_share_one_source(serve, codec, encoder):
     url, app = await serve(width=320, height=240, fps=30, codec=codec, encoder=encoder)
-    stream = app[STREAM]
-    watchers = stream.consumers if encoder == "per-viewer" else app[ENCODER].consumers
+    stream = app[CAMERAS].first.stream
+    watchers = stream.consumers if encoder == "per-viewer" else app[CAMERAS].first.encoder.consumers
     viewers = [Viewer(url) for _ in range(3)]
     try:
         await asyncio.gather(*(v.connect() for v in viewers))
@@ -51,7 +51,7 @@ async def test_three_viewers_share_one_source(serve, codec, encoder):
 
 async def test_new_offer_replaces_the_peer(serve):
     url, app = await serve(width=320, height=240)
-    stream = app[STREAM]
+    stream = app[CAMERAS].first.stream
     viewer = Viewer(url)
     try:
         await viewer.connect()
@@ -69,7 +69,7 @@ async def test_new_offer_replaces_the_peer(serve):
         await viewer.pc.close()  # the old server-side peer is already gone
         for _ in range(5):
             await asyncio.wait_for(track.recv(), 20)
-        assert len(app[ENCODER].consumers) == 1
+        assert len(app[CAMERAS].first.encoder.consumers) == 1
         assert stream.opens == 1
         await pc.close()
     finally:
@@ -79,12 +79,12 @@ async def test_new_offer_replaces_the_peer(serve):
 
 async def test_abrupt_disconnect_releases_the_source(serve):
     url, app = await serve(width=320, height=240)
-    stream = app[STREAM]
+    stream = app[CAMERAS].first.stream
     viewer = Viewer(url)
     await viewer.connect()
     await viewer.frames(5)
     # the socket drops without a bye: the peer is closed and forgotten
     await viewer.ws.close()
-    await eventually(lambda: not app[ENCODER].consumers and not stream.consumers)
+    await eventually(lambda: not app[CAMERAS].first.encoder.consumers and not stream.consumers)
     await eventually(lambda: not stream.running)
     await viewer.close(bye=False)

@@ -1,0 +1,160 @@
+"""WHEP (WebRTC-HTTP Egress Protocol): a viewer's peer made from one HTTP POST, ended by DELETE.
+
+POST an SDP offer (`Content-Type: application/sdp`) to `/whep` or `/cameras/NAME/whep`:
+201 Created with the answer and a `Location` naming the session; DELETE that location to hang up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .access import require_token
+from .cameras import Camera, Cameras
+from .config import Config
+from .ice import parse_ice_server
+from .peer import OfferError, Peer
+
+logger = logging.getLogger(__name__)
+
+MAX_OFFER_SIZE = 64 * 1024
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Location, Link, Accept-Post",
+}
+
+
+class WhepSession:
+    """One WHEP viewer and the resource URL that ends it."""
+
+    def __init__(self, camera: Camera, cameras: Cameras, config: Config, remote: str,
+                 sessions: dict[str, "WhepSession"]) -> None:
+        self.id = secrets.token_urlsafe(16)
+        self.camera = camera
+        self.cameras = cameras
+        self.remote = remote
+        self.sessions = sessions
+        self.location = f"/cameras/{quote(camera.name)}/whep/{self.id}"
+        self.peer = Peer(camera, config, "whep", remote, self.end)
+        self.reason: str | None = None
+        self._teardown: asyncio.Task[None] | None = None
+        sessions[self.id] = self
+
+    def end(self, reason: str) -> None:
+        """Hang up (once; safe from any callback)."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.sessions.pop(self.id, None)
+        self.cameras.leave(self.camera, "whep", self)
+        logger.info("whep viewer %s of %s left: %s", self.remote, self.camera.name, reason)
+        self._teardown = asyncio.ensure_future(self.peer.close())
+
+    async def closed(self) -> None:
+        if self._teardown is not None:
+            await asyncio.shield(self._teardown)
+
+
+def link_headers(ice_servers: list[str]) -> list[str]:
+    """The configured ICE servers as `Link: <url>; rel="ice-server"` values."""
+    links = []
+    for server in map(parse_ice_server, ice_servers):
+        link = f'<{server.urls}>; rel="ice-server"'
+        if server.username:
+            link += f'; username="{server.username}"; credential="{server.credential}"; credential-type="password"'
+        links.append(link)
+    return links
+
+
+def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
+    """`/whep` (the first camera) and `/cameras/{name}/whep`, with their session resources."""
+    sessions: dict[str, WhepSession] = {}
+
+    def camera_of(request: web.Request) -> Camera:
+        name = request.match_info.get("name")
+        camera = cameras.get(name)
+        if camera is None:
+            raise web.HTTPNotFound(text=f"no camera {name!r}\n", headers=CORS)
+        return camera
+
+    async def options(request: web.Request) -> web.Response:
+        camera_of(request)
+        return web.Response(status=204, headers={
+            **CORS,
+            "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type, Authorization",
+            "Access-Control-Max-Age": "86400",
+            "Accept-Post": "application/sdp",
+            "Allow": "POST, OPTIONS",
+        })
+
+    async def post(request: web.Request) -> web.Response:
+        camera = camera_of(request)
+        try:
+            require_token(request, config.token)
+        except web.HTTPUnauthorized as exc:
+            exc.headers.update(CORS)
+            raise
+        if request.content_type != "application/sdp":
+            raise web.HTTPUnsupportedMediaType(text="an offer must be Content-Type: application/sdp\n", headers=CORS)
+        if request.content_length is not None and request.content_length > MAX_OFFER_SIZE:
+            raise web.HTTPRequestEntityTooLarge(MAX_OFFER_SIZE, request.content_length, headers=CORS)
+        try:
+            sdp = (await request.content.read(MAX_OFFER_SIZE + 1)).decode()
+        except UnicodeDecodeError:
+            raise web.HTTPBadRequest(text="the offer is not UTF-8 text\n", headers=CORS) from None
+        if len(sdp) > MAX_OFFER_SIZE:
+            raise web.HTTPRequestEntityTooLarge(MAX_OFFER_SIZE, len(sdp), headers=CORS)
+        remote = request.remote or "?"
+        session = WhepSession(camera, cameras, config, remote, sessions)
+        if not cameras.admit(camera, "whep", session):
+            sessions.pop(session.id, None)
+            await session.peer.close()
+            logger.warning("refused whep viewer %s of %s: server full", remote, camera.name)
+            raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"})
+        try:
+            answer = await session.peer.answer(sdp)
+        except OfferError as exc:
+            session.end(f"bad offer: {exc}")
+            await session.closed()
+            raise web.HTTPBadRequest(text=f"{exc}\n", headers=CORS) from None
+        headers = {**CORS, "Location": session.location, "Content-Type": "application/sdp"}
+        response = web.Response(status=201, text=answer, headers=headers)
+        for link in link_headers(config.ice_servers):
+            response.headers.add("Link", link)
+        logger.info("whep viewer %s connected to %s", remote, camera.name)
+        return response
+
+    async def delete(request: web.Request) -> web.Response:
+        camera = camera_of(request)
+        session = sessions.get(request.match_info["id"])
+        if session is None or session.camera is not camera:
+            raise web.HTTPNotFound(text="no such WHEP session\n", headers=CORS)
+        try:
+            require_token(request, config.token)
+        except web.HTTPUnauthorized as exc:
+            exc.headers.update(CORS)
+            raise
+        session.end("DELETE")
+        await session.closed()
+        return web.Response(status=200, headers=CORS)
+
+    async def patch(request: web.Request) -> web.Response:
+        # trickle ICE is not supported: the answer carries every candidate of the server
+        raise web.HTTPMethodNotAllowed("PATCH", ["DELETE", "OPTIONS"], headers=CORS)
+
+    async def resource_options(request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={
+            **CORS, "Access-Control-Allow-Methods": "DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization", "Allow": "DELETE, OPTIONS"})
+
+    for base in ("/whep", "/cameras/{name}/whep"):
+        app.router.add_post(base, post)
+        app.router.add_route("OPTIONS", base, options)
+    app.router.add_delete("/cameras/{name}/whep/{id}", delete)
+    app.router.add_patch("/cameras/{name}/whep/{id}", patch)
+    app.router.add_route("OPTIONS", "/cameras/{name}/whep/{id}", resource_options)
