@@ -12,7 +12,7 @@ from .access import is_loopback
 from .cameras import Cameras
 from .config import Config
 from .ice import resolve_addresses, restrict_host_addresses
-from . import whep
+from . import mjpeg, whep
 from .signaling import websocket_handler
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/ws", websocket_handler(config, cameras))
     app.router.add_static("/static/", config.static_dir)
     whep.add_routes(app, config, cameras)
+    mjpeg.add_routes(app, config, cameras)
 
     undo_ice: list = []
     sessions_closing: list = []

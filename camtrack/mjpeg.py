@@ -1,0 +1,256 @@
+"""MJPEG and snapshots: JPEGs of a camera for clients with no WebRTC (VLC, Home Assistant, curl).
+
+Each camera has one JPEG encoder per quality, running off the event loop only while someone
+watches; every frame is encoded once however many clients read it, and a slow client skips
+to the newest JPEG instead of queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+import cv2
+from aiohttp import web
+
+from .access import require_token
+from .cameras import Camera, Cameras
+from .config import Config
+from .stream import StreamClosed
+
+logger = logging.getLogger(__name__)
+
+BOUNDARY = "camtrack-frame"
+#: the kernel's send buffer for an MJPEG client: a few frames, so a slow client's backlog
+#: (and so its delay) stays short and it skips ahead instead
+SEND_BUFFER = 128 * 1024
+
+
+@dataclass(frozen=True)
+class Jpeg:
+    seq: int
+    data: bytes
+    #: capture time of the picture, seconds since the epoch
+    captured: float
+
+
+class JpegEncoder:
+    """Encodes a camera's frames as JPEG at one quality, at most `max_fps` a second."""
+
+    def __init__(self, camera: Camera, quality: int, max_fps: float) -> None:
+        self.camera = camera
+        self.quality = quality
+        self.interval = 1.0 / max_fps
+        self.consumers: set[object] = set()
+        self.latest: Jpeg | None = None
+        self.encoded = 0
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[Jpeg] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def attach(self, consumer: object) -> None:
+        self.consumers.add(consumer)
+        if not self.running:
+            self.camera.stream.attach(self)
+            self._task = asyncio.ensure_future(self._run())
+
+    def detach(self, consumer: object) -> None:
+        self.consumers.discard(consumer)
+        if not self.consumers and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def next_jpeg(self, after: int = 0) -> Jpeg:
+        """The newest JPEG above sequence number `after`, waiting for one if needed."""
+        while True:
+            latest = self.latest
+            if latest is not None and latest.seq > after:
+                return latest
+            if not self.running:
+                raise StreamClosed(self.camera.name)
+            if self._waiter is None or self._waiter.done():
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+
+    async def close(self) -> None:
+        self.consumers.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"jpeg {self.camera.name}")
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+        after = 0
+        last = 0.0
+        try:
+            while True:
+                frame = await self.camera.stream.next_frame(after)
+                after = frame.seq
+                wait = last + self.interval - time.monotonic()
+                if wait > 0:  # over the rate cap: wait, then take whatever is newest
+                    await asyncio.sleep(wait)
+                    frame = await self.camera.stream.next_frame(0)
+                    after = frame.seq
+                last = time.monotonic()
+                ok, data = await loop.run_in_executor(executor, cv2.imencode, ".jpg", frame.bgr, params)
+                if not ok:
+                    continue
+                self._seq += 1
+                self.encoded += 1
+                self.latest = Jpeg(self._seq, data.tobytes(), frame.time)
+                waiter, self._waiter = self._waiter, None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(self.latest)
+        except (asyncio.CancelledError, StreamClosed):
+            pass
+        finally:
+            self.camera.stream.detach(self)
+            executor.shutdown(wait=False)
+            self.latest = None
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(StreamClosed(self.camera.name))
+                waiter.exception()
+
+
+class MjpegClient:
+    """One client of `/mjpeg`: counted as a viewer of its camera while it reads."""
+
+    def __init__(self, camera: Camera, remote: str) -> None:
+        self.camera = camera
+        self.remote = remote
+        self.sent = 0
+        self.skipped = 0
+        self.reason: str | None = None
+        self._stop = asyncio.Event()
+        self._done = asyncio.Event()
+
+    def end(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self._stop.set()
+
+    async def closed(self) -> None:
+        await self._done.wait()
+
+
+def quality_of(request: web.Request, default: int) -> int:
+    try:
+        quality = int(request.query.get("quality", default))
+    except ValueError:
+        raise web.HTTPBadRequest(text="quality must be a whole number from 1 to 100\n") from None
+    if not 1 <= quality <= 100:
+        raise web.HTTPBadRequest(text="quality must be a whole number from 1 to 100\n")
+    return quality
+
+
+def encoder_for(camera: Camera, quality: int, config: Config) -> JpegEncoder:
+    encoder = camera.jpeg.get(quality)
+    if encoder is None:
+        encoder = camera.jpeg[quality] = JpegEncoder(camera, quality, config.mjpeg_fps)
+    return encoder
+
+
+def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
+    """`/mjpeg`, `/snapshot.jpg` (the first camera) and the same under `/cameras/{name}/`."""
+
+    def camera_of(request: web.Request) -> Camera:
+        require_token(request, config.token)
+        name = request.match_info.get("name")
+        camera = cameras.get(name)
+        if camera is None:
+            raise web.HTTPNotFound(text=f"no camera {name!r}\n")
+        return camera
+
+    async def mjpeg(request: web.Request) -> web.StreamResponse:
+        camera = camera_of(request)
+        encoder = encoder_for(camera, quality_of(request, config.jpeg_quality), config)
+        try:
+            fps = min(float(request.query.get("fps", config.mjpeg_fps)), config.mjpeg_fps)
+        except ValueError:
+            raise web.HTTPBadRequest(text="fps must be a number\n") from None
+        if fps <= 0:
+            raise web.HTTPBadRequest(text="fps must be positive\n")
+        client = MjpegClient(camera, request.remote or "?")
+        if not cameras.admit(camera, "mjpeg", client):
+            raise web.HTTPServiceUnavailable(text="server full\n", headers={"Retry-After": "10"})
+        meter = camera.meters["mjpeg"]
+        response = web.StreamResponse(headers={
+            "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+            "Cache-Control": "no-cache, no-store", "Pragma": "no-cache",
+        })
+        logger.info("mjpeg viewer %s connected to %s", client.remote, camera.name)
+        encoder.attach(client)
+        stop = asyncio.ensure_future(client._stop.wait())
+        getting: asyncio.Future | None = None
+        try:
+            await response.prepare(request)
+            sock = request.transport.get_extra_info("socket") if request.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            seq, last = 0, 0.0
+            while not client._stop.is_set():
+                wait = last + 1.0 / fps - time.monotonic()
+                if wait > 0:
+                    await asyncio.wait([stop], timeout=wait)
+                    continue
+                getting = asyncio.ensure_future(encoder.next_jpeg(seq))
+                await asyncio.wait([getting, stop], return_when=asyncio.FIRST_COMPLETED)
+                if not getting.done():
+                    getting.cancel()
+                    break
+                jpeg = getting.result()
+                if seq:
+                    client.skipped += jpeg.seq - seq - 1
+                seq, last = jpeg.seq, time.monotonic()
+                part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg.data)}\r\n"
+                        f"X-Timestamp: {jpeg.captured:.3f}\r\n\r\n").encode()
+                await response.write(part + jpeg.data + b"\r\n")
+                client.sent += 1
+                meter.frames += 1
+                meter.bytes += len(jpeg.data)
+            client.end(client.reason or "server closed the stream")
+        except (ConnectionError, StreamClosed, asyncio.CancelledError) as exc:
+            client.end(client.reason or f"went away ({type(exc).__name__})")
+        finally:
+            stop.cancel()
+            if getting is not None:
+                getting.cancel()
+            encoder.detach(client)
+            cameras.leave(camera, "mjpeg", client)
+            logger.info("mjpeg viewer %s of %s left: %s (%d frames, %d skipped)", client.remote, camera.name,
+                        client.reason, client.sent, client.skipped)
+            client._done.set()
+        return response
+
+    async def snapshot(request: web.Request) -> web.Response:
+        camera = camera_of(request)
+        encoder = encoder_for(camera, quality_of(request, config.jpeg_quality), config)
+        taker = object()
+        encoder.attach(taker)
+        try:
+            jpeg = await asyncio.wait_for(encoder.next_jpeg(0), 15)
+        except (asyncio.TimeoutError, StreamClosed):
+            raise web.HTTPServiceUnavailable(text=f"camera {camera.name} gave no picture\n") from None
+        finally:
+            encoder.detach(taker)
+        return web.Response(body=jpeg.data, content_type="image/jpeg", headers={
+            "Cache-Control": "no-cache, no-store",
+            "Content-Disposition": f'inline; filename="{camera.name}-{time.strftime("%Y%m%d-%H%M%S")}.jpg"',
+            "X-Timestamp": f"{jpeg.captured:.3f}",
+        })
+
+    for prefix in ("", "/cameras/{name}"):
+        app.router.add_get(prefix + "/mjpeg", mjpeg)
+        app.router.add_get(prefix + "/snapshot.jpg", snapshot)
