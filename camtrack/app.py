@@ -12,7 +12,7 @@ from .access import is_loopback
 from .cameras import Cameras
 from .config import Config
 from .ice import resolve_addresses, restrict_host_addresses
-from . import mjpeg, whep
+from . import metrics, mjpeg, whep
 from .signaling import websocket_handler
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_static("/static/", config.static_dir)
     whep.add_routes(app, config, cameras)
     mjpeg.add_routes(app, config, cameras)
+    metrics.add_routes(app, cameras)
 
     undo_ice: list = []
     sessions_closing: list = []

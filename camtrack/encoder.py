@@ -54,6 +54,10 @@ class EncodedFrame:
     size: int
 
 
+#: upper bounds of the encode-time histogram, seconds
+ENCODE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
 @dataclass
 class EncoderStats:
     """Counters an operator (and the tests) can read."""
@@ -65,7 +69,16 @@ class EncoderStats:
     bytes: int = 0
     encode_seconds: float = 0.0
     opens: int = 0
-    recent_keyframes: list[float] = field(default_factory=list)
+    #: encodes that took at most ENCODE_BUCKETS[i] seconds (not cumulative; the last is +Inf)
+    encode_buckets: list[int] = field(default_factory=lambda: [0] * (len(ENCODE_BUCKETS) + 1))
+
+    def record_encode(self, seconds: float) -> None:
+        self.encode_seconds += seconds
+        for i, bound in enumerate(ENCODE_BUCKETS):
+            if seconds <= bound:
+                self.encode_buckets[i] += 1
+                return
+        self.encode_buckets[-1] += 1
 
 
 def _codec_context(settings: EncoderSettings) -> av.VideoCodecContext:
@@ -250,7 +263,7 @@ class SharedEncoder:
         packet = av.Packet(data)
         packet.pts = packet.dts = pts
         packet.time_base = TIME_BASE
-        self.stats.encode_seconds += time.perf_counter() - began
+        self.stats.record_encode(time.perf_counter() - began)
         return EncodedFrame(0, packet, keyframe, frame.time, len(data))
 
     def _publish(self, encoded: EncodedFrame) -> None:

@@ -1,0 +1,88 @@
+"""`GET /metrics`: the cameras' counters in the Prometheus text format (prometheus-client).
+
+Nothing is counted for Prometheus on the hot path: a collector reads the counters the
+streams, encoders and outputs keep anyway, at scrape time.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from .cameras import TRANSPORTS, Cameras
+from .encoder import ENCODE_BUCKETS
+
+
+class CameraCollector:
+    """Reads every camera's counters when Prometheus scrapes."""
+
+    def __init__(self, cameras: Cameras) -> None:
+        self.cameras = cameras
+
+    def collect(self) -> Iterator[Metric]:
+        viewers = GaugeMetricFamily("camtrack_viewers", "Viewers now, by camera and transport.",
+                                    labels=["camera", "transport"])
+        up = GaugeMetricFamily("camtrack_source_up", "1 while the camera's source gives frames, else 0.",
+                               labels=["camera"])
+        watched = GaugeMetricFamily("camtrack_source_watched", "1 while someone watches the camera.",
+                                    labels=["camera"])
+        opens = CounterMetricFamily("camtrack_source_opens", "Times the camera's stream was opened.",
+                                    labels=["camera"])
+        captured = CounterMetricFamily("camtrack_frames_captured", "Frames captured.", labels=["camera"])
+        encoded = CounterMetricFamily("camtrack_frames_encoded", "Frames encoded by the shared encoders.",
+                                      labels=["camera", "codec"])
+        keyframes = CounterMetricFamily("camtrack_keyframes", "Keyframes encoded by the shared encoder.",
+                                        labels=["camera", "codec"])
+        keyframe_requests = CounterMetricFamily(
+            "camtrack_keyframe_requests", "Keyframes asked for (joins, PLI/FIR).", labels=["camera", "codec"])
+        sent = CounterMetricFamily("camtrack_frames_sent", "Frames handed to viewers.",
+                                   labels=["camera", "transport"])
+        sent_bytes = CounterMetricFamily("camtrack_sent_bytes", "Encoded bytes handed to viewers.",
+                                         labels=["camera", "transport"])
+        failures = CounterMetricFamily("camtrack_negotiation_failures",
+                                       "WebRTC offers refused, or peers that never connected.",
+                                       labels=["camera", "transport"])
+        encode_time = HistogramMetricFamily("camtrack_encode_seconds", "Time to encode one frame.",
+                                            labels=["camera", "codec"])
+        for camera in self.cameras:
+            name = camera.name
+            for transport in TRANSPORTS:
+                viewers.add_metric([name, transport], len(camera.viewers[transport]))
+                meter = camera.meters[transport]
+                sent.add_metric([name, transport], meter.frames)
+                sent_bytes.add_metric([name, transport], meter.bytes)
+                if transport != "mjpeg":
+                    failures.add_metric([name, transport], meter.negotiation_failures)
+            up.add_metric([name], 1 if camera.stream.state == "up" else 0)
+            watched.add_metric([name], 1 if camera.stream.consumers else 0)
+            opens.add_metric([name], camera.stream.opens)
+            captured.add_metric([name], camera.stream.frames)
+            jpeg_frames = sum(j.encoded for j in camera.jpeg.values())
+            encoded.add_metric([name, "jpeg"], jpeg_frames)
+            if camera.encoder is not None:
+                codec, stats = camera.settings.codec, camera.encoder.stats
+                encoded.add_metric([name, codec], stats.frames)
+                keyframes.add_metric([name, codec], stats.keyframes)
+                keyframe_requests.add_metric([name, codec], stats.keyframe_requests)
+                cumulative, buckets = 0, []
+                for bound, count in zip([*map(str, ENCODE_BUCKETS), "+Inf"], stats.encode_buckets):
+                    cumulative += count
+                    buckets.append((bound, cumulative))
+                encode_time.add_metric([name, codec], buckets, stats.encode_seconds)
+        yield from (viewers, up, watched, opens, captured, encoded, keyframes, keyframe_requests, sent,
+                    sent_bytes, failures, encode_time)
+
+
+def add_routes(app: web.Application, cameras: Cameras) -> None:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(CameraCollector(cameras))
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app.router.add_get("/metrics", metrics)
