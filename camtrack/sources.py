@@ -82,8 +82,10 @@ class PatternSource:
         scale = max(0.4, h / 480)
         text = f"#{self.count}  {time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d}"
         origin = (8, stamp.CELL + int(30 * scale))
-        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        (text_w, text_h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+        cv2.rectangle(image, (origin[0] - 4, origin[1] - text_h - 4), (origin[0] + text_w + 4, origin[1] + base + 2),
+                      (0, 0, 0), -1)
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_AA)
         self.count += 1
         stamp.write_stamp(image, stamp.now_ms())
         return image

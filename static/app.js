@@ -9,7 +9,12 @@ const RETRY_MAX_MS = 5000;
 const DISCONNECTED_GRACE_MS = 4000;
 
 // Exposed for tests and for curious people in the console.
-const camtrack = (window.camtrack = { state: "connecting", pc: null, ws: null, connects: 0, lastError: null });
+const camtrack = (window.camtrack = {
+  state: "connecting", pc: null, ws: null, connects: 0, lastError: null, hello: null,
+  camera: new URLSearchParams(location.search).get("camera"), // null: the server's first camera
+  token: () => sessionStorage.getItem(TOKEN_KEY),
+  switchCamera,
+});
 
 // A token in the page's URL (/?token=...) is moved out of the address bar and sent as the
 // first websocket message, so it stays out of history, screenshots and server logs.
@@ -36,7 +41,8 @@ function setState(state, detail) {
 
 function wsUrl() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${proto}//${location.host}/ws`;
+  const query = camtrack.camera ? `?camera=${encodeURIComponent(camtrack.camera)}` : "";
+  return `${proto}//${location.host}/ws${query}`;
 }
 
 function send(ws, message) {
@@ -103,6 +109,9 @@ function connect() {
 async function handle(ws, message) {
   switch (message.type) {
     case "hello":
+      camtrack.hello = message;
+      camtrack.camera = message.camera || camtrack.camera;
+      document.dispatchEvent(new CustomEvent("camtrack:hello", { detail: message }));
       await startPeer(ws, message);
       break;
     case "answer":
@@ -163,6 +172,18 @@ async function startPeer(ws, hello) {
   send(ws, { type: "offer", sdp: pc.localDescription.sdp });
   offered = true;
   pending.splice(0).forEach((message) => send(ws, message));
+}
+
+function switchCamera(name) {
+  if (name === camtrack.camera) return;
+  camtrack.camera = name;
+  const params = new URLSearchParams(location.search);
+  params.set("camera", name);
+  history.replaceState(null, "", location.pathname + "?" + params.toString() + location.hash);
+  clearTimeout(retryTimer);
+  retryTimer = null;
+  retries = 0;
+  connect();
 }
 
 window.addEventListener("pagehide", teardown);

@@ -38,6 +38,29 @@ FRAMES_DECODED = """async () => {
 }"""
 
 
+WHEP_CLIENT = """async (endpoint) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", {direction: "recvonly"});
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
+    setTimeout(done, 3000);
+  });
+  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
+                                          headers: {"Content-Type": "application/sdp"}});
+  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
+  let frames = 0;
+  for (let i = 0; i < 100 && frames <= 10; i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp") frames = r.framesDecoded || 0; });
+  }
+  const deleted = await fetch(response.headers.get("Location"), {method: "DELETE"});
+  pc.close();
+  return {status: response.status, frames, deleted: deleted.status};
+}"""
+
+
 def unavailable(reason: str):
     """Browser tests may skip on a developer's machine, never in CI."""
     if os.environ.get("CI"):
@@ -193,6 +216,76 @@ def test_page_token_and_full_states(sandbox, tmp_path):
             finally:
                 browser.close()
         assert "s3cret" not in log.read_text()
+    except BaseException:
+        print(log.read_text() if log.exists() else "(no server log)")
+        raise
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+
+
+@pytest.mark.timeout(180)
+def test_page_controls(sandbox, tmp_path):
+    """Camera picker, stats overlay with the live latency, snapshot, fullscreen, a phone-sized screen."""
+    from playwright.sync_api import sync_playwright
+
+    ns, wrapper = sandbox
+    log = tmp_path / "server.log"
+    server = Server(ns, log, "h264", "--camera", "front=pattern", "--camera", "back=pattern")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
+            try:
+                page = open_page(browser)
+                page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+                picker = page.locator("#camera")
+                picker.wait_for(state="visible", timeout=10000)
+                assert picker.locator("option").all_inner_texts() == ["front (640×480)", "back (640×480)"]
+
+                page.click("#info")
+                page.wait_for_function("window.camtrack.stats && window.camtrack.stats.resolution === '640×480'"
+                                       " && /^-?\\d+ ms$/.test(window.camtrack.stats['glass-to-glass'])",
+                                       timeout=20000)
+                latency = page.evaluate("window.camtrack.latency")
+                assert 0 <= latency < 2000, latency
+                stats = page.evaluate("window.camtrack.stats")
+                assert stats["codec"] == "H264" and stats["fps"] != "-" and "RTT" in stats
+                page.screenshot(path=str(tmp_path / "overlay.png"))
+
+                with page.expect_download(timeout=20000) as download:
+                    page.click("#snapshot")
+                saved = tmp_path / download.value.suggested_filename
+                download.value.save_as(saved)
+                assert saved.name.startswith("front-") and saved.suffix == ".jpg"
+                assert cv2.imread(str(saved)).shape == (480, 640, 3)
+
+                picker.select_option("back")
+                page.wait_for_function("window.camtrack.hello.camera === 'back' && window.camtrack.state === 'live'",
+                                       timeout=30000)
+                assert "camera=back" in page.url
+                wait_frames(page, 10)
+
+                page.click("#fullscreen")
+                page.wait_for_function("document.fullscreenElement !== null", timeout=10000)
+
+                phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+                phone.goto(URL + "?camera=back")
+                phone.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+                phone.wait_for_function("document.querySelector('video').videoWidth > 0", timeout=30000)
+                for button in ("#info", "#snapshot", "#fullscreen"):
+                    box = phone.locator(button).bounding_box()
+                    assert box["width"] >= 44 and box["height"] >= 44
+                    assert 0 <= box["x"] and box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844
+                phone.click("#info")
+                phone.wait_for_function("window.camtrack.stats && window.camtrack.stats.resolution === '640×480'",
+                                        timeout=20000)
+                phone.screenshot(path=str(tmp_path / "phone.png"))
+
+                # WHEP from the browser, with a client written here (not the page's code)
+                decoded = phone.evaluate(WHEP_CLIENT, "/cameras/front/whep")
+                assert decoded["frames"] > 10 and decoded["status"] == 201 and decoded["deleted"] == 200
+            finally:
+                browser.close()
     except BaseException:
         print(log.read_text() if log.exists() else "(no server log)")
         raise

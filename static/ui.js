@@ -1,0 +1,153 @@
+// camtrack viewer controls: camera picker, stats overlay (with the live latency of the test
+// pattern), fullscreen and snapshot. The connection itself is app.js.
+"use strict";
+
+(function () {
+  const camtrack = window.camtrack;
+  const video = document.getElementById("video");
+  const main = document.querySelector("main");
+  const picker = document.getElementById("camera");
+  const overlay = document.getElementById("overlay");
+  const statsEl = document.getElementById("stats");
+  let cameras = [];
+
+  function authHeaders() {
+    const token = camtrack.token();
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  // --- camera picker: shown when the server has more than one camera
+  async function loadCameras() {
+    try {
+      const response = await fetch("/api/cameras", { headers: authHeaders() });
+      cameras = (await response.json()).cameras;
+    } catch {
+      return;
+    }
+    picker.replaceChildren(...cameras.map((c) => new Option(`${c.name} (${c.width}×${c.height})`, c.name)));
+    picker.hidden = cameras.length < 2;
+    if (camtrack.camera) picker.value = camtrack.camera;
+  }
+  picker.addEventListener("change", () => camtrack.switchCamera(picker.value));
+  document.addEventListener("camtrack:hello", (event) => {
+    if (event.detail.camera) picker.value = event.detail.camera;
+  });
+
+  // --- the latency stamp (see README): 32 cells along the top rows, MSB first, white = 1
+  const stampCanvas = document.createElement("canvas");
+  const stampContext = stampCanvas.getContext("2d", { willReadFrequently: true });
+
+  function readLatency() {
+    const width = video.videoWidth;
+    if (!width || width < 32) return null;
+    const cell = Math.max(1, Math.min(16, Math.floor(width / 32)));
+    stampCanvas.width = cell * 32;
+    stampCanvas.height = cell;
+    stampContext.drawImage(video, 0, 0, cell * 32, cell, 0, 0, cell * 32, cell);
+    const pixels = stampContext.getImageData(0, 0, cell * 32, cell).data;
+    const y = Math.floor(cell / 2);
+    let stamp = 0;
+    for (let bit = 0; bit < 32; bit++) {
+      const x = bit * cell + Math.floor(cell / 2);
+      const i = (y * cell * 32 + x) * 4;
+      const level = (pixels[i] + pixels[i + 1] + pixels[i + 2]) / 3;
+      stamp = stamp * 2 + (level >= 128 ? 1 : 0);
+    }
+    const now = Date.now() % 2 ** 32;
+    let latency = (now - stamp + 2 ** 32) % 2 ** 32;
+    if (latency >= 2 ** 31) latency -= 2 ** 32;
+    return latency >= -1000 && latency < 60000 ? latency : null;
+  }
+
+  // --- the stats overlay, from getStats() once a second
+  let previous = null;
+  async function updateStats() {
+    const pc = camtrack.pc;
+    if (overlay.hidden || !pc) return;
+    const report = await pc.getStats();
+    let inbound = null;
+    let pair = null;
+    report.forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "video") inbound = r;
+      if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r;
+    });
+    const rows = [["state", camtrack.state], ["camera", camtrack.camera || "-"]];
+    rows.push(["resolution", video.videoWidth ? `${video.videoWidth}×${video.videoHeight}` : "-"]);
+    if (inbound) {
+      const codec = inbound.codecId && report.get(inbound.codecId);
+      if (codec) rows.push(["codec", codec.mimeType.replace("video/", "")]);
+      let fps = inbound.framesPerSecond;
+      let bitrate = null;
+      if (previous && inbound.timestamp > previous.timestamp) {
+        const seconds = (inbound.timestamp - previous.timestamp) / 1000;
+        bitrate = ((inbound.bytesReceived - previous.bytesReceived) * 8) / seconds;
+        if (fps === undefined) fps = (inbound.framesDecoded - previous.framesDecoded) / seconds;
+      }
+      previous = inbound;
+      rows.push(["fps", fps !== undefined ? fps.toFixed(0) : "-"]);
+      rows.push(["bitrate", bitrate !== null ? `${(bitrate / 1e6).toFixed(2)} Mbit/s` : "-"]);
+      rows.push(["jitter", inbound.jitter !== undefined ? `${(inbound.jitter * 1000).toFixed(1)} ms` : "-"]);
+      rows.push(["packets lost", String(inbound.packetsLost ?? 0)]);
+    }
+    if (pair && pair.currentRoundTripTime !== undefined) {
+      rows.push(["RTT", `${(pair.currentRoundTripTime * 1000).toFixed(1)} ms`]);
+    }
+    const camera = cameras.find((c) => c.name === camtrack.camera);
+    if (camera && camera.source === "pattern") {
+      const latency = readLatency();
+      camtrack.latency = latency;
+      rows.push(["glass-to-glass", latency !== null ? `${latency} ms` : "-"]);
+    }
+    statsEl.replaceChildren(...rows.flatMap(([k, v]) => {
+      const dt = document.createElement("dt");
+      const dd = document.createElement("dd");
+      dt.textContent = k;
+      dd.textContent = v;
+      return [dt, dd];
+    }));
+    camtrack.stats = Object.fromEntries(rows);
+  }
+  setInterval(() => updateStats().catch(() => {}), 1000);
+
+  function toggleOverlay(show = overlay.hidden) {
+    overlay.hidden = !show;
+    document.getElementById("info").setAttribute("aria-pressed", String(show));
+    if (show) updateStats().catch(() => {});
+  }
+  document.getElementById("info").addEventListener("click", () => toggleOverlay());
+
+  // --- fullscreen (iOS Safari only has it on the video element)
+  function toggleFullscreen() {
+    if (document.fullscreenElement) return document.exitFullscreen();
+    if (main.requestFullscreen) return main.requestFullscreen().catch(() => {});
+    if (video.webkitEnterFullscreen) video.webkitEnterFullscreen();
+  }
+  document.getElementById("fullscreen").addEventListener("click", toggleFullscreen);
+  video.addEventListener("dblclick", toggleFullscreen);
+
+  // --- snapshot: the server's JPEG of the same camera, downloaded
+  async function snapshot() {
+    const name = camtrack.camera || (cameras[0] && cameras[0].name);
+    const response = await fetch(`/cameras/${encodeURIComponent(name)}/snapshot.jpg`, { headers: authHeaders() });
+    if (!response.ok) throw new Error(`snapshot: ${response.status}`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    const time = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
+    link.href = url;
+    link.download = `${name}-${time}.jpg`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+  document.getElementById("snapshot").addEventListener("click", () => snapshot().catch(console.error));
+
+  document.addEventListener("keydown", (event) => {
+    if (event.target.tagName === "SELECT") return;
+    if (event.key === "i") toggleOverlay();
+    if (event.key === "f") toggleFullscreen();
+    if (event.key === "s") snapshot().catch(console.error);
+  });
+
+  loadCameras();
+})();
