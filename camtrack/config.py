@@ -9,7 +9,10 @@ from pathlib import Path
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+#: the page: static/ in a checkout, camtrack/static in an installed wheel
+STATIC_DIR = next((p for p in (Path(__file__).resolve().parent.parent / "static",
+                               Path(__file__).resolve().parent / "static") if (p / "index.html").is_file()),
+                  Path(__file__).resolve().parent.parent / "static")
 
 
 @dataclass
