@@ -12,6 +12,7 @@ from .access import is_loopback
 from .cameras import Cameras
 from .config import Config
 from .ice import resolve_addresses, restrict_host_addresses
+from .janus import JanusPublisher
 from . import metrics, mjpeg, whep
 from .signaling import websocket_handler
 
@@ -43,7 +44,8 @@ def create_app(config: Config) -> web.Application:
             watched = bool(camera.stream.consumers)
             state = camera.stream.state
             down |= watched and state == "retrying"
-            sources[camera.name] = {**camera.describe(), "watched": watched, "encoder": None}
+            sources[camera.name] = {**camera.describe(), "watched": watched, "encoder": None,
+                                    "janus": camera.publisher.describe() if camera.publisher else None}
             if camera.encoder is not None:
                 stats = camera.encoder.stats
                 sources[camera.name]["encoder"] = {
@@ -78,6 +80,12 @@ def create_app(config: Config) -> web.Application:
             addresses = resolve_addresses(config.ice_addresses)
             undo_ice.append(restrict_host_addresses(addresses))
             logger.info("offering ICE host candidates on %s only", ", ".join(addresses))
+        for camera in cameras:
+            settings = camera.settings
+            if settings.publish:
+                camera.publisher = JanusPublisher(camera, settings.janus_url, settings.janus_room, settings.janus_pin,
+                                                  settings.janus_display, config.ice_servers)
+                camera.publisher.start()
 
     async def on_shutdown(app: web.Application) -> None:
         viewers = [v for camera in cameras for group in camera.viewers.values() for v in group]

@@ -37,9 +37,11 @@ class Camera:
     stream: CameraStream
     encoder: SharedEncoder | None
     viewers: dict[str, set[object]] = field(default_factory=lambda: {t: set() for t in TRANSPORTS})
-    meters: dict[str, Meter] = field(default_factory=lambda: {t: Meter() for t in TRANSPORTS})
+    meters: dict[str, Meter] = field(default_factory=lambda: {t: Meter() for t in (*TRANSPORTS, "janus")})
     #: MJPEG/snapshot encoders by JPEG quality, made on demand (camtrack.mjpeg)
     jpeg: dict[int, object] = field(default_factory=dict)
+    #: the Janus publisher (camtrack.janus), when the camera is published
+    publisher: object | None = None
 
     @property
     def name(self) -> str:
@@ -72,6 +74,8 @@ class Camera:
         }
 
     async def close(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
         for jpeg in list(self.jpeg.values()):
             await jpeg.close()
         if self.encoder is not None:

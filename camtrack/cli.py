@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "for fewer with ?fps=)")
     parser.add_argument("--jpeg-quality", type=int, default=80, metavar="Q",
                         help="JPEG quality of MJPEG and snapshots, 1-100 (default: 80; ?quality= per request)")
+    parser.add_argument("--publish", metavar="janus:URL",
+                        help="also publish every camera to a Janus VideoRoom, e.g. janus:http://HOST:8088/janus "
+                             "(the shared encoder's packets, one upstream stream; retried until it works)")
+    parser.add_argument("--janus-room", type=int, metavar="N", help="the VideoRoom to publish in (with --publish)")
+    parser.add_argument("--janus-pin", metavar="PIN", help="the room's pin, if it has one")
+    parser.add_argument("--janus-display", metavar="NAME",
+                        help="the publisher's display name in the room (default: the camera's name)")
     parser.add_argument("--linger", type=float, default=3.0,
                         help="seconds the source stays open after the last viewer leaves (default: 3)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -86,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: keys a [cameras.NAME] table of the config file may have
-CAMERA_KEYS = {"source", "width", "height", "fps", "codec", "bitrate", "keyframe_interval", "max_viewers"}
+CAMERA_KEYS = {"source", "width", "height", "fps", "codec", "bitrate", "keyframe_interval", "max_viewers",
+               "publish", "janus_room", "janus_pin", "janus_display"}
 #: options that only make sense on the command line
 NOT_IN_FILE = {"config", "camera", "help"}
 
@@ -148,6 +156,8 @@ def config_from_args(args: argparse.Namespace, cameras: dict[str, dict] | None =
         max_viewers=args.max_viewers, negotiation_timeout=args.negotiation_timeout,
         idle_timeout=args.idle_timeout, token=args.token, allow_origins=list(args.allow_origin),
         cert=args.cert, key=args.key, mjpeg_fps=args.mjpeg_fps, jpeg_quality=args.jpeg_quality,
+        publish=args.publish, janus_room=args.janus_room, janus_pin=args.janus_pin,
+        janus_display=args.janus_display,
     )
     if cameras:
         config = dataclasses.replace(config, cameras=[

@@ -29,6 +29,11 @@ class CameraConfig:
     keyframe_interval: float = 2.0
     #: at most this many viewers of this camera at once, over every transport; 0: no limit
     max_viewers: int = 0
+    #: publish to a Janus VideoRoom: "janus:http://HOST:8088/janus", its room, pin and display name
+    publish: str | None = None
+    janus_room: int | None = None
+    janus_pin: str | None = None
+    janus_display: str | None = None
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -40,7 +45,8 @@ class CameraConfig:
     def camera(self, name: str, source: str, **settings) -> CameraConfig:
         """A camera with this server's defaults for whatever `settings` leaves out."""
         defaults = dict(width=self.width, height=self.height, fps=self.fps, codec=self.codec,
-                        bitrate=self.bitrate, keyframe_interval=self.keyframe_interval)
+                        bitrate=self.bitrate, keyframe_interval=self.keyframe_interval, publish=self.publish,
+                        janus_room=self.janus_room, janus_pin=self.janus_pin, janus_display=self.janus_display)
         return CameraConfig(name=name, source=source, **{**defaults, **settings})
         if not 50_000 <= self.bitrate <= 50_000_000:
             raise ValueError(f"bitrate must be between 50000 and 50000000 bit/s, not {self.bitrate}")
@@ -48,6 +54,16 @@ class CameraConfig:
             raise ValueError("keyframe interval must be positive")
         if self.max_viewers < 0:
             raise ValueError("max viewers must be 0 (no limit) or more")
+        if self.publish is not None:
+            if not self.publish.startswith("janus:http"):
+                raise ValueError(f"publish must look like janus:http://HOST:8088/janus, not {self.publish!r}")
+            if self.janus_room is None:
+                raise ValueError("publishing to Janus needs a room (--janus-room)")
+
+    @property
+    def janus_url(self) -> str | None:
+        """The Janus HTTP API address of `publish`."""
+        return self.publish.removeprefix("janus:") if self.publish else None
 
 
 @dataclass
@@ -86,6 +102,11 @@ class Config:
     #: TLS certificate and key files; with both, the server speaks HTTPS/WSS
     cert: str | None = None
     key: str | None = None
+    #: publish every camera to Janus (cameras may override): see CameraConfig
+    publish: str | None = None
+    janus_room: int | None = None
+    janus_pin: str | None = None
+    janus_display: str | None = None
     #: the cameras; when empty, one camera named "default" from the fields above
     cameras: list[CameraConfig] = field(default_factory=list)
     #: most frames a second an MJPEG client gets, and the JPEG quality it gets unless it asks
@@ -110,6 +131,8 @@ class Config:
             raise ValueError(f"JPEG quality must be between 1 and 100, not {self.jpeg_quality}")
         if not self.cameras:
             self.cameras = [self.camera("default", self.source)]
+        if self.encoder != "shared" and any(c.publish for c in self.cameras):
+            raise ValueError("publishing to Janus sends the shared encoder's packets: use --encoder shared")
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must differ: {', '.join(names)}")
@@ -117,5 +140,6 @@ class Config:
     def camera(self, name: str, source: str, **settings) -> CameraConfig:
         """A camera with this server's defaults for whatever `settings` leaves out."""
         defaults = dict(width=self.width, height=self.height, fps=self.fps, codec=self.codec,
-                        bitrate=self.bitrate, keyframe_interval=self.keyframe_interval)
+                        bitrate=self.bitrate, keyframe_interval=self.keyframe_interval, publish=self.publish,
+                        janus_room=self.janus_room, janus_pin=self.janus_pin, janus_display=self.janus_display)
         return CameraConfig(name=name, source=source, **{**defaults, **settings})

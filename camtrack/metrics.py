@@ -45,6 +45,13 @@ class CameraCollector:
         failures = CounterMetricFamily("camtrack_negotiation_failures",
                                        "WebRTC offers refused, or peers that never connected.",
                                        labels=["camera", "transport"])
+        janus_up = GaugeMetricFamily("camtrack_janus_publishing", "1 while the camera is published to Janus.",
+                                     labels=["camera"])
+        janus_publishes = CounterMetricFamily("camtrack_janus_publishes", "Times publishing to Janus started.",
+                                              labels=["camera"])
+        janus_failures = CounterMetricFamily("camtrack_janus_failures",
+                                             "Times publishing to Janus failed or ended (then retried).",
+                                             labels=["camera"])
         encode_time = HistogramMetricFamily("camtrack_encode_seconds", "Time to encode one frame.",
                                             labels=["camera", "codec"])
         for camera in self.cameras:
@@ -60,6 +67,10 @@ class CameraCollector:
             watched.add_metric([name], 1 if camera.stream.consumers else 0)
             opens.add_metric([name], camera.stream.opens)
             captured.add_metric([name], camera.stream.frames)
+            if camera.publisher is not None:
+                janus_up.add_metric([name], 1 if camera.publisher.state == "publishing" else 0)
+                janus_publishes.add_metric([name], camera.publisher.publishes)
+                janus_failures.add_metric([name], camera.publisher.failures)
             jpeg_frames = sum(j.encoded for j in camera.jpeg.values())
             encoded.add_metric([name, "jpeg"], jpeg_frames)
             if camera.encoder is not None:
@@ -73,7 +84,7 @@ class CameraCollector:
                     buckets.append((bound, cumulative))
                 encode_time.add_metric([name, codec], buckets, stats.encode_seconds)
         yield from (viewers, up, watched, opens, captured, encoded, keyframes, keyframe_requests, sent,
-                    sent_bytes, failures, encode_time)
+                    sent_bytes, failures, encode_time, janus_up, janus_publishes, janus_failures)
 
 
 def add_routes(app: web.Application, cameras: Cameras) -> None:
