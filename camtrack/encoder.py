@@ -14,6 +14,7 @@ from av import VideoFrame
 from av.video.frame import PictureType
 
 from .capture import Frame
+from .latest import Latest
 from .stream import CameraStream, StreamClosed
 
 logger = logging.getLogger(__name__)
@@ -139,13 +140,12 @@ class SharedEncoder:
         self.settings = settings
         self.stats = EncoderStats()
         self.consumers: set[object] = set()
-        self.latest: EncodedFrame | None = None
+        self._latest: Latest[EncodedFrame] = Latest(EncoderClosed)
         #: the newest keyframe and the frames after it (None when that run grew too long)
         self.gop: list[EncodedFrame] | None = None
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._waiter: asyncio.Future[EncodedFrame] | None = None
         self._keyframe_wanted = False
         self._last_keyframe = 0.0
         self._last_forced = 0.0
@@ -159,6 +159,7 @@ class SharedEncoder:
         self.consumers.add(consumer)
         if self._task is None or self._task.done():
             self.stream.attach(self)
+            self._latest.reopen()
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"encoder {self.settings.codec}")
             self._task = asyncio.ensure_future(self._run())
             self.stats.opens += 1
@@ -184,17 +185,14 @@ class SharedEncoder:
         self.request_keyframe()
         return []
 
+    @property
+    def latest(self) -> EncodedFrame | None:
+        """The newest encoded frame, while running."""
+        return self._latest.item
+
     async def next_packet(self, after: int = 0) -> EncodedFrame:
         """The newest encoded frame with a sequence number above `after`, waiting if needed."""
-        while True:
-            latest = self.latest
-            if latest is not None and latest.seq > after:
-                return latest
-            if not self.running:
-                raise EncoderClosed
-            if self._waiter is None or self._waiter.done():
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
+        return await self._latest.next(after)
 
     async def close(self) -> None:
         """Stop now (server shutdown)."""
@@ -233,12 +231,8 @@ class SharedEncoder:
             # the encoder thread may be mid-frame: let it finish, then drop the codec there
             executor.submit(lambda: None)
             executor.shutdown(wait=False)
-            self.latest = None
+            self._latest.close()
             self.gop = None
-            waiter, self._waiter = self._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(EncoderClosed())
-                waiter.exception()
             logger.info("encoder %s stopped", self.settings.codec)
 
     def _should_force(self, now: float) -> bool:
@@ -285,7 +279,4 @@ class SharedEncoder:
             self.gop.append(encoded)
             if len(self.gop) > GOP_CACHE_FRAMES:
                 self.gop = None
-        self.latest = encoded
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(encoded)
+        self._latest.publish(encoded)

@@ -20,6 +20,7 @@ from aiohttp import web
 from .access import require_token
 from .cameras import Camera, Cameras
 from .config import Config
+from .latest import Latest
 from .stream import StreamClosed
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,10 @@ class JpegEncoder:
         self.quality = quality
         self.interval = 1.0 / max_fps
         self.consumers: set[object] = set()
-        self.latest: Jpeg | None = None
+        self._latest: Latest[Jpeg] = Latest(lambda: StreamClosed(camera.name))
         self.encoded = 0
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[Jpeg] | None = None
 
     @property
     def running(self) -> bool:
@@ -60,6 +60,7 @@ class JpegEncoder:
         self.consumers.add(consumer)
         if not self.running:
             self.camera.stream.attach(self)
+            self._latest.reopen()
             self._task = asyncio.ensure_future(self._run())
 
     def detach(self, consumer: object) -> None:
@@ -70,15 +71,7 @@ class JpegEncoder:
 
     async def next_jpeg(self, after: int = 0) -> Jpeg:
         """The newest JPEG above sequence number `after`, waiting for one if needed."""
-        while True:
-            latest = self.latest
-            if latest is not None and latest.seq > after:
-                return latest
-            if not self.running:
-                raise StreamClosed(self.camera.name)
-            if self._waiter is None or self._waiter.done():
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
+        return await self._latest.next(after)
 
     async def close(self) -> None:
         self.consumers.clear()
@@ -108,20 +101,13 @@ class JpegEncoder:
                     continue
                 self._seq += 1
                 self.encoded += 1
-                self.latest = Jpeg(self._seq, data.tobytes(), frame.time)
-                waiter, self._waiter = self._waiter, None
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(self.latest)
+                self._latest.publish(Jpeg(self._seq, data.tobytes(), frame.time))
         except (asyncio.CancelledError, StreamClosed):
             pass
         finally:
             self.camera.stream.detach(self)
             executor.shutdown(wait=False)
-            self.latest = None
-            waiter, self._waiter = self._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(StreamClosed(self.camera.name))
-                waiter.exception()
+            self._latest.close()
 
 
 class MjpegClient:

@@ -8,6 +8,7 @@ import logging
 from typing import Callable
 
 from .capture import Capture, Frame
+from .latest import Latest
 from .sources import FrameSource
 
 logger = logging.getLogger(__name__)
@@ -28,13 +29,12 @@ class CameraStream:
         self.consumers: set[object] = set()
         #: how many times the source has been opened, over the stream's life
         self.opens = 0
-        self.latest: Frame | None = None
+        self._latest: Latest[Frame] = Latest(lambda: StreamClosed(name))
         self._seq = 0
         self._description = name
         self._capture: Capture | None = None
         self._stopping: list[asyncio.Task[None]] = []
         self._release_timer: asyncio.TimerHandle | None = None
-        self._waiter: asyncio.Future[Frame] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -75,17 +75,14 @@ class CameraStream:
             loop = asyncio.get_running_loop()
             self._release_timer = loop.call_later(self.linger, self._release)
 
+    @property
+    def latest(self) -> Frame | None:
+        """The newest frame, if the stream is open."""
+        return self._latest.item
+
     async def next_frame(self, after: int = 0) -> Frame:
         """The latest frame newer than sequence number `after`, waiting for one if needed."""
-        while True:
-            latest = self.latest
-            if latest is not None and latest.seq > after:
-                return latest
-            if self._capture is None:
-                raise StreamClosed(self.name)
-            if self._waiter is None or self._waiter.done():
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
+        return await self._latest.next(after)
 
     async def close(self) -> None:
         """Release the source now and wait for the capture thread to end."""
@@ -99,7 +96,7 @@ class CameraStream:
 
     def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.latest = None
+        self._latest.reopen()
         capture = Capture(self.source_factory(), lambda frame: self._from_thread(capture, frame))
         self._description = capture.source.description
         self._capture = capture
@@ -116,11 +113,7 @@ class CameraStream:
         capture.stop()
         self._stopping = [t for t in self._stopping if not t.done()]
         self._stopping.append(asyncio.ensure_future(_joined(capture)))
-        self.latest = None
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(StreamClosed(self.name))
-            waiter.exception()  # mark retrieved: nobody may be waiting
+        self._latest.close()
 
     def _from_thread(self, capture: Capture, frame: Frame) -> None:
         """Called on the capture thread for every new frame."""
@@ -136,10 +129,7 @@ class CameraStream:
             return  # a late frame from a capture being released
         # sequence numbers grow across reopenings, so a consumer never waits on an old number
         self._seq += 1
-        self.latest = dataclasses.replace(frame, seq=self._seq)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(self.latest)
+        self._latest.publish(dataclasses.replace(frame, seq=self._seq))
 
 
 async def _joined(capture: Capture) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -113,6 +114,31 @@ class Server:
         return time.monotonic() - start
 
 
+@contextlib.contextmanager
+def browser_and_server(sandbox, tmp_path: Path, codec: str, *options: str):
+    """Chromium and `server.py` in the namespace; yields the browser, the list of servers
+    started (a test may restart it) and the server log, printed if the test fails."""
+    from playwright.sync_api import sync_playwright
+
+    ns, wrapper = sandbox
+    log = tmp_path / "server.log"
+    servers = [Server(ns, log, codec, *options)]
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
+            try:
+                yield browser, servers, log
+            finally:
+                browser.close()
+    except BaseException:
+        print(log.read_text() if log.exists() else "(no server log)")
+        raise
+    finally:
+        for server in servers:
+            if server.process.poll() is None:
+                server.stop()
+
+
 def open_page(browser, path: str = "", timeout: float = 30.0):
     """A page on the server's URL, retried until the server answers."""
     page = browser.new_page(viewport={"width": 800, "height": 600})
@@ -142,153 +168,107 @@ def wait_frames(page, minimum: int, timeout: float = 30.0) -> dict:
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("codec", ["h264", "vp8"])
 def test_page_plays_and_reconnects(sandbox, tmp_path, codec):
-    from playwright.sync_api import sync_playwright
+    ns, _ = sandbox
+    with browser_and_server(sandbox, tmp_path, codec) as (browser, servers, log):
+        page = open_page(browser)
+        page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        page.wait_for_function("document.querySelector('video').currentTime > 0", timeout=30000)
+        stats = wait_frames(page, 30)
+        assert stats["codec"].lower() == f"video/{codec}"
+        size = page.evaluate("[document.querySelector('video').videoWidth, document.querySelector('video').videoHeight]")
+        assert size == [640, 480]
+        t0 = page.evaluate("document.querySelector('video').currentTime")
+        page.wait_for_function(f"document.querySelector('video').currentTime > {t0} + 0.5", timeout=15000)
 
-    ns, wrapper = sandbox
-    log = tmp_path / "server.log"
-    server = Server(ns, log, codec)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
-            try:
-                page = open_page(browser)
-                page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
-                page.wait_for_function("document.querySelector('video').currentTime > 0", timeout=30000)
-                stats = wait_frames(page, 30)
-                assert stats["codec"].lower() == f"video/{codec}"
-                size = page.evaluate("[document.querySelector('video').videoWidth, document.querySelector('video').videoHeight]")
-                assert size == [640, 480]
-                t0 = page.evaluate("document.querySelector('video').currentTime")
-                page.wait_for_function(f"document.querySelector('video').currentTime > {t0} + 0.5", timeout=15000)
+        shot = page.locator("video").screenshot()
+        (tmp_path / f"page-{codec}.png").write_bytes(shot)
+        image = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
+        assert image.std() > 30, "the video looks blank"
+        # the colour bars: a yellow-ish and a blue-ish area exist
+        colours = {tuple(int(v) // 64 for v in px) for px in image[image.shape[0] // 3, ::8]}
+        assert len(colours) >= 5, colours
 
-                shot = page.locator("video").screenshot()
-                (tmp_path / f"page-{codec}.png").write_bytes(shot)
-                image = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
-                assert image.std() > 30, "the video looks blank"
-                # the colour bars: a yellow-ish and a blue-ish area exist
-                colours = {tuple(int(v) // 64 for v in px) for px in image[image.shape[0] // 3, ::8]}
-                assert len(colours) >= 5, colours
-
-                # restart the server: the page notices and comes back by itself
-                took = server.stop()
-                assert took < 8, f"server took {took:.1f} s to exit on SIGTERM"
-                page.wait_for_function("window.camtrack.state !== 'live'", timeout=15000)
-                server = Server(ns, log, codec)
-                page.wait_for_function("window.camtrack.connects >= 2 && window.camtrack.state === 'live'",
-                                       timeout=45000)
-                wait_frames(page, 10)
-            finally:
-                browser.close()
-    except BaseException:
-        print(log.read_text() if log.exists() else "(no server log)")
-        raise
-    finally:
-        if server.process.poll() is None:
-            server.stop()
+        # restart the server: the page notices and comes back by itself
+        took = servers[-1].stop()
+        assert took < 8, f"server took {took:.1f} s to exit on SIGTERM"
+        page.wait_for_function("window.camtrack.state !== 'live'", timeout=15000)
+        servers.append(Server(ns, log, codec))
+        page.wait_for_function("window.camtrack.connects >= 2 && window.camtrack.state === 'live'",
+                               timeout=45000)
+        wait_frames(page, 10)
 
 
 @pytest.mark.timeout(180)
 def test_page_token_and_full_states(sandbox, tmp_path):
-    from playwright.sync_api import sync_playwright
+    with browser_and_server(sandbox, tmp_path, "h264", "--token", "s3cret", "--max-viewers", "1") as (browser, _, log):
+        stranger = open_page(browser)
+        stranger.wait_for_function("window.camtrack.state === 'unauthorized'", timeout=30000)
+        assert "unauthorized" in stranger.locator("#status").inner_text()
+        stranger.close()
 
-    ns, wrapper = sandbox
-    log = tmp_path / "server.log"
-    server = Server(ns, log, "h264", "--token", "s3cret", "--max-viewers", "1")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
-            try:
-                stranger = open_page(browser)
-                stranger.wait_for_function("window.camtrack.state === 'unauthorized'", timeout=30000)
-                assert "unauthorized" in stranger.locator("#status").inner_text()
-                stranger.close()
+        viewer = open_page(browser, "?token=s3cret")
+        viewer.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        wait_frames(viewer, 10)
+        # the token left the address bar (and never went into a URL the server sees)
+        assert "token" not in viewer.url
 
-                viewer = open_page(browser, "?token=s3cret")
-                viewer.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
-                wait_frames(viewer, 10)
-                # the token left the address bar (and never went into a URL the server sees)
-                assert "token" not in viewer.url
-
-                late = open_page(browser, "?token=s3cret")
-                late.wait_for_function("window.camtrack.state === 'full'", timeout=30000)
-                assert "server full" in late.locator("#status").inner_text()
-                late.screenshot(path=str(tmp_path / "full.png"))
-            finally:
-                browser.close()
+        late = open_page(browser, "?token=s3cret")
+        late.wait_for_function("window.camtrack.state === 'full'", timeout=30000)
+        assert "server full" in late.locator("#status").inner_text()
+        late.screenshot(path=str(tmp_path / "full.png"))
         assert "s3cret" not in log.read_text()
-    except BaseException:
-        print(log.read_text() if log.exists() else "(no server log)")
-        raise
-    finally:
-        if server.process.poll() is None:
-            server.stop()
 
 
 @pytest.mark.timeout(180)
 def test_page_controls(sandbox, tmp_path):
     """Camera picker, stats overlay with the live latency, snapshot, fullscreen, a phone-sized screen."""
-    from playwright.sync_api import sync_playwright
+    cameras = ("--camera", "front=pattern", "--camera", "back=pattern")
+    with browser_and_server(sandbox, tmp_path, "h264", *cameras) as (browser, _, _log):
+        page = open_page(browser)
+        page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        picker = page.locator("#camera")
+        picker.wait_for(state="visible", timeout=10000)
+        assert picker.locator("option").all_inner_texts() == ["front (640×480)", "back (640×480)"]
 
-    ns, wrapper = sandbox
-    log = tmp_path / "server.log"
-    server = Server(ns, log, "h264", "--camera", "front=pattern", "--camera", "back=pattern")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
-            try:
-                page = open_page(browser)
-                page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
-                picker = page.locator("#camera")
-                picker.wait_for(state="visible", timeout=10000)
-                assert picker.locator("option").all_inner_texts() == ["front (640×480)", "back (640×480)"]
+        page.click("#info")
+        page.wait_for_function("window.camtrack.stats && window.camtrack.stats.resolution === '640×480'"
+                               " && /^-?\\d+ ms$/.test(window.camtrack.stats['glass-to-glass'])",
+                               timeout=20000)
+        latency = page.evaluate("window.camtrack.latency")
+        assert 0 <= latency < 2000, latency
+        stats = page.evaluate("window.camtrack.stats")
+        assert stats["codec"] == "H264" and stats["fps"] != "-" and "RTT" in stats
+        page.screenshot(path=str(tmp_path / "overlay.png"))
 
-                page.click("#info")
-                page.wait_for_function("window.camtrack.stats && window.camtrack.stats.resolution === '640×480'"
-                                       " && /^-?\\d+ ms$/.test(window.camtrack.stats['glass-to-glass'])",
-                                       timeout=20000)
-                latency = page.evaluate("window.camtrack.latency")
-                assert 0 <= latency < 2000, latency
-                stats = page.evaluate("window.camtrack.stats")
-                assert stats["codec"] == "H264" and stats["fps"] != "-" and "RTT" in stats
-                page.screenshot(path=str(tmp_path / "overlay.png"))
+        with page.expect_download(timeout=20000) as download:
+            page.click("#snapshot")
+        saved = tmp_path / download.value.suggested_filename
+        download.value.save_as(saved)
+        assert saved.name.startswith("front-") and saved.suffix == ".jpg"
+        assert cv2.imread(str(saved)).shape == (480, 640, 3)
 
-                with page.expect_download(timeout=20000) as download:
-                    page.click("#snapshot")
-                saved = tmp_path / download.value.suggested_filename
-                download.value.save_as(saved)
-                assert saved.name.startswith("front-") and saved.suffix == ".jpg"
-                assert cv2.imread(str(saved)).shape == (480, 640, 3)
+        picker.select_option("back")
+        page.wait_for_function("window.camtrack.hello.camera === 'back' && window.camtrack.state === 'live'",
+                               timeout=30000)
+        assert "camera=back" in page.url
+        wait_frames(page, 10)
 
-                picker.select_option("back")
-                page.wait_for_function("window.camtrack.hello.camera === 'back' && window.camtrack.state === 'live'",
-                                       timeout=30000)
-                assert "camera=back" in page.url
-                wait_frames(page, 10)
+        page.click("#fullscreen")
+        page.wait_for_function("document.fullscreenElement !== null", timeout=10000)
 
-                page.click("#fullscreen")
-                page.wait_for_function("document.fullscreenElement !== null", timeout=10000)
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        phone.goto(URL + "?camera=back")
+        phone.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        phone.wait_for_function("document.querySelector('video').videoWidth > 0", timeout=30000)
+        for button in ("#info", "#snapshot", "#fullscreen"):
+            box = phone.locator(button).bounding_box()
+            assert box["width"] >= 44 and box["height"] >= 44
+            assert 0 <= box["x"] and box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844
+        phone.click("#info")
+        phone.wait_for_function("window.camtrack.stats && window.camtrack.stats.resolution === '640×480'",
+                                timeout=20000)
+        phone.screenshot(path=str(tmp_path / "phone.png"))
 
-                phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-                phone.goto(URL + "?camera=back")
-                phone.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
-                phone.wait_for_function("document.querySelector('video').videoWidth > 0", timeout=30000)
-                for button in ("#info", "#snapshot", "#fullscreen"):
-                    box = phone.locator(button).bounding_box()
-                    assert box["width"] >= 44 and box["height"] >= 44
-                    assert 0 <= box["x"] and box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844
-                phone.click("#info")
-                phone.wait_for_function("window.camtrack.stats && window.camtrack.stats.resolution === '640×480'",
-                                        timeout=20000)
-                phone.screenshot(path=str(tmp_path / "phone.png"))
-
-                # WHEP from the browser, with a client written here (not the page's code)
-                decoded = phone.evaluate(WHEP_CLIENT, "/cameras/front/whep")
-                assert decoded["frames"] > 10 and decoded["status"] == 201 and decoded["deleted"] == 200
-            finally:
-                browser.close()
-    except BaseException:
-        print(log.read_text() if log.exists() else "(no server log)")
-        raise
-    finally:
-        if server.process.poll() is None:
-            server.stop()
+        # WHEP from the browser, with a client written here (not the page's code)
+        decoded = phone.evaluate(WHEP_CLIENT, "/cameras/front/whep")
+        assert decoded["frames"] > 10 and decoded["status"] == 201 and decoded["deleted"] == 200
