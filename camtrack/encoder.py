@@ -14,8 +14,8 @@ from av import VideoFrame
 from av.video.frame import PictureType
 
 from .capture import Frame
-from .latest import Latest
-from .stream import CameraStream, StreamClosed
+from .relay import Relay
+from .stream import CameraStream
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _codec_context(settings: EncoderSettings) -> av.VideoCodecContext:
     return codec
 
 
-class SharedEncoder:
+class SharedEncoder(Relay[EncodedFrame]):
     """Encodes a camera stream once for all its viewers, off the event loop.
 
     Viewers attach and detach; the encoder (and through it the camera) runs only while
@@ -136,40 +136,15 @@ class SharedEncoder:
     """
 
     def __init__(self, stream: CameraStream, settings: EncoderSettings) -> None:
-        self.stream = stream
+        super().__init__(stream, f"encoder {settings.codec}", EncoderClosed)
         self.settings = settings
         self.stats = EncoderStats()
-        self.consumers: set[object] = set()
-        self._latest: Latest[EncodedFrame] = Latest(EncoderClosed)
         #: the newest keyframe and the frames after it (None when that run grew too long)
         self.gop: list[EncodedFrame] | None = None
         self._seq = 0
-        self._task: asyncio.Task[None] | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._keyframe_wanted = False
         self._last_keyframe = 0.0
         self._last_forced = 0.0
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def attach(self, consumer: object) -> None:
-        """Add a viewer, starting the encoder (and the camera) if it is the first."""
-        self.consumers.add(consumer)
-        if self._task is None or self._task.done():
-            self.stream.attach(self)
-            self._latest.reopen()
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"encoder {self.settings.codec}")
-            self._task = asyncio.ensure_future(self._run())
-            self.stats.opens += 1
-
-    def detach(self, consumer: object) -> None:
-        """Remove a viewer; the last one out stops the encoder."""
-        self.consumers.discard(consumer)
-        if not self.consumers and self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     def request_keyframe(self) -> None:
         """Make one of the next frames a keyframe (rate-limited; see EncoderSettings)."""
@@ -185,55 +160,34 @@ class SharedEncoder:
         self.request_keyframe()
         return []
 
-    @property
-    def latest(self) -> EncodedFrame | None:
-        """The newest encoded frame, while running."""
-        return self._latest.item
-
     async def next_packet(self, after: int = 0) -> EncodedFrame:
         """The newest encoded frame with a sequence number above `after`, waiting if needed."""
-        return await self._latest.next(after)
+        return await self.next(after)
 
-    async def close(self) -> None:
-        """Stop now (server shutdown)."""
-        self.consumers.clear()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _run(self) -> None:
+    async def _run(self, executor: concurrent.futures.Executor) -> None:
         loop = asyncio.get_running_loop()
-        executor = self._executor
-        assert executor is not None
+        self.stats.opens += 1
         codec = _codec_context(self.settings)
         start: float | None = None
         last_pts = -1
         after = 0
         logger.info("encoder %s %dx%d started (%d bit/s)", self.settings.codec, self.settings.width,
                     self.settings.height, self.settings.bitrate)
-        try:
-            while True:
-                frame = await self.stream.next_frame(after)
-                after = frame.seq
-                if start is None:
-                    start = frame.monotonic
-                pts = max(last_pts + 1, int(round((frame.monotonic - start) * 90000)))
-                last_pts = pts
-                force = self._should_force(time.monotonic())
-                encoded = await loop.run_in_executor(executor, self._encode, codec, frame, pts, force)
-                if encoded is not None:
-                    self._publish(encoded)
-        except (asyncio.CancelledError, StreamClosed):
-            pass
-        finally:
-            self.stream.detach(self)
-            # the encoder thread may be mid-frame: let it finish, then drop the codec there
-            executor.submit(lambda: None)
-            executor.shutdown(wait=False)
-            self._latest.close()
-            self.gop = None
-            logger.info("encoder %s stopped", self.settings.codec)
+        while True:
+            frame = await self.stream.next_frame(after)
+            after = frame.seq
+            if start is None:
+                start = frame.monotonic
+            pts = max(last_pts + 1, int(round((frame.monotonic - start) * 90000)))
+            last_pts = pts
+            force = self._should_force(time.monotonic())
+            encoded = await loop.run_in_executor(executor, self._encode, codec, frame, pts, force)
+            if encoded is not None:
+                self._add(encoded)
+
+    def _stopped(self) -> None:
+        self.gop = None
+        logger.info("encoder %s stopped", self.settings.codec)
 
     def _should_force(self, now: float) -> bool:
         if now - self._last_keyframe >= self.settings.keyframe_interval:
@@ -260,7 +214,7 @@ class SharedEncoder:
         self.stats.record_encode(time.perf_counter() - began)
         return EncodedFrame(0, packet, keyframe, frame.time, len(data))
 
-    def _publish(self, encoded: EncodedFrame) -> None:
+    def _add(self, encoded: EncodedFrame) -> None:
         self._seq += 1
         encoded = EncodedFrame(self._seq, encoded.packet, encoded.keyframe, encoded.captured, encoded.size)
         stats = self.stats
@@ -279,4 +233,4 @@ class SharedEncoder:
             self.gop.append(encoded)
             if len(self.gop) > GOP_CACHE_FRAMES:
                 self.gop = None
-        self._latest.publish(encoded)
+        self._publish(encoded)

@@ -20,7 +20,7 @@ from aiohttp import web
 from .access import require_token
 from .cameras import Camera, Cameras
 from .config import Config
-from .latest import Latest
+from .relay import Relay
 from .stream import StreamClosed
 
 logger = logging.getLogger(__name__)
@@ -39,75 +39,40 @@ class Jpeg:
     captured: float
 
 
-class JpegEncoder:
+class JpegEncoder(Relay[Jpeg]):
     """Encodes a camera's frames as JPEG at one quality, at most `max_fps` a second."""
 
     def __init__(self, camera: Camera, quality: int, max_fps: float) -> None:
-        self.camera = camera
+        super().__init__(camera.stream, f"jpeg {camera.name}", lambda: StreamClosed(camera.name))
         self.quality = quality
         self.interval = 1.0 / max_fps
-        self.consumers: set[object] = set()
-        self._latest: Latest[Jpeg] = Latest(lambda: StreamClosed(camera.name))
         self.encoded = 0
         self._seq = 0
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def attach(self, consumer: object) -> None:
-        self.consumers.add(consumer)
-        if not self.running:
-            self.camera.stream.attach(self)
-            self._latest.reopen()
-            self._task = asyncio.ensure_future(self._run())
-
-    def detach(self, consumer: object) -> None:
-        self.consumers.discard(consumer)
-        if not self.consumers and self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     async def next_jpeg(self, after: int = 0) -> Jpeg:
         """The newest JPEG above sequence number `after`, waiting for one if needed."""
-        return await self._latest.next(after)
+        return await self.next(after)
 
-    async def close(self) -> None:
-        self.consumers.clear()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _run(self) -> None:
+    async def _run(self, executor: concurrent.futures.Executor) -> None:
         loop = asyncio.get_running_loop()
-        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"jpeg {self.camera.name}")
         params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
         after = 0
         last = 0.0
-        try:
-            while True:
-                frame = await self.camera.stream.next_frame(after)
+        while True:
+            frame = await self.stream.next_frame(after)
+            after = frame.seq
+            wait = last + self.interval - time.monotonic()
+            if wait > 0:  # over the rate cap: wait, then take whatever is newest
+                await asyncio.sleep(wait)
+                frame = await self.stream.next_frame(0)
                 after = frame.seq
-                wait = last + self.interval - time.monotonic()
-                if wait > 0:  # over the rate cap: wait, then take whatever is newest
-                    await asyncio.sleep(wait)
-                    frame = await self.camera.stream.next_frame(0)
-                    after = frame.seq
-                last = time.monotonic()
-                ok, data = await loop.run_in_executor(executor, cv2.imencode, ".jpg", frame.bgr, params)
-                if not ok:
-                    continue
-                self._seq += 1
-                self.encoded += 1
-                self._latest.publish(Jpeg(self._seq, data.tobytes(), frame.time))
-        except (asyncio.CancelledError, StreamClosed):
-            pass
-        finally:
-            self.camera.stream.detach(self)
-            executor.shutdown(wait=False)
-            self._latest.close()
+            last = time.monotonic()
+            ok, data = await loop.run_in_executor(executor, cv2.imencode, ".jpg", frame.bgr, params)
+            if not ok:
+                continue
+            self._seq += 1
+            self.encoded += 1
+            self._publish(Jpeg(self._seq, data.tobytes(), frame.time))
 
 
 class MjpegClient:
