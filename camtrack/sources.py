@@ -6,13 +6,14 @@ None, then `close()`. Only the capture thread (`camtrack.capture`) calls them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -119,7 +120,8 @@ class CaptureSource:
         self.pacer: Pacer | None = None
 
     def open(self) -> None:
-        capture = cv2.VideoCapture(self.target)
+        with quiet_opencv():
+            capture = cv2.VideoCapture(self.target)
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"cannot open {self.description}")
@@ -181,11 +183,27 @@ def make_source(spec: str, width: int, height: int, fps: float) -> FrameSource:
     return CaptureSource(str(path), "file", width, height, fps)
 
 
+@contextlib.contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Hush OpenCV's own warnings (a missing camera is said once, in our log, instead)."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        yield
+        return
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        log.setLogLevel(level)
+
+
 def resolve_auto(spec: str) -> str:
     """Turn `auto` into camera 0 if it opens, else `pattern`; other specs pass through."""
     if spec != "auto":
         return spec
-    capture = cv2.VideoCapture(0)
+    with quiet_opencv():
+        capture = cv2.VideoCapture(0)
     try:
         if capture.isOpened():
             logger.info("source auto: using camera 0")
