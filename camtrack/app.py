@@ -71,7 +71,6 @@ def create_app(config: Config) -> web.Application:
     metrics.add_routes(app, cameras)
 
     undo_ice: list = []
-    sessions_closing: list = []
 
     async def on_startup(app: web.Application) -> None:
         if not config.token and not is_loopback(config.host):

@@ -63,7 +63,7 @@ async def test_late_joiner_starts_promptly_on_a_keyframe(serve, codec):
         await first.frames(45)  # well past the first keyframe; the next periodic one is 60 s away
         opened = time.monotonic()
         await late.connect()
-        frames = await late.frames(1, timeout=20)
+        await late.frames(1, timeout=20)
         took = time.monotonic() - opened
         tracks = [s for s in encoder.consumers if isinstance(s, EncodedTrack)]
         late_track = max(tracks, key=lambda t: t.started)
