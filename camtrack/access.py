@@ -15,7 +15,7 @@ def token_matches(expected: str | None, given: str | None) -> bool:
         return True
     if not isinstance(given, str):
         return False
-    return hmac.compare_digest(expected.encode(), given.encode())
+    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass"))
 
 
 def bearer_token(request: web.Request) -> str | None:

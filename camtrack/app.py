@@ -91,7 +91,10 @@ def create_app(config: Config) -> web.Application:
         for viewer in viewers:
             viewer.end("server shutting down")
         if viewers:
-            await asyncio.wait_for(asyncio.gather(*(v.closed() for v in viewers), return_exceptions=True), 10)
+            try:
+                await asyncio.wait_for(asyncio.gather(*(v.closed() for v in viewers), return_exceptions=True), 10)
+            except asyncio.TimeoutError:
+                logger.warning("some viewers did not hang up within 10 s; releasing the cameras anyway")
 
     async def on_cleanup(app: web.Application) -> None:
         await cameras.close()

@@ -9,7 +9,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from .config import CameraConfig, Config
 from .encoder import EncoderSettings, SharedEncoder
-from .sources import make_source, resolve_auto
+from .sources import make_source, redact, resolve_auto
 from .stream import CameraStream
 from .track import CameraTrack, EncodedTrack
 
@@ -62,7 +62,7 @@ class Camera:
         settings = self.settings
         return {
             "name": self.name,
-            "source": self.source,
+            "source": redact(self.source),
             "state": self.stream.state,
             "width": settings.width,
             "height": settings.height,
@@ -118,11 +118,15 @@ class Cameras:
     def viewer_count(self) -> int:
         return sum(c.viewer_count for c in self)
 
-    def admit(self, camera: Camera, transport: str, viewer: object) -> bool:
-        """Count `viewer` in, unless the server or the camera is full."""
+    def has_room(self, camera: Camera) -> bool:
+        """Whether one more viewer of `camera` fits the server's and the camera's limits."""
         if self.max_viewers and self.viewer_count >= self.max_viewers:
             return False
-        if camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers:
+        return not (camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers)
+
+    def admit(self, camera: Camera, transport: str, viewer: object) -> bool:
+        """Count `viewer` in, unless the server or the camera is full."""
+        if not self.has_room(camera):
             return False
         camera.viewers[transport].add(viewer)
         return True

@@ -70,11 +70,14 @@ class Capture:
         on_frame: Callable[[Frame], None],
         on_state: Callable[[str], None] | None = None,
         retry_max: float = 10.0,
+        previous: "Capture | None" = None,
     ) -> None:
         self.source = source
         self.on_frame = on_frame
         self.on_state = on_state or (lambda state: None)
         self.retry_max = retry_max
+        #: a capture of the same device still letting go of it: opened only after it has
+        self.previous = previous
         self.opens = 0
         self.state = "starting"
         self._stop = threading.Event()
@@ -119,6 +122,9 @@ class Capture:
         return seq
 
     def _run(self) -> None:
+        previous, self.previous = self.previous, None
+        if previous is not None:
+            previous.join()
         seq = 0
         delay = 0.5
         while not self._stop.is_set():
@@ -132,20 +138,28 @@ class Capture:
                 delay = min(delay * 2, self.retry_max)
                 continue
             self.opens += 1
-            logger.info("%s opened", self.source.description)
-            self._set_state("up")
+            if self.state == "retrying":
+                logger.debug("%s opened again", self.source.description)
+            else:
+                logger.info("%s opened", self.source.description)
             try:
                 while not self._stop.is_set():
                     image = self.source.read()
                     if image is None:
-                        logger.warning("%s stopped giving frames; reopening", self.source.description)
+                        # said once per outage: a source that opens but gives nothing stays quiet
+                        if self.state == "up":
+                            logger.warning("%s stopped giving frames; reopening", self.source.description)
                         self._set_state("retrying")
                         break
+                    if self.state == "retrying":
+                        logger.info("%s is back", self.source.description)
+                    self._set_state("up")
                     delay = 0.5
                     seq += 1
                     self._emit(seq, image)
             except Exception:  # noqa: BLE001
-                logger.exception("%s failed; reopening", self.source.description)
+                if self.state == "up":
+                    logger.exception("%s failed; reopening", self.source.description)
                 self._set_state("retrying")
             finally:
                 self.source.close()

@@ -17,7 +17,7 @@ from aiohttp import web
 from .app import create_app
 from .config import CODECS, ENCODERS, Config
 from .ice import parse_ice_server, resolve_addresses
-from .sources import SourceError, check_source, resolve_auto
+from .sources import SourceError, check_source, redact, resolve_auto
 
 logger = logging.getLogger("camtrack")
 
@@ -139,6 +139,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Nam
         options, cameras = read_config_file(known.config, parser)
         parser.set_defaults(**options)
     args = parser.parse_args(argv)
+    if known.config:
+        # a repeatable option given on the command line replaces the file's list, not extends it
+        given = build_parser().parse_args(argv)
+        for action in parser._actions:
+            if isinstance(action, argparse._AppendAction) and getattr(given, action.dest):
+                setattr(args, action.dest, getattr(given, action.dest))
     for item in args.camera:
         name, sep, source = item.partition("=")
         if not sep or not source:
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"camtrack: error: cannot load TLS certificate/key: {exc}\n")
     url = watch_url(config.host, config.port, tls=ssl_context is not None)
     for camera in config.cameras:
-        logger.info("camera %s: %s, %dx%d@%g %s", camera.name, camera.source, camera.width, camera.height,
+        logger.info("camera %s: %s, %dx%d@%g %s", camera.name, redact(camera.source), camera.width, camera.height,
                     camera.fps, camera.codec)
     logger.info("watch at %s", url)
     try:

@@ -42,12 +42,10 @@ class CameraConfig:
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
 
-    def camera(self, name: str, source: str, **settings) -> CameraConfig:
-        """A camera with this server's defaults for whatever `settings` leaves out."""
-        defaults = dict(width=self.width, height=self.height, fps=self.fps, codec=self.codec,
-                        bitrate=self.bitrate, keyframe_interval=self.keyframe_interval, publish=self.publish,
-                        janus_room=self.janus_room, janus_pin=self.janus_pin, janus_display=self.janus_display)
-        return CameraConfig(name=name, source=source, **{**defaults, **settings})
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be even and positive, not {self.width}x{self.height}")
+        if not 0 < self.fps <= 120:
+            raise ValueError(f"fps must be between 0 and 120, not {self.fps}")
         if not 50_000 <= self.bitrate <= 50_000_000:
             raise ValueError(f"bitrate must be between 50000 and 50000000 bit/s, not {self.bitrate}")
         if self.keyframe_interval <= 0:

@@ -86,7 +86,7 @@ class JanusPublisher:
                 raise
             except asyncio.TimeoutError:
                 reason = f"Janus did not answer within {self.request_timeout:g} s"
-            except (JanusError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it was, log it and publish again
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self.failures += 1
             if time.monotonic() - started > 60:
@@ -107,6 +107,7 @@ class JanusPublisher:
             keepalive = asyncio.ensure_future(self._keepalive(http, session))
             pc: RTCPeerConnection | None = None
             track = None
+            ended: asyncio.Future[None] | None = None
             try:
                 base = f"{self.url}/{session}"
                 handle = (await self._call(http, base, {"janus": "attach", "plugin": "janus.plugin.videoroom"}))["data"]["id"]
@@ -138,11 +139,14 @@ class JanusPublisher:
                     if pc.connectionState in ("failed", "closed") and not ended.done():
                         ended.set_exception(JanusError(f"the connection to Janus {pc.connectionState}"))
 
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    while pc.connectionState != "connected":
-                        if ended.done():
-                            ended.result()
-                        await asyncio.sleep(0.05)
+                try:
+                    async with asyncio.timeout(CONNECT_TIMEOUT):
+                        while pc.connectionState != "connected":
+                            if ended.done():
+                                ended.result()
+                            await asyncio.sleep(0.05)
+                except asyncio.TimeoutError:
+                    raise JanusError(f"the connection to Janus was not established within {CONNECT_TIMEOUT:g} s")
                 self.state = "publishing"
                 self.publishes += 1
                 logger.info("janus %s room %s: publishing %s as %r", self.url, self.room, self.camera.name,
@@ -152,8 +156,10 @@ class JanusPublisher:
                 for task in done:
                     task.result()
             finally:
-                poller.cancel()
-                keepalive.cancel()
+                for task in (poller, keepalive):
+                    task.cancel()
+                    if task.done() and not task.cancelled():
+                        task.exception()  # retrieved: it is why we are here, or moot
                 if track is not None:
                     track.stop()
                 if pc is not None:
@@ -161,6 +167,8 @@ class JanusPublisher:
                         await asyncio.wait_for(asyncio.shield(pc.close()), CLOSE_TIMEOUT)
                     except asyncio.TimeoutError:
                         pass
+                if ended is not None and ended.done() and not ended.cancelled():
+                    ended.exception()  # closing the peer ends it too: retrieved, not raised
                 try:  # best effort: Janus may be gone
                     await asyncio.wait_for(self._call(http, f"{self.url}/{session}", {"janus": "destroy"}), 2)
                 except (JanusError, aiohttp.ClientError, asyncio.TimeoutError, OSError):

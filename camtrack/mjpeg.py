@@ -172,8 +172,11 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
                 meter.frames += 1
                 meter.bytes += len(jpeg.data)
             client.end(client.reason or "server closed the stream")
-        except (ConnectionError, StreamClosed, asyncio.CancelledError) as exc:
+        except (ConnectionError, StreamClosed) as exc:
             client.end(client.reason or f"went away ({type(exc).__name__})")
+        except asyncio.CancelledError:
+            client.end(client.reason or "went away")
+            raise
         finally:
             stop.cancel()
             if getting is not None:

@@ -74,11 +74,14 @@ class Relay(Generic[T]):
         except (asyncio.CancelledError, StreamClosed):
             pass
         finally:
-            self.stream.detach(self)
-            self._latest.close()
             # the thread may be mid-frame: it finishes, then ends; nobody waits for it here
             executor.shutdown(wait=False)
-            self._stopped()
+            if self._task is None or self._task is asyncio.current_task():
+                # (unless a newer run already started: the stream and the consumers are its now)
+                self._task = None
+                self.stream.detach(self)
+                self._latest.close()
+                self._stopped()
 
     def _stopped(self) -> None:
         """Called when the relay has stopped."""

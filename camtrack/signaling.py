@@ -89,8 +89,8 @@ class Session:
     async def run(self, authorized: bool) -> None:
         """Greet the client (after its auth message if needed), then handle its messages."""
         self._idle = asyncio.get_running_loop().call_later(self.config.idle_timeout, self._idle_expired)
-        if authorized:
-            await self.send_hello()
+        if authorized and not await self.welcome():
+            return
         while self.reason is None:
             message = await self.ws.receive()
             if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
@@ -120,6 +120,17 @@ class Session:
                 logger.info("viewer %s: %s", self.remote, exc)
                 await self.send_error(str(exc))
 
+    async def welcome(self) -> bool:
+        """Take a viewer's place (after authentication) and say hello, or say the server is full."""
+        if not self.cameras.admit(self.camera, "websocket", self):
+            logger.warning("refused viewer %s of %s: server full", self.remote, self.camera.name)
+            await self.send_error("server full")
+            self.end("server full")
+            await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full")
+            return False
+        await self.send_hello()
+        return True
+
     async def send_hello(self) -> None:
         settings = self.camera.settings
         await self.send({
@@ -135,8 +146,7 @@ class Session:
     async def on_auth(self, message: dict[str, Any]) -> bool:
         """The first message when a token is needed and the URL had none."""
         if message["type"] == "auth" and token_matches(self.config.token, message.get("token")):
-            await self.send_hello()
-            return True
+            return await self.welcome()
         await self.send_error("unauthorized: send {\"type\": \"auth\", \"token\": \"...\"} first")
         self.end("unauthorized")
         await self.ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
@@ -164,6 +174,11 @@ class Session:
                 raise ProtocolError("an offer is still being negotiated; wait for it to connect or fail")
             logger.info("viewer %s: new offer replaces the peer", self.remote)
             await self._close_peer()
+        if self.reason is not None:
+            return  # the session ended meanwhile
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         peer = Peer(self.camera, self.config, "websocket", self.remote, lambda reason: self._peer_ended(peer, reason))
         self.peer = peer
         try:
@@ -171,8 +186,10 @@ class Session:
         except OfferError as exc:
             await self._close_peer()
             raise ProtocolError(str(exc)) from None
-        if self.peer is peer:  # not replaced or ended while negotiating
-            await self.send({"type": "answer", "sdp": answer})
+        if self.peer is not peer or self.reason is not None:
+            await peer.close()  # replaced or ended while negotiating
+            return
+        await self.send({"type": "answer", "sdp": answer})
 
     async def on_candidate(self, message: dict[str, Any]) -> None:
         if self.peer is None:
@@ -237,6 +254,8 @@ class Session:
         peer, self.peer = self.peer, None
         if peer is not None:
             await peer.close()
+        if self.reason is None and self._idle is None:  # peerless again: the idle clock runs
+            self._idle = asyncio.get_running_loop().call_later(self.config.idle_timeout, self._idle_expired)
 
     def _peer_ended(self, peer: Peer, reason: str) -> None:
         if peer is not self.peer:
@@ -286,11 +305,6 @@ def websocket_handler(config: Config, cameras: Cameras):
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE)
         await ws.prepare(request)
         session = Session(ws, remote, config, camera, cameras)
-        if not cameras.admit(camera, "websocket", session):
-            logger.warning("refused viewer %s of %s: server full", remote, camera.name)
-            await ws.send_json({"type": "error", "message": "server full"})
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full")
-            return ws
         logger.info("viewer %s connected to %s (%s)", remote, camera.name,
                     request.headers.get("User-Agent", "-")[:80])
         try:

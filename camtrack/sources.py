@@ -23,6 +23,16 @@ from . import stamp
 logger = logging.getLogger(__name__)
 
 
+def redact(spec: str) -> str:
+    """A source spec fit for logs and APIs: a URL's user and password replaced by ***."""
+    scheme, sep, rest = spec.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return spec
+    host = rest.split("/", 1)[0].rsplit("@", 1)[1]
+    path = rest[len(rest.split("/", 1)[0]):]
+    return f"{scheme}://***@{host}{path}"
+
+
 class SourceError(Exception):
     """A source cannot be opened or understood."""
 
@@ -115,7 +125,7 @@ class CaptureSource:
     def __init__(self, target: int | str, kind: str, width: int, height: int, fps: float) -> None:
         self.target, self.kind = target, kind
         self.width, self.height, self.fps = width, height, fps
-        self.description = f"{kind} {target}"
+        self.description = f"{kind} {redact(str(target))}"
         self.capture: cv2.VideoCapture | None = None
         self.pacer: Pacer | None = None
 

@@ -31,6 +31,7 @@ class CameraStream:
         self.opens = 0
         self._latest: Latest[Frame] = Latest(lambda: StreamClosed(name))
         self._seq = 0
+        self._released: list[Capture] = []
         self._description = name
         self._capture: Capture | None = None
         self._stopping: list[asyncio.Task[None]] = []
@@ -54,10 +55,8 @@ class CameraStream:
 
     @property
     def state(self) -> str:
-        """`idle` (closed), `up` (giving frames) or `retrying` (source failing)."""
-        if self._capture is None:
-            return "idle"
-        return "up" if self._capture.state in ("up", "starting") else self._capture.state
+        """`idle` (closed), `starting`, `up` (giving frames) or `retrying` (the source is failing)."""
+        return "idle" if self._capture is None else self._capture.state
 
     def attach(self, consumer: object) -> None:
         """Add a consumer, opening the source if it is the first."""
@@ -97,7 +96,8 @@ class CameraStream:
     def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._latest.reopen()
-        capture = Capture(self.source_factory(), lambda frame: self._from_thread(capture, frame))
+        previous = next((c for c in reversed(self._released) if c.alive), None)
+        capture = Capture(self.source_factory(), lambda frame: self._from_thread(capture, frame), previous=previous)
         self._description = capture.source.description
         self._capture = capture
         self.opens += 1
@@ -111,6 +111,7 @@ class CameraStream:
             return
         logger.info("stream %s: no viewers, releasing %s", self.name, capture.source.description)
         capture.stop()
+        self._released = [c for c in self._released if c.alive] + [capture]
         self._stopping = [t for t in self._stopping if not t.done()]
         self._stopping.append(asyncio.ensure_future(_joined(capture)))
         self._latest.close()

@@ -103,25 +103,29 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
             raise web.HTTPUnsupportedMediaType(text="an offer must be Content-Type: application/sdp\n", headers=CORS)
         if request.content_length is not None and request.content_length > MAX_OFFER_SIZE:
             raise web.HTTPRequestEntityTooLarge(MAX_OFFER_SIZE, request.content_length, headers=CORS)
+        body = await request.read()  # the whole body, however many TCP segments it came in
+        if len(body) > MAX_OFFER_SIZE:
+            raise web.HTTPRequestEntityTooLarge(MAX_OFFER_SIZE, len(body), headers=CORS)
         try:
-            sdp = (await request.content.read(MAX_OFFER_SIZE + 1)).decode()
+            sdp = body.decode()
         except UnicodeDecodeError:
             raise web.HTTPBadRequest(text="the offer is not UTF-8 text\n", headers=CORS) from None
-        if len(sdp) > MAX_OFFER_SIZE:
-            raise web.HTTPRequestEntityTooLarge(MAX_OFFER_SIZE, len(sdp), headers=CORS)
         remote = request.remote or "?"
-        session = WhepSession(camera, cameras, config, remote, sessions)
-        if not cameras.admit(camera, "whep", session):
-            sessions.pop(session.id, None)
-            await session.peer.close()
+        if not cameras.has_room(camera):  # checked before a peer (and the camera) is started
             logger.warning("refused whep viewer %s of %s: server full", remote, camera.name)
             raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"})
+        session = WhepSession(camera, cameras, config, remote, sessions)
+        cameras.admit(camera, "whep", session)
         try:
             answer = await session.peer.answer(sdp)
         except OfferError as exc:
             session.end(f"bad offer: {exc}")
             await session.closed()
             raise web.HTTPBadRequest(text=f"{exc}\n", headers=CORS) from None
+        except BaseException as exc:
+            session.end(f"failed to answer: {type(exc).__name__}")
+            await session.closed()
+            raise
         headers = {**CORS, "Location": session.location, "Content-Type": "application/sdp"}
         response = web.Response(status=201, text=answer, headers=headers)
         for link in link_headers(config.ice_servers):

@@ -99,6 +99,7 @@ function connect() {
       return;
     }
     handle(ws, message).catch((error) => {
+      if (camtrack.ws !== ws) return; // an old connection's late failure: not ours to act on
       console.error(error);
       reconnect(String(error.message || error));
     });
@@ -115,7 +116,9 @@ async function handle(ws, message) {
       await startPeer(ws, message);
       break;
     case "answer":
-      if (camtrack.pc) await camtrack.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      if (camtrack.ws === ws && camtrack.pc) {
+        await camtrack.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      }
       break;
     case "error":
       camtrack.lastError = message.message;
@@ -169,6 +172,7 @@ async function startPeer(ws, hello) {
   };
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
+  if (camtrack.pc !== pc) return; // replaced while we waited
   send(ws, { type: "offer", sdp: pc.localDescription.sdp });
   offered = true;
   pending.splice(0).forEach((message) => send(ws, message));
@@ -187,4 +191,8 @@ function switchCamera(name) {
 }
 
 window.addEventListener("pagehide", teardown);
+// back to a page restored from the back/forward cache: its connection was torn down on the way out
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) connect();
+});
 connect();

@@ -61,9 +61,12 @@
 
   // --- the stats overlay, from getStats() once a second
   let previous = null;
+  let previousPc = null;
   async function updateStats() {
     const pc = camtrack.pc;
     if (overlay.hidden || !pc) return;
+    if (pc !== previousPc) previous = null; // rates are per connection
+    previousPc = pc;
     const report = await pc.getStats();
     let inbound = null;
     let pair = null;
@@ -143,7 +146,7 @@
   document.getElementById("snapshot").addEventListener("click", () => snapshot().catch(console.error));
 
   document.addEventListener("keydown", (event) => {
-    if (event.target.tagName === "SELECT") return;
+    if (event.target.tagName === "SELECT" || event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.key === "i") toggleOverlay();
     if (event.key === "f") toggleFullscreen();
     if (event.key === "s") snapshot().catch(console.error);

@@ -45,6 +45,11 @@ async def test_token(serve):
             await ws.send_json({"type": "auth", "token": "wrong"})
             assert (await ws.receive_json(timeout=10))["message"].startswith("unauthorized")
         async with session.ws_connect(url) as ws:
+            await ws.send_json({"type": "auth", "token": "\ud800"})  # not even encodable
+            assert (await ws.receive_json(timeout=10))["message"].startswith("unauthorized")
+        async with session.get(url.replace("/ws", "/snapshot.jpg"), headers={"Authorization": "Bearer \xff\xfe"}) as r:
+            assert r.status == 401
+        async with session.ws_connect(url) as ws:
             await ws.send_json({"type": "auth", "token": "s3cret"})
             assert (await ws.receive_json(timeout=10))["type"] == "hello"
     # a whole viewer with the token in the URL

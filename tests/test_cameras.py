@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from camtrack.app import CAMERAS
-from camtrack.cli import config_from_args, parse
+from camtrack.cli import config_from_args, main, parse
 from camtrack.client import Viewer
 from camtrack.config import CameraConfig
 
@@ -131,6 +131,9 @@ max-viewers = 3
     config = config_from_args(args, cameras)
     assert config.port == 9001  # the command line wins
     assert config.token == "from-file" and config.ice_servers == ["stun:192.0.2.1:3478"]
+    # a list from the command line replaces the file's
+    _, args, _ = parse(["--config", str(path), "--ice-server", "stun:192.0.2.9:3478"])
+    assert args.ice_server == ["stun:192.0.2.9:3478"]
     assert config.mjpeg_fps == 5
     porch, lab, extra = config.cameras
     assert (porch.name, porch.width, porch.height, porch.codec, porch.bitrate) == ("porch", 1280, 720, "vp8", 2000000)
@@ -138,16 +141,34 @@ max-viewers = 3
     assert (extra.name, extra.source, extra.codec) == ("extra", "pattern", "vp8")
 
 
+@pytest.mark.parametrize("argv, error", [
+    (["--fps", "0"], "fps must be between 0 and 120"),
+    (["--width", "641"], "even and positive"),
+    (["--bitrate", "10"], "bitrate must be between"),
+    (["--keyframe-interval", "0"], "keyframe interval must be positive"),
+    (["--publish", "janus:http://192.0.2.1:8088/janus"], "needs a room"),
+    (["--publish", "janus:http://192.0.2.1:8088/janus", "--janus-room", "1", "--encoder", "per-viewer"],
+     "--encoder shared"),
+    (["--camera", "bad name=pattern"], "camera name"),
+])
+def test_bad_settings_are_command_line_errors(capsys, argv, error):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert error in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, error", [
     ("colour = 'red'\n", "unknown option 'colour'"),
     ("[cameras.x]\nwidth = 2\n", "needs a source"),
     ("[cameras.x]\nsource = 'pattern'\nzoom = 2\n", "unknown key 'zoom'"),
+    ("[cameras.x]\nsource = 'pattern'\nmax-viewers = -1\n", "max viewers"),
     ("port = \n", "config file"),
 ])
 def test_bad_config_files(tmp_path, capsys, text, error):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(SystemExit) as exit_:
-        parse(["--config", str(path)])
+        main(["--config", str(path)])
     assert exit_.value.code == 2
     assert error in capsys.readouterr().err

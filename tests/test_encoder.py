@@ -146,3 +146,21 @@ async def test_encoder_and_camera_stop_after_the_last_viewer(serve):
     await viewer.close()
     await eventually(lambda: not app[CAMERAS].first.encoder.running)
     await eventually(lambda: not app[CAMERAS].first.stream.running)
+
+
+async def test_a_viewer_joining_as_the_last_one_leaves():
+    """The encoder restarting in the same instant it stopped serves the newcomer."""
+    stream = CameraStream("t", lambda: PatternSource(320, 240, 30), linger=0.1)
+    encoder = SharedEncoder(stream, EncoderSettings(codec="vp8", width=320, height=240))
+    first = EncodedTrack(encoder)
+    try:
+        await asyncio.wait_for(first.recv(), 10)
+        first.stop()
+        second = EncodedTrack(encoder)  # before the old run has finished stopping
+        for _ in range(5):
+            await asyncio.wait_for(second.recv(), 10)
+        assert encoder.running and encoder in stream.consumers
+        second.stop()
+    finally:
+        await encoder.close()
+        await stream.close()

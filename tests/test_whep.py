@@ -101,3 +101,23 @@ async def test_whep_errors(serve):
     await pc.close()
     await pc2.close()
     await eventually(lambda: app[CAMERAS].viewer_count == 0)
+
+
+async def test_whep_offer_arriving_in_pieces(serve):
+    """A body split over TCP segments (any real network) is read whole."""
+    url, app = await serve(width=320, height=240)
+    pc, sdp = await offer()
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    body = sdp.encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST /whep HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/sdp\r\n"
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(body[len(body) // 2:])
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 20)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 201"), status
+    await pc.close()
+    await eventually(lambda: app[CAMERAS].viewer_count == 0, timeout=30)
