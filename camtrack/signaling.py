@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from aiortc import RTCIceCandidate, RTCPeerConnection
+from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
 from .access import origin_allowed, token_matches
@@ -81,10 +81,6 @@ class Session:
         self._idle: asyncio.TimerHandle | None = None
         self._teardown: asyncio.Task[None] | None = None
         self._bucket = TokenBucket(MESSAGE_BURST, MESSAGE_RATE)
-
-    @property
-    def pc(self) -> RTCPeerConnection | None:
-        return self.peer.pc if self.peer is not None else None
 
     async def run(self, authorized: bool) -> None:
         """Greet the client (after its auth message if needed), then handle its messages."""
