@@ -48,14 +48,6 @@ class Frame:
     #: capture time on the monotonic clock (for presentation timestamps)
     monotonic: float
 
-    @property
-    def width(self) -> int:
-        return self.bgr.shape[1]
-
-    @property
-    def height(self) -> int:
-        return self.bgr.shape[0]
-
 
 class Capture:
     """A thread that opens a source, reads it and hands each new frame to `on_frame`.

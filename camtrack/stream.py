@@ -31,17 +31,11 @@ class CameraStream:
         self.opens = 0
         self._latest: Latest[Frame] = Latest(lambda: StreamClosed(name))
         self._seq = 0
+        #: captures told to stop whose threads may still be letting go of the device
         self._released: list[Capture] = []
-        self._description = name
         self._capture: Capture | None = None
-        self._stopping: list[asyncio.Task[None]] = []
         self._release_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def description(self) -> str:
-        """What the source is, as the capture thread names it."""
-        return self._description
 
     @property
     def frames(self) -> int:
@@ -51,7 +45,7 @@ class CameraStream:
     @property
     def running(self) -> bool:
         """True while a capture thread is open or still shutting down."""
-        return self._capture is not None or any(not t.done() for t in self._stopping)
+        return self._capture is not None or any(c.alive for c in self._released)
 
     @property
     def state(self) -> str:
@@ -90,15 +84,13 @@ class CameraStream:
             self._release_timer.cancel()
             self._release_timer = None
         self._release()
-        if self._stopping:
-            await asyncio.gather(*self._stopping, return_exceptions=True)
+        await asyncio.gather(*(_joined(c) for c in self._released))
 
     def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._latest.reopen()
         previous = next((c for c in reversed(self._released) if c.alive), None)
         capture = Capture(self.source_factory(), lambda frame: self._from_thread(capture, frame), previous=previous)
-        self._description = capture.source.description
         self._capture = capture
         self.opens += 1
         logger.info("stream %s: opening %s", self.name, capture.source.description)
@@ -112,8 +104,6 @@ class CameraStream:
         logger.info("stream %s: no viewers, releasing %s", self.name, capture.source.description)
         capture.stop()
         self._released = [c for c in self._released if c.alive] + [capture]
-        self._stopping = [t for t in self._stopping if not t.done()]
-        self._stopping.append(asyncio.ensure_future(_joined(capture)))
         self._latest.close()
 
     def _from_thread(self, capture: Capture, frame: Frame) -> None:

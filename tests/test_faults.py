@@ -13,6 +13,7 @@ from camtrack.client import Viewer
 from camtrack.sources import PatternSource, SourceError
 
 from .conftest import eventually
+from .test_sources import serve_directory, write_video
 
 
 class Unpluggable(PatternSource):
@@ -97,18 +98,9 @@ async def test_source_failure_and_recovery(serve, caplog):
 
 async def test_file_source_loops_and_url_source_reconnects(serve, tmp_path):
     """Covered at the source level in test_sources; here: a URL source that ends comes back."""
-    import functools
-    import http.server
-
-    from .test_sources import write_video
-
     write_video(tmp_path / "clip.avi", 15)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url, app = await serve(width=320, height=240, source=f"http://127.0.0.1:{httpd.server_port}/clip.avi")
+    with serve_directory(tmp_path) as port:
+        url, app = await serve(width=320, height=240, source=f"http://127.0.0.1:{port}/clip.avi")
         viewer = Viewer(url)
         await viewer.connect()
         # 15 frames in the file; a stream that ends is reopened, so frames keep coming
@@ -116,6 +108,3 @@ async def test_file_source_loops_and_url_source_reconnects(serve, tmp_path):
         assert len(frames) == 40
         assert np.isfinite(left_middle_luma(frames[-1]))
         await viewer.close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -144,21 +148,24 @@ def test_capture_retries_a_failing_source():
     assert capture.opens == 1
 
 
-def test_stream_url_is_read_through_opencv(tmp_path):
-    """An http:// URL (here a file served on loopback) is a source too."""
-    import functools
-    import http.server
-
-    write_video(tmp_path / "clip.avi", 20)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+@contextlib.contextmanager
+def serve_directory(path: Path) -> Iterator[int]:
+    """A plain HTTP server on loopback for the files in `path`; yields its port."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        source = make_source(f"http://127.0.0.1:{httpd.server_port}/clip.avi", 320, 240, 30)
-        assert source.description.startswith("stream")
-        frames = collect(source, 10)
-        assert all(f.bgr.shape == (240, 320, 3) for f in frames)
+        yield httpd.server_port
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_stream_url_is_read_through_opencv(tmp_path):
+    """An http:// URL (here a file served on loopback) is a source too."""
+    write_video(tmp_path / "clip.avi", 20)
+    with serve_directory(tmp_path) as port:
+        source = make_source(f"http://127.0.0.1:{port}/clip.avi", 320, 240, 30)
+        assert source.description.startswith("stream")
+        frames = collect(source, 10)
+        assert all(f.bgr.shape == (240, 320, 3) for f in frames)
