@@ -11,6 +11,7 @@ from aiohttp import web
 from .access import is_loopback
 from .cameras import Cameras
 from .config import Config
+from .hooks import check_hooks
 from .ice import resolve_addresses, restrict_host_addresses
 from .janus import JanusPublisher
 from . import metrics, mjpeg, whep
@@ -73,6 +74,7 @@ def create_app(config: Config) -> web.Application:
     undo_ice: list = []
 
     async def on_startup(app: web.Application) -> None:
+        check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
         if not config.token and not is_loopback(config.host):
             logger.warning("no --token: anyone who can reach %s:%d can watch", config.host, config.port)
         if config.ice_addresses:

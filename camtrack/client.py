@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -27,8 +27,9 @@ class Viewer:
         #: loop time when the websocket opened
         self.opened_at: float | None = None
 
-    async def connect(self, timeout: float = 20.0) -> None:
-        """Open the socket, offer, and apply the answer."""
+    async def connect(self, timeout: float = 20.0,
+                      before_answer: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """Open the socket, offer, and apply the answer (after `before_answer(answer_sdp)`, if given)."""
         if self.session is None:
             self.session = aiohttp.ClientSession()
         self.ws = await self.session.ws_connect(self.url)
@@ -48,6 +49,8 @@ class Viewer:
         await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
         answer = await self.receive("answer", timeout)
         self.answer_sdp = answer["sdp"]
+        if before_answer is not None:
+            await before_answer(self.answer_sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
 
     async def receive(self, kind: str, timeout: float = 20.0) -> dict[str, Any]:

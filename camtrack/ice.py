@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable
 from urllib.parse import unquote
 
-import aioice.ice
 import ifaddr
 from aiortc import RTCConfiguration, RTCIceServer
+
+from .hooks import restrict_host_addresses  # noqa: F401 - where callers have always found it
 
 
 def parse_ice_server(url: str) -> RTCIceServer:
@@ -66,23 +66,3 @@ def resolve_addresses(names: list[str]) -> list[str]:
                 elif ip.ip[2] == 0:  # IPv6 without a scope (not link-local)
                     addresses.append(ip.ip[0])
     return addresses
-
-
-def restrict_host_addresses(addresses: list[str]) -> Callable[[], None]:
-    """Make ICE gather host candidates only on `addresses`; returns a function that undoes it.
-
-    aioice decides which addresses to gather in `aioice.ice.get_host_addresses`, for the
-    whole process, so this applies to every peer connection the process makes.
-    """
-    original = aioice.ice.get_host_addresses
-    chosen = list(addresses)
-
-    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
-
-    aioice.ice.get_host_addresses = get_host_addresses
-
-    def undo() -> None:
-        aioice.ice.get_host_addresses = original
-
-    return undo

@@ -20,7 +20,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from .cameras import Camera
 from .ice import rtc_configuration
-from .peer import CLOSE_TIMEOUT, codec_preferences, forward_keyframe_requests
+from .hooks import forward_keyframe_requests, guard_ice
+from .peer import CLOSE_TIMEOUT, codec_preferences
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class JanusPublisher:
                 transceiver.setCodecPreferences(codec_preferences(self.camera.settings.codec))
                 forward_keyframe_requests(pc, track)
                 await pc.setLocalDescription(await pc.createOffer())
+                guard_ice(pc)  # only Janus's validated path reaches this peer's DTLS and SRTP
                 offer = {"type": "offer", "sdp": pc.localDescription.sdp}
                 reply = await self._message(http, endpoint, {"request": "configure", "audio": False, "video": True},
                                             events, "event", jsep=offer)

@@ -11,6 +11,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.mediastreams import MediaStreamTrack
 
+from .hooks import PeerGuard, guard_peer
 from .ice import rtc_configuration
 
 if TYPE_CHECKING:
@@ -65,26 +66,6 @@ def check_offer(sdp: str, codec: str) -> None:
         raise OfferError(f"the offer has no {CODEC_MIME[codec][6:]} codec; this server sends {codec} only")
 
 
-def forward_keyframe_requests(pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
-    """Pass the viewer's PLI/FIR to `track.request_keyframe()`.
-
-    aiortc turns PLI/FIR into a flag of its own encoder, which pre-encoded packets never
-    see; the sender's `_send_keyframe` hook is where the request surfaces.
-    """
-    request = getattr(track, "request_keyframe", None)
-    if request is None:
-        return
-    for sender in pc.getSenders():
-        if sender.track is track:
-            original = sender._send_keyframe
-
-            def send_keyframe() -> None:
-                original()
-                request()
-
-            sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
-
-
 async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack, codec: str) -> str:
     """Attach `track` to `pc`, answer `sdp` with `codec` only, and return the answer SDP.
 
@@ -94,7 +75,6 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack,
     check_offer(sdp, codec)
     transceiver = pc.addTransceiver(track, direction="sendonly")
     transceiver.setCodecPreferences(codec_preferences(codec))
-    forward_keyframe_requests(pc, track)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, OperationError, ...
@@ -121,6 +101,8 @@ class Peer:
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        #: the peer's protections against a hostile network (set once the offer is answered)
+        self.guard: PeerGuard | None = None
         self.pc.on("connectionstatechange", self._on_state)
 
     @property
@@ -134,6 +116,9 @@ class Peer:
         except OfferError:
             self.camera.meters[self.transport].negotiation_failures += 1
             raise
+        # before the answer leaves: from then on its ports are known to anyone who reads it
+        self.guard = guard_peer(self.pc, self.track, self.camera.settings.bitrate,
+                                self.camera.settings.keyframe_interval)
         self._set_timer("negotiation", self.config.negotiation_timeout, self._negotiation_expired)
         logger.info("%s viewer %s of %s: answered with %s %dx%d", self.transport, self.remote, self.camera.name,
                     self.camera.settings.codec, self.camera.settings.width, self.camera.settings.height)

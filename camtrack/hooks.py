@@ -1,0 +1,357 @@
+"""Every private attribute of aiortc and aioice that camtrack reaches into, in one place.
+
+aiortc and aioice offer no public way to do what these hooks do: choose the local addresses
+ICE offers, keep packets from strangers away from a peer's DTLS and SRTP, route FIR in its
+RFC 5104 form, hear keyframe requests for pre-encoded packets, and cap what a viewer can ask
+to have retransmitted. `HOOKED` names each attribute touched; `check_hooks()` (run at start-up
+and by tests/test_hooks.py) fails loudly when an upgrade moves one, instead of silently turning
+a protection off.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import aioice.ice
+import aiortc.rtcrtpsender
+from aioice.ice import CandidatePair, Connection, StunProtocol
+from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtp import RTCP_PSFB_FIR, RtcpPsfbPacket
+
+from .ratelimit import TokenBucket
+
+logger = logging.getLogger(__name__)
+
+#: (object, attribute) pairs the hooks below read or replace
+HOOKED: list[tuple[Any, str]] = [
+    (aioice.ice, "get_host_addresses"),
+    (StunProtocol, "datagram_received"),
+    (Connection, "check_state"),
+    (Connection, "data_received"),
+    (CandidatePair, "remote_addr"),
+    (CandidatePair.State, "SUCCEEDED"),
+    (RtpRouter, "route_rtcp"),
+    (RTCRtpSender, "_send_keyframe"),
+    (RTCRtpSender, "_retransmit"),
+    (aiortc.rtcrtpsender, "RTP_HISTORY_SIZE"),
+]
+#: attributes set in __init__ (so not on the class), by class name: tests/test_hooks.py checks
+#: them on the objects of a live connection
+INSTANCE_HOOKED: dict[str, list[str]] = {
+    "Connection": ["_protocols", "_check_list", "_queue"],
+    "RTCIceGatherer": ["_connection"],
+    "RTCDtlsTransport": ["_rtp_router"],
+    "RtpRouter": ["senders"],
+    "RTCRtpSender": ["_RTCRtpSender__rtp_history"],
+}
+
+#: packets held per peer from a candidate pair that is still being checked; dropped beyond this
+PENDING_PACKETS = 8
+#: larger early packets are not held at all (DTLS records fit a path MTU)
+PENDING_PACKET_SIZE = 2048
+#: datagrams a second (and at once) a connected peer may send us: a viewer sends RTCP
+#: (reports, NACK, PLI, REMB) and a few DTLS records, tens a second at most
+PEER_PACKET_RATE = 400.0
+PEER_PACKET_BURST = 400.0
+#: datagrams waiting for aiortc to read them; beyond this they are dropped, not queued
+QUEUE_LIMIT = 256
+#: a viewer's retransmissions may use this fraction of the stream's bitrate ...
+RETRANSMIT_SHARE = 0.25
+#: ... with bursts of up to this many bytes (a lost keyframe at 1 Mbit/s is ~20-40 KB)
+RETRANSMIT_BURST = 64 * 1024
+#: bytes a retransmission adds to its payload on the wire: RTP header and extensions, the RTX
+#: sequence number, the SRTP tag
+RETRANSMIT_OVERHEAD = 48
+
+
+class HookMissing(RuntimeError):
+    """aiortc or aioice changed: an attribute camtrack hooks into is gone."""
+
+
+def check_hooks() -> None:
+    """Raise HookMissing naming the first hooked attribute that no longer exists."""
+    for owner, name in HOOKED:
+        if not hasattr(owner, name):
+            raise HookMissing(f"{getattr(owner, '__name__', owner)}.{name} is gone: camtrack's hooks "
+                              "into aiortc/aioice need updating for this version")
+
+
+# --- which local addresses ICE offers ------------------------------------------------------------
+
+def restrict_host_addresses(addresses: list[str]) -> Callable[[], None]:
+    """Make ICE gather host candidates only on `addresses`; returns a function that undoes it.
+
+    aioice decides which addresses to gather in `aioice.ice.get_host_addresses`, for the
+    whole process, so this applies to every peer connection the process makes.
+    """
+    original = aioice.ice.get_host_addresses
+    chosen = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+    def undo() -> None:
+        aioice.ice.get_host_addresses = original
+
+    return undo
+
+
+# --- only the viewer's own path reaches DTLS and SRTP --------------------------------------------
+
+def is_stun(data: bytes) -> bool:
+    """RFC 7983: a datagram whose first byte is 0-3 is STUN; aioice authenticates those itself."""
+    return len(data) > 0 and data[0] < 4
+
+
+@dataclass
+class GateStats:
+    passed: int = 0
+    #: from an address that is no candidate pair of this peer
+    strangers: int = 0
+    #: early packets beyond PENDING_PACKETS, or too large to hold
+    overflow: int = 0
+    #: over the connected peer's rate, or aiortc's queue was full
+    flood: int = 0
+    held: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.strangers + self.overflow + self.flood
+
+
+@dataclass
+class IceGate:
+    """Stands between one aioice Connection's sockets and its DTLS/SRTP.
+
+    aioice hands every non-STUN datagram that reaches a candidate's port to DTLS, whoever sent
+    it (one forged ServerHello or alert ends a handshake) and queues them without bound before
+    the peer connects (junk at the port grows memory for good). The gate passes data only from
+    the remote address of a candidate pair that ICE has validated (its check succeeded);
+    holds a few packets from a pair still being checked and releases them when it succeeds
+    (a DTLS client may start as soon as *its* check succeeded); drops everything else; and
+    holds a connected peer to a packet rate, so an RTCP flood costs bounded CPU.
+    """
+
+    connection: Connection
+    stats: GateStats = field(default_factory=GateStats)
+    _valid: set[tuple[int, tuple[str, int]]] = field(default_factory=set)
+    _pending: list[tuple[StunProtocol, bytes, tuple[str, int]]] = field(default_factory=list)
+    _bucket: TokenBucket = field(default_factory=lambda: TokenBucket(PEER_PACKET_BURST, PEER_PACKET_RATE))
+    #: each socket's own datagram_received, which the gate calls for what it lets through
+    _deliver: dict[int, Callable[[bytes, tuple[str, int]], None]] = field(default_factory=dict)
+
+    def install(self) -> None:
+        connection = self.connection
+        for protocol in connection._protocols:
+            self._wrap_protocol(protocol)
+        original_check_state = connection.check_state
+
+        def check_state(pair: CandidatePair, state: CandidatePair.State) -> None:
+            original_check_state(pair, state)
+            key = (id(pair.protocol), pair.remote_addr)
+            if state == CandidatePair.State.SUCCEEDED:
+                self._valid.add(key)
+                self._release(pair.protocol, pair.remote_addr)
+            elif state == CandidatePair.State.FAILED:
+                self._valid.discard(key)
+
+        connection.check_state = check_state  # type: ignore[method-assign]
+
+    def _wrap_protocol(self, protocol: StunProtocol) -> None:
+        deliver = protocol.datagram_received
+        protocol_id = id(protocol)
+
+        def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+            assert isinstance(data, bytes)
+            if is_stun(data):
+                deliver(data, addr)
+                return
+            remote = (addr[0], addr[1])
+            if (protocol_id, remote) in self._valid:
+                if not self._bucket.take() or self.connection._queue.qsize() >= QUEUE_LIMIT:
+                    self.stats.flood += 1
+                    return
+                self.stats.passed += 1
+                deliver(data, remote)
+            elif len(self._pending) >= PENDING_PACKETS or len(data) > PENDING_PACKET_SIZE:
+                self.stats.overflow += 1
+            elif self._is_pair(protocol, remote):
+                self.stats.held += 1
+                self._pending.append((protocol, data, remote))
+            else:
+                self.stats.strangers += 1
+
+        self._deliver[protocol_id] = deliver
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+
+    def _is_pair(self, protocol: StunProtocol, remote: tuple[str, int]) -> bool:
+        """Whether ICE knows `remote` as this socket's partner (a pair it is checking)."""
+        return any(p.protocol is protocol and p.remote_addr == remote for p in self.connection._check_list)
+
+    def _release(self, protocol: StunProtocol, remote: tuple[str, int]) -> None:
+        keep = []
+        for item in self._pending:
+            if item[0] is protocol and item[2] == remote:
+                self._deliver[id(protocol)](item[1], remote)
+                self.stats.passed += 1
+            else:
+                keep.append(item)
+        self._pending = keep
+
+
+def guard_ice(pc: RTCPeerConnection) -> list[IceGate]:
+    """Put an IceGate on each ICE connection of `pc`; call after setLocalDescription (gathering)."""
+    gates = []
+    seen: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.sender.transport
+        connection = dtls.transport.iceGatherer._connection
+        if id(connection) in seen:
+            continue
+        seen.add(id(connection))
+        gate = IceGate(connection)
+        gate.install()
+        gates.append(gate)
+    return gates
+
+
+# --- RTCP: keyframe requests and retransmissions, limited per viewer -----------------------------
+
+def route_fir_by_fci(dtls: RTCDtlsTransport) -> None:
+    """Deliver FIR in its RFC 5104 form too: media SSRC 0, the sender's SSRC in each FCI entry.
+
+    aiortc routes payload-specific feedback by its media SSRC only, so that form is dropped.
+    """
+    router = dtls._rtp_router
+    original = router.route_rtcp
+
+    def route_rtcp(packet: Any) -> set[Any]:
+        recipients = original(packet)
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
+            fci = packet.fci
+            for offset in range(0, len(fci) - 7, 8):
+                (ssrc,) = struct.unpack_from("!L", fci, offset)
+                sender = router.senders.get(ssrc)
+                if sender is not None:
+                    recipients.add(sender)
+        return recipients
+
+    router.route_rtcp = route_rtcp  # type: ignore[method-assign]
+
+
+@dataclass
+class KeyframeLimiter:
+    """One viewer's keyframe requests (PLI/FIR): the first at once, then one per `interval`.
+
+    A forced keyframe restarts the encoder's periodic keyframe clock, so with `interval` equal
+    to the keyframe interval a viewer flooding requests cannot raise the keyframe rate that
+    every other viewer pays for; a viewer with real loss gets its keyframe within that time.
+    """
+
+    interval: float
+    allowed: int = 0
+    dropped: int = 0
+    _last: float | None = None
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            self.dropped += 1
+            return False
+        self._last = now
+        self.allowed += 1
+        return True
+
+
+def forward_keyframe_requests(pc: RTCPeerConnection, track: MediaStreamTrack,
+                              limiter: KeyframeLimiter | None = None) -> None:
+    """Pass the viewer's PLI/FIR to `track.request_keyframe()` (and to aiortc's own encoder),
+    within `limiter`.
+
+    aiortc turns PLI/FIR into a flag of its own encoder, which pre-encoded packets never
+    see; the sender's `_send_keyframe` is where the request surfaces.
+    """
+    request = getattr(track, "request_keyframe", None)
+    for sender in pc.getSenders():
+        if sender.track is track:
+            original = sender._send_keyframe
+
+            def send_keyframe(original: Callable[[], None] = original) -> None:
+                if limiter is not None and not limiter.allow():
+                    return
+                original()
+                if request is not None:
+                    request()
+
+            sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+
+
+@dataclass
+class RetransmitCap:
+    """What one viewer may have retransmitted: a share of the stream's bitrate."""
+
+    bucket: TokenBucket
+    sent_bytes: int = 0
+    refused: int = 0
+
+
+def cap_retransmissions(sender: RTCRtpSender, bitrate: int) -> RetransmitCap:
+    """Answer NACKs only within RETRANSMIT_SHARE of `bitrate` (bit/s), so a viewer asking for
+    everything again cannot make the server send it many times the stream."""
+    rate = RETRANSMIT_SHARE * bitrate / 8
+    cap = RetransmitCap(TokenBucket(max(RETRANSMIT_BURST, rate / 2), rate))
+    original = sender._retransmit
+    history: dict[int, Any] = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+
+    async def retransmit(sequence_number: int) -> None:
+        packet = history.get(sequence_number % aiortc.rtcrtpsender.RTP_HISTORY_SIZE)
+        if packet is None or packet.sequence_number != sequence_number:
+            return  # nothing to resend (aiortc would do nothing either)
+        size = RETRANSMIT_OVERHEAD + len(packet.payload)
+        if not cap.bucket.take(size):
+            cap.refused += 1
+            return
+        cap.sent_bytes += size
+        await original(sequence_number)
+
+    sender._retransmit = retransmit  # type: ignore[method-assign]
+    return cap
+
+
+@dataclass
+class PeerGuard:
+    """The protections one peer connection carries, with their counters."""
+
+    gates: list[IceGate]
+    keyframes: KeyframeLimiter
+    retransmits: list[RetransmitCap]
+
+    @property
+    def dropped_packets(self) -> int:
+        return sum(g.stats.dropped for g in self.gates)
+
+
+def guard_peer(pc: RTCPeerConnection, track: MediaStreamTrack, bitrate: int,
+               keyframe_interval: float) -> PeerGuard:
+    """Everything above for one sending peer; call after setLocalDescription."""
+    keyframes = KeyframeLimiter(keyframe_interval)
+    forward_keyframe_requests(pc, track, keyframes)
+    retransmits = []
+    for sender in pc.getSenders():
+        if sender.track is track:
+            retransmits.append(cap_retransmissions(sender, bitrate))
+    dtls_seen: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.sender.transport
+        if id(dtls) not in dtls_seen:
+            dtls_seen.add(id(dtls))
+            route_fir_by_fci(dtls)
+    return PeerGuard(guard_ice(pc), keyframes, retransmits)

@@ -1,0 +1,66 @@
+"""camtrack's hooks into aiortc/aioice private attributes: each one still exists.
+
+If an upgrade of aiortc or aioice moves one of these, this fails and names it, instead of a
+protection (the ICE gate, the RTCP limits) silently turning off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import VideoStreamTrack
+
+from camtrack import hooks
+
+
+def test_every_hooked_class_attribute_exists() -> None:
+    hooks.check_hooks()
+    for owner, name in hooks.HOOKED:
+        assert hasattr(owner, name), f"{owner}.{name} is gone"
+
+
+async def test_every_hooked_instance_attribute_exists_on_a_live_peer(loopback_ice) -> None:
+    sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        track = VideoStreamTrack()
+        sender_pc.addTransceiver(track, direction="sendonly")
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender_pc.setRemoteDescription(RTCSessionDescription(receiver_pc.localDescription.sdp, "answer"))
+        sender = sender_pc.getSenders()[0]
+        dtls = sender.transport
+        gatherer = dtls.transport.iceGatherer
+        objects = {
+            "RTCIceGatherer": gatherer,
+            "Connection": gatherer._connection,
+            "RTCDtlsTransport": dtls,
+            "RtpRouter": dtls._rtp_router,
+            "RTCRtpSender": sender,
+        }
+        for kind, names in hooks.INSTANCE_HOOKED.items():
+            for name in names:
+                assert hasattr(objects[kind], name), f"{kind}.{name} is gone"
+        guard = hooks.guard_peer(sender_pc, track, bitrate=1_000_000, keyframe_interval=2.0)
+        assert len(guard.gates) == 1 and guard.gates[0].connection is gatherer._connection
+        # the guarded pair still connects: the gate lets the validated path through
+        connected = asyncio.get_running_loop().create_future()
+
+        @sender_pc.on("connectionstatechange")
+        def changed() -> None:
+            if sender_pc.connectionState == "connected" and not connected.done():
+                connected.set_result(True)
+
+        await asyncio.wait_for(connected, 20)
+        assert guard.gates[0].stats.passed > 0 and guard.gates[0].stats.dropped == 0
+    finally:
+        await asyncio.gather(sender_pc.close(), receiver_pc.close())
+
+
+def test_keyframe_limiter_lets_one_request_through_per_interval() -> None:
+    limiter = hooks.KeyframeLimiter(interval=60.0)
+    assert limiter.allow()
+    assert not any(limiter.allow() for _ in range(100))
+    assert (limiter.allowed, limiter.dropped) == (1, 100)

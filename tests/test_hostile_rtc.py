@@ -1,0 +1,349 @@
+"""A hostile network against the WebRTC side: forged packets, junk, RTCP floods.
+
+Real aiortc peers over real UDP sockets on loopback; an honest viewer watches throughout
+and must not notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import struct
+import time
+
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+)
+
+from camtrack.app import CAMERAS
+from camtrack.client import Viewer
+from camtrack.hooks import PENDING_PACKETS, RETRANSMIT_BURST, RETRANSMIT_SHARE, PeerGuard
+from camtrack.peer import Peer
+
+from .conftest import eventually
+
+
+def candidate_ports(sdp: str) -> list[int]:
+    """The UDP ports of the host candidates in an SDP."""
+    return [int(m.group(1)) for m in re.finditer(r"a=candidate:\S+ \d+ udp \d+ 127\.0\.0\.1 (\d+) typ host", sdp)]
+
+
+def media_ssrc(sdp: str) -> int:
+    return int(re.search(r"a=ssrc:(\d+) ", sdp).group(1))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def dtls_record(content_type: int, handshake_type: int | None = None, body: bytes = b"\x00" * 40) -> bytes:
+    """A DTLS 1.2 record as a forger would write it: valid framing, nonsense inside."""
+    if handshake_type is not None:
+        body = (bytes([handshake_type]) + len(body).to_bytes(3, "big") + b"\x00\x00" + b"\x00\x00\x00"
+                + len(body).to_bytes(3, "big") + body)
+    return bytes([content_type, 0xFE, 0xFD]) + b"\x00\x00" + b"\x00\x00\x00\x00\x00\x01" + struct.pack(
+        "!H", len(body)) + body
+
+
+FORGED = [
+    dtls_record(22, 2),   # ServerHello
+    dtls_record(22, 1),   # ClientHello
+    dtls_record(21, body=b"\x02\x28"),  # fatal alert: handshake_failure
+    dtls_record(22, 11),  # Certificate
+]
+
+
+def all_peers(app) -> list[Peer]:
+    """Every peer of the first camera, connected or not."""
+    camera = app[CAMERAS].first
+    sessions = [s for group in camera.viewers.values() for s in group]
+    sessions += list(getattr(camera, "pending", ()))
+    peers = [getattr(s, "peer", None) for s in sessions]
+    return [p for p in peers if p is not None and p.guard is not None]
+
+
+def guards(app, connected: bool | None = None) -> list[PeerGuard]:
+    return [p.guard for p in all_peers(app) if connected is None or p.connected == connected]
+
+
+def udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def test_forged_dtls_cannot_stop_a_handshake(serve):
+    """Forged ServerHello/ClientHello/alert/Certificate records sent to the port the answer names,
+    from another address, before and during the handshake: every viewer still connects."""
+    url, app = await serve(width=320, height=240)
+    forger = udp_socket()
+    try:
+        for attempt in range(5):
+            viewer = Viewer(url)
+            forging: list[asyncio.Task[None]] = []
+
+            async def forge(answer: str, forging: list[asyncio.Task[None]] = forging) -> None:
+                ports = candidate_ports(answer)
+                assert ports, answer
+
+                async def keep_forging() -> None:
+                    while True:
+                        for port in ports:
+                            for record in FORGED:
+                                forger.sendto(record, ("127.0.0.1", port))
+                        await asyncio.sleep(0.005)
+
+                for port in ports:  # right after the answer, before the viewer even applies it
+                    for record in FORGED:
+                        forger.sendto(record, ("127.0.0.1", port))
+                forging.append(asyncio.ensure_future(keep_forging()))
+
+            try:
+                await viewer.connect(before_answer=forge)
+                frames = await viewer.frames(5, timeout=20)
+                assert frames[-1].width == 320, f"attempt {attempt}"
+                assert sum(g.gates[0].stats.strangers for g in guards(app)) > 0  # the forgeries were seen, and dropped
+            finally:
+                for task in forging:
+                    task.cancel()
+                await viewer.close()
+    finally:
+        forger.close()
+
+
+async def test_junk_at_an_unconnected_peer_costs_bounded_memory(serve):
+    """UDP junk at the port of a peer that never connects: dropped at once, memory flat;
+    an honest viewer keeps playing."""
+    url, app = await serve(width=320, height=240, negotiation_timeout=60)
+    honest = Viewer(url)
+    await honest.connect()
+    await honest.frames(3)
+    # a viewer whose only candidate never answers: the server's peer for it waits, unconnected
+    victim, dead = Viewer(url), udp_socket()
+    ports = candidate_ports(await viewer_with_candidate(victim, dead.getsockname()[1]))
+    junk = bytes(range(64, 256)) * 6  # 1152 bytes that are neither STUN nor valid DTLS
+    sockets = [udp_socket() for _ in range(4)]
+    before = rss_mb()
+    sent = 0
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            for sock in sockets:
+                for port in ports:
+                    try:
+                        sock.sendto(junk, ("127.0.0.1", port))
+                        sent += 1
+                    except BlockingIOError:
+                        pass
+            await asyncio.sleep(0)
+        frames = await honest.frames(30, timeout=20)
+        assert len(frames) == 30
+    finally:
+        for sock in [*sockets, dead]:
+            sock.close()
+    (victim_guard,) = guards(app, connected=False)
+    gate = victim_guard.gates[0]
+    assert sent > 5000
+    assert gate.stats.strangers > 0 and gate.stats.passed == 0
+    assert gate.connection._queue.qsize() == 0
+    grown = rss_mb() - before
+    print(f"junk: {sent} datagrams ({sent * len(junk) / 1e6:.0f} MB) in 3 s, dropped {gate.stats.dropped}, "
+          f"RSS +{grown:.1f} MB")
+    assert grown < 40, f"RSS grew {grown:.1f} MB under junk"
+    await asyncio.gather(honest.close(), victim.close())
+
+
+async def test_early_packets_from_a_pair_being_checked_are_bounded(serve):
+    """Packets from an address ICE is still checking (a candidate the offer named) are held,
+    a few at most, and the rest dropped."""
+    url, app = await serve(width=320, height=240, negotiation_timeout=60)
+    attacker = udp_socket()
+    port = attacker.getsockname()[1]
+    viewer = Viewer(url)
+    try:
+        # offer a candidate that is the attacker's own socket: the server pairs with it and checks it
+        await viewer_with_candidate(viewer, port)
+        gate = None
+
+        def have_gate() -> bool:
+            nonlocal gate
+            for guard in guards(app):
+                gate = guard.gates[0]
+                return gate._is_pair(gate.connection._protocols[0], ("127.0.0.1", port))
+            return False
+
+        await eventually(have_gate, timeout=10)
+        server_port = gate.connection._protocols[0].local_candidate.port
+        for _ in range(200):
+            attacker.sendto(dtls_record(22, 2), ("127.0.0.1", server_port))
+        await eventually(lambda: gate.stats.held + gate.stats.overflow >= 200, timeout=10)
+        assert gate.stats.held == PENDING_PACKETS
+        assert gate.stats.overflow == 200 - PENDING_PACKETS
+        assert gate.connection._queue.qsize() == 0
+    finally:
+        attacker.close()
+        await viewer.close()
+
+
+async def viewer_with_candidate(viewer: Viewer, port: int) -> str:
+    """Send an offer whose only candidate is 127.0.0.1:`port`; the answer (never applied)."""
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    viewer.session = aiohttp.ClientSession()
+    viewer._own_session = True
+    viewer.ws = await viewer.session.ws_connect(viewer.url)
+    await viewer.receive("hello")
+    viewer.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    viewer.pc.addTransceiver("video", direction="recvonly")
+    await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+    sdp = re.sub(r"(a=candidate:\S+ \d+ udp \d+ 127\.0\.0\.1 )\d+", rf"\g<1>{port}", viewer.pc.localDescription.sdp)
+    await viewer.ws.send_json({"type": "offer", "sdp": sdp})
+    return (await viewer.receive("answer"))["sdp"]
+
+
+class Attacker(Viewer):
+    """A connected viewer that also writes RTCP of its own choosing."""
+
+    def receiver(self):
+        return self.pc.getTransceivers()[0].receiver
+
+    async def rtcp(self, packet) -> None:
+        await self.receiver()._send_rtcp(packet)
+
+    def ssrc(self) -> int:
+        return self.receiver()._RTCRtpReceiver__rtcp_ssrc
+
+    async def received_bytes(self) -> int:
+        stats = await self.pc.getStats()
+        return sum(s.bytesReceived for s in stats.values() if s.type == "transport")
+
+
+async def watch_keyframes(app, seconds: float) -> tuple[int, int]:
+    """(keyframes, bytes) the shared encoder made in the next `seconds`."""
+    stats = app[CAMERAS].first.encoder.stats
+    keyframes, sent = stats.keyframes, stats.bytes
+    await asyncio.sleep(seconds)  # a measuring window, not a wait for readiness
+    return stats.keyframes - keyframes, stats.bytes - sent
+
+
+async def test_a_pli_flood_does_not_raise_anyones_keyframe_rate(serve):
+    url, app = await serve(width=320, height=240, keyframe_interval=1.0)
+    honest, attacker = Viewer(url), Attacker(url)
+    await asyncio.gather(honest.connect(), attacker.connect())
+    await asyncio.gather(honest.frames(5), attacker.frames(5))
+    ssrc = media_ssrc(attacker.answer_sdp)
+    base_keyframes, base_bytes = await watch_keyframes(app, 5.0)
+
+    async def flood() -> None:
+        while True:
+            for _ in range(10):
+                await attacker.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=attacker.ssrc(), media_ssrc=ssrc))
+            await asyncio.sleep(0.01)  # ~1000 PLI/s
+
+    flooding = asyncio.ensure_future(flood())
+    try:
+        counting = asyncio.ensure_future(honest.frames(120, timeout=30))
+        keyframes, sent = await watch_keyframes(app, 5.0)
+        frames = await counting
+    finally:
+        flooding.cancel()
+    limiter = [g.keyframes for g in guards(app)]
+    print(f"PLI flood: keyframes {base_keyframes} -> {keyframes} in 5 s, bytes {base_bytes} -> {sent} "
+          f"({sent / base_bytes:.2f}x), requests dropped {sum(k.dropped for k in limiter)}")
+    assert sum(k.dropped for k in limiter) > 1000
+    assert keyframes <= base_keyframes + 1
+    assert sent <= 1.10 * base_bytes + 20_000
+    assert len(frames) == 120
+    await asyncio.gather(honest.close(), attacker.close())
+
+
+async def test_fir_in_rfc5104_form_is_honoured(serve):
+    """FIR with media SSRC 0 and the sender's SSRC in the FCI asks for a keyframe."""
+    url, app = await serve(width=320, height=240, keyframe_interval=30.0)
+    viewer = Attacker(url)
+    await viewer.connect()
+    await viewer.frames(5)
+    stats = app[CAMERAS].first.encoder.stats
+    await eventually(lambda: stats.frames > 10)
+    before = stats.forced_keyframes
+    fci = struct.pack("!LB3x", media_ssrc(viewer.answer_sdp), 1)
+    await viewer.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=viewer.ssrc(), media_ssrc=0, fci=fci))
+    await eventually(lambda: stats.forced_keyframes > before, timeout=5)
+    await viewer.close()
+
+
+async def test_a_nack_flood_gets_a_capped_share_of_the_stream(serve):
+    """NACKs for the last 128 packets, 200 times a second: the attacker gets little more than the
+    stream itself, and the honest viewer keeps every frame."""
+    url, app = await serve(width=320, height=240, bitrate=500_000)
+    honest, attacker = Viewer(url), Attacker(url)
+    await asyncio.gather(honest.connect(), attacker.connect())
+    await asyncio.gather(honest.frames(5), attacker.frames(5))
+    ssrc = media_ssrc(attacker.answer_sdp)
+    senders = [p.pc.getSenders()[0] for p in all_peers(app)]
+
+    async def flood() -> None:
+        while True:
+            for sender in senders:
+                history = sender._RTCRtpSender__rtp_history
+                lost = sorted(p.sequence_number for p in history.values())
+                packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=attacker.ssrc(), media_ssrc=ssrc)
+                packet.lost = lost
+                await attacker.rtcp(packet)
+            await asyncio.sleep(1 / 200)
+
+    honest_before, attacker_before = await honest_bytes(honest), await attacker.received_bytes()
+    began = time.monotonic()
+    flooding = asyncio.ensure_future(flood())
+    try:
+        frames = await honest.frames(150, timeout=30)
+    finally:
+        flooding.cancel()
+    elapsed = time.monotonic() - began
+    honest_got = await honest_bytes(honest) - honest_before
+    attacker_got = await attacker.received_bytes() - attacker_before
+    caps = [g.retransmits[0] for g in guards(app)]
+    # what the cap allows on top of the stream: a share of the bitrate, and one burst
+    allowed = RETRANSMIT_SHARE * 500_000 / 8 * elapsed + RETRANSMIT_BURST
+    print(f"NACK flood: attacker {attacker_got} B vs honest {honest_got} B in {elapsed:.1f} s "
+          f"({attacker_got / honest_got:.2f}x, cap allows +{allowed:.0f} B); "
+          f"retransmissions refused {sum(c.refused for c in caps)}, sent {[c.sent_bytes for c in caps]}")
+    assert len(frames) == 150
+    assert sum(c.refused for c in caps) > 0
+    assert attacker_got - honest_got < 1.2 * allowed
+    await asyncio.gather(honest.close(), attacker.close())
+
+
+async def honest_bytes(viewer: Viewer) -> int:
+    stats = await viewer.pc.getStats()
+    return sum(s.bytesReceived for s in stats.values() if s.type == "transport")
+
+
+async def test_an_rtcp_flood_is_cut_at_the_gate(serve):
+    """Thousands of RTCP packets a second: the gate drops what is over the rate."""
+    url, app = await serve(width=320, height=240)
+    honest, attacker = Viewer(url), Attacker(url)
+    await asyncio.gather(honest.connect(), attacker.connect())
+    await asyncio.gather(honest.frames(5), attacker.frames(5))
+    ssrc = media_ssrc(attacker.answer_sdp)
+    gates = [g.gates[0] for g in guards(app)]
+    packet = bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=attacker.ssrc(), media_ssrc=ssrc))
+    transport = attacker.receiver().transport
+    for n in range(3000):  # ~2000 a second, paced so the kernel's receive buffer does not drop them first
+        await transport._send_rtp(packet)
+        if n % 10 == 9:
+            await asyncio.sleep(0.005)
+    await eventually(lambda: sum(g.stats.flood for g in gates) > 1000, timeout=10)
+    assert len(await honest.frames(30)) == 30
+    await asyncio.gather(honest.close(), attacker.close())
