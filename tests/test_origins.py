@@ -96,7 +96,7 @@ async def test_allow_host_adds_a_name(serve):
 
 
 async def test_whep_origin(serve):
-    url, app = await serve(width=320, height=240, allow_origins=["https://ok.example"])
+    url, _ = await serve(width=320, height=240, allow_origins=["https://ok.example"])
     root = base(url)
     endpoint = root + "/whep"
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
