@@ -54,6 +54,17 @@ def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
     return bool(parts.netloc) and parts.netloc.lower() == request.host.lower()
 
 
+_said: set[tuple[str, str]] = set()
+
+
+def first_time(kind: str, value: str) -> bool:
+    """Whether a refusal of this kind and value is new (logged), for the first 1000 of them; a flood logs nothing."""
+    if len(_said) >= 1000 or (kind, value) in _said:
+        return False
+    _said.add((kind, value))
+    return True
+
+
 def cors_headers(request: web.Request, allowed: list[str], **extra: str) -> dict[str, str]:
     """The CORS headers of a WHEP response, or 403 for a browser page of an origin not allowed.
 
@@ -63,8 +74,9 @@ def cors_headers(request: web.Request, allowed: list[str], **extra: str) -> dict
     origin = request.headers.get("Origin")
     if not origin_allowed(request, allowed):
         shown = origin[:100]
-        logger.warning("refused %s %s from %s: origin %r not allowed (see --allow-origin)",
-                       request.method, request.path[:100], request.remote, shown)
+        if first_time("origin", shown):
+            logger.warning("refused %s %s from %s: origin %r not allowed (see --allow-origin); said once per origin",
+                           request.method, request.path[:100], request.remote, shown)
         raise web.HTTPForbidden(
             text=f"origin {shown} not allowed: start camtrack with --allow-origin {shown} to let its pages in\n",
             headers={"Vary": "Origin"})
@@ -128,7 +140,6 @@ class HostCheck:
             self.names.update({hostname, f"{hostname.partition('.')[0]}.local", hostname.partition(".")[0]})
         self._addresses: set[str] = set()
         self._read_at = -self.INTERFACES_TTL
-        self._refused: set[str] = set()
 
     def add_fqdn(self) -> None:
         """Add the machine's fully qualified name (may ask DNS: call it off the event loop)."""
@@ -166,8 +177,7 @@ class HostCheck:
             header = request.headers.get("Host")
             if not self.allows(header):
                 shown = host_name(header)[:100]
-                if len(self._refused) < 100 and shown not in self._refused:
-                    self._refused.add(shown)  # said once per name: a flood does not fill the log
+                if first_time("host", shown):  # said once per name: a flood does not fill the log
                     logger.warning("refused requests for Host %r (from %s): not a name of this server; "
                                    "if it is one, start camtrack with --allow-host %s", shown, request.remote, shown)
                 raise web.HTTPMisdirectedRequest(
