@@ -8,7 +8,7 @@ import threading
 
 from aiohttp import web
 
-from .access import is_loopback
+from .access import HostCheck, is_loopback
 from .cameras import Cameras
 from .config import Config
 from .hooks import check_hooks
@@ -25,7 +25,8 @@ CAMERAS = web.AppKey("cameras", Cameras)
 
 def create_app(config: Config) -> web.Application:
     """Build the camtrack application for `config`; nothing runs until it is started."""
-    app = web.Application()
+    hosts = HostCheck(config.host, config.allow_hosts)
+    app = web.Application(middlewares=[hosts.middleware()])
     cameras = Cameras(config)
     app[CONFIG] = config
     app[CAMERAS] = cameras
@@ -103,6 +104,11 @@ def create_app(config: Config) -> web.Application:
         while undo_ice:
             undo_ice.pop()()
 
+    async def add_fqdn(app: web.Application) -> None:
+        # socket.getfqdn() may ask DNS: in a thread nobody waits for (not even shutdown)
+        threading.Thread(target=hosts.add_fqdn, name="camtrack fqdn", daemon=True).start()
+
+    app.on_startup.append(add_fqdn)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)

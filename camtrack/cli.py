@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="let pages from this origin (https://host:port) open the websocket, repeatable; "
                              "same-origin pages and non-browser clients are always allowed")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests for this host name (the Host header), repeatable; the machine's "
+                             "own names and addresses always work; '*' for any (no DNS-rebinding protection)")
     parser.add_argument("--cert", help="TLS certificate file (PEM): serve HTTPS and WSS")
     parser.add_argument("--key", help="TLS private key file (PEM), with --cert")
     parser.add_argument("--mjpeg-fps", type=float, default=15.0, metavar="FPS",
@@ -161,6 +164,7 @@ def config_from_args(args: argparse.Namespace, cameras: dict[str, dict] | None =
         ice_addresses=list(args.ice_address), linger=args.linger, log_level=args.log_level,
         max_viewers=args.max_viewers, negotiation_timeout=args.negotiation_timeout,
         idle_timeout=args.idle_timeout, token=args.token, allow_origins=list(args.allow_origin),
+        allow_hosts=list(args.allow_host),
         cert=args.cert, key=args.key, mjpeg_fps=args.mjpeg_fps, jpeg_quality=args.jpeg_quality,
         publish=args.publish, janus_room=args.janus_room, janus_pin=args.janus_pin,
         janus_display=args.janus_display,

@@ -97,6 +97,8 @@ class Config:
     token: str | None = None
     #: origins, besides the server's own, whose pages may open the websocket ("*" for any)
     allow_origins: list[str] = field(default_factory=list)
+    #: names, besides the machine's own names and addresses, that requests may carry in Host ("*" for any)
+    allow_hosts: list[str] = field(default_factory=list)
     #: TLS certificate and key files; with both, the server speaks HTTPS/WSS
     cert: str | None = None
     key: str | None = None

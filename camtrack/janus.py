@@ -22,6 +22,8 @@ from .cameras import Camera
 from .ice import rtc_configuration
 from .hooks import forward_keyframe_requests, guard_ice
 from .peer import CLOSE_TIMEOUT, codec_preferences
+from .redaction import scrub, with_decoded
+from .sources import redact, url_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class JanusPublisher:
             raise ValueError("publishing to Janus needs the shared encoder (--encoder shared)")
         self.camera = camera
         self.url = url.rstrip("/")
+        #: the URL as shown (API, logs, errors): without its user-info or secret query values
+        self.shown_url = redact(self.url)
+        self._secrets = with_decoded([*url_secrets(self.url), pin])
         self.room = room
         self.pin = pin
         self.display = display or camera.name
@@ -72,7 +77,7 @@ class JanusPublisher:
         self.state = "idle"
 
     def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "room": self.room, "display": self.display, "state": self.state,
+        return {"url": self.shown_url, "room": self.room, "display": self.display, "state": self.state,
                 "publishes": self.publishes, "failures": self.failures, "last_error": self.last_error}
 
     async def _run(self) -> None:
@@ -89,11 +94,12 @@ class JanusPublisher:
                 reason = f"Janus did not answer within {self.request_timeout:g} s"
             except Exception as exc:  # noqa: BLE001 - whatever it was, log it and publish again
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                reason = scrub(reason, self._secrets)  # a library's error may print the URL
             self.failures += 1
             if time.monotonic() - started > 60:
                 delay = self.retry_min  # it had been up a while: start the back-off again
             if reason != self.last_error:
-                logger.warning("janus %s room %s (%s): %s; retrying", self.url, self.room, self.display, reason)
+                logger.warning("janus %s room %s (%s): %s; retrying", self.shown_url, self.room, self.display, reason)
             self.last_error = reason
             self.state = "retrying"
             await asyncio.sleep(delay)
@@ -151,7 +157,7 @@ class JanusPublisher:
                     raise JanusError(f"the connection to Janus was not established within {CONNECT_TIMEOUT:g} s")
                 self.state = "publishing"
                 self.publishes += 1
-                logger.info("janus %s room %s: publishing %s as %r", self.url, self.room, self.camera.name,
+                logger.info("janus %s room %s: publishing %s as %r", self.shown_url, self.room, self.camera.name,
                             self.display)
                 # until the connection fails or the poller sees the session die
                 done, _ = await asyncio.wait([ended, poller, keepalive], return_when=asyncio.FIRST_COMPLETED)
@@ -182,7 +188,7 @@ class JanusPublisher:
         async with http.post(url, json={**body, "transaction": transaction},
                              timeout=aiohttp.ClientTimeout(total=self.request_timeout)) as response:
             if response.status != 200:
-                raise JanusError(f"HTTP {response.status} from {url}")
+                raise JanusError(f"HTTP {response.status} from {redact(url)}")
             reply = await response.json(content_type=None)
         if reply.get("janus") == "error":
             error = reply.get("error", {})
@@ -213,7 +219,7 @@ class JanusPublisher:
             async with http.get(url, params={"maxev": "10", "rid": str(int(time.time() * 1000))},
                                 timeout=aiohttp.ClientTimeout(total=self.request_timeout + 35)) as response:
                 if response.status != 200:
-                    raise JanusError(f"HTTP {response.status} polling {url}")
+                    raise JanusError(f"HTTP {response.status} polling {redact(url)}")
                 reply = await response.json(content_type=None)
             for event in reply if isinstance(reply, list) else [reply]:
                 kind = event.get("janus")

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .access import require_token
+from .access import cors_headers, require_token
 from .cameras import Camera, Cameras
 from .config import Config
 from .ice import parse_ice_server
@@ -22,10 +22,8 @@ from .peer import OfferError, Peer
 logger = logging.getLogger(__name__)
 
 MAX_OFFER_SIZE = 64 * 1024
-CORS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "Location, Link, Accept-Post",
-}
+#: what a page of an allowed origin may read of a WHEP answer
+EXPOSE = {"Access-Control-Expose-Headers": "Location, Link, Accept-Post"}
 
 
 class WhepSession:
@@ -74,7 +72,11 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
     """`/whep` (the first camera) and `/cameras/{name}/whep`, with their session resources."""
     sessions: dict[str, WhepSession] = {}
 
-    def camera_of(request: web.Request) -> Camera:
+    def cors(request: web.Request) -> dict[str, str]:
+        """Same-origin, --allow-origin, or no Origin (not a browser); 403 for any other page."""
+        return cors_headers(request, config.allow_origins, **EXPOSE)
+
+    def camera_of(request: web.Request, CORS: dict[str, str]) -> Camera:
         name = request.match_info.get("name")
         camera = cameras.get(name)
         if camera is None:
@@ -82,7 +84,8 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         return camera
 
     async def options(request: web.Request) -> web.Response:
-        camera_of(request)
+        CORS = cors(request)
+        camera_of(request, CORS)
         return web.Response(status=204, headers={
             **CORS,
             "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
@@ -93,7 +96,8 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         })
 
     async def post(request: web.Request) -> web.Response:
-        camera = camera_of(request)
+        CORS = cors(request)
+        camera = camera_of(request, CORS)
         try:
             require_token(request, config.token)
         except web.HTTPUnauthorized as exc:
@@ -134,7 +138,8 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         return response
 
     async def delete(request: web.Request) -> web.Response:
-        camera = camera_of(request)
+        CORS = cors(request)
+        camera = camera_of(request, CORS)
         session = sessions.get(request.match_info["id"])
         if session is None or session.camera is not camera:
             raise web.HTTPNotFound(text="no such WHEP session\n", headers=CORS)
@@ -149,11 +154,11 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
 
     async def patch(request: web.Request) -> web.Response:
         # trickle ICE is not supported: the answer carries every candidate of the server
-        raise web.HTTPMethodNotAllowed("PATCH", ["DELETE", "OPTIONS"], headers=CORS)
+        raise web.HTTPMethodNotAllowed("PATCH", ["DELETE", "OPTIONS"], headers=cors(request))
 
     async def resource_options(request: web.Request) -> web.Response:
         return web.Response(status=204, headers={
-            **CORS, "Access-Control-Allow-Methods": "DELETE, OPTIONS",
+            **cors(request), "Access-Control-Allow-Methods": "DELETE, OPTIONS",
             "Access-Control-Allow-Headers": "Authorization", "Allow": "DELETE, OPTIONS"})
 
     for base in ("/whep", "/cameras/{name}/whep"):

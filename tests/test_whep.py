@@ -56,7 +56,7 @@ async def test_whep_session_lifecycle(serve):
 
 
 async def test_whep_errors(serve):
-    url, app = await serve(width=320, height=240, max_viewers=1, token="t0k",
+    url, app = await serve(width=320, height=240, max_viewers=1, token="t0k", allow_origins=["https://player.example"],
                            ice_servers=["stun:192.0.2.10:3478", "turn:u:p@192.0.2.11:3478"])
     endpoint = base(url) + "/whep"
     auth = {"Authorization": "Bearer t0k"}
@@ -65,7 +65,7 @@ async def test_whep_errors(serve):
         async with http.options(endpoint, headers={"Origin": "https://player.example",
                                                    "Access-Control-Request-Method": "POST"}) as r:
             assert r.status == 204
-            assert r.headers["Access-Control-Allow-Origin"] == "*"
+            assert r.headers["Access-Control-Allow-Origin"] == "https://player.example"  # listed
             assert "POST" in r.headers["Access-Control-Allow-Methods"]
             assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
         async with http.post(endpoint, data="v=0", headers={"Content-Type": "text/plain", **auth}) as r:
