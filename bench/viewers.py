@@ -16,9 +16,9 @@ import aiortc.rtcrtpreceiver
 import av
 from aiortc.codecs import get_decoder
 
-from camtrack import stamp
+from camtrack.media import stamp
 from camtrack.client import Viewer
-from camtrack.ice import restrict_host_addresses
+from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 
 class StampingDecoder:

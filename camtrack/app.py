@@ -11,11 +11,12 @@ from aiohttp import web
 from .access import HostCheck, is_loopback
 from .cameras import Cameras
 from .config import Config
-from .hooks import check_hooks
-from .ice import resolve_addresses, restrict_host_addresses
-from .janus import JanusPublisher
-from . import metrics, mjpeg, whep
-from .signaling import websocket_handler
+from .outputs.webrtc.hooks import check_hooks
+from .outputs.webrtc.ice import resolve_addresses, restrict_host_addresses
+from .outputs.janus import JanusPublisher
+from .outputs import metrics, mjpeg
+from .outputs.webrtc import whep
+from .outputs.webrtc.signaling import websocket_handler
 
 logger = logging.getLogger(__name__)
 

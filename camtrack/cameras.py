@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from aiortc.mediastreams import MediaStreamTrack
 
 from .config import CameraConfig, Config
-from .encoder import EncoderSettings, SharedEncoder
+from .media.encoder import EncoderSettings, SharedEncoder
 from .sources import make_source, redact, resolve_auto
-from .stream import CameraStream
-from .track import CameraTrack, EncodedTrack
+from .media.stream import CameraStream
+from .outputs.webrtc.tracks import CameraTrack, EncodedTrack
 
 #: the ways out: a websocket-negotiated peer, a WHEP peer, an MJPEG client
 TRANSPORTS = ("websocket", "whep", "mjpeg")

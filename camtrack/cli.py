@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import CODECS, ENCODERS, Config
-from .ice import parse_ice_server, resolve_addresses
+from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
 from .sources import SourceError, check_source, redact, resolve_auto
 
 logger = logging.getLogger("camtrack")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote
 
 from .config import Config
-from .ice import parse_ice_server
+from .outputs.webrtc.ice import parse_ice_server
 from .sources import redact, url_secrets
 
 MASK = "***"

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from camtrack import Config, create_app
-from camtrack.ice import restrict_host_addresses
+from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 Server = tuple[str, web.Application]
 

@@ -18,7 +18,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from camtrack import Config, create_app
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
-from camtrack.janus import JanusPublisher
+from camtrack.outputs.janus import JanusPublisher
 
 from .janus_server import ROOM, Janus
 from .netns import SERVER_ADDRESS
@@ -157,7 +157,7 @@ async def main(workdir: Path, codec: str) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from camtrack.ice import restrict_host_addresses
+    from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
     restrict_host_addresses([SERVER_ADDRESS])
     print(json.dumps(asyncio.run(main(Path(sys.argv[1]), sys.argv[2]))))

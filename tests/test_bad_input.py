@@ -11,7 +11,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
-from camtrack.track import EncodedTrack
+from camtrack.outputs.webrtc.tracks import EncodedTrack
 
 from .conftest import eventually
 

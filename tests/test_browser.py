@@ -230,8 +230,10 @@ def test_page_controls(sandbox, tmp_path):
         assert picker.locator("option").all_inner_texts() == ["front (640×480)", "back (640×480)"]
 
         page.click("#info")
+        # the overlay fills in as getStats() learns things (fps after two samples, RTT after an RTCP report)
         page.wait_for_function("window.camtrack.stats && window.camtrack.stats.resolution === '640×480'"
-                               " && /^-?\\d+ ms$/.test(window.camtrack.stats['glass-to-glass'])",
+                               " && /^-?\\d+ ms$/.test(window.camtrack.stats['glass-to-glass'])"
+                               " && window.camtrack.stats.fps !== '-' && 'RTT' in window.camtrack.stats",
                                timeout=20000)
         latency = page.evaluate("window.camtrack.latency")
         assert 0 <= latency < 2000, latency

@@ -10,10 +10,10 @@ import pytest
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
-from camtrack.encoder import EncoderSettings, SharedEncoder
+from camtrack.media.encoder import EncoderSettings, SharedEncoder
 from camtrack.sources import PatternSource
-from camtrack.stream import CameraStream
-from camtrack.track import EncodedTrack
+from camtrack.media.stream import CameraStream
+from camtrack.outputs.webrtc.tracks import EncodedTrack
 
 from .conftest import eventually
 

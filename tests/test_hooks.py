@@ -11,7 +11,7 @@ import asyncio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import VideoStreamTrack
 
-from camtrack import hooks
+from camtrack.outputs.webrtc import hooks
 
 
 def test_every_hooked_class_attribute_exists() -> None:

@@ -22,8 +22,8 @@ from aiortc.rtp import (
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
-from camtrack.hooks import PENDING_PACKETS, RETRANSMIT_BURST, RETRANSMIT_SHARE, PeerGuard
-from camtrack.peer import Peer
+from camtrack.outputs.webrtc.hooks import PENDING_PACKETS, RETRANSMIT_BURST, RETRANSMIT_SHARE, PeerGuard
+from camtrack.outputs.webrtc.peer import Peer
 
 from .conftest import eventually
 

@@ -10,7 +10,7 @@ import aiohttp
 import cv2
 import numpy as np
 
-from camtrack import stamp
+from camtrack.media import stamp
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from camtrack import Config
 from camtrack.app import CAMERAS, CONFIG
 from camtrack.config import CameraConfig
-from camtrack.janus import JanusPublisher
+from camtrack.outputs.janus import JanusPublisher
 from camtrack.redaction import (
     SecretFilter,
     config_secrets,

@@ -125,7 +125,7 @@ async def test_hello_lists_configured_ice_servers(serve):
 
 
 def test_bad_ice_server_is_refused():
-    from camtrack.ice import parse_ice_server
+    from camtrack.outputs.webrtc.ice import parse_ice_server
 
     for bad in ["stun.example.org", "http://x", "turn:192.0.2.1:3478"]:
         with pytest.raises(ValueError):

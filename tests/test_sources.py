@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from camtrack import stamp
-from camtrack.capture import Capture, Frame
+from camtrack.media import stamp
+from camtrack.media.capture import Capture, Frame
 from camtrack.sources import PatternSource, SourceError, check_source, make_source
 
 ROOT = Path(__file__).resolve().parent.parent

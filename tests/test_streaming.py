@@ -8,7 +8,7 @@ import re
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from camtrack import stamp
+from camtrack.media import stamp
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 

@@ -15,8 +15,8 @@ from .hooks import PeerGuard, guard_peer
 from .ice import rtc_configuration
 
 if TYPE_CHECKING:
-    from .cameras import Camera
-    from .config import Config
+    from ...cameras import Camera
+    from ...config import Config
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from av import VideoFrame
 from av.video.frame import PictureType
 
 from .capture import Frame
-from .relay import Relay
+from .stage import Relay
 from .stream import CameraStream
 
 logger = logging.getLogger(__name__)

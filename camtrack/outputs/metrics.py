@@ -12,8 +12,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .cameras import TRANSPORTS, Cameras
-from .encoder import ENCODE_BUCKETS
+from ..cameras import TRANSPORTS, Cameras
+from ..media.encoder import ENCODE_BUCKETS
 
 
 class CameraCollector:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import cv2
 from aiohttp import web
 
-from .access import require_token
-from .cameras import Camera, Cameras
-from .config import Config
-from .relay import Relay
-from .stream import StreamClosed
+from ..access import require_token
+from ..cameras import Camera, Cameras
+from ..config import Config
+from ..media.stage import Relay
+from ..media.stream import StreamClosed
 
 logger = logging.getLogger(__name__)
 

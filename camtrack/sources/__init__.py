@@ -1,7 +1,7 @@
 """Frame sources: where pictures come from (camera, file, stream URL, test pattern).
 
 A source is blocking and single-threaded: `open()`, then `read()` until it returns
-None, then `close()`. Only the capture thread (`camtrack.capture`) calls them.
+None, then `close()`. Only the capture thread (`camtrack.media.capture`) calls them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Iterator, Protocol
 import cv2
 import numpy as np
 
-from . import stamp
+from ..media import stamp
 
 logger = logging.getLogger(__name__)
 

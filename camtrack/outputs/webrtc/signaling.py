@@ -27,9 +27,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
-from .access import origin_allowed, token_matches
-from .cameras import Camera, Cameras
-from .config import Config
+from ...access import origin_allowed, token_matches
+from ...cameras import Camera, Cameras
+from ...config import Config
 from .ice import ice_servers_json
 from .peer import OfferError, Peer
 

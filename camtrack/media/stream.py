@@ -9,7 +9,7 @@ from typing import Callable
 
 from .capture import Capture, Frame
 from .latest import Latest
-from .sources import FrameSource
+from ..sources import FrameSource
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from . import stamp
-from .sources import FrameSource
+from ..sources import FrameSource
 
 logger = logging.getLogger(__name__)
 

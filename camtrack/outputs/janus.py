@@ -18,12 +18,12 @@ from typing import Any
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from .cameras import Camera
-from .ice import rtc_configuration
-from .hooks import forward_keyframe_requests, guard_ice
-from .peer import CLOSE_TIMEOUT, codec_preferences
-from .redaction import scrub, with_decoded
-from .sources import redact, url_secrets
+from ..cameras import Camera
+from .webrtc.ice import rtc_configuration
+from .webrtc.hooks import forward_keyframe_requests, guard_ice
+from .webrtc.peer import CLOSE_TIMEOUT, codec_preferences
+from ..redaction import scrub, with_decoded
+from ..sources import redact, url_secrets
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtp import RTCP_PSFB_FIR, RtcpPsfbPacket
 
-from .ratelimit import TokenBucket
+from ...ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 

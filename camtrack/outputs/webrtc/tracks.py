@@ -10,11 +10,11 @@ import av
 from av import VideoFrame
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
-from .encoder import EncodedFrame, EncoderClosed, SharedEncoder
-from .stream import CameraStream, StreamClosed
+from ...media.encoder import EncodedFrame, EncoderClosed, SharedEncoder
+from ...media.stream import CameraStream, StreamClosed
 
 if TYPE_CHECKING:
-    from .cameras import Meter
+    from ...cameras import Meter
 
 
 class CameraTrack(MediaStreamTrack):

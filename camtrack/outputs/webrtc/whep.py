@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .access import cors_headers, require_token
-from .cameras import Camera, Cameras
-from .config import Config
+from ...access import cors_headers, require_token
+from ...cameras import Camera, Cameras
+from ...config import Config
 from .ice import parse_ice_server
 from .peer import OfferError, Peer
 

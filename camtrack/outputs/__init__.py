@@ -1,0 +1,1 @@
+"""The ways out: WebRTC (websocket signaling, WHEP), MJPEG and snapshots, Janus, metrics."""
