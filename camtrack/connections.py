@@ -40,6 +40,9 @@ FD_RESERVE = 64
 LINGERING_TIME = 2.0
 #: a limit to aim for when the hard limit is "unlimited"
 UNLIMITED_TARGET = 65536
+#: the most connections by default however high the fd limit: plenty for a camera server, and
+#: what a flood of slow-header connections may cost stays in tens of MB
+DEFAULT_MAX_CONNECTIONS = 4096
 
 
 def raise_fd_limit() -> int:
@@ -57,8 +60,9 @@ def raise_fd_limit() -> int:
 
 def connection_cap(fd_limit: int) -> int:
     """The most HTTP connections for an open-file limit: half of it (a WebRTC viewer holds a
-    websocket and UDP sockets besides), and never within FD_RESERVE of it."""
-    return max(8, min(fd_limit // 2, fd_limit - FD_RESERVE))
+    websocket and UDP sockets besides), never within FD_RESERVE of it, and at most
+    DEFAULT_MAX_CONNECTIONS."""
+    return max(8, min(fd_limit // 2, fd_limit - FD_RESERVE, DEFAULT_MAX_CONNECTIONS))
 
 
 class ConnectionTracker:

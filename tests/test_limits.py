@@ -188,6 +188,11 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def rss_mb(pid: int) -> float:
+    line = next(x for x in open(f"/proc/{pid}/status") if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 async def test_connection_flood_at_the_fd_limit(loopback_ice):
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, preexec_fn=low_fd_limit,
                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -203,7 +208,7 @@ async def test_connection_flood_at_the_fd_limit(loopback_ice):
         viewer = Viewer(root + "/ws")
         await viewer.connect()
         await viewer.frames(5)
-        before = fd_count(server.pid)
+        before, rss_before = fd_count(server.pid), rss_mb(server.pid)
 
         async def slow_header_connection() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -212,7 +217,7 @@ async def test_connection_flood_at_the_fd_limit(loopback_ice):
 
         for _ in range(4):  # 400 connections, more than the server's open-file limit
             await asyncio.gather(*(slow_header_connection() for _ in range(100)))
-        most = fd_count(server.pid)
+        most, rss_most = fd_count(server.pid), rss_mb(server.pid)
         async with aiohttp.ClientSession() as http:
             for _ in range(5):
                 async with http.get(root + "/healthz", timeout=aiohttp.ClientTimeout(total=10)) as r:
@@ -221,8 +226,10 @@ async def test_connection_flood_at_the_fd_limit(loopback_ice):
         frames = await viewer.frames(30)  # the honest viewer played on, at the cap
         assert len(frames) == 30
         print(f"\nfd limit 200:300 -> soft {soft}, connection cap {cap}; 400 slow-header connections: "
-              f"server fds {before} -> {most}; /healthz answered, the viewer played")
+              f"server fds {before} -> {most}, RSS {rss_before:.0f} -> {rss_most:.0f} MB; /healthz answered, "
+              f"the viewer played")
         assert most < soft - 20
+        assert rss_most - rss_before < 30
     finally:
         for writer in flood:
             writer.close()
