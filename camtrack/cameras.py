@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -13,8 +16,20 @@ from .sources import make_source, redact, resolve_auto
 from .media.stream import CameraStream
 from .outputs.webrtc.tracks import CameraTrack, EncodedTrack
 
+logger = logging.getLogger(__name__)
+
 #: the ways out: a websocket-negotiated peer, a WHEP peer, an MJPEG client
 TRANSPORTS = ("websocket", "whep", "mjpeg")
+
+
+class Pending(Protocol):
+    """A session that may become a viewer: a websocket, a WHEP offer."""
+
+    remote: str
+
+    def end(self, reason: str) -> None: ...
+
+    async def closed(self) -> None: ...
 
 
 @dataclass
@@ -38,10 +53,12 @@ class Camera:
     encoder: SharedEncoder | None
     viewers: dict[str, set[object]] = field(default_factory=lambda: {t: set() for t in TRANSPORTS})
     meters: dict[str, Meter] = field(default_factory=lambda: {t: Meter() for t in (*TRANSPORTS, "janus")})
-    #: MJPEG/snapshot encoders by JPEG quality, made on demand (camtrack.mjpeg)
+    #: MJPEG/snapshot encoders by JPEG quality, made on demand (camtrack.outputs.mjpeg)
     jpeg: dict[int, object] = field(default_factory=dict)
-    #: the Janus publisher (camtrack.janus), when the camera is published
+    #: the Janus publisher (camtrack.outputs.janus), when the camera is published
     publisher: object | None = None
+    #: sessions of this camera that are not viewers yet (Cameras.hold)
+    pending: int = 0
 
     @property
     def name(self) -> str:
@@ -70,6 +87,7 @@ class Camera:
             "codec": settings.codec,
             "bitrate": settings.bitrate,
             "viewers": {t: len(v) for t, v in self.viewers.items()},
+            "pending": self.pending,
             "opens": self.stream.opens,
         }
 
@@ -84,10 +102,21 @@ class Camera:
 
 
 class Cameras:
-    """All cameras of a server, in configured order, and the viewer limits across them."""
+    """All cameras of a server, in configured order, and the viewer limits across them.
+
+    A viewer is a peer that connected, or an MJPEG client; the limits (--max-viewers and each
+    camera's) count viewers only. A session that is not one yet (a websocket, a WHEP offer) is
+    *pending*: pending sessions have their own bound, `max_pending`, and at that bound the
+    oldest pending session of the client with the most of them is closed to make room. So
+    sockets that never become viewers can neither lock viewers out nor pile up."""
 
     def __init__(self, config: Config) -> None:
         self.max_viewers = config.max_viewers
+        self.max_pending = config.max_pending
+        #: pending sessions, oldest first, with their camera
+        self.pending: OrderedDict[Pending, Camera] = OrderedDict()
+        #: pending sessions closed to make room, over the server's life
+        self.pending_evicted = 0
         self.by_name: dict[str, Camera] = {}
         for settings in config.cameras:
             source = resolve_auto(settings.source)
@@ -125,14 +154,44 @@ class Cameras:
         return not (camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers)
 
     def admit(self, camera: Camera, transport: str, viewer: object) -> bool:
-        """Count `viewer` in, unless the server or the camera is full."""
+        """Count `viewer` in (no longer pending), unless the server or the camera is full."""
         if not self.has_room(camera):
             return False
+        self.release(viewer)
         camera.viewers[transport].add(viewer)
         return True
 
     def leave(self, camera: Camera, transport: str, viewer: object) -> None:
+        """`viewer` is no viewer (and no pending session) any more."""
         camera.viewers[transport].discard(viewer)
+        self.release(viewer)
+
+    def hold(self, camera: Camera, session: Pending) -> None:
+        """Count `session` as pending; at the bound, close the oldest pending session of the
+        client with the most of them (one client flooding closes its own sessions first)."""
+        if session in self.pending:
+            return
+        self.pending[session] = camera
+        camera.pending += 1
+        while len(self.pending) > self.max_pending:
+            most = Counter(s.remote for s in self.pending).most_common(1)[0][0]
+            victim = next(s for s in self.pending if s.remote == most)
+            self.release(victim)
+            self.pending_evicted += 1
+            victim.end(f"too many pending sessions (at most {self.max_pending})")
+
+    def release(self, session: object) -> None:
+        """`session` is not pending any more (it became a viewer or ended)."""
+        camera = self.pending.pop(session, None)  # type: ignore[call-overload]
+        if camera is not None:
+            camera.pending -= 1
+
+    def end_pending(self, reason: str) -> list[Pending]:
+        """End every pending session (server shutdown); returns them."""
+        sessions = list(self.pending)
+        for session in sessions:
+            session.end(reason)
+        return sessions
 
     async def close(self) -> None:
         for camera in self:

@@ -114,6 +114,13 @@ class Config:
     jpeg_quality: int = 80
     log_level: str = "info"
     static_dir: Path = STATIC_DIR
+    #: most HTTP connections open at once; 0: half the open-file limit (camtrack.connections)
+    max_connections: int = 0
+    #: seconds a client has to send a request's headers (or a WHEP offer's body); idle keep-alive too
+    header_timeout: float = 10.0
+    #: most sessions that are not viewers yet (a websocket without a connected peer, a WHEP offer
+    #: not connected yet); one more closes the oldest of the client with the most of them
+    max_pending: int = 64
 
     def __post_init__(self) -> None:
         # the per-camera settings are checked by CameraConfig, the default camera's included

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from camtrack import Config, create_app
+from camtrack.connections import make_runner
 from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 Server = tuple[str, web.Application]
@@ -33,7 +34,7 @@ async def serve(loopback_ice) -> AsyncIterator[Callable[..., Awaitable[Server]]]
         settings.setdefault("host", "127.0.0.1")
         config = Config(port=0, **settings)
         app = create_app(config)
-        runner = web.AppRunner(app)
+        runner = make_runner(app, config)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -162,6 +162,8 @@ async def test_max_viewers(serve):
     first, second = Viewer(url), Viewer(url)
     await first.connect()
     await second.connect()
+    # a viewer is a peer that connected (an answered offer is only pending)
+    await eventually(lambda: app[CAMERAS].viewer_count == 2)
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         assert await ws.receive_json() == {"type": "error", "message": "server full"}
         await expect(ws, "close:1013")

@@ -88,6 +88,10 @@ async def test_whep_errors(serve):
             assert links == ['<stun:192.0.2.10:3478>; rel="ice-server"',
                              '<turn:192.0.2.11:3478>; rel="ice-server"; username="u"; credential="p"; '
                              'credential-type="password"']
+            answer = await r.text()
+        # it fills the server once connected (an answered offer is only pending)
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await eventually(lambda: app[CAMERAS].viewer_count == 1)
         pc2, sdp2 = await offer()
         async with http.post(endpoint, data=sdp2, headers=sdp_headers) as r:
             assert r.status == 503

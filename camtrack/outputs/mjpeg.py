@@ -3,6 +3,11 @@
 Each camera has one JPEG encoder per quality, running off the event loop only while someone
 watches; every frame is encoded once however many clients read it, and a slow client skips
 to the newest JPEG instead of queueing.
+
+What a client can ask for is bounded: a rate of at least MIN_FPS (so a client that left is noticed
+within a frame or POLL seconds, whichever is sooner: aiohttp does not cancel a handler whose client
+went), a quality snapped to a few tiers (each one an encoder), and a client that takes nothing for
+STALL_TIMEOUT seconds is cut off rather than held.
 """
 
 from __future__ import annotations
@@ -20,15 +25,27 @@ from aiohttp import web
 from ..access import require_token
 from ..cameras import Camera, Cameras
 from ..config import Config
+from ..connections import gone
+from ..logs import ClientLog, clip_repr
 from ..media.stage import Relay
 from ..media.stream import StreamClosed
 
 logger = logging.getLogger(__name__)
+log = ClientLog(logger)
 
 BOUNDARY = "camtrack-frame"
 #: the kernel's send buffer for an MJPEG client: a few frames, so a slow client's backlog
 #: (and so its delay) stays short and it skips ahead instead
 SEND_BUFFER = 128 * 1024
+#: the lowest ?fps= a client may ask for: a frame at least every 5 s
+MIN_FPS = 0.2
+#: seconds between checks that the client is still there while no frame is due
+POLL = 1.0
+#: a client whose socket has taken nothing for this many seconds is cut off
+STALL_TIMEOUT = 8.0
+#: the JPEG qualities served (and --jpeg-quality): a ?quality= is snapped to the nearest, so
+#: clients cannot make one encoder each
+QUALITY_TIERS = (25, 50, 75, 95)
 
 
 @dataclass(frozen=True)
@@ -97,13 +114,22 @@ class MjpegClient:
 
 
 def quality_of(request: web.Request, default: int) -> int:
+    """The ?quality= asked for, snapped to the nearest of QUALITY_TIERS and `default`."""
+    text = request.query.get("quality")
+    if text is None:
+        return default
     try:
-        quality = int(request.query.get("quality", default))
+        quality = int(text)
     except ValueError:
         raise web.HTTPBadRequest(text="quality must be a whole number from 1 to 100\n") from None
     if not 1 <= quality <= 100:
         raise web.HTTPBadRequest(text="quality must be a whole number from 1 to 100\n")
-    return quality
+    return snap_quality(quality, default)
+
+
+def snap_quality(quality: int, default: int) -> int:
+    # the default wins a tie: it is the encoder most likely running already
+    return min((default, *QUALITY_TIERS), key=lambda tier: abs(tier - quality))
 
 
 def encoder_for(camera: Camera, quality: int, config: Config) -> JpegEncoder:
@@ -121,7 +147,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         name = request.match_info.get("name")
         camera = cameras.get(name)
         if camera is None:
-            raise web.HTTPNotFound(text=f"no camera {name!r}\n")
+            raise web.HTTPNotFound(text=f"no camera {clip_repr(name)}\n")
         return camera
 
     async def mjpeg(request: web.Request) -> web.StreamResponse:
@@ -131,17 +157,18 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
             fps = min(float(request.query.get("fps", config.mjpeg_fps)), config.mjpeg_fps)
         except ValueError:
             raise web.HTTPBadRequest(text="fps must be a number\n") from None
-        if fps <= 0:
-            raise web.HTTPBadRequest(text="fps must be positive\n")
+        if not fps >= MIN_FPS:  # NaN too
+            raise web.HTTPBadRequest(text=f"fps must be at least {MIN_FPS:g}\n")
         client = MjpegClient(camera, request.remote or "?")
         if not cameras.admit(camera, "mjpeg", client):
+            log.warning(client.remote, "refused mjpeg viewer %s of %s: server full", client.remote, camera.name)
             raise web.HTTPServiceUnavailable(text="server full\n", headers={"Retry-After": "10"})
         meter = camera.meters["mjpeg"]
         response = web.StreamResponse(headers={
             "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             "Cache-Control": "no-cache, no-store", "Pragma": "no-cache",
         })
-        logger.info("mjpeg viewer %s connected to %s", client.remote, camera.name)
+        log.info(client.remote, "mjpeg viewer %s connected to %s", client.remote, camera.name)
         encoder.attach(client)
         stop = asyncio.ensure_future(client._stop.wait())
         getting: asyncio.Future | None = None
@@ -152,22 +179,32 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             seq, last = 0, 0.0
             while not client._stop.is_set():
+                if gone(request):
+                    client.end("went away")
+                    break
                 wait = last + 1.0 / fps - time.monotonic()
                 if wait > 0:
-                    await asyncio.wait([stop], timeout=wait)
+                    await asyncio.wait([stop], timeout=min(wait, POLL))
                     continue
-                getting = asyncio.ensure_future(encoder.next_jpeg(seq))
-                await asyncio.wait([getting, stop], return_when=asyncio.FIRST_COMPLETED)
+                if getting is None:
+                    getting = asyncio.ensure_future(encoder.next_jpeg(seq))
+                await asyncio.wait([getting, stop], timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
                 if not getting.done():
-                    getting.cancel()
-                    break
-                jpeg = getting.result()
+                    continue  # stopped, gone, or no picture yet: the loop's checks say which
+                jpeg, getting = getting.result(), None
                 if seq:
                     client.skipped += jpeg.seq - seq - 1
                 seq, last = jpeg.seq, time.monotonic()
                 part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg.data)}\r\n"
                         f"X-Timestamp: {jpeg.captured:.3f}\r\n\r\n").encode()
-                await response.write(part + jpeg.data + b"\r\n")
+                try:
+                    # the write waits while the socket is full: that long without progress is a stall
+                    await asyncio.wait_for(response.write(part + jpeg.data + b"\r\n"), STALL_TIMEOUT)
+                except asyncio.TimeoutError:
+                    client.end(f"stalled: took nothing for {STALL_TIMEOUT:g} s")
+                    if request.transport is not None:
+                        request.transport.abort()  # what is queued for it is dropped, not sent
+                    break
                 client.sent += 1
                 meter.frames += 1
                 meter.bytes += len(jpeg.data)
@@ -183,8 +220,8 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
                 getting.cancel()
             encoder.detach(client)
             cameras.leave(camera, "mjpeg", client)
-            logger.info("mjpeg viewer %s of %s left: %s (%d frames, %d skipped)", client.remote, camera.name,
-                        client.reason, client.sent, client.skipped)
+            log.info(client.remote, "mjpeg viewer %s of %s left: %s (%d frames, %d skipped)", client.remote,
+                     camera.name, client.reason, client.sent, client.skipped)
             client._done.set()
         return response
 

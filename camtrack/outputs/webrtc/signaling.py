@@ -13,6 +13,11 @@ Every message is a JSON text frame, an object with a "type":
 With a token configured, a client that did not put `?token=` in the URL sends
 {"type": "auth", "token": "..."} first, and the hello follows.
 Closing the socket closes the peer and the other way round; a new offer replaces the peer.
+
+The session is *pending* (camtrack.cameras) until its peer connects, then a viewer: "server full"
+comes when the socket opens if the viewers already fill the server, else when the peer connects
+if they filled it meanwhile. A client that does not read its socket is closed after SEND_TIMEOUT
+with at most a small send buffer held for it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from typing import Any
 
@@ -31,9 +37,11 @@ from ...access import origin_allowed, token_matches
 from ...cameras import Camera, Cameras
 from ...config import Config
 from .ice import ice_servers_json
+from ...logs import ClientLog, clip, clip_repr
 from .peer import OfferError, Peer
 
 logger = logging.getLogger(__name__)
+log = ClientLog(logger)
 
 #: the largest message a client may send (SDP offers are a few KiB)
 MAX_MESSAGE_SIZE = 64 * 1024
@@ -42,6 +50,15 @@ MESSAGE_BURST = 60
 MESSAGE_RATE = 20.0
 #: close code for "unauthorized" (the 4000–4999 range is the application's)
 CLOSE_UNAUTHORIZED = 4401
+#: a client that has not taken a message (or the close) within this many seconds is dropped
+SEND_TIMEOUT = 5.0
+#: the kernel's send buffer for a websocket (it doubles it): messages are a few KiB, so this
+#: bounds what a client that does not read costs without slowing one that does
+SEND_BUFFER = 16 * 1024
+#: bytes aiohttp's transport buffers above the kernel's before a send waits
+WRITE_BUFFER = 16 * 1024
+#: the longest error message sent back (client data in it is clipped shorter, see camtrack.logs)
+MAX_ERROR = 300
 
 
 class ProtocolError(ValueError):
@@ -70,8 +87,9 @@ class Session:
     """One viewer's websocket and the peer connection negotiated over it."""
 
     def __init__(self, ws: web.WebSocketResponse, remote: str, config: Config, camera: Camera,
-                 cameras: Cameras) -> None:
+                 cameras: Cameras, transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
+        self.transport = transport
         self.remote = remote
         self.config = config
         self.camera = camera
@@ -81,6 +99,14 @@ class Session:
         self._idle: asyncio.TimerHandle | None = None
         self._teardown: asyncio.Task[None] | None = None
         self._bucket = TokenBucket(MESSAGE_BURST, MESSAGE_RATE)
+        #: what the session's end sends: an error message first (if any), the close code
+        self._error: str | None = None
+        self._close_code: int = WSCloseCode.OK
+        self._close_message: bytes = b""
+
+    @property
+    def is_viewer(self) -> bool:
+        return self in self.camera.viewers["websocket"]
 
     async def run(self, authorized: bool) -> None:
         """Greet the client (after its auth message if needed), then handle its messages."""
@@ -92,12 +118,11 @@ class Session:
             if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return
             if message.type == WSMsgType.ERROR:
-                self.end(f"websocket error: {self.ws.exception()}")
+                self.end(f"websocket error: {clip(self.ws.exception())}")
                 return
             if not self._bucket.take():
-                await self.send_error("too many messages; closing")
-                self.end("flooded the socket")
-                await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many messages")
+                self.end("flooded the socket", error="too many messages; closing",
+                         code=WSCloseCode.POLICY_VIOLATION, message=b"too many messages")
                 return
             if message.type == WSMsgType.BINARY:
                 await self.send_error("binary frames are not part of the protocol; send JSON text")
@@ -113,19 +138,20 @@ class Session:
                     continue
                 await self.handle(parsed)
             except ProtocolError as exc:
-                logger.info("viewer %s: %s", self.remote, exc)
+                log.info(self.remote, "viewer %s: %s", self.remote, exc)
                 await self.send_error(str(exc))
 
     async def welcome(self) -> bool:
-        """Take a viewer's place (after authentication) and say hello, or say the server is full."""
-        if not self.cameras.admit(self.camera, "websocket", self):
-            logger.warning("refused viewer %s of %s: server full", self.remote, self.camera.name)
-            await self.send_error("server full")
-            self.end("server full")
-            await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full")
+        """Say hello (after authentication), or that the viewers already fill the server."""
+        if not self.cameras.has_room(self.camera):
+            self.refuse_full()
             return False
         await self.send_hello()
         return True
+
+    def refuse_full(self) -> None:
+        log.warning(self.remote, "refused viewer %s of %s: server full", self.remote, self.camera.name)
+        self.end("server full", error="server full", code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full")
 
     async def send_hello(self) -> None:
         settings = self.camera.settings
@@ -143,9 +169,8 @@ class Session:
         """The first message when a token is needed and the URL had none."""
         if message["type"] == "auth" and token_matches(self.config.token, message.get("token")):
             return await self.welcome()
-        await self.send_error("unauthorized: send {\"type\": \"auth\", \"token\": \"...\"} first")
-        self.end("unauthorized")
-        await self.ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+        self.end("unauthorized", error="unauthorized: send {\"type\": \"auth\", \"token\": \"...\"} first",
+                 code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return False
 
     async def handle(self, message: dict[str, Any]) -> None:
@@ -159,7 +184,7 @@ class Session:
         elif kind == "auth":
             pass  # already authorized: harmless
         else:
-            raise ProtocolError(f"unknown message type {kind!r}; expected offer, candidate or bye")
+            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate or bye")
 
     async def on_offer(self, message: dict[str, Any]) -> None:
         sdp = message.get("sdp")
@@ -168,20 +193,27 @@ class Session:
         if self.peer is not None:
             if self.peer.negotiating:
                 raise ProtocolError("an offer is still being negotiated; wait for it to connect or fail")
-            logger.info("viewer %s: new offer replaces the peer", self.remote)
+            log.info(self.remote, "viewer %s: new offer replaces the peer", self.remote)
+            # a viewer no more until the new peer connects (it may not)
+            self.cameras.leave(self.camera, "websocket", self)
+            self.cameras.hold(self.camera, self)
             await self._close_peer()
         if self.reason is not None:
             return  # the session ended meanwhile
+        if not self.cameras.has_room(self.camera):  # before the peer (and maybe the camera) starts
+            self.refuse_full()
+            return
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
         peer = Peer(self.camera, self.config, "websocket", self.remote, lambda reason: self._peer_ended(peer, reason))
+        peer.pc.on("connectionstatechange", lambda: self._peer_state(peer))
         self.peer = peer
         try:
             answer = await peer.answer(sdp)
         except OfferError as exc:
             await self._close_peer()
-            raise ProtocolError(str(exc)) from None
+            raise ProtocolError(clip(exc, MAX_ERROR)) from None
         if self.peer is not peer or self.reason is not None:
             await peer.close()  # replaced or ended while negotiating
             return
@@ -207,31 +239,42 @@ class Session:
         try:
             candidate: RTCIceCandidate = candidate_from_sdp(text.removeprefix("candidate:"))
         except Exception:  # noqa: BLE001 - the parser raises IndexError, ValueError, ...
-            raise ProtocolError(f"malformed candidate: {text[:200]!r}") from None
+            raise ProtocolError(f"malformed candidate: {clip_repr(text)}") from None
         candidate.sdpMid, candidate.sdpMLineIndex = mid, index
         try:
             await pc.addIceCandidate(candidate)
         except Exception as exc:  # noqa: BLE001
-            raise ProtocolError(f"candidate refused: {exc}") from None
+            raise ProtocolError(f"candidate refused: {clip(exc)}") from None
 
     async def send(self, message: dict[str, Any]) -> None:
         if not self.ws.closed:
             try:
-                await self.ws.send_json(message)
+                # a send waits while the buffers are full: a client that does not read is dropped
+                await asyncio.wait_for(self.ws.send_json(message), SEND_TIMEOUT)
+            except asyncio.TimeoutError:
+                self.abort(f"did not read its socket for {SEND_TIMEOUT:g} s")
             except (ConnectionError, RuntimeError):
                 pass  # the socket went away; run() sees it close
 
     async def send_error(self, text: str) -> None:
-        await self.send({"type": "error", "message": text})
+        await self.send({"type": "error", "message": clip(text, MAX_ERROR)})
 
-    def end(self, reason: str) -> None:
-        """Hang up: close the peer and the socket (once; safe from any callback)."""
+    def end(self, reason: str, error: str | None = None, code: int = WSCloseCode.OK, message: bytes = b"") -> None:
+        """Hang up: close the peer and the socket (once; safe from any callback), sending `error`
+        first if given, and closing with `code`."""
         if self.reason is not None:
             return
         self.reason = reason
+        self._error, self._close_code, self._close_message = error, code, message
         self.cameras.leave(self.camera, "websocket", self)
-        logger.info("viewer %s of %s left: %s", self.remote, self.camera.name, reason)
+        log.info(self.remote, "viewer %s of %s left: %s", self.remote, self.camera.name, reason)
         self._teardown = asyncio.ensure_future(self._close_all())
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once, unsent data and all (a client that does not read)."""
+        if self.transport is not None:
+            self.transport.abort()
+        self.end(reason)
 
     async def closed(self) -> None:
         """Wait until `end()` has released everything."""
@@ -241,10 +284,21 @@ class Session:
     async def _close_all(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
+        if self._error is not None:
+            await self.send_error(self._error)
         await self._close_peer()
         if not self.ws.closed:
             await self.send({"type": "bye"})
-            await self.ws.close()
+            try:
+                # close() waits for the client's close frame (up to the socket's timeout) and
+                # for the buffers to drain: not longer than a send
+                await asyncio.wait_for(self.ws.close(code=self._close_code, message=self._close_message),
+                                       SEND_TIMEOUT)
+            except asyncio.TimeoutError:
+                if self.transport is not None:
+                    self.transport.abort()
+            except (ConnectionError, RuntimeError):
+                pass
 
     async def _close_peer(self) -> None:
         peer, self.peer = self.peer, None
@@ -256,16 +310,22 @@ class Session:
     def _peer_ended(self, peer: Peer, reason: str) -> None:
         if peer is not self.peer:
             return
+        error = None
         if reason == "negotiation timed out":
-            asyncio.ensure_future(self.send_error(
-                f"closing: the connection was not established within {self.config.negotiation_timeout:g} s"))
-        self.end(reason)
+            error = f"closing: the connection was not established within {self.config.negotiation_timeout:g} s"
+        self.end(reason, error=error)
+
+    def _peer_state(self, peer: Peer) -> None:
+        """The peer connected: the session becomes a viewer, if there is room for one more."""
+        if peer is not self.peer or self.reason is not None or peer.pc.connectionState != "connected":
+            return
+        if not self.is_viewer and not self.cameras.admit(self.camera, "websocket", self):
+            self.refuse_full()
 
     def _idle_expired(self) -> None:
         self._idle = None
         if self.peer is None and self.reason is None:
-            asyncio.ensure_future(self.send_error(f"closing: no offer within {self.config.idle_timeout:g} s"))
-            self.end("idle")
+            self.end("idle", error=f"closing: no offer within {self.config.idle_timeout:g} s")
 
 
 def parse_message(data: str) -> dict[str, Any]:
@@ -288,21 +348,28 @@ def websocket_handler(config: Config, cameras: Cameras):
     async def handler(request: web.Request) -> web.StreamResponse:
         remote = request.remote or "?"
         if not origin_allowed(request, config.allow_origins):
-            logger.warning("refused websocket from %s: origin %s not allowed", remote, request.headers.get("Origin"))
+            log.warning(remote, "refused websocket from %s: origin %s not allowed", remote, request.headers.get("Origin"))
             raise web.HTTPForbidden(text="origin not allowed (see --allow-origin)\n")
         query_token = request.query.get("token")
         if query_token is not None and not token_matches(config.token, query_token):
-            logger.warning("refused websocket from %s: wrong token", remote)
+            log.warning(remote, "refused websocket from %s: wrong token", remote)
             raise web.HTTPUnauthorized(text="unauthorized: wrong token\n")
         camera = cameras.get(request.query.get("camera"))
         if camera is None:
-            raise web.HTTPNotFound(text=f"no camera {request.query.get('camera')!r}\n")
+            raise web.HTTPNotFound(text=f"no camera {clip_repr(request.query.get('camera'))}\n")
         authorized = not config.token or query_token is not None
-        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE)
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE, writer_limit=WRITE_BUFFER)
         await ws.prepare(request)
-        session = Session(ws, remote, config, camera, cameras)
-        logger.info("viewer %s connected to %s (%s)", remote, camera.name,
-                    request.headers.get("User-Agent", "-")[:80])
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        session = Session(ws, remote, config, camera, cameras, transport)
+        cameras.hold(camera, session)  # pending until its peer connects
+        log.info(remote, "viewer %s connected to %s (%s)", remote, camera.name,
+                 request.headers.get("User-Agent", "-"))
         try:
             await session.run(authorized)
         finally:

@@ -2,6 +2,9 @@
 
 POST an SDP offer (`Content-Type: application/sdp`) to `/whep` or `/cameras/NAME/whep`:
 201 Created with the answer and a `Location` naming the session; DELETE that location to hang up.
+
+The offer's body has a size bound and a deadline. A session is pending (camtrack.cameras) until its
+peer connects, then a viewer; if the viewers filled the server meanwhile, its peer is closed.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from aiohttp import web
 from ...access import cors_headers, require_token
 from ...cameras import Camera, Cameras
 from ...config import Config
+from ...connections import read_body
 from .ice import parse_ice_server
+from ...logs import ClientLog, clip
 from .peer import OfferError, Peer
 
 logger = logging.getLogger(__name__)
+log = ClientLog(logger)
 
 MAX_OFFER_SIZE = 64 * 1024
 #: what a page of an allowed origin may read of a WHEP answer
@@ -38,9 +44,18 @@ class WhepSession:
         self.sessions = sessions
         self.location = f"/cameras/{quote(camera.name)}/whep/{self.id}"
         self.peer = Peer(camera, config, "whep", remote, self.end)
+        self.peer.pc.on("connectionstatechange", self._peer_state)
         self.reason: str | None = None
         self._teardown: asyncio.Task[None] | None = None
         sessions[self.id] = self
+        cameras.hold(camera, self)
+
+    def _peer_state(self) -> None:
+        """The peer connected: the session becomes a viewer, if there is room for one more."""
+        if self.reason is None and self.peer.pc.connectionState == "connected" \
+                and self not in self.camera.viewers["whep"] and not self.cameras.admit(self.camera, "whep", self):
+            log.warning(self.remote, "refused whep viewer %s of %s: server full", self.remote, self.camera.name)
+            self.end("server full")
 
     def end(self, reason: str) -> None:
         """Hang up (once; safe from any callback)."""
@@ -49,7 +64,7 @@ class WhepSession:
         self.reason = reason
         self.sessions.pop(self.id, None)
         self.cameras.leave(self.camera, "whep", self)
-        logger.info("whep viewer %s of %s left: %s", self.remote, self.camera.name, reason)
+        log.info(self.remote, "whep viewer %s of %s left: %s", self.remote, self.camera.name, reason)
         self._teardown = asyncio.ensure_future(self.peer.close())
 
     async def closed(self) -> None:
@@ -80,7 +95,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         name = request.match_info.get("name")
         camera = cameras.get(name)
         if camera is None:
-            raise web.HTTPNotFound(text=f"no camera {name!r}\n", headers=CORS)
+            raise web.HTTPNotFound(text=f"no camera {clip(repr(name))}\n", headers=CORS)
         return camera
 
     async def options(request: web.Request) -> web.Response:
@@ -105,36 +120,37 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
             raise
         if request.content_type != "application/sdp":
             raise web.HTTPUnsupportedMediaType(text="an offer must be Content-Type: application/sdp\n", headers=CORS)
-        if request.content_length is not None and request.content_length > MAX_OFFER_SIZE:
-            raise web.HTTPRequestEntityTooLarge(MAX_OFFER_SIZE, request.content_length, headers=CORS)
-        body = await request.read()  # the whole body, however many TCP segments it came in
-        if len(body) > MAX_OFFER_SIZE:
-            raise web.HTTPRequestEntityTooLarge(MAX_OFFER_SIZE, len(body), headers=CORS)
+        # the whole body, however many TCP segments it came in, within a size and a time
+        body = await read_body(request, MAX_OFFER_SIZE, config.header_timeout, headers=CORS)
         try:
             sdp = body.decode()
         except UnicodeDecodeError:
             raise web.HTTPBadRequest(text="the offer is not UTF-8 text\n", headers=CORS) from None
         remote = request.remote or "?"
         if not cameras.has_room(camera):  # checked before a peer (and the camera) is started
-            logger.warning("refused whep viewer %s of %s: server full", remote, camera.name)
+            log.warning(remote, "refused whep viewer %s of %s: server full", remote, camera.name)
             raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"})
-        session = WhepSession(camera, cameras, config, remote, sessions)
-        cameras.admit(camera, "whep", session)
+        session = WhepSession(camera, cameras, config, remote, sessions)  # pending until it connects
         try:
             answer = await session.peer.answer(sdp)
         except OfferError as exc:
-            session.end(f"bad offer: {exc}")
+            session.end(f"bad offer: {clip(exc)}")
             await session.closed()
-            raise web.HTTPBadRequest(text=f"{exc}\n", headers=CORS) from None
+            raise web.HTTPBadRequest(text=f"{clip(exc, 300)}\n", headers=CORS) from None
         except BaseException as exc:
-            session.end(f"failed to answer: {type(exc).__name__}")
+            if session.reason is None or not isinstance(exc, Exception):
+                session.end(f"failed to answer: {type(exc).__name__}")
+                await session.closed()
+                raise
+            answer = ""  # ended while answering (evicted, shut down): its peer is gone, see below
+        if session.reason is not None:  # ended while answering (evicted, shut down)
             await session.closed()
-            raise
+            raise web.HTTPServiceUnavailable(text=f"{session.reason}\n", headers={**CORS, "Retry-After": "10"})
         headers = {**CORS, "Location": session.location, "Content-Type": "application/sdp"}
         response = web.Response(status=201, text=answer, headers=headers)
         for link in link_headers(config.ice_servers):
             response.headers.add("Link", link)
-        logger.info("whep viewer %s connected to %s", remote, camera.name)
+        log.info(remote, "whep viewer %s answered for %s", remote, camera.name)
         return response
 
     async def delete(request: web.Request) -> web.Response:
@@ -160,6 +176,13 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         return web.Response(status=204, headers={
             **cors(request), "Access-Control-Allow-Methods": "DELETE, OPTIONS",
             "Access-Control-Allow-Headers": "Authorization", "Allow": "DELETE, OPTIONS"})
+
+    async def end_pending(app: web.Application) -> None:
+        # app.py's shutdown ends the viewers; sessions not viewers yet, of every transport, end here
+        sessions = cameras.end_pending("server shutting down")
+        await asyncio.gather(*(s.closed() for s in sessions), return_exceptions=True)
+
+    app.on_shutdown.append(end_pending)
 
     for base in ("/whep", "/cameras/{name}/whep"):
         app.router.add_post(base, post)
