@@ -66,7 +66,7 @@ def all_peers(app) -> list[Peer]:
     """Every peer of the first camera, connected or not."""
     camera = app[CAMERAS].first
     sessions = [s for group in camera.viewers.values() for s in group]
-    sessions += list(getattr(camera, "pending", ()))
+    sessions += [s for s, owner in app[CAMERAS].pending.items() if owner is camera]
     peers = [getattr(s, "peer", None) for s in sessions]
     return [p for p in peers if p is not None and p.guard is not None]
 

@@ -59,7 +59,7 @@ async def test_slow_headers_and_idle_keepalive_are_closed(serve):
         """Send a request's headers one byte every 0.2 s; seconds until the server hangs up."""
         reader, writer = await asyncio.open_connection(host, port)
         started = time.monotonic()
-        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
 
         async def trickle() -> None:
             for byte in request:
@@ -76,7 +76,7 @@ async def test_slow_headers_and_idle_keepalive_are_closed(serve):
 
     async def idle_keepalive() -> float:
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
         started = time.monotonic()
         await closed_by_server(reader, 10)
@@ -214,7 +214,7 @@ async def test_connection_flood_at_the_fd_limit(loopback_ice):
 
         async def slow_header_connection() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
             flood.append(writer)
 
         for _ in range(4):  # 400 connections, more than the server's open-file limit

@@ -288,7 +288,8 @@ class Session:
             await self.send_error(self._error)
         await self._close_peer()
         if not self.ws.closed:
-            await self.send({"type": "bye"})
+            if self._error is None:  # a refusal is its error message and its close code, no bye
+                await self.send({"type": "bye"})
             try:
                 # close() waits for the client's close frame (up to the socket's timeout) and
                 # for the buffers to drain: not longer than a send
