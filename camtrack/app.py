@@ -11,6 +11,7 @@ from aiohttp import web
 from .access import HostCheck, is_loopback
 from .cameras import Cameras
 from .config import Config
+from .media.feeds import Transport
 from .outputs.webrtc.hooks import check_hooks
 from .outputs.webrtc.ice import resolve_addresses, restrict_host_addresses
 from .outputs.janus import JanusPublisher
@@ -57,7 +58,7 @@ def create_app(config: Config) -> web.Application:
         body = {
             "status": "down" if down else "ok",
             "viewers": cameras.viewer_count,
-            "peers": sum(len(c.viewers["websocket"]) + len(c.viewers["whep"]) for c in cameras),
+            "peers": sum(len(c.viewers[Transport.WEBSOCKET]) + len(c.viewers[Transport.WHEP]) for c in cameras),
             "sources": sources,
             "threads": threading.active_count(),
             "tasks": len(asyncio.all_tasks()),

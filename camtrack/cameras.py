@@ -1,62 +1,41 @@
-"""The cameras a server has: each one's stream, shared encoder, and who watches it over what."""
+"""The cameras a server has: each one's stream, its stages, and who watches it over what."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
-
-from aiortc.mediastreams import MediaStreamTrack
+from typing import Any
 
 from .config import CameraConfig, Config
 from .media.encoder import EncoderSettings, SharedEncoder
-from .sources import make_source, redact, resolve_auto
+from .media.feeds import VIEWER_TRANSPORTS, Publisher, Transport, Viewer
+from .media.jpeg import JpegEncoders
+from .media.meters import Meter
 from .media.stream import CameraStream
-from .outputs.webrtc.tracks import CameraTrack, EncodedTrack
+from .sources import make_source, redact, resolve_auto
 
 logger = logging.getLogger(__name__)
-
-#: the ways out: a websocket-negotiated peer, a WHEP peer, an MJPEG client
-TRANSPORTS = ("websocket", "whep", "mjpeg")
-
-
-class Pending(Protocol):
-    """A session that may become a viewer: a websocket, a WHEP offer."""
-
-    remote: str
-
-    def end(self, reason: str) -> None: ...
-
-    async def closed(self) -> None: ...
-
-
-@dataclass
-class Meter:
-    """What one transport has sent of one camera."""
-
-    frames: int = 0
-    bytes: int = 0
-    negotiation_failures: int = 0
 
 
 @dataclass
 class Camera:
-    """A named camera: its stream, its shared encoder (None when viewers encode for themselves),
-    the viewers attached per transport, and their counters."""
+    """A named camera: its stream and the stages that read it (the shared encoder, None when
+    viewers encode for themselves; the JPEG encoders), the viewers attached per transport, and
+    what each transport has sent."""
 
     settings: CameraConfig
     #: the source spec, with `auto` resolved
     source: str
     stream: CameraStream
     encoder: SharedEncoder | None
-    viewers: dict[str, set[object]] = field(default_factory=lambda: {t: set() for t in TRANSPORTS})
-    meters: dict[str, Meter] = field(default_factory=lambda: {t: Meter() for t in (*TRANSPORTS, "janus")})
-    #: MJPEG/snapshot encoders by JPEG quality, made on demand (camtrack.outputs.mjpeg)
-    jpeg: dict[int, object] = field(default_factory=dict)
+    jpeg: JpegEncoders
+    viewers: dict[Transport, set[Viewer]] = field(default_factory=lambda: {t: set() for t in VIEWER_TRANSPORTS})
+    meters: dict[Transport, Meter] = field(default_factory=lambda: {t: Meter() for t in Transport})
     #: the Janus publisher (camtrack.outputs.janus), when the camera is published
-    publisher: object | None = None
+    publisher: Publisher | None = None
     #: sessions of this camera that are not viewers yet (Cameras.hold)
     pending: int = 0
 
@@ -68,13 +47,7 @@ class Camera:
     def viewer_count(self) -> int:
         return sum(len(v) for v in self.viewers.values())
 
-    def make_track(self, transport: str) -> MediaStreamTrack:
-        """A new video track of this camera for one WebRTC viewer."""
-        if self.encoder is not None:
-            return EncodedTrack(self.encoder, self.meters[transport])
-        return CameraTrack(self.stream, self.meters[transport])
-
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The camera as /api/cameras and /healthz show it."""
         settings = self.settings
         return {
@@ -86,16 +59,15 @@ class Camera:
             "fps": settings.fps,
             "codec": settings.codec,
             "bitrate": settings.bitrate,
-            "viewers": {t: len(v) for t, v in self.viewers.items()},
+            "viewers": {str(t): len(v) for t, v in self.viewers.items()},
             "pending": self.pending,
-            "opens": self.stream.opens,
+            "opens": self.stream.runs,
         }
 
     async def close(self) -> None:
         if self.publisher is not None:
             await self.publisher.stop()
-        for jpeg in list(self.jpeg.values()):
-            await jpeg.close()
+        await self.jpeg.close()
         if self.encoder is not None:
             await self.encoder.close()
         await self.stream.close()
@@ -114,7 +86,7 @@ class Cameras:
         self.max_viewers = config.max_viewers
         self.max_pending = config.max_pending
         #: pending sessions, oldest first, with their camera
-        self.pending: OrderedDict[Pending, Camera] = OrderedDict()
+        self.pending: OrderedDict[Viewer, Camera] = OrderedDict()
         #: pending sessions closed to make room, over the server's life
         self.pending_evicted = 0
         self.by_name: dict[str, Camera] = {}
@@ -130,9 +102,10 @@ class Cameras:
                 encoder = SharedEncoder(stream, EncoderSettings(
                     codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
                     bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval))
-            self.by_name[settings.name] = Camera(settings, source, stream, encoder)
+            self.by_name[settings.name] = Camera(settings, source, stream, encoder,
+                                                 JpegEncoders(stream, config.mjpeg_fps))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())
 
     @property
@@ -153,20 +126,20 @@ class Cameras:
             return False
         return not (camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers)
 
-    def admit(self, camera: Camera, transport: str, viewer: object) -> bool:
+    def admit(self, camera: Camera, viewer: Viewer) -> bool:
         """Count `viewer` in (no longer pending), unless the server or the camera is full."""
         if not self.has_room(camera):
             return False
         self.release(viewer)
-        camera.viewers[transport].add(viewer)
+        camera.viewers[viewer.transport].add(viewer)
         return True
 
-    def leave(self, camera: Camera, transport: str, viewer: object) -> None:
+    def leave(self, camera: Camera, viewer: Viewer) -> None:
         """`viewer` is no viewer (and no pending session) any more."""
-        camera.viewers[transport].discard(viewer)
+        camera.viewers[viewer.transport].discard(viewer)
         self.release(viewer)
 
-    def hold(self, camera: Camera, session: Pending) -> None:
+    def hold(self, camera: Camera, session: Viewer) -> None:
         """Count `session` as pending; at the bound, close the oldest pending session of the
         client with the most of them (one client flooding closes its own sessions first)."""
         if session in self.pending:
@@ -180,13 +153,18 @@ class Cameras:
             self.pending_evicted += 1
             victim.end(f"too many pending sessions (at most {self.max_pending})")
 
-    def release(self, session: object) -> None:
+    def release(self, session: Viewer) -> None:
         """`session` is not pending any more (it became a viewer or ended)."""
-        camera = self.pending.pop(session, None)  # type: ignore[call-overload]
+        camera = self.pending.pop(session, None)
         if camera is not None:
             camera.pending -= 1
 
-    def end_pending(self, reason: str) -> list[Pending]:
+    @property
+    def everyone(self) -> list[Viewer]:
+        """Every viewer and pending session of every camera."""
+        return [v for camera in self for group in camera.viewers.values() for v in group] + list(self.pending)
+
+    def end_pending(self, reason: str) -> list[Viewer]:
         """End every pending session (server shutdown); returns them."""
         sessions = list(self.pending)
         for session in sessions:

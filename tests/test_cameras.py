@@ -55,7 +55,7 @@ async def test_each_camera_has_its_own_outputs(serve):
             listed = (await r.json())["cameras"]
         assert listed[0]["viewers"]["websocket"] == 1 and listed[1]["viewers"]["websocket"] == 1
         assert listed[0]["state"] == listed[1]["state"] == "up"
-    assert front.stream.opens == back.stream.opens == 1
+    assert front.stream.runs == back.stream.runs == 1
     await asyncio.gather(default.close(), named.close())
     await eventually(lambda: not front.stream.running and not back.stream.running)
 

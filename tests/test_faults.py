@@ -88,7 +88,7 @@ async def test_source_failure_and_recovery(serve, caplog):
     status, body = await health(url)
     assert status == 200 and body["status"] == "ok"
     assert viewer.pc is pc and pc.connectionState == "connected"
-    assert app[CAMERAS].first.stream.opens == 1  # the stream stayed open; only the device was reopened
+    assert app[CAMERAS].first.stream.runs == 1  # the stream stayed open; only the device was reopened
 
     # the log said it once, not once per frame or per retry
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING and "unpluggable camera" in r.getMessage()]

@@ -320,7 +320,7 @@ async def test_websocket_that_does_not_read(serve, caplog, monkeypatch):
             await asyncio.get_running_loop().run_in_executor(None, writing)
             held = []
             for session in sessions:
-                transport = session.transport
+                transport = session.connection
                 if session.reason is None and transport is not None and not transport.is_closing():
                     held.append(transport.get_write_buffer_size() + unsent(transport.get_extra_info("socket").fileno()))
             buffered.append(max(held, default=0))

@@ -63,7 +63,7 @@ async def test_mjpeg_clients_share_one_capture_and_one_encode(serve):
             assert image.shape == (480, 640, 3)
         # decoded JPEGs carry the latency stamp; they are fresh
         assert abs(stamp.latency_ms(stamp.read_stamp(decode(first[-1])))) < 2000
-    assert camera.stream.opens == 1  # the WebRTC viewer's capture served MJPEG too
+    assert camera.stream.runs == 1  # the WebRTC viewer's capture served MJPEG too
     await eventually(lambda: not camera.viewers["mjpeg"] and not camera.jpeg[80].running)
     await viewer.close()
     await eventually(lambda: not camera.stream.running)

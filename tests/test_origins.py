@@ -43,7 +43,7 @@ async def test_rebound_host_is_refused_everywhere(serve):
         for host in ("evil.example:8080", "EVIL.example.", "127.0.0.1.evil.example", "localhost.evil.example"):
             async with http.get(root + "/healthz", headers={"Host": host}) as r:
                 assert r.status == 421, host
-    assert not any(c.stream.opens for c in app[CAMERAS])  # no camera was opened for any of them
+    assert not any(c.stream.runs for c in app[CAMERAS])  # no camera was opened for any of them
 
 
 async def test_own_names_are_accepted(serve):

@@ -135,4 +135,4 @@ async def test_soak(serve, capsys, caplog):
 
 
 def camera_opens(app) -> int:
-    return app[CAMERAS].first.stream.opens
+    return app[CAMERAS].first.stream.runs

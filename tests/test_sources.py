@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from camtrack.media import stamp
-from camtrack.media.capture import Capture, Frame
+from camtrack.media.capture import CaptureThread
+from camtrack.media.frame import Frame
 from camtrack.sources import PatternSource, SourceError, check_source, make_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def collect(source, count: int, timeout: float = 20.0) -> list[Frame]:
         if len(frames) >= count:
             done.set()
 
-    capture = Capture(source, on_frame)
+    capture = CaptureThread(source, on_frame)
     capture.start()
     try:
         assert done.wait(timeout), f"only {len(frames)} frames in {timeout} s"
@@ -137,7 +138,7 @@ def test_capture_retries_a_failing_source():
             pass
 
     source = Flaky()
-    capture = Capture(source, lambda frame: None, retry_max=0.2)
+    capture = CaptureThread(source, lambda frame: None, retry_max=0.2)
     capture.start()
     deadline = time.monotonic() + 10
     while capture.state != "up" and time.monotonic() < deadline:
@@ -145,7 +146,7 @@ def test_capture_retries_a_failing_source():
     capture.stop()
     capture.join(5)
     assert source.opens == 3
-    assert capture.opens == 1
+    assert capture.source_opens == 1
 
 
 @contextlib.contextmanager

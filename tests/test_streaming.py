@@ -40,7 +40,7 @@ async def test_three_viewers_share_one_source(serve, codec, encoder):
             # the latency stamp survives encoding: decoded frames are recent, not a backlog
             last = frames[-1].to_ndarray(format="gray")
             assert 0 <= stamp.latency_ms(stamp.read_stamp(last)) < 2000
-        assert stream.opens == 1
+        assert stream.runs == 1
         assert len(watchers) == 3
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
@@ -70,7 +70,7 @@ async def test_new_offer_replaces_the_peer(serve):
         for _ in range(5):
             await asyncio.wait_for(track.recv(), 20)
         assert len(app[CAMERAS].first.encoder.consumers) == 1
-        assert stream.opens == 1
+        assert stream.runs == 1
         await pc.close()
     finally:
         await viewer.close()

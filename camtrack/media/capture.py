@@ -1,18 +1,18 @@
-"""The capture thread: reads a source off the event loop and keeps only the latest frame."""
+"""The capture thread: reads a source off the event loop and hands on each frame as it comes."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from . import stamp
-from ..sources import FrameSource
+from .feeds import FrameSource
+from .frame import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +35,7 @@ def no_signal_image(width: int, height: int, description: str) -> np.ndarray:
     return image
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One captured picture: BGR and I420 pixels, its number and when it was taken."""
-
-    seq: int
-    bgr: np.ndarray
-    #: the same picture as I420 (yuv420p), converted once for every encoder
-    yuv: np.ndarray
-    #: capture time, seconds since the epoch
-    time: float
-    #: capture time on the monotonic clock (for presentation timestamps)
-    monotonic: float
-
-
-class Capture:
+class CaptureThread:
     """A thread that opens a source, reads it and hands each new frame to `on_frame`.
 
     It retries with back-off when the source fails to open or stops giving frames,
@@ -62,7 +48,7 @@ class Capture:
         on_frame: Callable[[Frame], None],
         on_state: Callable[[str], None] | None = None,
         retry_max: float = 10.0,
-        previous: "Capture | None" = None,
+        previous: CaptureThread | None = None,
     ) -> None:
         self.source = source
         self.on_frame = on_frame
@@ -70,7 +56,8 @@ class Capture:
         self.retry_max = retry_max
         #: a capture of the same device still letting go of it: opened only after it has
         self.previous = previous
-        self.opens = 0
+        #: times the device was opened (again after each failure)
+        self.source_opens = 0
         self.state = "starting"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture {source.description}", daemon=True)
@@ -129,7 +116,7 @@ class Capture:
                 seq = self._no_signal(seq, delay)
                 delay = min(delay * 2, self.retry_max)
                 continue
-            self.opens += 1
+            self.source_opens += 1
             if self.state == "retrying":
                 logger.debug("%s opened again", self.source.description)
             else:

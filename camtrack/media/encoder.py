@@ -13,18 +13,29 @@ import av
 from av import VideoFrame
 from av.video.frame import PictureType
 
-from .capture import Frame
-from .stage import Relay
-from .stream import CameraStream
+from .feeds import FeedClosed, FrameFeed
+from .frame import VIDEO_TIME_BASE, Frame, PtsClock
+from .packet import CodecInfo, EncodedPacket
+from .ring import Read
+from .stage import Stage
 
 logger = logging.getLogger(__name__)
 
-TIME_BASE = fractions.Fraction(1, 90000)
-#: frames kept after the newest keyframe, so a viewer joining just after it starts at once
-GOP_CACHE_FRAMES = 8
+TIME_BASE = VIDEO_TIME_BASE
+#: packets the encoder's ring holds: a viewer joining just after a forced keyframe starts from
+#: it at once, and a viewer up to this many packets behind catches up rather than resyncing
+JOIN_FRAMES = 8
+#: the H.264 the shared encoder writes: constrained baseline (level 3.1), which every browser plays
+H264_PROFILE = "42e01f"
 
 
-class EncoderClosed(Exception):
+def h264_profile(settings: EncoderSettings) -> str:
+    """The profile-level-id of what `_codec_context` makes: constrained baseline, level 3.1 up to
+    720p and 4.0 above."""
+    return H264_PROFILE if settings.width * settings.height <= 1280 * 720 else "42e028"
+
+
+class EncoderClosed(FeedClosed):
     """The encoder stopped while a viewer waited for a packet."""
 
 
@@ -43,18 +54,6 @@ class EncoderSettings:
     keyframe_min_interval: float = 0.1
 
 
-@dataclass(frozen=True)
-class EncodedFrame:
-    """One encoded picture, shared read-only by every viewer."""
-
-    seq: int
-    packet: av.Packet
-    keyframe: bool
-    #: capture time of the picture, seconds since the epoch
-    captured: float
-    size: int
-
-
 #: upper bounds of the encode-time histogram, seconds
 ENCODE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -69,7 +68,8 @@ class EncoderStats:
     keyframe_requests: int = 0
     bytes: int = 0
     encode_seconds: float = 0.0
-    opens: int = 0
+    #: times the encoder started (its first viewer came after none)
+    runs: int = 0
     #: encodes that took at most ENCODE_BUCKETS[i] seconds (not cumulative; the last is +Inf)
     encode_buckets: list[int] = field(default_factory=lambda: [0] * (len(ENCODE_BUCKETS) + 1))
 
@@ -88,7 +88,7 @@ def _codec_context(settings: EncoderSettings) -> av.VideoCodecContext:
     if settings.codec == "h264":
         codec = av.CodecContext.create("libx264", "w")
         codec.profile = "Baseline"  # x264 writes constrained baseline (42e0..), which Safari plays
-        level = "31" if settings.width * settings.height <= 1280 * 720 else "40"
+        level = "31" if h264_profile(settings) == H264_PROFILE else "40"
         codec.options = {
             "preset": "veryfast",
             "tune": "zerolatency",
@@ -127,66 +127,68 @@ def _codec_context(settings: EncoderSettings) -> av.VideoCodecContext:
     return codec
 
 
-class SharedEncoder(Relay[EncodedFrame]):
-    """Encodes a camera stream once for all its viewers, off the event loop.
+class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
+    """Encodes a frame feed once for all its viewers, off the event loop.
 
     Viewers attach and detach; the encoder (and through it the camera) runs only while
-    at least one is attached. A newcomer asks for a keyframe, and the frames since the
-    latest keyframe are kept so that a request inside the rate limit is served at once.
+    at least one is attached. A newcomer asks for a keyframe; its ring holds the last
+    JOIN_FRAMES packets, so a newcomer inside the keyframe rate limit starts at once from
+    the newest keyframe, and a viewer a few packets behind catches up instead of resyncing.
     """
 
-    def __init__(self, stream: CameraStream, settings: EncoderSettings) -> None:
-        super().__init__(stream, f"encoder {settings.codec}", EncoderClosed)
+    def __init__(self, input: FrameFeed, settings: EncoderSettings) -> None:
+        super().__init__(input, f"encoder {settings.codec}", EncoderClosed, ring_size=JOIN_FRAMES)
         self.settings = settings
         self.stats = EncoderStats()
-        #: the newest keyframe and the frames after it (None when that run grew too long)
-        self.gop: list[EncodedFrame] | None = None
+        self._codec = CodecInfo(settings.codec, settings.width, settings.height, TIME_BASE,
+                                h264_profile(settings) if settings.codec == "h264" else None)
         self._seq = 0
         self._keyframe_wanted = False
         self._last_keyframe = 0.0
         self._last_forced = 0.0
+
+    @property
+    def codec(self) -> CodecInfo:
+        return self._codec
 
     def request_keyframe(self) -> None:
         """Make one of the next frames a keyframe (rate-limited; see EncoderSettings)."""
         self.stats.keyframe_requests += 1
         self._keyframe_wanted = True
 
-    def start_packets(self) -> list[EncodedFrame]:
-        """Where a new viewer starts: the cached run from a recent keyframe, or nothing (and a
-        keyframe is requested)."""
+    def start_packets(self) -> list[EncodedPacket]:
+        """Where a new viewer starts: the run from a keyframe forced moments ago, or nothing (and
+        a keyframe is requested)."""
         now = time.monotonic()
-        if self.gop and now - self._last_forced < self.settings.keyframe_min_interval:
-            return list(self.gop)
+        if now - self._last_forced < self.settings.keyframe_min_interval:
+            run = self._ring.since(lambda p: p.keyframe)
+            if run:
+                return run
         self.request_keyframe()
         return []
 
-    async def next_packet(self, after: int = 0) -> EncodedFrame:
-        """The newest encoded frame with a sequence number above `after`, waiting if needed."""
+    async def next_packet(self, after: int = 0) -> Read[EncodedPacket]:
+        """The packet after number `after` while held, else the newest (see Ring.next)."""
         return await self.next(after)
 
     async def _run(self, executor: concurrent.futures.Executor) -> None:
         loop = asyncio.get_running_loop()
-        self.stats.opens += 1
+        self.stats.runs += 1
         codec = _codec_context(self.settings)
-        start: float | None = None
-        last_pts = -1
+        clock = PtsClock()
         after = 0
         logger.info("encoder %s %dx%d started (%d bit/s)", self.settings.codec, self.settings.width,
                     self.settings.height, self.settings.bitrate)
         while True:
-            frame = await self.stream.next_frame(after)
+            frame = await self.input.next_frame(after)
             after = frame.seq
-            if start is None:
-                start = frame.monotonic
-            pts = max(last_pts + 1, int(round((frame.monotonic - start) * 90000)))
-            last_pts = pts
+            pts = clock.pts(frame.monotonic)
             force = self._should_force(time.monotonic())
             encoded = await loop.run_in_executor(executor, self._encode, codec, frame, pts, force)
             if encoded is not None:
-                self._add(encoded)
+                self._add(*encoded)
 
     def _stopped(self) -> None:
-        self.gop = None
         logger.info("encoder %s stopped", self.settings.codec)
 
     def _should_force(self, now: float) -> bool:
@@ -196,7 +198,8 @@ class SharedEncoder(Relay[EncodedFrame]):
             return True
         return False
 
-    def _encode(self, codec: av.VideoCodecContext, frame: Frame, pts: int, force: bool) -> EncodedFrame | None:
+    def _encode(self, codec: av.VideoCodecContext, frame: Frame, pts: int,
+                force: bool) -> tuple[av.Packet, bool, float, int] | None:
         """Runs on the encoder thread."""
         began = time.perf_counter()
         video_frame = VideoFrame.from_ndarray(frame.yuv, format="yuv420p")
@@ -212,15 +215,15 @@ class SharedEncoder(Relay[EncodedFrame]):
         packet.pts = packet.dts = pts
         packet.time_base = TIME_BASE
         self.stats.record_encode(time.perf_counter() - began)
-        return EncodedFrame(0, packet, keyframe, frame.time, len(data))
+        return packet, keyframe, frame.time, len(data)
 
-    def _add(self, encoded: EncodedFrame) -> None:
+    def _add(self, packet: av.Packet, keyframe: bool, captured: float, size: int) -> None:
         self._seq += 1
-        encoded = EncodedFrame(self._seq, encoded.packet, encoded.keyframe, encoded.captured, encoded.size)
+        encoded = EncodedPacket(self._seq, packet, keyframe, captured, size, self._codec)
         stats = self.stats
         stats.frames += 1
-        stats.bytes += encoded.size
-        if encoded.keyframe:
+        stats.bytes += size
+        if keyframe:
             now = time.monotonic()
             stats.keyframes += 1
             if self._keyframe_wanted:
@@ -228,9 +231,4 @@ class SharedEncoder(Relay[EncodedFrame]):
                 self._last_forced = now
             self._keyframe_wanted = False
             self._last_keyframe = now
-            self.gop = [encoded]
-        elif self.gop is not None:
-            self.gop.append(encoded)
-            if len(self.gop) > GOP_CACHE_FRAMES:
-                self.gop = None
         self._publish(encoded)

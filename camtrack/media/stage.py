@@ -1,28 +1,33 @@
-"""A relay: a consumer of a camera stream that makes something of each frame (an encoder) for
-consumers of its own, running only while it has any."""
+"""A stage: a reader of one feed that makes something of each item (an encoder, JPEG, later
+processing or tiers) for readers of its own, running only while it has any."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from .latest import Latest, Numbered
-from .stream import CameraStream, StreamClosed
+from .feeds import Feed, FeedClosed
+from .ring import Numbered, Read, Ring
 
 T = TypeVar("T", bound=Numbered)
+In = TypeVar("In", bound=Feed)
 
 
-class Relay(Generic[T]):
-    """Attaches to its stream when its first consumer attaches, detaches after the last leaves.
-    Subclasses write `_run(executor)`, which reads frames and `_publish`es what they make, doing
-    the heavy work on `executor`, a thread of the relay's own."""
+class Stage(Generic[In, T]):
+    """Attaches to its input feed when its first reader attaches, detaches after the last leaves.
 
-    def __init__(self, stream: CameraStream, name: str, closed_error: Callable[[], Exception]) -> None:
-        self.stream = stream
+    Subclasses write `_run(executor)`, which reads the input and `_publish`es what it makes into
+    the stage's ring, doing the heavy work on `executor`, a thread of the stage's own. Stages stack:
+    the input is any feed of the right kind, a camera stream or another stage.
+    """
+
+    def __init__(self, input: In, name: str, closed_error: Callable[[], Exception], ring_size: int = 1) -> None:
+        self.input = input
         self.name = name
         self.consumers: set[object] = set()
-        self._latest: Latest[T] = Latest(closed_error)
+        self._ring: Ring[T] = Ring(ring_size, closed_error)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -32,26 +37,26 @@ class Relay(Generic[T]):
     @property
     def latest(self) -> T | None:
         """The newest item, while running."""
-        return self._latest.item
+        return self._ring.newest
 
-    def attach(self, consumer: object) -> None:
-        """Add a consumer, starting the relay (and the stream) if it is the first."""
-        self.consumers.add(consumer)
+    def attach(self, reader: object) -> None:
+        """Add a reader, starting the stage (and its input) if it is the first."""
+        self.consumers.add(reader)
         if not self.running:
-            self.stream.attach(self)
-            self._latest.reopen()
+            self.input.attach(self)
+            self._ring.reopen()
             self._task = asyncio.ensure_future(self._main())
 
-    def detach(self, consumer: object) -> None:
-        """Remove a consumer; the last one out stops the relay."""
-        self.consumers.discard(consumer)
+    def detach(self, reader: object) -> None:
+        """Remove a reader; the last one out stops the stage."""
+        self.consumers.discard(reader)
         if not self.consumers and self._task is not None:
             self._task.cancel()
             self._task = None
 
-    async def next(self, after: int = 0) -> T:
-        """The newest item with a sequence number above `after`, waiting for one if needed."""
-        return await self._latest.next(after)
+    async def next(self, after: int = 0, *, newest: bool = False) -> Read[T]:
+        """The item after number `after` (see Ring.next), waiting for one if needed."""
+        return await self._ring.next(after, newest=newest)
 
     async def close(self) -> None:
         """Stop now (server shutdown)."""
@@ -62,7 +67,7 @@ class Relay(Generic[T]):
             await asyncio.gather(task, return_exceptions=True)
 
     def _publish(self, item: T) -> None:
-        self._latest.publish(item)
+        self._ring.publish(item)
 
     async def _run(self, executor: concurrent.futures.Executor) -> None:
         raise NotImplementedError
@@ -71,17 +76,17 @@ class Relay(Generic[T]):
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
         try:
             await self._run(executor)
-        except (asyncio.CancelledError, StreamClosed):
+        except (asyncio.CancelledError, FeedClosed):
             pass
         finally:
-            # the thread may be mid-frame: it finishes, then ends; nobody waits for it here
+            # the thread may be mid-item: it finishes, then ends; nobody waits for it here
             executor.shutdown(wait=False)
             if self._task is None or self._task is asyncio.current_task():
-                # (unless a newer run already started: the stream and the consumers are its now)
+                # (unless a newer run already started: the input and the readers are its now)
                 self._task = None
-                self.stream.detach(self)
-                self._latest.close()
+                self.input.detach(self)
+                self._ring.close()
                 self._stopped()
 
     def _stopped(self) -> None:
-        """Called when the relay has stopped."""
+        """Called when the stage has stopped."""

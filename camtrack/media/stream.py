@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Callable
+from collections.abc import Callable
 
-from .capture import Capture, Frame
-from .latest import Latest
-from ..sources import FrameSource
+from .capture import CaptureThread
+from .feeds import FeedClosed, FrameSource
+from .frame import Frame
+from .ring import Ring
 
 logger = logging.getLogger(__name__)
 
 
-class StreamClosed(Exception):
+class StreamClosed(FeedClosed):
     """The stream was closed while a consumer waited for a frame."""
 
 
@@ -27,13 +28,14 @@ class CameraStream:
         self.source_factory = source_factory
         self.linger = linger
         self.consumers: set[object] = set()
-        #: how many times the source has been opened, over the stream's life
-        self.opens = 0
-        self._latest: Latest[Frame] = Latest(lambda: StreamClosed(name))
+        #: how many times the stream started (opened its source for a first viewer after none)
+        self.runs = 0
+        #: only the newest frame matters to every reader of pixels: a ring of one
+        self._ring: Ring[Frame] = Ring(1, lambda: StreamClosed(name))
         self._seq = 0
         #: captures told to stop whose threads may still be letting go of the device
-        self._released: list[Capture] = []
-        self._capture: Capture | None = None
+        self._released: list[CaptureThread] = []
+        self._capture: CaptureThread | None = None
         self._release_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -71,11 +73,11 @@ class CameraStream:
     @property
     def latest(self) -> Frame | None:
         """The newest frame, if the stream is open."""
-        return self._latest.item
+        return self._ring.newest
 
     async def next_frame(self, after: int = 0) -> Frame:
         """The latest frame newer than sequence number `after`, waiting for one if needed."""
-        return await self._latest.next(after)
+        return (await self._ring.next(after, newest=True)).item
 
     async def close(self) -> None:
         """Release the source now and wait for the capture thread to end."""
@@ -88,11 +90,11 @@ class CameraStream:
 
     def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._latest.reopen()
+        self._ring.reopen()
         previous = next((c for c in reversed(self._released) if c.alive), None)
-        capture = Capture(self.source_factory(), lambda frame: self._from_thread(capture, frame), previous=previous)
+        capture = CaptureThread(self.source_factory(), lambda frame: self._from_thread(capture, frame), previous=previous)
         self._capture = capture
-        self.opens += 1
+        self.runs += 1
         logger.info("stream %s: opening %s", self.name, capture.source.description)
         capture.start()
 
@@ -104,9 +106,9 @@ class CameraStream:
         logger.info("stream %s: no viewers, releasing %s", self.name, capture.source.description)
         capture.stop()
         self._released = [c for c in self._released if c.alive] + [capture]
-        self._latest.close()
+        self._ring.close()
 
-    def _from_thread(self, capture: Capture, frame: Frame) -> None:
+    def _from_thread(self, capture: CaptureThread, frame: Frame) -> None:
         """Called on the capture thread for every new frame."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -115,15 +117,15 @@ class CameraStream:
             except RuntimeError:  # loop closed in between
                 pass
 
-    def _publish(self, capture: Capture, frame: Frame) -> None:
+    def _publish(self, capture: CaptureThread, frame: Frame) -> None:
         if capture is not self._capture:
             return  # a late frame from a capture being released
         # sequence numbers grow across reopenings, so a consumer never waits on an old number
         self._seq += 1
-        self._latest.publish(dataclasses.replace(frame, seq=self._seq))
+        self._ring.publish(dataclasses.replace(frame, seq=self._seq))
 
 
-async def _joined(capture: Capture) -> None:
+async def _joined(capture: CaptureThread) -> None:
     """Wait for a capture thread to end without tying up a worker thread."""
     while capture.alive:
         await asyncio.sleep(0.02)

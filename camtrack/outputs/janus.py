@@ -21,7 +21,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from ..cameras import Camera
 from .webrtc.ice import rtc_configuration
 from .webrtc.hooks import forward_keyframe_requests, guard_ice
+from ..media.feeds import Transport
 from .webrtc.peer import CLOSE_TIMEOUT, codec_preferences
+from .webrtc.tracks import make_track
 from ..redaction import scrub, with_decoded
 from ..sources import redact, url_secrets
 
@@ -125,7 +127,7 @@ class JanusPublisher:
                 await self._message(http, endpoint, join, events, "joined")
 
                 pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
-                track = self.camera.make_track("janus")
+                track = make_track(self.camera, Transport.JANUS)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(codec_preferences(self.camera.settings.codec))
                 forward_keyframe_requests(pc, track)

@@ -12,7 +12,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ..cameras import TRANSPORTS, Cameras
+from ..cameras import Cameras
+from ..media.feeds import VIEWER_TRANSPORTS, Transport
 from ..media.encoder import ENCODE_BUCKETS
 
 
@@ -56,23 +57,22 @@ class CameraCollector:
                                             labels=["camera", "codec"])
         for camera in self.cameras:
             name = camera.name
-            for transport in TRANSPORTS:
+            for transport in VIEWER_TRANSPORTS:
                 viewers.add_metric([name, transport], len(camera.viewers[transport]))
                 meter = camera.meters[transport]
                 sent.add_metric([name, transport], meter.frames)
                 sent_bytes.add_metric([name, transport], meter.bytes)
-                if transport != "mjpeg":
+                if transport is not Transport.MJPEG:
                     failures.add_metric([name, transport], meter.negotiation_failures)
             up.add_metric([name], 1 if camera.stream.state == "up" else 0)
             watched.add_metric([name], 1 if camera.stream.consumers else 0)
-            opens.add_metric([name], camera.stream.opens)
+            opens.add_metric([name], camera.stream.runs)
             captured.add_metric([name], camera.stream.frames)
             if camera.publisher is not None:
                 janus_up.add_metric([name], 1 if camera.publisher.state == "publishing" else 0)
                 janus_publishes.add_metric([name], camera.publisher.publishes)
                 janus_failures.add_metric([name], camera.publisher.failures)
-            jpeg_frames = sum(j.encoded for j in camera.jpeg.values())
-            encoded.add_metric([name, "jpeg"], jpeg_frames)
+            encoded.add_metric([name, "jpeg"], camera.jpeg.encoded)
             if camera.encoder is not None:
                 codec, stats = camera.settings.codec, camera.encoder.stats
                 encoded.add_metric([name, codec], stats.frames)

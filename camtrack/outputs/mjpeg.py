@@ -13,13 +13,10 @@ STALL_TIMEOUT seconds is cut off rather than held.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import socket
 import time
-from dataclasses import dataclass
 
-import cv2
 from aiohttp import web
 
 from ..access import require_token
@@ -27,8 +24,7 @@ from ..cameras import Camera, Cameras
 from ..config import Config
 from ..connections import gone
 from ..logs import ClientLog, clip_repr
-from ..media.stage import Relay
-from ..media.stream import StreamClosed
+from ..media.feeds import FeedClosed, Transport
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -48,52 +44,10 @@ STALL_TIMEOUT = 8.0
 QUALITY_TIERS = (25, 50, 75, 95)
 
 
-@dataclass(frozen=True)
-class Jpeg:
-    seq: int
-    data: bytes
-    #: capture time of the picture, seconds since the epoch
-    captured: float
-
-
-class JpegEncoder(Relay[Jpeg]):
-    """Encodes a camera's frames as JPEG at one quality, at most `max_fps` a second."""
-
-    def __init__(self, camera: Camera, quality: int, max_fps: float) -> None:
-        super().__init__(camera.stream, f"jpeg {camera.name}", lambda: StreamClosed(camera.name))
-        self.quality = quality
-        self.interval = 1.0 / max_fps
-        self.encoded = 0
-        self._seq = 0
-
-    async def next_jpeg(self, after: int = 0) -> Jpeg:
-        """The newest JPEG above sequence number `after`, waiting for one if needed."""
-        return await self.next(after)
-
-    async def _run(self, executor: concurrent.futures.Executor) -> None:
-        loop = asyncio.get_running_loop()
-        params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
-        after = 0
-        last = 0.0
-        while True:
-            frame = await self.stream.next_frame(after)
-            after = frame.seq
-            wait = last + self.interval - time.monotonic()
-            if wait > 0:  # over the rate cap: wait, then take whatever is newest
-                await asyncio.sleep(wait)
-                frame = await self.stream.next_frame(0)
-                after = frame.seq
-            last = time.monotonic()
-            ok, data = await loop.run_in_executor(executor, cv2.imencode, ".jpg", frame.bgr, params)
-            if not ok:
-                continue
-            self._seq += 1
-            self.encoded += 1
-            self._publish(Jpeg(self._seq, data.tobytes(), frame.time))
-
-
 class MjpegClient:
     """One client of `/mjpeg`: counted as a viewer of its camera while it reads."""
+
+    transport = Transport.MJPEG
 
     def __init__(self, camera: Camera, remote: str) -> None:
         self.camera = camera
@@ -132,13 +86,6 @@ def snap_quality(quality: int, default: int) -> int:
     return min((default, *QUALITY_TIERS), key=lambda tier: abs(tier - quality))
 
 
-def encoder_for(camera: Camera, quality: int, config: Config) -> JpegEncoder:
-    encoder = camera.jpeg.get(quality)
-    if encoder is None:
-        encoder = camera.jpeg[quality] = JpegEncoder(camera, quality, config.mjpeg_fps)
-    return encoder
-
-
 def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
     """`/mjpeg`, `/snapshot.jpg` (the first camera) and the same under `/cameras/{name}/`."""
 
@@ -152,7 +99,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
 
     async def mjpeg(request: web.Request) -> web.StreamResponse:
         camera = camera_of(request)
-        encoder = encoder_for(camera, quality_of(request, config.jpeg_quality), config)
+        encoder = camera.jpeg.at(quality_of(request, config.jpeg_quality))
         try:
             fps = min(float(request.query.get("fps", config.mjpeg_fps)), config.mjpeg_fps)
         except ValueError:
@@ -160,10 +107,10 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         if not fps >= MIN_FPS:  # NaN too
             raise web.HTTPBadRequest(text=f"fps must be at least {MIN_FPS:g}\n")
         client = MjpegClient(camera, request.remote or "?")
-        if not cameras.admit(camera, "mjpeg", client):
+        if not cameras.admit(camera, client):
             log.warning(client.remote, "refused mjpeg viewer %s of %s: server full", client.remote, camera.name)
             raise web.HTTPServiceUnavailable(text="server full\n", headers={"Retry-After": "10"})
-        meter = camera.meters["mjpeg"]
+        meter = camera.meters[Transport.MJPEG]
         response = web.StreamResponse(headers={
             "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             "Cache-Control": "no-cache, no-store", "Pragma": "no-cache",
@@ -191,9 +138,10 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
                 await asyncio.wait([getting, stop], timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
                 if not getting.done():
                     continue  # stopped, gone, or no picture yet: the loop's checks say which
-                jpeg, getting = getting.result(), None
+                read, getting = getting.result(), None
+                jpeg = read.item
                 if seq:
-                    client.skipped += jpeg.seq - seq - 1
+                    client.skipped += read.skipped
                 seq, last = jpeg.seq, time.monotonic()
                 part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg.data)}\r\n"
                         f"X-Timestamp: {jpeg.captured:.3f}\r\n\r\n").encode()
@@ -206,10 +154,9 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
                         request.transport.abort()  # what is queued for it is dropped, not sent
                     break
                 client.sent += 1
-                meter.frames += 1
-                meter.bytes += len(jpeg.data)
+                meter.sent(len(jpeg.data))
             client.end(client.reason or "server closed the stream")
-        except (ConnectionError, StreamClosed) as exc:
+        except (ConnectionError, FeedClosed) as exc:
             client.end(client.reason or f"went away ({type(exc).__name__})")
         except asyncio.CancelledError:
             client.end(client.reason or "went away")
@@ -219,7 +166,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
             if getting is not None:
                 getting.cancel()
             encoder.detach(client)
-            cameras.leave(camera, "mjpeg", client)
+            cameras.leave(camera, client)
             log.info(client.remote, "mjpeg viewer %s of %s left: %s (%d frames, %d skipped)", client.remote,
                      camera.name, client.reason, client.sent, client.skipped)
             client._done.set()
@@ -227,12 +174,12 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
 
     async def snapshot(request: web.Request) -> web.Response:
         camera = camera_of(request)
-        encoder = encoder_for(camera, quality_of(request, config.jpeg_quality), config)
+        encoder = camera.jpeg.at(quality_of(request, config.jpeg_quality))
         taker = object()
         encoder.attach(taker)
         try:
-            jpeg = await asyncio.wait_for(encoder.next_jpeg(0), 15)
-        except (asyncio.TimeoutError, StreamClosed):
+            jpeg = (await asyncio.wait_for(encoder.next_jpeg(0), 15)).item
+        except (asyncio.TimeoutError, FeedClosed):
             raise web.HTTPServiceUnavailable(text=f"camera {camera.name} gave no picture\n") from None
         finally:
             encoder.detach(taker)

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from ...cameras import Camera
+from ...config import Config
+from ...media.encoder import H264_PROFILE
+from ...media.feeds import Transport
 from .hooks import PeerGuard, guard_peer
 from .ice import rtc_configuration
-
-if TYPE_CHECKING:
-    from ...cameras import Camera
-    from ...config import Config
+from .tracks import make_track
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,6 @@ logger = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0
 #: what each --codec name sends; H.264 is constrained baseline so Safari plays it
 CODEC_MIME = {"h264": "video/H264", "vp8": "video/VP8"}
-H264_PROFILE = "42e01f"
 
 
 class OfferError(ValueError):
@@ -88,7 +88,7 @@ class Peer:
     """One WebRTC viewer of a camera: answers its offer, watches the connection, and calls
     `on_end(reason)` once when it fails, closes, stays disconnected or never connects."""
 
-    def __init__(self, camera: "Camera", config: "Config", transport: str, remote: str,
+    def __init__(self, camera: Camera, config: Config, transport: Transport, remote: str,
                  on_end: Callable[[str], None]) -> None:
         self.camera = camera
         self.config = config
@@ -96,7 +96,7 @@ class Peer:
         self.remote = remote
         self.on_end = on_end
         self.pc = RTCPeerConnection(rtc_configuration(config.ice_servers))
-        self.track = camera.make_track(transport)
+        self.track = make_track(camera, transport)
         self.connected = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None

@@ -36,8 +36,9 @@ from aiortc.sdp import candidate_from_sdp
 from ...access import origin_allowed, token_matches
 from ...cameras import Camera, Cameras
 from ...config import Config
-from .ice import ice_servers_json
 from ...logs import ClientLog, clip, clip_repr
+from ...media.feeds import Transport
+from .ice import ice_servers_json
 from .peer import OfferError, Peer
 
 logger = logging.getLogger(__name__)
@@ -86,10 +87,12 @@ class TokenBucket:
 class Session:
     """One viewer's websocket and the peer connection negotiated over it."""
 
+    transport = Transport.WEBSOCKET
+
     def __init__(self, ws: web.WebSocketResponse, remote: str, config: Config, camera: Camera,
                  cameras: Cameras, transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
-        self.transport = transport
+        self.connection = transport
         self.remote = remote
         self.config = config
         self.camera = camera
@@ -106,7 +109,7 @@ class Session:
 
     @property
     def is_viewer(self) -> bool:
-        return self in self.camera.viewers["websocket"]
+        return self in self.camera.viewers[Transport.WEBSOCKET]
 
     async def run(self, authorized: bool) -> None:
         """Greet the client (after its auth message if needed), then handle its messages."""
@@ -195,7 +198,7 @@ class Session:
                 raise ProtocolError("an offer is still being negotiated; wait for it to connect or fail")
             log.info(self.remote, "viewer %s: new offer replaces the peer", self.remote)
             # a viewer no more until the new peer connects (it may not)
-            self.cameras.leave(self.camera, "websocket", self)
+            self.cameras.leave(self.camera, self)
             self.cameras.hold(self.camera, self)
             await self._close_peer()
         if self.reason is not None:
@@ -206,7 +209,7 @@ class Session:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        peer = Peer(self.camera, self.config, "websocket", self.remote, lambda reason: self._peer_ended(peer, reason))
+        peer = Peer(self.camera, self.config, Transport.WEBSOCKET, self.remote, lambda reason: self._peer_ended(peer, reason))
         peer.pc.on("connectionstatechange", lambda: self._peer_state(peer))
         self.peer = peer
         try:
@@ -266,14 +269,14 @@ class Session:
             return
         self.reason = reason
         self._error, self._close_code, self._close_message = error, code, message
-        self.cameras.leave(self.camera, "websocket", self)
+        self.cameras.leave(self.camera, self)
         log.info(self.remote, "viewer %s of %s left: %s", self.remote, self.camera.name, reason)
         self._teardown = asyncio.ensure_future(self._close_all())
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once, unsent data and all (a client that does not read)."""
-        if self.transport is not None:
-            self.transport.abort()
+        if self.connection is not None:
+            self.connection.abort()
         self.end(reason)
 
     async def closed(self) -> None:
@@ -296,8 +299,8 @@ class Session:
                 await asyncio.wait_for(self.ws.close(code=self._close_code, message=self._close_message),
                                        SEND_TIMEOUT)
             except asyncio.TimeoutError:
-                if self.transport is not None:
-                    self.transport.abort()
+                if self.connection is not None:
+                    self.connection.abort()
             except (ConnectionError, RuntimeError):
                 pass
 
@@ -320,7 +323,7 @@ class Session:
         """The peer connected: the session becomes a viewer, if there is room for one more."""
         if peer is not self.peer or self.reason is not None or peer.pc.connectionState != "connected":
             return
-        if not self.is_viewer and not self.cameras.admit(self.camera, "websocket", self):
+        if not self.is_viewer and not self.cameras.admit(self.camera, self):
             self.refuse_full()
 
     def _idle_expired(self) -> None:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING
 
 import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
-from aiortc.mediastreams import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
-from ...media.encoder import EncodedFrame, EncoderClosed, SharedEncoder
-from ...media.stream import CameraStream, StreamClosed
-
-if TYPE_CHECKING:
-    from ...cameras import Meter
+from ...cameras import Camera
+from ...media.feeds import FeedClosed, FrameFeed, PacketFeed, Transport
+from ...media.frame import VIDEO_TIME_BASE, PtsClock
+from ...media.meters import Meter
+from ...media.packet import EncodedPacket
 
 
 class CameraTrack(MediaStreamTrack):
@@ -26,13 +25,12 @@ class CameraTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, stream: CameraStream, meter: "Meter | None" = None) -> None:
+    def __init__(self, stream: FrameFeed, meter: Meter | None = None) -> None:
         super().__init__()
         self.stream = stream
         self.meter = meter
         self._seq = 0
-        self._start: float | None = None
-        self._pts = -1
+        self._clock = PtsClock()
         stream.attach(self)
 
     async def recv(self) -> VideoFrame:
@@ -40,21 +38,17 @@ class CameraTrack(MediaStreamTrack):
             raise MediaStreamError
         try:
             frame = await self.stream.next_frame(self._seq)
-        except StreamClosed:
+        except FeedClosed:
             self.stop()
             raise MediaStreamError from None
         if self.readyState != "live":
             raise MediaStreamError
         self._seq = frame.seq
-        if self._start is None:
-            self._start = frame.monotonic
-        pts = int(round((frame.monotonic - self._start) * VIDEO_CLOCK_RATE))
-        self._pts = max(pts, self._pts + 1)
         video_frame = VideoFrame.from_ndarray(frame.yuv, format="yuv420p")
-        video_frame.pts = self._pts
+        video_frame.pts = self._clock.pts(frame.monotonic)
         video_frame.time_base = VIDEO_TIME_BASE
         if self.meter is not None:
-            self.meter.frames += 1  # encoded by aiortc: its size is not known here
+            self.meter.sent(None)  # encoded by aiortc: its size is not known here
         return video_frame
 
     def stop(self) -> None:
@@ -64,17 +58,17 @@ class CameraTrack(MediaStreamTrack):
 
 
 class EncodedTrack(MediaStreamTrack):
-    """A video track of pre-encoded packets from a shared encoder.
+    """A video track of pre-encoded packets from a packet feed (the shared encoder).
 
-    It starts on a keyframe, never queues: a viewer that falls behind (its sender missed
-    frames) drops what it missed and waits for the next keyframe, asking for one.
-    Memory per viewer is a reference to one packet (plus, at the start, the few cached
-    frames since a keyframe that was made less than a rate-limit interval ago).
+    It starts on a keyframe and never queues: a viewer a few packets behind catches up from the
+    feed's ring; one that fell further behind (the packets it needs are gone) drops what it
+    missed and waits for the next keyframe, asking for one. Memory per viewer is a reference to
+    one packet (plus, at the start, the few packets since a keyframe forced moments ago).
     """
 
     kind = "video"
 
-    def __init__(self, encoder: SharedEncoder, meter: "Meter | None" = None) -> None:
+    def __init__(self, encoder: PacketFeed, meter: Meter | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.meter = meter
@@ -82,7 +76,7 @@ class EncodedTrack(MediaStreamTrack):
         #: seconds from attaching to the first packet handed out, and whether it was a keyframe
         self.first_packet: tuple[float, bool] | None = None
         self.skipped = 0
-        self._pending: deque[EncodedFrame] | None = None  # set at the first recv()
+        self._pending: deque[EncodedPacket] | None = None  # set at the first recv()
         self._seq = 0
         self._synced = False
         encoder.attach(self)
@@ -107,13 +101,14 @@ class EncodedTrack(MediaStreamTrack):
                 encoded = self._pending.popleft()
             else:
                 try:
-                    encoded = await self.encoder.next_packet(self._seq)
-                except EncoderClosed:
+                    read = await self.encoder.next_packet(self._seq)
+                except FeedClosed:
                     self.stop()
                     raise MediaStreamError from None
-                if self._synced and encoded.seq != self._seq + 1:
+                encoded = read.item
+                if self._synced and read.skipped:
                     # fell behind: what was missed is needed to decode this, so resync
-                    self.skipped += encoded.seq - self._seq - 1
+                    self.skipped += read.skipped
                     self._synced = False
                     self.encoder.request_keyframe()
                 self._seq = encoded.seq
@@ -126,11 +121,18 @@ class EncodedTrack(MediaStreamTrack):
             if self.first_packet is None:
                 self.first_packet = (time.monotonic() - self.started, encoded.keyframe)
             if self.meter is not None:
-                self.meter.frames += 1
-                self.meter.bytes += encoded.size
+                self.meter.sent(encoded.size)
             return encoded.packet
 
     def stop(self) -> None:
         if self.readyState == "live":
             self.encoder.detach(self)
         super().stop()
+
+
+def make_track(camera: Camera, transport: Transport) -> EncodedTrack | CameraTrack:
+    """A new video track of `camera` for one WebRTC peer: the shared encoder's packets, or
+    (with --encoder per-viewer) its raw frames for aiortc to encode."""
+    if camera.encoder is not None:
+        return EncodedTrack(camera.encoder, camera.meters[transport])
+    return CameraTrack(camera.stream, camera.meters[transport])

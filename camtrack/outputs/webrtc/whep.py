@@ -20,8 +20,9 @@ from ...access import cors_headers, require_token
 from ...cameras import Camera, Cameras
 from ...config import Config
 from ...connections import read_body
-from .ice import parse_ice_server
 from ...logs import ClientLog, clip
+from ...media.feeds import Transport
+from .ice import parse_ice_server
 from .peer import OfferError, Peer
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ EXPOSE = {"Access-Control-Expose-Headers": "Location, Link, Accept-Post"}
 class WhepSession:
     """One WHEP viewer and the resource URL that ends it."""
 
+    transport = Transport.WHEP
+
     def __init__(self, camera: Camera, cameras: Cameras, config: Config, remote: str,
                  sessions: dict[str, "WhepSession"]) -> None:
         self.id = secrets.token_urlsafe(16)
@@ -43,7 +46,7 @@ class WhepSession:
         self.remote = remote
         self.sessions = sessions
         self.location = f"/cameras/{quote(camera.name)}/whep/{self.id}"
-        self.peer = Peer(camera, config, "whep", remote, self.end)
+        self.peer = Peer(camera, config, Transport.WHEP, remote, self.end)
         self.peer.pc.on("connectionstatechange", self._peer_state)
         self.reason: str | None = None
         self._teardown: asyncio.Task[None] | None = None
@@ -53,7 +56,7 @@ class WhepSession:
     def _peer_state(self) -> None:
         """The peer connected: the session becomes a viewer, if there is room for one more."""
         if self.reason is None and self.peer.pc.connectionState == "connected" \
-                and self not in self.camera.viewers["whep"] and not self.cameras.admit(self.camera, "whep", self):
+                and self not in self.camera.viewers[Transport.WHEP] and not self.cameras.admit(self.camera, self):
             log.warning(self.remote, "refused whep viewer %s of %s: server full", self.remote, self.camera.name)
             self.end("server full")
 
@@ -63,7 +66,7 @@ class WhepSession:
             return
         self.reason = reason
         self.sessions.pop(self.id, None)
-        self.cameras.leave(self.camera, "whep", self)
+        self.cameras.leave(self.camera, self)
         log.info(self.remote, "whep viewer %s of %s left: %s", self.remote, self.camera.name, reason)
         self._teardown = asyncio.ensure_future(self.peer.close())
 

@@ -1,0 +1,122 @@
+"""The contracts between stages and outputs: where pictures come from, a feed of frames, a feed of
+packets, and a viewer. Every source, stage and way out implements one of these, so they stack
+without knowing each other (stream → encoders, JPEG, processing → WebRTC, MJPEG, Janus)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+import numpy as np
+
+from .frame import Frame
+from .packet import CodecInfo, EncodedPacket
+from .ring import Read
+
+
+class FeedClosed(Exception):
+    """A feed closed (its run ended) while a reader waited for its next item."""
+
+
+class Transport(enum.StrEnum):
+    """The ways a viewer watches (and the Janus publisher, which is one upstream viewer).
+
+    A string enum: a member is equal to (and hashes as) its value, so JSON and metric labels
+    take it as it is."""
+
+    WEBSOCKET = "websocket"
+    WHEP = "whep"
+    MJPEG = "mjpeg"
+    JANUS = "janus"
+
+
+#: the transports of viewers proper (the Janus publisher is counted apart)
+VIEWER_TRANSPORTS = (Transport.WEBSOCKET, Transport.WHEP, Transport.MJPEG)
+
+
+class FrameSource(Protocol):
+    """Where pictures come from: blocking and single-threaded, called only by the capture thread:
+    `open()`, then `read()` BGR frames of a fixed size until it returns None, then `close()`."""
+
+    description: str
+
+    def open(self) -> None: ...
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class Reader(Protocol):
+    """Anything attached to a feed: a stage, a track, a client. Compared by identity."""
+
+
+class Feed(Protocol):
+    """Something readers attach to: it runs (and runs its inputs) only while it has any."""
+
+    name: str
+
+    def attach(self, reader: object) -> None: ...
+
+    def detach(self, reader: object) -> None: ...
+
+
+class FrameFeed(Feed, Protocol):
+    """A feed of pictures (a camera stream, a processing stage)."""
+
+    async def next_frame(self, after: int = 0) -> Frame: ...
+
+
+class PacketFeed(Feed, Protocol):
+    """A feed of encoded pictures (a shared encoder; later a camera's own H.264)."""
+
+    @property
+    def codec(self) -> CodecInfo: ...
+
+    @property
+    def latest(self) -> EncodedPacket | None:
+        """The newest packet, while the feed runs."""
+
+    def start_packets(self) -> list[EncodedPacket]: ...
+
+    def request_keyframe(self) -> None: ...
+
+    async def next_packet(self, after: int = 0) -> Read[EncodedPacket]: ...
+
+
+class Viewer(Protocol):
+    """One viewer, whichever way it watches: shutdown, limits and metrics see only this."""
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def remote(self) -> str: ...
+
+    @property
+    def reason(self) -> str | None:
+        """Why it ended, once it has."""
+
+    def end(self, reason: str) -> None:
+        """Hang up (once; safe from any callback); `closed()` waits until it is done."""
+
+    async def closed(self) -> None: ...
+
+
+class Publisher(Protocol):
+    """Something that sends a camera upstream for as long as the server runs (Janus)."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def publishes(self) -> int: ...
+
+    @property
+    def failures(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def describe(self) -> dict[str, object]: ...

@@ -1,0 +1,20 @@
+"""What each way out has sent: counters an operator (and the tests) read, kept per camera."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Meter:
+    """What one transport has sent of one camera."""
+
+    frames: int = 0
+    bytes: int = 0
+    negotiation_failures: int = 0
+
+    def sent(self, size: int | None) -> None:
+        """One frame handed to a viewer (`size` None when aiortc encodes it and its size is unknown)."""
+        self.frames += 1
+        if size is not None:
+            self.bytes += size
