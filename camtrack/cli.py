@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import ssl
 import stat
 import sys
+import threading
 import tomllib
 from typing import NoReturn
 
@@ -26,6 +29,12 @@ logger = logging.getLogger("camtrack")
 
 #: a config file larger than this is a mistake (or /dev/zero), not a config
 MAX_CONFIG_SIZE = 1 << 20
+#: after the first SIGTERM/SIGINT: the graceful part (viewers told to go, requests let finish), after
+#: which every connection left is aborted ...
+STOP_GRACE = 3.0
+#: ... and the moment the process is gone whatever still runs (the promise is 5 s)
+STOP_DEADLINE = 4.5
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def one_line(message: str) -> str:
@@ -313,10 +322,72 @@ def run(argv: list[str] | None) -> None:
                     camera.fps, camera.codec)
     logger.info("watch at %s", url)
     try:
-        web.run_app(create_app(config), host=config.host, port=config.port, print=None,
-                    shutdown_timeout=3.0, access_log=None, ssl_context=ssl_context)
+        asyncio.run(serve(create_app(config), config.host, config.port, ssl_context))
     except OSError as exc:
         fail(parser, f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", status=1)
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner that serves `app`: the one place to swap in a runner that tracks its connections."""
+    # signals are serve()'s; once app.on_shutdown has told the viewers to go, a request handler still
+    # running gets 0.5 s more before it is cancelled (aiohttp may wait that twice)
+    return web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+
+
+async def serve(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then stop within STOP_DEADLINE s; OSError if it cannot listen.
+
+    A second signal while stopping exits at once. The second handler and the deadline work outside
+    the event loop (a plain signal handler, a thread), so a stuck loop cannot delay them.
+    """
+    loop = asyncio.get_running_loop()
+    runner = make_runner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    stopping = asyncio.Event()
+
+    def first_signal(signum: int) -> None:
+        logger.info("%s: shutting down", signal.Signals(signum).name)
+        for other in SIGNALS:
+            loop.remove_signal_handler(other)
+            signal.signal(other, second_signal)
+        watchdog = threading.Timer(STOP_DEADLINE, too_slow)
+        watchdog.daemon = True
+        watchdog.start()
+        stopping.set()
+
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, first_signal, signum)
+    await stopping.wait()
+    started = loop.time()
+    for site in list(runner.sites):
+        await site.stop()  # no new connections from here on
+    connections = list(runner.server.connections) if runner.server is not None else []
+    try:
+        await asyncio.wait_for(runner.cleanup(), STOP_GRACE)
+    except TimeoutError:
+        logger.warning("still stopping after %g s: closing every connection left", STOP_GRACE)
+    # a client that never reads keeps a closed transport waiting to flush forever: abort instead
+    for handler in connections:
+        if handler.transport is not None:
+            handler.transport.abort()
+    logger.info("stopped in %.2f s", loop.time() - started)
+
+
+def second_signal(signum: int, frame: object) -> None:
+    """A second SIGTERM/SIGINT while stopping: one line, and gone."""
+    os.write(2, b"camtrack: second signal, exiting now\n")
+    os._exit(128 + signum)
+
+
+def too_slow() -> None:
+    """Run by a thread STOP_DEADLINE s after the first signal if the process is still there."""
+    os.write(2, f"camtrack: still stopping after {STOP_DEADLINE:g} s, exiting now\n".encode())
+    os._exit(1)
 
 
 def watch_url(host: str, port: int, tls: bool = False) -> str:

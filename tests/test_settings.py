@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +26,13 @@ class Started(Exception):
 
 @pytest.fixture
 def no_server(monkeypatch):
-    """main() must never get as far as serving; reaching run_app raises Started."""
+    """main() must never get as far as serving; reaching the runner raises Started."""
     monkeypatch.delenv("CAMTRACK_TOKEN", raising=False)
 
     def refuse(*args, **kwargs):
         raise Started()
 
+    monkeypatch.setattr(camtrack.cli, "make_runner", refuse)
     monkeypatch.setattr(camtrack.cli.web, "run_app", refuse)
 
 
@@ -220,8 +222,8 @@ GOOD = [
     ([], "port = 9000\nfps = 15\nwidth = 320\nheight = 240\ncodec = 'VP8'\nlinger = 0\n"),
     ([], "token = 'abc'\nice-server = ['stun:192.0.2.1:3478']\nice-address = ['lo']\nlog-level = 'warning'\n"),
     ([], "mjpeg-fps = 5\njpeg-quality = 90\nmax-viewers = 4\nkeyframe-interval = 1\n"),
-    ([], "[cameras.porch]\nsource = 'pattern'\nwidth = 320\nheight = 240\nfps = 10.5\nbitrate = 200000\n"
-         "[cameras.lab]\nsource = 'pattern'\ncodec = 'vp8'\nmax-viewers = 2\nkeyframe-interval = 0.5\n"),
+    ([], ("[cameras.porch]\nsource = 'pattern'\nwidth = 320\nheight = 240\nfps = 10.5\nbitrate = 200000\n"
+          "[cameras.lab]\nsource = 'pattern'\ncodec = 'vp8'\nmax-viewers = 2\nkeyframe-interval = 0.5\n")),
     # the command line may give a file's camera another source (once)
     (["--camera", "porch=pattern"], "[cameras.porch]\nsource = 'nonexistent.mp4'\nwidth = 320\nheight = 240\n"),
 ]
@@ -248,7 +250,23 @@ def test_a_real_process_fails_in_one_line(tmp_path, argv, toml, error):
     """The nastiest ones through `python -m camtrack`: nothing starts, nothing hangs, no traceback."""
     env = {k: v for k, v in os.environ.items() if k != "CAMTRACK_TOKEN"}
     done = subprocess.run([sys.executable, "-m", "camtrack", *prepare(argv, toml, tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done
     assert done.stdout == "" and "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1 and error in done.stderr, done.stderr
+
+
+def test_a_taken_port_is_one_line_and_status_1():
+    """Not a bad setting but a busy machine: status 1, as before."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "CAMTRACK_TOKEN"}
+        done = subprocess.run([sys.executable, "-m", "camtrack", *BASE, "--port", str(port)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == [(f"camtrack: error: cannot listen on 127.0.0.1:{port}: error while attempting to bind on "
+                       f"address ('127.0.0.1', {port}): address already in use")], done.stderr
+    assert "Traceback" not in done.stderr
