@@ -309,6 +309,10 @@ def run(argv: list[str] | None) -> None:
         except (SourceError, ValueError, OSError) as exc:
             name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
             fail(parser, f"{name}{exc}")
+        except Exception as exc:  # noqa: BLE001 - OpenCV raises cv2.error for sources it cannot even try
+            name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fail(parser, f"{name}cannot open source {camera.source!r}: {first}")
     ssl_context = None
     if config.cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

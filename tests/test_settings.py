@@ -111,6 +111,11 @@ BAD = [
     (["--cert", "/nonexistent.pem", "--key", "/nonexistent.key"], None, "cannot load TLS certificate/key"),
     (["--cert", "bad\0path", "--key", "k"], None, "cannot load TLS certificate/key"),
     (["--host", "no-such-host.invalid"], None, "--host 'no-such-host.invalid' is not an IP address or a name"),
+    (["--host", ".."], None, "--host '..' is not an IP address or a name"),
+    (["--host", "a" * 5000], None, "is not an IP address or a name"),
+    (["--host", "nul\0"], None, "is not an IP address or a name"),
+    # a source OpenCV cannot even try (an index too large for an int)
+    (["--source", "9" * 30], None, f"cannot open source '{'9' * 30}'"),
     # the config file itself
     (["--config", "/dev/zero"], None, "config file /dev/zero is not a regular file"),
     (["--config", "/nonexistent/camtrack.toml"], None, "cannot read config file /nonexistent/camtrack.toml"),
