@@ -92,14 +92,17 @@ def create_app(config: Config) -> web.Application:
                 camera.publisher.start()
 
     async def on_shutdown(app: web.Application) -> None:
-        viewers = [v for camera in cameras for group in camera.viewers.values() for v in group]
+        # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s
+        # (camtrack.cli.serve): wait briefly, then the runner cancels the handlers and closes what is left
+        grace = 1.0
+        viewers = cameras.everyone  # viewers and sessions not viewers yet, of every transport
         for viewer in viewers:
             viewer.end("server shutting down")
         if viewers:
             try:
-                await asyncio.wait_for(asyncio.gather(*(v.closed() for v in viewers), return_exceptions=True), 10)
+                await asyncio.wait_for(asyncio.gather(*(v.closed() for v in viewers), return_exceptions=True), grace)
             except asyncio.TimeoutError:
-                logger.warning("some viewers did not hang up within 10 s; releasing the cameras anyway")
+                logger.warning("some viewers did not hang up within %g s; closing them", grace)
 
     async def on_cleanup(app: web.Application) -> None:
         await cameras.close()

@@ -164,13 +164,6 @@ class Cameras:
         """Every viewer and pending session of every camera."""
         return [v for camera in self for group in camera.viewers.values() for v in group] + list(self.pending)
 
-    def end_pending(self, reason: str) -> list[Viewer]:
-        """End every pending session (server shutdown); returns them."""
-        sessions = list(self.pending)
-        for session in sessions:
-            session.end(reason)
-        return sessions
-
     async def close(self) -> None:
         for camera in self:
             await camera.close()

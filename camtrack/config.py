@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,10 +10,55 @@ from pathlib import Path
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: the largest frame: 8K UHD
+MAX_WIDTH, MAX_HEIGHT = 7680, 4320
+#: the longest interval or time-out in seconds: longer ones are typos, not intentions
+MAX_SECONDS = 3600.0
+#: more viewers than this is not a home camera server (and each costs a socket, the fd limit is ~1024)
+MAX_VIEWERS = 10_000
 #: the page: static/ in a checkout, camtrack/static in an installed wheel
 STATIC_DIR = next((p for p in (Path(__file__).resolve().parent.parent / "static",
                                Path(__file__).resolve().parent / "static") if (p / "index.html").is_file()),
                   Path(__file__).resolve().parent.parent / "static")
+
+
+def whole(what: str, value: object) -> int:
+    """`value` if it is an int (a bool is not one: TOML `true` must not pass as 1), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be a whole number, not {value!r}")
+    return value
+
+
+def real(what: str, value: object) -> float:
+    """`value` if it is a finite int or float, else ValueError (nan and inf pass every comparison test)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, not {value!r}")
+    return value
+
+
+def text(what: str, value: object, optional: bool = False) -> str | None:
+    """`value` if it is a string (or None when `optional`), else ValueError."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {value!r}")
+    return value
+
+
+def strings(what: str, value: object) -> list[str]:
+    """`value` if it is a list of strings, else ValueError."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{what} must be a list of strings, not {value!r}")
+    return value
+
+
+def seconds(what: str, value: object, positive: bool = True) -> float:
+    """A finite duration, more than 0 (or at least 0 unless `positive`), at most MAX_SECONDS."""
+    value = real(what, value)
+    if not (value > 0 if positive else value >= 0) or value > MAX_SECONDS:
+        raise ValueError(f"{what} must be {'positive' if positive else '0 or more'} and at most "
+                         f"{MAX_SECONDS:g} s, not {value!r}")
+    return value
 
 
 @dataclass
@@ -36,22 +82,33 @@ class CameraConfig:
     janus_display: str | None = None
 
     def __post_init__(self) -> None:
-        if not NAME.match(self.name):
+        # types first: a TOML file can put any type anywhere, and a wrong one must not reach a comparison
+        if not isinstance(self.name, str) or not NAME.match(self.name):
             raise ValueError(f"camera name {self.name!r} must be letters, digits, '-' or '_'")
-        self.codec = self.codec.lower()
+        if not text("source", self.source):
+            raise ValueError("source must not be empty")
+        self.codec = text("codec", self.codec).lower()
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
-
-        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
-            raise ValueError(f"width and height must be even and positive, not {self.width}x{self.height}")
-        if not 0 < self.fps <= 120:
-            raise ValueError(f"fps must be between 0 and 120, not {self.fps}")
-        if not 50_000 <= self.bitrate <= 50_000_000:
+        width, height = whole("width", self.width), whole("height", self.height)
+        if not (0 < width <= MAX_WIDTH and 0 < height <= MAX_HEIGHT) or width % 2 or height % 2:
+            raise ValueError(f"width and height must be even and positive, at most {MAX_WIDTH}x{MAX_HEIGHT}, "
+                             f"not {width}x{height}")
+        # below 0.1 fps the pacer sleeps for minutes and the page looks dead
+        if not 0.1 <= real("fps", self.fps) <= 120:
+            raise ValueError(f"fps must be between 0 and 120 (at least 0.1), not {self.fps}")
+        if not 50_000 <= whole("bitrate", self.bitrate) <= 50_000_000:
             raise ValueError(f"bitrate must be between 50000 and 50000000 bit/s, not {self.bitrate}")
-        if self.keyframe_interval <= 0:
-            raise ValueError("keyframe interval must be positive")
-        if self.max_viewers < 0:
-            raise ValueError("max viewers must be 0 (no limit) or more")
+        if not 0 < real("keyframe interval", self.keyframe_interval) <= 600:
+            raise ValueError(f"keyframe interval must be positive and at most 600 s, not {self.keyframe_interval}")
+        if not 0 <= whole("max viewers", self.max_viewers) <= MAX_VIEWERS:
+            raise ValueError(f"max viewers must be 0 (no limit) or more, at most {MAX_VIEWERS}, not {self.max_viewers}")
+        text("publish", self.publish, optional=True)
+        text("janus pin", self.janus_pin, optional=True)
+        text("janus display", self.janus_display, optional=True)
+        # Janus keeps room ids as signed 64-bit integers and has no room 0
+        if self.janus_room is not None and not 0 < whole("janus room", self.janus_room) < 2**63:
+            raise ValueError(f"janus room must be between 1 and {2**63 - 1}, not {self.janus_room}")
         if self.publish is not None:
             if not self.publish.startswith("janus:http"):
                 raise ValueError(f"publish must look like janus:http://HOST:8088/janus, not {self.publish!r}")
@@ -124,17 +181,38 @@ class Config:
 
     def __post_init__(self) -> None:
         # the per-camera settings are checked by CameraConfig, the default camera's included
+        text("host", self.host)
+        # 0 asks the system for a free port (tests do); the command line insists on 1..65535
+        if not 0 <= whole("port", self.port) <= 65535:
+            raise ValueError(f"port must be between 1 and 65535, not {self.port}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
-        if self.max_viewers < 0:
-            raise ValueError("max viewers must be 0 (no limit) or more")
-        if self.negotiation_timeout <= 0 or self.idle_timeout <= 0:
-            raise ValueError("time-outs must be positive")
+        strings("ice servers", self.ice_servers)
+        strings("ice addresses", self.ice_addresses)
+        strings("allowed origins", self.allow_origins)
+        strings("allowed hosts", self.allow_hosts)
+        if not 0 <= whole("max connections", self.max_connections) <= 1_000_000:
+            raise ValueError(f"max connections must be 0 (from the open-file limit) to 1000000, not {self.max_connections}")
+        seconds("header timeout", self.header_timeout)
+        if not 1 <= whole("max pending", self.max_pending) <= 100_000:
+            raise ValueError(f"max pending must be between 1 and 100000, not {self.max_pending}")
+        seconds("linger", self.linger, positive=False)
+        seconds("disconnect timeout", self.disconnect_timeout)
+        seconds("negotiation timeout", self.negotiation_timeout)
+        seconds("idle timeout", self.idle_timeout)
+        if not 0 <= whole("max viewers", self.max_viewers) <= MAX_VIEWERS:
+            raise ValueError(f"max viewers must be 0 (no limit) or more, at most {MAX_VIEWERS}, not {self.max_viewers}")
+        # an empty token would silently mean "no token"; whitespace cannot travel in a bearer header
+        if text("token", self.token, optional=True) is not None and (
+                not self.token or not self.token.isprintable() or any(c.isspace() for c in self.token)):
+            raise ValueError("token must be a non-empty string without spaces or control characters")
+        text("cert", self.cert, optional=True)
+        text("key", self.key, optional=True)
         if bool(self.cert) != bool(self.key):
             raise ValueError("TLS needs both --cert and --key")
-        if not 0 < self.mjpeg_fps <= 120:
-            raise ValueError(f"MJPEG fps must be between 0 and 120, not {self.mjpeg_fps}")
-        if not 1 <= self.jpeg_quality <= 100:
+        if not 0.1 <= real("MJPEG fps", self.mjpeg_fps) <= 120:
+            raise ValueError(f"MJPEG fps must be between 0.1 and 120, not {self.mjpeg_fps}")
+        if not 1 <= whole("JPEG quality", self.jpeg_quality) <= 100:
             raise ValueError(f"JPEG quality must be between 1 and 100, not {self.jpeg_quality}")
         if not self.cameras:
             self.cameras = [self.camera("default", self.source)]

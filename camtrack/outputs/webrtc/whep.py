@@ -180,13 +180,6 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
             **cors(request), "Access-Control-Allow-Methods": "DELETE, OPTIONS",
             "Access-Control-Allow-Headers": "Authorization", "Allow": "DELETE, OPTIONS"})
 
-    async def end_pending(app: web.Application) -> None:
-        # app.py's shutdown ends the viewers; sessions not viewers yet, of every transport, end here
-        sessions = cameras.end_pending("server shutting down")
-        await asyncio.gather(*(s.closed() for s in sessions), return_exceptions=True)
-
-    app.on_shutdown.append(end_pending)
-
     for base in ("/whep", "/cameras/{name}/whep"):
         app.router.add_post(base, post)
         app.router.add_route("OPTIONS", base, options)
