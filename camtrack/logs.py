@@ -39,13 +39,14 @@ def clip_repr(value: object, limit: int = CLIP) -> str:
 
 
 class _Client:
-    __slots__ = ("tokens", "stamp", "suppressed", "timer")
+    __slots__ = ("tokens", "stamp", "suppressed", "timer", "timer_loop")
 
     def __init__(self) -> None:
         self.tokens = float(BURST)
         self.stamp = time.monotonic()
         self.suppressed = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_loop: asyncio.AbstractEventLoop | None = None
 
 
 class ClientLog:
@@ -72,12 +73,14 @@ class ClientLog:
         client.stamp = now
         if client.tokens < 1:
             client.suppressed += 1
-            if client.timer is None:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    return  # no loop (a script): the count is written with the next line instead
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (a script): the count is written with the next line instead
+            # (a timer of a loop that has ended since, say a test's, would never fire)
+            if client.timer is None or client.timer_loop is not loop:
                 client.timer = loop.call_later(SUMMARY_DELAY, self._summarize, remote, client)
+                client.timer_loop = loop
             return
         client.tokens -= 1
         self.logger.log(level, message, *(a if isinstance(a, (int, float)) else clip(a) for a in args))

@@ -67,9 +67,11 @@ class Server:
                         pass
                     await asyncio.sleep(0.1)
 
-    async def viewers(self) -> int:
+    async def sessions(self) -> int:
+        """Viewers and sessions that are not viewers yet: everyone the server will hang up on."""
         async with aiohttp.ClientSession() as http, http.get(self.root + "/healthz") as r:
-            return (await r.json())["viewers"]
+            health = await r.json()
+            return health["viewers"] + sum(s["pending"] for s in health["sources"].values())
 
     async def exited(self, timeout: float) -> int:
         """The exit status, waiting at most `timeout` seconds."""
@@ -183,8 +185,8 @@ async def hostile_server(tmp_path, loopback_ice) -> AsyncIterator[tuple[Server, 
         await viewer.connect()
         await viewer.frames(30)
         await stalled(server.port, sockets)
-        # every hostile client counts as a viewer: the server will try to hang up on each
-        assert await server.viewers() == HOSTILE_WEBSOCKETS + 3, server.output
+        # the server will try to hang up on every hostile client (a viewer or a pending session)
+        assert await server.sessions() == HOSTILE_WEBSOCKETS + 3, server.output
         yield server, viewer
     finally:
         for sock in sockets:

@@ -110,7 +110,7 @@ def test_bad_sources_are_clear_errors(tmp_path):
 
 def test_command_line_reports_a_bad_source(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), "--source", str(tmp_path / "nope.avi"), "--port", "0"],
+        [sys.executable, str(ROOT / "server.py"), "--source", str(tmp_path / "nope.avi"), "--port", "8080"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
