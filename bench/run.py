@@ -101,7 +101,8 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"server did not start: {server.stderr.read() if server.poll() is not None else ''}")
+                    said = server.stderr.read() if server.poll() is not None else ""
+                    raise RuntimeError(f"server did not start: {said}") from None
                 time.sleep(0.1)
         start_at = time.time() + 4 + 0.08 * viewers
         url = f"ws://127.0.0.1:{port}/ws"

@@ -16,8 +16,8 @@ import aiortc.rtcrtpreceiver
 import av
 from aiortc.codecs import get_decoder
 
-from camtrack.media import stamp
 from camtrack.client import Viewer
+from camtrack.media import stamp
 from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 
@@ -99,7 +99,7 @@ async def main() -> None:
         return before, time.process_time()
 
     window = asyncio.ensure_future(cpu_window())
-    await asyncio.gather(*(run(v, r) for v, r in zip(viewers, results)))
+    await asyncio.gather(*(run(v, r) for v, r in zip(viewers, results, strict=True)))
     before, after = await window
     print(json.dumps({"viewers": results, "cpu_seconds": after - before, "duration": args.duration}))
     await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)

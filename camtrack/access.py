@@ -73,7 +73,7 @@ def cors_headers(request: web.Request, allowed: list[str], **extra: str) -> dict
     """
     origin = request.headers.get("Origin")
     if not origin_allowed(request, allowed):
-        shown = origin[:100]
+        shown = (origin or '')[:100]
         if first_time("origin", shown):
             logger.warning("refused %s %s from %s: origin %r not allowed (see --allow-origin); said once per origin",
                            request.method, request.path[:100], request.remote, shown)
@@ -170,13 +170,13 @@ class HostCheck:
             return False
         return address.is_loopback or str(address) in self.addresses()
 
-    def middleware(self) -> Callable:
+    def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
         @web.middleware
         async def check_host(request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
             header = request.headers.get("Host")
             if not self.allows(header):
-                shown = host_name(header)[:100]
+                shown = host_name(header or '')[:100]
                 if first_time("host", shown):  # said once per name: a flood does not fill the log
                     logger.warning("refused requests for Host %r (from %s): not a name of this server; "
                                    "if it is one, start camtrack with --allow-host %s", shown, request.remote, shown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -12,11 +13,11 @@ from .access import HostCheck, is_loopback
 from .cameras import Cameras
 from .config import Config
 from .media.feeds import Transport
+from .outputs import metrics, mjpeg
+from .outputs.janus import JanusPublisher
+from .outputs.webrtc import whep
 from .outputs.webrtc.hooks import check_hooks
 from .outputs.webrtc.ice import resolve_addresses, restrict_host_addresses
-from .outputs.janus import JanusPublisher
-from .outputs import metrics, mjpeg
-from .outputs.webrtc import whep
 from .outputs.webrtc.signaling import websocket_handler
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def create_app(config: Config) -> web.Application:
     mjpeg.add_routes(app, config, cameras)
     metrics.add_routes(app, cameras)
 
-    undo_ice: list = []
+    undo_ice: list[Callable[[], None]] = []
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
@@ -86,10 +87,11 @@ def create_app(config: Config) -> web.Application:
             logger.info("offering ICE host candidates on %s only", ", ".join(addresses))
         for camera in cameras:
             settings = camera.settings
-            if settings.publish:
-                camera.publisher = JanusPublisher(camera, settings.janus_url, settings.janus_room, settings.janus_pin,
-                                                  settings.janus_display, config.ice_servers)
-                camera.publisher.start()
+            if settings.janus_url and settings.janus_room is not None:  # (config checks that both are set)
+                publisher = JanusPublisher(camera, settings.janus_url, settings.janus_room, settings.janus_pin,
+                                           settings.janus_display, config.ice_servers)
+                camera.publisher = publisher
+                publisher.start()
 
     async def on_shutdown(app: web.Application) -> None:
         # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s
@@ -101,7 +103,7 @@ def create_app(config: Config) -> web.Application:
         if viewers:
             try:
                 await asyncio.wait_for(asyncio.gather(*(v.closed() for v in viewers), return_exceptions=True), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("some viewers did not hang up within %g s; closing them", grace)
 
     async def on_cleanup(app: web.Application) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -61,7 +62,7 @@ class Viewer:
                 message = await self.ws.receive()
                 if message.type != aiohttp.WSMsgType.TEXT:
                     raise ConnectionError(f"socket closed while waiting for {kind!r}: {message.type}")
-                data = json.loads(message.data)
+                data: dict[str, Any] = json.loads(message.data)
                 if data.get("type") == kind:
                     return data
                 if data.get("type") == "error":
@@ -72,7 +73,12 @@ class Viewer:
         assert self.track is not None
         async with asyncio.timeout(timeout):
             track = await self.track
-            return [await track.recv() for _ in range(count)]
+            frames = []
+            for _ in range(count):
+                frame = await track.recv()
+                assert isinstance(frame, VideoFrame)
+                frames.append(frame)
+            return frames
 
     async def close(self, bye: bool = True) -> None:
         if self.ws is not None and not self.ws.closed:

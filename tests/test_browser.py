@@ -109,7 +109,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.log.read_text()}")
+            raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.log.read_text()}") from None
         return time.monotonic() - start
 
 

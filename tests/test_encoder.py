@@ -11,9 +11,9 @@ import pytest
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.media.encoder import EncoderSettings, SharedEncoder
-from camtrack.sources import PatternSource
 from camtrack.media.stream import CameraStream
 from camtrack.outputs.webrtc.tracks import EncodedTrack
+from camtrack.sources import PatternSource
 
 from .conftest import eventually
 

@@ -21,10 +21,10 @@ import time
 import aiohttp
 
 from camtrack import connections, logs
-from camtrack.outputs import mjpeg
-from camtrack.outputs.webrtc import signaling
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
+from camtrack.outputs import mjpeg
+from camtrack.outputs.webrtc import signaling
 
 from .conftest import eventually
 from .test_bad_input import expect, make_offer

@@ -10,9 +10,9 @@ import aiohttp
 import cv2
 import numpy as np
 
-from camtrack.media import stamp
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
+from camtrack.media import stamp
 
 from .conftest import eventually
 

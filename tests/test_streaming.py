@@ -8,9 +8,9 @@ import re
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from camtrack.media import stamp
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
+from camtrack.media import stamp
 
 from .conftest import eventually
 

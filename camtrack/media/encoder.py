@@ -8,6 +8,7 @@ import fractions
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 from av import VideoFrame
@@ -199,7 +200,7 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         return False
 
     def _encode(self, codec: av.VideoCodecContext, frame: Frame, pts: int,
-                force: bool) -> tuple[av.Packet, bool, float, int] | None:
+                force: bool) -> tuple[av.Packet[Any], bool, float, int] | None:
         """Runs on the encoder thread."""
         began = time.perf_counter()
         video_frame = VideoFrame.from_ndarray(frame.yuv, format="yuv420p")
@@ -217,7 +218,7 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         self.stats.record_encode(time.perf_counter() - began)
         return packet, keyframe, frame.time, len(data)
 
-    def _add(self, packet: av.Packet, keyframe: bool, captured: float, size: int) -> None:
+    def _add(self, packet: av.Packet[Any], keyframe: bool, captured: float, size: int) -> None:
         self._seq += 1
         encoded = EncodedPacket(self._seq, packet, keyframe, captured, size, self._codec)
         stats = self.stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fractions
 from dataclasses import dataclass
+from typing import Any
 
 import av
 
@@ -31,7 +32,7 @@ class EncodedPacket:
 
     seq: int
     #: what aiortc's packetizers take (its pts, in `codec.time_base`, is the RTP timestamp's source)
-    packet: av.Packet
+    packet: av.Packet[Any]
     keyframe: bool
     #: capture time of the picture, seconds since the epoch
     captured: float

@@ -14,7 +14,7 @@ import numpy as np
 
 BITS = 32
 CELL = 16
-MODULUS = 2**BITS
+MODULUS = 1 << BITS
 
 
 def now_ms() -> int:
@@ -55,4 +55,4 @@ def latency_ms(stamp: int, at_ms: int | None = None) -> int:
     if at_ms is None:
         at_ms = now_ms()
     delta = (at_ms - stamp) % MODULUS
-    return delta - MODULUS if delta >= MODULUS // 2 else delta
+    return int(delta - MODULUS if delta >= MODULUS // 2 else delta)

@@ -19,13 +19,13 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from ..cameras import Camera
-from .webrtc.ice import rtc_configuration
-from .webrtc.hooks import forward_keyframe_requests, guard_ice
 from ..media.feeds import Transport
-from .webrtc.peer import CLOSE_TIMEOUT, codec_preferences
-from .webrtc.tracks import make_track
 from ..redaction import scrub, with_decoded
 from ..sources import redact, url_secrets
+from .webrtc.hooks import forward_keyframe_requests, guard_ice
+from .webrtc.ice import rtc_configuration
+from .webrtc.peer import CLOSE_TIMEOUT, codec_preferences
+from .webrtc.tracks import make_track
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class JanusPublisher:
                 reason = "the publication ended"
             except asyncio.CancelledError:
                 raise
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 reason = f"Janus did not answer within {self.request_timeout:g} s"
             except Exception as exc:  # noqa: BLE001 - whatever it was, log it and publish again
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -155,8 +155,8 @@ class JanusPublisher:
                             if ended.done():
                                 ended.result()
                             await asyncio.sleep(0.05)
-                except asyncio.TimeoutError:
-                    raise JanusError(f"the connection to Janus was not established within {CONNECT_TIMEOUT:g} s")
+                except TimeoutError:
+                    raise JanusError(f"the connection to Janus was not established within {CONNECT_TIMEOUT:g} s") from None
                 self.state = "publishing"
                 self.publishes += 1
                 logger.info("janus %s room %s: publishing %s as %r", self.shown_url, self.room, self.camera.name,
@@ -175,13 +175,13 @@ class JanusPublisher:
                 if pc is not None:
                     try:
                         await asyncio.wait_for(asyncio.shield(pc.close()), CLOSE_TIMEOUT)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                 if ended is not None and ended.done() and not ended.cancelled():
                     ended.exception()  # closing the peer ends it too: retrieved, not raised
                 try:  # best effort: Janus may be gone
                     await asyncio.wait_for(self._call(http, f"{self.url}/{session}", {"janus": "destroy"}), 2)
-                except (JanusError, aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                except (TimeoutError, JanusError, aiohttp.ClientError, OSError):
                     pass
 
     async def _call(self, http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +191,7 @@ class JanusPublisher:
                              timeout=aiohttp.ClientTimeout(total=self.request_timeout)) as response:
             if response.status != 200:
                 raise JanusError(f"HTTP {response.status} from {redact(url)}")
-            reply = await response.json(content_type=None)
+            reply: dict[str, Any] = await response.json(content_type=None)
         if reply.get("janus") == "error":
             error = reply.get("error", {})
             raise JanusError(f"error {error.get('code')}: {error.get('reason')}")

@@ -6,15 +6,15 @@ streams, encoders and outputs keep anyway, at scrape time.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from ..cameras import Cameras
-from ..media.feeds import VIEWER_TRANSPORTS, Transport
 from ..media.encoder import ENCODE_BUCKETS
+from ..media.feeds import VIEWER_TRANSPORTS, Transport
 
 
 class CameraCollector:
@@ -79,7 +79,7 @@ class CameraCollector:
                 keyframes.add_metric([name, codec], stats.keyframes)
                 keyframe_requests.add_metric([name, codec], stats.keyframe_requests)
                 cumulative, buckets = 0, []
-                for bound, count in zip([*map(str, ENCODE_BUCKETS), "+Inf"], stats.encode_buckets):
+                for bound, count in zip([*map(str, ENCODE_BUCKETS), "+Inf"], stats.encode_buckets, strict=True):
                     cumulative += count
                     buckets.append((bound, cumulative))
                 encode_time.add_metric([name, codec], buckets, stats.encode_seconds)

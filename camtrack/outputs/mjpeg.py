@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -25,6 +26,8 @@ from ..config import Config
 from ..connections import gone
 from ..logs import ClientLog, clip_repr
 from ..media.feeds import FeedClosed, Transport
+from ..media.jpeg import Jpeg
+from ..media.ring import Read
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -118,7 +121,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         log.info(client.remote, "mjpeg viewer %s connected to %s", client.remote, camera.name)
         encoder.attach(client)
         stop = asyncio.ensure_future(client._stop.wait())
-        getting: asyncio.Future | None = None
+        getting: asyncio.Future[Read[Jpeg]] | None = None
         try:
             await response.prepare(request)
             sock = request.transport.get_extra_info("socket") if request.transport else None
@@ -135,7 +138,8 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
                     continue
                 if getting is None:
                     getting = asyncio.ensure_future(encoder.next_jpeg(seq))
-                await asyncio.wait([getting, stop], timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+                waiting: list[asyncio.Future[Any]] = [getting, stop]
+                await asyncio.wait(waiting, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
                 if not getting.done():
                     continue  # stopped, gone, or no picture yet: the loop's checks say which
                 read, getting = getting.result(), None
@@ -148,7 +152,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
                 try:
                     # the write waits while the socket is full: that long without progress is a stall
                     await asyncio.wait_for(response.write(part + jpeg.data + b"\r\n"), STALL_TIMEOUT)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     client.end(f"stalled: took nothing for {STALL_TIMEOUT:g} s")
                     if request.transport is not None:
                         request.transport.abort()  # what is queued for it is dropped, not sent
@@ -179,7 +183,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         encoder.attach(taker)
         try:
             jpeg = (await asyncio.wait_for(encoder.next_jpeg(0), 15)).item
-        except (asyncio.TimeoutError, FeedClosed):
+        except (TimeoutError, FeedClosed):
             raise web.HTTPServiceUnavailable(text=f"camera {camera.name} gave no picture\n") from None
         finally:
             encoder.detach(taker)

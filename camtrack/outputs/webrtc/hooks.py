@@ -13,16 +13,21 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import aioice.ice
-import aiortc.rtcrtpsender
+import aiortc.rtp
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
-from aiortc.rtp import RTCP_PSFB_FIR, RtcpPsfbPacket
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTP_HISTORY_SIZE,  # what aiortc.rtcrtpsender sizes its history with
+    RtcpPsfbPacket,
+)
 
 from ...ratelimit import TokenBucket
 
@@ -39,7 +44,7 @@ HOOKED: list[tuple[Any, str]] = [
     (RtpRouter, "route_rtcp"),
     (RTCRtpSender, "_send_keyframe"),
     (RTCRtpSender, "_retransmit"),
-    (aiortc.rtcrtpsender, "RTP_HISTORY_SIZE"),
+    (aiortc.rtp, "RTP_HISTORY_SIZE"),
 ]
 #: attributes set in __init__ (so not on the class), by class name: tests/test_hooks.py checks
 #: them on the objects of a live connection
@@ -312,7 +317,7 @@ def cap_retransmissions(sender: RTCRtpSender, bitrate: int) -> RetransmitCap:
     history: dict[int, Any] = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
 
     async def retransmit(sequence_number: int) -> None:
-        packet = history.get(sequence_number % aiortc.rtcrtpsender.RTP_HISTORY_SIZE)
+        packet = history.get(sequence_number % RTP_HISTORY_SIZE)
         if packet is None or packet.sequence_number != sequence_number:
             return  # nothing to resend (aiortc would do nothing either)
         size = RETRANSMIT_OVERHEAD + len(packet.payload)

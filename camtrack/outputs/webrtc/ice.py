@@ -8,7 +8,10 @@ from urllib.parse import unquote
 import ifaddr
 from aiortc import RTCConfiguration, RTCIceServer
 
-from .hooks import restrict_host_addresses  # noqa: F401 - where callers have always found it
+from .hooks import restrict_host_addresses
+
+__all__ = ["ice_servers_json", "parse_ice_server", "resolve_addresses", "restrict_host_addresses",
+           "rtc_configuration"]
 
 
 def parse_ice_server(url: str) -> RTCIceServer:
@@ -34,9 +37,9 @@ def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
 
 def ice_servers_json(ice_servers: list[str]) -> list[dict[str, str]]:
     """The servers as a browser's RTCPeerConnection wants them."""
-    result = []
+    result: list[dict[str, str]] = []
     for server in map(parse_ice_server, ice_servers):
-        entry = {"urls": server.urls}
+        entry = {"urls": server.urls if isinstance(server.urls, str) else server.urls[0]}
         if server.username:
             entry["username"] = server.username
             entry["credential"] = server.credential or ""

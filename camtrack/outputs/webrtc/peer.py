@@ -136,7 +136,7 @@ class Peer:
             self._closing = asyncio.ensure_future(self.pc.close())
         try:
             await asyncio.wait_for(asyncio.shield(self._closing), CLOSE_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning("%s viewer %s: peer close timed out", self.transport, self.remote)
 
     def _end(self, reason: str) -> None:

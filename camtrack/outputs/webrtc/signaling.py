@@ -27,6 +27,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -254,7 +255,7 @@ class Session:
             try:
                 # a send waits while the buffers are full: a client that does not read is dropped
                 await asyncio.wait_for(self.ws.send_json(message), SEND_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.abort(f"did not read its socket for {SEND_TIMEOUT:g} s")
             except (ConnectionError, RuntimeError):
                 pass  # the socket went away; run() sees it close
@@ -298,7 +299,7 @@ class Session:
                 # for the buffers to drain: not longer than a send
                 await asyncio.wait_for(self.ws.close(code=self._close_code, message=self._close_message),
                                        SEND_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if self.connection is not None:
                     self.connection.abort()
             except (ConnectionError, RuntimeError):
@@ -346,7 +347,7 @@ def parse_message(data: str) -> dict[str, Any]:
     return message
 
 
-def websocket_handler(config: Config, cameras: Cameras):
+def websocket_handler(config: Config, cameras: Cameras) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The `GET /ws` handler (`?camera=NAME`, default the first): one viewer's session per websocket."""
 
     async def handler(request: web.Request) -> web.StreamResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -85,7 +86,7 @@ class EncodedTrack(MediaStreamTrack):
         """The remote peer asked for a keyframe (PLI or FIR)."""
         self.encoder.request_keyframe()
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self._pending is None:
             # the sender starts reading once the peer is connected: start from a keyframe now
             self._pending = deque(self.encoder.start_packets())

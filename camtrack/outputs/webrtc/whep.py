@@ -39,7 +39,7 @@ class WhepSession:
     transport = Transport.WHEP
 
     def __init__(self, camera: Camera, cameras: Cameras, config: Config, remote: str,
-                 sessions: dict[str, "WhepSession"]) -> None:
+                 sessions: dict[str, WhepSession]) -> None:
         self.id = secrets.token_urlsafe(16)
         self.camera = camera
         self.cameras = cameras
