@@ -7,11 +7,14 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
 import ifaddr
 from aiohttp import web
+
+from .cameras import Camera, Cameras
+from .logs import clip_repr
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def bearer_token(request: web.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def require_token(request: web.Request, expected: str | None) -> None:
+def require_token(request: web.Request, expected: str | None, headers: Mapping[str, str] | None = None) -> None:
     """For HTTP endpoints that serve video: 401 unless the bearer token (or ?token=) matches."""
     if not expected:
         return
@@ -39,8 +42,24 @@ def require_token(request: web.Request, expected: str | None) -> None:
     if not token_matches(expected, given):
         raise web.HTTPUnauthorized(
             text="unauthorized: this server needs a token (Authorization: Bearer TOKEN)\n",
-            headers={"WWW-Authenticate": 'Bearer realm="camtrack"'},
+            headers={"WWW-Authenticate": 'Bearer realm="camtrack"', **(headers or {})},
         )
+
+
+def find_camera(request: web.Request, cameras: Cameras, token: str | None, name: str | None, *,
+                headers: Mapping[str, str] | None = None, auth_later: bool = False) -> Camera:
+    """The camera a request for video names, checked in one order everywhere: the token (401),
+    then the camera (404; `name` None is the first camera).
+
+    With `auth_later` (the websocket, whose client may send its token in an `auth` message) a
+    missing token passes, a wrong one in the URL does not.
+    """
+    if not (auth_later and "token" not in request.query and not bearer_token(request)):
+        require_token(request, token, headers)
+    camera = cameras.get(name)
+    if camera is None:
+        raise web.HTTPNotFound(text=f"no camera {clip_repr(name)}\n", headers=headers)
+    return camera
 
 
 def origin_allowed(request: web.Request, allowed: list[str]) -> bool:

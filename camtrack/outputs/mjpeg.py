@@ -20,11 +20,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..access import require_token
+from ..access import find_camera
 from ..cameras import Camera, Cameras
 from ..config import Config
 from ..connections import gone
-from ..logs import ClientLog, clip_repr
+from ..logs import ClientLog
 from ..media.feeds import FeedClosed, Transport
 from ..media.jpeg import Jpeg
 from ..media.ring import Read
@@ -93,12 +93,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
     """`/mjpeg`, `/snapshot.jpg` (the first camera) and the same under `/cameras/{name}/`."""
 
     def camera_of(request: web.Request) -> Camera:
-        require_token(request, config.token)
-        name = request.match_info.get("name")
-        camera = cameras.get(name)
-        if camera is None:
-            raise web.HTTPNotFound(text=f"no camera {clip_repr(name)}\n")
-        return camera
+        return find_camera(request, cameras, config.token, request.match_info.get("name"))
 
     async def mjpeg(request: web.Request) -> web.StreamResponse:
         camera = camera_of(request)

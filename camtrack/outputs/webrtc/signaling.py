@@ -26,7 +26,6 @@ import asyncio
 import json
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,11 +33,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
-from ...access import origin_allowed, token_matches
+from ...access import bearer_token, find_camera, origin_allowed, token_matches
 from ...cameras import Camera, Cameras
 from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
 from ...media.feeds import Transport
+from ...ratelimit import TokenBucket
 from .ice import ice_servers_json
 from .peer import OfferError, Peer
 
@@ -65,24 +65,6 @@ MAX_ERROR = 300
 
 class ProtocolError(ValueError):
     """A message the server cannot use; sent back as an error message."""
-
-
-class TokenBucket:
-    """Allows `burst` events at once and `rate` a second after that."""
-
-    def __init__(self, burst: int, rate: float) -> None:
-        self.capacity, self.rate = float(burst), rate
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class Session:
@@ -355,14 +337,13 @@ def websocket_handler(config: Config, cameras: Cameras) -> Callable[[web.Request
         if not origin_allowed(request, config.allow_origins):
             log.warning(remote, "refused websocket from %s: origin %s not allowed", remote, request.headers.get("Origin"))
             raise web.HTTPForbidden(text="origin not allowed (see --allow-origin)\n")
-        query_token = request.query.get("token")
-        if query_token is not None and not token_matches(config.token, query_token):
+        try:
+            camera = find_camera(request, cameras, config.token, request.query.get("camera"), auth_later=True)
+        except web.HTTPUnauthorized:
             log.warning(remote, "refused websocket from %s: wrong token", remote)
-            raise web.HTTPUnauthorized(text="unauthorized: wrong token\n")
-        camera = cameras.get(request.query.get("camera"))
-        if camera is None:
-            raise web.HTTPNotFound(text=f"no camera {clip_repr(request.query.get('camera'))}\n")
-        authorized = not config.token or query_token is not None
+            raise
+        # (a token that came with the request was checked above; else the client sends an auth message)
+        authorized = not config.token or "token" in request.query or bearer_token(request) is not None
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE, writer_limit=WRITE_BUFFER)
         await ws.prepare(request)
         transport = request.transport

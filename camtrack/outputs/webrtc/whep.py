@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ...access import cors_headers, require_token
+from ...access import cors_headers, find_camera
 from ...cameras import Camera, Cameras
 from ...config import Config
 from ...connections import read_body
@@ -95,15 +95,13 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         return cors_headers(request, config.allow_origins, **EXPOSE)
 
     def camera_of(request: web.Request, CORS: dict[str, str]) -> Camera:
-        name = request.match_info.get("name")
-        camera = cameras.get(name)
-        if camera is None:
-            raise web.HTTPNotFound(text=f"no camera {clip(repr(name))}\n", headers=CORS)
-        return camera
+        return find_camera(request, cameras, config.token, request.match_info.get("name"), headers=CORS)
 
     async def options(request: web.Request) -> web.Response:
         CORS = cors(request)
-        camera_of(request, CORS)
+        # a preflight carries no credentials (browsers never send them with one): only the camera
+        if cameras.get(request.match_info.get("name")) is None:
+            raise web.HTTPNotFound(text="no such camera\n", headers=CORS)
         return web.Response(status=204, headers={
             **CORS,
             "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
@@ -116,11 +114,6 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
     async def post(request: web.Request) -> web.Response:
         CORS = cors(request)
         camera = camera_of(request, CORS)
-        try:
-            require_token(request, config.token)
-        except web.HTTPUnauthorized as exc:
-            exc.headers.update(CORS)
-            raise
         if request.content_type != "application/sdp":
             raise web.HTTPUnsupportedMediaType(text="an offer must be Content-Type: application/sdp\n", headers=CORS)
         # the whole body, however many TCP segments it came in, within a size and a time
@@ -162,11 +155,6 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         session = sessions.get(request.match_info["id"])
         if session is None or session.camera is not camera:
             raise web.HTTPNotFound(text="no such WHEP session\n", headers=CORS)
-        try:
-            require_token(request, config.token)
-        except web.HTTPUnauthorized as exc:
-            exc.headers.update(CORS)
-            raise
         session.end("DELETE")
         await session.closed()
         return web.Response(status=200, headers=CORS)
