@@ -87,7 +87,7 @@ def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settin
     if setting.repeatable:
         how.update(action="append", default=list(default))
     else:
-        # int | None is an int on the command line; argparse converts only what is not the default
+        # an `int | None` option is an int when given; a str one needs no conversion (type None)
         kind = next((k for k in (int, float) if setting.kind in (k, k | None)), None)
         how.update(type=kind, default=default)
     parser.add_argument(setting.flag, **how)
