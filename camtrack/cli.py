@@ -15,14 +15,14 @@ import stat
 import sys
 import threading
 import tomllib
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import ifaddr
 from aiohttp import web
 
 from . import connections
 from .app import CONFIG, create_app
-from .config import CODECS, ENCODERS, Config, real, strings, text, whole
+from .config import Config, Setting, settings, text, typed
 from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
 from .redaction import install_log_redaction
 from .sources import SourceError, check_source, redact, resolve_auto
@@ -57,6 +57,7 @@ def fail(parser: argparse.ArgumentParser, message: str, status: int = 2) -> NoRe
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: --config, --camera and --help, then one flag per declared option (camtrack.config)."""
     parser = Parser(
         prog="camtrack",
         description="Stream a camera to web browsers over WebRTC.",
@@ -64,88 +65,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE",
                         help="read options from this TOML file: any option below as a top-level key "
                              "(ice-server = [\"stun:...\"] for repeatable ones), and cameras as "
-                             "[cameras.NAME] tables with source, width, height, fps, codec, bitrate, "
-                             "keyframe-interval, max-viewers; the command line wins")
+                             f"[cameras.NAME] tables with {', '.join(CAMERA_KEYS)}; the command line wins")
     parser.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
                         help="a named camera, repeatable (URLs /cameras/NAME/..., /ws?camera=NAME); "
                              "without any, one camera named 'default' from --source")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all, 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
-    parser.add_argument(
-        "--source", default="auto",
-        help="camera index or /dev/videoN, a video file, a stream URL (rtsp://, http://), "
-             "'pattern' for the built-in test pattern, or 'auto' (default): camera 0 if it opens, else pattern")
-    parser.add_argument("--width", type=int, default=640, help="frame width (default: 640)")
-    parser.add_argument("--height", type=int, default=480, help="frame height (default: 480)")
-    parser.add_argument("--fps", type=float, default=30.0, help="frames per second (default: 30)")
-    parser.add_argument("--codec", choices=CODECS, default="h264",
-                        help="video codec sent to viewers (default: h264, constrained baseline)")
-    parser.add_argument("--encoder", choices=ENCODERS, default="shared",
-                        help="'shared' (default): each frame encoded once for every viewer; "
-                             "'per-viewer': aiortc encodes for each viewer, with its own congestion control")
-    parser.add_argument("--bitrate", type=int, default=1_000_000, metavar="BPS",
-                        help="target bitrate of the shared encoder in bit/s (default: 1000000)")
-    parser.add_argument("--keyframe-interval", type=float, default=2.0, metavar="SECONDS",
-                        help="seconds between periodic keyframes of the shared encoder (default: 2)")
-    parser.add_argument("--ice-server", action="append", default=[], metavar="URL",
-                        help="STUN/TURN server, repeatable: stun:HOST:PORT or turn:USER:PASS@HOST:PORT "
-                             "(default: none, host candidates only, for a LAN)")
-    parser.add_argument("--ice-address", action="append", default=[], metavar="ADDR",
-                        help="offer only this local IP address or interface as a host candidate, repeatable "
-                             "(default: all the machine's addresses)")
-    parser.add_argument("--max-viewers", type=int, default=0, metavar="N",
-                        help="at most N viewers at once; the next gets 'server full' (default: 0, no limit)")
-    parser.add_argument("--negotiation-timeout", type=float, default=15.0, metavar="SECONDS",
-                        help="close a peer that has not connected within this time (default: 15)")
-    parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="close a websocket that has sent no offer within this time (default: 30)")
-    parser.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="close a connection that has not sent a request's headers (or a WHEP offer) "
-                             "within this time, and idle keep-alive connections (default: 10)")
-    parser.add_argument("--max-connections", type=int, default=0, metavar="N",
-                        help="at most N HTTP connections at once (default: 0, half the open-file limit, at most "
-                             "4096); at the cap a new one closes the one that waited longest without a request")
-    parser.add_argument("--max-pending", type=int, default=64, metavar="N",
-                        help="at most N sessions that are not viewers yet (default: 64); one more closes the "
-                             "oldest of the client with the most")
-    parser.add_argument("--token", default=os.environ.get("CAMTRACK_TOKEN") or None,
-                        help="require this token to watch (default: $CAMTRACK_TOKEN, else none); "
-                             "the page takes it from its own URL, /?token=...")
-    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                        help="let pages from this origin (https://host:port) open the websocket, repeatable; "
-                             "same-origin pages and non-browser clients are always allowed")
-    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                        help="also answer requests for this host name (the Host header), repeatable; the machine's "
-                             "own names and addresses always work; '*' for any (no DNS-rebinding protection)")
-    parser.add_argument("--cert", help="TLS certificate file (PEM): serve HTTPS and WSS")
-    parser.add_argument("--key", help="TLS private key file (PEM), with --cert")
-    parser.add_argument("--mjpeg-fps", type=float, default=15.0, metavar="FPS",
-                        help="most frames a second an MJPEG client gets (default: 15; a client may ask "
-                             "for fewer with ?fps=)")
-    parser.add_argument("--jpeg-quality", type=int, default=80, metavar="Q",
-                        help="JPEG quality of MJPEG and snapshots, 1-100 (default: 80; ?quality= per request)")
-    parser.add_argument("--publish", metavar="janus:URL",
-                        help="also publish every camera to a Janus VideoRoom, e.g. janus:http://HOST:8088/janus "
-                             "(the shared encoder's packets, one upstream stream; retried until it works)")
-    parser.add_argument("--janus-room", type=int, metavar="N", help="the VideoRoom to publish in (with --publish)")
-    parser.add_argument("--janus-pin", metavar="PIN", help="the room's pin, if it has one")
-    parser.add_argument("--janus-display", metavar="NAME",
-                        help="the publisher's display name in the room (default: the camera's name)")
-    parser.add_argument("--linger", type=float, default=3.0,
-                        help="seconds the source stays open after the last viewer leaves (default: 3)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="log level (default: info)")
+    cameras = parser.add_argument_group(
+        "camera options", "every camera's, unless a [cameras.NAME] table of the config file sets one for that camera "
+                          "(--max-viewers counts all cameras together; max-viewers in a table, that camera)")
+    # the server's own first, as --help and its usage line list them
+    for setting in sorted(OPTIONS, key=lambda setting: setting.per_camera):
+        add_option(cameras if setting.per_camera else parser, setting)
     return parser
 
 
-#: keys a [cameras.NAME] table of the config file may have
-CAMERA_KEYS = {"source", "width", "height", "fps", "codec", "bitrate", "keyframe_interval", "max_viewers",
-               "publish", "janus_room", "janus_pin", "janus_display"}
-#: options that only make sense on the command line
-NOT_IN_FILE = {"config", "camera", "help"}
+def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, setting: Setting) -> None:
+    """The flag of one declared option, its type and default those of its settings field."""
+    how: dict[str, Any] = {"help": setting.help, "metavar": setting.option.metavar, "choices": setting.option.choices}
+    default = setting.default
+    if setting.option.env:
+        default = os.environ.get(setting.option.env) or default
+    if setting.repeatable:
+        how.update(action="append", default=list(default))
+    else:
+        # an `int | None` option is an int when given; a str one needs no conversion (type None)
+        kind = next((k for k in (int, float) if setting.kind in (k, k | None)), None)
+        how.update(type=kind, default=default)
+    parser.add_argument(setting.flag, **how)
 
 
-def read_config_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict, dict[str, dict]]:
+#: the declared options that the command line and the config file have, server-wide
+OPTIONS = tuple(setting for setting in settings(Config) if setting.option.command_line)
+#: those a [cameras.NAME] table of the config file may set too, by their config file key
+CAMERA_OPTIONS = {setting.dest: setting for setting in OPTIONS if setting.per_camera}
+#: the keys of a [cameras.NAME] table: its source, and the per-camera options
+CAMERA_KEYS = ("source", *(dest.replace("_", "-") for dest in CAMERA_OPTIONS))
+
+
+def read_config_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The options and the [cameras.NAME] tables of a TOML config file, each of its option's type."""
     where = f"config file {path}"
     try:
@@ -172,56 +128,55 @@ def read_config_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict, 
         fail(parser, f"{where}: {exc}")
     except RecursionError:
         fail(parser, f"{where}: nested too deeply")
-    actions = {action.dest: action for action in parser._actions if action.dest not in NOT_IN_FILE}
+    # a key is an option's flag without "--", with "-" or "_" alike
+    known = {setting.dest: setting for setting in OPTIONS}
     cameras = data.pop("cameras", {})
-    options = {}
+    options: dict[str, Any] = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
-        if dest not in actions:
+        if dest not in known:
             fail(parser, f"{where}: unknown option {key!r}")
-        options[dest] = file_value(parser, where, actions[dest], key, value)
+        options[dest] = file_value(parser, where, known[dest], key, value)
     if not isinstance(cameras, dict) or not all(isinstance(t, dict) for t in cameras.values()):
         fail(parser, f"{where}: cameras must be [cameras.NAME] tables")
+    tables: dict[str, dict[str, Any]] = {}
     for name, table in cameras.items():
-        table = {k.replace("-", "_"): (k, v) for k, v in table.items()}
-        unknown = set(table) - CAMERA_KEYS
-        if unknown or "source" not in table:
-            problem = f"unknown key {table[sorted(unknown)[0]][0]!r}" if unknown else "needs a source"
+        keys = {k.replace("-", "_"): (k, v) for k, v in table.items()}
+        unknown = set(keys) - {"source", *CAMERA_OPTIONS}
+        if unknown or "source" not in keys:
+            problem = f"unknown key {keys[sorted(unknown)[0]][0]!r}" if unknown else "needs a source"
             fail(parser, f"{where}: camera {name!r} {problem}")
-        cameras[name] = {dest: file_value(parser, f"{where}: camera {name!r}", actions[dest], key, value)
-                         for dest, (key, value) in table.items()}
-    return options, cameras
+        tables[name] = {dest: file_value(parser, f"{where}: camera {name!r}", CAMERA_OPTIONS.get(dest), key, value)
+                        for dest, (key, value) in keys.items()}
+    return options, tables
 
 
-def file_value(parser: argparse.ArgumentParser, where: str, action: argparse.Action, key: str, value: object) -> object:
-    """`value` of `key` in a config file if it has the type of its option's command-line value.
+def file_value(parser: argparse.ArgumentParser, where: str, setting: Setting | None, key: str, value: object) -> object:
+    """`value` of `key` in a config file if it has the declared type of its option (`None`: a camera's source).
 
     argparse converts only strings, and a file gives any TOML type: `width = 640.0`, `codec = 5`,
-    `token = 123456` or `fps = true` must be errors here, not tracebacks (or a 500) later.
+    `token = 123456` or `fps = true` must be errors here, not tracebacks (or a 500) later. The
+    message names the key as the file spells it; the range checks come later, from the settings objects.
     """
     try:
-        if isinstance(action, argparse._AppendAction):
-            return strings(key, value)
-        if action.type is int:
-            value = whole(key, value)
-        elif action.type is float:
-            value = real(key, value)
-        else:
-            value = text(key, value)
-        if action.choices is not None and str(value).lower() not in action.choices:
-            raise ValueError(f"{key} must be one of {', '.join(action.choices)}, not {value!r}")
+        if setting is None:
+            return text(key, value)
+        value = typed(key, value, setting.kind)
+        choices = setting.option.choices
+        if choices is not None and str(value).lower() not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
         return value
     except ValueError as exc:
         fail(parser, f"{where}: {exc}")
 
 
-def parse(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, dict[str, dict]]:
+def parse(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, dict[str, dict[str, Any]]]:
     """Command line over config file over defaults; returns the cameras too."""
     parser = build_parser()
     pre = Parser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    cameras: dict[str, dict] = {}
+    cameras: dict[str, dict[str, Any]] = {}
     if known.config:
         options, cameras = read_config_file(known.config, parser)
         parser.set_defaults(**options)
@@ -229,9 +184,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Nam
     if known.config:
         # a repeatable option given on the command line replaces the file's list, not extends it
         given = build_parser().parse_args(argv)
-        for action in parser._actions:
-            if isinstance(action, argparse._AppendAction) and getattr(given, action.dest):
-                setattr(args, action.dest, getattr(given, action.dest))
+        for setting in OPTIONS:
+            if setting.repeatable and getattr(given, setting.dest):
+                setattr(args, setting.dest, getattr(given, setting.dest))
     given_names: set[str] = set()
     for item in args.camera:
         name, sep, source = item.partition("=")
@@ -245,23 +200,16 @@ def parse(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Nam
     return parser, args, cameras
 
 
-def config_from_args(args: argparse.Namespace, cameras: dict[str, dict] | None = None) -> Config:
-    config = Config(
-        host=args.host, port=args.port, source=args.source, width=args.width, height=args.height,
-        fps=args.fps, codec=args.codec, encoder=args.encoder, bitrate=args.bitrate,
-        keyframe_interval=args.keyframe_interval, ice_servers=list(args.ice_server),
-        ice_addresses=list(args.ice_address), linger=args.linger, log_level=args.log_level,
-        max_viewers=args.max_viewers, negotiation_timeout=args.negotiation_timeout,
-        idle_timeout=args.idle_timeout, token=args.token, allow_origins=list(args.allow_origin),
-        allow_hosts=list(args.allow_host), header_timeout=args.header_timeout,
-        max_connections=args.max_connections, max_pending=args.max_pending,
-        cert=args.cert, key=args.key, mjpeg_fps=args.mjpeg_fps, jpeg_quality=args.jpeg_quality,
-        publish=args.publish, janus_room=args.janus_room, janus_pin=args.janus_pin,
-        janus_display=args.janus_display,
-    )
+def config_from_args(args: argparse.Namespace, cameras: dict[str, dict[str, Any]] | None = None) -> Config:
+    # a list is copied: the Config must not share it with the parser's defaults
+    values: dict[str, Any] = {}
+    for setting in OPTIONS:
+        value = getattr(args, setting.dest)
+        values[setting.name] = list(value) if setting.repeatable else value
+    config = Config(**values)
     if cameras:
         config = dataclasses.replace(config, cameras=[
-            config.camera(name, **settings) for name, settings in cameras.items()])
+            config.camera(name, **table) for name, table in cameras.items()])
     return config
 
 

@@ -1,14 +1,27 @@
-"""One settings object for the whole server."""
+"""One settings object for the whole server, and the one declaration of every option.
+
+Each option is a field of `CameraSettings` (the per-camera ones) or of `Config` (the server's), and
+its field's `metadata` holds an `Option`: help, validation, flag, and so on. The field itself gives
+the name, the type and the default. The command line (`cli.build_parser`), the config file's keys
+and their types (`cli.read_config_file`), `cli.config_from_args`, each camera's defaults
+(`Config.camera`) and the checks of `__post_init__` are all derived from these fields, so adding an
+option is adding a field.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: the largest frame: 8K UHD
 MAX_WIDTH, MAX_HEIGHT = 7680, 4320
@@ -20,7 +33,6 @@ MAX_VIEWERS = 10_000
 STATIC_DIR = next((p for p in (Path(__file__).resolve().parent.parent / "static",
                                Path(__file__).resolve().parent / "static") if (p / "index.html").is_file()),
                   Path(__file__).resolve().parent.parent / "static")
-
 
 def whole(what: str, value: object) -> int:
     """`value` if it is an int (a bool is not one: TOML `true` must not pass as 1), else ValueError."""
@@ -36,10 +48,8 @@ def real(what: str, value: object) -> float:
     return value
 
 
-def text(what: str, value: object, optional: bool = False) -> str | None:
-    """`value` if it is a string (or None when `optional`), else ValueError."""
-    if value is None and optional:
-        return None
+def text(what: str, value: object) -> str:
+    """`value` if it is a string, else ValueError."""
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, not {value!r}")
     return value
@@ -52,34 +62,219 @@ def strings(what: str, value: object) -> list[str]:
     return value
 
 
-def seconds(what: str, value: object, positive: bool = True) -> float:
-    """A finite duration, more than 0 (or at least 0 unless `positive`), at most MAX_SECONDS."""
-    value = real(what, value)
-    if not (value > 0 if positive else value >= 0) or value > MAX_SECONDS:
-        raise ValueError(f"{what} must be {'positive' if positive else '0 or more'} and at most "
-                         f"{MAX_SECONDS:g} s, not {value!r}")
+def typed(what: str, value: object, kind: object) -> object:
+    """`value` if it has the declared type `kind` of an option, else ValueError saying what it should be.
+
+    A config file can put any TOML type anywhere, and a Config can be built by any code: a wrong type
+    must be a one-line error before it reaches a comparison (or a 500 later).
+    """
+    if kind is int:
+        return whole(what, value)
+    if kind is float:
+        return real(what, value)
+    if kind is str:
+        return text(what, value)
+    if kind == list[str]:
+        return strings(what, value)
+    # `X | None`: the only unions an option may have
+    if isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind):
+        if value is None:
+            return None
+        (inner,) = (arg for arg in typing.get_args(kind) if arg is not type(None))
+        return typed(what, value, inner)
+    raise TypeError(f"an option of type {kind!r} has no check")  # a declaration mistake, caught by the tests
+
+
+#: checks the value of an option of the right type (and not None): returns it (normalised) or raises
+#: ValueError; its first argument is the option's name in messages
+Check = Callable[[str, Any], Any]
+
+
+def between(low: float, high: float, says: str, above: bool = False) -> Check:
+    """`low` <= value <= `high` (`low` < value if `above`), else "`name` must be `says`, not `value`"."""
+    def check(what: str, value: Any) -> Any:
+        if not (value > low if above else value >= low) or value > high:
+            raise ValueError(f"{what} must be {says}, not {value}")
+        return value
+    return check
+
+
+def one_of(choices: tuple[str, ...], fold: bool = False) -> Check:
+    """One of `choices` (lower-cased first if `fold`)."""
+    def check(what: str, value: Any) -> Any:
+        value = value.lower() if fold else value
+        if value not in choices:
+            raise ValueError(f"{what} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+    return check
+
+
+def seconds(positive: bool = True) -> Check:
+    """A duration more than 0 (or at least 0 unless `positive`), at most MAX_SECONDS."""
+    return between(0, MAX_SECONDS, f"{'positive' if positive else '0 or more'} and at most {MAX_SECONDS:g} s",
+                   above=positive)
+
+
+def token_check(what: str, value: Any) -> Any:
+    # an empty token would silently mean "no token"; whitespace cannot travel in a bearer header;
+    # and the message must not repeat the value: it is a secret
+    if (not value or not value.isprintable() or any(c.isspace() for c in value)):
+        raise ValueError(f"{what} must be a non-empty string without spaces or control characters")
     return value
 
 
+def publish_check(what: str, value: Any) -> Any:
+    if not value.startswith("janus:http"):
+        raise ValueError(f"{what} must look like janus:http://HOST:8088/janus, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one settings field is an option: what the dataclass field cannot say itself."""
+
+    #: the --help text; "{default}" in it becomes the declared default
+    help: str
+    #: validation beyond the declared type (which is always checked)
+    check: Check | None = None
+    #: the option's name in error messages; default: the field's name with spaces
+    label: str | None = None
+    #: the command-line flag; default: --field-name. Its name without "--" is the config file's key
+    flag: str | None = None
+    metavar: str | None = None
+    #: the values the command line and the config file accept (the config file ignoring case)
+    choices: tuple[str, ...] | None = None
+    #: an environment variable that gives the command line's default
+    env: str | None = None
+    #: False for a setting only code may change (no flag, no config file key)
+    command_line: bool = True
+    #: for a per-camera option: whether the server-wide value is every camera's default
+    #: (max-viewers is not: on the command line it limits all cameras together)
+    camera_default: bool = True
+
+
+OPTION = "camtrack.option"
+
+
+def option(help: str, **how: Any) -> Mapping[str, Option]:
+    """The metadata of a settings field that is an option: `field(default=..., metadata=option(...))`."""
+    return {OPTION: Option(help, **how)}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared option as the parser, the config file and the checks see it."""
+
+    name: str
+    kind: object
+    default: Any
+    option: Option
+    per_camera: bool
+
+    @property
+    def flag(self) -> str:
+        return self.option.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        """Its name in argparse's namespace and, "-" or "_" alike, in the config file."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def label(self) -> str:
+        return self.option.label or self.name.replace("_", " ")
+
+    @property
+    def repeatable(self) -> bool:
+        return self.kind == list[str]
+
+    @property
+    def help(self) -> str:
+        default = self.default
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return self.option.help.replace("{default}", shown)
+
+
+def default_of(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+#: settings() of each class asked about: every Config and CameraConfig checks its options with them
+_SETTINGS: dict[type, tuple[Setting, ...]] = {}
+
+
+def settings(cls: type) -> tuple[Setting, ...]:
+    """The options of a settings dataclass, in declaration order (inherited ones first)."""
+    if cls not in _SETTINGS:
+        # the annotations are strings (from __future__ import annotations): get_type_hints evaluates them
+        kinds = typing.get_type_hints(cls)
+        per_camera = {f.name for f in fields(CameraSettings)}
+        _SETTINGS[cls] = tuple(Setting(f.name, kinds[f.name], default_of(f), f.metadata[OPTION], f.name in per_camera)
+                               for f in fields(cls) if OPTION in f.metadata)
+    return _SETTINGS[cls]
+
+
+def check_options(settings_object: CameraSettings) -> None:
+    """Check (and normalise) every declared option of `settings_object`: its type, then its own check."""
+    for setting in settings(type(settings_object)):
+        value = typed(setting.label, getattr(settings_object, setting.name), setting.kind)
+        # None is "not set" (an optional option's default): nothing to check
+        if setting.option.check is not None and value is not None:
+            value = setting.option.check(setting.label, value)
+        setattr(settings_object, setting.name, value)
+
+
+# kw_only: a camera's name and source come first, positionally, in CameraConfig("porch", "/dev/video0")
+@dataclass(kw_only=True)
+class CameraSettings:
+    """The options each camera may set: in a [cameras.NAME] table, or for every camera at the top level
+    of the config file and on the command line."""
+
+    width: int = field(default=640, metadata=option("frame width (default: {default})"))
+    height: int = field(default=480, metadata=option("frame height (default: {default})"))
+    # below 0.1 fps the pacer sleeps for minutes and the page looks dead
+    fps: float = field(default=30.0, metadata=option(
+        "frames per second (default: {default})", check=between(0.1, 120, "between 0 and 120 (at least 0.1)")))
+    codec: str = field(default="h264", metadata=option(
+        "video codec sent to viewers (default: {default}, constrained baseline)",
+        choices=CODECS, check=one_of(CODECS, fold=True)))
+    #: target bitrate of the shared encoder, bits per second
+    bitrate: int = field(default=1_000_000, metadata=option(
+        "target bitrate of the shared encoder in bit/s (default: {default})", metavar="BPS",
+        check=between(50_000, 50_000_000, "between 50000 and 50000000 bit/s")))
+    #: seconds between periodic keyframes of the shared encoder
+    keyframe_interval: float = field(default=2.0, metadata=option(
+        "seconds between periodic keyframes of the shared encoder (default: {default})", metavar="SECONDS",
+        check=between(0, 600, "positive and at most 600 s", above=True)))
+    #: at most this many viewers at once, over every transport: of the server (Config), of a camera
+    #: (CameraConfig); 0: no limit
+    max_viewers: int = field(default=0, metadata=option(
+        "at most N viewers at once; the next gets 'server full' (default: 0, no limit)", metavar="N",
+        check=between(0, MAX_VIEWERS, f"0 (no limit) or more, at most {MAX_VIEWERS}"), camera_default=False))
+    #: publish to a Janus VideoRoom: "janus:http://HOST:8088/janus", its room, pin and display name
+    publish: str | None = field(default=None, metadata=option(
+        "also publish every camera to a Janus VideoRoom, e.g. janus:http://HOST:8088/janus "
+        "(the shared encoder's packets, one upstream stream; retried until it works)",
+        metavar="janus:URL", check=publish_check))
+    # Janus keeps room ids as signed 64-bit integers and has no room 0
+    janus_room: int | None = field(default=None, metadata=option(
+        "the VideoRoom to publish in (with --publish)", metavar="N",
+        check=between(1, 2**63 - 1, f"between 1 and {2**63 - 1}")))
+    janus_pin: str | None = field(default=None, metadata=option("the room's pin, if it has one", metavar="PIN"))
+    janus_display: str | None = field(default=None, metadata=option(
+        "the publisher's display name in the room (default: the camera's name)", metavar="NAME"))
+
+
 @dataclass
-class CameraConfig:
+class CameraConfig(CameraSettings):
     """One camera: its name (in URLs), its source and how it is encoded."""
 
     name: str
     source: str
-    width: int = 640
-    height: int = 480
-    fps: float = 30.0
-    codec: str = "h264"
-    bitrate: int = 1_000_000
-    keyframe_interval: float = 2.0
-    #: at most this many viewers of this camera at once, over every transport; 0: no limit
-    max_viewers: int = 0
-    #: publish to a Janus VideoRoom: "janus:http://HOST:8088/janus", its room, pin and display name
-    publish: str | None = None
-    janus_room: int | None = None
-    janus_pin: str | None = None
-    janus_display: str | None = None
 
     def __post_init__(self) -> None:
         # types first: a TOML file can put any type anywhere, and a wrong one must not reach a comparison
@@ -87,33 +282,12 @@ class CameraConfig:
             raise ValueError(f"camera name {self.name!r} must be letters, digits, '-' or '_'")
         if not text("source", self.source):
             raise ValueError("source must not be empty")
-        self.codec = text("codec", self.codec).lower()
-        if self.codec not in CODECS:
-            raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {self.codec!r}")
-        width, height = whole("width", self.width), whole("height", self.height)
-        if not (0 < width <= MAX_WIDTH and 0 < height <= MAX_HEIGHT) or width % 2 or height % 2:
+        check_options(self)
+        if not (0 < self.width <= MAX_WIDTH and 0 < self.height <= MAX_HEIGHT) or self.width % 2 or self.height % 2:
             raise ValueError(f"width and height must be even and positive, at most {MAX_WIDTH}x{MAX_HEIGHT}, "
-                             f"not {width}x{height}")
-        # below 0.1 fps the pacer sleeps for minutes and the page looks dead
-        if not 0.1 <= real("fps", self.fps) <= 120:
-            raise ValueError(f"fps must be between 0 and 120 (at least 0.1), not {self.fps}")
-        if not 50_000 <= whole("bitrate", self.bitrate) <= 50_000_000:
-            raise ValueError(f"bitrate must be between 50000 and 50000000 bit/s, not {self.bitrate}")
-        if not 0 < real("keyframe interval", self.keyframe_interval) <= 600:
-            raise ValueError(f"keyframe interval must be positive and at most 600 s, not {self.keyframe_interval}")
-        if not 0 <= whole("max viewers", self.max_viewers) <= MAX_VIEWERS:
-            raise ValueError(f"max viewers must be 0 (no limit) or more, at most {MAX_VIEWERS}, not {self.max_viewers}")
-        text("publish", self.publish, optional=True)
-        text("janus pin", self.janus_pin, optional=True)
-        text("janus display", self.janus_display, optional=True)
-        # Janus keeps room ids as signed 64-bit integers and has no room 0
-        if self.janus_room is not None and not 0 < whole("janus room", self.janus_room) < 2**63:
-            raise ValueError(f"janus room must be between 1 and {2**63 - 1}, not {self.janus_room}")
-        if self.publish is not None:
-            if not self.publish.startswith("janus:http"):
-                raise ValueError(f"publish must look like janus:http://HOST:8088/janus, not {self.publish!r}")
-            if self.janus_room is None:
-                raise ValueError("publishing to Janus needs a room (--janus-room)")
+                             f"not {self.width}x{self.height}")
+        if self.publish is not None and self.janus_room is None:
+            raise ValueError("publishing to Janus needs a room (--janus-room)")
 
     @property
     def janus_url(self) -> str | None:
@@ -122,98 +296,96 @@ class CameraConfig:
 
 
 @dataclass
-class Config:
-    """Everything a camtrack server is built from; `create_app(config)` reads nothing else."""
+class Config(CameraSettings):
+    """Everything a camtrack server is built from; `create_app(config)` reads nothing else.
 
-    host: str = "0.0.0.0"
-    port: int = 8080
-    source: str = "auto"
-    width: int = 640
-    height: int = 480
-    fps: float = 30.0
-    codec: str = "h264"
+    The per-camera options (CameraSettings) are the defaults of every camera (but max_viewers).
+    """
+
+    host: str = field(default="0.0.0.0", metadata=option("address to listen on (default: all, {default})"))
+    # 0 asks the system for a free port (tests do); the command line insists on 1..65535
+    port: int = field(default=8080, metadata=option(
+        "port to listen on (default: {default})", check=between(0, 65535, "between 1 and 65535")))
+    #: the source of the camera named "default", when there is no other camera
+    source: str = field(default="auto", metadata=option(
+        "camera index or /dev/videoN, a video file, a stream URL (rtsp://, http://), "
+        "'pattern' for the built-in test pattern, or 'auto' (default): camera 0 if it opens, else pattern"))
     #: "shared": one encoder for every viewer; "per-viewer": aiortc encodes for each
-    encoder: str = "shared"
-    #: target bitrate of the shared encoder, bits per second
-    bitrate: int = 1_000_000
-    #: seconds between periodic keyframes of the shared encoder
-    keyframe_interval: float = 2.0
-    ice_servers: list[str] = field(default_factory=list)
-    ice_addresses: list[str] = field(default_factory=list)
-    #: seconds a source stays open after its last viewer leaves
-    linger: float = 3.0
-    #: seconds a peer may stay "disconnected" before it is closed
-    disconnect_timeout: float = 10.0
-    #: at most this many viewers (websockets) at once; 0 means no limit
-    max_viewers: int = 0
+    encoder: str = field(default="shared", metadata=option(
+        "'shared' (default): each frame encoded once for every viewer; "
+        "'per-viewer': aiortc encodes for each viewer, with its own congestion control",
+        choices=ENCODERS, check=one_of(ENCODERS)))
+    ice_servers: list[str] = field(default_factory=list, metadata=option(
+        "STUN/TURN server, repeatable: stun:HOST:PORT or turn:USER:PASS@HOST:PORT "
+        "(default: none, host candidates only, for a LAN)", flag="--ice-server", metavar="URL"))
+    ice_addresses: list[str] = field(default_factory=list, metadata=option(
+        "offer only this local IP address or interface as a host candidate, repeatable "
+        "(default: all the machine's addresses)", flag="--ice-address", metavar="ADDR"))
     #: seconds a peer may take to reach "connected" before it is closed
-    negotiation_timeout: float = 15.0
+    negotiation_timeout: float = field(default=15.0, metadata=option(
+        "close a peer that has not connected within this time (default: {default})", metavar="SECONDS",
+        check=seconds()))
     #: seconds a websocket may stay open with no peer (and say nothing useful) before it is closed
-    idle_timeout: float = 30.0
-    #: when set, watching needs this token (?token=, an "auth" message, or a bearer header)
-    token: str | None = None
-    #: origins, besides the server's own, whose pages may open the websocket ("*" for any)
-    allow_origins: list[str] = field(default_factory=list)
-    #: names, besides the machine's own names and addresses, that requests may carry in Host ("*" for any)
-    allow_hosts: list[str] = field(default_factory=list)
-    #: TLS certificate and key files; with both, the server speaks HTTPS/WSS
-    cert: str | None = None
-    key: str | None = None
-    #: publish every camera to Janus (cameras may override): see CameraConfig
-    publish: str | None = None
-    janus_room: int | None = None
-    janus_pin: str | None = None
-    janus_display: str | None = None
-    #: the cameras; when empty, one camera named "default" from the fields above
-    cameras: list[CameraConfig] = field(default_factory=list)
-    #: most frames a second an MJPEG client gets, and the JPEG quality it gets unless it asks
-    mjpeg_fps: float = 15.0
-    jpeg_quality: int = 80
-    log_level: str = "info"
-    static_dir: Path = STATIC_DIR
-    #: most HTTP connections open at once; 0: half the open-file limit (camtrack.connections)
-    max_connections: int = 0
+    idle_timeout: float = field(default=30.0, metadata=option(
+        "close a websocket that has sent no offer within this time (default: {default})", metavar="SECONDS",
+        check=seconds()))
     #: seconds a client has to send a request's headers (or a WHEP offer's body); idle keep-alive too
-    header_timeout: float = 10.0
+    header_timeout: float = field(default=10.0, metadata=option(
+        "close a connection that has not sent a request's headers (or a WHEP offer) "
+        "within this time, and idle keep-alive connections (default: {default})", metavar="SECONDS",
+        check=seconds()))
+    #: most HTTP connections open at once; 0: half the open-file limit (camtrack.connections)
+    max_connections: int = field(default=0, metadata=option(
+        "at most N HTTP connections at once (default: {default}, half the open-file limit, at most "
+        "4096); at the cap a new one closes the one that waited longest without a request", metavar="N",
+        check=between(0, 1_000_000, "0 (from the open-file limit) to 1000000")))
     #: most sessions that are not viewers yet (a websocket without a connected peer, a WHEP offer
     #: not connected yet); one more closes the oldest of the client with the most of them
-    max_pending: int = 64
+    max_pending: int = field(default=64, metadata=option(
+        "at most N sessions that are not viewers yet (default: {default}); one more closes the "
+        "oldest of the client with the most", metavar="N", check=between(1, 100_000, "between 1 and 100000")))
+    #: when set, watching needs this token (?token=, an "auth" message, or a bearer header)
+    token: str | None = field(default=None, metadata=option(
+        "require this token to watch (default: $CAMTRACK_TOKEN, else none); "
+        "the page takes it from its own URL, /?token=...", env="CAMTRACK_TOKEN", check=token_check))
+    #: origins, besides the server's own, whose pages may open the websocket ("*" for any)
+    allow_origins: list[str] = field(default_factory=list, metadata=option(
+        "let pages from this origin (https://host:port) open the websocket, repeatable; "
+        "same-origin pages and non-browser clients are always allowed",
+        flag="--allow-origin", metavar="ORIGIN", label="allowed origins"))
+    #: names, besides the machine's own names and addresses, that requests may carry in Host ("*" for any)
+    allow_hosts: list[str] = field(default_factory=list, metadata=option(
+        "also answer requests for this host name (the Host header), repeatable; the machine's "
+        "own names and addresses always work; '*' for any (no DNS-rebinding protection)",
+        flag="--allow-host", metavar="NAME", label="allowed hosts"))
+    #: TLS certificate and key files; with both, the server speaks HTTPS/WSS
+    cert: str | None = field(default=None, metadata=option("TLS certificate file (PEM): serve HTTPS and WSS"))
+    key: str | None = field(default=None, metadata=option("TLS private key file (PEM), with --cert"))
+    #: most frames a second an MJPEG client gets, and the JPEG quality it gets unless it asks
+    mjpeg_fps: float = field(default=15.0, metadata=option(
+        "most frames a second an MJPEG client gets (default: {default}; a client may ask for fewer with ?fps=)",
+        metavar="FPS", label="MJPEG fps", check=between(0.1, 120, "between 0.1 and 120")))
+    jpeg_quality: int = field(default=80, metadata=option(
+        "JPEG quality of MJPEG and snapshots, 1-100 (default: {default}; ?quality= per request)",
+        metavar="Q", label="JPEG quality", check=between(1, 100, "between 1 and 100")))
+    #: seconds a source stays open after its last viewer leaves
+    linger: float = field(default=3.0, metadata=option(
+        "seconds the source stays open after the last viewer leaves (default: {default})",
+        check=seconds(positive=False)))
+    # not checked against LOG_LEVELS here: the config file may say "WARNING", which logging takes too
+    log_level: str = field(default="info", metadata=option("log level (default: {default})", choices=LOG_LEVELS))
+    #: seconds a peer may stay "disconnected" before it is closed
+    disconnect_timeout: float = field(default=10.0, metadata=option(
+        "seconds a peer may stay 'disconnected' before it is closed", check=seconds(), command_line=False))
+    #: the cameras; when empty, one camera named "default" from the fields above
+    cameras: list[CameraConfig] = field(default_factory=list)
+    static_dir: Path = STATIC_DIR
 
     def __post_init__(self) -> None:
-        # the per-camera settings are checked by CameraConfig, the default camera's included
-        text("host", self.host)
-        # 0 asks the system for a free port (tests do); the command line insists on 1..65535
-        if not 0 <= whole("port", self.port) <= 65535:
-            raise ValueError(f"port must be between 1 and 65535, not {self.port}")
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
-        strings("ice servers", self.ice_servers)
-        strings("ice addresses", self.ice_addresses)
-        strings("allowed origins", self.allow_origins)
-        strings("allowed hosts", self.allow_hosts)
-        if not 0 <= whole("max connections", self.max_connections) <= 1_000_000:
-            raise ValueError(f"max connections must be 0 (from the open-file limit) to 1000000, not {self.max_connections}")
-        seconds("header timeout", self.header_timeout)
-        if not 1 <= whole("max pending", self.max_pending) <= 100_000:
-            raise ValueError(f"max pending must be between 1 and 100000, not {self.max_pending}")
-        seconds("linger", self.linger, positive=False)
-        seconds("disconnect timeout", self.disconnect_timeout)
-        seconds("negotiation timeout", self.negotiation_timeout)
-        seconds("idle timeout", self.idle_timeout)
-        if not 0 <= whole("max viewers", self.max_viewers) <= MAX_VIEWERS:
-            raise ValueError(f"max viewers must be 0 (no limit) or more, at most {MAX_VIEWERS}, not {self.max_viewers}")
-        # an empty token would silently mean "no token"; whitespace cannot travel in a bearer header
-        if text("token", self.token, optional=True) is not None and (
-                not self.token or not self.token.isprintable() or any(c.isspace() for c in self.token)):
-            raise ValueError("token must be a non-empty string without spaces or control characters")
-        text("cert", self.cert, optional=True)
-        text("key", self.key, optional=True)
+        # the per-camera settings are checked again by CameraConfig, the default camera's included
+        check_options(self)
         if bool(self.cert) != bool(self.key):
             raise ValueError("TLS needs both --cert and --key")
-        if not 0.1 <= real("MJPEG fps", self.mjpeg_fps) <= 120:
-            raise ValueError(f"MJPEG fps must be between 0.1 and 120, not {self.mjpeg_fps}")
-        if not 1 <= whole("JPEG quality", self.jpeg_quality) <= 100:
-            raise ValueError(f"JPEG quality must be between 1 and 100, not {self.jpeg_quality}")
         if not self.cameras:
             self.cameras = [self.camera("default", self.source)]
         if self.encoder != "shared" and any(c.publish for c in self.cameras):
@@ -222,9 +394,7 @@ class Config:
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must differ: {', '.join(names)}")
 
-    def camera(self, name: str, source: str, **settings) -> CameraConfig:
-        """A camera with this server's defaults for whatever `settings` leaves out."""
-        defaults = dict(width=self.width, height=self.height, fps=self.fps, codec=self.codec,
-                        bitrate=self.bitrate, keyframe_interval=self.keyframe_interval, publish=self.publish,
-                        janus_room=self.janus_room, janus_pin=self.janus_pin, janus_display=self.janus_display)
-        return CameraConfig(name=name, source=source, **{**defaults, **settings})
+    def camera(self, name: str, source: str, **overrides: Any) -> CameraConfig:
+        """A camera with this server's defaults for whatever `overrides` leaves out."""
+        defaults = {s.name: getattr(self, s.name) for s in settings(CameraSettings) if s.option.camera_default}
+        return CameraConfig(name=name, source=source, **{**defaults, **overrides})

@@ -1,0 +1,85 @@
+"""The one declaration of the options (camtrack.config) and what is derived from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from camtrack.cli import CAMERA_OPTIONS, OPTIONS, build_parser, config_from_args, parse
+from camtrack.config import CameraConfig, CameraSettings, Config, settings, typed
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the flags that are the command line's own, not settings
+COMMAND_LINE_ONLY = {"--help", "--config", "--camera"}
+
+
+def test_the_parser_has_a_flag_for_every_option_and_no_other():
+    flags = {flag for action in build_parser()._actions for flag in action.option_strings if flag.startswith("--")}
+    assert flags == {setting.flag for setting in OPTIONS} | COMMAND_LINE_ONLY
+
+
+def test_every_option_has_a_checked_type_and_a_valid_default():
+    for setting in settings(Config):
+        # a type typed() does not know is a declaration mistake: TypeError, not ValueError
+        assert typed(setting.label, setting.default, setting.kind) == setting.default, setting.name
+    Config()  # every default passes every check
+
+
+def test_the_per_camera_options_are_a_camera_tables_keys():
+    assert set(CAMERA_OPTIONS) == {f.name for f in dataclasses.fields(CameraSettings)}
+    assert {f.name for f in dataclasses.fields(CameraConfig)} == {"name", "source", *CAMERA_OPTIONS}
+
+
+def test_the_command_line_defaults_are_the_declared_ones(monkeypatch):
+    monkeypatch.delenv("CAMTRACK_TOKEN", raising=False)
+    _, args, cameras = parse([])
+    assert config_from_args(args, cameras) == Config()
+
+
+def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_path, monkeypatch):
+    """One value per option (not its default), once as a TOML key and once as a flag."""
+    monkeypatch.delenv("CAMTRACK_TOKEN", raising=False)
+    values = {"host": "127.0.0.1", "port": 9000, "source": "pattern", "encoder": "shared", "ice_servers": ["stun:x"],
+              "ice_addresses": ["lo"], "negotiation_timeout": 5.5, "idle_timeout": 6.0, "header_timeout": 7.0,
+              "max_connections": 100, "max_pending": 8, "token": "t0k", "allow_origins": ["https://a"],
+              "allow_hosts": ["cams"], "cert": "c.pem", "key": "k.pem", "mjpeg_fps": 5.0, "jpeg_quality": 70,
+              "linger": 0.0, "log_level": "warning", "width": 320, "height": 240, "fps": 12.5, "codec": "vp8",
+              "bitrate": 300_000, "keyframe_interval": 1.0, "max_viewers": 3, "publish": "janus:http://j/janus",
+              "janus_room": 7, "janus_pin": "p", "janus_display": "d"}
+    assert set(values) == {setting.name for setting in OPTIONS}
+    toml, argv = [], []
+    for setting in OPTIONS:
+        value = values[setting.name]
+        key = setting.flag.removeprefix("--")
+        toml.append(f"{key} = {value!r}".replace("'", '"'))
+        for item in value if isinstance(value, list) else [value]:
+            argv += [setting.flag, str(item)]
+    path = tmp_path / "camtrack.toml"
+    path.write_text("\n".join(toml) + "\n")
+    from_file = config_from_args(*parse(["--config", str(path)])[1:])
+    from_flags = config_from_args(*parse(argv)[1:])
+    assert from_file == from_flags
+    assert {name: getattr(from_file, name) for name in values} == values
+
+
+def test_a_camera_gets_the_servers_defaults_but_not_its_viewer_limit():
+    config = Config(width=320, height=240, codec="vp8", max_viewers=5, publish="janus:http://j/janus", janus_room=2)
+    camera = config.camera("x", "pattern", fps=10)
+    assert (camera.width, camera.height, camera.codec, camera.fps, camera.janus_room) == (320, 240, "vp8", 10, 2)
+    assert camera.max_viewers == 0  # --max-viewers counts all cameras together
+
+
+def test_the_readme_options_table_lists_every_flag():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("\n## Options\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`(--[a-z-]+)", table))
+    assert listed == {setting.flag for setting in OPTIONS} | COMMAND_LINE_ONLY - {"--help"}
+
+
+@pytest.mark.parametrize("setting", [s for s in OPTIONS if s.kind in (int, float)], ids=lambda s: s.name)
+def test_a_wrong_type_in_a_settings_object_is_a_value_error(setting):
+    with pytest.raises(ValueError, match=f"^{setting.label} must be a"):
+        Config(**{setting.name: "1"})
