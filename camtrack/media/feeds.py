@@ -34,6 +34,10 @@ class Transport(enum.StrEnum):
 VIEWER_TRANSPORTS = (Transport.WEBSOCKET, Transport.WHEP, Transport.MJPEG)
 
 
+class SourceError(Exception):
+    """A source cannot be opened or understood."""
+
+
 class FrameSource(Protocol):
     """Where pictures come from: blocking and single-threaded, called only by the capture thread:
     `open()`, then `read()` BGR frames of a fixed size until it returns None, then `close()`."""
