@@ -131,14 +131,17 @@ async def test_junk_at_an_unconnected_peer_costs_bounded_memory(serve):
     # a viewer whose only candidate never answers: the server's peer for it waits, unconnected
     victim, dead = Viewer(url), udp_socket()
     ports = candidate_ports(await viewer_with_candidate(victim, dead.getsockname()[1]))
-    junk = bytes(range(64, 256)) * 6  # 1152 bytes that are neither STUN nor valid DTLS
+    # 1152 bytes that are neither STUN nor valid DTLS, half of them starting like STUN (first byte
+    # 0-3), which aioice passes on to DTLS when they do not parse
+    junks = [bytes(range(64, 256)) * 6, b"\x00" + bytes(range(64, 256)) * 6]
     sockets = [udp_socket() for _ in range(4)]
     before = rss_mb()
     sent = 0
     try:
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
-            for sock in sockets:
+            for n, sock in enumerate(sockets):
+                junk = junks[n % 2]
                 for port in ports:
                     try:
                         sock.sendto(junk, ("127.0.0.1", port))
@@ -157,7 +160,7 @@ async def test_junk_at_an_unconnected_peer_costs_bounded_memory(serve):
     assert gate.stats.strangers > 0 and gate.stats.passed == 0
     assert gate.connection._queue.qsize() == 0
     grown = rss_mb() - before
-    print(f"junk: {sent} datagrams ({sent * len(junk) / 1e6:.0f} MB) in 3 s, dropped {gate.stats.dropped}, "
+    print(f"junk: {sent} datagrams ({sent * len(junks[0]) / 1e6:.0f} MB) in 3 s, dropped {gate.stats.dropped}, "
           f"RSS +{grown:.1f} MB")
     assert grown < 40, f"RSS grew {grown:.1f} MB under junk"
     await asyncio.gather(honest.close(), victim.close())
@@ -261,7 +264,7 @@ async def test_a_pli_flood_does_not_raise_anyones_keyframe_rate(serve):
     limiter = [g.keyframes for g in guards(app)]
     print(f"PLI flood: keyframes {base_keyframes} -> {keyframes} in 5 s, bytes {base_bytes} -> {sent} "
           f"({sent / base_bytes:.2f}x), requests dropped {sum(k.dropped for k in limiter)}")
-    assert sum(k.dropped for k in limiter) > 1000
+    assert sum(k.dropped for k in limiter) > 500  # (the rest of the 5000 the gate dropped first)
     assert keyframes <= base_keyframes + 1
     assert sent <= 1.10 * base_bytes + 20_000
     assert len(frames) == 120
@@ -276,6 +279,8 @@ async def test_fir_in_rfc5104_form_is_honoured(serve):
     await viewer.frames(5)
     stats = app[CAMERAS].first.encoder.stats
     await eventually(lambda: stats.frames > 10)
+    for guard in guards(app):  # a PLI the client sent while starting may have used this viewer's one request
+        guard.keyframes.reset()
     before = stats.forced_keyframes
     fci = struct.pack("!LB3x", media_ssrc(viewer.answer_sdp), 1)
     await viewer.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=viewer.ssrc(), media_ssrc=0, fci=fci))

@@ -19,15 +19,12 @@ from typing import Any
 
 import aioice.ice
 import aiortc.rtp
+from aioice import stun
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
-from aiortc.rtp import (
-    RTCP_PSFB_FIR,
-    RTP_HISTORY_SIZE,  # what aiortc.rtcrtpsender sizes its history with
-    RtcpPsfbPacket,
-)
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_RTPFB_NACK, RTP_HISTORY_SIZE, RtcpPsfbPacket, RtcpRtpfbPacket
 
 from ...ratelimit import TokenBucket
 
@@ -36,6 +33,7 @@ logger = logging.getLogger(__name__)
 #: (object, attribute) pairs the hooks below read or replace
 HOOKED: list[tuple[Any, str]] = [
     (aioice.ice, "get_host_addresses"),
+    (stun, "parse_message"),
     (StunProtocol, "datagram_received"),
     (Connection, "check_state"),
     (Connection, "data_received"),
@@ -62,8 +60,11 @@ PENDING_PACKETS = 8
 PENDING_PACKET_SIZE = 2048
 #: datagrams a second (and at once) a connected peer may send us: a viewer sends RTCP
 #: (reports, NACK, PLI, REMB) and a few DTLS records, tens a second at most
-PEER_PACKET_RATE = 400.0
-PEER_PACKET_BURST = 400.0
+PEER_PACKET_RATE = 200.0
+PEER_PACKET_BURST = 200.0
+#: NACK packets a second (and at once) a viewer may send; each may name up to RTP_HISTORY_SIZE packets
+NACK_RATE = 50.0
+NACK_BURST = 50.0
 #: datagrams waiting for aiortc to read them; beyond this they are dropped, not queued
 QUEUE_LIMIT = 256
 #: a viewer's retransmissions may use this fraction of the stream's bitrate ...
@@ -112,8 +113,18 @@ def restrict_host_addresses(addresses: list[str]) -> Callable[[], None]:
 # --- only the viewer's own path reaches DTLS and SRTP --------------------------------------------
 
 def is_stun(data: bytes) -> bool:
-    """RFC 7983: a datagram whose first byte is 0-3 is STUN; aioice authenticates those itself."""
-    return len(data) > 0 and data[0] < 4
+    """Whether aioice will take `data` as a STUN message (it authenticates those itself).
+
+    The first byte (0-3, RFC 7983) is not enough: aioice hands whatever fails to parse as STUN
+    to DTLS's queue, so a datagram counts as STUN here only if it parses as one.
+    """
+    if not data or data[0] > 3:
+        return False
+    try:
+        stun.parse_message(data)
+    except Exception:  # noqa: BLE001 - ValueError, struct.error, ...: not STUN, so the gate's
+        return False
+    return True
 
 
 @dataclass
@@ -230,15 +241,33 @@ def guard_ice(pc: RTCPeerConnection) -> list[IceGate]:
 
 # --- RTCP: keyframe requests and retransmissions, limited per viewer -----------------------------
 
-def route_fir_by_fci(dtls: RTCDtlsTransport) -> None:
-    """Deliver FIR in its RFC 5104 form too: media SSRC 0, the sender's SSRC in each FCI entry.
+@dataclass
+class RtcpPolice:
+    """What one peer's RTCP may ask of the server, past the gate's packet rate."""
 
-    aiortc routes payload-specific feedback by its media SSRC only, so that form is dropped.
-    """
+    nack_budget: TokenBucket = field(default_factory=lambda: TokenBucket(NACK_BURST, NACK_RATE))
+    #: NACK packets dropped over the budget, and NACK lists cut to what a sender keeps
+    nacks_dropped: int = 0
+    nacks_cut: int = 0
+
+
+def police_rtcp(dtls: RTCDtlsTransport) -> RtcpPolice:
+    """Route FIR in its RFC 5104 form too (media SSRC 0, the sender's SSRC in each FCI entry:
+    aiortc routes feedback by its media SSRC only, so that form was dropped); hold NACKs to
+    NACK_RATE a second and to the RTP_HISTORY_SIZE newest numbers a sender can resend at all
+    (one datagram can list thousands, each a retransmission aiortc would look up in turn)."""
     router = dtls._rtp_router
     original = router.route_rtcp
+    police = RtcpPolice()
 
     def route_rtcp(packet: Any) -> set[Any]:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            if not police.nack_budget.take():
+                police.nacks_dropped += 1
+                return set()
+            if len(packet.lost) > RTP_HISTORY_SIZE:
+                police.nacks_cut += 1
+                packet.lost = list(dict.fromkeys(packet.lost))[-RTP_HISTORY_SIZE:]
         recipients = original(packet)
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
             fci = packet.fci
@@ -250,6 +279,7 @@ def route_fir_by_fci(dtls: RTCDtlsTransport) -> None:
         return recipients
 
     router.route_rtcp = route_rtcp  # type: ignore[method-assign]
+    return police
 
 
 @dataclass
@@ -265,6 +295,10 @@ class KeyframeLimiter:
     allowed: int = 0
     dropped: int = 0
     _last: float | None = None
+
+    def reset(self) -> None:
+        """Forget the last request: the next one is let through."""
+        self._last = None
 
     def allow(self) -> bool:
         now = time.monotonic()
@@ -338,6 +372,7 @@ class PeerGuard:
     gates: list[IceGate]
     keyframes: KeyframeLimiter
     retransmits: list[RetransmitCap]
+    rtcp: list[RtcpPolice]
 
     @property
     def dropped_packets(self) -> int:
@@ -353,10 +388,9 @@ def guard_peer(pc: RTCPeerConnection, track: MediaStreamTrack, bitrate: int,
     for sender in pc.getSenders():
         if sender.track is track:
             retransmits.append(cap_retransmissions(sender, bitrate))
-    dtls_seen: set[int] = set()
+    rtcp: dict[int, RtcpPolice] = {}
     for transceiver in pc.getTransceivers():
         dtls = transceiver.sender.transport
-        if id(dtls) not in dtls_seen:
-            dtls_seen.add(id(dtls))
-            route_fir_by_fci(dtls)
-    return PeerGuard(guard_ice(pc), keyframes, retransmits)
+        if id(dtls) not in rtcp:
+            rtcp[id(dtls)] = police_rtcp(dtls)
+    return PeerGuard(guard_ice(pc), keyframes, retransmits, list(rtcp.values()))
