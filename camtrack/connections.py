@@ -8,7 +8,10 @@ the cameras). `make_runner` gives an AppRunner whose connections are tracked:
   or it is an idle keep-alive one) is closed `header_timeout` seconds after it became so;
 - at most `cap` connections are open; one more closes the connection that has waited longest
   without a request (a slow-header one) rather than being refused, so /healthz and playing
-  viewers keep working under a flood.
+  viewers keep working under a flood;
+- a connection whose response has not moved for `header_timeout` seconds (a client that sends
+  requests and never reads the answers) is closed too, and every connection's kernel send
+  buffer is SEND_BUFFER at most, so one that does not read holds little.
 
 Connections serving a request (a websocket, an MJPEG stream, a WHEP offer) are bounded by their
 handlers: `read_body` here, the signaling and MJPEG time-outs, and the pending-session bound.
@@ -17,8 +20,12 @@ handlers: `read_body` here, the signaling and MJPEG time-outs, and the pending-s
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import resource
+import socket
+import struct
+import termios
 import time
 from collections import OrderedDict
 from typing import Any
@@ -43,6 +50,8 @@ UNLIMITED_TARGET = 65536
 #: the most connections by default however high the fd limit: plenty for a camera server, and
 #: what a flood of slow-header connections may cost stays in tens of MB
 DEFAULT_MAX_CONNECTIONS = 4096
+#: the kernel's send buffer for a connection (outputs that stream set smaller ones of their own)
+SEND_BUFFER = 256 * 1024
 
 
 def raise_fd_limit() -> int:
@@ -74,8 +83,11 @@ class ConnectionTracker:
         self.open: set[TrackedHandler] = set()
         #: connections not serving a request, by when they started waiting (oldest first)
         self.waiting: OrderedDict[TrackedHandler, float] = OrderedDict()
+        #: connections serving a request whose unsent bytes have not gone down, and since when
+        self.stalled: dict[TrackedHandler, tuple[int, float]] = {}
         #: counters, for tests and logs
         self.timed_out = 0
+        self.stalls = 0
         self.evicted = 0
         self.refused = 0
         self._sweeper: asyncio.TimerHandle | None = None
@@ -107,15 +119,16 @@ class ConnectionTracker:
     def closed(self, handler: TrackedHandler) -> None:
         self.open.discard(handler)
         self.waiting.pop(handler, None)
+        self.stalled.pop(handler, None)
 
-    def _close(self, handler: TrackedHandler, why: str) -> None:
+    def _close(self, handler: TrackedHandler, why: str, stop_handler: bool = False) -> None:
         self.closed(handler)
         now = time.monotonic()
         if now - self._reported > 10:  # one line per 10 s however many: a flood writes no log
             self._reported = now
             logger.warning("closing connections: %s (%d timed out, %d evicted, %d refused so far; cap %d)",
                            why, self.timed_out, self.evicted, self.refused, self.cap)
-        handler.abort()
+        handler.abort(stop_handler)
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -126,8 +139,27 @@ class ConnectionTracker:
                 break
             self.timed_out += 1
             self._close(handler, f"no request within {self.header_timeout:g} s")
+        self._sweep_stalls()
         if self.open:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep_stalls(self) -> None:
+        """Close connections serving a request whose unsent bytes have not gone down for
+        `header_timeout` (a reader that stopped; a slow one drains, however slowly)."""
+        now = time.monotonic()
+        for handler in [h for h in self.open if h not in self.waiting]:
+            unsent = unsent_bytes(handler.transport)
+            if not unsent:
+                self.stalled.pop(handler, None)
+                continue
+            previous = self.stalled.get(handler)
+            if previous is None or unsent < previous[0]:
+                self.stalled[handler] = (unsent, now)
+            elif now - previous[1] > self.header_timeout:
+                self.stalls += 1
+                self._close(handler, f"a client took nothing for {self.header_timeout:g} s", stop_handler=True)
+            else:
+                self.stalled[handler] = (unsent, previous[1])
 
     def stop(self) -> None:
         if self._sweeper is not None:
@@ -144,6 +176,12 @@ class TrackedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            except OSError:
+                pass
         self.tracker.opened(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -158,12 +196,18 @@ class TrackedHandler(RequestHandler):
         finally:
             self.tracker.idle(self)
 
-    def abort(self) -> None:
-        """Close at once: the kernel drops what is unsent (a slow client's buffers included)."""
-        transport = self.transport
+    def abort(self, stop_handler: bool = False) -> None:
+        """Close at once: the kernel drops what is unsent (a slow client's buffers included).
+
+        With `stop_handler`, the request's handler is cancelled too: one stuck writing to a client
+        that never reads (a file through sendfile) would otherwise wait for the socket forever.
+        """
+        transport, task = self.transport, self._task_handler
         self.force_close()
         if transport is not None:
             transport.abort()
+        if stop_handler and task is not None and not task.done():
+            task.cancel()
 
 
 class TrackedServer(Server):
@@ -194,13 +238,31 @@ class ConnectionRunner(web.AppRunner):
                              handler_cancellation=server.handler_cancellation, loop=server._loop, **server._kwargs)
 
 
+def unsent_bytes(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes written to `transport` that its client has not taken yet: asyncio's buffer, plus the
+    kernel's send queue (a file response goes there directly, through sendfile)."""
+    if transport is None:
+        return 0
+    unsent = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            pass  # not Linux, or the socket just closed: asyncio's buffer is what there is
+    return unsent
+
+
 def make_runner(app: web.Application, config: Config, **kwargs: Any) -> ConnectionRunner:
     """The runner to serve `app` with: raises the open-file limit, then caps connections below it.
     `kwargs` go to web.AppRunner (access_log, shutdown_timeout, ...)."""
     fd_limit = raise_fd_limit()
     cap = config.max_connections or connection_cap(fd_limit)
-    if cap > fd_limit - FD_RESERVE // 2:
-        logger.warning("at most %d connections, close to the open-file limit of %d", cap, fd_limit)
+    if cap > fd_limit - FD_RESERVE:
+        # kept below the limit whatever was asked: at the limit nothing works, not even /healthz
+        logger.warning("--max-connections %d is too close to the open-file limit of %d: using %d",
+                       cap, fd_limit, max(8, fd_limit - FD_RESERVE))
+        cap = max(8, fd_limit - FD_RESERVE)
     logger.info("at most %d connections (open-file limit %d); %g s to send a request's headers",
                 cap, fd_limit, config.header_timeout)
     return ConnectionRunner(app, cap, config.header_timeout, **kwargs)

@@ -92,6 +92,39 @@ async def test_slow_headers_and_idle_keepalive_are_closed(serve):
     await viewer.close()
 
 
+async def test_requests_whose_answers_are_never_read_are_closed(serve):
+    """Thousands of pipelined GETs whose responses the client never reads: the handler stalls
+    writing, which is "serving a request", so only the stall check frees the connection."""
+    url, app = await serve(width=320, height=240, header_timeout=1.0)
+    host, port = address(url)
+    viewer = Viewer(url)
+    await viewer.connect()
+    await viewer.frames(5)
+    request = b"GET /static/ui.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 3000
+    socks = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, port))
+        sock.setblocking(False)
+        socks.append(sock)
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(loop.sock_sendall(sock, request) for sock in socks))
+        tracker = app_tracker(app)
+        await eventually(lambda: tracker.stalls >= 3, timeout=20)
+        took = time.monotonic() - started
+    finally:
+        for sock in socks:
+            sock.close()
+    print(f"\n3 connections that never read their answers: closed after {took:.1f} s (header_timeout 1 s)")
+    async with aiohttp.ClientSession() as http, http.get(url.replace("/ws", "/healthz")) as r:
+        assert r.status == 200
+    await viewer.frames(10)  # the honest viewer played on
+    await viewer.close()
+
+
 def app_tracker(app) -> connections.ConnectionTracker:
     """The tracker of the runner serving `app` (the conftest's serve uses make_runner)."""
     runner = next(o for o in gc.get_referrers(app) if isinstance(o, connections.ConnectionRunner))

@@ -94,6 +94,9 @@ BAD = [
     # ICE
     (["--ice-server", "stun.example.org"], None, "ICE server must look like stun:"),
     (["--ice-server", "turn:192.0.2.1:3478"], None, "TURN server needs a user and password"),
+    (["--ice-server", "stun:host:abc"], None, "not a STUN/TURN address aiortc can use"),
+    (["--ice-server", "stun:[::1]:3478"], None, "not a STUN/TURN address aiortc can use"),
+    (["--ice-server", "stun:192.0.2.1:99999"], None, "port must be between 1 and 65535, not 99999"),
     (["--ice-address", NOT_HERE], None, f"--ice-address '{NOT_HERE}' is not an address of this machine"),
     (["--ice-address", "127.0.0.1", "--ice-address", NOT_HERE], None, "is not an address of this machine"),
     (["--ice-address", "nosuchif0"], None, "neither an IP address nor a network interface"),

@@ -7,7 +7,9 @@ from urllib.parse import unquote
 
 import ifaddr
 from aiortc import RTCConfiguration, RTCIceServer
+from aiortc.rtcicetransport import parse_stun_turn_uri
 
+from ...sources.urls import redact
 from .hooks import restrict_host_addresses
 
 __all__ = ["ice_servers_json", "parse_ice_server", "resolve_addresses", "restrict_host_addresses",
@@ -27,7 +29,15 @@ def parse_ice_server(url: str) -> RTCIceServer:
         username, credential = unquote(username), unquote(credential)
     if scheme.startswith("turn") and not username:
         raise ValueError(f"TURN server needs a user and password (turn:USER:PASS@HOST): {url!r}")
-    return RTCIceServer(urls=f"{scheme}:{rest}", username=username, credential=credential)
+    server = RTCIceServer(urls=f"{scheme}:{rest}", username=username, credential=credential)
+    # what aiortc itself will make of it, now rather than at the first viewer (a 500 there)
+    try:
+        parsed = parse_stun_turn_uri(server.urls if isinstance(server.urls, str) else server.urls[0])
+    except ValueError as exc:
+        raise ValueError(f"ICE server {redact(url)!r} is not a STUN/TURN address aiortc can use ({exc})") from None
+    if not 1 <= parsed["port"] <= 65535:
+        raise ValueError(f"ICE server {redact(url)!r}: port must be between 1 and 65535, not {parsed['port']}")
+    return server
 
 
 def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
