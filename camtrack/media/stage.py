@@ -58,6 +58,11 @@ class Stage(Generic[In, T]):
         """The item after number `after` (see Ring.next), waiting for one if needed."""
         return await self._ring.next(after, newest=newest)
 
+    async def next_in_order(self, after: int = 0) -> T:
+        """The item right after number `after`, for readers that need every item (a recorder):
+        `Overrun` when they fell further behind than the ring holds."""
+        return await self._ring.next_in_order(after)
+
     async def close(self) -> None:
         """Stop now (server shutdown)."""
         self.consumers.clear()
