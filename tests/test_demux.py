@@ -290,3 +290,30 @@ async def test_feed_retries_quietly_and_recovers(tmp_path: Path, caplog: pytest.
     finally:
         await feed.close()
     assert feed.state == "idle"
+
+
+async def test_aiortc_packetizes_the_feed_with_the_source_timestamps(files: dict[str, Path]) -> None:
+    """What EncodedTrack does with each packet: aiortc's H.264 packetizer splits the Annex-B
+    into RTP payloads (an IDR's first payload carries SPS and PPS) stamped from the packet's pts."""
+    from aiortc.codecs.h264 import H264Encoder
+
+    feed = PassthroughFeed("cam", lambda: DemuxSource(str(files["main.mp4"])), linger=0.1)
+    feed.attach(object())
+    try:
+        first = await asyncio.wait_for(feed.next_packet(0), 10)
+        packets = [first.item]
+        while len(packets) < 20:
+            packets.append((await asyncio.wait_for(feed.next_packet(packets[-1].seq), 5)).item)
+    finally:
+        await feed.close()
+    packer = H264Encoder()
+    stamps = []
+    for encoded in packets:
+        payloads, timestamp = packer.pack(encoded.packet)
+        assert payloads
+        stamps.append(timestamp)
+        if encoded.keyframe:
+            # STAP-A (24) aggregating SPS (7) and PPS (8), or the parameter sets on their own
+            assert payloads[0][0] & 0x1F in (24, NAL_SPS)
+    assert stamps == [p.packet.pts for p in packets]
+    assert {b - a for a, b in zip(stamps, stamps[1:], strict=False)} == {VIDEO_CLOCK_RATE // FPS}

@@ -329,6 +329,8 @@ class _Run:
                 while not self._stop.is_set():
                     packet = source.read()
                     if packet is None:
+                        if self._stop.is_set():
+                            break  # interrupted: released, not ended
                         if self.state == "up":
                             logger.warning("%s ended; reopening", source.description)
                         self._set_state("retrying")
