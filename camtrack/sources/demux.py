@@ -29,8 +29,10 @@ NAL_IDR, NAL_SEI, NAL_SPS, NAL_PPS, NAL_AUD = 5, 6, 7, 8, 9
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 #: low-delay probing: the parameter sets (in extradata or the first packets) give the size at once.
-#: Not `fflags=nobuffer`: it drops the packets read while probing, the first IDR among them.
-LOW_DELAY_OPTIONS = {"probesize": "32768", "analyzeduration": "500000"}
+#: Measured on a loopback RTSP stream: analyzeduration 0.5 s opens in 600 ms, 0.1 s in 200 ms, 0
+#: ("default") in 940 ms. Not `fflags=nobuffer`: it opens in 40 ms but drops the packets read while
+#: probing, the first IDR among them, and a viewer then waits for the camera's next one (a GOP).
+LOW_DELAY_OPTIONS = {"probesize": "32768", "analyzeduration": "100000"}
 
 
 # -- H.264 bytes
