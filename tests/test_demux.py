@@ -1,6 +1,6 @@
 """The packet source (PyAV demuxing files and loopback streams into Annex-B H.264) and the
-passthrough feed, on H.264 files the tests write with libx264. No RTSP here: no RTSP server is
-installed on the test machines (see the issue's `.ci/run` plan)."""
+passthrough feed, on H.264 files the tests write with libx264. RTSP against the tests' own minimal
+server (tests/rtsp_server.py): no real RTSP server is installed on the test machines yet."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import fractions
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import av
@@ -30,6 +31,7 @@ from camtrack.sources.demux import (
 )
 
 from .conftest import eventually
+from .rtsp_server import AccessUnit, RtspServer
 
 WIDTH, HEIGHT, FPS, GOP = 320, 240, 30, 15
 PROFILE_IDC = {"baseline": "42", "main": "4d", "high": "64"}
@@ -317,3 +319,75 @@ async def test_aiortc_packetizes_the_feed_with_the_source_timestamps(files: dict
             assert payloads[0][0] & 0x1F in (24, NAL_SPS)
     assert stamps == [p.packet.pts for p in packets]
     assert {b - a for a, b in zip(stamps, stamps[1:], strict=False)} == {VIDEO_CLOCK_RATE // FPS}
+
+
+@pytest.fixture
+async def rtsp(files: dict[str, Path]) -> AsyncIterator[Callable[..., Awaitable[tuple[str, RtspServer]]]]:
+    """Start loopback RTSP servers of a test file (see tests/rtsp_server.py)."""
+    servers: list[RtspServer] = []
+
+    async def start(name: str = "high.mp4", *, in_band: bool = True) -> tuple[str, RtspServer]:
+        source, packets = await asyncio.to_thread(read_pass, str(files[name]))
+        tb = packets[0].time_base
+        units = [AccessUnit(p.data, round(p.pts * tb * VIDEO_CLOCK_RATE), p.keyframe) for p in packets]
+        sps, pps = (ps[4:] for ps in source.codec.parameter_sets)
+        server = RtspServer(units, sps, pps, FPS, in_band_parameter_sets=in_band)
+        servers.append(server)
+        return await server.start(), server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.mark.parametrize("in_band", [True, False], ids=["in-band", "sdp-only"])
+async def test_rtsp_over_tcp(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]], in_band: bool) -> None:
+    url, server = await rtsp("high.mp4", in_band=in_band)
+
+    def read(count: int) -> tuple[DemuxSource, list, float]:
+        source = DemuxSource(url)
+        began = time.monotonic()
+        source.open()
+        opened = time.monotonic() - began
+        try:
+            return source, [source.read() for _ in range(count)], opened
+        finally:
+            source.close()
+
+    source, packets, opened = await asyncio.to_thread(read, 40)
+    assert source.live and not source.realtime
+    assert source.options["rtsp_transport"] == "tcp"
+    assert (source.codec.width, source.codec.height, source.codec.profile_level_id[:2]) == (WIDTH, HEIGHT, "64")  # type: ignore[index]
+    assert source.passthrough and len(source.codec.parameter_sets) == 2
+    assert all(p is not None for p in packets)
+    keyframes = [p for p in packets if p is not None and p.keyframe]
+    assert keyframes
+    for packet in keyframes:
+        kinds = [nal_type(n) for n in split_annexb(packet.data)]
+        assert kinds.index(NAL_SPS) < kinds.index(NAL_IDR) and kinds.index(NAL_PPS) < kinds.index(NAL_IDR)
+    first_key = next(i for i, p in enumerate(packets) if p is not None and p.keyframe)
+    frames = decode([p.data for p in packets[first_key:] if p is not None])
+    assert len(frames) == len(packets) - first_key and {(f.width, f.height) for f in frames} == {(WIDTH, HEIGHT)}
+    print(f"rtsp open {opened * 1000:.0f} ms, first packet keyframe: {packets[0].keyframe}")  # type: ignore[union-attr]
+
+
+async def test_feed_reconnects_when_the_rtsp_server_drops(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:
+    url, server = await rtsp("baseline.mp4", in_band=False)
+    feed = PassthroughFeed("cam", lambda: DemuxSource(url, read_timeout=2.0), linger=0.1, retry_max=0.5)
+    feed.attach(object())
+    try:
+        await eventually(lambda: feed.stats.packets >= 10, timeout=10)
+        before = feed.latest
+        assert before is not None
+        server.drop_connections()
+        await eventually(lambda: feed.stats.reopenings >= 1 and feed.state == "up", timeout=15)
+        count = feed.stats.packets
+        await eventually(lambda: feed.stats.packets >= count + 10, timeout=10)
+        assert server.sessions >= 2
+        latest = feed.latest
+        assert latest is not None and latest.seq > before.seq
+        assert latest.packet.pts > before.packet.pts  # type: ignore[operator]
+        start = feed.start_packets()
+        assert start and start[0].keyframe
+    finally:
+        await feed.close()
