@@ -391,3 +391,10 @@ async def test_feed_reconnects_when_the_rtsp_server_drops(rtsp: Callable[..., Aw
         assert start and start[0].keyframe
     finally:
         await feed.close()
+
+
+async def test_rtsp_with_b_frames_is_not_passthrough(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:
+    url, _ = await rtsp("bframes.mp4")
+    codec, why_not = await asyncio.to_thread(probe, url)
+    assert codec.codec == "h264" and codec.profile_level_id is not None and codec.profile_level_id[:2] == "4d"
+    assert why_not is not None and "B-frames" in why_not
