@@ -1,0 +1,138 @@
+"""A minimal RTSP server for the tests, on loopback: one H.264 track over RTP interleaved in the
+RTSP connection (TCP), packetized with aiortc's RTP packetizer, paced in real time and looped.
+
+Not a real camera server (no UDP, no auth, one session per connection): just enough of RFC 2326 for
+FFmpeg's RTSP client, until the test machines have one (GStreamer's gst-rtsp-server is not
+installed here). The parameter sets can be sent only in the SDP, as many cameras do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+from dataclasses import dataclass
+
+import av
+from aiortc.codecs.h264 import H264Encoder
+
+from camtrack.media.frame import VIDEO_TIME_BASE
+from camtrack.sources.demux import NAL_PPS, NAL_SPS, annexb, nal_type, split_annexb
+
+
+@dataclass(frozen=True)
+class AccessUnit:
+    data: bytes  # Annex-B
+    pts: int  # 90 kHz
+    keyframe: bool
+
+
+class RtspServer:
+    def __init__(self, units: list[AccessUnit], sps: bytes, pps: bytes, fps: float, *,
+                 in_band_parameter_sets: bool = True) -> None:
+        self.units = units
+        self.sps, self.pps, self.fps = sps, pps, fps
+        self.in_band = in_band_parameter_sets
+        self.port = 0
+        self.sessions = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def drop_connections(self) -> None:
+        """Cut every connection (a camera rebooting, a network fault)."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def stop(self) -> None:
+        self.drop_connections()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def sdp(self) -> str:
+        sets = ",".join(base64.b64encode(n).decode() for n in (self.sps, self.pps))
+        return (
+            "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=camtrack test\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+            f"a=fmtp:96 packetization-mode=1;profile-level-id={self.sps[1:4].hex()};sprop-parameter-sets={sets}\r\n"
+            "a=control:track0\r\n"
+        )
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        sender: asyncio.Task[None] | None = None
+        try:
+            while True:
+                first = await reader.readexactly(1)
+                if first == b"$":  # the client's RTCP, interleaved: skip it
+                    header = await reader.readexactly(3)
+                    await reader.readexactly(struct.unpack("!H", header[1:])[0])
+                    continue
+                head = first + await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, url = lines[0].split(" ")[:2]
+                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                if int(headers.get("content-length", "0")):
+                    await reader.readexactly(int(headers["content-length"]))
+                reply = [f"CSeq: {headers.get('cseq', '0')}"]
+                body = b""
+                if method == "OPTIONS":
+                    reply.append("Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER")
+                elif method == "DESCRIBE":
+                    body = self.sdp().encode()
+                    reply += ["Content-Type: application/sdp", f"Content-Base: {url.rstrip('/')}/"]
+                elif method == "SETUP":
+                    if "interleaved" not in headers.get("transport", ""):
+                        writer.write(f"RTSP/1.0 461 Unsupported Transport\r\n{reply[0]}\r\n\r\n".encode())
+                        continue
+                    reply += ["Transport: RTP/AVP/TCP;unicast;interleaved=0-1", "Session: 4242;timeout=60"]
+                elif method == "PLAY":
+                    reply.append("Session: 4242")
+                elif method == "TEARDOWN":
+                    reply.append("Session: 4242")
+                if body:
+                    reply.append(f"Content-Length: {len(body)}")
+                writer.write(("RTSP/1.0 200 OK\r\n" + "\r\n".join(reply) + "\r\n\r\n").encode() + body)
+                if method == "PLAY" and sender is None:
+                    self.sessions += 1
+                    sender = asyncio.ensure_future(self._send(writer))
+                if method == "TEARDOWN":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            if sender is not None:
+                sender.cancel()
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter) -> None:
+        packer = H264Encoder()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        seq, ssrc, frame = 0, 0x1234ABCD, 0
+        span = self.units[-1].pts - self.units[0].pts + round(90000 / self.fps)
+        while not writer.is_closing():
+            for unit in self.units:
+                data = unit.data
+                if not self.in_band:
+                    data = annexb([n for n in split_annexb(data) if nal_type(n) not in (NAL_SPS, NAL_PPS)])
+                packet = av.Packet(data)
+                packet.pts = unit.pts + span * (frame // len(self.units))
+                packet.time_base = VIDEO_TIME_BASE
+                payloads, timestamp = packer.pack(packet)
+                for i, payload in enumerate(payloads):
+                    marker = 0x80 if i == len(payloads) - 1 else 0
+                    rtp = struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
+                    writer.write(b"$\x00" + struct.pack("!H", len(rtp)) + rtp)
+                    seq += 1
+                frame += 1
+                await writer.drain()
+                delay = began + frame / self.fps - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
