@@ -164,3 +164,31 @@ async def test_a_viewer_joining_as_the_last_one_leaves():
     finally:
         await encoder.close()
         await stream.close()
+
+
+async def test_viewers_joining_in_a_loop_cannot_force_a_keyframe_each():
+    """Keyframe requests from many viewers (joins, PLIs) share one budget: a burst is served at once,
+    a flood at most `forced_keyframe_rate` a second, and a request over it waits instead of being lost."""
+    stream = CameraStream("t", lambda: PatternSource(320, 240, 30), linger=0.1)
+    settings = EncoderSettings(codec="h264", width=320, height=240, keyframe_interval=30.0)
+    encoder = SharedEncoder(stream, settings)
+    reader = EncodedTrack(encoder)
+    try:
+        await asyncio.wait_for(reader.recv(), 10)
+        await eventually(lambda: encoder.stats.frames > 10)
+        before = encoder.stats.forced_keyframes
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:  # a new "viewer" every 50 ms, each asking for a keyframe
+            encoder.request_keyframe()
+            await asyncio.sleep(0.05)
+        forced = encoder.stats.forced_keyframes - before
+        elapsed = time.monotonic() - started
+        print(f"\n60 keyframe requests in {elapsed:.1f} s: {forced} forced keyframes")
+        assert forced <= settings.forced_keyframe_burst + settings.forced_keyframe_rate * elapsed + 1
+        assert forced >= 3  # the budget serves some at once, not none
+        # the last request was over the budget: it is served when the budget allows, not lost
+        await eventually(lambda: not encoder._keyframe_wanted, timeout=5)
+    finally:
+        reader.stop()
+        await encoder.close()
+        await stream.close()

@@ -14,6 +14,7 @@ import av
 from av import VideoFrame
 from av.video.frame import PictureType
 
+from .ratelimit import TokenBucket
 from .feeds import FeedClosed, FrameFeed
 from .frame import VIDEO_TIME_BASE, Frame, PtsClock
 from .packet import CodecInfo, EncodedPacket
@@ -51,8 +52,12 @@ class EncoderSettings:
     bitrate: int = 1_000_000
     #: seconds between periodic keyframes, so a lost request cannot freeze a viewer for long
     keyframe_interval: float = 2.0
-    #: forced keyframes (joins, PLI/FIR) come at most this often
+    #: forced keyframes (joins, PLI/FIR) come at most this often ...
     keyframe_min_interval: float = 0.1
+    #: ... and, over any time, at most this many a second with bursts of `forced_keyframe_burst`:
+    #: viewers joining and leaving in a loop cannot make everyone pay for a keyframe each time
+    forced_keyframe_rate: float = 2.0
+    forced_keyframe_burst: int = 3
 
 
 #: upper bounds of the encode-time histogram, seconds
@@ -147,6 +152,7 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         self._keyframe_wanted = False
         self._last_keyframe = 0.0
         self._last_forced = 0.0
+        self._forced_budget = TokenBucket(settings.forced_keyframe_burst, settings.forced_keyframe_rate)
 
     @property
     def codec(self) -> CodecInfo:
@@ -195,9 +201,9 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
     def _should_force(self, now: float) -> bool:
         if now - self._last_keyframe >= self.settings.keyframe_interval:
             return True
-        if self._keyframe_wanted and now - self._last_forced >= self.settings.keyframe_min_interval:
-            return True
-        return False
+        # a request over the budget waits (it stays wanted) rather than being lost
+        return (self._keyframe_wanted and now - self._last_forced >= self.settings.keyframe_min_interval
+                and self._forced_budget.take())
 
     def _encode(self, codec: av.VideoCodecContext, frame: Frame, pts: int,
                 force: bool) -> tuple[av.Packet[Any], bool, float, int] | None:

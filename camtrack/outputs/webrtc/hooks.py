@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_RTPFB_NACK, RTP_HISTORY_SIZE, RtcpPsfbPacket, RtcpRtpfbPacket
 
-from ...ratelimit import TokenBucket
+from ...media.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 

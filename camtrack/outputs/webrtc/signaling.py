@@ -38,7 +38,7 @@ from ...cameras import Camera, Cameras
 from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
 from ...media.feeds import Transport
-from ...ratelimit import TokenBucket
+from ...media.ratelimit import TokenBucket
 from .ice import ice_servers_json
 from .peer import OfferError, Peer
 
