@@ -14,10 +14,10 @@ import av
 from av import VideoFrame
 from av.video.frame import PictureType
 
-from .ratelimit import TokenBucket
 from .feeds import FeedClosed, FrameFeed
 from .frame import VIDEO_TIME_BASE, Frame, PtsClock
 from .packet import CodecInfo, EncodedPacket
+from .ratelimit import TokenBucket
 from .ring import Read
 from .stage import Stage
 
