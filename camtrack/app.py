@@ -13,6 +13,7 @@ from .access import HostCheck, is_loopback
 from .cameras import Cameras
 from .config import Config
 from .media.feeds import Transport
+from .media.passthrough import PassthroughFeed
 from .outputs import metrics, mjpeg
 from .outputs.janus import JanusPublisher
 from .outputs.webrtc import whep
@@ -46,11 +47,19 @@ def create_app(config: Config) -> web.Application:
         sources = {}
         down = False
         for camera in cameras:
-            watched = bool(camera.stream.consumers)
-            state = camera.stream.state
+            feed = camera.feed
+            passthrough = feed if isinstance(feed, PassthroughFeed) else None
+            watched = bool(camera.stream.consumers) or bool(passthrough and passthrough.consumers)
+            state = passthrough.state if passthrough is not None and passthrough.running else camera.stream.state
             down |= watched and state == "retrying"
-            sources[camera.name] = {**camera.describe(), "watched": watched, "encoder": None,
+            sources[camera.name] = {**camera.describe(), "state": state, "watched": watched, "encoder": None,
+                                    "passthrough": None,
                                     "janus": camera.publisher.describe() if camera.publisher else None}
+            if passthrough is not None:
+                sources[camera.name]["passthrough"] = {
+                    "running": passthrough.running, "viewers": len(passthrough.consumers),
+                    "packets": passthrough.stats.packets, "keyframes": passthrough.stats.keyframes,
+                    "reopenings": passthrough.stats.reopenings}
             if camera.encoder is not None:
                 stats = camera.encoder.stats
                 sources[camera.name]["encoder"] = {

@@ -14,8 +14,10 @@ from .media.encoder import EncoderSettings, SharedEncoder
 from .media.feeds import VIEWER_TRANSPORTS, Publisher, Transport, Viewer
 from .media.jpeg import JpegEncoders
 from .media.meters import Meter
+from .media.passthrough import PassthroughFeed
 from .media.stream import CameraStream
 from .sources import make_source, redact, resolve_auto
+from .sources.demux import DemuxSource
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,11 @@ class Camera:
     #: the source spec, with `auto` resolved
     source: str
     stream: CameraStream
+    #: the shared encoder (None when viewers encode for themselves, or the camera's own packets pass through)
     encoder: SharedEncoder | None
     jpeg: JpegEncoders
+    #: what WebRTC viewers and the Janus publisher get: the shared encoder's packets or the camera's own
+    feed: SharedEncoder | PassthroughFeed | None = None
     viewers: dict[Transport, set[Viewer]] = field(default_factory=lambda: {t: set() for t in VIEWER_TRANSPORTS})
     meters: dict[Transport, Meter] = field(default_factory=lambda: {t: Meter() for t in Transport})
     #: the Janus publisher (camtrack.outputs.janus), when the camera is published
@@ -59,6 +64,7 @@ class Camera:
             "fps": settings.fps,
             "codec": settings.codec,
             "bitrate": settings.bitrate,
+            "mode": settings.mode if self.feed is not None else "per-viewer",
             "viewers": {str(t): len(v) for t, v in self.viewers.items()},
             "pending": self.pending,
             "opens": self.stream.runs,
@@ -70,6 +76,8 @@ class Camera:
         await self.jpeg.close()
         if self.encoder is not None:
             await self.encoder.close()
+        if isinstance(self.feed, PassthroughFeed):
+            await self.feed.close()
         await self.stream.close()
 
 
@@ -98,12 +106,16 @@ class Cameras:
                 linger=config.linger,
             )
             encoder = None
-            if config.encoder == "shared":
-                encoder = SharedEncoder(stream, EncoderSettings(
+            feed: SharedEncoder | PassthroughFeed | None = None
+            if settings.mode == "passthrough":
+                # the camera's own H.264 for WebRTC; pixels (MJPEG, snapshots) still come from `stream`
+                feed = PassthroughFeed(settings.name, functools.partial(DemuxSource, source), linger=config.linger)
+            elif config.encoder == "shared":
+                feed = encoder = SharedEncoder(stream, EncoderSettings(
                     codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
                     bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval))
             self.by_name[settings.name] = Camera(settings, source, stream, encoder,
-                                                 JpegEncoders(stream, config.mjpeg_fps))
+                                                 JpegEncoders(stream, config.mjpeg_fps), feed=feed)
 
     def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())

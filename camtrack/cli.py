@@ -270,7 +270,7 @@ def run(argv: list[str] | None) -> None:
     for camera in config.cameras:
         try:
             camera.source = resolve_auto(camera.source)
-            check_source(camera.source, camera.width, camera.height, camera.fps)
+            check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode)
         except (SourceError, ValueError, OSError) as exc:
             name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
             fail(parser, f"{name}{exc}")

@@ -21,6 +21,8 @@ from typing import Any
 
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
+#: how a camera's video reaches WebRTC viewers: decoded and encoded once, or its own H.264 as it comes
+MODES = ("transcode", "passthrough")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: the largest frame: 8K UHD
@@ -242,6 +244,10 @@ class CameraSettings:
     codec: str = field(default="h264", metadata=option(
         "video codec sent to viewers (default: {default}, constrained baseline)",
         choices=CODECS, check=one_of(CODECS, fold=True)))
+    mode: str = field(default="transcode", metadata=option(
+        "'transcode' (default): the source is decoded and encoded once by the shared encoder; 'passthrough': "
+        "WebRTC viewers get an H.264 stream's own packets (RTSP, HTTP, a file; H.264 without B-frames), "
+        "no decode, no encode", choices=MODES, check=one_of(MODES)))
     #: target bitrate of the shared encoder, bits per second
     bitrate: int = field(default=1_000_000, metadata=option(
         "target bitrate of the shared encoder in bit/s (default: {default})", metavar="BPS",
@@ -288,6 +294,8 @@ class CameraConfig(CameraSettings):
                              f"not {self.width}x{self.height}")
         if self.publish is not None and self.janus_room is None:
             raise ValueError("publishing to Janus needs a room (--janus-room)")
+        if self.mode == "passthrough" and self.codec != "h264":
+            raise ValueError("passthrough sends the camera's own H.264: it needs codec h264")
 
     @property
     def janus_url(self) -> str | None:
@@ -388,6 +396,8 @@ class Config(CameraSettings):
             raise ValueError("TLS needs both --cert and --key")
         if not self.cameras:
             self.cameras = [self.camera("default", self.source)]
+        if self.encoder != "shared" and any(c.mode == "passthrough" for c in self.cameras):
+            raise ValueError("passthrough sends the camera's packets to every viewer: use --encoder shared")
         if self.encoder != "shared" and any(c.publish for c in self.cameras):
             raise ValueError("publishing to Janus sends the shared encoder's packets: use --encoder shared")
         names = [c.name for c in self.cameras]

@@ -273,3 +273,32 @@ def test_page_controls(sandbox, tmp_path):
         # WHEP from the browser, with a client written here (not the page's code)
         decoded = phone.evaluate(WHEP_CLIENT, "/cameras/front/whep")
         assert decoded["frames"] > 10 and decoded["status"] == 201 and decoded["deleted"] == 200
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("profile", ["main", "high"])
+def test_page_plays_a_cameras_own_h264(sandbox, tmp_path, profile):
+    """Passthrough: Chromium plays a Main or High source's own packets; a page opened in the middle
+    of the camera's 4-second GOP shows the picture at once and plays live from then on."""
+    from .test_passthrough import FPS, write_h264
+
+    source = write_h264(tmp_path / f"{profile}.mp4", profile, frames=12 * FPS)
+    with browser_and_server(sandbox, tmp_path, "h264", "--source", str(source), "--mode", "passthrough") as (
+            browser, _, _log):
+        first = open_page(browser)
+        first.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        first.wait_for_function(f"({FRAMES_DECODED})().then((s) => s.frames > {2 * FPS})", timeout=30000)
+        late = open_page(browser)  # ~2.5 s into a GOP of 4 s at the earliest
+        opened = time.monotonic()
+        late.wait_for_function(f"({FRAMES_DECODED})().then((s) => s.frames > 0)", timeout=20000, polling=20)
+        first_frame = time.monotonic() - opened
+        decoded = late.evaluate(FRAMES_DECODED)["frames"]
+        # live from then on: about 30 decoded a second, not a backlog played out
+        late.wait_for_timeout(2000)  # a measuring window, not a wait for readiness
+        rate = (late.evaluate(FRAMES_DECODED)["frames"] - decoded) / 2.0
+        size = late.evaluate("[document.querySelector('video').videoWidth, document.querySelector('video').videoHeight]")
+        print(f"\n{profile}: page opened mid-GOP decoded its first frame {first_frame * 1000:.0f} ms after "
+              f"opening ({decoded} at once), then {rate:.0f} frames/s; {size[0]}x{size[1]}")
+        assert size == [320, 240]
+        assert first_frame < 5.0  # page load, signaling and ICE included; well under the 4 s GOP + that
+        assert 20 <= rate <= 40

@@ -46,8 +46,8 @@ class JanusPublisher:
     def __init__(self, camera: Camera, url: str, room: int, pin: str | None = None,
                  display: str | None = None, ice_servers: list[str] | None = None,
                  retry_min: float = 1.0, retry_max: float = 30.0, request_timeout: float = REQUEST_TIMEOUT) -> None:
-        if camera.encoder is None:
-            raise ValueError("publishing to Janus needs the shared encoder (--encoder shared)")
+        if camera.feed is None:
+            raise ValueError("publishing to Janus needs the shared encoder or passthrough (--encoder shared)")
         self.camera = camera
         self.url = url.rstrip("/")
         #: the URL as shown (API, logs, errors): without its user-info or secret query values

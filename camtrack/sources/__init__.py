@@ -66,8 +66,19 @@ def resolve_auto(spec: str) -> str:
     return "pattern"
 
 
-def check_source(spec: str, width: int, height: int, fps: float) -> None:
-    """Open and close a source once, raising SourceError if it cannot give a frame."""
+def check_source(spec: str, width: int, height: int, fps: float, mode: str = "transcode") -> None:
+    """Open and close a source once, raising SourceError if it cannot give a frame (or, for
+    `passthrough`, if its packets cannot go to viewers as they are)."""
+    if mode == "passthrough":
+        from .demux import probe  # PyAV's demuxer, only when asked for
+
+        try:
+            _, why = probe(spec)
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"cannot open {redact(spec)} for passthrough: {exc}") from None
+        if why is not None:
+            raise SourceError(f"{redact(spec)} cannot be passed through: {why} (use mode transcode)")
+        return
     source = make_source(spec, width, height, fps)
     source.open()
     try:

@@ -78,6 +78,8 @@ class EncodedTrack(MediaStreamTrack):
         self.first_packet: tuple[float, bool] | None = None
         self.skipped = 0
         self._pending: deque[EncodedPacket] | None = None  # set at the first recv()
+        #: the start run's presentation times, squeezed (see `_start_run`), by sequence number
+        self._squeezed: dict[int, int] = {}
         self._seq = 0
         self._synced = False
         encoder.attach(self)
@@ -89,7 +91,7 @@ class EncodedTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet[Any]:
         if self._pending is None:
             # the sender starts reading once the peer is connected: start from a keyframe now
-            self._pending = deque(self.encoder.start_packets())
+            self._pending = deque(self._start_run(self.encoder.start_packets()))
             self._synced = bool(self._pending)
             if self._pending:
                 self._seq = self._pending[-1].seq
@@ -123,7 +125,24 @@ class EncodedTrack(MediaStreamTrack):
                 self.first_packet = (time.monotonic() - self.started, encoded.keyframe)
             if self.meter is not None:
                 self.meter.sent(encoded.size)
+            squeezed = self._squeezed.pop(encoded.seq, None)
+            if squeezed is not None:
+                return _restamped(encoded.packet, squeezed)
             return encoded.packet
+
+    def _start_run(self, run: list[EncodedPacket]) -> list[EncodedPacket]:
+        """Where this viewer starts: the feed's run from its newest keyframe to its newest packet,
+        with presentation times squeezed to one tick apart, ending at the newest packet's.
+
+        A camera's keyframes come every few seconds and cannot be asked for; sent at their own
+        times, the packets since the last one would play as old video (the viewer would stay that
+        far behind). Squeezed, the browser decodes them at once and shows the newest picture: the
+        viewer sees the picture on its first packets and is live from then on.
+        """
+        if len(run) > 1:
+            newest = run[-1].packet.pts or 0
+            self._squeezed = {p.seq: newest - (len(run) - 1 - i) for i, p in enumerate(run)}
+        return run
 
     def stop(self) -> None:
         if self.readyState == "live":
@@ -131,9 +150,17 @@ class EncodedTrack(MediaStreamTrack):
         super().stop()
 
 
+def _restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:
+    """A copy of a shared packet with this viewer's own presentation time."""
+    copy = av.Packet(bytes(packet))
+    copy.pts = copy.dts = pts
+    copy.time_base = packet.time_base
+    return copy
+
+
 def make_track(camera: Camera, transport: Transport) -> EncodedTrack | CameraTrack:
     """A new video track of `camera` for one WebRTC peer: the shared encoder's packets, or
     (with --encoder per-viewer) its raw frames for aiortc to encode."""
-    if camera.encoder is not None:
-        return EncodedTrack(camera.encoder, camera.meters[transport])
+    if camera.feed is not None:
+        return EncodedTrack(camera.feed, camera.meters[transport])
     return CameraTrack(camera.stream, camera.meters[transport])

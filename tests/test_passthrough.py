@@ -1,0 +1,114 @@
+"""A camera's own H.264 straight to WebRTC viewers (mode = "passthrough"): no decode, no encode,
+and a viewer joining mid-GOP sees a picture at once though the camera's keyframes are 4 s apart."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+
+from camtrack.app import CAMERAS
+from camtrack.client import Viewer
+from camtrack.media.passthrough import PassthroughFeed
+from camtrack.sources import SourceError, check_source
+
+from .conftest import eventually
+
+FPS = 30
+GOP = 4 * FPS  # a keyframe every 4 s, which camtrack cannot ask for
+
+
+def write_h264(path: Path, profile: str, bf: int = 0, frames: int = 10 * FPS) -> Path:
+    """An H.264 file of a moving bar (320x240), a keyframe every GOP frames."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.options = {"profile": profile, "bf": str(bf), "g": str(GOP), "keyint_min": str(GOP),
+                                        "sc_threshold": "0", "preset": "veryfast"}
+        stream.codec_context.max_b_frames = bf
+        for i in range(frames):
+            image = np.full((240, 320, 3), 60, np.uint8)
+            image[:, (i * 3) % 320] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, fractions.Fraction(1, FPS)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("profile", ["baseline", "main", "high"])
+async def test_passthrough_serves_the_cameras_own_h264(serve, tmp_path, profile):
+    source = str(write_h264(tmp_path / f"{profile}.mp4", profile))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240)
+    camera = app[CAMERAS].first
+    assert isinstance(camera.feed, PassthroughFeed) and camera.encoder is None
+    first = Viewer(url)
+    await first.connect()
+    frames = await first.frames(10)
+    assert (frames[-1].width, frames[-1].height) == (320, 240)
+    feed = camera.feed
+
+    def mid_gop() -> bool:  # the newest packet well after the newest keyframe: a late joiner is mid-GOP
+        run = feed._ring.since(lambda p: p.keyframe)
+        return len(run) > FPS
+
+    await eventually(mid_gop, timeout=20)
+    late = Viewer(url)
+    await late.connect()
+    opened = late.opened_at
+    assert opened is not None
+    await late.frames(1, timeout=10)
+    first_frame = asyncio.get_running_loop().time() - opened
+    behind = len(feed._ring.since(lambda p: p.keyframe))
+    late_frames = await late.frames(30, timeout=10)
+    assert (late_frames[-1].width, late_frames[-1].height) == (320, 240)
+    print(f"\n{profile}: a viewer joining {behind} packets after the camera's keyframe saw a picture "
+          f"{first_frame * 1000:.0f} ms after its websocket opened (keyframes every {GOP // FPS} s)")
+    assert first_frame < 2.0  # (the issue's target is 300 ms; a loaded CI machine gets more room)
+    # nothing decoded, nothing encoded: the camera's packets went out as they came
+    assert camera.stream.runs == 0 and not camera.jpeg
+    assert feed.stats.packets > 0 and feed.stats.keyframe_requests >= 0
+    async with aiohttp.ClientSession() as http, http.get(url.replace("/ws", "/api/cameras")) as r:
+        assert (await r.json())["cameras"][0]["mode"] == "passthrough"
+    await asyncio.gather(first.close(), late.close())
+    await eventually(lambda: not feed.running, timeout=15)
+
+
+def test_a_stream_with_b_frames_cannot_be_passed_through(tmp_path):
+    source = str(write_h264(tmp_path / "bframes.mp4", "high", bf=2, frames=60))
+    with pytest.raises(SourceError, match="B-frames"):
+        check_source(source, 320, 240, 30, "passthrough")
+    check_source(source, 320, 240, 30, "transcode")  # decoded and encoded again, as before
+
+
+def test_the_join_run_is_squeezed_so_it_plays_at_once():
+    """The packets since the camera's keyframe get presentation times one tick apart, ending at the
+    newest packet's: decoded at once, not played as old video."""
+    from camtrack.media.packet import CodecInfo, EncodedPacket
+    from camtrack.outputs.webrtc.tracks import EncodedTrack
+
+    class Feed:
+        name = "f"
+        codec = CodecInfo("h264", 320, 240)
+        latest = None
+
+        def attach(self, reader: object) -> None: ...
+        def detach(self, reader: object) -> None: ...
+
+    def packet(seq: int, pts: int, key: bool) -> EncodedPacket:
+        data = av.Packet(b"\x00\x00\x00\x01\x65" if key else b"\x00\x00\x00\x01\x41")
+        data.pts = pts
+        data.time_base = fractions.Fraction(1, 90000)
+        return EncodedPacket(seq, data, key, time.time(), 5, Feed.codec)
+
+    track = EncodedTrack(Feed())  # type: ignore[arg-type]
+    run = [packet(10 + i, 3000 * i, i == 0) for i in range(60)]
+    assert track._start_run(run) == run
+    assert [track._squeezed[p.seq] for p in run] == list(range(3000 * 59 - 59, 3000 * 59 + 1))
+    assert run[0].packet.pts == 0  # the shared packets are not touched; each viewer gets its own copy
