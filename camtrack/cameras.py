@@ -64,7 +64,8 @@ class Camera:
             "fps": settings.fps,
             "codec": settings.codec,
             "bitrate": settings.bitrate,
-            "mode": settings.mode if self.feed is not None else "per-viewer",
+            "mode": ("passthrough" if isinstance(self.feed, PassthroughFeed)
+                     else "transcode" if self.feed is not None else "per-viewer"),
             "viewers": {str(t): len(v) for t, v in self.viewers.items()},
             "pending": self.pending,
             "opens": self.stream.runs,

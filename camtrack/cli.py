@@ -25,7 +25,7 @@ from .app import CONFIG, create_app
 from .config import Config, Setting, settings, text, typed
 from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
 from .redaction import install_log_redaction
-from .sources import SourceError, check_source, redact, resolve_auto
+from .sources import SourceError, check_source, choose_mode, redact, resolve_auto
 
 logger = logging.getLogger("camtrack")
 
@@ -270,6 +270,13 @@ def run(argv: list[str] | None) -> None:
     for camera in config.cameras:
         try:
             camera.source = resolve_auto(camera.source)
+            asked = camera.mode
+            if asked == "auto" and config.encoder != "shared":
+                camera.mode = "transcode"  # each viewer's own encoder wants pictures
+            camera.mode, why = choose_mode(camera.source, camera.mode, camera.codec)
+            if asked == "auto":
+                logger.info("camera %s: %s (%s)", camera.name,
+                            "passing its H.264 through" if camera.mode == "passthrough" else "transcoding", why)
             check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode)
         except (SourceError, ValueError, OSError) as exc:
             name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""

@@ -22,7 +22,7 @@ from typing import Any
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
 #: how a camera's video reaches WebRTC viewers: decoded and encoded once, or its own H.264 as it comes
-MODES = ("transcode", "passthrough")
+MODES = ("auto", "transcode", "passthrough")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: the largest frame: 8K UHD
@@ -244,10 +244,11 @@ class CameraSettings:
     codec: str = field(default="h264", metadata=option(
         "video codec sent to viewers (default: {default}, constrained baseline)",
         choices=CODECS, check=one_of(CODECS, fold=True)))
-    mode: str = field(default="transcode", metadata=option(
-        "'transcode' (default): the source is decoded and encoded once by the shared encoder; 'passthrough': "
-        "WebRTC viewers get an H.264 stream's own packets (RTSP, HTTP, a file; H.264 without B-frames), "
-        "no decode, no encode", choices=MODES, check=one_of(MODES)))
+    mode: str = field(default="auto", metadata=option(
+        "'passthrough': WebRTC viewers get an H.264 stream's own packets (RTSP, HTTP, a file; H.264 without "
+        "B-frames), no decode, no encode; 'transcode': the source is decoded and encoded once by the shared "
+        "encoder; 'auto' (default): passthrough when the source allows it, else transcode",
+        choices=MODES, check=one_of(MODES)))
     #: target bitrate of the shared encoder, bits per second
     bitrate: int = field(default=1_000_000, metadata=option(
         "target bitrate of the shared encoder in bit/s (default: {default})", metavar="BPS",

@@ -112,3 +112,39 @@ def test_the_join_run_is_squeezed_so_it_plays_at_once():
     assert track._start_run(run) == run
     assert [track._squeezed[p.seq] for p in run] == list(range(3000 * 59 - 59, 3000 * 59 + 1))
     assert run[0].packet.pts == 0  # the shared packets are not touched; each viewer gets its own copy
+
+
+@pytest.mark.parametrize("bf, mode", [(0, "passthrough"), (2, "transcode")])
+async def test_auto_passes_through_what_it_can_and_transcodes_the_rest(tmp_path, bf, mode):
+    """The default mode: an H.264 file without B-frames goes through, one with B-frames is encoded
+    again; the log says which and why, once."""
+    import socket
+    import subprocess
+    import sys
+
+    source = write_h264(tmp_path / f"bf{bf}.mp4", "main", bf=bf, frames=60)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "camtrack", "--source", str(source), "--host", "127.0.0.1",
+                                   "--port", str(port), "--ice-address", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, log.read_text()
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/api/cameras") as r:
+                        cameras = (await r.json())["cameras"]
+                        break
+                except aiohttp.ClientError:
+                    assert time.monotonic() < deadline, log.read_text()
+                    await asyncio.sleep(0.1)
+        assert cameras[0]["mode"] == mode, log.read_text()
+        said = log.read_text()
+        assert ("passing its H.264 through" if mode == "passthrough" else "transcoding (the H.264 has B-frames)") in said
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -66,6 +66,27 @@ def resolve_auto(spec: str) -> str:
     return "pattern"
 
 
+#: file names whose packets PyAV reads (a container of encoded video), for mode auto
+PACKET_FILES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".m2ts", ".h264", ".264", ".flv")
+
+
+def choose_mode(spec: str, mode: str, codec: str = "h264") -> tuple[str, str]:
+    """`auto` made `passthrough` or `transcode` for this source (others pass through), and why."""
+    if mode != "auto":
+        return mode, "asked for"
+    if codec != "h264":
+        return "transcode", f"viewers get {codec}"
+    from .demux import is_stream, probe
+
+    if not (is_stream(spec) or spec.lower().endswith(PACKET_FILES)):
+        return "transcode", "it gives pictures, not encoded video"
+    try:
+        _, why = probe(spec)
+    except Exception as exc:  # noqa: BLE001 - PyAV cannot open it: OpenCV may (check_source says)
+        return "transcode", f"PyAV cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return ("transcode", why) if why else ("passthrough", "it is H.264 without B-frames")
+
+
 def check_source(spec: str, width: int, height: int, fps: float, mode: str = "transcode") -> None:
     """Open and close a source once, raising SourceError if it cannot give a frame (or, for
     `passthrough`, if its packets cannot go to viewers as they are)."""
