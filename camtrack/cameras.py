@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import CameraConfig, Config
+from .media.decoder import PacketDecoder
 from .media.encoder import EncoderSettings, SharedEncoder
 from .media.feeds import VIEWER_TRANSPORTS, Publisher, Transport, Viewer
 from .media.jpeg import JpegEncoders
@@ -37,6 +38,8 @@ class Camera:
     jpeg: JpegEncoders
     #: what WebRTC viewers and the Janus publisher get: the shared encoder's packets or the camera's own
     feed: SharedEncoder | PassthroughFeed | None = None
+    #: pixels decoded from a passed-through feed, while MJPEG or snapshots need them
+    decoder: PacketDecoder | None = None
     viewers: dict[Transport, set[Viewer]] = field(default_factory=lambda: {t: set() for t in VIEWER_TRANSPORTS})
     meters: dict[Transport, Meter] = field(default_factory=lambda: {t: Meter() for t in Transport})
     #: the Janus publisher (camtrack.outputs.janus), when the camera is published
@@ -75,6 +78,8 @@ class Camera:
         if self.publisher is not None:
             await self.publisher.stop()
         await self.jpeg.close()
+        if self.decoder is not None:
+            await self.decoder.close()
         if self.encoder is not None:
             await self.encoder.close()
         if isinstance(self.feed, PassthroughFeed):
@@ -106,17 +111,20 @@ class Cameras:
                 functools.partial(make_source, source, settings.width, settings.height, settings.fps),
                 linger=config.linger,
             )
-            encoder = None
+            encoder = decoder = None
             feed: SharedEncoder | PassthroughFeed | None = None
+            jpeg = JpegEncoders(stream, config.mjpeg_fps)
             if settings.mode == "passthrough":
-                # the camera's own H.264 for WebRTC; pixels (MJPEG, snapshots) still come from `stream`
+                # the camera's own H.264 for WebRTC; pixels for MJPEG and snapshots are decoded from
+                # it, only while someone asks for them (the source is opened once either way)
                 feed = PassthroughFeed(settings.name, functools.partial(DemuxSource, source), linger=config.linger)
+                decoder = PacketDecoder(feed, settings.name)
+                jpeg = JpegEncoders(decoder, config.mjpeg_fps)
             elif config.encoder == "shared":
                 feed = encoder = SharedEncoder(stream, EncoderSettings(
                     codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
                     bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval))
-            self.by_name[settings.name] = Camera(settings, source, stream, encoder,
-                                                 JpegEncoders(stream, config.mjpeg_fps), feed=feed)
+            self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder)
 
     def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())

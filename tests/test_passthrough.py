@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -72,7 +73,7 @@ async def test_passthrough_serves_the_cameras_own_h264(serve, tmp_path, profile)
           f"{first_frame * 1000:.0f} ms after its websocket opened (keyframes every {GOP // FPS} s)")
     assert first_frame < 2.0  # (the issue's target is 300 ms; a loaded CI machine gets more room)
     # nothing decoded, nothing encoded: the camera's packets went out as they came
-    assert camera.stream.runs == 0 and not camera.jpeg
+    assert camera.stream.runs == 0 and not camera.jpeg and camera.decoder.frames == 0
     assert feed.stats.packets > 0 and feed.stats.keyframe_requests >= 0
     async with aiohttp.ClientSession() as http, http.get(url.replace("/ws", "/api/cameras")) as r:
         assert (await r.json())["cameras"][0]["mode"] == "passthrough"
@@ -148,3 +149,36 @@ async def test_auto_passes_through_what_it_can_and_transcodes_the_rest(tmp_path,
     finally:
         server.terminate()
         server.wait(10)
+
+
+async def test_snapshots_and_mjpeg_of_a_passed_through_camera_decode_only_while_asked(serve, tmp_path):
+    """Pixels are decoded from the camera's packets (the source opened once), only while asked."""
+    source = str(write_h264(tmp_path / "main.mp4", "main"))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240)
+    camera = app[CAMERAS].first
+    root = url.removesuffix("/ws")
+    viewer = Viewer(url)
+    await viewer.connect()
+    await viewer.frames(5)
+    assert camera.decoder.frames == 0  # WebRTC alone decodes nothing
+    async with aiohttp.ClientSession() as http:
+        async with http.get(root + "/snapshot.jpg") as r:
+            assert r.status == 200
+            image = cv2.imdecode(np.frombuffer(await r.read(), np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (240, 320, 3)
+        async with http.get(root + "/mjpeg") as r:
+            assert r.status == 200
+            got = 0
+            async for chunk in r.content.iter_chunked(65536):
+                got += chunk.count(b"Content-Type: image/jpeg")
+                if got >= 3:
+                    break
+        async with http.get(root + "/metrics") as r:
+            metrics = await r.text()
+    assert camera.stream.runs == 0  # no second connection to the camera: the pixels came from its packets
+    assert camera.decoder.frames > 0 and 'camtrack_frames_decoded_total{camera="default"}' in metrics
+    await eventually(lambda: not camera.decoder.running, timeout=15)  # nobody asks: decoding stops
+    decoded = camera.decoder.frames
+    await viewer.frames(10)
+    assert camera.decoder.frames == decoded
+    await viewer.close()

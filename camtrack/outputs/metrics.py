@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from ..cameras import Cameras
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
+from ..media.passthrough import PassthroughFeed
 
 
 class CameraCollector:
@@ -33,6 +34,10 @@ class CameraCollector:
         opens = CounterMetricFamily("camtrack_source_opens", "Times the camera's stream was opened.",
                                     labels=["camera"])
         captured = CounterMetricFamily("camtrack_frames_captured", "Frames captured.", labels=["camera"])
+        decoded = CounterMetricFamily("camtrack_frames_decoded", "Frames decoded from a passed-through camera's "
+                                      "H.264 (for MJPEG and snapshots, only while they are watched).", labels=["camera"])
+        passed = CounterMetricFamily("camtrack_packets_passed_through", "Packets of a camera's own H.264 handed "
+                                     "on to viewers, neither decoded nor encoded.", labels=["camera"])
         encoded = CounterMetricFamily("camtrack_frames_encoded", "Frames encoded by the shared encoders.",
                                       labels=["camera", "codec"])
         keyframes = CounterMetricFamily("camtrack_keyframes", "Keyframes encoded by the shared encoder.",
@@ -68,6 +73,9 @@ class CameraCollector:
             watched.add_metric([name], 1 if camera.stream.consumers else 0)
             opens.add_metric([name], camera.stream.runs)
             captured.add_metric([name], camera.stream.frames)
+            decoded.add_metric([name], camera.decoder.frames if camera.decoder is not None else 0)
+            if isinstance(camera.feed, PassthroughFeed):
+                passed.add_metric([name], camera.feed.stats.packets)
             if camera.publisher is not None:
                 janus_up.add_metric([name], 1 if camera.publisher.state == "publishing" else 0)
                 janus_publishes.add_metric([name], camera.publisher.publishes)
@@ -83,7 +91,7 @@ class CameraCollector:
                     cumulative += count
                     buckets.append((bound, cumulative))
                 encode_time.add_metric([name, codec], buckets, stats.encode_seconds)
-        yield from (viewers, up, watched, opens, captured, encoded, keyframes, keyframe_requests, sent,
+        yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, encode_time, janus_up, janus_publishes, janus_failures)
 
 

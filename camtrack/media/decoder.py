@@ -1,0 +1,85 @@
+"""Pixels from a packet feed, only while someone needs them (MJPEG, snapshots of a camera whose
+H.264 is passed through): a stage that decodes on a thread of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import Any
+
+import av
+import cv2
+
+from .feeds import FeedClosed, PacketFeed
+from .frame import Frame
+from .packet import EncodedPacket
+from .ring import Read
+from .stage import Stage
+
+logger = logging.getLogger(__name__)
+
+
+class DecoderClosed(FeedClosed):
+    """The decoder stopped while a reader waited for a picture."""
+
+
+class PacketDecoder(Stage[PacketFeed, Frame]):
+    """Decodes a packet feed into frames (a frame feed), attached to it only while it has readers.
+
+    It starts at the feed's newest keyframe (decoding the packets since then at once, so the first
+    picture is the newest one) and decodes every packet after it, in order; a decoder that fell
+    behind further than the feed holds starts again at a keyframe.
+    """
+
+    def __init__(self, input: PacketFeed, name: str) -> None:
+        super().__init__(input, f"decoder {name}", lambda: DecoderClosed(name))
+        self.frames = 0
+        self._seq = 0
+
+    async def next_frame(self, after: int = 0) -> Frame:
+        """The newest picture above number `after`, waiting for one if needed."""
+        return (await self.next(after, newest=True)).item
+
+    async def _run(self, executor: concurrent.futures.Executor) -> None:
+        loop = asyncio.get_running_loop()
+        codec = av.CodecContext.create(self.input.codec.codec, "r")
+        codec.thread_type = "AUTO"
+        start = self.input.start_packets()
+        after = start[-1].seq if start else 0
+        pending = list(start)
+        synced = bool(start)
+        while True:
+            if pending:
+                packets, pending = pending, []
+            else:
+                read: Read[EncodedPacket] = await self.input.next_packet(after)
+                if read.skipped and synced:
+                    synced = False  # what was missed is needed to decode what follows
+                packets = [read.item]
+            after = packets[-1].seq
+            if not synced:
+                packets = packets[next((i for i, p in enumerate(packets) if p.keyframe), len(packets)):]
+                if not packets:
+                    continue
+                synced = True
+            frame = await loop.run_in_executor(executor, self._decode, codec, packets)
+            if frame is not None:
+                self._seq += 1
+                self._publish(Frame(self._seq, *frame))
+
+    def _decode(self, codec: Any, packets: list[EncodedPacket]) -> tuple[Any, Any, float, float] | None:
+        """Runs on the decoder's thread: the last picture of `packets`, as BGR and I420."""
+        picture = None
+        for encoded in packets:
+            try:
+                for decoded in codec.decode(av.Packet(bytes(encoded.packet))):
+                    picture = decoded
+                    self.frames += 1
+            except av.FFmpegError as exc:
+                logger.debug("%s: %s", self.name, exc)
+        if picture is None:
+            return None
+        bgr = picture.to_ndarray(format="bgr24")
+        return bgr, cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), packets[-1].captured, time.monotonic()
