@@ -35,6 +35,7 @@ class RtspServer:
         self.in_band = in_band_parameter_sets
         self.port = 0
         self.sessions = 0
+        self.down = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -42,6 +43,14 @@ class RtspServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def go_down(self) -> None:
+        """Drop every connection and refuse new ones (a camera switched off) until `come_back()`."""
+        self.down = True
+        self.drop_connections()
+
+    def come_back(self) -> None:
+        self.down = False
 
     def drop_connections(self) -> None:
         """Cut every connection (a camera rebooting, a network fault)."""
@@ -64,6 +73,9 @@ class RtspServer:
         )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
         self._writers.add(writer)
         sender: asyncio.Task[None] | None = None
         try:

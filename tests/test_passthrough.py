@@ -16,6 +16,7 @@ import pytest
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
+from camtrack.media import stamp
 from camtrack.media.passthrough import PassthroughFeed
 from camtrack.sources import SourceError, check_source
 
@@ -181,4 +182,36 @@ async def test_snapshots_and_mjpeg_of_a_passed_through_camera_decode_only_while_
     decoded = camera.decoder.frames
     await viewer.frames(10)
     assert camera.decoder.frames == decoded
+    await viewer.close()
+
+
+from .test_demux import files, rtsp  # noqa: E402, F401 - their fixtures: test files, a loopback RTSP server
+
+
+def no_signal_shown(frame: av.VideoFrame) -> bool:
+    """A "no signal" picture carries a latency stamp of now; the camera's test picture has none."""
+    return abs(stamp.latency_ms(stamp.read_stamp(frame.to_ndarray(format="bgr24")))) < 10_000
+
+
+async def test_a_camera_that_goes_away_shows_no_signal_then_comes_back(serve, rtsp):  # noqa: F811
+    rtsp_url, server = await rtsp("baseline.mp4", in_band=False)
+    url, app = await serve(source=rtsp_url, mode="passthrough", width=320, height=240)
+    viewer = Viewer(url)
+    await viewer.connect()
+    assert not no_signal_shown((await viewer.frames(5))[-1])
+    track = await viewer.track
+    server.go_down()
+    for _ in range(300):
+        if no_signal_shown(await asyncio.wait_for(track.recv(), 20)):
+            break
+    else:
+        raise AssertionError("no 'no signal' picture while the camera was away")
+    assert app[CAMERAS].first.feed.state == "retrying"
+    server.come_back()
+    for _ in range(600):
+        if not no_signal_shown(await asyncio.wait_for(track.recv(), 30)):
+            break
+    else:
+        raise AssertionError("the camera's picture did not come back")
+    assert viewer.pc.connectionState == "connected"
     await viewer.close()

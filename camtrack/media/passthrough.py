@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import av
 
+from .capture import no_signal_image
 from .feeds import FeedClosed
 from .frame import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE
 from .packet import CodecInfo, EncodedPacket
@@ -26,6 +27,8 @@ from .ring import Read, Ring
 
 logger = logging.getLogger(__name__)
 
+#: seconds between "no signal" pictures while the source is retrying
+NO_SIGNAL_INTERVAL = 0.2
 #: packets the ring holds: the newest GOP of most cameras (4 s at 30 fps is 120; 10 s at 30 is 300)
 RING_PACKETS = 300
 #: a jump of the source's timestamps larger than this (seconds) is a discontinuity, not time passing
@@ -283,6 +286,8 @@ class _Run:
         self.previous = previous
         self.state = "starting"
         self._stop = threading.Event()
+        self._no_signal_encoder: Any = None
+        self._no_signal_count = 0
         self._thread = threading.Thread(target=self._main, name=f"passthrough {source.description}", daemon=True)
 
     @property
@@ -315,7 +320,7 @@ class _Run:
                 if self.state != "retrying":
                     logger.warning("%s: %s; retrying", source.description, exc)
                 self._set_state("retrying")
-                self._stop.wait(delay)
+                self._no_signal(delay)
                 delay = min(delay * 2, self.feed.retry_max)
                 continue
             opens += 1
@@ -325,9 +330,16 @@ class _Run:
                 logger.debug("%s opened again", source.description)
             else:
                 logger.info("%s opened: %s", source.description, _describe(source))
+            # what comes before the first IDR cannot be decoded (after a "no signal" picture,
+            # it would be decoded against that): start each opening at an IDR
+            idr_seen = False
             try:
                 while not self._stop.is_set():
                     packet = source.read()
+                    if packet is not None and not idr_seen:
+                        if not packet.keyframe:
+                            continue
+                        idr_seen = True
                     if packet is None:
                         if self._stop.is_set():
                             break  # interrupted: released, not ended
@@ -347,9 +359,52 @@ class _Run:
             finally:
                 source.close()
             if not self._stop.is_set():
-                self._stop.wait(delay)
+                self._no_signal(delay)
                 delay = min(delay * 2, self.feed.retry_max)
         logger.info("%s released", source.description)
+
+    def _no_signal(self, seconds: float) -> None:
+        """Wait `seconds` (or until stopped), showing viewers a "no signal" picture meanwhile, as
+        an H.264 IDR of its own a few times a second (the camera's next IDR replaces it)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            if self.state == "retrying":
+                packet = self._no_signal_packet()
+                if packet is not None:
+                    self.feed._from_thread(self, self.feed._publish, packet, time.time(), time.monotonic())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(NO_SIGNAL_INTERVAL, left))
+
+    def _no_signal_packet(self) -> SourcePacket | None:
+        codec = self.feed.codec
+        width, height = (codec.width, codec.height) if codec.width and codec.height else (640, 480)
+        try:
+            if self._no_signal_encoder is None:
+                self._no_signal_encoder = _intra_encoder(width, height)
+            picture = av.VideoFrame.from_ndarray(
+                no_signal_image(width, height, self.source.description), format="bgr24").reformat(format="yuv420p")
+            picture.pts = self._no_signal_count
+            self._no_signal_count += 1
+            data = b"".join(bytes(p) for p in self._no_signal_encoder.encode(picture))
+        except (av.FFmpegError, ValueError) as exc:
+            logger.debug("no-signal picture failed: %s", exc)
+            return None
+        if not data:
+            return None
+        return SourcePacket(data, round(time.monotonic() * VIDEO_CLOCK_RATE), VIDEO_TIME_BASE, True)
+
+
+def _intra_encoder(width: int, height: int) -> Any:
+    """A libx264 encoder whose every picture is an IDR with its parameter sets (for "no signal")."""
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base = fractions.Fraction(1, 5)
+    codec.gop_size = 1
+    codec.profile = "Baseline"
+    codec.options = {"preset": "ultrafast", "tune": "zerolatency", "forced-idr": "1"}
+    return codec
 
 
 def _count_open(feed: PassthroughFeed, again: bool) -> None:
