@@ -84,12 +84,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def measure(mode: str, codec: str, width: int, height: int, viewers: int, duration: float) -> Row:
+def measure(mode: str, codec: str, width: int, height: int, viewers: int, duration: float,
+            source: str = "pattern") -> Row:
+    """One row. `mode` is an --encoder (shared, per-viewer), or for an H.264 `source` a --mode
+    (passthrough, transcode: the camera's own packets against decoding and encoding them again)."""
     port = free_port()
+    how = ["--mode", mode] if mode in ("passthrough", "transcode") else ["--encoder", mode]
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port),
-         "--source", "pattern", "--width", str(width), "--height", str(height), "--fps", "30",
-         "--codec", codec, "--encoder", mode, "--ice-address", "127.0.0.1", "--log-level", "warning"],
+         "--source", source, "--width", str(width), "--height", str(height), "--fps", "30",
+         "--codec", codec, *how, "--ice-address", "127.0.0.1", "--log-level", "warning"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     clients: list[subprocess.Popen] = []
@@ -134,7 +138,8 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
             server.kill()
     per_viewer = [v for r in results for v in r["viewers"]]
     fps = [v["frames"] / duration for v in per_viewer]
-    latency = [ms for v in per_viewer for ms in v["latency"]]
+    # a file's pictures carry the time they were made, not when they were sent: no latency from them
+    latency = [ms for v in per_viewer for ms in v["latency"]] if source == "pattern" else []
     return Row(
         mode=mode, codec=codec, size=f"{width}x{height}", viewers=viewers,
         server_cpu=100 * (cpu1 - cpu0) / (t1 - t0),
@@ -144,6 +149,32 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
         first_frame_max=max(v.get("first_frame", float("inf")) for v in per_viewer),
         rss_mb=rss, errors=sum(1 for v in per_viewer if "error" in v),
     )
+
+
+def h264_file(path: Path) -> Path:
+    """A camera's H.264 as a file: 20 s of the test pattern, 640x480@30, 1 Mbit/s, main profile,
+    no B-frames, a keyframe every 4 s (made once, then reused)."""
+    if path.exists():
+        return path
+    import av
+
+    from camtrack.sources.pattern import PatternSource
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = PatternSource(640, 480, 1000)  # not paced: made as fast as it encodes
+    source.open()
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        stream.bit_rate = 1_000_000
+        stream.codec_context.options = {"profile": "main", "bf": "0", "g": "120", "keyint_min": "120",
+                                        "sc_threshold": "0", "preset": "veryfast"}
+        for i in range(600):
+            frame = av.VideoFrame.from_ndarray(source.read(), format="bgr24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
 
 
 def print_table(rows: list[Row]) -> None:
@@ -164,6 +195,9 @@ def main() -> None:
                         help="one more shared-encoder row at this N, to show how far one box goes (0: none)")
     parser.add_argument("--sizes", default=None, help="comma-separated WxH (default 640x480, plus 1280x720 at N=1,4)")
     parser.add_argument("--duration", type=float, default=None, help="seconds measured per row")
+    parser.add_argument("--passthrough", action="store_true",
+                        help="only rows of a camera's own H.264 (a 640x480@30 file of the pattern, a keyframe "
+                             "every 4 s) passed through against decoded and encoded again")
     args = parser.parse_args()
 
     duration = args.duration or (4.0 if args.quick else 10.0)
@@ -178,15 +212,20 @@ def main() -> None:
     if args.max_viewers and not args.quick and "shared" in modes:
         plan += [("shared", c, 640, 480, args.max_viewers) for c in codecs]
 
-    print(f"# camtrack benchmark: {os.cpu_count()} cores, {duration:g} s windows, pattern source at 30 fps", flush=True)
+    source = "pattern"
+    if args.passthrough:
+        source = str(h264_file(ROOT / "bench" / ".cache" / "pattern-640x480-gop4s.mp4"))
+        plan = [(m, "h264", 640, 480, n) for m in ("passthrough", "transcode") for n in counts]
+    print(f"# camtrack benchmark: {os.cpu_count()} cores, {duration:g} s windows, "
+          f"{'an H.264 file of the pattern' if args.passthrough else 'pattern source'} at 30 fps", flush=True)
     rows = []
     for mode, codec, width, height, viewers in plan:
-        row = measure(mode, codec, width, height, viewers, duration)
+        row = measure(mode, codec, width, height, viewers, duration, source)
         rows.append(row)
         print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
     print_table(rows)
     for codec in codecs:
-        for mode in modes:
+        for mode in (("passthrough", "transcode") if args.passthrough else modes):
             base = [r for r in rows if (r.mode, r.codec, r.size) == (mode, codec, "640x480")]
             one = next((r for r in base if r.viewers == 1), None)
             if one is None or one.server_cpu <= 0:
