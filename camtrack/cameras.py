@@ -117,7 +117,8 @@ class Cameras:
             if settings.mode == "passthrough":
                 # the camera's own H.264 for WebRTC; pixels for MJPEG and snapshots are decoded from
                 # it, only while someone asks for them (the source is opened once either way)
-                feed = PassthroughFeed(settings.name, functools.partial(DemuxSource, source), linger=config.linger)
+                packets = functools.partial(DemuxSource, source, rtsp_transport=settings.rtsp_transport)
+                feed = PassthroughFeed(settings.name, packets, linger=config.linger)
                 decoder = PacketDecoder(feed, settings.name)
                 jpeg = JpegEncoders(decoder, config.mjpeg_fps)
             elif config.encoder == "shared":

@@ -273,11 +273,11 @@ def run(argv: list[str] | None) -> None:
             asked = camera.mode
             if asked == "auto" and config.encoder != "shared":
                 camera.mode = "transcode"  # each viewer's own encoder wants pictures
-            camera.mode, why = choose_mode(camera.source, camera.mode, camera.codec)
+            camera.mode, why = choose_mode(camera.source, camera.mode, camera.codec, camera.rtsp_transport)
             if asked == "auto":
                 logger.info("camera %s: %s (%s)", camera.name,
                             "passing its H.264 through" if camera.mode == "passthrough" else "transcoding", why)
-            check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode)
+            check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode, camera.rtsp_transport)
         except (SourceError, ValueError, OSError) as exc:
             name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
             fail(parser, f"{name}{exc}")

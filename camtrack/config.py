@@ -249,6 +249,9 @@ class CameraSettings:
         "B-frames), no decode, no encode; 'transcode': the source is decoded and encoded once by the shared "
         "encoder; 'auto' (default): passthrough when the source allows it, else transcode",
         choices=MODES, check=one_of(MODES)))
+    rtsp_transport: str = field(default="tcp", metadata=option(
+        "how an rtsp:// source's packets come: 'tcp' (default: interleaved in the RTSP connection, no loss) "
+        "or 'udp' (less delay where the network loses nothing)", choices=("tcp", "udp"), check=one_of(("tcp", "udp"))))
     #: target bitrate of the shared encoder, bits per second
     bitrate: int = field(default=1_000_000, metadata=option(
         "target bitrate of the shared encoder in bit/s (default: {default})", metavar="BPS",

@@ -70,7 +70,7 @@ def resolve_auto(spec: str) -> str:
 PACKET_FILES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".m2ts", ".h264", ".264", ".flv")
 
 
-def choose_mode(spec: str, mode: str, codec: str = "h264") -> tuple[str, str]:
+def choose_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str = "tcp") -> tuple[str, str]:
     """`auto` made `passthrough` or `transcode` for this source (others pass through), and why."""
     if mode != "auto":
         return mode, "asked for"
@@ -81,20 +81,21 @@ def choose_mode(spec: str, mode: str, codec: str = "h264") -> tuple[str, str]:
     if not (is_stream(spec) or spec.lower().endswith(PACKET_FILES)):
         return "transcode", "it gives pictures, not encoded video"
     try:
-        _, why = probe(spec)
+        _, why = probe(spec, rtsp_transport=rtsp_transport)
     except Exception as exc:  # noqa: BLE001 - PyAV cannot open it: OpenCV may (check_source says)
         return "transcode", f"PyAV cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     return ("transcode", why) if why else ("passthrough", "it is H.264 without B-frames")
 
 
-def check_source(spec: str, width: int, height: int, fps: float, mode: str = "transcode") -> None:
+def check_source(spec: str, width: int, height: int, fps: float, mode: str = "transcode",
+                 rtsp_transport: str = "tcp") -> None:
     """Open and close a source once, raising SourceError if it cannot give a frame (or, for
     `passthrough`, if its packets cannot go to viewers as they are)."""
     if mode == "passthrough":
         from .demux import probe  # PyAV's demuxer, only when asked for
 
         try:
-            _, why = probe(spec)
+            _, why = probe(spec, rtsp_transport=rtsp_transport)
         except (OSError, ValueError) as exc:
             raise SourceError(f"cannot open {redact(spec)} for passthrough: {exc}") from None
         if why is not None:
