@@ -19,10 +19,13 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .media.encoder import HARDWARE_H264
+
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
 #: how a camera's video reaches WebRTC viewers: decoded and encoded once, or its own H.264 as it comes
 MODES = ("auto", "transcode", "passthrough")
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: the largest frame: 8K UHD
@@ -327,6 +330,10 @@ class Config(CameraSettings):
         "'shared' (default): each frame encoded once for every viewer; "
         "'per-viewer': aiortc encodes for each viewer, with its own congestion control",
         choices=ENCODERS, check=one_of(ENCODERS)))
+    hw_encoder: str = field(default="auto", metadata=option(
+        "H.264 hardware encoder of the shared encoder: 'auto' (default: the first of "
+        f"{', '.join(HARDWARE_H264)} that opens on this box, else libx264), 'off', or one of them by name",
+        choices=("auto", "off", *HARDWARE_H264), check=one_of(("auto", "off", *HARDWARE_H264))))
     ice_servers: list[str] = field(default_factory=list, metadata=option(
         "STUN/TURN server, repeatable: stun:HOST:PORT or turn:USER:PASS@HOST:PORT "
         "(default: none, host candidates only, for a LAN)", flag="--ice-server", metavar="URL"))

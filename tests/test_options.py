@@ -49,7 +49,8 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "linger": 0.0, "log_level": "warning", "width": 320, "height": 240, "fps": 12.5, "codec": "vp8",
               "bitrate": 300_000, "keyframe_interval": 1.0, "max_viewers": 3, "publish": "janus:http://j/janus",
               "janus_room": 7, "janus_pin": "p", "janus_display": "d",
-              "mode": "transcode", "rtsp_transport": "udp"}  # (passthrough needs codec h264, and this file asks for vp8)
+              # (passthrough needs codec h264, and this file asks for vp8)
+              "mode": "transcode", "rtsp_transport": "udp", "hw_encoder": "off"}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:

@@ -58,6 +58,9 @@ class EncoderSettings:
     #: viewers joining and leaving in a loop cannot make everyone pay for a keyframe each time
     forced_keyframe_rate: float = 2.0
     forced_keyframe_burst: int = 3
+    #: an H.264 hardware encoder: "auto" (the first of HARDWARE_H264 that opens here, else libx264),
+    #: "off" (libx264), or one of HARDWARE_H264
+    hardware: str = "auto"
 
 
 #: upper bounds of the encode-time histogram, seconds
@@ -88,9 +91,59 @@ class EncoderStats:
         self.encode_buckets[-1] += 1
 
 
+#: H.264 hardware encoders FFmpeg may have (a Raspberry Pi's, NVIDIA's, Intel's, VA-API), in the
+#: order "auto" tries them
+HARDWARE_H264 = ("h264_v4l2m2m", "h264_nvenc", "h264_qsv", "h264_vaapi")
+
+
+def hardware_encoder(settings: EncoderSettings, name: str) -> av.VideoCodecContext:
+    """Hardware encoder `name`, opened (so that one this box lacks fails here, in milliseconds)."""
+    if name not in av.codecs_available:
+        raise ValueError(f"this FFmpeg has no {name}")
+    codec = av.CodecContext.create(name, "w")
+    if not isinstance(codec, av.VideoCodecContext):
+        raise ValueError(f"{name} is not a video encoder")
+    codec.width, codec.height, codec.pix_fmt = settings.width, settings.height, "yuv420p"
+    codec.bit_rate = settings.bitrate
+    codec.time_base = TIME_BASE
+    codec.framerate = fractions.Fraction(round(settings.fps * 1000), 1000)
+    codec.gop_size = max(1, round(settings.keyframe_interval * settings.fps))
+    codec.max_b_frames = 0
+    codec.open()
+    return codec
+
+
+def _h264_encoder(settings: EncoderSettings) -> av.VideoCodecContext | None:
+    """The hardware encoder `settings.hardware` asks for and this box has, or None (libx264)."""
+    names = HARDWARE_H264 if settings.hardware == "auto" else () if settings.hardware == "off" else (settings.hardware,)
+    for name in names:
+        try:
+            codec = hardware_encoder(settings, name)
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            if settings.hardware != "auto":
+                logger.warning("hardware encoder %s does not open here (%s): encoding with libx264", name, exc)
+            continue
+        logger.info("encoding H.264 with the hardware encoder %s", name)
+        return codec
+    return None
+
+
+def _has_sps(data: bytes) -> bool:
+    """Whether Annex-B `data` starts with an H.264 sequence parameter set among its first units."""
+    at = data.find(b"\x00\x00\x01")
+    while 0 <= at < 256 and at + 3 < len(data):
+        if data[at + 3] & 0x1F == 7:
+            return True
+        at = data.find(b"\x00\x00\x01", at + 3)
+    return False
+
+
 def _codec_context(settings: EncoderSettings) -> av.VideoCodecContext:
-    """A libx264 or libvpx encoder tuned for live video: no B-frames, no look-ahead."""
+    """A libx264 or libvpx encoder tuned for live video: no B-frames, no look-ahead (or an H.264
+    hardware encoder, see EncoderSettings.hardware)."""
     gop = max(1, round(settings.keyframe_interval * settings.fps))
+    if settings.codec == "h264" and (hardware := _h264_encoder(settings)) is not None:
+        return hardware
     if settings.codec == "h264":
         codec = av.CodecContext.create("libx264", "w")
         codec.profile = "Baseline"  # x264 writes constrained baseline (42e0..), which Safari plays
@@ -153,6 +206,8 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         self._last_keyframe = 0.0
         self._last_forced = 0.0
         self._forced_budget = TokenBucket(settings.forced_keyframe_burst, settings.forced_keyframe_rate)
+        #: the FFmpeg encoder of the current (or last) run: libx264, libvpx or a hardware one
+        self.backend: str | None = None
 
     @property
     def codec(self) -> CodecInfo:
@@ -182,6 +237,7 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         loop = asyncio.get_running_loop()
         self.stats.runs += 1
         codec = _codec_context(self.settings)
+        self.backend = codec.name
         clock = PtsClock()
         after = 0
         logger.info("encoder %s %dx%d started (%d bit/s)", self.settings.codec, self.settings.width,
@@ -218,6 +274,10 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
             return None
         data = b"".join(bytes(p) for p in packets)
         keyframe = any(p.is_keyframe for p in packets)
+        if keyframe and codec.extradata and not _has_sps(data):
+            # a hardware encoder may give its parameter sets once, out of band: a viewer starting
+            # at this keyframe needs them in front of it
+            data = bytes(codec.extradata) + data
         packet = av.Packet(data)
         packet.pts = packet.dts = pts
         packet.time_base = TIME_BASE
