@@ -138,8 +138,7 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
             server.kill()
     per_viewer = [v for r in results for v in r["viewers"]]
     fps = [v["frames"] / duration for v in per_viewer]
-    # a file's pictures carry the time they were made, not when they were sent: no latency from them
-    latency = [ms for v in per_viewer for ms in v["latency"]] if source == "pattern" else []
+    latency = [ms for v in per_viewer for ms in v["latency"]]
     return Row(
         mode=mode, codec=codec, size=f"{width}x{height}", viewers=viewers,
         server_cpu=100 * (cpu1 - cpu0) / (t1 - t0),
@@ -151,30 +150,12 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
     )
 
 
-def h264_file(path: Path) -> Path:
-    """A camera's H.264 as a file: 20 s of the test pattern, 640x480@30, 1 Mbit/s, main profile,
-    no B-frames, a keyframe every 4 s (made once, then reused)."""
-    if path.exists():
-        return path
-    import av
-
-    from camtrack.sources.pattern import PatternSource
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    source = PatternSource(640, 480, 1000)  # not paced: made as fast as it encodes
-    source.open()
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
-        stream.bit_rate = 1_000_000
-        stream.codec_context.options = {"profile": "main", "bf": "0", "g": "120", "keyint_min": "120",
-                                        "sc_threshold": "0", "preset": "veryfast"}
-        for i in range(600):
-            frame = av.VideoFrame.from_ndarray(source.read(), format="bgr24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-    return path
+def live_camera() -> tuple[subprocess.Popen[str], str]:
+    """An RTSP camera on loopback (tests/rtsp_server.py): the pattern encoded as it is served,
+    640x480@30, H.264 Main without B-frames, a keyframe every 4 s; each picture is stamped."""
+    camera = subprocess.Popen([sys.executable, "-m", "tests.rtsp_server"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert camera.stdout is not None
+    return camera, camera.stdout.readline().strip()
 
 
 def print_table(rows: list[Row]) -> None:
@@ -196,8 +177,8 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="comma-separated WxH (default 640x480, plus 1280x720 at N=1,4)")
     parser.add_argument("--duration", type=float, default=None, help="seconds measured per row")
     parser.add_argument("--passthrough", action="store_true",
-                        help="only rows of a camera's own H.264 (a 640x480@30 file of the pattern, a keyframe "
-                             "every 4 s) passed through against decoded and encoded again")
+                        help="only rows of an RTSP camera's own H.264 (the pattern encoded live, 640x480@30, a "
+                             "keyframe every 4 s) passed through against decoded and encoded again")
     args = parser.parse_args()
 
     duration = args.duration or (4.0 if args.quick else 10.0)
@@ -212,17 +193,21 @@ def main() -> None:
     if args.max_viewers and not args.quick and "shared" in modes:
         plan += [("shared", c, 640, 480, args.max_viewers) for c in codecs]
 
-    source = "pattern"
+    source, camera = "pattern", None
     if args.passthrough:
-        source = str(h264_file(ROOT / "bench" / ".cache" / "pattern-640x480-gop4s.mp4"))
+        camera, source = live_camera()
         plan = [(m, "h264", 640, 480, n) for m in ("passthrough", "transcode") for n in counts]
     print(f"# camtrack benchmark: {os.cpu_count()} cores, {duration:g} s windows, "
-          f"{'an H.264 file of the pattern' if args.passthrough else 'pattern source'} at 30 fps", flush=True)
+          f"{'an RTSP camera of the pattern' if args.passthrough else 'pattern source'} at 30 fps", flush=True)
     rows = []
-    for mode, codec, width, height, viewers in plan:
-        row = measure(mode, codec, width, height, viewers, duration, source)
-        rows.append(row)
-        print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
+    try:
+        for mode, codec, width, height, viewers in plan:
+            row = measure(mode, codec, width, height, viewers, duration, source)
+            rows.append(row)
+            print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
+    finally:
+        if camera is not None:
+            camera.kill()
     print_table(rows)
     for codec in codecs:
         for mode in (("passthrough", "transcode") if args.passthrough else modes):

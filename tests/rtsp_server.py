@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fractions
 import struct
 from dataclasses import dataclass
 
@@ -148,3 +149,73 @@ class RtspServer:
                 delay = began + frame / self.fps - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+
+
+class LiveRtspServer(RtspServer):
+    """The test pattern encoded as it is served (like a camera: each picture carries the latency
+    stamp of the moment it was made), H.264 Main without B-frames, a keyframe every `gop` frames."""
+
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, gop: int = 120,
+                 bitrate: int = 1_000_000) -> None:
+        from camtrack.sources.pattern import PatternSource
+
+        self.width, self.height, self.gop, self.bitrate, self.fps = width, height, gop, bitrate, fps
+        self.pattern = PatternSource(width, height, 1000)  # paced by the sender, not by itself
+        self.pattern.open()
+        encoder = self._encoder()
+        first = self._encode(encoder, 0)
+        sps = next(n for n in split_annexb(first) if nal_type(n) == NAL_SPS)
+        pps = next(n for n in split_annexb(first) if nal_type(n) == NAL_PPS)
+        super().__init__([], sps, pps, fps)
+
+    def _encoder(self) -> av.VideoCodecContext:
+        codec = av.CodecContext.create("libx264", "w")
+        assert isinstance(codec, av.VideoCodecContext)
+        codec.width, codec.height, codec.pix_fmt = self.width, self.height, "yuv420p"
+        codec.time_base = VIDEO_TIME_BASE
+        codec.framerate = fractions.Fraction(round(self.fps * 1000), 1000)
+        codec.bit_rate = self.bitrate
+        codec.gop_size = self.gop
+        codec.max_b_frames = 0
+        codec.options = {"profile": "main", "preset": "veryfast", "tune": "zerolatency", "bf": "0",
+                         "g": str(self.gop), "keyint_min": str(self.gop), "sc_threshold": "0"}
+        return codec
+
+    def _encode(self, codec: av.VideoCodecContext, pts: int) -> bytes:
+        frame = av.VideoFrame.from_ndarray(self.pattern.read(), format="bgr24")
+        frame.pts = pts
+        return b"".join(bytes(p) for p in codec.encode(frame))
+
+    async def _send(self, writer: asyncio.StreamWriter) -> None:
+        packer = H264Encoder()
+        codec = self._encoder()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        seq, ssrc, frame = 0, 0x1234ABCD, 0
+        while not writer.is_closing():
+            pts = round(frame * 90000 / self.fps)
+            data = self._encode(codec, pts)
+            if data:
+                packet = av.Packet(data)
+                packet.pts, packet.time_base = pts, VIDEO_TIME_BASE
+                payloads, timestamp = packer.pack(packet)
+                for i, payload in enumerate(payloads):
+                    marker = 0x80 if i == len(payloads) - 1 else 0
+                    rtp = struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
+                    writer.write(b"$\x00" + struct.pack("!H", len(rtp)) + rtp)
+                    seq += 1
+                await writer.drain()
+            frame += 1
+            delay = began + frame / self.fps - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+async def _serve_live() -> None:
+    server = LiveRtspServer()
+    print(await server.start(), flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # `python -m tests.rtsp_server`: a live RTSP camera on loopback (bench/)
+    asyncio.run(_serve_live())
