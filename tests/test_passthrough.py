@@ -215,3 +215,49 @@ async def test_a_camera_that_goes_away_shows_no_signal_then_comes_back(serve, rt
         raise AssertionError("the camera's picture did not come back")
     assert viewer.pc.connectionState == "connected"
     await viewer.close()
+
+
+async def test_a_viewer_waiting_when_a_camera_opens_starts_at_its_keyframe():
+    """The viewer's first recv() found nothing; then the camera's first packets came at once
+    (keyframe and P-frames): it starts at that keyframe, not at the camera's next one."""
+    from camtrack.media.packet import CodecInfo, EncodedPacket
+    from camtrack.media.ring import Ring
+    from camtrack.outputs.webrtc.tracks import EncodedTrack
+
+    class Feed:
+        name = "f"
+        codec = CodecInfo("h264", 320, 240)
+
+        def __init__(self) -> None:
+            self.ring: Ring[EncodedPacket] = Ring(50, RuntimeError)
+            self.ring.reopen()
+
+        @property
+        def latest(self) -> EncodedPacket | None:
+            return self.ring.newest
+
+        def attach(self, reader: object) -> None: ...
+        def detach(self, reader: object) -> None: ...
+        def request_keyframe(self) -> None: ...
+
+        def start_packets(self) -> list[EncodedPacket]:
+            return self.ring.since(lambda p: p.keyframe)
+
+        async def next_packet(self, after: int = 0):
+            return await self.ring.next(after)
+
+    def packet(seq: int, key: bool) -> EncodedPacket:
+        data = av.Packet(b"\x00\x00\x00\x01\x65" if key else b"\x00\x00\x00\x01\x41")
+        data.pts, data.time_base = 3000 * seq, fractions.Fraction(1, 90000)
+        return EncodedPacket(seq, data, key, time.time(), 5, Feed.codec)
+
+    feed = Feed()
+    track = EncodedTrack(feed)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)  # (let it find the feed empty and wait)
+    for seq in range(1, 6):  # the camera opened: a keyframe and four more, all at once
+        feed.ring.publish(packet(seq, seq == 1))
+    got = await asyncio.wait_for(first, 5)
+    assert bytes(got)[4] == 0x65  # the keyframe
+    rest = [await asyncio.wait_for(track.recv(), 5) for _ in range(4)]
+    assert [p.pts for p in rest] == sorted(p.pts for p in rest)
