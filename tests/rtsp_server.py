@@ -135,20 +135,25 @@ class RtspServer:
                 data = unit.data
                 if not self.in_band:
                     data = annexb([n for n in split_annexb(data) if nal_type(n) not in (NAL_SPS, NAL_PPS)])
-                packet = av.Packet(data)
-                packet.pts = unit.pts + span * (frame // len(self.units))
-                packet.time_base = VIDEO_TIME_BASE
-                payloads, timestamp = packer.pack(packet)
-                for i, payload in enumerate(payloads):
-                    marker = 0x80 if i == len(payloads) - 1 else 0
-                    rtp = struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
-                    writer.write(b"$\x00" + struct.pack("!H", len(rtp)) + rtp)
-                    seq += 1
+                seq = send_unit(writer, packer, data, unit.pts + span * (frame // len(self.units)), seq, ssrc)
                 frame += 1
                 await writer.drain()
                 delay = began + frame / self.fps - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+
+
+def send_unit(writer: asyncio.StreamWriter, packer: H264Encoder, data: bytes, pts: int, seq: int, ssrc: int) -> int:
+    """One access unit as RTP interleaved in the RTSP connection (channel 0); the next sequence number."""
+    packet = av.Packet(data)
+    packet.pts, packet.time_base = pts, VIDEO_TIME_BASE
+    payloads, timestamp = packer.pack(packet)
+    for i, payload in enumerate(payloads):
+        marker = 0x80 if i == len(payloads) - 1 else 0
+        rtp = struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
+        writer.write(b"$\x00" + struct.pack("!H", len(rtp)) + rtp)
+        seq += 1
+    return seq
 
 
 class LiveRtspServer(RtspServer):
@@ -196,14 +201,7 @@ class LiveRtspServer(RtspServer):
             pts = round(frame * 90000 / self.fps)
             data = self._encode(codec, pts)
             if data:
-                packet = av.Packet(data)
-                packet.pts, packet.time_base = pts, VIDEO_TIME_BASE
-                payloads, timestamp = packer.pack(packet)
-                for i, payload in enumerate(payloads):
-                    marker = 0x80 if i == len(payloads) - 1 else 0
-                    rtp = struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
-                    writer.write(b"$\x00" + struct.pack("!H", len(rtp)) + rtp)
-                    seq += 1
+                seq = send_unit(writer, packer, data, pts, seq, ssrc)
                 await writer.drain()
             frame += 1
             delay = began + frame / self.fps - loop.time()

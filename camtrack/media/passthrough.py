@@ -22,6 +22,7 @@ import av
 from .capture import no_signal_image
 from .feeds import FeedClosed
 from .frame import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE
+from .lingering import Lingering
 from .packet import CodecInfo, EncodedPacket
 from .ring import Read, Ring
 
@@ -131,7 +132,7 @@ class Restamper:
         return out
 
 
-class PassthroughFeed:
+class PassthroughFeed(Lingering):
     """A packet feed of a camera's own H.264 (the same interface as the shared encoder).
 
     Its source is opened by a reader thread when the first reader attaches and released `linger`
@@ -142,11 +143,10 @@ class PassthroughFeed:
 
     def __init__(self, name: str, source_factory: Callable[[], PacketSource], *, linger: float = 3.0,
                  ring_size: int = RING_PACKETS, retry_max: float = 10.0) -> None:
+        super().__init__(linger)
         self.name = name
         self.source_factory = source_factory
-        self.linger = linger
         self.retry_max = retry_max
-        self.consumers: set[object] = set()
         self.stats = PassthroughStats()
         #: `idle`, `starting`, `up` (giving packets) or `retrying`
         self.state = "idle"
@@ -155,7 +155,6 @@ class PassthroughFeed:
         self._seq = 0
         self._run: _Run | None = None
         self._released: list[_Run] = []
-        self._release_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restamper = Restamper()
 
@@ -176,20 +175,9 @@ class PassthroughFeed:
         """True while a reader thread is open or still letting go of its source."""
         return self._run is not None or any(run.alive for run in self._released)
 
-    def attach(self, reader: object) -> None:
-        """Add a reader, opening the source if it is the first."""
-        self.consumers.add(reader)
-        if self._release_timer is not None:
-            self._release_timer.cancel()
-            self._release_timer = None
-        if self._run is None:
-            self._open()
-
-    def detach(self, reader: object) -> None:
-        """Remove a reader; the source is released `linger` seconds after the last."""
-        self.consumers.discard(reader)
-        if not self.consumers and self._run is not None and self._release_timer is None:
-            self._release_timer = asyncio.get_running_loop().call_later(self.linger, self._release)
+    @property
+    def is_open(self) -> bool:
+        return self._run is not None
 
     def start_packets(self) -> list[EncodedPacket]:
         """Where a new reader starts: the newest IDR and every packet after it (empty when the
@@ -211,9 +199,7 @@ class PassthroughFeed:
     async def close(self) -> None:
         """Release the source now and wait for the reader thread to end."""
         self.consumers.clear()
-        if self._release_timer is not None:
-            self._release_timer.cancel()
-            self._release_timer = None
+        self._cancel_release()
         self._release()
         while any(run.alive for run in self._released):
             await asyncio.sleep(0.02)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from .capture import CaptureThread
 from .feeds import FeedClosed, FrameSource
 from .frame import Frame
+from .lingering import Lingering
 from .ring import Ring
 
 logger = logging.getLogger(__name__)
@@ -19,15 +20,14 @@ class StreamClosed(FeedClosed):
     """The stream was closed while a consumer waited for a frame."""
 
 
-class CameraStream:
+class CameraStream(Lingering):
     """Opens its source when the first consumer attaches and releases it `linger`
     seconds after the last one detaches. Knows nothing of the protocols that read it."""
 
     def __init__(self, name: str, source_factory: Callable[[], FrameSource], linger: float = 3.0) -> None:
+        super().__init__(linger)
         self.name = name
         self.source_factory = source_factory
-        self.linger = linger
-        self.consumers: set[object] = set()
         #: how many times the stream started (opened its source for a first viewer after none)
         self.runs = 0
         #: only the newest frame matters to every reader of pixels: a ring of one
@@ -36,7 +36,6 @@ class CameraStream:
         #: captures told to stop whose threads may still be letting go of the device
         self._released: list[CaptureThread] = []
         self._capture: CaptureThread | None = None
-        self._release_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -54,21 +53,9 @@ class CameraStream:
         """`idle` (closed), `starting`, `up` (giving frames) or `retrying` (the source is failing)."""
         return "idle" if self._capture is None else self._capture.state
 
-    def attach(self, consumer: object) -> None:
-        """Add a consumer, opening the source if it is the first."""
-        self.consumers.add(consumer)
-        if self._release_timer is not None:
-            self._release_timer.cancel()
-            self._release_timer = None
-        if self._capture is None:
-            self._open()
-
-    def detach(self, consumer: object) -> None:
-        """Remove a consumer; the source is released `linger` seconds after the last."""
-        self.consumers.discard(consumer)
-        if not self.consumers and self._capture is not None and self._release_timer is None:
-            loop = asyncio.get_running_loop()
-            self._release_timer = loop.call_later(self.linger, self._release)
+    @property
+    def is_open(self) -> bool:
+        return self._capture is not None
 
     @property
     def latest(self) -> Frame | None:
@@ -82,9 +69,7 @@ class CameraStream:
     async def close(self) -> None:
         """Release the source now and wait for the capture thread to end."""
         self.consumers.clear()
-        if self._release_timer is not None:
-            self._release_timer.cancel()
-            self._release_timer = None
+        self._cancel_release()
         self._release()
         await asyncio.gather(*(_joined(c) for c in self._released))
 
