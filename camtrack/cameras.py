@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections import Counter, OrderedDict
@@ -188,5 +189,5 @@ class Cameras:
         return [v for camera in self for group in camera.viewers.values() for v in group] + list(self.pending)
 
     async def close(self) -> None:
-        for camera in self:
-            await camera.close()
+        # at once, not one after another: a camera slow to let go must not hold up the others
+        await asyncio.gather(*(camera.close() for camera in self))

@@ -272,12 +272,15 @@ def run(argv: list[str] | None) -> None:
             camera.source = resolve_auto(camera.source)
             asked = camera.mode
             if asked == "auto" and config.encoder != "shared":
-                camera.mode = "transcode"  # each viewer's own encoder wants pictures
-            camera.mode, why = choose_mode(camera.source, camera.mode, camera.codec, camera.rtsp_transport)
+                camera.mode, why = "transcode", "each viewer's own encoder wants pictures"
+            else:
+                camera.mode, why = choose_mode(camera.source, camera.mode, camera.codec, camera.rtsp_transport)
             if asked == "auto":
                 logger.info("camera %s: %s (%s)", camera.name,
                             "passing its H.264 through" if camera.mode == "passthrough" else "transcoding", why)
-            check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode, camera.rtsp_transport)
+            if not (asked == "auto" and camera.mode == "passthrough"):  # (else the probe just opened it)
+                check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode,
+                             camera.rtsp_transport)
         except (SourceError, ValueError, OSError) as exc:
             name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
             fail(parser, f"{name}{exc}")

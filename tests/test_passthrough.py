@@ -72,7 +72,7 @@ async def test_passthrough_serves_the_cameras_own_h264(serve, tmp_path, profile)
     assert (late_frames[-1].width, late_frames[-1].height) == (320, 240)
     print(f"\n{profile}: a viewer joining {behind} packets after the camera's keyframe saw a picture "
           f"{first_frame * 1000:.0f} ms after its websocket opened (keyframes every {GOP // FPS} s)")
-    assert first_frame < 2.0  # (the target is 300 ms; a loaded CI machine gets more room)
+    assert first_frame < 5.0  # (the target is 300 ms; ICE and DTLS on a loaded CI machine get room)
     # nothing decoded, nothing encoded: the camera's packets went out as they came
     assert camera.stream.runs == 0 and not camera.jpeg and camera.decoder.frames == 0
     assert feed.stats.packets > 0 and feed.stats.keyframe_requests >= 0
@@ -260,4 +260,5 @@ async def test_a_viewer_waiting_when_a_camera_opens_starts_at_its_keyframe():
     got = await asyncio.wait_for(first, 5)
     assert bytes(got)[4] == 0x65  # the keyframe
     rest = [await asyncio.wait_for(track.recv(), 5) for _ in range(4)]
-    assert [p.pts for p in rest] == sorted(p.pts for p in rest)
+    assert got.pts < rest[0].pts and [p.pts for p in rest] == sorted(p.pts for p in rest)
+    assert rest[-1].pts == 3000 * 5  # squeezed up to the newest packet's own time

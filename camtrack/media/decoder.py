@@ -64,22 +64,24 @@ class PacketDecoder(Stage[PacketFeed, Frame]):
                 if not packets:
                     continue
                 synced = True
-            frame = await loop.run_in_executor(executor, self._decode, codec, packets)
+            frame, decoded = await loop.run_in_executor(executor, self._decode, codec, packets)
+            self.frames += decoded  # counted here, on the loop: the thread may outlive the stage
             if frame is not None:
                 self._seq += 1
                 self._publish(Frame(self._seq, *frame))
 
-    def _decode(self, codec: Any, packets: list[EncodedPacket]) -> tuple[Any, Any, float, float] | None:
-        """Runs on the decoder's thread: the last picture of `packets`, as BGR and I420."""
-        picture = None
+    def _decode(self, codec: Any, packets: list[EncodedPacket]) -> tuple[tuple[Any, Any, float, float] | None, int]:
+        """Runs on the decoder's thread: the last picture of `packets`, as BGR and I420, and how
+        many pictures were decoded."""
+        picture, count = None, 0
         for encoded in packets:
             try:
                 for decoded in codec.decode(av.Packet(bytes(encoded.packet))):
                     picture = decoded
-                    self.frames += 1
+                    count += 1
             except av.FFmpegError as exc:
                 logger.debug("%s: %s", self.name, exc)
         if picture is None:
-            return None
+            return None, count
         bgr = picture.to_ndarray(format="bgr24")
-        return bgr, cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), packets[-1].captured, time.monotonic()
+        return (bgr, cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), packets[-1].captured, time.monotonic()), count

@@ -91,9 +91,11 @@ class EncoderStats:
         self.encode_buckets[-1] += 1
 
 
-#: H.264 hardware encoders FFmpeg may have (a Raspberry Pi's, NVIDIA's, Intel's, VA-API), in the
-#: order "auto" tries them
-HARDWARE_H264 = ("h264_v4l2m2m", "h264_nvenc", "h264_qsv", "h264_vaapi")
+#: H.264 hardware encoders FFmpeg may have (a Raspberry Pi's, NVIDIA's), in the order "auto" tries
+#: them; Intel's (qsv, vaapi) want hardware frames, not yuv420p, and are not offered
+HARDWARE_H264 = ("h264_v4l2m2m", "h264_nvenc")
+#: what makes each of them turn a forced keyframe into an IDR (a viewer can only start at one)
+HARDWARE_OPTIONS = {"h264_nvenc": {"forced-idr": "1", "zerolatency": "1", "bf": "0"}}
 
 
 def hardware_encoder(settings: EncoderSettings, name: str) -> av.VideoCodecContext:
@@ -109,6 +111,7 @@ def hardware_encoder(settings: EncoderSettings, name: str) -> av.VideoCodecConte
     codec.framerate = fractions.Fraction(round(settings.fps * 1000), 1000)
     codec.gop_size = max(1, round(settings.keyframe_interval * settings.fps))
     codec.max_b_frames = 0
+    codec.options = dict(HARDWARE_OPTIONS.get(name, {}))
     codec.open()
     return codec
 

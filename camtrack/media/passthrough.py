@@ -28,6 +28,8 @@ from .ring import Read, Ring
 
 logger = logging.getLogger(__name__)
 
+#: seconds `close()` waits for a reader thread stuck in the network before leaving it behind
+CLOSE_WAIT = 1.0
 #: seconds between "no signal" pictures while the source is retrying
 NO_SIGNAL_INTERVAL = 0.2
 #: packets the ring holds: the newest GOP of most cameras (4 s at 30 fps is 120; 10 s at 30 is 300)
@@ -201,7 +203,10 @@ class PassthroughFeed(Lingering):
         self.consumers.clear()
         self._cancel_release()
         self._release()
-        while any(run.alive for run in self._released):
+        # a reader blocked in the network (av.open, a read) cannot be interrupted: wait a little,
+        # then leave the daemon thread to end by itself rather than hold up a shutdown
+        deadline = asyncio.get_running_loop().time() + CLOSE_WAIT
+        while any(run.alive for run in self._released) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
 
     # -- the reader thread and its hand-over to the loop

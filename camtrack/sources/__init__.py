@@ -81,7 +81,7 @@ def choose_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str =
     if not (is_stream(spec) or spec.lower().endswith(PACKET_FILES)):
         return "transcode", "it gives pictures, not encoded video"
     try:
-        _, why = probe(spec, rtsp_transport=rtsp_transport)
+        _, why = probe(spec, rtsp_transport=rtsp_transport, open_timeout=5.0)
     except Exception as exc:  # noqa: BLE001 - PyAV cannot open it: OpenCV may (check_source says)
         return "transcode", f"PyAV cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     return ("transcode", why) if why else ("passthrough", "it is H.264 without B-frames")

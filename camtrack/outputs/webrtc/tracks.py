@@ -78,8 +78,9 @@ class EncodedTrack(MediaStreamTrack):
         self.first_packet: tuple[float, bool] | None = None
         self.skipped = 0
         self._pending: deque[EncodedPacket] | None = None  # set at the first recv()
-        #: the feed had no start run at the first recv(): the first packet read may still find one
-        self._first_start = True
+        #: when not in sync (at the start, after falling behind), try the feed's start run once
+        #: more at the next packet: a run may have come since (a camera just opened)
+        self._try_start = True
         #: the start run's presentation times, squeezed (see `_start_run`), by sequence number
         self._squeezed: dict[int, int] = {}
         self._seq = 0
@@ -115,20 +116,20 @@ class EncodedTrack(MediaStreamTrack):
                     # fell behind: what was missed is needed to decode this, so resync
                     self.skipped += read.skipped
                     self._synced = False
+                    self._try_start = True
                     self.encoder.request_keyframe()
                 self._seq = encoded.seq
                 if not self._synced:
-                    if not encoded.keyframe and self._first_start:
-                        # the feed had nothing when this viewer started, and since then several
-                        # packets came at once (a camera just opened): start from their keyframe
+                    if not encoded.keyframe and self._try_start:
+                        # start again from the feed's newest keyframe and what followed it, squeezed
+                        # (a camera cannot be asked for a keyframe; a shared encoder may have one)
+                        self._try_start = False
                         run = self._start_run(self.encoder.start_packets())
                         if run and run[-1].seq >= encoded.seq:
                             self._pending = deque(run)
                             self._seq = run[-1].seq
                             self._synced = True
-                            self._first_start = False
                             continue
-                    self._first_start = False
                     if not encoded.keyframe:
                         continue
                     self._synced = True
