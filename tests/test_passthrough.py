@@ -262,3 +262,64 @@ async def test_a_viewer_waiting_when_a_camera_opens_starts_at_its_keyframe():
     rest = [await asyncio.wait_for(track.recv(), 5) for _ in range(4)]
     assert got.pts < rest[0].pts and [p.pts for p in rest] == sorted(p.pts for p in rest)
     assert rest[-1].pts == 3000 * 5  # squeezed up to the newest packet's own time
+
+
+async def test_the_decoder_catches_up_in_one_go_and_converts_only_the_newest():
+    """30 packets waiting: all decoded at once (each is needed for the next), one picture made."""
+    from camtrack.media.decoder import PacketDecoder
+    from camtrack.media.packet import CodecInfo, EncodedPacket
+    from camtrack.media.ring import Ring
+
+    codec_info = CodecInfo("h264", 64, 48)
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 64, 48, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 30)
+    encoder.options = {"tune": "zerolatency", "bf": "0"}
+    packets = []
+    for i in range(30):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 8, np.uint8), format="rgb24")
+        frame.pts = i
+        for encoded in encoder.encode(frame):
+            packet = av.Packet(bytes(encoded))
+            packet.pts, packet.time_base = i * 3000, fractions.Fraction(1, 90000)
+            packets.append(EncodedPacket(len(packets) + 1, packet, encoded.is_keyframe, time.time(),
+                                         packet.size, codec_info))
+
+    class Feed:
+        name = "f"
+        codec = codec_info
+
+        def __init__(self) -> None:
+            self.ring: Ring[EncodedPacket] = Ring(100, RuntimeError)
+            self.ring.reopen()
+
+        @property
+        def latest(self) -> EncodedPacket | None:
+            return self.ring.newest
+
+        def attach(self, reader: object) -> None: ...
+        def detach(self, reader: object) -> None: ...
+        def request_keyframe(self) -> None: ...
+
+        def start_packets(self) -> list[EncodedPacket]:
+            return []
+
+        async def next_packet(self, after: int = 0):
+            return await self.ring.next(after)
+
+    feed = Feed()
+    feed.ring.publish(packets[0])  # the keyframe, then 29 more all at once
+    decoder = PacketDecoder(feed, "cam")  # type: ignore[arg-type]
+    reader = object()
+    decoder.attach(reader)
+    try:
+        first = await asyncio.wait_for(decoder.next_frame(0), 10)
+        for packet in packets[1:]:
+            feed.ring.publish(packet)
+        newest = await asyncio.wait_for(decoder.next_frame(first.seq), 10)
+        await eventually(lambda: decoder.frames == 30, timeout=10)
+        assert newest.seq == first.seq + 1  # one picture for the 29 packets that were waiting
+        assert abs(int(newest.bgr.mean()) - 29 * 8) < 8  # and it is the newest
+    finally:
+        decoder.detach(reader)
+        await decoder.close()

@@ -21,6 +21,10 @@ from .stage import Stage
 logger = logging.getLogger(__name__)
 
 
+#: packets decoded in one go at most (a decoder far behind catches up in steps, between pictures)
+MAX_BATCH = 60
+
+
 class DecoderClosed(FeedClosed):
     """The decoder stopped while a reader waited for a picture."""
 
@@ -45,7 +49,7 @@ class PacketDecoder(Stage[PacketFeed, Frame]):
     async def _run(self, executor: concurrent.futures.Executor) -> None:
         loop = asyncio.get_running_loop()
         codec = av.CodecContext.create(self.input.codec.codec, "r")
-        codec.thread_type = "AUTO"
+        codec.thread_type = "SLICE"  # frame threads would hold pictures back, one per thread
         start = self.input.start_packets()
         after = start[-1].seq if start else 0
         pending = list(start)
@@ -54,10 +58,23 @@ class PacketDecoder(Stage[PacketFeed, Frame]):
             if pending:
                 packets, pending = pending, []
             else:
-                read: Read[EncodedPacket] = await self.input.next_packet(after)
-                if read.skipped and synced:
-                    synced = False  # what was missed is needed to decode what follows
-                packets = [read.item]
+                # the next packet, and every one already there after it: decoded in one go, and
+                # only the last picture converted (MJPEG wants the newest, never a backlog)
+                packets = []
+                while not packets or (self.input.latest is not None and self.input.latest.seq > after):
+                    read: Read[EncodedPacket] = await self.input.next_packet(after)
+                    after = read.item.seq
+                    if read.skipped:
+                        # what was missed is needed to decode what follows: start again at the
+                        # feed's newest keyframe
+                        packets, synced = self.input.start_packets(), True
+                        if not packets:
+                            packets, synced = [read.item], False
+                        after = packets[-1].seq
+                        break
+                    packets.append(read.item)
+                    if len(packets) >= MAX_BATCH:
+                        break
             after = packets[-1].seq
             if not synced:
                 packets = packets[next((i for i, p in enumerate(packets) if p.keyframe), len(packets)):]
