@@ -126,7 +126,7 @@ class Cameras:
                 feed = encoder = SharedEncoder(stream, EncoderSettings(
                     codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
                     bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval,
-                    hardware=config.hw_encoder))
+                    hardware=config.video_encoder))
             self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder)
 
     def __iter__(self) -> Iterator[Camera]:

@@ -330,10 +330,11 @@ class Config(CameraSettings):
         "'shared' (default): each frame encoded once for every viewer; "
         "'per-viewer': aiortc encodes for each viewer, with its own congestion control",
         choices=ENCODERS, check=one_of(ENCODERS)))
-    hw_encoder: str = field(default="auto", metadata=option(
-        "H.264 hardware encoder of the shared encoder: 'auto' (default: the first of "
-        f"{', '.join(HARDWARE_H264)} that opens on this box, else libx264), 'off', or one of them by name",
-        choices=("auto", "off", *HARDWARE_H264), check=one_of(("auto", "off", *HARDWARE_H264))))
+    video_encoder: str = field(default="auto", metadata=option(
+        "the shared encoder's H.264 encoder: 'auto' (default: the first of "
+        f"{', '.join(HARDWARE_H264)} that opens on this box at the configured size, else libx264; the log "
+        "says which), 'libx264', or one of them by name",
+        choices=("auto", "libx264", *HARDWARE_H264), check=one_of(("auto", "libx264", *HARDWARE_H264))))
     ice_servers: list[str] = field(default_factory=list, metadata=option(
         "STUN/TURN server, repeatable: stun:HOST:PORT or turn:USER:PASS@HOST:PORT "
         "(default: none, host candidates only, for a LAN)", flag="--ice-server", metavar="URL"))

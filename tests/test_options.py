@@ -50,7 +50,7 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "bitrate": 300_000, "keyframe_interval": 1.0, "max_viewers": 3, "publish": "janus:http://j/janus",
               "janus_room": 7, "janus_pin": "p", "janus_display": "d",
               # (passthrough needs codec h264, and this file asks for vp8)
-              "mode": "transcode", "rtsp_transport": "udp", "hw_encoder": "off"}
+              "mode": "transcode", "rtsp_transport": "udp", "video_encoder": "libx264"}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:

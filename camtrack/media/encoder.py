@@ -59,7 +59,7 @@ class EncoderSettings:
     forced_keyframe_rate: float = 2.0
     forced_keyframe_burst: int = 3
     #: an H.264 hardware encoder: "auto" (the first of HARDWARE_H264 that opens here, else libx264),
-    #: "off" (libx264), or one of HARDWARE_H264
+    #: "libx264", or one of HARDWARE_H264
     hardware: str = "auto"
 
 
@@ -118,7 +118,7 @@ def hardware_encoder(settings: EncoderSettings, name: str) -> av.VideoCodecConte
 
 def _h264_encoder(settings: EncoderSettings) -> av.VideoCodecContext | None:
     """The hardware encoder `settings.hardware` asks for and this box has, or None (libx264)."""
-    names = HARDWARE_H264 if settings.hardware == "auto" else () if settings.hardware == "off" else (settings.hardware,)
+    names = HARDWARE_H264 if settings.hardware == "auto" else () if settings.hardware == "libx264" else (settings.hardware,)
     for name in names:
         try:
             codec = hardware_encoder(settings, name)
