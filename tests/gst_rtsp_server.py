@@ -1,0 +1,36 @@
+"""A real RTSP server for the tests: GStreamer's rtsp-server (Debian's python3-gi and
+gir1.2-gst-rtsp-server-1.0, installed by .ci/run), serving a live test picture as H.264 from
+x264enc, a keyframe every 4 s. Run with Debian's own Python, where `gi` lives:
+
+    /usr/bin/python3 tests/gst_rtsp_server.py PORT PROFILE BFRAMES
+"""
+
+import sys
+
+
+def main() -> None:
+    import gi
+
+    gi.require_version("Gst", "1.0")
+    gi.require_version("GstRtspServer", "1.0")
+    from gi.repository import GLib, Gst, GstRtspServer
+
+    Gst.init(None)
+    port, profile, bframes = sys.argv[1], sys.argv[2], sys.argv[3]
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(port)
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(
+        "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 "
+        f"! x264enc tune=zerolatency speed-preset=veryfast key-int-max=120 bframes={bframes} "
+        f"! video/x-h264,profile={profile} ! rtph264pay name=pay0 pt=96 config-interval=-1 )")
+    factory.set_shared(True)
+    server.get_mount_points().add_factory("/cam", factory)
+    server.attach(None)
+    print(f"rtsp://127.0.0.1:{port}/cam", flush=True)
+    GLib.MainLoop().run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Passthrough from a real RTSP server (GStreamer's), H.264 with a 4 s GOP: Baseline, Main and High
+go through untouched; a stream with B-frames is transcoded by --mode auto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from camtrack.app import CAMERAS
+from camtrack.client import Viewer
+from camtrack.sources import choose_mode
+from camtrack.sources.demux import probe
+
+from .conftest import eventually
+
+SERVER = Path(__file__).with_name("gst_rtsp_server.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def gst_available() -> str | None:
+    """Why GStreamer's RTSP server cannot run here, or None."""
+    check = ("import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer")
+    try:
+        result = subprocess.run([SYSTEM_PYTHON, "-c", check], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if result.returncode == 0 else result.stderr.decode(errors="replace").strip().splitlines()[-1]
+
+
+@pytest.fixture
+async def gst_rtsp() -> AsyncIterator[Callable[[str, int], Awaitable[str]]]:
+    why = gst_available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"GStreamer's RTSP server cannot run in CI: {why}")
+        pytest.skip(f"GStreamer's RTSP server is not installed ({why}); .ci/run installs it")
+    servers: list[subprocess.Popen[str]] = []
+
+    async def start(profile: str, bframes: int) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), profile, str(bframes)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        servers.append(server)
+        assert server.stdout is not None
+        url = (await asyncio.to_thread(server.stdout.readline)).strip()
+        assert url.startswith("rtsp://"), url
+
+        def answers() -> bool:
+            try:
+                probe(url, open_timeout=5.0)
+                return True
+            except Exception:  # noqa: BLE001 - not listening yet
+                return False
+
+        for _ in range(40):
+            if await asyncio.to_thread(answers):
+                return url
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"GStreamer's RTSP server did not answer at {url}")
+
+    yield start
+    for server in servers:
+        server.kill()
+        server.wait(10)
+
+
+@pytest.mark.parametrize("profile, plid", [("baseline", "42"), ("main", "4d"), ("high", "64")])
+async def test_a_real_rtsp_camera_goes_through(serve, gst_rtsp, profile, plid):
+    url = await gst_rtsp(profile, 0)
+    assert await asyncio.to_thread(choose_mode, url, "auto") == ("passthrough", "it is H.264 without B-frames")
+    ws, app = await serve(source=url, mode="passthrough", width=320, height=240)
+    camera = app[CAMERAS].first
+    viewer = Viewer(ws)
+    await viewer.connect()
+    frames = await viewer.frames(15, timeout=30)
+    assert (frames[-1].width, frames[-1].height) == (320, 240)
+    assert camera.encoder is None and camera.stream.runs == 0  # nothing decoded, nothing encoded
+    assert camera.feed.codec.profile_level_id.startswith(plid)
+    async with aiohttp.ClientSession() as http, http.get(ws.replace("/ws", "/api/cameras")) as r:
+        assert (await r.json())["cameras"][0]["mode"] == "passthrough"
+    await viewer.close()
+    await eventually(lambda: not camera.feed.running, timeout=15)
+
+
+async def test_a_real_rtsp_camera_with_b_frames_is_transcoded(gst_rtsp):
+    url = await gst_rtsp("high", 2)
+    assert await asyncio.to_thread(choose_mode, url, "auto") == ("transcode", "the H.264 has B-frames")
