@@ -51,12 +51,9 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
-class Reader(Protocol):
-    """Anything attached to a feed: a stage, a track, a client. Compared by identity."""
-
-
 class Feed(Protocol):
-    """Something readers attach to: it runs (and runs its inputs) only while it has any."""
+    """Something readers attach to (a stage, a track, a client: anything, compared by identity);
+    it runs, and runs its inputs, only while it has any."""
 
     name: str
 
