@@ -17,13 +17,41 @@ import pytest
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.media import stamp
+from camtrack.media.packet import CodecInfo, EncodedPacket
 from camtrack.media.passthrough import PassthroughFeed
+from camtrack.media.ring import Read, Ring
 from camtrack.sources import SourceError, check_source
 
 from .conftest import eventually
 
 FPS = 30
 GOP = 4 * FPS  # a keyframe every 4 s, which camtrack cannot ask for
+
+
+class RingFeed:
+    """A packet feed the test fills by hand (`ring.publish`), for a track or a decoder to read."""
+
+    name = "f"
+
+    def __init__(self, codec: CodecInfo, size: int, start_from_keyframe: bool) -> None:
+        self.codec = codec
+        self.ring: Ring[EncodedPacket] = Ring(size, RuntimeError)
+        self.ring.reopen()
+        self.start_from_keyframe = start_from_keyframe
+
+    @property
+    def latest(self) -> EncodedPacket | None:
+        return self.ring.newest
+
+    def attach(self, reader: object) -> None: ...
+    def detach(self, reader: object) -> None: ...
+    def request_keyframe(self) -> None: ...
+
+    def start_packets(self) -> list[EncodedPacket]:
+        return self.ring.since(lambda p: p.keyframe) if self.start_from_keyframe else []
+
+    async def next_packet(self, after: int = 0) -> Read[EncodedPacket]:
+        return await self.ring.next(after)
 
 
 def write_h264(path: Path, profile: str, bf: int = 0, frames: int = 10 * FPS) -> Path:
@@ -221,37 +249,14 @@ async def test_a_viewer_waiting_when_a_camera_opens_starts_at_its_keyframe():
     """The viewer's first recv() found nothing; then the camera's first packets came at once
     (keyframe and P-frames): it starts at that keyframe, not at the camera's next one."""
     from camtrack.media.packet import CodecInfo, EncodedPacket
-    from camtrack.media.ring import Ring
     from camtrack.outputs.webrtc.tracks import EncodedTrack
-
-    class Feed:
-        name = "f"
-        codec = CodecInfo("h264", 320, 240)
-
-        def __init__(self) -> None:
-            self.ring: Ring[EncodedPacket] = Ring(50, RuntimeError)
-            self.ring.reopen()
-
-        @property
-        def latest(self) -> EncodedPacket | None:
-            return self.ring.newest
-
-        def attach(self, reader: object) -> None: ...
-        def detach(self, reader: object) -> None: ...
-        def request_keyframe(self) -> None: ...
-
-        def start_packets(self) -> list[EncodedPacket]:
-            return self.ring.since(lambda p: p.keyframe)
-
-        async def next_packet(self, after: int = 0):
-            return await self.ring.next(after)
 
     def packet(seq: int, key: bool) -> EncodedPacket:
         data = av.Packet(b"\x00\x00\x00\x01\x65" if key else b"\x00\x00\x00\x01\x41")
         data.pts, data.time_base = 3000 * seq, fractions.Fraction(1, 90000)
-        return EncodedPacket(seq, data, key, time.time(), 5, Feed.codec)
+        return EncodedPacket(seq, data, key, time.time(), 5, feed.codec)
 
-    feed = Feed()
+    feed = RingFeed(CodecInfo("h264", 320, 240), 50, start_from_keyframe=True)
     track = EncodedTrack(feed)  # type: ignore[arg-type]
     first = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0)  # (let it find the feed empty and wait)
@@ -268,7 +273,6 @@ async def test_the_decoder_catches_up_in_one_go_and_converts_only_the_newest():
     """30 packets waiting: all decoded at once (each is needed for the next), one picture made."""
     from camtrack.media.decoder import PacketDecoder
     from camtrack.media.packet import CodecInfo, EncodedPacket
-    from camtrack.media.ring import Ring
 
     codec_info = CodecInfo("h264", 64, 48)
     encoder = av.CodecContext.create("libx264", "w")
@@ -285,29 +289,7 @@ async def test_the_decoder_catches_up_in_one_go_and_converts_only_the_newest():
             packets.append(EncodedPacket(len(packets) + 1, packet, encoded.is_keyframe, time.time(),
                                          packet.size, codec_info))
 
-    class Feed:
-        name = "f"
-        codec = codec_info
-
-        def __init__(self) -> None:
-            self.ring: Ring[EncodedPacket] = Ring(100, RuntimeError)
-            self.ring.reopen()
-
-        @property
-        def latest(self) -> EncodedPacket | None:
-            return self.ring.newest
-
-        def attach(self, reader: object) -> None: ...
-        def detach(self, reader: object) -> None: ...
-        def request_keyframe(self) -> None: ...
-
-        def start_packets(self) -> list[EncodedPacket]:
-            return []
-
-        async def next_packet(self, after: int = 0):
-            return await self.ring.next(after)
-
-    feed = Feed()
+    feed = RingFeed(codec_info, 100, start_from_keyframe=False)
     feed.ring.publish(packets[0])  # the keyframe, then 29 more all at once
     decoder = PacketDecoder(feed, "cam")  # type: ignore[arg-type]
     reader = object()
