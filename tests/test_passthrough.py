@@ -120,7 +120,6 @@ def test_a_stream_with_b_frames_cannot_be_passed_through(tmp_path):
 def test_the_join_run_is_squeezed_so_it_plays_at_once():
     """The packets since the camera's keyframe get presentation times one tick apart, ending at the
     newest packet's: decoded at once, not played as old video."""
-    from camtrack.media.packet import CodecInfo, EncodedPacket
     from camtrack.outputs.webrtc.tracks import EncodedTrack
 
     class Feed:
@@ -248,7 +247,6 @@ async def test_a_camera_that_goes_away_shows_no_signal_then_comes_back(serve, rt
 async def test_a_viewer_waiting_when_a_camera_opens_starts_at_its_keyframe():
     """The viewer's first recv() found nothing; then the camera's first packets came at once
     (keyframe and P-frames): it starts at that keyframe, not at the camera's next one."""
-    from camtrack.media.packet import CodecInfo, EncodedPacket
     from camtrack.outputs.webrtc.tracks import EncodedTrack
 
     def packet(seq: int, key: bool) -> EncodedPacket:
@@ -272,7 +270,6 @@ async def test_a_viewer_waiting_when_a_camera_opens_starts_at_its_keyframe():
 async def test_the_decoder_catches_up_in_one_go_and_converts_only_the_newest():
     """30 packets waiting: all decoded at once (each is needed for the next), one picture made."""
     from camtrack.media.decoder import PacketDecoder
-    from camtrack.media.packet import CodecInfo, EncodedPacket
 
     codec_info = CodecInfo("h264", 64, 48)
     encoder = av.CodecContext.create("libx264", "w")
