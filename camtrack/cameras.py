@@ -19,7 +19,7 @@ from .media.meters import Meter
 from .media.passthrough import PassthroughFeed
 from .media.stream import CameraStream
 from .sources import make_source, redact, resolve_auto
-from .sources.demux import DemuxSource
+from .sources.rtsp import make_packet_source
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class Cameras:
             source = resolve_auto(settings.source)
             stream = CameraStream(
                 settings.name,
-                functools.partial(make_source, source, settings.width, settings.height, settings.fps),
+                functools.partial(make_source, source, settings.width, settings.height, settings.fps,
+                                  rtsp_transport=settings.rtsp_transport),
                 linger=config.linger,
             )
             encoder = decoder = None
@@ -118,7 +119,7 @@ class Cameras:
             if settings.mode == "passthrough":
                 # the camera's own H.264 for WebRTC; pixels for MJPEG and snapshots are decoded from
                 # it, only while someone asks for them (the source is opened once either way)
-                packets = functools.partial(DemuxSource, source, rtsp_transport=settings.rtsp_transport)
+                packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport)
                 feed = PassthroughFeed(settings.name, packets, linger=config.linger)
                 decoder = PacketDecoder(feed, settings.name)
                 jpeg = JpegEncoders(decoder, config.mjpeg_fps)

@@ -29,7 +29,11 @@ logger = logging.getLogger(__name__)
 _DEVICE = re.compile(r"^(?:/dev/video)?(\d+)$")
 
 
-def make_source(spec: str, width: int, height: int, fps: float) -> FrameSource:
+#: stream URLs whose packets camtrack reads and decodes itself in transcode mode (other URLs: OpenCV)
+DECODED_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://")
+
+
+def make_source(spec: str, width: int, height: int, fps: float, *, rtsp_transport: str = "tcp") -> FrameSource:
     """Build the source named by `spec` (`pattern`, a camera index or /dev/videoN, a file, a URL).
 
     `auto` is resolved by `resolve_auto()` first. Raises SourceError for a spec that
@@ -40,6 +44,11 @@ def make_source(spec: str, width: int, height: int, fps: float) -> FrameSource:
     device = _DEVICE.match(spec)
     if device:
         return OpenCvSource(int(device.group(1)), "camera", width, height, fps)
+    if spec.lower().startswith(DECODED_SCHEMES):
+        from .decoded import DecodedSource  # PyAV, only for cameras that stream encoded video
+        from .rtsp import make_packet_source
+
+        return DecodedSource(make_packet_source(spec, rtsp_transport=rtsp_transport), width, height)
     if "://" in spec:
         return OpenCvSource(spec, "stream", width, height, fps)
     path = Path(spec).expanduser()
@@ -101,7 +110,7 @@ def check_source(spec: str, width: int, height: int, fps: float, mode: str = "tr
         if why is not None:
             raise SourceError(f"{redact(spec)} cannot be passed through: {why} (use mode transcode)")
         return
-    source = make_source(spec, width, height, fps)
+    source = make_source(spec, width, height, fps, rtsp_transport=rtsp_transport)
     source.open()
     try:
         if source.read() is None:
