@@ -18,8 +18,7 @@ from .media.jpeg import JpegEncoders
 from .media.meters import Meter
 from .media.passthrough import PassthroughFeed
 from .media.stream import CameraStream
-from .sources import make_source, redact, resolve_auto
-from .sources.rtsp import make_packet_source
+from .sources import make_packet_source, make_source, redact, resolve_auto
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class Cameras:
             stream = CameraStream(
                 settings.name,
                 functools.partial(make_source, source, settings.width, settings.height, settings.fps,
-                                  rtsp_transport=settings.rtsp_transport),
+                                  rtsp_transport=settings.rtsp_transport, input_format=settings.input_format),
                 linger=config.linger,
             )
             encoder = decoder = None
@@ -119,7 +118,9 @@ class Cameras:
             if settings.mode == "passthrough":
                 # the camera's own H.264 for WebRTC; pixels for MJPEG and snapshots are decoded from
                 # it, only while someone asks for them (the source is opened once either way)
-                packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport)
+                packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport,
+                                            input_format=settings.input_format, width=settings.width,
+                                            height=settings.height, fps=settings.fps)
                 feed = PassthroughFeed(settings.name, packets, linger=config.linger)
                 decoder = PacketDecoder(feed, settings.name)
                 jpeg = JpegEncoders(decoder, config.mjpeg_fps)

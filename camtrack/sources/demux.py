@@ -71,9 +71,11 @@ class DemuxSource:
 
     def __init__(self, url: str, *, rtsp_transport: str = "tcp", open_timeout: float = 10.0,
                  read_timeout: float = 5.0, loop: bool = True, realtime: bool | None = None,
-                 options: Mapping[str, str] | None = None) -> None:
+                 options: Mapping[str, str] | None = None, format: str | None = None) -> None:
         self.url = url
-        self.live = is_stream(url)
+        #: PyAV's input format (None: guessed from the URL or file), "v4l2" for a camera device
+        self.format = format
+        self.live = is_stream(url) or format == "v4l2"
         self.loop = loop and not self.live
         self.realtime = (not self.live) if realtime is None else realtime
         self.options = open_options(url, rtsp_transport=rtsp_transport, read_timeout=read_timeout, extra=options)
@@ -132,7 +134,8 @@ class DemuxSource:
         self._max_pts = self._last_pts = None
 
     def _open_container(self) -> None:
-        container = av.open(self.url, options=dict(self.options), timeout=(self.open_timeout, self.read_timeout))
+        container = av.open(self.url, format=self.format, options=dict(self.options),
+                            timeout=(self.open_timeout, self.read_timeout))
         try:
             if not container.streams.video:
                 raise ValueError("no video stream")
@@ -265,9 +268,21 @@ class DemuxSource:
                 logger.debug("%s: closing failed", self.description, exc_info=True)
 
 
+def v4l2_source(device: str, input_format: str, width: int, height: int, fps: float) -> DemuxSource:
+    """A V4L2 camera asked for its own encoding (`h264` or `mjpeg`) at a size and frame rate, read
+    with PyAV (OpenCV reads raw pictures only). The Raspberry Pi camera (bcm2835-v4l2) encodes H.264
+    itself: its packets can pass through."""
+    options = {"input_format": input_format, "video_size": f"{width}x{height}", "framerate": f"{fps:g}"}
+    return DemuxSource(device, format="v4l2", options=options)
+
+
 def probe(url: str, **settings: Any) -> tuple[CodecInfo, str | None]:
     """Open `url` once: what it carries, and why passthrough cannot serve it (None if it can)."""
-    source = DemuxSource(url, **settings)
+    return probe_source(DemuxSource(url, **settings))
+
+
+def probe_source(source: DemuxSource) -> tuple[CodecInfo, str | None]:
+    """Open a packet source once: what it carries, and why passthrough cannot serve it (None if it can)."""
     source.open()
     try:
         return source.codec, source.why_not_passthrough
@@ -276,6 +291,6 @@ def probe(url: str, **settings: Any) -> tuple[CodecInfo, str | None]:
 
 
 def _describe_url(url: str) -> str:
-    if is_stream(url):
+    if is_stream(url) or url.startswith("/dev/"):
         return redact(url)
     return Path(url).name

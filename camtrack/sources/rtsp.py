@@ -29,7 +29,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..media.packet import CodecInfo
@@ -693,15 +692,3 @@ class RtspSource:
             except OSError:
                 pass  # the camera is gone already
         connection.close()
-
-
-def packet_source_kind(url: str, rtsp_transport: str) -> str:
-    """Which reader a packet source of `url` uses: "camtrack" (this module) or "pyav"."""
-    return "camtrack" if url.lower().startswith("rtsp://") and rtsp_transport == "tcp" else "pyav"
-
-
-def make_packet_source(url: str, *, rtsp_transport: str = "tcp", **settings: Any) -> RtspSource | DemuxSource:
-    """The packet source for `url`: camtrack's own RTSP reader for `rtsp://` over TCP, else PyAV's."""
-    if packet_source_kind(url, rtsp_transport) == "camtrack":
-        return RtspSource(url, **{k: v for k, v in settings.items() if k in ("open_timeout", "read_timeout")})
-    return DemuxSource(url, rtsp_transport=rtsp_transport, **settings)
