@@ -214,8 +214,31 @@ class LiveRtspServer(RtspServer):
                 await asyncio.sleep(delay)
 
 
+class ClipRtspServer(RtspServer):
+    """LiveRtspServer's pictures encoded once (two GOPs) and looped: for sizes this machine cannot
+    encode live beside the server it feeds. Their latency stamps are those of the encoding."""
+
+    def __init__(self, width: int, height: int, fps: float = 30.0, gop: int = 120, bitrate: int = 4_000_000) -> None:
+        live = LiveRtspServer(width, height, fps, gop, bitrate)
+        codec = live._encoder()
+        units = []
+        for frame in range(2 * gop):
+            pts = round(frame * 90000 / fps)
+            units.append(AccessUnit(live._encode(codec, pts), pts, frame % gop == 0))
+        super().__init__(units, live.sps, live.pps, fps)
+
+
 async def _serve_live() -> None:
-    server = LiveRtspServer()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="an RTSP camera of the test pattern on loopback")
+    parser.add_argument("--size", default="640x480")
+    parser.add_argument("--bitrate", type=int, default=1_000_000)
+    parser.add_argument("--clip", action="store_true", help="encode two GOPs once and loop them")
+    args = parser.parse_args()
+    width, height = map(int, args.size.split("x"))
+    server: RtspServer = (ClipRtspServer(width, height, bitrate=args.bitrate) if args.clip
+                          else LiveRtspServer(width, height, bitrate=args.bitrate))
     print(await server.start(), flush=True)
     await asyncio.Event().wait()
 
