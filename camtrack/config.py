@@ -19,11 +19,13 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .media.encoder import HARDWARE_H264
+from .media.encoder import HARDWARE_H264, UNUSABLE_H264
 from .sources import INPUT_FORMATS, device_path
 
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
+#: every --video-encoder a user may name
+VIDEO_ENCODERS = ("auto", "libx264", *HARDWARE_H264, *UNUSABLE_H264)
 #: how a camera's video reaches WebRTC viewers: decoded and encoded once, or its own H.264 as it comes
 MODES = ("auto", "transcode", "passthrough")
 
@@ -341,8 +343,8 @@ class Config(CameraSettings):
     video_encoder: str = field(default="auto", metadata=option(
         "the shared encoder's H.264 encoder: 'auto' (default: the first of "
         f"{', '.join(HARDWARE_H264)} that opens on this box at the configured size, else libx264; the log "
-        "says which), 'libx264', or one of them by name",
-        choices=("auto", "libx264", *HARDWARE_H264), check=one_of(("auto", "libx264", *HARDWARE_H264))))
+        "says which), 'libx264', or one by name (h264_vaapi is refused with the reason, falling back to libx264)",
+        choices=VIDEO_ENCODERS, check=one_of(VIDEO_ENCODERS)))
     ice_servers: list[str] = field(default_factory=list, metadata=option(
         "STUN/TURN server, repeatable: stun:HOST:PORT or turn:USER:PASS@HOST:PORT "
         "(default: none, host candidates only, for a LAN)", flag="--ice-server", metavar="URL"))

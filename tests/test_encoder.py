@@ -198,12 +198,14 @@ async def test_viewers_joining_in_a_loop_cannot_force_a_keyframe_each():
 async def test_no_hardware_encoder_here_means_libx264():
     """--video-encoder auto tries the hardware encoders FFmpeg has and uses libx264 when none opens
     (none does on these machines); an unavailable one asked by name falls back, saying so."""
-    from camtrack.media.encoder import HARDWARE_H264, hardware_encoder
+    from camtrack.media.encoder import HARDWARE_H264, UNUSABLE_H264, hardware_encoder
 
-    for name in HARDWARE_H264:
+    for name in (*HARDWARE_H264, *UNUSABLE_H264):
         with pytest.raises((av.FFmpegError, ValueError, OSError)):
             hardware_encoder(EncoderSettings(), name)
-    for hardware in ("auto", "h264_nvenc", "libx264"):
+    with pytest.raises(ValueError, match="use h264_qsv"):
+        hardware_encoder(EncoderSettings(), "h264_vaapi")
+    for hardware in ("auto", "h264_nvenc", "h264_qsv", "h264_vaapi", "libx264"):
         stream = CameraStream("t", lambda: PatternSource(320, 240, 30), linger=0.1)
         encoder = SharedEncoder(stream, EncoderSettings(codec="h264", width=320, height=240, hardware=hardware))
         track = EncodedTrack(encoder)

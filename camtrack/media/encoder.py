@@ -91,21 +91,34 @@ class EncoderStats:
         self.encode_buckets[-1] += 1
 
 
-#: H.264 hardware encoders FFmpeg may have (a Raspberry Pi's, NVIDIA's), in the order "auto" tries
-#: them; Intel's (qsv, vaapi) want hardware frames, not yuv420p, and are not offered
-HARDWARE_H264 = ("h264_v4l2m2m", "h264_nvenc")
-#: what makes each of them turn a forced keyframe into an IDR (a viewer can only start at one)
-HARDWARE_OPTIONS = {"h264_nvenc": {"forced-idr": "1", "zerolatency": "1", "bf": "0"}}
+#: H.264 hardware encoders FFmpeg may have, in the order "auto" tries them: a Raspberry Pi 0-4's
+#: (v4l2m2m), NVIDIA's, Intel's Quick Sync (fed NV12 frames from memory), AMD's
+HARDWARE_H264 = ("h264_v4l2m2m", "h264_nvenc", "h264_qsv", "h264_amf")
+#: encoders a user may name that camtrack cannot feed: VA-API takes only frames already on the GPU
+#: (hwupload), which PyAV cannot make, and PyAV's own FFmpeg is built without it (on Intel: h264_qsv)
+UNUSABLE_H264 = {"h264_vaapi": "VA-API encoders take only GPU frames, which PyAV cannot hand them; on Intel "
+                               "use h264_qsv"}
+#: what makes each of them turn a forced keyframe into an IDR (a viewer can only start at one) and
+#: keep no frames back
+HARDWARE_OPTIONS = {
+    "h264_nvenc": {"forced-idr": "1", "zerolatency": "1", "bf": "0"},
+    "h264_qsv": {"forced_idr": "1", "async_depth": "1", "look_ahead": "0"},
+    "h264_amf": {"usage": "lowlatency", "forced_idr": "1", "bf": "0"},
+}
+#: the pixel format each takes from memory (others: yuv420p)
+HARDWARE_PIX_FMT = {"h264_qsv": "nv12"}
 
 
 def hardware_encoder(settings: EncoderSettings, name: str) -> av.VideoCodecContext:
     """Hardware encoder `name`, opened (so that one this box lacks fails here, in milliseconds)."""
+    if name in UNUSABLE_H264:
+        raise ValueError(UNUSABLE_H264[name])
     if name not in av.codecs_available:
         raise ValueError(f"this FFmpeg has no {name}")
     codec = av.CodecContext.create(name, "w")
     if not isinstance(codec, av.VideoCodecContext):
         raise ValueError(f"{name} is not a video encoder")
-    codec.width, codec.height, codec.pix_fmt = settings.width, settings.height, "yuv420p"
+    codec.width, codec.height, codec.pix_fmt = settings.width, settings.height, HARDWARE_PIX_FMT.get(name, "yuv420p")
     codec.bit_rate = settings.bitrate
     codec.time_base = TIME_BASE
     codec.framerate = fractions.Fraction(round(settings.fps * 1000), 1000)
@@ -269,6 +282,8 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         """Runs on the encoder thread."""
         began = time.perf_counter()
         video_frame = VideoFrame.from_ndarray(frame.yuv, format="yuv420p")
+        if codec.pix_fmt != "yuv420p":
+            video_frame = video_frame.reformat(format=codec.pix_fmt)  # (Quick Sync takes NV12)
         video_frame.pts = pts
         video_frame.time_base = TIME_BASE
         video_frame.pict_type = PictureType.I if force else PictureType.NONE
