@@ -94,12 +94,14 @@ def create_app(config: Config) -> web.Application:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
         if not config.token and not is_loopback(config.host):
             logger.warning("no --token: anyone who can reach %s:%d can watch", config.host, config.port)
+        addresses: list[str] = []
         if config.ice_addresses:
             addresses = resolve_addresses(config.ice_addresses)
             undo_ice.append(restrict_host_addresses(addresses))
             logger.info("offering ICE host candidates on %s only", ", ".join(addresses))
         if config.webrtc_port:
-            mux = UdpMux(config.webrtc_port, config.public_addresses)
+            # one address offered: the socket binds it, so every reply leaves from the address offered
+            mux = UdpMux(config.webrtc_port, config.public_addresses, addresses[0] if len(addresses) == 1 else None)
             try:
                 await mux.open()
             except OSError as exc:

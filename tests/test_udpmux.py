@@ -146,13 +146,16 @@ async def test_forged_packets_on_the_shared_port_break_no_handshake(serve):
         results = await asyncio.gather(*(v.frames(10, timeout=60) for v in viewers))
         assert all(len(frames) == 10 for frames in results)
         await eventually(lambda: mux.stats.stray_stun > VIEWERS, timeout=10)
+        assert mux.routes == VIEWERS
+        forger_address = forger.getsockname()
     finally:
         forging.cancel()
         forger.close()
         await asyncio.gather(*(v.close() for v in viewers))
     print(f"forged: {mux.stats}")
+    assert forger_address not in mux._routes  # no forged request moved a route to the forger
+
     assert mux.stats.strangers > 100  # the forgeries were seen, and dropped at the mux
-    # no forged request moved a route to the forger's address
     assert all(p.guard is None or p.guard.gates[0].stats.strangers == 0 for p in all_peers(app))
 
 
@@ -229,3 +232,39 @@ def test_a_taken_webrtc_port_is_one_line_and_status_1():
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == [f"camtrack: error: cannot bind the WebRTC UDP port {port} (--webrtc-port): "
                       "Address already in use"], done.stderr
+
+
+async def test_no_socket_is_left_after_peers_that_never_gathered_and_a_stop(loopback_ice):
+    """Refused offers, viewers that vanish, a stop: the mux forgets every peer and its socket closes."""
+    from aiohttp import web
+
+    from camtrack import Config, create_app
+    from camtrack.connections import make_runner
+
+    before = udp_inodes_of_this_process()
+    config = Config(host="127.0.0.1", port=0, source="pattern", width=320, height=240, linger=0.5,
+                    webrtc_port=free_udp_port())
+    app = create_app(config)
+    runner = make_runner(app, config)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/ws"  # type: ignore[union-attr]
+    mux = mux_of(app)
+    try:
+        assert len(udp_inodes_of_this_process() - before) == 1
+        async with aiohttp.ClientSession() as http:
+            for _ in range(5):  # an offer the server refuses (no video): its peer never gathers
+                async with http.ws_connect(url) as ws:
+                    await ws.receive_json(timeout=10)
+                    await ws.send_json({"type": "offer", "sdp": "v=0\r\n"})
+                    assert (await ws.receive_json(timeout=10))["type"] == "error"
+        viewers = [Viewer(url) for _ in range(3)]
+        await asyncio.gather(*(v.connect() for v in viewers))
+        await asyncio.gather(*(v.frames(3) for v in viewers))
+        await asyncio.gather(*(v.close(bye=False) for v in viewers))  # gone without a word
+        await eventually(lambda: mux.peers == 0 and mux.routes == 0, timeout=30)
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 30)
+    assert app[ICE].mux is None and mux.transport is None
+    await eventually(lambda: udp_inodes_of_this_process() == before, timeout=10)

@@ -1,11 +1,11 @@
 """Every private attribute of aiortc and aioice that camtrack reaches into, in one place.
 
 aiortc and aioice offer no public way to do what these hooks do: choose the local addresses
-ICE offers, keep packets from strangers away from a peer's DTLS and SRTP, route FIR in its
-RFC 5104 form, hear keyframe requests for pre-encoded packets, and cap what a viewer can ask
-to have retransmitted. `HOOKED` names each attribute touched; `check_hooks()` (run at start-up
-and by tests/test_hooks.py) fails loudly when an upgrade moves one, instead of silently turning
-a protection off.
+ICE offers, gather every peer's host candidates on one shared UDP socket (udpmux.py), keep
+packets from strangers away from a peer's DTLS and SRTP, route FIR in its RFC 5104 form, hear
+keyframe requests for pre-encoded packets, and cap what a viewer can ask to have retransmitted.
+`HOOKED` names each attribute touched; `check_hooks()` (run at start-up and by tests/test_hooks.py)
+fails loudly when an upgrade moves one, instead of silently turning a protection off.
 """
 
 from __future__ import annotations
@@ -138,6 +138,21 @@ def use_mux(pc: RTCPeerConnection, mux: UdpMux) -> None:
         endpoint = mux.register(connection)
         connection._local_username = endpoint.ufrag
         _gather_on_mux(connection, endpoint)
+        _leave_mux_on_close(connection, endpoint)
+
+
+def _leave_mux_on_close(connection: Connection, endpoint: MuxEndpoint) -> None:
+    """Forget the peer's ufrag and routes when it closes, even if it never gathered (an offer
+    refused, a session ended while answering): its transports' closing would not tell then."""
+    original = connection.close
+
+    async def close() -> None:
+        try:
+            await original()
+        finally:
+            endpoint.mux.remove(endpoint)
+
+    connection.close = close  # type: ignore[method-assign]
 
 
 def _gather_on_mux(connection: Connection, endpoint: MuxEndpoint) -> None:

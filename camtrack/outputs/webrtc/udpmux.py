@@ -137,8 +137,10 @@ class MuxEndpoint:
 class UdpMux(asyncio.DatagramProtocol):
     """The shared UDP socket and the routes from it to each peer."""
 
-    def __init__(self, port: int, public_addresses: list[str] | None = None) -> None:
+    def __init__(self, port: int, public_addresses: list[str] | None = None, address: str | None = None) -> None:
         self.port = port
+        #: the one local address to bind, or None for all of them
+        self.address = address
         #: extra host candidates (a 1:1 NAT's or a port forward's address): IP addresses or names
         self.public_addresses = list(public_addresses or [])
         self.stats = MuxStats()
@@ -151,9 +153,18 @@ class UdpMux(asyncio.DatagramProtocol):
     # --- the socket ---
 
     async def open(self) -> None:
-        """Bind the port on every address (IPv6 and IPv4 on one socket where the system allows)."""
+        """Bind the port on `address`, or on every address (IPv6 and IPv4 on one socket where the
+        system allows): then the kernel picks each reply's source address by its routes, which is
+        the address the peer reached unless the machine has several on one path (--ice-address)."""
         sock = None
-        if socket.has_ipv6:
+        if self.address is not None:
+            sock = socket.socket(socket.AF_INET6 if family_of(self.address) == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((self.address, self.port))
+            except OSError:
+                sock.close()
+                raise
+        elif socket.has_ipv6:
             try:
                 sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -212,6 +223,8 @@ class UdpMux(asyncio.DatagramProtocol):
         return list(dict.fromkeys(hosts))
 
     def can_serve(self, host: str) -> bool:
+        if self.address is not None:
+            return family_of(host) == family_of(self.address)
         return self.dual_stack or family_of(host) == 4
 
     def sendto(self, data: bytes, addr: Address) -> None:
