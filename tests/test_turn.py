@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from camtrack.outputs.webrtc.ice import TURN_CREDENTIAL_TTL, IceContext, turn_credentials
 from camtrack.outputs.webrtc.whep import link_headers
@@ -64,15 +65,30 @@ def test_credentials_are_coturns_rest_api_ones_and_expire():
 
 
 async def test_hello_and_whep_links_carry_fresh_credentials_and_no_secret(serve):
+    # (nothing listens at 127.0.0.1:9: the server's own peer gets no relay candidate, and answers anyway)
     url, app = await serve(width=320, height=240, ice_servers=["turn:127.0.0.1:9"], turn_secret=SECRET)
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(url) as ws:
             hello = await ws.receive_json(timeout=10)
         (server,) = hello["iceServers"]
+        assert server["urls"] == "turn:127.0.0.1:9"
         check(server["username"], server["credential"])
-        async with http.options(url.removesuffix("/ws") + "/whep") as r:
-            assert SECRET not in str(r.headers)
-    assert SECRET not in json.dumps(hello)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        try:
+            async with http.post(url.removesuffix("/ws") + "/whep", data=pc.localDescription.sdp,
+                                 headers={"Content-Type": "application/sdp"}) as r:
+                assert r.status == 201, await r.text()
+                (link,) = r.headers.getall("Link")
+                await r.text()
+        finally:
+            await pc.close()
+    found = re.fullmatch(r'<turn:127\.0\.0\.1:9>; rel="ice-server"; username="([^"]+)"; credential="([^"]+)"; '
+                         r'credential-type="password"', link)
+    assert found, link
+    check(found[1], found[2])
+    assert SECRET not in json.dumps(hello) and SECRET not in link
 
 
 def require(program: str, package: str) -> str:

@@ -268,3 +268,46 @@ async def test_no_socket_is_left_after_peers_that_never_gathered_and_a_stop(loop
         await asyncio.wait_for(runner.cleanup(), 30)
     assert app[ICE].mux is None and mux.transport is None
     await eventually(lambda: udp_inodes_of_this_process() == before, timeout=10)
+
+
+async def test_junk_from_strangers_at_the_shared_port_costs_no_memory(serve):
+    """Seconds of junk at the shared port from addresses no peer owns: dropped on arrival, no
+    route made, memory flat, and a viewer plays through it."""
+    from .test_hostile_rtc import rss_mb
+
+    port = free_udp_port()
+    url, app = await serve(width=320, height=240, webrtc_port=port)
+    mux = mux_of(app)
+    honest = Viewer(url)
+    await honest.connect()
+    await honest.frames(3)
+    sockets = [udp_socket() for _ in range(4)]
+    junks = [bytes(range(64, 256)) * 6, b"\x00" + bytes(range(64, 256)) * 6, FORGED[0]]
+    before, sent = rss_mb(), 0
+    loop = asyncio.get_running_loop()
+    try:
+        deadline = loop.time() + 3.0
+        while loop.time() < deadline:
+            for n, sock in enumerate(sockets):
+                try:
+                    sock.sendto(junks[n % len(junks)], ("127.0.0.1", port))
+                    sent += 1
+                except BlockingIOError:
+                    pass
+            await asyncio.sleep(0)
+        frames = await honest.frames(30, timeout=30)
+    finally:
+        for sock in sockets:
+            sock.close()
+        await honest.close()
+    grown = rss_mb() - before
+    print(f"junk at the mux: {sent} datagrams in 3 s, {mux.stats}, RSS +{grown:.1f} MB")
+    assert len(frames) == 30
+    assert sent > 5000 and mux.stats.strangers > 1000
+    assert grown < 40, f"RSS grew {grown:.1f} MB under junk"
+
+
+async def test_public_addresses_by_name_are_resolved_when_a_peer_gathers():
+    mux = UdpMux(0, ["localhost", "203.0.113.9"])  # (localhost: /etc/hosts, no DNS query leaves)
+    hosts = await mux.public_hosts()
+    assert "127.0.0.1" in hosts and "203.0.113.9" in hosts
