@@ -74,6 +74,9 @@ def create_app(config: Config) -> web.Application:
             "viewers": cameras.viewer_count,
             "peers": sum(len(c.viewers[Transport.WEBSOCKET]) + len(c.viewers[Transport.WHEP]) for c in cameras),
             "sources": sources,
+            "webrtc": None if ice.mux is None else {
+                "port": ice.mux.port, "peers": ice.mux.peers, "routes": ice.mux.routes,
+                "received": ice.mux.stats.received, "dropped": ice.mux.stats.strangers + ice.mux.stats.stray_stun},
             "threads": threading.active_count(),
             "tasks": len(asyncio.all_tasks()),
         }

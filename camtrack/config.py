@@ -364,7 +364,7 @@ class Config(CameraSettings):
     public_addresses: list[str] = field(default_factory=list, metadata=option(
         "also offer this address (IP or host name) with the WebRTC port as a host candidate, repeatable: "
         "a 1:1 NAT's or a port forward's public address", flag="--public-address", metavar="ADDR",
-        label="public address", check=lambda what, value: [public_address_check(what, v) for v in value]))
+        label="public address", check=lambda what, values: [public_address_check(what, v) for v in values]))
     #: coturn's static-auth-secret: each peer gets TURN credentials made from it that expire
     turn_secret: str | None = field(default=None, metadata=option(
         "the TURN server's shared secret (coturn's use-auth-secret/static-auth-secret): each viewer "

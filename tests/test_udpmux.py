@@ -102,6 +102,9 @@ async def test_sixteen_viewers_play_through_one_udp_socket(serve):
         assert len(viewer_sockets) == VIEWERS
         assert udp_inodes_of_this_process() - viewer_sockets == {server_socket}
         assert mux.peers == VIEWERS and mux.routes == VIEWERS
+        async with aiohttp.ClientSession() as http, http.get(url.removesuffix("/ws") + "/healthz") as r:
+            webrtc = (await r.json())["webrtc"]
+        assert webrtc["port"] == port and webrtc["peers"] == VIEWERS and webrtc["routes"] == VIEWERS
         print(f"mux: {mux.stats}")
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
