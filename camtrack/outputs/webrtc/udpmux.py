@@ -34,9 +34,12 @@ DEFAULT_PORT = 8555
 #: remote addresses one peer may be reached from (its candidates; a browser offers a handful)
 MAX_ROUTES = 32
 #: the kernel's buffers for the shared socket: every viewer's RTCP arrives here, every viewer's
-#: video leaves from here (the kernel caps them at net.core.[rw]mem_max)
+#: video leaves from here (a keyframe to each of many viewers at once). Without the right to force
+#: them, the kernel caps them at net.core.[rw]mem_max
 RECEIVE_BUFFER = 4 * 1024 * 1024
 SEND_BUFFER = 4 * 1024 * 1024
+#: Linux's socket options for buffers past those caps (not in Python's socket module)
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 #: seconds a --public-address name may take to resolve when a peer gathers its candidates
 RESOLVE_TIMEOUT = 2.0
 #: a peer's ICE username fragment: long enough that two peers never share one
@@ -181,11 +184,15 @@ class UdpMux(asyncio.DatagramProtocol):
             except OSError:
                 sock.close()
                 raise
-        for option, size in ((socket.SO_RCVBUF, RECEIVE_BUFFER), (socket.SO_SNDBUF, SEND_BUFFER)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, size)
+        for force, option, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, RECEIVE_BUFFER),
+                                    (SO_SNDBUFFORCE, socket.SO_SNDBUF, SEND_BUFFER)):
+            try:  # past net.core.[rw]mem_max where allowed (root): this one socket carries every viewer
+                sock.setsockopt(socket.SOL_SOCKET, force, size)
             except OSError:
-                pass
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, size)
+                except OSError:
+                    pass
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
