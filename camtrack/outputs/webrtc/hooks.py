@@ -29,7 +29,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_RTPFB_NACK, RTP_HISTORY_SIZE, RtcpPsfbPacket, RtcpRtpfbPacket
 
 from ...media.ratelimit import TokenBucket
-from .udpmux import MuxEndpoint, UdpMux, family_of
+from .udpmux import UdpMux, family_of
 
 logger = logging.getLogger(__name__)
 
@@ -135,37 +135,35 @@ def use_mux(pc: RTCPeerConnection, mux: UdpMux) -> None:
     becomes the mux's unique one, and the description must carry that one.
     """
     for connection in ice_connections(pc):
-        endpoint = mux.register(connection)
-        connection._local_username = endpoint.ufrag
-        _gather_on_mux(connection, endpoint)
-        _leave_mux_on_close(connection, endpoint)
+        connection._local_username = mux.new_ufrag()
+        _gather_on_mux(connection, mux)
+        _leave_mux_on_close(connection, mux)
 
 
-def _leave_mux_on_close(connection: Connection, endpoint: MuxEndpoint) -> None:
-    """Forget the peer's ufrag and routes when it closes, even if it never gathered (an offer
-    refused, a session ended while answering): its transports' closing would not tell then."""
+def _leave_mux_on_close(connection: Connection, mux: UdpMux) -> None:
+    """Forget the peer's ufrag and routes when it closes, whatever state it was in."""
     original = connection.close
 
     async def close() -> None:
         try:
             await original()
         finally:
-            endpoint.mux.remove(endpoint)
+            mux.forget(connection)
 
     connection.close = close  # type: ignore[method-assign]
 
 
-def _gather_on_mux(connection: Connection, endpoint: MuxEndpoint) -> None:
+def _gather_on_mux(connection: Connection, mux: UdpMux) -> None:
     """aioice opens a socket per local address in `get_component_candidates`; this gathers host
     candidates on the mux instead (one protocol per address family, every local and public address
     announced with the mux's port), and leaves STUN (through the mux) and TURN (its own socket,
     to the TURN server) to aioice."""
     original = connection.get_component_candidates
-    mux = endpoint.mux
 
     async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
-        if not addresses or endpoint.closed:  # the relay-only policy, or nothing to offer
+        if not addresses or mux.transport is None:  # the relay-only policy, nothing to offer, or stopping
             return await original(component=component, addresses=addresses, timeout=timeout)
+        endpoint = mux.register(connection)
         local = [a for a in addresses if mux.can_serve(a)]
         public = [a for a in await mux.public_hosts() if a not in local]
         candidates: list[Candidate] = []

@@ -250,18 +250,31 @@ class UdpMux(asyncio.DatagramProtocol):
 
     # --- peers ---
 
+    def new_ufrag(self) -> str:
+        """A local ufrag no peer of this mux has: it is how a peer's packets are found."""
+        ufrag = new_ufrag()
+        while ufrag in self._ufrags:
+            ufrag = new_ufrag()
+        return ufrag
+
     def register(self, connection: Connection) -> MuxEndpoint:
-        """The endpoint of `connection` (made on first use), with a ufrag no other peer has: the
-        connection must use it as its local ufrag (hooks.use_mux does that)."""
+        """The endpoint of `connection`, made when it gathers (a connection that never gathers,
+        one aiortc dropped for BUNDLE say, never has one), found by its local ufrag."""
         endpoint = self._endpoints.get(id(connection))
         if endpoint is None:
-            ufrag = new_ufrag()
-            while ufrag in self._ufrags:
-                ufrag = new_ufrag()
+            ufrag = connection.local_username
+            if ufrag in self._ufrags:  # (new_ufrag() was not asked, or another peer took it since)
+                raise ValueError(f"ICE ufrag {ufrag!r} is already another peer's on the shared port")
             endpoint = MuxEndpoint(self, connection, ufrag)
             self._ufrags[ufrag] = endpoint
             self._endpoints[id(connection)] = endpoint
         return endpoint
+
+    def forget(self, connection: Connection) -> None:
+        """`connection` closed: forget its endpoint, if it had one."""
+        endpoint = self._endpoints.get(id(connection))
+        if endpoint is not None:
+            self.remove(endpoint)
 
     def remove(self, endpoint: MuxEndpoint) -> None:
         """A peer closed: forget its ufrag and its routes."""
