@@ -96,7 +96,8 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port),
          "--source", source, "--width", str(width), "--height", str(height), "--fps", "30",
-         "--codec", codec, *how, "--ice-address", "127.0.0.1", "--log-level", "warning"],
+         "--codec", codec, *how, "--ice-address", "127.0.0.1", "--log-level", "warning",
+         "--webrtc-port", "0"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     clients: list[subprocess.Popen] = []

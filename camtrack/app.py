@@ -18,13 +18,15 @@ from .outputs import metrics, mjpeg
 from .outputs.janus import JanusPublisher
 from .outputs.webrtc import whep
 from .outputs.webrtc.hooks import check_hooks
-from .outputs.webrtc.ice import resolve_addresses, restrict_host_addresses
+from .outputs.webrtc.ice import IceContext, resolve_addresses, restrict_host_addresses
 from .outputs.webrtc.signaling import websocket_handler
+from .outputs.webrtc.udpmux import PortTaken, UdpMux
 
 logger = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 CAMERAS = web.AppKey("cameras", Cameras)
+ICE = web.AppKey("ice", IceContext)
 
 
 def create_app(config: Config) -> web.Application:
@@ -34,6 +36,8 @@ def create_app(config: Config) -> web.Application:
     cameras = Cameras(config)
     app[CONFIG] = config
     app[CAMERAS] = cameras
+    #: the servers, TURN credentials and (once started) the shared UDP port of every peer
+    ice = app[ICE] = IceContext(config.ice_servers, config.turn_secret)
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
@@ -70,6 +74,9 @@ def create_app(config: Config) -> web.Application:
             "viewers": cameras.viewer_count,
             "peers": sum(len(c.viewers[Transport.WEBSOCKET]) + len(c.viewers[Transport.WHEP]) for c in cameras),
             "sources": sources,
+            "webrtc": None if ice.mux is None else {
+                "port": ice.mux.port, "peers": ice.mux.peers, "routes": ice.mux.routes,
+                "received": ice.mux.stats.received, "dropped": ice.mux.stats.strangers + ice.mux.stats.stray_stun},
             "threads": threading.active_count(),
             "tasks": len(asyncio.all_tasks()),
         }
@@ -78,9 +85,9 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/cameras", api_cameras)
-    app.router.add_get("/ws", websocket_handler(config, cameras))
+    app.router.add_get("/ws", websocket_handler(config, cameras, ice))
     app.router.add_static("/static/", config.static_dir)
-    whep.add_routes(app, config, cameras)
+    whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
     metrics.add_routes(app, cameras)
 
@@ -90,15 +97,27 @@ def create_app(config: Config) -> web.Application:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
         if not config.token and not is_loopback(config.host):
             logger.warning("no --token: anyone who can reach %s:%d can watch", config.host, config.port)
+        addresses: list[str] = []
         if config.ice_addresses:
             addresses = resolve_addresses(config.ice_addresses)
             undo_ice.append(restrict_host_addresses(addresses))
             logger.info("offering ICE host candidates on %s only", ", ".join(addresses))
+        if config.webrtc_port:
+            # one address offered: the socket binds it, so every reply leaves from the address offered
+            mux = UdpMux(config.webrtc_port, config.public_addresses, addresses[0] if len(addresses) == 1 else None)
+            try:
+                await mux.open()
+            except OSError as exc:
+                raise PortTaken(exc.errno, f"cannot bind the WebRTC UDP port {config.webrtc_port} "
+                                         f"(--webrtc-port): {exc.strerror or exc}") from None
+            ice.mux = mux
+            logger.info("WebRTC on UDP port %d for every viewer%s", mux.port,
+                        f", also offered at {', '.join(config.public_addresses)}" if config.public_addresses else "")
         for camera in cameras:
             settings = camera.settings
             if settings.janus_url and settings.janus_room is not None:  # (config checks that both are set)
                 publisher = JanusPublisher(camera, settings.janus_url, settings.janus_room, settings.janus_pin,
-                                           settings.janus_display, config.ice_servers)
+                                           settings.janus_display, config.ice_servers, ice=ice)
                 camera.publisher = publisher
                 publisher.start()
 
@@ -117,6 +136,9 @@ def create_app(config: Config) -> web.Application:
 
     async def on_cleanup(app: web.Application) -> None:
         await cameras.close()
+        if ice.mux is not None:
+            ice.mux.close()
+            ice.mux = None
         while undo_ice:
             undo_ice.pop()()
 

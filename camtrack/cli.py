@@ -26,6 +26,7 @@ from . import connections
 from .app import CONFIG, create_app
 from .config import CameraConfig, Config, Setting, settings, text, typed
 from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
+from .outputs.webrtc.udpmux import PortTaken
 from .redaction import install_log_redaction
 from .sources import SourceError, check_source, choose_mode, redact, resolve_auto
 
@@ -288,7 +289,7 @@ def run(argv: list[str] | None) -> None:
             raise ValueError("port must be between 1 and 65535, not 0")
         check_host(config.host)
         for url in config.ice_servers:
-            parse_ice_server(url)
+            parse_ice_server(url, turn_secret=config.turn_secret is not None)
         check_ice_addresses(config.ice_addresses)
     except (ValueError, TypeError) as exc:
         fail(parser, str(exc))
@@ -315,7 +316,8 @@ def run(argv: list[str] | None) -> None:
     try:
         asyncio.run(serve(create_app(config), config.host, config.port, ssl_context))
     except OSError as exc:
-        fail(parser, f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", status=1)
+        where = "" if isinstance(exc, PortTaken) else f"cannot listen on {config.host}:{config.port}: "
+        fail(parser, f"{where}{exc.strerror or exc}", status=1)
 
 
 def make_runner(app: web.Application) -> web.AppRunner:

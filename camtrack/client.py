@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 
@@ -16,8 +16,10 @@ from av import VideoFrame
 class Viewer:
     """One receive-only WebRTC viewer connected over a camtrack websocket."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, url: str, session: aiohttp.ClientSession | None = None, hello_servers: bool = False) -> None:
         self.url = url
+        #: use the STUN/TURN servers the hello names, as the page does (else none: loopback tests)
+        self.hello_servers = hello_servers
         self._own_session = session is None
         self.session = session
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -36,7 +38,9 @@ class Viewer:
         self.ws = await self.session.ws_connect(self.url)
         self.opened_at = asyncio.get_running_loop().time()
         self.hello = await self.receive("hello", timeout)
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        servers = [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+                   for s in self.hello.get("iceServers", [])] if self.hello_servers else []
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         self.track = asyncio.get_running_loop().create_future()
         track_future = self.track
 

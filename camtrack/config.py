@@ -10,6 +10,7 @@ option is adding a field.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import types
@@ -31,6 +32,7 @@ MODES = ("auto", "transcode", "passthrough")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 #: the largest frame: 8K UHD
 MAX_WIDTH, MAX_HEIGHT = 7680, 4320
 #: the longest interval or time-out in seconds: longer ones are typos, not intentions
@@ -128,6 +130,18 @@ def token_check(what: str, value: Any) -> Any:
     # and the message must not repeat the value: it is a secret
     if (not value or not value.isprintable() or any(c.isspace() for c in value)):
         raise ValueError(f"{what} must be a non-empty string without spaces or control characters")
+    return value
+
+
+def public_address_check(what: str, value: str) -> str:
+    """An IP address or a host name (resolved when a peer gathers: a dynamic DNS name may move)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if not (0 < len(value) <= 253 and all(HOST_LABEL.match(label) for label in labels)):
+        raise ValueError(f"{what} must be an IP address or a host name, not {value!r}")
     return value
 
 
@@ -351,6 +365,22 @@ class Config(CameraSettings):
     ice_addresses: list[str] = field(default_factory=list, metadata=option(
         "offer only this local IP address or interface as a host candidate, repeatable "
         "(default: all the machine's addresses)", flag="--ice-address", metavar="ADDR"))
+    #: every peer's ICE, DTLS and SRTP on this one UDP port (outputs/webrtc/udpmux.py); 0: a
+    #: random port per peer. 8555 is go2rtc's WebRTC port (MediaMTX's 8189 stays free for it)
+    webrtc_port: int = field(default=8555, metadata=option(
+        "the one UDP port of every viewer's WebRTC (ICE, DTLS, SRTP), WHEP's and Janus publishing's "
+        "included (default: {default}); 0: a random port per peer", metavar="PORT", label="WebRTC port",
+        check=between(0, 65535, "between 0 (a random port per peer) and 65535")))
+    public_addresses: list[str] = field(default_factory=list, metadata=option(
+        "also offer this address (IP or host name) with the WebRTC port as a host candidate, repeatable: "
+        "a 1:1 NAT's or a port forward's public address", flag="--public-address", metavar="ADDR",
+        label="public address", check=lambda what, values: [public_address_check(what, v) for v in values]))
+    #: coturn's static-auth-secret: each peer gets TURN credentials made from it that expire
+    turn_secret: str | None = field(default=None, metadata=option(
+        "the TURN server's shared secret (coturn's use-auth-secret/static-auth-secret): each viewer "
+        "gets credentials that expire for the --ice-server turn: URLs, given without USER:PASS "
+        "(default: $CAMTRACK_TURN_SECRET)", env="CAMTRACK_TURN_SECRET", metavar="SECRET",
+        label="TURN secret", check=token_check))
     #: seconds a peer may take to reach "connected" before it is closed
     negotiation_timeout: float = field(default=15.0, metadata=option(
         "close a peer that has not connected within this time (default: {default})", metavar="SECONDS",
@@ -416,6 +446,10 @@ class Config(CameraSettings):
         check_options(self)
         if bool(self.cert) != bool(self.key):
             raise ValueError("TLS needs both --cert and --key")
+        if self.public_addresses and not self.webrtc_port:
+            raise ValueError("--public-address needs a fixed --webrtc-port (not 0)")
+        if self.turn_secret is not None and not any(url.startswith(("turn:", "turns:")) for url in self.ice_servers):
+            raise ValueError("--turn-secret needs a TURN server: --ice-server turn:HOST:PORT")
         if not self.cameras:
             self.cameras = [self.camera("default", self.source)]
         if self.encoder != "shared" and any(c.mode == "passthrough" for c in self.cameras):

@@ -34,7 +34,7 @@ def with_decoded(values: Iterable[str | None]) -> set[str]:
 
 def config_secrets(config: Config) -> set[str]:
     """Every credential in `config`: URL user-info and secret query values, the token, pins, TURN passwords."""
-    values: list[str | None] = [config.token]
+    values: list[str | None] = [config.token, config.turn_secret]
     for camera in config.cameras:
         values += url_secrets(camera.source)
         if camera.janus_url:
@@ -43,7 +43,7 @@ def config_secrets(config: Config) -> set[str]:
     values += url_secrets(config.source)
     for url in config.ice_servers:
         try:
-            server = parse_ice_server(url)
+            server = parse_ice_server(url, turn_secret=config.turn_secret is not None)
         except ValueError:
             continue
         values += [server.username, server.credential]

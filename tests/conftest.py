@@ -32,6 +32,8 @@ async def serve(loopback_ice) -> AsyncIterator[Callable[..., Awaitable[Server]]]
         settings.setdefault("source", "pattern")
         settings.setdefault("linger", 0.5)
         settings.setdefault("host", "127.0.0.1")
+        # a socket per peer unless a test asks for the shared port (8555 may be another run's)
+        settings.setdefault("webrtc_port", 0)
         config = Config(port=0, **settings)
         app = create_app(config)
         runner = make_runner(app, config)

@@ -110,7 +110,8 @@ async def test_tls(tmp_path, loopback_ice):
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
-         "--width", "320", "--height", "240", "--cert", str(cert), "--key", str(key), "--ice-address", "127.0.0.1"],
+         "--width", "320", "--height", "240", "--cert", str(cert), "--key", str(key), "--ice-address", "127.0.0.1",
+         "--webrtc-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     context = ssl.create_default_context(cafile=str(cert))
     try:

@@ -202,7 +202,7 @@ from camtrack.connections import make_runner
 
 async def main():
     config = Config(host="127.0.0.1", port=0, source="pattern", width=320, height=240, linger=0.5,
-                    ice_addresses=["127.0.0.1"])
+                    ice_addresses=["127.0.0.1"], webrtc_port=0)
     runner = make_runner(create_app(config), config, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -43,7 +43,7 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
     """One value per option (not its default), once as a TOML key and once as a flag."""
     monkeypatch.delenv("CAMTRACK_TOKEN", raising=False)
     values = {"host": "127.0.0.1", "port": 9000, "source": "/dev/video1", "input_format": "mjpeg", "encoder": "shared",
-              "ice_servers": ["stun:x"],
+              "ice_servers": ["stun:x", "turn:t"],
               "ice_addresses": ["lo"], "negotiation_timeout": 5.5, "idle_timeout": 6.0, "header_timeout": 7.0,
               "max_connections": 100, "max_pending": 8, "token": "t0k", "allow_origins": ["https://a"],
               "allow_hosts": ["cams"], "cert": "c.pem", "key": "k.pem", "mjpeg_fps": 5.0, "jpeg_quality": 70,
@@ -51,7 +51,8 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "bitrate": 300_000, "keyframe_interval": 1.0, "max_viewers": 3, "publish": "janus:http://j/janus",
               "janus_room": 7, "janus_pin": "p", "janus_display": "d",
               # (passthrough needs codec h264, and this file asks for vp8)
-              "mode": "transcode", "rtsp_transport": "udp", "video_encoder": "libx264"}
+              "mode": "transcode", "rtsp_transport": "udp", "video_encoder": "libx264",
+              "webrtc_port": 9555, "public_addresses": ["203.0.113.7", "cams.example"], "turn_secret": "s3c"}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:

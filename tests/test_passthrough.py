@@ -163,7 +163,8 @@ async def test_auto_passes_through_what_it_can_and_transcodes_the_rest(tmp_path,
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         server = subprocess.Popen([sys.executable, "-m", "camtrack", "--source", str(source), "--host", "127.0.0.1",
-                                   "--port", str(port), "--ice-address", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT)
+                                   "--port", str(port), "--ice-address", "127.0.0.1", "--webrtc-port", "0"],
+                                  stdout=out, stderr=subprocess.STDOUT)
     try:
         async with aiohttp.ClientSession() as http:
             deadline = time.monotonic() + 60

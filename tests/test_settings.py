@@ -108,6 +108,20 @@ BAD = [
     (["--ice-address", NOT_HERE], None, f"--ice-address '{NOT_HERE}' is not an address of this machine"),
     (["--ice-address", "127.0.0.1", "--ice-address", NOT_HERE], None, "is not an address of this machine"),
     (["--ice-address", "nosuchif0"], None, "neither an IP address nor a network interface"),
+    # the shared WebRTC port, public addresses, TURN secrets
+    (["--webrtc-port", "70000"], None, "WebRTC port must be between 0 (a random port per peer) and 65535, not 70000"),
+    (["--webrtc-port", "-1"], None, "WebRTC port must be between 0"),
+    (["--webrtc-port", "udp"], None, "argument --webrtc-port: invalid int value"),
+    ([], "webrtc-port = '8555'\n", "webrtc-port must be a whole number, not '8555'"),
+    (["--public-address", "not an address"], None, "public address must be an IP address or a host name, not 'not an"),
+    (["--public-address=cams-.example"], None, "public address must be an IP address or a host name"),
+    (["--public-address", "1.2.3.4:8555"], None, "public address must be an IP address or a host name"),
+    (["--public-address", "203.0.113.7", "--webrtc-port", "0"], None, "--public-address needs a fixed --webrtc-port"),
+    ([], "public-address = '203.0.113.7'\n", "must be a list of strings"),
+    (["--turn-secret", "s3c"], None, "--turn-secret needs a TURN server: --ice-server turn:HOST:PORT"),
+    (["--turn-secret", "s3c", "--ice-server", "turn:u:p@192.0.2.1:3478"], None,
+     "with --turn-secret, give the TURN server without USER:PASS"),
+    (["--turn-secret", "", "--ice-server", "turn:192.0.2.1:3478"], None, "TURN secret must be a non-empty string"),
     # cameras
     (["--camera", "a=pattern", "--camera", "a=pattern"], None, "--camera 'a' is given twice"),
     (["--camera", "a=pattern", "--camera", "b=pattern", "--camera", "a=other"], None, "'a' is given twice"),
@@ -235,6 +249,10 @@ GOOD = [
     (["--camera", "front=pattern", "--camera", "back=pattern"], None),
     ([*PUBLISH, "--janus-room", "1234"], None),
     (["--host", "localhost"], None),
+    (["--webrtc-port", "0"], None),
+    (["--webrtc-port", "9000", "--public-address", "203.0.113.7", "--public-address", "cams.example.org"], None),
+    (["--turn-secret", "s3c", "--ice-server", "turn:192.0.2.1:3478", "--ice-server", "stun:192.0.2.1:3478"], None),
+    ([], "webrtc-port = 8189\npublic-address = ['2001:db8::7']\n"),
     ([], "port = 9000\nfps = 15\nwidth = 320\nheight = 240\ncodec = 'VP8'\nlinger = 0\n"),
     ([], "token = 'abc'\nice-server = ['stun:192.0.2.1:3478']\nice-address = ['lo']\nlog-level = 'warning'\n"),
     ([], "mjpeg-fps = 5\njpeg-quality = 90\nmax-viewers = 4\nkeyframe-interval = 1\n"),
@@ -279,7 +297,7 @@ def test_a_taken_port_is_one_line_and_status_1():
         busy.listen()
         port = busy.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if k != "CAMTRACK_TOKEN"}
-        done = subprocess.run([sys.executable, "-m", "camtrack", *BASE, "--port", str(port)],
+        done = subprocess.run([sys.executable, "-m", "camtrack", *BASE, "--port", str(port), "--webrtc-port", "0"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done
     errors = [line for line in done.stderr.splitlines() if "error" in line]

@@ -45,7 +45,8 @@ class Server:
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "camtrack", "--source", "pattern", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--ice-address", "127.0.0.1", "--linger", "0.5"],
+                 "--port", str(self.port), "--ice-address", "127.0.0.1", "--linger", "0.5",
+                 "--webrtc-port", "0"],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.root = f"http://127.0.0.1:{self.port}"
 

@@ -23,7 +23,7 @@ from ..media.feeds import Transport
 from ..redaction import scrub, with_decoded
 from ..sources import redact, url_secrets
 from .webrtc.hooks import forward_keyframe_requests, guard_ice
-from .webrtc.ice import rtc_configuration
+from .webrtc.ice import IceContext
 from .webrtc.peer import CLOSE_TIMEOUT, codec_preferences
 from .webrtc.tracks import make_track
 
@@ -45,7 +45,8 @@ class JanusPublisher:
 
     def __init__(self, camera: Camera, url: str, room: int, pin: str | None = None,
                  display: str | None = None, ice_servers: list[str] | None = None,
-                 retry_min: float = 1.0, retry_max: float = 30.0, request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 retry_min: float = 1.0, retry_max: float = 30.0, request_timeout: float = REQUEST_TIMEOUT,
+                 ice: IceContext | None = None) -> None:
         if camera.feed is None:
             raise ValueError("publishing to Janus needs the shared encoder or passthrough (--encoder shared)")
         self.camera = camera
@@ -56,7 +57,8 @@ class JanusPublisher:
         self.room = room
         self.pin = pin
         self.display = display or camera.name
-        self.ice_servers = ice_servers or []
+        #: the server's ICE side (its mux, TURN credentials); else a socket per peer and these servers
+        self.ice = ice or IceContext(ice_servers or [])
         self.retry_min, self.retry_max = retry_min, retry_max
         self.request_timeout = request_timeout
         #: idle, connecting, publishing or retrying
@@ -126,10 +128,11 @@ class JanusPublisher:
                     join["pin"] = self.pin
                 await self._message(http, endpoint, join, events, "joined")
 
-                pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
+                pc = RTCPeerConnection(self.ice.rtc_configuration())
                 track = make_track(self.camera, Transport.JANUS)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(codec_preferences(self.camera.settings.codec))
+                self.ice.prepare(pc)  # on the shared UDP port, if there is one
                 forward_keyframe_requests(pc, track)
                 await pc.setLocalDescription(await pc.createOffer())
                 guard_ice(pc)  # only Janus's validated path reaches this peer's DTLS and SRTP

@@ -1,15 +1,16 @@
 """Every private attribute of aiortc and aioice that camtrack reaches into, in one place.
 
 aiortc and aioice offer no public way to do what these hooks do: choose the local addresses
-ICE offers, keep packets from strangers away from a peer's DTLS and SRTP, route FIR in its
-RFC 5104 form, hear keyframe requests for pre-encoded packets, and cap what a viewer can ask
-to have retransmitted. `HOOKED` names each attribute touched; `check_hooks()` (run at start-up
-and by tests/test_hooks.py) fails loudly when an upgrade moves one, instead of silently turning
-a protection off.
+ICE offers, gather every peer's host candidates on one shared UDP socket (udpmux.py), keep
+packets from strangers away from a peer's DTLS and SRTP, route FIR in its RFC 5104 form, hear
+keyframe requests for pre-encoded packets, and cap what a viewer can ask to have retransmitted.
+`HOOKED` names each attribute touched; `check_hooks()` (run at start-up and by tests/test_hooks.py)
+fails loudly when an upgrade moves one, instead of silently turning a protection off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import aioice.ice
 import aiortc.rtp
 from aioice import stun
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
@@ -27,6 +29,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_RTPFB_NACK, RTP_HISTORY_SIZE, RtcpPsfbPacket, RtcpRtpfbPacket
 
 from ...media.ratelimit import TokenBucket
+from .udpmux import UdpMux, family_of
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +46,15 @@ HOOKED: list[tuple[Any, str]] = [
     (RTCRtpSender, "_send_keyframe"),
     (RTCRtpSender, "_retransmit"),
     (aiortc.rtp, "RTP_HISTORY_SIZE"),
+    (Connection, "get_component_candidates"),
+    (aioice.ice, "server_reflexive_candidate"),
+    (StunProtocol, "connection_made"),
+    (StunProtocol, "connection_lost"),
 ]
 #: attributes set in __init__ (so not on the class), by class name: tests/test_hooks.py checks
 #: them on the objects of a live connection
 INSTANCE_HOOKED: dict[str, list[str]] = {
-    "Connection": ["_protocols", "_check_list", "_queue"],
+    "Connection": ["_protocols", "_check_list", "_queue", "_local_username"],
     "RTCIceGatherer": ["_connection"],
     "RTCDtlsTransport": ["_rtp_router"],
     "RtpRouter": ["senders"],
@@ -108,6 +115,91 @@ def restrict_host_addresses(addresses: list[str]) -> Callable[[], None]:
         aioice.ice.get_host_addresses = original
 
     return undo
+
+
+# --- every peer on one UDP socket (--webrtc-port) ----------------------------------------------
+
+def ice_connections(pc: RTCPeerConnection) -> list[Connection]:
+    """The aioice Connection of each transport of `pc` (one when bundled, as camtrack's are)."""
+    connections: dict[int, Connection] = {}
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.sender.transport.transport.iceGatherer._connection
+        connections.setdefault(id(connection), connection)
+    return list(connections.values())
+
+
+def use_mux(pc: RTCPeerConnection, mux: UdpMux) -> None:
+    """Put the host candidates of every ICE connection of `pc` on `mux`'s socket.
+
+    Call after the transceivers exist and before createOffer/createAnswer: the connection's ufrag
+    becomes the mux's unique one, and the description must carry that one.
+    """
+    for connection in ice_connections(pc):
+        connection._local_username = mux.new_ufrag()
+        _gather_on_mux(connection, mux)
+        _leave_mux_on_close(connection, mux)
+
+
+def _leave_mux_on_close(connection: Connection, mux: UdpMux) -> None:
+    """Forget the peer's ufrag and routes when it closes, whatever state it was in."""
+    original = connection.close
+
+    async def close() -> None:
+        try:
+            await original()
+        finally:
+            mux.forget(connection)
+
+    connection.close = close  # type: ignore[method-assign]
+
+
+def _gather_on_mux(connection: Connection, mux: UdpMux) -> None:
+    """aioice opens a socket per local address in `get_component_candidates`; this gathers host
+    candidates on the mux instead (one protocol per address family, every local and public address
+    announced with the mux's port), and leaves STUN (through the mux) and TURN (its own socket,
+    to the TURN server) to aioice."""
+    original = connection.get_component_candidates
+
+    async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
+        if not addresses or mux.transport is None:  # the relay-only policy, nothing to offer, or stopping
+            return await original(component=component, addresses=addresses, timeout=timeout)
+        endpoint = mux.register(connection)
+        local = [a for a in addresses if mux.can_serve(a)]
+        public = [a for a in await mux.public_hosts() if a not in local]
+        candidates: list[Candidate] = []
+        for host in local + public:
+            family = family_of(host)
+            protocol = None
+            if family not in endpoint.protocols:
+                if host not in local:
+                    continue  # a public address of a family no local address has: nothing answers it
+                protocol = endpoint.add_protocol(family, (host, mux.port))
+                connection._protocols.append(protocol)
+            # (the extra addresses need no protocol of their own: whatever reaches the port
+            # reaches the one socket; aioice's checks go out from the first address of a family)
+            candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", host), component=component, transport="udp",
+                priority=candidate_priority(component, "host", 65535 - len(candidates)),
+                host=host, port=mux.port, type="host")
+            if protocol is not None:
+                protocol.local_candidate = candidate
+            candidates.append(candidate)
+        extra: list[asyncio.Task[Any]] = [asyncio.ensure_future(original(component=component, addresses=[],
+                                                                          timeout=timeout))]
+        ipv4 = endpoint.protocols.get(4)
+        if connection.stun_server and ipv4 is not None:
+            extra.append(asyncio.ensure_future(asyncio.wait_for(
+                aioice.ice.server_reflexive_candidate(ipv4, connection.stun_server), timeout)))
+        for result in await asyncio.gather(*extra, return_exceptions=True):
+            if isinstance(result, list):
+                candidates += result
+            elif isinstance(result, tuple):
+                candidates.append(result[0])
+            elif isinstance(result, Exception):
+                logger.debug("ICE gathering through the mux: %s", result)
+        return candidates
+
+    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
 
 
 # --- only the viewer's own path reaches DTLS and SRTP --------------------------------------------
@@ -226,13 +318,7 @@ class IceGate:
 def guard_ice(pc: RTCPeerConnection) -> list[IceGate]:
     """Put an IceGate on each ICE connection of `pc`; call after setLocalDescription (gathering)."""
     gates = []
-    seen: set[int] = set()
-    for transceiver in pc.getTransceivers():
-        dtls = transceiver.sender.transport
-        connection = dtls.transport.iceGatherer._connection
-        if id(connection) in seen:
-            continue
-        seen.add(id(connection))
+    for connection in ice_connections(pc):
         gate = IceGate(connection)
         gate.install()
         gates.append(gate)

@@ -16,7 +16,7 @@ from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
 from .hooks import PeerGuard, guard_peer
-from .ice import rtc_configuration
+from .ice import IceContext
 from .tracks import make_track
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def check_offer(sdp: str, codec: str) -> None:
         raise OfferError(f"the offer has no {CODEC_MIME[codec][6:]} codec; this server sends {codec} only")
 
 
-async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack, codec: str) -> str:
+async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack, codec: str,
+                       ice: IceContext | None = None) -> str:
     """Attach `track` to `pc`, answer `sdp` with `codec` only, and return the answer SDP.
 
     The sending transceiver is created before the remote description is applied: aiortc
@@ -79,6 +80,8 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack,
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, OperationError, ...
         raise OfferError(f"the offer was refused: {exc or type(exc).__name__}") from None
+    if ice is not None:
+        ice.prepare(pc)  # on the shared UDP port, before the answer names its ufrag
     answer = await pc.createAnswer()
     await pc.setLocalDescription(answer)
     return pc.localDescription.sdp
@@ -89,13 +92,15 @@ class Peer:
     `on_end(reason)` once when it fails, closes, stays disconnected or never connects."""
 
     def __init__(self, camera: Camera, config: Config, transport: Transport, remote: str,
-                 on_end: Callable[[str], None]) -> None:
+                 on_end: Callable[[str], None], ice: IceContext | None = None) -> None:
         self.camera = camera
         self.config = config
         self.transport = transport
         self.remote = remote
         self.on_end = on_end
-        self.pc = RTCPeerConnection(rtc_configuration(config.ice_servers))
+        #: the server's ICE side (its mux, TURN credentials); else a socket per peer and the servers
+        self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
+        self.pc = RTCPeerConnection(self.ice.rtc_configuration())
         self.track = make_track(camera, transport)
         self.connected = False
         self._ended = False
@@ -112,7 +117,7 @@ class Peer:
     async def answer(self, sdp: str) -> str:
         """The answer to `sdp` (OfferError if it cannot be answered); starts the negotiation clock."""
         try:
-            answer = await answer_offer(self.pc, sdp, self.track, self.camera.settings.codec)
+            answer = await answer_offer(self.pc, sdp, self.track, self.camera.settings.codec, self.ice)
         except OfferError:
             self.camera.meters[self.transport].negotiation_failures += 1
             raise

@@ -39,7 +39,7 @@ from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
 from ...media.feeds import Transport
 from ...media.ratelimit import TokenBucket
-from .ice import ice_servers_json
+from .ice import IceContext
 from .peer import OfferError, Peer
 
 logger = logging.getLogger(__name__)
@@ -73,13 +73,14 @@ class Session:
     transport = Transport.WEBSOCKET
 
     def __init__(self, ws: web.WebSocketResponse, remote: str, config: Config, camera: Camera,
-                 cameras: Cameras, transport: asyncio.Transport | None = None) -> None:
+                 cameras: Cameras, transport: asyncio.Transport | None = None, ice: IceContext | None = None) -> None:
         self.ws = ws
         self.connection = transport
         self.remote = remote
         self.config = config
         self.camera = camera
         self.cameras = cameras
+        self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
         self.peer: Peer | None = None
         self.reason: str | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -144,7 +145,8 @@ class Session:
         await self.send({
             "type": "hello",
             "codecs": [settings.codec],
-            "iceServers": ice_servers_json(self.config.ice_servers),
+            # TURN credentials made for this viewer (that expire) when there is a --turn-secret
+            "iceServers": self.ice.browser_servers(),
             "camera": self.camera.name,
             "width": settings.width,
             "height": settings.height,
@@ -192,7 +194,8 @@ class Session:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        peer = Peer(self.camera, self.config, Transport.WEBSOCKET, self.remote, lambda reason: self._peer_ended(peer, reason))
+        peer = Peer(self.camera, self.config, Transport.WEBSOCKET, self.remote, lambda reason: self._peer_ended(peer, reason),
+                    self.ice)
         peer.pc.on("connectionstatechange", lambda: self._peer_state(peer))
         self.peer = peer
         try:
@@ -329,7 +332,8 @@ def parse_message(data: str) -> dict[str, Any]:
     return message
 
 
-def websocket_handler(config: Config, cameras: Cameras) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def websocket_handler(config: Config, cameras: Cameras,
+                      ice: IceContext | None = None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The `GET /ws` handler (`?camera=NAME`, default the first): one viewer's session per websocket."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -352,7 +356,7 @@ def websocket_handler(config: Config, cameras: Cameras) -> Callable[[web.Request
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             transport.set_write_buffer_limits(high=WRITE_BUFFER)
-        session = Session(ws, remote, config, camera, cameras, transport)
+        session = Session(ws, remote, config, camera, cameras, transport, ice)
         cameras.hold(camera, session)  # pending until its peer connects
         log.info(remote, "viewer %s connected to %s (%s)", remote, camera.name,
                  request.headers.get("User-Agent", "-"))

@@ -22,7 +22,7 @@ from ...config import Config
 from ...connections import read_body
 from ...logs import ClientLog, clip
 from ...media.feeds import Transport
-from .ice import parse_ice_server
+from .ice import IceContext
 from .peer import OfferError, Peer
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,14 @@ class WhepSession:
     transport = Transport.WHEP
 
     def __init__(self, camera: Camera, cameras: Cameras, config: Config, remote: str,
-                 sessions: dict[str, WhepSession]) -> None:
+                 sessions: dict[str, WhepSession], ice: IceContext | None = None) -> None:
         self.id = secrets.token_urlsafe(16)
         self.camera = camera
         self.cameras = cameras
         self.remote = remote
         self.sessions = sessions
         self.location = f"/cameras/{quote(camera.name)}/whep/{self.id}"
-        self.peer = Peer(camera, config, Transport.WHEP, remote, self.end)
+        self.peer = Peer(camera, config, Transport.WHEP, remote, self.end, ice)
         self.peer.pc.on("connectionstatechange", self._peer_state)
         self.reason: str | None = None
         self._teardown: asyncio.Task[None] | None = None
@@ -75,20 +75,22 @@ class WhepSession:
             await asyncio.shield(self._teardown)
 
 
-def link_headers(ice_servers: list[str]) -> list[str]:
-    """The configured ICE servers as `Link: <url>; rel="ice-server"` values."""
+def link_headers(ice: IceContext) -> list[str]:
+    """The ICE servers as `Link: <url>; rel="ice-server"` values (TURN credentials made for this
+    viewer when there is a --turn-secret)."""
     links = []
-    for server in map(parse_ice_server, ice_servers):
-        link = f'<{server.urls}>; rel="ice-server"'
-        if server.username:
-            link += f'; username="{server.username}"; credential="{server.credential}"; credential-type="password"'
+    for server in ice.browser_servers():
+        link = f'<{server["urls"]}>; rel="ice-server"'
+        if "username" in server:
+            link += f'; username="{server["username"]}"; credential="{server["credential"]}"; credential-type="password"'
         links.append(link)
     return links
 
 
-def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
+def add_routes(app: web.Application, config: Config, cameras: Cameras, ice: IceContext | None = None) -> None:
     """`/whep` (the first camera) and `/cameras/{name}/whep`, with their session resources."""
     sessions: dict[str, WhepSession] = {}
+    ice = ice or IceContext(config.ice_servers, config.turn_secret)
 
     def cors(request: web.Request) -> dict[str, str]:
         """Same-origin, --allow-origin, or no Origin (not a browser); 403 for any other page."""
@@ -126,7 +128,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         if not cameras.has_room(camera):  # checked before a peer (and the camera) is started
             log.warning(remote, "refused whep viewer %s of %s: server full", remote, camera.name)
             raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"})
-        session = WhepSession(camera, cameras, config, remote, sessions)  # pending until it connects
+        session = WhepSession(camera, cameras, config, remote, sessions, ice)  # pending until it connects
         try:
             answer = await session.peer.answer(sdp)
         except OfferError as exc:
@@ -144,7 +146,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
             raise web.HTTPServiceUnavailable(text=f"{session.reason}\n", headers={**CORS, "Retry-After": "10"})
         headers = {**CORS, "Location": session.location, "Content-Type": "application/sdp"}
         response = web.Response(status=201, text=answer, headers=headers)
-        for link in link_headers(config.ice_servers):
+        for link in link_headers(ice):
             response.headers.add("Link", link)
         log.info(remote, "whep viewer %s answered for %s", remote, camera.name)
         return response

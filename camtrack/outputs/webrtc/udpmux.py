@@ -1,0 +1,381 @@
+"""One UDP socket for every peer's ICE, DTLS and SRTP (`--webrtc-port`).
+
+aioice opens a socket per host candidate of every peer; here each peer's host candidates are
+instead virtual transports on one shared socket. An incoming datagram finds its peer the way
+Pion's UDP mux does: a STUN binding request by the local ufrag in its USERNAME (each peer gets a
+unique one), and everything else by the remote address that such a request, once it proved it
+knows the peer's ICE password, tied to that peer. A STUN response goes to the peer that sent the
+request (by its transaction id). Datagrams from any other address are dropped at once: strangers
+cost a counter, never memory. Past the mux, each peer's `IceGate` (hooks.py) still decides what
+reaches its DTLS and SRTP.
+
+The hooks into aioice that make a peer use the mux are in hooks.py (`gather_on_mux`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import socket
+import string
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from aioice import stun
+from aioice.ice import Connection, StunProtocol
+
+logger = logging.getLogger(__name__)
+
+#: the default --webrtc-port: go2rtc's WebRTC port (8555), a port camera users already open for
+#: WebRTC; MediaMTX's 8189 is left free so both can run on one box
+DEFAULT_PORT = 8555
+#: remote addresses one peer may be reached from (its candidates; a browser offers a handful)
+MAX_ROUTES = 32
+#: the kernel's buffers for the shared socket: every viewer's RTCP arrives here, every viewer's
+#: video leaves from here (a keyframe to each of many viewers at once). Without the right to force
+#: them, the kernel caps them at net.core.[rw]mem_max
+RECEIVE_BUFFER = 4 * 1024 * 1024
+SEND_BUFFER = 4 * 1024 * 1024
+#: Linux's socket options for buffers past those caps (not in Python's socket module)
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+#: seconds a --public-address name may take to resolve when a peer gathers its candidates
+RESOLVE_TIMEOUT = 2.0
+#: a peer's ICE username fragment: long enough that two peers never share one
+UFRAG_LENGTH = 16
+
+Address = tuple[str, int]
+
+
+def family_of(host: str) -> int:
+    """4 or 6, of an IP address written as one (asked for every datagram: no parsing)."""
+    return 6 if ":" in host else 4
+
+
+class PortTaken(OSError):
+    """The --webrtc-port cannot be bound (another program has it)."""
+
+
+@dataclass
+class MuxStats:
+    received: int = 0
+    routed: int = 0
+    #: from an address no peer is known at (and not a STUN message for one): dropped
+    strangers: int = 0
+    #: STUN for no peer of this mux (unknown ufrag, unknown transaction), or that failed its check
+    stray_stun: int = 0
+
+
+class MuxTransport(asyncio.DatagramTransport):
+    """What one aioice StunProtocol of a peer sees as its socket: a view of the shared one."""
+
+    def __init__(self, endpoint: MuxEndpoint, protocol: StunProtocol, local: Address) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self.protocol = protocol
+        self.local = local
+        self._closing = False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not self._closing and addr is not None:
+            self.endpoint.mux.sendto(bytes(data), (addr[0], addr[1]))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # no "socket": it is every peer's, and not this peer's to configure or close
+        return self.local if name == "sockname" else default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.endpoint.transport_closed(self)
+            # aioice's StunProtocol.close() waits for connection_lost, as for a real socket
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+@dataclass(eq=False)
+class MuxEndpoint:
+    """One aioice Connection on the mux: its protocols (one per address family) and its routes."""
+
+    mux: UdpMux
+    connection: Connection
+    ufrag: str
+    protocols: dict[int, StunProtocol] = field(default_factory=dict)
+    transports: list[MuxTransport] = field(default_factory=list)
+    remotes: set[Address] = field(default_factory=set)
+    closed: bool = False
+
+    def add_protocol(self, family: int, local: Address) -> StunProtocol:
+        protocol = StunProtocol(self.connection)
+        transport = MuxTransport(self, protocol, local)
+        self.transports.append(transport)
+        protocol.connection_made(transport)
+        self.protocols[family] = protocol
+        return protocol
+
+    def deliver(self, data: bytes, addr: Address) -> None:
+        protocol = self.protocols.get(family_of(addr[0]))
+        if protocol is not None and not self.closed:
+            self.mux.stats.routed += 1
+            # looked up on each call: the peer's IceGate replaces it (hooks.py)
+            protocol.datagram_received(data, addr)
+
+    def owns(self, transaction_id: bytes) -> StunProtocol | None:
+        for protocol in self.protocols.values():
+            if transaction_id in protocol.transactions:
+                return protocol
+        return None
+
+    def transport_closed(self, transport: MuxTransport) -> None:
+        if all(t.is_closing() for t in self.transports):
+            self.mux.remove(self)
+
+
+class UdpMux(asyncio.DatagramProtocol):
+    """The shared UDP socket and the routes from it to each peer."""
+
+    def __init__(self, port: int, public_addresses: list[str] | None = None, address: str | None = None) -> None:
+        self.port = port
+        #: the one local address to bind, or None for all of them
+        self.address = address
+        #: extra host candidates (a 1:1 NAT's or a port forward's address): IP addresses or names
+        self.public_addresses = list(public_addresses or [])
+        self.stats = MuxStats()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.dual_stack = False
+        self._ufrags: dict[str, MuxEndpoint] = {}
+        self._routes: dict[Address, MuxEndpoint] = {}
+        self._endpoints: dict[int, MuxEndpoint] = {}
+
+    # --- the socket ---
+
+    async def open(self) -> None:
+        """Bind the port on `address`, or on every address (IPv6 and IPv4 on one socket where the
+        system allows): then the kernel picks each reply's source address by its routes, which is
+        the address the peer reached unless the machine has several on one path (--ice-address)."""
+        sock = None
+        if self.address is not None:
+            sock = socket.socket(socket.AF_INET6 if family_of(self.address) == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((self.address, self.port))
+            except OSError:
+                sock.close()
+                raise
+        elif socket.has_ipv6:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", self.port))
+                self.dual_stack = True
+            except OSError:
+                if sock is not None:
+                    sock.close()
+                sock = None
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind(("0.0.0.0", self.port))
+            except OSError:
+                sock.close()
+                raise
+        for force, option, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, RECEIVE_BUFFER),
+                                    (SO_SNDBUFFORCE, socket.SO_SNDBUF, SEND_BUFFER)):
+            try:  # past net.core.[rw]mem_max where allowed (root): this one socket carries every viewer
+                sock.setsockopt(socket.SOL_SOCKET, force, size)
+            except OSError:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, size)
+                except OSError:
+                    pass
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self.port = sock.getsockname()[1]  # (port 0: the one the system chose; tests do that)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (asyncio's own datagram transport does not subclass DatagramTransport)
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def close(self) -> None:
+        """Close the socket, and every peer's transport still on it."""
+        for endpoint in list(self._endpoints.values()):
+            for transport in list(endpoint.transports):
+                transport.close()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    async def public_hosts(self) -> list[str]:
+        """The public addresses as IP addresses (names resolved now: a dynamic DNS name may move)."""
+        hosts: list[str] = []
+        loop = asyncio.get_running_loop()
+        for name in self.public_addresses:
+            try:
+                hosts.append(str(ipaddress.ip_address(name)))
+                continue
+            except ValueError:
+                pass
+            try:
+                infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                logger.warning("--public-address %s does not resolve now (%s): not offered", name, exc)
+                continue
+            hosts += [str(info[4][0]) for info in infos if self.can_serve(str(info[4][0]))]
+        return list(dict.fromkeys(hosts))
+
+    def can_serve(self, host: str) -> bool:
+        if self.address is not None:
+            return family_of(host) == family_of(self.address)
+        return self.dual_stack or family_of(host) == 4
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        if self.transport is None:
+            return
+        host = addr[0]
+        if self.dual_stack and ":" not in host:
+            host = "::ffff:" + host
+        try:
+            self.transport.sendto(data, (host, addr[1]))
+        except OSError as exc:  # an address this socket cannot reach: as a real socket's error would be
+            logger.debug("udp mux: cannot send to %s: %s", addr, exc)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("udp mux: %s", exc)  # ICMP unreachable from a peer that went away
+
+    # --- peers ---
+
+    def new_ufrag(self) -> str:
+        """A local ufrag no peer of this mux has: it is how a peer's packets are found."""
+        ufrag = new_ufrag()
+        while ufrag in self._ufrags:
+            ufrag = new_ufrag()
+        return ufrag
+
+    def register(self, connection: Connection) -> MuxEndpoint:
+        """The endpoint of `connection`, made when it gathers (a connection that never gathers,
+        one aiortc dropped for BUNDLE say, never has one), found by its local ufrag."""
+        endpoint = self._endpoints.get(id(connection))
+        if endpoint is None:
+            ufrag = connection.local_username
+            if ufrag in self._ufrags:  # (new_ufrag() was not asked, or another peer took it since)
+                raise ValueError(f"ICE ufrag {ufrag!r} is already another peer's on the shared port")
+            endpoint = MuxEndpoint(self, connection, ufrag)
+            self._ufrags[ufrag] = endpoint
+            self._endpoints[id(connection)] = endpoint
+        return endpoint
+
+    def forget(self, connection: Connection) -> None:
+        """`connection` closed: forget its endpoint, if it had one."""
+        endpoint = self._endpoints.get(id(connection))
+        if endpoint is not None:
+            self.remove(endpoint)
+
+    def remove(self, endpoint: MuxEndpoint) -> None:
+        """A peer closed: forget its ufrag and its routes."""
+        endpoint.closed = True
+        if self._ufrags.get(endpoint.ufrag) is endpoint:
+            del self._ufrags[endpoint.ufrag]
+        self._endpoints.pop(id(endpoint.connection), None)
+        for remote in endpoint.remotes:
+            if self._routes.get(remote) is endpoint:
+                del self._routes[remote]
+        endpoint.remotes.clear()
+
+    @property
+    def peers(self) -> int:
+        return len(self._endpoints)
+
+    @property
+    def routes(self) -> int:
+        return len(self._routes)
+
+    def _route(self, remote: Address, endpoint: MuxEndpoint) -> None:
+        old = self._routes.get(remote)
+        if old is endpoint:
+            return
+        if len(endpoint.remotes) >= MAX_ROUTES:
+            return
+        if old is not None:
+            old.remotes.discard(remote)
+        self._routes[remote] = endpoint
+        endpoint.remotes.add(remote)
+
+    # --- what arrives ---
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        assert isinstance(data, bytes)
+        self.stats.received += 1
+        host = addr[0]
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        remote = (host, addr[1])
+        message = parse_stun(data)
+        if message is None:
+            endpoint = self._routes.get(remote)
+            if endpoint is None:
+                self.stats.strangers += 1
+            else:
+                endpoint.deliver(data, remote)
+            return
+        if message.message_class == stun.Class.REQUEST:
+            self._request(message, data, remote)
+        elif message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
+            self._response(message, data, remote)
+        else:
+            # indications (keepalives): only from a peer's own address
+            endpoint = self._routes.get(remote)
+            if endpoint is not None:
+                endpoint.deliver(data, remote)
+
+    def _request(self, message: stun.Message, data: bytes, remote: Address) -> None:
+        username = message.attributes.get("USERNAME")
+        endpoint = self._ufrags.get(str(username).partition(":")[0]) if username else None
+        if endpoint is None:
+            self.stats.stray_stun += 1
+            return
+        # only a request that knows the peer's password moves an address to it: anyone can
+        # read a ufrag off the wire, nobody but the peer can sign with its password
+        if message.check_message_integrity(endpoint.connection.local_password.encode("utf8")):
+            self._route(remote, endpoint)
+        else:
+            self.stats.stray_stun += 1  # aioice answers it 401, as on a socket of its own
+        endpoint.deliver(data, remote)
+
+    def _response(self, message: stun.Message, data: bytes, remote: Address) -> None:
+        endpoint = self._routes.get(remote)
+        protocol = endpoint.owns(message.transaction_id) if endpoint is not None else None
+        if protocol is None:
+            # a response to a check (or a STUN server's answer) from an address not routed yet
+            for candidate in self._endpoints.values():
+                protocol = candidate.owns(message.transaction_id)
+                if protocol is not None:
+                    endpoint = candidate
+                    break
+        if endpoint is None or protocol is None:
+            self.stats.stray_stun += 1
+            return
+        password = endpoint.connection.remote_password
+        if password is not None and message.check_message_integrity(password.encode("utf8")):
+            self._route(remote, endpoint)  # the peer answered our check from there: it is its address
+        endpoint.deliver(data, remote)
+
+
+def parse_stun(data: bytes) -> stun.Message | None:
+    """`data` as a STUN message (RFC 7983: first byte 0-3), or None: DTLS, SRTP or junk."""
+    if len(data) < 20 or data[0] > 3:
+        return None
+    try:
+        return stun.parse_message(data)
+    except Exception:  # noqa: BLE001 - ValueError, struct.error, ...: not STUN
+        return None
+
+
+def new_ufrag() -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(UFRAG_LENGTH))
