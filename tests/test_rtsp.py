@@ -19,11 +19,11 @@ import pytest
 
 from camtrack.media.frame import VIDEO_CLOCK_RATE
 from camtrack.media.passthrough import PassthroughFeed
-from camtrack.sources import make_source
+from camtrack.sources import make_packet_source, make_source
 from camtrack.sources.decoded import DecodedSource
 from camtrack.sources.demux import DemuxSource
 from camtrack.sources.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_type, split_annexb
-from camtrack.sources.rtsp import Depacketizer, RtspError, RtspSource, RtspUnsupported, make_packet_source, parse_sdp
+from camtrack.sources.rtsp import Depacketizer, RtspError, RtspSource, RtspUnsupported, parse_sdp
 
 from .conftest import eventually
 from .rtsp_server import AccessUnit, RtspServer
