@@ -59,6 +59,8 @@
     return latency >= -1000 && latency < 60000 ? latency : null;
   }
 
+  camtrack.readLatency = readLatency; // for benchmarks: the stamp of what is shown now
+
   // --- the stats overlay, from getStats() once a second
   let previous = null;
   let previousPc = null;
