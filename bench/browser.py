@@ -98,6 +98,7 @@ def measure(duration: float) -> list[BrowserRow]:
             try:
                 for mode, query in MODES.items():
                     page = browser.new_page(viewport={"width": 800, "height": 600})
+                    page.on("console", lambda m: m.type == "info" and print(f"  page: {m.text}", file=sys.stderr))
                     deadline = time.monotonic() + 30
                     while True:
                         try:

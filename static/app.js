@@ -242,7 +242,7 @@ async function startPeer(ws, hello) {
   camtrack.decoder = "webrtc";
   const pc = new RTCPeerConnection({ iceServers: hello.iceServers || [] });
   camtrack.pc = pc;
-  // no connection within FALLBACK_MS (UDP blocked, no usable candidate): use the websocket
+  // no connection within FALLBACK_MS of the offer (UDP blocked, no usable candidate): use the websocket
   const fallBack = (why) => {
     if (camtrack.pc !== pc || camtrack.ws !== ws) return;
     console.info(`camtrack: WebRTC ${why}; playing over the websocket`);
@@ -251,7 +251,6 @@ async function startPeer(ws, hello) {
   };
   let connected = false;
   camtrack.peerConnected = false;
-  fallbackTimer = setTimeout(() => fallBack(`did not connect within ${FALLBACK_MS / 1000} s`), FALLBACK_MS);
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.ontrack = (event) => {
     video.srcObject = event.streams[0] || new MediaStream([event.track]);
@@ -291,6 +290,12 @@ async function startPeer(ws, hello) {
   if (camtrack.pc !== pc) return; // replaced while we waited
   send(ws, { type: "offer", sdp: pc.localDescription.sdp });
   offered = true;
+  // counted from the offer: the page's own start-up is not the network's fault
+  fallbackTimer = setTimeout(() => {
+    // ICE through but DTLS still going (a busy machine): that is no blocked network, let it finish
+    if (["connected", "completed"].includes(pc.iceConnectionState)) return;
+    fallBack(`ICE did not connect within ${FALLBACK_MS / 1000} s`);
+  }, FALLBACK_MS);
   pending.splice(0).forEach((message) => send(ws, message));
 }
 
