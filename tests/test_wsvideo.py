@@ -216,3 +216,30 @@ async def test_a_slow_reader_skips_to_the_next_keyframe(serve):
     assert len(HEADER.pack(1, 0, 0, 0, 0, 0)) == 24
     camera = app[CAMERAS].first
     await eventually(lambda: camera.viewer_count == 0)
+
+
+@pytest.mark.timeout(90)
+async def test_a_cameras_own_h264_streams_from_its_newest_keyframe(serve, tmp_path):
+    """Passthrough: a stream opened mid-GOP starts at the camera's newest IDR, the pictures since it
+    squeezed one tick apart, with the High profile's own codec string; nothing decoded or encoded."""
+    from .test_passthrough import FPS, write_h264
+
+    source = str(write_h264(tmp_path / "high.mp4", "high"))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240)
+    camera = app[CAMERAS].first
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as first:
+        await stream(first)
+        await pictures(first, FPS)
+        feed = camera.feed
+        assert feed is not None and camera.encoder is None
+        await eventually(lambda: len(feed._ring.since(lambda p: p.keyframe)) > FPS // 2, timeout=20)  # type: ignore[attr-defined]
+        async with http.ws_connect(url) as late:
+            await stream(late)
+            got = await pictures(late, FPS)
+        start = got[0]
+        assert start["keyframe"] and start["codec"]["codec"].startswith("avc1.64"), start["codec"]
+        squeezed = [b["pts"] - a["pts"] for a, b in zip(got, got[1:], strict=False) if b["pts"] - a["pts"] == 1]
+        assert len(squeezed) >= FPS // 2 - 1, [b["pts"] - a["pts"] for a, b in zip(got, got[1:], strict=False)]
+        frames = decode(got)
+        assert len(frames) >= FPS - 2 and (frames[0].width, frames[0].height) == (320, 240)
+    assert camera.decoder is not None and camera.decoder.frames == 0
