@@ -197,7 +197,8 @@ async function handle(ws, message) {
 function startStream(ws, hello) {
   closePeer();
   const codec = (hello.codecs || [])[0];
-  const kind = hello.stream ? CamtrackPlayers.choose(codec) : "mjpeg";
+  let kind = hello.stream ? CamtrackPlayers.choose(codec) : "mjpeg";
+  if (kind === "mse" && codec !== "h264") kind = "mjpeg"; // the muxer writes H.264 only
   if (kind === "mjpeg") return startMjpeg(ws, hello);
   camtrack.transport = "websocket";
   camtrack.decoder = kind;
@@ -222,8 +223,11 @@ function startStream(ws, hello) {
 // Neither WebCodecs nor MSE (nor WebRTC): the server's MJPEG, which an <img> plays by itself.
 function startMjpeg(ws, hello) {
   camtrack.transport = camtrack.decoder = "mjpeg";
-  send(ws, { type: "bye" }); // the socket has nothing more to carry
-  ws.onclose = null;
+  // the socket has nothing more to carry: hang it up (its closing is no reason to reconnect)
+  ws.onmessage = ws.onclose = ws.onerror = null;
+  send(ws, { type: "bye" });
+  ws.close();
+  camtrack.ws = null;
   const token = sessionStorage.getItem(TOKEN_KEY);
   // an <img> cannot send a header: the token goes in its URL (the server keeps it out of its log)
   const query = token ? `?token=${encodeURIComponent(token)}` : "";

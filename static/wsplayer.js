@@ -28,7 +28,7 @@
 
   // Counters every player keeps, for the overlay.
   function counters() {
-    return { frames: 0, bytes: 0, messages: 0, dropped: 0, resyncs: 0, codec: null, width: 0, height: 0 };
+    return { frames: 0, bytes: 0, messages: 0, dropped: 0, resyncs: 0, codec: null };
   }
 
   // --- WebCodecs: decode each picture as it comes and draw it on a canvas at once

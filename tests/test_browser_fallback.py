@@ -211,3 +211,10 @@ def test_transport_ws_forces_the_fallback_and_webrtc_is_the_default(sandbox, tmp
         assert first < 3, f"forced: first frame after {first:.1f} s (no WebRTC attempt to wait for)"
         metrics = forced.evaluate("fetch('/metrics').then((r) => r.text())")
         assert 'transport="ws-video"} 1.0' in metrics
+        # a browser that can play neither: the MJPEG picture, with the same overlay and latency readout
+        mjpeg = context.new_page()
+        mjpeg.goto(base + "?transport=ws&decoder=mjpeg")
+        mjpeg.wait_for_function("window.camtrack.state === 'live' && window.camtrack.view().width === 640",
+                                timeout=30000)
+        assert mjpeg.evaluate("window.camtrack.transport") == "mjpeg"
+        assert check_overlay(mjpeg)["transport"] == "MJPEG"
