@@ -69,6 +69,9 @@ class BrowserRow:
     p95: float
     mean: float
     first_frame: float
+    #: p50 of the first and of the last quarter of the window: drift shows as a difference
+    first_quarter: float
+    last_quarter: float
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +101,7 @@ def measure(duration: float) -> list[BrowserRow]:
             try:
                 for mode, query in MODES.items():
                     page = browser.new_page(viewport={"width": 800, "height": 600})
-                    page.on("console", lambda m: m.type == "info" and print(f"  page: {m.text}", file=sys.stderr))
+                    page.on("console", lambda m: print(f"  page: {m.text}", file=sys.stderr) if m.type == "info" else None)
                     deadline = time.monotonic() + 30
                     while True:
                         try:
@@ -117,8 +120,10 @@ def measure(duration: float) -> list[BrowserRow]:
                     page.close()
                     assert got["decoder"] == mode, got
                     latency = got["latency"]
+                    quarter = max(1, len(latency) // 4)
                     rows.append(BrowserRow(mode, len(latency), len(latency) / duration, percentile(latency, 0.5),
-                                           percentile(latency, 0.95), statistics.mean(latency), first))
+                                           percentile(latency, 0.95), statistics.mean(latency), first,
+                                           percentile(latency[:quarter], 0.5), percentile(latency[-quarter:], 0.5)))
                     print(f"  {mode}: {len(latency)} pictures, p50 {rows[-1].p50:.0f} ms", file=sys.stderr, flush=True)
             finally:
                 browser.close()
@@ -135,10 +140,12 @@ def measure(duration: float) -> list[BrowserRow]:
 def report(duration: float) -> None:
     rows = measure(duration)
     print(f"# Chromium on loopback, 640x480@30 H.264 test pattern, {duration:g} s per transport")
-    print("| transport | pictures shown/s | latency p50 ms | p95 ms | mean ms | first picture s |")
-    print("|---|---|---|---|---|---|")
+    print("| transport | pictures shown/s | latency p50 ms | p95 ms | mean ms | p50 first/last quarter ms "
+          "| first picture s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.mode} | {r.fps:.1f} | {r.p50:.0f} | {r.p95:.0f} | {r.mean:.0f} | {r.first_frame:.1f} |")
+        print(f"| {r.mode} | {r.fps:.1f} | {r.p50:.0f} | {r.p95:.0f} | {r.mean:.0f} | "
+              f"{r.first_quarter:.0f}/{r.last_quarter:.0f} | {r.first_frame:.1f} |")
     webrtc = next((r for r in rows if r.mode == "webrtc"), None)
     if webrtc is not None:
         for r in rows:

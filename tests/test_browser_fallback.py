@@ -76,20 +76,26 @@ def chromium_and_server(sandbox, tmp_path: Path, *options: str):
 
     ns, wrapper = sandbox
     log = tmp_path / "server.log"
-    server = Server(ns, log, "h264", *options)
+    servers = [Server(ns, log, "h264", *options)]
+
+    def restart() -> None:
+        servers[-1].stop()
+        servers.append(Server(ns, log, "h264", *options))
+
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
             try:
-                yield browser.new_context(ignore_https_errors=True, viewport={"width": 800, "height": 600}), log
+                yield browser.new_context(ignore_https_errors=True, viewport={"width": 800, "height": 600}), restart
             finally:
                 browser.close()
     except BaseException:
         print(log.read_text() if log.exists() else "(no server log)")
         raise
     finally:
-        if server.process.poll() is None:
-            server.stop()
+        for server in servers:
+            if server.process.poll() is None:
+                server.stop()
 
 
 def wait_for_server(context, base: str, timeout: float = 30.0) -> None:
@@ -161,7 +167,7 @@ def test_udp_blocked_plain_http_plays_over_mse(sandbox, tmp_path, hook):
     ns, _ = sandbox
     base = f"http://{netns_mod.SERVER_ADDRESS}:{PORT}/"
     blocked = udp_blocked(ns, hook) if hook != "webrtc hangs" else contextlib.nullcontext()
-    with blocked, chromium_and_server(sandbox, tmp_path) as (context, log):
+    with blocked, chromium_and_server(sandbox, tmp_path) as (context, restart):
         wait_for_server(context, base)
         if hook == "webrtc hangs":
             context.add_init_script(ICE_HANGS)
@@ -186,7 +192,7 @@ def test_udp_blocked_https_plays_over_webcodecs(sandbox, tmp_path):
     cert, key = certificate(tmp_path)
     base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
     with udp_blocked(ns), chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key)) as (
-            context, log):
+            context, restart):
         wait_for_server(context, base)
         page, first = plays(context, base)
         state = page.evaluate("[window.camtrack.transport, window.camtrack.decoder, window.isSecureContext]")
@@ -202,7 +208,7 @@ def test_udp_blocked_https_plays_over_webcodecs(sandbox, tmp_path):
 @pytest.mark.timeout(180)
 def test_transport_ws_forces_the_fallback_and_webrtc_is_the_default(sandbox, tmp_path):
     base = f"http://{netns_mod.SERVER_ADDRESS}:{PORT}/"
-    with chromium_and_server(sandbox, tmp_path) as (context, log):
+    with chromium_and_server(sandbox, tmp_path) as (context, restart):
         wait_for_server(context, base)
         page, _ = plays(context, base)
         assert page.evaluate("[window.camtrack.transport, window.camtrack.decoder]") == ["webrtc", "webrtc"]
@@ -211,6 +217,12 @@ def test_transport_ws_forces_the_fallback_and_webrtc_is_the_default(sandbox, tmp
         assert first < 3, f"forced: first frame after {first:.1f} s (no WebRTC attempt to wait for)"
         metrics = forced.evaluate("fetch('/metrics').then((r) => r.text())")
         assert 'transport="ws-video"} 1.0' in metrics
+        # the server restarts: the page comes back by itself, over the websocket again
+        restart()
+        forced.wait_for_function("window.camtrack.connects >= 2 && window.camtrack.state === 'live'", timeout=45000)
+        assert forced.evaluate("window.camtrack.decoder") == "mse"
+        shown = wait_frames(forced, 0)
+        wait_frames(forced, shown + 30)
         # a browser that can play neither: the MJPEG picture, with the same overlay and latency readout
         mjpeg = context.new_page()
         mjpeg.goto(base + "?transport=ws&decoder=mjpeg")
