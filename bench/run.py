@@ -43,6 +43,8 @@ class Row:
     latency_p50: float | None
     latency_p95: float | None
     first_frame_max: float
+    #: how old (by its latency stamp) the oldest first picture a viewer saw was
+    first_age_max: float | None
     rss_mb: float
     errors: int
 
@@ -53,11 +55,12 @@ class Row:
         return [self.mode, self.codec, self.size, str(self.viewers), f"{self.server_cpu:.0f}",
                 f"{self.client_cpu:.0f}", f"{self.fps_min:.1f}", f"{self.fps_mean:.1f}",
                 ms(self.latency_p50), ms(self.latency_p95), ms(self.first_frame_max * 1000),
-                f"{self.rss_mb:.0f}", str(self.errors)]
+                ms(self.first_age_max), f"{self.rss_mb:.0f}", str(self.errors)]
 
 
 HEADER = ["encoder", "codec", "size", "N", "server CPU %", "clients CPU %", "fps min", "fps mean",
-          "latency p50 ms", "latency p95 ms", "first frame max ms", "server RSS MB", "errors"]
+          "latency p50 ms", "latency p95 ms", "first frame max ms", "first frame age max ms", "server RSS MB",
+          "errors"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -86,7 +89,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def measure(mode: str, codec: str, width: int, height: int, viewers: int, duration: float,
-            source: str = "pattern") -> Row:
+            source: str = "pattern", join_spread: float = 0.0, stamped: bool = True) -> Row:
     """One row. `mode` is an --encoder (shared, per-viewer), or for an H.264 `source` a --mode
     (passthrough, transcode: the camera's own packets against decoding and encoding them again)."""
     port = free_port()
@@ -109,7 +112,7 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
                     said = server.stderr.read() if server.poll() is not None else ""
                     raise RuntimeError(f"server did not start: {said}") from None
                 time.sleep(0.1)
-        start_at = time.time() + 4 + 0.08 * viewers
+        start_at = time.time() + 4 + 0.08 * viewers + join_spread
         url = f"ws://127.0.0.1:{port}/ws"
         groups = [(min(viewers, DECODING_VIEWERS), True)]
         rest = viewers - groups[0][0]
@@ -118,7 +121,7 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
             rest -= groups[-1][0]
         for count, decode in groups:
             argv = [sys.executable, "-m", "bench.viewers", "--url", url, "--count", str(count),
-                    "--start-at", str(start_at), "--duration", str(duration)]
+                    "--start-at", str(start_at), "--duration", str(duration), "--join-spread", str(join_spread)]
             if decode:
                 argv.append("--decode")
             clients.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True))
@@ -139,7 +142,9 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
             server.kill()
     per_viewer = [v for r in results for v in r["viewers"]]
     fps = [v["frames"] / duration for v in per_viewer]
-    latency = [ms for v in per_viewer for ms in v["latency"]]
+    # a looped clip's pictures carry the stamps of when they were encoded, not of now
+    latency = [ms for v in per_viewer for ms in v["latency"]] if stamped else []
+    ages = [v["first_age"] for v in per_viewer if "first_age" in v] if stamped else []
     return Row(
         mode=mode, codec=codec, size=f"{width}x{height}", viewers=viewers,
         server_cpu=100 * (cpu1 - cpu0) / (t1 - t0),
@@ -147,14 +152,17 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
         fps_min=min(fps), fps_mean=statistics.mean(fps),
         latency_p50=percentile(latency, 0.5), latency_p95=percentile(latency, 0.95),
         first_frame_max=max(v.get("first_frame", float("inf")) for v in per_viewer),
+        first_age_max=max(ages) if ages else None,
         rss_mb=rss, errors=sum(1 for v in per_viewer if "error" in v),
     )
 
 
-def live_camera() -> tuple[subprocess.Popen[str], str]:
-    """An RTSP camera on loopback (tests/rtsp_server.py): the pattern encoded as it is served,
-    640x480@30, H.264 Main without B-frames, a keyframe every 4 s; each picture is stamped."""
-    camera = subprocess.Popen([sys.executable, "-m", "tests.rtsp_server"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+def live_camera(size: str = "640x480", bitrate: int = 1_000_000, clip: bool = False) -> tuple[subprocess.Popen[str], str]:
+    """An RTSP camera on loopback (tests/rtsp_server.py): the pattern at 30 fps, H.264 Main without
+    B-frames, a keyframe every 4 s; encoded as it is served, each picture stamped, or (`clip`, for
+    sizes this machine cannot encode live beside the server) encoded once and looped."""
+    argv = [sys.executable, "-m", "tests.rtsp_server", "--size", size, "--bitrate", str(bitrate)]
+    camera = subprocess.Popen(argv + (["--clip"] if clip else []), cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert camera.stdout is not None
     return camera, camera.stdout.readline().strip()
 
@@ -178,8 +186,12 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="comma-separated WxH (default 640x480, plus 1280x720 at N=1,4)")
     parser.add_argument("--duration", type=float, default=None, help="seconds measured per row")
     parser.add_argument("--passthrough", action="store_true",
-                        help="only rows of an RTSP camera's own H.264 (the pattern encoded live, 640x480@30, a "
-                             "keyframe every 4 s) passed through against decoded and encoded again")
+                        help="rows of an RTSP camera's own H.264 (the pattern encoded live, 640x480@30, a keyframe "
+                             "every 4 s, viewers joining at random points of its GOP) passed through against decoded "
+                             "and encoded again, beside the pattern's rows")
+    parser.add_argument("--camera", default="640x480", metavar="WxH",
+                        help="--passthrough: the camera's size; other than 640x480 it is a looped clip (no latency)")
+    parser.add_argument("--camera-bitrate", type=int, default=1_000_000, metavar="BPS")
     parser.add_argument("--browser", action="store_true",
                         help="only the latency in Chromium on loopback of WebRTC against the websocket fallback "
                              "(WebCodecs, MSE); needs root and Debian's chromium (bench/browser.py)")
@@ -202,16 +214,24 @@ def main() -> None:
     if args.max_viewers and not args.quick and "shared" in modes:
         plan += [("shared", c, 640, 480, args.max_viewers) for c in codecs]
 
-    source, camera = "pattern", None
+    camera = None
+    sources = dict.fromkeys(modes, "pattern")
+    clip, spread = args.camera != "640x480", 0.0
     if args.passthrough:
-        camera, source = live_camera()
-        plan = [(m, "h264", 640, 480, n) for m in ("passthrough", "transcode") for n in counts]
+        camera, url = live_camera(args.camera, args.camera_bitrate, clip)
+        width, height = map(int, args.camera.split("x"))
+        modes, codecs, spread = ["shared", "passthrough", "transcode"], ["h264"], 4.0
+        sources = {"shared": "pattern", "passthrough": url, "transcode": url}
+        plan = [(m, "h264", width, height, n) for m in modes for n in counts]
     print(f"# camtrack benchmark: {os.cpu_count()} cores, {duration:g} s windows, "
-          f"{'an RTSP camera of the pattern' if args.passthrough else 'pattern source'} at 30 fps", flush=True)
+          f"{'the pattern beside an RTSP camera of it' if args.passthrough else 'pattern source'} at 30 fps"
+          f"{f' ({args.camera} at {args.camera_bitrate} bit/s, looped clip)' if clip else ''}", flush=True)
     rows = []
     try:
         for mode, codec, width, height, viewers in plan:
-            row = measure(mode, codec, width, height, viewers, duration, source)
+            camera_row = sources[mode] != "pattern"
+            row = measure(mode, codec, width, height, viewers, duration, sources[mode],
+                          join_spread=spread if camera_row else 0.0, stamped=not (camera_row and clip))
             rows.append(row)
             print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
     finally:
@@ -219,15 +239,21 @@ def main() -> None:
             camera.kill()
     print_table(rows)
     for codec in codecs:
-        for mode in (("passthrough", "transcode") if args.passthrough else modes):
-            base = [r for r in rows if (r.mode, r.codec, r.size) == (mode, codec, "640x480")]
+        for mode in modes:
+            base = [r for r in rows if (r.mode, r.codec, r.size) == (mode, codec, rows[0].size)]
             one = next((r for r in base if r.viewers == 1), None)
             if one is None or one.server_cpu <= 0:
                 continue
             ratios = ", ".join(f"CPU({r.viewers})/CPU(1) = {r.server_cpu / one.server_cpu:.1f}"
                                for r in base if r.viewers > 1)
             if ratios:
-                print(f"{mode} {codec} 640x480: {ratios}")
+                print(f"{mode} {codec} {rows[0].size}: {ratios}")
+    if args.passthrough:
+        for n in counts:
+            by = {r.mode: r for r in rows if r.viewers == n}
+            if "passthrough" in by and "transcode" in by and by["transcode"].server_cpu > 0:
+                print(f"N={n}: passthrough CPU / transcode CPU = "
+                      f"{by['passthrough'].server_cpu / by['transcode'].server_cpu:.2f}")
 
 if __name__ == "__main__":
     main()

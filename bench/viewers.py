@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 
 import aiortc.rtcrtpreceiver
@@ -56,6 +57,8 @@ async def watch(viewer: Viewer, start: float, end: float, result: dict) -> None:
         now = loop.time()
         if "first_frame" not in result:
             result["first_frame"] = now - viewer.opened_at
+            if isinstance(frame.opaque, int):
+                result["first_age"] = frame.opaque  # how old the first picture was: live, or replayed?
         if now >= end:
             return
         if now >= start:
@@ -71,6 +74,8 @@ async def main() -> None:
     parser.add_argument("--decode", action="store_true")
     parser.add_argument("--start-at", type=float, required=True, help="time.time() the window opens")
     parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--join-spread", type=float, default=0.0,
+                        help="each viewer joins after a random 0..S s (at random points of a camera's GOP)")
     args = parser.parse_args()
 
     restrict_host_addresses(["127.0.0.1"])
@@ -87,6 +92,7 @@ async def main() -> None:
 
     async def run(viewer: Viewer, result: dict) -> None:
         try:
+            await asyncio.sleep(random.uniform(0, args.join_spread))
             await viewer.connect(timeout=60)
             await asyncio.wait_for(watch(viewer, start, end, result), end - loop.time() + 30)
         except Exception as exc:  # noqa: BLE001 - reported, not raised

@@ -18,8 +18,7 @@ from .media.jpeg import JpegEncoders
 from .media.meters import Meter
 from .media.passthrough import PassthroughFeed
 from .media.stream import CameraStream
-from .sources import make_source, redact, resolve_auto
-from .sources.demux import DemuxSource
+from .sources import make_packet_source, make_source, redact, resolve_auto
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +46,9 @@ class Camera:
     publisher: Publisher | None = None
     #: sessions of this camera that are not viewers yet (Cameras.hold)
     pending: int = 0
+    #: the H.264 encoder (--video-encoder) of the join bridge, and the bridge while it exists
+    video_encoder: str = "auto"
+    bridge: SharedEncoder | None = None
 
     @property
     def name(self) -> str:
@@ -55,6 +57,25 @@ class Camera:
     @property
     def viewer_count(self) -> int:
         return sum(len(v) for v in self.viewers.values())
+
+    def join_bridge(self) -> SharedEncoder | None:
+        """The bridge for viewers joining a passed-through camera between its keyframes: its pictures
+        decoded (from the newest keyframe, at once) and encoded again, starting with a keyframe of
+        the live picture (camtrack.outputs.webrtc.bridge). Made at the camera's own size the first
+        time it is needed; like every stage it runs only while a viewer reads it. None for a camera
+        that is not passed through."""
+        if not isinstance(self.feed, PassthroughFeed) or self.decoder is None:
+            return None
+        codec = self.feed.codec
+        size = (codec.width, codec.height)
+        if not all(size):
+            return None  # nothing opened yet: no size to encode at
+        bridge = self.bridge
+        if bridge is None or ((bridge.settings.width, bridge.settings.height) != size and not bridge.running):
+            self.bridge = bridge = SharedEncoder(self.decoder, EncoderSettings(
+                codec="h264", width=size[0], height=size[1], fps=self.settings.fps, bitrate=self.settings.bitrate,
+                keyframe_interval=self.settings.keyframe_interval, hardware=self.video_encoder))
+        return bridge
 
     def describe(self) -> dict[str, Any]:
         """The camera as /api/cameras and /healthz show it."""
@@ -79,6 +100,8 @@ class Camera:
         if self.publisher is not None:
             await self.publisher.stop()
         await self.jpeg.close()
+        if self.bridge is not None:
+            await self.bridge.close()
         if self.decoder is not None:
             await self.decoder.close()
         if self.encoder is not None:
@@ -109,7 +132,8 @@ class Cameras:
             source = resolve_auto(settings.source)
             stream = CameraStream(
                 settings.name,
-                functools.partial(make_source, source, settings.width, settings.height, settings.fps),
+                functools.partial(make_source, source, settings.width, settings.height, settings.fps,
+                                  rtsp_transport=settings.rtsp_transport, input_format=settings.input_format),
                 linger=config.linger,
             )
             encoder = decoder = None
@@ -118,7 +142,9 @@ class Cameras:
             if settings.mode == "passthrough":
                 # the camera's own H.264 for WebRTC; pixels for MJPEG and snapshots are decoded from
                 # it, only while someone asks for them (the source is opened once either way)
-                packets = functools.partial(DemuxSource, source, rtsp_transport=settings.rtsp_transport)
+                packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport,
+                                            input_format=settings.input_format, width=settings.width,
+                                            height=settings.height, fps=settings.fps)
                 feed = PassthroughFeed(settings.name, packets, linger=config.linger)
                 decoder = PacketDecoder(feed, settings.name)
                 jpeg = JpegEncoders(decoder, config.mjpeg_fps)
@@ -127,7 +153,8 @@ class Cameras:
                     codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
                     bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval,
                     hardware=config.video_encoder))
-            self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder)
+            self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder,
+                                                 video_encoder=config.video_encoder)
 
     def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from . import connections
 from .app import CONFIG, create_app
-from .config import Config, Setting, settings, text, typed
+from .config import CameraConfig, Config, Setting, settings, text, typed
 from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
 from .redaction import install_log_redaction
 from .sources import SourceError, check_source, choose_mode, redact, resolve_auto
@@ -241,6 +243,30 @@ def check_host(host: str) -> None:
         raise ValueError(f"--host {host!r} is not an IP address or a name that resolves ({exc})") from None
 
 
+def prepare_camera(config: Config, camera: CameraConfig) -> str | None:
+    """Settle a camera's source and mode (`auto` made real) and open it once; what is wrong, or None."""
+    try:
+        camera.source = resolve_auto(camera.source)
+        asked = camera.mode
+        if asked == "auto" and config.encoder != "shared":
+            camera.mode, why = "transcode", "each viewer's own encoder wants pictures"
+        else:
+            camera.mode, why = choose_mode(camera.source, camera.mode, camera.codec, camera.rtsp_transport,
+                                           camera.input_format, camera.width, camera.height, camera.fps)
+        if asked == "auto":
+            logger.info("camera %s: %s (%s)", camera.name,
+                        "passing its H.264 through" if camera.mode == "passthrough" else "transcoding", why)
+        if not (asked == "auto" and camera.mode == "passthrough"):  # (else the probe just opened it)
+            check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode,
+                         camera.rtsp_transport, camera.input_format)
+    except (SourceError, ValueError, OSError) as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - OpenCV raises cv2.error for sources it cannot even try
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"cannot open source {camera.source!r}: {first}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         run(argv)
@@ -267,27 +293,13 @@ def run(argv: list[str] | None) -> None:
     except (ValueError, TypeError) as exc:
         fail(parser, str(exc))
     install_log_redaction(config)  # before the first line that could show a source's password
-    for camera in config.cameras:
-        try:
-            camera.source = resolve_auto(camera.source)
-            asked = camera.mode
-            if asked == "auto" and config.encoder != "shared":
-                camera.mode, why = "transcode", "each viewer's own encoder wants pictures"
-            else:
-                camera.mode, why = choose_mode(camera.source, camera.mode, camera.codec, camera.rtsp_transport)
-            if asked == "auto":
-                logger.info("camera %s: %s (%s)", camera.name,
-                            "passing its H.264 through" if camera.mode == "passthrough" else "transcoding", why)
-            if not (asked == "auto" and camera.mode == "passthrough"):  # (else the probe just opened it)
-                check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode,
-                             camera.rtsp_transport)
-        except (SourceError, ValueError, OSError) as exc:
+    # every camera at once: a camera that does not answer must not hold up the others' checks
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(config.cameras))) as pool:
+        problems = list(pool.map(functools.partial(prepare_camera, config), config.cameras))
+    for camera, problem in zip(config.cameras, problems, strict=True):
+        if problem is not None:
             name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
-            fail(parser, f"{name}{exc}")
-        except Exception as exc:  # noqa: BLE001 - OpenCV raises cv2.error for sources it cannot even try
-            name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            fail(parser, f"{name}cannot open source {camera.source!r}: {first}")
+            fail(parser, f"{name}{problem}")
     ssl_context = None
     if config.cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .media.encoder import HARDWARE_H264
+from .sources import INPUT_FORMATS, device_path
 
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
@@ -255,6 +256,10 @@ class CameraSettings:
     rtsp_transport: str = field(default="tcp", metadata=option(
         "how an rtsp:// source's packets come: 'tcp' (default: interleaved in the RTSP connection, no loss) "
         "or 'udp' (less delay where the network loses nothing)", choices=("tcp", "udp"), check=one_of(("tcp", "udp"))))
+    input_format: str = field(default="raw", metadata=option(
+        "what a V4L2 camera (/dev/videoN) is asked for: 'raw' pictures (default, read with OpenCV), 'h264' "
+        "(its own H.264, passed through: the Raspberry Pi camera) or 'mjpeg' (decoded by camtrack), read with PyAV",
+        choices=INPUT_FORMATS, check=one_of(INPUT_FORMATS)))
     #: target bitrate of the shared encoder, bits per second
     bitrate: int = field(default=1_000_000, metadata=option(
         "target bitrate of the shared encoder in bit/s (default: {default})", metavar="BPS",
@@ -296,6 +301,9 @@ class CameraConfig(CameraSettings):
         if not text("source", self.source):
             raise ValueError("source must not be empty")
         check_options(self)
+        if self.input_format != "raw" and device_path(self.source) is None and self.source != "auto":
+            raise ValueError(f"input-format {self.input_format} is for a camera device (/dev/videoN), "
+                             f"not {self.source!r}")
         if not (0 < self.width <= MAX_WIDTH and 0 < self.height <= MAX_HEIGHT) or self.width % 2 or self.height % 2:
             raise ValueError(f"width and height must be even and positive, at most {MAX_WIDTH}x{MAX_HEIGHT}, "
                              f"not {self.width}x{self.height}")

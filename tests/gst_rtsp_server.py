@@ -2,7 +2,9 @@
 gir1.2-gst-rtsp-server-1.0, installed by .ci/run), serving a live test picture as H.264 from
 x264enc, a keyframe every 4 s. Run with Debian's own Python, where `gi` lives:
 
-    /usr/bin/python3 tests/gst_rtsp_server.py PORT PROFILE BFRAMES
+    /usr/bin/python3 tests/gst_rtsp_server.py PORT PROFILE BFRAMES [basic|digest USER:PASSWORD]
+
+With the last two, only that user may watch, authenticated by that method.
 """
 
 import sys
@@ -13,7 +15,8 @@ def main() -> None:
 
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer
+    gi.require_version("GstRtsp", "1.0")
+    from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
 
     Gst.init(None)
     port, profile, bframes = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -26,6 +29,20 @@ def main() -> None:
         f"! x264enc tune=zerolatency speed-preset=veryfast key-int-max=120 bframes={bframes} "
         f"! video/x-h264,profile={profile} ! rtph264pay name=pay0 pt=96 config-interval=-1 )")
     factory.set_shared(True)
+    if len(sys.argv) > 5:
+        method, (user, _, password) = sys.argv[4], sys.argv[5].partition(":")
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        if method == "digest":
+            auth.add_digest(user, password, token)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        else:
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
+        server.set_auth(auth)
+        factory.add_role_from_structure(Gst.Structure.from_string(
+            "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")[0])
     server.get_mount_points().add_factory("/cam", factory)
     server.attach(None)
     print(f"rtsp://127.0.0.1:{port}/cam", flush=True)

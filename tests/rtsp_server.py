@@ -18,7 +18,7 @@ import av
 from aiortc.codecs.h264 import H264Encoder
 
 from camtrack.media.frame import VIDEO_TIME_BASE
-from camtrack.sources.demux import NAL_PPS, NAL_SPS, annexb, nal_type, split_annexb
+from camtrack.sources.h264 import NAL_PPS, NAL_SPS, annexb, nal_type, split_annexb
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class RtspServer:
         self.in_band = in_band_parameter_sets
         self.port = 0
         self.sessions = 0
+        #: every request's method, in order (a client's keep-alives among them)
+        self.methods: list[str] = []
+        #: the session timeout SETUP announces (a client keeps the session alive within it)
+        self.session_timeout = 60
         self.down = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -89,6 +93,7 @@ class RtspServer:
                 head = first + await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, url = lines[0].split(" ")[:2]
+                self.methods.append(method)
                 headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
                 if int(headers.get("content-length", "0")):
                     await reader.readexactly(int(headers["content-length"]))
@@ -103,7 +108,7 @@ class RtspServer:
                     if "interleaved" not in headers.get("transport", ""):
                         writer.write(f"RTSP/1.0 461 Unsupported Transport\r\n{reply[0]}\r\n\r\n".encode())
                         continue
-                    reply += ["Transport: RTP/AVP/TCP;unicast;interleaved=0-1", "Session: 4242;timeout=60"]
+                    reply += ["Transport: RTP/AVP/TCP;unicast;interleaved=0-1", f"Session: 4242;timeout={self.session_timeout}"]
                 elif method == "PLAY":
                     reply.append("Session: 4242")
                 elif method == "TEARDOWN":
@@ -209,8 +214,31 @@ class LiveRtspServer(RtspServer):
                 await asyncio.sleep(delay)
 
 
+class ClipRtspServer(RtspServer):
+    """LiveRtspServer's pictures encoded once (two GOPs) and looped: for sizes this machine cannot
+    encode live beside the server it feeds. Their latency stamps are those of the encoding."""
+
+    def __init__(self, width: int, height: int, fps: float = 30.0, gop: int = 120, bitrate: int = 4_000_000) -> None:
+        live = LiveRtspServer(width, height, fps, gop, bitrate)
+        codec = live._encoder()
+        units = []
+        for frame in range(2 * gop):
+            pts = round(frame * 90000 / fps)
+            units.append(AccessUnit(live._encode(codec, pts), pts, frame % gop == 0))
+        super().__init__(units, live.sps, live.pps, fps)
+
+
 async def _serve_live() -> None:
-    server = LiveRtspServer()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="an RTSP camera of the test pattern on loopback")
+    parser.add_argument("--size", default="640x480")
+    parser.add_argument("--bitrate", type=int, default=1_000_000)
+    parser.add_argument("--clip", action="store_true", help="encode two GOPs once and loop them")
+    args = parser.parse_args()
+    width, height = map(int, args.size.split("x"))
+    server: RtspServer = (ClipRtspServer(width, height, bitrate=args.bitrate) if args.clip
+                          else LiveRtspServer(width, height, bitrate=args.bitrate))
     print(await server.start(), flush=True)
     await asyncio.Event().wait()
 

@@ -18,16 +18,16 @@ from aiohttp import web
 
 from camtrack.media.frame import VIDEO_CLOCK_RATE
 from camtrack.media.passthrough import PassthroughFeed, Restamper
-from camtrack.sources.demux import (
+from camtrack.sources.demux import DemuxSource, probe
+from camtrack.sources.h264 import (
     NAL_IDR,
     NAL_PPS,
     NAL_SPS,
-    DemuxSource,
     H264Converter,
     nal_type,
     parse_avcc_extradata,
-    probe,
     split_annexb,
+    split_avcc,
 )
 
 from .conftest import eventually
@@ -151,8 +151,6 @@ def test_parameter_sets_go_in_front_of_idrs_that_lack_them(files: dict[str, Path
         idr = next(bytes(p) for p in container.demux(stream) if p.is_keyframe)
     converter = H264Converter(extradata)
     # strip the in-band parameter sets the encoder wrote: only the slices (and SEI) remain
-    from camtrack.sources.demux import split_avcc
-
     slices = [n for n in split_avcc(idr) if nal_type(n) not in (NAL_SPS, NAL_PPS)]
     data, keyframe = converter.convert(b"".join(len(n).to_bytes(4, "big") + n for n in slices))
     kinds = [nal_type(n) for n in split_annexb(data)]

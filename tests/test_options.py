@@ -42,7 +42,8 @@ def test_the_command_line_defaults_are_the_declared_ones(monkeypatch):
 def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_path, monkeypatch):
     """One value per option (not its default), once as a TOML key and once as a flag."""
     monkeypatch.delenv("CAMTRACK_TOKEN", raising=False)
-    values = {"host": "127.0.0.1", "port": 9000, "source": "pattern", "encoder": "shared", "ice_servers": ["stun:x"],
+    values = {"host": "127.0.0.1", "port": 9000, "source": "/dev/video1", "input_format": "mjpeg", "encoder": "shared",
+              "ice_servers": ["stun:x"],
               "ice_addresses": ["lo"], "negotiation_timeout": 5.5, "idle_timeout": 6.0, "header_timeout": 7.0,
               "max_connections": 100, "max_pending": 8, "token": "t0k", "allow_origins": ["https://a"],
               "allow_hosts": ["cams"], "cert": "c.pem", "key": "k.pem", "mjpeg_fps": 5.0, "jpeg_quality": 70,

@@ -9,14 +9,17 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
+from camtrack.media.encoder import SharedEncoder
 from camtrack.sources import choose_mode
 from camtrack.sources.demux import probe
+from camtrack.sources.rtsp import RtspError, RtspSource
 
 from .conftest import eventually
 
@@ -43,16 +46,19 @@ async def gst_rtsp() -> AsyncIterator[Callable[[str, int], Awaitable[str]]]:
         pytest.skip(f"GStreamer's RTSP server is not installed ({why}); .ci/run installs it")
     servers: list[subprocess.Popen[str]] = []
 
-    async def start(profile: str, bframes: int) -> str:
+    async def start(profile: str, bframes: int, auth: tuple[str, str] | None = None) -> str:
+        """The server's URL (with the user and password of `auth` = (method, "user:password"))."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), profile, str(bframes)],
+        server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), profile, str(bframes), *(auth or ())],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         servers.append(server)
         assert server.stdout is not None
         url = (await asyncio.to_thread(server.stdout.readline)).strip()
         assert url.startswith("rtsp://"), url
+        if auth is not None:
+            url = url.replace("rtsp://", f"rtsp://{quote(auth[1].partition(':')[0])}:{quote(auth[1].partition(':')[2])}@")
 
         def answers() -> bool:
             try:
@@ -91,6 +97,32 @@ async def test_a_real_rtsp_camera_goes_through(serve, gst_rtsp, profile, plid):
     await eventually(lambda: not camera.feed.running, timeout=15)
 
 
-async def test_a_real_rtsp_camera_with_b_frames_is_transcoded(gst_rtsp):
+async def test_a_real_rtsp_camera_with_b_frames_is_transcoded(serve, gst_rtsp):
     url = await gst_rtsp("high", 2)
     assert await asyncio.to_thread(choose_mode, url, "auto") == ("transcode", "the H.264 has B-frames")
+    ws, app = await serve(source=url, mode="transcode", width=320, height=240)  # what auto chose
+    camera = app[CAMERAS].first
+    viewer = Viewer(ws)
+    await viewer.connect()
+    frames = await viewer.frames(15, timeout=30)
+    assert (frames[-1].width, frames[-1].height) == (320, 240)
+    # decoded from the camera's packets (read by camtrack's RTSP reader), encoded once
+    assert isinstance(camera.feed, SharedEncoder) and camera.stream.runs == 1
+    assert camera.describe()["mode"] == "transcode"
+    await viewer.close()
+
+
+@pytest.mark.parametrize("method", ["basic", "digest"])
+async def test_a_camera_that_asks_for_a_password(gst_rtsp, method):
+    url = await gst_rtsp("main", 0, (method, "viewer:p@ss w%rd"))
+    source = RtspSource(url)
+    await asyncio.to_thread(source.open)
+    try:
+        assert source.fallback is None and source.codec.width == 320
+        assert (await asyncio.to_thread(source.read)) is not None
+    finally:
+        source.close()
+    for wrong in (url.replace("p%40ss", "nope"), url.replace("viewer:p%40ss%20w%25rd@", "")):
+        source = RtspSource(wrong)
+        with pytest.raises(RtspError, match="401 Unauthorized"):
+            await asyncio.to_thread(source.open)

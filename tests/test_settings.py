@@ -88,6 +88,14 @@ BAD = [
     (["--publish", "http://192.0.2.1:8088/janus", "--janus-room", "1"], None, "publish must look like janus:"),
     # choices
     (["--codec", "av1"], None, "argument --codec: invalid choice: 'av1'"),
+    # a V4L2 camera's own encoding (there is no camera here: what matters is the one line)
+    (["--input-format", "yuyv"], None, "argument --input-format: invalid choice: 'yuyv'"),
+    (["--input-format", "h264"], None, "input-format h264 is for a camera device (/dev/videoN), not 'pattern'"),
+    ([], "[cameras.x]\nsource = 'rtsp://cam/live'\ninput_format = 'mjpeg'\n",
+     "input-format mjpeg is for a camera device (/dev/videoN), not 'rtsp://cam/live'"),
+    (["--source", "/dev/video63", "--input-format", "mjpeg"], None, "cannot open /dev/video63: No such file or directory"),
+    (["--source", "63", "--input-format", "h264", "--mode", "passthrough"], None, "cannot open 63 for passthrough"),
+    (["--source", "63", "--mode", "passthrough"], None, "passed through only when asked for H.264 (--input-format h264)"),
     (["--encoder", "gpu"], None, "argument --encoder: invalid choice"),
     (["--log-level", "loud"], None, "argument --log-level: invalid choice"),
     (["--bogus"], None, "unrecognized arguments: --bogus"),
@@ -278,3 +286,20 @@ def test_a_taken_port_is_one_line_and_status_1():
     assert errors == [(f"camtrack: error: cannot listen on 127.0.0.1:{port}: error while attempting to bind on "
                        f"address ('127.0.0.1', {port}): address already in use")], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_cameras_are_checked_at_once_not_one_after_another(no_server, capsys, tmp_path, monkeypatch):
+    """A camera that takes its time to answer (an unreachable RTSP camera: seconds) must not hold up
+    the others: each camera's check waits here until the other's has begun too."""
+    import threading
+
+    both = threading.Barrier(2, timeout=20)
+
+    def meet(*args, **kwargs):
+        both.wait()  # with the checks one after another, this breaks after 20 s
+
+    monkeypatch.setattr(camtrack.cli, "check_source", meet)
+    toml = "[cameras.a]\nsource = 'pattern'\n[cameras.b]\nsource = 'pattern'\n"
+    with pytest.raises(Started):
+        main(prepare([], toml, tmp_path))
+    assert not both.broken

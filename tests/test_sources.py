@@ -170,3 +170,30 @@ def test_stream_url_is_read_through_opencv(tmp_path):
         assert source.description.startswith("stream")
         frames = collect(source, 10)
         assert all(f.bgr.shape == (240, 320, 3) for f in frames)
+
+
+# -- V4L2 cameras asked for their own encoding (no camera here: what camtrack asks PyAV for)
+
+
+def test_a_camera_asked_for_h264_or_mjpeg_is_read_with_pyav() -> None:
+    from camtrack.sources import choose_mode, make_packet_source
+    from camtrack.sources.decoded import DecodedSource
+    from camtrack.sources.demux import DemuxSource
+    from camtrack.sources.opencv import OpenCvSource
+
+    packets = make_packet_source("0", input_format="h264", width=1920, height=1080, fps=30)
+    assert isinstance(packets, DemuxSource)
+    assert (packets.url, packets.format) == ("/dev/video0", "v4l2")
+    assert {k: packets.options[k] for k in ("input_format", "video_size", "framerate")} == {
+        "input_format": "h264", "video_size": "1920x1080", "framerate": "30"}
+    assert packets.live and not packets.loop and not packets.realtime  # a camera: neither paced nor looped
+    mjpeg = make_source("/dev/video2", 1280, 720, 15, input_format="mjpeg")
+    assert isinstance(mjpeg, DecodedSource) and isinstance(mjpeg.packets, DemuxSource)
+    assert mjpeg.packets.url == "/dev/video2" and mjpeg.packets.options["input_format"] == "mjpeg"
+    assert isinstance(make_source("/dev/video2", 640, 480, 30), OpenCvSource)  # raw: OpenCV, as before
+    with pytest.raises(SourceError, match="raw pictures"):
+        make_packet_source("0")
+    assert choose_mode("0", "auto", input_format="mjpeg") == ("transcode", "the camera is asked for MJPEG")
+    assert choose_mode("0", "auto") == ("transcode", "it gives pictures")
+    mode, why = choose_mode("/dev/video63", "auto", input_format="h264")  # asked for H.264, but not there
+    assert mode == "transcode" and "PyAV cannot read it" in why

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 
@@ -20,16 +21,50 @@ from .opencv import OpenCvSource, quiet_opencv
 from .pattern import PatternSource
 from .urls import redact, url_secrets
 
-__all__ = ["FrameSource", "OpenCvSource", "PatternSource", "SourceError", "check_source", "make_source", "redact",
-           "resolve_auto", "url_secrets"]
+if TYPE_CHECKING:
+    from .demux import DemuxSource
+    from .rtsp import RtspSource
+
+__all__ = ["INPUT_FORMATS", "FrameSource", "OpenCvSource", "PatternSource", "SourceError", "check_source", "device_path",
+           "make_packet_source", "make_source", "redact", "resolve_auto", "url_secrets"]
 
 logger = logging.getLogger(__name__)
 
 
 _DEVICE = re.compile(r"^(?:/dev/video)?(\d+)$")
+#: what a V4L2 camera may be asked for besides raw pictures (`--input-format`), read with PyAV
+INPUT_FORMATS = ("raw", "h264", "mjpeg")
 
 
-def make_source(spec: str, width: int, height: int, fps: float) -> FrameSource:
+def device_path(spec: str) -> str | None:
+    """The /dev/videoN a camera spec names (`0`, `/dev/video0`), or None if it names no camera."""
+    device = _DEVICE.match(spec)
+    return f"/dev/video{device.group(1)}" if device else None
+
+
+def make_packet_source(spec: str, *, rtsp_transport: str = "tcp", input_format: str = "raw", width: int = 640,
+                       height: int = 480, fps: float = 30.0, **settings: Any) -> RtspSource | DemuxSource:
+    """The packet source for `spec`: camtrack's own RTSP reader for `rtsp://` over TCP (see
+    sources/rtsp.py for why), PyAV for other streams, files and V4L2 cameras asked for H.264 or MJPEG."""
+    from .demux import DemuxSource, v4l2_source
+    from .rtsp import RtspSource
+
+    device = device_path(spec)
+    if device is not None:
+        if input_format == "raw":
+            raise SourceError(f"camera {spec} gives raw pictures: ask it for h264 or mjpeg (--input-format)")
+        return v4l2_source(device, input_format, width, height, fps)
+    if spec.lower().startswith("rtsp://") and rtsp_transport == "tcp":
+        return RtspSource(spec, **{k: v for k, v in settings.items() if k in ("open_timeout", "read_timeout")})
+    return DemuxSource(spec, rtsp_transport=rtsp_transport, **settings)
+
+
+#: stream URLs whose packets camtrack reads and decodes itself in transcode mode (other URLs: OpenCV)
+DECODED_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://")
+
+
+def make_source(spec: str, width: int, height: int, fps: float, *, rtsp_transport: str = "tcp",
+                input_format: str = "raw") -> FrameSource:
     """Build the source named by `spec` (`pattern`, a camera index or /dev/videoN, a file, a URL).
 
     `auto` is resolved by `resolve_auto()` first. Raises SourceError for a spec that
@@ -38,8 +73,13 @@ def make_source(spec: str, width: int, height: int, fps: float) -> FrameSource:
     if spec == "pattern":
         return PatternSource(width, height, fps)
     device = _DEVICE.match(spec)
-    if device:
+    if device and input_format == "raw":
         return OpenCvSource(int(device.group(1)), "camera", width, height, fps)
+    if device or spec.lower().startswith(DECODED_SCHEMES):
+        from .decoded import DecodedSource  # PyAV, only for cameras that give encoded video
+
+        return DecodedSource(make_packet_source(spec, rtsp_transport=rtsp_transport, input_format=input_format,
+                                                width=width, height=height, fps=fps), width, height)
     if "://" in spec:
         return OpenCvSource(spec, "stream", width, height, fps)
     path = Path(spec).expanduser()
@@ -70,39 +110,60 @@ def resolve_auto(spec: str) -> str:
 PACKET_FILES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".m2ts", ".h264", ".264", ".flv")
 
 
-def choose_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str = "tcp") -> tuple[str, str]:
+def choose_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str = "tcp", input_format: str = "raw",
+                width: int = 640, height: int = 480, fps: float = 30.0) -> tuple[str, str]:
     """`auto` made `passthrough` or `transcode` for this source (others pass through), and why."""
     if mode != "auto":
         return mode, "asked for"
     if codec != "h264":
         return "transcode", f"viewers get {codec}"
-    from .demux import is_stream, probe
+    from .demux import is_stream, probe_source
 
-    if not (is_stream(spec) or spec.lower().endswith(PACKET_FILES)):
+    device = device_path(spec) is not None
+    if device and input_format != "h264":
+        return "transcode", "the camera is asked for MJPEG" if input_format == "mjpeg" else "it gives pictures"
+    if not (device or is_stream(spec) or spec.lower().endswith(PACKET_FILES)):
         return "transcode", "it gives pictures, not encoded video"
     try:
-        _, why = probe(spec, rtsp_transport=rtsp_transport, open_timeout=5.0)
+        _, why = probe_source(_prober(spec, rtsp_transport, input_format, width, height, fps, open_timeout=5.0))
     except Exception as exc:  # noqa: BLE001 - PyAV cannot open it: OpenCV may (check_source says)
         return "transcode", f"PyAV cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     return ("transcode", why) if why else ("passthrough", "it is H.264 without B-frames")
 
 
+def _prober(spec: str, rtsp_transport: str, input_format: str, width: int, height: int, fps: float,
+            open_timeout: float = 10.0) -> DemuxSource:
+    """PyAV's reader of `spec`, to find out what it carries: rtsp:// included, since PyAV knows every
+    codec and sees B-frames before the first one arrives."""
+    from .demux import DemuxSource, v4l2_source
+
+    device = device_path(spec)
+    if device is not None:
+        return v4l2_source(device, input_format, width, height, fps)
+    return DemuxSource(spec, rtsp_transport=rtsp_transport, open_timeout=open_timeout)
+
+
 def check_source(spec: str, width: int, height: int, fps: float, mode: str = "transcode",
-                 rtsp_transport: str = "tcp") -> None:
+                 rtsp_transport: str = "tcp", input_format: str = "raw") -> None:
     """Open and close a source once, raising SourceError if it cannot give a frame (or, for
     `passthrough`, if its packets cannot go to viewers as they are)."""
     if mode == "passthrough":
-        from .demux import probe  # PyAV's demuxer, only when asked for
+        from .demux import probe_source  # PyAV's demuxer, only when asked for
 
+        if device_path(spec) is not None and input_format != "h264":
+            raise SourceError(f"camera {spec} can be passed through only when asked for H.264 (--input-format h264)")
         try:
-            _, why = probe(spec, rtsp_transport=rtsp_transport)
+            _, why = probe_source(_prober(spec, rtsp_transport, input_format, width, height, fps))
         except (OSError, ValueError) as exc:
             raise SourceError(f"cannot open {redact(spec)} for passthrough: {exc}") from None
         if why is not None:
             raise SourceError(f"{redact(spec)} cannot be passed through: {why} (use mode transcode)")
         return
-    source = make_source(spec, width, height, fps)
-    source.open()
+    source = make_source(spec, width, height, fps, rtsp_transport=rtsp_transport, input_format=input_format)
+    try:
+        source.open()
+    except OSError as exc:  # PyAV's readers: a device or camera that is not there
+        raise SourceError(f"cannot open {source.description}: {exc.strerror or exc}") from None
     try:
         if source.read() is None:
             raise SourceError(f"{source.description} opened but gave no frame")

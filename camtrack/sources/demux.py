@@ -18,13 +18,11 @@ import av
 
 from ..media.packet import CodecInfo
 from ..media.passthrough import SourcePacket
+from .h264 import H264Converter, profile_level_id
 from .urls import redact
 
 logger = logging.getLogger(__name__)
 
-START_CODE = b"\x00\x00\x00\x01"
-#: H.264 NAL unit types
-NAL_IDR, NAL_SEI, NAL_SPS, NAL_PPS, NAL_AUD = 5, 6, 7, 8, 9
 #: schemes read as live streams (everything else is a file, paced and looped)
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://", "srt://")
 
@@ -33,129 +31,6 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "http
 #: ("default") in 940 ms. Not `fflags=nobuffer`: it opens in 40 ms but drops the packets read while
 #: probing, the first IDR among them, and a viewer then waits for the camera's next one (a GOP).
 LOW_DELAY_OPTIONS = {"probesize": "32768", "analyzeduration": "100000"}
-
-
-# -- H.264 bytes
-
-
-def split_annexb(data: bytes) -> list[bytes]:
-    """The NAL units of Annex-B bytes (start codes of 3 or 4 bytes), without their start codes."""
-    nals: list[bytes] = []
-    start = data.find(b"\x00\x00\x01")
-    while start >= 0:
-        begin = start + 3
-        end = data.find(b"\x00\x00\x01", begin)
-        if end < 0:
-            nal = data[begin:]
-        else:
-            nal = data[begin:end]
-            # a 4-byte start code's leading zero (and trailing zeros) belong to no NAL unit
-            nal = nal.rstrip(b"\x00")
-        if nal:
-            nals.append(nal)
-        start = end
-    return nals
-
-
-def split_avcc(data: bytes, length_size: int = 4) -> list[bytes]:
-    """The NAL units of length-prefixed (AVCC, as in MP4 and MKV) bytes."""
-    nals: list[bytes] = []
-    pos = 0
-    while pos + length_size <= len(data):
-        length = int.from_bytes(data[pos:pos + length_size], "big")
-        pos += length_size
-        if length == 0 or pos + length > len(data):
-            break
-        nals.append(data[pos:pos + length])
-        pos += length
-    return nals
-
-
-def parse_avcc_extradata(extradata: bytes) -> tuple[int, list[bytes], list[bytes]]:
-    """An avcC box's NAL length size, SPS list and PPS list."""
-    if len(extradata) < 7 or extradata[0] != 1:
-        raise ValueError("not an avcC record")
-    length_size = (extradata[4] & 0x03) + 1
-    pos = 6
-    lists: list[list[bytes]] = []
-    count = extradata[5] & 0x1F
-    for which in range(2):
-        if which == 1:
-            if pos >= len(extradata):
-                break
-            count = extradata[pos]
-            pos += 1
-        found: list[bytes] = []
-        for _ in range(count):
-            length = int.from_bytes(extradata[pos:pos + 2], "big")
-            pos += 2
-            found.append(extradata[pos:pos + length])
-            pos += length
-        lists.append(found)
-    while len(lists) < 2:
-        lists.append([])
-    return length_size, lists[0], lists[1]
-
-
-def nal_type(nal: bytes) -> int:
-    return nal[0] & 0x1F if nal else 0
-
-
-def profile_level_id(sps: bytes) -> str | None:
-    """The SDP profile-level-id (profile_idc, constraint flags, level_idc) of an SPS NAL unit."""
-    return sps[1:4].hex() if len(sps) >= 4 and nal_type(sps) == NAL_SPS else None
-
-
-def annexb(nals: list[bytes]) -> bytes:
-    return b"".join(START_CODE + nal for nal in nals)
-
-
-class H264Converter:
-    """Turns a stream's packets into Annex-B access units with the parameter sets in front of
-    every IDR, learning the parameter sets from extradata and from the stream itself."""
-
-    def __init__(self, extradata: bytes | None) -> None:
-        self.length_size = 0  # 0: the packets are Annex-B already
-        self.sps: bytes | None = None
-        self.pps: bytes | None = None
-        if extradata:
-            if extradata[0] == 1:
-                self.length_size, sps, pps = parse_avcc_extradata(extradata)
-                nals = sps + pps
-            else:
-                nals = split_annexb(extradata)
-            for nal in nals:
-                self._learn(nal)
-
-    @property
-    def parameter_sets(self) -> tuple[bytes, ...]:
-        """SPS and PPS as Annex-B NAL units (with their start codes), when known."""
-        return tuple(START_CODE + nal for nal in (self.sps, self.pps) if nal is not None)
-
-    def _learn(self, nal: bytes) -> None:
-        kind = nal_type(nal)
-        if kind == NAL_SPS:
-            self.sps = nal
-        elif kind == NAL_PPS:
-            self.pps = nal
-
-    def convert(self, data: bytes) -> tuple[bytes, bool]:
-        """One packet's Annex-B bytes and whether it holds an IDR."""
-        nals = split_avcc(data, self.length_size) if self.length_size else split_annexb(data)
-        kinds = set()
-        kept: list[bytes] = []
-        for nal in nals:
-            kind = nal_type(nal)
-            if kind == NAL_AUD:
-                continue  # access unit delimiters carry nothing a receiver needs
-            kinds.add(kind)
-            self._learn(nal)
-            kept.append(nal)
-        idr = NAL_IDR in kinds
-        if idr and not (NAL_SPS in kinds and NAL_PPS in kinds) and self.sps is not None and self.pps is not None:
-            kept = [nal for nal in kept if nal_type(nal) not in (NAL_SPS, NAL_PPS)]
-            kept[:0] = [self.sps, self.pps]
-        return annexb(kept), idr
 
 
 # -- the source
@@ -196,9 +71,11 @@ class DemuxSource:
 
     def __init__(self, url: str, *, rtsp_transport: str = "tcp", open_timeout: float = 10.0,
                  read_timeout: float = 5.0, loop: bool = True, realtime: bool | None = None,
-                 options: Mapping[str, str] | None = None) -> None:
+                 options: Mapping[str, str] | None = None, format: str | None = None) -> None:
         self.url = url
-        self.live = is_stream(url)
+        #: PyAV's input format (None: guessed from the URL or file), "v4l2" for a camera device
+        self.format = format
+        self.live = is_stream(url) or format == "v4l2"
         self.loop = loop and not self.live
         self.realtime = (not self.live) if realtime is None else realtime
         self.options = open_options(url, rtsp_transport=rtsp_transport, read_timeout=read_timeout, extra=options)
@@ -208,6 +85,8 @@ class DemuxSource:
         self._stream: Any = None
         self._packets: Iterator[Any] | None = None
         self._converter: H264Converter | None = None
+        #: the stream's codec extradata (what a decoder of a codec other than H.264 needs first)
+        self.extradata: bytes | None = None
         self._codec_name = ""
         self._size = (0, 0)
         self._time_base = fractions.Fraction(1, 90000)
@@ -255,13 +134,15 @@ class DemuxSource:
         self._max_pts = self._last_pts = None
 
     def _open_container(self) -> None:
-        container = av.open(self.url, options=dict(self.options), timeout=(self.open_timeout, self.read_timeout))
+        container = av.open(self.url, format=self.format, options=dict(self.options),
+                            timeout=(self.open_timeout, self.read_timeout))
         try:
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
             context = stream.codec_context
             self._codec_name = context.name
+            self.extradata = context.extradata
             self._size = (context.width, context.height)
             if stream.time_base is not None:
                 self._time_base = stream.time_base
@@ -387,9 +268,21 @@ class DemuxSource:
                 logger.debug("%s: closing failed", self.description, exc_info=True)
 
 
+def v4l2_source(device: str, input_format: str, width: int, height: int, fps: float) -> DemuxSource:
+    """A V4L2 camera asked for its own encoding (`h264` or `mjpeg`) at a size and frame rate, read
+    with PyAV (OpenCV reads raw pictures only). The Raspberry Pi camera (bcm2835-v4l2) encodes H.264
+    itself: its packets can pass through."""
+    options = {"input_format": input_format, "video_size": f"{width}x{height}", "framerate": f"{fps:g}"}
+    return DemuxSource(device, format="v4l2", options=options)
+
+
 def probe(url: str, **settings: Any) -> tuple[CodecInfo, str | None]:
     """Open `url` once: what it carries, and why passthrough cannot serve it (None if it can)."""
-    source = DemuxSource(url, **settings)
+    return probe_source(DemuxSource(url, **settings))
+
+
+def probe_source(source: DemuxSource) -> tuple[CodecInfo, str | None]:
+    """Open a packet source once: what it carries, and why passthrough cannot serve it (None if it can)."""
     source.open()
     try:
         return source.codec, source.why_not_passthrough
@@ -398,6 +291,6 @@ def probe(url: str, **settings: Any) -> tuple[CodecInfo, str | None]:
 
 
 def _describe_url(url: str) -> str:
-    if is_stream(url):
+    if is_stream(url) or url.startswith("/dev/"):
         return redact(url)
     return Path(url).name

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import av
@@ -15,6 +17,9 @@ from ...media.feeds import FeedClosed, FrameFeed, PacketFeed, Transport
 from ...media.frame import VIDEO_TIME_BASE, PtsClock
 from ...media.meters import Meter
 from ...media.packet import EncodedPacket
+from ...media.passthrough import PassthroughFeed
+
+logger = logging.getLogger(__name__)
 
 
 class CameraTrack(MediaStreamTrack):
@@ -141,7 +146,7 @@ class EncodedTrack(MediaStreamTrack):
                 self.meter.sent(encoded.size)
             squeezed = self._squeezed.pop(encoded.seq, None)
             if squeezed is not None:
-                return _restamped(encoded.packet, squeezed)
+                return restamped(encoded.packet, squeezed)
             return encoded.packet
 
     def _start_run(self, run: list[EncodedPacket]) -> list[EncodedPacket]:
@@ -164,7 +169,143 @@ class EncodedTrack(MediaStreamTrack):
         super().stop()
 
 
-def _restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:
+#: a viewer joining this long (seconds of pictures) after the camera's keyframe or later is bridged;
+#: sooner, the squeezed run since the keyframe shows a picture at most this old for a moment (a camera
+#: that just opened for its first viewer needs no decoder and encoder started for that)
+BRIDGE_AFTER = 0.25
+
+
+class BridgedTrack(EncodedTrack):
+    """An `EncodedTrack` of a passed-through camera, for a viewer who may join between its keyframes.
+
+    A camera's keyframes come seconds apart (4 s and more) and cannot be asked for, and a picture in
+    between can only be decoded with everything since the last keyframe. Sent that run squeezed
+    (`EncodedTrack._start_run`), a newcomer sees a picture at once, but its first pictures are old
+    ones. The bridge gives the live picture instead: the camera's packets decoded from its newest
+    keyframe (all at once, so the first picture out is the newest) and encoded again by a shared
+    encoder (`Camera.join_bridge`) that starts with a keyframe of that picture. The newcomer watches
+    the bridge until the camera's next keyframe, then switches to the camera's own packets and lets
+    go of the bridge, which stops when no newcomer needs it: decoding and encoding happen only while
+    someone is joining.
+    """
+
+    def __init__(self, feed: PacketFeed, bridge: Callable[[], PacketFeed | None], meter: Meter | None = None) -> None:
+        super().__init__(feed, meter)
+        self._make_bridge = bridge
+        #: the bridge while this viewer watches it
+        self.bridge: PacketFeed | None = None
+        #: bridge packets this viewer got, and whether it has switched to the camera's own packets
+        self.bridged = 0
+        self.switched = False
+        self._decided = False
+        self._join_seq = 0
+        self._bridge_seq = 0
+        self._bridge_synced = False
+        self._bridge_pending: deque[EncodedPacket] = deque()
+        #: bridge pts + this = the viewer's pts (set at its first bridge packet)
+        self._bridge_offset: int | None = None
+        #: the camera's pts + this = the viewer's pts, after the bridge (kept always growing)
+        self._offset = 0
+        self._last_pts = -1
+
+    def request_keyframe(self) -> None:
+        if self.bridge is not None:
+            self.bridge.request_keyframe()
+        else:
+            super().request_keyframe()
+
+    async def recv(self) -> av.Packet[Any]:
+        if not self._decided:
+            self._decided = True
+            self._start_bridge()
+        while self.bridge is not None:
+            if self.readyState != "live":
+                raise MediaStreamError
+            run = self.encoder.start_packets()
+            if run and run[0].seq > self._join_seq:
+                # the camera's own keyframe, newer than the join: from here on its own packets
+                self._switch(run)
+                break
+            try:
+                packet = await self._next_bridge_packet()
+            except FeedClosed:
+                logger.debug("join bridge closed: starting from the camera's keyframe run instead")
+                self._stop_bridge()
+                break
+            if packet is not None:
+                return packet
+        packet = await super().recv()
+        pts = packet.pts or 0
+        if pts + self._offset <= self._last_pts:
+            self._offset = self._last_pts + 1 - pts  # (the bridge ran ahead of the camera's clock)
+        self._last_pts = pts + self._offset
+        return restamped(packet, self._last_pts) if self._offset else packet
+
+    def _start_bridge(self) -> None:
+        run = self.encoder.start_packets()
+        if len(run) <= 1 or ((run[-1].packet.pts or 0) - (run[0].packet.pts or 0)) * VIDEO_TIME_BASE < BRIDGE_AFTER:
+            return  # at (or just after) the camera's keyframe: its squeezed run is as good as live
+        bridge = self._make_bridge()
+        if bridge is None:
+            return
+        self._join_seq = run[-1].seq
+        self.bridge = bridge
+        bridge.attach(self)
+        self._bridge_pending = deque(bridge.start_packets())
+
+    async def _next_bridge_packet(self) -> av.Packet[Any] | None:
+        """The bridge's next packet for this viewer (from a keyframe on), or None to look again
+        for the camera's keyframe first."""
+        bridge = self.bridge
+        assert bridge is not None
+        if self._bridge_pending:
+            encoded = self._bridge_pending.popleft()
+        else:
+            read = await bridge.next_packet(self._bridge_seq)
+            encoded = read.item
+            if read.skipped and self._bridge_synced:
+                self._bridge_synced = False
+                bridge.request_keyframe()
+        self._bridge_seq = encoded.seq
+        if not self._bridge_synced:
+            if not encoded.keyframe:
+                return None
+            self._bridge_synced = True
+        pts = encoded.packet.pts or 0
+        if self._bridge_offset is None:
+            # the bridge's clock is its own: line its first picture up with the camera's newest
+            latest = self.encoder.latest
+            self._bridge_offset = (latest.packet.pts or 0 if latest is not None else 0) - pts
+        out = max(self._last_pts + 1, pts + self._bridge_offset)
+        self._last_pts = out
+        self.bridged += 1
+        if self.first_packet is None:
+            self.first_packet = (time.monotonic() - self.started, True)
+        if self.meter is not None:
+            self.meter.sent(encoded.size)
+        return restamped(encoded.packet, out)
+
+    def _switch(self, run: list[EncodedPacket]) -> None:
+        """From the bridge to the camera's own packets, at the camera's keyframe `run[0]`."""
+        self._stop_bridge()
+        self.switched = True
+        self._pending = deque(run)
+        self._seq = run[-1].seq
+        self._synced = True
+        self._try_start = False
+
+    def _stop_bridge(self) -> None:
+        bridge, self.bridge = self.bridge, None
+        if bridge is not None:
+            bridge.detach(self)
+        self._bridge_pending.clear()
+
+    def stop(self) -> None:
+        self._stop_bridge()
+        super().stop()
+
+
+def restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:
     """A copy of a shared packet with this viewer's own presentation time."""
     copy = av.Packet(bytes(packet))
     copy.pts = copy.dts = pts
@@ -173,8 +314,11 @@ def _restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:
 
 
 def make_track(camera: Camera, transport: Transport) -> EncodedTrack | CameraTrack:
-    """A new video track of `camera` for one WebRTC peer: the shared encoder's packets, or
-    (with --encoder per-viewer) its raw frames for aiortc to encode."""
+    """A new video track of `camera` for one WebRTC peer: the shared encoder's packets, the
+    camera's own (bridged while joining), or (with --encoder per-viewer) its raw frames for aiortc
+    to encode."""
+    if isinstance(camera.feed, PassthroughFeed):
+        return BridgedTrack(camera.feed, camera.join_bridge, camera.meters[transport])
     if camera.feed is not None:
         return EncodedTrack(camera.feed, camera.meters[transport])
     return CameraTrack(camera.stream, camera.meters[transport])
