@@ -13,6 +13,9 @@ const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 5000;
 const DISCONNECTED_GRACE_MS = 4000;
 const FALLBACK_MS = 3000;
+// a WebRTC attempt that fails outright before connecting is tried once more (one can fail by bad
+// luck: a busy machine, a network change); the second such failure in a row means the websocket
+const FAILED_ATTEMPTS = 2;
 const pageParams = new URLSearchParams(location.search);
 
 // Exposed for tests and for curious people in the console.
@@ -50,6 +53,7 @@ let retries = 0;
 let retryTimer = null;
 let disconnectTimer = null;
 let fallbackTimer = null;
+let failedAttempts = 0; // WebRTC attempts in a row that failed before connecting
 
 function setState(state, detail) {
   camtrack.state = state;
@@ -183,8 +187,9 @@ async function handle(ws, message) {
     case "bye":
       if (camtrack.transport === "webrtc" && !camtrack.peerConnected) {
         // the server's side of WebRTC gave up before connecting (UDP blocked there, or the
-        // negotiation timed out): come back for the packets over the websocket
-        camtrack.streamOnly = true;
+        // negotiation timed out): again, or come back for the packets over the websocket
+        failedAttempts += 1;
+        if (failedAttempts >= FAILED_ATTEMPTS) camtrack.streamOnly = true;
         reconnect("WebRTC could not connect");
       } else {
         reconnect("server hung up");
@@ -278,6 +283,7 @@ async function startPeer(ws, hello) {
     if (state === "connected") {
       clearTimeout(fallbackTimer);
       connected = camtrack.peerConnected = true;
+      failedAttempts = 0;
       retries = 0;
       camtrack.connects += 1;
       setState("live");
@@ -285,7 +291,7 @@ async function startPeer(ws, hello) {
       setState("connecting", "connection interrupted");
       disconnectTimer = setTimeout(() => reconnect("connection lost"), DISCONNECTED_GRACE_MS);
     } else if (state === "failed") {
-      if (!connected) fallBack("failed to connect");
+      if (!connected && ++failedAttempts >= FAILED_ATTEMPTS) fallBack("failed to connect twice");
       else reconnect("connection failed");
     }
   };
