@@ -2,6 +2,7 @@
 
     python -m bench.run            # the full sweep (a few minutes)
     python -m bench.run --quick    # a CI-sized run
+    python -m bench.run --browser  # latency in Chromium: WebRTC, and the websocket with WebCodecs, MSE
 
 Each row starts `server.py` as its own process on loopback with the test pattern, connects
 N aiortc viewers from separate client processes, and measures one time window. At most
@@ -192,7 +193,15 @@ def main() -> None:
     parser.add_argument("--camera", default="640x480", metavar="WxH",
                         help="--passthrough: the camera's size; other than 640x480 it is a looped clip (no latency)")
     parser.add_argument("--camera-bitrate", type=int, default=1_000_000, metavar="BPS")
+    parser.add_argument("--browser", action="store_true",
+                        help="only the latency in Chromium on loopback of WebRTC against the websocket fallback "
+                             "(WebCodecs, MSE); needs root and Debian's chromium (bench/browser.py)")
     args = parser.parse_args()
+    if args.browser:
+        from . import browser
+
+        browser.report(args.duration or 20.0)
+        return
 
     duration = args.duration or (4.0 if args.quick else 10.0)
     counts = [int(n) for n in (args.viewers or ("1,4" if args.quick else "1,4,16")).split(",")]
