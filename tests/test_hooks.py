@@ -37,6 +37,7 @@ async def test_every_hooked_instance_attribute_exists_on_a_live_peer(loopback_ic
             "RTCIceGatherer": gatherer,
             "Connection": gatherer._connection,
             "RTCDtlsTransport": dtls,
+            "RTCIceTransport": dtls.transport,
             "RtpRouter": dtls._rtp_router,
             "RTCRtpSender": sender,
         }

@@ -10,10 +10,11 @@ a protection off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,22 @@ import aioice.ice
 import aiortc.rtp
 from aioice import stun
 from aioice.ice import CandidatePair, Connection, StunProtocol
-from aiortc import RTCPeerConnection, RTCRtpSender
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc import RTCPeerConnection, RTCRtpSender, clock
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_RTPFB_NACK, RTP_HISTORY_SIZE, RtcpPsfbPacket, RtcpRtpfbPacket
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpsender import random_sequence_number
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_RTPFB_NACK,
+    RTP_HISTORY_SIZE,
+    HeaderExtensions,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+)
+from aiortc.utils import random32
 
 from ...media.ratelimit import TokenBucket
 
@@ -43,15 +56,21 @@ HOOKED: list[tuple[Any, str]] = [
     (RTCRtpSender, "_send_keyframe"),
     (RTCRtpSender, "_retransmit"),
     (aiortc.rtp, "RTP_HISTORY_SIZE"),
+    (RTCRtpSender, "_run_rtp"),
 ]
 #: attributes set in __init__ (so not on the class), by class name: tests/test_hooks.py checks
 #: them on the objects of a live connection
 INSTANCE_HOOKED: dict[str, list[str]] = {
-    "Connection": ["_protocols", "_check_list", "_queue"],
+    "Connection": ["_protocols", "_check_list", "_queue", "_nominated"],
     "RTCIceGatherer": ["_connection"],
-    "RTCDtlsTransport": ["_rtp_router"],
     "RtpRouter": ["senders"],
-    "RTCRtpSender": ["_RTCRtpSender__rtp_history"],
+    "RTCRtpSender": ["_RTCRtpSender__rtp_history", "_RTCRtpSender__rtp_header_extensions_map",
+                     "_RTCRtpSender__mid", "_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited",
+                     "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+                     "_RTCRtpSender__octet_count", "_RTCRtpSender__packet_count", "_ssrc", "_enabled"],
+    "RTCDtlsTransport": ["_rtp_router", "_tx_srtp", "_RTCDtlsTransport__tx_bytes",
+                         "_RTCDtlsTransport__tx_packets"],
+    "RTCIceTransport": ["_connection"],
 }
 
 #: packets held per peer from a candidate pair that is still being checked; dropped beyond this
@@ -394,3 +413,133 @@ def guard_peer(pc: RTCPeerConnection, track: MediaStreamTrack, bitrate: int,
         if id(dtls) not in rtcp:
             rtcp[id(dtls)] = police_rtcp(dtls)
     return PeerGuard(guard_ice(pc), keyframes, retransmits, list(rtcp.values()))
+
+
+# --- RTP: each picture packetized once, sent to every viewer --------------------------------------
+
+@dataclass
+class RtpFrame:
+    """One picture as RTP payloads (shared by every viewer: never modified), its 90 kHz
+    timestamp (before the viewer's random origin) and its capture time (seconds since the epoch)."""
+
+    payloads: Sequence[bytes]
+    timestamp: int
+    captured: float
+
+
+_HEAD = struct.Struct("!BBH")
+
+
+class _History:
+    """What a sender sent lately, for NACKs: aiortc's `__rtp_history` keeps an RtpPacket per
+    packet sent; this keeps a tuple and makes the RtpPacket only when one is asked for again."""
+
+    def __init__(self) -> None:
+        self._sent: dict[int, tuple[int, int, int, int, int, bytes, HeaderExtensions]] = {}
+
+    def __setitem__(self, key: int, sent: tuple[int, int, int, int, int, bytes, HeaderExtensions]) -> None:
+        self._sent[key] = sent
+
+    def get(self, key: int) -> RtpPacket | None:
+        sent = self._sent.get(key)
+        if sent is None:
+            return None
+        payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions = sent
+        packet = RtpPacket(payload_type, marker, sequence_number, timestamp, ssrc, payload)
+        packet.extensions = extensions
+        return packet
+
+    def values(self) -> list[RtpPacket]:
+        """Every packet held (as aiortc's dict has them)."""
+        return [p for p in map(self.get, list(self._sent)) if p is not None]
+
+
+@dataclass
+class RtpSendStats:
+    """What one sender's RTP loop did (camtrack's, see `send_rtp_once`)."""
+
+    frames: int = 0
+    packets: int = 0
+
+
+def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParameters], Awaitable[RtpFrame]],
+                  on_sent: Callable[[float], None] | None = None) -> RtpSendStats:
+    """Replace `sender`'s RTP loop with one that sends pictures already packetized.
+
+    aiortc's loop packetizes every picture again for every viewer, builds an RtpPacket and its
+    header extensions per packet, and awaits four coroutines per packet down to the socket. This
+    one takes each picture's payloads as they were packetized once for all viewers, serializes
+    the header and its extensions once per picture (only the sequence number and marker differ
+    from packet to packet), encrypts with the viewer's SRTP and hands each packet to the
+    nominated pair's socket directly, a whole picture without yielding. RTCP (reports, PLI/FIR,
+    NACK through `__rtp_history`) stays aiortc's. `on_sent(captured)` is called once a picture
+    has been handed to the socket. Call before the connection starts the sender.
+    """
+    stats = RtpSendStats()
+    history = _History()
+    sender._RTCRtpSender__rtp_history = history  # type: ignore[attr-defined]
+
+    async def run_rtp(codec: RTCRtpCodecParameters) -> None:
+        dtls = sender.transport
+        sender._RTCRtpSender__rtp_started.set()  # type: ignore[attr-defined]
+        extensions_map: HeaderExtensionsMap = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
+        mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
+        payload_type: int = codec.payloadType or 0
+        ssrc = sender._ssrc
+        sequence_number = random_sequence_number()
+        origin = random32()
+        octets = packets = 0
+        try:
+            while True:
+                frame = await next_frame(codec)
+                if not sender._enabled or not frame.payloads:
+                    continue
+                connection = dtls.transport._connection
+                pair = connection._nominated.get(1)
+                if dtls.state != "connected" or pair is None:
+                    raise ConnectionError("not connected")
+                timestamp = (origin + frame.timestamp) & 0xFFFFFFFF
+                header = RtpPacket(payload_type, 0, 0, timestamp, ssrc)
+                extensions = header.extensions
+                ntp = clock.current_ntp_time()
+                extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
+                extensions.mid = mid
+                head = header.serialize(extensions_map)
+                first, rest = head[0], head[4:]
+                protect = dtls._tx_srtp.protect
+                sendto, remote = pair.protocol.transport.sendto, pair.remote_addr
+                last = len(frame.payloads) - 1
+                size = 0
+                for index, payload in enumerate(frame.payloads):
+                    marker = 1 if index == last else 0
+                    history[sequence_number % RTP_HISTORY_SIZE] = (
+                        payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions)
+                    data = protect(_HEAD.pack(first, marker << 7 | payload_type, sequence_number) + rest + payload)
+                    sendto(data, remote)
+                    size += len(data)
+                    octets += len(payload)
+                    sequence_number = (sequence_number + 1) & 0xFFFF
+                packets += len(frame.payloads)
+                # what aiortc's loop keeps for its sender reports and statistics
+                sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
+                sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+                sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
+                sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
+                dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
+                dtls._RTCDtlsTransport__tx_packets += len(frame.payloads)  # type: ignore[attr-defined]
+                stats.frames += 1
+                stats.packets = packets
+                if on_sent is not None:
+                    on_sent(frame.captured)
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:  # as aiortc's loop: RTCRtpSender.stop() waits for __rtp_exited
+            logger.exception("RTP sending loop failed")
+        finally:
+            track = sender.track
+            if track is not None:
+                track.stop()
+            sender._RTCRtpSender__rtp_exited.set()  # type: ignore[attr-defined]
+
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]
+    return stats

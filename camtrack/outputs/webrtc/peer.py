@@ -15,9 +15,9 @@ from ...cameras import Camera
 from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
-from .hooks import PeerGuard, guard_peer
+from .hooks import PeerGuard, RtpSendStats, guard_peer, send_rtp_once
 from .ice import rtc_configuration
-from .tracks import make_track
+from .tracks import EncodedTrack, make_track
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class Peer:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: the peer's protections against a hostile network (set once the offer is answered)
         self.guard: PeerGuard | None = None
+        #: what camtrack's own RTP loop sent (shared packets only; per-viewer encoding keeps aiortc's)
+        self.rtp: RtpSendStats | None = None
         self.pc.on("connectionstatechange", self._on_state)
 
     @property
@@ -116,6 +118,11 @@ class Peer:
         except OfferError:
             self.camera.meters[self.transport].negotiation_failures += 1
             raise
+        if isinstance(self.track, EncodedTrack):
+            # before guard_peer: its NACK cap reads the history this installs
+            for sender in self.pc.getSenders():
+                if sender.track is self.track:
+                    self.rtp = send_rtp_once(sender, self.track.next_rtp_frame)
         # before the answer leaves: from then on its ports are known to anyone who reads it
         self.guard = guard_peer(self.pc, self.track, self.camera.settings.bitrate,
                                 self.camera.settings.keyframe_interval)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from typing import Any
 
 import av
+from aiortc.codecs import get_encoder
+from aiortc.codecs.base import Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import VideoFrame
 
 from ...cameras import Camera
@@ -15,6 +19,7 @@ from ...media.feeds import FeedClosed, FrameFeed, PacketFeed, Transport
 from ...media.frame import VIDEO_TIME_BASE, PtsClock
 from ...media.meters import Meter
 from ...media.packet import EncodedPacket
+from .hooks import RtpFrame
 
 
 class CameraTrack(MediaStreamTrack):
@@ -91,7 +96,9 @@ class EncodedTrack(MediaStreamTrack):
         """The remote peer asked for a keyframe (PLI or FIR)."""
         self.encoder.request_keyframe()
 
-    async def recv(self) -> av.Packet[Any]:
+    async def next_encoded(self) -> tuple[EncodedPacket, int | None]:
+        """The next packet this viewer sends, and its own presentation time when it is part of a
+        squeezed start run (else None: the packet's own)."""
         if self._pending is None:
             # the sender starts reading once the peer is connected: start from a keyframe now
             self._pending = deque(self._start_run(self.encoder.start_packets()))
@@ -139,10 +146,26 @@ class EncodedTrack(MediaStreamTrack):
                 self.first_packet = (time.monotonic() - self.started, encoded.keyframe)
             if self.meter is not None:
                 self.meter.sent(encoded.size)
-            squeezed = self._squeezed.pop(encoded.seq, None)
-            if squeezed is not None:
-                return _restamped(encoded.packet, squeezed)
-            return encoded.packet
+            return encoded, self._squeezed.pop(encoded.seq, None)
+
+    async def recv(self) -> av.Packet[Any]:
+        encoded, squeezed = await self.next_encoded()
+        if squeezed is not None:
+            return _restamped(encoded.packet, squeezed)
+        return encoded.packet
+
+    async def next_rtp_frame(self, codec: RTCRtpCodecParameters) -> RtpFrame:
+        """The next packet as RTP payloads (packetized once for every viewer of the feed), its
+        90 kHz timestamp and capture time: what camtrack's RTP sending loop (hooks.send_rtp_once) sends."""
+        encoded, squeezed = await self.next_encoded()
+        payloads = encoded.shared.get(codec.mimeType)
+        if payloads is None:
+            payloads = encoded.shared[codec.mimeType] = _packer(self.encoder, codec).pack(encoded.packet)[0]
+        pts = squeezed if squeezed is not None else encoded.packet.pts or 0
+        time_base = encoded.packet.time_base
+        if time_base is not None and time_base != VIDEO_TIME_BASE:
+            pts = int(pts * time_base / VIDEO_TIME_BASE)  # as aiortc's packetizers convert it
+        return RtpFrame(payloads, pts, encoded.captured)
 
     def _start_run(self, run: list[EncodedPacket]) -> list[EncodedPacket]:
         """Where this viewer starts: the feed's run from its newest keyframe to its newest packet,
@@ -162,6 +185,19 @@ class EncodedTrack(MediaStreamTrack):
         if self.readyState == "live":
             self.encoder.detach(self)
         super().stop()
+
+
+#: one aiortc packetizer per feed and codec, shared by its viewers: VP8's carries the picture
+#: id, which must grow by one from picture to picture of a stream whoever packs it
+_PACKERS: weakref.WeakKeyDictionary[PacketFeed, dict[str, Encoder]] = weakref.WeakKeyDictionary()
+
+
+def _packer(feed: PacketFeed, codec: RTCRtpCodecParameters) -> Encoder:
+    packers = _PACKERS.setdefault(feed, {})
+    packer = packers.get(codec.mimeType)
+    if packer is None:
+        packer = packers[codec.mimeType] = get_encoder(codec)
+    return packer
 
 
 def _restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:
