@@ -65,3 +65,25 @@ def test_keyframe_limiter_lets_one_request_through_per_interval() -> None:
     assert limiter.allow()
     assert not any(limiter.allow() for _ in range(100))
     assert (limiter.allowed, limiter.dropped) == (1, 100)
+
+
+def test_header_template_writes_what_aiortc_serializes() -> None:
+    """camtrack's RTP loop patches a header serialized once; it must equal aiortc's own, per packet."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    extensions_map = HeaderExtensionsMap()
+    extensions_map.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+    ]))
+    for mapping in (extensions_map, HeaderExtensionsMap()):
+        template = hooks._HeaderTemplate(102, 0x12345678, "0", mapping)
+        assert template.offset != -1
+        for timestamp, abs_send_time, seq, marker in ((0, 0, 0, 0), (0xFFFFFFFF, 0xABCDEF, 65535, 1), (90000, 7, 12, 1)):
+            packet = RtpPacket(102, marker, seq, timestamp, 0x12345678, b"payload")
+            packet.extensions.mid = "0"
+            packet.extensions.abs_send_time = abs_send_time
+            first, rest = template.header(timestamp, abs_send_time)
+            ours = hooks._HEAD.pack(first, marker << 7 | 102, seq) + rest + b"payload"
+            assert ours == packet.serialize(mapping)

@@ -454,6 +454,45 @@ class _History:
         return [p for p in map(self.get, list(self._sent)) if p is not None]
 
 
+class _HeaderTemplate:
+    """One sender's RTP header with its extensions, serialized by aiortc once; per picture only
+    the timestamp and the abs-send-time bytes are written into it (found by serializing twice
+    with two different values), per packet the marker and sequence number."""
+
+    def __init__(self, payload_type: int, ssrc: int, mid: str | None, extensions_map: HeaderExtensionsMap) -> None:
+        self.payload_type, self.ssrc, self.mid, self.map = payload_type, ssrc, mid, extensions_map
+
+        def serialized(abs_send_time: int) -> bytes:
+            packet = RtpPacket(payload_type, 0, 0, 0, ssrc)
+            packet.extensions.mid = mid
+            packet.extensions.abs_send_time = abs_send_time
+            return packet.serialize(extensions_map)
+
+        one, other = serialized(0), serialized(0xFFFFFF)
+        self.bytes = bytearray(one)
+        changed = [i for i, (a, b) in enumerate(zip(one, other, strict=False)) if a != b]
+        #: where abs-send-time's 3 bytes are; None when not negotiated; -1: unexpected layout
+        self.offset: int | None = None
+        if len(one) != len(other) or (changed and changed != list(range(changed[0], changed[0] + 3))):
+            self.offset = -1
+        elif changed:
+            self.offset = changed[0]
+
+    def header(self, timestamp: int, abs_send_time: int) -> tuple[int, bytes]:
+        """The first byte and the bytes after the sequence number, for one picture."""
+        if self.offset == -1:  # not the layout this knows: let aiortc serialize every picture
+            packet = RtpPacket(self.payload_type, 0, 0, timestamp, self.ssrc)
+            packet.extensions.mid = self.mid
+            packet.extensions.abs_send_time = abs_send_time
+            head = packet.serialize(self.map)
+            return head[0], head[4:]
+        head = self.bytes
+        head[4:8] = timestamp.to_bytes(4, "big")
+        if self.offset is not None:
+            head[self.offset:self.offset + 3] = abs_send_time.to_bytes(3, "big")
+        return head[0], bytes(head[4:])
+
+
 @dataclass
 class RtpSendStats:
     """What one sender's RTP loop did (camtrack's, see `send_rtp_once`)."""
@@ -489,6 +528,7 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
         sequence_number = random_sequence_number()
         origin = random32()
         octets = packets = 0
+        template: _HeaderTemplate | None = None
         try:
             while True:
                 frame = await next_frame(codec)
@@ -499,13 +539,12 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
                 if dtls.state != "connected" or pair is None:
                     raise ConnectionError("not connected")
                 timestamp = (origin + frame.timestamp) & 0xFFFFFFFF
-                header = RtpPacket(payload_type, 0, 0, timestamp, ssrc)
-                extensions = header.extensions
                 ntp = clock.current_ntp_time()
-                extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
-                extensions.mid = mid
-                head = header.serialize(extensions_map)
-                first, rest = head[0], head[4:]
+                abs_send_time = (ntp >> 14) & 0x00FFFFFF
+                extensions = HeaderExtensions(mid=mid, abs_send_time=abs_send_time)
+                if template is None:
+                    template = _HeaderTemplate(payload_type, ssrc, mid, extensions_map)
+                first, rest = template.header(timestamp, abs_send_time)
                 protect = dtls._tx_srtp.protect
                 sendto, remote = pair.protocol.transport.sendto, pair.remote_addr
                 last = len(frame.payloads) - 1

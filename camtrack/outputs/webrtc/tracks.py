@@ -162,8 +162,8 @@ class EncodedTrack(MediaStreamTrack):
         if payloads is None:
             payloads = encoded.shared[codec.mimeType] = _packer(self.encoder, codec).pack(encoded.packet)[0]
         pts = squeezed if squeezed is not None else encoded.packet.pts or 0
-        time_base = encoded.packet.time_base
-        if time_base is not None and time_base != VIDEO_TIME_BASE:
+        time_base = encoded.codec.time_base  # the packet's own (a new Fraction at every read)
+        if time_base != VIDEO_TIME_BASE:
             pts = int(pts * time_base / VIDEO_TIME_BASE)  # as aiortc's packetizers convert it
         return RtpFrame(payloads, pts, encoded.captured)
 
