@@ -484,8 +484,8 @@ class _HeaderTemplate:
             packet = RtpPacket(self.payload_type, 0, 0, timestamp, self.ssrc)
             packet.extensions.mid = self.mid
             packet.extensions.abs_send_time = abs_send_time
-            head = packet.serialize(self.map)
-            return head[0], head[4:]
+            serialized = packet.serialize(self.map)
+            return serialized[0], serialized[4:]
         head = self.bytes
         head[4:8] = timestamp.to_bytes(4, "big")
         if self.offset is not None:
