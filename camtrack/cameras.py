@@ -15,6 +15,7 @@ from .media.decoder import PacketDecoder
 from .media.encoder import EncoderSettings, SharedEncoder
 from .media.feeds import VIEWER_TRANSPORTS, Publisher, Transport, Viewer
 from .media.jpeg import JpegEncoders
+from .media.load import Limits, LoadMonitor
 from .media.meters import Meter
 from .media.passthrough import PassthroughFeed
 from .media.stream import CameraStream
@@ -47,6 +48,8 @@ class Camera:
     publisher: Publisher | None = None
     #: sessions of this camera that are not viewers yet (Cameras.hold)
     pending: int = 0
+    #: the server's measured load (every camera shares it; set by Cameras)
+    load: LoadMonitor | None = None
 
     @property
     def name(self) -> str:
@@ -104,6 +107,7 @@ class Cameras:
         self.pending: OrderedDict[Viewer, Camera] = OrderedDict()
         #: pending sessions closed to make room, over the server's life
         self.pending_evicted = 0
+        self.load = LoadMonitor(Limits(config.max_loop_lag, config.send_budget), lambda: self.viewer_count)
         self.by_name: dict[str, Camera] = {}
         for settings in config.cameras:
             source = resolve_auto(settings.source)
@@ -127,7 +131,8 @@ class Cameras:
                     codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
                     bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval,
                     hardware=config.video_encoder))
-            self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder)
+            self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder,
+                                                 load=self.load)
 
     def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())
@@ -144,15 +149,23 @@ class Cameras:
     def viewer_count(self) -> int:
         return sum(c.viewer_count for c in self)
 
-    def has_room(self, camera: Camera) -> bool:
-        """Whether one more viewer of `camera` fits the server's and the camera's limits."""
+    def has_room(self, camera: Camera, measured: bool = True) -> bool:
+        """Whether one more viewer of `camera` fits the server's and the camera's limits and (if
+        `measured`, for newcomers) the capacity the server measures (camtrack.media.load)."""
         if self.max_viewers and self.viewer_count >= self.max_viewers:
             return False
-        return not (camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers)
+        if camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers:
+            return False
+        if measured and (why := self.load.full()) is not None:
+            self.load.refused += 1
+            logger.info("server full: %s", why)
+            return False
+        return True
 
     def admit(self, camera: Camera, viewer: Viewer) -> bool:
-        """Count `viewer` in (no longer pending), unless the server or the camera is full."""
-        if not self.has_room(camera):
+        """Count `viewer` in (no longer pending), unless the server or the camera is full (a peer
+        that got through admission and connected is not refused for the load it found since)."""
+        if not self.has_room(camera, measured=False):
             return False
         self.release(viewer)
         camera.viewers[viewer.transport].add(viewer)

@@ -40,7 +40,7 @@ from ...logs import ClientLog, clip, clip_repr
 from ...media.feeds import Transport
 from ...media.ratelimit import TokenBucket
 from .ice import ice_servers_json
-from .peer import OfferError, Peer
+from .peer import OfferError, Peer, ServerFull
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -200,6 +200,11 @@ class Session:
         except OfferError as exc:
             await self._close_peer()
             raise ProtocolError(clip(exc, MAX_ERROR)) from None
+        except ServerFull:
+            if self.peer is peer:
+                self.refuse_full()
+            await peer.close()
+            return
         if self.peer is not peer or self.reason is not None:
             await peer.close()  # replaced or ended while negotiating
             return

@@ -23,7 +23,7 @@ from ...connections import read_body
 from ...logs import ClientLog, clip
 from ...media.feeds import Transport
 from .ice import parse_ice_server
-from .peer import OfferError, Peer
+from .peer import OfferError, Peer, ServerFull
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -129,6 +129,11 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         session = WhepSession(camera, cameras, config, remote, sessions)  # pending until it connects
         try:
             answer = await session.peer.answer(sdp)
+        except ServerFull:
+            log.warning(remote, "refused whep viewer %s of %s: server full", remote, camera.name)
+            session.end("server full")
+            await session.closed()
+            raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"}) from None
         except OfferError as exc:
             session.end(f"bad offer: {clip(exc)}")
             await session.closed()

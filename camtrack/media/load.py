@@ -1,0 +1,209 @@
+"""How loaded the server is, measured: event-loop lag, how long a picture takes to reach every
+viewer's socket, and from these how many viewers it can take (admission control), with the
+crowd's handshakes paced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: upper bounds (seconds) of the capture-to-wire and event-loop lag histograms
+AGE_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024)
+#: how often the lag probe wakes up
+LAG_PROBE_INTERVAL = 0.05
+#: seconds of measurements the admission decision looks at
+WINDOW = 2.0
+#: lag samples needed before the lag counts (a lone stall at start-up is no load)
+MIN_LAG_SAMPLES = 10
+#: handshakes (offer answered, ICE and DTLS under way) at once; a crowd's others wait their turn
+HANDSHAKES_AT_ONCE = 4
+#: how long a newcomer waits for a handshake turn before it is told the server is full
+HANDSHAKE_WAIT = 2.5
+#: a turn is given back after this long even if the peer neither connected nor failed yet
+HANDSHAKE_HOLD = 1.5
+
+
+@dataclass
+class Histogram:
+    """Counts of observations at most each bound (not cumulative; the last is +Inf) and their sum."""
+
+    bounds: tuple[float, ...] = AGE_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(AGE_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.total += value
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count) pairs as Prometheus wants them."""
+        out, running = [], 0
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+    def quantile(self, q: float) -> float | None:
+        """The bound of the bucket holding quantile `q` (None with no observations)."""
+        total = self.count
+        if not total:
+            return None
+        running = 0
+        for bound, count in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            running += count
+            if running >= q * total:
+                return bound
+        return float("inf")
+
+
+@dataclass
+class Limits:
+    """When the server counts as full (besides --max-viewers)."""
+
+    #: median event-loop lag over the window above this: full (0: not checked)
+    max_lag: float = 0.05
+    #: time to hand one picture to every viewer's socket may use at most this; the viewers that
+    #: fit are the capacity (0: not checked)
+    send_budget: float = 0.02
+
+
+class LoadMonitor:
+    """The server's measured load, and whether one more viewer fits.
+
+    `viewers()` counts viewers now (the caller's wiring). Each sender reports every picture it
+    handed to the socket (`sent`); the spread between the first and the last viewer of one
+    picture, over how many got it, is what one viewer costs; `send_budget` over that is the
+    capacity. A probe task measures the event loop's lag.
+    """
+
+    def __init__(self, limits: Limits, viewers: Callable[[], int]) -> None:
+        self.limits = limits
+        self.viewers = viewers
+        self.lag = Histogram()
+        self.refused = 0
+        self._lags: deque[tuple[float, float]] = deque()
+        #: (when, seconds per viewer) of recent pictures sent to more than one viewer
+        self._costs: deque[tuple[float, float]] = deque()
+        #: per feed: the picture being sent (its capture time), first and last send, and count
+        self._pictures: dict[int, tuple[float, float, float, int]] = {}
+        self._probe: asyncio.Task[None] | None = None
+        self._turns: asyncio.Semaphore | None = None
+        self.handshaking = 0
+
+    # --- measuring ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._probe is None:
+            self._probe = asyncio.ensure_future(self._run_probe())
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+
+    async def _run_probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_PROBE_INTERVAL
+            await asyncio.sleep(LAG_PROBE_INTERVAL)
+            lag = max(0.0, loop.time() - due)
+            self.lag.observe(lag)
+            now = time.monotonic()
+            self._lags.append((now, lag))
+            self._trim(self._lags, now)
+
+    def sent(self, feed: int, captured: float) -> None:
+        """One viewer's packets of the picture captured at `captured` went to its socket."""
+        now = time.monotonic()
+        current = self._pictures.get(feed)
+        if current is not None and current[0] == captured:
+            self._pictures[feed] = (captured, current[1], now, current[3] + 1)
+            return
+        if current is not None and captured < current[0]:
+            return  # a newcomer's start run: older pictures, sent once, say nothing of the cost
+        if current is not None and current[3] > 1:
+            _, first, last, count = current
+            self._costs.append((last, (last - first) / (count - 1)))
+            self._trim(self._costs, now)
+        self._pictures[feed] = (captured, now, now, 1)
+
+    @staticmethod
+    def _trim(samples: deque[tuple[float, float]], now: float) -> None:
+        while samples and samples[0][0] < now - WINDOW:
+            samples.popleft()
+
+    # --- deciding ----------------------------------------------------------------------------
+
+    @property
+    def recent_lag(self) -> float:
+        """Median event-loop lag over the window (0 with too few samples to tell)."""
+        self._trim(self._lags, time.monotonic())
+        return statistics.median(lag for _, lag in self._lags) if len(self._lags) >= MIN_LAG_SAMPLES else 0.0
+
+    @property
+    def viewer_cost(self) -> float | None:
+        """Seconds it takes to hand one more viewer a picture, median over the window."""
+        self._trim(self._costs, time.monotonic())
+        return statistics.median(cost for _, cost in self._costs) if self._costs else None
+
+    @property
+    def capacity(self) -> int | None:
+        """Viewers that fit `send_budget`, from the measured cost per viewer (None: unknown yet)."""
+        cost = self.viewer_cost
+        if not self.limits.send_budget or cost is None or cost <= 0:
+            return None
+        return int(self.limits.send_budget / cost + 1e-6)
+
+    def full(self, joining: int = 1) -> str | None:
+        """Why `joining` more viewers would not fit now (besides those handshaking), or None."""
+        if self.limits.max_lag and self.recent_lag > self.limits.max_lag:
+            return f"event loop lags {self.recent_lag * 1000:.0f} ms"
+        capacity = self.capacity
+        if capacity is not None and self.viewers() + self.handshaking + joining > capacity:
+            return f"capacity {capacity} viewers reached"
+        return None
+
+    async def handshake_turn(self) -> Callable[[], None] | None:
+        """Wait (at most HANDSHAKE_WAIT) for a turn to negotiate; the function returned gives it
+        back (call it once the peer connected or ended; it is given back after HANDSHAKE_HOLD
+        anyway). None: no turn came, or the server filled up meanwhile."""
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+        turns = self._turns
+        try:
+            await asyncio.wait_for(turns.acquire(), HANDSHAKE_WAIT)
+        except TimeoutError:
+            self.refused += 1
+            return None
+        self.handshaking += 1
+        done = False
+
+        def give_back() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                timer.cancel()
+                self.handshaking -= 1
+                turns.release()
+
+        timer = asyncio.get_running_loop().call_later(HANDSHAKE_HOLD, give_back)
+        if self.full(joining=0) is not None:  # it filled up while this one waited
+            give_back()
+            self.refused += 1
+            return None
+        return give_back
