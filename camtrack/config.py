@@ -372,6 +372,10 @@ class Config(CameraSettings):
     send_budget: float = field(default=0.02, metadata=option(
         "refuse new viewers beyond those one picture reaches within this time, as measured "
         "(default: {default}; 0: off)", metavar="SECONDS", check=between(0, 10, "between 0 and 10")))
+    #: admission control: pictures reaching the first viewer later than this after capture (median) mean full
+    max_picture_age: float = field(default=0.05, metadata=option(
+        "refuse new viewers while pictures reach the first viewer's socket later than this after capture "
+        "(median over 2 s; default: {default}; 0: off)", metavar="SECONDS", check=between(0, 10, "between 0 and 10")))
     #: when set, watching needs this token (?token=, an "auth" message, or a bearer header)
     token: str | None = field(default=None, metadata=option(
         "require this token to watch (default: $CAMTRACK_TOKEN, else none); "

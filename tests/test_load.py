@@ -32,7 +32,7 @@ def test_histogram_buckets_and_quantile() -> None:
 
 def test_capacity_from_the_cost_of_one_more_viewer(monkeypatch) -> None:
     viewers = 10
-    monitor = LoadMonitor(Limits(max_lag=0.05, send_budget=0.02), lambda: viewers)
+    monitor = LoadMonitor(Limits(max_lag=0.05, send_budget=0.02, max_age=0), lambda: viewers)
     clock = [100.0]
     monkeypatch.setattr(load.time, "monotonic", lambda: clock[0])
     assert monitor.capacity is None and monitor.full() is None
@@ -52,10 +52,21 @@ def test_capacity_from_the_cost_of_one_more_viewer(monkeypatch) -> None:
     assert monitor.full() == "event loop lags 200 ms"
 
 
+def test_pictures_reaching_viewers_late_mean_full() -> None:
+    """A starved process (its encoder or loop cannot keep up) shows in the age of its pictures."""
+    for late, full in ((0.01, False), (0.2, True)):
+        monitor = LoadMonitor(Limits(max_lag=0, send_budget=0, max_age=0.05), lambda: 1)
+        now = time.time()
+        for picture in range(2 * load.MIN_LAG_SAMPLES):
+            monitor.sent(1, now - late + picture * 1e-5)
+        reason = monitor.full()
+        assert (reason is not None and reason.startswith("pictures reach viewers")) if full else reason is None
+
+
 async def test_handshakes_take_turns_and_who_waits_too_long_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(load, "HANDSHAKES_AT_ONCE", 2)
     monkeypatch.setattr(load, "HANDSHAKE_WAIT", 0.2)
-    monitor = LoadMonitor(Limits(0, 0), lambda: 0)
+    monitor = LoadMonitor(Limits(0, 0, 0), lambda: 0)
     first, second = await monitor.handshake_turn(), await monitor.handshake_turn()
     assert first is not None and second is not None and monitor.handshaking == 2
     began = time.monotonic()
@@ -101,7 +112,8 @@ async def test_metrics_show_capture_to_wire_age_and_loop_lag(serve) -> None:
 async def test_a_measured_full_server_refuses_newcomers_on_every_transport(serve) -> None:
     """A send budget far below what one viewer costs: once two viewers watch, the capacity
     measured is 0; newcomers are refused (1013, 503, 503) and the watchers keep playing."""
-    url, app = await serve(width=160, height=120, max_loop_lag=0, send_budget=1e-9)
+    url, app = await serve(width=160, height=120, max_loop_lag=0, send_budget=1e-9,
+                           max_picture_age=0)
     root = url.removesuffix("/ws")
     monitor = app[CAMERAS].load
     watchers = [Viewer(url) for _ in range(2)]
@@ -131,7 +143,7 @@ async def test_a_crowd_joining_at_once_is_paced_and_the_rest_refused(serve, monk
     and the two viewers already watching keep receiving pictures throughout."""
     monkeypatch.setattr(load, "HANDSHAKES_AT_ONCE", 1)
     monkeypatch.setattr(load, "HANDSHAKE_WAIT", 0.2)
-    url, app = await serve(width=160, height=120, max_loop_lag=0, send_budget=0)
+    url, app = await serve(width=160, height=120, max_loop_lag=0, send_budget=0, max_picture_age=0)
     loop = asyncio.get_running_loop()
     watchers = [Viewer(url) for _ in range(2)]
     for watcher in watchers:

@@ -78,6 +78,9 @@ class Limits:
     #: time to hand one picture to every viewer's socket may use at most this; the viewers that
     #: fit are the capacity (0: not checked)
     send_budget: float = 0.02
+    #: median time from capture to the first viewer's socket over the window above this: full, the
+    #: encoder or the loop cannot keep up (a starved process shows it here first) (0: not checked)
+    max_age: float = 0.05
 
 
 class LoadMonitor:
@@ -97,6 +100,8 @@ class LoadMonitor:
         self._lags: deque[tuple[float, float]] = deque()
         #: (when, seconds per viewer) of recent pictures sent to more than one viewer
         self._costs: deque[tuple[float, float]] = deque()
+        #: (when, seconds from capture to the first viewer's socket) of recent pictures
+        self._ages: deque[tuple[float, float]] = deque()
         #: per feed: the picture being sent (its capture time), first and last send, and count
         self._pictures: dict[int, tuple[float, float, float, int]] = {}
         self._probe: asyncio.Task[None] | None = None
@@ -141,6 +146,8 @@ class LoadMonitor:
             self._costs.append((last, (last - first) / (count - 1)))
             self._trim(self._costs, now)
         self._pictures[feed] = (captured, now, now, 1)
+        self._ages.append((now, max(0.0, time.time() - captured)))
+        self._trim(self._ages, now)
 
     @staticmethod
     def _trim(samples: deque[tuple[float, float]], now: float) -> None:
@@ -154,6 +161,12 @@ class LoadMonitor:
         """Median event-loop lag over the window (0 with too few samples to tell)."""
         self._trim(self._lags, time.monotonic())
         return statistics.median(lag for _, lag in self._lags) if len(self._lags) >= MIN_LAG_SAMPLES else 0.0
+
+    @property
+    def recent_age(self) -> float:
+        """Median time from capture to the first viewer's socket over the window (0 with too few)."""
+        self._trim(self._ages, time.monotonic())
+        return statistics.median(age for _, age in self._ages) if len(self._ages) >= MIN_LAG_SAMPLES else 0.0
 
     @property
     def viewer_cost(self) -> float | None:
@@ -173,6 +186,8 @@ class LoadMonitor:
         """Why `joining` more viewers would not fit now (besides those handshaking), or None."""
         if self.limits.max_lag and self.recent_lag > self.limits.max_lag:
             return f"event loop lags {self.recent_lag * 1000:.0f} ms"
+        if self.limits.max_age and self.recent_age > self.limits.max_age:
+            return f"pictures reach viewers {self.recent_age * 1000:.0f} ms after capture"
         capacity = self.capacity
         if capacity is not None and self.viewers() + self.handshaking + joining > capacity:
             return f"capacity {capacity} viewers reached"
