@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 #: upper bounds (seconds) of the capture-to-wire and event-loop lag histograms
 AGE_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024)
@@ -18,6 +19,11 @@ AGE_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.
 LAG_PROBE_INTERVAL = 0.05
 #: seconds of measurements the admission decision looks at
 WINDOW = 2.0
+#: share of the window the process may spend throttled by its cgroup's CPU quota: past it, the
+#: CPU it was given is used up (a capped server's encoder and loop are starved, not late)
+MAX_THROTTLED = 0.02
+#: how often the cgroup's throttling counter is read (every this many lag probes)
+THROTTLE_EVERY = 10
 #: lag samples needed before the lag counts (a lone stall at start-up is no load)
 MIN_LAG_SAMPLES = 10
 #: handshakes (offer answered, ICE and DTLS under way) at once; a crowd's others wait their turn
@@ -105,6 +111,8 @@ class LoadMonitor:
         #: per feed: the picture being sent (its capture time), first and last send, and count
         self._pictures: dict[int, tuple[float, float, float, int]] = {}
         self._probe: asyncio.Task[None] | None = None
+        #: (when, seconds throttled so far) read from the process's CPU cgroup
+        self._throttled: deque[tuple[float, float]] = deque()
         self._turns: asyncio.Semaphore | None = None
         self.handshaking = 0
 
@@ -123,6 +131,7 @@ class LoadMonitor:
 
     async def _run_probe(self) -> None:
         loop = asyncio.get_running_loop()
+        probes = 0
         while True:
             due = loop.time() + LAG_PROBE_INTERVAL
             await asyncio.sleep(LAG_PROBE_INTERVAL)
@@ -131,6 +140,12 @@ class LoadMonitor:
             now = time.monotonic()
             self._lags.append((now, lag))
             self._trim(self._lags, now)
+            probes += 1
+            if probes % THROTTLE_EVERY == 0:
+                throttled = cgroup_throttled()
+                if throttled is not None:
+                    self._throttled.append((now, throttled))
+                    self._trim(self._throttled, now)
 
     def sent(self, feed: int, captured: float) -> None:
         """One viewer's packets of the picture captured at `captured` went to its socket."""
@@ -163,6 +178,15 @@ class LoadMonitor:
         return statistics.median(lag for _, lag in self._lags) if len(self._lags) >= MIN_LAG_SAMPLES else 0.0
 
     @property
+    def throttled(self) -> float:
+        """Share of the window the process's cgroup was throttled (0 when not capped or not known)."""
+        self._trim(self._throttled, time.monotonic())
+        if len(self._throttled) < 2:
+            return 0.0
+        (t0, s0), (t1, s1) = self._throttled[0], self._throttled[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+
+    @property
     def recent_age(self) -> float:
         """Median time from capture to the first viewer's socket over the window (0 with too few)."""
         self._trim(self._ages, time.monotonic())
@@ -186,6 +210,8 @@ class LoadMonitor:
         """Why `joining` more viewers would not fit now (besides those handshaking), or None."""
         if self.limits.max_lag and self.recent_lag > self.limits.max_lag:
             return f"event loop lags {self.recent_lag * 1000:.0f} ms"
+        if self.throttled > MAX_THROTTLED:
+            return f"CPU quota used up (throttled {self.throttled:.0%} of the time)"
         if self.limits.max_age and self.recent_age > self.limits.max_age:
             return f"pictures reach viewers {self.recent_age * 1000:.0f} ms after capture"
         capacity = self.capacity
@@ -222,3 +248,31 @@ class LoadMonitor:
             self.refused += 1
             return None
         return give_back
+
+
+def cgroup_throttled() -> float | None:
+    """Seconds this process's CPU cgroup has been throttled by its quota (cgroup v1 `cpu.stat`
+    throttled_time, v2 throttled_usec), or None when there is no such cgroup to read."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            stat = Path("/sys/fs/cgroup") / controllers / path.lstrip("/") / "cpu.stat"
+            if not stat.exists():
+                stat = Path("/sys/fs/cgroup/cpu") / path.lstrip("/") / "cpu.stat"
+            key, scale = "throttled_time", 1e-9
+        elif controllers == "":
+            stat, key, scale = Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.stat", "throttled_usec", 1e-6
+        else:
+            continue
+        try:
+            for entry in stat.read_text().splitlines():
+                name, _, value = entry.partition(" ")
+                if name == key:
+                    return int(value) * scale
+        except (OSError, ValueError):
+            continue
+    return None
