@@ -87,3 +87,9 @@ def test_header_template_writes_what_aiortc_serializes() -> None:
             first, rest = template.header(timestamp, abs_send_time)
             ours = hooks._HEAD.pack(first, marker << 7 | 102, seq) + rest + b"payload"
             assert ours == packet.serialize(mapping)
+
+
+def test_ntp_now_agrees_with_aiortcs_clock() -> None:
+    from aiortc import clock
+
+    assert abs(hooks._ntp_now() - clock.current_ntp_time()) < (1 << 32) // 100  # within 10 ms

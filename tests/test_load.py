@@ -30,17 +30,15 @@ def test_histogram_buckets_and_quantile() -> None:
     assert histogram.quantile(0.5) == 0.004
 
 
-def test_capacity_from_the_cost_of_one_more_viewer(monkeypatch) -> None:
+def test_capacity_from_the_cost_of_one_more_viewer() -> None:
     viewers = 10
     monitor = LoadMonitor(Limits(max_lag=0.05, send_budget=0.02, max_age=0), lambda: viewers)
-    clock = [100.0]
-    monkeypatch.setattr(load.time, "monotonic", lambda: clock[0])
     assert monitor.capacity is None and monitor.full() is None
+    now = time.time()
     for picture in range(5):
-        for _ in range(viewers):  # each viewer's send takes 1 ms
-            clock[0] += 0.001
-            monitor.sent(1, float(picture))
-        monitor.sent(1, float(picture) - 0.5)  # a newcomer's start run: ignored
+        for _ in range(viewers):  # each viewer's send takes 1 ms of work
+            monitor.sent(1, now + picture, 0.001)
+        monitor.sent(1, now + picture - 0.5, 0.5)  # a newcomer's start run: ignored
     assert monitor.capacity == 20
     viewers = 19
     assert monitor.full() is None
@@ -48,7 +46,7 @@ def test_capacity_from_the_cost_of_one_more_viewer(monkeypatch) -> None:
     assert monitor.full() == "capacity 20 viewers reached"
     # a loop that lags over the limit is full whatever the capacity says
     viewers = 1
-    monitor._lags.extend((clock[0], 0.2) for _ in range(load.MIN_LAG_SAMPLES))
+    monitor._lags.extend((time.monotonic(), 0.2) for _ in range(load.MIN_LAG_SAMPLES))
     assert monitor.full() == "event loop lags 200 ms"
 
 
@@ -58,7 +56,7 @@ def test_pictures_reaching_viewers_late_mean_full() -> None:
         monitor = LoadMonitor(Limits(max_lag=0, send_budget=0, max_age=0.05), lambda: 1)
         now = time.time()
         for picture in range(2 * load.MIN_LAG_SAMPLES):
-            monitor.sent(1, now - late + picture * 1e-5)
+            monitor.sent(1, now - late + picture * 1e-5, 1e-5)
         reason = monitor.full()
         assert (reason is not None and reason.startswith("pictures reach viewers")) if full else reason is None
 
@@ -110,16 +108,16 @@ async def test_metrics_show_capture_to_wire_age_and_loop_lag(serve) -> None:
 
 
 async def test_a_measured_full_server_refuses_newcomers_on_every_transport(serve) -> None:
-    """A send budget far below what one viewer costs: once two viewers watch, the capacity
-    measured is 0; newcomers are refused (1013, 503, 503) and the watchers keep playing."""
-    url, app = await serve(width=160, height=120, max_loop_lag=0, send_budget=1e-9,
-                           max_picture_age=0)
+    """Two viewers watch; then the send budget is set far below what one viewer costs, so the
+    capacity measured is 0: newcomers are refused (1013, 503, 503) and the watchers keep playing."""
+    url, app = await serve(width=160, height=120, max_loop_lag=0, send_budget=0, max_picture_age=0)
     root = url.removesuffix("/ws")
     monitor = app[CAMERAS].load
     watchers = [Viewer(url) for _ in range(2)]
     for watcher in watchers:
         await watcher.connect()
         await watcher.frames(3)
+    monitor.limits.send_budget = 1e-9
     await eventually(lambda: monitor.capacity == 0)
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(url) as ws:

@@ -93,9 +93,11 @@ class LoadMonitor:
     """The server's measured load, and whether one more viewer fits.
 
     `viewers()` counts viewers now (the caller's wiring). Each sender reports every picture it
-    handed to the socket (`sent`); the spread between the first and the last viewer of one
-    picture, over how many got it, is what one viewer costs; `send_budget` over that is the
-    capacity. A probe task measures the event loop's lag.
+    handed to the socket and the work that took (`sent`): the time to send a picture to everyone
+    is that work summed over the viewers, so one viewer costs its mean, and `send_budget` over
+    that is the capacity (timed work, not the wall time between the first and last viewer's
+    send, which other work in between, such as a crowd's handshakes, would inflate). A probe
+    task measures the event loop's lag, and the cgroup's throttling when it has a CPU quota.
     """
 
     def __init__(self, limits: Limits, viewers: Callable[[], int]) -> None:
@@ -104,12 +106,12 @@ class LoadMonitor:
         self.lag = Histogram()
         self.refused = 0
         self._lags: deque[tuple[float, float]] = deque()
-        #: (when, seconds per viewer) of recent pictures sent to more than one viewer
+        #: (when, seconds of work per viewer) of recent pictures
         self._costs: deque[tuple[float, float]] = deque()
         #: (when, seconds from capture to the first viewer's socket) of recent pictures
         self._ages: deque[tuple[float, float]] = deque()
-        #: per feed: the picture being sent (its capture time), first and last send, and count
-        self._pictures: dict[int, tuple[float, float, float, int]] = {}
+        #: per feed: the picture being sent (its capture time), the work its sends took, and how many
+        self._pictures: dict[int, tuple[float, float, int]] = {}
         self._probe: asyncio.Task[None] | None = None
         #: (when, seconds throttled so far) read from the process's CPU cgroup
         self._throttled: deque[tuple[float, float]] = deque()
@@ -147,20 +149,20 @@ class LoadMonitor:
                     self._throttled.append((now, throttled))
                     self._trim(self._throttled, now)
 
-    def sent(self, feed: int, captured: float) -> None:
-        """One viewer's packets of the picture captured at `captured` went to its socket."""
+    def sent(self, feed: int, captured: float, seconds: float) -> None:
+        """One viewer's packets of the picture captured at `captured` went to its socket, which
+        took `seconds` of work (header, SRTP, the sends)."""
         now = time.monotonic()
         current = self._pictures.get(feed)
         if current is not None and current[0] == captured:
-            self._pictures[feed] = (captured, current[1], now, current[3] + 1)
+            self._pictures[feed] = (captured, current[1] + seconds, current[2] + 1)
             return
         if current is not None and captured < current[0]:
             return  # a newcomer's start run: older pictures, sent once, say nothing of the cost
-        if current is not None and current[3] > 1:
-            _, first, last, count = current
-            self._costs.append((last, (last - first) / (count - 1)))
+        if current is not None:
+            self._costs.append((now, current[1] / current[2]))
             self._trim(self._costs, now)
-        self._pictures[feed] = (captured, now, now, 1)
+        self._pictures[feed] = (captured, seconds, 1)
         self._ages.append((now, max(0.0, time.time() - captured)))
         self._trim(self._ages, now)
 
@@ -194,7 +196,7 @@ class LoadMonitor:
 
     @property
     def viewer_cost(self) -> float | None:
-        """Seconds it takes to hand one more viewer a picture, median over the window."""
+        """Seconds of work it takes to hand one more viewer a picture, median over the window."""
         self._trim(self._costs, time.monotonic())
         return statistics.median(cost for _, cost in self._costs) if self._costs else None
 

@@ -22,7 +22,7 @@ import aioice.ice
 import aiortc.rtp
 from aioice import stun
 from aioice.ice import CandidatePair, Connection, StunProtocol
-from aiortc import RTCPeerConnection, RTCRtpSender, clock
+from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -428,6 +428,15 @@ class RtpFrame:
 
 
 _HEAD = struct.Struct("!BBH")
+#: seconds from the NTP epoch (1900) to the Unix epoch
+_NTP_UNIX = 2208988800
+
+
+def _ntp_now() -> int:
+    """The NTP time now, 32.32 fixed point: what aiortc's clock gives, without its datetimes
+    (a few microseconds per call, paid per viewer and picture)."""
+    now = time.time()
+    return (int(now) + _NTP_UNIX) << 32 | int((now % 1.0) * 4294967296.0)
 
 
 class _History:
@@ -435,13 +444,11 @@ class _History:
     packet sent; this keeps a tuple and makes the RtpPacket only when one is asked for again."""
 
     def __init__(self) -> None:
-        self._sent: dict[int, tuple[int, int, int, int, int, bytes, HeaderExtensions]] = {}
-
-    def __setitem__(self, key: int, sent: tuple[int, int, int, int, int, bytes, HeaderExtensions]) -> None:
-        self._sent[key] = sent
+        #: by sequence number modulo RTP_HISTORY_SIZE (the RTP loop writes it directly)
+        self.sent: dict[int, tuple[int, int, int, int, int, bytes, HeaderExtensions]] = {}
 
     def get(self, key: int) -> RtpPacket | None:
-        sent = self._sent.get(key)
+        sent = self.sent.get(key)
         if sent is None:
             return None
         payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions = sent
@@ -451,7 +458,7 @@ class _History:
 
     def values(self) -> list[RtpPacket]:
         """Every packet held (as aiortc's dict has them)."""
-        return [p for p in map(self.get, list(self._sent)) if p is not None]
+        return [p for p in map(self.get, list(self.sent)) if p is not None]
 
 
 class _HeaderTemplate:
@@ -502,7 +509,7 @@ class RtpSendStats:
 
 
 def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParameters], Awaitable[RtpFrame]],
-                  on_sent: Callable[[float], None] | None = None) -> RtpSendStats:
+                  on_sent: Callable[[float, float], None] | None = None) -> RtpSendStats:
     """Replace `sender`'s RTP loop with one that sends pictures already packetized.
 
     aiortc's loop packetizes every picture again for every viewer, builds an RtpPacket and its
@@ -511,8 +518,8 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
     the header and its extensions once per picture (only the sequence number and marker differ
     from packet to packet), encrypts with the viewer's SRTP and hands each packet to the
     nominated pair's socket directly, a whole picture without yielding. RTCP (reports, PLI/FIR,
-    NACK through `__rtp_history`) stays aiortc's. `on_sent(captured)` is called once a picture
-    has been handed to the socket. Call before the connection starts the sender.
+    NACK through `__rtp_history`) stays aiortc's. `on_sent(captured, seconds)` is called once a
+    picture has been handed to the socket, with the seconds that took. Call before the connection starts the sender.
     """
     stats = RtpSendStats()
     history = _History()
@@ -524,6 +531,7 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
         extensions_map: HeaderExtensionsMap = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
         mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
         payload_type: int = codec.payloadType or 0
+        sent = history.sent
         ssrc = sender._ssrc
         sequence_number = random_sequence_number()
         origin = random32()
@@ -539,7 +547,8 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
                 if dtls.state != "connected" or pair is None:
                     raise ConnectionError("not connected")
                 timestamp = (origin + frame.timestamp) & 0xFFFFFFFF
-                ntp = clock.current_ntp_time()
+                began = time.perf_counter()
+                ntp = _ntp_now()
                 abs_send_time = (ntp >> 14) & 0x00FFFFFF
                 extensions = HeaderExtensions(mid=mid, abs_send_time=abs_send_time)
                 if template is None:
@@ -551,7 +560,7 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
                 size = 0
                 for index, payload in enumerate(frame.payloads):
                     marker = 1 if index == last else 0
-                    history[sequence_number % RTP_HISTORY_SIZE] = (
+                    sent[sequence_number % RTP_HISTORY_SIZE] = (
                         payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions)
                     data = protect(_HEAD.pack(first, marker << 7 | payload_type, sequence_number) + rest + payload)
                     sendto(data, remote)
@@ -569,7 +578,7 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
                 stats.frames += 1
                 stats.packets = packets
                 if on_sent is not None:
-                    on_sent(frame.captured)
+                    on_sent(frame.captured, time.perf_counter() - began)
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:  # as aiortc's loop: RTCRtpSender.stop() waits for __rtp_exited

@@ -142,10 +142,10 @@ class Peer:
             meter = self.camera.meters[self.transport]
             feed = id(self.track.encoder)
 
-            def on_sent(captured: float) -> None:
+            def on_sent(captured: float, seconds: float) -> None:
                 meter.wire_age.observe(max(0.0, time.time() - captured))
                 if load is not None:
-                    load.sent(feed, captured)
+                    load.sent(feed, captured, seconds)
 
             # before guard_peer: its NACK cap reads the history this installs
             for sender in self.pc.getSenders():
