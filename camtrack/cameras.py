@@ -159,7 +159,7 @@ class Cameras:
             return False
         if measured and (why := self.load.full()) is not None:
             self.load.refused += 1
-            logger.info("server full: %s", why)
+            logger.debug("server full: %s", why)
             return False
         return True
 

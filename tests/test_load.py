@@ -44,10 +44,16 @@ def test_capacity_from_the_cost_of_one_more_viewer() -> None:
     assert monitor.full() is None
     viewers = 20
     assert monitor.full() == "capacity 20 viewers reached"
-    # a loop that lags over the limit is full whatever the capacity says
-    viewers = 1
+    # a loop that lags over the limit is full whatever the capacity says ...
+    viewers = 12
     monitor._lags.extend((time.monotonic(), 0.2) for _ in range(load.MIN_LAG_SAMPLES))
     assert monitor.full() == "event loop lags 200 ms"
+    # ... and the viewers it had then stay its capacity for a while after the lag is gone
+    monitor._note_overload(time.monotonic())
+    monitor._lags.clear()
+    assert monitor.capacity == 12 and monitor.full() == "capacity 12 viewers reached"
+    viewers = 11
+    assert monitor.full() is None
 
 
 def test_pictures_reaching_viewers_late_mean_full() -> None:

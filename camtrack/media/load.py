@@ -24,12 +24,14 @@ WINDOW = 2.0
 MAX_THROTTLED = 0.02
 #: how often the cgroup's throttling counter is read (every this many lag probes)
 THROTTLE_EVERY = 10
+#: seconds an observed overload caps the capacity at the viewers there were then
+LIMIT_MEMORY = 10.0
 #: lag samples needed before the lag counts (a lone stall at start-up is no load)
 MIN_LAG_SAMPLES = 10
 #: handshakes (offer answered, ICE and DTLS under way) at once; a crowd's others wait their turn
-HANDSHAKES_AT_ONCE = 4
+HANDSHAKES_AT_ONCE = 8
 #: how long a newcomer waits for a handshake turn before it is told the server is full
-HANDSHAKE_WAIT = 2.5
+HANDSHAKE_WAIT = 3.5
 #: a turn is given back after this long even if the peer neither connected nor failed yet
 HANDSHAKE_HOLD = 1.5
 
@@ -75,6 +77,10 @@ class Histogram:
         return float("inf")
 
 
+#: what `full()` says, by the kind of refusal it counts as
+_KINDS = {"lag": "event loop lags", "age": "pictures reach", "throttled": "CPU quota", "capacity": "capacity"}
+
+
 @dataclass
 class Limits:
     """When the server counts as full (besides --max-viewers)."""
@@ -105,6 +111,8 @@ class LoadMonitor:
         self.viewers = viewers
         self.lag = Histogram()
         self.refused = 0
+        #: refusals by why: lag, age, throttled, capacity, turn (no handshake turn in time)
+        self.refusals: dict[str, int] = {}
         self._lags: deque[tuple[float, float]] = deque()
         #: (when, seconds of work per viewer) of recent pictures
         self._costs: deque[tuple[float, float]] = deque()
@@ -115,6 +123,9 @@ class LoadMonitor:
         self._probe: asyncio.Task[None] | None = None
         #: (when, seconds throttled so far) read from the process's CPU cgroup
         self._throttled: deque[tuple[float, float]] = deque()
+        #: (viewers, when): the fewest viewers at which an overload (lag, late pictures,
+        #: throttling) was seen lately; newcomers beyond it are refused until it is forgotten
+        self._limit: tuple[int, float] | None = None
         self._turns: asyncio.Semaphore | None = None
         self.handshaking = 0
 
@@ -148,6 +159,7 @@ class LoadMonitor:
                 if throttled is not None:
                     self._throttled.append((now, throttled))
                     self._trim(self._throttled, now)
+                self._note_overload(now)
 
     def sent(self, feed: int, captured: float, seconds: float) -> None:
         """One viewer's packets of the picture captured at `captured` went to its socket, which
@@ -202,24 +214,52 @@ class LoadMonitor:
 
     @property
     def capacity(self) -> int | None:
-        """Viewers that fit `send_budget`, from the measured cost per viewer (None: unknown yet)."""
+        """Viewers that fit `send_budget`, from the measured cost per viewer, and no more than
+        were watching when an overload was last seen (None: unknown yet)."""
         cost = self.viewer_cost
-        if not self.limits.send_budget or cost is None or cost <= 0:
-            return None
-        return int(self.limits.send_budget / cost + 1e-6)
+        capacity = None
+        if self.limits.send_budget and cost is not None and cost > 0:
+            capacity = int(self.limits.send_budget / cost + 1e-6)
+        if self._limit is not None:
+            if time.monotonic() - self._limit[1] > LIMIT_MEMORY:
+                self._limit = None
+            else:
+                capacity = self._limit[0] if capacity is None else min(capacity, self._limit[0])
+        return capacity
 
-    def full(self, joining: int = 1) -> str | None:
-        """Why `joining` more viewers would not fit now (besides those handshaking), or None."""
+    def _note_overload(self, now: float) -> None:
+        """Remember how many viewers there were when the server was seen overloaded: a crowd
+        arriving after the signals calmed down would otherwise overload it again."""
+        viewers = self.viewers()
+        if viewers and self._overload() is not None:
+            if self._limit is None or now - self._limit[1] > LIMIT_MEMORY or viewers <= self._limit[0]:
+                self._limit = (viewers, now)
+            else:
+                self._limit = (self._limit[0], now)
+
+    def _overload(self) -> str | None:
         if self.limits.max_lag and self.recent_lag > self.limits.max_lag:
             return f"event loop lags {self.recent_lag * 1000:.0f} ms"
         if self.throttled > MAX_THROTTLED:
             return f"CPU quota used up (throttled {self.throttled:.0%} of the time)"
         if self.limits.max_age and self.recent_age > self.limits.max_age:
             return f"pictures reach viewers {self.recent_age * 1000:.0f} ms after capture"
+        return None
+
+    def full(self, joining: int = 1) -> str | None:
+        """Why `joining` more viewers would not fit now (besides those handshaking), or None."""
+        if (overload := self._overload()) is not None:
+            return overload
         capacity = self.capacity
         if capacity is not None and self.viewers() + self.handshaking + joining > capacity:
             return f"capacity {capacity} viewers reached"
         return None
+
+    def refuse(self, why: str) -> None:
+        """Count a newcomer refused, by `why` (a reason from `full()`, or "turn")."""
+        kind = next((k for k, prefix in _KINDS.items() if why.startswith(prefix)), "turn")
+        self.refused += 1
+        self.refusals[kind] = self.refusals.get(kind, 0) + 1
 
     async def handshake_turn(self) -> Callable[[], None] | None:
         """Wait (at most HANDSHAKE_WAIT) for a turn to negotiate; the function returned gives it
@@ -231,7 +271,7 @@ class LoadMonitor:
         try:
             await asyncio.wait_for(turns.acquire(), HANDSHAKE_WAIT)
         except TimeoutError:
-            self.refused += 1
+            self.refuse("turn")
             return None
         self.handshaking += 1
         done = False
@@ -245,9 +285,9 @@ class LoadMonitor:
                 turns.release()
 
         timer = asyncio.get_running_loop().call_later(HANDSHAKE_HOLD, give_back)
-        if self.full(joining=0) is not None:  # it filled up while this one waited
+        if (why := self.full(joining=0)) is not None:  # it filled up while this one waited
             give_back()
-            self.refused += 1
+            self.refuse(why)
             return None
         return give_back
 

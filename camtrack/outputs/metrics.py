@@ -108,8 +108,12 @@ class CameraCollector:
                                 "the time one picture takes to reach every viewer (-1: not known yet).",
                                 value=-1 if capacity is None else capacity)
         yield GaugeMetricFamily("camtrack_handshakes", "Peers negotiating now (paced).", value=load.handshaking)
-        yield CounterMetricFamily("camtrack_viewers_refused_load", "Newcomers refused for the measured load "
-                                  "(event-loop lag, capacity, no handshake turn in time).", value=load.refused)
+        refused = CounterMetricFamily("camtrack_viewers_refused_load", "Newcomers refused for the measured load, "
+                                      "by why: lag, age (pictures late), throttled (CPU quota used up), capacity, "
+                                      "turn (no handshake turn in time).", labels=["reason"])
+        for reason in ("lag", "age", "throttled", "capacity", "turn"):
+            refused.add_metric([reason], load.refusals.get(reason, 0))
+        yield refused
         yield wire
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, encode_time, janus_up, janus_publishes, janus_failures)
