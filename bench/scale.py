@@ -167,6 +167,8 @@ class ScaleRow:
     lag_p50: float | None
     rss: float
     errors: int
+    #: the server's own count of newcomers refused for its load, by reason
+    refusals: str = ""
 
     def cells(self) -> list[str]:
         def ms(value: float | None) -> str:
@@ -177,7 +179,8 @@ class ScaleRow:
 
         return [self.server, str(self.viewers), f"{self.server_cpu:.1f}", f"{self.client_cpu:.0f}",
                 f"{self.fps_min:.1f}", f"{self.fps_mean:.1f}", ms(self.p50), ms(self.p95),
-                bound(self.wire_p50), bound(self.lag_p50), f"{self.rss:.0f}", str(self.errors)]
+                bound(self.wire_p50), bound(self.lag_p50), f"{self.rss:.0f}",
+                f"{self.errors} ({self.refusals})" if self.refusals else str(self.errors)]
 
 
 SCALE_HEADER = ["server", "N", "server CPU %", "clients CPU %", "fps min", "fps mean", "latency p50 ms",
@@ -207,7 +210,19 @@ def ladder_row(name: str, root: Path, placement: Placement, viewers: int, durati
                     min(fps), statistics.mean(fps), percentile(latency, 0.5), percentile(latency, 0.95),
                     histogram_p50(metrics, "camtrack_capture_to_wire_seconds", 'transport="websocket"'),
                     histogram_p50(metrics, "camtrack_event_loop_lag_seconds"), rss,
-                    sum(1 for v in per_viewer if "error" in v))
+                    sum(1 for v in per_viewer if "error" in v), refusals(metrics))
+
+
+def refusals(metrics: str) -> str:
+    """The server's refusals for its load, by reason ("turn 3, lag 1"), from /metrics."""
+    said = []
+    for line in metrics.splitlines():
+        if line.startswith("camtrack_viewers_refused_load_total{"):
+            count = int(float(line.rsplit(" ", 1)[1]))
+            if count:
+                reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                said.append(f"{reason} {count}")
+    return ", ".join(said)
 
 
 def slope(rows: list[ScaleRow]) -> float | None:
@@ -238,6 +253,7 @@ def crowd(placement: Placement, quota: float, max_watchers: int, duration: float
             if line.startswith('camtrack_viewers{camera="default",transport="websocket"}'):
                 admitted = int(float(line.rsplit(" ", 1)[1]))
         capacity = max(1, admitted)
+        probe_refusals = refusals(server.metrics())
         # then a crowd of twice that at the same instant; the watchers are measured meanwhile
         crowders = clients(server.url, placement, 2 * capacity, 0, crowd_at - 1, duration, join_at=crowd_at)
         processes += crowders
@@ -262,7 +278,8 @@ def crowd(placement: Placement, quota: float, max_watchers: int, duration: float
             "crowd": 2 * capacity, "played": len(played), "refused": len(refused), "hung_or_failed": other,
             "slowest_play_s": max(played, default=None), "slowest_refusal_s": max(refused, default=None),
             "outcomes_later_than_5s": sum(1 for t in played + refused if t > OUTCOME_LIMIT),
-            "wire_p50": histogram_p50(metrics, "camtrack_capture_to_wire_seconds", 'transport="websocket"')}
+            "wire_p50": histogram_p50(metrics, "camtrack_capture_to_wire_seconds", 'transport="websocket"'),
+            "server_refusals_while_probing": probe_refusals, "server_refusals_in_all": refusals(metrics)}
 
 
 def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path], quota: float | None,

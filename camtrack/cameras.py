@@ -158,7 +158,7 @@ class Cameras:
         if camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers:
             return False
         if measured and (why := self.load.full()) is not None:
-            self.load.refused += 1
+            self.load.refuse(why)
             logger.debug("server full: %s", why)
             return False
         return True

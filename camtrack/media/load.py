@@ -21,11 +21,13 @@ LAG_PROBE_INTERVAL = 0.05
 WINDOW = 2.0
 #: share of the window the process may spend throttled by its cgroup's CPU quota: past it, the
 #: CPU it was given is used up (a capped server's encoder and loop are starved, not late)
-MAX_THROTTLED = 0.02
+MAX_THROTTLED = 0.05
 #: how often the cgroup's throttling counter is read (every this many lag probes)
 THROTTLE_EVERY = 10
 #: seconds an observed overload caps the capacity at the viewers there were then
 LIMIT_MEMORY = 10.0
+#: consecutive overloaded checks (one every THROTTLE_EVERY probes) before the viewers are remembered
+SUSTAINED_CHECKS = 6
 #: lag samples needed before the lag counts (a lone stall at start-up is no load)
 MIN_LAG_SAMPLES = 10
 #: handshakes (offer answered, ICE and DTLS under way) at once; a crowd's others wait their turn
@@ -126,6 +128,7 @@ class LoadMonitor:
         #: (viewers, when): the fewest viewers at which an overload (lag, late pictures,
         #: throttling) was seen lately; newcomers beyond it are refused until it is forgotten
         self._limit: tuple[int, float] | None = None
+        self._overloaded_checks = 0
         self._turns: asyncio.Semaphore | None = None
         self.handshaking = 0
 
@@ -231,11 +234,12 @@ class LoadMonitor:
         """Remember how many viewers there were when the server was seen overloaded: a crowd
         arriving after the signals calmed down would otherwise overload it again."""
         viewers = self.viewers()
-        if viewers and self._overload() is not None:
-            if self._limit is None or now - self._limit[1] > LIMIT_MEMORY or viewers <= self._limit[0]:
-                self._limit = (viewers, now)
-            else:
-                self._limit = (self._limit[0], now)
+        if not viewers or self._overload() is None:
+            self._overloaded_checks = 0
+            return
+        self._overloaded_checks += 1
+        if self._overloaded_checks >= SUSTAINED_CHECKS:  # sustained, not one newcomer's handshake
+            self._limit = (viewers, now)
 
     def _overload(self) -> str | None:
         if self.limits.max_lag and self.recent_lag > self.limits.max_lag:
