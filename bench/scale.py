@@ -303,11 +303,12 @@ def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path
         print("| " + " | ".join(row.cells()) + " |")
     for name in roots:
         mine = [r for r in rows if r.server == name]
-        per_viewer = slope(mine)
+        served = [r for r in mine if not r.errors]  # a row with refused viewers served fewer than N
+        per_viewer = slope(served)
         good = [r.viewers for r in mine if r.fps_min >= FPS_TARGET and r.p95 is not None and r.p95 <= P95_TARGET]
         print(f"{name}: marginal server CPU per viewer {'-' if per_viewer is None else f'{per_viewer:.3f}'} % of a core "
-              f"(least squares over {len(mine)} rows); largest N of the ladder at >= {FPS_TARGET:g} fps with "
-              f"p95 <= {P95_TARGET:g} ms: {max(good, default=0)}")
+              f"(least squares over the {len(served)} rows without errors); largest N of the ladder at "
+              f">= {FPS_TARGET:g} fps with p95 <= {P95_TARGET:g} ms: {max(good, default=0)}")
     if quota is not None:
         if os.geteuid() != 0 or not CGROUP_CPU.is_dir():
             print("crowd: skipped (needs root and cgroup v1 at /sys/fs/cgroup/cpu)")
