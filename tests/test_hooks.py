@@ -93,3 +93,27 @@ def test_ntp_now_agrees_with_aiortcs_clock() -> None:
     from aiortc import clock
 
     assert abs(hooks._ntp_now() - clock.current_ntp_time()) < (1 << 32) // 100  # within 10 ms
+
+
+async def test_viewers_share_one_packetization_and_camtracks_rtp_loop_sends(serve) -> None:
+    """Two viewers of the shared encoder: each picture is packetized once (its payloads cached
+    on the packet, for both), and camtrack's RTP loop, not aiortc's, sent them."""
+    from camtrack.app import CAMERAS
+    from camtrack.client import Viewer
+    from camtrack.media.feeds import Transport
+    from camtrack.outputs.webrtc.signaling import Session
+
+    url, app = await serve(width=320, height=240)
+    viewers = [Viewer(url), Viewer(url)]
+    for viewer in viewers:
+        await viewer.connect()
+    for viewer in viewers:
+        await viewer.frames(10)
+    camera = app[CAMERAS].first
+    sessions = [v for v in camera.viewers[Transport.WEBSOCKET] if isinstance(v, Session)]
+    peers = [s.peer for s in sessions if s.peer is not None]
+    assert len(peers) == 2 and all(p.rtp is not None and p.rtp.packets > 10 for p in peers)
+    assert camera.feed is not None
+    packed = [p for p in camera.feed._ring if p.shared]
+    assert packed and all(list(p.shared) == ["video/H264"] for p in packed)
+    await asyncio.gather(*(v.close() for v in viewers))
