@@ -44,7 +44,7 @@ from ...media.feeds import FeedClosed, Transport
 from ...media.ratelimit import TokenBucket
 from ..wsvideo import PacketStream
 from .ice import IceContext
-from .peer import OfferError, Peer
+from .peer import OfferError, Peer, ServerFull
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -222,6 +222,11 @@ class Session:
         except OfferError as exc:
             await self._close_peer()
             raise ProtocolError(clip(exc, MAX_ERROR)) from None
+        except ServerFull:
+            if self.peer is peer:
+                self.refuse_full()
+            await peer.close()
+            return
         if self.peer is not peer or self.reason is not None:
             await peer.close()  # replaced or ended while negotiating
             return

@@ -23,7 +23,7 @@ from ...connections import read_body
 from ...logs import ClientLog, clip
 from ...media.feeds import Transport
 from .ice import IceContext
-from .peer import OfferError, Peer
+from .peer import OfferError, Peer, ServerFull
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -131,6 +131,11 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, ice: IceC
         session = WhepSession(camera, cameras, config, remote, sessions, ice)  # pending until it connects
         try:
             answer = await session.peer.answer(sdp)
+        except ServerFull:
+            log.warning(remote, "refused whep viewer %s of %s: server full", remote, camera.name)
+            session.end("server full")
+            await session.closed()
+            raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"}) from None
         except OfferError as exc:
             session.end(f"bad offer: {clip(exc)}")
             await session.closed()
