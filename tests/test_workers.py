@@ -1,0 +1,200 @@
+"""Worker processes (--workers 2): real aiortc viewers over /ws and WHEP, served by two worker
+processes while the camera is opened once and each frame encoded once in the main process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from camtrack.app import CAMERAS, ICE
+from camtrack.client import Viewer
+from camtrack.workers.pool import WorkerPool
+
+from .conftest import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pool_of(app) -> WorkerPool:
+    pool = app[ICE].workers
+    assert isinstance(pool, WorkerPool)
+    return pool
+
+
+async def whep_viewer(base: str, http: aiohttp.ClientSession) -> tuple[RTCPeerConnection, asyncio.Future]:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    track = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track.done() or track.set_result(t))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with http.post(base + "/whep", data=pc.localDescription.sdp,
+                         headers={"Content-Type": "application/sdp"}) as r:
+        assert r.status == 201, await r.text()
+        answer = await r.text()
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return pc, track
+
+
+async def test_viewers_on_two_workers_share_one_camera_and_one_encoder(serve):
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    pool = pool_of(app)
+    assert [w.ready for w in pool.workers] == [True, True]
+    viewers = [Viewer(url) for _ in range(3)]
+    async with aiohttp.ClientSession() as http:
+        try:
+            await asyncio.gather(*(v.connect() for v in viewers))
+            pc, track = await whep_viewer(url.removesuffix("/ws"), http)
+            results = await asyncio.gather(*(v.frames(30, timeout=60) for v in viewers))
+            whep_frames = [await asyncio.wait_for((await asyncio.wait_for(track, 20)).recv(), 20) for _ in range(30)]
+            for frames in [*results, whep_frames]:
+                assert all((f.width, f.height) == (320, 240) for f in frames)
+                pts = [f.pts for f in frames]
+                assert pts == sorted(set(pts))
+            # least loaded: two viewers on each worker, and every one counted as a viewer here
+            assert sorted(w.load for w in pool.workers) == [2, 2]
+            await eventually(lambda: len(camera.viewers["websocket"]) == 3 and len(camera.viewers["whep"]) == 1)
+            # the camera opened once, the encoder ran once, and its one reader per worker is the pump
+            assert camera.stream.runs == 1 and camera.encoder is not None and camera.encoder.stats.runs == 1
+            assert len(camera.encoder.consumers) == 2
+            frames_now = camera.encoder.stats.frames
+            # each worker got each packet once (not once per viewer): at most what was encoded ...
+            for worker in pool.workers:
+                assert worker.pumps["default"].sent <= frames_now
+            # ... and received what was sent (its counters come back once a second)
+            await eventually(lambda: all(w.stats.get("received", {}).get("default", 0) >= 30 for w in pool.workers))
+            for worker in pool.workers:
+                assert worker.stats["received"]["default"] <= worker.pumps["default"].sent
+            # what the workers sent their viewers reaches the main process's meters (/metrics)
+            await eventually(lambda: camera.meters["websocket"].frames >= 90 and camera.meters["whep"].frames >= 30)
+            async with http.get(url.removesuffix("/ws") + "/healthz") as r:
+                health = await r.json()
+            assert health["viewers"] == 4 and [w["peers"] for w in health["workers"]] == [2, 2]
+            await pc.close()
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers))
+    await eventually(lambda: not camera.viewers["websocket"] and not camera.viewers["whep"])
+    await eventually(lambda: all(w.load == 0 and not w.pumps for w in pool.workers))
+    await eventually(lambda: not camera.stream.running)
+
+
+async def test_a_killed_worker_takes_only_its_viewers_and_is_restarted(serve):
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    pool = pool_of(app)
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:  # one after the other: one on each worker
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        assert [w.load for w in pool.workers] == [1, 1]
+        victim = pool.workers[0]
+        old_pid = victim.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        # its viewer is told (bye) and let go; the other one keeps playing
+        assert (await viewers[0].receive("bye", timeout=20))["type"] == "bye"
+        await viewers[1].frames(30, timeout=30)
+        await eventually(lambda: len(camera.viewers["websocket"]) == 1)
+        await eventually(lambda: victim.ready and victim.pid != old_pid, timeout=30)
+        assert not running(old_pid)
+        # the restarted worker takes viewers again (it is the least loaded)
+        again = Viewer(url)
+        viewers.append(again)
+        await again.connect()
+        await again.frames(5, timeout=30)
+        assert victim.load == 1
+        assert camera.stream.runs == 1
+    finally:
+        await asyncio.gather(*(v.close(bye=False) for v in viewers), return_exceptions=True)
+
+
+async def test_the_default_is_the_main_process_and_zero_is_one_per_core(serve):
+    from camtrack import Config
+    from camtrack.workers.pool import worker_count
+
+    assert Config().workers == 1 and worker_count(Config()) == 1
+    assert worker_count(Config(workers=0)) == len(os.sched_getaffinity(0))
+    _, app = await serve(width=320, height=240)
+    assert app[ICE].workers is None
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sigterm_ends_the_workers_promptly():
+    """A real server process with two workers and a viewer: SIGTERM, and every process is gone."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
+         "--width", "320", "--height", "240", "--ice-address", "127.0.0.1", "--webrtc-port", "0",
+         "--workers", "2", "--log-level", "warning"], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        workers: list[int] = []
+        while len(workers) < 2:
+            assert time.monotonic() < deadline and server.poll() is None, "workers did not start"
+            workers = children(server.pid)
+            time.sleep(0.1)
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.1)
+
+        async def watch() -> None:
+            viewer = Viewer(f"http://127.0.0.1:{port}/ws")
+            await viewer.connect()
+            await viewer.frames(5, timeout=30)
+            started = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            await viewer.receive("bye", timeout=10)
+            assert time.monotonic() - started < 5
+            await viewer.close(bye=False)
+
+        asyncio.run(watch())
+        assert server.wait(timeout=10) == 0
+        # (the server reaped them: a worker still running would be an orphan now)
+        assert [pid for pid in workers if running(pid)] == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
