@@ -467,6 +467,9 @@ class Config(CameraSettings):
             raise ValueError("publishing to Janus sends the shared encoder's packets: use --encoder shared")
         if self.workers > 1 and self.encoder != "shared":
             raise ValueError("worker processes send the shared encoder's packets: --workers needs --encoder shared")
+        if self.webrtc_port and self.webrtc_port + self.workers > 65535:
+            raise ValueError(f"--workers {self.workers} take UDP ports up to --webrtc-port + {self.workers}, "
+                             f"past 65535: give a lower --webrtc-port")
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must differ: {', '.join(names)}")

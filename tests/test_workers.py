@@ -198,3 +198,86 @@ def test_sigterm_ends_the_workers_promptly():
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def free_udp_ports(count: int) -> int:
+    """A base port P with P ... P+count-1 free for UDP on loopback (as far as can be told now)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randint(20000, 60000)
+        sockets = []
+        try:
+            for i in range(count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise AssertionError("no free UDP ports")
+
+
+async def test_worker_i_takes_the_webrtc_port_plus_i(serve):
+    import re
+
+    base = free_udp_ports(3)
+    url, app = await serve(width=320, height=240, workers=2, webrtc_port=base, ice_addresses=["127.0.0.1"])
+    assert app[ICE].mux is not None and app[ICE].mux.port == base  # the main process's: the Janus publisher's
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        ports = {int(p) for v in viewers for p in re.findall(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ host", v.answer_sdp)}
+        assert ports == {base + 1, base + 2}
+        assert [w["port"] for w in pool_of(app).describe()] == [base + 1, base + 2]
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+
+
+def test_a_worker_port_taken_is_one_line_and_status_1():
+    import socket
+
+    base = free_udp_ports(3)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("0.0.0.0", base + 2))
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(free_port()),
+             "--source", "pattern", "--webrtc-port", str(base), "--workers", "2", "--log-level", "error"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines == [f"camtrack: error: worker 2 did not start: cannot bind the WebRTC UDP port {base + 2} "
+                     f"(--webrtc-port + 2): Address already in use"], done.stderr
+
+
+async def test_a_passed_through_camera_on_workers(serve, tmp_path):
+    """The camera's own H.264 relayed to the workers: a viewer joining mid-GOP on the other worker
+    starts from the camera's newest keyframe (no join bridge in a worker) and plays."""
+    from camtrack.media.passthrough import PassthroughFeed
+
+    from .test_passthrough import FPS, write_h264
+
+    source = str(write_h264(tmp_path / "camera.mp4", "baseline"))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240, workers=2,
+                           ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    feed = camera.feed
+    assert isinstance(feed, PassthroughFeed)
+    first, late = Viewer(url), Viewer(url)
+    try:
+        await first.connect()
+        await first.frames(10, timeout=30)
+        await eventually(lambda: len(feed._ring.since(lambda p: p.keyframe)) > FPS, timeout=20)
+        await late.connect()
+        frames = await late.frames(30, timeout=20)
+        assert (frames[-1].width, frames[-1].height) == (320, 240)
+        assert sorted(w.load for w in pool_of(app).workers) == [1, 1]
+        assert camera.decoder is not None and camera.decoder.frames == 0  # nothing decoded, nothing encoded
+    finally:
+        await asyncio.gather(first.close(), late.close())

@@ -55,7 +55,7 @@ SOCKET_BUFFER = 1024 * 1024
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(OSError):
     """A worker process could not start (its port is taken, it crashed at start)."""
 
 
@@ -209,8 +209,7 @@ class Pump:
         if packet.codec != self._codec:
             self._announce(packet.codec)
         self.sent += 1
-        self.worker.write(wire.packet(self.camera.name, packet.seq, packet.packet.pts or 0, packet.captured,
-                                      packet.keyframe, bytes(packet.packet)))
+        self.worker.write(self.worker.pool.frame(self.camera.name, packet))
 
     async def _run(self) -> None:
         after = 0
@@ -460,6 +459,8 @@ class WorkerPool:
         #: the --ice-address addresses, resolved: what every worker offers
         self.addresses = addresses
         self.stopping = False
+        #: each camera's newest packet as a frame: made once, written to every worker that wants it
+        self._frames: dict[str, tuple[EncodedPacket, bytes]] = {}
         base = config.webrtc_port
         self.workers = [WorkerProcess(self, i + 1, base + i + 1 if base else 0) for i in range(count)]
 
@@ -470,6 +471,16 @@ class WorkerPool:
         if failed:
             await self.stop()
             raise failed[0]
+
+    def frame(self, camera: str, packet: EncodedPacket) -> bytes:
+        """`packet` of `camera` as a frame for the workers' sockets (made once per packet)."""
+        cached = self._frames.get(camera)
+        if cached is not None and cached[0] is packet:
+            return cached[1]
+        frame = wire.packet(camera, packet.seq, packet.packet.pts or 0, packet.captured, packet.keyframe,
+                            bytes(packet.packet))
+        self._frames[camera] = (packet, frame)
+        return frame
 
     def pick(self) -> WorkerProcess | None:
         """The ready worker with the fewest peers."""
@@ -486,6 +497,7 @@ class WorkerPool:
     async def stop(self) -> None:
         self.stopping = True
         await asyncio.gather(*(w.stop() for w in self.workers))
+        self._frames.clear()
 
 
 AnyPeer = Peer | RemotePeer

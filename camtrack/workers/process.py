@@ -209,7 +209,8 @@ async def run(fd: int) -> None:
         try:
             await mux.open()
         except OSError as exc:
-            writer.write(wire.control({"t": "failed", "error": f"cannot bind UDP port {port}: {exc.strerror or exc}"}))
+            writer.write(wire.control({"t": "failed", "error": f"cannot bind the WebRTC UDP port {port} "
+                                                               f"(--webrtc-port + {index}): {exc.strerror or exc}"}))
             await writer.drain()
             return
         ice.mux = mux
