@@ -281,3 +281,65 @@ async def test_a_passed_through_camera_on_workers(serve, tmp_path):
         assert camera.decoder is not None and camera.decoder.frames == 0  # nothing decoded, nothing encoded
     finally:
         await asyncio.gather(first.close(), late.close())
+
+
+async def test_a_stalled_worker_is_skipped_ahead_not_queued_for(serve, monkeypatch):
+    """A worker that stops reading (SIGSTOP) holds up nobody and queues nothing past a bound; once
+    it reads again it gets the newest packets and its viewer plays on."""
+    from camtrack.workers import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "SOCKET_BUFFER", 16 * 1024)  # (small: the bound is reached in a moment)
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    pool = pool_of(app)
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        stalled, other = pool.workers
+        assert stalled.pid is not None
+        os.kill(stalled.pid, signal.SIGSTOP)
+        try:
+            # the socket fills, then the writer's buffer up to its high-water mark: the pump waits there
+            await eventually(lambda: stalled.buffered >= 64 * 1024, timeout=30)
+            frames = camera.encoder.stats.frames
+            await eventually(lambda: camera.encoder.stats.frames > frames + 30)
+            assert stalled.buffered < 64 * 1024 + 64 * 1024  # the writer's high-water mark and one packet
+            await viewers[1].frames(30, timeout=20)  # the other worker's viewer plays on meanwhile
+        finally:
+            os.kill(stalled.pid, signal.SIGCONT)
+        await viewers[0].frames(30, timeout=20)
+        assert stalled.pumps["default"].skipped > 0  # it got the newest packets, not the backlog
+        assert other.pumps["default"].skipped == 0
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+
+
+def test_workers_exit_when_the_main_process_is_killed():
+    """SIGKILL leaves the main process no time to stop them: its workers see their socket close and go."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
+         "--ice-address", "127.0.0.1", "--webrtc-port", "0", "--workers", "2", "--log-level", "warning"], cwd=ROOT)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers) < 2:
+            assert time.monotonic() < deadline and server.poll() is None, "workers did not start"
+            workers = children(server.pid)
+            time.sleep(0.1)
+        while True:  # ready: the server listens once every worker has started
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.1)
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived the main process"
+        time.sleep(0.1)

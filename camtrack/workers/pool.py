@@ -48,9 +48,9 @@ STABLE = 30.0
 STOP_GRACE = 1.5
 #: a worker more than this many packets behind a camera is skipped to the newest (its tracks resync)
 MAX_LAG = JOIN_FRAMES
-#: the socket's buffer to a worker: a few keyframes, so a burst does not wait, and a stalled worker
-#: holds at most this much (plus one packet in the writer)
-SOCKET_BUFFER = 1024 * 1024
+#: the socket's buffer to a worker (the kernel doubles it): a few keyframes, so a burst does not wait,
+#: and what a stalled worker can leave queued (with the writer's 64 KiB and one packet) is this much
+SOCKET_BUFFER = 128 * 1024
 #: the directory that holds the camtrack package, for the workers' `python -m`
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
@@ -193,6 +193,8 @@ class Pump:
         self.feed = feed
         self.kind = "passthrough" if isinstance(feed, PassthroughFeed) else "encoder"
         self.sent = 0
+        #: packets this worker never got: it read too slowly, and newer ones went instead
+        self.skipped = 0
         self._codec: CodecInfo | None = None
         self._stopped = False
         # attached and announced before the first offer is sent: the worker has the feed to answer with
@@ -219,11 +221,14 @@ class Pump:
                 after = packet.seq
             while not self._stopped:
                 latest = self.feed.latest
+                ask = after
                 if after and latest is not None and latest.seq - after > MAX_LAG:
-                    after = latest.seq - 1  # newest wins: this worker read too slowly
-                read = await self.feed.next_packet(after)
+                    ask = latest.seq - 1  # newest wins: this worker read too slowly
+                read = await self.feed.next_packet(ask)
                 if self._stopped:
                     break
+                if after:
+                    self.skipped += read.item.seq - after - 1
                 self._send(read.item)
                 after = read.item.seq
                 await self.worker.drain()
@@ -277,9 +282,17 @@ class WorkerProcess:
         return {"index": self.index, "pid": self.pid, "ready": self.ready, "port": self.port, "starts": self.starts,
                 "peers": len(self.peers), "cameras": sorted(self.pumps),
                 "sent": {name: pump.sent for name, pump in self.pumps.items()},
+                "skipped": {name: pump.skipped for name, pump in self.pumps.items()},
+                "buffered": self.buffered,
                 "received": self.stats.get("received", {})}
 
     # -- the socket
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written to the worker that wait in this process (not yet in the socket's buffer)."""
+        writer = self._writer
+        return writer.transport.get_write_buffer_size() if writer is not None else 0
 
     def send(self, message: dict[str, Any]) -> None:
         self.write(wire.control(message))
