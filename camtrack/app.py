@@ -91,11 +91,10 @@ def create_app(config: Config) -> web.Application:
     app.router.add_static("/static/", config.static_dir)
     whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
-    metrics.add_routes(app, cameras)
-
     undo_ice: list[Callable[[], None]] = []
     #: the worker processes (--workers > 1); else viewers are served here
     pool: WorkerPool | None = None
+    metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [])
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them

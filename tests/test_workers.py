@@ -45,7 +45,8 @@ async def whep_viewer(base: str, http: aiohttp.ClientSession) -> tuple[RTCPeerCo
 
 
 async def test_viewers_on_two_workers_share_one_camera_and_one_encoder(serve):
-    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    # (keyframes every 30 s: the ones seen here are the ones asked for)
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"], keyframe_interval=30)
     camera = app[CAMERAS].first
     pool = pool_of(app)
     assert [w.ready for w in pool.workers] == [True, True]
@@ -69,16 +70,29 @@ async def test_viewers_on_two_workers_share_one_camera_and_one_encoder(serve):
             frames_now = camera.encoder.stats.frames
             # each worker got each packet once (not once per viewer): at most what was encoded ...
             for worker in pool.workers:
-                assert worker.pumps["default"].sent <= frames_now
+                assert worker.sent["default"] <= frames_now
             # ... and received what was sent (its counters come back once a second)
             await eventually(lambda: all(w.stats.get("received", {}).get("default", 0) >= 30 for w in pool.workers))
             for worker in pool.workers:
-                assert worker.stats["received"]["default"] <= worker.pumps["default"].sent
+                assert worker.stats["received"]["default"] <= worker.sent["default"]
             # what the workers sent their viewers reaches the main process's meters (/metrics)
             await eventually(lambda: camera.meters["websocket"].frames >= 90 and camera.meters["whep"].frames >= 30)
             async with http.get(url.removesuffix("/ws") + "/healthz") as r:
                 health = await r.json()
             assert health["viewers"] == 4 and [w["peers"] for w in health["workers"]] == [2, 2]
+            async with http.get(url.removesuffix("/ws") + "/metrics") as r:
+                metrics = await r.text()
+            assert 'camtrack_worker_peers{worker="1"} 2.0' in metrics and 'camtrack_worker_up{worker="2"} 1.0' in metrics
+            assert 'camtrack_worker_packets_sent_total{camera="default",worker="1"}' in metrics
+            # a viewer joining long after the last keyframe: its worker asks the main process's encoder for one
+            requests = [w.keyframe_requests for w in pool.workers]
+            forced = camera.encoder.stats.forced_keyframes
+            late = Viewer(url)
+            viewers.append(late)
+            await late.connect()
+            await late.frames(5, timeout=30)
+            assert sum(w.keyframe_requests for w in pool.workers) > sum(requests)
+            assert camera.encoder.stats.forced_keyframes > forced
             await pc.close()
         finally:
             await asyncio.gather(*(v.close() for v in viewers))
@@ -343,3 +357,21 @@ def test_workers_exit_when_the_main_process_is_killed():
     while any(running(pid) for pid in workers):
         assert time.monotonic() < deadline, "a worker outlived the main process"
         time.sleep(0.1)
+
+
+async def test_max_viewers_counts_the_viewers_of_every_worker(serve):
+    url, app = await serve(width=320, height=240, workers=2, max_viewers=2, ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        await eventually(lambda: len(camera.viewers["websocket"]) == 2)
+        assert sorted(w.load for w in pool_of(app).workers) == [1, 1]
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            assert await ws.receive_json(timeout=10) == {"type": "error", "message": "server full"}
+            closing = await ws.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))

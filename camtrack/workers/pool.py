@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,7 @@ class Pump:
         if packet.codec != self._codec:
             self._announce(packet.codec)
         self.sent += 1
+        self.worker.sent[self.camera.name] += 1
         self.worker.write(self.worker.pool.frame(self.camera.name, packet))
 
     async def _run(self) -> None:
@@ -227,8 +229,9 @@ class Pump:
                 read = await self.feed.next_packet(ask)
                 if self._stopped:
                     break
-                if after:
+                if after and read.item.seq > after + 1:
                     self.skipped += read.item.seq - after - 1
+                    self.worker.skipped[self.camera.name] += read.item.seq - after - 1
                 self._send(read.item)
                 after = read.item.seq
                 await self.worker.drain()
@@ -268,6 +271,11 @@ class WorkerProcess:
         self.pumps: dict[str, Pump] = {}
         #: what its last stats said: peers, packets received per camera
         self.stats: dict[str, Any] = {}
+        #: over the server's life, per camera: packets written to this worker, packets it was skipped
+        #: ahead of (it read too slowly), and its keyframe requests
+        self.sent: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.keyframe_requests = 0
         self._meters: dict[tuple[str, str], tuple[int, int, int]] = {}
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -281,9 +289,8 @@ class WorkerProcess:
     def describe(self) -> dict[str, Any]:
         return {"index": self.index, "pid": self.pid, "ready": self.ready, "port": self.port, "starts": self.starts,
                 "peers": len(self.peers), "cameras": sorted(self.pumps),
-                "sent": {name: pump.sent for name, pump in self.pumps.items()},
-                "skipped": {name: pump.skipped for name, pump in self.pumps.items()},
-                "buffered": self.buffered,
+                "sent": dict(self.sent), "skipped": dict(self.skipped), "buffered": self.buffered,
+                "keyframe_requests": self.keyframe_requests,
                 "received": self.stats.get("received", {})}
 
     # -- the socket
@@ -404,6 +411,7 @@ class WorkerProcess:
     def _message(self, message: dict[str, Any]) -> None:
         kind = message["t"]
         if kind == "keyframe":
+            self.keyframe_requests += 1
             camera = self.pool.cameras.get(message["camera"])
             if camera is not None and camera.feed is not None:
                 camera.feed.request_keyframe()
