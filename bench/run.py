@@ -4,6 +4,7 @@
     python -m bench.run --quick    # a CI-sized run
     python -m bench.run --modes shared --codecs h264 --viewers 8,16 --workers 1,2
                                    # the same rows served by the main process, then by 2 worker processes
+    python -m bench.run --browser  # latency in Chromium: WebRTC, and the websocket with WebCodecs, MSE
 
 Each row starts `server.py` as its own process on loopback with the test pattern, connects
 N aiortc viewers from separate client processes, and measures one time window. At most
@@ -226,7 +227,15 @@ def main() -> None:
     parser.add_argument("--workers", default="1", metavar="N[,N...]",
                         help="the server's --workers, each a row of its own (default 1: the main process alone); "
                              "server CPU and RSS are the main process's and its workers' together")
+    parser.add_argument("--browser", action="store_true",
+                        help="only the latency in Chromium on loopback of WebRTC against the websocket fallback "
+                             "(WebCodecs, MSE); needs root and Debian's chromium (bench/browser.py)")
     args = parser.parse_args()
+    if args.browser:
+        from . import browser
+
+        browser.report(args.duration or 20.0)
+        return
 
     duration = args.duration or (4.0 if args.quick else 10.0)
     counts = [int(n) for n in (args.viewers or ("1,4" if args.quick else "1,4,16")).split(",")]

@@ -1,19 +1,39 @@
 // camtrack viewer: negotiates a receive-only WebRTC video over /ws and reconnects on failure.
+// When WebRTC does not connect within FALLBACK_MS (UDP blocked), or the page is opened with
+// ?transport=ws, the same socket carries the camera's packets instead (wsplayer.js plays them),
+// and a browser that can play neither shows the MJPEG stream.
 // The protocol is described in the README ("Signaling protocol").
 "use strict";
 
 const video = document.getElementById("video");
+const canvas = document.getElementById("canvas");
+const picture = document.getElementById("picture");
 const statusEl = document.getElementById("status");
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 5000;
 const DISCONNECTED_GRACE_MS = 4000;
+const FALLBACK_MS = 3000;
+// a WebRTC attempt that fails outright before connecting is tried once more (one can fail by bad
+// luck: a busy machine, a network change); the second such failure in a row means the websocket
+const FAILED_ATTEMPTS = 2;
+const pageParams = new URLSearchParams(location.search);
 
 // Exposed for tests and for curious people in the console.
 const camtrack = (window.camtrack = {
   state: "connecting", pc: null, ws: null, connects: 0, lastError: null, hello: null,
-  camera: new URLSearchParams(location.search).get("camera"), // null: the server's first camera
+  camera: pageParams.get("camera"), // null: the server's first camera
   token: () => sessionStorage.getItem(TOKEN_KEY),
   switchCamera,
+  // "webrtc", "websocket" (the packets over /ws) or "mjpeg"; `decoder` says how they play
+  transport: null, decoder: null, player: null,
+  // once WebRTC failed to connect, this page keeps to the websocket (its network blocks UDP)
+  streamOnly: pageParams.get("transport") === "ws" || !window.RTCPeerConnection,
+  // what shows the picture now, and its size (the latency readout and the overlay use it)
+  view() {
+    if (camtrack.decoder === "webcodecs") return { element: canvas, width: canvas.width, height: canvas.height };
+    if (camtrack.decoder === "mjpeg") return { element: picture, width: picture.naturalWidth, height: picture.naturalHeight };
+    return { element: video, width: video.videoWidth, height: video.videoHeight };
+  },
 });
 
 // A token in the page's URL (/?token=...) is moved out of the address bar and sent as the
@@ -32,6 +52,8 @@ const TOKEN_KEY = "camtrack-token";
 let retries = 0;
 let retryTimer = null;
 let disconnectTimer = null;
+let fallbackTimer = null;
+let failedAttempts = 0; // WebRTC attempts in a row that failed before connecting
 
 function setState(state, detail) {
   camtrack.state = state;
@@ -49,14 +71,34 @@ function send(ws, message) {
   if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
 }
 
-function teardown() {
-  clearTimeout(disconnectTimer);
-  const { ws, pc } = camtrack;
-  camtrack.ws = camtrack.pc = null;
+function closePeer() {
+  clearTimeout(fallbackTimer);
+  const pc = camtrack.pc;
+  camtrack.pc = null;
   if (pc) {
     pc.onconnectionstatechange = pc.onicecandidate = pc.ontrack = null;
     pc.close();
+    video.srcObject = null; // (it would hide a media source's picture)
   }
+}
+
+function show(element) {
+  for (const e of [video, canvas, picture]) e.hidden = e !== element;
+}
+
+function stopPlayer() {
+  if (camtrack.player) camtrack.player.close();
+  camtrack.player = null;
+  if (picture.getAttribute("src")) picture.removeAttribute("src");
+  show(video);
+}
+
+function teardown() {
+  clearTimeout(disconnectTimer);
+  closePeer();
+  stopPlayer();
+  const ws = camtrack.ws;
+  camtrack.ws = null;
   if (ws) {
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     if (ws.readyState === WebSocket.OPEN) send(ws, { type: "bye" });
@@ -88,10 +130,21 @@ function connect() {
   teardown();
   setState("connecting");
   const ws = new WebSocket(wsUrl());
+  ws.binaryType = "arraybuffer";
   camtrack.ws = ws;
   // always authenticate first: a server without a token ignores it, one with a token needs it
   ws.onopen = () => send(ws, { type: "auth", token: sessionStorage.getItem(TOKEN_KEY) || "" });
   ws.onmessage = (event) => {
+    if (typeof event.data !== "string") {
+      if (camtrack.ws !== ws || !camtrack.player) return;
+      try {
+        camtrack.player.push(event.data);
+      } catch (error) {
+        console.error(error);
+        reconnect(String(error.message || error));
+      }
+      return;
+    }
     let message;
     try {
       message = JSON.parse(event.data);
@@ -113,7 +166,8 @@ async function handle(ws, message) {
       camtrack.hello = message;
       camtrack.camera = message.camera || camtrack.camera;
       document.dispatchEvent(new CustomEvent("camtrack:hello", { detail: message }));
-      await startPeer(ws, message);
+      if (camtrack.streamOnly) startStream(ws, message);
+      else await startPeer(ws, message);
       break;
     case "answer":
       if (camtrack.ws === ws && camtrack.pc) {
@@ -131,14 +185,81 @@ async function handle(ws, message) {
       }
       break;
     case "bye":
-      reconnect("server hung up");
+      if (camtrack.transport === "webrtc" && !camtrack.peerConnected) {
+        // the server's side of WebRTC gave up before connecting (UDP blocked there, or the
+        // negotiation timed out): again, or come back for the packets over the websocket
+        failedAttempts += 1;
+        if (failedAttempts >= FAILED_ATTEMPTS) camtrack.streamOnly = true;
+        reconnect("WebRTC could not connect");
+      } else {
+        reconnect("server hung up");
+      }
       break;
   }
 }
 
+// WebRTC could not connect (or is not wanted): the camera's packets over this same socket.
+function startStream(ws, hello) {
+  closePeer();
+  const codec = (hello.codecs || [])[0];
+  let kind = hello.stream ? CamtrackPlayers.choose(codec) : "mjpeg";
+  if (kind === "mse" && codec !== "h264") kind = "mjpeg"; // the muxer writes H.264 only
+  if (kind === "mjpeg") return startMjpeg(ws, hello);
+  camtrack.transport = "websocket";
+  camtrack.decoder = kind;
+  let live = false;
+  camtrack.player = CamtrackPlayers.create(kind, {
+    video, canvas, hello,
+    onFrame() {
+      if (live || camtrack.ws !== ws) return;
+      live = true;
+      retries = 0;
+      camtrack.connects += 1;
+      setState("live");
+    },
+    onError(reason) {
+      if (camtrack.ws === ws) reconnect(reason);
+    },
+  });
+  show(camtrack.player.element);
+  send(ws, { type: "stream" });
+}
+
+// Neither WebCodecs nor MSE (nor WebRTC): the server's MJPEG, which an <img> plays by itself.
+function startMjpeg(ws, hello) {
+  camtrack.transport = camtrack.decoder = "mjpeg";
+  // the socket has nothing more to carry: hang it up (its closing is no reason to reconnect)
+  ws.onmessage = ws.onclose = ws.onerror = null;
+  send(ws, { type: "bye" });
+  ws.close();
+  camtrack.ws = null;
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  // an <img> cannot send a header: the token goes in its URL (the server keeps it out of its log)
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  picture.onload = () => {
+    retries = 0;
+    camtrack.connects += 1;
+    setState("live");
+  };
+  picture.onerror = () => reconnect("the MJPEG stream ended");
+  picture.src = `/cameras/${encodeURIComponent(hello.camera)}/mjpeg${query}`;
+  show(picture);
+}
+
 async function startPeer(ws, hello) {
+  camtrack.transport = "webrtc";
+  camtrack.decoder = "webrtc";
   const pc = new RTCPeerConnection({ iceServers: hello.iceServers || [] });
   camtrack.pc = pc;
+  // no connection within FALLBACK_MS of the offer (UDP blocked, no usable candidate): use the websocket
+  const fallBack = (why) => {
+    if (camtrack.pc !== pc || camtrack.ws !== ws) return;
+    console.info(`camtrack: WebRTC ${why}; playing over the websocket`);
+    camtrack.streamOnly = true;
+    startStream(ws, hello);
+  };
+  let connected = false;
+  camtrack.peerConnected = false;
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.ontrack = (event) => {
     video.srcObject = event.streams[0] || new MediaStream([event.track]);
@@ -160,6 +281,9 @@ async function startPeer(ws, hello) {
     const state = pc.connectionState;
     clearTimeout(disconnectTimer);
     if (state === "connected") {
+      clearTimeout(fallbackTimer);
+      connected = camtrack.peerConnected = true;
+      failedAttempts = 0;
       retries = 0;
       camtrack.connects += 1;
       setState("live");
@@ -167,7 +291,8 @@ async function startPeer(ws, hello) {
       setState("connecting", "connection interrupted");
       disconnectTimer = setTimeout(() => reconnect("connection lost"), DISCONNECTED_GRACE_MS);
     } else if (state === "failed") {
-      reconnect("connection failed");
+      if (!connected && ++failedAttempts >= FAILED_ATTEMPTS) fallBack("failed to connect twice");
+      else reconnect("connection failed");
     }
   };
   const offer = await pc.createOffer();
@@ -175,6 +300,12 @@ async function startPeer(ws, hello) {
   if (camtrack.pc !== pc) return; // replaced while we waited
   send(ws, { type: "offer", sdp: pc.localDescription.sdp });
   offered = true;
+  // counted from the offer: the page's own start-up is not the network's fault
+  fallbackTimer = setTimeout(() => {
+    // ICE through but DTLS still going (a busy machine): that is no blocked network, let it finish
+    if (["connected", "completed"].includes(pc.iceConnectionState)) return;
+    fallBack(`ICE did not connect within ${FALLBACK_MS / 1000} s`);
+  }, FALLBACK_MS);
   pending.splice(0).forEach((message) => send(ws, message));
 }
 

@@ -38,12 +38,12 @@
   const stampContext = stampCanvas.getContext("2d", { willReadFrequently: true });
 
   function readLatency() {
-    const width = video.videoWidth;
+    const { element, width } = camtrack.view();
     if (!width || width < 32) return null;
     const cell = Math.max(1, Math.min(16, Math.floor(width / 32)));
     stampCanvas.width = cell * 32;
     stampCanvas.height = cell;
-    stampContext.drawImage(video, 0, 0, cell * 32, cell, 0, 0, cell * 32, cell);
+    stampContext.drawImage(element, 0, 0, cell * 32, cell, 0, 0, cell * 32, cell);
     const pixels = stampContext.getImageData(0, 0, cell * 32, cell).data;
     const y = Math.floor(cell / 2);
     let stamp = 0;
@@ -59,23 +59,47 @@
     return latency >= -1000 && latency < 60000 ? latency : null;
   }
 
+  camtrack.readLatency = readLatency; // for benchmarks: the stamp of what is shown now
+
   // --- the stats overlay, from getStats() once a second
   let previous = null;
   let previousPc = null;
+  const TRANSPORTS = { webrtc: "WebRTC", webcodecs: "websocket (WebCodecs)", mse: "websocket (MSE)", mjpeg: "MJPEG" };
+
+  // rows of a websocket player's own counters: the same rates getStats() gives for WebRTC
+  function playerRows(player, rows) {
+    const now = performance.now();
+    const { frames, bytes } = player.stats;
+    if (player.stats.codec) rows.push(["codec", player.stats.codec]);
+    if (previous && previous.player === player && now > previous.at) {
+      const seconds = (now - previous.at) / 1000;
+      rows.push(["fps", ((frames - previous.frames) / seconds).toFixed(0)]);
+      rows.push(["bitrate", `${(((bytes - previous.bytes) * 8) / seconds / 1e6).toFixed(2)} Mbit/s`]);
+    } else {
+      rows.push(["fps", "-"], ["bitrate", "-"]);
+    }
+    rows.push(["resyncs", String(player.stats.resyncs)]);
+    previous = { player, at: now, frames, bytes };
+  }
+
   async function updateStats() {
     const pc = camtrack.pc;
-    if (overlay.hidden || !pc) return;
+    const player = camtrack.player;
+    if (overlay.hidden || !(pc || player || camtrack.decoder === "mjpeg")) return;
     if (pc !== previousPc) previous = null; // rates are per connection
     previousPc = pc;
-    const report = await pc.getStats();
+    const report = pc ? await pc.getStats() : new Map();
     let inbound = null;
     let pair = null;
     report.forEach((r) => {
       if (r.type === "inbound-rtp" && r.kind === "video") inbound = r;
       if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r;
     });
+    const view = camtrack.view();
     const rows = [["state", camtrack.state], ["camera", camtrack.camera || "-"]];
-    rows.push(["resolution", video.videoWidth ? `${video.videoWidth}×${video.videoHeight}` : "-"]);
+    rows.push(["transport", TRANSPORTS[camtrack.decoder] || "-"]);
+    rows.push(["resolution", view.width ? `${view.width}×${view.height}` : "-"]);
+    if (player) playerRows(player, rows);
     if (inbound) {
       const codec = inbound.codecId && report.get(inbound.codecId);
       if (codec) rows.push(["codec", codec.mimeType.replace("video/", "")]);
@@ -126,7 +150,9 @@
     if (video.webkitEnterFullscreen) video.webkitEnterFullscreen();
   }
   document.getElementById("fullscreen").addEventListener("click", toggleFullscreen);
-  video.addEventListener("dblclick", toggleFullscreen);
+  for (const element of [video, document.getElementById("canvas"), document.getElementById("picture")]) {
+    element.addEventListener("dblclick", toggleFullscreen);
+  }
 
   // --- snapshot: the server's JPEG of the same camera, downloaded
   async function snapshot() {

@@ -24,14 +24,17 @@ class Transport(enum.StrEnum):
     A string enum: a member is equal to (and hashes as) its value, so JSON and metric labels
     take it as it is."""
 
+    #: WebRTC negotiated over `/ws`
     WEBSOCKET = "websocket"
+    #: the packets themselves over `/ws` (the fallback when WebRTC cannot connect)
+    WS_VIDEO = "ws-video"
     WHEP = "whep"
     MJPEG = "mjpeg"
     JANUS = "janus"
 
 
 #: the transports of viewers proper (the Janus publisher is counted apart)
-VIEWER_TRANSPORTS = (Transport.WEBSOCKET, Transport.WHEP, Transport.MJPEG)
+VIEWER_TRANSPORTS = (Transport.WEBSOCKET, Transport.WS_VIDEO, Transport.WHEP, Transport.MJPEG)
 
 
 class SourceError(Exception):

@@ -70,7 +70,7 @@ class CameraCollector:
                 meter = camera.meters[transport]
                 sent.add_metric([name, transport], meter.frames)
                 sent_bytes.add_metric([name, transport], meter.bytes)
-                if transport is not Transport.MJPEG:
+                if transport in (Transport.WEBSOCKET, Transport.WHEP):  # the WebRTC ones
                     failures.add_metric([name, transport], meter.negotiation_failures)
             up.add_metric([name], 1 if camera.stream.state == "up" else 0)
             watched.add_metric([name], 1 if camera.stream.consumers else 0)

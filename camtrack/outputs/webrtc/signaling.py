@@ -8,6 +8,9 @@ Every message is a JSON text frame, an object with a "type":
 - client → server, optional trickle: {"type": "candidate", "candidate": "candidate:...",
   "sdpMid": "0", "sdpMLineIndex": 0}; {"type": "candidate", "candidate": null} ends them
 - either side: {"type": "bye"}
+- client → server: {"type": "stream"}: no WebRTC; the camera's packets come as binary messages on
+  this socket (camtrack.outputs.wsvideo), the fallback when WebRTC cannot connect. An offer
+  afterwards goes back to WebRTC.
 - server → client: {"type": "error", "message": "..."} for anything it cannot use
 
 With a token configured, a client that did not put `?token=` in the URL sends
@@ -16,8 +19,8 @@ Closing the socket closes the peer and the other way round; a new offer replaces
 
 The session is *pending* (camtrack.cameras) until its peer connects, then a viewer: "server full"
 comes when the socket opens if the viewers already fill the server, else when the peer connects
-if they filled it meanwhile. A client that does not read its socket is closed after SEND_TIMEOUT
-with at most a small send buffer held for it.
+if they filled it meanwhile; a streaming session is a viewer as soon as it asks. A client that
+does not read its socket is closed after SEND_TIMEOUT with at most a small send buffer held for it.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from ...access import bearer_token, find_camera, origin_allowed, token_matches
 from ...cameras import Camera, Cameras
 from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
-from ...media.feeds import Transport
+from ...media.feeds import FeedClosed, Transport
 from ...media.ratelimit import TokenBucket
 from ...workers.pool import AnyPeer, make_peer
+from ..wsvideo import PacketStream
 from .ice import IceContext
 from .peer import OfferError
 
@@ -58,6 +62,9 @@ SEND_TIMEOUT = 5.0
 #: the kernel's send buffer for a websocket (it doubles it): messages are a few KiB, so this
 #: bounds what a client that does not read costs without slowing one that does
 SEND_BUFFER = 16 * 1024
+#: ... and for one that streams video over it: a keyframe or two (about 0.5 s at 1 Mbit/s), so a
+#: slow reader's backlog stays short and it skips to the next keyframe instead
+STREAM_SEND_BUFFER = 32 * 1024
 #: bytes aiohttp's transport buffers above the kernel's before a send waits
 WRITE_BUFFER = 16 * 1024
 #: the longest error message sent back (client data in it is clipped shorter, see camtrack.logs)
@@ -71,8 +78,6 @@ class ProtocolError(ValueError):
 class Session:
     """One viewer's websocket and the peer connection negotiated over it."""
 
-    transport = Transport.WEBSOCKET
-
     def __init__(self, ws: web.WebSocketResponse, remote: str, config: Config, camera: Camera,
                  cameras: Cameras, transport: asyncio.Transport | None = None, ice: IceContext | None = None) -> None:
         self.ws = ws
@@ -83,6 +88,10 @@ class Session:
         self.cameras = cameras
         self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
         self.peer: AnyPeer | None = None
+        #: WEBSOCKET while it negotiates WebRTC, WS_VIDEO while it streams over the socket
+        self.transport = Transport.WEBSOCKET
+        self.stream: PacketStream | None = None
+        self._streaming: asyncio.Task[None] | None = None
         self.reason: str | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._teardown: asyncio.Task[None] | None = None
@@ -94,7 +103,7 @@ class Session:
 
     @property
     def is_viewer(self) -> bool:
-        return self in self.camera.viewers[Transport.WEBSOCKET]
+        return self in self.camera.viewers[self.transport]
 
     async def run(self, authorized: bool) -> None:
         """Greet the client (after its auth message if needed), then handle its messages."""
@@ -152,6 +161,8 @@ class Session:
             "width": settings.width,
             "height": settings.height,
             "fps": settings.fps,
+            # whether {"type": "stream"} can work: the camera has one packet feed for everyone
+            "stream": self.camera.feed is not None,
         })
 
     async def on_auth(self, message: dict[str, Any]) -> bool:
@@ -168,12 +179,14 @@ class Session:
             await self.on_offer(message)
         elif kind == "candidate":
             await self.on_candidate(message)
+        elif kind == "stream":
+            await self.on_stream()
         elif kind == "bye":
             self.end("said bye")
         elif kind == "auth":
             pass  # already authorized: harmless
         else:
-            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate or bye")
+            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate, stream or bye")
 
     async def on_offer(self, message: dict[str, Any]) -> None:
         sdp = message.get("sdp")
@@ -187,6 +200,12 @@ class Session:
             self.cameras.leave(self.camera, self)
             self.cameras.hold(self.camera, self)
             await self._close_peer()
+        if self._streaming is not None:
+            log.info(self.remote, "viewer %s: an offer ends its websocket stream", self.remote)
+            self.cameras.leave(self.camera, self)
+            await self._stop_stream()
+            self.transport = Transport.WEBSOCKET
+            self.cameras.hold(self.camera, self)
         if self.reason is not None:
             return  # the session ended meanwhile
         if not self.cameras.has_room(self.camera):  # before the peer (and maybe the camera) starts
@@ -208,6 +227,62 @@ class Session:
             await peer.close()  # replaced or ended while negotiating
             return
         await self.send({"type": "answer", "sdp": answer})
+
+    async def on_stream(self) -> None:
+        """Stop any WebRTC peer and send the camera's packets over this socket instead."""
+        feed = self.camera.feed
+        if feed is None:
+            raise ProtocolError("this camera has no shared packet feed to stream (--encoder per-viewer): "
+                                "use WebRTC or /mjpeg")
+        if self._streaming is not None:
+            raise ProtocolError("already streaming")
+        self.cameras.leave(self.camera, self)  # a connected peer's viewer no more
+        self.stream = PacketStream(feed, self.camera.meters[Transport.WS_VIDEO])  # (before: no idle clock)
+        await self._close_peer()
+        if self.reason is not None:
+            return
+        self.transport = Transport.WS_VIDEO
+        if not self.cameras.admit(self.camera, self):
+            self.refuse_full()
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self.connection is not None:
+            sock = self.connection.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+        log.info(self.remote, "viewer %s of %s streams over the websocket (%s)", self.remote, self.camera.name,
+                 feed.codec.codec)
+        self._streaming = asyncio.ensure_future(self._stream(self.stream))
+
+    async def _stream(self, stream: PacketStream) -> None:
+        try:
+            await stream.run(self.send_bytes)
+        except FeedClosed:
+            pass  # the feed stopped (the server shuts down): the session ends with it
+        if self.reason is None and self.stream is stream:
+            self.end("stream ended")
+
+    async def _stop_stream(self) -> None:
+        task, self._streaming, self.stream = self._streaming, None, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def send_bytes(self, data: bytes) -> bool:
+        """One binary message; False when the socket is gone or did not take it in time."""
+        if self.ws.closed or self.reason is not None:
+            return False
+        try:
+            # like send(): a client that does not read for that long is dropped, not queued for
+            await asyncio.wait_for(self.ws.send_bytes(data), SEND_TIMEOUT)
+        except TimeoutError:
+            self.abort(f"did not read its video for {SEND_TIMEOUT:g} s")
+            return False
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     async def on_candidate(self, message: dict[str, Any]) -> None:
         if self.peer is None:
@@ -274,6 +349,7 @@ class Session:
     async def _close_all(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
+        await self._stop_stream()
         if self._error is not None:
             await self.send_error(self._error)
         await self._close_peer()
@@ -295,7 +371,7 @@ class Session:
         peer, self.peer = self.peer, None
         if peer is not None:
             await peer.close()
-        if self.reason is None and self._idle is None:  # peerless again: the idle clock runs
+        if self.reason is None and self._idle is None and self.stream is None:  # peerless again: the idle clock runs
             self._idle = asyncio.get_running_loop().call_later(self.config.idle_timeout, self._idle_expired)
 
     def _peer_ended(self, peer: AnyPeer, reason: str) -> None:
@@ -349,7 +425,9 @@ def websocket_handler(config: Config, cameras: Cameras,
             raise
         # (a token that came with the request was checked above; else the client sends an auth message)
         authorized = not config.token or "token" in request.query or bearer_token(request) is not None
-        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE, writer_limit=WRITE_BUFFER)
+        # no permessage-deflate: video does not compress, and deflating it would cost CPU per viewer
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_SIZE, writer_limit=WRITE_BUFFER,
+                                   compress=False)
         await ws.prepare(request)
         transport = request.transport
         if transport is not None:

@@ -1,0 +1,153 @@
+"""Latency in Chromium on loopback: WebRTC against the websocket fallback (WebCodecs and MSE).
+
+    python -m bench.run --browser [--duration S]
+
+The server and Debian's Chromium run in a private network namespace (loopback and a veth pair,
+as the browser tests do; needs root). One page at a time plays the test pattern, 640x480 at 30 fps
+H.264, over each transport; at every picture the page shows (`requestVideoFrameCallback` for the
+<video> of WebRTC and MSE, the next animation frame after a WebCodecs picture is drawn) it reads
+the latency stamp from what is on screen: glass-to-glass, capture to display.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests import netns
+from tests.test_browser import CHROMIUM_FLAGS
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT = 8080
+BASE = f"http://{netns.SERVER_ADDRESS}:{PORT}/"
+#: what each row opens: WebRTC (the default page), then the websocket with each decoder
+MODES = {"webrtc": "", "webcodecs": "?transport=ws&decoder=webcodecs", "mse": "?transport=ws&decoder=mse"}
+
+#: collects the latency stamp of every picture shown for `seconds` (the page's own readout)
+SAMPLE = """async (seconds) => {
+  const c = window.camtrack;
+  const out = [];
+  const end = performance.now() + seconds * 1000;
+  const video = document.getElementById("video");
+  await new Promise((done) => {
+    if (c.decoder === "webcodecs") {
+      let last = c.player.stats.frames;
+      const tick = () => {
+        if (c.player && c.player.stats.frames !== last) {
+          last = c.player.stats.frames;
+          const ms = c.readLatency();
+          if (ms !== null) out.push(ms);
+        }
+        if (performance.now() < end) requestAnimationFrame(tick); else done();
+      };
+      requestAnimationFrame(tick);
+    } else {
+      const frame = () => {
+        const ms = c.readLatency();
+        if (ms !== null) out.push(ms);
+        if (performance.now() < end) video.requestVideoFrameCallback(frame); else done();
+      };
+      video.requestVideoFrameCallback(frame);
+    }
+  });
+  return {latency: out, transport: c.transport, decoder: c.decoder};
+}"""
+
+
+@dataclass
+class BrowserRow:
+    mode: str
+    frames: int
+    fps: float
+    p50: float
+    p95: float
+    mean: float
+    first_frame: float
+    #: p50 of the first and of the last quarter of the window: drift shows as a difference
+    first_quarter: float
+    last_quarter: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def measure(duration: float) -> list[BrowserRow]:
+    from playwright.sync_api import sync_playwright
+
+    ns = netns.create(f"camtrack-bench-{os.getpid()}")
+    workdir = Path(tempfile.mkdtemp(prefix="camtrack-bench-"))
+    wrapper = workdir / "chromium"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns.name} /usr/bin/chromium "$@"\n')
+    wrapper.chmod(0o755)
+    server = subprocess.Popen(
+        ns.command(sys.executable, str(ROOT / "server.py"), "--host", netns.SERVER_ADDRESS, "--port", str(PORT),
+                   "--source", "pattern", "--width", "640", "--height", "480", "--fps", "30", "--codec", "h264",
+                   "--ice-address", netns.SERVER_ADDRESS, "--log-level", "warning"),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = []
+    try:
+        with sync_playwright() as p:
+            # WebCodecs needs a secure context: this one plain-HTTP origin counts as one
+            flags = [*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={BASE.rstrip('/')}"]
+            browser = p.chromium.launch(executable_path=str(wrapper), args=flags, headless=True)
+            try:
+                for mode, query in MODES.items():
+                    page = browser.new_page(viewport={"width": 800, "height": 600})
+                    page.on("console", lambda m: print(f"  page: {m.text}", file=sys.stderr) if m.type == "info" else None)
+                    deadline = time.monotonic() + 30
+                    while True:
+                        try:
+                            opened = time.monotonic()
+                            page.goto(BASE + query, timeout=5000)
+                            break
+                        except Exception:  # noqa: BLE001 - until the server listens
+                            if time.monotonic() > deadline:
+                                raise
+                            time.sleep(0.2)
+                    page.wait_for_function("window.camtrack.state === 'live' && window.camtrack.readLatency() !== null",
+                                           timeout=30000, polling=20)
+                    first = time.monotonic() - opened
+                    page.wait_for_timeout(2000)  # past the start: the measured window is steady state
+                    got = page.evaluate(SAMPLE, duration)
+                    page.close()
+                    assert got["decoder"] == mode, got
+                    latency = got["latency"]
+                    quarter = max(1, len(latency) // 4)
+                    rows.append(BrowserRow(mode, len(latency), len(latency) / duration, percentile(latency, 0.5),
+                                           percentile(latency, 0.95), statistics.mean(latency), first,
+                                           percentile(latency[:quarter], 0.5), percentile(latency[-quarter:], 0.5)))
+                    print(f"  {mode}: {len(latency)} pictures, p50 {rows[-1].p50:.0f} ms", file=sys.stderr, flush=True)
+            finally:
+                browser.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        ns.delete()
+    return rows
+
+
+def report(duration: float) -> None:
+    rows = measure(duration)
+    print(f"# Chromium on loopback, 640x480@30 H.264 test pattern, {duration:g} s per transport")
+    print("| transport | pictures shown/s | latency p50 ms | p95 ms | mean ms | p50 first/last quarter ms "
+          "| first picture s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.mode} | {r.fps:.1f} | {r.p50:.0f} | {r.p95:.0f} | {r.mean:.0f} | "
+              f"{r.first_quarter:.0f}/{r.last_quarter:.0f} | {r.first_frame:.1f} |")
+    webrtc = next((r for r in rows if r.mode == "webrtc"), None)
+    if webrtc is not None:
+        for r in rows:
+            if r is not webrtc:
+                print(f"{r.mode}: p50 {r.p50 - webrtc.p50:+.0f} ms against WebRTC")

@@ -1,0 +1,148 @@
+"""Video over the websocket itself: the fallback for viewers whose network blocks WebRTC's UDP.
+
+A session on `/ws` that sends `{"type": "stream"}` gets its camera's packet feed (the shared
+encoder's packets, or a passed-through camera's own) as binary messages: no decode, no encode,
+the very packets WebRTC viewers get. Each message is one picture behind a fixed header:
+
+    offset  size  field
+    0       1     version, 1
+    1       1     flags: 1 keyframe, 2 a codec block follows the header, 4 pictures were skipped
+                  before this one (the stream resynced at this keyframe)
+    2       2     length of the codec block (0 when none)
+    4       4     the feed's sequence number of the picture, modulo 2**32
+    8       8     presentation time, 90 kHz ticks
+    16      8     capture time, microseconds since the Unix epoch
+    24      n     codec block (every keyframe): UTF-8 JSON {"codec": "avc1.42e01f", "width": 640,
+                  "height": 480}, the codec string as WebCodecs and Media Source Extensions take it
+    24+n    ...   the picture: an H.264 access unit in Annex-B form (SPS and PPS in front of every
+                  IDR), or a VP8 frame
+
+All integers are big-endian. The stream starts at a keyframe. A reader that falls further behind
+than the feed's ring holds skips to the next keyframe (flag 4), so nothing is ever queued for a
+slow one; one that reads nothing is cut off by the socket's send time-out.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from ..media.feeds import PacketFeed
+from ..media.frame import VIDEO_CLOCK_RATE
+from ..media.meters import Meter
+from ..media.packet import CodecInfo, EncodedPacket
+
+VERSION = 1
+KEYFRAME = 1
+CODEC_BLOCK = 2
+RESYNC = 4
+HEADER = struct.Struct(">BBHIQQ")
+
+
+def codec_string(codec: CodecInfo, data: bytes) -> str:
+    """The codec as WebCodecs and MSE name it; for H.264 from the keyframe's own SPS (a passed-through
+    camera may send Main or High whatever the SDP said)."""
+    if codec.codec == "vp8":
+        return "vp8"
+    at = data.find(b"\x00\x00\x01")
+    while 0 <= at and at + 6 < len(data):
+        if data[at + 3] & 0x1F == 7:
+            return "avc1." + data[at + 4:at + 7].hex()
+        at = data.find(b"\x00\x00\x01", at + 3)
+    return "avc1." + (codec.profile_level_id or "42e01f")
+
+
+def message(packet: EncodedPacket, pts: int, resync: bool) -> bytes:
+    """The binary message carrying `packet` (see the module's docstring)."""
+    data = bytes(packet.packet)
+    flags = (KEYFRAME if packet.keyframe else 0) | (RESYNC if resync else 0)
+    block = b""
+    if packet.keyframe:
+        codec = packet.codec
+        block = json.dumps({"codec": codec_string(codec, data), "width": codec.width,
+                            "height": codec.height}, separators=(",", ":")).encode()
+        flags |= CODEC_BLOCK
+    captured = max(0, round(packet.captured * 1_000_000))
+    return HEADER.pack(VERSION, flags, len(block), packet.seq & 0xFFFFFFFF, max(0, pts), captured) + block + data
+
+
+def squeezed(run: list[EncodedPacket]) -> dict[int, int]:
+    """Presentation times for a start run (a keyframe and what followed it), one tick apart and
+    ending at the newest packet's, so a player shows the newest picture at once instead of
+    replaying the run as old video (as camtrack.outputs.webrtc.tracks does for WebRTC)."""
+    if len(run) < 2:
+        return {}
+    newest = run[-1].packet.pts or 0
+    return {p.seq: newest - (len(run) - 1 - i) for i, p in enumerate(run)}
+
+
+class PacketStream:
+    """One websocket viewer's reading of a packet feed: from a keyframe on, resyncing at the
+    next keyframe when it fell behind; `run(send)` hands each message to `send`, which returns
+    False when the socket is gone (or too slow) and the stream should end."""
+
+    def __init__(self, feed: PacketFeed, meter: Meter) -> None:
+        self.feed = feed
+        self.meter = meter
+        self.sent = 0
+        #: pictures skipped over because the reader fell behind
+        self.skipped = 0
+        self.resyncs = 0
+
+    async def run(self, send: Callable[[bytes], Awaitable[bool]]) -> None:
+        feed = self.feed
+        feed.attach(self)
+        try:
+            run = feed.start_packets()  # the shared encoder asks for a keyframe when it has none
+            times = squeezed(run)
+            pending = deque(run)
+            latest = feed.latest
+            seq = run[-1].seq if run else latest.seq if latest is not None else 0
+            synced = bool(run)
+            try_start = not run  # a start run may come before the first packet we read
+            resync = False
+            while True:
+                if pending:
+                    packet = pending.popleft()
+                else:
+                    read = await feed.next_packet(seq)
+                    packet = read.item
+                    seq = packet.seq
+                    if synced and read.skipped:
+                        # what was missed is needed to decode what follows: wait for a keyframe
+                        self.skipped += read.skipped
+                        self.resyncs += 1
+                        synced, resync = False, True
+                        feed.request_keyframe()
+                    if not synced:
+                        if not packet.keyframe and try_start:
+                            try_start = False
+                            run = feed.start_packets()
+                            if run and run[-1].seq >= packet.seq:
+                                times = squeezed(run)
+                                pending = deque(run)
+                                seq = run[-1].seq
+                                synced = True
+                                continue
+                        if not packet.keyframe:
+                            continue
+                        synced = True
+                pts = times.pop(packet.seq, packet.packet.pts or 0)
+                if not await send(message(packet, pts, resync)):
+                    return
+                resync = False
+                self.sent += 1
+                self.meter.sent(packet.size)
+        finally:
+            feed.detach(self)
+
+
+def parse_header(data: bytes) -> dict[str, object]:
+    """A message's header and codec block as a dict (for tests and Python clients)."""
+    version, flags, block, seq, pts, captured = HEADER.unpack_from(data)
+    codec = json.loads(data[HEADER.size:HEADER.size + block]) if block else None
+    return {"version": version, "keyframe": bool(flags & KEYFRAME), "resync": bool(flags & RESYNC),
+            "seq": seq, "pts": pts, "seconds": pts / VIDEO_CLOCK_RATE, "captured": captured / 1_000_000,
+            "codec": codec, "payload": data[HEADER.size + block:]}

@@ -1,0 +1,315 @@
+// camtrack's websocket players: the camera's own packets over /ws (see the README, "When WebRTC
+// cannot connect"), decoded with WebCodecs where the page is a secure context, else muxed into
+// fragmented MP4 for Media Source Extensions. app.js picks one and feeds it the binary messages.
+"use strict";
+
+(function () {
+  const HEADER = 24;
+  const KEYFRAME = 1;
+  const RESYNC = 4;
+  const textDecoder = new TextDecoder();
+
+  // One binary message: the header (big-endian), the codec block on keyframes, the picture.
+  function parseMessage(buffer) {
+    const view = new DataView(buffer);
+    if (buffer.byteLength < HEADER || view.getUint8(0) !== 1) throw new Error("not a camtrack video message");
+    const flags = view.getUint8(1);
+    const block = view.getUint16(2);
+    return {
+      keyframe: (flags & KEYFRAME) !== 0,
+      resync: (flags & RESYNC) !== 0,
+      seq: view.getUint32(4),
+      pts: Number(view.getBigUint64(8)), // 90 kHz
+      captured: Number(view.getBigUint64(16)) / 1000, // ms since the epoch
+      codec: block ? JSON.parse(textDecoder.decode(new Uint8Array(buffer, HEADER, block))) : null,
+      data: new Uint8Array(buffer, HEADER + block),
+    };
+  }
+
+  // Counters every player keeps, for the overlay.
+  function counters() {
+    return { frames: 0, bytes: 0, messages: 0, dropped: 0, resyncs: 0, codec: null };
+  }
+
+  // --- WebCodecs: decode each picture as it comes and draw it on a canvas at once
+  function webCodecsPlayer({ canvas, onFrame, onError }) {
+    const stats = counters();
+    const context = canvas.getContext("2d");
+    let config = null; // the codec block the decoder is configured with
+    let waitKey = true; // after a drop or a reconfiguration, only a keyframe can follow
+    const decoder = new VideoDecoder({
+      output(frame) {
+        if (canvas.width !== frame.displayWidth || canvas.height !== frame.displayHeight) {
+          canvas.width = frame.displayWidth;
+          canvas.height = frame.displayHeight;
+        }
+        context.drawImage(frame, 0, 0);
+        frame.close();
+        stats.frames += 1;
+        onFrame();
+      },
+      error(error) {
+        onError(`decoder: ${error.message || error}`);
+      },
+    });
+    return {
+      kind: "webcodecs",
+      element: canvas,
+      stats,
+      size: () => [canvas.width, canvas.height],
+      push(buffer) {
+        const m = parseMessage(buffer);
+        stats.messages += 1;
+        stats.bytes += buffer.byteLength;
+        if (m.resync) stats.resyncs += 1;
+        if (m.codec && (!config || m.codec.codec !== config.codec || m.codec.width !== config.width ||
+                        m.codec.height !== config.height)) {
+          config = m.codec;
+          stats.codec = config.codec;
+          // no description: H.264 comes in Annex-B form, its SPS and PPS in front of every keyframe
+          decoder.configure({ codec: config.codec, optimizeForLatency: true });
+          waitKey = true;
+        }
+        if (!config || decoder.state !== "configured") return;
+        // a decoder slower than the stream: drop to the next keyframe rather than fall behind
+        if (decoder.decodeQueueSize > 8) waitKey = true;
+        if (waitKey && !m.keyframe) {
+          stats.dropped += 1;
+          return;
+        }
+        waitKey = false;
+        decoder.decode(new EncodedVideoChunk({
+          type: m.keyframe ? "key" : "delta", timestamp: Math.round((m.pts * 100) / 9), data: m.data,
+        }));
+      },
+      close() {
+        if (decoder.state !== "closed") decoder.close();
+      },
+    };
+  }
+
+  // --- fragmented MP4: an init segment (ftyp, moov with avcC) then a moof+mdat per picture
+  function box(type, ...parts) {
+    const size = 8 + parts.reduce((n, p) => n + p.length, 0);
+    const out = new Uint8Array(size);
+    new DataView(out.buffer).setUint32(0, size);
+    for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
+    let at = 8;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+  const bytes = (...values) => Uint8Array.from(values);
+  const u16 = (n) => bytes((n >>> 8) & 255, n & 255);
+  const u32 = (n) => bytes((n >>> 24) & 255, (n >>> 16) & 255, (n >>> 8) & 255, n & 255);
+  const u64 = (n) => concat(u32(Math.floor(n / 2 ** 32)), u32(n >>> 0));
+  const ascii = (s) => Uint8Array.from(s, (c) => c.charCodeAt(0));
+  const zeros = (n) => new Uint8Array(n);
+  function concat(...parts) {
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+  const MATRIX = concat(u32(0x10000), u32(0), u32(0), u32(0), u32(0x10000), u32(0), u32(0), u32(0), u32(0x40000000));
+  const TIMESCALE = 90000; // the packets' own clock
+
+  // The NAL units of an Annex-B access unit (start codes of 3 or 4 bytes).
+  function nalUnits(data) {
+    const units = [];
+    let start = -1;
+    for (let i = 0; i + 2 < data.length; i++) {
+      if (data[i] === 0 && data[i + 1] === 0 && data[i + 2] === 1) {
+        if (start >= 0) units.push(data.subarray(start, data[i - 1] === 0 ? i - 1 : i));
+        start = i + 3;
+        i += 2;
+      }
+    }
+    if (start >= 0) units.push(data.subarray(start));
+    return units.filter((u) => u.length > 0);
+  }
+
+  function initSegment(sps, pps, width, height) {
+    const avcC = box("avcC", bytes(1, sps[1], sps[2], sps[3], 0xff, 0xe1), u16(sps.length), sps,
+                     bytes(1), u16(pps.length), pps);
+    const avc1 = box("avc1", zeros(6), u16(1), zeros(16), u16(width), u16(height), u32(0x480000), u32(0x480000),
+                     u32(0), u16(1), zeros(32), u16(0x18), u16(0xffff), avcC);
+    const empty = concat(u32(0), u32(0));
+    const stbl = box("stbl", box("stsd", u32(0), u32(1), avc1), box("stts", empty), box("stsc", empty),
+                     box("stsz", u32(0), u32(0), u32(0)), box("stco", empty));
+    const minf = box("minf", box("vmhd", u32(1), zeros(8)),
+                     box("dinf", box("dref", u32(0), u32(1), box("url ", u32(1)))), stbl);
+    const mdia = box("mdia", box("mdhd", u32(0), u32(0), u32(0), u32(TIMESCALE), u32(0), u16(0x55c4), u16(0)),
+                     box("hdlr", u32(0), u32(0), ascii("vide"), zeros(12), ascii("camtrack\0")), minf);
+    const tkhd = box("tkhd", u32(3), u32(0), u32(0), u32(1), u32(0), u32(0), zeros(8), u16(0), u16(0), u16(0),
+                     u16(0), MATRIX, u32(width * 65536), u32(height * 65536));
+    const mvhd = box("mvhd", u32(0), u32(0), u32(0), u32(1000), u32(0), u32(0x10000), u16(0x100), zeros(10),
+                     MATRIX, zeros(24), u32(2));
+    const mvex = box("mvex", box("trex", u32(0), u32(1), u32(1), u32(0), u32(0), u32(0)));
+    return concat(box("ftyp", ascii("isom"), u32(0x200), ascii("isom"), ascii("iso6"), ascii("avc1"), ascii("mp41")),
+                  box("moov", mvhd, box("trak", tkhd, mdia), mvex));
+  }
+
+  function mediaSegment(sequence, decodeTime, duration, sample, keyframe) {
+    const flags = keyframe ? 0x02000000 : 0x01010000; // sync sample, or depends on others
+    // moof is 100 bytes here; the sample starts after it and mdat's 8-byte header
+    const trun = box("trun", u32(0x000701), u32(1), u32(100 + 8), u32(duration), u32(sample.length), u32(flags));
+    const traf = box("traf", box("tfhd", u32(0x020000), u32(1)), box("tfdt", u32(0x01000000), u64(decodeTime)), trun);
+    return concat(box("moof", box("mfhd", u32(0), u32(sequence)), traf), box("mdat", sample));
+  }
+
+  // --- Media Source Extensions: the same packets as fragmented MP4, kept at the live edge
+  function msePlayer({ video, hello, onFrame, onError }) {
+    const stats = counters();
+    const source = new MediaSource();
+    const queue = [];
+    let buffer = null;
+    let params = null; // the SPS and PPS of the init segment appended last
+    let waitKey = true;
+    let sequence = 0;
+    let decodeTime = 0;
+    let lastPts = null;
+    let frameTicks = TIMESCALE / (hello.fps || 30); // a picture's duration: the measured spacing
+    let closed = false;
+    video.src = URL.createObjectURL(source);
+    const opened = new Promise((resolve) => source.addEventListener("sourceopen", resolve, { once: true }));
+
+    function pump() {
+      if (!buffer || buffer.updating || closed) return;
+      const next = queue.shift();
+      if (!next) return;
+      try {
+        if (next === "trim") {
+          const ranges = buffer.buffered;
+          if (ranges.length) buffer.remove(0, Math.max(0, ranges.end(ranges.length - 1) - 4));
+        } else {
+          buffer.appendBuffer(next);
+        }
+      } catch (error) {
+        onError(`media source: ${error.message || error}`);
+      }
+    }
+
+    // Play where the newest picture is: seek there when behind, and trim what was played.
+    function keepLive() {
+      const ranges = video.buffered;
+      if (!ranges.length) return;
+      const start = ranges.start(ranges.length - 1);
+      const end = ranges.end(ranges.length - 1);
+      const lag = end - video.currentTime;
+      if (video.currentTime < start || lag > 0.5) video.currentTime = Math.max(start, end - 0.05);
+      else video.playbackRate = lag > 0.15 ? 1.25 : 1.0; // catch up gently on small lags
+      if (video.paused) video.play().catch(() => {});
+      if (end - ranges.start(0) > 12 && !queue.includes("trim")) queue.push("trim");
+    }
+
+    let lastTotal = 0;
+    video.requestVideoFrameCallback?.(function counted(now, metadata) {
+      // presented pictures (the element's own count when it has no callback)
+      stats.frames = metadata.presentedFrames;
+      if (stats.frames > lastTotal) onFrame();
+      lastTotal = stats.frames;
+      if (!closed) video.requestVideoFrameCallback(counted);
+    });
+
+    // the source buffer, once the media source is open (the init segment waits in the queue)
+    function ensureBuffer(codec) {
+      opened.then(() => {
+        if (closed || buffer) return;
+        buffer = source.addSourceBuffer(`video/mp4; codecs="${codec}"`);
+        buffer.mode = "sequence"; // pictures follow one another: no gaps when some were skipped
+        buffer.addEventListener("updateend", () => {
+          keepLive();
+          pump();
+        });
+        buffer.addEventListener("error", () => onError("media source buffer error"));
+        pump();
+      }).catch((error) => onError(String(error)));
+    }
+
+    return {
+      kind: "mse",
+      element: video,
+      stats,
+      size: () => [video.videoWidth, video.videoHeight],
+      push(bufferData) {
+        const m = parseMessage(bufferData);
+        stats.messages += 1;
+        stats.bytes += bufferData.byteLength;
+        if (m.resync) stats.resyncs += 1;
+        const units = nalUnits(m.data);
+        if (m.keyframe && m.codec) {
+          stats.codec = m.codec.codec;
+          const sps = units.find((u) => (u[0] & 0x1f) === 7);
+          const pps = units.find((u) => (u[0] & 0x1f) === 8);
+          const same = params && sps && pps && params[0].join() === sps.join() && params[1].join() === pps.join();
+          if (sps && pps && !same) {
+            params = [sps.slice(), pps.slice()];
+            const init = initSegment(params[0], params[1], m.codec.width || hello.width, m.codec.height || hello.height);
+            init.init = true; // kept when the queue is dropped
+            queue.push(init);
+            ensureBuffer(m.codec.codec);
+          }
+        }
+        if (!params) return;
+        if (lastPts !== null) {
+          const ticks = m.pts - lastPts;
+          // a start run is squeezed one tick apart: only real spacings teach the picture duration
+          if (ticks > TIMESCALE / 200 && ticks < TIMESCALE) frameTicks = 0.9 * frameTicks + 0.1 * ticks;
+        }
+        lastPts = m.pts;
+        // MSE slower than the stream: drop to the next keyframe rather than queue
+        if (queue.length > 30) {
+          queue.splice(0, queue.length, ...queue.filter((item) => item.init));
+          waitKey = true;
+        }
+        if (waitKey && !m.keyframe) {
+          stats.dropped += 1;
+          return;
+        }
+        waitKey = false;
+        const samples = units.filter((u) => ![7, 8, 9].includes(u[0] & 0x1f)); // parameter sets are in avcC
+        const sample = concat(...samples.flatMap((u) => [u32(u.length), u]));
+        const duration = Math.max(1, Math.round(frameTicks));
+        sequence += 1;
+        queue.push(mediaSegment(sequence, decodeTime, duration, sample, m.keyframe));
+        decodeTime += duration;
+        pump();
+      },
+      close() {
+        closed = true;
+        queue.length = 0;
+        video.removeAttribute("src");
+        video.load();
+      },
+    };
+  }
+
+  // Which player this browser can use for `codec` ("h264" or "vp8"), best first.
+  function choose(codec) {
+    const forced = new URLSearchParams(location.search).get("decoder");
+    if (forced) return forced;
+    if (window.VideoDecoder && window.EncodedVideoChunk) return "webcodecs";
+    if (codec === "h264" && window.MediaSource && MediaSource.isTypeSupported('video/mp4; codecs="avc1.42e01f"')) {
+      return "mse";
+    }
+    return "mjpeg";
+  }
+
+  window.CamtrackPlayers = {
+    choose,
+    create(kind, options) {
+      if (kind === "webcodecs") return webCodecsPlayer(options);
+      if (kind === "mse") return msePlayer(options);
+      throw new Error(`no websocket player ${kind}`);
+    },
+    parseMessage,
+    initSegment,
+    nalUnits,
+  };
+})();
