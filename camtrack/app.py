@@ -134,6 +134,8 @@ def create_app(config: Config) -> web.Application:
         # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s
         # (camtrack.cli.serve): wait briefly, then the runner cancels the handlers and closes what is left
         grace = 1.0
+        if pool is not None:
+            pool.stopping = True  # (a worker that exits now, told SIGTERM with us, is not started again)
         viewers = cameras.everyone  # viewers and sessions not viewers yet, of every transport
         for viewer in viewers:
             viewer.end("server shutting down")
