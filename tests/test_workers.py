@@ -311,7 +311,7 @@ async def test_a_stalled_worker_is_skipped_ahead_not_queued_for(serve, monkeypat
         for viewer in viewers:
             await viewer.connect()
         await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
-        stalled, other = pool.workers
+        stalled = pool.workers[0]
         assert stalled.pid is not None
         os.kill(stalled.pid, signal.SIGSTOP)
         try:
@@ -324,8 +324,7 @@ async def test_a_stalled_worker_is_skipped_ahead_not_queued_for(serve, monkeypat
         finally:
             os.kill(stalled.pid, signal.SIGCONT)
         await viewers[0].frames(30, timeout=20)
-        assert stalled.pumps["default"].skipped > 0  # it got the newest packets, not the backlog
-        assert other.pumps["default"].skipped == 0
+        assert stalled.skipped["default"] > 0  # it got the newest packets, not the backlog
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
 
