@@ -49,10 +49,16 @@ STABLE = 30.0
 STOP_GRACE = 1.5
 #: a worker more than this many packets behind a camera is skipped to the newest (its tracks resync)
 MAX_LAG = JOIN_FRAMES
+#: packets a worker's ring of a shared encoder's feed holds: more than the encoder's own, because a
+#: worker gets them in bursts when it was not scheduled for a while (the machine busy), and a burst
+#: longer than its ring would make every one of its viewers resync and wait for a keyframe
+RELAY_RING = 4 * JOIN_FRAMES
 #: the socket's buffer to a worker (the kernel doubles it): a few keyframes, so a burst does not wait,
 #: and what a stalled worker can leave queued (with the writer's 64 KiB and one packet) is this much
 SOCKET_BUFFER = 128 * 1024
 #: the directory that holds the camtrack package, for the workers' `python -m`
+#: the loggers whose levels a worker takes from the main process (the first is its own, overall)
+LOGGERS = ("camtrack", "aioice", "aiortc")
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 
@@ -206,7 +212,7 @@ class Pump:
     def _announce(self, codec: CodecInfo) -> None:
         self._codec = codec
         self.worker.send({"t": "feed", "camera": self.camera.name, "codec": codec, "kind": self.kind,
-                          "ring": RING_PACKETS if self.kind == "passthrough" else JOIN_FRAMES})
+                          "ring": RING_PACKETS if self.kind == "passthrough" else RELAY_RING})
 
     def _send(self, packet: EncodedPacket) -> None:
         if packet.codec != self._codec:
@@ -356,7 +362,8 @@ class WorkerProcess:
         self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         self.send({"t": "init", "config": self.pool.config, "index": self.index, "port": self.port,
                    "addresses": self.pool.addresses,
-                   "log_level": logging.getLogger("camtrack").getEffectiveLevel()})
+                   # (what this process logs, the worker logs: the libraries' levels too)
+                   "log_levels": {name: logging.getLogger(name).getEffectiveLevel() for name in LOGGERS}})
         try:
             reply = await asyncio.wait_for(wire.read(self._reader), START_TIMEOUT)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:

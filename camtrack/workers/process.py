@@ -81,6 +81,9 @@ class Worker:
                     feed = self.feeds.get(message.camera)
                     if feed is not None:
                         feed.add(message)
+                        # (a read of buffered data does not yield: let the tracks take each packet as it
+                        # comes, rather than a burst of them after this worker was not scheduled)
+                        await asyncio.sleep(0)
                     continue
                 kind = message["t"]
                 if kind == "exit":
@@ -195,8 +198,11 @@ async def run(fd: int) -> None:
     assert isinstance(init, dict) and init["t"] == "init"
     config: Config = init["config"]
     index: int = init["index"]
-    logging.basicConfig(level=init["log_level"],
+    levels: dict[str, int] = init["log_levels"]
+    logging.basicConfig(level=levels["camtrack"],
                         format=f"%(asctime)s worker {index} %(levelname)s %(name)s: %(message)s")
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
     check_hooks()
     undo: list[Callable[[], None]] = []
     addresses: list[str] = init["addresses"]
