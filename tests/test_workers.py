@@ -303,6 +303,7 @@ async def test_a_stalled_worker_is_skipped_ahead_not_queued_for(serve, monkeypat
     from camtrack.workers import pool as pool_module
 
     monkeypatch.setattr(pool_module, "SOCKET_BUFFER", 16 * 1024)  # (small: the bound is reached in a moment)
+    monkeypatch.setattr(pool_module, "WATCHDOG", 60.0)  # (stopped here on purpose: not to be killed as stuck)
     url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
     camera = app[CAMERAS].first
     pool = pool_of(app)
@@ -374,3 +375,28 @@ async def test_max_viewers_counts_the_viewers_of_every_worker(serve):
             assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_a_stuck_worker_is_killed_and_restarted(serve, monkeypatch):
+    """A worker whose event loop says nothing (SIGSTOP stands for a stuck one) past the watchdog is
+    killed: its viewer is let go, the other plays on, and it is started again."""
+    from camtrack.workers import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "WATCHDOG", 3.0)  # (it says something every second)
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    pool = pool_of(app)
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        stuck = pool.workers[0]
+        old_pid = stuck.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGSTOP)
+        await viewers[0].receive("bye", timeout=20)
+        await viewers[1].frames(30, timeout=20)
+        await eventually(lambda: stuck.ready and stuck.pid != old_pid, timeout=30)
+        assert not running(old_pid)
+    finally:
+        await asyncio.gather(*(v.close(bye=False) for v in viewers), return_exceptions=True)

@@ -45,6 +45,9 @@ START_TIMEOUT = 30.0
 #: a worker that stayed up STABLE seconds starts again from the first
 RESTART_DELAYS = (0.5, 10.0)
 STABLE = 30.0
+#: a worker that says nothing this long (it sends its counters every second) is stuck: it is killed,
+#: which ends its viewers, and started again
+WATCHDOG = 10.0
 #: seconds workers get to exit when the server stops, before they are killed
 STOP_GRACE = 1.5
 #: a worker more than this many packets behind a camera is skipped to the newest (its tracks resync)
@@ -386,13 +389,17 @@ class WorkerProcess:
         assert self._reader is not None
         try:
             while True:
-                message = await wire.read(self._reader)
+                message = await asyncio.wait_for(wire.read(self._reader), WATCHDOG)
                 if isinstance(message, dict):
                     self._message(message)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except ValueError as exc:
             reason = f"worker process misbehaved: {exc}"
+        except TimeoutError:
+            reason = f"worker process said nothing for {WATCHDOG:g} s"
+            if self._process is not None and self._process.returncode is None:
+                self._process.kill()
         except asyncio.CancelledError:
             return  # stopped by the pool: it does the rest
         self._lost(reason)
