@@ -98,6 +98,8 @@ async def test_viewers_on_two_workers_share_one_camera_and_one_encoder(serve):
             await asyncio.gather(*(v.close() for v in viewers))
     await eventually(lambda: not camera.viewers["websocket"] and not camera.viewers["whep"])
     await eventually(lambda: all(w.load == 0 and not w.pumps for w in pool.workers))
+    # and the workers themselves hold no peer any more (what they report once a second)
+    await eventually(lambda: all(w.stats.get("peers") == 0 for w in pool.workers))
     await eventually(lambda: not camera.stream.running)
 
 

@@ -148,6 +148,10 @@ class RemotePeer:
     async def close(self) -> None:
         """Close the worker's peer (idempotent, never cancelled half-way; not longer than CLOSE_TIMEOUT)."""
         self._ended = True
+        if not self._answer.done():
+            # closed while its worker answers (the session ended): an answer of nothing, which the
+            # session, ended, does not send (as a local Peer closed half-way answers)
+            self._answer.set_result({"sdp": ""})
         if self._closed is None:
             self._closed = asyncio.get_running_loop().create_future()
             worker = self.worker

@@ -89,8 +89,7 @@ class Worker:
                 if kind == "exit":
                     return
                 if kind == "offer":
-                    # answering takes a while (ICE gathering): the next messages must not wait for it
-                    asyncio.ensure_future(self._answer(message))
+                    self._offer(message)
                 elif kind == "candidate":
                     asyncio.ensure_future(self._candidate(message))
                 elif kind == "close":
@@ -114,7 +113,9 @@ class Worker:
         else:
             feed.restart(message["codec"], message["kind"])
 
-    async def _answer(self, message: dict[str, Any]) -> None:
+    def _offer(self, message: dict[str, Any]) -> None:
+        """Make the peer now (a close that follows finds it), and answer in a task of its own (ICE
+        gathering takes a while: the next messages must not wait for it)."""
         peer_id: int = message["id"]
         camera = self.cameras[message["camera"]]
         feed = self.feeds.get(camera.name)
@@ -128,6 +129,9 @@ class Worker:
         peer.pc.on("connectionstatechange",
                    lambda: self.send({"t": "state", "id": peer_id, "state": peer.pc.connectionState}))
         self.peers[peer_id] = peer
+        asyncio.ensure_future(self._answer(peer_id, peer, message))
+
+    async def _answer(self, peer_id: int, peer: Peer, message: dict[str, Any]) -> None:
         try:
             answer = await peer.answer(message["sdp"])
         except OfferError as exc:
