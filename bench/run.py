@@ -230,11 +230,31 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true",
                         help="only the latency in Chromium on loopback of WebRTC against the websocket fallback "
                              "(WebCodecs, MSE); needs root and Debian's chromium (bench/browser.py)")
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale mode (bench/scale.py): a ladder of non-decoding viewers, marginal CPU per "
+                             "viewer, the largest N served, and the crowd against a CPU-capped server")
+    parser.add_argument("--repeat", type=int, default=1, help="--scale: run the ladder this many times")
+    parser.add_argument("--compare", default=None, metavar="DIR",
+                        help="--scale: also run the ladder with the server of another checkout (before/after)")
+    parser.add_argument("--crowd-quota", type=float, default=30.0,
+                        help="--scale: the crowd's server gets this %% of one core (cgroup; 0: no crowd)")
+    parser.add_argument("--crowd-watchers", type=int, default=16,
+                        help="--scale: viewers that try to join one by one before the crowd")
     args = parser.parse_args()
     if args.browser:
         from . import browser
 
         browser.report(args.duration or 20.0)
+        return
+
+    if args.scale:
+        from . import scale
+
+        roots = {"this": ROOT}
+        if args.compare:
+            roots = {"before": Path(args.compare).resolve(), "this": ROOT}
+        scale.main([int(n) for n in (args.viewers or "1,15,30,45").split(",")], args.repeat,
+                   args.duration or 10.0, roots, args.crowd_quota or None, args.crowd_watchers)
         return
 
     duration = args.duration or (4.0 if args.quick else 10.0)

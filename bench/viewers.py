@@ -59,6 +59,7 @@ async def watch(viewer: Viewer, start: float, end: float, result: dict) -> None:
             result["first_frame"] = now - viewer.opened_at
             if isinstance(frame.opaque, int):
                 result["first_age"] = frame.opaque  # how old the first picture was: live, or replayed?
+            result["first_frame_since_join"] = now - result["joined"]
         if now >= end:
             return
         if now >= start:
@@ -76,6 +77,9 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--join-spread", type=float, default=0.0,
                         help="each viewer joins after a random 0..S s (at random points of a camera's GOP)")
+    parser.add_argument("--join-at", type=float, default=None,
+                        help="time.time() at which all viewers join at once (default: at once)")
+    parser.add_argument("--stagger", type=float, default=0.0, help="seconds between one viewer's join and the next")
     args = parser.parse_args()
 
     restrict_host_addresses(["127.0.0.1"])
@@ -90,13 +94,17 @@ async def main() -> None:
     viewers = [Viewer(args.url) for _ in range(args.count)]
     results = [{"frames": 0, "latency": []} for _ in viewers]
 
-    async def run(viewer: Viewer, result: dict) -> None:
+    join = loop.time() + (args.join_at - time.time()) if args.join_at is not None else loop.time()
+
+    async def run(index: int, viewer: Viewer, result: dict) -> None:
+        await asyncio.sleep(max(0.0, join + index * args.stagger - loop.time()) + random.uniform(0, args.join_spread))
+        result["joined"] = loop.time()
         try:
-            await asyncio.sleep(random.uniform(0, args.join_spread))
             await viewer.connect(timeout=60)
             await asyncio.wait_for(watch(viewer, start, end, result), end - loop.time() + 30)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             result["error"] = f"{type(exc).__name__}: {exc}"
+            result["error_after"] = loop.time() - result["joined"]
 
     async def cpu_window() -> tuple[float, float]:
         await asyncio.sleep(max(0.0, start - loop.time()))
@@ -105,7 +113,9 @@ async def main() -> None:
         return before, time.process_time()
 
     window = asyncio.ensure_future(cpu_window())
-    await asyncio.gather(*(run(v, r) for v, r in zip(viewers, results, strict=True)))
+    await asyncio.gather(*(run(i, v, r) for i, (v, r) in enumerate(zip(viewers, results, strict=True))))
+    for result in results:
+        result.pop("joined", None)
     before, after = await window
     print(json.dumps({"viewers": results, "cpu_seconds": after - before, "duration": args.duration}))
     await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)

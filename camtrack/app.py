@@ -98,6 +98,7 @@ def create_app(config: Config) -> web.Application:
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
+        cameras.load.start()
         if not config.token and not is_loopback(config.host):
             logger.warning("no --token: anyone who can reach %s:%d can watch", config.host, config.port)
         addresses: list[str] = []
@@ -149,6 +150,7 @@ def create_app(config: Config) -> web.Application:
         if pool is not None:
             ice.workers = None
             await pool.stop()
+        await cameras.load.stop()
         await cameras.close()
         if ice.mux is not None:
             ice.mux.close()

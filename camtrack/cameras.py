@@ -15,6 +15,7 @@ from .media.decoder import PacketDecoder
 from .media.encoder import EncoderSettings, SharedEncoder
 from .media.feeds import VIEWER_TRANSPORTS, Publisher, Transport, Viewer
 from .media.jpeg import JpegEncoders
+from .media.load import Limits, LoadMonitor
 from .media.meters import Meter
 from .media.passthrough import PassthroughFeed
 from .media.stream import CameraStream
@@ -49,6 +50,8 @@ class Camera:
     #: the H.264 encoder (--video-encoder) of the join bridge, and the bridge while it exists
     video_encoder: str = "auto"
     bridge: SharedEncoder | None = None
+    #: the server's measured load (every camera shares it; set by Cameras)
+    load: LoadMonitor | None = None
 
     @property
     def name(self) -> str:
@@ -127,6 +130,8 @@ class Cameras:
         self.pending: OrderedDict[Viewer, Camera] = OrderedDict()
         #: pending sessions closed to make room, over the server's life
         self.pending_evicted = 0
+        self.load = LoadMonitor(Limits(config.max_loop_lag, config.send_budget, config.max_picture_age),
+                                lambda: self.viewer_count)
         self.by_name: dict[str, Camera] = {}
         for settings in config.cameras:
             source = resolve_auto(settings.source)
@@ -154,7 +159,7 @@ class Cameras:
                     bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval,
                     hardware=config.video_encoder))
             self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder,
-                                                 video_encoder=config.video_encoder)
+                                                 video_encoder=config.video_encoder, load=self.load)
 
     def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())
@@ -171,15 +176,23 @@ class Cameras:
     def viewer_count(self) -> int:
         return sum(c.viewer_count for c in self)
 
-    def has_room(self, camera: Camera) -> bool:
-        """Whether one more viewer of `camera` fits the server's and the camera's limits."""
+    def has_room(self, camera: Camera, measured: bool = True) -> bool:
+        """Whether one more viewer of `camera` fits the server's and the camera's limits and (if
+        `measured`, for newcomers) the capacity the server measures (camtrack.media.load)."""
         if self.max_viewers and self.viewer_count >= self.max_viewers:
             return False
-        return not (camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers)
+        if camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers:
+            return False
+        if measured and (why := self.load.full()) is not None:
+            self.load.refuse(why)
+            logger.debug("server full: %s", why)
+            return False
+        return True
 
     def admit(self, camera: Camera, viewer: Viewer) -> bool:
-        """Count `viewer` in (no longer pending), unless the server or the camera is full."""
-        if not self.has_room(camera):
+        """Count `viewer` in (no longer pending), unless the server or the camera is full (a peer
+        that got through admission and connected is not refused for the load it found since)."""
+        if not self.has_room(camera, measured=False):
             return False
         self.release(viewer)
         camera.viewers[viewer.transport].add(viewer)

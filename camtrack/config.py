@@ -413,6 +413,18 @@ class Config(CameraSettings):
     max_pending: int = field(default=64, metadata=option(
         "at most N sessions that are not viewers yet (default: {default}); one more closes the "
         "oldest of the client with the most", metavar="N", check=between(1, 100_000, "between 1 and 100000")))
+    #: admission control: a median event-loop lag above this over 2 s means "server full"
+    max_loop_lag: float = field(default=0.05, metadata=option(
+        "refuse new viewers while the event loop lags more than this (median over 2 s; default: "
+        "{default}; 0: off)", metavar="SECONDS", check=between(0, 10, "between 0 and 10")))
+    #: admission control: the capacity is the viewers one picture reaches within this time
+    send_budget: float = field(default=0.02, metadata=option(
+        "refuse new viewers beyond those one picture reaches within this time, as measured "
+        "(default: {default}; 0: off)", metavar="SECONDS", check=between(0, 10, "between 0 and 10")))
+    #: admission control: pictures reaching the first viewer later than this after capture (median) mean full
+    max_picture_age: float = field(default=0.05, metadata=option(
+        "refuse new viewers while pictures reach the first viewer's socket later than this after capture "
+        "(median over 2 s; default: {default}; 0: off)", metavar="SECONDS", check=between(0, 10, "between 0 and 10")))
     #: when set, watching needs this token (?token=, an "auth" message, or a bearer header)
     token: str | None = field(default=None, metadata=option(
         "require this token to watch (default: $CAMTRACK_TOKEN, else none); "

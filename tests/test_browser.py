@@ -152,7 +152,9 @@ def open_page(browser, path: str = "", timeout: float = 30.0):
             time.sleep(0.2)
 
 
-def wait_frames(page, minimum: int, timeout: float = 30.0) -> dict:
+def wait_frames(page, minimum: int, timeout: float = 30.0, interval: float = 0.2) -> dict:
+    """Until the page's peer decoded more than `minimum` frames (polled: `wait_for_function` takes a
+    promise for a truthy value and would not wait for getStats())."""
     deadline = time.monotonic() + timeout
     while True:
         stats = page.evaluate(FRAMES_DECODED)
@@ -161,7 +163,7 @@ def wait_frames(page, minimum: int, timeout: float = 30.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"only {stats['frames']} frames decoded in {timeout} s; state "
                                  f"{page.evaluate('window.camtrack.state')}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 @pytest.mark.timeout(180)
@@ -287,10 +289,10 @@ def test_page_plays_a_cameras_own_h264(sandbox, tmp_path, profile):
             browser, _, _log):
         first = open_page(browser)
         first.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
-        first.wait_for_function(f"({FRAMES_DECODED})().then((s) => s.frames > {2 * FPS})", timeout=30000)
+        wait_frames(first, 2 * FPS)
         late = open_page(browser)  # ~2.5 s into a GOP of 4 s at the earliest
         opened = time.monotonic()
-        late.wait_for_function(f"({FRAMES_DECODED})().then((s) => s.frames > 0)", timeout=20000, polling=20)
+        wait_frames(late, 0, timeout=20, interval=0.02)
         first_frame = time.monotonic() - opened
         at_once = late.evaluate(FRAMES_DECODED)["frames"]
         # live from then on: about 30 decoded a second (measured once the start run is decoded)
@@ -304,3 +306,43 @@ def test_page_plays_a_cameras_own_h264(sandbox, tmp_path, profile):
         assert size == [320, 240]
         assert first_frame < 5.0  # page load, signaling and ICE included; well under the 4 s GOP + that
         assert 20 <= rate <= 40
+
+
+@pytest.mark.timeout(180)
+def test_page_joining_mid_gop_shows_the_live_picture(sandbox, tmp_path):
+    """Passthrough of an RTSP camera whose keyframes are 4 s apart and whose pictures carry the time
+    they were made: a page opened 1.5 s or more after the camera's keyframe shows, as its first
+    picture, the live one (the join bridge), not the keyframe's."""
+    ns, _ = sandbox
+    camera = subprocess.Popen(ns.command(sys.executable, "-m", "tests.rtsp_server", "--size", "320x240"),
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert camera.stdout is not None
+        url = camera.stdout.readline().strip()
+        assert url.startswith("rtsp://"), url
+        with browser_and_server(sandbox, tmp_path, "h264", "--source", url, "--mode", "passthrough",
+                                "--width", "320", "--height", "240") as (browser, _, _log):
+            first = open_page(browser)
+            wait_frames(first, 15)
+            # the camera opened for the first page at its keyframe: 1.5 to 3 s into its GOP now
+            deadline = time.monotonic() + 20
+            while first.evaluate(FRAMES_DECODED)["frames"] % 120 not in range(45, 90):
+                assert time.monotonic() < deadline, "the first page stopped decoding"
+                time.sleep(0.02)
+            late = open_page(browser)
+            opened = time.monotonic()
+            shown = None
+            while shown is None:
+                assert time.monotonic() - opened < 20, "the late page showed no picture"
+                shown = late.evaluate("window.camtrack.readLatency()")
+                time.sleep(0.01)
+            shown_after = time.monotonic() - opened
+            wait_frames(late, 60)
+            now = late.evaluate("window.camtrack.readLatency()")
+            print(f"\npage opened mid-GOP: its first picture shown {shown_after * 1000:.0f} ms after opening was "
+                  f"{shown} ms old; {now} ms two seconds later")
+            assert shown < 700, f"the first picture shown was {shown} ms old (the keyframe's is over 1500 ms)"
+            assert now is not None and now < 700
+    finally:
+        camera.kill()
+        camera.wait(10)

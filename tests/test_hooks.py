@@ -37,6 +37,7 @@ async def test_every_hooked_instance_attribute_exists_on_a_live_peer(loopback_ic
             "RTCIceGatherer": gatherer,
             "Connection": gatherer._connection,
             "RTCDtlsTransport": dtls,
+            "RTCIceTransport": dtls.transport,
             "RtpRouter": dtls._rtp_router,
             "RTCRtpSender": sender,
         }
@@ -64,3 +65,55 @@ def test_keyframe_limiter_lets_one_request_through_per_interval() -> None:
     assert limiter.allow()
     assert not any(limiter.allow() for _ in range(100))
     assert (limiter.allowed, limiter.dropped) == (1, 100)
+
+
+def test_header_template_writes_what_aiortc_serializes() -> None:
+    """camtrack's RTP loop patches a header serialized once; it must equal aiortc's own, per packet."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    extensions_map = HeaderExtensionsMap()
+    extensions_map.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+    ]))
+    for mapping in (extensions_map, HeaderExtensionsMap()):
+        template = hooks._HeaderTemplate(102, 0x12345678, "0", mapping)
+        assert template.offset != -1
+        for timestamp, abs_send_time, seq, marker in ((0, 0, 0, 0), (0xFFFFFFFF, 0xABCDEF, 65535, 1), (90000, 7, 12, 1)):
+            packet = RtpPacket(102, marker, seq, timestamp, 0x12345678, b"payload")
+            packet.extensions.mid = "0"
+            packet.extensions.abs_send_time = abs_send_time
+            first, rest = template.header(timestamp, abs_send_time)
+            ours = hooks._HEAD.pack(first, marker << 7 | 102, seq) + rest + b"payload"
+            assert ours == packet.serialize(mapping)
+
+
+def test_ntp_now_agrees_with_aiortcs_clock() -> None:
+    from aiortc import clock
+
+    assert abs(hooks._ntp_now() - clock.current_ntp_time()) < (1 << 32) // 100  # within 10 ms
+
+
+async def test_viewers_share_one_packetization_and_camtracks_rtp_loop_sends(serve) -> None:
+    """Two viewers of the shared encoder: each picture is packetized once (its payloads cached
+    on the packet, for both), and camtrack's RTP loop, not aiortc's, sent them."""
+    from camtrack.app import CAMERAS
+    from camtrack.client import Viewer
+    from camtrack.media.feeds import Transport
+    from camtrack.outputs.webrtc.signaling import Session
+
+    url, app = await serve(width=320, height=240)
+    viewers = [Viewer(url), Viewer(url)]
+    for viewer in viewers:
+        await viewer.connect()
+    for viewer in viewers:
+        await viewer.frames(10)
+    camera = app[CAMERAS].first
+    sessions = [v for v in camera.viewers[Transport.WEBSOCKET] if isinstance(v, Session)]
+    peers = [s.peer for s in sessions if s.peer is not None]
+    assert len(peers) == 2 and all(p.rtp is not None and p.rtp.packets > 10 for p in peers)
+    assert camera.feed is not None
+    packed = [p for p in camera.feed._ring if p.shared]
+    assert packed and all(list(p.shared) == ["video/H264"] for p in packed)
+    await asyncio.gather(*(v.close() for v in viewers))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .load import Histogram
 
 
 @dataclass
@@ -12,6 +14,8 @@ class Meter:
     frames: int = 0
     bytes: int = 0
     negotiation_failures: int = 0
+    #: seconds from a picture's capture to its being handed to a viewer's socket, per viewer
+    wire_age: Histogram = field(default_factory=Histogram)
 
     def sent(self, size: int | None) -> None:
         """One frame handed to a viewer (`size` None when aiortc encodes it and its size is unknown)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fractions
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -38,3 +38,6 @@ class EncodedPacket:
     captured: float
     size: int
     codec: CodecInfo
+    #: what an output made of this packet once for all its readers (RTP payloads, by codec),
+    #: so that no reader redoes it; filled by the first reader that needs it
+    shared: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -57,7 +57,8 @@ class Ring(Generic[T]):
         self._items: deque[T] = deque(maxlen=size)
         self._closed_error = closed_error
         self._open = False
-        self._waiter: asyncio.Future[None] | None = None
+        #: one future per waiting reader (cheaper than every reader shielding one shared future)
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def open(self) -> bool:
@@ -89,17 +90,19 @@ class Ring(Generic[T]):
         if newest is not None and item.seq <= newest.seq:
             raise ValueError(f"item {item.seq} is not newer than {newest.seq}")
         self._items.append(item)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def close(self) -> None:
         """Drop the items and fail whoever waits (and later askers too) with the closing error."""
         self._items.clear()
         self._open = False
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)  # woken readers find the ring closed and raise
+        self._wake()  # woken readers find the ring closed and raise
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # a cancelled reader's future is done already
+                waiter.set_result(None)
 
     def get(self, seq: int) -> T | None:
         """The held item numbered `seq`, if any."""
@@ -148,9 +151,15 @@ class Ring(Generic[T]):
             await self._wait()
 
     async def _wait(self) -> None:
-        if self._waiter is None or self._waiter.done():
-            self._waiter = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._waiter)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            # a reader that leaves while waiting: do not keep its future until the next item
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
 
     def _pick(self, after: int, newest: bool, max_lag: int | None) -> Read[T]:
         last = self._items[-1]

@@ -63,11 +63,15 @@ class CameraCollector:
                                              labels=["camera"])
         encode_time = HistogramMetricFamily("camtrack_encode_seconds", "Time to encode one frame.",
                                             labels=["camera", "codec"])
+        wire = HistogramMetricFamily(
+            "camtrack_capture_to_wire_seconds", "Time from a picture's capture to its being handed to a "
+            "viewer's socket, per viewer and picture.", labels=["camera", "transport"])
         for camera in self.cameras:
             name = camera.name
             for transport in VIEWER_TRANSPORTS:
                 viewers.add_metric([name, transport], len(camera.viewers[transport]))
                 meter = camera.meters[transport]
+                wire.add_metric([name, transport], meter.wire_age.cumulative(), meter.wire_age.total)
                 sent.add_metric([name, transport], meter.frames)
                 sent_bytes.add_metric([name, transport], meter.bytes)
                 if transport in (Transport.WEBSOCKET, Transport.WHEP):  # the WebRTC ones
@@ -94,6 +98,26 @@ class CameraCollector:
                     cumulative += count
                     buckets.append((bound, cumulative))
                 encode_time.add_metric([name, codec], buckets, stats.encode_seconds)
+        load = self.cameras.load
+        lag = HistogramMetricFamily("camtrack_event_loop_lag_seconds",
+                                    "How late the event loop ran a probe due every 50 ms.")
+        lag.add_metric([], load.lag.cumulative(), load.lag.total)
+        yield lag
+        yield GaugeMetricFamily("camtrack_event_loop_lag_recent_seconds",
+                                "Median event-loop lag over the last 2 s (what admission control reads).",
+                                value=load.recent_lag)
+        capacity = load.capacity
+        yield GaugeMetricFamily("camtrack_capacity_viewers", "Viewers the server can take, as measured from "
+                                "the time one picture takes to reach every viewer (-1: not known yet).",
+                                value=-1 if capacity is None else capacity)
+        yield GaugeMetricFamily("camtrack_handshakes", "Peers negotiating now (paced).", value=load.handshaking)
+        refused = CounterMetricFamily("camtrack_viewers_refused_load", "Newcomers refused for the measured load, "
+                                      "by why: lag, age (pictures late), throttled (CPU quota used up), capacity, "
+                                      "turn (no handshake turn in time).", labels=["reason"])
+        for reason in ("lag", "age", "throttled", "capacity", "turn"):
+            refused.add_metric([reason], load.refusals.get(reason, 0))
+        yield refused
+        yield wire
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, encode_time, janus_up, janus_publishes, janus_failures)
         if self.workers is not None:

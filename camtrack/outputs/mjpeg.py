@@ -105,7 +105,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         if not fps >= MIN_FPS:  # NaN too
             raise web.HTTPBadRequest(text=f"fps must be at least {MIN_FPS:g}\n")
         client = MjpegClient(camera, request.remote or "?")
-        if not cameras.admit(camera, client):
+        if not cameras.has_room(camera) or not cameras.admit(camera, client):
             log.warning(client.remote, "refused mjpeg viewer %s of %s: server full", client.remote, camera.name)
             raise web.HTTPServiceUnavailable(text="server full\n", headers={"Retry-After": "10"})
         meter = camera.meters[Transport.MJPEG]
@@ -154,6 +154,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
                     break
                 client.sent += 1
                 meter.sent(len(jpeg.data))
+                meter.wire_age.observe(max(0.0, time.time() - jpeg.captured))
             client.end(client.reason or "server closed the stream")
         except (ConnectionError, FeedClosed) as exc:
             client.end(client.reason or f"went away ({type(exc).__name__})")

@@ -34,7 +34,7 @@ from ..media.feeds import FeedClosed, PacketFeed, Transport
 from ..media.packet import CodecInfo, EncodedPacket
 from ..media.passthrough import RING_PACKETS, PassthroughFeed
 from ..outputs.webrtc.ice import IceContext
-from ..outputs.webrtc.peer import CLOSE_TIMEOUT, OfferError, Peer
+from ..outputs.webrtc.peer import CLOSE_TIMEOUT, OfferError, Peer, ServerFull, check_offer
 from . import wire
 
 logger = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ class RemotePeer:
         self._ended = False
         self._answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._closed: asyncio.Future[None] | None = None
+        #: gives back this peer's handshake turn (camtrack.media.load), once it connected or ended
+        self._turn: Callable[[], None] | None = None
         if worker is not None:
             worker.add(self)
 
@@ -136,18 +138,37 @@ class RemotePeer:
         if self.worker is None or not self.worker.ready:
             self.camera.meters[self.transport].negotiation_failures += 1
             raise OfferError("no worker process is ready to take a viewer; try again shortly")
+        load = self.camera.load
+        if load is not None:
+            # a crowd negotiates a few at a time across every worker, as in one process (Peer.answer)
+            try:
+                check_offer(sdp, self.camera.settings.codec)  # a bad offer is told so at once, not queued
+            except OfferError:
+                self.camera.meters[self.transport].negotiation_failures += 1
+                raise
+            self._turn = await load.handshake_turn()
+            if self._turn is None or self._ended:
+                self._give_turn_back()
+                raise ServerFull("server full")
         self.send({"t": "offer", "camera": self.camera.name, "transport": str(self.transport),
                    "remote": self.remote, "sdp": sdp})
         reply = await asyncio.shield(self._answer)
         if "sdp" not in reply:
+            self._give_turn_back()
             raise OfferError(reply.get("error", "the worker could not answer"))
         logger.debug("%s viewer %s of %s: answered by worker %d", self.transport, self.remote, self.camera.name,
                      self.worker.index)
         return str(reply["sdp"])
 
+    def _give_turn_back(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn()
+
     async def close(self) -> None:
         """Close the worker's peer (idempotent, never cancelled half-way; not longer than CLOSE_TIMEOUT)."""
         self._ended = True
+        self._give_turn_back()
         if not self._answer.done():
             # closed while its worker answers (the session ended): an answer of nothing, which the
             # session, ended, does not send (as a local Peer closed half-way answers)
@@ -173,6 +194,7 @@ class RemotePeer:
         if kind == "state":
             if message["state"] == "connected":
                 self.connected = True
+                self._give_turn_back()
             self.pc._set_state(message["state"])
         elif kind == "ended":
             self._end(message["reason"])
@@ -193,6 +215,7 @@ class RemotePeer:
         self._end(reason)
 
     def _end(self, reason: str) -> None:
+        self._give_turn_back()
         if not self._ended:
             self._ended = True
             self.on_end(reason)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +24,21 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpSender
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_RTPFB_NACK, RTP_HISTORY_SIZE, RtcpPsfbPacket, RtcpRtpfbPacket
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpsender import random_sequence_number
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_RTPFB_NACK,
+    RTP_HISTORY_SIZE,
+    HeaderExtensions,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+)
+from aiortc.utils import random32
 
 from ...media.ratelimit import TokenBucket
 from .udpmux import UdpMux, family_of
@@ -50,15 +62,21 @@ HOOKED: list[tuple[Any, str]] = [
     (aioice.ice, "server_reflexive_candidate"),
     (StunProtocol, "connection_made"),
     (StunProtocol, "connection_lost"),
+    (RTCRtpSender, "_run_rtp"),
 ]
 #: attributes set in __init__ (so not on the class), by class name: tests/test_hooks.py checks
 #: them on the objects of a live connection
 INSTANCE_HOOKED: dict[str, list[str]] = {
-    "Connection": ["_protocols", "_check_list", "_queue", "_local_username"],
+    "Connection": ["_protocols", "_check_list", "_queue", "_local_username", "_nominated"],
     "RTCIceGatherer": ["_connection"],
-    "RTCDtlsTransport": ["_rtp_router"],
     "RtpRouter": ["senders"],
-    "RTCRtpSender": ["_RTCRtpSender__rtp_history"],
+    "RTCRtpSender": ["_RTCRtpSender__rtp_history", "_RTCRtpSender__rtp_header_extensions_map",
+                     "_RTCRtpSender__mid", "_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited",
+                     "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+                     "_RTCRtpSender__octet_count", "_RTCRtpSender__packet_count", "_ssrc", "_enabled"],
+    "RTCDtlsTransport": ["_rtp_router", "_tx_srtp", "_RTCDtlsTransport__tx_bytes",
+                         "_RTCDtlsTransport__tx_packets"],
+    "RTCIceTransport": ["_connection"],
 }
 
 #: packets held per peer from a candidate pair that is still being checked; dropped beyond this
@@ -480,3 +498,181 @@ def guard_peer(pc: RTCPeerConnection, track: MediaStreamTrack, bitrate: int,
         if id(dtls) not in rtcp:
             rtcp[id(dtls)] = police_rtcp(dtls)
     return PeerGuard(guard_ice(pc), keyframes, retransmits, list(rtcp.values()))
+
+
+# --- RTP: each picture packetized once, sent to every viewer --------------------------------------
+
+@dataclass
+class RtpFrame:
+    """One picture as RTP payloads (shared by every viewer: never modified), its 90 kHz
+    timestamp (before the viewer's random origin) and its capture time (seconds since the epoch)."""
+
+    payloads: Sequence[bytes]
+    timestamp: int
+    captured: float
+
+
+_HEAD = struct.Struct("!BBH")
+#: seconds from the NTP epoch (1900) to the Unix epoch
+_NTP_UNIX = 2208988800
+
+
+def _ntp_now() -> int:
+    """The NTP time now, 32.32 fixed point: what aiortc's clock gives, without its datetimes
+    (a few microseconds per call, paid per viewer and picture)."""
+    now = time.time()
+    return (int(now) + _NTP_UNIX) << 32 | int((now % 1.0) * 4294967296.0)
+
+
+class _History:
+    """What a sender sent lately, for NACKs: aiortc's `__rtp_history` keeps an RtpPacket per
+    packet sent; this keeps a tuple and makes the RtpPacket only when one is asked for again."""
+
+    def __init__(self) -> None:
+        #: by sequence number modulo RTP_HISTORY_SIZE (the RTP loop writes it directly)
+        self.sent: dict[int, tuple[int, int, int, int, int, bytes, HeaderExtensions]] = {}
+
+    def get(self, key: int) -> RtpPacket | None:
+        sent = self.sent.get(key)
+        if sent is None:
+            return None
+        payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions = sent
+        packet = RtpPacket(payload_type, marker, sequence_number, timestamp, ssrc, payload)
+        packet.extensions = extensions
+        return packet
+
+    def values(self) -> list[RtpPacket]:
+        """Every packet held (as aiortc's dict has them)."""
+        return [p for p in map(self.get, list(self.sent)) if p is not None]
+
+
+class _HeaderTemplate:
+    """One sender's RTP header with its extensions, serialized by aiortc once; per picture only
+    the timestamp and the abs-send-time bytes are written into it (found by serializing twice
+    with two different values), per packet the marker and sequence number."""
+
+    def __init__(self, payload_type: int, ssrc: int, mid: str | None, extensions_map: HeaderExtensionsMap) -> None:
+        self.payload_type, self.ssrc, self.mid, self.map = payload_type, ssrc, mid, extensions_map
+
+        def serialized(abs_send_time: int) -> bytes:
+            packet = RtpPacket(payload_type, 0, 0, 0, ssrc)
+            packet.extensions.mid = mid
+            packet.extensions.abs_send_time = abs_send_time
+            return packet.serialize(extensions_map)
+
+        one, other = serialized(0), serialized(0xFFFFFF)
+        self.bytes = bytearray(one)
+        changed = [i for i, (a, b) in enumerate(zip(one, other, strict=False)) if a != b]
+        #: where abs-send-time's 3 bytes are; None when not negotiated; -1: unexpected layout
+        self.offset: int | None = None
+        if len(one) != len(other) or (changed and changed != list(range(changed[0], changed[0] + 3))):
+            self.offset = -1
+        elif changed:
+            self.offset = changed[0]
+
+    def header(self, timestamp: int, abs_send_time: int) -> tuple[int, bytes]:
+        """The first byte and the bytes after the sequence number, for one picture."""
+        if self.offset == -1:  # not the layout this knows: let aiortc serialize every picture
+            packet = RtpPacket(self.payload_type, 0, 0, timestamp, self.ssrc)
+            packet.extensions.mid = self.mid
+            packet.extensions.abs_send_time = abs_send_time
+            serialized = packet.serialize(self.map)
+            return serialized[0], serialized[4:]
+        head = self.bytes
+        head[4:8] = timestamp.to_bytes(4, "big")
+        if self.offset is not None:
+            head[self.offset:self.offset + 3] = abs_send_time.to_bytes(3, "big")
+        return head[0], bytes(head[4:])
+
+
+@dataclass
+class RtpSendStats:
+    """What one sender's RTP loop did (camtrack's, see `send_rtp_once`)."""
+
+    frames: int = 0
+    packets: int = 0
+
+
+def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParameters], Awaitable[RtpFrame]],
+                  on_sent: Callable[[float, float], None] | None = None) -> RtpSendStats:
+    """Replace `sender`'s RTP loop with one that sends pictures already packetized.
+
+    aiortc's loop packetizes every picture again for every viewer, builds an RtpPacket and its
+    header extensions per packet, and awaits four coroutines per packet down to the socket. This
+    one takes each picture's payloads as they were packetized once for all viewers, serializes
+    the header and its extensions once per picture (only the sequence number and marker differ
+    from packet to packet), encrypts with the viewer's SRTP and hands each packet to the
+    nominated pair's socket directly, a whole picture without yielding. RTCP (reports, PLI/FIR,
+    NACK through `__rtp_history`) stays aiortc's. `on_sent(captured, seconds)` is called once a
+    picture has been handed to the socket, with the seconds that took. Call before the connection starts the sender.
+    """
+    stats = RtpSendStats()
+    history = _History()
+    sender._RTCRtpSender__rtp_history = history  # type: ignore[attr-defined]
+
+    async def run_rtp(codec: RTCRtpCodecParameters) -> None:
+        dtls = sender.transport
+        sender._RTCRtpSender__rtp_started.set()  # type: ignore[attr-defined]
+        extensions_map: HeaderExtensionsMap = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
+        mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
+        payload_type: int = codec.payloadType or 0
+        sent = history.sent
+        ssrc = sender._ssrc
+        sequence_number = random_sequence_number()
+        origin = random32()
+        octets = packets = 0
+        template: _HeaderTemplate | None = None
+        try:
+            while True:
+                frame = await next_frame(codec)
+                if not sender._enabled or not frame.payloads:
+                    continue
+                connection = dtls.transport._connection
+                pair = connection._nominated.get(1)
+                if dtls.state != "connected" or pair is None:
+                    raise ConnectionError("not connected")
+                timestamp = (origin + frame.timestamp) & 0xFFFFFFFF
+                began = time.perf_counter()
+                ntp = _ntp_now()
+                abs_send_time = (ntp >> 14) & 0x00FFFFFF
+                extensions = HeaderExtensions(mid=mid, abs_send_time=abs_send_time)
+                if template is None:
+                    template = _HeaderTemplate(payload_type, ssrc, mid, extensions_map)
+                first, rest = template.header(timestamp, abs_send_time)
+                protect = dtls._tx_srtp.protect
+                sendto, remote = pair.protocol.transport.sendto, pair.remote_addr
+                last = len(frame.payloads) - 1
+                size = 0
+                for index, payload in enumerate(frame.payloads):
+                    marker = 1 if index == last else 0
+                    sent[sequence_number % RTP_HISTORY_SIZE] = (
+                        payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions)
+                    data = protect(_HEAD.pack(first, marker << 7 | payload_type, sequence_number) + rest + payload)
+                    sendto(data, remote)
+                    size += len(data)
+                    octets += len(payload)
+                    sequence_number = (sequence_number + 1) & 0xFFFF
+                packets += len(frame.payloads)
+                # what aiortc's loop keeps for its sender reports and statistics
+                sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
+                sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+                sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
+                sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
+                dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
+                dtls._RTCDtlsTransport__tx_packets += len(frame.payloads)  # type: ignore[attr-defined]
+                stats.frames += 1
+                stats.packets = packets
+                if on_sent is not None:
+                    on_sent(frame.captured, time.perf_counter() - began)
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:  # as aiortc's loop: RTCRtpSender.stop() waits for __rtp_exited
+            logger.exception("RTP sending loop failed")
+        finally:
+            track = sender.track
+            if track is not None:
+                track.stop()
+            sender._RTCRtpSender__rtp_exited.set()  # type: ignore[attr-defined]
+
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]
+    return stats

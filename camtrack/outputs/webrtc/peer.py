@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -15,7 +16,7 @@ from ...cameras import Camera
 from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
-from .hooks import PeerGuard, guard_peer
+from .hooks import PeerGuard, RtpSendStats, guard_peer, send_rtp_once
 from .ice import IceContext
 from .tracks import CameraTrack, EncodedTrack, make_track
 
@@ -29,6 +30,10 @@ CODEC_MIME = {"h264": "video/H264", "vp8": "video/VP8"}
 
 class OfferError(ValueError):
     """An offer this server cannot answer; the message says why."""
+
+
+class ServerFull(Exception):
+    """No turn to negotiate came in time, or the server filled up while this one waited."""
 
 
 def codec_preferences(codec: str) -> list[RTCRtpCodecCapability]:
@@ -110,6 +115,10 @@ class Peer:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: the peer's protections against a hostile network (set once the offer is answered)
         self.guard: PeerGuard | None = None
+        #: what camtrack's own RTP loop sent (shared packets only; per-viewer encoding keeps aiortc's)
+        self.rtp: RtpSendStats | None = None
+        #: gives back this peer's handshake turn (camtrack.media.load), once it connected or ended
+        self._turn: Callable[[], None] | None = None
         self.pc.on("connectionstatechange", self._on_state)
 
     @property
@@ -117,12 +126,38 @@ class Peer:
         return self.pc.connectionState in ("new", "connecting")
 
     async def answer(self, sdp: str) -> str:
-        """The answer to `sdp` (OfferError if it cannot be answered); starts the negotiation clock."""
+        """The answer to `sdp` (OfferError if it cannot be answered, ServerFull if no turn to
+        negotiate came in time); starts the negotiation clock.
+
+        A crowd arriving at once negotiates a few at a time (DTLS handshakes are costly): the
+        viewers already watching keep their pictures, and who waits too long is told so.
+        """
+        load = self.camera.load
         try:
+            if load is not None:
+                check_offer(sdp, self.camera.settings.codec)  # a bad offer is told so at once, not queued
+                self._turn = await load.handshake_turn()
+                if self._turn is None or self._ended:
+                    self._give_turn_back()
+                    raise ServerFull("server full")
             answer = await answer_offer(self.pc, sdp, self.track, self.camera.settings.codec, self.ice)
         except OfferError:
+            self._give_turn_back()
             self.camera.meters[self.transport].negotiation_failures += 1
             raise
+        if isinstance(self.track, EncodedTrack):
+            meter = self.camera.meters[self.transport]
+            feed = id(self.track.encoder)
+
+            def on_sent(captured: float, seconds: float) -> None:
+                meter.wire_age.observe(max(0.0, time.time() - captured))
+                if load is not None:
+                    load.sent(feed, captured, seconds)
+
+            # before guard_peer: its NACK cap reads the history this installs
+            for sender in self.pc.getSenders():
+                if sender.track is self.track:
+                    self.rtp = send_rtp_once(sender, self.track.next_rtp_frame, on_sent)
         # before the answer leaves: from then on its ports are known to anyone who reads it
         self.guard = guard_peer(self.pc, self.track, self.camera.settings.bitrate,
                                 self.camera.settings.keyframe_interval)
@@ -131,9 +166,15 @@ class Peer:
                     self.camera.settings.codec, self.camera.settings.width, self.camera.settings.height)
         return answer
 
+    def _give_turn_back(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn()
+
     async def close(self) -> None:
         """Stop the track and close the connection (idempotent, never cancelled half-way)."""
         self._ended = True
+        self._give_turn_back()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -147,6 +188,7 @@ class Peer:
             logger.warning("%s viewer %s: peer close timed out", self.transport, self.remote)
 
     def _end(self, reason: str) -> None:
+        self._give_turn_back()
         if not self._ended:
             self._ended = True
             self.on_end(reason)
@@ -172,6 +214,7 @@ class Peer:
         state = self.pc.connectionState
         logger.debug("%s viewer %s: peer %s", self.transport, self.remote, state)
         if state == "connected":
+            self._give_turn_back()
             self._cancel_timer("negotiation")
             self._cancel_timer("disconnected")
             if not self.connected:

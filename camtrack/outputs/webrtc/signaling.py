@@ -45,7 +45,7 @@ from ...media.ratelimit import TokenBucket
 from ...workers.pool import AnyPeer, make_peer
 from ..wsvideo import PacketStream
 from .ice import IceContext
-from .peer import OfferError
+from .peer import OfferError, ServerFull
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -223,6 +223,11 @@ class Session:
         except OfferError as exc:
             await self._close_peer()
             raise ProtocolError(clip(exc, MAX_ERROR)) from None
+        except ServerFull:
+            if self.peer is peer:
+                self.refuse_full()
+            await peer.close()
+            return
         if self.peer is not peer or self.reason is not None:
             await peer.close()  # replaced or ended while negotiating
             return

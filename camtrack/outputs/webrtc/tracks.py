@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import av
+from aiortc.codecs import get_encoder
+from aiortc.codecs.base import Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import VideoFrame
 
 from ...cameras import Camera
@@ -18,6 +22,7 @@ from ...media.frame import VIDEO_TIME_BASE, PtsClock
 from ...media.meters import Meter
 from ...media.packet import EncodedPacket
 from ...media.passthrough import PassthroughFeed
+from .hooks import RtpFrame
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +101,9 @@ class EncodedTrack(MediaStreamTrack):
         """The remote peer asked for a keyframe (PLI or FIR)."""
         self.encoder.request_keyframe()
 
-    async def recv(self) -> av.Packet[Any]:
+    async def next_encoded(self) -> tuple[EncodedPacket, int | None]:
+        """The next packet this viewer sends, and its own presentation time when it is part of a
+        squeezed start run (else None: the packet's own)."""
         if self._pending is None:
             # the sender starts reading once the peer is connected: start from a keyframe now
             self._pending = deque(self._start_run(self.encoder.start_packets()))
@@ -144,10 +151,26 @@ class EncodedTrack(MediaStreamTrack):
                 self.first_packet = (time.monotonic() - self.started, encoded.keyframe)
             if self.meter is not None:
                 self.meter.sent(encoded.size)
-            squeezed = self._squeezed.pop(encoded.seq, None)
-            if squeezed is not None:
-                return restamped(encoded.packet, squeezed)
-            return encoded.packet
+            return encoded, self._squeezed.pop(encoded.seq, None)
+
+    async def recv(self) -> av.Packet[Any]:
+        encoded, squeezed = await self.next_encoded()
+        if squeezed is not None:
+            return restamped(encoded.packet, squeezed)
+        return encoded.packet
+
+    async def next_rtp_frame(self, codec: RTCRtpCodecParameters) -> RtpFrame:
+        """The next packet as RTP payloads (packetized once for every viewer of the feed), its
+        90 kHz timestamp and capture time: what camtrack's RTP sending loop (hooks.send_rtp_once) sends."""
+        encoded, squeezed = await self.next_encoded()
+        payloads = encoded.shared.get(codec.mimeType)
+        if payloads is None:
+            payloads = encoded.shared[codec.mimeType] = _packer(self.encoder, codec).pack(encoded.packet)[0]
+        pts = squeezed if squeezed is not None else encoded.packet.pts or 0
+        time_base = encoded.codec.time_base  # the packet's own (a new Fraction at every read)
+        if time_base != VIDEO_TIME_BASE:
+            pts = int(pts * time_base / VIDEO_TIME_BASE)  # as aiortc's packetizers convert it
+        return RtpFrame(payloads, pts, encoded.captured)
 
     def _start_run(self, run: list[EncodedPacket]) -> list[EncodedPacket]:
         """Where this viewer starts: the feed's run from its newest keyframe to its newest packet,
@@ -214,7 +237,7 @@ class BridgedTrack(EncodedTrack):
         else:
             super().request_keyframe()
 
-    async def recv(self) -> av.Packet[Any]:
+    async def next_encoded(self) -> tuple[EncodedPacket, int | None]:
         if not self._decided:
             self._decided = True
             self._start_bridge()
@@ -227,19 +250,19 @@ class BridgedTrack(EncodedTrack):
                 self._switch(run)
                 break
             try:
-                packet = await self._next_bridge_packet()
+                bridged = await self._next_bridge_packet()
             except FeedClosed:
                 logger.debug("join bridge closed: starting from the camera's keyframe run instead")
                 self._stop_bridge()
                 break
-            if packet is not None:
-                return packet
-        packet = await super().recv()
-        pts = packet.pts or 0
+            if bridged is not None:
+                return bridged
+        encoded, squeezed = await super().next_encoded()
+        pts = squeezed if squeezed is not None else encoded.packet.pts or 0
         if pts + self._offset <= self._last_pts:
             self._offset = self._last_pts + 1 - pts  # (the bridge ran ahead of the camera's clock)
         self._last_pts = pts + self._offset
-        return restamped(packet, self._last_pts) if self._offset else packet
+        return encoded, (self._last_pts if self._offset or squeezed is not None else None)
 
     def _start_bridge(self) -> None:
         run = self.encoder.start_packets()
@@ -253,9 +276,9 @@ class BridgedTrack(EncodedTrack):
         bridge.attach(self)
         self._bridge_pending = deque(bridge.start_packets())
 
-    async def _next_bridge_packet(self) -> av.Packet[Any] | None:
-        """The bridge's next packet for this viewer (from a keyframe on), or None to look again
-        for the camera's keyframe first."""
+    async def _next_bridge_packet(self) -> tuple[EncodedPacket, int] | None:
+        """The bridge's next packet for this viewer (from a keyframe on) and its presentation time
+        here, or None to look again for the camera's keyframe first."""
         bridge = self.bridge
         assert bridge is not None
         if self._bridge_pending:
@@ -283,7 +306,7 @@ class BridgedTrack(EncodedTrack):
             self.first_packet = (time.monotonic() - self.started, True)
         if self.meter is not None:
             self.meter.sent(encoded.size)
-        return restamped(encoded.packet, out)
+        return encoded, out
 
     def _switch(self, run: list[EncodedPacket]) -> None:
         """From the bridge to the camera's own packets, at the camera's keyframe `run[0]`."""
@@ -303,6 +326,19 @@ class BridgedTrack(EncodedTrack):
     def stop(self) -> None:
         self._stop_bridge()
         super().stop()
+
+
+#: one aiortc packetizer per feed and codec, shared by its viewers: VP8's carries the picture
+#: id, which must grow by one from picture to picture of a stream whoever packs it
+_PACKERS: weakref.WeakKeyDictionary[PacketFeed, dict[str, Encoder]] = weakref.WeakKeyDictionary()
+
+
+def _packer(feed: PacketFeed, codec: RTCRtpCodecParameters) -> Encoder:
+    packers = _PACKERS.setdefault(feed, {})
+    packer = packers.get(codec.mimeType)
+    if packer is None:
+        packer = packers[codec.mimeType] = get_encoder(codec)
+    return packer
 
 
 def restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:

@@ -24,7 +24,7 @@ from ...logs import ClientLog, clip
 from ...media.feeds import Transport
 from ...workers.pool import make_peer
 from .ice import IceContext
-from .peer import OfferError
+from .peer import OfferError, ServerFull
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -132,6 +132,11 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, ice: IceC
         session = WhepSession(camera, cameras, config, remote, sessions, ice)  # pending until it connects
         try:
             answer = await session.peer.answer(sdp)
+        except ServerFull:
+            log.warning(remote, "refused whep viewer %s of %s: server full", remote, camera.name)
+            session.end("server full")
+            await session.closed()
+            raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"}) from None
         except OfferError as exc:
             session.end(f"bad offer: {clip(exc)}")
             await session.closed()

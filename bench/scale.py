@@ -1,0 +1,316 @@
+"""camtrack's scale benchmark: many non-decoding viewers, the marginal server CPU per viewer, the
+largest N served at >= 29 fps with p95 <= 60 ms, and a crowd against a CPU-capped server.
+
+    python -m bench.run --scale                       # ladder 1,15,30,45 and the crowd (as root)
+    python -m bench.run --scale --viewers 1,50,100 --repeat 2 --crowd-quota 40
+
+Each ladder row starts `server.py` (640x480@30 H.264 1 Mbit/s, the pattern) and N aiortc viewers
+in client processes; two of them decode (latency from the pattern's stamp), the rest receive,
+decrypt and reassemble every frame without decoding it. With more than four cores the server is
+pinned to two of them and the clients to the others (`taskset`); on fewer everything shares the
+machine and the clients' CPU is reported beside the server's. The marginal CPU per viewer is the
+least-squares slope of server CPU over N. `/metrics` gives each row's capture-to-wire p50 and
+event-loop lag p50 (bucket bounds).
+
+The crowd (root only, cgroup v1 `cpu.cfs_quota_us`): the server is capped to a share of one core;
+viewers join one after another until the server refuses one (its capacity C, as it measures it);
+then 2*C newcomers join at the same instant. Reported: the watchers' fps and latency during the
+crowd, and for each newcomer whether it played or was refused, how fast, and whether any hung.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .run import ROOT, VIEWERS_PER_PROCESS, cpu_seconds, free_port, percentile, rss_mb
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+DECODING = 2
+FPS_TARGET = 29.0
+P95_TARGET = 60.0
+#: a newcomer's answer (first picture or refusal) must come within this
+OUTCOME_LIMIT = 5.0
+
+
+@dataclass
+class Placement:
+    """Which cores the server and the clients run on (empty: anywhere)."""
+
+    server: str = ""
+    clients: str = ""
+
+    @classmethod
+    def for_machine(cls) -> Placement:
+        cores = os.cpu_count() or 1
+        if cores > 4:
+            return cls("0,1", f"2-{cores - 1}")
+        return cls()
+
+    def wrap(self, cores: str, argv: list[str]) -> list[str]:
+        return ["taskset", "-c", cores, *argv] if cores else argv
+
+
+class Server:
+    """server.py as its own process, optionally pinned and inside a CPU-capped cgroup."""
+
+    def __init__(self, root: Path, placement: Placement, quota_percent: float | None = None,
+                 extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, str(root / "server.py"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--source", "pattern", "--width", "640", "--height", "480", "--fps", "30", "--codec", "h264",
+                "--bitrate", "1000000", "--ice-address", "127.0.0.1", "--log-level", "warning",
+                "--max-pending", "1000", *(extra or [])]
+        self.process = subprocess.Popen(placement.wrap(placement.server, argv), cwd=root,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.cgroup: Path | None = None
+        if quota_percent is not None:
+            self.cgroup = CGROUP_CPU / f"camtrack-bench-{self.process.pid}"
+            self.cgroup.mkdir()
+            (self.cgroup / "cpu.cfs_period_us").write_text("100000")
+            (self.cgroup / "cpu.cfs_quota_us").write_text(str(int(quota_percent * 1000)))
+            (self.cgroup / "cgroup.procs").write_text(str(self.process.pid))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1).read()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.1)
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(self.url + "/metrics", timeout=5).read().decode()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.cgroup is not None:
+            for _ in range(50):
+                try:
+                    self.cgroup.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def histogram_p50(metrics: str, name: str, labels: str = "") -> float | None:
+    """The upper bound of the bucket holding the median of a Prometheus histogram (summed over
+    the series whose labels contain `labels`)."""
+    buckets: dict[float, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith(name + "_bucket{") and labels in line:
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = buckets.get(float(bound), 0.0) + float(line.rsplit(" ", 1)[1])
+    if not buckets or not buckets.get(float("inf")):
+        return None
+    total = buckets[float("inf")]
+    return next(bound for bound in sorted(buckets) if buckets[bound] >= total / 2)
+
+
+def clients(url: str, placement: Placement, count: int, decoding: int, start_at: float, duration: float,
+            join_at: float | None = None, stagger: float = 0.0) -> list[subprocess.Popen[str]]:
+    """Client processes for `count` viewers, the first `decoding` of them decoding."""
+    groups = [(min(count, decoding), True)] if decoding else []
+    rest = count - (groups[0][0] if groups else 0)
+    while rest > 0:
+        groups.append((min(rest, VIEWERS_PER_PROCESS), False))
+        rest -= groups[-1][0]
+    started = []
+    offset = 0
+    for n, decode in groups:
+        argv = [sys.executable, "-m", "bench.viewers", "--url", url + "/ws", "--count", str(n),
+                "--start-at", str(start_at), "--duration", str(duration)]
+        if decode:
+            argv.append("--decode")
+        if join_at is not None:
+            argv += ["--join-at", str(join_at + offset * stagger)]
+        offset += n
+        if stagger:
+            argv += ["--stagger", str(stagger)]
+        started.append(subprocess.Popen(placement.wrap(placement.clients, argv), cwd=ROOT,
+                                        stdout=subprocess.PIPE, text=True))
+    return started
+
+
+def results_of(processes: list[subprocess.Popen[str]]) -> tuple[list[dict], float]:
+    """Every viewer's result, and the clients' CPU seconds in the window."""
+    outputs = [json.loads(p.communicate(timeout=180)[0].strip().splitlines()[-1]) for p in processes]
+    return [v for o in outputs for v in o["viewers"]], sum(o["cpu_seconds"] for o in outputs)
+
+
+@dataclass
+class ScaleRow:
+    server: str
+    viewers: int
+    server_cpu: float
+    client_cpu: float
+    fps_min: float
+    fps_mean: float
+    p50: float | None
+    p95: float | None
+    wire_p50: float | None
+    lag_p50: float | None
+    rss: float
+    errors: int
+    #: the server's own count of newcomers refused for its load, by reason
+    refusals: str = ""
+
+    def cells(self) -> list[str]:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f}"
+
+        def bound(value: float | None) -> str:
+            return "-" if value is None else f"≤{value * 1000:g}"
+
+        return [self.server, str(self.viewers), f"{self.server_cpu:.1f}", f"{self.client_cpu:.0f}",
+                f"{self.fps_min:.1f}", f"{self.fps_mean:.1f}", ms(self.p50), ms(self.p95),
+                bound(self.wire_p50), bound(self.lag_p50), f"{self.rss:.0f}",
+                f"{self.errors} ({self.refusals})" if self.refusals else str(self.errors)]
+
+
+SCALE_HEADER = ["server", "N", "server CPU %", "clients CPU %", "fps min", "fps mean", "latency p50 ms",
+                "latency p95 ms", "capture-to-wire p50 ms", "loop lag p50 ms", "server RSS MB", "errors"]
+
+
+def ladder_row(name: str, root: Path, placement: Placement, viewers: int, duration: float) -> ScaleRow:
+    server = Server(root, placement)
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        start_at = time.time() + 4 + 0.08 * viewers
+        processes = clients(server.url, placement, viewers, min(DECODING, viewers), start_at, duration)
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu0, t0 = cpu_seconds(server.process.pid), time.monotonic()
+        time.sleep(duration)
+        cpu1, t1 = cpu_seconds(server.process.pid), time.monotonic()
+        metrics, rss = server.metrics(), rss_mb(server.process.pid)
+        per_viewer, client_cpu = results_of(processes)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+        server.stop()
+    fps = [v["frames"] / duration for v in per_viewer]
+    latency = [ms for v in per_viewer for ms in v["latency"]]
+    return ScaleRow(name, viewers, 100 * (cpu1 - cpu0) / (t1 - t0), 100 * client_cpu / duration,
+                    min(fps), statistics.mean(fps), percentile(latency, 0.5), percentile(latency, 0.95),
+                    histogram_p50(metrics, "camtrack_capture_to_wire_seconds", 'transport="websocket"'),
+                    histogram_p50(metrics, "camtrack_event_loop_lag_seconds"), rss,
+                    sum(1 for v in per_viewer if "error" in v), refusals(metrics))
+
+
+def refusals(metrics: str) -> str:
+    """The server's refusals for its load, by reason ("turn 3, lag 1"), from /metrics."""
+    said = []
+    for line in metrics.splitlines():
+        if line.startswith("camtrack_viewers_refused_load_total{"):
+            count = int(float(line.rsplit(" ", 1)[1]))
+            if count:
+                reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                said.append(f"{reason} {count}")
+    return ", ".join(said)
+
+
+def slope(rows: list[ScaleRow]) -> float | None:
+    """Least-squares server CPU % per viewer."""
+    if len({r.viewers for r in rows}) < 2:
+        return None
+    xs, ys = [r.viewers for r in rows], [r.server_cpu for r in rows]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def crowd(placement: Placement, quota: float, max_watchers: int, duration: float) -> dict[str, object]:
+    """The crowd scenario against a server capped to `quota` % of one core."""
+    server = Server(ROOT, placement, quota)
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        # watchers join one after another until the server refuses them: what it can take
+        stagger = 0.5
+        join = time.time() + 2
+        probe = join + stagger * max_watchers + 3
+        crowd_at = probe + 4  # the crowd's client processes need a few seconds to start
+        watchers = clients(server.url, placement, max_watchers, DECODING, crowd_at - 1, duration,
+                           join_at=join, stagger=stagger)
+        processes += watchers
+        time.sleep(max(0.0, probe - time.time()))
+        admitted = 0
+        for line in server.metrics().splitlines():
+            if line.startswith('camtrack_viewers{camera="default",transport="websocket"}'):
+                admitted = int(float(line.rsplit(" ", 1)[1]))
+        capacity = max(1, admitted)
+        probe_refusals = refusals(server.metrics())
+        # then a crowd of twice that at the same instant; the watchers are measured meanwhile
+        crowders = clients(server.url, placement, 2 * capacity, 0, crowd_at - 1, duration, join_at=crowd_at)
+        processes += crowders
+        watcher_results, _ = results_of(watchers)
+        crowd_results, _ = results_of(crowders)
+        metrics = server.metrics()
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+        server.stop()
+    watching = [v for v in watcher_results if "error" not in v]
+    played = [v["first_frame_since_join"] for v in crowd_results if "first_frame_since_join" in v]
+    refused = [v["error_after"] for v in crowd_results if "server full" in v.get("error", "")]
+    other = [v.get("error", "no picture, no refusal") for v in crowd_results
+             if "first_frame_since_join" not in v and "server full" not in v.get("error", "")]
+    latency = [ms for v in watching for ms in v["latency"]]
+    fps = [v["frames"] / duration for v in watching]
+    return {"quota_percent": quota, "watchers_tried": max_watchers, "capacity": capacity,
+            "watchers_fps_min": min(fps, default=0.0), "watchers_fps_mean": statistics.mean(fps) if fps else 0.0,
+            "watchers_latency_p50": percentile(latency, 0.5), "watchers_latency_p95": percentile(latency, 0.95),
+            "crowd": 2 * capacity, "played": len(played), "refused": len(refused), "hung_or_failed": other,
+            "slowest_play_s": max(played, default=None), "slowest_refusal_s": max(refused, default=None),
+            "outcomes_later_than_5s": sum(1 for t in played + refused if t > OUTCOME_LIMIT),
+            "wire_p50": histogram_p50(metrics, "camtrack_capture_to_wire_seconds", 'transport="websocket"'),
+            "server_refusals_while_probing": probe_refusals, "server_refusals_in_all": refusals(metrics)}
+
+
+def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path], quota: float | None,
+         max_watchers: int) -> None:
+    placement = Placement.for_machine()
+    where = (f"server on cores {placement.server}, clients on {placement.clients}" if placement.server
+             else "no pinning (too few cores): server and clients share them")
+    print(f"# camtrack scale benchmark: {os.cpu_count()} cores, {where}; "
+          f"{duration:g} s windows, 640x480@30 H.264 1 Mbit/s, {DECODING} decoding viewers, the rest not decoding",
+          flush=True)
+    rows: list[ScaleRow] = []
+    for _ in range(repeat):
+        for name, root in roots.items():
+            for n in viewers:
+                row = ladder_row(name, root, placement, n, duration)
+                rows.append(row)
+                print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
+    print("| " + " | ".join(SCALE_HEADER) + " |")
+    print("|" + "|".join("---" for _ in SCALE_HEADER) + "|")
+    for row in rows:
+        print("| " + " | ".join(row.cells()) + " |")
+    for name in roots:
+        mine = [r for r in rows if r.server == name]
+        served = [r for r in mine if not r.errors]  # a row with refused viewers served fewer than N
+        per_viewer = slope(served)
+        good = [r.viewers for r in mine if r.fps_min >= FPS_TARGET and r.p95 is not None and r.p95 <= P95_TARGET]
+        print(f"{name}: marginal server CPU per viewer {'-' if per_viewer is None else f'{per_viewer:.3f}'} % of a core "
+              f"(least squares over the {len(served)} rows without errors); largest N of the ladder at "
+              f">= {FPS_TARGET:g} fps with p95 <= {P95_TARGET:g} ms: {max(good, default=0)}")
+    if quota is not None:
+        if os.geteuid() != 0 or not CGROUP_CPU.is_dir():
+            print("crowd: skipped (needs root and cgroup v1 at /sys/fs/cgroup/cpu)")
+            return
+        print(json.dumps({"crowd": crowd(placement, quota, max_watchers, duration)}, indent=1))

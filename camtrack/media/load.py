@@ -1,0 +1,322 @@
+"""How loaded the server is, measured: event-loop lag, how long a picture takes to reach every
+viewer's socket, and from these how many viewers it can take (admission control), with the
+crowd's handshakes paced."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: upper bounds (seconds) of the capture-to-wire and event-loop lag histograms
+AGE_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024)
+#: how often the lag probe wakes up
+LAG_PROBE_INTERVAL = 0.05
+#: seconds of measurements the admission decision looks at
+WINDOW = 2.0
+#: share of the window the process may spend throttled by its cgroup's CPU quota: past it, the
+#: CPU it was given is used up (a capped server's encoder and loop are starved, not late)
+MAX_THROTTLED = 0.05
+#: how often the cgroup's throttling counter is read (every this many lag probes)
+THROTTLE_EVERY = 10
+#: seconds an observed overload caps the capacity at the viewers there were then
+LIMIT_MEMORY = 10.0
+#: consecutive overloaded checks (one every THROTTLE_EVERY probes) before the viewers are remembered
+SUSTAINED_CHECKS = 6
+#: lag samples needed before the lag counts (a lone stall at start-up is no load)
+MIN_LAG_SAMPLES = 10
+#: handshakes (offer answered, ICE and DTLS under way) at once; a crowd's others wait their turn
+HANDSHAKES_AT_ONCE = 8
+#: how long a newcomer waits for a handshake turn before it is told the server is full
+HANDSHAKE_WAIT = 3.5
+#: a turn is given back after this long even if the peer neither connected nor failed yet
+HANDSHAKE_HOLD = 1.5
+
+
+@dataclass
+class Histogram:
+    """Counts of observations at most each bound (not cumulative; the last is +Inf) and their sum."""
+
+    bounds: tuple[float, ...] = AGE_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(AGE_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        # once per viewer and picture: the bucket found in C, not by a Python loop
+        self.total += value
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count) pairs as Prometheus wants them."""
+        out, running = [], 0
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+    def quantile(self, q: float) -> float | None:
+        """The bound of the bucket holding quantile `q` (None with no observations)."""
+        total = self.count
+        if not total:
+            return None
+        running = 0
+        for bound, count in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            running += count
+            if running >= q * total:
+                return bound
+        return float("inf")
+
+
+#: what `full()` says, by the kind of refusal it counts as
+_KINDS = {"lag": "event loop lags", "age": "pictures reach", "throttled": "CPU quota", "capacity": "capacity"}
+
+
+@dataclass
+class Limits:
+    """When the server counts as full (besides --max-viewers)."""
+
+    #: median event-loop lag over the window above this: full (0: not checked)
+    max_lag: float = 0.05
+    #: time to hand one picture to every viewer's socket may use at most this; the viewers that
+    #: fit are the capacity (0: not checked)
+    send_budget: float = 0.02
+    #: median time from capture to the first viewer's socket over the window above this: full, the
+    #: encoder or the loop cannot keep up (a starved process shows it here first) (0: not checked)
+    max_age: float = 0.05
+
+
+class LoadMonitor:
+    """The server's measured load, and whether one more viewer fits.
+
+    `viewers()` counts viewers now (the caller's wiring). Each sender reports every picture it
+    handed to the socket and the work that took (`sent`): the time to send a picture to everyone
+    is that work summed over the viewers, so one viewer costs its mean, and `send_budget` over
+    that is the capacity (timed work, not the wall time between the first and last viewer's
+    send, which other work in between, such as a crowd's handshakes, would inflate). A probe
+    task measures the event loop's lag, and the cgroup's throttling when it has a CPU quota.
+    """
+
+    def __init__(self, limits: Limits, viewers: Callable[[], int]) -> None:
+        self.limits = limits
+        self.viewers = viewers
+        self.lag = Histogram()
+        self.refused = 0
+        #: refusals by why: lag, age, throttled, capacity, turn (no handshake turn in time)
+        self.refusals: dict[str, int] = {}
+        self._lags: deque[tuple[float, float]] = deque()
+        #: (when, seconds of work per viewer) of recent pictures
+        self._costs: deque[tuple[float, float]] = deque()
+        #: (when, seconds from capture to the first viewer's socket) of recent pictures
+        self._ages: deque[tuple[float, float]] = deque()
+        #: per feed: the picture being sent (its capture time), the work its sends took, and how many
+        self._pictures: dict[int, tuple[float, float, int]] = {}
+        self._probe: asyncio.Task[None] | None = None
+        #: (when, seconds throttled so far) read from the process's CPU cgroup
+        self._throttled: deque[tuple[float, float]] = deque()
+        #: (viewers, when): the fewest viewers at which an overload (lag, late pictures,
+        #: throttling) was seen lately; newcomers beyond it are refused until it is forgotten
+        self._limit: tuple[int, float] | None = None
+        self._overloaded_checks = 0
+        self._turns: asyncio.Semaphore | None = None
+        self.handshaking = 0
+
+    # --- measuring ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._probe is None:
+            self._probe = asyncio.ensure_future(self._run_probe())
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+
+    async def _run_probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        probes = 0
+        while True:
+            due = loop.time() + LAG_PROBE_INTERVAL
+            await asyncio.sleep(LAG_PROBE_INTERVAL)
+            lag = max(0.0, loop.time() - due)
+            self.lag.observe(lag)
+            now = time.monotonic()
+            self._lags.append((now, lag))
+            self._trim(self._lags, now)
+            probes += 1
+            if probes % THROTTLE_EVERY == 0:
+                throttled = cgroup_throttled()
+                if throttled is not None:
+                    self._throttled.append((now, throttled))
+                    self._trim(self._throttled, now)
+                self._note_overload(now)
+
+    def sent(self, feed: int, captured: float, seconds: float) -> None:
+        """One viewer's packets of the picture captured at `captured` went to its socket, which
+        took `seconds` of work (header, SRTP, the sends)."""
+        now = time.monotonic()
+        current = self._pictures.get(feed)
+        if current is not None and current[0] == captured:
+            self._pictures[feed] = (captured, current[1] + seconds, current[2] + 1)
+            return
+        if current is not None and captured < current[0]:
+            return  # a newcomer's start run: older pictures, sent once, say nothing of the cost
+        if current is not None:
+            self._costs.append((now, current[1] / current[2]))
+            self._trim(self._costs, now)
+        self._pictures[feed] = (captured, seconds, 1)
+        self._ages.append((now, max(0.0, time.time() - captured)))
+        self._trim(self._ages, now)
+
+    @staticmethod
+    def _trim(samples: deque[tuple[float, float]], now: float) -> None:
+        while samples and samples[0][0] < now - WINDOW:
+            samples.popleft()
+
+    # --- deciding ----------------------------------------------------------------------------
+
+    @property
+    def recent_lag(self) -> float:
+        """Median event-loop lag over the window (0 with too few samples to tell)."""
+        self._trim(self._lags, time.monotonic())
+        return statistics.median(lag for _, lag in self._lags) if len(self._lags) >= MIN_LAG_SAMPLES else 0.0
+
+    @property
+    def throttled(self) -> float:
+        """Share of the window the process's cgroup was throttled (0 when not capped or not known)."""
+        self._trim(self._throttled, time.monotonic())
+        if len(self._throttled) < 2:
+            return 0.0
+        (t0, s0), (t1, s1) = self._throttled[0], self._throttled[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+
+    @property
+    def recent_age(self) -> float:
+        """Median time from capture to the first viewer's socket over the window (0 with too few)."""
+        self._trim(self._ages, time.monotonic())
+        return statistics.median(age for _, age in self._ages) if len(self._ages) >= MIN_LAG_SAMPLES else 0.0
+
+    @property
+    def viewer_cost(self) -> float | None:
+        """Seconds of work it takes to hand one more viewer a picture, median over the window."""
+        self._trim(self._costs, time.monotonic())
+        return statistics.median(cost for _, cost in self._costs) if self._costs else None
+
+    @property
+    def capacity(self) -> int | None:
+        """Viewers that fit `send_budget`, from the measured cost per viewer, and no more than
+        were watching when an overload was last seen (None: unknown yet)."""
+        cost = self.viewer_cost
+        capacity = None
+        if self.limits.send_budget and cost is not None and cost > 0:
+            capacity = int(self.limits.send_budget / cost + 1e-6)
+        if self._limit is not None:
+            if time.monotonic() - self._limit[1] > LIMIT_MEMORY:
+                self._limit = None
+            else:
+                capacity = self._limit[0] if capacity is None else min(capacity, self._limit[0])
+        return capacity
+
+    def _note_overload(self, now: float) -> None:
+        """Remember how many viewers there were when the server was seen overloaded: a crowd
+        arriving after the signals calmed down would otherwise overload it again."""
+        viewers = self.viewers()
+        if not viewers or self._overload() is None:
+            self._overloaded_checks = 0
+            return
+        self._overloaded_checks += 1
+        if self._overloaded_checks >= SUSTAINED_CHECKS:  # sustained, not one newcomer's handshake
+            self._limit = (viewers, now)
+
+    def _overload(self) -> str | None:
+        if self.limits.max_lag and self.recent_lag > self.limits.max_lag:
+            return f"event loop lags {self.recent_lag * 1000:.0f} ms"
+        if self.throttled > MAX_THROTTLED:
+            return f"CPU quota used up (throttled {self.throttled:.0%} of the time)"
+        if self.limits.max_age and self.recent_age > self.limits.max_age:
+            return f"pictures reach viewers {self.recent_age * 1000:.0f} ms after capture"
+        return None
+
+    def full(self, joining: int = 1) -> str | None:
+        """Why `joining` more viewers would not fit now (besides those handshaking), or None."""
+        if (overload := self._overload()) is not None:
+            return overload
+        capacity = self.capacity
+        if capacity is not None and self.viewers() + self.handshaking + joining > capacity:
+            return f"capacity {capacity} viewers reached"
+        return None
+
+    def refuse(self, why: str) -> None:
+        """Count a newcomer refused, by `why` (a reason from `full()`, or "turn")."""
+        kind = next((k for k, prefix in _KINDS.items() if why.startswith(prefix)), "turn")
+        self.refused += 1
+        self.refusals[kind] = self.refusals.get(kind, 0) + 1
+
+    async def handshake_turn(self) -> Callable[[], None] | None:
+        """Wait (at most HANDSHAKE_WAIT) for a turn to negotiate; the function returned gives it
+        back (call it once the peer connected or ended; it is given back after HANDSHAKE_HOLD
+        anyway). None: no turn came, or the server filled up meanwhile."""
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+        turns = self._turns
+        try:
+            await asyncio.wait_for(turns.acquire(), HANDSHAKE_WAIT)
+        except TimeoutError:
+            self.refuse("turn")
+            return None
+        self.handshaking += 1
+        done = False
+
+        def give_back() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                timer.cancel()
+                self.handshaking -= 1
+                turns.release()
+
+        timer = asyncio.get_running_loop().call_later(HANDSHAKE_HOLD, give_back)
+        if (why := self.full(joining=0)) is not None:  # it filled up while this one waited
+            give_back()
+            self.refuse(why)
+            return None
+        return give_back
+
+
+def cgroup_throttled() -> float | None:
+    """Seconds this process's CPU cgroup has been throttled by its quota (cgroup v1 `cpu.stat`
+    throttled_time, v2 throttled_usec), or None when there is no such cgroup to read."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            stat = Path("/sys/fs/cgroup") / controllers / path.lstrip("/") / "cpu.stat"
+            if not stat.exists():
+                stat = Path("/sys/fs/cgroup/cpu") / path.lstrip("/") / "cpu.stat"
+            key, scale = "throttled_time", 1e-9
+        elif controllers == "":
+            stat, key, scale = Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.stat", "throttled_usec", 1e-6
+        else:
+            continue
+        try:
+            for entry in stat.read_text().splitlines():
+                name, _, value = entry.partition(" ")
+                if name == key:
+                    return int(value) * scale
+        except (OSError, ValueError):
+            continue
+    return None
