@@ -254,7 +254,8 @@ def main() -> None:
         if args.compare:
             roots = {"before": Path(args.compare).resolve(), "this": ROOT}
         scale.main([int(n) for n in (args.viewers or "1,15,30,45").split(",")], args.repeat,
-                   args.duration or 10.0, roots, args.crowd_quota or None, args.crowd_watchers)
+                   args.duration or 10.0, roots, args.crowd_quota or None, args.crowd_watchers,
+                   tuple(int(n) for n in args.workers.split(",")))
         return
 
     duration = args.duration or (4.0 if args.quick else 10.0)
