@@ -18,6 +18,7 @@ from .media.jpeg import JpegEncoders
 from .media.load import Limits, LoadMonitor
 from .media.meters import Meter
 from .media.passthrough import PassthroughFeed
+from .media.reader import BridgedReader, PacketReader
 from .media.stream import CameraStream
 from .sources import make_packet_source, make_source, redact, resolve_auto
 
@@ -60,6 +61,15 @@ class Camera:
     @property
     def viewer_count(self) -> int:
         return sum(len(v) for v in self.viewers.values())
+
+    def reader(self, transport: Transport) -> PacketReader:
+        """A reader of this camera's packets for one viewer over `transport`: the shared encoder's,
+        or the camera's own (bridged while the viewer joins between the camera's keyframes)."""
+        if isinstance(self.feed, PassthroughFeed):
+            return BridgedReader(self.feed, self.join_bridge, self.meters[transport])
+        if self.feed is None:
+            raise ValueError(f"camera {self.name} has no shared packets (--encoder per-viewer)")
+        return PacketReader(self.feed, self.meters[transport])
 
     def join_bridge(self) -> SharedEncoder | None:
         """The bridge for viewers joining a passed-through camera between its keyframes: its pictures

@@ -11,7 +11,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
-from camtrack.outputs.webrtc.tracks import EncodedTrack
+from camtrack.media.reader import PacketReader
 
 from .conftest import eventually
 
@@ -125,7 +125,7 @@ async def test_bad_input_table(serve):
     watcher = Viewer(url)
     await watcher.connect()
     await watcher.frames(5)
-    watcher_track = next(t for t in app[CAMERAS].first.encoder.consumers if isinstance(t, EncodedTrack))
+    watcher_track = next(t for t in app[CAMERAS].first.encoder.consumers if isinstance(t, PacketReader))
     for name, before, bad, expected in CASES:
         try:
             await run_case(url, before, bad, expected)

@@ -12,6 +12,7 @@ import pytest
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.media.encoder import EncoderSettings, SharedEncoder
+from camtrack.media.reader import PacketReader
 from camtrack.media.stream import CameraStream
 from camtrack.outputs.webrtc.tracks import EncodedTrack
 from camtrack.sources import PatternSource
@@ -66,7 +67,7 @@ async def test_late_joiner_starts_promptly_on_a_keyframe(serve, codec):
         await late.connect()
         await late.frames(1, timeout=20)
         took = time.monotonic() - opened
-        tracks = [s for s in encoder.consumers if isinstance(s, EncodedTrack)]
+        tracks = [s for s in encoder.consumers if isinstance(s, PacketReader)]
         late_track = max(tracks, key=lambda t: t.started)
         await eventually(lambda: late_track.first_packet is not None)
         delay, keyframe = late_track.first_packet
@@ -122,7 +123,7 @@ async def test_a_stalled_viewer_does_not_hold_back_the_others():
         seqs = []
         for _ in range(30):
             await asyncio.wait_for(steady.recv(), 5)
-            seqs.append(steady._seq)
+            seqs.append(steady.reader._seq)
         # the steady viewer got every frame, in order, at the camera's pace
         assert seqs == list(range(seqs[0], seqs[0] + 30))
         # the stalled one resumes on a (requested) keyframe, not on a backlog

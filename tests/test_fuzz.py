@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from camtrack import Config, create_app
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
+from camtrack.media.reader import PacketReader
 from camtrack.outputs.webrtc.ice import restrict_host_addresses
-from camtrack.outputs.webrtc.tracks import EncodedTrack
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
@@ -61,7 +61,7 @@ class ServerThread:
         self.watcher = Viewer(self.url)
         await self.watcher.connect()
         await self.watcher.frames(5)
-        self.watcher_track = next(t for t in self.app[CAMERAS].first.encoder.consumers if isinstance(t, EncodedTrack))
+        self.watcher_track = next(t for t in self.app[CAMERAS].first.encoder.consumers if isinstance(t, PacketReader))
         self.received = 0
         self.reader = asyncio.ensure_future(self._watch())
 

@@ -143,8 +143,8 @@ def test_the_join_run_is_squeezed_so_it_plays_at_once():
 
     track = EncodedTrack(Feed())  # type: ignore[arg-type]
     run = [packet(10 + i, 3000 * i, i == 0) for i in range(60)]
-    assert track._start_run(run) == run
-    assert [track._squeezed[p.seq] for p in run] == list(range(3000 * 59 - 59, 3000 * 59 + 1))
+    assert track.reader._start_run(run) == run
+    assert [track.reader._squeezed[p.seq] for p in run] == list(range(3000 * 59 - 59, 3000 * 59 + 1))
     assert run[0].packet.pts == 0  # the shared packets are not touched; each viewer gets its own copy
 
 
@@ -315,7 +315,7 @@ async def test_a_viewer_joining_mid_gop_gets_the_live_picture_through_the_bridge
     not the keyframe's: decoded and encoded again until the camera's next keyframe, then the
     camera's own packets; the bridge stops once nobody needs it."""
     from camtrack.media.feeds import Transport
-    from camtrack.outputs.webrtc.tracks import BridgedTrack
+    from camtrack.media.reader import BridgedReader
 
     from .rtsp_server import LiveRtspServer
 
@@ -345,9 +345,10 @@ async def test_a_viewer_joining_mid_gop_gets_the_live_picture_through_the_bridge
             await eventually(lambda: len(ages) >= 1, timeout=10, interval=0.01)
             assert ages[0] < 700, f"the first picture was {ages[0]} ms old (the camera's keyframe, over 1500 ms)"
             (track,) = {session.peer.track for session in camera.viewers[Transport.WEBSOCKET]} - before
-            assert isinstance(track, BridgedTrack) and camera.bridge is not None
-            await eventually(lambda: track.switched, timeout=10)
-            assert track.bridged > 0
+            reader = track.reader
+            assert isinstance(reader, BridgedReader) and camera.bridge is not None
+            await eventually(lambda: reader.switched, timeout=10)
+            assert reader.bridged > 0
             await eventually(lambda: not camera.bridge.running and not camera.decoder.running, timeout=10)
             count = len(ages)
             await eventually(lambda: len(ages) >= count + 20, timeout=10)  # on the camera's own packets

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import json
 import struct
-from collections import deque
 from collections.abc import Awaitable, Callable
 
-from ..media.feeds import PacketFeed
 from ..media.frame import VIDEO_CLOCK_RATE
-from ..media.meters import Meter
 from ..media.packet import CodecInfo, EncodedPacket
+from ..media.reader import PacketReader
 
 VERSION = 1
 KEYFRAME = 1
@@ -68,75 +66,39 @@ def message(packet: EncodedPacket, pts: int, resync: bool) -> bytes:
     return HEADER.pack(VERSION, flags, len(block), packet.seq & 0xFFFFFFFF, max(0, pts), captured) + block + data
 
 
-def squeezed(run: list[EncodedPacket]) -> dict[int, int]:
-    """Presentation times for a start run (a keyframe and what followed it), one tick apart and
-    ending at the newest packet's, so a player shows the newest picture at once instead of
-    replaying the run as old video (as camtrack.outputs.webrtc.tracks does for WebRTC)."""
-    if len(run) < 2:
-        return {}
-    newest = run[-1].packet.pts or 0
-    return {p.seq: newest - (len(run) - 1 - i) for i, p in enumerate(run)}
-
-
 class PacketStream:
-    """One websocket viewer's reading of a packet feed: from a keyframe on, resyncing at the
-    next keyframe when it fell behind; `run(send)` hands each message to `send`, which returns
-    False when the socket is gone (or too slow) and the stream should end."""
+    """One websocket viewer's reading of a camera's packets (a `PacketReader`: from a keyframe on,
+    resyncing at the next keyframe when it fell behind, bridged while it joins a passed-through
+    camera between its keyframes); `run(send)` hands each message to `send`, which returns False
+    when the socket is gone (or too slow) and the stream should end."""
 
-    def __init__(self, feed: PacketFeed, meter: Meter) -> None:
-        self.feed = feed
-        self.meter = meter
+    def __init__(self, reader: Callable[[], PacketReader]) -> None:
+        self._make_reader = reader
+        self.reader: PacketReader | None = None
         self.sent = 0
-        #: pictures skipped over because the reader fell behind
-        self.skipped = 0
-        self.resyncs = 0
+
+    @property
+    def skipped(self) -> int:
+        """Pictures skipped over because the reader fell behind."""
+        return self.reader.skipped if self.reader is not None else 0
+
+    @property
+    def resyncs(self) -> int:
+        return self.reader.resyncs if self.reader is not None else 0
 
     async def run(self, send: Callable[[bytes], Awaitable[bool]]) -> None:
-        feed = self.feed
-        feed.attach(self)
+        reader = self.reader = self._make_reader()
         try:
-            run = feed.start_packets()  # the shared encoder asks for a keyframe when it has none
-            times = squeezed(run)
-            pending = deque(run)
-            latest = feed.latest
-            seq = run[-1].seq if run else latest.seq if latest is not None else 0
-            synced = bool(run)
-            try_start = not run  # a start run may come before the first packet we read
-            resync = False
+            resyncs = 0
             while True:
-                if pending:
-                    packet = pending.popleft()
-                else:
-                    read = await feed.next_packet(seq)
-                    packet = read.item
-                    seq = packet.seq
-                    if synced and read.skipped:
-                        # what was missed is needed to decode what follows: wait for a keyframe
-                        self.skipped += read.skipped
-                        self.resyncs += 1
-                        synced, resync = False, True
-                        feed.request_keyframe()
-                    if not synced:
-                        if not packet.keyframe and try_start:
-                            try_start = False
-                            run = feed.start_packets()
-                            if run and run[-1].seq >= packet.seq:
-                                times = squeezed(run)
-                                pending = deque(run)
-                                seq = run[-1].seq
-                                synced = True
-                                continue
-                        if not packet.keyframe:
-                            continue
-                        synced = True
-                pts = times.pop(packet.seq, packet.packet.pts or 0)
-                if not await send(message(packet, pts, resync)):
+                packet, pts = await reader.next()
+                resync = reader.resyncs != resyncs
+                resyncs = reader.resyncs
+                if not await send(message(packet, pts if pts is not None else packet.packet.pts or 0, resync)):
                     return
-                resync = False
                 self.sent += 1
-                self.meter.sent(packet.size)
         finally:
-            feed.detach(self)
+            reader.close()
 
 
 def parse_header(data: bytes) -> dict[str, object]:

@@ -26,6 +26,7 @@ does not read its socket is closed after SEND_TIMEOUT with at most a small send 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -242,7 +243,7 @@ class Session:
         if self._streaming is not None:
             raise ProtocolError("already streaming")
         self.cameras.leave(self.camera, self)  # a connected peer's viewer no more
-        self.stream = PacketStream(feed, self.camera.meters[Transport.WS_VIDEO])  # (before: no idle clock)
+        self.stream = PacketStream(functools.partial(self.camera.reader, Transport.WS_VIDEO))  # (before: no idle clock)
         await self._close_peer()
         if self.reason is not None:
             return

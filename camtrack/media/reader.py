@@ -1,0 +1,262 @@
+"""One viewer's reading of a packet feed: where it starts, how it keeps up, and, for a camera's own
+packets, the bridge that shows a newcomer the live picture. Every way of watching encoded packets
+reads through one of these: a WebRTC track (camtrack.outputs.webrtc.tracks) and the websocket
+stream (camtrack.outputs.wsvideo)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .feeds import FeedClosed, PacketFeed
+from .frame import VIDEO_TIME_BASE
+from .meters import Meter
+from .packet import EncodedPacket
+
+logger = logging.getLogger(__name__)
+
+#: a viewer joining this long (seconds of pictures) after the camera's keyframe or later is bridged;
+#: sooner, the squeezed run since the keyframe shows a picture at most this old for a moment (a camera
+#: that just opened for its first viewer needs no decoder and encoder started for that)
+BRIDGE_AFTER = 0.25
+
+
+class ReaderClosed(FeedClosed):
+    """The reader was closed while it waited."""
+
+
+class PacketReader:
+    """A viewer's reading of a packet feed (the shared encoder, a camera's own packets).
+
+    It starts on a keyframe and never queues: a viewer a few packets behind catches up from the
+    feed's ring; one that fell further behind (the packets it needs are gone) drops what it
+    missed and waits for the next keyframe, asking for one. Memory per viewer is a reference to
+    one packet (plus, at the start, the few packets since a keyframe). It attaches to the feed at
+    once (so that the feed is running by the time the viewer can take packets).
+    """
+
+    def __init__(self, feed: PacketFeed, meter: Meter | None = None) -> None:
+        self.feed = feed
+        self.meter = meter
+        self.started = time.monotonic()
+        #: seconds from attaching to the first packet handed out, and whether it was a keyframe
+        self.first_packet: tuple[float, bool] | None = None
+        #: packets skipped over by falling behind, and the times that made it wait for a keyframe
+        self.skipped = 0
+        self.resyncs = 0
+        self.closed = False
+        self._pending: deque[EncodedPacket] | None = None  # set at the first next()
+        #: when not in sync (at the start, after falling behind), try the feed's start run once
+        #: more at the next packet: a run may have come since (a camera just opened)
+        self._try_start = True
+        #: the start run's presentation times, squeezed (see `_start_run`), by sequence number
+        self._squeezed: dict[int, int] = {}
+        self._seq = 0
+        self._synced = False
+        feed.attach(self)
+
+    def request_keyframe(self) -> None:
+        """The viewer asked for a keyframe (PLI or FIR)."""
+        self.feed.request_keyframe()
+
+    async def next(self) -> tuple[EncodedPacket, int | None]:
+        """The next packet for this viewer, and its own presentation time when it is not the
+        packet's (a squeezed start run), else None. FeedClosed when the feed or the reader closed."""
+        if self._pending is None:
+            # the viewer takes its first packet: start from a keyframe now
+            self._pending = deque(self._start_run(self.feed.start_packets()))
+            self._synced = bool(self._pending)
+            if self._pending:
+                self._seq = self._pending[-1].seq
+            elif self.feed.latest is not None:
+                self._seq = self.feed.latest.seq
+        while True:
+            if self.closed:
+                raise ReaderClosed()
+            if self._pending:
+                encoded = self._pending.popleft()
+            else:
+                read = await self.feed.next_packet(self._seq)
+                encoded = read.item
+                if self._synced and read.skipped:
+                    # fell behind: what was missed is needed to decode this, so resync
+                    self.skipped += read.skipped
+                    self.resyncs += 1
+                    self._synced = False
+                    self._try_start = True
+                    self.feed.request_keyframe()
+                self._seq = encoded.seq
+                if not self._synced:
+                    if not encoded.keyframe and self._try_start:
+                        # start again from the feed's newest keyframe and what followed it, squeezed
+                        # (a camera cannot be asked for a keyframe; a shared encoder may have one)
+                        self._try_start = False
+                        run = self._start_run(self.feed.start_packets())
+                        if run and run[-1].seq >= encoded.seq:
+                            self._pending = deque(run)
+                            self._seq = run[-1].seq
+                            self._synced = True
+                            continue
+                    if not encoded.keyframe:
+                        continue
+                    self._synced = True
+            if self.closed:
+                raise ReaderClosed()
+            self._count(encoded)
+            return encoded, self._squeezed.pop(encoded.seq, None)
+
+    def _count(self, encoded: EncodedPacket) -> None:
+        if self.first_packet is None:
+            self.first_packet = (time.monotonic() - self.started, encoded.keyframe)
+        if self.meter is not None:
+            self.meter.sent(encoded.size)
+
+    def _start_run(self, run: list[EncodedPacket]) -> list[EncodedPacket]:
+        """Where this viewer starts: the feed's run from its newest keyframe to its newest packet,
+        with presentation times squeezed to one tick apart, ending at the newest packet's.
+
+        A camera's keyframes come every few seconds and cannot be asked for; sent at their own
+        times, the packets since the last one would play as old video (the viewer would stay that
+        far behind). Squeezed, the player decodes them at once and shows the newest picture: the
+        viewer sees the picture on its first packets and is live from then on.
+        """
+        if len(run) > 1:
+            newest = run[-1].packet.pts or 0
+            self._squeezed = {p.seq: newest - (len(run) - 1 - i) for i, p in enumerate(run)}
+        return run
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.feed.detach(self)
+
+
+class BridgedReader(PacketReader):
+    """A `PacketReader` of a passed-through camera, for a viewer who may join between its keyframes.
+
+    A camera's keyframes come seconds apart (4 s and more) and cannot be asked for, and a picture in
+    between can only be decoded with everything since the last keyframe. Sent that run squeezed, a
+    newcomer sees a picture at once, but its first pictures may be old ones. The bridge gives the
+    live picture instead: the camera's packets decoded from its newest keyframe (all at once, so the
+    first picture out is the newest) and encoded again by a shared encoder (`Camera.join_bridge`)
+    that starts with a keyframe of that picture. The newcomer reads the bridge until the camera's
+    next keyframe, then switches to the camera's own packets (presentation times kept growing) and
+    lets go of the bridge, which stops when no newcomer needs it: decoding and encoding happen only
+    while someone is joining.
+    """
+
+    def __init__(self, feed: PacketFeed, bridge: Callable[[], PacketFeed | None], meter: Meter | None = None) -> None:
+        super().__init__(feed, meter)
+        self._make_bridge = bridge
+        #: the bridge while this viewer reads it
+        self.bridge: PacketFeed | None = None
+        #: bridge packets this viewer got, and whether it has switched to the camera's own packets
+        self.bridged = 0
+        self.switched = False
+        self._decided = False
+        self._join_seq = 0
+        self._bridge_seq = 0
+        self._bridge_synced = False
+        self._bridge_pending: deque[EncodedPacket] = deque()
+        #: bridge pts + this = the viewer's pts (set at its first bridge packet)
+        self._bridge_offset: int | None = None
+        #: the camera's pts + this = the viewer's pts, after the bridge (kept always growing)
+        self._offset = 0
+        self._last_pts = -1
+
+    def request_keyframe(self) -> None:
+        if self.bridge is not None:
+            self.bridge.request_keyframe()
+        else:
+            super().request_keyframe()
+
+    async def next(self) -> tuple[EncodedPacket, int | None]:
+        if not self._decided:
+            self._decided = True
+            self._start_bridge()
+        while self.bridge is not None:
+            if self.closed:
+                raise ReaderClosed()
+            run = self.feed.start_packets()
+            if run and run[0].seq > self._join_seq:
+                # the camera's own keyframe, newer than the join: from here on its own packets
+                self._switch(run)
+                break
+            try:
+                bridged = await self._next_bridge_packet()
+            except FeedClosed:
+                if self.closed:
+                    raise
+                logger.debug("join bridge closed: starting from the camera's keyframe run instead")
+                self._stop_bridge()
+                break
+            if bridged is not None:
+                return bridged
+        encoded, squeezed = await super().next()
+        pts = squeezed if squeezed is not None else encoded.packet.pts or 0
+        if pts + self._offset <= self._last_pts:
+            self._offset = self._last_pts + 1 - pts  # (the bridge ran ahead of the camera's clock)
+        self._last_pts = pts + self._offset
+        return encoded, (self._last_pts if self._offset or squeezed is not None else None)
+
+    def _start_bridge(self) -> None:
+        run = self.feed.start_packets()
+        if len(run) <= 1 or ((run[-1].packet.pts or 0) - (run[0].packet.pts or 0)) * VIDEO_TIME_BASE < BRIDGE_AFTER:
+            return  # at (or just after) the camera's keyframe: its squeezed run is as good as live
+        bridge = self._make_bridge()
+        if bridge is None:
+            return
+        self._join_seq = run[-1].seq
+        self.bridge = bridge
+        bridge.attach(self)
+        self._bridge_pending = deque(bridge.start_packets())
+
+    async def _next_bridge_packet(self) -> tuple[EncodedPacket, int] | None:
+        """The bridge's next packet for this viewer (from a keyframe on) and its presentation time
+        here, or None to look again for the camera's keyframe first."""
+        bridge = self.bridge
+        assert bridge is not None
+        if self._bridge_pending:
+            encoded = self._bridge_pending.popleft()
+        else:
+            read = await bridge.next_packet(self._bridge_seq)
+            encoded = read.item
+            if read.skipped and self._bridge_synced:
+                self._bridge_synced = False
+                bridge.request_keyframe()
+        self._bridge_seq = encoded.seq
+        if not self._bridge_synced:
+            if not encoded.keyframe:
+                return None
+            self._bridge_synced = True
+        pts = encoded.packet.pts or 0
+        if self._bridge_offset is None:
+            # the bridge's clock is its own: line its first picture up with the camera's newest
+            latest = self.feed.latest
+            self._bridge_offset = (latest.packet.pts or 0 if latest is not None else 0) - pts
+        out = max(self._last_pts + 1, pts + self._bridge_offset)
+        self._last_pts = out
+        self.bridged += 1
+        self._count(encoded)
+        return encoded, out
+
+    def _switch(self, run: list[EncodedPacket]) -> None:
+        """From the bridge to the camera's own packets, at the camera's keyframe `run[0]`."""
+        self._stop_bridge()
+        self.switched = True
+        self._pending = deque(run)
+        self._seq = run[-1].seq
+        self._synced = True
+        self._try_start = False
+
+    def _stop_bridge(self) -> None:
+        bridge, self.bridge = self.bridge, None
+        if bridge is not None:
+            bridge.detach(self)
+        self._bridge_pending.clear()
+
+    def close(self) -> None:
+        self._stop_bridge()
+        super().close()
