@@ -2,6 +2,8 @@
 
     python -m bench.run            # the full sweep (a few minutes)
     python -m bench.run --quick    # a CI-sized run
+    python -m bench.run --modes shared --codecs h264 --viewers 8,16 --workers 1,2
+                                   # the same rows served by the main process, then by 2 worker processes
     python -m bench.run --browser  # latency in Chromium: WebRTC, and the websocket with WebCodecs, MSE
 
 Each row starts `server.py` as its own process on loopback with the test pattern, connects
@@ -47,18 +49,26 @@ class Row:
     first_age_max: float | None
     rss_mb: float
     errors: int
+    #: --workers: 1 is the main process alone
+    workers: int = 1
+    #: the main process's own CPU, and each worker's, % of a core (server_cpu is their sum)
+    main_cpu: float = 0.0
+    worker_cpu: tuple[float, ...] = ()
 
     def cells(self) -> list[str]:
         def ms(value: float | None) -> str:
             return "-" if value is None else f"{value:.0f}"
 
-        return [self.mode, self.codec, self.size, str(self.viewers), f"{self.server_cpu:.0f}",
+        split = "/".join(f"{c:.0f}" for c in self.worker_cpu) or "-"
+        return [self.mode, self.codec, self.size, str(self.workers), str(self.viewers), f"{self.server_cpu:.0f}",
+                f"{self.main_cpu:.0f}", split,
                 f"{self.client_cpu:.0f}", f"{self.fps_min:.1f}", f"{self.fps_mean:.1f}",
                 ms(self.latency_p50), ms(self.latency_p95), ms(self.first_frame_max * 1000),
                 ms(self.first_age_max), f"{self.rss_mb:.0f}", str(self.errors)]
 
 
-HEADER = ["encoder", "codec", "size", "N", "server CPU %", "clients CPU %", "fps min", "fps mean",
+HEADER = ["encoder", "codec", "size", "workers", "N", "server CPU %", "main CPU %", "per-worker CPU %",
+          "clients CPU %", "fps min", "fps mean",
           "latency p50 ms", "latency p95 ms", "first frame max ms", "first frame age max ms", "server RSS MB",
           "errors"]
 
@@ -66,6 +76,19 @@ HEADER = ["encoder", "codec", "size", "N", "server CPU %", "clients CPU %", "fps
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`: a server's workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return sorted(found)
 
 
 def rss_mb(pid: int) -> float:
@@ -89,7 +112,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def measure(mode: str, codec: str, width: int, height: int, viewers: int, duration: float,
-            source: str = "pattern", join_spread: float = 0.0, stamped: bool = True) -> Row:
+            source: str = "pattern", join_spread: float = 0.0, stamped: bool = True, workers: int = 1) -> Row:
     """One row. `mode` is an --encoder (shared, per-viewer), or for an H.264 `source` a --mode
     (passthrough, transcode: the camera's own packets against decoding and encoding them again)."""
     port = free_port()
@@ -98,7 +121,7 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
         [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port),
          "--source", source, "--width", str(width), "--height", str(height), "--fps", "30",
          "--codec", codec, *how, "--ice-address", "127.0.0.1", "--log-level", "warning",
-         "--webrtc-port", "0"],
+         "--webrtc-port", "0", "--workers", str(workers)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     clients: list[subprocess.Popen] = []
@@ -113,6 +136,12 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
                     said = server.stderr.read() if server.poll() is not None else ""
                     raise RuntimeError(f"server did not start: {said}") from None
                 time.sleep(0.1)
+        helpers: list[int] = []
+        while workers > 1 and len(helpers) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server started {len(helpers)} of {workers} workers")
+            helpers = children(server.pid)
+            time.sleep(0.1)
         start_at = time.time() + 4 + 0.08 * viewers + join_spread
         url = f"ws://127.0.0.1:{port}/ws"
         groups = [(min(viewers, DECODING_VIEWERS), True)]
@@ -127,10 +156,12 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
                 argv.append("--decode")
             clients.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True))
         time.sleep(max(0.0, start_at - time.time()))
-        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+        pids = [server.pid, *helpers]
+        cpu0, t0 = [cpu_seconds(p) for p in pids], time.monotonic()
         time.sleep(duration)
-        cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
-        rss = rss_mb(server.pid)
+        cpu1, t1 = [cpu_seconds(p) for p in pids], time.monotonic()
+        rss = sum(rss_mb(p) for p in pids)
+        cpu = [100 * (b - a) / (t1 - t0) for a, b in zip(cpu0, cpu1, strict=True)]
         results = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
     finally:
         for c in clients:
@@ -148,7 +179,7 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
     ages = [v["first_age"] for v in per_viewer if "first_age" in v] if stamped else []
     return Row(
         mode=mode, codec=codec, size=f"{width}x{height}", viewers=viewers,
-        server_cpu=100 * (cpu1 - cpu0) / (t1 - t0),
+        server_cpu=sum(cpu), main_cpu=cpu[0], worker_cpu=tuple(cpu[1:]), workers=workers,
         client_cpu=100 * sum(r["cpu_seconds"] for r in results) / duration,
         fps_min=min(fps), fps_mean=statistics.mean(fps),
         latency_p50=percentile(latency, 0.5), latency_p95=percentile(latency, 0.95),
@@ -193,6 +224,9 @@ def main() -> None:
     parser.add_argument("--camera", default="640x480", metavar="WxH",
                         help="--passthrough: the camera's size; other than 640x480 it is a looped clip (no latency)")
     parser.add_argument("--camera-bitrate", type=int, default=1_000_000, metavar="BPS")
+    parser.add_argument("--workers", default="1", metavar="N[,N...]",
+                        help="the server's --workers, each a row of its own (default 1: the main process alone); "
+                             "server CPU and RSS are the main process's and its workers' together")
     parser.add_argument("--browser", action="store_true",
                         help="only the latency in Chromium on loopback of WebRTC against the websocket fallback "
                              "(WebCodecs, MSE); needs root and Debian's chromium (bench/browser.py)")
@@ -220,7 +254,8 @@ def main() -> None:
         if args.compare:
             roots = {"before": Path(args.compare).resolve(), "this": ROOT}
         scale.main([int(n) for n in (args.viewers or "1,15,30,45").split(",")], args.repeat,
-                   args.duration or 10.0, roots, args.crowd_quota or None, args.crowd_watchers)
+                   args.duration or 10.0, roots, args.crowd_quota or None, args.crowd_watchers,
+                   tuple(int(n) for n in args.workers.split(",")))
         return
 
     duration = args.duration or (4.0 if args.quick else 10.0)
@@ -230,6 +265,7 @@ def main() -> None:
     for size in (args.sizes or "640x480").split(","):
         width, height = map(int, size.split("x"))
         plan += [(m, c, width, height, n) for m in modes for c in codecs for n in counts]
+    worker_counts = [int(n) for n in args.workers.split(",")]
     if not args.quick and not args.sizes:
         plan += [(m, c, 1280, 720, n) for m in modes for c in codecs for n in (1, 4)]
     if args.max_viewers and not args.quick and "shared" in modes:
@@ -250,18 +286,21 @@ def main() -> None:
     rows = []
     try:
         for mode, codec, width, height, viewers in plan:
-            camera_row = sources[mode] != "pattern"
-            row = measure(mode, codec, width, height, viewers, duration, sources[mode],
-                          join_spread=spread if camera_row else 0.0, stamped=not (camera_row and clip))
-            rows.append(row)
-            print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
+            for workers in worker_counts:
+                camera_row = sources[mode] != "pattern"
+                row = measure(mode, codec, width, height, viewers, duration, sources[mode],
+                              join_spread=spread if camera_row else 0.0, stamped=not (camera_row and clip),
+                              workers=workers)
+                rows.append(row)
+                print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
     finally:
         if camera is not None:
             camera.kill()
     print_table(rows)
     for codec in codecs:
         for mode in modes:
-            base = [r for r in rows if (r.mode, r.codec, r.size) == (mode, codec, rows[0].size)]
+            base = [r for r in rows if (r.mode, r.codec, r.size, r.workers) == (mode, codec, rows[0].size,
+                                                                                worker_counts[0])]
             one = next((r for r in base if r.viewers == 1), None)
             if one is None or one.server_cpu <= 0:
                 continue
@@ -269,6 +308,16 @@ def main() -> None:
                                for r in base if r.viewers > 1)
             if ratios:
                 print(f"{mode} {codec} {rows[0].size}: {ratios}")
+    for n in counts:
+        for workers in worker_counts[1:]:
+            for one in (r for r in rows if r.viewers == n and r.workers == worker_counts[0]):
+                other = next((r for r in rows if (r.mode, r.codec, r.size, r.viewers, r.workers)
+                              == (one.mode, one.codec, one.size, n, workers)), None)
+                if other is not None and one.server_cpu > 0:
+                    print(f"{one.mode} {one.codec} {one.size} N={n}: --workers {workers} / --workers {one.workers}: "
+                          f"server CPU {other.server_cpu / one.server_cpu:.2f}x, main process CPU "
+                          f"{other.main_cpu / max(one.main_cpu, 1e-9):.2f}x, fps min {other.fps_min:.1f} "
+                          f"against {one.fps_min:.1f}")
     if args.passthrough:
         for n in counts:
             by = {r.mode: r for r in rows if r.viewers == n}

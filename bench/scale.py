@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run import ROOT, VIEWERS_PER_PROCESS, cpu_seconds, free_port, percentile, rss_mb
+from .run import ROOT, VIEWERS_PER_PROCESS, children, cpu_seconds, free_port, percentile, rss_mb
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 DECODING = 2
@@ -187,17 +187,21 @@ SCALE_HEADER = ["server", "N", "server CPU %", "clients CPU %", "fps min", "fps 
                 "latency p95 ms", "capture-to-wire p50 ms", "loop lag p50 ms", "server RSS MB", "errors"]
 
 
-def ladder_row(name: str, root: Path, placement: Placement, viewers: int, duration: float) -> ScaleRow:
-    server = Server(root, placement)
+def ladder_row(name: str, root: Path, placement: Placement, viewers: int, duration: float,
+               workers: int = 1) -> ScaleRow:
+    """One row; with `workers` > 1 the server's --workers, its CPU and RSS its workers' too."""
+    server = Server(root, placement, extra=["--workers", str(workers)] if workers != 1 else None)
     processes: list[subprocess.Popen[str]] = []
     try:
+        # (the server answers /healthz once every worker is ready: they are its children by then)
+        pids = [server.process.pid, *children(server.process.pid)]
         start_at = time.time() + 4 + 0.08 * viewers
         processes = clients(server.url, placement, viewers, min(DECODING, viewers), start_at, duration)
         time.sleep(max(0.0, start_at - time.time()))
-        cpu0, t0 = cpu_seconds(server.process.pid), time.monotonic()
+        cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.monotonic()
         time.sleep(duration)
-        cpu1, t1 = cpu_seconds(server.process.pid), time.monotonic()
-        metrics, rss = server.metrics(), rss_mb(server.process.pid)
+        cpu1, t1 = sum(cpu_seconds(p) for p in pids), time.monotonic()
+        metrics, rss = server.metrics(), sum(rss_mb(p) for p in pids)
         per_viewer, client_cpu = results_of(processes)
     finally:
         for p in processes:
@@ -283,7 +287,7 @@ def crowd(placement: Placement, quota: float, max_watchers: int, duration: float
 
 
 def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path], quota: float | None,
-         max_watchers: int) -> None:
+         max_watchers: int, workers: tuple[int, ...] = (1,)) -> None:
     placement = Placement.for_machine()
     where = (f"server on cores {placement.server}, clients on {placement.clients}" if placement.server
              else "no pinning (too few cores): server and clients share them")
@@ -291,17 +295,21 @@ def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path
           f"{duration:g} s windows, 640x480@30 H.264 1 Mbit/s, {DECODING} decoding viewers, the rest not decoding",
           flush=True)
     rows: list[ScaleRow] = []
+    names: dict[str, None] = {}
     for _ in range(repeat):
         for name, root in roots.items():
-            for n in viewers:
-                row = ladder_row(name, root, placement, n, duration)
-                rows.append(row)
-                print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
+            for count in workers:
+                label = name if len(workers) == 1 else f"{name} --workers {count}"
+                names[label] = None
+                for n in viewers:
+                    row = ladder_row(label, root, placement, n, duration, count)
+                    rows.append(row)
+                    print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
     print("| " + " | ".join(SCALE_HEADER) + " |")
     print("|" + "|".join("---" for _ in SCALE_HEADER) + "|")
     for row in rows:
         print("| " + " | ".join(row.cells()) + " |")
-    for name in roots:
+    for name in names:
         mine = [r for r in rows if r.server == name]
         served = [r for r in mine if not r.errors]  # a row with refused viewers served fewer than N
         per_viewer = slope(served)

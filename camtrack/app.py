@@ -21,6 +21,7 @@ from .outputs.webrtc.hooks import check_hooks
 from .outputs.webrtc.ice import IceContext, resolve_addresses, restrict_host_addresses
 from .outputs.webrtc.signaling import websocket_handler
 from .outputs.webrtc.udpmux import PortTaken, UdpMux
+from .workers.pool import WorkerPool, worker_count
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def create_app(config: Config) -> web.Application:
             "webrtc": None if ice.mux is None else {
                 "port": ice.mux.port, "peers": ice.mux.peers, "routes": ice.mux.routes,
                 "received": ice.mux.stats.received, "dropped": ice.mux.stats.strangers + ice.mux.stats.stray_stun},
+            "workers": pool.describe() if pool is not None else None,
             "threads": threading.active_count(),
             "tasks": len(asyncio.all_tasks()),
         }
@@ -89,9 +91,10 @@ def create_app(config: Config) -> web.Application:
     app.router.add_static("/static/", config.static_dir)
     whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
-    metrics.add_routes(app, cameras)
-
     undo_ice: list[Callable[[], None]] = []
+    #: the worker processes (--workers > 1); else viewers are served here
+    pool: WorkerPool | None = None
+    metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [])
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
@@ -114,6 +117,12 @@ def create_app(config: Config) -> web.Application:
             ice.mux = mux
             logger.info("WebRTC on UDP port %d for every viewer%s", mux.port,
                         f", also offered at {', '.join(config.public_addresses)}" if config.public_addresses else "")
+        count = worker_count(config)
+        if count > 1 and config.encoder == "shared":
+            nonlocal pool
+            pool = WorkerPool(config, cameras, count, addresses)
+            await pool.start()
+            ice.workers = pool
         for camera in cameras:
             settings = camera.settings
             if settings.janus_url and settings.janus_room is not None:  # (config checks that both are set)
@@ -126,6 +135,8 @@ def create_app(config: Config) -> web.Application:
         # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s
         # (camtrack.cli.serve): wait briefly, then the runner cancels the handlers and closes what is left
         grace = 1.0
+        if pool is not None:
+            pool.stopping = True  # (a worker that exits now, told SIGTERM with us, is not started again)
         viewers = cameras.everyone  # viewers and sessions not viewers yet, of every transport
         for viewer in viewers:
             viewer.end("server shutting down")
@@ -136,6 +147,9 @@ def create_app(config: Config) -> web.Application:
                 logger.warning("some viewers did not hang up within %g s; closing them", grace)
 
     async def on_cleanup(app: web.Application) -> None:
+        if pool is not None:
+            ice.workers = None
+            await pool.stop()
         await cameras.load.stop()
         await cameras.close()
         if ice.mux is not None:

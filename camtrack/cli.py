@@ -29,6 +29,7 @@ from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
 from .outputs.webrtc.udpmux import PortTaken
 from .redaction import install_log_redaction
 from .sources import SourceError, check_source, choose_mode, redact, resolve_auto
+from .workers.pool import WorkerFailed
 
 logger = logging.getLogger("camtrack")
 
@@ -316,7 +317,7 @@ def run(argv: list[str] | None) -> None:
     try:
         asyncio.run(serve(create_app(config), config.host, config.port, ssl_context))
     except OSError as exc:
-        where = "" if isinstance(exc, PortTaken) else f"cannot listen on {config.host}:{config.port}: "
+        where = "" if isinstance(exc, (PortTaken, WorkerFailed)) else f"cannot listen on {config.host}:{config.port}: "
         fail(parser, f"{where}{exc.strerror or exc}", status=1)
 
 

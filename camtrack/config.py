@@ -39,6 +39,8 @@ MAX_WIDTH, MAX_HEIGHT = 7680, 4320
 MAX_SECONDS = 3600.0
 #: more viewers than this is not a home camera server (and each costs a socket, the fd limit is ~1024)
 MAX_VIEWERS = 10_000
+#: more worker processes than this is a typo (each is a Python process of ~60 MB)
+MAX_WORKERS = 64
 #: the page: static/ in a checkout, camtrack/static in an installed wheel
 STATIC_DIR = next((p for p in (Path(__file__).resolve().parent.parent / "static",
                                Path(__file__).resolve().parent / "static") if (p / "index.html").is_file()),
@@ -371,6 +373,13 @@ class Config(CameraSettings):
         "the one UDP port of every viewer's WebRTC (ICE, DTLS, SRTP), WHEP's and Janus publishing's "
         "included (default: {default}); 0: a random port per peer", metavar="PORT", label="WebRTC port",
         check=between(0, 65535, "between 0 (a random port per peer) and 65535")))
+    #: processes that serve WebRTC viewers (camtrack.workers): 1 is the main process itself, as before
+    #: workers existed; kept the default for now (see README, "More than one core")
+    workers: int = field(default=1, metadata=option(
+        "processes that serve WebRTC viewers: 1 (default): the main process; N > 1: N worker processes, "
+        "each with its own UDP port (--webrtc-port + 1 ... + N), fed each encoded frame once by the main "
+        "process, which keeps the cameras and encoders; 0: one per core", metavar="N",
+        check=between(0, MAX_WORKERS, f"0 (one per core) or more, at most {MAX_WORKERS}")))
     public_addresses: list[str] = field(default_factory=list, metadata=option(
         "also offer this address (IP or host name) with the WebRTC port as a host candidate, repeatable: "
         "a 1:1 NAT's or a port forward's public address", flag="--public-address", metavar="ADDR",
@@ -468,6 +477,11 @@ class Config(CameraSettings):
             raise ValueError("passthrough sends the camera's packets to every viewer: use --encoder shared")
         if self.encoder != "shared" and any(c.publish for c in self.cameras):
             raise ValueError("publishing to Janus sends the shared encoder's packets: use --encoder shared")
+        if self.workers > 1 and self.encoder != "shared":
+            raise ValueError("worker processes send the shared encoder's packets: --workers needs --encoder shared")
+        if self.webrtc_port and self.webrtc_port + self.workers > 65535:
+            raise ValueError(f"--workers {self.workers} take UDP ports up to --webrtc-port + {self.workers}, "
+                             f"past 65535: give a lower --webrtc-port")
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must differ: {', '.join(names)}")

@@ -22,6 +22,6 @@ def test_bench_quick_row():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| shared")]
     assert len(rows) == 1, result.stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[:4] == ["shared", "vp8", "640x480", "2"]
-    assert float(cells[7]) > 0, "no frames received"
+    assert cells[:5] == ["shared", "vp8", "640x480", "1", "2"]
+    assert float(cells[10]) > 0, "no frames received"
     assert cells[-1] == "0", "a viewer failed"

@@ -54,7 +54,8 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "janus_room": 7, "janus_pin": "p", "janus_display": "d",
               # (passthrough needs codec h264, and this file asks for vp8)
               "mode": "transcode", "rtsp_transport": "udp", "video_encoder": "libx264",
-              "webrtc_port": 9555, "public_addresses": ["203.0.113.7", "cams.example"], "turn_secret": "s3c"}
+              "webrtc_port": 9555, "public_addresses": ["203.0.113.7", "cams.example"], "turn_secret": "s3c",
+              "workers": 3}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:

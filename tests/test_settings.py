@@ -118,6 +118,12 @@ BAD = [
     (["--public-address", "1.2.3.4:8555"], None, "public address must be an IP address or a host name"),
     (["--public-address", "203.0.113.7", "--webrtc-port", "0"], None, "--public-address needs a fixed --webrtc-port"),
     ([], "public-address = '203.0.113.7'\n", "must be a list of strings"),
+    # worker processes
+    (["--workers", "-1"], None, "workers must be 0 (one per core) or more, at most 64, not -1"),
+    (["--workers", "65"], None, "workers must be 0 (one per core) or more, at most 64, not 65"),
+    (["--workers", "2", "--encoder", "per-viewer"], None, "--workers needs --encoder shared"),
+    (["--workers", "4", "--webrtc-port", "65533"], None, "--workers 4 take UDP ports up to --webrtc-port + 4"),
+    ([], "workers = 2.0\n", "workers must be a whole number, not 2.0"),
     (["--turn-secret", "s3c"], None, "--turn-secret needs a TURN server: --ice-server turn:HOST:PORT"),
     (["--turn-secret", "s3c", "--ice-server", "turn:u:p@192.0.2.1:3478"], None,
      "with --turn-secret, give the TURN server without USER:PASS"),

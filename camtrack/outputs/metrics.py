@@ -6,7 +6,8 @@ streams, encoders and outputs keep anyway, at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,8 +22,10 @@ from ..media.passthrough import PassthroughFeed
 class CameraCollector:
     """Reads every camera's counters when Prometheus scrapes."""
 
-    def __init__(self, cameras: Cameras) -> None:
+    def __init__(self, cameras: Cameras, workers: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.cameras = cameras
+        #: what the worker processes say of themselves (camtrack.workers.pool.WorkerPool.describe), if any
+        self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
         viewers = GaugeMetricFamily("camtrack_viewers", "Viewers now, by camera and transport.",
@@ -117,11 +120,33 @@ class CameraCollector:
         yield wire
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, encode_time, janus_up, janus_publishes, janus_failures)
+        if self.workers is not None:
+            yield from self._workers(self.workers())
+
+    def _workers(self, workers: list[dict[str, Any]]) -> Iterator[Metric]:
+        up = GaugeMetricFamily("camtrack_worker_up", "1 while the worker process serves viewers.", labels=["worker"])
+        peers = GaugeMetricFamily("camtrack_worker_peers", "Peers in the worker process now.", labels=["worker"])
+        starts = CounterMetricFamily("camtrack_worker_starts", "Times the worker process started.", labels=["worker"])
+        sent = CounterMetricFamily("camtrack_worker_packets_sent", "Packets relayed to the worker process (once "
+                                   "each, whatever its viewers).", labels=["worker", "camera"])
+        skipped = CounterMetricFamily("camtrack_worker_packets_skipped", "Packets a worker process read too slowly "
+                                      "to get (newer ones went instead).", labels=["worker", "camera"])
+        for worker in workers:
+            label = str(worker["index"])
+            up.add_metric([label], 1 if worker["ready"] else 0)
+            peers.add_metric([label], worker["peers"])
+            starts.add_metric([label], worker["starts"])
+            for camera, count in worker["sent"].items():
+                sent.add_metric([label, camera], count)
+            for camera, count in worker["skipped"].items():
+                skipped.add_metric([label, camera], count)
+        yield from (up, peers, starts, sent, skipped)
 
 
-def add_routes(app: web.Application, cameras: Cameras) -> None:
+def add_routes(app: web.Application, cameras: Cameras,
+               workers: Callable[[], list[dict[str, Any]]] | None = None) -> None:
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(CameraCollector(cameras))
+    registry.register(CameraCollector(cameras, workers))
 
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(registry))

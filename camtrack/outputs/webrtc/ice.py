@@ -89,6 +89,9 @@ class IceContext:
     servers: list[str]
     turn_secret: str | None = None
     mux: UdpMux | None = None
+    #: the worker processes that make the viewers' peers (camtrack.workers.pool.WorkerPool, --workers > 1);
+    #: None: peers are made in this process
+    workers: object | None = None
 
     def ice_servers(self) -> list[RTCIceServer]:
         """The servers, each TURN server with fresh credentials if there is a secret."""

@@ -18,7 +18,7 @@ from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
 from .hooks import PeerGuard, RtpSendStats, guard_peer, send_rtp_once
 from .ice import IceContext
-from .tracks import EncodedTrack, make_track
+from .tracks import CameraTrack, EncodedTrack, make_track
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class Peer:
     `on_end(reason)` once when it fails, closes, stays disconnected or never connects."""
 
     def __init__(self, camera: Camera, config: Config, transport: Transport, remote: str,
-                 on_end: Callable[[str], None], ice: IceContext | None = None) -> None:
+                 on_end: Callable[[str], None], ice: IceContext | None = None,
+                 track: EncodedTrack | CameraTrack | None = None) -> None:
         self.camera = camera
         self.config = config
         self.transport = transport
@@ -106,7 +107,8 @@ class Peer:
         #: the server's ICE side (its mux, TURN credentials); else a socket per peer and the servers
         self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
         self.pc = RTCPeerConnection(self.ice.rtc_configuration())
-        self.track = make_track(camera, transport)
+        #: (a worker process gives its own: the main process's packets, relayed)
+        self.track = track if track is not None else make_track(camera, transport)
         self.connected = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None

@@ -43,9 +43,10 @@ from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
 from ...media.feeds import FeedClosed, Transport
 from ...media.ratelimit import TokenBucket
+from ...workers.pool import AnyPeer, make_peer
 from ..wsvideo import PacketStream
 from .ice import IceContext
-from .peer import OfferError, Peer, ServerFull
+from .peer import OfferError, ServerFull
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -87,7 +88,7 @@ class Session:
         self.camera = camera
         self.cameras = cameras
         self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
-        self.peer: Peer | None = None
+        self.peer: AnyPeer | None = None
         #: WEBSOCKET while it negotiates WebRTC, WS_VIDEO while it streams over the socket
         self.transport = Transport.WEBSOCKET
         self.stream: PacketStream | None = None
@@ -214,8 +215,8 @@ class Session:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        peer = Peer(self.camera, self.config, Transport.WEBSOCKET, self.remote, lambda reason: self._peer_ended(peer, reason),
-                    self.ice)
+        peer = make_peer(self.camera, self.config, Transport.WEBSOCKET, self.remote,
+                         lambda reason: self._peer_ended(peer, reason), self.ice)
         peer.pc.on("connectionstatechange", lambda: self._peer_state(peer))
         self.peer = peer
         try:
@@ -379,7 +380,7 @@ class Session:
         if self.reason is None and self._idle is None and self.stream is None:  # peerless again: the idle clock runs
             self._idle = asyncio.get_running_loop().call_later(self.config.idle_timeout, self._idle_expired)
 
-    def _peer_ended(self, peer: Peer, reason: str) -> None:
+    def _peer_ended(self, peer: AnyPeer, reason: str) -> None:
         if peer is not self.peer:
             return
         error = None
@@ -387,7 +388,7 @@ class Session:
             error = f"closing: the connection was not established within {self.config.negotiation_timeout:g} s"
         self.end(reason, error=error)
 
-    def _peer_state(self, peer: Peer) -> None:
+    def _peer_state(self, peer: AnyPeer) -> None:
         """The peer connected: the session becomes a viewer, if there is room for one more."""
         if peer is not self.peer or self.reason is not None or peer.pc.connectionState != "connected":
             return

@@ -22,8 +22,9 @@ from ...config import Config
 from ...connections import read_body
 from ...logs import ClientLog, clip
 from ...media.feeds import Transport
+from ...workers.pool import make_peer
 from .ice import IceContext
-from .peer import OfferError, Peer, ServerFull
+from .peer import OfferError, ServerFull
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -46,7 +47,7 @@ class WhepSession:
         self.remote = remote
         self.sessions = sessions
         self.location = f"/cameras/{quote(camera.name)}/whep/{self.id}"
-        self.peer = Peer(camera, config, Transport.WHEP, remote, self.end, ice)
+        self.peer = make_peer(camera, config, Transport.WHEP, remote, self.end, ice)
         self.peer.pc.on("connectionstatechange", self._peer_state)
         self.reason: str | None = None
         self._teardown: asyncio.Task[None] | None = None

@@ -1,0 +1,575 @@
+"""The main process's side of the worker processes (`--workers N`, N > 1).
+
+The main process keeps HTTP, signaling, the cameras and their encoders. A viewer's offer goes to
+the least-loaded worker, which makes the peer (camtrack.workers.process) and answers. For each
+camera a worker has viewers of, a pump reads the camera's packet feed once and writes each packet
+once to that worker's socket; a worker that reads slowly is skipped ahead (newest wins, at most
+MAX_LAG packets behind), so nothing queues without bound. The worker sends back its peers' states
+(so admission, --max-viewers, /metrics, /healthz and shutdown see every viewer here), their
+keyframe requests, and its counters. A worker that dies ends only its own viewers (their pages
+reconnect) and is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiortc import RTCIceCandidate
+from aiortc.sdp import candidate_to_sdp
+
+from ..cameras import Camera, Cameras
+from ..config import Config
+from ..media.encoder import JOIN_FRAMES
+from ..media.feeds import FeedClosed, PacketFeed, Transport
+from ..media.packet import CodecInfo, EncodedPacket
+from ..media.passthrough import RING_PACKETS, PassthroughFeed
+from ..outputs.webrtc.ice import IceContext
+from ..outputs.webrtc.peer import CLOSE_TIMEOUT, OfferError, Peer, ServerFull, check_offer
+from . import wire
+
+logger = logging.getLogger(__name__)
+
+#: seconds a worker may take to start (import aiortc, bind its port) before the server gives up
+START_TIMEOUT = 30.0
+#: seconds between restarts of a worker that keeps dying: from the first, doubling to the last;
+#: a worker that stayed up STABLE seconds starts again from the first
+RESTART_DELAYS = (0.5, 10.0)
+STABLE = 30.0
+#: a worker that says nothing this long (it sends its counters every second) is stuck: it is killed,
+#: which ends its viewers, and started again
+WATCHDOG = 10.0
+#: seconds workers get to exit when the server stops, before they are killed
+STOP_GRACE = 1.5
+#: a worker more than this many packets behind a camera is skipped to the newest (its tracks resync)
+MAX_LAG = JOIN_FRAMES
+#: packets a worker's ring of a shared encoder's feed holds: more than the encoder's own, because a
+#: worker gets them in bursts when it was not scheduled for a while (the machine busy), and a burst
+#: longer than its ring would make every one of its viewers resync and wait for a keyframe
+RELAY_RING = 4 * JOIN_FRAMES
+#: the socket's buffer to a worker (the kernel doubles it): a few keyframes, so a burst does not wait,
+#: and what a stalled worker can leave queued (with the writer's 64 KiB and one packet) is this much
+SOCKET_BUFFER = 128 * 1024
+#: the directory that holds the camtrack package, for the workers' `python -m`
+#: the loggers whose levels a worker takes from the main process (the first is its own, overall)
+LOGGERS = ("camtrack", "aioice", "aiortc")
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+class WorkerFailed(OSError):
+    """A worker process could not start (its port is taken, it crashed at start)."""
+
+
+def worker_count(config: Config) -> int:
+    """How many processes serve WebRTC viewers: --workers, 0 meaning one per core this process may use."""
+    if config.workers:
+        return config.workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class RemotePc:
+    """What signaling sees of a worker's peer connection: its state, its events, its candidates."""
+
+    def __init__(self, peer: RemotePeer) -> None:
+        self.peer = peer
+        self.connectionState = "new"
+        self._listeners: dict[str, list[Callable[[], None]]] = {}
+
+    def on(self, event: str, callback: Callable[[], None]) -> Callable[[], None]:
+        self._listeners.setdefault(event, []).append(callback)
+        return callback
+
+    def _set_state(self, state: str) -> None:
+        if state != self.connectionState:
+            self.connectionState = state
+            for callback in list(self._listeners.get("connectionstatechange", ())):
+                callback()
+
+    async def addIceCandidate(self, candidate: RTCIceCandidate | None) -> None:  # noqa: N802 - aiortc's name
+        self.peer.send({"t": "candidate", "candidate": None if candidate is None else candidate_to_sdp(candidate),
+                        "sdpMid": None if candidate is None else candidate.sdpMid,
+                        "sdpMLineIndex": None if candidate is None else candidate.sdpMLineIndex})
+
+
+class RemotePeer:
+    """A viewer's peer in a worker process, as signaling and WHEP use a `Peer`: answer, close, and
+    `on_end(reason)` once when it fails, closes, stays disconnected, never connects, or its worker dies."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, worker: WorkerProcess | None, camera: Camera, config: Config, transport: Transport,
+                 remote: str, on_end: Callable[[str], None]) -> None:
+        self.id = next(self._ids)
+        self.worker = worker
+        self.camera = camera
+        self.config = config
+        self.transport = transport
+        self.remote = remote
+        self.on_end = on_end
+        self.pc = RemotePc(self)
+        self.connected = False
+        self._ended = False
+        self._answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._closed: asyncio.Future[None] | None = None
+        #: gives back this peer's handshake turn (camtrack.media.load), once it connected or ended
+        self._turn: Callable[[], None] | None = None
+        if worker is not None:
+            worker.add(self)
+
+    @property
+    def negotiating(self) -> bool:
+        return self.pc.connectionState in ("new", "connecting")
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.worker is not None:
+            self.worker.send({**message, "id": self.id})
+
+    async def answer(self, sdp: str) -> str:
+        """The worker's answer to `sdp` (OfferError if it cannot be answered or no worker can)."""
+        if self.worker is None or not self.worker.ready:
+            self.camera.meters[self.transport].negotiation_failures += 1
+            raise OfferError("no worker process is ready to take a viewer; try again shortly")
+        load = self.camera.load
+        if load is not None:
+            # a crowd negotiates a few at a time across every worker, as in one process (Peer.answer)
+            try:
+                check_offer(sdp, self.camera.settings.codec)  # a bad offer is told so at once, not queued
+            except OfferError:
+                self.camera.meters[self.transport].negotiation_failures += 1
+                raise
+            self._turn = await load.handshake_turn()
+            if self._turn is None or self._ended:
+                self._give_turn_back()
+                raise ServerFull("server full")
+        self.send({"t": "offer", "camera": self.camera.name, "transport": str(self.transport),
+                   "remote": self.remote, "sdp": sdp})
+        reply = await asyncio.shield(self._answer)
+        if "sdp" not in reply:
+            self._give_turn_back()
+            raise OfferError(reply.get("error", "the worker could not answer"))
+        logger.debug("%s viewer %s of %s: answered by worker %d", self.transport, self.remote, self.camera.name,
+                     self.worker.index)
+        return str(reply["sdp"])
+
+    def _give_turn_back(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn()
+
+    async def close(self) -> None:
+        """Close the worker's peer (idempotent, never cancelled half-way; not longer than CLOSE_TIMEOUT)."""
+        self._ended = True
+        self._give_turn_back()
+        if not self._answer.done():
+            # closed while its worker answers (the session ended): an answer of nothing, which the
+            # session, ended, does not send (as a local Peer closed half-way answers)
+            self._answer.set_result({"sdp": ""})
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+            worker = self.worker
+            if worker is None or not worker.ready:
+                self._closed.set_result(None)
+            else:
+                worker.remove(self, keep=True)  # (its pump may stop now; the close reply still comes here)
+                self.send({"t": "close"})
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT)
+        except TimeoutError:
+            logger.warning("%s viewer %s: worker peer close timed out", self.transport, self.remote)
+        if self.worker is not None:
+            self.worker.forget(self)
+
+    def message(self, message: dict[str, Any]) -> None:
+        """A message about this peer from its worker."""
+        kind = message["t"]
+        if kind == "state":
+            if message["state"] == "connected":
+                self.connected = True
+                self._give_turn_back()
+            self.pc._set_state(message["state"])
+        elif kind == "ended":
+            self._end(message["reason"])
+        elif kind == "answer":
+            if not self._answer.done():
+                self._answer.set_result(message)
+        elif kind == "closed":
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)
+
+    def lost(self, reason: str) -> None:
+        """Its worker died: the peer went with it."""
+        if not self._answer.done():
+            self._answer.set_result({"error": reason})
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        self.pc.connectionState = "closed"  # (no event: the session ends through on_end)
+        self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        self._give_turn_back()
+        if not self._ended:
+            self._ended = True
+            self.on_end(reason)
+
+
+class Pump:
+    """One camera's packets to one worker: read once from the camera's feed, written once."""
+
+    def __init__(self, worker: WorkerProcess, camera: Camera, feed: PacketFeed) -> None:
+        self.worker = worker
+        self.camera = camera
+        self.feed = feed
+        self.kind = "passthrough" if isinstance(feed, PassthroughFeed) else "encoder"
+        self.sent = 0
+        #: packets this worker never got: it read too slowly, and newer ones went instead
+        self.skipped = 0
+        self._codec: CodecInfo | None = None
+        self._stopped = False
+        # attached and announced before the first offer is sent: the worker has the feed to answer with
+        feed.attach(self)
+        self._announce(feed.codec)
+        self._task = asyncio.ensure_future(self._run())
+
+    def _announce(self, codec: CodecInfo) -> None:
+        self._codec = codec
+        self.worker.send({"t": "feed", "camera": self.camera.name, "codec": codec, "kind": self.kind,
+                          "ring": RING_PACKETS if self.kind == "passthrough" else RELAY_RING})
+
+    def _send(self, packet: EncodedPacket) -> None:
+        if packet.codec != self._codec:
+            self._announce(packet.codec)
+        self.sent += 1
+        self.worker.sent[self.camera.name] += 1
+        self.worker.write(self.worker.pool.frame(self.camera.name, packet))
+
+    async def _run(self) -> None:
+        after = 0
+        try:
+            for packet in self.feed.start_packets():
+                self._send(packet)
+                after = packet.seq
+            while not self._stopped:
+                latest = self.feed.latest
+                ask = after
+                if after and latest is not None and latest.seq - after > MAX_LAG:
+                    ask = latest.seq - 1  # newest wins: this worker read too slowly
+                read = await self.feed.next_packet(ask)
+                if self._stopped:
+                    break
+                if after and read.item.seq > after + 1:
+                    self.skipped += read.item.seq - after - 1
+                    self.worker.skipped[self.camera.name] += read.item.seq - after - 1
+                self._send(read.item)
+                after = read.item.seq
+                await self.worker.drain()
+        except (FeedClosed, ConnectionError):
+            pass
+        finally:
+            self.stop()
+
+    def stop(self, tell: bool = True) -> None:
+        """Stop reading the camera (at once, so a new pump of it can start right after)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.feed.detach(self)
+        if self.worker.pumps.get(self.camera.name) is self:
+            del self.worker.pumps[self.camera.name]
+            if tell:
+                self.worker.send({"t": "unfeed", "camera": self.camera.name})
+        if self._task is not asyncio.current_task():
+            self._task.cancel()
+
+
+class WorkerProcess:
+    """One worker process, started again when it dies, and what the main process knows of it."""
+
+    def __init__(self, pool: WorkerPool, index: int, port: int) -> None:
+        self.pool = pool
+        self.index = index
+        #: the UDP port asked for (0: a random port per peer)
+        self.port = port
+        self.pid: int | None = None
+        self.ready = False
+        self.starts = 0
+        #: its peers (pending and connected); those closing stay until their close is answered
+        self.peers: dict[int, RemotePeer] = {}
+        self.closing: dict[int, RemotePeer] = {}
+        self.pumps: dict[str, Pump] = {}
+        #: what its last stats said: peers, packets received per camera
+        self.stats: dict[str, Any] = {}
+        #: over the server's life, per camera: packets written to this worker, packets it was skipped
+        #: ahead of (it read too slowly), and its keyframe requests
+        self.sent: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.keyframe_requests = 0
+        self._meters: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self._process: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.peers)
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": self.pid, "ready": self.ready, "port": self.port, "starts": self.starts,
+                "peers": len(self.peers), "cameras": sorted(self.pumps),
+                "sent": dict(self.sent), "skipped": dict(self.skipped), "buffered": self.buffered,
+                "keyframe_requests": self.keyframe_requests,
+                "received": self.stats.get("received", {})}
+
+    # -- the socket
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written to the worker that wait in this process (not yet in the socket's buffer)."""
+        writer = self._writer
+        return writer.transport.get_write_buffer_size() if writer is not None else 0
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.write(wire.control(message))
+
+    def write(self, frame: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(frame)
+
+    async def drain(self) -> None:
+        if self._writer is None:
+            raise ConnectionError("worker gone")
+        await self._writer.drain()
+
+    # -- peers
+
+    def add(self, peer: RemotePeer) -> None:
+        self.peers[peer.id] = peer
+        name = peer.camera.name
+        feed = peer.camera.feed
+        if name not in self.pumps and feed is not None:
+            self.pumps[name] = Pump(self, peer.camera, feed)
+
+    def remove(self, peer: RemotePeer, keep: bool = False) -> None:
+        """`peer` is no viewer here any more (kept to hear its close reply if `keep`); the last viewer
+        of a camera here stops its pump."""
+        if self.peers.pop(peer.id, None) is not None and keep:
+            self.closing[peer.id] = peer
+        name = peer.camera.name
+        if not any(p.camera.name == name for p in self.peers.values()):
+            pump = self.pumps.get(name)
+            if pump is not None:
+                pump.stop()
+
+    def forget(self, peer: RemotePeer) -> None:
+        self.closing.pop(peer.id, None)
+        self.remove(peer)
+
+    # -- the process
+
+    async def start(self) -> None:
+        """Start the process and wait until it is ready (WorkerFailed if it is not)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "camtrack.workers.process", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self.starts += 1
+        self.pid = self._process.pid
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        self.send({"t": "init", "config": self.pool.config, "index": self.index, "port": self.port,
+                   "addresses": self.pool.addresses,
+                   # (what this process logs, the worker logs: the libraries' levels too)
+                   "log_levels": {name: logging.getLogger(name).getEffectiveLevel() for name in LOGGERS}})
+        try:
+            reply = await asyncio.wait_for(wire.read(self._reader), START_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            await self._reap()
+            raise WorkerFailed(f"worker {self.index} did not start ({type(exc).__name__})") from None
+        if not isinstance(reply, dict) or reply.get("t") != "ready":
+            await self._reap()
+            error = reply.get("error", "no reason given") if isinstance(reply, dict) else "a packet"
+            raise WorkerFailed(f"worker {self.index} did not start: {error}")
+        self.ready = True
+        self._meters.clear()
+        logger.info("worker %d (pid %d) serves WebRTC viewers%s", self.index, self.pid,
+                    f" on UDP port {reply['port']}" if reply["port"] else "")
+        self._task = asyncio.ensure_future(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Read the worker's messages until it goes; then end its viewers and start it again."""
+        started = time.monotonic()
+        reason = "worker process exited"
+        assert self._reader is not None
+        try:
+            while True:
+                message = await asyncio.wait_for(wire.read(self._reader), WATCHDOG)
+                if isinstance(message, dict):
+                    self._message(message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except ValueError as exc:
+            reason = f"worker process misbehaved: {exc}"
+        except TimeoutError:
+            reason = f"worker process said nothing for {WATCHDOG:g} s"
+            if self._process is not None and self._process.returncode is None:
+                self._process.kill()
+        except asyncio.CancelledError:
+            return  # stopped by the pool: it does the rest
+        self._lost(reason)
+        code = await self._reap()
+        if self.pool.stopping:
+            return
+        logger.warning("worker %d (pid %s) %s (status %s); its viewers were disconnected, restarting it",
+                       self.index, self.pid, reason.removeprefix("worker process "), code)
+        delay = RESTART_DELAYS[0]
+        if time.monotonic() - started < STABLE:
+            delay = min(RESTART_DELAYS[1], RESTART_DELAYS[0] * 2 ** min(self.starts, 8))
+        while not self.pool.stopping:
+            await asyncio.sleep(delay)
+            if self.pool.stopping:
+                return
+            try:
+                await self.start()
+                return
+            except (WorkerFailed, OSError) as exc:
+                logger.warning("%s; trying again in %g s", exc, delay)
+                delay = min(RESTART_DELAYS[1], delay * 2)
+
+    def _message(self, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "keyframe":
+            self.keyframe_requests += 1
+            camera = self.pool.cameras.get(message["camera"])
+            if camera is not None and camera.feed is not None:
+                camera.feed.request_keyframe()
+        elif kind == "stats":
+            self.stats = message
+            self._add_meters(message["meters"])
+        elif "id" in message:
+            peer = self.peers.get(message["id"]) or self.closing.get(message["id"])
+            if peer is not None:
+                peer.message(message)
+
+    def _add_meters(self, meters: dict[str, dict[str, tuple[int, int, int]]]) -> None:
+        """The worker's counters (totals since it started) added to the cameras' meters."""
+        for name, by_transport in meters.items():
+            camera = self.pool.cameras.get(name)
+            if camera is None:
+                continue
+            for transport, totals in by_transport.items():
+                seen = self._meters.get((name, transport), (0, 0, 0))
+                meter = camera.meters[Transport(transport)]
+                meter.frames += totals[0] - seen[0]
+                meter.bytes += totals[1] - seen[1]
+                meter.negotiation_failures += totals[2] - seen[2]
+                self._meters[(name, transport)] = totals
+
+    def _lost(self, reason: str) -> None:
+        self.ready = False
+        for pump in list(self.pumps.values()):
+            pump.stop(tell=False)
+        peers = list(self.peers.values()) + list(self.closing.values())
+        self.peers.clear()
+        self.closing.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for peer in peers:
+            peer.lost(reason)
+
+    async def _reap(self) -> int | None:
+        process = self._process
+        if process is None:
+            return None
+        try:
+            return await asyncio.wait_for(process.wait(), STOP_GRACE)
+        except TimeoutError:
+            process.kill()
+            return await process.wait()
+
+    async def stop(self) -> None:
+        """Tell the worker to exit; kill it if it has not within STOP_GRACE."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        if self._writer is not None and not self._writer.is_closing():
+            self.send({"t": "exit"})
+        self._lost("server shutting down")
+        await self._reap()
+
+
+class WorkerPool:
+    """The worker processes of a server, and the choice of one for each new viewer."""
+
+    def __init__(self, config: Config, cameras: Cameras, count: int, addresses: list[str]) -> None:
+        self.config = config
+        self.cameras = cameras
+        #: the --ice-address addresses, resolved: what every worker offers
+        self.addresses = addresses
+        self.stopping = False
+        #: each camera's newest packet as a frame: made once, written to every worker that wants it
+        self._frames: dict[str, tuple[EncodedPacket, bytes]] = {}
+        base = config.webrtc_port
+        self.workers = [WorkerProcess(self, i + 1, base + i + 1 if base else 0) for i in range(count)]
+
+    async def start(self) -> None:
+        """Start every worker (at once); WorkerFailed, with all of them stopped, if one cannot start."""
+        results = await asyncio.gather(*(w.start() for w in self.workers), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.stop()
+            raise failed[0]
+
+    def frame(self, camera: str, packet: EncodedPacket) -> bytes:
+        """`packet` of `camera` as a frame for the workers' sockets (made once per packet)."""
+        cached = self._frames.get(camera)
+        if cached is not None and cached[0] is packet:
+            return cached[1]
+        frame = wire.packet(camera, packet.seq, packet.packet.pts or 0, packet.captured, packet.keyframe,
+                            bytes(packet.packet))
+        self._frames[camera] = (packet, frame)
+        return frame
+
+    def pick(self) -> WorkerProcess | None:
+        """The ready worker with the fewest peers."""
+        ready = [w for w in self.workers if w.ready]
+        return min(ready, key=lambda w: w.load) if ready else None
+
+    def new_peer(self, camera: Camera, config: Config, transport: Transport, remote: str,
+                 on_end: Callable[[str], None]) -> RemotePeer:
+        return RemotePeer(self.pick(), camera, config, transport, remote, on_end)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [w.describe() for w in self.workers]
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await asyncio.gather(*(w.stop() for w in self.workers))
+        self._frames.clear()
+
+
+AnyPeer = Peer | RemotePeer
+
+
+def make_peer(camera: Camera, config: Config, transport: Transport, remote: str, on_end: Callable[[str], None],
+              ice: IceContext | None = None) -> AnyPeer:
+    """A viewer's peer: in a worker process when the server has them (and the camera sends packets),
+    else in this one."""
+    pool = ice.workers if ice is not None else None
+    if isinstance(pool, WorkerPool) and camera.feed is not None:
+        return pool.new_peer(camera, config, transport, remote, on_end)
+    return Peer(camera, config, transport, remote, on_end, ice)

@@ -1,0 +1,254 @@
+"""A worker process: `python -m camtrack.workers.process FD`, started by the main process
+(camtrack.workers.pool) with its end of a socket pair as FD.
+
+It makes the peers of the viewers it is given (the same `Peer` as in the main process), with tracks
+that read each camera's packets as the main process relays them (`RelayedFeed`), on a UDP port of
+its own. It exits when the main process says so, or goes away (its socket closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc.sdp import candidate_from_sdp
+
+from ..cameras import Camera
+from ..config import CameraConfig, Config
+from ..media.feeds import FrameSource, SourceError, Transport
+from ..media.jpeg import JpegEncoders
+from ..media.stream import CameraStream
+from ..outputs.webrtc.hooks import check_hooks
+from ..outputs.webrtc.ice import IceContext, restrict_host_addresses
+from ..outputs.webrtc.peer import OfferError, Peer
+from ..outputs.webrtc.tracks import EncodedTrack
+from ..outputs.webrtc.udpmux import UdpMux
+from . import wire
+from .relay import RelayedFeed
+
+logger = logging.getLogger(__name__)
+
+#: seconds between the counters this worker sends the main process (/metrics, /healthz)
+STATS_INTERVAL = 1.0
+#: seconds the peers get to close when the worker is told to exit
+EXIT_GRACE = 1.0
+
+
+def no_source() -> FrameSource:
+    raise SourceError("a worker process opens no camera: the main process does")
+
+
+def local_camera(settings: CameraConfig) -> Camera:
+    """A camera as a worker's peers see it: its settings and meters (the pictures come relayed)."""
+    stream = CameraStream(settings.name, no_source)
+    return Camera(settings, "(relayed by the main process)", stream, None, JpegEncoders(stream, 1.0))
+
+
+class Worker:
+    """The worker's side of the socket: the peers it made and the feeds it relays to them."""
+
+    def __init__(self, writer: asyncio.StreamWriter, config: Config, ice: IceContext) -> None:
+        self.writer = writer
+        self.config = config
+        self.ice = ice
+        self.cameras = {c.name: local_camera(c) for c in config.cameras}
+        self.feeds: dict[str, RelayedFeed] = {}
+        self.peers: dict[int, Peer] = {}
+        self.closing: set[asyncio.Task[None]] = set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(wire.control(message))
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        """Handle the main process's messages until it says exit or goes away."""
+        stats = asyncio.ensure_future(self._stats())
+        try:
+            while True:
+                try:
+                    message = await wire.read(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    logger.info("the main process is gone: exiting")
+                    return
+                if isinstance(message, wire.WirePacket):
+                    feed = self.feeds.get(message.camera)
+                    if feed is not None:
+                        feed.add(message)
+                        # (a read of buffered data does not yield: let the tracks take each packet as it
+                        # comes, rather than a burst of them after this worker was not scheduled)
+                        await asyncio.sleep(0)
+                    continue
+                kind = message["t"]
+                if kind == "exit":
+                    return
+                if kind == "offer":
+                    self._offer(message)
+                elif kind == "candidate":
+                    asyncio.ensure_future(self._candidate(message))
+                elif kind == "close":
+                    self._close(message["id"])
+                elif kind == "feed":
+                    self._feed(message)
+                elif kind == "unfeed":
+                    feed = self.feeds.pop(message["camera"], None)
+                    if feed is not None:
+                        feed.close()
+        finally:
+            stats.cancel()
+            await self.close_all()
+
+    def _feed(self, message: dict[str, Any]) -> None:
+        name = message["camera"]
+        feed = self.feeds.get(name)
+        if feed is None:
+            self.feeds[name] = RelayedFeed(name, message["codec"], message["kind"], message["ring"],
+                                           lambda: self.send({"t": "keyframe", "camera": name}))
+        else:
+            feed.restart(message["codec"], message["kind"])
+
+    def _offer(self, message: dict[str, Any]) -> None:
+        """Make the peer now (a close that follows finds it), and answer in a task of its own (ICE
+        gathering takes a while: the next messages must not wait for it)."""
+        peer_id: int = message["id"]
+        camera = self.cameras[message["camera"]]
+        feed = self.feeds.get(camera.name)
+        if feed is None:
+            self.send({"t": "answer", "id": peer_id, "error": "the camera is not relayed to this worker"})
+            return
+        transport = Transport(message["transport"])
+        track = EncodedTrack(feed, camera.meters[transport])
+        peer = Peer(camera, self.config, transport, message["remote"],
+                    lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice, track=track)
+        peer.pc.on("connectionstatechange",
+                   lambda: self.send({"t": "state", "id": peer_id, "state": peer.pc.connectionState}))
+        self.peers[peer_id] = peer
+        asyncio.ensure_future(self._answer(peer_id, peer, message))
+
+    async def _answer(self, peer_id: int, peer: Peer, message: dict[str, Any]) -> None:
+        try:
+            answer = await peer.answer(message["sdp"])
+        except OfferError as exc:
+            self.send({"t": "answer", "id": peer_id, "error": str(exc), "offer_error": True})
+            self._close(peer_id)
+            return
+        except Exception as exc:  # noqa: BLE001 - said to the main process, which ends the session
+            logger.exception("answering viewer %s", message["remote"])
+            self.send({"t": "answer", "id": peer_id, "error": f"failed to answer: {type(exc).__name__}"})
+            self._close(peer_id)
+            return
+        if peer_id not in self.peers:
+            return  # closed while answering
+        self.send({"t": "answer", "id": peer_id, "sdp": answer})
+
+    async def _candidate(self, message: dict[str, Any]) -> None:
+        peer = self.peers.get(message["id"])
+        if peer is None:
+            return
+        try:
+            if message["candidate"] is None:
+                await peer.pc.addIceCandidate(None)
+            else:
+                candidate = candidate_from_sdp(message["candidate"])
+                candidate.sdpMid, candidate.sdpMLineIndex = message["sdpMid"], message["sdpMLineIndex"]
+                await peer.pc.addIceCandidate(candidate)
+        except Exception as exc:  # noqa: BLE001 - the main process checked its form; a late one is harmless
+            logger.debug("candidate refused: %s", exc)
+
+    def _close(self, peer_id: int) -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            self.send({"t": "closed", "id": peer_id})
+            return
+
+        async def close() -> None:
+            await peer.close()
+            self.send({"t": "closed", "id": peer_id})
+
+        task = asyncio.ensure_future(close())
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    async def close_all(self) -> None:
+        for peer_id in list(self.peers):
+            self._close(peer_id)
+        for feed in self.feeds.values():
+            feed.close()
+        if self.closing:
+            await asyncio.wait(list(self.closing), timeout=EXIT_GRACE)
+
+    async def _stats(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            self.send(self.stats())
+
+    def stats(self) -> dict[str, Any]:
+        return {"t": "stats", "peers": len(self.peers),
+                "received": {name: feed.received for name, feed in self.feeds.items()},
+                "meters": {name: {str(t): (m.frames, m.bytes, m.negotiation_failures) for t, m in camera.meters.items()}
+                           for name, camera in self.cameras.items()}}
+
+
+async def run(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    init = await wire.read(reader)
+    assert isinstance(init, dict) and init["t"] == "init"
+    config: Config = init["config"]
+    index: int = init["index"]
+    levels: dict[str, int] = init["log_levels"]
+    logging.basicConfig(level=levels["camtrack"],
+                        format=f"%(asctime)s worker {index} %(levelname)s %(name)s: %(message)s")
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    check_hooks()
+    undo: list[Callable[[], None]] = []
+    addresses: list[str] = init["addresses"]
+    if addresses:
+        undo.append(restrict_host_addresses(addresses))
+    ice = IceContext(config.ice_servers, config.turn_secret)
+    port: int = init["port"]
+    if port:
+        mux = UdpMux(port, config.public_addresses, addresses[0] if len(addresses) == 1 else None)
+        try:
+            await mux.open()
+        except OSError as exc:
+            writer.write(wire.control({"t": "failed", "error": f"cannot bind the WebRTC UDP port {port} "
+                                                               f"(--webrtc-port + {index}): {exc.strerror or exc}"}))
+            await writer.drain()
+            return
+        ice.mux = mux
+    writer.write(wire.control({"t": "ready", "pid": os.getpid(), "port": ice.mux.port if ice.mux else 0}))
+    worker = Worker(writer, config, ice)
+    loop = asyncio.get_running_loop()
+    # SIGTERM to the whole group (systemd, docker stop): hang up and go, as when the main process says so
+    stopping = asyncio.ensure_future(worker.serve(reader))
+    loop.add_signal_handler(signal.SIGTERM, stopping.cancel)
+    started = time.monotonic()
+    try:
+        await stopping
+    except asyncio.CancelledError:
+        await worker.close_all()
+    finally:
+        if ice.mux is not None:
+            ice.mux.close()
+        for step in undo:
+            step()
+        writer.close()
+    logger.debug("worker %d exits after %.0f s", index, time.monotonic() - started)
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group: the main process says when to go
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(run(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""A worker's copy of one camera's packet feed: the packets the main process relays, in a ring of
+their own, read by the worker's tracks as they would read the shared encoder (a `PacketFeed`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import av
+
+from ..media.feeds import FeedClosed
+from ..media.packet import CodecInfo, EncodedPacket
+from ..media.ring import Read, Ring
+from .wire import WirePacket
+
+#: a start run from a keyframe younger than this is as good as a fresh one (the shared encoder's
+#: keyframe_min_interval: it would not force another sooner)
+FRESH_KEYFRAME = 0.1
+#: a worker asks the main process for a keyframe at most this often per camera: requests are sticky
+#: there until a keyframe comes, so one in flight stands for the others
+KEYFRAME_REQUEST_INTERVAL = 0.05
+
+
+class RelayClosed(FeedClosed):
+    """The main process stopped relaying the camera (no viewer of it left here, or it closed)."""
+
+
+class RelayedFeed:
+    """The packets of camera `name` from the main process.
+
+    `kind` is how they are made there: "encoder" (a shared encoder, which makes a keyframe when
+    asked) or "passthrough" (a camera's own, whose keyframes cannot be asked for: a newcomer starts
+    from the newest one the ring holds, as with the passthrough feed itself).
+    """
+
+    def __init__(self, name: str, codec: CodecInfo, kind: str, ring_size: int,
+                 ask_keyframe: Callable[[], None]) -> None:
+        self.name = name
+        self.kind = kind
+        self.consumers: set[object] = set()
+        self.received = 0
+        self._codec = codec
+        self._ask = ask_keyframe
+        self._asked = 0.0
+        self._keyframe_at = 0.0
+        self._ring: Ring[EncodedPacket] = Ring(ring_size, lambda: RelayClosed(name))
+        self._ring.reopen()
+
+    @property
+    def codec(self) -> CodecInfo:
+        return self._codec
+
+    @property
+    def latest(self) -> EncodedPacket | None:
+        return self._ring.newest
+
+    @property
+    def open(self) -> bool:
+        return self._ring.open
+
+    def attach(self, reader: object) -> None:
+        self.consumers.add(reader)
+
+    def detach(self, reader: object) -> None:
+        self.consumers.discard(reader)
+
+    def start_packets(self) -> list[EncodedPacket]:
+        run = self._ring.since(lambda p: p.keyframe)
+        if self.kind == "passthrough" or (run and time.monotonic() - self._keyframe_at < FRESH_KEYFRAME):
+            return run
+        self.request_keyframe()
+        return []
+
+    def request_keyframe(self) -> None:
+        now = time.monotonic()
+        if self.kind == "encoder" and now - self._asked >= KEYFRAME_REQUEST_INTERVAL:
+            self._asked = now
+            self._ask()
+
+    async def next_packet(self, after: int = 0) -> Read[EncodedPacket]:
+        return await self._ring.next(after)
+
+    def restart(self, codec: CodecInfo, kind: str) -> None:
+        """The main process (re)starts relaying, perhaps with new codec settings."""
+        self._codec, self.kind = codec, kind
+        if not self._ring.open:
+            self._ring.reopen()
+
+    def add(self, wire: WirePacket) -> None:
+        """A packet from the main process: gaps in its numbers are what this worker missed, and
+        readers see them as skipped packets (and resync on a keyframe)."""
+        newest = self._ring.newest
+        if newest is not None and wire.seq <= newest.seq:
+            self._ring.reopen()  # a new run of the main feed, numbered from lower: start over
+        packet: av.Packet[Any] = av.Packet(wire.data)
+        packet.pts = packet.dts = wire.pts
+        packet.time_base = self._codec.time_base
+        self.received += 1
+        if wire.keyframe:
+            self._keyframe_at = time.monotonic()
+        self._ring.publish(EncodedPacket(wire.seq, packet, wire.keyframe, wire.captured, len(wire.data), self._codec))
+
+    def close(self) -> None:
+        """No more packets: readers waiting get RelayClosed."""
+        self._ring.close()

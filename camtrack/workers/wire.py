@@ -1,0 +1,71 @@
+"""What the main process and a worker say to each other over their socket pair.
+
+Every message is a frame: a 4-byte big-endian length, one byte of kind, then the body. A control
+message (kind `C`) is a pickled dict with a "t" (its type): the two ends are the same program,
+started by each other, on a socket nobody else holds. A packet (kind `P`) is one encoded picture
+of a camera, its bytes as they are, so the worker never unpickles the media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+#: the largest frame accepted: a keyframe of an 8K camera fits, garbage does not
+MAX_FRAME = 64 * 1024 * 1024
+CONTROL, PACKET = b"C", b"P"
+_LENGTH = struct.Struct(">IB")
+#: a packet's header after the camera name: seq, pts, capture time, keyframe
+_PACKET = struct.Struct(">QqdB")
+
+
+@dataclass(frozen=True)
+class WirePacket:
+    """One encoded picture of camera `camera`, as it crossed the socket."""
+
+    camera: str
+    seq: int
+    pts: int
+    captured: float
+    keyframe: bool
+    data: bytes
+
+
+def control(message: dict[str, Any]) -> bytes:
+    """The frame of a control message."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(body) + 1, CONTROL[0]) + body
+
+
+def packet(camera: str, seq: int, pts: int, captured: float, keyframe: bool, data: bytes) -> bytes:
+    """The frame of one encoded picture."""
+    name = camera.encode()
+    header = bytes((len(name),)) + name + _PACKET.pack(seq, pts, captured, keyframe)
+    return _LENGTH.pack(len(header) + len(data) + 1, PACKET[0]) + header + data
+
+
+def parse_packet(body: bytes) -> WirePacket:
+    size = body[0]
+    name = body[1:1 + size].decode()
+    seq, pts, captured, keyframe = _PACKET.unpack_from(body, 1 + size)
+    return WirePacket(name, seq, pts, captured, bool(keyframe), body[1 + size + _PACKET.size:])
+
+
+async def read(reader: asyncio.StreamReader) -> dict[str, Any] | WirePacket:
+    """The next message; `asyncio.IncompleteReadError` when the other end is gone."""
+    head = await reader.readexactly(_LENGTH.size)
+    length, kind = _LENGTH.unpack(head)
+    if not 1 <= length <= MAX_FRAME:
+        raise ValueError(f"a frame of {length} bytes")
+    body = await reader.readexactly(length - 1)
+    if kind == PACKET[0]:
+        return parse_packet(body)
+    if kind != CONTROL[0]:
+        raise ValueError(f"a frame of unknown kind {kind}")
+    message = pickle.loads(body)  # noqa: S301 - our own process at the other end, see above
+    if not isinstance(message, dict):
+        raise ValueError("a control message is a dict")
+    return message

@@ -1,0 +1,404 @@
+"""Worker processes (--workers 2): real aiortc viewers over /ws and WHEP, served by two worker
+processes while the camera is opened once and each frame encoded once in the main process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from camtrack.app import CAMERAS, ICE
+from camtrack.client import Viewer
+from camtrack.workers.pool import WorkerPool
+
+from .conftest import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pool_of(app) -> WorkerPool:
+    pool = app[ICE].workers
+    assert isinstance(pool, WorkerPool)
+    return pool
+
+
+async def whep_viewer(base: str, http: aiohttp.ClientSession) -> tuple[RTCPeerConnection, asyncio.Future]:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    track = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track.done() or track.set_result(t))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with http.post(base + "/whep", data=pc.localDescription.sdp,
+                         headers={"Content-Type": "application/sdp"}) as r:
+        assert r.status == 201, await r.text()
+        answer = await r.text()
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return pc, track
+
+
+async def test_viewers_on_two_workers_share_one_camera_and_one_encoder(serve):
+    # (keyframes every 30 s: the ones seen here are the ones asked for)
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"], keyframe_interval=30)
+    camera = app[CAMERAS].first
+    pool = pool_of(app)
+    assert [w.ready for w in pool.workers] == [True, True]
+    viewers = [Viewer(url) for _ in range(3)]
+    async with aiohttp.ClientSession() as http:
+        try:
+            await asyncio.gather(*(v.connect() for v in viewers))
+            pc, track = await whep_viewer(url.removesuffix("/ws"), http)
+            results = await asyncio.gather(*(v.frames(30, timeout=60) for v in viewers))
+            whep_frames = [await asyncio.wait_for((await asyncio.wait_for(track, 20)).recv(), 20) for _ in range(30)]
+            for frames in [*results, whep_frames]:
+                assert all((f.width, f.height) == (320, 240) for f in frames)
+                pts = [f.pts for f in frames]
+                assert pts == sorted(set(pts))
+            # least loaded: two viewers on each worker, and every one counted as a viewer here
+            assert sorted(w.load for w in pool.workers) == [2, 2]
+            await eventually(lambda: len(camera.viewers["websocket"]) == 3 and len(camera.viewers["whep"]) == 1)
+            # the camera opened once, the encoder ran once, and its one reader per worker is the pump
+            assert camera.stream.runs == 1 and camera.encoder is not None and camera.encoder.stats.runs == 1
+            assert len(camera.encoder.consumers) == 2
+            frames_now = camera.encoder.stats.frames
+            # each worker got each packet once (not once per viewer): at most what was encoded ...
+            for worker in pool.workers:
+                assert worker.sent["default"] <= frames_now
+            # ... and received what was sent (its counters come back once a second)
+            await eventually(lambda: all(w.stats.get("received", {}).get("default", 0) >= 30 for w in pool.workers))
+            for worker in pool.workers:
+                assert worker.stats["received"]["default"] <= worker.sent["default"]
+            # what the workers sent their viewers reaches the main process's meters (/metrics)
+            await eventually(lambda: camera.meters["websocket"].frames >= 90 and camera.meters["whep"].frames >= 30)
+            async with http.get(url.removesuffix("/ws") + "/healthz") as r:
+                health = await r.json()
+            assert health["viewers"] == 4 and [w["peers"] for w in health["workers"]] == [2, 2]
+            async with http.get(url.removesuffix("/ws") + "/metrics") as r:
+                metrics = await r.text()
+            assert 'camtrack_worker_peers{worker="1"} 2.0' in metrics and 'camtrack_worker_up{worker="2"} 1.0' in metrics
+            assert 'camtrack_worker_packets_sent_total{camera="default",worker="1"}' in metrics
+            # a viewer joining long after the last keyframe: its worker asks the main process's encoder for one
+            requests = [w.keyframe_requests for w in pool.workers]
+            forced = camera.encoder.stats.forced_keyframes
+            late = Viewer(url)
+            viewers.append(late)
+            await late.connect()
+            await late.frames(5, timeout=30)
+            assert sum(w.keyframe_requests for w in pool.workers) > sum(requests)
+            assert camera.encoder.stats.forced_keyframes > forced
+            await pc.close()
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers))
+    await eventually(lambda: not camera.viewers["websocket"] and not camera.viewers["whep"])
+    await eventually(lambda: all(w.load == 0 and not w.pumps for w in pool.workers))
+    # and the workers themselves hold no peer any more (what they report once a second)
+    await eventually(lambda: all(w.stats.get("peers") == 0 for w in pool.workers))
+    await eventually(lambda: not camera.stream.running)
+
+
+async def test_a_killed_worker_takes_only_its_viewers_and_is_restarted(serve):
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    pool = pool_of(app)
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:  # one after the other: one on each worker
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        assert [w.load for w in pool.workers] == [1, 1]
+        victim = pool.workers[0]
+        old_pid = victim.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        # its viewer is told (bye) and let go; the other one keeps playing
+        assert (await viewers[0].receive("bye", timeout=20))["type"] == "bye"
+        await viewers[1].frames(30, timeout=30)
+        await eventually(lambda: len(camera.viewers["websocket"]) == 1)
+        await eventually(lambda: victim.ready and victim.pid != old_pid, timeout=30)
+        assert not running(old_pid)
+        # the restarted worker takes viewers again (it is the least loaded)
+        again = Viewer(url)
+        viewers.append(again)
+        await again.connect()
+        await again.frames(5, timeout=30)
+        assert victim.load == 1
+        assert camera.stream.runs == 1
+    finally:
+        await asyncio.gather(*(v.close(bye=False) for v in viewers), return_exceptions=True)
+
+
+async def test_the_default_is_the_main_process_and_zero_is_one_per_core(serve):
+    from camtrack import Config
+    from camtrack.workers.pool import worker_count
+
+    assert Config().workers == 1 and worker_count(Config()) == 1
+    assert worker_count(Config(workers=0)) == len(os.sched_getaffinity(0))
+    _, app = await serve(width=320, height=240)
+    assert app[ICE].workers is None
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sigterm_ends_the_workers_promptly():
+    """A real server process with two workers and a viewer: SIGTERM, and every process is gone."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
+         "--width", "320", "--height", "240", "--ice-address", "127.0.0.1", "--webrtc-port", "0",
+         "--workers", "2", "--log-level", "warning"], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        workers: list[int] = []
+        while len(workers) < 2:
+            assert time.monotonic() < deadline and server.poll() is None, "workers did not start"
+            workers = children(server.pid)
+            time.sleep(0.1)
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.1)
+
+        async def watch() -> None:
+            viewer = Viewer(f"http://127.0.0.1:{port}/ws")
+            await viewer.connect()
+            await viewer.frames(5, timeout=30)
+            started = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            await viewer.receive("bye", timeout=10)
+            assert time.monotonic() - started < 5
+            await viewer.close(bye=False)
+
+        asyncio.run(watch())
+        assert server.wait(timeout=10) == 0
+        # (the server reaped them: a worker still running would be an orphan now)
+        assert [pid for pid in workers if running(pid)] == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def free_udp_ports(count: int) -> int:
+    """A base port P with P ... P+count-1 free for UDP on loopback (as far as can be told now)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randint(20000, 60000)
+        sockets = []
+        try:
+            for i in range(count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise AssertionError("no free UDP ports")
+
+
+async def test_worker_i_takes_the_webrtc_port_plus_i(serve):
+    import re
+
+    base = free_udp_ports(3)
+    url, app = await serve(width=320, height=240, workers=2, webrtc_port=base, ice_addresses=["127.0.0.1"])
+    assert app[ICE].mux is not None and app[ICE].mux.port == base  # the main process's: the Janus publisher's
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        ports = {int(p) for v in viewers for p in re.findall(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ host", v.answer_sdp)}
+        assert ports == {base + 1, base + 2}
+        assert [w["port"] for w in pool_of(app).describe()] == [base + 1, base + 2]
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+
+
+def test_a_worker_port_taken_is_one_line_and_status_1():
+    import socket
+
+    base = free_udp_ports(3)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("0.0.0.0", base + 2))
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(free_port()),
+             "--source", "pattern", "--webrtc-port", str(base), "--workers", "2", "--log-level", "error"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines == [f"camtrack: error: worker 2 did not start: cannot bind the WebRTC UDP port {base + 2} "
+                     f"(--webrtc-port + 2): Address already in use"], done.stderr
+
+
+async def test_a_passed_through_camera_on_workers(serve, tmp_path):
+    """The camera's own H.264 relayed to the workers: a viewer joining mid-GOP on the other worker
+    starts from the camera's newest keyframe (no join bridge in a worker) and plays."""
+    from camtrack.media.passthrough import PassthroughFeed
+
+    from .test_passthrough import FPS, write_h264
+
+    source = str(write_h264(tmp_path / "camera.mp4", "baseline"))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240, workers=2,
+                           ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    feed = camera.feed
+    assert isinstance(feed, PassthroughFeed)
+    first, late = Viewer(url), Viewer(url)
+    try:
+        await first.connect()
+        await first.frames(10, timeout=30)
+        await eventually(lambda: len(feed._ring.since(lambda p: p.keyframe)) > FPS, timeout=20)
+        await late.connect()
+        frames = await late.frames(30, timeout=20)
+        assert (frames[-1].width, frames[-1].height) == (320, 240)
+        assert sorted(w.load for w in pool_of(app).workers) == [1, 1]
+        assert camera.decoder is not None and camera.decoder.frames == 0  # nothing decoded, nothing encoded
+    finally:
+        await asyncio.gather(first.close(), late.close())
+
+
+async def test_a_stalled_worker_is_skipped_ahead_not_queued_for(serve, monkeypatch):
+    """A worker that stops reading (SIGSTOP) holds up nobody and queues nothing past a bound; once
+    it reads again it gets the newest packets and its viewer plays on."""
+    from camtrack.workers import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "SOCKET_BUFFER", 16 * 1024)  # (small: the bound is reached in a moment)
+    monkeypatch.setattr(pool_module, "WATCHDOG", 60.0)  # (stopped here on purpose: not to be killed as stuck)
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    pool = pool_of(app)
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        stalled = pool.workers[0]
+        assert stalled.pid is not None
+        os.kill(stalled.pid, signal.SIGSTOP)
+        try:
+            # the socket fills, then the writer's buffer up to its high-water mark: the pump waits there
+            await eventually(lambda: stalled.buffered >= 64 * 1024, timeout=30)
+            frames = camera.encoder.stats.frames
+            await eventually(lambda: camera.encoder.stats.frames > frames + 30)
+            assert stalled.buffered < 64 * 1024 + 64 * 1024  # the writer's high-water mark and one packet
+            await viewers[1].frames(30, timeout=20)  # the other worker's viewer plays on meanwhile
+        finally:
+            os.kill(stalled.pid, signal.SIGCONT)
+        await viewers[0].frames(30, timeout=20)
+        assert stalled.skipped["default"] > 0  # it got the newest packets, not the backlog
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+
+
+def test_workers_exit_when_the_main_process_is_killed():
+    """SIGKILL leaves the main process no time to stop them: its workers see their socket close and go."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
+         "--ice-address", "127.0.0.1", "--webrtc-port", "0", "--workers", "2", "--log-level", "warning"], cwd=ROOT)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers) < 2:
+            assert time.monotonic() < deadline and server.poll() is None, "workers did not start"
+            workers = children(server.pid)
+            time.sleep(0.1)
+        while True:  # ready: the server listens once every worker has started
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.1)
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived the main process"
+        time.sleep(0.1)
+
+
+async def test_max_viewers_counts_the_viewers_of_every_worker(serve):
+    url, app = await serve(width=320, height=240, workers=2, max_viewers=2, ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        await eventually(lambda: len(camera.viewers["websocket"]) == 2)
+        assert sorted(w.load for w in pool_of(app).workers) == [1, 1]
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            assert await ws.receive_json(timeout=10) == {"type": "error", "message": "server full"}
+            closing = await ws.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_a_stuck_worker_is_killed_and_restarted(serve, monkeypatch):
+    """A worker whose event loop says nothing (SIGSTOP stands for a stuck one) past the watchdog is
+    killed: its viewer is let go, the other plays on, and it is started again."""
+    from camtrack.workers import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "WATCHDOG", 3.0)  # (it says something every second)
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    pool = pool_of(app)
+    viewers = [Viewer(url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.connect()
+        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        stuck = pool.workers[0]
+        old_pid = stuck.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGSTOP)
+        await viewers[0].receive("bye", timeout=20)
+        await viewers[1].frames(30, timeout=20)
+        await eventually(lambda: stuck.ready and stuck.pid != old_pid, timeout=30)
+        assert not running(old_pid)
+    finally:
+        await asyncio.gather(*(v.close(bye=False) for v in viewers), return_exceptions=True)
