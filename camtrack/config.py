@@ -422,7 +422,9 @@ class Config(CameraSettings):
         "refuse new viewers beyond those one picture reaches within this time, as measured "
         "(default: {default}; 0: off)", metavar="SECONDS", check=between(0, 10, "between 0 and 10")))
     #: admission control: pictures reaching the first viewer later than this after capture (median) mean full
-    max_picture_age: float = field(default=0.05, metadata=option(
+    # (capture to socket includes encoding: a software encoder on a small board takes tens of ms at
+    # 720p, which is no overload, so the default leaves room for that)
+    max_picture_age: float = field(default=0.25, metadata=option(
         "refuse new viewers while pictures reach the first viewer's socket later than this after capture "
         "(median over 2 s; default: {default}; 0: off)", metavar="SECONDS", check=between(0, 10, "between 0 and 10")))
     #: when set, watching needs this token (?token=, an "auth" message, or a bearer header)

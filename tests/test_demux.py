@@ -324,12 +324,14 @@ async def rtsp(files: dict[str, Path]) -> AsyncIterator[Callable[..., Awaitable[
     """Start loopback RTSP servers of a test file (see tests/rtsp_server.py)."""
     servers: list[RtspServer] = []
 
-    async def start(name: str = "high.mp4", *, in_band: bool = True) -> tuple[str, RtspServer]:
+    async def start(name: str = "high.mp4", *, in_band: bool = True, fps: float = FPS,
+                    server_type: type[RtspServer] = RtspServer, session_timeout: int = 60) -> tuple[str, RtspServer]:
         source, packets = await asyncio.to_thread(read_pass, str(files[name]))
         tb = packets[0].time_base
         units = [AccessUnit(p.data, round(p.pts * tb * VIDEO_CLOCK_RATE), p.keyframe) for p in packets]
         sps, pps = (ps[4:] for ps in source.codec.parameter_sets)
-        server = RtspServer(units, sps, pps, FPS, in_band_parameter_sets=in_band)
+        server = server_type(units, sps, pps, fps, in_band_parameter_sets=in_band)
+        server.session_timeout = session_timeout
         servers.append(server)
         return await server.start(), server
 

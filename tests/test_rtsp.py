@@ -11,7 +11,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import av
@@ -26,8 +26,8 @@ from camtrack.sources.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_type, split_ann
 from camtrack.sources.rtsp import Depacketizer, RtspError, RtspSource, RtspUnsupported, parse_sdp
 
 from .conftest import eventually
-from .rtsp_server import AccessUnit, RtspServer
-from .test_demux import read_pass, write_h264
+from .rtsp_server import RtspServer
+from .test_demux import files, rtsp, write_h264  # noqa: F401 - their fixtures: test files, a loopback RTSP server
 
 WIDTH, HEIGHT = 320, 240
 
@@ -158,34 +158,8 @@ def test_sdp_refusals() -> None:
 # -- a session with the loopback server
 
 
-@pytest.fixture(scope="module")
-def units(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[AccessUnit], bytes, bytes]:
-    """A High profile clip's access units and parameter sets, a keyframe every 15 pictures."""
-    path = write_h264(tmp_path_factory.mktemp("rtsp") / "high.mp4", profile="high")
-    source, packets = read_pass(str(path))
-    tb = packets[0].time_base
-    sps, pps = (ps[4:] for ps in source.codec.parameter_sets)
-    return [AccessUnit(p.data, round(p.pts * tb * VIDEO_CLOCK_RATE), p.keyframe) for p in packets], sps, pps
-
-
-@pytest.fixture
-async def rtsp(units: tuple[list[AccessUnit], bytes, bytes]) -> AsyncIterator[Callable[..., Awaitable[tuple[str, RtspServer]]]]:
-    servers: list[RtspServer] = []
-
-    async def start(fps: float = 30.0, *, in_band: bool = True, server_type: type[RtspServer] = RtspServer,
-                    session_timeout: int = 60) -> tuple[str, RtspServer]:
-        server = server_type(units[0], units[1], units[2], fps, in_band_parameter_sets=in_band)
-        server.session_timeout = session_timeout
-        servers.append(server)
-        return await server.start(), server
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
 @pytest.mark.parametrize("in_band", [True, False], ids=["in-band", "sdp-only"])
-async def test_a_session_gives_annexb_pictures_with_parameter_sets(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]],
+async def test_a_session_gives_annexb_pictures_with_parameter_sets(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]],  # noqa: F811
                                                                     in_band: bool) -> None:
     url, server = await rtsp(in_band=in_band)
 
@@ -215,7 +189,7 @@ async def test_a_session_gives_annexb_pictures_with_parameter_sets(rtsp: Callabl
     await eventually(lambda: "TEARDOWN" in server.methods, timeout=10)
 
 
-async def test_a_picture_is_out_before_the_next_one_is_sent(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:
+async def test_a_picture_is_out_before_the_next_one_is_sent(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:  # noqa: F811
     """What this reader is for: FFmpeg's parser holds each picture until the next begins (one frame
     interval); here a picture comes out as soon as its last packet is in. At 1 fps the gap is a second."""
     url, _ = await rtsp(fps=1.0)
@@ -236,7 +210,7 @@ async def test_a_picture_is_out_before_the_next_one_is_sent(rtsp: Callable[..., 
     assert first < 0.5 <= second, (first, second)
 
 
-async def test_sessions_are_kept_alive(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:
+async def test_sessions_are_kept_alive(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:  # noqa: F811
     url, server = await rtsp(session_timeout=2)
     source = RtspSource(url)
     await asyncio.to_thread(source.open)
@@ -255,7 +229,7 @@ async def test_sessions_are_kept_alive(rtsp: Callable[..., Awaitable[tuple[str, 
         source.close()
 
 
-async def test_interrupt_wakes_a_blocked_read(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:
+async def test_interrupt_wakes_a_blocked_read(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:  # noqa: F811
     url, _ = await rtsp(fps=0.1)  # a picture every 10 s
     source = RtspSource(url)
     await asyncio.to_thread(source.open)
@@ -269,7 +243,7 @@ async def test_interrupt_wakes_a_blocked_read(rtsp: Callable[..., Awaitable[tupl
     source.close()
 
 
-async def test_a_camera_that_hangs_up_ends_the_stream(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:
+async def test_a_camera_that_hangs_up_ends_the_stream(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:  # noqa: F811
     url, server = await rtsp()
     source = RtspSource(url)
     await asyncio.to_thread(source.open)
@@ -299,7 +273,7 @@ class Mode2Server(RtspServer):
         return super().sdp().replace("packetization-mode=1", "packetization-mode=2")
 
 
-async def test_what_it_cannot_read_goes_to_pyav(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]],
+async def test_what_it_cannot_read_goes_to_pyav(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]],  # noqa: F811
                                                  caplog: pytest.LogCaptureFixture) -> None:
     url, _ = await rtsp(server_type=Mode2Server)
     source = RtspSource(url)
@@ -322,7 +296,7 @@ def test_which_reader() -> None:
     assert isinstance(make_packet_source("http://cam/video.ts"), DemuxSource)
 
 
-async def test_the_passthrough_feed_reconnects_with_it(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:
+async def test_the_passthrough_feed_reconnects_with_it(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:  # noqa: F811
     url, server = await rtsp(in_band=False)
     feed = PassthroughFeed("cam", lambda: RtspSource(url, read_timeout=2.0), linger=0.1, retry_max=0.5)
     feed.attach(object())
@@ -345,7 +319,7 @@ async def test_the_passthrough_feed_reconnects_with_it(rtsp: Callable[..., Await
 # -- transcoding what cannot pass through
 
 
-async def test_transcode_decodes_the_cameras_packets(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:
+async def test_transcode_decodes_the_cameras_packets(rtsp: Callable[..., Awaitable[tuple[str, RtspServer]]]) -> None:  # noqa: F811
     url, _ = await rtsp()
     source = make_source(url, 160, 120, 30)
     assert isinstance(source, DecodedSource) and isinstance(source.packets, RtspSource)

@@ -92,7 +92,7 @@ class Limits:
     send_budget: float = 0.02
     #: median time from capture to the first viewer's socket over the window above this: full, the
     #: encoder or the loop cannot keep up (a starved process shows it here first) (0: not checked)
-    max_age: float = 0.05
+    max_age: float = 0.25
 
 
 class LoadMonitor:
