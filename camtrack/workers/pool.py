@@ -34,7 +34,7 @@ from ..media.feeds import FeedClosed, PacketFeed, Transport
 from ..media.packet import CodecInfo, EncodedPacket
 from ..media.passthrough import RING_PACKETS, PassthroughFeed
 from ..outputs.webrtc.ice import IceContext
-from ..outputs.webrtc.peer import CLOSE_TIMEOUT, OfferError, Peer, ServerFull, check_offer
+from ..outputs.webrtc.peer import CLOSE_TIMEOUT, OfferError, Peer, negotiation_turn
 from . import wire
 
 logger = logging.getLogger(__name__)
@@ -138,18 +138,12 @@ class RemotePeer:
         if self.worker is None or not self.worker.ready:
             self.camera.meters[self.transport].negotiation_failures += 1
             raise OfferError("no worker process is ready to take a viewer; try again shortly")
-        load = self.camera.load
-        if load is not None:
-            # a crowd negotiates a few at a time across every worker, as in one process (Peer.answer)
-            try:
-                check_offer(sdp, self.camera.settings.codec)  # a bad offer is told so at once, not queued
-            except OfferError:
-                self.camera.meters[self.transport].negotiation_failures += 1
-                raise
-            self._turn = await load.handshake_turn()
-            if self._turn is None or self._ended:
-                self._give_turn_back()
-                raise ServerFull("server full")
+        # a crowd negotiates a few at a time across every worker, as in one process (Peer.answer)
+        try:
+            self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended)
+        except OfferError:
+            self.camera.meters[self.transport].negotiation_failures += 1
+            raise
         self.send({"t": "offer", "camera": self.camera.name, "transport": str(self.transport),
                    "remote": self.remote, "sdp": sdp})
         reply = await asyncio.shield(self._answer)

@@ -71,6 +71,23 @@ def check_offer(sdp: str, codec: str) -> None:
         raise OfferError(f"the offer has no {CODEC_MIME[codec][6:]} codec; this server sends {codec} only")
 
 
+async def negotiation_turn(camera: Camera, sdp: str, ended: Callable[[], bool]) -> Callable[[], None] | None:
+    """Wait for a turn to negotiate `sdp` (camtrack.media.load: a crowd's costly DTLS handshakes
+    go a few at a time) and return what gives it back; None when the server measures no load.
+    A bad offer is told so at once, not queued (OfferError); ServerFull when no turn came in time or
+    the session `ended()` meanwhile."""
+    load = camera.load
+    if load is None:
+        return None
+    check_offer(sdp, camera.settings.codec)
+    turn = await load.handshake_turn()
+    if turn is None or ended():
+        if turn is not None:
+            turn()
+        raise ServerFull("server full")
+    return turn
+
+
 async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack, codec: str,
                        ice: IceContext | None = None) -> str:
     """Attach `track` to `pc`, answer `sdp` with `codec` only, and return the answer SDP.
@@ -134,12 +151,7 @@ class Peer:
         """
         load = self.camera.load
         try:
-            if load is not None:
-                check_offer(sdp, self.camera.settings.codec)  # a bad offer is told so at once, not queued
-                self._turn = await load.handshake_turn()
-                if self._turn is None or self._ended:
-                    self._give_turn_back()
-                    raise ServerFull("server full")
+            self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended)
             answer = await answer_offer(self.pc, sdp, self.track, self.camera.settings.codec, self.ice)
         except OfferError:
             self._give_turn_back()

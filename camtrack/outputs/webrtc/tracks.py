@@ -70,9 +70,15 @@ class EncodedTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, encoder: PacketFeed, meter: Meter | None = None, *, reader: PacketReader | None = None) -> None:
+        """A track of `encoder`'s packets, read by `reader` (a reader of `encoder`; by default a
+        plain `PacketReader` with `meter`)."""
         super().__init__()
-        self.encoder = encoder
         self.reader = reader if reader is not None else PacketReader(encoder, meter)
+
+    @property
+    def encoder(self) -> PacketFeed:
+        """The feed this track reads (its packets are packetized once for all its readers)."""
+        return self.reader.feed
 
     @property
     def first_packet(self) -> tuple[float, bool] | None:
