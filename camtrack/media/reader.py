@@ -61,6 +61,26 @@ class PacketReader:
         """The viewer asked for a keyframe (PLI or FIR)."""
         self.feed.request_keyframe()
 
+    @property
+    def seq(self) -> int:
+        """The number of the last packet handed out (0 before the first)."""
+        return self._seq
+
+    def in_step(self) -> bool:
+        """Whether this reader's next packet is simply the feed's next one, as it is (synced, no
+        start run or bridge of its own left): then a fan-out may hand it packets with `step()`
+        instead of its viewer waiting on `next()` (camtrack.outputs.webrtc.fanout)."""
+        if self._squeezed and max(self._squeezed) <= self._seq:
+            self._squeezed.clear()  # (what is left of a start run given up for a newer one)
+        return self._synced and not self._pending and not self._squeezed and not self.closed
+
+    def step(self, encoded: EncodedPacket) -> int | None:
+        """Hand out `encoded`, the feed's packet right after the last one handed out, for a reader
+        `in_step()`; returns its presentation time here as `next()` would (None: the packet's)."""
+        self._seq = encoded.seq
+        self._count(encoded)
+        return None
+
     async def next(self) -> tuple[EncodedPacket, int | None]:
         """The next packet for this viewer, and its own presentation time when it is not the
         packet's (a squeezed start run), else None. FeedClosed when the feed or the reader closed."""
@@ -195,11 +215,22 @@ class BridgedReader(PacketReader):
             if bridged is not None:
                 return bridged
         encoded, squeezed = await super().next()
+        return encoded, self._own_pts(encoded, squeezed)
+
+    def _own_pts(self, encoded: EncodedPacket, squeezed: int | None) -> int | None:
+        """The camera's packet's presentation time here: kept growing past the bridge's."""
         pts = squeezed if squeezed is not None else encoded.packet.pts or 0
         if pts + self._offset <= self._last_pts:
             self._offset = self._last_pts + 1 - pts  # (the bridge ran ahead of the camera's clock)
         self._last_pts = pts + self._offset
-        return encoded, (self._last_pts if self._offset or squeezed is not None else None)
+        return self._last_pts if self._offset or squeezed is not None else None
+
+    def in_step(self) -> bool:
+        return self.bridge is None and self._decided and super().in_step()
+
+    def step(self, encoded: EncodedPacket) -> int | None:
+        super().step(encoded)
+        return self._own_pts(encoded, None)
 
     def _start_bridge(self) -> None:
         run = self.feed.start_packets()

@@ -41,7 +41,7 @@ from aiortc.rtp import (
 from aiortc.utils import random32
 
 from ...media.ratelimit import TokenBucket
-from .udpmux import UdpMux, family_of
+from .udpmux import MuxTransport, UdpMux, family_of
 
 logger = logging.getLogger(__name__)
 
@@ -587,83 +587,135 @@ class _HeaderTemplate:
 
 @dataclass
 class RtpSendStats:
-    """What one sender's RTP loop did (camtrack's, see `send_rtp_once`)."""
+    """What one sender's RTP did (camtrack's, see `send_rtp_once`)."""
 
     frames: int = 0
     packets: int = 0
+    #: pictures it was handed by its feed's fan-out (camtrack.outputs.webrtc.fanout), not its own loop
+    fanned_out: int = 0
+    #: packets the socket would not take at once (its buffer full): dropped, as the network would
+    dropped: int = 0
+
+
+class RtpStream:
+    """One sender's RTP as camtrack sends it: its sequence numbers, timestamp origin, header,
+    SRTP and socket, and `send()`, which hands one picture's packets to the socket, a whole
+    picture without yielding. Called by the sender's own loop (`send_rtp_once`) or, while the
+    viewer is in step with its feed, by the feed's fan-out, which sends every viewer's picture
+    in one pass (camtrack.outputs.webrtc.fanout)."""
+
+    def __init__(self, sender: RTCRtpSender, codec: RTCRtpCodecParameters, stats: RtpSendStats,
+                 history: _History) -> None:
+        self.sender = sender
+        self.codec = codec
+        self.stats = stats
+        self._sent = history.sent
+        self._dtls = sender.transport
+        self._mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
+        self._payload_type: int = codec.payloadType or 0
+        self._ssrc: int = sender._ssrc
+        self._sequence_number = random_sequence_number()
+        self._origin = random32()
+        self._octets = 0
+        self._template = _HeaderTemplate(
+            self._payload_type, self._ssrc, self._mid,
+            sender._RTCRtpSender__rtp_header_extensions_map)  # type: ignore[attr-defined]
+        #: the nominated pair the socket below was found for
+        self._pair: CandidatePair | None = None
+        self._sendto: Callable[[bytes, Any], Any] | None = None
+        self._remote: Any = None
+
+    def _socket(self, pair: CandidatePair) -> tuple[Callable[[bytes, Any], Any], Any]:
+        """Where the pair's packets go: the shared socket itself when the pair is on the UDP
+        mux (no view, no copy, no address translation per packet), else aioice's transport."""
+        if pair is not self._pair:
+            transport = pair.protocol.transport
+            direct = transport.direct(pair.remote_addr) if isinstance(transport, MuxTransport) else None
+            self._sendto, self._remote = direct if direct is not None else (transport.sendto, pair.remote_addr)
+            self._pair = pair
+        assert self._sendto is not None
+        return self._sendto, self._remote
+
+    def send(self, frame: RtpFrame) -> bool:
+        """Hand `frame`'s packets to the socket; False when there was nothing to send (the sender
+        is disabled); ConnectionError when the viewer is no longer connected."""
+        sender, dtls = self.sender, self._dtls
+        if not sender._enabled or not frame.payloads:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if dtls.state != "connected" or pair is None:
+            raise ConnectionError("not connected")
+        sendto, remote = self._socket(pair)
+        payload_type, ssrc, sent = self._payload_type, self._ssrc, self._sent
+        timestamp = (self._origin + frame.timestamp) & 0xFFFFFFFF
+        ntp = _ntp_now()
+        abs_send_time = (ntp >> 14) & 0x00FFFFFF
+        extensions = HeaderExtensions(mid=self._mid, abs_send_time=abs_send_time)
+        first, rest = self._template.header(timestamp, abs_send_time)
+        protect = dtls._tx_srtp.protect
+        sequence_number = self._sequence_number
+        last = len(frame.payloads) - 1
+        size = octets = dropped = 0
+        for index, payload in enumerate(frame.payloads):
+            marker = 1 if index == last else 0
+            sent[sequence_number % RTP_HISTORY_SIZE] = (
+                payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions)
+            data = protect(_HEAD.pack(first, marker << 7 | payload_type, sequence_number) + rest + payload)
+            try:
+                sendto(data, remote)
+            except OSError:  # BlockingIOError (buffer full), or a route that went away: a lost packet
+                dropped += 1
+            size += len(data)
+            octets += len(payload)
+            sequence_number = (sequence_number + 1) & 0xFFFF
+        self._sequence_number = sequence_number
+        self._octets += octets
+        stats = self.stats
+        stats.frames += 1
+        stats.packets += len(frame.payloads)
+        stats.dropped += dropped
+        # what aiortc's loop keeps for its sender reports and statistics
+        sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count = self._octets  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count = stats.packets  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_packets += len(frame.payloads)  # type: ignore[attr-defined]
+        return True
 
 
 def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParameters], Awaitable[RtpFrame]],
-                  on_sent: Callable[[float, float], None] | None = None) -> RtpSendStats:
+                  on_sent: Callable[[float, float], None] | None = None,
+                  join: Callable[[RtpStream], Awaitable[None] | None] | None = None) -> RtpSendStats:
     """Replace `sender`'s RTP loop with one that sends pictures already packetized.
 
     aiortc's loop packetizes every picture again for every viewer, builds an RtpPacket and its
     header extensions per packet, and awaits four coroutines per packet down to the socket. This
-    one takes each picture's payloads as they were packetized once for all viewers, serializes
-    the header and its extensions once per picture (only the sequence number and marker differ
-    from packet to packet), encrypts with the viewer's SRTP and hands each packet to the
-    nominated pair's socket directly, a whole picture without yielding. RTCP (reports, PLI/FIR,
-    NACK through `__rtp_history`) stays aiortc's. `on_sent(captured, seconds)` is called once a
-    picture has been handed to the socket, with the seconds that took. Call before the connection starts the sender.
+    one takes each picture's payloads as they were packetized once for all viewers and sends
+    them with an `RtpStream`. RTCP (reports, PLI/FIR, NACK through `__rtp_history`) stays
+    aiortc's. `on_sent(captured, seconds)` is called once a picture has been handed to the
+    socket, with the seconds that took. After each picture, `join(stream)` may hand the stream
+    to a fan-out that sends the following pictures itself: it returns what to await until the
+    fan-out hands the stream back (or raises ConnectionError), or None to go on here. Call
+    before the connection starts the sender.
     """
     stats = RtpSendStats()
     history = _History()
     sender._RTCRtpSender__rtp_history = history  # type: ignore[attr-defined]
 
     async def run_rtp(codec: RTCRtpCodecParameters) -> None:
-        dtls = sender.transport
         sender._RTCRtpSender__rtp_started.set()  # type: ignore[attr-defined]
-        extensions_map: HeaderExtensionsMap = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
-        mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
-        payload_type: int = codec.payloadType or 0
-        sent = history.sent
-        ssrc = sender._ssrc
-        sequence_number = random_sequence_number()
-        origin = random32()
-        octets = packets = 0
-        template: _HeaderTemplate | None = None
+        stream = RtpStream(sender, codec, stats, history)
         try:
             while True:
                 frame = await next_frame(codec)
-                if not sender._enabled or not frame.payloads:
-                    continue
-                connection = dtls.transport._connection
-                pair = connection._nominated.get(1)
-                if dtls.state != "connected" or pair is None:
-                    raise ConnectionError("not connected")
-                timestamp = (origin + frame.timestamp) & 0xFFFFFFFF
                 began = time.perf_counter()
-                ntp = _ntp_now()
-                abs_send_time = (ntp >> 14) & 0x00FFFFFF
-                extensions = HeaderExtensions(mid=mid, abs_send_time=abs_send_time)
-                if template is None:
-                    template = _HeaderTemplate(payload_type, ssrc, mid, extensions_map)
-                first, rest = template.header(timestamp, abs_send_time)
-                protect = dtls._tx_srtp.protect
-                sendto, remote = pair.protocol.transport.sendto, pair.remote_addr
-                last = len(frame.payloads) - 1
-                size = 0
-                for index, payload in enumerate(frame.payloads):
-                    marker = 1 if index == last else 0
-                    sent[sequence_number % RTP_HISTORY_SIZE] = (
-                        payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions)
-                    data = protect(_HEAD.pack(first, marker << 7 | payload_type, sequence_number) + rest + payload)
-                    sendto(data, remote)
-                    size += len(data)
-                    octets += len(payload)
-                    sequence_number = (sequence_number + 1) & 0xFFFF
-                packets += len(frame.payloads)
-                # what aiortc's loop keeps for its sender reports and statistics
-                sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
-                sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
-                sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
-                sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
-                dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
-                dtls._RTCDtlsTransport__tx_packets += len(frame.payloads)  # type: ignore[attr-defined]
-                stats.frames += 1
-                stats.packets = packets
-                if on_sent is not None:
+                if stream.send(frame) and on_sent is not None:
                     on_sent(frame.captured, time.perf_counter() - began)
+                if join is not None:
+                    fanned = join(stream)
+                    if fanned is not None:
+                        await fanned
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:  # as aiortc's loop: RTCRtpSender.stop() waits for __rtp_exited

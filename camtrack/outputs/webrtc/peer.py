@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
@@ -16,7 +16,7 @@ from ...cameras import Camera
 from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
-from .hooks import PeerGuard, RtpSendStats, guard_peer, send_rtp_once
+from .hooks import PeerGuard, RtpSendStats, RtpStream, guard_peer, send_rtp_once
 from .ice import IceContext
 from .tracks import CameraTrack, EncodedTrack, make_track
 
@@ -166,10 +166,15 @@ class Peer:
                 if load is not None:
                     load.sent(feed, captured, seconds)
 
+            track = self.track
+
+            def join(stream: RtpStream) -> Awaitable[None] | None:
+                return track.join_fanout(stream, on_sent)
+
             # before guard_peer: its NACK cap reads the history this installs
             for sender in self.pc.getSenders():
-                if sender.track is self.track:
-                    self.rtp = send_rtp_once(sender, self.track.next_rtp_frame, on_sent)
+                if sender.track is track:
+                    self.rtp = send_rtp_once(sender, track.next_rtp_frame, on_sent, join)
         # before the answer leaves: from then on its ports are known to anyone who reads it
         self.guard = guard_peer(self.pc, self.track, self.camera.settings.bitrate,
                                 self.camera.settings.keyframe_interval)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
-from aiortc.codecs import get_encoder
-from aiortc.codecs.base import Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import VideoFrame
@@ -18,7 +16,8 @@ from ...media.frame import VIDEO_TIME_BASE, PtsClock
 from ...media.meters import Meter
 from ...media.packet import EncodedPacket
 from ...media.reader import PacketReader
-from .hooks import RtpFrame
+from .fanout import Member, fanout_for, rtp_frame
+from .hooks import RtpFrame, RtpStream
 
 
 class CameraTrack(MediaStreamTrack):
@@ -117,31 +116,21 @@ class EncodedTrack(MediaStreamTrack):
         """The next packet as RTP payloads (packetized once for every viewer of the feed), its
         90 kHz timestamp and capture time: what camtrack's RTP sending loop (hooks.send_rtp_once) sends."""
         encoded, own_pts = await self.next_encoded()
-        payloads = encoded.shared.get(codec.mimeType)
-        if payloads is None:
-            payloads = encoded.shared[codec.mimeType] = _packer(self.encoder, codec).pack(encoded.packet)[0]
-        pts = own_pts if own_pts is not None else encoded.packet.pts or 0
-        time_base = encoded.codec.time_base  # the packet's own (a new Fraction at every read)
-        if time_base != VIDEO_TIME_BASE:
-            pts = int(pts * time_base / VIDEO_TIME_BASE)  # as aiortc's packetizers convert it
-        return RtpFrame(payloads, pts, encoded.captured)
+        return rtp_frame(self.encoder, encoded, codec, own_pts)
+
+    def join_fanout(self, stream: RtpStream, on_sent: Callable[[float, float], None] | None) -> Awaitable[None] | None:
+        """Hand `stream` to the feed's fan-out when this viewer is in step with the feed and has
+        its newest packet (what to await until it is handed back), else None (see fanout.py)."""
+        latest = self.encoder.latest
+        if (self.readyState != "live" or latest is None or self.reader.seq != latest.seq
+                or not self.reader.in_step()):
+            return None
+        fanout = fanout_for(self.encoder, stream.codec.mimeType)
+        return fanout.serve(Member(self.reader, stream, on_sent))
 
     def stop(self) -> None:
         self.reader.close()
         super().stop()
-
-
-#: one aiortc packetizer per feed and codec, shared by its viewers: VP8's carries the picture
-#: id, which must grow by one from picture to picture of a stream whoever packs it
-_PACKERS: weakref.WeakKeyDictionary[PacketFeed, dict[str, Encoder]] = weakref.WeakKeyDictionary()
-
-
-def _packer(feed: PacketFeed, codec: RTCRtpCodecParameters) -> Encoder:
-    packers = _PACKERS.setdefault(feed, {})
-    packer = packers.get(codec.mimeType)
-    if packer is None:
-        packer = packers[codec.mimeType] = get_encoder(codec)
-    return packer
 
 
 def restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:

@@ -20,6 +20,7 @@ import logging
 import secrets
 import socket
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -80,6 +81,15 @@ class MuxTransport(asyncio.DatagramTransport):
     def sendto(self, data: Any, addr: Any = None) -> None:
         if not self._closing and addr is not None:
             self.endpoint.mux.sendto(bytes(data), (addr[0], addr[1]))
+
+    def direct(self, addr: Address) -> tuple[Callable[[bytes, Any], Any], Any] | None:
+        """The shared socket's own `sendto` and `addr` as that socket takes it: for a sender that
+        hands it many packets a second (RTP), one C call per packet instead of this view, the mux
+        and asyncio's transport. It raises OSError (BlockingIOError when its buffer is full) where
+        `sendto` here would log or queue. None once closed."""
+        if self._closing:
+            return None
+        return self.endpoint.mux.direct(addr)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         # no "socket": it is every peer's, and not this peer's to configure or close
@@ -148,6 +158,8 @@ class UdpMux(asyncio.DatagramProtocol):
         self.public_addresses = list(public_addresses or [])
         self.stats = MuxStats()
         self.transport: asyncio.DatagramTransport | None = None
+        #: the socket itself (see `direct`)
+        self.sock: socket.socket | None = None
         self.dual_stack = False
         self._ufrags: dict[str, MuxEndpoint] = {}
         self._routes: dict[Address, MuxEndpoint] = {}
@@ -196,6 +208,7 @@ class UdpMux(asyncio.DatagramProtocol):
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self.sock = sock
         self.port = sock.getsockname()[1]  # (port 0: the one the system chose; tests do that)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -210,6 +223,7 @@ class UdpMux(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+            self.sock = None
 
     async def public_hosts(self) -> list[str]:
         """The public addresses as IP addresses (names resolved now: a dynamic DNS name may move)."""
@@ -234,14 +248,24 @@ class UdpMux(asyncio.DatagramProtocol):
             return family_of(host) == family_of(self.address)
         return self.dual_stack or family_of(host) == 4
 
-    def sendto(self, data: bytes, addr: Address) -> None:
-        if self.transport is None:
-            return
+    def _address(self, addr: Address) -> Address:
+        """`addr` as the socket takes it (an IPv4 address mapped on a dual-stack socket)."""
         host = addr[0]
         if self.dual_stack and ":" not in host:
             host = "::ffff:" + host
+        return (host, addr[1])
+
+    def direct(self, addr: Address) -> tuple[Callable[[bytes, Any], Any], Any] | None:
+        """The socket's `sendto` and `addr` as it takes it (see MuxTransport.direct)."""
+        if self.sock is None or self.transport is None:
+            return None
+        return self.sock.sendto, self._address(addr)
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        if self.transport is None:
+            return
         try:
-            self.transport.sendto(data, (host, addr[1]))
+            self.transport.sendto(data, self._address(addr))
         except OSError as exc:  # an address this socket cannot reach: as a real socket's error would be
             logger.debug("udp mux: cannot send to %s: %s", addr, exc)
 
