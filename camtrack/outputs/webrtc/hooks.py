@@ -76,6 +76,8 @@ INSTANCE_HOOKED: dict[str, list[str]] = {
                      "_RTCRtpSender__octet_count", "_RTCRtpSender__packet_count", "_ssrc", "_enabled"],
     "RTCDtlsTransport": ["_rtp_router", "_tx_srtp", "_RTCDtlsTransport__tx_bytes",
                          "_RTCDtlsTransport__tx_packets"],
+    # pylibsrtp's (hooks.fast_protect), on RTCDtlsTransport._tx_srtp once connected
+    "Session": ["_srtp", "_cdata", "_buffer"],
     "RTCIceTransport": ["_connection"],
 }
 
@@ -96,6 +98,8 @@ QUEUE_LIMIT = 256
 RETRANSMIT_SHARE = 0.25
 #: ... with bursts of up to this many bytes (a lost keyframe at 1 Mbit/s is ~20-40 KB)
 RETRANSMIT_BURST = 64 * 1024
+#: the most SRTP adds to a packet (libsrtp's SRTP_MAX_TRAILER_LEN)
+SRTP_MAX_TRAILER = 16 + 128
 #: bytes a retransmission adds to its payload on the wire: RTP header and extensions, the RTX
 #: sequence number, the SRTP tag
 RETRANSMIT_OVERHEAD = 48
@@ -526,24 +530,58 @@ def _ntp_now() -> int:
 
 class _History:
     """What a sender sent lately, for NACKs: aiortc's `__rtp_history` keeps an RtpPacket per
-    packet sent; this keeps a tuple and makes the RtpPacket only when one is asked for again."""
+    packet sent; this keeps, per sequence number, the picture it belonged to (one tuple shared by
+    the picture's packets) and makes the RtpPacket only when one is asked for again."""
 
-    def __init__(self) -> None:
-        #: by sequence number modulo RTP_HISTORY_SIZE (the RTP loop writes it directly)
-        self.sent: dict[int, tuple[int, int, int, int, int, bytes, HeaderExtensions]] = {}
+    def __init__(self, payload_type: int = 0, ssrc: int = 0) -> None:
+        self.payload_type, self.ssrc = payload_type, ssrc
+        #: by sequence number modulo RTP_HISTORY_SIZE: (first sequence number, timestamp,
+        #: payloads, extensions) of its picture (the RTP loop writes it directly)
+        self.sent: list[tuple[int, int, Sequence[bytes], HeaderExtensions] | None] = [None] * RTP_HISTORY_SIZE
 
     def get(self, key: int) -> RtpPacket | None:
-        sent = self.sent.get(key)
+        if not 0 <= key < RTP_HISTORY_SIZE:
+            return None
+        sent = self.sent[key]
         if sent is None:
             return None
-        payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions = sent
-        packet = RtpPacket(payload_type, marker, sequence_number, timestamp, ssrc, payload)
+        first, timestamp, payloads, extensions = sent
+        index = (key - first) % RTP_HISTORY_SIZE
+        if index >= len(payloads):
+            return None
+        marker = 1 if index == len(payloads) - 1 else 0
+        packet = RtpPacket(self.payload_type, marker, (first + index) & 0xFFFF, timestamp, self.ssrc, payloads[index])
         packet.extensions = extensions
         return packet
 
     def values(self) -> list[RtpPacket]:
         """Every packet held (as aiortc's dict has them)."""
-        return [p for p in map(self.get, list(self.sent)) if p is not None]
+        return [p for p in map(self.get, range(RTP_HISTORY_SIZE)) if p is not None]
+
+
+def fast_protect(session: Any) -> Callable[[bytes], bytes]:
+    """pylibsrtp `Session.protect` without its per-call checks and allocations (a third of its
+    cost per packet): the session's own buffer, one length cell, libsrtp called directly."""
+    from pylibsrtp import Error
+    from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]
+
+    srtp, cdata, buffer = session._srtp[0], session._cdata, session._buffer
+    limit = len(cdata) - SRTP_MAX_TRAILER
+    length = ffi.new("int *")
+    srtp_protect = lib.srtp_protect
+
+    def protect(data: bytes) -> bytes:
+        size = len(data)
+        if size > limit:
+            raise ValueError("packet is too long")
+        length[0] = size
+        buffer[0:size] = data
+        status = srtp_protect(srtp, cdata, length)
+        if status or session is None:  # (the closure keeps the session, whose memory this uses, alive)
+            raise Error(f"srtp_protect failed with status {status}")
+        return buffer[0:length[0]]  # type: ignore[no-any-return]
+
+    return protect
 
 
 class _HeaderTemplate:
@@ -609,78 +647,87 @@ class RtpStream:
         self.sender = sender
         self.codec = codec
         self.stats = stats
-        self._sent = history.sent
         self._dtls = sender.transport
         self._mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
         self._payload_type: int = codec.payloadType or 0
         self._ssrc: int = sender._ssrc
+        history.payload_type, history.ssrc = self._payload_type, self._ssrc
+        self._sent = history.sent
         self._sequence_number = random_sequence_number()
         self._origin = random32()
         self._octets = 0
         self._template = _HeaderTemplate(
             self._payload_type, self._ssrc, self._mid,
             sender._RTCRtpSender__rtp_header_extensions_map)  # type: ignore[attr-defined]
-        #: the nominated pair the socket below was found for
+        self._protect: Callable[[bytes], bytes] | None = None
+        #: the nominated pair the send below was found for
         self._pair: CandidatePair | None = None
-        self._sendto: Callable[[bytes, Any], Any] | None = None
-        self._remote: Any = None
+        self._send_all: Callable[[list[bytes]], int] | None = None
 
-    def _socket(self, pair: CandidatePair) -> tuple[Callable[[bytes, Any], Any], Any]:
-        """Where the pair's packets go: the shared socket itself when the pair is on the UDP
-        mux (no view, no copy, no address translation per packet), else aioice's transport."""
-        if pair is not self._pair:
+    def _sender_for(self, pair: CandidatePair) -> Callable[[list[bytes]], int]:
+        """How the pair's packets go out: straight on the shared socket, batched (udpmux.DirectSend)
+        when the pair is on the UDP mux, else through aioice's transport a packet at a time."""
+        if pair is not self._pair or self._send_all is None:
             transport = pair.protocol.transport
             direct = transport.direct(pair.remote_addr) if isinstance(transport, MuxTransport) else None
-            self._sendto, self._remote = direct if direct is not None else (transport.sendto, pair.remote_addr)
+            if direct is None:
+                sendto, remote = transport.sendto, pair.remote_addr
+
+                def send_each(packets: list[bytes]) -> int:
+                    for packet in packets:
+                        sendto(packet, remote)
+                    return 0
+
+                self._send_all = send_each
+            else:
+                self._send_all = direct
             self._pair = pair
-        assert self._sendto is not None
-        return self._sendto, self._remote
+        return self._send_all
 
     def send(self, frame: RtpFrame) -> bool:
         """Hand `frame`'s packets to the socket; False when there was nothing to send (the sender
         is disabled); ConnectionError when the viewer is no longer connected."""
         sender, dtls = self.sender, self._dtls
-        if not sender._enabled or not frame.payloads:
+        payloads = frame.payloads
+        if not sender._enabled or not payloads:
             return False
         pair = dtls.transport._connection._nominated.get(1)
         if dtls.state != "connected" or pair is None:
             raise ConnectionError("not connected")
-        sendto, remote = self._socket(pair)
-        payload_type, ssrc, sent = self._payload_type, self._ssrc, self._sent
+        send_all = self._sender_for(pair)
+        protect = self._protect
+        if protect is None:
+            protect = self._protect = fast_protect(dtls._tx_srtp)
+        payload_type, sent = self._payload_type, self._sent
         timestamp = (self._origin + frame.timestamp) & 0xFFFFFFFF
         ntp = _ntp_now()
         abs_send_time = (ntp >> 14) & 0x00FFFFFF
-        extensions = HeaderExtensions(mid=self._mid, abs_send_time=abs_send_time)
         first, rest = self._template.header(timestamp, abs_send_time)
-        protect = dtls._tx_srtp.protect
-        sequence_number = self._sequence_number
-        last = len(frame.payloads) - 1
-        size = octets = dropped = 0
-        for index, payload in enumerate(frame.payloads):
-            marker = 1 if index == last else 0
-            sent[sequence_number % RTP_HISTORY_SIZE] = (
-                payload_type, marker, sequence_number, timestamp, ssrc, payload, extensions)
-            data = protect(_HEAD.pack(first, marker << 7 | payload_type, sequence_number) + rest + payload)
-            try:
-                sendto(data, remote)
-            except OSError:  # BlockingIOError (buffer full), or a route that went away: a lost packet
-                dropped += 1
-            size += len(data)
+        first_seq = sequence_number = self._sequence_number
+        picture = (first_seq, timestamp, payloads, HeaderExtensions(mid=self._mid, abs_send_time=abs_send_time))
+        pack = _HEAD.pack
+        last = len(payloads) - 1
+        packets = []
+        octets = 0
+        for index, payload in enumerate(payloads):
+            sent[sequence_number % RTP_HISTORY_SIZE] = picture
+            packets.append(protect(pack(first, (index == last) << 7 | payload_type, sequence_number) + rest + payload))
             octets += len(payload)
             sequence_number = (sequence_number + 1) & 0xFFFF
+        dropped = send_all(packets)
         self._sequence_number = sequence_number
         self._octets += octets
         stats = self.stats
         stats.frames += 1
-        stats.packets += len(frame.payloads)
+        stats.packets += len(payloads)
         stats.dropped += dropped
         # what aiortc's loop keeps for its sender reports and statistics
         sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count = self._octets  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count = stats.packets  # type: ignore[attr-defined]
-        dtls._RTCDtlsTransport__tx_bytes += size  # type: ignore[attr-defined]
-        dtls._RTCDtlsTransport__tx_packets += len(frame.payloads)  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_bytes += sum(map(len, packets))  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_packets += len(payloads)  # type: ignore[attr-defined]
         return True
 
 
