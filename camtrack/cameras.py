@@ -140,7 +140,7 @@ class Cameras:
         self.pending: OrderedDict[Viewer, Camera] = OrderedDict()
         #: pending sessions closed to make room, over the server's life
         self.pending_evicted = 0
-        self.load = LoadMonitor(Limits(config.max_loop_lag, config.send_budget, config.max_picture_age),
+        self.load = LoadMonitor(Limits(config.max_loop_lag, config.send_budget, config.max_picture_age, config.max_cpu),
                                 lambda: self.viewer_count)
         self.by_name: dict[str, Camera] = {}
         for settings in config.cameras:

@@ -36,7 +36,7 @@ async def serve(loopback_ice) -> AsyncIterator[Callable[..., Awaitable[Server]]]
         settings.setdefault("webrtc_port", 0)
         # admission from measured load is tested in test_load.py; elsewhere a busy test machine
         # (Chromium, other servers) must not turn viewers away
-        for check in ("max_loop_lag", "send_budget", "max_picture_age"):
+        for check in ("max_loop_lag", "send_budget", "max_picture_age", "max_cpu"):
             settings.setdefault(check, 0)
         config = Config(port=0, **settings)
         app = create_app(config)

@@ -51,7 +51,7 @@ class ServerThread:
     async def start(self) -> None:
         self.undo_ice = restrict_host_addresses(["127.0.0.1"])
         self.app = create_app(Config(host="127.0.0.1", port=0, source="pattern", width=320, height=240, linger=0.5,
-                                        webrtc_port=0, max_loop_lag=0, send_budget=0, max_picture_age=0))
+                                        webrtc_port=0, max_loop_lag=0, send_budget=0, max_picture_age=0, max_cpu=0))
         self.runner = web.AppRunner(self.app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -57,6 +57,31 @@ def test_capacity_from_the_cost_of_one_more_viewer() -> None:
     assert monitor.full() is None
 
 
+async def test_capacity_under_a_cpu_quota(monkeypatch) -> None:
+    """Under a quota, the viewers that fit are those that keep the process under `max_cpu` of it,
+    projected from its use now and one viewer's measured cost; its crowd's handshakes go fewer at once."""
+    monkeypatch.setattr(load, "cgroup_quota", lambda: 0.25)
+    viewers = 10
+    monitor = LoadMonitor(Limits(max_lag=0, send_budget=0, max_age=0, max_cpu=0.8), lambda: viewers)
+    now = time.monotonic()
+    monitor._cpu.extend([(now - 1.9, 100.0), (now, 100.0 + 0.15 * 1.9)])  # 0.15 cores used
+    assert monitor.cpu_capacity() is None  # what a viewer costs is not known yet
+    captured = time.time()
+    for picture in range(61):  # 30 pictures a second for 2 s, 50 us of sends per viewer each
+        for _ in range(viewers):
+            monitor.sent(1, captured + picture / 30, 50e-6)
+    assert abs(monitor.viewer_cpu - 50e-6 * 30 * load.VIEWER_CPU_FACTOR) < 1e-9
+    # 0.8 * 0.25 - 0.15 = 0.05 cores of room, 0.003 a viewer: 16 more
+    assert monitor.cpu_capacity() == 26 and monitor.capacity == 26
+    assert monitor.full(joining=16) is None and monitor.full(joining=17) == "capacity 26 viewers reached"
+    turn = await monitor.handshake_turn()
+    assert turn is not None and monitor._turns is not None and monitor._turns._value == 0  # one at once
+    turn()
+    monkeypatch.setattr(load, "cgroup_quota", lambda: None)
+    monitor._quota = None
+    assert monitor.cpu_capacity() is None  # no quota: the loop's lag and the send budget tell
+
+
 def test_pictures_reaching_viewers_late_mean_full() -> None:
     """A starved process (its encoder or loop cannot keep up) shows in the age of its pictures."""
     for late, full in ((0.01, False), (0.2, True)):

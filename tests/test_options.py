@@ -46,7 +46,7 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "ice_servers": ["stun:x", "turn:t"],
               "ice_addresses": ["lo"], "negotiation_timeout": 5.5, "idle_timeout": 6.0, "header_timeout": 7.0,
               "max_connections": 100, "max_pending": 8, "max_loop_lag": 0.1, "send_budget": 0.01, "token": "t0k",
-              "max_picture_age": 0.2,
+              "max_picture_age": 0.2, "max_cpu": 0.5,
               "allow_origins": ["https://a"],
               "allow_hosts": ["cams"], "cert": "c.pem", "key": "k.pem", "mjpeg_fps": 5.0, "jpeg_quality": 70,
               "linger": 0.0, "log_level": "warning", "width": 320, "height": 240, "fps": 12.5, "codec": "vp8",

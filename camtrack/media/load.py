@@ -33,6 +33,14 @@ SUSTAINED_CHECKS = 6
 MIN_LAG_SAMPLES = 10
 #: handshakes (offer answered, ICE and DTLS under way) at once; a crowd's others wait their turn
 HANDSHAKES_AT_ONCE = 8
+#: ... and under a CPU quota, this many per core of it (at least one): a DTLS handshake costs tens
+#: of ms of CPU, and under a quarter of a core a few at once starve the encoder and the viewers
+HANDSHAKES_PER_QUOTA_CORE = 4
+#: what a viewer costs the process per picture, as a multiple of its sends' timed work (its RTCP,
+#: ICE consent checks and share of the loop's wake-ups besides), for the CPU-quota capacity
+VIEWER_CPU_FACTOR = 2.0
+#: how long a read of the cgroup's CPU quota is trusted
+QUOTA_TTL = 5.0
 #: how long a newcomer waits for a handshake turn before it is told the server is full
 HANDSHAKE_WAIT = 3.5
 #: a turn is given back after this long even if the peer neither connected nor failed yet
@@ -93,6 +101,10 @@ class Limits:
     #: median time from capture to the first viewer's socket over the window above this: full, the
     #: encoder or the loop cannot keep up (a starved process shows it here first) (0: not checked)
     max_age: float = 0.25
+    #: under a CPU quota (a container's, systemd's CPUQuota), the viewers that fit are those that
+    #: keep the process's CPU use under this share of it, projected from what it uses now and
+    #: what one more viewer costs (0: not checked)
+    max_cpu: float = 0.7
 
 
 class LoadMonitor:
@@ -123,6 +135,10 @@ class LoadMonitor:
         self._probe: asyncio.Task[None] | None = None
         #: (when, seconds throttled so far) read from the process's CPU cgroup
         self._throttled: deque[tuple[float, float]] = deque()
+        #: (when, CPU seconds the process used so far)
+        self._cpu: deque[tuple[float, float]] = deque()
+        #: the cgroup's CPU quota in cores (None: none) and when it was read
+        self._quota: tuple[float | None, float] | None = None
         #: (viewers, when): the fewest viewers at which an overload (lag, late pictures,
         #: throttling) was seen lately; newcomers beyond it are refused until it is forgotten
         self._limit: tuple[int, float] | None = None
@@ -156,6 +172,8 @@ class LoadMonitor:
             self._trim(self._lags, now)
             probes += 1
             if probes % THROTTLE_EVERY == 0:
+                self._cpu.append((now, time.process_time()))
+                self._trim(self._cpu, now)
                 throttled = cgroup_throttled()
                 if throttled is not None:
                     self._throttled.append((now, throttled))
@@ -214,13 +232,52 @@ class LoadMonitor:
         return statistics.median(cost for _, cost in self._costs) if self._costs else None
 
     @property
+    def quota(self) -> float | None:
+        """The CPU the process may use by its cgroup's quota, in cores (None: no quota)."""
+        now = time.monotonic()
+        if self._quota is None or now - self._quota[1] > QUOTA_TTL:
+            self._quota = (cgroup_quota(), now)
+        return self._quota[0]
+
+    @property
+    def cpu_used(self) -> float | None:
+        """CPU the process used over the window, in cores (None: too soon to tell)."""
+        self._trim(self._cpu, time.monotonic())
+        if len(self._cpu) < 2:
+            return None
+        (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
+        return (c1 - c0) / (t1 - t0) if t1 - t0 >= WINDOW / 2 else None
+
+    @property
+    def viewer_cpu(self) -> float | None:
+        """CPU one more viewer would use, in cores: its sends' timed work per picture, by the pictures
+        a second of a feed, by VIEWER_CPU_FACTOR (None: nobody is sent pictures yet)."""
+        cost = self.viewer_cost
+        if cost is None or not self._pictures:
+            return None
+        per_second = len(self._costs) / len(self._pictures) / WINDOW
+        return cost * per_second * VIEWER_CPU_FACTOR
+
+    def cpu_capacity(self) -> int | None:
+        """Under a CPU quota: the viewers there are, and as many more as the quota's `max_cpu`
+        share leaves room for, at `viewer_cpu` each (None: no quota, or not measured yet)."""
+        quota, used, each = self.quota, self.cpu_used, self.viewer_cpu
+        if not self.limits.max_cpu or quota is None or used is None or not each:
+            return None
+        room = self.limits.max_cpu * quota - used
+        return max(0, self.viewers() + int(room / each))
+
+    @property
     def capacity(self) -> int | None:
-        """Viewers that fit `send_budget`, from the measured cost per viewer, and no more than
-        were watching when an overload was last seen (None: unknown yet)."""
+        """Viewers that fit `send_budget`, from the measured cost per viewer, and the CPU quota
+        (`cpu_capacity`), and no more than were watching when an overload was last seen (None:
+        unknown yet)."""
         cost = self.viewer_cost
         capacity = None
         if self.limits.send_budget and cost is not None and cost > 0:
             capacity = int(self.limits.send_budget / cost + 1e-6)
+        if (by_cpu := self.cpu_capacity()) is not None:
+            capacity = by_cpu if capacity is None else min(capacity, by_cpu)
         if self._limit is not None:
             if time.monotonic() - self._limit[1] > LIMIT_MEMORY:
                 self._limit = None
@@ -268,7 +325,10 @@ class LoadMonitor:
         back (call it once the peer connected or ended; it is given back after HANDSHAKE_HOLD
         anyway). None: no turn came, or the server filled up meanwhile."""
         if self._turns is None:
-            self._turns = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+            quota = self.quota
+            at_once = HANDSHAKES_AT_ONCE if quota is None else max(1, min(HANDSHAKES_AT_ONCE,
+                                                                        int(HANDSHAKES_PER_QUOTA_CORE * quota)))
+            self._turns = asyncio.Semaphore(at_once)
         turns = self._turns
         try:
             await asyncio.wait_for(turns.acquire(), HANDSHAKE_WAIT)
@@ -294,29 +354,56 @@ class LoadMonitor:
         return give_back
 
 
-def cgroup_throttled() -> float | None:
-    """Seconds this process's CPU cgroup has been throttled by its quota (cgroup v1 `cpu.stat`
-    throttled_time, v2 throttled_usec), or None when there is no such cgroup to read."""
+def cgroup_quota() -> float | None:
+    """The CPU quota of this process's cgroup in cores (cgroup v1 `cpu.cfs_quota_us` over
+    `cpu.cfs_period_us`, v2 `cpu.max`), or None when it has none (or it cannot be read)."""
+    for stat in _cgroup_cpu_files("cpu.max", "cpu.cfs_quota_us"):
+        try:
+            if stat.name == "cpu.max":
+                quota, _, period = stat.read_text().strip().partition(" ")
+                if quota == "max":
+                    return None
+                return int(quota) / int(period or 100000)
+            quota_us = int(stat.read_text())
+            if quota_us < 0:
+                return None
+            return quota_us / int((stat.parent / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    return None
+
+
+def _cgroup_cpu_files(v2_name: str, v1_name: str) -> list[Path]:
+    """The existing file of this process's CPU cgroup named `v1_name` (cgroup v1) or `v2_name` (v2)."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return None
+        return []
+    found = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if "cpu" in controllers.split(","):
-            stat = Path("/sys/fs/cgroup") / controllers / path.lstrip("/") / "cpu.stat"
-            if not stat.exists():
-                stat = Path("/sys/fs/cgroup/cpu") / path.lstrip("/") / "cpu.stat"
-            key, scale = "throttled_time", 1e-9
+            candidates = [Path("/sys/fs/cgroup") / controllers / path.lstrip("/") / v1_name,
+                          Path("/sys/fs/cgroup/cpu") / path.lstrip("/") / v1_name]
         elif controllers == "":
-            stat, key, scale = Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.stat", "throttled_usec", 1e-6
+            candidates = [Path("/sys/fs/cgroup") / path.lstrip("/") / v2_name]
         else:
             continue
+        found += [c for c in candidates if c.exists()][:1]
+    return found
+
+
+def cgroup_throttled() -> float | None:
+    """Seconds this process's CPU cgroup has been throttled by its quota (cgroup v1 `cpu.stat`
+    throttled_time, v2 throttled_usec), or None when there is no such cgroup to read."""
+    for stat in _cgroup_cpu_files("cpu.stat", "cpu.stat"):
         try:
             for entry in stat.read_text().splitlines():
                 name, _, value = entry.partition(" ")
-                if name == key:
-                    return int(value) * scale
+                if name == "throttled_usec":
+                    return int(value) * 1e-6
+                if name == "throttled_time":
+                    return int(value) * 1e-9
         except (OSError, ValueError):
             continue
     return None

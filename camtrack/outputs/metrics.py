@@ -108,8 +108,14 @@ class CameraCollector:
                                 value=load.recent_lag)
         capacity = load.capacity
         yield GaugeMetricFamily("camtrack_capacity_viewers", "Viewers the server can take, as measured from "
-                                "the time one picture takes to reach every viewer (-1: not known yet).",
+                                "the time one picture takes to reach every viewer and, under a CPU quota, "
+                                "the CPU it uses (-1: not known yet).",
                                 value=-1 if capacity is None else capacity)
+        quota, used = load.quota, load.cpu_used
+        yield GaugeMetricFamily("camtrack_cpu_quota_cores", "The CPU quota of the server's cgroup, in cores "
+                                "(-1: none).", value=-1 if quota is None else quota)
+        yield GaugeMetricFamily("camtrack_cpu_used_cores", "CPU the server used over the last 2 s, in cores "
+                                "(-1: not known yet).", value=-1 if used is None else used)
         yield GaugeMetricFamily("camtrack_handshakes", "Peers negotiating now (paced).", value=load.handshaking)
         refused = CounterMetricFamily("camtrack_viewers_refused_load", "Newcomers refused for the measured load, "
                                       "by why: lag, age (pictures late), throttled (CPU quota used up), capacity, "
