@@ -238,6 +238,11 @@ def main() -> None:
                         help="--scale: also run the ladder with the server of another checkout (before/after)")
     parser.add_argument("--crowd-quota", type=float, default=30.0,
                         help="--scale: the crowd's server gets this %% of one core (cgroup; 0: no crowd)")
+    parser.add_argument("--light", action="store_true",
+                        help="--scale: the non-decoding viewers count pictures off the wire without an aiortc "
+                             "receiver (no SRTP, no jitter buffer): hundreds fit beside the server")
+    parser.add_argument("--join-rate", type=float, default=0.0, metavar="PER_SECOND",
+                        help="--scale: ladder viewers join this many a second (default: all at once)")
     parser.add_argument("--crowd-watchers", type=int, default=16,
                         help="--scale: viewers that try to join one by one before the crowd")
     args = parser.parse_args()
@@ -255,7 +260,7 @@ def main() -> None:
             roots = {"before": Path(args.compare).resolve(), "this": ROOT}
         scale.main([int(n) for n in (args.viewers or "1,15,30,45").split(",")], args.repeat,
                    args.duration or 10.0, roots, args.crowd_quota or None, args.crowd_watchers,
-                   tuple(int(n) for n in args.workers.split(",")))
+                   tuple(int(n) for n in args.workers.split(",")), args.light, args.join_rate)
         return
 
     duration = args.duration or (4.0 if args.quick else 10.0)

@@ -123,8 +123,9 @@ def histogram_p50(metrics: str, name: str, labels: str = "") -> float | None:
 
 
 def clients(url: str, placement: Placement, count: int, decoding: int, start_at: float, duration: float,
-            join_at: float | None = None, stagger: float = 0.0) -> list[subprocess.Popen[str]]:
-    """Client processes for `count` viewers, the first `decoding` of them decoding."""
+            join_at: float | None = None, stagger: float = 0.0, light: bool = False) -> list[subprocess.Popen[str]]:
+    """Client processes for `count` viewers, the first `decoding` of them decoding (with `light`, the
+    others count pictures off the wire without an aiortc receiver: bench/viewers.py)."""
     groups = [(min(count, decoding), True)] if decoding else []
     rest = count - (groups[0][0] if groups else 0)
     while rest > 0:
@@ -137,6 +138,8 @@ def clients(url: str, placement: Placement, count: int, decoding: int, start_at:
                 "--start-at", str(start_at), "--duration", str(duration)]
         if decode:
             argv.append("--decode")
+        elif light:
+            argv.append("--light")
         if join_at is not None:
             argv += ["--join-at", str(join_at + offset * stagger)]
         offset += n
@@ -169,6 +172,8 @@ class ScaleRow:
     errors: int
     #: the server's own count of newcomers refused for its load, by reason
     refusals: str = ""
+    #: light viewers: the longest wait between two pictures any of them had (ms)
+    gap_max: float | None = None
 
     def cells(self) -> list[str]:
         def ms(value: float | None) -> str:
@@ -180,23 +185,30 @@ class ScaleRow:
         return [self.server, str(self.viewers), f"{self.server_cpu:.1f}", f"{self.client_cpu:.0f}",
                 f"{self.fps_min:.1f}", f"{self.fps_mean:.1f}", ms(self.p50), ms(self.p95),
                 bound(self.wire_p50), bound(self.lag_p50), f"{self.rss:.0f}",
-                f"{self.errors} ({self.refusals})" if self.refusals else str(self.errors)]
+                f"{self.errors} ({self.refusals})" if self.refusals else str(self.errors), ms(self.gap_max)]
 
 
 SCALE_HEADER = ["server", "N", "server CPU %", "clients CPU %", "fps min", "fps mean", "latency p50 ms",
-                "latency p95 ms", "capture-to-wire p50 ms", "loop lag p50 ms", "server RSS MB", "errors"]
+                "latency p95 ms", "capture-to-wire p50 ms", "loop lag p50 ms", "server RSS MB", "errors",
+                "longest gap ms"]
 
 
 def ladder_row(name: str, root: Path, placement: Placement, viewers: int, duration: float,
-               workers: int = 1) -> ScaleRow:
-    """One row; with `workers` > 1 the server's --workers, its CPU and RSS its workers' too."""
+               workers: int = 1, light: bool = False, join_rate: float = 0.0) -> ScaleRow:
+    """One row; with `workers` > 1 the server's --workers, its CPU and RSS its workers' too; with
+    `join_rate`, the viewers join that many a second instead of all at once (a ladder of hundreds
+    measures the server serving them, not the crowd: that is the crowd scenario's)."""
     server = Server(root, placement, extra=["--workers", str(workers)] if workers != 1 else None)
     processes: list[subprocess.Popen[str]] = []
     try:
         # (the server answers /healthz once every worker is ready: they are its children by then)
         pids = [server.process.pid, *children(server.process.pid)]
-        start_at = time.time() + 4 + 0.08 * viewers
-        processes = clients(server.url, placement, viewers, min(DECODING, viewers), start_at, duration)
+        join_at = time.time() + 2
+        joining = viewers / join_rate if join_rate else 0.08 * viewers
+        start_at = join_at + 2 + joining
+        processes = clients(server.url, placement, viewers, min(DECODING, viewers), start_at, duration,
+                            join_at=join_at if join_rate else None, stagger=1 / join_rate if join_rate else 0.0,
+                            light=light)
         time.sleep(max(0.0, start_at - time.time()))
         cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.monotonic()
         time.sleep(duration)
@@ -210,11 +222,12 @@ def ladder_row(name: str, root: Path, placement: Placement, viewers: int, durati
         server.stop()
     fps = [v["frames"] / duration for v in per_viewer]
     latency = [ms for v in per_viewer for ms in v["latency"]]
+    gaps = [v["gap_max_ms"] for v in per_viewer if v.get("gap_max_ms") is not None]
     return ScaleRow(name, viewers, 100 * (cpu1 - cpu0) / (t1 - t0), 100 * client_cpu / duration,
                     min(fps), statistics.mean(fps), percentile(latency, 0.5), percentile(latency, 0.95),
                     histogram_p50(metrics, "camtrack_capture_to_wire_seconds", 'transport="websocket"'),
                     histogram_p50(metrics, "camtrack_event_loop_lag_seconds"), rss,
-                    sum(1 for v in per_viewer if "error" in v), refusals(metrics))
+                    sum(1 for v in per_viewer if "error" in v), refusals(metrics), max(gaps, default=None))
 
 
 def refusals(metrics: str) -> str:
@@ -287,12 +300,14 @@ def crowd(placement: Placement, quota: float, max_watchers: int, duration: float
 
 
 def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path], quota: float | None,
-         max_watchers: int, workers: tuple[int, ...] = (1,)) -> None:
+         max_watchers: int, workers: tuple[int, ...] = (1,), light: bool = False, join_rate: float = 0.0) -> None:
     placement = Placement.for_machine()
     where = (f"server on cores {placement.server}, clients on {placement.clients}" if placement.server
              else "no pinning (too few cores): server and clients share them")
     print(f"# camtrack scale benchmark: {os.cpu_count()} cores, {where}; "
-          f"{duration:g} s windows, 640x480@30 H.264 1 Mbit/s, {DECODING} decoding viewers, the rest not decoding",
+          f"{duration:g} s windows, 640x480@30 H.264 1 Mbit/s, {DECODING} decoding viewers, the rest "
+          f"{'counting pictures off the wire (--light)' if light else 'not decoding'}"
+          f"{f', joining {join_rate:g} a second' if join_rate else ''}",
           flush=True)
     rows: list[ScaleRow] = []
     names: dict[str, None] = {}
@@ -302,7 +317,7 @@ def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path
                 label = name if len(workers) == 1 else f"{name} --workers {count}"
                 names[label] = None
                 for n in viewers:
-                    row = ladder_row(label, root, placement, n, duration, count)
+                    row = ladder_row(label, root, placement, n, duration, count, light, join_rate)
                     rows.append(row)
                     print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
     print("| " + " | ".join(SCALE_HEADER) + " |")

@@ -2,7 +2,11 @@
 
 `--decode` viewers decode every frame and read the latency stamp the moment each frame is
 decoded; the others count whole received frames without decoding them (so one machine
-can hold many viewers). Prints one JSON object on stdout.
+can hold many viewers). `--light` viewers go further: once their answer is applied, RTP no
+longer reaches their aiortc receiver at all (no SRTP, no jitter buffer); they count pictures by
+the marker bit of the RTP header, which SRTP leaves in the clear, and the gaps between them.
+STUN, DTLS and RTCP still go to aiortc, so the server sees a normal viewer (its consent checks
+and receiver reports). Prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -49,6 +53,53 @@ class CountingDecoder:
         return [frame]
 
 
+class MarkerCounter:
+    """Counts one viewer's pictures from the RTP marker bit, straight off its ICE socket."""
+
+    def __init__(self, viewer: Viewer, result: dict, start: float, end: float) -> None:
+        self.result, self.start, self.end = result, start, end
+        self.viewer = viewer
+        self.loop = asyncio.get_running_loop()
+        self.first = self.loop.create_future()
+        self.last: float | None = None
+        self.gaps: list[float] = []
+        assert viewer.pc is not None
+        for transceiver in viewer.pc.getTransceivers():
+            connection = transceiver.receiver.transport.transport.iceGatherer._connection
+            for protocol in connection._protocols:
+                protocol.datagram_received = self._wrap(protocol.datagram_received)
+
+    def _wrap(self, deliver):
+        def datagram_received(data: bytes, addr) -> None:
+            # RTP (RFC 7983: first byte 128-191), not RTCP (payload types 200-206 with the marker bit)
+            if len(data) > 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+                if data[1] & 0x80:
+                    self._picture()
+                return
+            deliver(data, addr)
+        return datagram_received
+
+    def _picture(self) -> None:
+        now = self.loop.time()
+        if not self.first.done():
+            self.first.set_result(now)
+        if self.start <= now < self.end:
+            self.result["frames"] += 1
+            if self.last is not None:
+                self.gaps.append((now - self.last) * 1000)
+        self.last = now
+
+
+async def watch_light(viewer: Viewer, start: float, end: float, result: dict) -> None:
+    counter = MarkerCounter(viewer, result, start, end)
+    first = await counter.first
+    result["first_frame"] = first - viewer.opened_at
+    result["first_frame_since_join"] = first - result["joined"]
+    await asyncio.sleep(max(0.0, end - asyncio.get_running_loop().time()))
+    # the longest wait between two pictures: a stall shows here even when the count is right
+    result["gap_max_ms"] = max(counter.gaps, default=None)
+
+
 async def watch(viewer: Viewer, start: float, end: float, result: dict) -> None:
     loop = asyncio.get_running_loop()
     track = await viewer.track
@@ -73,6 +124,7 @@ async def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--decode", action="store_true")
+    parser.add_argument("--light", action="store_true", help="count pictures by the RTP marker bit, no aiortc receiver")
     parser.add_argument("--start-at", type=float, required=True, help="time.time() the window opens")
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--join-spread", type=float, default=0.0,
@@ -101,7 +153,8 @@ async def main() -> None:
         result["joined"] = loop.time()
         try:
             await viewer.connect(timeout=60)
-            await asyncio.wait_for(watch(viewer, start, end, result), end - loop.time() + 30)
+            watching = watch_light if args.light and not args.decode else watch
+            await asyncio.wait_for(watching(viewer, start, end, result), end - loop.time() + 30)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             result["error"] = f"{type(exc).__name__}: {exc}"
             result["error_after"] = loop.time() - result["joined"]

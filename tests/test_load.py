@@ -64,7 +64,7 @@ async def test_capacity_under_a_cpu_quota(monkeypatch) -> None:
     viewers = 10
     monitor = LoadMonitor(Limits(max_lag=0, send_budget=0, max_age=0, max_cpu=0.8), lambda: viewers)
     now = time.monotonic()
-    monitor._cpu.extend([(now - 1.9, 100.0), (now, 100.0 + 0.15 * 1.9)])  # 0.15 cores used
+    monitor._cpu.extend([(now - 1.9, 100.0, 10), (now, 100.0 + 0.15 * 1.9, 10)])  # 0.15 cores for 10 viewers
     assert monitor.cpu_capacity() is None  # what a viewer costs is not known yet
     captured = time.time()
     for picture in range(61):  # 30 pictures a second for 2 s, 50 us of sends per viewer each
@@ -74,6 +74,9 @@ async def test_capacity_under_a_cpu_quota(monkeypatch) -> None:
     # 0.8 * 0.25 - 0.15 = 0.05 cores of room, 0.003 a viewer: 16 more
     assert monitor.cpu_capacity() == 26 and monitor.capacity == 26
     assert monitor.full(joining=16) is None and monitor.full(joining=17) == "capacity 26 viewers reached"
+    # newcomers who came since the CPU was measured do not raise the capacity with them
+    viewers = 20
+    assert monitor.capacity == 26 and monitor.full(joining=7) == "capacity 26 viewers reached"
     turn = await monitor.handshake_turn()
     assert turn is not None and monitor._turns is not None and monitor._turns._value == 0  # one at once
     turn()

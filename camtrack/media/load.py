@@ -135,8 +135,8 @@ class LoadMonitor:
         self._probe: asyncio.Task[None] | None = None
         #: (when, seconds throttled so far) read from the process's CPU cgroup
         self._throttled: deque[tuple[float, float]] = deque()
-        #: (when, CPU seconds the process used so far)
-        self._cpu: deque[tuple[float, float]] = deque()
+        #: (when, CPU seconds the process used so far, viewers then)
+        self._cpu: deque[tuple[float, float, int]] = deque()
         #: the cgroup's CPU quota in cores (None: none) and when it was read
         self._quota: tuple[float | None, float] | None = None
         #: (viewers, when): the fewest viewers at which an overload (lag, late pictures,
@@ -172,7 +172,7 @@ class LoadMonitor:
             self._trim(self._lags, now)
             probes += 1
             if probes % THROTTLE_EVERY == 0:
-                self._cpu.append((now, time.process_time()))
+                self._cpu.append((now, time.process_time(), self.viewers()))
                 self._trim(self._cpu, now)
                 throttled = cgroup_throttled()
                 if throttled is not None:
@@ -198,7 +198,7 @@ class LoadMonitor:
         self._trim(self._ages, now)
 
     @staticmethod
-    def _trim(samples: deque[tuple[float, float]], now: float) -> None:
+    def _trim(samples: deque[tuple[float, float]] | deque[tuple[float, float, int]], now: float) -> None:
         while samples and samples[0][0] < now - WINDOW:
             samples.popleft()
 
@@ -242,11 +242,18 @@ class LoadMonitor:
     @property
     def cpu_used(self) -> float | None:
         """CPU the process used over the window, in cores (None: too soon to tell)."""
+        measured = self._cpu_measured()
+        return None if measured is None else measured[0]
+
+    def _cpu_measured(self) -> tuple[float, float] | None:
+        """CPU used over the window (cores) and the mean number of viewers it served meanwhile."""
         self._trim(self._cpu, time.monotonic())
         if len(self._cpu) < 2:
             return None
-        (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
-        return (c1 - c0) / (t1 - t0) if t1 - t0 >= WINDOW / 2 else None
+        (t0, c0, _), (t1, c1, _) = self._cpu[0], self._cpu[-1]
+        if t1 - t0 < WINDOW / 2:
+            return None
+        return (c1 - c0) / (t1 - t0), statistics.mean(viewers for _, _, viewers in self._cpu)
 
     @property
     def viewer_cpu(self) -> float | None:
@@ -259,13 +266,16 @@ class LoadMonitor:
         return cost * per_second * VIEWER_CPU_FACTOR
 
     def cpu_capacity(self) -> int | None:
-        """Under a CPU quota: the viewers there are, and as many more as the quota's `max_cpu`
-        share leaves room for, at `viewer_cpu` each (None: no quota, or not measured yet)."""
-        quota, used, each = self.quota, self.cpu_used, self.viewer_cpu
-        if not self.limits.max_cpu or quota is None or used is None or not each:
+        """Under a CPU quota: the viewers the CPU used over the window served (their mean: the
+        ones who came since are not in it yet, so the capacity does not grow as they come), and
+        as many more as the quota's `max_cpu` share leaves room for, at `viewer_cpu` each (None:
+        no quota, or not measured yet)."""
+        quota, measured, each = self.quota, self._cpu_measured(), self.viewer_cpu
+        if not self.limits.max_cpu or quota is None or measured is None or not each:
             return None
+        used, served = measured
         room = self.limits.max_cpu * quota - used
-        return max(0, self.viewers() + int(room / each))
+        return max(0, int(served + room / each))
 
     @property
     def capacity(self) -> int | None:

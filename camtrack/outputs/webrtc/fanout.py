@@ -119,11 +119,13 @@ class RtpFanout:
                 self._hand_back(member, "failed", MediaStreamError(str(exc)))
 
     def _send(self, encoded: EncodedPacket, after: int) -> None:
-        """`encoded` to every member, the packet after number `after`."""
+        """`encoded` to every member, the packet after number `after`. The pass's CPU time (the
+        loop thread's: a quota's throttling or another thread's turn does not count), shared out
+        over the viewers sent to, goes to each one's `on_sent`."""
         feed = self.feed
         shared: RtpFrame | None = None
-        sends = 0
-        perf_counter = time.perf_counter
+        sent: list[Member] = []
+        began = time.thread_time()
         for member in list(self._members):
             reader = member.reader
             seq = reader.seq
@@ -133,7 +135,6 @@ class RtpFanout:
                 self._hand_back(member, "closed" if reader.closed else "out of step",
                                 MediaStreamError() if reader.closed else None)
                 continue
-            began = perf_counter()
             own_pts = reader.step(encoded)
             if own_pts is None:
                 if shared is None:
@@ -147,12 +148,15 @@ class RtpFanout:
             except ConnectionError as exc:
                 self._hand_back(member, "disconnected", exc)
                 continue
-            sends += 1
             member.stream.stats.fanned_out += 1
-            if member.on_sent is not None:
-                member.on_sent(encoded.captured, perf_counter() - began)
+            sent.append(member)
         self.stats.pictures += 1
-        self.stats.sends += sends
+        self.stats.sends += len(sent)
+        if sent:
+            each = (time.thread_time() - began) / len(sent)
+            for member in sent:
+                if member.on_sent is not None:
+                    member.on_sent(encoded.captured, each)
 
 
 def rtp_frame(feed: PacketFeed, encoded: EncodedPacket, codec: RTCRtpCodecParameters,
