@@ -42,8 +42,8 @@ class Member:
 
     reader: PacketReader
     stream: RtpStream
-    #: `(captured, seconds)` once a picture went to its socket (its meter, the load monitor)
-    on_sent: Callable[[float, float], None] | None
+    #: `(captured, seconds, handed)` once a picture went to its socket (its meter, the load monitor)
+    on_sent: Callable[[float, float, float], None] | None
     #: done when the fan-out hands the viewer back (an exception: the viewer is gone)
     back: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -121,11 +121,13 @@ class RtpFanout:
     def _send(self, encoded: EncodedPacket, after: int) -> None:
         """`encoded` to every member, the packet after number `after`. The pass's CPU time (the
         loop thread's: a quota's throttling or another thread's turn does not count), shared out
-        over the viewers sent to, goes to each one's `on_sent`."""
+        over the viewers sent to, goes to each one's `on_sent` with when its packets were handed
+        to the socket."""
         feed = self.feed
         shared: RtpFrame | None = None
-        sent: list[Member] = []
+        sent: list[tuple[Member, float]] = []
         began = time.thread_time()
+        now = time.time
         for member in list(self._members):
             reader = member.reader
             seq = reader.seq
@@ -149,14 +151,14 @@ class RtpFanout:
                 self._hand_back(member, "disconnected", exc)
                 continue
             member.stream.stats.fanned_out += 1
-            sent.append(member)
+            sent.append((member, now()))
         self.stats.pictures += 1
         self.stats.sends += len(sent)
         if sent:
             each = (time.thread_time() - began) / len(sent)
-            for member in sent:
+            for member, handed in sent:
                 if member.on_sent is not None:
-                    member.on_sent(encoded.captured, each)
+                    member.on_sent(encoded.captured, each, handed)
 
 
 def rtp_frame(feed: PacketFeed, encoded: EncodedPacket, codec: RTCRtpCodecParameters,

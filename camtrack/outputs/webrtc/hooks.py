@@ -732,7 +732,7 @@ class RtpStream:
 
 
 def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParameters], Awaitable[RtpFrame]],
-                  on_sent: Callable[[float, float], None] | None = None,
+                  on_sent: Callable[[float, float, float], None] | None = None,
                   join: Callable[[RtpStream], Awaitable[None] | None] | None = None) -> RtpSendStats:
     """Replace `sender`'s RTP loop with one that sends pictures already packetized.
 
@@ -740,8 +740,8 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
     header extensions per packet, and awaits four coroutines per packet down to the socket. This
     one takes each picture's payloads as they were packetized once for all viewers and sends
     them with an `RtpStream`. RTCP (reports, PLI/FIR, NACK through `__rtp_history`) stays
-    aiortc's. `on_sent(captured, seconds)` is called once a picture has been handed to the
-    socket, with the CPU seconds that took. After each picture, `join(stream)` may hand the stream
+    aiortc's. `on_sent(captured, seconds, handed)` is called once a picture has been handed to
+    the socket, with the CPU seconds that took and the time it was handed. After each picture, `join(stream)` may hand the stream
     to a fan-out that sends the following pictures itself: it returns what to await until the
     fan-out hands the stream back (or raises ConnectionError), or None to go on here. Call
     before the connection starts the sender.
@@ -758,7 +758,7 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
                 frame = await next_frame(codec)
                 began = time.thread_time()  # (CPU time: a quota's throttling is not work)
                 if stream.send(frame) and on_sent is not None:
-                    on_sent(frame.captured, time.thread_time() - began)
+                    on_sent(frame.captured, time.thread_time() - began, time.time())
                 if join is not None:
                     fanned = join(stream)
                     if fanned is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -161,8 +160,8 @@ class Peer:
             meter = self.camera.meters[self.transport]
             feed = id(self.track.encoder)
 
-            def on_sent(captured: float, seconds: float) -> None:
-                meter.wire_age.observe(max(0.0, time.time() - captured))
+            def on_sent(captured: float, seconds: float, handed: float) -> None:
+                meter.wire_age.observe(max(0.0, handed - captured))
                 if load is not None:
                     load.sent(feed, captured, seconds)
 

@@ -118,7 +118,8 @@ class EncodedTrack(MediaStreamTrack):
         encoded, own_pts = await self.next_encoded()
         return rtp_frame(self.encoder, encoded, codec, own_pts)
 
-    def join_fanout(self, stream: RtpStream, on_sent: Callable[[float, float], None] | None) -> Awaitable[None] | None:
+    def join_fanout(self, stream: RtpStream,
+                    on_sent: Callable[[float, float, float], None] | None) -> Awaitable[None] | None:
         """Hand `stream` to the feed's fan-out when this viewer is in step with the feed and has
         its newest packet (what to await until it is handed back), else None (see fanout.py)."""
         latest = self.encoder.latest
