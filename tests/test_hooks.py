@@ -115,16 +115,18 @@ def test_fast_protect_encrypts_as_pylibsrtp_does() -> None:
 
 def test_history_answers_nacks_with_what_was_sent() -> None:
     """A sender's history rebuilds each packet of a picture (sequence number, marker, payload)."""
-    from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions
+    from aiortc.rtp import RTP_HISTORY_SIZE
 
     history = hooks._History(payload_type=102, ssrc=7)
+    history.mid = "0"
     payloads = [b"a", b"bb", b"ccc"]
     first = 65534  # the numbers wrap inside the picture
     for i in range(3):
-        history.sent[(first + i) % RTP_HISTORY_SIZE] = (first, 9000, payloads, HeaderExtensions(mid="0"))
+        history.sent[(first + i) % RTP_HISTORY_SIZE] = (first, 9000, payloads, 1234)
     got = [history.get((first + i) % RTP_HISTORY_SIZE) for i in range(3)]
     assert [(p.sequence_number, p.marker, p.payload, p.timestamp, p.ssrc) for p in got] == [
         (65534, 0, b"a", 9000, 7), (65535, 0, b"bb", 9000, 7), (0, 1, b"ccc", 9000, 7)]
+    assert all(p.extensions.mid == "0" and p.extensions.abs_send_time == 1234 for p in got)
     assert history.get((first + 3) % RTP_HISTORY_SIZE) is None and history.get(-1) is None
     assert len(history.values()) == 3
 
