@@ -85,6 +85,18 @@ async def test_capacity_under_a_cpu_quota(monkeypatch) -> None:
     assert monitor.cpu_capacity() is None  # no quota: the loop's lag and the send budget tell
 
 
+def test_worker_processes_each_fit_the_send_budget() -> None:
+    """With --workers, each worker reports what its sends cost; each has its own loop and budget."""
+    monitor = LoadMonitor(Limits(max_lag=0, send_budget=0.02, max_age=0), lambda: 29)
+    monitor.report("worker 1", 0.001, 0.004)
+    monitor.report("worker 2", 0.002, 0.006)
+    assert monitor.capacity == 20 + 10
+    assert monitor.full() is None and monitor.full(joining=2) == "capacity 30 viewers reached"
+    assert abs(monitor.viewer_cpu - 0.005 * load.VIEWER_CPU_FACTOR) < 1e-9
+    monitor._reports["worker 2"] = (time.monotonic() - load.REPORT_TTL - 1, 0.002, 0.006)
+    assert monitor.capacity == 20  # a worker that stopped reporting counts no more
+
+
 def test_pictures_reaching_viewers_late_mean_full() -> None:
     """A starved process (its encoder or loop cannot keep up) shows in the age of its pictures."""
     for late, full in ((0.01, False), (0.2, True)):

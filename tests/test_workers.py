@@ -77,6 +77,12 @@ async def test_viewers_on_two_workers_share_one_camera_and_one_encoder(serve):
                 assert worker.stats["received"]["default"] <= worker.sent["default"]
             # what the workers sent their viewers reaches the main process's meters (/metrics)
             await eventually(lambda: camera.meters["websocket"].frames >= 90 and camera.meters["whep"].frames >= 30)
+            # ... and so do their viewers' capture-to-wire ages, and what their sends cost (admission)
+            await eventually(lambda: camera.meters["websocket"].wire_age.count >= 60
+                             and camera.meters["whep"].wire_age.count >= 20)
+            load = app[CAMERAS].load
+            await eventually(lambda: len(load._fresh_reports()) == 2)
+            assert all(0 < cost < 0.01 and 0 < cpu < 0.1 for _, cost, cpu in load._fresh_reports())
             async with http.get(url.removesuffix("/ws") + "/healthz") as r:
                 health = await r.json()
             assert health["viewers"] == 4 and [w["peers"] for w in health["workers"]] == [2, 2]

@@ -41,6 +41,8 @@ HANDSHAKES_PER_QUOTA_CORE = 4
 VIEWER_CPU_FACTOR = 2.0
 #: how long a read of the cgroup's CPU quota is trusted
 QUOTA_TTL = 5.0
+#: a worker process's report of its sends' cost counts this long (it reports every second)
+REPORT_TTL = 5.0
 #: how long a newcomer waits for a handshake turn before it is told the server is full
 HANDSHAKE_WAIT = 3.5
 #: a turn is given back after this long even if the peer neither connected nor failed yet
@@ -139,6 +141,8 @@ class LoadMonitor:
         self._cpu: deque[tuple[float, float, int]] = deque()
         #: the cgroup's CPU quota in cores (None: none) and when it was read
         self._quota: tuple[float | None, float] | None = None
+        #: by worker process: (when, seconds of work per viewer and picture, CPU per viewer in cores)
+        self._reports: dict[str, tuple[float, float, float]] = {}
         #: (viewers, when): the fewest viewers at which an overload (lag, late pictures,
         #: throttling) was seen lately; newcomers beyond it are refused until it is forgotten
         self._limit: tuple[int, float] | None = None
@@ -172,7 +176,7 @@ class LoadMonitor:
             self._trim(self._lags, now)
             probes += 1
             if probes % THROTTLE_EVERY == 0:
-                self._cpu.append((now, time.process_time(), self.viewers()))
+                self._cpu.append((now, self._cpu_seconds(), self.viewers()))
                 self._trim(self._cpu, now)
                 throttled = cgroup_throttled()
                 if throttled is not None:
@@ -196,6 +200,25 @@ class LoadMonitor:
         self._pictures[feed] = (captured, seconds, 1)
         self._ages.append((now, max(0.0, time.time() - captured)))
         self._trim(self._ages, now)
+
+    def _cpu_seconds(self) -> float:
+        """CPU seconds used so far: under a quota, the whole cgroup's (worker processes included,
+        what the quota limits), else this process's."""
+        if self.quota is not None and (usage := cgroup_usage()) is not None:
+            return usage
+        return time.process_time()
+
+    def report(self, source: str, cost: float, viewer_cpu: float) -> None:
+        """A worker process's sends lately: seconds of work per viewer and picture, and what one of
+        its viewers costs it in cores. Each worker sends on a loop of its own, so each fits
+        `send_budget` on its own: the capacity is the sum of theirs."""
+        self._reports[source] = (time.monotonic(), cost, viewer_cpu)
+
+    def _fresh_reports(self) -> list[tuple[float, float, float]]:
+        now = time.monotonic()
+        for source in [s for s, r in self._reports.items() if now - r[0] > REPORT_TTL]:
+            del self._reports[source]  # a worker gone or restarted
+        return list(self._reports.values())
 
     @staticmethod
     def _trim(samples: deque[tuple[float, float]] | deque[tuple[float, float, int]], now: float) -> None:
@@ -258,9 +281,13 @@ class LoadMonitor:
     @property
     def viewer_cpu(self) -> float | None:
         """CPU one more viewer would use, in cores: its sends' timed work per picture, by the pictures
-        a second of a feed, by VIEWER_CPU_FACTOR (None: nobody is sent pictures yet)."""
+        a second of a feed, by VIEWER_CPU_FACTOR (None: nobody is sent pictures yet). With worker
+        processes, the mean of what their viewers cost them."""
         cost = self.viewer_cost
         if cost is None or not self._pictures:
+            reports = self._fresh_reports()
+            if reports:
+                return statistics.mean(r[2] for r in reports) * VIEWER_CPU_FACTOR
             return None
         per_second = len(self._costs) / len(self._pictures) / WINDOW
         return cost * per_second * VIEWER_CPU_FACTOR
@@ -286,6 +313,12 @@ class LoadMonitor:
         capacity = None
         if self.limits.send_budget and cost is not None and cost > 0:
             capacity = int(self.limits.send_budget / cost + 1e-6)
+        reports = self._fresh_reports()
+        if self.limits.send_budget and reports:
+            # worker processes: each its own loop and budget (the main process's own viewers, if
+            # any, are the few that do not use WebRTC)
+            by_workers = sum(int(self.limits.send_budget / r[1] + 1e-6) for r in reports if r[1] > 0)
+            capacity = by_workers if capacity is None else capacity + by_workers
         if (by_cpu := self.cpu_capacity()) is not None:
             capacity = by_cpu if capacity is None else min(capacity, by_cpu)
         if self._limit is not None:
@@ -401,6 +434,22 @@ def _cgroup_cpu_files(v2_name: str, v1_name: str) -> list[Path]:
             continue
         found += [c for c in candidates if c.exists()][:1]
     return found
+
+
+def cgroup_usage() -> float | None:
+    """CPU seconds this process's CPU cgroup has used (cgroup v1 `cpuacct.usage`, v2 `cpu.stat`
+    usage_usec), or None when it cannot be read."""
+    for stat in _cgroup_cpu_files("cpu.stat", "cpuacct.usage"):
+        try:
+            if stat.name == "cpuacct.usage":
+                return int(stat.read_text()) * 1e-9
+            for entry in stat.read_text().splitlines():
+                name, _, value = entry.partition(" ")
+                if name == "usage_usec":
+                    return int(value) * 1e-6
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def cgroup_throttled() -> float | None:

@@ -307,6 +307,7 @@ class WorkerProcess:
         self.skipped: Counter[str] = Counter()
         self.keyframe_requests = 0
         self._meters: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self._wire_seen: dict[tuple[str, str], tuple[list[int], float]] = {}
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -451,8 +452,10 @@ class WorkerProcess:
             if camera is not None and camera.feed is not None:
                 camera.feed.request_keyframe()
         elif kind == "stats":
+            self._report_sends(message)
             self.stats = message
             self._add_meters(message["meters"])
+            self._add_wire_ages(message.get("wire", {}))
         elif "id" in message:
             peer = self.peers.get(message["id"]) or self.closing.get(message["id"])
             if peer is not None:
@@ -471,6 +474,33 @@ class WorkerProcess:
                 meter.bytes += totals[1] - seen[1]
                 meter.negotiation_failures += totals[2] - seen[2]
                 self._meters[(name, transport)] = totals
+
+    def _report_sends(self, message: dict[str, Any]) -> None:
+        """What the worker's sends cost since its last stats, to the admission control (each worker
+        has a loop of its own: its viewers fit its own send budget)."""
+        previous = self.stats.get("sends"), self.stats.get("at")
+        now, at = message.get("sends"), message.get("at")
+        if previous[0] is None or previous[1] is None or now is None or at is None:
+            return
+        pictures, sends, seconds = (b - a for a, b in zip(previous[0], now, strict=True))
+        if pictures > 0 and sends > 0 and at > previous[1]:
+            viewers = sends / pictures  # its viewers, on average over the interval
+            self.pool.cameras.load.report(f"worker {self.index}", seconds / sends, seconds / (at - previous[1]) / viewers)
+
+    def _add_wire_ages(self, wire_ages: dict[str, dict[str, tuple[list[int], float]]]) -> None:
+        """The worker's capture-to-wire histograms (totals since it started) added to the cameras'."""
+        for name, by_transport in wire_ages.items():
+            camera = self.pool.cameras.get(name)
+            if camera is None:
+                continue
+            for transport, (counts, total) in by_transport.items():
+                key = (name, "wire " + transport)
+                seen_counts, seen_total = self._wire_seen.get(key, ([0] * len(counts), 0.0))
+                histogram = camera.meters[Transport(transport)].wire_age
+                for i, count in enumerate(counts):
+                    histogram.counts[i] += count - seen_counts[i]
+                histogram.total += total - seen_total
+                self._wire_seen[key] = (counts, total)
 
     def _lost(self, reason: str) -> None:
         self.ready = False

@@ -25,6 +25,7 @@ from ..config import CameraConfig, Config
 from ..media.feeds import FrameSource, SourceError, Transport
 from ..media.jpeg import JpegEncoders
 from ..media.stream import CameraStream
+from ..outputs.webrtc.fanout import fanout_totals
 from ..outputs.webrtc.hooks import check_hooks
 from ..outputs.webrtc.ice import IceContext, restrict_host_addresses
 from ..outputs.webrtc.peer import OfferError, Peer
@@ -189,10 +190,17 @@ class Worker:
             self.send(self.stats())
 
     def stats(self) -> dict[str, Any]:
-        return {"t": "stats", "peers": len(self.peers),
+        """Totals since the worker started (the main process takes the differences): its meters,
+        each camera's capture-to-wire histogram, and what its fan-outs' sends cost."""
+        sends = fanout_totals()
+        return {"t": "stats", "peers": len(self.peers), "at": time.monotonic(),
                 "received": {name: feed.received for name, feed in self.feeds.items()},
                 "meters": {name: {str(t): (m.frames, m.bytes, m.negotiation_failures) for t, m in camera.meters.items()}
-                           for name, camera in self.cameras.items()}}
+                           for name, camera in self.cameras.items()},
+                "wire": {name: {str(t): (list(m.wire_age.counts), m.wire_age.total) for t, m in camera.meters.items()
+                                if m.wire_age.count}
+                         for name, camera in self.cameras.items()},
+                "sends": (sends.pictures, sends.sends, sends.seconds)}
 
 
 async def run(fd: int) -> None:

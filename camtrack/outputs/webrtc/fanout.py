@@ -53,6 +53,8 @@ class FanoutStats:
     #: pictures sent, and viewer-pictures (one picture to one viewer)
     pictures: int = 0
     sends: int = 0
+    #: CPU seconds the passes took (the loop thread's)
+    seconds: float = 0.0
     #: viewers handed back to their own loops, by why
     handed_back: dict[str, int] = field(default_factory=dict)
 
@@ -155,7 +157,9 @@ class RtpFanout:
         self.stats.pictures += 1
         self.stats.sends += len(sent)
         if sent:
-            each = (time.thread_time() - began) / len(sent)
+            took = time.thread_time() - began
+            self.stats.seconds += took
+            each = took / len(sent)
             for member, handed in sent:
                 if member.on_sent is not None:
                     member.on_sent(encoded.captured, each, handed)
@@ -191,6 +195,17 @@ def _packer(feed: PacketFeed, codec: RTCRtpCodecParameters) -> Encoder:
 
 #: one fan-out per feed and codec (MIME type)
 _FANOUTS: weakref.WeakKeyDictionary[PacketFeed, dict[str, RtpFanout]] = weakref.WeakKeyDictionary()
+
+
+def fanout_totals() -> FanoutStats:
+    """What every fan-out of this process did, summed (pictures, sends, CPU seconds)."""
+    total = FanoutStats()
+    for fanouts in list(_FANOUTS.values()):
+        for fanout in fanouts.values():
+            total.pictures += fanout.stats.pictures
+            total.sends += fanout.stats.sends
+            total.seconds += fanout.stats.seconds
+    return total
 
 
 def fanout_for(feed: PacketFeed, mime: str) -> RtpFanout:
