@@ -428,7 +428,7 @@ class Config(CameraSettings):
         "refuse new viewers while pictures reach the first viewer's socket later than this after capture "
         "(median over 2 s; default: {default}; 0: off)", metavar="SECONDS", check=between(0, 10, "between 0 and 10")))
     #: admission control: under a CPU quota, viewers may bring the process to this share of it
-    max_cpu: float = field(default=0.7, metadata=option(
+    max_cpu: float = field(default=0.8, metadata=option(
         "under a CPU quota (a container's, systemd's CPUQuota), refuse new viewers beyond those that "
         "keep the server under this share of it, projected from its measured use and cost per viewer "
         "(default: {default}; 0: off)", metavar="SHARE", check=between(0, 1, "between 0 and 1")))

@@ -80,6 +80,11 @@ async def test_capacity_under_a_cpu_quota(monkeypatch) -> None:
     turn = await monitor.handshake_turn()
     assert turn is not None and monitor._turns is not None and monitor._turns._value == 0  # one at once
     turn()
+    # and no faster than the CPU left pays for them: 15 ms each out of 0.05 cores of room
+    began = time.monotonic()
+    turn = await monitor.handshake_turn()
+    assert turn is not None and 0.2 < time.monotonic() - began < 0.6
+    turn()
     monkeypatch.setattr(load, "cgroup_quota", lambda: None)
     monitor._quota = None
     assert monitor.cpu_capacity() is None  # no quota: the loop's lag and the send budget tell

@@ -36,6 +36,14 @@ HANDSHAKES_AT_ONCE = 8
 #: ... and under a CPU quota, this many per core of it (at least one): a DTLS handshake costs tens
 #: of ms of CPU, and under a quarter of a core a few at once starve the encoder and the viewers
 HANDSHAKES_PER_QUOTA_CORE = 4
+#: CPU seconds the server spends on one viewer's handshake (offer, answer, ICE, DTLS, SRTP: 12 ms
+#: measured on the 2-core test machine); under a quota, handshakes start no faster than the CPU
+#: left under `max_cpu` of it pays for them (a crowd's handshakes bunched together throttle the
+#: process, and every viewer's pictures come late for it) ...
+HANDSHAKE_CPU = 0.015
+#: ... counting at least this much room (cores), and waiting at most this long between two
+MIN_HANDSHAKE_ROOM = 0.005
+MAX_HANDSHAKE_INTERVAL = 2.0
 #: what a viewer costs the process per picture, as a multiple of its sends' timed work (its RTCP,
 #: ICE consent checks and share of the loop's wake-ups besides), for the CPU-quota capacity
 VIEWER_CPU_FACTOR = 2.0
@@ -106,7 +114,7 @@ class Limits:
     #: under a CPU quota (a container's, systemd's CPUQuota), the viewers that fit are those that
     #: keep the process's CPU use under this share of it, projected from what it uses now and
     #: what one more viewer costs (0: not checked)
-    max_cpu: float = 0.7
+    max_cpu: float = 0.8
 
 
 class LoadMonitor:
@@ -148,6 +156,10 @@ class LoadMonitor:
         self._limit: tuple[int, float] | None = None
         self._overloaded_checks = 0
         self._turns: asyncio.Semaphore | None = None
+        #: loop time before which no handshake starts (paced under a CPU quota)
+        self._next_handshake = 0.0
+        #: (when, 1) for each handshake started lately
+        self._handshakes: deque[tuple[float, float]] = deque()
         self.handshaking = 0
 
     # --- measuring ---------------------------------------------------------------------------
@@ -301,6 +313,9 @@ class LoadMonitor:
         if not self.limits.max_cpu or quota is None or measured is None or not each:
             return None
         used, served = measured
+        # the handshakes of the window are not what its viewers cost from now on: take them out
+        self._trim(self._handshakes, time.monotonic())
+        used = max(0.0, used - len(self._handshakes) * HANDSHAKE_CPU / WINDOW)
         room = self.limits.max_cpu * quota - used
         return max(0, int(served + room / each))
 
@@ -363,6 +378,15 @@ class LoadMonitor:
         self.refused += 1
         self.refusals[kind] = self.refusals.get(kind, 0) + 1
 
+    def _handshake_interval(self) -> float:
+        """Seconds between handshake starts under a CPU quota: HANDSHAKE_CPU over the CPU left
+        under `max_cpu` of it (0 without a quota, or before the CPU used is known)."""
+        quota, used = self.quota, self.cpu_used
+        if quota is None or used is None or not self.limits.max_cpu:
+            return 0.0
+        room = max(MIN_HANDSHAKE_ROOM, self.limits.max_cpu * quota - used)
+        return min(MAX_HANDSHAKE_INTERVAL, HANDSHAKE_CPU / room)
+
     async def handshake_turn(self) -> Callable[[], None] | None:
         """Wait (at most HANDSHAKE_WAIT) for a turn to negotiate; the function returned gives it
         back (call it once the peer connected or ended; it is given back after HANDSHAKE_HOLD
@@ -373,12 +397,24 @@ class LoadMonitor:
                                                                         int(HANDSHAKES_PER_QUOTA_CORE * quota)))
             self._turns = asyncio.Semaphore(at_once)
         turns = self._turns
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDSHAKE_WAIT
         try:
             await asyncio.wait_for(turns.acquire(), HANDSHAKE_WAIT)
         except TimeoutError:
             self.refuse("turn")
             return None
+        # under a quota, handshakes also start no faster than the CPU left over pays for them
+        start = max(loop.time(), self._next_handshake)
+        if start > deadline:
+            turns.release()
+            self.refuse("turn")
+            return None
+        self._next_handshake = start + self._handshake_interval()
+        if start > loop.time():
+            await asyncio.sleep(start - loop.time())
         self.handshaking += 1
+        self._handshakes.append((time.monotonic(), 1.0))
         done = False
 
         def give_back() -> None:
