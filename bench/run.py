@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--join-rate", type=float, default=0.0, metavar="PER_SECOND",
                         help="--scale: ladder viewers join this many a second (default: all at once)")
     parser.add_argument("--crowd-watchers", type=int, default=16,
-                        help="--scale: viewers that try to join one by one before the crowd")
+                        help="--scale: probe viewers that join one by one to find the capped server's capacity C")
     args = parser.parse_args()
     if args.browser:
         from . import browser

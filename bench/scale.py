@@ -13,9 +13,10 @@ least-squares slope of server CPU over N. `/metrics` gives each row's capture-to
 event-loop lag p50 (bucket bounds).
 
 The crowd (root only, cgroup v1 `cpu.cfs_quota_us`): the server is capped to a share of one core;
-viewers join one after another until the server refuses one (its capacity C, as it measures it);
-then 2*C newcomers join at the same instant. Reported: the watchers' fps and latency during the
-crowd, and for each newcomer whether it played or was refused, how fast, and whether any hung.
+probe viewers join one after another until the server refuses them (its capacity C, as it
+measures it), then leave; C/2 watchers join, then 2*C newcomers at the same instant. Reported: the
+watchers' fps and latency during the crowd, and for each newcomer whether it played or was
+refused, how fast, and whether any hung.
 """
 
 from __future__ import annotations
@@ -251,29 +252,43 @@ def slope(rows: list[ScaleRow]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
+def admitted(server: Server) -> int:
+    """Viewers the server counts now (over /ws)."""
+    for line in server.metrics().splitlines():
+        if line.startswith('camtrack_viewers{camera="default",transport="websocket"}'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
 def crowd(placement: Placement, quota: float, max_watchers: int, duration: float) -> dict[str, object]:
-    """The crowd scenario against a server capped to `quota` % of one core."""
+    """The crowd scenario against a server capped to `quota` % of one core: its capacity C is
+    probed first (viewers join one after another until it refuses them, then leave); then C/2
+    watchers join, and 2*C newcomers at the same instant: some fit, the rest must be refused."""
     server = Server(ROOT, placement, quota)
     processes: list[subprocess.Popen[str]] = []
     try:
-        # watchers join one after another until the server refuses them: what it can take
+        # the probe: viewers join 0.5 s apart until the server refuses them, and leave
         stagger = 0.5
         join = time.time() + 2
         probe = join + stagger * max_watchers + 3
-        crowd_at = probe + 4  # the crowd's client processes need a few seconds to start
-        watchers = clients(server.url, placement, max_watchers, DECODING, crowd_at - 1, duration,
-                           join_at=join, stagger=stagger)
-        processes += watchers
+        probers = clients(server.url, placement, max_watchers, 0, probe + 1, 0.5, join_at=join, stagger=stagger)
+        processes += probers
         time.sleep(max(0.0, probe - time.time()))
-        admitted = 0
-        for line in server.metrics().splitlines():
-            if line.startswith('camtrack_viewers{camera="default",transport="websocket"}'):
-                admitted = int(float(line.rsplit(" ", 1)[1]))
-        capacity = max(1, admitted)
+        capacity = max(1, admitted(server))
         probe_refusals = refusals(server.metrics())
-        # then a crowd of twice that at the same instant; the watchers are measured meanwhile
+        results_of(probers)
+        deadline = time.monotonic() + 20
+        while admitted(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(4)  # (the server's load window forgets them)
+        # then half the capacity watches, and a crowd of twice the capacity joins at once
+        count = max(1, capacity // 2)
+        join = time.time() + 2
+        crowd_at = join + stagger * count + 4
+        watchers = clients(server.url, placement, count, min(DECODING, count), crowd_at - 1, duration,
+                           join_at=join, stagger=stagger)
         crowders = clients(server.url, placement, 2 * capacity, 0, crowd_at - 1, duration, join_at=crowd_at)
-        processes += crowders
+        processes += watchers + crowders
         watcher_results, _ = results_of(watchers)
         crowd_results, _ = results_of(crowders)
         metrics = server.metrics()
@@ -289,14 +304,15 @@ def crowd(placement: Placement, quota: float, max_watchers: int, duration: float
              if "first_frame_since_join" not in v and "server full" not in v.get("error", "")]
     latency = [ms for v in watching for ms in v["latency"]]
     fps = [v["frames"] / duration for v in watching]
-    return {"quota_percent": quota, "watchers_tried": max_watchers, "capacity": capacity,
+    return {"quota_percent": quota, "probe_viewers": max_watchers, "capacity": capacity,
+            "server_refusals_while_probing": probe_refusals, "watchers": count,
             "watchers_fps_min": min(fps, default=0.0), "watchers_fps_mean": statistics.mean(fps) if fps else 0.0,
             "watchers_latency_p50": percentile(latency, 0.5), "watchers_latency_p95": percentile(latency, 0.95),
             "crowd": 2 * capacity, "played": len(played), "refused": len(refused), "hung_or_failed": other,
             "slowest_play_s": max(played, default=None), "slowest_refusal_s": max(refused, default=None),
             "outcomes_later_than_5s": sum(1 for t in played + refused if t > OUTCOME_LIMIT),
             "wire_p50": histogram_p50(metrics, "camtrack_capture_to_wire_seconds", 'transport="websocket"'),
-            "server_refusals_while_probing": probe_refusals, "server_refusals_in_all": refusals(metrics)}
+            "server_refusals_in_all": refusals(metrics)}
 
 
 def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path], quota: float | None,
