@@ -175,6 +175,8 @@ class ScaleRow:
     refusals: str = ""
     #: light viewers: the longest wait between two pictures any of them had (ms)
     gap_max: float | None = None
+    #: with workers: each process's CPU % ("main 12 / 20, 21": the main process, then each worker)
+    per_process: str = ""
 
     def cells(self) -> list[str]:
         def ms(value: float | None) -> str:
@@ -186,12 +188,13 @@ class ScaleRow:
         return [self.server, str(self.viewers), f"{self.server_cpu:.1f}", f"{self.client_cpu:.0f}",
                 f"{self.fps_min:.1f}", f"{self.fps_mean:.1f}", ms(self.p50), ms(self.p95),
                 bound(self.wire_p50), bound(self.lag_p50), f"{self.rss:.0f}",
-                f"{self.errors} ({self.refusals})" if self.refusals else str(self.errors), ms(self.gap_max)]
+                f"{self.errors} ({self.refusals})" if self.refusals else str(self.errors), ms(self.gap_max),
+                self.per_process or "-"]
 
 
 SCALE_HEADER = ["server", "N", "server CPU %", "clients CPU %", "fps min", "fps mean", "latency p50 ms",
                 "latency p95 ms", "capture-to-wire p50 ms", "loop lag p50 ms", "server RSS MB", "errors",
-                "longest gap ms"]
+                "longest gap ms", "CPU % per process (main / workers)"]
 
 
 def ladder_row(name: str, root: Path, placement: Placement, viewers: int, duration: float,
@@ -211,9 +214,12 @@ def ladder_row(name: str, root: Path, placement: Placement, viewers: int, durati
                             join_at=join_at if join_rate else None, stagger=1 / join_rate if join_rate else 0.0,
                             light=light)
         time.sleep(max(0.0, start_at - time.time()))
-        cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.monotonic()
+        before, t0 = [cpu_seconds(p) for p in pids], time.monotonic()
         time.sleep(duration)
-        cpu1, t1 = sum(cpu_seconds(p) for p in pids), time.monotonic()
+        after, t1 = [cpu_seconds(p) for p in pids], time.monotonic()
+        cpu0, cpu1 = sum(before), sum(after)
+        each = [100 * (b - a) / (t1 - t0) for a, b in zip(before, after, strict=True)]
+        per_process = (f"main {each[0]:.0f} / " + ", ".join(f"{e:.0f}" for e in each[1:])) if len(each) > 1 else ""
         metrics, rss = server.metrics(), sum(rss_mb(p) for p in pids)
         per_viewer, client_cpu = results_of(processes)
     finally:
@@ -228,7 +234,8 @@ def ladder_row(name: str, root: Path, placement: Placement, viewers: int, durati
                     min(fps), statistics.mean(fps), percentile(latency, 0.5), percentile(latency, 0.95),
                     histogram_p50(metrics, "camtrack_capture_to_wire_seconds", 'transport="websocket"'),
                     histogram_p50(metrics, "camtrack_event_loop_lag_seconds"), rss,
-                    sum(1 for v in per_viewer if "error" in v), refusals(metrics), max(gaps, default=None))
+                    sum(1 for v in per_viewer if "error" in v), refusals(metrics), max(gaps, default=None),
+                    per_process)
 
 
 def refusals(metrics: str) -> str:

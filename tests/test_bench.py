@@ -25,3 +25,20 @@ def test_bench_quick_row():
     assert cells[:5] == ["shared", "vp8", "640x480", "1", "2"]
     assert float(cells[10]) > 0, "no frames received"
     assert cells[-1] == "0", "a viewer failed"
+
+
+@pytest.mark.timeout(180)
+def test_bench_scale_row_with_light_viewers():
+    """The scale mode's ladder with light viewers (pictures counted off the wire by the marker bit)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--scale", "--viewers", "4", "--light", "--join-rate", "10",
+         "--duration", "2", "--crowd-quota", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| this")]
+    assert len(rows) == 1, result.stdout
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1] == "4" and float(cells[4]) > 20, "the light viewers counted too few pictures"
+    assert cells[11] == "0", "a viewer failed"
+    assert cells[12] != "-", "no gap between pictures measured"

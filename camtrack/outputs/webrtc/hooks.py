@@ -583,10 +583,12 @@ def fast_protect(session: Any) -> Callable[[bytes], bytes]:
         length[0] = size
         buffer[0:size] = data
         status = srtp_protect(srtp, cdata, length)
-        if status or session is None:  # (the closure keeps the session, whose memory this uses, alive)
+        if status:
             raise Error(f"srtp_protect failed with status {status}")
         return buffer[0:length[0]]  # type: ignore[no-any-return]
 
+    # the session owns the libsrtp context and buffer used above: it lives as long as this does
+    protect.session = session  # type: ignore[attr-defined]
     return protect
 
 
