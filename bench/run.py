@@ -243,6 +243,9 @@ def main() -> None:
                              "receiver (no SRTP, no jitter buffer): hundreds fit beside the server")
     parser.add_argument("--join-rate", type=float, default=0.0, metavar="PER_SECOND",
                         help="--scale: ladder viewers join this many a second (default: all at once)")
+    parser.add_argument("--worker-quota", type=float, default=None, metavar="PERCENT",
+                        help="--scale with --workers: cap each worker process to this %% of one core (cgroup, "
+                             "root): a core of its own, played on a machine without cores to spare")
     parser.add_argument("--crowd-watchers", type=int, default=16,
                         help="--scale: probe viewers that join one by one to find the capped server's capacity C")
     args = parser.parse_args()
@@ -260,7 +263,7 @@ def main() -> None:
             roots = {"before": Path(args.compare).resolve(), "this": ROOT}
         scale.main([int(n) for n in (args.viewers or "1,15,30,45").split(",")], args.repeat,
                    args.duration or 10.0, roots, args.crowd_quota or None, args.crowd_watchers,
-                   tuple(int(n) for n in args.workers.split(",")), args.light, args.join_rate)
+                   tuple(int(n) for n in args.workers.split(",")), args.light, args.join_rate, args.worker_quota)
         return
 
     duration = args.duration or (4.0 if args.quick else 10.0)

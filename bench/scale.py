@@ -72,13 +72,10 @@ class Server:
                 "--max-pending", "1000", *(extra or [])]
         self.process = subprocess.Popen(placement.wrap(placement.server, argv), cwd=root,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.cgroup: Path | None = None
+        #: the CPU cgroups made for it (the server's, or each worker's), removed at stop
+        self.cgroups: list[Path] = []
         if quota_percent is not None:
-            self.cgroup = CGROUP_CPU / f"camtrack-bench-{self.process.pid}"
-            self.cgroup.mkdir()
-            (self.cgroup / "cpu.cfs_period_us").write_text("100000")
-            (self.cgroup / "cpu.cfs_quota_us").write_text(str(int(quota_percent * 1000)))
-            (self.cgroup / "cgroup.procs").write_text(str(self.process.pid))
+            self.cap(self.process.pid, quota_percent)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -93,6 +90,16 @@ class Server:
     def metrics(self) -> str:
         return urllib.request.urlopen(self.url + "/metrics", timeout=5).read().decode()
 
+    def cap(self, pid: int, quota_percent: float) -> None:
+        """Put process `pid` (and the children it starts from now on) in a CPU cgroup of its own
+        with a quota of `quota_percent` % of one core."""
+        cgroup = CGROUP_CPU / f"camtrack-bench-{pid}"
+        cgroup.mkdir()
+        self.cgroups.append(cgroup)
+        (cgroup / "cpu.cfs_period_us").write_text("100000")
+        (cgroup / "cpu.cfs_quota_us").write_text(str(int(quota_percent * 1000)))
+        (cgroup / "cgroup.procs").write_text(str(pid))
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -100,10 +107,10 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        if self.cgroup is not None:
+        for cgroup in self.cgroups:
             for _ in range(50):
                 try:
-                    self.cgroup.rmdir()
+                    cgroup.rmdir()
                     break
                 except OSError:
                     time.sleep(0.1)
@@ -198,15 +205,20 @@ SCALE_HEADER = ["server", "N", "server CPU %", "clients CPU %", "fps min", "fps 
 
 
 def ladder_row(name: str, root: Path, placement: Placement, viewers: int, duration: float,
-               workers: int = 1, light: bool = False, join_rate: float = 0.0) -> ScaleRow:
+               workers: int = 1, light: bool = False, join_rate: float = 0.0,
+               worker_quota: float | None = None) -> ScaleRow:
     """One row; with `workers` > 1 the server's --workers, its CPU and RSS its workers' too; with
     `join_rate`, the viewers join that many a second instead of all at once (a ladder of hundreds
-    measures the server serving them, not the crowd: that is the crowd scenario's)."""
+    measures the server serving them, not the crowd: that is the crowd scenario's); with
+    `worker_quota`, each worker capped to that % of one core (a worker's "core")."""
     server = Server(root, placement, extra=["--workers", str(workers)] if workers != 1 else None)
     processes: list[subprocess.Popen[str]] = []
     try:
         # (the server answers /healthz once every worker is ready: they are its children by then)
         pids = [server.process.pid, *children(server.process.pid)]
+        if worker_quota is not None:
+            for pid in pids[1:]:
+                server.cap(pid, worker_quota)
         join_at = time.time() + 2
         joining = viewers / join_rate if join_rate else 0.08 * viewers
         start_at = join_at + 2 + joining
@@ -323,14 +335,16 @@ def crowd(placement: Placement, quota: float, max_watchers: int, duration: float
 
 
 def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path], quota: float | None,
-         max_watchers: int, workers: tuple[int, ...] = (1,), light: bool = False, join_rate: float = 0.0) -> None:
+         max_watchers: int, workers: tuple[int, ...] = (1,), light: bool = False, join_rate: float = 0.0,
+         worker_quota: float | None = None) -> None:
     placement = Placement.for_machine()
     where = (f"server on cores {placement.server}, clients on {placement.clients}" if placement.server
              else "no pinning (too few cores): server and clients share them")
     print(f"# camtrack scale benchmark: {os.cpu_count()} cores, {where}; "
           f"{duration:g} s windows, 640x480@30 H.264 1 Mbit/s, {DECODING} decoding viewers, the rest "
           f"{'counting pictures off the wire (--light)' if light else 'not decoding'}"
-          f"{f', joining {join_rate:g} a second' if join_rate else ''}",
+          f"{f', joining {join_rate:g} a second' if join_rate else ''}"
+          f"{f', each worker capped to {worker_quota:g} % of a core' if worker_quota else ''}",
           flush=True)
     rows: list[ScaleRow] = []
     names: dict[str, None] = {}
@@ -340,7 +354,7 @@ def main(viewers: list[int], repeat: int, duration: float, roots: dict[str, Path
                 label = name if len(workers) == 1 else f"{name} --workers {count}"
                 names[label] = None
                 for n in viewers:
-                    row = ladder_row(label, root, placement, n, duration, count, light, join_rate)
+                    row = ladder_row(label, root, placement, n, duration, count, light, join_rate, worker_quota)
                     rows.append(row)
                     print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
     print("| " + " | ".join(SCALE_HEADER) + " |")
