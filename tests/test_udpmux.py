@@ -331,6 +331,11 @@ async def test_a_batch_of_datagrams_arrives_as_sent_with_gso_and_without(loopbac
             assert send is not None and send(packets) == 0
             assert [receiver.recv(2048) for _ in packets] == packets
             assert mux.gso == gso  # (loopback takes GSO: it was not turned off)
+        # a destination the socket may not send to (broadcast, EACCES): those packets are lost,
+        # and GSO stays on for everyone else
+        mux.gso = True
+        send = mux.direct(("255.255.255.255", 9))
+        assert send is not None and send([b"x" * 100] * 3) == 3 and mux.gso
     finally:
         receiver.close()
         mux.close()

@@ -15,6 +15,7 @@ The hooks into aioice that make a peer use the mux are in hooks.py (`gather_on_m
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import secrets
@@ -45,6 +46,9 @@ UDP_SEGMENT = 103
 #: older kernels, a datagram's 64 KiB)
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
+#: what a kernel or device without UDP GSO answers a GSO send (any other error is about the
+#: destination, a route gone: it turns GSO off for no one)
+GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 #: Linux's socket options for buffers past those caps (not in Python's socket module)
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 #: seconds a --public-address name may take to resolve when a peer gathers its candidates
@@ -115,7 +119,7 @@ class DirectSend:
             except BlockingIOError:
                 dropped += end - start
             except OSError as exc:
-                if end - start > 1 and self.mux.gso:
+                if end - start > 1 and self.mux.gso and exc.errno in GSO_REFUSED:
                     logger.info("UDP GSO refused (%s): one send per packet from now on", exc)
                     self.mux.gso = False
                     continue  # the same run again, a packet at a time
