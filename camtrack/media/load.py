@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 #: upper bounds (seconds) of the capture-to-wire and event-loop lag histograms
 AGE_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024)
@@ -95,6 +96,9 @@ class Histogram:
         return float("inf")
 
 
+#: a timed sample: (when, ...)
+Sample = TypeVar("Sample", bound=tuple[float, ...])
+
 #: what `full()` says, by the kind of refusal it counts as
 _KINDS = {"lag": "event loop lags", "age": "pictures reach", "throttled": "CPU quota", "capacity": "capacity"}
 
@@ -158,8 +162,8 @@ class LoadMonitor:
         self._turns: asyncio.Semaphore | None = None
         #: loop time before which no handshake starts (paced under a CPU quota)
         self._next_handshake = 0.0
-        #: (when, 1) for each handshake started lately
-        self._handshakes: deque[tuple[float, float]] = deque()
+        #: (when,) for each handshake started lately
+        self._handshakes: deque[tuple[float]] = deque()
         self.handshaking = 0
 
     # --- measuring ---------------------------------------------------------------------------
@@ -233,7 +237,8 @@ class LoadMonitor:
         return list(self._reports.values())
 
     @staticmethod
-    def _trim(samples: deque[tuple[float, float]] | deque[tuple[float, float, int]], now: float) -> None:
+    def _trim(samples: deque[Sample], now: float) -> None:
+        """Drop the samples (each starting with its time) older than the window."""
         while samples and samples[0][0] < now - WINDOW:
             samples.popleft()
 
@@ -414,7 +419,7 @@ class LoadMonitor:
         if start > loop.time():
             await asyncio.sleep(start - loop.time())
         self.handshaking += 1
-        self._handshakes.append((time.monotonic(), 1.0))
+        self._handshakes.append((time.monotonic(),))
         done = False
 
         def give_back() -> None:
