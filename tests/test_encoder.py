@@ -11,7 +11,7 @@ import pytest
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
-from camtrack.media.encoder import EncoderSettings, SharedEncoder
+from camtrack.media.encoder import KEYFRAME_ANSWERS, EncoderSettings, SharedEncoder
 from camtrack.media.reader import PacketReader
 from camtrack.media.stream import CameraStream
 from camtrack.outputs.webrtc.tracks import EncodedTrack
@@ -190,6 +190,38 @@ async def test_viewers_joining_in_a_loop_cannot_force_a_keyframe_each():
         assert forced >= 3  # the budget serves some at once, not none
         # the last request was over the budget: it is served when the budget allows, not lost
         await eventually(lambda: not encoder._keyframe_wanted, timeout=5)
+    finally:
+        reader.stop()
+        await encoder.close()
+        await stream.close()
+
+
+async def test_a_keyframe_made_moments_ago_answers_a_request():
+    """A request (a PLI that crossed the keyframe in flight, a newcomer) just after a keyframe is
+    answered by it, not by a second keyframe a frame later; once it is older, a request forces one."""
+    stream = CameraStream("t", lambda: PatternSource(320, 240, 30), linger=0.1)
+    encoder = SharedEncoder(stream, EncoderSettings(codec="h264", width=320, height=240, keyframe_interval=30.0))
+    reader = EncodedTrack(encoder)
+    try:
+        await asyncio.wait_for(reader.recv(), 10)
+        await eventually(lambda: encoder.stats.keyframes >= 1 and not encoder._keyframe_wanted)
+        await asyncio.sleep(KEYFRAME_ANSWERS)  # the first keyframe's age, not a wait for readiness
+        # a request forces a fresh keyframe; ask again at once: the one just made answers
+        keyframes = encoder.stats.keyframes
+        encoder.request_keyframe()
+        await eventually(lambda: encoder.stats.keyframes > keyframes)
+        made = time.monotonic()
+        forced = encoder.stats.forced_keyframes
+        run = encoder.start_packets()
+        encoder.request_keyframe()
+        assert run and run[0].keyframe and not encoder._keyframe_wanted
+        await eventually(lambda: encoder.stats.frames >= run[-1].seq + 3)
+        if time.monotonic() - made < KEYFRAME_ANSWERS:  # (not checkable on a stalled machine)
+            assert encoder.stats.forced_keyframes == forced
+        # once it is older than KEYFRAME_ANSWERS, a request forces a new keyframe
+        await asyncio.sleep(KEYFRAME_ANSWERS)  # the keyframe's age, not a wait for readiness
+        assert encoder.start_packets() == []
+        await eventually(lambda: encoder.stats.forced_keyframes > forced)
     finally:
         reader.stop()
         await encoder.close()

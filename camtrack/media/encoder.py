@@ -27,6 +27,10 @@ TIME_BASE = VIDEO_TIME_BASE
 #: packets the encoder's ring holds: a viewer joining just after a forced keyframe starts from
 #: it at once, and a viewer up to this many packets behind catches up rather than resyncing
 JOIN_FRAMES = 8
+#: a keyframe made less than this long ago (and still in the ring) answers a keyframe request:
+#: a viewer's PLI that crossed it in flight, or a newcomer, starts from it instead of forcing
+#: another one frame later (libwebrtc's encoder feedback drops requests within 300 ms likewise)
+KEYFRAME_ANSWERS = 0.25
 #: the H.264 the shared encoder writes: constrained baseline (level 3.1), which every browser plays
 H264_PROFILE = "42e01f"
 
@@ -230,20 +234,28 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         return self._codec
 
     def request_keyframe(self) -> None:
-        """Make one of the next frames a keyframe (rate-limited; see EncoderSettings)."""
+        """Make one of the next frames a keyframe (rate-limited; see EncoderSettings), unless one
+        made moments ago answers the request (see KEYFRAME_ANSWERS)."""
         self.stats.keyframe_requests += 1
-        self._keyframe_wanted = True
+        if not self._recent_keyframe_run():
+            self._keyframe_wanted = True
 
     def start_packets(self) -> list[EncodedPacket]:
-        """Where a new viewer starts: the run from a keyframe forced moments ago, or nothing (and
+        """Where a new viewer starts: the run from a keyframe made moments ago, or nothing (and
         a keyframe is requested)."""
-        now = time.monotonic()
-        if now - self._last_forced < self.settings.keyframe_min_interval:
-            run = self._ring.since(lambda p: p.keyframe)
-            if run:
-                return run
-        self.request_keyframe()
-        return []
+        run = self._recent_keyframe_run()
+        if not run:
+            self.request_keyframe()
+        return run
+
+    def _recent_keyframe_run(self) -> list[EncodedPacket]:
+        """The newest keyframe and what followed, when it is under KEYFRAME_ANSWERS old and
+        still in the ring; else empty. Without this, a request arriving just after a periodic
+        keyframe forced a second one a frame later: a PLI flood timed against the periodic
+        clock could nearly double everyone's keyframe rate."""
+        if time.monotonic() - self._last_keyframe >= KEYFRAME_ANSWERS:
+            return []
+        return self._ring.since(lambda p: p.keyframe)
 
     async def next_packet(self, after: int = 0) -> Read[EncodedPacket]:
         """The packet after number `after` while held, else the newest (see Ring.next)."""
