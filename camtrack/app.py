@@ -120,7 +120,7 @@ def create_app(config: Config) -> web.Application:
         count = worker_count(config)
         if count > 1 and config.encoder == "shared":
             nonlocal pool
-            pool = WorkerPool(config, cameras, count, addresses)
+            pool = WorkerPool(config, cameras, count, addresses, ice.mux)
             await pool.start()
             ice.workers = pool
         for camera in cameras:

@@ -377,7 +377,7 @@ class Config(CameraSettings):
     #: workers existed; kept the default for now (see README, "More than one core")
     workers: int = field(default=1, metadata=option(
         "processes that serve WebRTC viewers: 1 (default): the main process; N > 1: N worker processes, "
-        "each with its own UDP port (--webrtc-port + 1 ... + N), fed each encoded frame once by the main "
+        "all on the one --webrtc-port, fed each encoded frame once by the main "
         "process, which keeps the cameras and encoders; 0: one per core", metavar="N",
         check=between(0, MAX_WORKERS, f"0 (one per core) or more, at most {MAX_WORKERS}")))
     public_addresses: list[str] = field(default_factory=list, metadata=option(
@@ -486,9 +486,6 @@ class Config(CameraSettings):
             raise ValueError("publishing to Janus sends the shared encoder's packets: use --encoder shared")
         if self.workers > 1 and self.encoder != "shared":
             raise ValueError("worker processes send the shared encoder's packets: --workers needs --encoder shared")
-        if self.webrtc_port and self.webrtc_port + self.workers > 65535:
-            raise ValueError(f"--workers {self.workers} take UDP ports up to --webrtc-port + {self.workers}, "
-                             f"past 65535: give a lower --webrtc-port")
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must differ: {', '.join(names)}")

@@ -33,17 +33,18 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def udp_inodes_of_this_process() -> set[int]:
-    """The inodes of every UDP socket this process holds (/proc/self/fd and /proc/net/udp[6])."""
+def udp_inodes_of_this_process(pid: int | str = "self") -> set[int]:
+    """The inodes of every UDP socket this process (or process `pid`) holds (/proc/PID/fd and
+    /proc/net/udp[6])."""
     udp: set[int] = set()
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         with open(table) as lines:
             next(lines)
             udp |= {int(line.split()[9]) for line in lines}
     mine = set()
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue  # closed meanwhile
         match = re.fullmatch(r"socket:\[(\d+)\]", target)

@@ -222,60 +222,74 @@ def test_sigterm_ends_the_workers_promptly():
             server.wait()
 
 
-def free_udp_ports(count: int) -> int:
-    """A base port P with P ... P+count-1 free for UDP on loopback (as far as can be told now)."""
-    import random
-    import socket
-
-    for _ in range(50):
-        base = random.randint(20000, 60000)
-        sockets = []
-        try:
-            for i in range(count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError("no free UDP ports")
-
-
-async def test_worker_i_takes_the_webrtc_port_plus_i(serve):
+async def test_workers_share_the_one_webrtc_port(serve):
+    """Two workers' viewers all reach the one --webrtc-port: the workers send from the main
+    process's socket, hold no UDP socket of their own, and are handed their peers' datagrams."""
     import re
 
-    base = free_udp_ports(3)
-    url, app = await serve(width=320, height=240, workers=2, webrtc_port=base, ice_addresses=["127.0.0.1"])
-    assert app[ICE].mux is not None and app[ICE].mux.port == base  # the main process's: the Janus publisher's
-    viewers = [Viewer(url) for _ in range(2)]
+    from .test_udpmux import free_udp_port, inode, udp_inodes_of_this_process
+
+    port = free_udp_port()
+    url, app = await serve(width=320, height=240, workers=2, webrtc_port=port, ice_addresses=["127.0.0.1"])
+    mux = app[ICE].mux
+    assert mux is not None and mux.port == port and mux.sock is not None
+    viewers = [Viewer(url) for _ in range(4)]
     try:
         for viewer in viewers:
             await viewer.connect()
-        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        await asyncio.gather(*(v.frames(10, timeout=60) for v in viewers))
         ports = {int(p) for v in viewers for p in re.findall(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ host", v.answer_sdp)}
-        assert ports == {base + 1, base + 2}
-        assert [w["port"] for w in pool_of(app).describe()] == [base + 1, base + 2]
+        assert ports == {port}
+        pool = pool_of(app)
+        assert [w["port"] for w in pool.describe()] == [port, port]
+        assert [w["peers"] for w in pool.describe()] == [2, 2]  # (the least loaded takes each)
+        # the main process holds each worker peer's ufrag and the address it proved, and hands over
+        # what arrives there; no peer of its own is on the socket
+        assert mux.foreign == 4 and mux.peers == 0 and mux.routes >= 4
+        assert mux.stats.forwarded > 0 and mux.stats.strangers == 0
+        # a forged check for a worker's peer (its ufrag, the wrong password) from a new address is
+        # handed over, and the worker, which alone knows the password, does not let it add a route
+        import socket as sockets
+
+        from aioice import stun
+
+        ufrag = re.search(r"a=ice-ufrag:(\S+)", viewers[0].answer_sdp)[1]
+        routes, forwarded = mux.routes, mux.stats.forwarded
+        forged = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+        forged.attributes["USERNAME"] = f"{ufrag}:someone"
+        forged.add_message_integrity(b"not the password")
+        forged.add_fingerprint()
+        worker = next(w for w in pool.workers if ufrag in w.ufrags)
+        stray = worker.stats.get("mux", {}).get("stray_stun", 0)
+        with sockets.socket(sockets.AF_INET, sockets.SOCK_DGRAM) as attacker:
+            attacker.bind(("127.0.0.1", 0))
+            attacker.sendto(bytes(forged), ("127.0.0.1", port))
+            await eventually(lambda: mux.stats.forwarded > forwarded)
+            # its mux saw it (it reports once a second)
+            await eventually(lambda: worker.stats.get("mux", {}).get("stray_stun", 0) > stray, timeout=10)
+            attacker.sendto(b"\x17junk", ("127.0.0.1", port))  # and from that address, nothing is routed
+            await eventually(lambda: mux.stats.strangers == 1)
+        assert mux.routes == routes
+        await asyncio.gather(*(v.frames(10, timeout=30) for v in viewers))
+        # the workers hold the one socket and no other UDP socket
+        shared = inode(mux.sock)
+        for worker in pool.workers:
+            assert worker.pid is not None
+            assert udp_inodes_of_this_process(worker.pid) == {shared}
+        # a worker that dies gives its peers' ufrags and routes back; the other's viewers play on
+        dead = pool.workers[0]
+        dead_ufrags = set(dead.ufrags)
+        assert len(dead_ufrags) == 2
+        os.kill(dead.pid, signal.SIGKILL)
+        await eventually(lambda: mux.foreign == 2 and not dead_ufrags & set(mux._foreign), timeout=20)
+        survivors = [v for v in viewers if re.search(r"a=ice-ufrag:(\S+)", v.answer_sdp)[1] not in dead_ufrags]
+        assert len(survivors) == 2
+        await asyncio.gather(*(v.frames(10, timeout=30) for v in survivors))
+        # hanging up gives the ufrags back
+        await asyncio.gather(*(v.close() for v in survivors))
+        await eventually(lambda: mux.foreign == 0 and mux.routes == 0, timeout=20)
     finally:
-        await asyncio.gather(*(v.close() for v in viewers))
-
-
-def test_a_worker_port_taken_is_one_line_and_status_1():
-    import socket
-
-    base = free_udp_ports(3)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("0.0.0.0", base + 2))
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(free_port()),
-             "--source", "pattern", "--webrtc-port", str(base), "--workers", "2", "--log-level", "error"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1, done.stderr
-    lines = done.stderr.splitlines()
-    assert lines == [f"camtrack: error: worker 2 did not start: cannot bind the WebRTC UDP port {base + 2} "
-                     f"(--webrtc-port + 2): Address already in use"], done.stderr
+        await asyncio.gather(*(v.close(bye=False) for v in viewers))
 
 
 async def test_a_passed_through_camera_on_workers(serve, tmp_path):

@@ -8,6 +8,10 @@ MAX_LAG packets behind), so nothing queues without bound. The worker sends back 
 (so admission, --max-viewers, /metrics, /healthz and shutdown see every viewer here), their
 keyframe requests, and its counters. A worker that dies ends only its own viewers (their pages
 reconnect) and is started again.
+
+The workers share the main process's WebRTC port: each sends from a copy of its socket, and this
+process, which alone reads it, hands each worker the datagrams for the peers it claimed (their
+ICE ufrags) and at the addresses those peers proved (see UdpMux.claim and route_foreign).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..media.packet import CodecInfo, EncodedPacket
 from ..media.passthrough import RING_PACKETS, PassthroughFeed
 from ..outputs.webrtc.ice import IceContext
 from ..outputs.webrtc.peer import CLOSE_TIMEOUT, OfferError, Peer, negotiation_turn
+from ..outputs.webrtc.udpmux import Address, UdpMux
 from . import wire
 
 logger = logging.getLogger(__name__)
@@ -52,6 +57,9 @@ WATCHDOG = 10.0
 STOP_GRACE = 1.5
 #: a worker more than this many packets behind a camera is skipped to the newest (its tracks resync)
 MAX_LAG = JOIN_FRAMES
+#: bytes waiting for a worker in this process beyond which a datagram for its peers is dropped
+#: rather than queued (UDP: their RTCP and STUN are resent or not needed; memory stays bounded)
+DATAGRAM_BACKLOG = 256 * 1024
 #: packets a worker's ring of a shared encoder's feed holds: more than the encoder's own, because a
 #: worker gets them in bursts when it was not scheduled for a while (the machine busy), and a burst
 #: longer than its ring would make every one of its viewers resync and wait for a keyframe
@@ -287,11 +295,14 @@ class Pump:
 class WorkerProcess:
     """One worker process, started again when it dies, and what the main process knows of it."""
 
-    def __init__(self, pool: WorkerPool, index: int, port: int) -> None:
+    def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
         self.index = index
-        #: the UDP port asked for (0: a random port per peer)
-        self.port = port
+        #: the shared UDP port its peers use, the main process's (0: a random port per peer)
+        self.port = pool.mux.port if pool.mux is not None else 0
+        #: its peers' ufrags on the shared port, and datagrams for them dropped (it read too slowly)
+        self.ufrags: set[str] = set()
+        self.datagrams_dropped = 0
         self.pid: int | None = None
         self.ready = False
         self.starts = 0
@@ -321,8 +332,8 @@ class WorkerProcess:
         return {"index": self.index, "pid": self.pid, "ready": self.ready, "port": self.port, "starts": self.starts,
                 "peers": len(self.peers), "cameras": sorted(self.pumps),
                 "sent": dict(self.sent), "skipped": dict(self.skipped), "buffered": self.buffered,
-                "keyframe_requests": self.keyframe_requests,
-                "received": self.stats.get("received", {})}
+                "keyframe_requests": self.keyframe_requests, "datagrams_dropped": self.datagrams_dropped,
+                "received": self.stats.get("received", {}), "mux": self.stats.get("mux", {})}
 
     # -- the socket
 
@@ -338,6 +349,13 @@ class WorkerProcess:
     def write(self, frame: bytes) -> None:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(frame)
+
+    def forward(self, data: bytes, remote: Address) -> None:
+        """A datagram that arrived on the shared port for one of its peers."""
+        if self.buffered > DATAGRAM_BACKLOG:
+            self.datagrams_dropped += 1
+            return
+        self.write(wire.datagram(remote, data))
 
     async def drain(self) -> None:
         if self._writer is None:
@@ -376,16 +394,20 @@ class WorkerProcess:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+        mux = self.pool.mux
+        # the shared UDP socket goes to the worker too: its peers send from the one port
+        mux_fd = mux.sock.fileno() if mux is not None and mux.sock is not None else None
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "camtrack.workers.process", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),) + ((mux_fd,) if mux_fd is not None else ()),
+                env=env, stdin=asyncio.subprocess.DEVNULL)
         finally:
             theirs.close()
         self.starts += 1
         self.pid = self._process.pid
         self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
-        self.send({"t": "init", "config": self.pool.config, "index": self.index, "port": self.port,
+        self.send({"t": "init", "config": self.pool.config, "index": self.index, "mux_fd": mux_fd,
                    "addresses": self.pool.addresses,
                    # (what this process logs, the worker logs: the libraries' levels too)
                    "log_levels": {name: logging.getLogger(name).getEffectiveLevel() for name in LOGGERS}})
@@ -446,7 +468,22 @@ class WorkerProcess:
 
     def _message(self, message: dict[str, Any]) -> None:
         kind = message["t"]
-        if kind == "keyframe":
+        mux = self.pool.mux
+        if kind == "route":
+            if mux is not None and message["ufrag"] in self.ufrags:
+                host, port = message["remote"]
+                mux.route_foreign(message["ufrag"], (str(host), int(port)))
+        elif kind == "ufrag":
+            if mux is not None:
+                if mux.claim(message["ufrag"], self.forward):
+                    self.ufrags.add(message["ufrag"])
+                else:
+                    logger.warning("worker %d: ICE ufrag %r is another peer's already", self.index, message["ufrag"])
+        elif kind == "unufrag":
+            if mux is not None and message["ufrag"] in self.ufrags:
+                self.ufrags.discard(message["ufrag"])
+                mux.release(message["ufrag"])
+        elif kind == "keyframe":
             self.keyframe_requests += 1
             camera = self.pool.cameras.get(message["camera"])
             if camera is not None and camera.feed is not None:
@@ -504,6 +541,10 @@ class WorkerProcess:
 
     def _lost(self, reason: str) -> None:
         self.ready = False
+        if self.pool.mux is not None:
+            for ufrag in self.ufrags:
+                self.pool.mux.release(ufrag)
+        self.ufrags.clear()
         for pump in list(self.pumps.values()):
             pump.stop(tell=False)
         peers = list(self.peers.values()) + list(self.closing.values())
@@ -539,16 +580,18 @@ class WorkerProcess:
 class WorkerPool:
     """The worker processes of a server, and the choice of one for each new viewer."""
 
-    def __init__(self, config: Config, cameras: Cameras, count: int, addresses: list[str]) -> None:
+    def __init__(self, config: Config, cameras: Cameras, count: int, addresses: list[str],
+                 mux: UdpMux | None = None) -> None:
         self.config = config
         self.cameras = cameras
         #: the --ice-address addresses, resolved: what every worker offers
         self.addresses = addresses
+        #: the shared WebRTC port's socket, which the workers send from too (None: --webrtc-port 0)
+        self.mux = mux
         self.stopping = False
         #: each camera's newest packet as a frame: made once, written to every worker that wants it
         self._frames: dict[str, tuple[EncodedPacket, bytes]] = {}
-        base = config.webrtc_port
-        self.workers = [WorkerProcess(self, i + 1, base + i + 1 if base else 0) for i in range(count)]
+        self.workers = [WorkerProcess(self, i + 1) for i in range(count)]
 
     async def start(self) -> None:
         """Start every worker (at once); WorkerFailed, with all of them stopped, if one cannot start."""

@@ -2,13 +2,16 @@
 (camtrack.workers.pool) with its end of a socket pair as FD.
 
 It makes the peers of the viewers it is given (the same `Peer` as in the main process), with tracks
-that read each camera's packets as the main process relays them (`RelayedFeed`), on a UDP port of
-its own. It exits when the main process says so, or goes away (its socket closes).
+that read each camera's packets as the main process relays them (`RelayedFeed`). With a shared
+WebRTC port it sends from a copy of the main process's socket, and the main process hands it the
+datagrams for its peers (see UdpMux.adopt); with `--webrtc-port 0`, a random port per peer. It
+exits when the main process says so, or goes away (its socket closes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -78,6 +81,10 @@ class Worker:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     logger.info("the main process is gone: exiting")
                     return
+                if isinstance(message, wire.WireDatagram):
+                    if self.ice.mux is not None:
+                        self.ice.mux.datagram_received(message.data, message.addr)
+                    continue
                 if isinstance(message, wire.WirePacket):
                     feed = self.feeds.get(message.camera)
                     if feed is not None:
@@ -200,7 +207,9 @@ class Worker:
                 "wire": {name: {str(t): (list(m.wire_age.counts), m.wire_age.total) for t, m in camera.meters.items()
                                 if m.wire_age.count}
                          for name, camera in self.cameras.items()},
-                "sends": (sends.pictures, sends.sends, sends.seconds)}
+                "sends": (sends.pictures, sends.sends, sends.seconds),
+                # what its mux made of the datagrams handed over (routed, stray STUN)
+                "mux": dataclasses.asdict(self.ice.mux.stats) if self.ice.mux is not None else {}}
 
 
 async def run(fd: int) -> None:
@@ -221,16 +230,19 @@ async def run(fd: int) -> None:
     if addresses:
         undo.append(restrict_host_addresses(addresses))
     ice = IceContext(config.ice_servers, config.turn_secret)
-    port: int = init["port"]
-    if port:
-        mux = UdpMux(port, config.public_addresses, addresses[0] if len(addresses) == 1 else None)
-        try:
-            await mux.open()
-        except OSError as exc:
-            writer.write(wire.control({"t": "failed", "error": f"cannot bind the WebRTC UDP port {port} "
-                                                               f"(--webrtc-port + {index}): {exc.strerror or exc}"}))
-            await writer.drain()
-            return
+    mux_fd: int | None = init["mux_fd"]
+    if mux_fd is not None:
+        # the main process's shared socket: sent on from here, read there (see UdpMux.adopt)
+        shared = socket.socket(fileno=mux_fd)
+        mux = UdpMux(shared.getsockname()[1], config.public_addresses, addresses[0] if len(addresses) == 1 else None)
+        mux.adopt(shared)
+
+        def tell(message: dict[str, Any]) -> None:
+            if not writer.is_closing():
+                writer.write(wire.control(message))
+
+        mux.on_ufrag = lambda ufrag, taken: tell({"t": "ufrag" if taken else "unufrag", "ufrag": ufrag})
+        mux.on_route = lambda ufrag, remote: tell({"t": "route", "ufrag": ufrag, "remote": remote})
         ice.mux = mux
     writer.write(wire.control({"t": "ready", "pid": os.getpid(), "port": ice.mux.port if ice.mux else 0}))
     worker = Worker(writer, config, ice)

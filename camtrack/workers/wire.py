@@ -3,7 +3,9 @@
 Every message is a frame: a 4-byte big-endian length, one byte of kind, then the body. A control
 message (kind `C`) is a pickled dict with a "t" (its type): the two ends are the same program,
 started by each other, on a socket nobody else holds. A packet (kind `P`) is one encoded picture
-of a camera, its bytes as they are, so the worker never unpickles the media.
+of a camera, its bytes as they are, so the worker never unpickles the media. A datagram (kind `D`,
+main process to worker) is one UDP datagram that arrived on the shared WebRTC port for one of the
+worker's peers, with the address it came from.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 
 #: the largest frame accepted: a keyframe of an 8K camera fits, garbage does not
 MAX_FRAME = 64 * 1024 * 1024
-CONTROL, PACKET = b"C", b"P"
+CONTROL, PACKET, DATAGRAM = b"C", b"P", b"D"
 _LENGTH = struct.Struct(">IB")
 #: a packet's header after the camera name: seq, pts, capture time, keyframe
 _PACKET = struct.Struct(">QqdB")
+#: a datagram's header after the sender's host: its port
+_PORT = struct.Struct(">H")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,14 @@ class WirePacket:
     pts: int
     captured: float
     keyframe: bool
+    data: bytes
+
+
+@dataclass(frozen=True)
+class WireDatagram:
+    """One UDP datagram from `addr` for a worker's peer, as it crossed the socket."""
+
+    addr: tuple[str, int]
     data: bytes
 
 
@@ -47,6 +59,20 @@ def packet(camera: str, seq: int, pts: int, captured: float, keyframe: bool, dat
     return _LENGTH.pack(len(header) + len(data) + 1, PACKET[0]) + header + data
 
 
+def datagram(addr: tuple[str, int], data: bytes) -> bytes:
+    """The frame of one datagram that arrived from `addr`."""
+    host = addr[0].encode()
+    header = bytes((len(host),)) + host + _PORT.pack(addr[1])
+    return _LENGTH.pack(len(header) + len(data) + 1, DATAGRAM[0]) + header + data
+
+
+def parse_datagram(body: bytes) -> WireDatagram:
+    size = body[0]
+    host = body[1:1 + size].decode()
+    (port,) = _PORT.unpack_from(body, 1 + size)
+    return WireDatagram((host, port), body[1 + size + _PORT.size:])
+
+
 def parse_packet(body: bytes) -> WirePacket:
     size = body[0]
     name = body[1:1 + size].decode()
@@ -54,7 +80,7 @@ def parse_packet(body: bytes) -> WirePacket:
     return WirePacket(name, seq, pts, captured, bool(keyframe), body[1 + size + _PACKET.size:])
 
 
-async def read(reader: asyncio.StreamReader) -> dict[str, Any] | WirePacket:
+async def read(reader: asyncio.StreamReader) -> dict[str, Any] | WirePacket | WireDatagram:
     """The next message; `asyncio.IncompleteReadError` when the other end is gone."""
     head = await reader.readexactly(_LENGTH.size)
     length, kind = _LENGTH.unpack(head)
@@ -63,6 +89,8 @@ async def read(reader: asyncio.StreamReader) -> dict[str, Any] | WirePacket:
     body = await reader.readexactly(length - 1)
     if kind == PACKET[0]:
         return parse_packet(body)
+    if kind == DATAGRAM[0]:
+        return parse_datagram(body)
     if kind != CONTROL[0]:
         raise ValueError(f"a frame of unknown kind {kind}")
     message = pickle.loads(body)  # noqa: S301 - our own process at the other end, see above

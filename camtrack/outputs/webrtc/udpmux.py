@@ -9,6 +9,11 @@ request (by its transaction id). Datagrams from any other address are dropped at
 cost a counter, never memory. Past the mux, each peer's `IceGate` (hooks.py) still decides what
 reaches its DTLS and SRTP.
 
+Worker processes (camtrack.workers) share the socket: each holds a copy of it and sends from it
+(`adopt`), while this process alone reads it. A worker's peer is a `ForeignEndpoint` here, claimed
+by its ufrag when the worker's peer gathers; what arrives for it is handed to the worker, whose
+own mux checks it and tells which addresses its peers proved (`route_foreign`).
+
 The hooks into aioice that make a peer use the mux are in hooks.py (`gather_on_mux`).
 """
 
@@ -22,6 +27,7 @@ import secrets
 import socket
 import string
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -76,6 +82,8 @@ class MuxStats:
     strangers: int = 0
     #: STUN for no peer of this mux (unknown ufrag, unknown transaction), or that failed its check
     stray_stun: int = 0
+    #: handed to the worker process whose peer they are for
+    forwarded: int = 0
 
 
 class DirectSend:
@@ -167,6 +175,54 @@ class MuxTransport(asyncio.DatagramTransport):
         self.close()
 
 
+class SendOnlyTransport(asyncio.DatagramTransport):
+    """A worker's copy of the shared socket: it sends on it, never reads it (the main process
+    does, and hands the worker its peers' datagrams). A full buffer drops, as the network would."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self._closing = False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing or addr is None:
+            return
+        try:
+            self.sock.sendto(data, addr)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            logger.debug("udp mux: cannot send to %s: %s", addr, exc)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.sock.close()  # (this process's copy: the main process's socket stays open)
+
+    def abort(self) -> None:
+        self.close()
+
+
+@dataclass(eq=False)
+class ForeignEndpoint:
+    """A peer of a worker process on this socket: what arrives for it goes to `forward`."""
+
+    ufrag: str
+    forward: Callable[[bytes, Address], None]
+    remotes: set[Address] = field(default_factory=set)
+    closed: bool = False
+
+    def deliver(self, data: bytes, addr: Address) -> None:
+        if not self.closed:
+            self.forward(data, addr)
+
+
 @dataclass(eq=False)
 class MuxEndpoint:
     """One aioice Connection on the mux: its protocols (one per address family) and its routes."""
@@ -220,9 +276,15 @@ class UdpMux(asyncio.DatagramProtocol):
         self.sock: socket.socket | None = None
         self.gso = sys.platform == "linux"
         self.dual_stack = False
-        self._ufrags: dict[str, MuxEndpoint] = {}
-        self._routes: dict[Address, MuxEndpoint] = {}
+        self._ufrags: dict[str, MuxEndpoint | ForeignEndpoint] = {}
+        self._routes: dict[Address, MuxEndpoint | ForeignEndpoint] = {}
         self._endpoints: dict[int, MuxEndpoint] = {}
+        #: worker processes' peers on this socket, by ufrag (see ForeignEndpoint)
+        self._foreign: dict[str, ForeignEndpoint] = {}
+        #: in a worker: told each ufrag its peers take and give up, and each address one of them
+        #: proved, so the main process can hand it what arrives there (see `adopt`)
+        self.on_ufrag: Callable[[str, bool], None] | None = None
+        self.on_route: Callable[[str, Address], None] | None = None
 
     # --- the socket ---
 
@@ -269,6 +331,17 @@ class UdpMux(asyncio.DatagramProtocol):
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self.sock = sock
         self.port = sock.getsockname()[1]  # (port 0: the one the system chose; tests do that)
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Send on `sock`, a copy of the main process's shared socket, without reading it (a
+        worker: the main process reads, and hands over what is for its peers through
+        `datagram_received`)."""
+        sock.setblocking(False)
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self.dual_stack = (sock.family == socket.AF_INET6
+                           and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+        self.transport = SendOnlyTransport(sock)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (asyncio's own datagram transport does not subclass DatagramTransport)
@@ -351,6 +424,8 @@ class UdpMux(asyncio.DatagramProtocol):
             endpoint = MuxEndpoint(self, connection, ufrag)
             self._ufrags[ufrag] = endpoint
             self._endpoints[id(connection)] = endpoint
+            if self.on_ufrag is not None:
+                self.on_ufrag(ufrag, True)
         return endpoint
 
     def forget(self, connection: Connection) -> None:
@@ -359,26 +434,58 @@ class UdpMux(asyncio.DatagramProtocol):
         if endpoint is not None:
             self.remove(endpoint)
 
-    def remove(self, endpoint: MuxEndpoint) -> None:
+    def remove(self, endpoint: MuxEndpoint | ForeignEndpoint) -> None:
         """A peer closed: forget its ufrag and its routes."""
         endpoint.closed = True
         if self._ufrags.get(endpoint.ufrag) is endpoint:
             del self._ufrags[endpoint.ufrag]
-        self._endpoints.pop(id(endpoint.connection), None)
+        if isinstance(endpoint, MuxEndpoint):
+            if self._endpoints.pop(id(endpoint.connection), None) is not None and self.on_ufrag is not None:
+                self.on_ufrag(endpoint.ufrag, False)
+        elif self._foreign.get(endpoint.ufrag) is endpoint:
+            del self._foreign[endpoint.ufrag]
         for remote in endpoint.remotes:
             if self._routes.get(remote) is endpoint:
                 del self._routes[remote]
         endpoint.remotes.clear()
+
+    # --- worker processes' peers ---
+
+    def claim(self, ufrag: str, forward: Callable[[bytes, Address], None]) -> bool:
+        """A worker's peer took `ufrag`: what arrives for it goes to `forward` (False: the ufrag is
+        another peer's already, which 16 random letters and digits make as good as impossible)."""
+        if ufrag in self._ufrags:
+            return False
+        endpoint = ForeignEndpoint(ufrag, forward)
+        self._ufrags[ufrag] = self._foreign[ufrag] = endpoint
+        return True
+
+    def route_foreign(self, ufrag: str, remote: Address) -> None:
+        """The worker's peer of `ufrag` proved `remote` (a STUN check signed with its password)."""
+        endpoint = self._foreign.get(ufrag)
+        if endpoint is not None:
+            self._route(remote, endpoint)
+
+    def release(self, ufrag: str) -> None:
+        """The worker's peer of `ufrag` closed (or its worker went)."""
+        endpoint = self._foreign.get(ufrag)
+        if endpoint is not None:
+            self.remove(endpoint)
 
     @property
     def peers(self) -> int:
         return len(self._endpoints)
 
     @property
+    def foreign(self) -> int:
+        """Worker processes' peers on this socket."""
+        return len(self._foreign)
+
+    @property
     def routes(self) -> int:
         return len(self._routes)
 
-    def _route(self, remote: Address, endpoint: MuxEndpoint) -> None:
+    def _route(self, remote: Address, endpoint: MuxEndpoint | ForeignEndpoint) -> None:
         old = self._routes.get(remote)
         if old is endpoint:
             return
@@ -388,6 +495,8 @@ class UdpMux(asyncio.DatagramProtocol):
             old.remotes.discard(remote)
         self._routes[remote] = endpoint
         endpoint.remotes.add(remote)
+        if self.on_route is not None and isinstance(endpoint, MuxEndpoint):
+            self.on_route(endpoint.ufrag, remote)
 
     # --- what arrives ---
 
@@ -404,6 +513,8 @@ class UdpMux(asyncio.DatagramProtocol):
             if endpoint is None:
                 self.stats.strangers += 1
             else:
+                if isinstance(endpoint, ForeignEndpoint):
+                    self.stats.forwarded += 1
                 endpoint.deliver(data, remote)
             return
         if message.message_class == stun.Class.REQUEST:
@@ -422,6 +533,11 @@ class UdpMux(asyncio.DatagramProtocol):
         if endpoint is None:
             self.stats.stray_stun += 1
             return
+        if isinstance(endpoint, ForeignEndpoint):
+            # the worker's mux checks it against the password, and says if the address is proved
+            self.stats.forwarded += 1
+            endpoint.deliver(data, remote)
+            return
         # only a request that knows the peer's password moves an address to it: anyone can
         # read a ufrag off the wire, nobody but the peer can sign with its password
         if message.check_message_integrity(endpoint.connection.local_password.encode("utf8")):
@@ -431,7 +547,12 @@ class UdpMux(asyncio.DatagramProtocol):
         endpoint.deliver(data, remote)
 
     def _response(self, message: stun.Message, data: bytes, remote: Address) -> None:
-        endpoint = self._routes.get(remote)
+        routed = self._routes.get(remote)
+        if isinstance(routed, ForeignEndpoint):
+            self.stats.forwarded += 1
+            routed.deliver(data, remote)
+            return
+        endpoint = routed
         protocol = endpoint.owns(message.transaction_id) if endpoint is not None else None
         if protocol is None:
             # a response to a check (or a STUN server's answer) from an address not routed yet
@@ -440,6 +561,13 @@ class UdpMux(asyncio.DatagramProtocol):
                 if protocol is not None:
                     endpoint = candidate
                     break
+        if (endpoint is None or protocol is None) and self._foreign:
+            # perhaps a worker's peer's check: only the worker knows its transactions, so each
+            # worker is handed it once (rare: a browser's own checks route its addresses first)
+            self.stats.forwarded += 1
+            for forward in {f.forward for f in self._foreign.values()}:
+                forward(data, remote)
+            return
         if endpoint is None or protocol is None:
             self.stats.stray_stun += 1
             return
