@@ -211,7 +211,8 @@ def ladder_row(name: str, root: Path, placement: Placement, viewers: int, durati
     `join_rate`, the viewers join that many a second instead of all at once (a ladder of hundreds
     measures the server serving them, not the crowd: that is the crowd scenario's); with
     `worker_quota`, each worker capped to that % of one core (a worker's "core")."""
-    server = Server(root, placement, extra=["--workers", str(workers)] if workers != 1 else None)
+    # (always given: the default, 0, starts workers on demand, which a row of one process must not)
+    server = Server(root, placement, extra=["--workers", str(workers)])
     processes: list[subprocess.Popen[str]] = []
     try:
         # (the server answers /healthz once every worker is ready: they are its children by then)

@@ -92,7 +92,7 @@ def create_app(config: Config) -> web.Application:
     whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
     undo_ice: list[Callable[[], None]] = []
-    #: the worker processes (--workers > 1); else viewers are served here
+    #: the worker processes (--workers 0 on a machine of several cores, or > 1); else viewers are served here
     pool: WorkerPool | None = None
     metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [])
 
@@ -120,7 +120,7 @@ def create_app(config: Config) -> web.Application:
         count = worker_count(config)
         if count > 1 and config.encoder == "shared":
             nonlocal pool
-            pool = WorkerPool(config, cameras, count, addresses, ice.mux)
+            pool = WorkerPool(config, cameras, count, addresses, ice.mux, on_demand=config.workers == 0)
             await pool.start()
             ice.workers = pool
         for camera in cameras:

@@ -373,13 +373,14 @@ class Config(CameraSettings):
         "the one UDP port of every viewer's WebRTC (ICE, DTLS, SRTP), WHEP's and Janus publishing's "
         "included (default: {default}); 0: a random port per peer", metavar="PORT", label="WebRTC port",
         check=between(0, 65535, "between 0 (a random port per peer) and 65535")))
-    #: processes that serve WebRTC viewers (camtrack.workers): 1 is the main process itself, as before
-    #: workers existed; kept the default for now (see README, "More than one core")
-    workers: int = field(default=1, metadata=option(
-        "processes that serve WebRTC viewers: 1 (default): the main process; N > 1: N worker processes, "
-        "all on the one --webrtc-port, fed each encoded frame once by the main "
-        "process, which keeps the cameras and encoders; 0: one per core", metavar="N",
-        check=between(0, MAX_WORKERS, f"0 (one per core) or more, at most {MAX_WORKERS}")))
+    #: processes that serve WebRTC viewers (camtrack.workers): 0, this process until it is busy, then
+    #: workers on demand; 1, this process alone; N, N workers from the start
+    workers: int = field(default=0, metadata=option(
+        "processes that serve WebRTC viewers: 0 (default): the main process, and once its event loop is "
+        "busy, worker processes as needed, up to one per core, each stopped after a minute without viewers; "
+        "1: the main process alone; N > 1: N worker processes from the start, fed each encoded frame once by "
+        "the main process, which keeps the cameras and encoders; all on the one --webrtc-port", metavar="N",
+        check=between(0, MAX_WORKERS, f"0 (as needed, up to one per core) or more, at most {MAX_WORKERS}")))
     public_addresses: list[str] = field(default_factory=list, metadata=option(
         "also offer this address (IP or host name) with the WebRTC port as a host candidate, repeatable: "
         "a 1:1 NAT's or a port forward's public address", flag="--public-address", metavar="ADDR",

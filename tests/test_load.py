@@ -113,6 +113,41 @@ def test_pictures_reaching_viewers_late_mean_full() -> None:
         assert (reason is not None and reason.startswith("pictures reach viewers")) if full else reason is None
 
 
+async def test_loop_cpu_is_the_event_loop_threads_own() -> None:
+    """loop_cpu counts the loop's thread: a loop kept busy reads high, CPU burnt on another thread
+    (as the encoder's) does not count."""
+    import threading
+
+    monitor = LoadMonitor(Limits(0, 0, 0), lambda: 0)
+    monitor.start()
+    stop = threading.Event()
+
+    def other_thread() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    burner = threading.Thread(target=other_thread, daemon=True)
+    burner.start()
+    try:
+        await eventually(lambda: monitor.loop_cpu is not None, timeout=10)
+        quiet = monitor.loop_cpu
+        assert quiet is not None and quiet < 0.2, quiet
+        stop.set()
+        burner.join()
+        ends = time.monotonic() + 2.5
+        while time.monotonic() < ends:  # the loop busy 40 ms of every 50
+            spin = time.monotonic() + 0.04
+            while time.monotonic() < spin:
+                pass
+            await asyncio.sleep(0.01)
+        busy = monitor.loop_cpu
+        assert busy is not None and busy > quiet + 0.2, (quiet, busy)
+    finally:
+        stop.set()
+        burner.join()
+        await monitor.stop()
+
+
 async def test_handshakes_take_turns_and_who_waits_too_long_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(load, "HANDSHAKES_AT_ONCE", 2)
     monkeypatch.setattr(load, "HANDSHAKE_WAIT", 0.2)
@@ -156,6 +191,7 @@ async def test_metrics_show_capture_to_wire_age_and_loop_lag(serve) -> None:
     assert samples[("camtrack_event_loop_lag_seconds_count", ())] > 0
     assert ("camtrack_event_loop_lag_recent_seconds", ()) in samples
     assert ("camtrack_capacity_viewers", ()) in samples
+    assert ("camtrack_cpu_used_cores", ()) in samples and ("camtrack_loop_cpu_cores", ()) in samples
     await viewer.close()
 
 

@@ -119,8 +119,8 @@ BAD = [
     (["--public-address", "203.0.113.7", "--webrtc-port", "0"], None, "--public-address needs a fixed --webrtc-port"),
     ([], "public-address = '203.0.113.7'\n", "must be a list of strings"),
     # worker processes
-    (["--workers", "-1"], None, "workers must be 0 (one per core) or more, at most 64, not -1"),
-    (["--workers", "65"], None, "workers must be 0 (one per core) or more, at most 64, not 65"),
+    (["--workers", "-1"], None, "workers must be 0 (as needed, up to one per core) or more, at most 64, not -1"),
+    (["--workers", "65"], None, "workers must be 0 (as needed, up to one per core) or more, at most 64, not 65"),
     (["--workers", "2", "--encoder", "per-viewer"], None, "--workers needs --encoder shared"),
     ([], "workers = 2.0\n", "workers must be a whole number, not 2.0"),
     (["--turn-secret", "s3c"], None, "--turn-secret needs a TURN server: --ice-server turn:HOST:PORT"),

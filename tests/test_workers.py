@@ -17,6 +17,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack.app import CAMERAS, ICE
 from camtrack.client import Viewer
+from camtrack.media.feeds import Transport
 from camtrack.workers.pool import WorkerPool
 
 from .conftest import eventually
@@ -140,14 +141,52 @@ async def test_a_killed_worker_takes_only_its_viewers_and_is_restarted(serve):
         await asyncio.gather(*(v.close(bye=False) for v in viewers), return_exceptions=True)
 
 
-async def test_the_default_is_the_main_process_and_zero_is_one_per_core(serve):
+async def test_by_default_workers_start_when_the_main_process_is_busy_and_stop_when_idle(serve, monkeypatch):
+    """--workers 0 (the default): viewers are served here until this process is busy; then a
+    worker starts (newcomers meanwhile stay here), takes the next newcomers, and stops again after
+    IDLE_STOP without viewers. The thresholds are lowered here: one viewer makes it busy."""
     from camtrack import Config
+    from camtrack.outputs.webrtc.peer import Peer
+    from camtrack.workers import pool as pool_module
     from camtrack.workers.pool import worker_count
 
-    assert Config().workers == 1 and worker_count(Config()) == 1
-    assert worker_count(Config(workers=0)) == len(os.sched_getaffinity(0))
-    _, app = await serve(width=320, height=240)
-    assert app[ICE].workers is None
+    assert Config().workers == 0 and worker_count(Config()) == len(os.sched_getaffinity(0))
+    assert worker_count(Config(workers=1)) == 1
+    monkeypatch.setattr("camtrack.app.worker_count", lambda config: 2)  # (whatever this machine has)
+    url, app = await serve(width=320, height=240)
+    pool = pool_of(app)
+    assert pool.on_demand and not any(w.running for w in pool.workers) and pool.describe() == []
+    # a few viewers: all here, no worker process
+    first, second = Viewer(url), Viewer(url)
+    await asyncio.gather(first.connect(), second.connect())
+    await asyncio.gather(first.frames(5), second.frames(5))
+    assert pool.local_viewers() == 2 and not any(w.running for w in pool.workers)
+    assert all(isinstance(s.peer, Peer) for s in app[CAMERAS].first.viewers[Transport.WEBSOCKET])
+
+    # busy now (at 2 viewers of its own and any loop use): the next newcomer starts a worker and
+    # stays here while it starts, the one after goes to it
+    monkeypatch.setattr(pool_module, "SPILL_VIEWERS", 2)
+    monkeypatch.setattr(pool_module, "SPILL_LOOP_CPU", 0.0)
+    monkeypatch.setattr(pool_module, "IDLE_STOP", 1.0)
+    monkeypatch.setattr(pool_module, "IDLE_CHECK", 0.2)
+    third = Viewer(url)
+    await third.connect()
+    await third.frames(5)
+    assert pool.local_viewers() == 3
+    await eventually(lambda: pool.workers[0].ready, timeout=30)
+    assert not pool.workers[1].running  # one at a time
+    fourth = Viewer(url)
+    await fourth.connect()
+    await fourth.frames(10, timeout=30)
+    assert pool.workers[0].load == 1 and pool.local_viewers() == 3
+    assert [w["peers"] for w in pool.describe()] == [1]
+    pid = pool.workers[0].pid
+    assert pid is not None and running(pid)
+    # the worker's viewer leaves: after IDLE_STOP the worker stops; the others watch on
+    await fourth.close()
+    await eventually(lambda: not pool.workers[0].running and not running(pid), timeout=20)
+    await asyncio.gather(*(v.frames(10, timeout=30) for v in (first, second, third)))
+    await asyncio.gather(*(v.close() for v in (first, second, third)))
 
 
 def children(pid: int) -> list[int]:

@@ -151,6 +151,8 @@ class LoadMonitor:
         self._throttled: deque[tuple[float, float]] = deque()
         #: (when, CPU seconds the process used so far, viewers then)
         self._cpu: deque[tuple[float, float, int]] = deque()
+        #: (when, CPU seconds the event loop's own thread used so far)
+        self._loop_cpu: deque[tuple[float, float]] = deque()
         #: the cgroup's CPU quota in cores (None: none) and when it was read
         self._quota: tuple[float | None, float] | None = None
         #: by worker process: (when, seconds of work per viewer and picture, CPU per viewer in cores)
@@ -194,6 +196,8 @@ class LoadMonitor:
             if probes % THROTTLE_EVERY == 0:
                 self._cpu.append((now, self._cpu_seconds(), self.viewers()))
                 self._trim(self._cpu, now)
+                self._loop_cpu.append((now, time.thread_time()))  # (the probe runs on the loop's thread)
+                self._trim(self._loop_cpu, now)
                 throttled = cgroup_throttled()
                 if throttled is not None:
                     self._throttled.append((now, throttled))
@@ -294,6 +298,19 @@ class LoadMonitor:
         if t1 - t0 < WINDOW / 2:
             return None
         return (c1 - c0) / (t1 - t0), statistics.mean(viewers for _, _, viewers in self._cpu)
+
+    @property
+    def loop_cpu(self) -> float | None:
+        """CPU the event loop's thread used over the window, in cores (None: too soon to tell).
+        It is what one process's viewers are served with (encoders and cameras have threads of
+        their own): where worker processes start on demand, they do when this is high."""
+        self._trim(self._loop_cpu, time.monotonic())
+        if len(self._loop_cpu) < 2:
+            return None
+        (t0, c0), (t1, c1) = self._loop_cpu[0], self._loop_cpu[-1]
+        if t1 - t0 < WINDOW / 2:
+            return None
+        return (c1 - c0) / (t1 - t0)
 
     @property
     def viewer_cpu(self) -> float | None:

@@ -1,4 +1,4 @@
-"""The main process's side of the worker processes (`--workers N`, N > 1).
+"""The main process's side of the worker processes (`--workers`).
 
 The main process keeps HTTP, signaling, the cameras and their encoders. A viewer's offer goes to
 the least-loaded worker, which makes the peer (camtrack.workers.process) and answers. For each
@@ -8,6 +8,11 @@ MAX_LAG packets behind), so nothing queues without bound. The worker sends back 
 (so admission, --max-viewers, /metrics, /healthz and shutdown see every viewer here), their
 keyframe requests, and its counters. A worker that dies ends only its own viewers (their pages
 reconnect) and is started again.
+
+With `--workers N` (N > 1) N workers start with the server and take every WebRTC viewer. With
+`--workers 0` (the default) the main process serves its viewers itself, and workers (up to one
+per core) start only when its event loop gets busy: then newcomers go to them, and a worker left
+without viewers for IDLE_STOP seconds stops again (see WorkerPool.place).
 
 The workers share the main process's WebRTC port: each sends from a copy of its socket, and this
 process, which alone reads it, hands each worker the datagrams for the peers it claimed (their
@@ -57,6 +62,18 @@ WATCHDOG = 10.0
 STOP_GRACE = 1.5
 #: a worker more than this many packets behind a camera is skipped to the newest (its tracks resync)
 MAX_LAG = JOIN_FRAMES
+#: --workers 0: newcomers go to a worker once this process has at least SPILL_VIEWERS WebRTC viewers
+#: of its own and its event loop's thread uses SPILL_LOOP_CPU of a core (one process serves about
+#: 300 at 30 fps on the project's 2-core machine, its loop then near half a core): below that, a
+#: worker's ~100 MB would buy nothing
+SPILL_VIEWERS = 100
+SPILL_LOOP_CPU = 0.4
+#: --workers 0: a worker that has had no viewer this long is stopped (its memory given back), checked
+#: every IDLE_CHECK seconds
+IDLE_STOP = 60.0
+IDLE_CHECK = 5.0
+#: --workers 0: after a worker failed to start, none is started again for this long
+GROW_RETRY = 10.0
 #: bytes waiting for a worker in this process beyond which a datagram for its peers is dropped
 #: rather than queued (UDP: their RTCP and STUN are resent or not needed; memory stays bounded)
 DATAGRAM_BACKLOG = 256 * 1024
@@ -78,7 +95,7 @@ class WorkerFailed(OSError):
 
 
 def worker_count(config: Config) -> int:
-    """How many processes serve WebRTC viewers: --workers, 0 meaning one per core this process may use."""
+    """How many worker processes there may be: --workers, 0 meaning one per core this process may use."""
     if config.workers:
         return config.workers
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -317,6 +334,8 @@ class WorkerProcess:
         self.sent: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.keyframe_requests = 0
+        #: (--workers 0) since when it has had no viewer, while it runs
+        self.idle_since: float | None = None
         self._meters: dict[tuple[str, str], tuple[int, int, int]] = {}
         self._wire_seen: dict[tuple[str, str], tuple[list[int], float]] = {}
         self._process: asyncio.subprocess.Process | None = None
@@ -327,6 +346,11 @@ class WorkerProcess:
     @property
     def load(self) -> int:
         return len(self.peers)
+
+    @property
+    def running(self) -> bool:
+        """Started (or being started again after it died), and not stopped."""
+        return self.ready or self._task is not None
 
     def describe(self) -> dict[str, Any]:
         return {"index": self.index, "pid": self.pid, "ready": self.ready, "port": self.port, "starts": self.starts,
@@ -581,7 +605,7 @@ class WorkerPool:
     """The worker processes of a server, and the choice of one for each new viewer."""
 
     def __init__(self, config: Config, cameras: Cameras, count: int, addresses: list[str],
-                 mux: UdpMux | None = None) -> None:
+                 mux: UdpMux | None = None, on_demand: bool = False) -> None:
         self.config = config
         self.cameras = cameras
         #: the --ice-address addresses, resolved: what every worker offers
@@ -592,9 +616,18 @@ class WorkerPool:
         #: each camera's newest packet as a frame: made once, written to every worker that wants it
         self._frames: dict[str, tuple[EncodedPacket, bytes]] = {}
         self.workers = [WorkerProcess(self, i + 1) for i in range(count)]
+        #: --workers 0: workers start when this process is busy (see `place`), not with the server
+        self.on_demand = on_demand
+        self._growing: asyncio.Task[None] | None = None
+        self._grow_failed = -GROW_RETRY
+        self._idle_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start every worker (at once); WorkerFailed, with all of them stopped, if one cannot start."""
+        """Start every worker (at once); WorkerFailed, with all of them stopped, if one cannot start.
+        On demand, none starts now."""
+        if self.on_demand:
+            self._idle_task = asyncio.ensure_future(self._stop_idle())
+            return
         results = await asyncio.gather(*(w.start() for w in self.workers), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
@@ -616,15 +649,79 @@ class WorkerPool:
         ready = [w for w in self.workers if w.ready]
         return min(ready, key=lambda w: w.load) if ready else None
 
-    def new_peer(self, camera: Camera, config: Config, transport: Transport, remote: str,
-                 on_end: Callable[[str], None]) -> RemotePeer:
-        return RemotePeer(self.pick(), camera, config, transport, remote, on_end)
+    def local_viewers(self) -> int:
+        """WebRTC viewers (pending ones too) served by this process."""
+        everyone = sum(len(c.viewers[Transport.WEBSOCKET]) + len(c.viewers[Transport.WHEP]) for c in self.cameras)
+        return max(0, everyone - sum(w.load for w in self.workers))
+
+    def place(self) -> tuple[bool, WorkerProcess | None]:
+        """Where a newcomer's peer goes: (False, None) for this process, or (True, the worker; None
+        when none is ready, and the offer is refused).
+
+        On demand (--workers 0), this process keeps its newcomers until it is busy (SPILL_VIEWERS,
+        SPILL_LOOP_CPU); then they go to the ready worker with the fewest peers, and the next worker
+        starts when there is none or when every one holds as many as this process. While the
+        first starts (a second or two), newcomers stay here: admission control still guards it."""
+        if not self.on_demand:
+            return True, self.pick()
+        local = self.local_viewers()
+        if local < SPILL_VIEWERS or (self.cameras.load.loop_cpu or 0.0) < SPILL_LOOP_CPU:
+            return False, None
+        worker = self.pick()
+        if worker is None or worker.load >= local:
+            self._grow()
+        return worker is not None, worker
+
+    def _grow(self) -> None:
+        """Start the next stopped worker, if none is starting (on demand)."""
+        if self._growing is not None or self.stopping or time.monotonic() - self._grow_failed < GROW_RETRY:
+            return
+        worker = next((w for w in self.workers if not w.running), None)
+        if worker is None:
+            return  # one per core already
+
+        async def grow(worker: WorkerProcess) -> None:
+            try:
+                logger.info("this process is busy (%d viewers): starting worker %d", self.local_viewers(),
+                            worker.index)
+                await worker.start()
+                worker.idle_since = None
+            except (WorkerFailed, OSError) as exc:
+                logger.warning("%s; serving newcomers here", exc)
+                self._grow_failed = time.monotonic()
+            finally:
+                self._growing = None
+
+        self._growing = asyncio.ensure_future(grow(worker))
+
+    async def _stop_idle(self) -> None:
+        """On demand: stop each worker that has had no viewer for IDLE_STOP seconds."""
+        while True:
+            await asyncio.sleep(IDLE_CHECK)
+            now = time.monotonic()
+            for worker in self.workers:
+                if not worker.ready or worker.peers or worker.closing:
+                    worker.idle_since = None
+                elif worker.idle_since is None:
+                    worker.idle_since = now
+                elif now - worker.idle_since >= IDLE_STOP:
+                    worker.idle_since = None
+                    logger.info("worker %d stops: no viewers for %g s", worker.index, IDLE_STOP)
+                    await worker.stop()
+
+    def new_peer(self, worker: WorkerProcess | None, camera: Camera, config: Config, transport: Transport,
+                 remote: str, on_end: Callable[[str], None]) -> RemotePeer:
+        return RemotePeer(worker, camera, config, transport, remote, on_end)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [w.describe() for w in self.workers]
+        """Each worker that ever started (on demand, those that have not stay out of /healthz)."""
+        return [w.describe() for w in self.workers if w.starts]
 
     async def stop(self) -> None:
         self.stopping = True
+        for task in (self._growing, self._idle_task):
+            if task is not None:
+                task.cancel()
         await asyncio.gather(*(w.stop() for w in self.workers))
         self._frames.clear()
 
@@ -638,5 +735,7 @@ def make_peer(camera: Camera, config: Config, transport: Transport, remote: str,
     else in this one."""
     pool = ice.workers if ice is not None else None
     if isinstance(pool, WorkerPool) and camera.feed is not None:
-        return pool.new_peer(camera, config, transport, remote, on_end)
+        remote_peer, worker = pool.place()
+        if remote_peer:
+            return pool.new_peer(worker, camera, config, transport, remote, on_end)
     return Peer(camera, config, transport, remote, on_end, ice)
