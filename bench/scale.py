@@ -227,6 +227,8 @@ def ladder_row(name: str, root: Path, placement: Placement, viewers: int, durati
                             join_at=join_at if join_rate else None, stagger=1 / join_rate if join_rate else 0.0,
                             light=light)
         time.sleep(max(0.0, start_at - time.time()))
+        # (again: with --workers 0 the server starts workers as its viewers come)
+        pids = [server.process.pid, *children(server.process.pid)]
         before, t0 = [cpu_seconds(p) for p in pids], time.monotonic()
         time.sleep(duration)
         after, t1 = [cpu_seconds(p) for p in pids], time.monotonic()

@@ -163,10 +163,10 @@ async def test_by_default_workers_start_when_the_main_process_is_busy_and_stop_w
     assert pool.local_viewers() == 2 and not any(w.running for w in pool.workers)
     assert all(isinstance(s.peer, Peer) for s in app[CAMERAS].first.viewers[Transport.WEBSOCKET])
 
-    # busy now (at 2 viewers of its own and any loop use): the next newcomer starts a worker and
+    # busy now (at 2 viewers of its own, whatever their sends cost): the next newcomer starts a worker and
     # stays here while it starts, the one after goes to it
     monkeypatch.setattr(pool_module, "SPILL_VIEWERS", 2)
-    monkeypatch.setattr(pool_module, "SPILL_LOOP_CPU", 0.0)
+    monkeypatch.setattr(pool_module, "SPILL_SEND_CPU", 0.0)
     monkeypatch.setattr(pool_module, "IDLE_STOP", 1.0)
     monkeypatch.setattr(pool_module, "IDLE_CHECK", 0.2)
     third = Viewer(url)

@@ -303,7 +303,7 @@ class LoadMonitor:
     def loop_cpu(self) -> float | None:
         """CPU the event loop's thread used over the window, in cores (None: too soon to tell).
         It is what one process's viewers are served with (encoders and cameras have threads of
-        their own): where worker processes start on demand, they do when this is high."""
+        their own), handshakes included."""
         self._trim(self._loop_cpu, time.monotonic())
         if len(self._loop_cpu) < 2:
             return None
@@ -313,18 +313,32 @@ class LoadMonitor:
         return (c1 - c0) / (t1 - t0)
 
     @property
-    def viewer_cpu(self) -> float | None:
-        """CPU one more viewer would use, in cores: its sends' timed work per picture, by the pictures
-        a second of a feed, by VIEWER_CPU_FACTOR (None: nobody is sent pictures yet). With worker
-        processes, the mean of what their viewers cost them."""
+    def viewer_send_cpu(self) -> float | None:
+        """CPU one viewer's sends use in this process, in cores: their timed work per picture by the
+        pictures a second of a feed (None: nobody is sent pictures here yet)."""
         cost = self.viewer_cost
         if cost is None or not self._pictures:
+            return None
+        return cost * len(self._costs) / len(self._pictures) / WINDOW
+
+    def reported_viewer_cpu(self, source: str) -> float | None:
+        """What one viewer's sends cost worker `source` lately, in cores (None: no fresh report)."""
+        self._fresh_reports()
+        report = self._reports.get(source)
+        return None if report is None else report[2]
+
+    @property
+    def viewer_cpu(self) -> float | None:
+        """CPU one more viewer would use, in cores: its sends' timed work (`viewer_send_cpu`) by
+        VIEWER_CPU_FACTOR (None: nobody is sent pictures yet). With worker processes, the mean of
+        what their viewers cost them."""
+        each = self.viewer_send_cpu
+        if each is None:
             reports = self._fresh_reports()
             if reports:
                 return statistics.mean(r[2] for r in reports) * VIEWER_CPU_FACTOR
             return None
-        per_second = len(self._costs) / len(self._pictures) / WINDOW
-        return cost * per_second * VIEWER_CPU_FACTOR
+        return each * VIEWER_CPU_FACTOR
 
     def cpu_capacity(self) -> int | None:
         """Under a CPU quota: the viewers the CPU used over the window served (their mean: the

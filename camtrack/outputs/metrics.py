@@ -117,9 +117,9 @@ class CameraCollector:
         yield GaugeMetricFamily("camtrack_cpu_used_cores", "CPU the server used over the last 2 s, in cores "
                                 "(-1: not known yet).", value=-1 if used is None else used)
         loop_cpu = load.loop_cpu
-        yield GaugeMetricFamily("camtrack_loop_cpu_cores", "CPU the event loop's thread (what sends to this "
-                                "process's viewers) used over the last 2 s, in cores (-1: not known yet); "
-                                "--workers 0 starts workers when it is high.", value=-1 if loop_cpu is None else loop_cpu)
+        yield GaugeMetricFamily("camtrack_loop_cpu_cores", "CPU the event loop's thread (what serves this "
+                                "process's viewers, handshakes included) used over the last 2 s, in cores (-1: not "
+                                "known yet); near 1 the process is full.", value=-1 if loop_cpu is None else loop_cpu)
         yield GaugeMetricFamily("camtrack_handshakes", "Peers negotiating now (paced).", value=load.handshaking)
         refused = CounterMetricFamily("camtrack_viewers_refused_load", "Newcomers refused for the measured load, "
                                       "by why: lag, age (pictures late), throttled (CPU quota used up), capacity, "

@@ -63,11 +63,13 @@ STOP_GRACE = 1.5
 #: a worker more than this many packets behind a camera is skipped to the newest (its tracks resync)
 MAX_LAG = JOIN_FRAMES
 #: --workers 0: newcomers go to a worker once this process has at least SPILL_VIEWERS WebRTC viewers
-#: of its own and its event loop's thread uses SPILL_LOOP_CPU of a core (one process serves about
-#: 300 at 30 fps on the project's 2-core machine, its loop then near half a core): below that, a
-#: worker's ~100 MB would buy nothing
+#: of its own and their sends (timed, LoadMonitor.viewer_send_cpu) use SPILL_SEND_CPU of a core.
+#: Sends, not the loop's whole CPU: a crowd's handshakes raise that for a few seconds only. On the
+#: project's 2-core machine 200 viewers' sends took 0.14 core (the loop 0.23 in all) and one process
+#: serves about 300 at 30 fps; below that, a worker's ~100 MB would buy nothing. A worker is as busy
+#: by the same rule, from what it reports
 SPILL_VIEWERS = 100
-SPILL_LOOP_CPU = 0.4
+SPILL_SEND_CPU = 0.2
 #: --workers 0: a worker that has had no viewer this long is stopped (its memory given back), checked
 #: every IDLE_CHECK seconds
 IDLE_STOP = 60.0
@@ -92,6 +94,12 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 class WorkerFailed(OSError):
     """A worker process could not start (its port is taken, it crashed at start)."""
+
+
+def busy(viewers: int, viewer_cpu: float | None) -> bool:
+    """Whether a process with `viewers` WebRTC viewers, each of whose sends take `viewer_cpu`
+    cores, should take no more on demand (see SPILL_VIEWERS)."""
+    return viewers >= SPILL_VIEWERS and viewers * (viewer_cpu or 0.0) >= SPILL_SEND_CPU
 
 
 def worker_count(config: Config) -> int:
@@ -659,16 +667,16 @@ class WorkerPool:
         when none is ready, and the offer is refused).
 
         On demand (--workers 0), this process keeps its newcomers until it is busy (SPILL_VIEWERS,
-        SPILL_LOOP_CPU); then they go to the ready worker with the fewest peers, and the next worker
-        starts when there is none or when every one holds as many as this process. While the
-        first starts (a second or two), newcomers stay here: admission control still guards it."""
+        SPILL_SEND_CPU); then they go to the ready worker with the fewest peers, and the next worker
+        starts when there is none or when that one is busy too. While a worker starts (a second or
+        two), newcomers stay here: admission control still guards it."""
         if not self.on_demand:
             return True, self.pick()
-        local = self.local_viewers()
-        if local < SPILL_VIEWERS or (self.cameras.load.loop_cpu or 0.0) < SPILL_LOOP_CPU:
+        load = self.cameras.load
+        if not busy(self.local_viewers(), load.viewer_send_cpu):
             return False, None
         worker = self.pick()
-        if worker is None or worker.load >= local:
+        if worker is None or busy(worker.load, load.reported_viewer_cpu(f"worker {worker.index}")):
             self._grow()
         return worker is not None, worker
 
@@ -682,8 +690,8 @@ class WorkerPool:
 
         async def grow(worker: WorkerProcess) -> None:
             try:
-                logger.info("this process is busy (%d viewers): starting worker %d", self.local_viewers(),
-                            worker.index)
+                logger.info("busy (%d viewers here, %s in workers): starting worker %d", self.local_viewers(),
+                            [w.load for w in self.workers if w.ready], worker.index)
                 await worker.start()
                 worker.idle_since = None
             except (WorkerFailed, OSError) as exc:
