@@ -136,7 +136,29 @@ class DirectSend:
         return dropped
 
 
-class MuxTransport(asyncio.DatagramTransport):
+class _Transport(asyncio.DatagramTransport):
+    """A datagram transport over the shared socket that is closed once (`_closed` says what that does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closing = False
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._closed()
+
+    def abort(self) -> None:
+        self.close()
+
+    def _closed(self) -> None:
+        raise NotImplementedError
+
+
+class MuxTransport(_Transport):
     """What one aioice StunProtocol of a peer sees as its socket: a view of the shared one."""
 
     def __init__(self, endpoint: MuxEndpoint, protocol: StunProtocol, local: Address) -> None:
@@ -144,7 +166,6 @@ class MuxTransport(asyncio.DatagramTransport):
         self.endpoint = endpoint
         self.protocol = protocol
         self.local = local
-        self._closing = False
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if not self._closing and addr is not None:
@@ -161,28 +182,19 @@ class MuxTransport(asyncio.DatagramTransport):
         # no "socket": it is every peer's, and not this peer's to configure or close
         return self.local if name == "sockname" else default
 
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self.endpoint.transport_closed(self)
-            # aioice's StunProtocol.close() waits for connection_lost, as for a real socket
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.close()
+    def _closed(self) -> None:
+        self.endpoint.transport_closed(self)
+        # aioice's StunProtocol.close() waits for connection_lost, as for a real socket
+        asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
 
-class SendOnlyTransport(asyncio.DatagramTransport):
+class SendOnlyTransport(_Transport):
     """A worker's copy of the shared socket: it sends on it, never reads it (the main process
     does, and hands the worker its peers' datagrams). A full buffer drops, as the network would."""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self.sock = sock
-        self._closing = False
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing or addr is None:
@@ -197,16 +209,8 @@ class SendOnlyTransport(asyncio.DatagramTransport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.sock if name == "socket" else default
 
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self.sock.close()  # (this process's copy: the main process's socket stays open)
-
-    def abort(self) -> None:
-        self.close()
+    def _closed(self) -> None:
+        self.sock.close()  # (this process's copy: the main process's socket stays open)
 
 
 @dataclass(eq=False)
