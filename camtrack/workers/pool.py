@@ -11,8 +11,8 @@ reconnect) and is started again.
 
 With `--workers N` (N > 1) N workers start with the server and take every WebRTC viewer. With
 `--workers 0` (the default) the main process serves its viewers itself, and workers (up to one
-per core) start only when its event loop gets busy: then newcomers go to them, and a worker left
-without viewers for IDLE_STOP seconds stops again (see WorkerPool.place).
+per core) start only when it is busy sending to them (see `busy`): then newcomers go to them, and
+a worker left without viewers for IDLE_STOP seconds stops again (see WorkerPool.place).
 
 The workers share the main process's WebRTC port: each sends from a copy of its socket, and this
 process, which alone reads it, hands each worker the datagrams for the peers it claimed (their
@@ -693,7 +693,6 @@ class WorkerPool:
                 logger.info("busy (%d viewers here, %s in workers): starting worker %d", self.local_viewers(),
                             [w.load for w in self.workers if w.ready], worker.index)
                 await worker.start()
-                worker.idle_since = None
             except (WorkerFailed, OSError) as exc:
                 logger.warning("%s; serving newcomers here", exc)
                 self._grow_failed = time.monotonic()
@@ -716,10 +715,6 @@ class WorkerPool:
                     worker.idle_since = None
                     logger.info("worker %d stops: no viewers for %g s", worker.index, IDLE_STOP)
                     await worker.stop()
-
-    def new_peer(self, worker: WorkerProcess | None, camera: Camera, config: Config, transport: Transport,
-                 remote: str, on_end: Callable[[str], None]) -> RemotePeer:
-        return RemotePeer(worker, camera, config, transport, remote, on_end)
 
     def describe(self) -> list[dict[str, Any]]:
         """Each worker that ever started (on demand, those that have not stay out of /healthz)."""
@@ -745,5 +740,5 @@ def make_peer(camera: Camera, config: Config, transport: Transport, remote: str,
     if isinstance(pool, WorkerPool) and camera.feed is not None:
         remote_peer, worker = pool.place()
         if remote_peer:
-            return pool.new_peer(worker, camera, config, transport, remote, on_end)
+            return RemotePeer(worker, camera, config, transport, remote, on_end)
     return Peer(camera, config, transport, remote, on_end, ice)
