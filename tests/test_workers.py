@@ -25,6 +25,14 @@ from .conftest import eventually
 ROOT = Path(__file__).resolve().parent.parent
 
 
+async def connect_in_turn(viewers: list[Viewer], frames: int) -> None:
+    """Connect `viewers` one after the other (the least-loaded worker takes each: they spread over
+    the workers), then wait until each has decoded `frames` pictures."""
+    for viewer in viewers:
+        await viewer.connect()
+    await asyncio.gather(*(v.frames(frames, timeout=60) for v in viewers))
+
+
 def pool_of(app) -> WorkerPool:
     pool = app[ICE].workers
     assert isinstance(pool, WorkerPool)
@@ -116,9 +124,7 @@ async def test_a_killed_worker_takes_only_its_viewers_and_is_restarted(serve):
     pool = pool_of(app)
     viewers = [Viewer(url) for _ in range(2)]
     try:
-        for viewer in viewers:  # one after the other: one on each worker
-            await viewer.connect()
-        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        await connect_in_turn(viewers, 5)
         assert [w.load for w in pool.workers] == [1, 1]
         victim = pool.workers[0]
         old_pid = victim.pid
@@ -274,9 +280,7 @@ async def test_workers_share_the_one_webrtc_port(serve):
     assert mux is not None and mux.port == port and mux.sock is not None
     viewers = [Viewer(url) for _ in range(4)]
     try:
-        for viewer in viewers:
-            await viewer.connect()
-        await asyncio.gather(*(v.frames(10, timeout=60) for v in viewers))
+        await connect_in_turn(viewers, 10)
         ports = {int(p) for v in viewers for p in re.findall(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ host", v.answer_sdp)}
         assert ports == {port}
         pool = pool_of(app)
@@ -370,9 +374,7 @@ async def test_a_stalled_worker_is_skipped_ahead_not_queued_for(serve, monkeypat
     pool = pool_of(app)
     viewers = [Viewer(url) for _ in range(2)]
     try:
-        for viewer in viewers:
-            await viewer.connect()
-        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        await connect_in_turn(viewers, 5)
         stalled = pool.workers[0]
         assert stalled.pid is not None
         os.kill(stalled.pid, signal.SIGSTOP)
@@ -425,9 +427,7 @@ async def test_max_viewers_counts_the_viewers_of_every_worker(serve):
     camera = app[CAMERAS].first
     viewers = [Viewer(url) for _ in range(2)]
     try:
-        for viewer in viewers:
-            await viewer.connect()
-        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        await connect_in_turn(viewers, 5)
         await eventually(lambda: len(camera.viewers["websocket"]) == 2)
         assert sorted(w.load for w in pool_of(app).workers) == [1, 1]
         async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
@@ -448,9 +448,7 @@ async def test_a_stuck_worker_is_killed_and_restarted(serve, monkeypatch):
     pool = pool_of(app)
     viewers = [Viewer(url) for _ in range(2)]
     try:
-        for viewer in viewers:
-            await viewer.connect()
-        await asyncio.gather(*(v.frames(5, timeout=60) for v in viewers))
+        await connect_in_turn(viewers, 5)
         stuck = pool.workers[0]
         old_pid = stuck.pid
         assert old_pid is not None
