@@ -26,6 +26,22 @@ from camtrack.media import stamp
 from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 
+class Stamp:
+    """A frame's latency, held in `frame.opaque`. PyAV keeps an opaque value by the Python
+    object's identity, so a bare int is shared by every frame carrying the same small integer, and
+    freeing one of them drops the other's: each frame gets an object of its own."""
+
+    __slots__ = ("latency",)
+
+    def __init__(self, latency: int) -> None:
+        self.latency = latency
+
+
+def latency_of(frame) -> int | None:
+    """The latency a StampingDecoder read from this frame's stamp, if any."""
+    return frame.opaque.latency if isinstance(frame.opaque, Stamp) else None
+
+
 class StampingDecoder:
     """Decodes, then reads each frame's latency stamp at once (on the decoder thread)."""
 
@@ -37,7 +53,7 @@ class StampingDecoder:
         at = stamp.now_ms()
         for frame in frames:
             luma = frame.to_ndarray(format="gray")
-            frame.opaque = stamp.latency_ms(stamp.read_stamp(luma), at)
+            frame.opaque = Stamp(stamp.latency_ms(stamp.read_stamp(luma), at))
         return frames
 
 
@@ -108,15 +124,16 @@ async def watch(viewer: Viewer, start: float, end: float, result: dict) -> None:
         now = loop.time()
         if "first_frame" not in result:
             result["first_frame"] = now - viewer.opened_at
-            if isinstance(frame.opaque, int):
-                result["first_age"] = frame.opaque  # how old the first picture was: live, or replayed?
+            if latency_of(frame) is not None:
+                result["first_age"] = latency_of(frame)  # how old the first picture was: live, or replayed?
             result["first_frame_since_join"] = now - result["joined"]
         if now >= end:
             return
         if now >= start:
             result["frames"] += 1
-            if isinstance(frame.opaque, int):
-                result["latency"].append(frame.opaque)
+            latency = latency_of(frame)
+            if latency is not None:
+                result["latency"].append(latency)
 
 
 async def main() -> None:

@@ -1,0 +1,238 @@
+"""Honest viewers beside an attack: camtrack as its own process, viewers in processes of their own.
+
+A hostile test starts the server (`CamtrackProcess`), one honest viewer per camera it protects
+(`HonestViewer`: a separate process that decodes every picture and reads its latency stamp), takes
+a baseline window, attacks, and checks the windows during and after the attack with
+`assert_unharmed`. Server and viewers are processes of their own so that the server's memory is
+its own (`rss_mb`) and an attacker in the test process slows the viewers only as much as it slows
+any process on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+class CamtrackProcess:
+    """`python server.py ARGS` on 127.0.0.1, ICE on loopback, load admission off unless ARGS turn
+    it on (a later option wins). Its output goes to a file (`log()`)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.webrtc_port = free_port(socket.SOCK_DGRAM)
+        self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--ice-address", "127.0.0.1",
+                     "--webrtc-port", str(self.webrtc_port), "--log-level", "info",
+                     "--max-loop-lag", "0", "--send-budget", "0", "--max-picture-age", "0", "--max-cpu", "0",
+                     *args]
+        self.env = env
+        self.logfile = tempfile.NamedTemporaryFile(prefix="camtrack-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, camera: str | None = None) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws" + (f"?camera={camera}" if camera else "")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self, timeout: float = 30.0) -> CamtrackProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), *self.args], cwd=ROOT,
+                                        stdout=self.logfile, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"camtrack exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                await self.get("/healthz", timeout=1)
+                return self
+            except (OSError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"camtrack did not answer within {timeout} s:\n{self.log()}") from None
+                await asyncio.sleep(0.1)
+
+    async def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """(status, body) of GET `path`, off the event loop (the test's loop may be attacking)."""
+        def fetch() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(self.base + path, timeout=timeout) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+        return await asyncio.to_thread(fetch)
+
+    async def json(self, path: str) -> Any:
+        status, body = await self.get(path)
+        assert status == 200, (path, status, body)
+        return json.loads(body)
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include `labels` (0 if there is none)."""
+        _, body = await self.get("/metrics")
+        total = 0.0
+        for line in body.splitlines():
+            if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
+                continue
+            head, value = line.rsplit(" ", 1)
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.pid)
+
+    def log(self) -> str:
+        return Path(self.logfile.name).read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.process.wait, 15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                await asyncio.to_thread(self.process.wait)
+        Path(self.logfile.name).unlink(missing_ok=True)
+
+    async def __aenter__(self) -> CamtrackProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@dataclass
+class Watched:
+    """What an honest viewer saw in one window."""
+
+    seconds: float
+    frames: int
+    latencies: list[int]
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies) if self.latencies else float("inf")
+
+    @property
+    def p95(self) -> float:
+        if not self.latencies:
+            return float("inf")
+        ordered = sorted(self.latencies)
+        return float(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))])
+
+    def __str__(self) -> str:
+        return f"{self.fps:.1f} fps, latency p50 {self.p50:.0f} ms p95 {self.p95:.0f} ms ({self.frames} frames)"
+
+
+class HonestViewer:
+    """One aiortc viewer in a process of its own (`python -m tests.honest_viewer`): it decodes every
+    picture, reads its latency stamp, and reports twice a second; `window()` sums what it saw."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.process: asyncio.subprocess.Process | None = None
+        #: (time.time() of the report, frames since the last report, latencies in ms)
+        self.reports: list[tuple[float, int, list[int]]] = []
+        self.error: str | None = None
+        self._reading: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> HonestViewer:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.honest_viewer", self.url, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        self._reading = asyncio.ensure_future(self._read())
+        deadline = time.monotonic() + timeout
+        while not any(frames for _, frames, _ in self.reports):
+            if self.error is not None or self._reading.done():
+                raise RuntimeError(f"honest viewer of {self.url} failed: {self.error}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"honest viewer of {self.url} saw no picture within {timeout} s")
+            await asyncio.sleep(0.1)
+        return self
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for line in self.process.stdout:
+            report = json.loads(line)
+            if "error" in report:
+                self.error = report["error"]
+                return
+            self.reports.append((report["t"], report["frames"], report["latency"]))
+
+    def window(self, since: float, until: float | None = None) -> Watched:
+        """What it saw between two time.time() instants (until: now)."""
+        until = time.time() if until is None else until
+        frames, latencies = 0, []
+        for at, count, lat in self.reports:
+            if since < at <= until:
+                frames += count
+                latencies += lat
+        return Watched(until - since, frames, latencies)
+
+    async def watch(self, seconds: float) -> Watched:
+        """Wait `seconds` (plus the report period) and return that window."""
+        since = time.time()
+        await asyncio.sleep(seconds + 0.6)
+        return self.window(since, since + seconds + 0.5)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._reading is not None:
+            self._reading.cancel()
+
+
+def assert_unharmed(baseline: Watched, seen: Watched, what: str, min_fps: float = 25.0,
+                    factor: float = 2.0, floor_ms: float = 40.0) -> None:
+    """The issue's bar for an honest viewer during and after an attack: at least `min_fps`, and a
+    p95 latency within `factor` times its own baseline (a baseline under `floor_ms` counts as that:
+    a few milliseconds of scheduling on a busy two-core machine are not harm)."""
+    assert seen.fps >= min_fps, f"{what}: {seen} (baseline {baseline})"
+    assert seen.p95 <= factor * max(baseline.p95, floor_ms), f"{what}: {seen} (baseline {baseline})"
