@@ -11,6 +11,7 @@ any process on the machine.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -44,9 +45,15 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+#: one measured attack at a time on this machine: developers running several checkouts' tests at
+#: once would otherwise measure each other (in CI there is one run, and the lock is free)
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "camtrack-honest.lock"
+
+
 class CamtrackProcess:
     """`python server.py ARGS` on 127.0.0.1, ICE on loopback, load admission off unless ARGS turn
-    it on (a later option wins). Its output goes to a file (`log()`)."""
+    it on (a later option wins). Its output goes to a file (`log()`). From start to stop it holds
+    MACHINE_LOCK."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -58,6 +65,7 @@ class CamtrackProcess:
         self.env = env
         self.logfile = tempfile.NamedTemporaryFile(prefix="camtrack-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None
 
     @property
     def base(self) -> str:
@@ -72,6 +80,9 @@ class CamtrackProcess:
         return self.process.pid
 
     async def start(self, timeout: float = 30.0) -> CamtrackProcess:
+        if self._lock is None:
+            self._lock = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+            await asyncio.to_thread(fcntl.flock, self._lock, fcntl.LOCK_EX)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
         self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), *self.args], cwd=ROOT,
                                         stdout=self.logfile, stderr=subprocess.STDOUT, env=env)
@@ -132,6 +143,9 @@ class CamtrackProcess:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait)
         Path(self.logfile.name).unlink(missing_ok=True)
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
     async def __aenter__(self) -> CamtrackProcess:
         return await self.start()
