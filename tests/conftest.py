@@ -14,6 +14,49 @@ from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 Server = tuple[str, web.Application]
 
+# The fast lane, `python -m pytest -m "not slow"` (about a minute on two cores), leaves out what is
+# marked `slow` here: whole modules that start browsers, other servers, worker processes or a
+# camtrack process of their own, and single tests that took 2.4 s or more in a run of the whole
+# suite on a CI-sized machine (`python -m pytest --durations=0`). `.ci/run` runs everything.
+SLOW_MODULES = {
+    "test_bench", "test_browser", "test_browser_fallback", "test_janus", "test_real_rtsp", "test_settings",
+    "test_shutdown", "test_soak", "test_turn", "test_workers",
+}
+SLOW_TESTS = {
+    "test_demux.py::test_rtsp_over_tcp",
+    "test_encoder.py::test_late_joiner_starts_promptly_on_a_keyframe",
+    "test_encoder.py::test_viewers_joining_in_a_loop_cannot_force_a_keyframe_each",
+    "test_encoder.py::test_viewers_receive_identical_encoded_frames",
+    "test_faults.py::test_file_source_loops_and_url_source_reconnects",
+    "test_fuzz.py::test_random_messages",
+    "test_hostile_rtc.py::test_a_nack_flood_gets_a_capped_share_of_the_stream",
+    "test_hostile_rtc.py::test_a_pli_flood_does_not_raise_anyones_keyframe_rate",
+    "test_hostile_rtc.py::test_junk_at_an_unconnected_peer_costs_bounded_memory",
+    "test_limits.py::test_max_viewers_counts_viewers_not_sockets",
+    "test_limits.py::test_mjpeg_stalled_reader_is_cut_off_and_frees_its_place",
+    "test_limits.py::test_websocket_that_does_not_read",
+    "test_limits.py::test_whep_bodies_have_a_deadline_and_a_bound",
+    "test_load.py::test_a_crowd_joining_at_once_is_paced_and_the_rest_refused",
+    "test_load.py::test_loop_cpu_is_the_event_loop_threads_own",
+    "test_passthrough.py::test_a_viewer_joining_mid_gop_gets_the_live_picture_through_the_bridge",
+    "test_passthrough.py::test_auto_passes_through_what_it_can_and_transcodes_the_rest",
+    "test_passthrough.py::test_passthrough_serves_the_cameras_own_h264",
+    "test_rtsp.py::test_a_session_gives_annexb_pictures_with_parameter_sets",
+    "test_streaming.py::test_three_viewers_share_one_source",
+    "test_udpmux.py::test_junk_from_strangers_at_the_shared_port_costs_no_memory",
+    "test_whep.py::test_whep_errors",
+    "test_wsvideo.py::test_a_cameras_own_h264_joined_mid_gop_is_bridged_then_its_own",
+    "test_wsvideo.py::test_a_reader_that_does_not_read_is_skipped_then_cut_off",
+    "test_wsvideo.py::test_a_slow_reader_skips_to_the_next_keyframe",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        if module in SLOW_MODULES or f"{item.path.name}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def loopback_ice():
