@@ -12,6 +12,7 @@ import json
 import sys
 import time
 
+import aiohttp
 import aiortc.rtcrtpreceiver
 from aiortc.codecs import get_decoder
 
@@ -35,9 +36,13 @@ async def main(url: str) -> None:
             latencies.clear()
 
     reporting = asyncio.ensure_future(report())
+    draining: asyncio.Future[None] | None = None
     try:
         await viewer.connect(timeout=30)
-        assert viewer.track is not None
+        assert viewer.track is not None and viewer.ws is not None
+        # keep reading the websocket: aiohttp answers the server's pings only while it is read, and
+        # the server hangs up on a viewer that has not answered for 10 s
+        draining = asyncio.ensure_future(_drain(viewer.ws))
         track = await viewer.track
         while True:
             frame = await track.recv()
@@ -49,7 +54,14 @@ async def main(url: str) -> None:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
     finally:
         reporting.cancel()
+        if draining is not None:
+            draining.cancel()
         await viewer.close(bye=False)
+
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
 
 
 if __name__ == "__main__":
