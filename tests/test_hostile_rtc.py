@@ -271,6 +271,121 @@ async def test_a_pli_flood_does_not_raise_anyones_keyframe_rate(serve):
     await asyncio.gather(honest.close(), attacker.close())
 
 
+def h264_keyframe_starts(payload: bytes) -> bool:
+    """Whether an H.264 RTP payload (RFC 6184) carries the start of a keyframe: an SPS or IDR
+    slice, alone, in a STAP-A, or the first fragment of an FU-A."""
+    if len(payload) < 2:
+        return False
+    kind = payload[0] & 0x1F
+    if kind in (5, 7):
+        return True
+    if kind == 28:
+        return bool(payload[1] & 0x80) and payload[1] & 0x1F in (5, 7)
+    if kind == 24:
+        at = 1
+        while at + 2 < len(payload):
+            size = int.from_bytes(payload[at:at + 2], "big")
+            if payload[at + 2] & 0x1F in (5, 7):
+                return True
+            at += 2 + size
+    return False
+
+
+class LossyViewer(Attacker):
+    """An honest viewer on a lossy link: it can lose every packet for a while (retransmissions
+    included, so NACK cannot repair it), asks for a keyframe (PLI) every 200 ms until one reaches it,
+    as browsers do, and notes when the first packet of each new keyframe arrives (a retransmitted
+    one, RTX, does not count)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.losing = False
+        #: time.monotonic() of each keyframe's first packet, as sent (not retransmitted)
+        self.keyframes: list[float] = []
+        self.pli_sent = 0
+
+    async def connect(self, *args, **kwargs) -> None:
+        await super().connect(*args, **kwargs)
+        receiver = self.receiver()
+        original = receiver._handle_rtp_packet
+        media_type = int(re.search(r"a=rtpmap:(\d+) H264/90000", self.answer_sdp).group(1))
+
+        async def handle_rtp_packet(packet, arrival_time_ms):
+            if self.losing:
+                return
+            if packet.payload_type == media_type and h264_keyframe_starts(packet.payload):
+                self.keyframes.append(time.monotonic())
+            await original(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = handle_rtp_packet
+
+    async def pli(self) -> None:
+        self.pli_sent += 1
+        await self.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.ssrc(), media_ssrc=media_ssrc(self.answer_sdp)))
+
+    async def lose_and_recover(self, losing: float = 1.5, timeout: float = 6.0) -> float:
+        """Lose everything for `losing` seconds while asking for keyframes, then go on asking every
+        200 ms: the seconds from the end of the loss to the next keyframe that arrives (or `timeout`)."""
+        self.losing = True
+        began = time.monotonic()
+        while time.monotonic() - began < losing:
+            await self.pli()
+            await asyncio.sleep(0.2)
+        self.losing = False
+        ended = time.monotonic()
+        while time.monotonic() - ended < timeout:
+            await self.pli()
+            for _ in range(4):  # every 200 ms, looking every 50 ms
+                if any(t > ended for t in self.keyframes):
+                    return next(t for t in self.keyframes if t > ended) - ended
+                await asyncio.sleep(0.05)
+        return timeout
+
+
+async def test_a_viewer_whose_keyframe_was_lost_gets_another_within_a_second(serve):
+    """--keyframe-interval 20: an honest viewer that loses everything for 1.5 s (the keyframe it
+    was sent for its first PLI included) and keeps asking gets a keyframe within about a second
+    of the loss ending, not at the next periodic one (up to 20 s later); and an attacker's PLI
+    flood meanwhile makes no more keyframes than the shared budget."""
+    url, app = await serve(width=320, height=240, keyframe_interval=20.0)
+    viewer, attacker = LossyViewer(url), Attacker(url)
+    await asyncio.gather(viewer.connect(), attacker.connect())
+    await asyncio.gather(viewer.frames(5), attacker.frames(5))
+    stats = app[CAMERAS].first.encoder.stats
+    waits = []
+    for _ in range(2):
+        waits.append(await viewer.lose_and_recover())
+        await viewer.frames(10, timeout=10)  # it plays again
+    ssrc = media_ssrc(attacker.answer_sdp)
+
+    async def flood() -> None:
+        while True:
+            for _ in range(10):
+                await attacker.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=attacker.ssrc(), media_ssrc=ssrc))
+            await asyncio.sleep(0.01)  # ~1000 PLI/s
+
+    flooding = asyncio.ensure_future(flood())
+    try:
+        keyframes, began = stats.keyframes, time.monotonic()
+        for _ in range(2):
+            waits.append(await viewer.lose_and_recover())
+        flooded = time.monotonic() - began
+        made = stats.keyframes - keyframes
+        frames = await viewer.frames(30, timeout=10)
+    finally:
+        flooding.cancel()
+    limiter = [g.keyframes for g in guards(app)]
+    print(f"lossy viewer, --keyframe-interval 20: keyframe {', '.join(f'{w:.2f}' for w in waits)} s after the loss "
+          f"ended (PLI every 200 ms, {viewer.pli_sent} sent); with a PLI flood beside it {made} keyframes in "
+          f"{flooded:.1f} s; requests allowed {[k.allowed for k in limiter]}, dropped {[k.dropped for k in limiter]}")
+    assert max(waits) < 1.5, waits
+    # one forced keyframe a second per viewer asking (two here), and never over the encoder's budget
+    assert made <= 2 * flooded + 2
+    assert made <= stats.forced_keyframes + 1
+    assert len(frames) == 30
+    await asyncio.gather(viewer.close(), attacker.close())
+
+
 async def test_fir_in_rfc5104_form_is_honoured(serve):
     """FIR with media SSRC 0 and the sender's SSRC in the FCI asks for a keyframe."""
     url, app = await serve(width=320, height=240, keyframe_interval=30.0)

@@ -360,3 +360,42 @@ async def test_a_viewer_joining_mid_gop_gets_the_live_picture_through_the_bridge
         await first.close()
     finally:
         await camera_server.stop()
+
+
+async def test_a_pli_flood_on_a_passed_through_camera_is_counted_and_harmless(serve, tmp_path):
+    """A camera's keyframes cannot be forced: a viewer's PLIs (1000 a second) are held to one a
+    second by its limiter, counted by the feed and otherwise ignored; no bridge starts, nothing is
+    decoded, and the viewer keeps playing."""
+    from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+
+    from .test_hostile_rtc import Attacker, media_ssrc
+
+    source = str(write_h264(tmp_path / "flood.mp4", "baseline"))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240)
+    camera = app[CAMERAS].first
+    feed = camera.feed
+    assert isinstance(feed, PassthroughFeed)
+    viewer = Attacker(url)
+    await viewer.connect()
+    await viewer.frames(10)
+    ssrc = media_ssrc(viewer.answer_sdp)
+    before, began = feed.stats.keyframe_requests, time.monotonic()
+
+    async def flood() -> None:
+        while True:
+            for _ in range(10):
+                await viewer.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=viewer.ssrc(), media_ssrc=ssrc))
+            await asyncio.sleep(0.01)
+
+    flooding = asyncio.ensure_future(flood())
+    try:
+        frames = await viewer.frames(90, timeout=15)
+    finally:
+        flooding.cancel()
+    asked = feed.stats.keyframe_requests - before
+    seconds = time.monotonic() - began
+    print(f"passthrough PLI flood: {asked} requests reached the feed in {seconds:.1f} s")
+    assert len(frames) == 90
+    assert 1 <= asked <= seconds + 2
+    assert camera.bridge is None and camera.decoder.frames == 0
+    await viewer.close()

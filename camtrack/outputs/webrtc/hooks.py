@@ -95,6 +95,11 @@ NACK_RATE = 50.0
 NACK_BURST = 50.0
 #: datagrams waiting for aiortc to read them; beyond this they are dropped, not queued
 QUEUE_LIMIT = 256
+#: one viewer's keyframe requests are honoured at most once per this many seconds (or per keyframe
+#: interval, when that is shorter): a viewer whose keyframe was lost too gets the next within a
+#: second, and one viewer can force at most one keyframe a second (the encoder's budget for all
+#: viewers together is 2; libwebrtc's own sender takes one request per 300 ms)
+KEYFRAME_REQUEST_INTERVAL = 1.0
 #: a viewer's retransmissions may use this fraction of the stream's bitrate ...
 RETRANSMIT_SHARE = 0.25
 #: ... with bursts of up to this many bytes (a lost keyframe at 1 Mbit/s is ~20-40 KB)
@@ -393,11 +398,16 @@ def police_rtcp(dtls: RTCDtlsTransport) -> RtcpPolice:
 
 @dataclass
 class KeyframeLimiter:
-    """One viewer's keyframe requests (PLI/FIR): the first at once, then one per `interval`.
+    """One viewer's keyframe requests (PLI/FIR): the first at once, then one per `interval`
+    (`keyframe_request_interval`: KEYFRAME_REQUEST_INTERVAL, or the keyframe interval when shorter).
 
-    A forced keyframe restarts the encoder's periodic keyframe clock, so with `interval` equal
-    to the keyframe interval a viewer flooding requests cannot raise the keyframe rate that
-    every other viewer pays for; a viewer with real loss gets its keyframe within that time.
+    A viewer whose loss NACK cannot repair asks again until a keyframe reaches it (browsers every
+    200 ms or so); if the keyframe it was sent is lost as well, its next one comes within
+    `interval`, not a whole keyframe interval later (users set 10-20 s). What a viewer flooding
+    requests can cost the others is bounded twice: by this (one forced keyframe a second at most,
+    and since a forced keyframe restarts the encoder's periodic clock, none more than periodic
+    ones when the keyframe interval is a second or less), and by the encoder's budget for all
+    viewers together (EncoderSettings: 2 a second, at most one per 100 ms).
     """
 
     interval: float
@@ -417,6 +427,11 @@ class KeyframeLimiter:
         self._last = now
         self.allowed += 1
         return True
+
+
+def keyframe_request_interval(keyframe_interval: float) -> float:
+    """Seconds between one viewer's keyframe requests that are honoured (see KeyframeLimiter)."""
+    return min(keyframe_interval, KEYFRAME_REQUEST_INTERVAL)
 
 
 def forward_keyframe_requests(pc: RTCPeerConnection, track: MediaStreamTrack,
@@ -491,7 +506,7 @@ class PeerGuard:
 def guard_peer(pc: RTCPeerConnection, track: MediaStreamTrack, bitrate: int,
                keyframe_interval: float) -> PeerGuard:
     """Everything above for one sending peer; call after setLocalDescription."""
-    keyframes = KeyframeLimiter(keyframe_interval)
+    keyframes = KeyframeLimiter(keyframe_request_interval(keyframe_interval))
     forward_keyframe_requests(pc, track, keyframes)
     retransmits = []
     for sender in pc.getSenders():
