@@ -106,6 +106,8 @@ class Camera:
                      else "transcode" if self.feed is not None else "per-viewer"),
             "viewers": {str(t): len(v) for t, v in self.viewers.items()},
             "pending": self.pending,
+            # WebRTC viewers closed for sending nothing (--unresponsive-timeout), over the server's life
+            "unresponsive": sum(meter.unresponsive for meter in self.meters.values()),
             "opens": self.stream.runs,
         }
 

@@ -395,6 +395,11 @@ class Config(CameraSettings):
     negotiation_timeout: float = field(default=15.0, metadata=option(
         "close a peer that has not connected within this time (default: {default})", metavar="SECONDS",
         check=seconds()))
+    #: seconds a connected WebRTC viewer may send nothing at all (no RTCP, no STUN) before it is closed
+    unresponsive_timeout: float = field(default=8.0, metadata=option(
+        "close a connected WebRTC viewer from which nothing (RTCP reports, STUN consent) came for this "
+        "long, so that frozen viewers do not keep their places (0: only when ICE consent expires, 30 s; "
+        "default: {default})", metavar="SECONDS", check=seconds(positive=False)))
     #: seconds a websocket may stay open with no peer (and say nothing useful) before it is closed
     idle_timeout: float = field(default=30.0, metadata=option(
         "close a websocket that has sent no offer within this time (default: {default})", metavar="SECONDS",

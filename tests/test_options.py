@@ -55,7 +55,8 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               # (passthrough needs codec h264, and this file asks for vp8)
               "mode": "transcode", "rtsp_transport": "udp", "video_encoder": "libx264",
               "webrtc_port": 9555, "public_addresses": ["203.0.113.7", "cams.example"], "turn_secret": "s3c",
-              "workers": 3}
+              "workers": 3,
+              "unresponsive_timeout": 9.0}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:

@@ -14,6 +14,8 @@ class Meter:
     frames: int = 0
     bytes: int = 0
     negotiation_failures: int = 0
+    #: connected WebRTC viewers closed for sending nothing (--unresponsive-timeout)
+    unresponsive: int = 0
     #: seconds from a picture's capture to its being handed to a viewer's socket, per viewer
     wire_age: Histogram = field(default_factory=Histogram)
 

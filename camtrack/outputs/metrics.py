@@ -54,6 +54,9 @@ class CameraCollector:
         failures = CounterMetricFamily("camtrack_negotiation_failures",
                                        "WebRTC offers refused, or peers that never connected.",
                                        labels=["camera", "transport"])
+        unresponsive = CounterMetricFamily("camtrack_viewers_unresponsive",
+                                           "Connected WebRTC viewers closed because nothing came from them for "
+                                           "--unresponsive-timeout.", labels=["camera", "transport"])
         janus_up = GaugeMetricFamily("camtrack_janus_publishing", "1 while the camera is published to Janus.",
                                      labels=["camera"])
         janus_publishes = CounterMetricFamily("camtrack_janus_publishes", "Times publishing to Janus started.",
@@ -76,6 +79,7 @@ class CameraCollector:
                 sent_bytes.add_metric([name, transport], meter.bytes)
                 if transport in (Transport.WEBSOCKET, Transport.WHEP):  # the WebRTC ones
                     failures.add_metric([name, transport], meter.negotiation_failures)
+                    unresponsive.add_metric([name, transport], meter.unresponsive)
             up.add_metric([name], 1 if camera.stream.state == "up" else 0)
             watched.add_metric([name], 1 if camera.stream.consumers else 0)
             opens.add_metric([name], camera.stream.runs)
@@ -129,7 +133,7 @@ class CameraCollector:
         yield refused
         yield wire
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
-                    sent_bytes, failures, encode_time, janus_up, janus_publishes, janus_failures)
+                    sent_bytes, failures, unresponsive, encode_time, janus_up, janus_publishes, janus_failures)
         if self.workers is not None:
             yield from self._workers(self.workers())
 

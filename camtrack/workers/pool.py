@@ -43,7 +43,7 @@ from ..media.feeds import FeedClosed, PacketFeed, Transport
 from ..media.packet import CodecInfo, EncodedPacket
 from ..media.passthrough import RING_PACKETS, PassthroughFeed
 from ..outputs.webrtc.ice import IceContext
-from ..outputs.webrtc.peer import CLOSE_TIMEOUT, OfferError, Peer, negotiation_turn
+from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, Peer, negotiation_turn
 from ..outputs.webrtc.udpmux import Address, UdpMux
 from . import wire
 
@@ -245,6 +245,8 @@ class RemotePeer:
         self._give_turn_back()
         if not self._ended:
             self._ended = True
+            if reason.startswith(UNRESPONSIVE):  # (the worker's own meter does not come back)
+                self.camera.meters[self.transport].unresponsive += 1
             self.on_end(reason)
 
 

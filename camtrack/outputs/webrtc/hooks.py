@@ -353,6 +353,54 @@ def guard_ice(pc: RTCPeerConnection) -> list[IceGate]:
     return gates
 
 
+# --- whether the viewer still answers ------------------------------------------------------------
+
+@dataclass
+class Hearing:
+    """When a peer last heard from its viewer: any datagram from the remote address of the
+    selected (nominated) candidate pair counts (RTCP reports and feedback, STUN consent checks and
+    the answers to the server's, DTLS). A live viewer is heard every second or so (browsers and
+    aiortc send RTCP reports every 0.5-1.5 s) and at least every 4-6 s (consent answers)."""
+
+    last: float = field(default_factory=time.monotonic)
+    #: datagrams heard from the viewer
+    datagrams: int = 0
+
+    def heard(self) -> None:
+        """Start the silence clock again (as if the viewer just spoke)."""
+        self.last = time.monotonic()
+
+    def silence(self) -> float:
+        """Seconds since the viewer was last heard."""
+        return time.monotonic() - self.last
+
+
+def listen(pc: RTCPeerConnection) -> Hearing:
+    """Note every datagram that reaches a socket of `pc` from its selected pair's remote address;
+    call after setLocalDescription (gathering)."""
+    hearing = Hearing()
+    for connection in ice_connections(pc):
+        for protocol in connection._protocols:
+            _listen_on(protocol, connection, hearing)
+    return hearing
+
+
+def _listen_on(protocol: StunProtocol, connection: Connection, hearing: Hearing) -> None:
+    deliver = protocol.datagram_received
+    nominated = connection._nominated
+
+    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+        pair = nominated.get(1)
+        if pair is not None:
+            remote = pair.remote_addr
+            if addr[0] == remote[0] and addr[1] == remote[1]:
+                hearing.last = time.monotonic()
+                hearing.datagrams += 1
+        deliver(data, addr)
+
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+
+
 # --- RTCP: keyframe requests and retransmissions, limited per viewer -----------------------------
 
 @dataclass
@@ -497,6 +545,8 @@ class PeerGuard:
     keyframes: KeyframeLimiter
     retransmits: list[RetransmitCap]
     rtcp: list[RtcpPolice]
+    #: when the viewer was last heard (camtrack.outputs.webrtc.peer closes one silent too long)
+    hearing: Hearing = field(default_factory=Hearing)
 
     @property
     def dropped_packets(self) -> int:
@@ -517,7 +567,7 @@ def guard_peer(pc: RTCPeerConnection, track: MediaStreamTrack, bitrate: int,
         dtls = transceiver.sender.transport
         if id(dtls) not in rtcp:
             rtcp[id(dtls)] = police_rtcp(dtls)
-    return PeerGuard(guard_ice(pc), keyframes, retransmits, list(rtcp.values()))
+    return PeerGuard(guard_ice(pc), keyframes, retransmits, list(rtcp.values()), listen(pc))
 
 
 # --- RTP: each picture packetized once, sent to every viewer --------------------------------------

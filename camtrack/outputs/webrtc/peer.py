@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 
 #: seconds a peer's close may take before it is abandoned
 CLOSE_TIMEOUT = 5.0
+#: a viewer closed for sending nothing (--unresponsive-timeout) leaves with a reason starting so
+UNRESPONSIVE = "unresponsive"
+#: a silence check that runs later than this (seconds) found the event loop stalled: the viewer's
+#: datagrams may still wait unread in the socket, so it looks again STALL_GRACE later instead
+STALL_LATE = 0.5
+STALL_GRACE = 2.0
 #: what each --codec name sends; H.264 is constrained baseline so Safari plays it
 CODEC_MIME = {"h264": "video/H264", "vp8": "video/VP8"}
 
@@ -226,6 +232,26 @@ class Peer:
             self.camera.meters[self.transport].negotiation_failures += 1
             self._end("negotiation timed out")
 
+    def _watch_silence(self, due: float | None = None, postponed: bool = False) -> None:
+        """Close the peer once nothing came from its viewer for --unresponsive-timeout (a frozen
+        viewer would keep its place, and be sent the stream, until ICE consent expires: 30 s);
+        else look again when that time would be up. `due`: when this check was meant to run; a
+        check that ran late (the event loop stood still) looks again once more, STALL_GRACE later,
+        instead of closing peers whose viewers' datagrams wait unread."""
+        self._timers.pop("silence", None)
+        timeout = self.config.unresponsive_timeout
+        if not timeout or self.guard is None or self._ended:
+            return
+        now = asyncio.get_running_loop().time()
+        silent = self.guard.hearing.silence()
+        late = due is not None and now - due > STALL_LATE and not postponed
+        if silent >= timeout and not late:
+            self.camera.meters[self.transport].unresponsive += 1
+            self._end(f"{UNRESPONSIVE}: nothing came from it for {silent:.0f} s")
+            return
+        wait = STALL_GRACE if late else max(timeout - silent, 0.1)
+        self._set_timer("silence", wait, lambda: self._watch_silence(now + wait, postponed=late))
+
     def _on_state(self) -> None:
         state = self.pc.connectionState
         logger.debug("%s viewer %s: peer %s", self.transport, self.remote, state)
@@ -235,6 +261,9 @@ class Peer:
             self._cancel_timer("disconnected")
             if not self.connected:
                 logger.info("%s viewer %s of %s: connected", self.transport, self.remote, self.camera.name)
+                if self.guard is not None:
+                    self.guard.hearing.heard()  # (the silence clock starts now)
+                    self._watch_silence()
             self.connected = True
         elif state == "disconnected" and "disconnected" not in self._timers:
             self._set_timer("disconnected", self.config.disconnect_timeout,
