@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from camtrack.client import Viewer
 
 from .conftest import eventually
 from .honest import CamtrackProcess, HonestViewer, assert_unharmed
+
+#: (a camtrack process of its own, and seconds of silence: out of the fast lane)
+pytestmark = pytest.mark.slow
 
 
 def freeze(viewer: Viewer) -> asyncio.Task[None]:

@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 
+import pytest
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
@@ -342,6 +343,7 @@ class LossyViewer(Attacker):
         return timeout
 
 
+@pytest.mark.slow
 async def test_a_viewer_whose_keyframe_was_lost_gets_another_within_a_second(serve):
     """--keyframe-interval 20: an honest viewer that loses everything for 1.5 s (the keyframe it
     was sent for its first PLI included) and keeps asking gets a keyframe within about a second

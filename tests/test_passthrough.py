@@ -362,6 +362,7 @@ async def test_a_viewer_joining_mid_gop_gets_the_live_picture_through_the_bridge
         await camera_server.stop()
 
 
+@pytest.mark.slow
 async def test_a_pli_flood_on_a_passed_through_camera_is_counted_and_harmless(serve, tmp_path):
     """A camera's keyframes cannot be forced: a viewer's PLIs (1000 a second) are held to one a
     second by its limiter, counted by the feed and otherwise ignored; no bridge starts, nothing is
