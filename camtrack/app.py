@@ -64,7 +64,10 @@ def create_app(config: Config) -> web.Application:
                 sources[camera.name]["passthrough"] = {
                     "running": passthrough.running, "viewers": len(passthrough.consumers),
                     "packets": passthrough.stats.packets, "keyframes": passthrough.stats.keyframes,
-                    "reopenings": passthrough.stats.reopenings}
+                    "reopenings": passthrough.stats.reopenings,
+                    "problem": passthrough.problem, "refused": passthrough.stats.refused,
+                    "oversize": passthrough.stats.oversize, "filler_bytes": passthrough.stats.filler_bytes,
+                    "ring_bytes": passthrough.ring_bytes}
             if camera.encoder is not None:
                 stats = camera.encoder.stats
                 sources[camera.name]["encoder"] = {

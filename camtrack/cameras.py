@@ -93,10 +93,14 @@ class Camera:
     def describe(self) -> dict[str, Any]:
         """The camera as /api/cameras and /healthz show it."""
         settings = self.settings
+        feed = self.feed if isinstance(self.feed, PassthroughFeed) else None
         return {
             "name": self.name,
             "source": redact(self.source),
-            "state": self.stream.state,
+            # a passed-through camera's state is its feed's while that runs (the stream is not opened)
+            "state": feed.state if feed is not None and feed.running else self.stream.state,
+            #: why a passed-through camera is refused (its size, too large access units), else None
+            "problem": feed.problem if feed is not None else None,
             "width": settings.width,
             "height": settings.height,
             "fps": settings.fps,
@@ -162,7 +166,8 @@ class Cameras:
                 packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport,
                                             input_format=settings.input_format, width=settings.width,
                                             height=settings.height, fps=settings.fps)
-                feed = PassthroughFeed(settings.name, packets, linger=config.linger)
+                feed = PassthroughFeed(settings.name, packets, linger=config.linger,
+                                       size=(settings.width, settings.height))
                 decoder = PacketDecoder(feed, settings.name)
                 jpeg = JpegEncoders(decoder, config.mjpeg_fps)
             elif config.encoder == "shared":

@@ -16,6 +16,7 @@ from .feeds import FeedClosed, PacketFeed
 from .frame import Frame
 from .packet import EncodedPacket
 from .ring import Read
+from .sizes import MAX_PIXELS
 from .stage import Stage
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class PacketDecoder(Stage[PacketFeed, Frame]):
         loop = asyncio.get_running_loop()
         codec = av.CodecContext.create(self.input.codec.codec, "r")
         codec.thread_type = "SLICE"  # frame threads would hold pictures back, one per thread
+        # FFmpeg's own bound: a picture larger than a camera may send is refused, not allocated
+        # (a parameter set the source did not check, or one that disagrees with it)
+        codec.options = {"max_pixels": str(MAX_PIXELS)}
         start = self.input.start_packets()
         after = start[-1].seq if start else 0
         pending = list(start)

@@ -25,6 +25,7 @@ from .frame import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE
 from .lingering import Lingering
 from .packet import CodecInfo, EncodedPacket
 from .ring import Read, Ring
+from .sizes import FALLBACK_SIZE, SizeRefused, within_limits
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ CLOSE_WAIT = 1.0
 NO_SIGNAL_INTERVAL = 0.2
 #: packets the ring holds: the newest GOP of most cameras (4 s at 30 fps is 120; 10 s at 30 is 300)
 RING_PACKETS = 300
+#: bytes the ring holds at most: a 10 s GOP at 24 Mbit/s (a 4K camera's), whatever the camera sends
+RING_BYTES = 32 * 1024 * 1024
+#: an access unit larger than this is dropped (a 4K IDR at a high bitrate is 1-2 MB)
+MAX_PACKET_BYTES = 4 * 1024 * 1024
+#: H.264 filler data: bytes that carry nothing, stripped before an access unit is stored
+NAL_FILLER = 12
 #: a jump of the source's timestamps larger than this (seconds) is a discontinuity, not time passing
 MAX_TIMESTAMP_JUMP = 5.0
 #: a step back smaller than this (seconds) is jitter (the stamp is nudged forward), larger a discontinuity
@@ -98,6 +105,12 @@ class PassthroughStats:
     keyframe_requests: int = 0
     #: times the source's timestamps jumped (backwards, or further than MAX_TIMESTAMP_JUMP)
     discontinuities: int = 0
+    #: times the camera's stream was refused for its size (camtrack.media.sizes)
+    refused: int = 0
+    #: access units dropped for being larger than MAX_PACKET_BYTES
+    oversize: int = 0
+    #: bytes of filler data stripped from access units
+    filler_bytes: int = 0
 
 
 class Restamper:
@@ -144,7 +157,8 @@ class PassthroughFeed(Lingering):
     """
 
     def __init__(self, name: str, source_factory: Callable[[], PacketSource], *, linger: float = 3.0,
-                 ring_size: int = RING_PACKETS, retry_max: float = 10.0) -> None:
+                 ring_size: int = RING_PACKETS, ring_bytes: int = RING_BYTES, retry_max: float = 10.0,
+                 size: tuple[int, int] = FALLBACK_SIZE) -> None:
         super().__init__(linger)
         self.name = name
         self.source_factory = source_factory
@@ -152,8 +166,17 @@ class PassthroughFeed(Lingering):
         self.stats = PassthroughStats()
         #: `idle`, `starting`, `up` (giving packets) or `retrying`
         self.state = "idle"
-        self._ring: Ring[EncodedPacket] = Ring(ring_size, lambda: PassthroughClosed(name))
+        #: why the camera is not up, when it was refused (its size), else None
+        self.problem: str | None = None
+        #: the configured size: "no signal" is shown at it when the camera gave no usable one
+        self.size = size
+        self._ring: Ring[EncodedPacket] = Ring(ring_size, lambda: PassthroughClosed(name), max_bytes=ring_bytes,
+                                               weigh=_weigh)
         self._codec = CodecInfo("h264", 0, 0, VIDEO_TIME_BASE)
+        #: the camera's last size within the limits (what "no signal" is shown at)
+        self._last_size: tuple[int, int] | None = None
+        #: the "no signal" pictures, encoded once per size: (size, IDRs to show in turn)
+        self._no_signal: tuple[tuple[int, int], list[bytes]] | None = None
         self._seq = 0
         self._run: _Run | None = None
         self._released: list[_Run] = []
@@ -171,6 +194,11 @@ class PassthroughFeed(Lingering):
     @property
     def latest(self) -> EncodedPacket | None:
         return self._ring.newest
+
+    @property
+    def ring_bytes(self) -> int:
+        """The bytes of camera data the ring holds now (at most RING_BYTES)."""
+        return self._ring.bytes
 
     @property
     def running(self) -> bool:
@@ -214,6 +242,9 @@ class PassthroughFeed(Lingering):
     def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ring.reopen()
+        # nothing of the last run's camera is trusted: its size is known again once it opens
+        self._codec = CodecInfo("h264", 0, 0, VIDEO_TIME_BASE)
+        self.problem = None
         previous = next((run for run in reversed(self._released) if run.alive), None)
         run = _Run(self, self.source_factory(), previous)
         self._run = run
@@ -246,11 +277,47 @@ class PassthroughFeed(Lingering):
             call(*args)
 
     def _opened(self, codec: CodecInfo) -> None:
+        if codec.width and codec.height and not within_limits(codec.width, codec.height):
+            codec = dataclasses.replace(codec, width=0, height=0)  # (a source checks it; never trusted here)
         self._codec = dataclasses.replace(codec, time_base=VIDEO_TIME_BASE)
+        if codec.width and codec.height:
+            self._last_size = (codec.width, codec.height)
         self._restamper.restart()
 
     def _set_state(self, state: str) -> None:
         self.state = state
+        if state == "up":
+            self.problem = None
+            self._no_signal = None  # the next outage's picture says its own time
+
+    def _count(self, what: str, count: int, problem: str | None = None) -> None:
+        setattr(self.stats, what, getattr(self.stats, what) + count)
+        if problem is not None:
+            self.problem = problem
+
+    def no_signal_size(self) -> tuple[int, int]:
+        """The size "no signal" is shown at: the camera's last good size, else the configured one
+        (even sides, within the limits: it is encoded as H.264 4:2:0)."""
+        for width, height in (self._last_size or (0, 0), self.size, FALLBACK_SIZE):
+            width, height = width & ~1, height & ~1
+            if width >= 16 and height >= 16 and within_limits(width, height):
+                return width, height
+        return FALLBACK_SIZE
+
+    def no_signal_pictures(self, description: str) -> list[bytes]:
+        """The "no signal" IDRs at `no_signal_size()`, encoded once per size (called by the reader
+        thread only; runs of a feed never overlap). Empty if they could not be made."""
+        size = self.no_signal_size()
+        made = self._no_signal
+        if made is None or made[0] != size:
+            pictures: list[bytes] = []
+            try:
+                pictures = _no_signal_pictures(size, description)
+            except Exception as exc:  # noqa: BLE001 - never the reader thread's end
+                logger.warning("passthrough %s: cannot make the no-signal picture at %dx%d: %s",
+                               self.name, size[0], size[1], exc)
+            self._no_signal = made = (size, pictures)
+        return made[1]
 
     def _publish(self, source_packet: SourcePacket, captured: float, wall: float) -> None:
         pts = self._restamper.stamp(source_packet.pts, source_packet.time_base, wall)
@@ -277,9 +344,10 @@ class _Run:
         self.previous = previous
         self.state = "starting"
         self._stop = threading.Event()
-        self._no_signal_encoder: Any = None
         self._no_signal_count = 0
-        self._thread = threading.Thread(target=self._main, name=f"passthrough {source.description}", daemon=True)
+        #: said once per run: access units too large, filler data
+        self._said: set[str] = set()
+        self._thread = threading.Thread(target=self._guarded, name=f"passthrough {source.description}", daemon=True)
 
     @property
     def alive(self) -> bool:
@@ -297,6 +365,49 @@ class _Run:
             self.state = state
             self.feed._from_thread(self, self.feed._set_state, state)
 
+    def _guarded(self) -> None:
+        """`_main`, started again after anything it did not expect: the thread ends only when stopped."""
+        while True:
+            try:
+                self._main()
+                return
+            except Exception:  # noqa: BLE001 - logged; the camera is retried
+                logger.exception("%s: the reader failed; retrying", self.source.description)
+                self._set_state("retrying")
+                if self._stop.wait(1.0):
+                    return
+
+    def _fault(self, exc: Exception) -> None:
+        """A failure of the source: a refused size is counted and said in one line."""
+        if isinstance(exc, SizeRefused):
+            if self.state == "up":  # (at open, the failure is said once per outage already)
+                logger.warning("%s: %s; retrying", self.source.description, exc)
+            self.feed._from_thread(self, self.feed._count, "refused", 1, str(exc))
+
+    def _admit(self, packet: SourcePacket) -> SourcePacket | None:
+        """An access unit as it is stored: without filler data; None (dropped, counted, said once
+        a run) when it is larger than MAX_PACKET_BYTES."""
+        data = packet.data
+        if _has_filler(data):
+            stripped = _strip_filler(data)
+            self.feed._from_thread(self, self.feed._count, "filler_bytes", len(data) - len(stripped))
+            if "filler" not in self._said:
+                self._said.add("filler")
+                logger.info("%s sends filler data (%d of %d bytes in one picture): stripped",
+                            self.source.description, len(data) - len(stripped), len(data))
+            packet = dataclasses.replace(packet, data=stripped)
+            if not stripped:
+                return None
+        size = len(packet.data)
+        if size > MAX_PACKET_BYTES:
+            problem = f"an access unit of {size} bytes, more than {MAX_PACKET_BYTES}: dropped"
+            self.feed._from_thread(self, self.feed._count, "oversize", 1, problem)
+            if "oversize" not in self._said:
+                self._said.add("oversize")
+                logger.warning("%s sent %s (said once)", self.source.description, problem)
+            return None
+        return packet
+
     def _main(self) -> None:
         previous, self.previous = self.previous, None
         if previous is not None:
@@ -308,6 +419,7 @@ class _Run:
             try:
                 source.open()
             except Exception as exc:  # noqa: BLE001 - any failure means "retry later"
+                self._fault(exc)
                 if self.state != "retrying":
                     logger.warning("%s: %s; retrying", source.description, exc)
                 self._set_state("retrying")
@@ -327,6 +439,11 @@ class _Run:
             try:
                 while not self._stop.is_set():
                     packet = source.read()
+                    if packet is not None:
+                        packet = self._admit(packet)
+                        if packet is None:
+                            idr_seen = False  # what follows a dropped picture waits for an IDR
+                            continue
                     if packet is not None and not idr_seen:
                         if not packet.keyframe:
                             continue
@@ -343,8 +460,9 @@ class _Run:
                     self._set_state("up")
                     delay = 0.5
                     feed._from_thread(self, feed._publish, packet, time.time(), time.monotonic())
-            except Exception:  # noqa: BLE001
-                if self.state == "up" and not self._stop.is_set():
+            except Exception as exc:  # noqa: BLE001
+                self._fault(exc)
+                if self.state == "up" and not self._stop.is_set() and not isinstance(exc, SizeRefused):
                     logger.exception("%s failed; reopening", source.description)
                 self._set_state("retrying")
             finally:
@@ -369,22 +487,55 @@ class _Run:
             self._stop.wait(min(NO_SIGNAL_INTERVAL, left))
 
     def _no_signal_packet(self) -> SourcePacket | None:
-        codec = self.feed.codec
-        width, height = (codec.width, codec.height) if codec.width and codec.height else (640, 480)
-        try:
-            if self._no_signal_encoder is None:
-                self._no_signal_encoder = _intra_encoder(width, height)
-            picture = av.VideoFrame.from_ndarray(
-                no_signal_image(width, height, self.source.description), format="bgr24").reformat(format="yuv420p")
-            picture.pts = self._no_signal_count
-            self._no_signal_count += 1
-            data = b"".join(bytes(p) for p in self._no_signal_encoder.encode(picture))
-        except (av.FFmpegError, ValueError) as exc:
-            logger.debug("no-signal picture failed: %s", exc)
+        """The next "no signal" IDR: made once per size (the camera's last good size, else the
+        configured one), then the same bytes again (two in turn: consecutive IDRs differ in
+        idr_pic_id, as H.264 wants)."""
+        pictures = self.feed.no_signal_pictures(self.source.description)
+        if not pictures:
             return None
-        if not data:
-            return None
+        data = pictures[self._no_signal_count % len(pictures)]
+        self._no_signal_count += 1
         return SourcePacket(data, round(time.monotonic() * VIDEO_CLOCK_RATE), VIDEO_TIME_BASE, True)
+
+
+def _no_signal_pictures(size: tuple[int, int], description: str) -> list[bytes]:
+    """Two "no signal" IDRs (with their parameter sets) at `size`."""
+    width, height = size
+    encoder = _intra_encoder(width, height)
+    image = no_signal_image(width, height, description)
+    pictures = []
+    for pts in range(2):
+        picture = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
+        picture.pts = pts
+        pictures.append(b"".join(bytes(p) for p in encoder.encode(picture)))
+    pictures += [b"".join(bytes(p) for p in encoder.encode(None))]
+    return [data for data in pictures if data]
+
+
+def _weigh(packet: EncodedPacket) -> int:
+    return packet.size
+
+
+def _strip_filler(data: bytes) -> bytes:
+    """Annex-B bytes without their filler NAL units (each kept one with its own start code)."""
+    starts = []
+    pos = data.find(b"\x00\x00\x01")
+    while pos >= 0:
+        starts.append(pos)
+        pos = data.find(b"\x00\x00\x01", pos + 3)
+    kept = [data[start:end] for start, end in zip(starts, [*starts[1:], len(data)], strict=True)
+            if start + 3 < len(data) and data[start + 3] & 0x1F != NAL_FILLER]
+    return b"".join(kept)
+
+
+def _has_filler(data: bytes) -> bool:
+    """Whether Annex-B bytes hold a filler NAL unit (looked for without copying the bytes)."""
+    pos = data.find(b"\x00\x00\x01")
+    while 0 <= pos < len(data) - 3:
+        if data[pos + 3] & 0x1F == NAL_FILLER:
+            return True
+        pos = data.find(b"\x00\x00\x01", pos + 3)
+    return False
 
 
 def _intra_encoder(width: int, height: int) -> Any:

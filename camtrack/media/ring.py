@@ -44,17 +44,26 @@ class Read(Generic[T]):
 
 
 class Ring(Generic[T]):
-    """The last `size` items of a live sequence and the readers waiting for a newer one.
+    """The last `size` items of a live sequence and the readers waiting for a newer one; with
+    `max_bytes`, also no more than that many bytes as `weigh` counts them (the oldest items go
+    first; the newest is always held).
 
     While closed (before `reopen()`, after `close()`), a reader with nothing newer to read gets
     the closing error.
     """
 
-    def __init__(self, size: int, closed_error: Callable[[], Exception]) -> None:
+    def __init__(self, size: int, closed_error: Callable[[], Exception], *, max_bytes: int | None = None,
+                 weigh: Callable[[T], int] | None = None) -> None:
         if size < 1:
             raise ValueError("a ring holds at least one item")
+        if (max_bytes is None) != (weigh is None):
+            raise ValueError("a byte budget needs a weight, and a weight a budget")
         self.size = size
-        self._items: deque[T] = deque(maxlen=size)
+        self.max_bytes = max_bytes
+        self._weigh = weigh
+        #: the bytes held, as `weigh` counts them (0 without a byte budget)
+        self.bytes = 0
+        self._items: deque[T] = deque()
         self._closed_error = closed_error
         self._open = False
         #: one future per waiting reader (cheaper than every reader shielding one shared future)
@@ -82,6 +91,7 @@ class Ring(Generic[T]):
     def reopen(self) -> None:
         """Start a new run: empty, and readers wait instead of failing."""
         self._items.clear()
+        self.bytes = 0
         self._open = True
 
     def publish(self, item: T) -> None:
@@ -89,12 +99,22 @@ class Ring(Generic[T]):
         newest = self.newest
         if newest is not None and item.seq <= newest.seq:
             raise ValueError(f"item {item.seq} is not newer than {newest.seq}")
-        self._items.append(item)
+        items = self._items
+        items.append(item)
+        weigh = self._weigh
+        if weigh is None:
+            if len(items) > self.size:
+                items.popleft()
+        else:
+            self.bytes += weigh(item)
+            while len(items) > 1 and (len(items) > self.size or self.bytes > (self.max_bytes or 0)):
+                self.bytes -= weigh(items.popleft())
         self._wake()
 
     def close(self) -> None:
         """Drop the items and fail whoever waits (and later askers too) with the closing error."""
         self._items.clear()
+        self.bytes = 0
         self._open = False
         self._wake()  # woken readers find the ring closed and raise
 

@@ -134,6 +134,7 @@ class CameraCollector:
         yield wire
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, unresponsive, encode_time, janus_up, janus_publishes, janus_failures)
+        yield from _passthrough_metrics(self.cameras)
         if self.workers is not None:
             yield from self._workers(self.workers())
 
@@ -168,3 +169,23 @@ def add_routes(app: web.Application, cameras: Cameras,
         return response
 
     app.router.add_get("/metrics", metrics)
+
+
+def _passthrough_metrics(cameras: Cameras) -> Iterator[Metric]:
+    """What a passed-through camera's feed refused or dropped, and the bytes of it held."""
+    refused = CounterMetricFamily("camtrack_passthrough_refused", "Times a camera's stream was refused for its "
+                                  "size (larger than camtrack accepts: camtrack.media.sizes).", labels=["camera"])
+    dropped = CounterMetricFamily("camtrack_passthrough_dropped", "Access units of a camera dropped, by why "
+                                  "(oversize: larger than the largest accepted).", labels=["camera", "reason"])
+    filler = CounterMetricFamily("camtrack_passthrough_filler_bytes", "Bytes of H.264 filler data stripped from "
+                                 "a camera's access units.", labels=["camera"])
+    held = GaugeMetricFamily("camtrack_passthrough_ring_bytes", "Bytes of a camera's own H.264 held for joining "
+                             "viewers (bounded).", labels=["camera"])
+    for camera in cameras:
+        feed = camera.feed
+        if isinstance(feed, PassthroughFeed):
+            refused.add_metric([camera.name], feed.stats.refused)
+            dropped.add_metric([camera.name, "oversize"], feed.stats.oversize)
+            filler.add_metric([camera.name], feed.stats.filler_bytes)
+            held.add_metric([camera.name], feed.ring_bytes)
+    yield from (refused, dropped, filler, held)

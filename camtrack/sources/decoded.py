@@ -18,6 +18,7 @@ import numpy as np
 
 from ..media.packet import CodecInfo
 from ..media.passthrough import SourcePacket
+from ..media.sizes import MAX_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class DecodedSource:
                 decoder.extradata = extradata
             # slice threads only: frame threads would hold each picture back by one per thread
             decoder.thread_type = "SLICE"
+            decoder.options = {"max_pixels": str(MAX_PIXELS)}  # FFmpeg's own bound (camtrack.media.sizes)
         except BaseException:
             self.packets.close()
             raise

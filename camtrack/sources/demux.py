@@ -18,6 +18,7 @@ import av
 
 from ..media.packet import CodecInfo
 from ..media.passthrough import SourcePacket
+from ..media.sizes import check_size
 from .h264 import H264Converter, profile_level_id
 from .urls import redact
 
@@ -144,6 +145,8 @@ class DemuxSource:
             self._codec_name = context.name
             self.extradata = context.extradata
             self._size = (context.width, context.height)
+            if context.width or context.height:  # (0x0: not known yet; the SPS is checked as it comes)
+                check_size(context.width, context.height, "the camera's stream")
             if stream.time_base is not None:
                 self._time_base = stream.time_base
             self._has_b_frames = bool(context.has_b_frames) or context.max_b_frames > 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..media.sizes import check_size
+
 START_CODE = b"\x00\x00\x00\x01"
 #: H.264 NAL unit types
 NAL_IDR, NAL_SEI, NAL_SPS, NAL_PPS, NAL_AUD = 5, 6, 7, 8, 9
@@ -107,12 +109,21 @@ class H264Converter:
         """SPS and PPS as Annex-B NAL units (with their start codes), when known."""
         return tuple(START_CODE + nal for nal in (self.sps, self.pps) if nal is not None)
 
-    def _learn(self, nal: bytes) -> None:
+    def _learn(self, nal: bytes) -> bool:
+        """Keep a parameter set; False for an SPS that cannot be read (dropped: a decoder given
+        it might allocate whatever it says). An SPS claiming a size beyond the limits is refused
+        (`SizeRefused`), before anything is made at that size."""
         kind = nal_type(nal)
         if kind == NAL_SPS:
+            try:
+                info = parse_sps(nal)
+            except ValueError:
+                return False
+            check_size(info.width, info.height, "the camera's SPS")
             self.sps = nal
         elif kind == NAL_PPS:
             self.pps = nal
+        return True
 
     def convert(self, data: bytes) -> tuple[bytes, bool]:
         """One packet's Annex-B bytes and whether it holds an IDR."""
@@ -126,8 +137,9 @@ class H264Converter:
             kind = nal_type(nal)
             if kind == NAL_AUD:
                 continue  # access unit delimiters carry nothing a receiver needs
+            if not self._learn(nal):
+                continue
             kinds.add(kind)
-            self._learn(nal)
             kept.append(nal)
         idr = NAL_IDR in kinds
         if idr and not (NAL_SPS in kinds and NAL_PPS in kinds) and self.sps is not None and self.pps is not None:

@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..media.packet import CodecInfo
 from ..media.passthrough import SourcePacket
+from ..media.sizes import check_size
 from .demux import DemuxSource
 from .h264 import NAL_IDR, NAL_SPS, H264Converter, nal_type, parse_sps, profile_level_id
 from .urls import redact
@@ -614,6 +615,9 @@ class RtspSource:
         except ValueError as exc:
             logger.debug("%s: unreadable SPS (%s)", self.description, exc)
             return
+        # a size beyond the limits is refused here (SizeRefused), before anything is made at it;
+        # an in-band SPS changing the size is checked again, as each one comes
+        check_size(info.width, info.height, "the camera's SPS")
         self._converter.convert_nals([nal])
         self._size, self._reorder = (info.width, info.height), info.max_reorder_frames
 
