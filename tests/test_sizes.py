@@ -378,6 +378,7 @@ async def baseline(va: HonestViewer, vb: HonestViewer) -> tuple[Watched, Watched
     return va.window(since, since + 3.5), vb.window(since, since + 3.5)
 
 
+@pytest.mark.slow  # a camtrack process of its own (tests/conftest.py: the fast lane)
 async def test_a_camera_claiming_a_huge_size_is_refused_and_comes_back_by_itself() -> None:
     camera = HostileCamera()
     url = await camera.start()
@@ -444,6 +445,7 @@ async def test_a_camera_claiming_a_huge_size_is_refused_and_comes_back_by_itself
         await camera.stop()
 
 
+@pytest.mark.slow  # a camtrack process of its own (tests/conftest.py: the fast lane)
 async def test_filler_and_oversized_pictures_cost_no_memory() -> None:
     camera = HostileCamera()
     url = await camera.start()
