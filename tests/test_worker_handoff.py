@@ -74,6 +74,13 @@ def flood(port: int, datagrams: list[bytes], count: int, seconds: float) -> int:
     return sent
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used (user and system), in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def workers_mux(health: dict[str, Any], key: str) -> int:
     """The sum of a counter of the workers' own muxes (what they were handed), from /healthz."""
     return sum(int(w.get("mux", {}).get(key, 0)) for w in health["workers"])
@@ -106,6 +113,9 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
             handed = workers_mux(health, "received")
             stray_at_workers = workers_mux(health, "stray_stun")
             rss_before = server.rss_mb()
+            pids = {"main": server.pid, **{f"worker {w['index']}": w["pid"] for w in health["workers"]}}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            test_cpu_before = time.process_time()
 
             strays = [stray_response() for _ in range(500)]
             forged = [forged_request(ufrag, signed=i % 2 == 0) for i in range(500)]
@@ -119,6 +129,9 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
                 await asyncio.sleep(0.2)
             sent_strays, sent_forged = await attacking
             attack_until = time.time()
+            cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / (attack_until - attack_at) for name, pid in pids.items()}
+            cpu["attacker (this test)"] = (time.process_time() - test_cpu_before) / (attack_until - attack_at)
+            await asyncio.sleep(0.6)  # (the reports of the window's last half second)
             during = {name: v.window(attack_at, attack_until + 0.5) for name, v in honest.items()}
             after_at = time.time()
             await asyncio.sleep(4.6)
@@ -133,7 +146,8 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
                       f"{workers_mux(health, 'stray_stun') - stray_at_workers}; refused here: forged "
                       f"{await server.metric('camtrack_worker_datagrams_refused_total', reason='forged')}; "
                       f"dropped at the backlog {sum(w['datagrams_dropped'] for w in health['workers'])}; "
-                      f"RSS {rss_before:.0f} -> peak {peak:.0f} -> {rss_after:.0f} MB; "
+                      f"RSS {rss_before:.0f} -> peak {peak:.0f} -> {rss_after:.0f} MB; CPU during the flood: "
+                      + ", ".join(f"{name} {share:.2f}" for name, share in cpu.items()) + "; "
                       + "; ".join(f"{n}: baseline {baseline[n]} | during {during[n]} | after {after[n]}"
                                   for n in honest))
             print(report)
