@@ -232,3 +232,25 @@ def test_the_main_process_checks_what_it_hands_a_worker():
     mux.expect("v" * 16, b"s" * 12)
     mux.release("v" * 16)
     assert not mux._transactions and mux.foreign == 1
+
+
+def test_the_hand_off_backlog_keeps_room_for_proven_traffic():
+    """Datagrams from addresses no peer proved yet are dropped once a worker has UNPROVEN_BACKLOG
+    waiting; those from proven addresses only at DATAGRAM_BACKLOG."""
+    from types import SimpleNamespace
+
+    from camtrack.workers.pool import DATAGRAM_BACKLOG, UNPROVEN_BACKLOG, WorkerProcess
+
+    written: list[bytes] = []
+    waiting = [0]
+    writer = SimpleNamespace(is_closing=lambda: False, write=written.append,
+                             transport=SimpleNamespace(get_write_buffer_size=lambda: waiting[0]))
+    worker = WorkerProcess(SimpleNamespace(mux=None), 1)  # type: ignore[arg-type]
+    worker._writer = writer  # type: ignore[assignment]
+    waiting[0] = UNPROVEN_BACKLOG + 1
+    worker.forward(b"response", ("127.0.0.1", 1), proven=False)
+    worker.forward(b"rtcp", ("127.0.0.1", 2))
+    assert len(written) == 1 and written[0].endswith(b"rtcp") and worker.datagrams_dropped == 1
+    waiting[0] = DATAGRAM_BACKLOG + 1
+    worker.forward(b"rtcp", ("127.0.0.1", 2))
+    assert len(written) == 1 and worker.datagrams_dropped == 2
