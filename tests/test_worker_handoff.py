@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Any
 
+import pytest
 from aioice import stun
 
 from camtrack.client import Viewer
@@ -86,6 +87,7 @@ def workers_mux(health: dict[str, Any], key: str) -> int:
     return sum(int(w.get("mux", {}).get(key, 0)) for w in health["workers"])
 
 
+@pytest.mark.slow  # (a camtrack process and two workers of its own: see tests/conftest.py)
 async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(loopback_ice):
     server = CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320", "--height", "240",
                              "--workers", "2")
