@@ -94,6 +94,7 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
     viewers: list[HonestViewer] = []
     attacker = Viewer(server.ws("a"))
     async with server:
+        started = time.monotonic()
         try:
             health = await server.json("/healthz")
             assert [w["ready"] for w in health["workers"]] == [True, True]
@@ -108,9 +109,8 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
             assert sorted(w["peers"] for w in health["workers"]) == [1, 2]
 
             baseline_at = time.time()
-            await asyncio.sleep(3.6)
+            await asyncio.sleep(4.6)  # (a report may come late: a second's margin for it)
             baseline = {name: v.window(baseline_at, baseline_at + 3.5) for name, v in honest.items()}
-            await asyncio.sleep(1.1)  # (the workers' counters: once a second)
             health = await server.json("/healthz")
             handed = workers_mux(health, "received")
             stray_at_workers = workers_mux(health, "stray_stun")
@@ -133,10 +133,10 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
             attack_until = time.time()
             cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / (attack_until - attack_at) for name, pid in pids.items()}
             cpu["attacker (this test)"] = (time.process_time() - test_cpu_before) / (attack_until - attack_at)
-            await asyncio.sleep(0.6)  # (the reports of the window's last half second)
+            await asyncio.sleep(1.5)  # (the reports of the window's last half second, a second's margin)
             during = {name: v.window(attack_at, attack_until + 0.5) for name, v in honest.items()}
             after_at = time.time()
-            await asyncio.sleep(4.6)
+            await asyncio.sleep(5.5)
             after = {name: v.window(after_at, after_at + 4.5) for name, v in honest.items()}
             peak = max(peak, server.rss_mb())
             rss_after = server.rss_mb()
@@ -152,7 +152,7 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
                       + ", ".join(f"{name} {share:.2f}" for name, share in cpu.items()) + "; "
                       + "; ".join(f"{n}: baseline {baseline[n]} | during {during[n]} | after {after[n]}"
                                   for n in honest))
-            print(report)
+            print(report, f"({time.monotonic() - started:.0f} s since the server answered)")
             for name, viewer in honest.items():
                 assert viewer.error is None, (name, viewer.error, report)
                 assert_unharmed(baseline[name], during[name], f"viewer of {name} during the flood; {report}")
