@@ -146,8 +146,16 @@ class CameraCollector:
                                    "each, whatever its viewers).", labels=["worker", "camera"])
         skipped = CounterMetricFamily("camtrack_worker_packets_skipped", "Packets a worker process read too slowly "
                                       "to get (newer ones went instead).", labels=["worker", "camera"])
+        refused = CounterMetricFamily("camtrack_worker_datagrams_refused", "Datagrams for the worker process's "
+                                      "peers the main process did not hand over, by why: forged (a request naming "
+                                      "its peer that failed the password check), unproven (its peer's own "
+                                      "credentials from more addresses than a peer has, over the budget), backlog "
+                                      "(the worker read too slowly).", labels=["worker", "reason"])
         for worker in workers:
             label = str(worker["index"])
+            for reason in ("forged", "unproven"):
+                refused.add_metric([label, reason], worker.get("refused", {}).get(reason, 0))
+            refused.add_metric([label, "backlog"], worker.get("datagrams_dropped", 0))
             up.add_metric([label], 1 if worker["ready"] else 0)
             peers.add_metric([label], worker["peers"])
             starts.add_metric([label], worker["starts"])
@@ -155,7 +163,7 @@ class CameraCollector:
                 sent.add_metric([label, camera], count)
             for camera, count in worker["skipped"].items():
                 skipped.add_metric([label, camera], count)
-        yield from (up, peers, starts, sent, skipped)
+        yield from (up, peers, starts, sent, skipped, refused)
 
 
 def add_routes(app: web.Application, cameras: Cameras,

@@ -77,8 +77,11 @@ IDLE_CHECK = 5.0
 #: --workers 0: after a worker failed to start, none is started again for this long
 GROW_RETRY = 10.0
 #: bytes waiting for a worker in this process beyond which a datagram for its peers is dropped
-#: rather than queued (UDP: their RTCP and STUN are resent or not needed; memory stays bounded)
+#: rather than queued (UDP: their RTCP and STUN are resent or not needed; memory stays bounded);
+#: one from an address none of its peers proved yet (a response to its check) is dropped past the
+#: smaller bound, so what comes from proven addresses always finds room
 DATAGRAM_BACKLOG = 256 * 1024
+UNPROVEN_BACKLOG = 64 * 1024
 #: packets a worker's ring of a shared encoder's feed holds: more than the encoder's own, because a
 #: worker gets them in bursts when it was not scheduled for a while (the machine busy), and a burst
 #: longer than its ring would make every one of its viewers resync and wait for a keyframe
@@ -330,6 +333,8 @@ class WorkerProcess:
         #: its peers' ufrags on the shared port, and datagrams for them dropped (it read too slowly)
         self.ufrags: set[str] = set()
         self.datagrams_dropped = 0
+        #: what the main process's mux refused to hand over for its peers, by why (UdpMux.claim)
+        self.refused: Counter[str] = Counter()
         self.pid: int | None = None
         self.ready = False
         self.starts = 0
@@ -367,6 +372,7 @@ class WorkerProcess:
                 "peers": len(self.peers), "cameras": sorted(self.pumps),
                 "sent": dict(self.sent), "skipped": dict(self.skipped), "buffered": self.buffered,
                 "keyframe_requests": self.keyframe_requests, "datagrams_dropped": self.datagrams_dropped,
+                "refused": dict(self.refused),
                 "received": self.stats.get("received", {}), "mux": self.stats.get("mux", {})}
 
     # -- the socket
@@ -384,9 +390,10 @@ class WorkerProcess:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(frame)
 
-    def forward(self, data: bytes, remote: Address) -> None:
-        """A datagram that arrived on the shared port for one of its peers."""
-        if self.buffered > DATAGRAM_BACKLOG:
+    def forward(self, data: bytes, remote: Address, proven: bool = True) -> None:
+        """A datagram that arrived on the shared port for one of its peers (from an address one of
+        them proved, or not yet)."""
+        if self.buffered > (DATAGRAM_BACKLOG if proven else UNPROVEN_BACKLOG):
             self.datagrams_dropped += 1
             return
         self.write(wire.datagram(remote, data))
@@ -507,9 +514,12 @@ class WorkerProcess:
             if mux is not None and message["ufrag"] in self.ufrags:
                 host, port = message["remote"]
                 mux.route_foreign(message["ufrag"], (str(host), int(port)))
+        elif kind == "transaction":
+            if mux is not None and message["ufrag"] in self.ufrags:
+                mux.expect(message["ufrag"], message["id"])
         elif kind == "ufrag":
             if mux is not None:
-                if mux.claim(message["ufrag"], self.forward):
+                if mux.claim(message["ufrag"], message["password"], self.forward, self.refused):
                     self.ufrags.add(message["ufrag"])
                 else:
                     logger.warning("worker %d: ICE ufrag %r is another peer's already", self.index, message["ufrag"])

@@ -241,8 +241,13 @@ async def run(fd: int) -> None:
             if not writer.is_closing():
                 writer.write(wire.control(message))
 
-        mux.on_ufrag = lambda ufrag, taken: tell({"t": "ufrag" if taken else "unufrag", "ufrag": ufrag})
+        # (with the password: the main process checks each request for the ufrag before handing it over)
+        mux.on_ufrag = lambda ufrag, password: tell({"t": "ufrag", "ufrag": ufrag, "password": password}
+                                                    if password is not None else {"t": "unufrag", "ufrag": ufrag})
         mux.on_route = lambda ufrag, remote: tell({"t": "route", "ufrag": ufrag, "remote": remote})
+        # (each request of its peers: the main process hands over a response to it from anywhere, and
+        # no other response from an address they did not prove)
+        mux.on_transaction = lambda ufrag, transaction: tell({"t": "transaction", "ufrag": ufrag, "id": transaction})
         ice.mux = mux
     writer.write(wire.control({"t": "ready", "pid": os.getpid(), "port": ice.mux.port if ice.mux else 0}))
     worker = Worker(writer, config, ice)

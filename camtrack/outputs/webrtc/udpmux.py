@@ -11,8 +11,13 @@ reaches its DTLS and SRTP.
 
 Worker processes (camtrack.workers) share the socket: each holds a copy of it and sends from it
 (`adopt`), while this process alone reads it. A worker's peer is a `ForeignEndpoint` here, claimed
-by its ufrag when the worker's peer gathers; what arrives for it is handed to the worker, whose
-own mux checks it and tells which addresses its peers proved (`route_foreign`).
+by its ufrag and ICE password when the worker's peer gathers. Only what this process checked is
+handed to the worker: a binding request whose MESSAGE-INTEGRITY holds with that password (which
+also routes its address here), what comes from an address so routed, and a STUN response to a
+transaction the worker announced (`expect`) as it sent the request. A forged request is dropped
+and counted; a stray response is dropped as for a peer of this process; nothing is handed to every
+worker. The worker's own mux checks again and tells which addresses its peers proved
+(`route_foreign`).
 
 The hooks into aioice that make a peer use the mux are in hooks.py (`gather_on_mux`).
 """
@@ -27,6 +32,8 @@ import secrets
 import socket
 import string
 import sys
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -61,6 +68,16 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 RESOLVE_TIMEOUT = 2.0
 #: a peer's ICE username fragment: long enough that two peers never share one
 UFRAG_LENGTH = 16
+#: a worker's peer: STUN transactions (its checks, consent, STUN server queries) whose responses
+#: this process waits for, at most, and for how long (aioice gives up on a request after 31.5 s)
+MAX_TRANSACTIONS = 64
+TRANSACTION_LIFETIME = 40.0
+#: a worker's peer: checked requests from addresses past its MAX_ROUTES (its own credentials sprayed
+#: from many ports) handed over at most this many a second, in bursts of at most UNPROVEN_BURST
+UNPROVEN_RATE = 10.0
+UNPROVEN_BURST = 20.0
+#: seconds between log lines about what the hand-off to the workers refused (one per reason)
+REFUSED_LOG_INTERVAL = 60.0
 
 Address = tuple[str, int]
 
@@ -84,6 +101,10 @@ class MuxStats:
     stray_stun: int = 0
     #: handed to the worker process whose peer they are for
     forwarded: int = 0
+    #: binding requests naming a worker's peer that failed its password check here: dropped
+    forged: int = 0
+    #: checked requests for a worker's peer from addresses past its routes, over its budget: dropped
+    unproven: int = 0
 
 
 class DirectSend:
@@ -169,7 +190,10 @@ class MuxTransport(_Transport):
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if not self._closing and addr is not None:
-            self.endpoint.mux.sendto(bytes(data), (addr[0], addr[1]))
+            data = bytes(data)
+            if self.endpoint.mux.on_transaction is not None and is_stun_request(data):
+                self.endpoint.announce(data[8:20])
+            self.endpoint.mux.sendto(data, (addr[0], addr[1]))
 
     def direct(self, addr: Address) -> DirectSend | None:
         """A sender of batches of datagrams to `addr` straight on the shared socket (for RTP:
@@ -213,18 +237,40 @@ class SendOnlyTransport(_Transport):
         self.sock.close()  # (this process's copy: the main process's socket stays open)
 
 
+#: what a worker's peer is handed: a datagram, where from, and whether that address is proven
+#: (routed: the worker's backlog keeps room for those before any other)
+Forward = Callable[[bytes, Address, bool], None]
+
+
 @dataclass(eq=False)
 class ForeignEndpoint:
-    """A peer of a worker process on this socket: what arrives for it goes to `forward`."""
+    """A peer of a worker process on this socket: what arrives for it, checked here with its
+    ICE `password`, goes to `forward`; `refused` counts what was not (shared by a worker's peers)."""
 
     ufrag: str
-    forward: Callable[[bytes, Address], None]
+    password: str
+    forward: Forward
+    refused: Counter[str] = field(default_factory=Counter)
     remotes: set[Address] = field(default_factory=set)
+    #: the STUN transactions the worker started for it, with when each expires (see UdpMux.expect)
+    transactions: dict[bytes, float] = field(default_factory=dict)
+    #: the budget of checked requests from addresses past its routes (UNPROVEN_RATE)
+    tokens: float = UNPROVEN_BURST
+    refilled: float = 0.0
     closed: bool = False
 
-    def deliver(self, data: bytes, addr: Address) -> None:
+    def deliver(self, data: bytes, addr: Address, proven: bool = True) -> None:
         if not self.closed:
-            self.forward(data, addr)
+            self.forward(data, addr, proven)
+
+    def spend(self, now: float) -> bool:
+        """Whether one more unproven datagram may go to the worker now."""
+        self.tokens = min(UNPROVEN_BURST, self.tokens + (now - self.refilled) * UNPROVEN_RATE)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 @dataclass(eq=False)
@@ -237,7 +283,19 @@ class MuxEndpoint:
     protocols: dict[int, StunProtocol] = field(default_factory=dict)
     transports: list[MuxTransport] = field(default_factory=list)
     remotes: set[Address] = field(default_factory=set)
+    #: (in a worker) the transactions last announced to the main process, newest last
+    announced: dict[bytes, None] = field(default_factory=dict)
     closed: bool = False
+
+    def announce(self, transaction_id: bytes) -> None:
+        """(In a worker) tell the main process a request of ours went out: it hands this worker
+        the response, whatever address it comes from (once per transaction, not per retransmission)."""
+        if transaction_id in self.announced or self.mux.on_transaction is None:
+            return
+        self.announced[transaction_id] = None
+        if len(self.announced) > MAX_TRANSACTIONS:
+            del self.announced[next(iter(self.announced))]
+        self.mux.on_transaction(self.ufrag, transaction_id)
 
     def add_protocol(self, family: int, local: Address) -> StunProtocol:
         protocol = StunProtocol(self.connection)
@@ -283,12 +341,18 @@ class UdpMux(asyncio.DatagramProtocol):
         self._ufrags: dict[str, MuxEndpoint | ForeignEndpoint] = {}
         self._routes: dict[Address, MuxEndpoint | ForeignEndpoint] = {}
         self._endpoints: dict[int, MuxEndpoint] = {}
-        #: worker processes' peers on this socket, by ufrag (see ForeignEndpoint)
+        #: worker processes' peers on this socket, by ufrag (see ForeignEndpoint), and the STUN
+        #: transactions they started, by id
         self._foreign: dict[str, ForeignEndpoint] = {}
-        #: in a worker: told each ufrag its peers take and give up, and each address one of them
-        #: proved, so the main process can hand it what arrives there (see `adopt`)
-        self.on_ufrag: Callable[[str, bool], None] | None = None
+        self._transactions: dict[bytes, ForeignEndpoint] = {}
+        #: in a worker: told each ufrag its peers take (with its ICE password) and give up (None),
+        #: each address one of them proved, and each STUN request they send (its transaction id),
+        #: so the main process can check and hand it what arrives for them (see `adopt`)
+        self.on_ufrag: Callable[[str, str | None], None] | None = None
         self.on_route: Callable[[str, Address], None] | None = None
+        self.on_transaction: Callable[[str, bytes], None] | None = None
+        #: when each reason the hand-off refused something was last logged
+        self._refusals_told: dict[str, float] = {}
 
     # --- the socket ---
 
@@ -429,7 +493,7 @@ class UdpMux(asyncio.DatagramProtocol):
             self._ufrags[ufrag] = endpoint
             self._endpoints[id(connection)] = endpoint
             if self.on_ufrag is not None:
-                self.on_ufrag(ufrag, True)
+                self.on_ufrag(ufrag, connection.local_password)
         return endpoint
 
     def forget(self, connection: Connection) -> None:
@@ -445,9 +509,14 @@ class UdpMux(asyncio.DatagramProtocol):
             del self._ufrags[endpoint.ufrag]
         if isinstance(endpoint, MuxEndpoint):
             if self._endpoints.pop(id(endpoint.connection), None) is not None and self.on_ufrag is not None:
-                self.on_ufrag(endpoint.ufrag, False)
-        elif self._foreign.get(endpoint.ufrag) is endpoint:
-            del self._foreign[endpoint.ufrag]
+                self.on_ufrag(endpoint.ufrag, None)
+        else:
+            if self._foreign.get(endpoint.ufrag) is endpoint:
+                del self._foreign[endpoint.ufrag]
+            for transaction_id in endpoint.transactions:
+                if self._transactions.get(transaction_id) is endpoint:
+                    del self._transactions[transaction_id]
+            endpoint.transactions.clear()
         for remote in endpoint.remotes:
             if self._routes.get(remote) is endpoint:
                 del self._routes[remote]
@@ -455,14 +524,31 @@ class UdpMux(asyncio.DatagramProtocol):
 
     # --- worker processes' peers ---
 
-    def claim(self, ufrag: str, forward: Callable[[bytes, Address], None]) -> bool:
-        """A worker's peer took `ufrag`: what arrives for it goes to `forward` (False: the ufrag is
+    def claim(self, ufrag: str, password: str, forward: Forward, refused: Counter[str] | None = None) -> bool:
+        """A worker's peer took `ufrag`, with ICE `password`: what arrives for it and passes the
+        checks here goes to `forward`, and what does not is counted in `refused` (False: the ufrag is
         another peer's already, which 16 random letters and digits make as good as impossible)."""
         if ufrag in self._ufrags:
             return False
-        endpoint = ForeignEndpoint(ufrag, forward)
+        endpoint = ForeignEndpoint(ufrag, password, forward, Counter() if refused is None else refused)
         self._ufrags[ufrag] = self._foreign[ufrag] = endpoint
         return True
+
+    def expect(self, ufrag: str, transaction_id: bytes) -> None:
+        """The worker's peer of `ufrag` sent a STUN request: its response, from wherever it comes,
+        goes to that worker (the newest MAX_TRANSACTIONS of each peer, for TRANSACTION_LIFETIME)."""
+        endpoint = self._foreign.get(ufrag)
+        if endpoint is None or len(transaction_id) != 12:
+            return
+        if self._transactions.get(transaction_id, endpoint) is not endpoint:
+            return  # (another peer's: 96 random bits make that as good as impossible)
+        endpoint.transactions.pop(transaction_id, None)
+        endpoint.transactions[transaction_id] = time.monotonic() + TRANSACTION_LIFETIME
+        self._transactions[transaction_id] = endpoint
+        while len(endpoint.transactions) > MAX_TRANSACTIONS:
+            oldest = next(iter(endpoint.transactions))
+            del endpoint.transactions[oldest]
+            del self._transactions[oldest]
 
     def route_foreign(self, ufrag: str, remote: Address) -> None:
         """The worker's peer of `ufrag` proved `remote` (a STUN check signed with its password)."""
@@ -511,6 +597,11 @@ class UdpMux(asyncio.DatagramProtocol):
         if host.startswith("::ffff:"):
             host = host[7:]
         remote = (host, addr[1])
+        if is_stun_response(data) and remote not in self._routes and not self._expected(data[8:20]):
+            # a response from an address no peer proved, to no transaction a peer started: dropped
+            # before it is parsed (a flood of them costs a dict lookup each)
+            self.stats.stray_stun += 1
+            return
         message = parse_stun(data)
         if message is None:
             endpoint = self._routes.get(remote)
@@ -538,9 +629,7 @@ class UdpMux(asyncio.DatagramProtocol):
             self.stats.stray_stun += 1
             return
         if isinstance(endpoint, ForeignEndpoint):
-            # the worker's mux checks it against the password, and says if the address is proved
-            self.stats.forwarded += 1
-            endpoint.deliver(data, remote)
+            self._foreign_request(message, data, remote, endpoint)
             return
         # only a request that knows the peer's password moves an address to it: anyone can
         # read a ufrag off the wire, nobody but the peer can sign with its password
@@ -549,6 +638,52 @@ class UdpMux(asyncio.DatagramProtocol):
         else:
             self.stats.stray_stun += 1  # aioice answers it 401, as on a socket of its own
         endpoint.deliver(data, remote)
+
+    def _expected(self, transaction_id: bytes) -> bool:
+        """Whether a peer of this process or of a worker started this STUN transaction."""
+        return transaction_id in self._transactions or any(e.owns(transaction_id) for e in self._endpoints.values())
+
+    def _foreign_request(self, message: stun.Message, data: bytes, remote: Address, endpoint: ForeignEndpoint) -> None:
+        """A request naming a worker's peer: checked here against its password before the worker
+        sees it (a forged one would cost the worker's loop an answer each, and its backlog room)."""
+        if not message.check_message_integrity(endpoint.password.encode("utf8")):
+            self.stats.forged += 1
+            self._refuse(endpoint, "forged", remote, self.stats.forged,
+                         "binding requests naming a worker's peer that failed its password check")
+            return
+        self._route(remote, endpoint)
+        if self._routes.get(remote) is not endpoint and not endpoint.spend(time.monotonic()):
+            # its own credentials from more addresses than a peer has: a few a second get through
+            self.stats.unproven += 1
+            self._refuse(endpoint, "unproven", remote, self.stats.unproven,
+                         f"signed binding requests for a worker's peer from more than {MAX_ROUTES} addresses, "
+                         f"over {UNPROVEN_RATE:g} a second")
+            return
+        self.stats.forwarded += 1
+        endpoint.deliver(data, remote)  # (its worker's mux checks it too, and tells the route)
+
+    def _refuse(self, endpoint: ForeignEndpoint, reason: str, remote: Address, total: int, what: str) -> None:
+        """Count what the hand-off refused, and say so in the log at most once a minute per reason."""
+        endpoint.refused[reason] += 1
+        now = time.monotonic()
+        told = self._refusals_told.get(reason)
+        if told is None or now - told >= REFUSED_LOG_INTERVAL:
+            self._refusals_told[reason] = now
+            logger.warning('udp mux: dropped %s (%d so far, the last from %s:%d; '
+                           'camtrack_worker_datagrams_refused_total{reason="%s"})', what, total, remote[0], remote[1], reason)
+
+    def _foreign_response(self, message: stun.Message, data: bytes, remote: Address) -> bool:
+        """A response from an address no peer proved: handed to the worker whose peer started the
+        transaction, if one did (True), once."""
+        endpoint = self._transactions.pop(message.transaction_id, None)
+        if endpoint is None:
+            return False
+        expires = endpoint.transactions.pop(message.transaction_id, 0.0)
+        if expires < time.monotonic():
+            return False
+        self.stats.forwarded += 1
+        endpoint.deliver(data, remote, proven=False)
+        return True
 
     def _response(self, message: stun.Message, data: bytes, remote: Address) -> None:
         routed = self._routes.get(remote)
@@ -565,13 +700,8 @@ class UdpMux(asyncio.DatagramProtocol):
                 if protocol is not None:
                     endpoint = candidate
                     break
-        if (endpoint is None or protocol is None) and self._foreign:
-            # perhaps a worker's peer's check: only the worker knows its transactions, so each
-            # worker is handed it once (rare: a browser's own checks route its addresses first)
-            self.stats.forwarded += 1
-            for forward in {f.forward for f in self._foreign.values()}:
-                forward(data, remote)
-            return
+        if (endpoint is None or protocol is None) and self._foreign_response(message, data, remote):
+            return  # a worker's peer's check, answered from an address not routed yet
         if endpoint is None or protocol is None:
             self.stats.stray_stun += 1
             return
@@ -579,6 +709,17 @@ class UdpMux(asyncio.DatagramProtocol):
         if password is not None and message.check_message_integrity(password.encode("utf8")):
             self._route(remote, endpoint)  # the peer answered our check from there: it is its address
         endpoint.deliver(data, remote)
+
+
+def is_stun_request(data: bytes) -> bool:
+    """Whether `data` is a STUN request (RFC 5389: the class bits, C1 and C0, both 0)."""
+    return len(data) >= 20 and data[0] < 4 and not data[0] & 0x01 and not data[1] & 0x10 \
+        and data[4:8] == b"\x21\x12\xa4\x42"
+
+
+def is_stun_response(data: bytes) -> bool:
+    """Whether `data` is a STUN success or error response (the class bit C1 set)."""
+    return len(data) >= 20 and data[0] < 4 and bool(data[0] & 0x01) and data[4:8] == b"\x21\x12\xa4\x42"
 
 
 def parse_stun(data: bytes) -> stun.Message | None:
