@@ -222,7 +222,7 @@ async def test_a_whep_answer_alone_is_not_enough_to_pin_the_loop(loopback_ice, p
 
 
 def flood_quickly(creds: Credentials, ports: int) -> int:
-    return flood(creds, ports, 0.0, threading.Event())
+    return flood(creds, ports, 1.0, threading.Event())
 
 
 @pytest.mark.parametrize("port_mode", ["shared", "per-peer"])
@@ -253,10 +253,10 @@ async def test_a_peer_learns_a_few_addresses_at_most(serve, port_mode: str) -> N
         assert sent > 250
         mux = app[ICE].mux
         if mux is None:  # a socket of its own: aioice hears every check, learns a few
-            await eventually(lambda: gate.stats.checks_ignored >= sent - icelimits.MAX_LEARNED_ADDRESSES)
+            await eventually(lambda: gate.stats.checks_ignored >= sent - 50)  # (a socket buffer may drop some)
             assert icelimits.STATS.learned - before[0] == gate.stats.checks_ignored
         else:  # the shared port hands aioice those of MAX_ROUTES addresses, drops the rest unchecked
-            await eventually(lambda: mux.stats.over_routes >= sent - MAX_ROUTES)
+            await eventually(lambda: mux.stats.over_routes >= sent - MAX_ROUTES - 50)
             assert icelimits.STATS.routes - before[1] == mux.stats.over_routes
             assert gate.stats.checks_ignored <= MAX_ROUTES
         await asyncio.sleep(0.5)

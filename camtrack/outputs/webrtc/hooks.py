@@ -346,13 +346,13 @@ class IceGate:
         connection.request_received = request_received  # type: ignore[method-assign]
         add_remote_candidate = connection.add_remote_candidate
 
-        async def add_bounded(candidate: Candidate | None) -> None:
-            if candidate is not None and len(connection._remote_candidates) >= MAX_REMOTE_CANDIDATES:
+        async def add_bounded(remote_candidate: Candidate | None) -> None:
+            if remote_candidate is not None and len(connection._remote_candidates) >= MAX_REMOTE_CANDIDATES:
                 self.stats.candidates_ignored += 1
                 ignored(connection, f"it signalled more than {MAX_REMOTE_CANDIDATES} candidates: further ones are "
                         "ignored", connection.local_username, "signalled")
                 return
-            await add_remote_candidate(candidate)
+            await add_remote_candidate(remote_candidate)
 
         connection.add_remote_candidate = add_bounded  # type: ignore[method-assign]
 
