@@ -321,7 +321,8 @@ class IceGate:
         """aioice learns a peer-reflexive candidate and a pair, re-sorts its check list and starts
         a triggered check for each new address a signed check comes from, without a bound: here a
         signed check from one more new address than MAX_LEARNED_ADDRESSES gets no answer and
-        teaches aioice nothing (a new remote candidate means a new peer: an offer makes one)."""
+        teaches aioice nothing (a viewer that moves for good makes a new offer: a new peer, with
+        bounds of its own). Trickled candidates are bounded too: each is a pair and a sort."""
         connection = self.connection
         if self.label:
             LABELS[connection] = self.label

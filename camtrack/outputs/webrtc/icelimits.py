@@ -39,7 +39,7 @@ class IceCheckStats:
 
 #: this process's counts (a worker process keeps its own)
 STATS = IceCheckStats()
-#: what each peer is called in the log line (hooks.IceGate sets it: "ws viewer 1.2.3.4 of a")
+#: what each peer is called in the log line (hooks.IceGate sets it: "websocket viewer 1.2.3.4 of a")
 LABELS: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 _told: weakref.WeakSet[object] = weakref.WeakSet()
 
