@@ -211,11 +211,13 @@ async def attacked(*server_args: str, whep: bool) -> None:
                 await attacker_pc.close()
 
 
+@pytest.mark.slow  # (a camtrack process of its own: see tests/conftest.py)
 @pytest.mark.parametrize("port_mode", ["shared", "per-peer"])
 async def test_a_connected_viewer_flooding_its_own_credentials_harms_nobody_else(loopback_ice, port_mode: str) -> None:
     await attacked(*(("--webrtc-port", "0") if port_mode == "per-peer" else ()), whep=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("port_mode", ["shared", "per-peer"])
 async def test_a_whep_answer_alone_is_not_enough_to_pin_the_loop(loopback_ice, port_mode: str) -> None:
     await attacked(*(("--webrtc-port", "0") if port_mode == "per-peer" else ()), whep=True)
@@ -269,6 +271,7 @@ async def test_a_peer_learns_a_few_addresses_at_most(serve, port_mode: str) -> N
         await viewer.close()
 
 
+@pytest.mark.slow  # (about 5 s: the trickle keeps to the socket's message rate)
 async def test_a_viewer_trickling_endless_candidates_is_bounded(serve) -> None:
     """Each trickled candidate is a pair and a sort of aioice's check list: a peer takes a bounded
     number, and the rest are counted. (An offer that trickles: no end-of-candidates in it.)"""
