@@ -41,6 +41,7 @@ async def test_every_hooked_instance_attribute_exists_on_a_live_peer(loopback_ic
             "RTCIceTransport": dtls.transport,
             "RtpRouter": dtls._rtp_router,
             "RTCRtpSender": sender,
+            "Candidate": gatherer._connection.local_candidates[0],
         }
         for kind, names in hooks.INSTANCE_HOOKED.items():
             for name in names:

@@ -17,6 +17,7 @@ from ..cameras import Cameras
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
 from ..media.passthrough import PassthroughFeed
+from .webrtc import icelimits
 
 
 class CameraCollector:
@@ -131,6 +132,14 @@ class CameraCollector:
         for reason in ("lag", "age", "throttled", "capacity", "turn"):
             refused.add_metric([reason], load.refusals.get(reason, 0))
         yield refused
+        ice_ignored = CounterMetricFamily(
+            "camtrack_ice_ignored", "ICE checks (STUN binding requests) and candidates ignored, by why: learned (signed, "
+            "from more new addresses than a peer may have), routes (on the shared port, from a new address of a "
+            "peer that has all its addresses already), signalled (trickled candidates beyond a peer's bound).",
+            labels=["reason"])
+        for reason in ("learned", "routes", "signalled"):
+            ice_ignored.add_metric([reason], getattr(icelimits.STATS, reason))
+        yield ice_ignored
         yield wire
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, unresponsive, encode_time, janus_up, janus_publishes, janus_failures)

@@ -42,6 +42,7 @@ from aiortc.rtp import (
 from aiortc.utils import random32
 
 from ...media.ratelimit import TokenBucket
+from .icelimits import LABELS, MAX_LEARNED_ADDRESSES, MAX_REMOTE_CANDIDATES, ignored
 from .udpmux import MuxTransport, UdpMux, family_of
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,15 @@ HOOKED: list[tuple[Any, str]] = [
     (StunProtocol, "connection_made"),
     (StunProtocol, "connection_lost"),
     (RTCRtpSender, "_run_rtp"),
+    (Connection, "request_received"),
+    (Connection, "add_remote_candidate"),
 ]
 #: attributes set in __init__ (so not on the class), by class name: tests/test_hooks.py checks
 #: them on the objects of a live connection
 INSTANCE_HOOKED: dict[str, list[str]] = {
-    "Connection": ["_protocols", "_check_list", "_queue", "_local_username", "_nominated"],
+    "Connection": ["_protocols", "_check_list", "_queue", "_local_username", "_nominated", "_remote_candidates",
+                   "_closing"],
+    "Candidate": ["_network_host"],
     "RTCIceGatherer": ["_connection"],
     "RtpRouter": ["senders"],
     "RTCRtpSender": ["_RTCRtpSender__rtp_history", "_RTCRtpSender__rtp_header_extensions_map",
@@ -257,6 +262,10 @@ class GateStats:
     #: over the connected peer's rate, or aiortc's queue was full
     flood: int = 0
     held: int = 0
+    #: signed ICE checks ignored: from a new address beyond MAX_LEARNED_ADDRESSES (icelimits.py)
+    checks_ignored: int = 0
+    #: trickled candidates ignored beyond MAX_REMOTE_CANDIDATES
+    candidates_ignored: int = 0
 
     @property
     def dropped(self) -> int:
@@ -273,11 +282,17 @@ class IceGate:
     the remote address of a candidate pair that ICE has validated (its check succeeded);
     holds a few packets from a pair still being checked and releases them when it succeeds
     (a DTLS client may start as soon as *its* check succeeded); drops everything else; and
-    holds a connected peer to a packet rate, so an RTCP flood costs bounded CPU.
+    holds a connected peer to a packet rate, so an RTCP flood costs bounded CPU. Signed checks
+    teach aioice at most MAX_LEARNED_ADDRESSES addresses the peer did not signal, and it takes at
+    most MAX_REMOTE_CANDIDATES trickled candidates (icelimits.py).
     """
 
     connection: Connection
+    #: what the log calls this peer
+    label: str = ""
     stats: GateStats = field(default_factory=GateStats)
+    #: addresses not signalled whose signed checks reached aioice (its peer-reflexive candidates)
+    learned: set[tuple[str, int]] = field(default_factory=set)
     _valid: set[tuple[int, tuple[str, int]]] = field(default_factory=set)
     _pending: list[tuple[StunProtocol, bytes, tuple[str, int]]] = field(default_factory=list)
     _bucket: TokenBucket = field(default_factory=lambda: TokenBucket(PEER_PACKET_BURST, PEER_PACKET_RATE))
@@ -300,6 +315,47 @@ class IceGate:
                 self._valid.discard(key)
 
         connection.check_state = check_state  # type: ignore[method-assign]
+        self._bound_checks()
+
+    def _bound_checks(self) -> None:
+        """aioice learns a peer-reflexive candidate and a pair, re-sorts its check list and starts
+        a triggered check for each new address a signed check comes from, without a bound: here a
+        signed check from one more new address than MAX_LEARNED_ADDRESSES gets no answer and
+        teaches aioice nothing (a viewer that moves for good makes a new offer: a new peer, with
+        bounds of its own). Trickled candidates are bounded too: each is a pair and a sort."""
+        connection = self.connection
+        if self.label:
+            LABELS[connection] = self.label
+        original = connection.request_received
+        learned = self.learned
+
+        def request_received(message: stun.Message, addr: tuple[str, int], protocol: StunProtocol) -> None:
+            remote = (addr[0], addr[1])
+            if remote not in learned and not connection._closing and not any(
+                    c._network_host == remote[0] and c.port == remote[1] for c in connection._remote_candidates):
+                # (unsigned ones go on to aioice, which answers them 401 and learns nothing)
+                if message.check_message_integrity(connection.local_password.encode("utf8")):
+                    if len(learned) >= MAX_LEARNED_ADDRESSES:
+                        self.stats.checks_ignored += 1
+                        ignored(connection, f"signed checks came from more than {MAX_LEARNED_ADDRESSES} addresses "
+                                "it did not signal: those from new addresses are ignored (someone holding its ICE "
+                                "credentials may be flooding it)", connection.local_username, "learned")
+                        return
+                    learned.add(remote)
+            original(message, addr, protocol)
+
+        connection.request_received = request_received  # type: ignore[method-assign]
+        add_remote_candidate = connection.add_remote_candidate
+
+        async def add_bounded(remote_candidate: Candidate | None) -> None:
+            if remote_candidate is not None and len(connection._remote_candidates) >= MAX_REMOTE_CANDIDATES:
+                self.stats.candidates_ignored += 1
+                ignored(connection, f"it signalled more than {MAX_REMOTE_CANDIDATES} candidates: further ones are "
+                        "ignored", connection.local_username, "signalled")
+                return
+            await add_remote_candidate(remote_candidate)
+
+        connection.add_remote_candidate = add_bounded  # type: ignore[method-assign]
 
     def _wrap_protocol(self, protocol: StunProtocol) -> None:
         deliver = protocol.datagram_received
@@ -343,11 +399,12 @@ class IceGate:
         self._pending = keep
 
 
-def guard_ice(pc: RTCPeerConnection) -> list[IceGate]:
-    """Put an IceGate on each ICE connection of `pc`; call after setLocalDescription (gathering)."""
+def guard_ice(pc: RTCPeerConnection, label: str = "") -> list[IceGate]:
+    """Put an IceGate on each ICE connection of `pc`; call after setLocalDescription (gathering).
+    `label` is what the log calls the peer."""
     gates = []
     for connection in ice_connections(pc):
-        gate = IceGate(connection)
+        gate = IceGate(connection, label)
         gate.install()
         gates.append(gate)
     return gates
@@ -554,8 +611,9 @@ class PeerGuard:
 
 
 def guard_peer(pc: RTCPeerConnection, track: MediaStreamTrack, bitrate: int,
-               keyframe_interval: float) -> PeerGuard:
-    """Everything above for one sending peer; call after setLocalDescription."""
+               keyframe_interval: float, label: str = "") -> PeerGuard:
+    """Everything above for one sending peer; call after setLocalDescription. `label` is what
+    the log calls the peer."""
     keyframes = KeyframeLimiter(keyframe_request_interval(keyframe_interval))
     forward_keyframe_requests(pc, track, keyframes)
     retransmits = []
@@ -567,7 +625,7 @@ def guard_peer(pc: RTCPeerConnection, track: MediaStreamTrack, bitrate: int,
         dtls = transceiver.sender.transport
         if id(dtls) not in rtcp:
             rtcp[id(dtls)] = police_rtcp(dtls)
-    return PeerGuard(guard_ice(pc), keyframes, retransmits, list(rtcp.values()), listen(pc))
+    return PeerGuard(guard_ice(pc, label), keyframes, retransmits, list(rtcp.values()), listen(pc))
 
 
 # --- RTP: each picture packetized once, sent to every viewer --------------------------------------

@@ -182,7 +182,8 @@ class Peer:
                     self.rtp = send_rtp_once(sender, track.next_rtp_frame, on_sent, join)
         # before the answer leaves: from then on its ports are known to anyone who reads it
         self.guard = guard_peer(self.pc, self.track, self.camera.settings.bitrate,
-                                self.camera.settings.keyframe_interval)
+                                self.camera.settings.keyframe_interval,
+                                f"{self.transport} viewer {self.remote} of {self.camera.name}")
         self._set_timer("negotiation", self.config.negotiation_timeout, self._negotiation_expired)
         logger.info("%s viewer %s of %s: answered with %s %dx%d", self.transport, self.remote, self.camera.name,
                     self.camera.settings.codec, self.camera.settings.width, self.camera.settings.height)

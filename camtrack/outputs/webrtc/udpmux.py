@@ -4,8 +4,9 @@ aioice opens a socket per host candidate of every peer; here each peer's host ca
 instead virtual transports on one shared socket. An incoming datagram finds its peer the way
 Pion's UDP mux does: a STUN binding request by the local ufrag in its USERNAME (each peer gets a
 unique one), and everything else by the remote address that such a request, once it proved it
-knows the peer's ICE password, tied to that peer. A STUN response goes to the peer that sent the
-request (by its transaction id). Datagrams from any other address are dropped at once: strangers
+knows the peer's ICE password, tied to that peer (at most MAX_ROUTES addresses a peer; requests
+from new ones beyond that are dropped unchecked, see icelimits.py). A STUN response goes to the
+peer that sent the request (by its transaction id). Datagrams from any other address are dropped at once: strangers
 cost a counter, never memory. Past the mux, each peer's `IceGate` (hooks.py) still decides what
 reaches its DTLS and SRTP.
 
@@ -40,6 +41,8 @@ from typing import Any, cast
 
 from aioice import stun
 from aioice.ice import Connection, StunProtocol
+
+from .icelimits import ignored
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,8 @@ class MuxStats:
     forged: int = 0
     #: checked requests for a worker's peer from addresses past its routes, over its budget: dropped
     unproven: int = 0
+    #: STUN requests from a new address of a peer that has MAX_ROUTES already: dropped
+    over_routes: int = 0
 
 
 class DirectSend:
@@ -630,6 +635,13 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         if isinstance(endpoint, ForeignEndpoint):
             self._foreign_request(message, data, remote, endpoint)
+            return
+        if len(endpoint.remotes) >= MAX_ROUTES and self._routes.get(remote) is not endpoint:
+            # a peer with all the addresses it may have gets no new one: dropped before its
+            # signature is checked and aioice answers it (icelimits.py)
+            self.stats.over_routes += 1
+            ignored(endpoint.connection, f"requests came from more than {MAX_ROUTES} addresses on the shared "
+                    "port: those from new addresses are dropped", endpoint.ufrag, "routes")
             return
         # only a request that knows the peer's password moves an address to it: anyone can
         # read a ufrag off the wire, nobody but the peer can sign with its password
