@@ -51,6 +51,8 @@ class Camera:
     #: the H.264 encoder (--video-encoder) of the join bridge, and the bridge while it exists
     video_encoder: str = "auto"
     bridge: SharedEncoder | None = None
+    #: viewers that joined through the bridge (camtrack_join_bridge_joins)
+    bridge_joins: int = 0
     #: the server's measured load (every camera shares it; set by Cameras)
     load: LoadMonitor | None = None
 
@@ -88,6 +90,7 @@ class Camera:
             self.bridge = bridge = SharedEncoder(self.decoder, EncoderSettings(
                 codec="h264", width=size[0], height=size[1], fps=self.settings.fps, bitrate=self.settings.bitrate,
                 keyframe_interval=self.settings.keyframe_interval, hardware=self.video_encoder))
+        self.bridge_joins += 1
         return bridge
 
     def describe(self) -> dict[str, Any]:

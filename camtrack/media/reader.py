@@ -5,8 +5,10 @@ stream (camtrack.outputs.wsvideo)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -21,6 +23,10 @@ logger = logging.getLogger(__name__)
 #: sooner, the squeezed run since the keyframe shows a picture at most this old for a moment (a camera
 #: that just opened for its first viewer needs no decoder and encoder started for that)
 BRIDGE_AFTER = 0.25
+#: a join bridge keeps running this long after a joiner let go of it: joins that follow each other
+#: (a page reloaded, many viewers arriving, a client joining and leaving in a loop) share its decoded
+#: state instead of each decoding the camera's run since its keyframe again (tests/test_amplifiers.py)
+BRIDGE_LINGER = 2.0
 
 
 class ReaderClosed(FeedClosed):
@@ -153,6 +159,41 @@ class PacketReader:
             self.feed.detach(self)
 
 
+class _BridgeHold:
+    """Keeps a join bridge attached until BRIDGE_LINGER seconds after the last joiner let go of it."""
+
+    def __init__(self, bridge: PacketFeed) -> None:
+        self.bridge = bridge
+        self._timer: asyncio.TimerHandle | None = None
+
+    def renew(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # (no loop: nothing keeps it)
+        if self._timer is None:
+            self.bridge.attach(self)
+        else:
+            self._timer.cancel()
+        self._timer = loop.call_later(BRIDGE_LINGER, self._release)
+
+    def _release(self) -> None:
+        self._timer = None
+        self.bridge.detach(self)
+
+
+#: the hold of each join bridge that one kept (by the bridge, which it does not keep alive)
+_holds: weakref.WeakKeyDictionary[PacketFeed, _BridgeHold] = weakref.WeakKeyDictionary()
+
+
+def linger(bridge: PacketFeed) -> None:
+    """Keep `bridge` running BRIDGE_LINGER seconds more (a joiner is letting go of it)."""
+    hold = _holds.get(bridge)
+    if hold is None:
+        hold = _holds[bridge] = _BridgeHold(bridge)
+    hold.renew()
+
+
 class BridgedReader(PacketReader):
     """A `PacketReader` of a passed-through camera, for a viewer who may join between its keyframes.
 
@@ -163,8 +204,8 @@ class BridgedReader(PacketReader):
     first picture out is the newest) and encoded again by a shared encoder (`Camera.join_bridge`)
     that starts with a keyframe of that picture. The newcomer reads the bridge until the camera's
     next keyframe, then switches to the camera's own packets (presentation times kept growing) and
-    lets go of the bridge, which stops when no newcomer needs it: decoding and encoding happen only
-    while someone is joining.
+    lets go of the bridge, which stops BRIDGE_LINGER seconds after no newcomer needs it: decoding
+    and encoding happen only while someone is joining, and joins in a row share one run of it.
     """
 
     def __init__(self, feed: PacketFeed, bridge: Callable[[], PacketFeed | None], meter: Meter | None = None) -> None:
@@ -285,6 +326,7 @@ class BridgedReader(PacketReader):
     def _stop_bridge(self) -> None:
         bridge, self.bridge = self.bridge, None
         if bridge is not None:
+            linger(bridge)  # (before this reader lets go: the bridge never stops in between)
             bridge.detach(self)
         self._bridge_pending.clear()
 

@@ -65,6 +65,10 @@ class CameraCollector:
         janus_failures = CounterMetricFamily("camtrack_janus_failures",
                                              "Times publishing to Janus failed or ended (then retried).",
                                              labels=["camera"])
+        bridge_joins = CounterMetricFamily("camtrack_join_bridge_joins", "Viewers of a passed-through camera who "
+                                           "joined between its keyframes through the join bridge.", labels=["camera"])
+        bridge_runs = CounterMetricFamily("camtrack_join_bridge_runs", "Times the join bridge started (decoding from "
+                                          "the camera's keyframe); joins in a row share a run.", labels=["camera"])
         encode_time = HistogramMetricFamily("camtrack_encode_seconds", "Time to encode one frame.",
                                             labels=["camera", "codec"])
         wire = HistogramMetricFamily(
@@ -88,6 +92,8 @@ class CameraCollector:
             decoded.add_metric([name], camera.decoder.frames if camera.decoder is not None else 0)
             if isinstance(camera.feed, PassthroughFeed):
                 passed.add_metric([name], camera.feed.stats.packets)
+                bridge_joins.add_metric([name], camera.bridge_joins)
+                bridge_runs.add_metric([name], camera.bridge.stats.runs if camera.bridge is not None else 0)
             if camera.publisher is not None:
                 janus_up.add_metric([name], 1 if camera.publisher.state == "publishing" else 0)
                 janus_publishes.add_metric([name], camera.publisher.publishes)
@@ -142,7 +148,8 @@ class CameraCollector:
         yield ice_ignored
         yield wire
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
-                    sent_bytes, failures, unresponsive, encode_time, janus_up, janus_publishes, janus_failures)
+                    sent_bytes, failures, unresponsive, encode_time, bridge_joins, bridge_runs, janus_up, janus_publishes,
+                    janus_failures)
         yield from _passthrough_metrics(self.cameras)
         if self.workers is not None:
             yield from self._workers(self.workers())
