@@ -46,7 +46,7 @@ from ...media.ratelimit import TokenBucket
 from ...workers.pool import AnyPeer, make_peer
 from ..wsvideo import PacketStream
 from .ice import IceContext
-from .peer import OfferError, ServerFull
+from .peer import OfferError, ServerFull, screen_offer
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -193,6 +193,11 @@ class Session:
         sdp = message.get("sdp")
         if not isinstance(sdp, str) or not sdp.strip():
             raise ProtocolError("an offer needs an 'sdp' string")
+        try:
+            screen_offer(sdp)  # counted, not parsed: before any parsing or peer (the current one stays)
+        except OfferError as exc:
+            self.camera.meters[Transport.WEBSOCKET].negotiation_failures += 1
+            raise ProtocolError(str(exc)) from None
         if self.peer is not None:
             if self.peer.negotiating:
                 raise ProtocolError("an offer is still being negotiated; wait for it to connect or fail")

@@ -24,7 +24,7 @@ from ...logs import ClientLog, clip
 from ...media.feeds import Transport
 from ...workers.pool import make_peer
 from .ice import IceContext
-from .peer import OfferError, ServerFull
+from .peer import OfferError, ServerFull, screen_offer
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -126,6 +126,12 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, ice: IceC
         except UnicodeDecodeError:
             raise web.HTTPBadRequest(text="the offer is not UTF-8 text\n", headers=CORS) from None
         remote = request.remote or "?"
+        try:
+            screen_offer(sdp)  # counted, not parsed: before any parsing, peer or camera
+        except OfferError as exc:
+            camera.meters[Transport.WHEP].negotiation_failures += 1
+            log.warning(remote, "refused whep offer from %s for %s: %s", remote, camera.name, exc)
+            raise web.HTTPBadRequest(text=f"{exc}\n", headers=CORS) from None
         if not cameras.has_room(camera):  # checked before a peer (and the camera) is started
             log.warning(remote, "refused whep viewer %s of %s: server full", remote, camera.name)
             raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"})
