@@ -130,7 +130,7 @@ async def test_join_churn_on_a_passed_through_camera_shares_one_bridge():
         try:
             rss_before = server.rss_mb()
             cpu = CpuWindow(server.pid)
-            baseline = {name: await_ for name, await_ in zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)))}
+            baseline = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
             idle_cpu = cpu.cores()
             report("baseline", baseline)
             bridge_runs = await server.metric("camtrack_join_bridge_runs_total", camera="a")
@@ -139,10 +139,10 @@ async def test_join_churn_on_a_passed_through_camera_shares_one_bridge():
             cpu = CpuWindow(server.pid)
             tried, pictures = await churn(server.ws("a"), rate=100, seconds=5)
             churn_cpu = cpu.cores()
-            during = {name: v.window(began + 0.5) for name, v in zip("ab", honest)}
+            during = {name: v.window(began + 0.5) for name, v in zip("ab", honest, strict=True)}
             rss_peak = server.rss_mb()
             report("during", during)
-            after = {name: seen for name, seen in zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)))}
+            after = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
             report("after", after)
             print(f"server CPU: idle {idle_cpu:.2f} cores, during the churn {churn_cpu:.2f} cores; "
                   f"{tried} joins, {pictures} pictures; RSS {rss_before:.0f} -> {rss_peak:.0f} -> {server.rss_mb():.0f} MB")
@@ -160,3 +160,217 @@ async def test_join_churn_on_a_passed_through_camera_shares_one_bridge():
             assert joins >= 0.5 * tried and runs <= 10, (joins, runs)
         finally:
             await stop(honest)
+
+
+# -- /metrics pipelined ------------------------------------------------------------------------------
+
+async def pipeline(port: int, path: str, seconds: float, connections: int = 6, batch: int = 64) -> tuple[int, int]:
+    """`connections` connections each sending `batch` requests for `path` at a time (without
+    waiting for answers) for `seconds`, reading every answer, connecting again when the server
+    closes one; returns (answers read, connections made)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    answers = made = 0
+
+    async def read(reader: asyncio.StreamReader) -> None:
+        nonlocal answers
+        tail = b""
+        while True:
+            data = await reader.read(1 << 16)
+            if not data:
+                return
+            chunk = tail + data
+            answers += chunk.count(b"HTTP/1.1 ") - tail.count(b"HTTP/1.1 ")
+            tail = chunk[-8:]
+
+    async def one() -> None:
+        nonlocal made
+        while loop.time() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            made += 1
+            reading = asyncio.ensure_future(read(reader))
+            try:
+                while loop.time() < deadline and not reading.done():
+                    writer.write(request * batch)
+                    # the next batch once this one is sent, as a pipelining client would
+                    while writer.transport.get_write_buffer_size() > 0 and loop.time() < deadline \
+                            and not reading.done():
+                        await asyncio.sleep(0.001)
+                    await asyncio.sleep(0)
+            finally:
+                writer.close()
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return answers, made
+
+
+async def test_pipelined_metrics_cost_less_than_they_ask():
+    """Six connections pipelining GET /metrics for 5 s: the body is rendered at most once a second
+    and each client is paced, so the honest viewers keep their pictures; the pacing shows in a
+    metric and one log line per client."""
+    async with CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320",
+                               "--height", "240", "--token", "secret") as server:
+        honest = [HonestViewer(server.ws(camera) + "&token=secret") for camera in "ab"]
+        await asyncio.gather(*(v.start() for v in honest))
+        try:
+            status, body = await server.get("/metrics")
+            assert status == 200 and "camtrack_viewers" in body  # open, token or not (README: Metrics)
+            rss_before = server.rss_mb()
+            cpu = CpuWindow(server.pid)
+            baseline = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
+            idle_cpu = cpu.cores()
+            report("baseline", baseline)
+
+            began = time.time()
+            cpu = CpuWindow(server.pid)
+            answers, made = await pipeline(server.port, "/metrics", 5)
+            attack_cpu = cpu.cores()
+            during = {name: v.window(began + 0.5) for name, v in zip("ab", honest, strict=True)}
+            rss_peak = server.rss_mb()
+            report("during", during)
+            after = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
+            report("after", after)
+            print(f"server CPU: idle {idle_cpu:.2f} cores, during the attack {attack_cpu:.2f} cores; "
+                  f"{answers} answers on {made} connections; RSS {rss_before:.0f} -> {rss_peak:.0f} -> {server.rss_mb():.0f} MB")
+            assert server.alive()
+            for name in "ab":
+                assert_unharmed(baseline[name], during[name], f"viewer of {name} during the attack")
+                assert_unharmed(baseline[name], after[name], f"viewer of {name} after the attack")
+            assert server.rss_mb() < rss_before + 50
+            # the attacker's address gets its turn again within seconds; the pacing shows
+            for _ in range(20):
+                status, body = await server.get("/metrics")
+                if status == 200:
+                    break
+                assert status == 429 and "too many" in body, (status, body)
+                await asyncio.sleep(0.5)
+            assert status == 200
+            waited = await server.metric("camtrack_metrics_paced_total", outcome="waited")
+            refused = await server.metric("camtrack_metrics_paced_total", outcome="refused")
+            print(f"paced: {waited:.0f} waited, {refused:.0f} refused")
+            assert waited > 0 and refused > 0
+            assert server.log().count("/metrics requests paced for 127.0.0.1") == 1  # once, not per request
+            assert (await server.get("/healthz"))[0] == 200
+        finally:
+            await stop(honest)
+
+
+# -- offers with hundreds of m-lines ---------------------------------------------------------------
+
+FINGERPRINT = "a=fingerprint:sha-256 " + ":".join(["AB"] * 32)
+
+
+def bloated_offer(sections: int = 200) -> str:
+    """A well-formed offer of `sections` recvonly H.264 video m-lines (34 KiB for 200: under the
+    64 KiB bound of an offer), each of which aiortc would answer."""
+    lines = ["v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0",
+             "a=group:BUNDLE " + " ".join(map(str, range(sections))), "a=ice-ufrag:abcd",
+             "a=ice-pwd:" + "p" * 22, FINGERPRINT, "a=setup:actpass"]
+    for mid in range(sections):
+        lines += ["m=video 9 UDP/TLS/RTP/SAVPF 101", "c=IN IP4 0.0.0.0", "a=recvonly", f"a=mid:{mid}", "a=rtcp-mux",
+                  "a=rtpmap:101 H264/90000", "a=fmtp:101 packetization-mode=1;profile-level-id=42e01f"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+async def test_offers_with_hundreds_of_m_lines_are_refused_before_parsing():
+    """200 WHEP offers of 200 m-lines each (8 at a time): each refused 400 by counting its lines,
+    before any parsing or peer; the honest viewers keep their pictures; the refusals show."""
+    async with CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320",
+                               "--height", "240") as server:
+        honest = await viewers(server, "a", "b")
+        try:
+            rss_before = server.rss_mb()
+            baseline = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
+            report("baseline", baseline)
+            failures = await server.metric("camtrack_negotiation_failures_total", camera="a", transport="whep")
+
+            offer = bloated_offer()
+            statuses: list[tuple[int, str]] = []
+            gate = asyncio.Semaphore(8)
+            began = time.time()
+            cpu = CpuWindow(server.pid)
+
+            async def post(http: aiohttp.ClientSession) -> None:
+                async with gate, http.post(server.base + "/cameras/a/whep", data=offer,
+                                           headers={"Content-Type": "application/sdp"}) as r:
+                    statuses.append((r.status, await r.text()))
+
+            async with aiohttp.ClientSession() as http:
+                await asyncio.gather(*(post(http) for _ in range(200)))
+            attack_cpu = cpu.cores()
+            spent = time.time() - began
+            await asyncio.sleep(max(0.0, 2.5 - spent))  # (a window long enough to read fps in)
+            during = {name: v.window(began) for name, v in zip("ab", honest, strict=True)}
+            report("during", during)
+            after = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
+            report("after", after)
+            print(f"200 offers in {spent:.2f} s, server CPU {attack_cpu:.2f} cores; "
+                  f"RSS {rss_before:.0f} -> {server.rss_mb():.0f} MB")
+            assert server.alive()
+            assert len(statuses) == 200
+            assert all(status == 400 and "200 m-lines; at most 8" in text for status, text in statuses), statuses[:3]
+            for name in "ab":
+                assert_unharmed(baseline[name], during[name], f"viewer of {name} during the offers")
+                assert_unharmed(baseline[name], after[name], f"viewer of {name} after the offers")
+            assert server.rss_mb() < rss_before + 50
+            refused = await server.metric("camtrack_negotiation_failures_total", camera="a", transport="whep")
+            assert refused - failures == 200
+            assert "refused whep offer from 127.0.0.1 for a: the offer has 200 m-lines" in server.log()
+            assert (await server.json("/api/cameras"))["cameras"][0]["pending"] == 0  # no peer was made
+        finally:
+            await stop(honest)
+
+
+async def test_offers_are_counted_before_they_are_parsed(serve):
+    """/ws and WHEP: an offer over the bounds (m-lines, lines, candidates) gets a clear refusal and
+    makes no peer; the socket stays usable and a real offer afterwards plays."""
+    from camtrack.app import CAMERAS
+    from camtrack.client import Viewer
+    from camtrack.media.feeds import Transport
+    from camtrack.outputs.webrtc import peer as peer_module
+
+    url, app = await serve(width=320, height=240)
+    camera = app[CAMERAS].first
+    root = url.removesuffix("/ws")
+    made: list[object] = []
+    original = peer_module.Peer.__init__
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    peer_module.Peer.__init__ = counting  # type: ignore[method-assign]
+    try:
+        many_lines = "v=0\r\n" + "a=x\r\n" * 1200
+        many_candidates = bloated_offer(1) + "".join(
+            f"a=candidate:{i} 1 udp 2130706431 127.0.0.1 {10000 + i} typ host\r\n" for i in range(100))
+        cases = [(bloated_offer(9), "the offer has 9 m-lines; at most 8 are answered"),
+                 (many_lines, "the offer has 1202 lines; at most 1000"),
+                 (many_candidates, "the offer has 100 candidates; at most 64")]
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(url) as ws:
+                assert (await ws.receive_json())["type"] == "hello"
+                for sdp, said in cases:
+                    await ws.send_json({"type": "offer", "sdp": sdp})
+                    error = await asyncio.wait_for(ws.receive_json(), 5)
+                    assert error["type"] == "error" and said in error["message"], error
+            for sdp, said in cases:
+                async with http.post(root + "/whep", data=sdp, headers={"Content-Type": "application/sdp"}) as r:
+                    assert r.status == 400 and said in await r.text()
+        assert made == []  # refused before any peer was made
+        assert camera.meters[Transport.WEBSOCKET].negotiation_failures == 3
+        assert camera.meters[Transport.WHEP].negotiation_failures == 3
+        assert bloated_offer(8).count("m=video") == 8  # (at the bound: answered below)
+    finally:
+        peer_module.Peer.__init__ = original  # type: ignore[method-assign]
+    viewer = Viewer(url)
+    await viewer.connect()
+    assert len(await viewer.frames(5)) == 5
+    await viewer.close()

@@ -2,10 +2,20 @@
 
 Nothing is counted for Prometheus on the hot path: a collector reads the counters the
 streams, encoders and outputs keep anyway, at scrape time.
+
+The page costs less than what it asks (it is open, token or not, like /healthz and /api/cameras):
+it is rendered at most once every MAX_AGE seconds (requests in between get the same bytes), and
+each client address may ask PACE_BURST times at once, then PACE_RATE times a second; a request over
+that waits its turn (and its connection's next requests with it), and one whose turn is more than
+PACE_MAX_WAIT seconds away is refused (429, the connection closed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,10 +24,45 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from ..cameras import Cameras
+from ..logs import ClientLog
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
 from ..media.passthrough import PassthroughFeed
 from .webrtc import icelimits
+
+logger = logging.getLogger(__name__)
+log = ClientLog(logger)
+
+#: the rendered page is served again for this many seconds
+MAX_AGE = 1.0
+#: what one client address may ask (Prometheus scrapes every 15 s or so)
+PACE_BURST = 20
+PACE_RATE = 2.0
+PACE_MAX_WAIT = 3.0
+#: client addresses remembered for pacing (the least recently seen is forgotten)
+PACE_CLIENTS = 4096
+#: one log line per client that was paced, at most this often
+PACE_LOG_INTERVAL = 60.0
+
+
+class _Pace:
+    """A client's bucket that lends: a request over the burst reserves the next turn."""
+
+    def __init__(self) -> None:
+        self.tokens = float(PACE_BURST)
+        self.stamp = time.monotonic()
+        self.logged = -PACE_LOG_INTERVAL
+
+    def turn(self) -> float | None:
+        """Seconds until this request's turn (0: now), or None if that is over PACE_MAX_WAIT."""
+        now = time.monotonic()
+        self.tokens = min(float(PACE_BURST), self.tokens + (now - self.stamp) * PACE_RATE)
+        self.stamp = now
+        wait = max(0.0, (1.0 - self.tokens) / PACE_RATE)
+        if wait > PACE_MAX_WAIT:
+            return None
+        self.tokens -= 1.0
+        return wait
 
 
 class CameraCollector:
@@ -182,13 +227,53 @@ class CameraCollector:
         yield from (up, peers, starts, sent, skipped, refused)
 
 
+class PaceCollector:
+    """How often /metrics itself was paced."""
+
+    def __init__(self, paced: dict[str, int]) -> None:
+        self.paced = paced
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("camtrack_metrics_paced", "GET /metrics requests over a client's pace: "
+                                     "waited for their turn, or refused (429).", labels=["outcome"])
+        for outcome, count in self.paced.items():
+            family.add_metric([outcome], count)
+        yield family
+
+
 def add_routes(app: web.Application, cameras: Cameras,
                workers: Callable[[], list[dict[str, Any]]] | None = None) -> None:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CameraCollector(cameras, workers))
+    registry.register(PaceCollector(paced := {"waited": 0, "refused": 0}))
+    clients: OrderedDict[str, _Pace] = OrderedDict()
+    page: list[Any] = [b"", -MAX_AGE]  # the rendered body, and when
 
     async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(registry))
+        remote = request.remote or "?"
+        pace = clients.pop(remote, None) or _Pace()
+        clients[remote] = pace  # (the most recently seen last)
+        if len(clients) > PACE_CLIENTS:
+            clients.popitem(last=False)
+        wait = pace.turn()
+        if wait is None or wait > 0:
+            paced["refused" if wait is None else "waited"] += 1
+            now = time.monotonic()
+            if now - pace.logged >= PACE_LOG_INTERVAL:
+                pace.logged = now
+                log.warning(remote, "/metrics requests paced for %s: more than %d at once or %g a second "
+                            "(a request waits its turn, up to %g s, else 429)", remote, PACE_BURST, PACE_RATE,
+                            PACE_MAX_WAIT)
+            if wait is None:
+                refusal = web.HTTPTooManyRequests(text="too many /metrics requests\n",
+                                                  headers={"Retry-After": str(round(PACE_MAX_WAIT))})
+                refusal.force_close()  # (the rest of its pipeline is not read)
+                raise refusal
+            await asyncio.sleep(wait)
+        now = time.monotonic()
+        if now - page[1] >= MAX_AGE:
+            page[0], page[1] = generate_latest(registry), now
+        response = web.Response(body=page[0])
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
