@@ -68,9 +68,6 @@ def codec_preferences(codec: str) -> list[RTCRtpCodecCapability]:
 def screen_offer(sdp: str) -> None:
     """Raise OfferError if `sdp` holds more than an offer needs (m-lines, lines, candidates):
     counted, not parsed, so that refusing it costs less than the request (before a peer is made)."""
-    lines = sdp.count("\n") + 1
-    if lines > MAX_OFFER_LINES:
-        raise OfferError(f"the offer has {lines} lines; at most {MAX_OFFER_LINES} are answered")
     media = sdp.count("\nm=") + sdp.startswith("m=")
     if media > MAX_OFFER_MEDIA:
         raise OfferError(f"the offer has {media} m-lines; at most {MAX_OFFER_MEDIA} are answered "
@@ -78,6 +75,9 @@ def screen_offer(sdp: str) -> None:
     candidates = sdp.count("\na=candidate:")
     if candidates > MAX_OFFER_CANDIDATES:
         raise OfferError(f"the offer has {candidates} candidates; at most {MAX_OFFER_CANDIDATES} are answered")
+    lines = sdp.count("\n") + 1
+    if lines > MAX_OFFER_LINES:
+        raise OfferError(f"the offer has {lines} lines; at most {MAX_OFFER_LINES} are answered")
 
 
 def check_offer(sdp: str, codec: str) -> None:
