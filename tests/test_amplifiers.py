@@ -118,6 +118,7 @@ async def churn(url: str, rate: float, seconds: float, at_once: int = 32) -> tup
     return len(results), sum(results)
 
 
+@pytest.mark.slow  # (a camtrack process of its own, or seconds of pacing)
 async def test_join_churn_on_a_passed_through_camera_shares_one_bridge():
     """Joins of the websocket stream at 100 a second for 5 s, each between the camera's keyframes
     (4 s apart), each reading one picture and leaving: the join bridge (decode from the keyframe,
@@ -211,6 +212,7 @@ async def pipeline(port: int, path: str, seconds: float, connections: int = 6, b
     return answers, made
 
 
+@pytest.mark.slow  # (a camtrack process of its own, or seconds of pacing)
 async def test_pipelined_metrics_cost_less_than_they_ask():
     """Six connections pipelining GET /metrics for 5 s: the body is rendered at most once a second
     and each client is paced, so the honest viewers keep their pictures; the pacing shows in a
@@ -262,6 +264,7 @@ async def test_pipelined_metrics_cost_less_than_they_ask():
             await stop(honest)
 
 
+@pytest.mark.slow  # (a camtrack process of its own, or seconds of pacing)
 async def test_metrics_are_rendered_once_a_second_and_paced_per_client(serve):
     """40 requests at once from one address: 20 served at once (the same bytes), the next ones each
     wait their turn (2 a second, up to 3 s), the rest are refused 429 with Retry-After."""
@@ -313,6 +316,7 @@ def bloated_offer(sections: int = 200) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+@pytest.mark.slow  # (a camtrack process of its own, or seconds of pacing)
 async def test_offers_with_hundreds_of_m_lines_are_refused_before_parsing():
     """200 WHEP offers of 200 m-lines each (8 at a time): each refused 400 by counting its lines,
     before any parsing or peer; the honest viewers keep their pictures; the refusals show."""
