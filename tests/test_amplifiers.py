@@ -214,9 +214,10 @@ async def pipeline(port: int, path: str, seconds: float, connections: int = 6, b
 
 @pytest.mark.slow  # (a camtrack process of its own, or seconds of pacing)
 async def test_pipelined_metrics_cost_less_than_they_ask():
-    """Six connections pipelining GET /metrics for 5 s: the body is rendered at most once a second
-    and each client is paced, so the honest viewers keep their pictures; the pacing shows in a
-    metric and one log line per client."""
+    """Six connections pipelining GET /metrics for 5 s, connecting again when closed: the body is
+    rendered at most once a second and each client is paced (refused after a second, its connection
+    closed), so the honest viewers keep their pictures; the pacing shows in a metric and one log
+    line per client."""
     async with CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320",
                                "--height", "240", "--token", "secret") as server:
         honest = [HonestViewer(server.ws(camera) + "&token=secret") for camera in "ab"]
@@ -246,18 +247,12 @@ async def test_pipelined_metrics_cost_less_than_they_ask():
                 assert_unharmed(baseline[name], during[name], f"viewer of {name} during the attack")
                 assert_unharmed(baseline[name], after[name], f"viewer of {name} after the attack")
             assert server.rss_mb() < rss_before + 50
-            # the attacker's address gets its turn again within seconds; the pacing shows
-            for _ in range(20):
-                status, body = await server.get("/metrics")
-                if status == 200:
-                    break
-                assert status == 429 and "too many" in body, (status, body)
-                await asyncio.sleep(0.5)
-            assert status == 200
-            waited = await server.metric("camtrack_metrics_paced_total", outcome="waited")
+            # the attacker's address has its turns again at once (no turn was lent ahead); the pacing shows
+            status, body = await server.get("/metrics")
+            assert status == 200, (status, body)
             refused = await server.metric("camtrack_metrics_paced_total", outcome="refused")
-            print(f"paced: {waited:.0f} waited, {refused:.0f} refused")
-            assert waited > 0  # (each connection waited its turn: none was refused)
+            print(f"paced: {refused:.0f} refused")
+            assert refused > 0
             assert server.log().count("/metrics requests paced for 127.0.0.1") == 1  # once, not per request
             assert (await server.get("/healthz"))[0] == 200
         finally:
@@ -266,8 +261,9 @@ async def test_pipelined_metrics_cost_less_than_they_ask():
 
 @pytest.mark.slow  # (a camtrack process of its own, or seconds of pacing)
 async def test_metrics_are_rendered_once_a_second_and_paced_per_client(serve):
-    """40 requests at once from one address: 20 served at once (the same bytes), the next ones each
-    wait their turn (2 a second, up to 3 s), the rest are refused 429 with Retry-After."""
+    """40 requests at once from one address: 20 served at once (the same bytes, rendered once), the
+    rest refused 429 after a second, with Retry-After; the address gets its next turn half a second
+    later, however many were refused."""
     from camtrack.outputs import metrics
 
     url, _ = await serve(width=320, height=240)
@@ -289,14 +285,15 @@ async def test_metrics_are_rendered_once_a_second_and_paced_per_client(serve):
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             answers = await asyncio.gather(*(get(http) for _ in range(40)))
+            served = [seconds for status, seconds, _ in answers if status == 200]
+            refused = [(seconds, retry) for status, seconds, retry in answers if status == 429]
+            assert len(served) == 20 and len(refused) == 20, answers
+            assert max(served) < 0.9 and all(0.9 < seconds < 3 and retry == "1" for seconds, retry in refused), answers
+            assert renders == 1
+            await asyncio.sleep(0.6)
+            assert (await get(http))[0] == 200
     finally:
         metrics.generate_latest = original  # type: ignore[assignment]
-    served = sorted(seconds for status, seconds, _ in answers if status == 200)
-    refused = [retry for status, _, retry in answers if status == 429]
-    assert len(served) + len(refused) == 40 and 24 <= len(served) <= 28, answers
-    assert all(retry == "3" for retry in refused)
-    assert served[19] < 1.0 and 2.0 < served[-1] < 4.0, served  # the burst at once, then paced
-    assert renders <= 5, renders  # once a second at most, not once a request
 
 
 # -- offers with hundreds of m-lines ---------------------------------------------------------------

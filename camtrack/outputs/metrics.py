@@ -6,8 +6,10 @@ streams, encoders and outputs keep anyway, at scrape time.
 The page costs less than what it asks (it is open, token or not, like /healthz and /api/cameras):
 it is rendered at most once every MAX_AGE seconds (requests in between get the same bytes), and
 each client address may ask PACE_BURST times at once, then PACE_RATE times a second; a request over
-that waits its turn (and its connection's next requests with it), and one whose turn is more than
-PACE_MAX_WAIT seconds away is refused (429, the connection closed).
+that is refused (429) after REFUSAL_DELAY seconds and its connection closed, with whatever it had
+pipelined behind it. (A refused request spends none of its client's turns: requests pipelined on a
+connection whose client has gone are still handled while aiohttp has stopped reading it, and had
+they waited for turns they would have spent the client's for minutes.)
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ MAX_AGE = 1.0
 #: what one client address may ask (Prometheus scrapes every 15 s or so)
 PACE_BURST = 20
 PACE_RATE = 2.0
-PACE_MAX_WAIT = 3.0
+#: seconds a request over the pace waits for its refusal
+REFUSAL_DELAY = 1.0
 #: client addresses remembered for pacing (the least recently seen is forgotten)
 PACE_CLIENTS = 4096
 #: one log line per client that was paced, at most this often
@@ -46,23 +49,21 @@ PACE_LOG_INTERVAL = 60.0
 
 
 class _Pace:
-    """A client's bucket that lends: a request over the burst reserves the next turn."""
+    """A client's token bucket."""
 
     def __init__(self) -> None:
         self.tokens = float(PACE_BURST)
         self.stamp = time.monotonic()
         self.logged = -PACE_LOG_INTERVAL
 
-    def turn(self) -> float | None:
-        """Seconds until this request's turn (0: now), or None if that is over PACE_MAX_WAIT."""
+    def take(self) -> bool:
         now = time.monotonic()
         self.tokens = min(float(PACE_BURST), self.tokens + (now - self.stamp) * PACE_RATE)
         self.stamp = now
-        wait = max(0.0, (1.0 - self.tokens) / PACE_RATE)
-        if wait > PACE_MAX_WAIT:
-            return None
+        if self.tokens < 1.0:
+            return False
         self.tokens -= 1.0
-        return wait
+        return True
 
 
 class CameraCollector:
@@ -234,8 +235,8 @@ class PaceCollector:
         self.paced = paced
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily("camtrack_metrics_paced", "GET /metrics requests over a client's pace: "
-                                     "waited for their turn, or refused (429).", labels=["outcome"])
+        family = CounterMetricFamily("camtrack_metrics_paced", "GET /metrics requests over a client's pace, "
+                                     "refused (429).", labels=["outcome"])
         for outcome, count in self.paced.items():
             family.add_metric([outcome], count)
         yield family
@@ -245,7 +246,7 @@ def add_routes(app: web.Application, cameras: Cameras,
                workers: Callable[[], list[dict[str, Any]]] | None = None) -> None:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CameraCollector(cameras, workers))
-    registry.register(PaceCollector(paced := {"waited": 0, "refused": 0}))
+    registry.register(PaceCollector(paced := {"refused": 0}))
     clients: OrderedDict[str, _Pace] = OrderedDict()
     page: list[Any] = [b"", -MAX_AGE]  # the rendered body, and when
 
@@ -255,21 +256,18 @@ def add_routes(app: web.Application, cameras: Cameras,
         clients[remote] = pace  # (the most recently seen last)
         if len(clients) > PACE_CLIENTS:
             clients.popitem(last=False)
-        wait = pace.turn()
-        if wait is None or wait > 0:
-            paced["refused" if wait is None else "waited"] += 1
+        if not pace.take():
+            paced["refused"] += 1
             now = time.monotonic()
             if now - pace.logged >= PACE_LOG_INTERVAL:
                 pace.logged = now
                 log.warning(remote, "/metrics requests paced for %s: more than %d at once or %g a second "
-                            "(a request waits its turn, up to %g s, else 429)", remote, PACE_BURST, PACE_RATE,
-                            PACE_MAX_WAIT)
-            if wait is None:
-                refusal = web.HTTPTooManyRequests(text="too many /metrics requests\n",
-                                                  headers={"Retry-After": str(round(PACE_MAX_WAIT))})
-                refusal.force_close()  # (the rest of its pipeline is not read)
-                raise refusal
-            await asyncio.sleep(wait)
+                            "(refused with 429 after %g s)", remote, PACE_BURST, PACE_RATE, REFUSAL_DELAY)
+            # after a pause: a client that connects again at once gets one refusal a second per connection
+            await asyncio.sleep(REFUSAL_DELAY)
+            refusal = web.HTTPTooManyRequests(text="too many /metrics requests\n", headers={"Retry-After": "1"})
+            refusal.force_close()  # (and the rest of its pipeline with it)
+            raise refusal
         now = time.monotonic()
         if now - page[1] >= MAX_AGE:
             page[0], page[1] = generate_latest(registry), now
