@@ -115,7 +115,9 @@ class CamtrackProcess:
 
     async def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include `labels` (0 if there is none)."""
-        _, body = await self.get("/metrics")
+        status, body = await self.get("/metrics")
+        # (a 429 is /metrics pacing a client that asked too often: a test reading it in a tight loop)
+        assert status == 200, f"/metrics answered {status}: {body}"
         total = 0.0
         for line in body.splitlines():
             if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
