@@ -20,6 +20,7 @@ from ..media.packet import CodecInfo
 from ..media.passthrough import SourcePacket
 from ..media.sizes import check_size
 from .h264 import H264Converter, profile_level_id
+from .rtspguard import GuardCut, RtspGuard
 from .urls import redact
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class DemuxSource:
         self._has_b_frames = False
         self._reordered = False
         self._interrupted = threading.Event()
+        #: rtsp:// goes through a guard that keeps the bounds camtrack's own reader keeps (rtspguard.py)
+        self.guarded = url.lower().startswith("rtsp://")
+        self._guard: RtspGuard | None = None
         # timestamps: made up where the stream has none, continued across loops
         self._frame_duration = 0
         self._next_pts = 0
@@ -129,13 +133,39 @@ class DemuxSource:
         return None
 
     def open(self) -> None:
+        """Open the stream, within `open_timeout` in all for rtsp:// (the guard's deadline)."""
         self._interrupted.clear()
-        self._open_container()
+        self._close_guard()
+        if self.guarded:
+            self._guard = RtspGuard(self.url, open_timeout=self.open_timeout, read_timeout=self.read_timeout)
+        try:
+            self._open_container()
+        except Exception as exc:
+            try:
+                self._raise_cut(exc)
+            finally:
+                self._close_guard()
+            raise
+        if self._guard is not None:
+            self._guard.opened()
         self._anchor = None
         self._max_pts = self._last_pts = None
 
+    def _raise_cut(self, exc: BaseException) -> None:
+        """If the guard cut the connection, its reason, not what FFmpeg made of the cut."""
+        guard = self._guard
+        if guard is not None and guard.reason is not None and not self._interrupted.is_set():
+            reason = guard.reason
+            self._close_guard()
+            raise GuardCut(reason) from None
+        if isinstance(exc, av.error.ExitError) and not self._interrupted.is_set():
+            self._close_guard()
+            raise GuardCut(f"no stream within the open or read timeout ({self.open_timeout:g} s, "
+                           f"{self.read_timeout:g} s)") from None
+
     def _open_container(self) -> None:
-        container = av.open(self.url, format=self.format, options=dict(self.options),
+        url = self._guard.url if self._guard is not None else self.url
+        container = av.open(url, format=self.format, options=dict(self.options),
                             timeout=(self.open_timeout, self.read_timeout))
         try:
             if not container.streams.video:
@@ -195,9 +225,18 @@ class DemuxSource:
         if self._packets is None:
             return None
         try:
-            return next(self._packets)
+            packet = next(self._packets)
         except StopIteration:
+            self._raise_cut(EOFError())
             return None
+        except Exception as exc:
+            if self._interrupted.is_set():
+                return None
+            self._raise_cut(exc)
+            raise
+        if self._guard is not None:
+            self._guard.packet_out()
+        return packet
 
     def _timestamp(self, packet: Any) -> int:
         pts = packet.pts if packet.pts is not None else packet.dts
@@ -256,11 +295,20 @@ class DemuxSource:
             self._interrupted.wait(due - now)
 
     def interrupt(self) -> None:
-        """End a wait for pacing early (from any thread); the next read returns None."""
+        """End a wait for pacing, or (rtsp://) a blocked read, early (from any thread); the next read
+        returns None."""
         self._interrupted.set()
+        if self._guard is not None:
+            self._guard.cut("interrupted")
 
     def close(self) -> None:
         self._close_container()
+        self._close_guard()
+
+    def _close_guard(self) -> None:
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.close()
 
     def _close_container(self) -> None:
         container, self._container, self._stream, self._packets = self._container, None, None, None

@@ -10,7 +10,9 @@ closes each access unit on that bit, or, for a camera that never sets it, when t
 Scope: RTSP 1.0 (RFC 2326) over TCP with RTP interleaved in the connection, Basic and Digest
 (MD5) authentication, H.264 in single NAL, STAP-A and FU-A packets (packetization-mode 0 and 1).
 Anything else (other codecs, UDP, `rtsps://`, an unknown authentication) is `RtspUnsupported`, and
-`RtspSource` then reads the camera with PyAV instead, saying so once in the log.
+`RtspSource` then reads the camera with PyAV instead, saying so once in the log, for that opening
+only (the next tries its own reader again); PyAV reads it through `rtspguard.RtspGuard`, which
+keeps the same bounds.
 
 Blocking and single-threaded like every source; `interrupt()` may come from any thread.
 """
@@ -521,8 +523,9 @@ class RtspSource:
         self._keepalive_at = 0.0
         self._channel = 0
         self._interrupted = threading.Event()
-        #: PyAV's reader, once this camera turned out to need it
+        #: PyAV's reader, while this camera's latest opening needed it
         self.fallback: DemuxSource | None = None
+        self._unsupported = ""
 
     @property
     def codec(self) -> CodecInfo:
@@ -550,21 +553,44 @@ class RtspSource:
         return None
 
     def open(self) -> None:
-        if self.fallback is not None:
-            self.fallback.open()
-            return
+        """Open the camera within `open_timeout` in all, whatever it trickles. Each opening tries
+        camtrack's own reader first: a camera read with PyAV once is not left to PyAV for good."""
         self._interrupted.clear()
+        self.close()
+        self.fallback = None
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            connection = self._connection
+            if connection is not None:
+                connection.interrupt()
+
+        timer = threading.Timer(self.open_timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
             self._open()
+            if expired.is_set():
+                raise RtspError("expired")
         except RtspUnsupported as exc:
+            timer.cancel()
             self.close()
-            logger.info("%s: %s; reading it with PyAV instead", self.description, exc)
+            if str(exc) != self._unsupported:  # said once, not at every reopening
+                logger.info("%s: %s; reading it with PyAV instead", self.description, exc)
+                self._unsupported = str(exc)
             self.fallback = DemuxSource(self.url, rtsp_transport="tcp", open_timeout=self.open_timeout,
                                         read_timeout=self.read_timeout)
             self.fallback.open()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if expired.is_set() and not self._interrupted.is_set():
+                raise RtspError(f"the camera gave no stream within the open timeout ({self.open_timeout:g} s)") from None
+            if isinstance(exc, TimeoutError):
+                raise RtspError(f"the camera answered nothing for {self.read_timeout:g} s") from None
             raise
+        finally:
+            timer.cancel()
 
     def _open(self) -> None:
         connection = RtspConnection(self.url, open_timeout=self.open_timeout, read_timeout=self.read_timeout)
