@@ -160,6 +160,15 @@ class CameraCollector:
                                     "How late the event loop ran a probe due every 50 ms.")
         lag.add_metric([], load.lag.cumulative(), load.lag.total)
         yield lag
+        from ..sources import rtspguard  # (its counters only)
+
+        guard_cuts = CounterMetricFamily(
+            "camtrack_pyav_guard_cuts", "Times the guard between PyAV's RTSP reader and a camera cut it, by why: "
+            "oversized (more than 18 MiB without a picture), redirect (a 3xx answer, not followed), open_timeout "
+            "(no stream within the open timeout), stalled (a side took nothing), bad_answer.", labels=["reason"])
+        for kind in rtspguard.KINDS:
+            guard_cuts.add_metric([kind], rtspguard.CUTS.get(kind, 0))
+        yield guard_cuts
         yield GaugeMetricFamily("camtrack_event_loop_lag_recent_seconds",
                                 "Median event-loop lag over the last 2 s (what admission control reads).",
                                 value=load.recent_lag)

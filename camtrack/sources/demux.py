@@ -154,8 +154,8 @@ class DemuxSource:
     def _raise_cut(self, exc: BaseException) -> None:
         """If the guard cut the connection, its reason, not what FFmpeg made of the cut."""
         guard = self._guard
-        if guard is not None and guard.reason is not None and not self._interrupted.is_set():
-            reason = guard.reason
+        reason = None if guard is None else guard.reason or guard.late
+        if reason is not None and not self._interrupted.is_set():
             self._close_guard()
             raise GuardCut(reason) from None
         if isinstance(exc, av.error.ExitError) and not self._interrupted.is_set():
@@ -164,9 +164,11 @@ class DemuxSource:
                            f"{self.read_timeout:g} s)") from None
 
     def _open_container(self) -> None:
-        url = self._guard.url if self._guard is not None else self.url
+        url, open_timeout = self.url, self.open_timeout
+        if self._guard is not None:  # its deadline first: PyAV's own is a backstop
+            url, open_timeout = self._guard.url, self.open_timeout + 1.0
         container = av.open(url, format=self.format, options=dict(self.options),
-                            timeout=(self.open_timeout, self.read_timeout))
+                            timeout=(open_timeout, self.read_timeout))
         try:
             if not container.streams.video:
                 raise ValueError("no video stream")
@@ -234,8 +236,13 @@ class DemuxSource:
                 return None
             self._raise_cut(exc)
             raise
-        if self._guard is not None:
-            self._guard.packet_out()
+        guard = self._guard
+        if guard is not None:
+            if guard.reason is not None:  # what FFmpeg's parser held when the guard cut: not a picture
+                if self._interrupted.is_set():
+                    return None
+                self._raise_cut(EOFError())
+            guard.packet_out()
         return packet
 
     def _timestamp(self, packet: Any) -> int:

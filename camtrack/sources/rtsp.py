@@ -507,6 +507,8 @@ class RtspSource:
         self.description = redact(url)
         self.live = True
         self.lost = 0
+        #: why camtrack's reader left the camera to PyAV last (said once in the log)
+        self._unsupported = ""
         self._connection: RtspConnection | None = None
         self._track: VideoTrack | None = None
         self._depacketizer: Depacketizer | None = None
@@ -523,9 +525,8 @@ class RtspSource:
         self._keepalive_at = 0.0
         self._channel = 0
         self._interrupted = threading.Event()
-        #: PyAV's reader, while this camera's latest opening needed it
+        #: PyAV's reader, once this camera turned out to need it
         self.fallback: DemuxSource | None = None
-        self._unsupported = ""
 
     @property
     def codec(self) -> CodecInfo:
@@ -553,28 +554,14 @@ class RtspSource:
         return None
 
     def open(self) -> None:
-        """Open the camera within `open_timeout` in all, whatever it trickles. Each opening tries
-        camtrack's own reader first: a camera read with PyAV once is not left to PyAV for good."""
-        self._interrupted.clear()
+        # each opening tries camtrack's own reader first: a camera that needed PyAV once (a
+        # description it could not read) is not left to PyAV for the rest of the feed's run
         self.close()
         self.fallback = None
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            connection = self._connection
-            if connection is not None:
-                connection.interrupt()
-
-        timer = threading.Timer(self.open_timeout, expire)
-        timer.daemon = True
-        timer.start()
+        self._interrupted.clear()
         try:
             self._open()
-            if expired.is_set():
-                raise RtspError("expired")
         except RtspUnsupported as exc:
-            timer.cancel()
             self.close()
             if str(exc) != self._unsupported:  # said once, not at every reopening
                 logger.info("%s: %s; reading it with PyAV instead", self.description, exc)
@@ -582,15 +569,9 @@ class RtspSource:
             self.fallback = DemuxSource(self.url, rtsp_transport="tcp", open_timeout=self.open_timeout,
                                         read_timeout=self.read_timeout)
             self.fallback.open()
-        except BaseException as exc:
+        except BaseException:
             self.close()
-            if expired.is_set() and not self._interrupted.is_set():
-                raise RtspError(f"the camera gave no stream within the open timeout ({self.open_timeout:g} s)") from None
-            if isinstance(exc, TimeoutError):
-                raise RtspError(f"the camera answered nothing for {self.read_timeout:g} s") from None
             raise
-        finally:
-            timer.cancel()
 
     def _open(self) -> None:
         connection = RtspConnection(self.url, open_timeout=self.open_timeout, read_timeout=self.read_timeout)

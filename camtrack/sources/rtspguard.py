@@ -99,6 +99,11 @@ class RtspGuard:
         """PyAV opened the stream: the open deadline no longer applies."""
         self._open_until = None
 
+    @property
+    def late(self) -> str | None:
+        """The open deadline's reason once it has passed (None before, and once opened)."""
+        return self._late() if self._left() <= 0 else None
+
     def cut(self, reason: str, kind: str | None = None) -> None:
         """End both connections now (PyAV's blocked read then fails), saying why."""
         with self._lock:
