@@ -298,8 +298,8 @@ async def test_an_endless_fu_a_from_a_pyav_camera_is_bounded() -> None:
             flooded = camera.flooded
             # a comes back by itself (its back-off is at most 10 s)
             back = time.time()
-            await eventually(lambda: a.window(back).frames > 30, timeout=20)
-            await asyncio.sleep(1.0)  # past its first pictures, which come as the picture settles
+            # (NO SIGNAL pictures come a few a second: back is a second at the camera's rate)
+            await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 28, timeout=25)
             after_a, after_b = await asyncio.gather(a.watch(4), b.watch(4))
             rss_after = server.rss_mb()
             log = server.log()
@@ -354,8 +354,8 @@ async def test_a_camera_redirecting_pyav_to_itself_is_paced() -> None:
             per_second = [camera.per_second(t, t + 1) for t in (began + i for i in range(7))]
             total = sum(began <= t < ended for t in camera.connected)
             back = time.time()
-            await eventually(lambda: a.window(back).frames > 60, timeout=20)
-            await asyncio.sleep(1.0)  # past its first pictures, which come as the picture settles
+            # (NO SIGNAL pictures come a few a second: back is a second at the camera's rate)
+            await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 28, timeout=25)
             after_a, after_b = await asyncio.gather(a.watch(4), b.watch(4))
             rss_after = server.rss_mb()
             log = server.log()
