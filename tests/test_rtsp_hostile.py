@@ -19,7 +19,7 @@ from camtrack.media import capture
 from camtrack.media.passthrough import PassthroughFeed
 from camtrack.media.stream import CameraStream
 from camtrack.sources import make_source
-from camtrack.sources.rtsp import MAX_FRAMES_PER_SECOND, RtspFlood, RtspSource
+from camtrack.sources.rtsp import MAX_FRAMES_PER_SECOND, RtspError, RtspFlood, RtspSource
 
 from .conftest import eventually
 from .honest import CamtrackProcess, HonestViewer, Watched, assert_unharmed
@@ -264,3 +264,28 @@ async def test_a_stall_is_seen_by_the_passthrough_feed_and_the_capture(monkeypat
         await feed.close()
         await stream.close()
         await camera.stop()
+
+
+async def test_a_camera_answering_a_byte_at_a_time_fails_the_opening_within_its_timeout() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        try:
+            for byte in b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n" * 10:  # a byte every 0.4 s: no read ever times out
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.4)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    source = RtspSource(f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/cam", open_timeout=2.0, read_timeout=1.0)
+    began = time.monotonic()
+    try:
+        with pytest.raises(RtspError, match="did not answer within the open timeout"):
+            await asyncio.to_thread(source.open)
+        assert time.monotonic() - began < 4.0
+    finally:
+        source.close()
+        server.close()

@@ -254,6 +254,8 @@ class RtspConnection:
         self.session = ""
         self.session_timeout = 60.0
         self.methods: set[str] = set()
+        #: while opening: the time.monotonic() by which the session must be set up
+        self.deadline: float | None = None
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
         self._cseq = 0
@@ -305,11 +307,16 @@ class RtspConnection:
         sock.settimeout(self.read_timeout)
 
     def _read_response(self) -> Response:
-        """The next RTSP response; interleaved data in front of it is dropped."""
+        """The next RTSP response; interleaved data in front of it is dropped (in bulk, and at most
+        MAX_FRAMES_PER_SECOND frames of it: a camera does not flood before it answers)."""
+        dropped = 0
         while True:
             first = self._peek(1)
             if first == b"$":
-                self.read_interleaved_raw()
+                dropped += self.read_frames(-1)[1]  # no channel: nothing copied
+                if dropped > MAX_FRAMES_PER_SECOND:
+                    raise RtspFlood(f"packet flood: more than {MAX_FRAMES_PER_SECOND} interleaved packets "
+                                    "before the answer to a request")
                 continue
             return self._read_message()
 
@@ -398,6 +405,10 @@ class RtspConnection:
     def _fill(self, count: int) -> None:
         sock = self._socket()
         while len(self._buffer) < count:
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() > deadline:
+                # a camera answering a byte at a time never lets a read time out: the whole opening has this long
+                raise RtspError(f"the camera did not answer within the open timeout ({self.open_timeout:g} s)")
             chunk = sock.recv(max(RECV_SIZE, count - len(self._buffer)))
             if not chunk:
                 raise EOFError("the camera closed the connection")
@@ -634,7 +645,7 @@ class RtspSource:
     def _open(self) -> None:
         connection = RtspConnection(self.url, open_timeout=self.open_timeout, read_timeout=self.read_timeout)
         self._connection = connection
-        deadline = time.monotonic() + self.open_timeout
+        deadline = connection.deadline = time.monotonic() + self.open_timeout
         connection.connect()
         options = connection.request("OPTIONS", connection.url)
         connection.methods = {m.strip().upper() for m in options.header("public").split(",") if m.strip()}
@@ -672,6 +683,7 @@ class RtspSource:
             self._read_units()
             while self._ready and self._converter.sps is None:
                 self._ready.popleft()  # before any SPS: nothing a viewer could decode
+        connection.deadline = None  # open: from now on each read has read_timeout
 
     def _learn(self, nal: bytes) -> None:
         if nal_type(nal) != NAL_SPS:
