@@ -112,6 +112,7 @@ def _report(what: str, baseline: Watched, during: Watched, after: Watched) -> No
     print(f"{what}: baseline {baseline}; during {during}; after {after}")
 
 
+@pytest.mark.slow
 async def test_a_flood_of_tiny_packets_is_cut_off_and_the_other_camera_unharmed() -> None:
     camera = HostileCamera()
     url = await camera.start()
@@ -169,6 +170,7 @@ async def _state_is(server: CamtrackProcess, name: str, state: str) -> bool:
     return bool((await _camera(server, name))["state"] == state)
 
 
+@pytest.mark.slow
 async def test_a_camera_that_stops_pictures_but_keeps_its_session_is_seen_stalled() -> None:
     camera = HostileCamera()
     url = await camera.start()
@@ -239,6 +241,7 @@ async def test_the_reader_cuts_a_flood_within_a_moment() -> None:
         await camera.stop()
 
 
+@pytest.mark.slow
 async def test_a_stall_is_seen_by_the_passthrough_feed_and_the_capture(monkeypatch: pytest.MonkeyPatch,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(capture, "STALL_SECONDS", 1.0)
