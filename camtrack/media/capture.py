@@ -43,11 +43,12 @@ def failure_reason(exc: BaseException) -> str:
 
 
 class Failures:
-    """A source's failures over a feed's life: how many, the last one's reason, and its log lines:
-    one warning per outage with the reason, an info line when the reason changes within it (a
-    camera that stopped, then refuses connections), "is back" when pictures come again; the same
-    reason again is logged at most every REPEAT_LOG_SECONDS, even across outages, so a camera that
-    fails over and over does not flood the log."""
+    """A source's failures over a feed's life: how many, the last one's reason (`reason`: what
+    /api/cameras and /healthz show as the camera's `error`), and its log lines: one warning per
+    outage, with the reason that began it (later reasons within the outage, a camera that stopped
+    and then refuses connections, go to the debug log and to `reason`), "is back" when pictures
+    come again; the same reason again is logged at most every REPEAT_LOG_SECONDS, even across
+    outages, so a camera that fails over and over does not flood the log."""
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -68,13 +69,14 @@ class Failures:
         self.reason = reason
         now = time.monotonic()
         outage, self._outage = self._outage, True
-        if reason == self._logged and now - self._logged_at < REPEAT_LOG_SECONDS:
-            logger.debug("%s: %s again", self.description, reason)
-            return
         # a traceback only for what no camera should cause (a bug), not for a network's failures
         unexpected = exc is not None and not isinstance(exc, (OSError, EOFError, ValueError))
-        logger.log(logging.INFO if outage else logging.WARNING, "%s: %s; %s", self.description, reason,
-                   "retrying" if opening else "reopening", exc_info=exc if unexpected else None)
+        if outage or (reason == self._logged and now - self._logged_at < REPEAT_LOG_SECONDS):
+            logger.debug("%s: %s; %s", self.description, reason, "retrying" if opening else "reopening",
+                         exc_info=exc if unexpected else None)
+            return
+        logger.warning("%s: %s; %s", self.description, reason, "retrying" if opening else "reopening",
+                       exc_info=exc if unexpected else None)
         self._logged, self._logged_at, self._back_logged = reason, now, False
 
     def recovered(self) -> None:
