@@ -55,9 +55,9 @@ def create_app(config: Config) -> web.Application:
             feed = camera.feed
             passthrough = feed if isinstance(feed, PassthroughFeed) else None
             watched = bool(camera.stream.consumers) or bool(passthrough and passthrough.consumers)
-            state = passthrough.state if passthrough is not None and passthrough.running else camera.stream.state
-            down |= watched and state == "retrying"
-            sources[camera.name] = {**camera.describe(), "state": state, "watched": watched, "encoder": None,
+            state = camera.state
+            down |= watched and state in ("retrying", "stalled")
+            sources[camera.name] = {**camera.describe(), "watched": watched, "encoder": None,
                                     "passthrough": None,
                                     "janus": camera.publisher.describe() if camera.publisher else None}
             if passthrough is not None:
@@ -67,7 +67,8 @@ def create_app(config: Config) -> web.Application:
                     "reopenings": passthrough.stats.reopenings,
                     "problem": passthrough.problem, "refused": passthrough.stats.refused,
                     "oversize": passthrough.stats.oversize, "filler_bytes": passthrough.stats.filler_bytes,
-                    "ring_bytes": passthrough.ring_bytes}
+                    "ring_bytes": passthrough.ring_bytes, "failures": passthrough.stats.failures,
+                    "stalls": passthrough.stats.stalls}
             if camera.encoder is not None:
                 stats = camera.encoder.stats
                 sources[camera.name]["encoder"] = {

@@ -93,6 +93,23 @@ class Camera:
         self.bridge_joins += 1
         return bridge
 
+    @property
+    def state(self) -> str:
+        """The source's state: of the passthrough feed's reader while it runs, else of the stream's
+        capture (`idle`, `starting`, `up`, `retrying`, `stalled`)."""
+        feed = self.feed
+        if isinstance(feed, PassthroughFeed) and feed.running:
+            return feed.state
+        return self.stream.state
+
+    @property
+    def error(self) -> str | None:
+        """The reason of the source's last failure (None before any), whichever reader saw it."""
+        feed = self.feed
+        if isinstance(feed, PassthroughFeed) and (feed.running or feed.error is not None):
+            return feed.error or self.stream.error
+        return self.stream.error
+
     def describe(self) -> dict[str, Any]:
         """The camera as /api/cameras and /healthz show it."""
         settings = self.settings
@@ -101,7 +118,9 @@ class Camera:
             "name": self.name,
             "source": redact(self.source),
             # a passed-through camera's state is its feed's while that runs (the stream is not opened)
-            "state": feed.state if feed is not None and feed.running else self.stream.state,
+            "state": self.state,
+            #: the reason of the source's last failure (None before any)
+            "error": self.error,
             #: why a passed-through camera is refused (its size, too large access units), else None
             "problem": feed.problem if feed is not None else None,
             "width": settings.width,

@@ -18,6 +18,112 @@ logger = logging.getLogger(__name__)
 
 #: seconds between "no signal" pictures while a source is retrying
 NO_SIGNAL_INTERVAL = 0.2
+#: seconds without a picture after which a source that is still connected is stalled: its run is
+#: ended and the source opened again. Pictures count, not bytes: a camera can keep its session and
+#: socket alive (RTCP, keep-alive answers) while it sends no picture, and no read time-out fires.
+#: Every picture counts, not only keyframes, so the camera's keyframe interval does not matter; a
+#: real camera sends one at least every second, even at its slowest; and 5 s is also the own RTSP
+#: reader's read time-out, so a camera silent in every way and one that only keeps its session
+#: alive are both cut after the same time.
+STALL_SECONDS = 5.0
+#: a run that gave pictures for this long was a success: the back-off starts again from its least
+STABLE_SECONDS = 10.0
+#: a failure with the same reason as the last one logged is logged again at most this often
+REPEAT_LOG_SECONDS = 60.0
+#: the longest reason kept (its text may come from the camera: an RTSP reason phrase)
+MAX_REASON = 160
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a source failed, in a few words (its text comes from the camera: clipped)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out (the camera sent nothing within the time-out)"
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "…"
+
+
+class Failures:
+    """A source's failures over a feed's life: how many, the last one's reason (`reason`: what
+    /api/cameras and /healthz show as the camera's `error`), and its log lines: one warning per
+    outage, with the reason that began it (later reasons within the outage, a camera that stopped
+    and then refuses connections, go to the debug log and to `reason`), "is back" when pictures
+    come again; the same reason again is logged at most every REPEAT_LOG_SECONDS, even across
+    outages, so a camera that fails over and over does not flood the log."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        #: the last failure's reason (None before the first)
+        self.reason: str | None = None
+        self.count = 0
+        #: failures that were stalls (STALL_SECONDS without a picture)
+        self.stalls = 0
+        self._logged: str | None = None
+        self._logged_at = 0.0
+        self._back_logged = True
+        self._outage = False
+
+    def failed(self, reason: str, *, stalled: bool = False, opening: bool = False,
+               exc: BaseException | None = None) -> None:
+        self.count += 1
+        self.stalls += stalled
+        self.reason = reason
+        now = time.monotonic()
+        outage, self._outage = self._outage, True
+        # a traceback only for what no camera should cause (a bug), not for a network's failures
+        unexpected = exc is not None and not isinstance(exc, (OSError, EOFError, ValueError))
+        if outage or (reason == self._logged and now - self._logged_at < REPEAT_LOG_SECONDS):
+            logger.debug("%s: %s; %s", self.description, reason, "retrying" if opening else "reopening",
+                         exc_info=exc if unexpected else None)
+            return
+        logger.warning("%s: %s; %s", self.description, reason, "retrying" if opening else "reopening",
+                       exc_info=exc if unexpected else None)
+        self._logged, self._logged_at, self._back_logged = reason, now, False
+
+    def recovered(self) -> None:
+        """Pictures again: said once after a failure that was logged."""
+        self._outage = False
+        if not self._back_logged:
+            logger.info("%s is back", self.description)
+            self._back_logged = True
+
+
+class StallWatch:
+    """Interrupts a source that stays connected but gives no picture for `seconds` (see
+    STALL_SECONDS), from a thread of its own that looks a few times a second until `stop` is set.
+    A source without `interrupt()` (OpenCV's, the pattern) is not watched."""
+
+    def __init__(self, source: object, stop: threading.Event, seconds: float | None = None) -> None:
+        self.seconds = STALL_SECONDS if seconds is None else seconds
+        self._interrupt: Callable[[], None] | None = getattr(source, "interrupt", None)
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        #: set when the watch interrupted the source (the read it ended was a stall)
+        self.fired = False
+        if self._interrupt is not None:
+            description = getattr(source, "description", "source")
+            threading.Thread(target=self._run, name=f"stall watch {description}", daemon=True).start()
+
+    def reading(self) -> None:
+        """The source opened: its pictures are due from now on."""
+        with self._lock:
+            self._last, self.fired = time.monotonic(), False
+
+    def picture(self) -> None:
+        self._last = time.monotonic()
+
+    def done(self) -> None:
+        """The source is being closed (or opened again): nothing to watch."""
+        with self._lock:
+            self._last = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(0.25, self.seconds / 4)):
+            with self._lock:
+                last = self._last
+                if last is not None and time.monotonic() - last > self.seconds and self._interrupt is not None:
+                    self.fired, self._last = True, None
+                    self._interrupt()
 
 
 def no_signal_image(width: int, height: int, description: str) -> np.ndarray:
@@ -38,8 +144,8 @@ def no_signal_image(width: int, height: int, description: str) -> np.ndarray:
 class CaptureThread:
     """A thread that opens a source, reads it and hands each new frame to `on_frame`.
 
-    It retries with back-off when the source fails to open or stops giving frames,
-    and logs each change of state once.
+    It retries with back-off when the source fails to open, stops giving frames or stalls
+    (STALL_SECONDS without one), and logs each failure's reason once (`Failures`).
     """
 
     def __init__(
@@ -49,6 +155,7 @@ class CaptureThread:
         on_state: Callable[[str], None] | None = None,
         retry_max: float = 10.0,
         previous: CaptureThread | None = None,
+        failures: Failures | None = None,
     ) -> None:
         self.source = source
         self.on_frame = on_frame
@@ -58,6 +165,8 @@ class CaptureThread:
         self.previous = previous
         #: times the device was opened (again after each failure)
         self.source_opens = 0
+        #: its failures, their count and the last one's reason (shared by the stream's captures)
+        self.failures = failures if failures is not None else Failures(source.description)
         self.state = "starting"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture {source.description}", daemon=True)
@@ -106,42 +215,58 @@ class CaptureThread:
             previous.join()
         seq = 0
         delay = 0.5
+        failures = self.failures
+        watch = StallWatch(self.source, self._stop)
         while not self._stop.is_set():
             try:
                 self.source.open()
             except Exception as exc:  # noqa: BLE001 - any failure means "retry later"
-                if self.state != "retrying":
-                    logger.warning("%s: %s; retrying", self.source.description, exc)
+                if not self._stop.is_set():
+                    failures.failed(failure_reason(exc), opening=True, exc=exc)
                 self._set_state("retrying")
                 seq = self._no_signal(seq, delay)
                 delay = min(delay * 2, self.retry_max)
                 continue
             self.source_opens += 1
-            if self.state == "retrying":
-                logger.debug("%s opened again", self.source.description)
-            else:
+            if self.state == "starting":
                 logger.info("%s opened", self.source.description)
+            else:
+                logger.debug("%s opened again", self.source.description)
+            up_since: float | None = None
+            watch.reading()
             try:
                 while not self._stop.is_set():
                     image = self.source.read()
                     if image is None:
-                        # said once per outage: a source that opens but gives nothing stays quiet
-                        if self.state == "up":
-                            logger.warning("%s stopped giving frames; reopening", self.source.description)
-                        self._set_state("retrying")
+                        if self._stop.is_set():
+                            break
+                        if watch.fired:
+                            failures.failed(f"no picture for {watch.seconds:g} s", stalled=True)
+                            self._set_state("stalled")
+                        else:
+                            # said once per change of reason: a source that opens but gives nothing stays quiet
+                            why = getattr(self.source, "end_reason", None) or "stopped giving frames"
+                            failures.failed(why)
+                            self._set_state("retrying")
                         break
-                    if self.state == "retrying":
-                        logger.info("%s is back", self.source.description)
+                    watch.picture()
+                    if self.state != "up":
+                        failures.recovered()
+                        up_since = time.monotonic()
                     self._set_state("up")
-                    delay = 0.5
                     seq += 1
                     self._emit(seq, image)
-            except Exception:  # noqa: BLE001
-                if self.state == "up":
-                    logger.exception("%s failed; reopening", self.source.description)
-                self._set_state("retrying")
+            except Exception as exc:  # noqa: BLE001
+                if not self._stop.is_set():
+                    stalled = watch.fired
+                    failures.failed(f"no picture for {watch.seconds:g} s" if stalled else failure_reason(exc),
+                                    stalled=stalled, exc=None if stalled else exc)
+                    self._set_state("stalled" if stalled else "retrying")
             finally:
+                watch.done()
                 self.source.close()
+            if up_since is not None and time.monotonic() - up_since >= STABLE_SECONDS:
+                delay = 0.5  # it worked for a while: a new outage starts the back-off again
             if not self._stop.is_set():
                 seq = self._no_signal(seq, delay)
                 delay = min(delay * 2, self.retry_max)

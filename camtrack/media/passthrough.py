@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import av
 
-from .capture import no_signal_image
+from .capture import STABLE_SECONDS, Failures, StallWatch, failure_reason, no_signal_image
 from .feeds import FeedClosed
 from .frame import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE
 from .lingering import Lingering
@@ -111,6 +111,10 @@ class PassthroughStats:
     oversize: int = 0
     #: bytes of filler data stripped from access units
     filler_bytes: int = 0
+    #: times the source failed to open, failed, ended or stalled (then opened again)
+    failures: int = 0
+    #: of those, times it stayed connected but gave no picture for STALL_SECONDS
+    stalls: int = 0
 
 
 class Restamper:
@@ -164,8 +168,13 @@ class PassthroughFeed(Lingering):
         self.source_factory = source_factory
         self.retry_max = retry_max
         self.stats = PassthroughStats()
-        #: `idle`, `starting`, `up` (giving packets) or `retrying`
+        #: `idle`, `starting`, `up` (giving packets), `retrying` or `stalled` (connected, but no picture
+        #: for STALL_SECONDS: being opened again)
         self.state = "idle"
+        #: the reason of the source's last failure (None before any)
+        self.error: str | None = None
+        #: what the reader threads log of the failures (made with the first)
+        self.failure_log: Failures | None = None
         #: why the camera is not up, when it was refused (its size), else None
         self.problem: str | None = None
         #: the configured size: "no signal" is shown at it when the camera gave no usable one
@@ -319,6 +328,11 @@ class PassthroughFeed(Lingering):
             self._no_signal = made = (size, pictures)
         return made[1]
 
+    def _failed(self, reason: str, stalled: bool) -> None:
+        self.error = reason
+        self.stats.failures += 1
+        self.stats.stalls += stalled
+
     def _publish(self, source_packet: SourcePacket, captured: float, wall: float) -> None:
         pts = self._restamper.stamp(source_packet.pts, source_packet.time_base, wall)
         self.stats.discontinuities = self._restamper.discontinuities
@@ -347,6 +361,10 @@ class _Run:
         self._no_signal_count = 0
         #: said once per run: access units too large, filler data
         self._said: set[str] = set()
+        #: the source's failures, said once per change of reason over the feed's life
+        if feed.failure_log is None:
+            feed.failure_log = Failures(source.description)
+        self.failures = feed.failure_log
         self._thread = threading.Thread(target=self._guarded, name=f"passthrough {source.description}", daemon=True)
 
     @property
@@ -378,10 +396,8 @@ class _Run:
                     return
 
     def _fault(self, exc: Exception) -> None:
-        """A failure of the source: a refused size is counted and said in one line."""
+        """A failure of the source: a refused size is counted (said by `_failed`, with the others)."""
         if isinstance(exc, SizeRefused):
-            if self.state == "up":  # (at open, the failure is said once per outage already)
-                logger.warning("%s: %s; retrying", self.source.description, exc)
             self.feed._from_thread(self, self.feed._count, "refused", 1, str(exc))
 
     def _admit(self, packet: SourcePacket) -> SourcePacket | None:
@@ -412,72 +428,90 @@ class _Run:
         previous, self.previous = self.previous, None
         if previous is not None:
             previous._thread.join()  # the same camera, still being let go of
-        feed, source = self.feed, self.source
+        feed, source, failures = self.feed, self.source, self.failures
         delay = 0.5
         opens = 0
+        # a source that stays connected but gives no picture is interrupted by this watch: a
+        # camera's RTCP or keep-alive answers keep its socket's time-out from ever firing
+        watch = StallWatch(source, self._stop)
         while not self._stop.is_set():
             try:
                 source.open()
             except Exception as exc:  # noqa: BLE001 - any failure means "retry later"
                 self._fault(exc)
-                if self.state != "retrying":
-                    logger.warning("%s: %s; retrying", source.description, exc)
-                self._set_state("retrying")
+                if not self._stop.is_set():
+                    self._failed(failure_reason(exc), opening=True, exc=exc)
                 self._no_signal(delay)
                 delay = min(delay * 2, self.feed.retry_max)
                 continue
             opens += 1
             feed._from_thread(self, _count_open, feed, opens > 1)
             feed._from_thread(self, feed._opened, source.codec)
-            if self.state == "retrying":
-                logger.debug("%s opened again", source.description)
-            else:
+            if self.state == "starting":
                 logger.info("%s opened: %s", source.description, _describe(source))
+            else:
+                logger.debug("%s opened again", source.description)
             # what comes before the first IDR cannot be decoded (after a "no signal" picture,
             # it would be decoded against that): start each opening at an IDR
             idr_seen = False
+            up_since: float | None = None
+            watch.reading()
             try:
                 while not self._stop.is_set():
                     packet = source.read()
-                    if packet is not None:
-                        packet = self._admit(packet)
-                        if packet is None:
-                            idr_seen = False  # what follows a dropped picture waits for an IDR
-                            continue
-                    if packet is not None and not idr_seen:
-                        if not packet.keyframe:
-                            continue
-                        idr_seen = True
                     if packet is None:
                         if self._stop.is_set():
                             break  # interrupted: released, not ended
-                        if self.state == "up":
-                            logger.warning("%s ended; reopening", source.description)
-                        self._set_state("retrying")
+                        if watch.fired:
+                            self._failed(f"no picture for {watch.seconds:g} s", stalled=True)
+                        else:
+                            self._failed(getattr(source, "end_reason", None) or "the stream ended")
                         break
-                    if self.state == "retrying":
-                        logger.info("%s is back", source.description)
+                    watch.picture()  # every picture counts, dropped ones and those before the first IDR too
+                    admitted = self._admit(packet)
+                    if admitted is None:
+                        idr_seen = False  # what follows a dropped picture waits for an IDR
+                        continue
+                    if not idr_seen:
+                        if not admitted.keyframe:
+                            continue
+                        idr_seen = True
+                    if self.state != "up":
+                        failures.recovered()
+                        up_since = time.monotonic()
                     self._set_state("up")
-                    delay = 0.5
-                    feed._from_thread(self, feed._publish, packet, time.time(), time.monotonic())
+                    feed._from_thread(self, feed._publish, admitted, time.time(), time.monotonic())
             except Exception as exc:  # noqa: BLE001
                 self._fault(exc)
-                if self.state == "up" and not self._stop.is_set() and not isinstance(exc, SizeRefused):
-                    logger.exception("%s failed; reopening", source.description)
-                self._set_state("retrying")
+                if not self._stop.is_set():
+                    if watch.fired:  # the watch's interrupt, seen as an error by the source
+                        self._failed(f"no picture for {watch.seconds:g} s", stalled=True)
+                    else:
+                        self._failed(failure_reason(exc), exc=exc)
             finally:
+                watch.done()
                 source.close()
+            if up_since is not None and time.monotonic() - up_since >= STABLE_SECONDS:
+                delay = 0.5  # it worked for a while: a new outage starts the back-off again
             if not self._stop.is_set():
                 self._no_signal(delay)
                 delay = min(delay * 2, self.feed.retry_max)
         logger.info("%s released", source.description)
+
+    def _failed(self, reason: str, *, stalled: bool = False, opening: bool = False,
+                exc: BaseException | None = None) -> None:
+        """One failure of the source: logged (once per change of reason), counted, and shown in
+        the feed's state and error until pictures come again."""
+        self.failures.failed(reason, stalled=stalled, opening=opening, exc=exc)
+        self.feed._from_thread(self, self.feed._failed, reason, stalled)
+        self._set_state("stalled" if stalled else "retrying")
 
     def _no_signal(self, seconds: float) -> None:
         """Wait `seconds` (or until stopped), showing viewers a "no signal" picture meanwhile, as
         an H.264 IDR of its own a few times a second (the camera's next IDR replaces it)."""
         deadline = time.monotonic() + seconds
         while not self._stop.is_set():
-            if self.state == "retrying":
+            if self.state in ("retrying", "stalled"):
                 packet = self._no_signal_packet()
                 if packet is not None:
                     self.feed._from_thread(self, self.feed._publish, packet, time.time(), time.monotonic())

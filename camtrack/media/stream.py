@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from .capture import CaptureThread
+from .capture import CaptureThread, Failures
 from .feeds import FeedClosed, FrameSource
 from .frame import Frame
 from .lingering import Lingering
@@ -36,6 +36,8 @@ class CameraStream(Lingering):
         #: captures told to stop whose threads may still be letting go of the device
         self._released: list[CaptureThread] = []
         self._capture: CaptureThread | None = None
+        #: the source's failures over the stream's life (made with its first capture)
+        self.failures: Failures | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -49,8 +51,14 @@ class CameraStream(Lingering):
         return self._capture is not None or any(c.alive for c in self._released)
 
     @property
+    def error(self) -> str | None:
+        """The reason of the source's last failure (None before any)."""
+        return self.failures.reason if self.failures is not None else None
+
+    @property
     def state(self) -> str:
-        """`idle` (closed), `starting`, `up` (giving frames) or `retrying` (the source is failing)."""
+        """`idle` (closed), `starting`, `up` (giving frames), `retrying` (the source is failing) or
+        `stalled` (it stayed connected but gave no picture for a while: being reopened)."""
         return "idle" if self._capture is None else self._capture.state
 
     @property
@@ -77,7 +85,11 @@ class CameraStream(Lingering):
         self._loop = asyncio.get_running_loop()
         self._ring.reopen()
         previous = next((c for c in reversed(self._released) if c.alive), None)
-        capture = CaptureThread(self.source_factory(), lambda frame: self._from_thread(capture, frame), previous=previous)
+        source = self.source_factory()
+        if self.failures is None:
+            self.failures = Failures(source.description)
+        capture = CaptureThread(source, lambda frame: self._from_thread(capture, frame), previous=previous,
+                                failures=self.failures)
         self._capture = capture
         self.runs += 1
         logger.info("stream %s: opening %s", self.name, capture.source.description)

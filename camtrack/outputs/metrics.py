@@ -83,6 +83,11 @@ class CameraCollector:
                                     labels=["camera"])
         opens = CounterMetricFamily("camtrack_source_opens", "Times the camera's stream was opened.",
                                     labels=["camera"])
+        failures_total = CounterMetricFamily(
+            "camtrack_source_failures", "Times the camera's source failed to open, failed, ended or stalled "
+            "(then opened again with back-off).", labels=["camera"])
+        stalls = CounterMetricFamily("camtrack_source_stalls", "Times the camera's source stayed connected but "
+                                     "gave no picture for a few seconds (then opened again).", labels=["camera"])
         captured = CounterMetricFamily("camtrack_frames_captured", "Frames captured.", labels=["camera"])
         decoded = CounterMetricFamily("camtrack_frames_decoded", "Frames decoded from a passed-through camera's "
                                       "H.264 (for MJPEG and snapshots, only while they are watched).", labels=["camera"])
@@ -131,7 +136,13 @@ class CameraCollector:
                 if transport in (Transport.WEBSOCKET, Transport.WHEP):  # the WebRTC ones
                     failures.add_metric([name, transport], meter.negotiation_failures)
                     unresponsive.add_metric([name, transport], meter.unresponsive)
-            up.add_metric([name], 1 if camera.stream.state == "up" else 0)
+            up.add_metric([name], 1 if camera.state == "up" else 0)
+            stream_failures = camera.stream.failures
+            feed_stats = camera.feed.stats if isinstance(camera.feed, PassthroughFeed) else None
+            failures_total.add_metric([name], (stream_failures.count if stream_failures else 0)
+                                      + (feed_stats.failures if feed_stats else 0))
+            stalls.add_metric([name], (stream_failures.stalls if stream_failures else 0)
+                              + (feed_stats.stalls if feed_stats else 0))
             watched.add_metric([name], 1 if camera.stream.consumers else 0)
             opens.add_metric([name], camera.stream.runs)
             captured.add_metric([name], camera.stream.frames)
@@ -202,6 +213,7 @@ class CameraCollector:
             ice_ignored.add_metric([reason], getattr(icelimits.STATS, reason))
         yield ice_ignored
         yield wire
+        yield from (failures_total, stalls)
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, unresponsive, encode_time, bridge_joins, bridge_runs, janus_up, janus_publishes,
                     janus_failures)

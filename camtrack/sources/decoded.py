@@ -92,3 +92,15 @@ class DecodedSource:
     def close(self) -> None:
         self._decoder = None
         self.packets.close()
+
+    def interrupt(self) -> None:
+        """End a wait for packets (from any thread): the capture's stall watch calls it."""
+        interrupt = getattr(self.packets, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why the packets ended, if their source says."""
+        reason = getattr(self.packets, "end_reason", None)
+        return reason if isinstance(reason, str) else None

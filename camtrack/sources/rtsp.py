@@ -50,6 +50,26 @@ MAX_BODY = 256 * 1024
 MAX_ACCESS_UNIT = 16 * 1024 * 1024
 #: RTP packet types that carry H.264 NAL units in pieces (RFC 6184)
 STAP_A, FU_A = 24, 28
+#: what one NAL unit costs in memory besides its bytes (a bytes object and its place in a list):
+#: counted against MAX_ACCESS_UNIT, so an access unit of millions of one-byte NAL units is bounded too
+NAL_OVERHEAD = 64
+#: bytes asked of the socket at once: a flood is parsed in bulk, not a read per packet
+RECV_SIZE = 256 * 1024
+#: interleaved packets parsed in one go before the reader looks at the time and its budget
+BATCH_FRAMES = 1024
+#: interleaved packets (every channel) in one second beyond any camera: 50 Mbit/s of video in
+#: 1400-byte RTP packets is 4 500 a second; more than this is a flood, and the session is cut
+MAX_FRAMES_PER_SECOND = 20_000
+#: over at least TINY_FRAMES packets within a second, an average packet shorter than MIN_AVERAGE_FRAME
+#: bytes (a 12-byte RTP header and a few bytes of payload; a camera's video averages hundreds) is a
+#: flood of tiny packets, and the session is cut
+TINY_FRAMES = 1000
+MIN_AVERAGE_FRAME = 32
+#: the reader's share of a core while packets pour in: once it has worked (CPU time) PACE_AFTER
+#: seconds within PACE_WINDOW, it sleeps as long as it worked, letting the GIL and the core go to the
+#: other threads (the event loop, the other cameras); a camera's ordinary stream never gets there
+PACE_AFTER = 0.0005
+PACE_WINDOW = 0.05
 
 
 class RtspError(OSError):
@@ -58,6 +78,10 @@ class RtspError(OSError):
 
 class RtspUnsupported(RtspError):
     """What camtrack's RTSP reader does not handle; PyAV's reader may."""
+
+
+class RtspFlood(RtspError):
+    """The camera sends packets at a rate or of a size no camera does (see MAX_FRAMES_PER_SECOND)."""
 
 
 @dataclass
@@ -232,6 +256,8 @@ class RtspConnection:
         self.session = ""
         self.session_timeout = 60.0
         self.methods: set[str] = set()
+        #: while opening: the time.monotonic() by which the session must be set up
+        self.deadline: float | None = None
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
         self._cseq = 0
@@ -283,11 +309,16 @@ class RtspConnection:
         sock.settimeout(self.read_timeout)
 
     def _read_response(self) -> Response:
-        """The next RTSP response; interleaved data in front of it is dropped."""
+        """The next RTSP response; interleaved data in front of it is dropped (in bulk, and at most
+        MAX_FRAMES_PER_SECOND frames of it: a camera does not flood before it answers)."""
+        dropped = 0
         while True:
             first = self._peek(1)
             if first == b"$":
-                self.read_interleaved_raw()
+                dropped += self.read_frames(-1)[1]  # no channel: nothing copied
+                if dropped > MAX_FRAMES_PER_SECOND:
+                    raise RtspFlood(f"packet flood: more than {MAX_FRAMES_PER_SECOND} interleaved packets "
+                                    "before the answer to a request")
                 continue
             return self._read_message()
 
@@ -316,20 +347,52 @@ class RtspConnection:
             raise RtspError(f"bad status line {lines[0][:80]!r}")
         return Response(int(status_line[1]), status_line[2] if len(status_line) > 2 else "", headers, body, challenges)
 
-    def read_interleaved(self) -> tuple[int, bytes]:
-        """The next interleaved frame (channel, data); answers and requests in between are skipped."""
+    def read_frames(self, channel: int, limit: int = BATCH_FRAMES) -> tuple[list[bytes], int, int]:
+        """Whole interleaved frames at the front of the buffer, at most `limit` of them (reading the
+        socket, in large pieces, only when there is not one whole frame): the payloads of those on
+        `channel`, and how many frames and bytes there were on every channel. Those of other
+        channels (RTCP) cost a few operations each, and no copy."""
+        buffer = self._buffer
         while True:
-            first = self._peek(1)
-            if first == b"$":
-                return self.read_interleaved_raw()
-            if first in (b"R", b"G", b"O", b"A", b"S", b"P", b"T"):
-                self._read_message()  # an answer to a keep-alive, or a request from the camera
-                continue
-            # not at a message: drop bytes up to the next '$' (a camera that lost its framing)
-            index = self._buffer.find(b"$")
-            del self._buffer[:index if index >= 0 else len(self._buffer)]
-            if index < 0:
-                self._fill(1)
+            size = len(buffer)
+            if size >= 4 and buffer[0] == 0x24:  # "$"
+                need = 4 + ((buffer[2] << 8) | buffer[3])
+                if size >= need:
+                    break
+                self._fill(need)
+            elif size == 0 or buffer[0] == 0x24:
+                self._fill(4)
+            else:
+                self._skip_message()
+        payloads: list[bytes] = []
+        frames = pos = 0
+        with memoryview(buffer) as view:
+            while frames < limit and pos + 4 <= size and buffer[pos] == 0x24:
+                stop = pos + 4 + ((buffer[pos + 2] << 8) | buffer[pos + 3])
+                if stop > size:
+                    break
+                if buffer[pos + 1] == channel:
+                    payloads.append(bytes(view[pos + 4:stop]))
+                frames += 1
+                pos = stop
+        del buffer[:pos]
+        return payloads, frames, pos
+
+    def _skip_message(self) -> None:
+        """At something that is not an interleaved frame: an RTSP message (read, and failed on if it
+        ends the session), or bytes up to the next '$' (a camera that lost its framing)."""
+        first = self._peek(1)
+        if first in (b"R", b"G", b"O", b"A", b"S", b"P", b"T"):
+            message = self._read_message()  # an answer to a keep-alive, or a request from the camera
+            if message.status == 454:
+                raise RtspError(f"the camera ended the session ({message.status} {message.reason[:60]})")
+            if message.status == 0 and message.reason.upper().startswith("TEARDOWN"):
+                raise RtspError("the camera tore the session down (TEARDOWN)")
+            return
+        index = self._buffer.find(b"$")
+        del self._buffer[:index if index >= 0 else len(self._buffer)]
+        if index < 0:
+            self._fill(1)
 
     def read_interleaved_raw(self) -> tuple[int, bytes]:
         head = self._read_exact(4)
@@ -344,7 +407,11 @@ class RtspConnection:
     def _fill(self, count: int) -> None:
         sock = self._socket()
         while len(self._buffer) < count:
-            chunk = sock.recv(max(65536, count - len(self._buffer)))
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() > deadline:
+                # a camera answering a byte at a time never lets a read time out: the whole opening has this long
+                raise RtspError(f"the camera did not answer within the open timeout ({self.open_timeout:g} s)")
+            chunk = sock.recv(max(RECV_SIZE, count - len(self._buffer)))
             if not chunk:
                 raise EOFError("the camera closed the connection")
             self._buffer += chunk
@@ -460,7 +527,7 @@ class Depacketizer:
             elif self._fragment is None:
                 return  # the middle of a NAL unit whose start was lost
             self._fragment += payload[2:]
-            if len(self._fragment) + self._size > MAX_ACCESS_UNIT:
+            if len(self._fragment) + NAL_OVERHEAD + self._size > MAX_ACCESS_UNIT:
                 self._drop()
                 self._broken = True
                 return
@@ -472,12 +539,12 @@ class Depacketizer:
         # other types (STAP-B, MTAP, FU-B) belong to packetization-mode 2, refused at DESCRIBE
 
     def _add(self, nal: bytes) -> None:
-        if self._size + len(nal) > MAX_ACCESS_UNIT:
+        if self._size + len(nal) + NAL_OVERHEAD > MAX_ACCESS_UNIT:
             self._drop()
             self._broken = True
             return
         self._nals.append(nal)
-        self._size += len(nal)
+        self._size += len(nal) + NAL_OVERHEAD
 
     def _finish(self) -> list[tuple[int, list[bytes]]]:
         nals, timestamp = self._nals, self._timestamp
@@ -525,6 +592,15 @@ class RtspSource:
         self._keepalive_at = 0.0
         self._channel = 0
         self._interrupted = threading.Event()
+        #: the flood guard's window: when it began, and the packets and bytes within it
+        self._window_start = 0.0
+        self._window_frames = 0
+        self._window_bytes = 0
+        #: the reader's own CPU time since `_busy_since` (see PACE_AFTER)
+        self._busy_since = 0.0
+        self._busy = 0.0
+        #: why the last read gave None (the stream ended), for the log and the camera's state
+        self.end_reason: str | None = None
         #: PyAV's reader, once this camera turned out to need it
         self.fallback: DemuxSource | None = None
 
@@ -576,7 +652,7 @@ class RtspSource:
     def _open(self) -> None:
         connection = RtspConnection(self.url, open_timeout=self.open_timeout, read_timeout=self.read_timeout)
         self._connection = connection
-        deadline = time.monotonic() + self.open_timeout
+        deadline = connection.deadline = time.monotonic() + self.open_timeout
         connection.connect()
         options = connection.request("OPTIONS", connection.url)
         connection.methods = {m.strip().upper() for m in options.header("public").split(",") if m.strip()}
@@ -602,6 +678,8 @@ class RtspSource:
         self._time_base = fractions.Fraction(1, track.clock_rate)
         self._ready.clear()
         self._first = self._last = self._max_pts = None
+        self._window_start, self._window_frames, self._window_bytes = time.monotonic(), 0, 0
+        self.end_reason = None
         self._keepalive_at = time.monotonic() + connection.session_timeout / 2
         for nal in track.parameter_sets:
             self._learn(nal)
@@ -612,6 +690,7 @@ class RtspSource:
             self._read_units()
             while self._ready and self._converter.sps is None:
                 self._ready.popleft()  # before any SPS: nothing a viewer could decode
+        connection.deadline = None  # open: from now on each read has read_timeout
 
     def _learn(self, nal: bytes) -> None:
         if nal_type(nal) != NAL_SPS:
@@ -637,7 +716,8 @@ class RtspSource:
                 if self._interrupted.is_set():
                     return None
                 self._read_units()
-        except EOFError:
+        except EOFError as exc:
+            self.end_reason = str(exc) or "the camera closed the connection"
             return None
         except OSError:
             if self._interrupted.is_set():
@@ -649,23 +729,53 @@ class RtspSource:
         connection, depacketizer = self._connection, self._depacketizer
         if connection is None or depacketizer is None:
             raise RtspError("not open")
-        channel, data = connection.read_interleaved()
+        cpu = time.thread_time()
+        payloads, frames, size = connection.read_frames(self._channel)
         now = time.monotonic()
+        self._guard(frames, size, now)
         if now >= self._keepalive_at:
             # some cameras end a session that only receives; GET_PARAMETER is the usual keep-alive
             connection.send_only("GET_PARAMETER" if "GET_PARAMETER" in connection.methods else "OPTIONS",
                                  connection.url)
             self._keepalive_at = now + connection.session_timeout / 2
-        if channel != self._channel:
-            return  # RTCP, or another track
-        for timestamp, nals in depacketizer.push(data):
-            for nal in nals:
-                if nal_type(nal) == NAL_SPS:
-                    self._learn(nal)
-            payload, keyframe = self._converter.convert_nals(nals)
-            if payload:
-                self._ready.append(SourcePacket(payload, self._pts(timestamp), self._time_base, keyframe))
+        # RTCP and other tracks were left out by read_frames
+        for data in payloads:
+            for timestamp, nals in depacketizer.push(data):
+                for nal in nals:
+                    if nal_type(nal) == NAL_SPS:
+                        self._learn(nal)
+                payload, keyframe = self._converter.convert_nals(nals)
+                if payload:
+                    self._ready.append(SourcePacket(payload, self._pts(timestamp), self._time_base, keyframe))
         self.lost = depacketizer.lost
+        self._pace(now, time.thread_time() - cpu)
+
+    def _pace(self, now: float, spent: float) -> None:
+        """Packets pouring in (a flood until the guard cuts it, a huge picture): at most half a
+        core, and the GIL let go about as long as it was held, so that the event loop and the
+        other cameras' threads keep going."""
+        if now - self._busy_since > PACE_WINDOW:
+            self._busy_since, self._busy = now, 0.0
+        self._busy += spent
+        if self._busy > PACE_AFTER:
+            time.sleep(self._busy)
+            self._busy_since, self._busy = time.monotonic(), 0.0
+
+    def _guard(self, frames: int, size: int, now: float) -> None:
+        """Cut a session whose packets come at a rate, or of a size, no camera sends
+        (MAX_FRAMES_PER_SECOND, MIN_AVERAGE_FRAME), before it costs more than a moment of a core."""
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_frames, self._window_bytes = now, 0, 0
+        self._window_frames += frames
+        self._window_bytes += size
+        count = self._window_frames
+        if count > MAX_FRAMES_PER_SECOND:
+            # (the same words every time: the log says a reason once, not once per reopening)
+            raise RtspFlood(f"packet flood: more than {MAX_FRAMES_PER_SECOND} interleaved packets within a second "
+                            "(a camera sends a few thousand at most)")
+        if count >= TINY_FRAMES and self._window_bytes < MIN_AVERAGE_FRAME * count:
+            raise RtspFlood(f"packet flood: {TINY_FRAMES} or more interleaved packets within a second, of under "
+                            f"{MIN_AVERAGE_FRAME} bytes on average (a camera's are hundreds)")
 
     def _pts(self, timestamp: int) -> int:
         """RTP's 32-bit timestamps unwrapped, from 0 at the first picture."""
