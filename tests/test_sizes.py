@@ -208,10 +208,13 @@ async def test_the_feed_strips_filler_drops_oversize_and_bounds_its_bytes() -> N
     try:
         await eventually(lambda: feed.stats.packets >= 40, timeout=20)
         assert feed.stats.filler_bytes >= 30 * 4 * 1024 * 1024
-        assert feed.stats.oversize == 1 and feed.problem is not None and "dropped" in feed.problem
+        # (at least once: a busy machine may see the script end, the stall watch reopen it and replay it)
+        assert feed.stats.oversize >= 1 and feed.problem is not None and "dropped" in feed.problem
         assert all(p.size < 100_000 for p in feed._ring)  # the filler is gone from what is held
         assert feed.ring_bytes <= 2_000_000
-        assert rss_mb() - before < 60
+        # the 42 pictures with their filler are 160 MB; what glibc keeps of the reader thread's
+        # freed 4 MB buffers is not (it varied with what ran before in the process)
+        assert rss_mb() - before < 100
     finally:
         feed.detach(reader)
         await feed.close()
