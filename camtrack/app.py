@@ -17,10 +17,10 @@ from .media.passthrough import PassthroughFeed
 from .outputs import metrics, mjpeg
 from .outputs.janus import JanusPublisher
 from .outputs.webrtc import whep
-from .outputs.webrtc.hooks import check_hooks
 from .outputs.webrtc.ice import IceContext, resolve_addresses, restrict_host_addresses
 from .outputs.webrtc.signaling import websocket_handler
 from .outputs.webrtc.udpmux import PortTaken, UdpMux
+from .seams import check_hooks
 from .workers.pool import WorkerPool, worker_count
 
 logger = logging.getLogger(__name__)

@@ -35,6 +35,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from .config import Config
+from .seams import aiohttp as aiohttp_seam
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class ConnectionTracker:
             self._sweeper = None
 
 
-class TrackedHandler(RequestHandler):
+class TrackedHandler(aiohttp_seam.ObservedRequestHandler):
     """aiohttp's connection protocol, telling the tracker when it serves a request and when not."""
 
     def __init__(self, manager: Server, tracker: ConnectionTracker, **kwargs: Any) -> None:
@@ -188,13 +189,11 @@ class TrackedHandler(RequestHandler):
         self.tracker.closed(self)
         super().connection_lost(exc)
 
-    async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
-        # called once a request's headers are in, returns once its response is written
+    def request_began(self) -> None:
         self.tracker.busy(self)
-        try:
-            return await super()._handle_request(request, start_time, request_handler)
-        finally:
-            self.tracker.idle(self)
+
+    def request_ended(self) -> None:
+        self.tracker.idle(self)
 
     def abort(self, stop_handler: bool = False) -> None:
         """Close at once: the kernel drops what is unsent (a slow client's buffers included).
@@ -202,7 +201,7 @@ class TrackedHandler(RequestHandler):
         With `stop_handler`, the request's handler is cancelled too: one stuck writing to a client
         that never reads (a file through sendfile) would otherwise wait for the socket forever.
         """
-        transport, task = self.transport, self._task_handler
+        transport, task = self.transport, aiohttp_seam.handler_task(self)
         self.force_close()
         if transport is not None:
             transport.abort()
@@ -216,14 +215,14 @@ class TrackedServer(Server):
         self.tracker = tracker
 
     def __call__(self) -> RequestHandler:
-        return TrackedHandler(self, self.tracker, loop=self._loop, **self._kwargs)
+        return TrackedHandler(self, self.tracker, loop=aiohttp_seam.server_loop(self), **aiohttp_seam.server_kwargs(self))
 
     async def shutdown(self, timeout: float | None = None) -> None:
         self.tracker.stop()
         await super().shutdown(timeout)
 
 
-class ConnectionRunner(web.AppRunner):
+class ConnectionRunner(aiohttp_seam.ServerWrappingRunner):
     """An AppRunner whose connections have deadlines and a cap (see the module's docstring)."""
 
     def __init__(self, app: web.Application, cap: int, header_timeout: float, **kwargs: Any) -> None:
@@ -231,11 +230,11 @@ class ConnectionRunner(web.AppRunner):
         super().__init__(app, **kwargs)
         self.tracker = ConnectionTracker(cap, header_timeout)
 
-    async def _make_server(self) -> Server:
-        server = await super()._make_server()
+    def wrap_server(self, server: Server) -> Server:
         # the same server aiohttp makes for the app, with the tracking protocol
         return TrackedServer(self.tracker, server.request_handler, request_factory=server.request_factory,
-                             handler_cancellation=server.handler_cancellation, loop=server._loop, **server._kwargs)
+                             handler_cancellation=server.handler_cancellation, loop=aiohttp_seam.server_loop(server),
+                             **aiohttp_seam.server_kwargs(server))
 
 
 def unsent_bytes(transport: asyncio.BaseTransport | None) -> int:

@@ -23,8 +23,9 @@ from aiortc.rtp import (
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
-from camtrack.outputs.webrtc.hooks import PENDING_PACKETS, RETRANSMIT_BURST, RETRANSMIT_SHARE, PeerGuard
+from camtrack.outputs.webrtc.icegate import PENDING_PACKETS
 from camtrack.outputs.webrtc.peer import Peer
+from camtrack.outputs.webrtc.rtcp import RETRANSMIT_BURST, RETRANSMIT_SHARE, PeerGuard
 
 from .conftest import eventually
 

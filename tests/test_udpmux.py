@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack.app import CAMERAS, ICE
 from camtrack.client import Viewer
-from camtrack.outputs.webrtc.hooks import ice_connections
+from camtrack.outputs.webrtc.addresses import ice_connections
 from camtrack.outputs.webrtc.udpmux import MuxTransport, UdpMux
 
 from .conftest import eventually

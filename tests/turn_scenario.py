@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from camtrack.client import Viewer
-from camtrack.outputs.webrtc.hooks import ice_connections
+from camtrack.outputs.webrtc.addresses import ice_connections
 from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 

@@ -22,9 +22,10 @@ from ..cameras import Camera
 from ..media.feeds import Transport
 from ..redaction import scrub, with_decoded
 from ..sources import redact, url_secrets
-from .webrtc.hooks import forward_keyframe_requests, guard_ice
 from .webrtc.ice import IceContext
+from .webrtc.icegate import guard_ice
 from .webrtc.peer import CLOSE_TIMEOUT, codec_preferences
+from .webrtc.rtcp import forward_keyframe_requests
 from .webrtc.tracks import make_track
 
 logger = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ from ..media.feeds import FrameSource, SourceError, Transport
 from ..media.jpeg import JpegEncoders
 from ..media.stream import CameraStream
 from ..outputs.webrtc.fanout import fanout_totals
-from ..outputs.webrtc.hooks import check_hooks
 from ..outputs.webrtc.ice import IceContext, restrict_host_addresses
 from ..outputs.webrtc.peer import OfferError, Peer
 from ..outputs.webrtc.tracks import EncodedTrack
 from ..outputs.webrtc.udpmux import UdpMux
+from ..seams import check_hooks
 from . import wire
 from .relay import RelayedFeed
 

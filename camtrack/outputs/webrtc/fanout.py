@@ -1,7 +1,7 @@
 """The fan-out: one task per packet feed (and codec) that sends each picture to every WebRTC viewer
 in step with the feed, instead of one task per viewer waking up for it.
 
-A viewer's own RTP loop (hooks.send_rtp_once) reads its start, its join bridge and any resync
+A viewer's own RTP loop (rtpsend.send_rtp_once) reads its start, its join bridge and any resync
 itself. Once its reader is in step (the next packet it needs is just the feed's next one) and has
 caught up with the feed's newest packet, the loop hands its `RtpStream` to the feed's fan-out and
 waits. For each new packet the fan-out packetizes it once (or finds it packetized) and calls every
@@ -31,7 +31,7 @@ from ...media.feeds import FeedClosed, PacketFeed
 from ...media.frame import VIDEO_TIME_BASE
 from ...media.packet import EncodedPacket
 from ...media.reader import PacketReader
-from .hooks import RtpFrame, RtpStream
+from .rtpsend import RtpFrame, RtpStream
 
 logger = logging.getLogger(__name__)
 

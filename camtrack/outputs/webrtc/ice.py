@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
 from ...sources.urls import redact
-from .hooks import restrict_host_addresses, use_mux
+from .addresses import restrict_host_addresses, use_mux
 from .udpmux import UdpMux
 
 __all__ = ["IceContext", "ice_servers_json", "parse_ice_server", "resolve_addresses", "restrict_host_addresses",

@@ -5,7 +5,7 @@ prove only that: from each new source address aioice would learn a peer-reflexiv
 pair it, re-sort its check list and start a triggered check (STUN sent back to that address),
 without a bound. A browser's checks come from its few signalled candidates and one or two
 addresses a NAT maps them to, so each peer's checks may come from at most
-`MAX_LEARNED_ADDRESSES` addresses it did not signal (hooks.IceGate); on the shared port, a peer
+`MAX_LEARNED_ADDRESSES` addresses it did not signal (icegate.IceGate); on the shared port, a peer
 that already has `udpmux.MAX_ROUTES` addresses gets no new one, and requests from new addresses
 are dropped before their signature is even checked (udpmux.UdpMux). What is ignored is counted
 here, process-wide, and logged once per peer with the reason. Trickled candidates are bounded
@@ -39,7 +39,7 @@ class IceCheckStats:
 
 #: this process's counts (a worker process keeps its own)
 STATS = IceCheckStats()
-#: what each peer is called in the log line (hooks.IceGate sets it: "websocket viewer 1.2.3.4 of a")
+#: what each peer is called in the log line (icegate.IceGate sets it: "websocket viewer 1.2.3.4 of a")
 LABELS: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 _told: weakref.WeakSet[object] = weakref.WeakSet()
 

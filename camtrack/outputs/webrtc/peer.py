@@ -15,8 +15,9 @@ from ...cameras import Camera
 from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
-from .hooks import PeerGuard, RtpSendStats, RtpStream, guard_peer, send_rtp_once
 from .ice import IceContext
+from .rtcp import PeerGuard, guard_peer
+from .rtpsend import RtpSendStats, RtpStream, send_rtp_once
 from .tracks import CameraTrack, EncodedTrack, make_track
 
 logger = logging.getLogger(__name__)

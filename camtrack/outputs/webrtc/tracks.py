@@ -17,7 +17,7 @@ from ...media.meters import Meter
 from ...media.packet import EncodedPacket
 from ...media.reader import PacketReader
 from .fanout import Member, fanout_for, rtp_frame
-from .hooks import RtpFrame, RtpStream
+from .rtpsend import RtpFrame, RtpStream
 
 
 class CameraTrack(MediaStreamTrack):
@@ -114,7 +114,7 @@ class EncodedTrack(MediaStreamTrack):
 
     async def next_rtp_frame(self, codec: RTCRtpCodecParameters) -> RtpFrame:
         """The next packet as RTP payloads (packetized once for every viewer of the feed), its
-        90 kHz timestamp and capture time: what camtrack's RTP sending loop (hooks.send_rtp_once) sends."""
+        90 kHz timestamp and capture time: what camtrack's RTP sending loop (rtpsend.send_rtp_once) sends."""
         encoded, own_pts = await self.next_encoded()
         return rtp_frame(self.encoder, encoded, codec, own_pts)
 

@@ -7,7 +7,7 @@ unique one), and everything else by the remote address that such a request, once
 knows the peer's ICE password, tied to that peer (at most MAX_ROUTES addresses a peer; requests
 from new ones beyond that are dropped unchecked, see icelimits.py). A STUN response goes to the
 peer that sent the request (by its transaction id). Datagrams from any other address are dropped at once: strangers
-cost a counter, never memory. Past the mux, each peer's `IceGate` (hooks.py) still decides what
+cost a counter, never memory. Past the mux, each peer's `IceGate` (icegate.py) still decides what
 reaches its DTLS and SRTP.
 
 Worker processes (camtrack.workers) share the socket: each holds a copy of it and sends from it
@@ -20,7 +20,7 @@ and counted; a stray response is dropped as for a peer of this process; nothing 
 worker. The worker's own mux checks again and tells which addresses its peers proved
 (`route_foreign`).
 
-The hooks into aioice that make a peer use the mux are in hooks.py (`gather_on_mux`).
+The hooks into aioice that make a peer use the mux are in addresses.py (`use_mux`).
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ class MuxEndpoint:
         protocol = self.protocols.get(family_of(addr[0]))
         if protocol is not None and not self.closed:
             self.mux.stats.routed += 1
-            # looked up on each call: the peer's IceGate replaces it (hooks.py)
+            # looked up on each call: the peer's IceGate replaces it (icegate.py)
             protocol.datagram_received(data, addr)
 
     def owns(self, transaction_id: bytes) -> StunProtocol | None:
