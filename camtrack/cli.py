@@ -17,6 +17,7 @@ import stat
 import sys
 import threading
 import tomllib
+from pathlib import Path
 from typing import Any, NoReturn
 
 import ifaddr
@@ -66,13 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="camtrack",
         description="Stream a camera to web browsers over WebRTC.",
     )
-    parser.add_argument("--config", metavar="FILE",
-                        help="read options from this TOML file: any option below as a top-level key "
-                             "(ice-server = [\"stun:...\"] for repeatable ones), and cameras as "
-                             f"[cameras.NAME] tables with {', '.join(CAMERA_KEYS)}; the command line wins")
-    parser.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
-                        help="a named camera, repeatable (URLs /cameras/NAME/..., /ws?camera=NAME); "
-                             "without any, one camera named 'default' from --source")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    parser.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE", help=CAMERA_HELP)
     cameras = parser.add_argument_group(
         "camera options", "every camera's, unless a [cameras.NAME] table of the config file sets one for that camera "
                           "(--max-viewers counts all cameras together; max-viewers in a table, that camera)")
@@ -103,6 +99,12 @@ OPTIONS = tuple(setting for setting in settings(Config) if setting.option.comman
 CAMERA_OPTIONS = {setting.dest: setting for setting in OPTIONS if setting.per_camera}
 #: the keys of a [cameras.NAME] table: its source, and the per-camera options
 CAMERA_KEYS = ("source", *(dest.replace("_", "-") for dest in CAMERA_OPTIONS))
+#: the command line's own flags, beside the declared options
+CONFIG_HELP = ("read options from this TOML file: any option below as a top-level key "
+               "(ice-server = [\"stun:...\"] for repeatable ones), and cameras as "
+               f"[cameras.NAME] tables with {', '.join(CAMERA_KEYS)}; the command line wins")
+CAMERA_HELP = ("a named camera, repeatable (URLs /cameras/NAME/..., /ws?camera=NAME); "
+               "without any, one camera named 'default' from --source")
 
 
 def read_config_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -393,3 +395,32 @@ def watch_url(host: str, port: int, tls: bool = False) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{'https' if tls else 'http'}://{host}:{port}/"
+
+
+#: where the options page is, beside the package in a checkout
+OPTIONS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "options.md"
+_TABLE_START = "<!-- the table below is made by camtrack.cli.options_table(); rewrite it with write_options_page() -->"
+_TABLE_END = "<!-- end of the options table -->"
+
+
+def options_table() -> str:
+    """docs/options.md's table, made from each option's one declaration (camtrack/config.py) as the
+    parser shows it; tests/test_options.py checks the page against it."""
+    rows = ["| option | per camera | meaning |", "| --- | --- | --- |",
+            f"| `--config FILE` |  | {CONFIG_HELP} |", f"| `--camera NAME=SOURCE` |  | {CAMERA_HELP} |"]
+    for setting in sorted(OPTIONS, key=lambda setting: setting.per_camera):
+        if setting.option.choices:
+            shown = f"`{setting.flag} {{{','.join(map(str, setting.option.choices))}}}`"
+        else:
+            shown = f"`{setting.flag} {setting.option.metavar or setting.dest.upper()}`"
+        meaning = setting.help.replace("|", "\\|")
+        rows.append(f"| {shown} | {'yes' if setting.per_camera else ''} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_options_page(page: Path = OPTIONS_PAGE) -> None:
+    """Rewrite the table of docs/options.md from the declarations (after adding or changing an option)."""
+    text = page.read_text()
+    head, rest = text.split(_TABLE_START + "\n", 1)
+    _, tail = rest.split(_TABLE_END, 1)
+    page.write_text(head + _TABLE_START + "\n" + options_table() + _TABLE_END + tail)

@@ -2,7 +2,7 @@
 // When WebRTC does not connect within FALLBACK_MS (UDP blocked), or the page is opened with
 // ?transport=ws, the same socket carries the camera's packets instead (wsplayer.js plays them),
 // and a browser that can play neither shows the MJPEG stream.
-// The protocol is described in the README ("Signaling protocol").
+// The protocol is described in docs/protocols.md ("Signaling protocol").
 "use strict";
 
 const video = document.getElementById("video");

@@ -33,7 +33,7 @@
     if (event.detail.camera) picker.value = event.detail.camera;
   });
 
-  // --- the latency stamp (see README): 32 cells along the top rows, MSB first, white = 1
+  // --- the latency stamp (see docs/architecture.md): 32 cells along the top rows, MSB first, white = 1
   const stampCanvas = document.createElement("canvas");
   const stampContext = stampCanvas.getContext("2d", { willReadFrequently: true });
 

@@ -1,4 +1,4 @@
-// camtrack's websocket players: the camera's own packets over /ws (see the README, "When WebRTC
+// camtrack's websocket players: the camera's own packets over /ws (see docs/protocols.md, "When WebRTC
 // cannot connect"), decoded with WebCodecs where the page is a secure context, else muxed into
 // fragmented MP4 for Media Source Extensions. app.js picks one and feeds it the binary messages.
 "use strict";

@@ -224,7 +224,7 @@ async def test_pipelined_metrics_cost_less_than_they_ask():
         await asyncio.gather(*(v.start() for v in honest))
         try:
             status, body = await server.get("/metrics")
-            assert status == 200 and "camtrack_viewers" in body  # open, token or not (README: Metrics)
+            assert status == 200 and "camtrack_viewers" in body  # open, token or not (docs/health.md: Metrics)
             rss_before = server.rss_mb()
             cpu = CpuWindow(server.pid)
             baseline = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
