@@ -54,7 +54,7 @@ def create_app(config: Config) -> web.Application:
         for camera in cameras:
             feed = camera.feed
             passthrough = feed if isinstance(feed, PassthroughFeed) else None
-            watched = bool(camera.stream.consumers) or bool(passthrough and passthrough.consumers)
+            watched = camera.watched
             state = camera.state
             down |= watched and state in ("retrying", "stalled")
             sources[camera.name] = {**camera.describe(), "watched": watched, "encoder": None,

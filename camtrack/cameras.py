@@ -110,6 +110,19 @@ class Camera:
             return feed.error or self.stream.error
         return self.stream.error
 
+    @property
+    def opens(self) -> int:
+        """Times its source was opened: by the passthrough feed's reader and by the capture (a
+        passed-through camera's stream opens only if it has to be decoded by OpenCV)."""
+        feed = self.feed
+        return self.stream.runs + (feed.stats.opens if isinstance(feed, PassthroughFeed) else 0)
+
+    @property
+    def watched(self) -> bool:
+        """Someone reads its source now, through the capture or the passthrough feed."""
+        feed = self.feed
+        return bool(self.stream.consumers) or (isinstance(feed, PassthroughFeed) and bool(feed.consumers))
+
     def describe(self) -> dict[str, Any]:
         """The camera as /api/cameras and /healthz show it."""
         settings = self.settings
@@ -134,7 +147,7 @@ class Camera:
             "pending": self.pending,
             # WebRTC viewers closed for sending nothing (--unresponsive-timeout), over the server's life
             "unresponsive": sum(meter.unresponsive for meter in self.meters.values()),
-            "opens": self.stream.runs,
+            "opens": self.opens,
         }
 
     async def close(self) -> None:

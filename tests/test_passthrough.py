@@ -400,3 +400,27 @@ async def test_a_pli_flood_on_a_passed_through_camera_is_counted_and_harmless(se
     assert 1 <= asked <= seconds + 2
     assert camera.bridge is None and camera.decoder.frames == 0
     await viewer.close()
+
+
+async def test_a_passed_through_camera_reports_its_own_state_and_opens(serve, tmp_path):
+    """/api/cameras and /metrics read the source a camera has: a passed-through camera with a viewer
+    playing is `up`, opened once and watched (they read the unused capture stream: idle, 0, 0)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    source = str(write_h264(tmp_path / "cam.mp4", "main", frames=3 * FPS))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240)
+    viewer = Viewer(url)
+    try:
+        await viewer.connect()
+        await viewer.frames(5)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url.replace("/ws", "/api/cameras")) as r:
+                camera = (await r.json())["cameras"][0]
+            assert (camera["mode"], camera["state"], camera["opens"]) == ("passthrough", "up", 1)
+            async with http.get(url.replace("/ws", "/metrics")) as r:
+                samples = {s.name: s.value for family in text_string_to_metric_families(await r.text())
+                           for s in family.samples if s.labels.get("camera") == "default"}
+        assert samples["camtrack_source_up"] == 1 and samples["camtrack_source_watched"] == 1
+        assert samples["camtrack_source_opens_total"] == 1
+    finally:
+        await viewer.close()

@@ -143,8 +143,8 @@ class CameraCollector:
                                       + (feed_stats.failures if feed_stats else 0))
             stalls.add_metric([name], (stream_failures.stalls if stream_failures else 0)
                               + (feed_stats.stalls if feed_stats else 0))
-            watched.add_metric([name], 1 if camera.stream.consumers else 0)
-            opens.add_metric([name], camera.stream.runs)
+            watched.add_metric([name], 1 if camera.watched else 0)
+            opens.add_metric([name], camera.opens)
             captured.add_metric([name], camera.stream.frames)
             decoded.add_metric([name], camera.decoder.frames if camera.decoder is not None else 0)
             if isinstance(camera.feed, PassthroughFeed):
