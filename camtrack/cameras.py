@@ -20,7 +20,7 @@ from .media.meters import Meter
 from .media.passthrough import PassthroughFeed
 from .media.reader import BridgedReader, PacketReader
 from .media.stream import CameraStream
-from .sources import make_packet_source, make_source, redact, resolve_auto
+from .sources import make_packet_source, make_source, plan_mode, redact, resolve_auto
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,13 @@ class Cameras:
         self.by_name: dict[str, Camera] = {}
         for settings in config.cameras:
             source = resolve_auto(settings.source)
+            # the command line settled `auto` before (cli.prepare_camera); an embedding program's
+            # Config gets the same decision here
+            mode, why = plan_mode(source, settings.mode, config.encoder, settings.codec, settings.rtsp_transport,
+                                  settings.input_format, settings.width, settings.height, settings.fps)
+            if settings.mode == "auto":
+                logger.info("camera %s: %s (%s)", settings.name,
+                            "passing its H.264 through" if mode == "passthrough" else "transcoding", why)
             stream = CameraStream(
                 settings.name,
                 functools.partial(make_source, source, settings.width, settings.height, settings.fps,
@@ -195,7 +202,7 @@ class Cameras:
             encoder = decoder = None
             feed: SharedEncoder | PassthroughFeed | None = None
             jpeg = JpegEncoders(stream, config.mjpeg_fps)
-            if settings.mode == "passthrough":
+            if mode == "passthrough":
                 # the camera's own H.264 for WebRTC; pixels for MJPEG and snapshots are decoded from
                 # it, only while someone asks for them (the source is opened once either way)
                 packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport,

@@ -29,7 +29,7 @@ from .config import CameraConfig, Config, Setting, settings, text, typed
 from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
 from .outputs.webrtc.udpmux import PortTaken
 from .redaction import install_log_redaction
-from .sources import SourceError, check_source, choose_mode, redact, resolve_auto
+from .sources import SourceError, check_source, plan_mode, redact, resolve_auto
 from .workers.pool import WorkerFailed
 
 logger = logging.getLogger("camtrack")
@@ -252,11 +252,8 @@ def prepare_camera(config: Config, camera: CameraConfig) -> str | None:
     try:
         camera.source = resolve_auto(camera.source)
         asked = camera.mode
-        if asked == "auto" and config.encoder != "shared":
-            camera.mode, why = "transcode", "each viewer's own encoder wants pictures"
-        else:
-            camera.mode, why = choose_mode(camera.source, camera.mode, camera.codec, camera.rtsp_transport,
-                                           camera.input_format, camera.width, camera.height, camera.fps)
+        camera.mode, why = plan_mode(camera.source, camera.mode, config.encoder, camera.codec, camera.rtsp_transport,
+                                     camera.input_format, camera.width, camera.height, camera.fps)
         if asked == "auto":
             logger.info("camera %s: %s (%s)", camera.name,
                         "passing its H.264 through" if camera.mode == "passthrough" else "transcoding", why)

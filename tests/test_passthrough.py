@@ -424,3 +424,19 @@ async def test_a_passed_through_camera_reports_its_own_state_and_opens(serve, tm
         assert samples["camtrack_source_opens_total"] == 1
     finally:
         await viewer.close()
+
+
+async def test_create_app_decides_auto_as_the_command_line_does(tmp_path):
+    """The package's own API (Config's default mode, auto) passes through a file that `python
+    server.py --source FILE` passes through: one decision, sources.plan_mode, for both."""
+    from camtrack import Config, create_app
+    from camtrack.cli import config_from_args, parse, prepare_camera
+
+    source = str(write_h264(tmp_path / "clip.mp4", "main", frames=FPS))
+    app = create_app(Config(source=source, width=320, height=240))
+    assert isinstance(app[CAMERAS].first.feed, PassthroughFeed)
+    config = config_from_args(*parse(["--source", source, "--width", "320", "--height", "240"])[1:])
+    assert prepare_camera(config, config.cameras[0]) is None and config.cameras[0].mode == "passthrough"
+    # and both transcode it when each viewer has its own encoder
+    app = create_app(Config(source=source, width=320, height=240, encoder="per-viewer"))
+    assert app[CAMERAS].first.feed is None

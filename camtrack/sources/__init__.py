@@ -131,6 +131,15 @@ def choose_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str =
     return ("transcode", why) if why else ("passthrough", "it is H.264 without B-frames")
 
 
+def plan_mode(spec: str, mode: str, encoder: str = "shared", codec: str = "h264", rtsp_transport: str = "tcp",
+              input_format: str = "raw", width: int = 640, height: int = 480, fps: float = 30.0) -> tuple[str, str]:
+    """A camera's mode and why: the one decision that the command line and `create_app` both make
+    (`auto` probes the source: milliseconds for a file, up to 5 s for a stream that does not answer)."""
+    if mode == "auto" and encoder != "shared":
+        return "transcode", "each viewer's own encoder wants pictures"
+    return choose_mode(spec, mode, codec, rtsp_transport, input_format, width, height, fps)
+
+
 def _prober(spec: str, rtsp_transport: str, input_format: str, width: int, height: int, fps: float,
             open_timeout: float = 10.0) -> DemuxSource:
     """PyAV's reader of `spec`, to find out what it carries: rtsp:// included, since PyAV knows every
