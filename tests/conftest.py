@@ -17,7 +17,9 @@ Server = tuple[str, web.Application]
 # The fast lane, `python -m pytest -m "not slow"` (about a minute on two cores), leaves out what is
 # marked `slow` here: whole modules that start browsers, other servers, worker processes or a
 # camtrack process of their own, and single tests that took 2.4 s or more in a run of the whole
-# suite on a CI-sized machine (`python -m pytest --durations=0`). `.ci/run` runs everything.
+# suite on a CI-sized machine (`python -m pytest --durations=0`); a test file may mark its own
+# tests `@pytest.mark.slow` too (the attacks with a camtrack process of their own do). `.ci/run` runs
+# everything.
 SLOW_MODULES = {
     "test_bench", "test_browser", "test_browser_fallback", "test_janus", "test_real_rtsp", "test_settings",
     "test_shutdown", "test_soak", "test_turn", "test_workers",
