@@ -13,9 +13,9 @@ from collections import deque
 from collections.abc import Callable
 
 from .feeds import FeedClosed, PacketFeed
-from .frame import VIDEO_TIME_BASE
 from .meters import Meter
 from .packet import EncodedPacket
+from .switch import FeedSwitch, Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -206,30 +206,30 @@ class BridgedReader(PacketReader):
     next keyframe, then switches to the camera's own packets (presentation times kept growing) and
     lets go of the bridge, which stops BRIDGE_LINGER seconds after no newcomer needs it: decoding
     and encoding happen only while someone is joining, and joins in a row share one run of it.
+    The move from the bridge to the camera is a `FeedSwitch` (camtrack.media.switch), the bridge's
+    clock lined up with the camera's.
     """
 
     def __init__(self, feed: PacketFeed, bridge: Callable[[], PacketFeed | None], meter: Meter | None = None) -> None:
         super().__init__(feed, meter)
         self._make_bridge = bridge
-        #: the bridge while this viewer reads it
-        self.bridge: PacketFeed | None = None
+        #: the move from the bridge to the camera's own packets, while this viewer reads the bridge
+        self._switch: FeedSwitch | None = None
         #: bridge packets this viewer got, and whether it has switched to the camera's own packets
         self.bridged = 0
         self.switched = False
         self._decided = False
-        self._join_seq = 0
-        self._bridge_seq = 0
-        self._bridge_synced = False
-        self._bridge_pending: deque[EncodedPacket] = deque()
-        #: bridge pts + this = the viewer's pts (set at its first bridge packet)
-        self._bridge_offset: int | None = None
-        #: the camera's pts + this = the viewer's pts, after the bridge (kept always growing)
-        self._offset = 0
-        self._last_pts = -1
+        #: the viewer's presentation times (the camera's pts + its offset, kept always growing)
+        self._timeline = Timeline()
+
+    @property
+    def bridge(self) -> PacketFeed | None:
+        """The bridge while this viewer reads it."""
+        return self._switch.source if self._switch is not None else None
 
     def request_keyframe(self) -> None:
-        if self.bridge is not None:
-            self.bridge.request_keyframe()
+        if self._switch is not None:
+            self._switch.source.request_keyframe()
         else:
             super().request_keyframe()
 
@@ -237,16 +237,16 @@ class BridgedReader(PacketReader):
         if not self._decided:
             self._decided = True
             self._start_bridge()
-        while self.bridge is not None:
+        while (switch := self._switch) is not None:
             if self.closed:
                 raise ReaderClosed()
-            run = self.feed.start_packets()
-            if run and run[0].seq > self._join_seq:
+            run = switch.due()
+            if run is not None:
                 # the camera's own keyframe, newer than the join: from here on its own packets
-                self._switch(run)
+                self._switch_to(run)
                 break
             try:
-                bridged = await self._next_bridge_packet()
+                bridged = await switch.next_source()
             except FeedClosed:
                 if self.closed:
                     raise
@@ -254,20 +254,20 @@ class BridgedReader(PacketReader):
                 self._stop_bridge()
                 break
             if bridged is not None:
+                self.bridged += 1
+                self._count(bridged[0])
                 return bridged
         encoded, squeezed = await super().next()
         return encoded, self._own_pts(encoded, squeezed)
 
     def _own_pts(self, encoded: EncodedPacket, squeezed: int | None) -> int | None:
         """The camera's packet's presentation time here: kept growing past the bridge's."""
-        pts = squeezed if squeezed is not None else encoded.packet.pts or 0
-        if pts + self._offset <= self._last_pts:
-            self._offset = self._last_pts + 1 - pts  # (the bridge ran ahead of the camera's clock)
-        self._last_pts = pts + self._offset
-        return self._last_pts if self._offset or squeezed is not None else None
+        timeline = self._timeline
+        out = timeline.stamp(squeezed if squeezed is not None else encoded.packet.pts or 0)
+        return out if timeline.offset or squeezed is not None else None
 
     def in_step(self) -> bool:
-        return self.bridge is None and self._decided and super().in_step()
+        return self._switch is None and self._decided and super().in_step()
 
     def step(self, encoded: EncodedPacket) -> int | None:
         super().step(encoded)
@@ -275,46 +275,14 @@ class BridgedReader(PacketReader):
 
     def _start_bridge(self) -> None:
         run = self.feed.start_packets()
-        if len(run) <= 1 or ((run[-1].packet.pts or 0) - (run[0].packet.pts or 0)) * VIDEO_TIME_BASE < BRIDGE_AFTER:
+        if len(run) <= 1 or run[-1].codec.seconds((run[-1].packet.pts or 0) - (run[0].packet.pts or 0)) < BRIDGE_AFTER:
             return  # at (or just after) the camera's keyframe: its squeezed run is as good as live
         bridge = self._make_bridge()
         if bridge is None:
             return
-        self._join_seq = run[-1].seq
-        self.bridge = bridge
-        bridge.attach(self)
-        self._bridge_pending = deque(bridge.start_packets())
+        self._switch = FeedSwitch(bridge, self.feed, self._timeline, after=run[-1].seq, line_up=True)
 
-    async def _next_bridge_packet(self) -> tuple[EncodedPacket, int] | None:
-        """The bridge's next packet for this viewer (from a keyframe on) and its presentation time
-        here, or None to look again for the camera's keyframe first."""
-        bridge = self.bridge
-        assert bridge is not None
-        if self._bridge_pending:
-            encoded = self._bridge_pending.popleft()
-        else:
-            read = await bridge.next_packet(self._bridge_seq)
-            encoded = read.item
-            if read.skipped and self._bridge_synced:
-                self._bridge_synced = False
-                bridge.request_keyframe()
-        self._bridge_seq = encoded.seq
-        if not self._bridge_synced:
-            if not encoded.keyframe:
-                return None
-            self._bridge_synced = True
-        pts = encoded.packet.pts or 0
-        if self._bridge_offset is None:
-            # the bridge's clock is its own: line its first picture up with the camera's newest
-            latest = self.feed.latest
-            self._bridge_offset = (latest.packet.pts or 0 if latest is not None else 0) - pts
-        out = max(self._last_pts + 1, pts + self._bridge_offset)
-        self._last_pts = out
-        self.bridged += 1
-        self._count(encoded)
-        return encoded, out
-
-    def _switch(self, run: list[EncodedPacket]) -> None:
+    def _switch_to(self, run: list[EncodedPacket]) -> None:
         """From the bridge to the camera's own packets, at the camera's keyframe `run[0]`."""
         self._stop_bridge()
         self.switched = True
@@ -324,11 +292,10 @@ class BridgedReader(PacketReader):
         self._try_start = False
 
     def _stop_bridge(self) -> None:
-        bridge, self.bridge = self.bridge, None
-        if bridge is not None:
-            linger(bridge)  # (before this reader lets go: the bridge never stops in between)
-            bridge.detach(self)
-        self._bridge_pending.clear()
+        switch, self._switch = self._switch, None
+        if switch is not None:
+            linger(switch.source)  # (before this reader lets go: the bridge never stops in between)
+            switch.close()
 
     def close(self) -> None:
         self._stop_bridge()

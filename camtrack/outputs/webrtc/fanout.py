@@ -28,7 +28,6 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from ...media.feeds import FeedClosed, PacketFeed
-from ...media.frame import VIDEO_TIME_BASE
 from ...media.packet import EncodedPacket
 from ...media.reader import PacketReader
 from .rtpsend import RtpFrame, RtpStream
@@ -168,16 +167,14 @@ class RtpFanout:
 def rtp_frame(feed: PacketFeed, encoded: EncodedPacket, codec: RTCRtpCodecParameters,
               own_pts: int | None = None) -> RtpFrame:
     """`encoded` as RTP payloads in `codec` (packetized once for every viewer of `feed`: kept on
-    the packet), its 90 kHz timestamp (from `own_pts` when the viewer has its own, else the
-    packet's) and its capture time."""
+    the packet), its RTP timestamp on its media's clock (the packet's `CodecInfo.clock_rate`: 90 kHz
+    for video, 48 kHz for Opus; from `own_pts` when the viewer has its own, else the packet's) and
+    its capture time."""
     payloads = encoded.shared.get(codec.mimeType)
     if payloads is None:
         payloads = encoded.shared[codec.mimeType] = _packer(feed, codec).pack(encoded.packet)[0]
     pts = own_pts if own_pts is not None else encoded.packet.pts or 0
-    time_base = encoded.codec.time_base  # the packet's own (a new Fraction at every read)
-    if time_base != VIDEO_TIME_BASE:
-        pts = int(pts * time_base / VIDEO_TIME_BASE)  # as aiortc's packetizers convert it
-    return RtpFrame(payloads, pts, encoded.captured)
+    return RtpFrame(payloads, encoded.codec.rtp_timestamp(pts), encoded.captured)
 
 
 #: one aiortc packetizer per feed and codec, shared by its viewers: VP8's carries the picture

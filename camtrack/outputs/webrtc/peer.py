@@ -30,8 +30,9 @@ UNRESPONSIVE = "unresponsive"
 #: datagrams may still wait unread in the socket, so it looks again STALL_GRACE later instead
 STALL_LATE = 0.5
 STALL_GRACE = 2.0
-#: what each --codec name sends; H.264 is constrained baseline so Safari plays it
-CODEC_MIME = {"h264": "video/H264", "vp8": "video/VP8"}
+#: what each codec name sends (a feed's `CodecInfo.codec`; its media kind is the MIME type's first
+#: part); H.264 is constrained baseline so Safari plays it. Opus: for audio feeds (none is built yet)
+CODEC_MIME = {"h264": "video/H264", "vp8": "video/VP8", "opus": "audio/opus"}
 #: what an offer may hold, checked by counting before anything parses it (`screen_offer`): a
 #: browser's offer has one to three m-lines and a few hundred lines; aiortc's handling of an offer
 #: grows with each (200 m-lines in 34 KiB: 160 ms of the event loop and a 227 KB answer)
@@ -49,10 +50,10 @@ class ServerFull(Exception):
 
 
 def codec_preferences(codec: str) -> list[RTCRtpCodecCapability]:
-    """The codecs a viewer's transceiver may use for `codec` (h264 or vp8), with RTX."""
+    """The codecs a viewer's transceiver may use for `codec` (h264 or vp8, with RTX; opus)."""
     mime = CODEC_MIME[codec].lower()
     chosen = []
-    for capability in RTCRtpSender.getCapabilities("video").codecs:
+    for capability in RTCRtpSender.getCapabilities(mime.split("/")[0]).codecs:
         name = capability.mimeType.lower()
         if name == mime:
             if codec == "h264" and (
@@ -82,21 +83,23 @@ def screen_offer(sdp: str) -> None:
 
 
 def check_offer(sdp: str, codec: str) -> None:
-    """Raise OfferError unless `sdp` passes `screen_offer`, parses and asks to receive video in `codec`."""
+    """Raise OfferError unless `sdp` passes `screen_offer`, parses and asks to receive `codec`'s media
+    kind (video, audio) in `codec`."""
     screen_offer(sdp)
     try:
         description = aiortc_sdp.SessionDescription.parse(sdp)
     except Exception as exc:  # noqa: BLE001 - the parser raises many kinds
         raise OfferError(f"the SDP offer does not parse: {exc or type(exc).__name__}") from None
-    video = [m for m in description.media if m.kind == "video"]
-    if not video:
-        raise OfferError("the offer has no video m-line; add a recvonly video transceiver")
-    media = video[0]
+    kind, name = CODEC_MIME[codec].split("/")
+    wanted = [m for m in description.media if m.kind == kind]
+    if not wanted:
+        raise OfferError(f"the offer has no {kind} m-line; add a recvonly {kind} transceiver")
+    media = wanted[0]
     if media.direction not in ("recvonly", "sendrecv"):
-        raise OfferError(f"the offer's video is {media.direction}; it must be recvonly or sendrecv")
+        raise OfferError(f"the offer's {kind} is {media.direction}; it must be recvonly or sendrecv")
     mime = CODEC_MIME[codec].lower()
     if not any(c.mimeType.lower() == mime for c in media.rtp.codecs):
-        raise OfferError(f"the offer has no {CODEC_MIME[codec][6:]} codec; this server sends {codec} only")
+        raise OfferError(f"the offer has no {name} codec; this server sends {codec} only")
 
 
 async def negotiation_turn(camera: Camera, sdp: str, ended: Callable[[], bool]) -> Callable[[], None] | None:

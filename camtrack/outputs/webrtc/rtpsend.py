@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RtpFrame:
-    """One picture as RTP payloads (shared by every viewer: never modified), its 90 kHz
-    timestamp (before the viewer's random origin), its capture time (seconds since the epoch) and
+    """One picture (or audio frame) as RTP payloads (shared by every viewer: never modified), its
+    RTP timestamp on its media's clock (the feed's `CodecInfo.clock_rate`, before the viewer's
+    random origin), its capture time (seconds since the epoch) and
     the NTP time it is sent at (32.32; read once for every viewer of one pass: abs-send-time's
     unit is 3.8 us, and a pass over hundreds of viewers takes a few ms)."""
 

@@ -62,7 +62,7 @@ class CameraTrack(MediaStreamTrack):
 
 
 class EncodedTrack(MediaStreamTrack):
-    """A video track of pre-encoded packets from a packet feed (the shared encoder, or a camera's
+    """A track of pre-encoded packets from a packet feed (of the feed's kind: video today) (the shared encoder, or a camera's
     own), read for this viewer by a `PacketReader` (camtrack.media.reader: where it starts, how it
     keeps up, never a queue), packetized once for every viewer of the feed."""
 
@@ -73,6 +73,8 @@ class EncodedTrack(MediaStreamTrack):
         plain `PacketReader` with `meter`)."""
         super().__init__()
         self.reader = reader if reader is not None else PacketReader(encoder, meter)
+        #: the feed's media kind (video unless its CodecInfo says otherwise)
+        self.kind = encoder.codec.kind.value
 
     @property
     def encoder(self) -> PacketFeed:
@@ -114,7 +116,8 @@ class EncodedTrack(MediaStreamTrack):
 
     async def next_rtp_frame(self, codec: RTCRtpCodecParameters) -> RtpFrame:
         """The next packet as RTP payloads (packetized once for every viewer of the feed), its
-        90 kHz timestamp and capture time: what camtrack's RTP sending loop (rtpsend.send_rtp_once) sends."""
+        RTP timestamp (on the feed's `CodecInfo.clock_rate`) and capture time: what camtrack's RTP
+        sending loop (rtpsend.send_rtp_once) sends."""
         encoded, own_pts = await self.next_encoded()
         return rtp_frame(self.encoder, encoded, codec, own_pts)
 
