@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import CameraConfig, Config
+from .media.admission import Limits, Refused, Snapshot, decide
 from .media.decoder import PacketDecoder
 from .media.encoder import EncoderSettings, SharedEncoder
 from .media.feeds import VIEWER_TRANSPORTS, Publisher, Transport, Viewer
 from .media.jpeg import JpegEncoders
-from .media.load import Limits, LoadMonitor
+from .media.load import LoadMonitor
 from .media.meters import Meter
 from .media.passthrough import PassthroughFeed
 from .media.reader import BridgedReader, PacketReader
@@ -235,27 +236,26 @@ class Cameras:
     def viewer_count(self) -> int:
         return sum(c.viewer_count for c in self)
 
-    def has_room(self, camera: Camera, measured: bool = True) -> bool:
-        """Whether one more viewer of `camera` fits the server's and the camera's limits and (if
-        `measured`, for newcomers) the capacity the server measures (camtrack.media.load)."""
-        if self.max_viewers and self.viewer_count >= self.max_viewers:
-            return False
-        if camera.settings.max_viewers and camera.viewer_count >= camera.settings.max_viewers:
-            return False
-        if measured and (why := self.load.full()) is not None:
-            self.load.refuse(why)
-            logger.debug("server full: %s", why)
-            return False
-        return True
+    def admission(self, camera: Camera, measured: bool = True) -> Refused | None:
+        """Whether one more viewer of `camera` may come (None) or why not (camtrack.media.admission):
+        the server's and the camera's limits and (if `measured`, for newcomers) the load the server
+        measures (camtrack.media.load). A refusal for the load is counted (its kind, for /metrics)."""
+        refused = decide(Snapshot(self.viewer_count, self.max_viewers, camera.viewer_count,
+                                  camera.settings.max_viewers, self.load.measure() if measured else None))
+        if refused is not None and refused.kind.measured:
+            self.load.refuse(refused)
+            logger.debug("server full: %s", refused.reason)
+        return refused
 
-    def admit(self, camera: Camera, viewer: Viewer) -> bool:
+    def admit(self, camera: Camera, viewer: Viewer) -> Refused | None:
         """Count `viewer` in (no longer pending), unless the server or the camera is full (a peer
-        that got through admission and connected is not refused for the load it found since)."""
-        if not self.has_room(camera, measured=False):
-            return False
+        that got through admission and connected is not refused for the load it found since):
+        None when it is in, else why not."""
+        if (refused := self.admission(camera, measured=False)) is not None:
+            return refused
         self.release(viewer)
         camera.viewers[viewer.transport].add(viewer)
-        return True
+        return None
 
     def leave(self, camera: Camera, viewer: Viewer) -> None:
         """`viewer` is no viewer (and no pending session) any more."""

@@ -152,6 +152,7 @@ async def test_by_default_workers_start_when_the_main_process_is_busy_and_stop_w
     worker starts (newcomers meanwhile stay here), takes the next newcomers, and stops again after
     IDLE_STOP without viewers. The thresholds are lowered here: one viewer makes it busy."""
     from camtrack import Config
+    from camtrack.media import admission
     from camtrack.outputs.webrtc.peer import Peer
     from camtrack.workers import pool as pool_module
     from camtrack.workers.pool import worker_count
@@ -171,8 +172,8 @@ async def test_by_default_workers_start_when_the_main_process_is_busy_and_stop_w
 
     # busy now (at 2 viewers of its own, whatever their sends cost): the next newcomer starts a worker and
     # stays here while it starts, the one after goes to it
-    monkeypatch.setattr(pool_module, "SPILL_VIEWERS", 2)
-    monkeypatch.setattr(pool_module, "SPILL_SEND_CPU", 0.0)
+    monkeypatch.setattr(admission, "SPILL_VIEWERS", 2)
+    monkeypatch.setattr(admission, "SPILL_SEND_CPU", 0.0)
     monkeypatch.setattr(pool_module, "IDLE_STOP", 1.0)
     monkeypatch.setattr(pool_module, "IDLE_CHECK", 0.2)
     third = Viewer(url)

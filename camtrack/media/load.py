@@ -1,6 +1,7 @@
 """How loaded the server is, measured: event-loop lag, how long a picture takes to reach every
-viewer's socket, and from these how many viewers it can take (admission control), with the
-crowd's handshakes paced."""
+viewer's socket, what a viewer's sends cost, the CPU quota's use, with the crowd's handshakes
+paced. What these measurements mean for a newcomer (how many viewers fit, refused or not, and
+why) is camtrack.media.admission's to say: `measure()` is its snapshot."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from .admission import NO_TURN, CpuUse, Measured, ProcessLoad, Refusal, Refused, capacity, cpu_capacity, fits, overload
+from .admission import Limits as Limits  # (defined here before: the limits are the policy's)
+
 #: upper bounds (seconds) of the capture-to-wire and event-loop lag histograms
 AGE_BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024)
 #: how often the lag probe wakes up
 LAG_PROBE_INTERVAL = 0.05
 #: seconds of measurements the admission decision looks at
 WINDOW = 2.0
-#: share of the window the process may spend throttled by its cgroup's CPU quota: past it, the
-#: CPU it was given is used up (a capped server's encoder and loop are starved, not late)
-MAX_THROTTLED = 0.05
 #: how often the cgroup's throttling counter is read (every this many lag probes)
 THROTTLE_EVERY = 10
 #: seconds an observed overload caps the capacity at the viewers there were then
@@ -99,28 +100,6 @@ class Histogram:
 #: a timed sample: (when, ...)
 Sample = TypeVar("Sample", bound=tuple[float, ...])
 
-#: what `full()` says, by the kind of refusal it counts as
-_KINDS = {"lag": "event loop lags", "age": "pictures reach", "throttled": "CPU quota", "capacity": "capacity"}
-
-
-@dataclass
-class Limits:
-    """When the server counts as full (besides --max-viewers)."""
-
-    #: median event-loop lag over the window above this: full (0: not checked)
-    max_lag: float = 0.05
-    #: time to hand one picture to every viewer's socket may use at most this; the viewers that
-    #: fit are the capacity (0: not checked)
-    send_budget: float = 0.02
-    #: median time from capture to the first viewer's socket over the window above this: full, the
-    #: encoder or the loop cannot keep up (a starved process shows it here first) (0: not checked)
-    max_age: float = 0.25
-    #: under a CPU quota (a container's, systemd's CPUQuota), the viewers that fit are those that
-    #: keep the process's CPU use under this share of it, projected from what it uses now and
-    #: what one more viewer costs (0: not checked)
-    max_cpu: float = 0.8
-
-
 class LoadMonitor:
     """The server's measured load, and whether one more viewer fits.
 
@@ -137,8 +116,8 @@ class LoadMonitor:
         self.viewers = viewers
         self.lag = Histogram()
         self.refused = 0
-        #: refusals by why: lag, age, throttled, capacity, turn (no handshake turn in time)
-        self.refusals: dict[str, int] = {}
+        #: refusals for the measured load, by kind (admission.MEASURED)
+        self.refusals: dict[Refusal, int] = {}
         self._lags: deque[tuple[float, float]] = deque()
         #: (when, seconds of work per viewer) of recent pictures
         self._costs: deque[tuple[float, float]] = deque()
@@ -340,79 +319,72 @@ class LoadMonitor:
             return None
         return each * VIEWER_CPU_FACTOR
 
-    def cpu_capacity(self) -> int | None:
-        """Under a CPU quota: the viewers the CPU used over the window served (their mean: the
-        ones who came since are not in it yet, so the capacity does not grow as they come), and
-        as many more as the quota's `max_cpu` share leaves room for, at `viewer_cpu` each (None:
-        no quota, or not measured yet)."""
+    def _cpu_use(self) -> CpuUse | None:
+        """Under a CPU quota: the quota, the CPU used over the window less its handshakes (they are
+        not what its viewers cost from now on), the viewers it served (their mean: the ones who came
+        since are not in it yet, so the capacity does not grow as they come), and what one more
+        viewer costs (None: no quota, or not measured yet)."""
         quota, measured, each = self.quota, self._cpu_measured(), self.viewer_cpu
-        if not self.limits.max_cpu or quota is None or measured is None or not each:
+        if quota is None or measured is None or not each:
             return None
         used, served = measured
-        # the handshakes of the window are not what its viewers cost from now on: take them out
         self._trim(self._handshakes, time.monotonic())
         used = max(0.0, used - len(self._handshakes) * HANDSHAKE_CPU / WINDOW)
-        room = self.limits.max_cpu * quota - used
-        return max(0, int(served + room / each))
+        return CpuUse(quota, used, served, each)
+
+    def cpu_capacity(self) -> int | None:
+        """Under a CPU quota, the viewers that fit it (admission.cpu_capacity; None: no quota, or
+        not measured yet)."""
+        return cpu_capacity(self.limits, self._cpu_use())
+
+    def _remembered(self) -> int | None:
+        """The viewers there were at the last sustained overload, while it is remembered."""
+        if self._limit is not None and time.monotonic() - self._limit[1] > LIMIT_MEMORY:
+            self._limit = None
+        return None if self._limit is None else self._limit[0]
+
+    def measure(self) -> Measured:
+        """The measured load, admission's snapshot of it. The workers' sends count as they
+        reported them (each has a loop and a budget of its own; the main process's own viewers,
+        if any, are the few that do not use WebRTC)."""
+        return Measured(
+            limits=self.limits, viewers=self.viewers(), handshaking=self.handshaking,
+            lag=self.recent_lag, age=self.recent_age, throttled=self.throttled,
+            here=ProcessLoad(send_cost=self.viewer_cost),
+            workers=tuple(ProcessLoad(send_cost=cost, send_cpu=cpu) for _, cost, cpu in self._fresh_reports()),
+            cpu=self._cpu_use(), remembered=self._remembered())
 
     @property
     def capacity(self) -> int | None:
-        """Viewers that fit `send_budget`, from the measured cost per viewer, and the CPU quota
-        (`cpu_capacity`), and no more than were watching when an overload was last seen (None:
-        unknown yet)."""
-        cost = self.viewer_cost
-        capacity = None
-        if self.limits.send_budget and cost is not None and cost > 0:
-            capacity = int(self.limits.send_budget / cost + 1e-6)
-        reports = self._fresh_reports()
-        if self.limits.send_budget and reports:
-            # worker processes: each its own loop and budget (the main process's own viewers, if
-            # any, are the few that do not use WebRTC)
-            by_workers = sum(int(self.limits.send_budget / r[1] + 1e-6) for r in reports if r[1] > 0)
-            capacity = by_workers if capacity is None else capacity + by_workers
-        if (by_cpu := self.cpu_capacity()) is not None:
-            capacity = by_cpu if capacity is None else min(capacity, by_cpu)
-        if self._limit is not None:
-            if time.monotonic() - self._limit[1] > LIMIT_MEMORY:
-                self._limit = None
-            else:
-                capacity = self._limit[0] if capacity is None else min(capacity, self._limit[0])
-        return capacity
+        """Viewers that fit, as admission.capacity reads the measurements (None: unknown yet)."""
+        return capacity(self.measure())
 
     def _note_overload(self, now: float) -> None:
         """Remember how many viewers there were when the server was seen overloaded: a crowd
         arriving after the signals calmed down would otherwise overload it again."""
         viewers = self.viewers()
-        if not viewers or self._overload() is None:
+        if not viewers or overload(self.measure()) is None:
             self._overloaded_checks = 0
             return
         self._overloaded_checks += 1
         if self._overloaded_checks >= SUSTAINED_CHECKS:  # sustained, not one newcomer's handshake
             self._limit = (viewers, now)
 
-    def _overload(self) -> str | None:
-        if self.limits.max_lag and self.recent_lag > self.limits.max_lag:
-            return f"event loop lags {self.recent_lag * 1000:.0f} ms"
-        if self.throttled > MAX_THROTTLED:
-            return f"CPU quota used up (throttled {self.throttled:.0%} of the time)"
-        if self.limits.max_age and self.recent_age > self.limits.max_age:
-            return f"pictures reach viewers {self.recent_age * 1000:.0f} ms after capture"
-        return None
+    def check(self, joining: int = 1) -> Refused | None:
+        """Why `joining` more viewers would not fit the measured load now (besides those
+        handshaking), or None (admission.fits)."""
+        return fits(self.measure(), joining)
 
     def full(self, joining: int = 1) -> str | None:
-        """Why `joining` more viewers would not fit now (besides those handshaking), or None."""
-        if (overload := self._overload()) is not None:
-            return overload
-        capacity = self.capacity
-        if capacity is not None and self.viewers() + self.handshaking + joining > capacity:
-            return f"capacity {capacity} viewers reached"
-        return None
+        """`check()`'s reason in words, or None."""
+        refused = self.check(joining)
+        return None if refused is None else refused.reason
 
-    def refuse(self, why: str) -> None:
-        """Count a newcomer refused, by `why` (a reason from `full()`, or "turn")."""
-        kind = next((k for k, prefix in _KINDS.items() if why.startswith(prefix)), "turn")
-        self.refused += 1
-        self.refusals[kind] = self.refusals.get(kind, 0) + 1
+    def refuse(self, refused: Refused) -> None:
+        """Count a newcomer refused for the measured load, by its kind (other kinds are not counted here)."""
+        if refused.kind.measured:
+            self.refused += 1
+            self.refusals[refused.kind] = self.refusals.get(refused.kind, 0) + 1
 
     def _handshake_interval(self) -> float:
         """Seconds between handshake starts under a CPU quota: HANDSHAKE_CPU over the CPU left
@@ -438,13 +410,13 @@ class LoadMonitor:
         try:
             await asyncio.wait_for(turns.acquire(), HANDSHAKE_WAIT)
         except TimeoutError:
-            self.refuse("turn")
+            self.refuse(NO_TURN)
             return None
         # under a quota, handshakes also start no faster than the CPU left over pays for them
         start = max(loop.time(), self._next_handshake)
         if start > deadline:
             turns.release()
-            self.refuse("turn")
+            self.refuse(NO_TURN)
             return None
         self._next_handshake = start + self._handshake_interval()
         if start > loop.time():
@@ -462,9 +434,9 @@ class LoadMonitor:
                 turns.release()
 
         timer = asyncio.get_running_loop().call_later(HANDSHAKE_HOLD, give_back)
-        if (why := self.full(joining=0)) is not None:  # it filled up while this one waited
+        if (refused := self.check(joining=0)) is not None:  # it filled up while this one waited
             give_back()
-            self.refuse(why)
+            self.refuse(refused)
             return None
         return give_back
 

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ..cameras import Cameras
 from ..logs import ClientLog
+from ..media.admission import MEASURED
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
 from ..media.passthrough import PassthroughFeed
@@ -201,8 +202,8 @@ class CameraCollector:
         refused = CounterMetricFamily("camtrack_viewers_refused_load", "Newcomers refused for the measured load, "
                                       "by why: lag, age (pictures late), throttled (CPU quota used up), capacity, "
                                       "turn (no handshake turn in time).", labels=["reason"])
-        for reason in ("lag", "age", "throttled", "capacity", "turn"):
-            refused.add_metric([reason], load.refusals.get(reason, 0))
+        for refusal in MEASURED:  # the label is the refusal's kind, whatever its words
+            refused.add_metric([refusal.value], load.refusals.get(refusal, 0))
         yield refused
         ice_ignored = CounterMetricFamily(
             "camtrack_ice_ignored", "ICE checks (STUN binding requests) and candidates ignored, by why: learned (signed, "

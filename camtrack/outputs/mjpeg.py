@@ -105,9 +105,9 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras) -> None:
         if not fps >= MIN_FPS:  # NaN too
             raise web.HTTPBadRequest(text=f"fps must be at least {MIN_FPS:g}\n")
         client = MjpegClient(camera, request.remote or "?")
-        if not cameras.has_room(camera) or not cameras.admit(camera, client):
-            log.warning(client.remote, "refused mjpeg viewer %s of %s: server full", client.remote, camera.name)
-            raise web.HTTPServiceUnavailable(text="server full\n", headers={"Retry-After": "10"})
+        if (refused := cameras.admission(camera) or cameras.admit(camera, client)) is not None:
+            log.warning(client.remote, "refused mjpeg viewer %s of %s: %s", client.remote, camera.name, refused.text)
+            raise web.HTTPServiceUnavailable(text=f"{refused.text}\n", headers={"Retry-After": "10"})
         meter = camera.meters[Transport.MJPEG]
         response = web.StreamResponse(headers={
             "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",

@@ -38,6 +38,8 @@ from aiortc.sdp import candidate_to_sdp
 
 from ..cameras import Camera, Cameras
 from ..config import Config
+from ..media import admission
+from ..media.admission import ProcessLoad, Where
 from ..media.encoder import JOIN_FRAMES
 from ..media.feeds import FeedClosed, PacketFeed, Transport
 from ..media.packet import CodecInfo, EncodedPacket
@@ -62,14 +64,6 @@ WATCHDOG = 10.0
 STOP_GRACE = 1.5
 #: a worker more than this many packets behind a camera is skipped to the newest (its tracks resync)
 MAX_LAG = JOIN_FRAMES
-#: --workers 0: newcomers go to a worker once this process has at least SPILL_VIEWERS WebRTC viewers
-#: of its own and their sends (timed, LoadMonitor.viewer_send_cpu) use SPILL_SEND_CPU of a core.
-#: Sends, not the loop's whole CPU: a crowd's handshakes raise that for a few seconds only. On the
-#: project's 2-core machine 200 viewers' sends took 0.14 core (the loop 0.23 in all) and one process
-#: serves about 300 at 30 fps; below that, a worker's ~100 MB would buy nothing. A worker is as busy
-#: by the same rule, from what it reports
-SPILL_VIEWERS = 100
-SPILL_SEND_CPU = 0.2
 #: --workers 0: a worker that has had no viewer this long is stopped (its memory given back), checked
 #: every IDLE_CHECK seconds
 IDLE_STOP = 60.0
@@ -97,12 +91,6 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 class WorkerFailed(OSError):
     """A worker process could not start (its port is taken, it crashed at start)."""
-
-
-def busy(viewers: int, viewer_cpu: float | None) -> bool:
-    """Whether a process with `viewers` WebRTC viewers, each of whose sends take `viewer_cpu`
-    cores, should take no more on demand (see SPILL_VIEWERS)."""
-    return viewers >= SPILL_VIEWERS and viewers * (viewer_cpu or 0.0) >= SPILL_SEND_CPU
 
 
 def worker_count(config: Config) -> int:
@@ -664,11 +652,6 @@ class WorkerPool:
         self._frames[camera] = (packet, frame)
         return frame
 
-    def pick(self) -> WorkerProcess | None:
-        """The ready worker with the fewest peers."""
-        ready = [w for w in self.workers if w.ready]
-        return min(ready, key=lambda w: w.load) if ready else None
-
     def local_viewers(self) -> int:
         """WebRTC viewers (pending ones too) served by this process."""
         everyone = sum(len(c.viewers[Transport.WEBSOCKET]) + len(c.viewers[Transport.WHEP]) for c in self.cameras)
@@ -676,21 +659,19 @@ class WorkerPool:
 
     def place(self) -> tuple[bool, WorkerProcess | None]:
         """Where a newcomer's peer goes: (False, None) for this process, or (True, the worker; None
-        when none is ready, and the offer is refused).
-
-        On demand (--workers 0), this process keeps its newcomers until it is busy (SPILL_VIEWERS,
-        SPILL_SEND_CPU); then they go to the ready worker with the fewest peers, and the next worker
-        starts when there is none or when that one is busy too. While a worker starts (a second or
-        two), newcomers stay here: admission control still guards it."""
-        if not self.on_demand:
-            return True, self.pick()
+        when none is ready, and the offer is refused), as camtrack.media.admission.place decides
+        from this process's WebRTC viewers and sends and each ready worker's (busy: SPILL_VIEWERS,
+        SPILL_SEND_CPU there); it may say to start the next worker (on demand), which is done here."""
         load = self.cameras.load
-        if not busy(self.local_viewers(), load.viewer_send_cpu):
-            return False, None
-        worker = self.pick()
-        if worker is None or busy(worker.load, load.reported_viewer_cpu(f"worker {worker.index}")):
+        here = ProcessLoad(self.local_viewers(), send_cpu=load.viewer_send_cpu) if self.on_demand else ProcessLoad()
+        workers = [ProcessLoad(w.load, send_cpu=load.reported_viewer_cpu(f"worker {w.index}")) if w.ready else None
+                   for w in self.workers]
+        placement = admission.place(self.on_demand, here, workers)
+        if placement.grow:
             self._grow()
-        return worker is not None, worker
+        if placement.where is Where.LOCAL:
+            return False, None
+        return True, None if placement.worker is None else self.workers[placement.worker]
 
     def _grow(self) -> None:
         """Start the next stopped worker, if none is starting (on demand)."""

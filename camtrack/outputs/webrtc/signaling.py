@@ -41,6 +41,7 @@ from ...access import bearer_token, find_camera, origin_allowed, token_matches
 from ...cameras import Camera, Cameras
 from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
+from ...media.admission import CLIENT_TEXT, Refused
 from ...media.feeds import FeedClosed, Transport
 from ...media.ratelimit import TokenBucket
 from ...workers.pool import AnyPeer, make_peer
@@ -141,15 +142,18 @@ class Session:
 
     async def welcome(self) -> bool:
         """Say hello (after authentication), or that the viewers already fill the server."""
-        if not self.cameras.has_room(self.camera):
-            self.refuse_full()
+        if (refused := self.cameras.admission(self.camera)) is not None:
+            self.refuse_full(refused)
             return False
         await self.send_hello()
         return True
 
-    def refuse_full(self) -> None:
-        log.warning(self.remote, "refused viewer %s of %s: server full", self.remote, self.camera.name)
-        self.end("server full", error="server full", code=WSCloseCode.TRY_AGAIN_LATER, message=b"server full")
+    def refuse_full(self, refused: Refused | None = None) -> None:
+        """Tell the client it is refused and close: `refused` is camtrack.media.admission's decision
+        (None: decided and counted where the handshake turn was waited for, ServerFull)."""
+        text = CLIENT_TEXT if refused is None else refused.text
+        log.warning(self.remote, "refused viewer %s of %s: %s", self.remote, self.camera.name, text)
+        self.end(text, error=text, code=WSCloseCode.TRY_AGAIN_LATER, message=text.encode())
 
     async def send_hello(self) -> None:
         settings = self.camera.settings
@@ -214,8 +218,8 @@ class Session:
             self.cameras.hold(self.camera, self)
         if self.reason is not None:
             return  # the session ended meanwhile
-        if not self.cameras.has_room(self.camera):  # before the peer (and maybe the camera) starts
-            self.refuse_full()
+        if (refused := self.cameras.admission(self.camera)) is not None:  # before the peer (and maybe the camera) starts
+            self.refuse_full(refused)
             return
         if self._idle is not None:
             self._idle.cancel()
@@ -253,8 +257,8 @@ class Session:
         if self.reason is not None:
             return
         self.transport = Transport.WS_VIDEO
-        if not self.cameras.admit(self.camera, self):
-            self.refuse_full()
+        if (refused := self.cameras.admit(self.camera, self)) is not None:
+            self.refuse_full(refused)
             return
         if self._idle is not None:
             self._idle.cancel()
@@ -397,8 +401,8 @@ class Session:
         """The peer connected: the session becomes a viewer, if there is room for one more."""
         if peer is not self.peer or self.reason is not None or peer.pc.connectionState != "connected":
             return
-        if not self.is_viewer and not self.cameras.admit(self.camera, self):
-            self.refuse_full()
+        if not self.is_viewer and (refused := self.cameras.admit(self.camera, self)) is not None:
+            self.refuse_full(refused)
 
     def _idle_expired(self) -> None:
         self._idle = None

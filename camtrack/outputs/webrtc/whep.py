@@ -21,6 +21,7 @@ from ...cameras import Camera, Cameras
 from ...config import Config
 from ...connections import read_body
 from ...logs import ClientLog, clip
+from ...media.admission import CLIENT_TEXT
 from ...media.feeds import Transport
 from ...workers.pool import make_peer
 from .ice import IceContext
@@ -57,9 +58,10 @@ class WhepSession:
     def _peer_state(self) -> None:
         """The peer connected: the session becomes a viewer, if there is room for one more."""
         if self.reason is None and self.peer.pc.connectionState == "connected" \
-                and self not in self.camera.viewers[Transport.WHEP] and not self.cameras.admit(self.camera, self):
-            log.warning(self.remote, "refused whep viewer %s of %s: server full", self.remote, self.camera.name)
-            self.end("server full")
+                and self not in self.camera.viewers[Transport.WHEP] \
+                and (refused := self.cameras.admit(self.camera, self)) is not None:
+            log.warning(self.remote, "refused whep viewer %s of %s: %s", self.remote, self.camera.name, refused.text)
+            self.end(refused.text)
 
     def end(self, reason: str) -> None:
         """Hang up (once; safe from any callback)."""
@@ -132,17 +134,17 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, ice: IceC
             camera.meters[Transport.WHEP].negotiation_failures += 1
             log.warning(remote, "refused whep offer from %s for %s: %s", remote, camera.name, exc)
             raise web.HTTPBadRequest(text=f"{exc}\n", headers=CORS) from None
-        if not cameras.has_room(camera):  # checked before a peer (and the camera) is started
-            log.warning(remote, "refused whep viewer %s of %s: server full", remote, camera.name)
-            raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"})
+        if (refused := cameras.admission(camera)) is not None:  # checked before a peer (and the camera) is started
+            log.warning(remote, "refused whep viewer %s of %s: %s", remote, camera.name, refused.text)
+            raise web.HTTPServiceUnavailable(text=f"{refused.text}\n", headers={**CORS, "Retry-After": "10"})
         session = WhepSession(camera, cameras, config, remote, sessions, ice)  # pending until it connects
         try:
             answer = await session.peer.answer(sdp)
-        except ServerFull:
-            log.warning(remote, "refused whep viewer %s of %s: server full", remote, camera.name)
-            session.end("server full")
+        except ServerFull:  # (decided and counted where the handshake turn was waited for)
+            log.warning(remote, "refused whep viewer %s of %s: %s", remote, camera.name, CLIENT_TEXT)
+            session.end(CLIENT_TEXT)
             await session.closed()
-            raise web.HTTPServiceUnavailable(text="server full\n", headers={**CORS, "Retry-After": "10"}) from None
+            raise web.HTTPServiceUnavailable(text=f"{CLIENT_TEXT}\n", headers={**CORS, "Retry-After": "10"}) from None
         except OfferError as exc:
             session.end(f"bad offer: {clip(exc)}")
             await session.closed()
