@@ -18,10 +18,11 @@ from .outputs import metrics, mjpeg
 from .outputs.janus import JanusPublisher
 from .outputs.webrtc import whep
 from .outputs.webrtc.ice import IceContext, resolve_addresses, restrict_host_addresses
+from .outputs.webrtc.peer import LocalPeers
 from .outputs.webrtc.signaling import websocket_handler
 from .outputs.webrtc.udpmux import PortTaken, UdpMux
 from .seams import check_hooks
-from .workers.pool import WorkerPool, worker_count
+from .workers.pool import WorkerPeers, WorkerPool, worker_count
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def create_app(config: Config) -> web.Application:
     app[CAMERAS] = cameras
     #: the servers, TURN credentials and (once started) the shared UDP port of every peer
     ice = app[ICE] = IceContext(config.ice_servers, config.turn_secret)
+    #: what makes the viewers' peers: here, or (once the pool started) in the worker processes
+    local_peers = ice.peers = LocalPeers(config, ice)
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
@@ -126,7 +129,7 @@ def create_app(config: Config) -> web.Application:
             nonlocal pool
             pool = WorkerPool(config, cameras, count, addresses, ice.mux, on_demand=config.workers == 0)
             await pool.start()
-            ice.workers = pool
+            ice.peers = WorkerPeers(pool, local_peers)
         for camera in cameras:
             settings = camera.settings
             if settings.janus_url and settings.janus_room is not None:  # (config checks that both are set)
@@ -152,7 +155,7 @@ def create_app(config: Config) -> web.Application:
 
     async def on_cleanup(app: web.Application) -> None:
         if pool is not None:
-            ice.workers = None
+            ice.peers = local_peers
             await pool.stop()
         await cameras.load.stop()
         await cameras.close()

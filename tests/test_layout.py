@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles (TYPE_CHECKING imports included), and media/ free of
-protocol libraries, read from the source with `ast` rather than by importing it."""
+"""The package's shape: no import cycles (TYPE_CHECKING imports included), media/ free of
+protocol libraries, outputs/ free of the workers and (but for a shrinking list) of the cameras,
+read from the source with `ast` rather than by importing it."""
 
 from __future__ import annotations
 
@@ -75,11 +76,36 @@ def test_media_imports_no_protocol_library() -> None:
         assert not inner, f"{path.relative_to(PACKAGE.parent)} imports {sorted(inner)}"
 
 
+#: the outputs that still read camtrack.cameras' Camera and Cameras (viewers, admission, state);
+#: to shrink, never grow: what a WebRTC peer needs of a camera is camtrack.outputs.webrtc.contract's
+OUTPUTS_READING_CAMERAS = {
+    "camtrack.outputs.metrics", "camtrack.outputs.janus", "camtrack.outputs.mjpeg",
+    "camtrack.outputs.webrtc.signaling", "camtrack.outputs.webrtc.whep",
+}
+
+
+def test_outputs_import_neither_the_workers_nor_the_cameras() -> None:
+    """The outputs speak to the rest through narrow interfaces: a WebRTC output makes its peers
+    with the factory camtrack.app chose (here or in a worker process) and never imports
+    camtrack.workers; the peer, its tracks and its contract see a camera only as the contract's
+    CameraView, not camtrack.cameras."""
+    edges = graph()
+    outputs = {name: used for name, used in edges.items() if name.startswith("camtrack.outputs")}
+    assert "camtrack.outputs.webrtc.peer" in outputs
+    for name, used in outputs.items():
+        workers = sorted(m for m in used if m == "camtrack.workers" or m.startswith("camtrack.workers."))
+        assert not workers, f"{name} imports {workers}"
+        if name not in OUTPUTS_READING_CAMERAS:
+            assert "camtrack.cameras" not in used, f"{name} imports camtrack.cameras"
+    # (the list names only modules that still do: one that stopped leaves it)
+    assert all("camtrack.cameras" in edges[name] for name in OUTPUTS_READING_CAMERAS)
+
+
 def test_a_cycle_would_be_found() -> None:
     """The walk above is not vacuous: the relative-import resolution sees real edges."""
     edges = graph()
     assert "camtrack.media.ring" in edges["camtrack.media.stage"]
-    assert "camtrack.cameras" in edges["camtrack.outputs.webrtc.tracks"]
+    assert "camtrack.media.feeds" in edges["camtrack.outputs.webrtc.tracks"]
     assert "camtrack.media.feeds" in edges["camtrack.outputs.mjpeg"]
 
 

@@ -11,6 +11,8 @@ import pytest
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 
+from .conftest import eventually
+
 OFFER_NO_VIDEO = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
 
 BAD_MESSAGES = [
@@ -130,3 +132,83 @@ def test_bad_ice_server_is_refused():
     for bad in ["stun.example.org", "http://x", "turn:192.0.2.1:3478"]:
         with pytest.raises(ValueError):
             parse_ice_server(bad)
+
+
+class FakePeer:
+    """A peer session (camtrack.outputs.webrtc.contract.PeerSession) with no aiortc behind it:
+    it answers with a fixed text, records candidates, and changes state when told to."""
+
+    def __init__(self, camera, transport, remote, on_end) -> None:
+        self.camera, self.transport, self.remote, self.on_end = camera, transport, remote, on_end
+        self.state = "new"
+        self.offers: list[str] = []
+        self.candidates: list[object] = []
+        self.closed = 0
+        self._listeners: list = []
+
+    @property
+    def negotiating(self) -> bool:
+        return self.state in ("new", "connecting")
+
+    def on_state(self, callback) -> None:
+        self._listeners.append(callback)
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        for callback in self._listeners:
+            callback()
+
+    async def answer(self, sdp: str) -> str:
+        self.offers.append(sdp)
+        return "v=0\r\ns=fake answer\r\n"
+
+    async def add_candidate(self, candidate) -> None:
+        self.candidates.append(candidate)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_signaling_drives_the_peer_factory_the_app_chose(serve):
+    """/ws talks to a peer only through the contract, so a fake factory stands in for aiortc: the
+    offer reaches its answer(), the answer comes back, trickled candidates reach add_candidate(),
+    its "connected" makes the session a viewer, its on_end ends the session, and bye closes it."""
+    from camtrack.app import ICE
+    from camtrack.media.feeds import Transport
+
+    url, app = await serve(width=320, height=240)
+    made: list[FakePeer] = []
+
+    def factory(camera, transport, remote, on_end) -> FakePeer:
+        made.append(FakePeer(camera, transport, remote, on_end))
+        return made[-1]
+
+    app[ICE].peers = factory
+    camera = app[CAMERAS].first
+    offer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        assert (await ws.receive_json())["type"] == "hello"
+        await ws.send_json({"type": "offer", "sdp": offer})
+        answer = await asyncio.wait_for(ws.receive_json(), 10)
+        assert answer == {"type": "answer", "sdp": "v=0\r\ns=fake answer\r\n"}
+        (peer,) = made
+        assert peer.offers == [offer] and peer.camera is camera and peer.transport == Transport.WEBSOCKET
+        await ws.send_json({"type": "candidate", "candidate": "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host",
+                            "sdpMid": "0", "sdpMLineIndex": 0})
+        await ws.send_json({"type": "candidate", "candidate": None})
+        await eventually(lambda: len(peer.candidates) == 2)
+        first, last = peer.candidates
+        assert first.ip == "127.0.0.1" and first.port == 9 and first.sdpMid == "0" and last is None
+        assert not camera.viewers[Transport.WEBSOCKET]
+        peer.set_state("connected")  # a viewer now
+        assert len(camera.viewers[Transport.WEBSOCKET]) == 1
+        peer.on_end("peer failed")  # the peer ends: so does the session, its socket says bye
+        assert (await asyncio.wait_for(ws.receive_json(), 10)) == {"type": "bye"}
+        await eventually(lambda: peer.closed >= 1 and not camera.viewers[Transport.WEBSOCKET])
+    # a second session's bye closes its peer too
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        assert (await ws.receive_json())["type"] == "hello"
+        await ws.send_json({"type": "offer", "sdp": offer})
+        assert (await asyncio.wait_for(ws.receive_json(), 10))["type"] == "answer"
+        await ws.send_json({"type": "bye"})
+        await eventually(lambda: len(made) == 2 and made[1].closed >= 1)

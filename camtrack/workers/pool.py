@@ -36,7 +36,7 @@ from typing import Any
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_to_sdp
 
-from ..cameras import Camera, Cameras
+from ..cameras import Cameras
 from ..config import Config
 from ..media import admission
 from ..media.admission import ProcessLoad, Where
@@ -44,8 +44,8 @@ from ..media.encoder import JOIN_FRAMES
 from ..media.feeds import FeedClosed, PacketFeed, Transport
 from ..media.packet import CodecInfo, EncodedPacket
 from ..media.passthrough import RING_PACKETS, PassthroughFeed
-from ..outputs.webrtc.ice import IceContext
-from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, Peer, negotiation_turn
+from ..outputs.webrtc.contract import CameraView, PeerFactory, PeerSession
+from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, negotiation_turn
 from ..outputs.webrtc.udpmux import Address, UdpMux
 from . import wire
 
@@ -100,46 +100,23 @@ def worker_count(config: Config) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class RemotePc:
-    """What signaling sees of a worker's peer connection: its state, its events, its candidates."""
-
-    def __init__(self, peer: RemotePeer) -> None:
-        self.peer = peer
-        self.connectionState = "new"
-        self._listeners: dict[str, list[Callable[[], None]]] = {}
-
-    def on(self, event: str, callback: Callable[[], None]) -> Callable[[], None]:
-        self._listeners.setdefault(event, []).append(callback)
-        return callback
-
-    def _set_state(self, state: str) -> None:
-        if state != self.connectionState:
-            self.connectionState = state
-            for callback in list(self._listeners.get("connectionstatechange", ())):
-                callback()
-
-    async def addIceCandidate(self, candidate: RTCIceCandidate | None) -> None:  # noqa: N802 - aiortc's name
-        self.peer.send({"t": "candidate", "candidate": None if candidate is None else candidate_to_sdp(candidate),
-                        "sdpMid": None if candidate is None else candidate.sdpMid,
-                        "sdpMLineIndex": None if candidate is None else candidate.sdpMLineIndex})
-
-
 class RemotePeer:
-    """A viewer's peer in a worker process, as signaling and WHEP use a `Peer`: answer, close, and
+    """A viewer's peer in a worker process (a camtrack.outputs.webrtc.contract.PeerSession): answer, close, and
     `on_end(reason)` once when it fails, closes, stays disconnected, never connects, or its worker dies."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, worker: WorkerProcess | None, camera: Camera, config: Config, transport: Transport,
+    def __init__(self, worker: WorkerProcess | None, camera: CameraView, transport: Transport,
                  remote: str, on_end: Callable[[str], None]) -> None:
         self.id = next(self._ids)
         self.worker = worker
         self.camera = camera
-        self.config = config
         self.transport = transport
         self.remote = remote
         self.on_end = on_end
-        self.pc = RemotePc(self)
+        #: its connection's state, as the worker tells it, and who listens to its changes
+        self.state = "new"
+        self._listeners: list[Callable[[], None]] = []
         self.connected = False
         self._ended = False
         self._answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -151,7 +128,21 @@ class RemotePeer:
 
     @property
     def negotiating(self) -> bool:
-        return self.pc.connectionState in ("new", "connecting")
+        return self.state in ("new", "connecting")
+
+    def on_state(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            for callback in list(self._listeners):
+                callback()
+
+    async def add_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        self.send({"t": "candidate", "candidate": None if candidate is None else candidate_to_sdp(candidate),
+                   "sdpMid": None if candidate is None else candidate.sdpMid,
+                   "sdpMLineIndex": None if candidate is None else candidate.sdpMLineIndex})
 
     def send(self, message: dict[str, Any]) -> None:
         if self.worker is not None:
@@ -213,7 +204,7 @@ class RemotePeer:
             if message["state"] == "connected":
                 self.connected = True
                 self._give_turn_back()
-            self.pc._set_state(message["state"])
+            self._set_state(message["state"])
         elif kind == "ended":
             self._end(message["reason"])
         elif kind == "answer":
@@ -229,7 +220,7 @@ class RemotePeer:
             self._answer.set_result({"error": reason})
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
-        self.pc.connectionState = "closed"  # (no event: the session ends through on_end)
+        self.state = "closed"  # (no event: the session ends through on_end)
         self._end(reason)
 
     def _end(self, reason: str) -> None:
@@ -244,7 +235,7 @@ class RemotePeer:
 class Pump:
     """One camera's packets to one worker: read once from the camera's feed, written once."""
 
-    def __init__(self, worker: WorkerProcess, camera: Camera, feed: PacketFeed) -> None:
+    def __init__(self, worker: WorkerProcess, camera: CameraView, feed: PacketFeed) -> None:
         self.worker = worker
         self.camera = camera
         self.feed = feed
@@ -722,16 +713,19 @@ class WorkerPool:
         self._frames.clear()
 
 
-AnyPeer = Peer | RemotePeer
+class WorkerPeers:
+    """The peer factory (camtrack.outputs.webrtc.contract.PeerFactory) of a server with worker
+    processes: a viewer's peer is made in a worker when the pool places it there (and the camera
+    sends packets), else by `local` in this process."""
 
+    def __init__(self, pool: WorkerPool, local: PeerFactory) -> None:
+        self.pool = pool
+        self.local = local
 
-def make_peer(camera: Camera, config: Config, transport: Transport, remote: str, on_end: Callable[[str], None],
-              ice: IceContext | None = None) -> AnyPeer:
-    """A viewer's peer: in a worker process when the server has them (and the camera sends packets),
-    else in this one."""
-    pool = ice.workers if ice is not None else None
-    if isinstance(pool, WorkerPool) and camera.feed is not None:
-        remote_peer, worker = pool.place()
-        if remote_peer:
-            return RemotePeer(worker, camera, config, transport, remote, on_end)
-    return Peer(camera, config, transport, remote, on_end, ice)
+    def __call__(self, camera: CameraView, transport: Transport, remote: str,
+                 on_end: Callable[[str], None]) -> PeerSession:
+        if camera.feed is not None:
+            remote_peer, worker = self.pool.place()
+            if remote_peer:
+                return RemotePeer(worker, camera, transport, remote, on_end)
+        return self.local(camera, transport, remote, on_end)

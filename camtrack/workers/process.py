@@ -23,14 +23,13 @@ from typing import Any
 
 from aiortc.sdp import candidate_from_sdp
 
-from ..cameras import Camera
 from ..config import CameraConfig, Config
-from ..media.feeds import FrameSource, SourceError, Transport
-from ..media.jpeg import JpegEncoders
-from ..media.stream import CameraStream
+from ..media.feeds import Transport
+from ..media.load import LoadMonitor
+from ..media.meters import Meter
 from ..outputs.webrtc.fanout import fanout_totals
 from ..outputs.webrtc.ice import IceContext, restrict_host_addresses
-from ..outputs.webrtc.peer import OfferError, Peer
+from ..outputs.webrtc.peer import OfferError, Peer, PeerTimeouts
 from ..outputs.webrtc.tracks import EncodedTrack
 from ..outputs.webrtc.udpmux import UdpMux
 from ..seams import check_hooks
@@ -45,14 +44,18 @@ STATS_INTERVAL = 1.0
 EXIT_GRACE = 1.0
 
 
-def no_source() -> FrameSource:
-    raise SourceError("a worker process opens no camera: the main process does")
+@dataclasses.dataclass
+class RelayedCamera:
+    """A camera as a worker's peers see it (a camtrack.outputs.webrtc.contract.PeerCamera): its
+    settings and meters; the pictures come relayed, and the load is measured by the main process."""
 
+    settings: CameraConfig
+    meters: dict[Transport, Meter] = dataclasses.field(default_factory=lambda: {t: Meter() for t in Transport})
+    load: LoadMonitor | None = None
 
-def local_camera(settings: CameraConfig) -> Camera:
-    """A camera as a worker's peers see it: its settings and meters (the pictures come relayed)."""
-    stream = CameraStream(settings.name, no_source)
-    return Camera(settings, "(relayed by the main process)", stream, None, JpegEncoders(stream, 1.0))
+    @property
+    def name(self) -> str:
+        return self.settings.name
 
 
 class Worker:
@@ -62,7 +65,8 @@ class Worker:
         self.writer = writer
         self.config = config
         self.ice = ice
-        self.cameras = {c.name: local_camera(c) for c in config.cameras}
+        self.cameras = {c.name: RelayedCamera(c) for c in config.cameras}
+        self.timeouts = PeerTimeouts.of(config)
         self.feeds: dict[str, RelayedFeed] = {}
         self.peers: dict[int, Peer] = {}
         self.closing: set[asyncio.Task[None]] = set()
@@ -132,10 +136,9 @@ class Worker:
             return
         transport = Transport(message["transport"])
         track = EncodedTrack(feed, camera.meters[transport])
-        peer = Peer(camera, self.config, transport, message["remote"],
-                    lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice, track=track)
-        peer.pc.on("connectionstatechange",
-                   lambda: self.send({"t": "state", "id": peer_id, "state": peer.pc.connectionState}))
+        peer = Peer(camera, self.timeouts, transport, message["remote"],
+                    lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice, track)
+        peer.on_state(lambda: self.send({"t": "state", "id": peer_id, "state": peer.state}))
         self.peers[peer_id] = peer
         asyncio.ensure_future(self._answer(peer_id, peer, message))
 
@@ -161,11 +164,11 @@ class Worker:
             return
         try:
             if message["candidate"] is None:
-                await peer.pc.addIceCandidate(None)
+                await peer.add_candidate(None)
             else:
                 candidate = candidate_from_sdp(message["candidate"])
                 candidate.sdpMid, candidate.sdpMLineIndex = message["sdpMid"], message["sdpMLineIndex"]
-                await peer.pc.addIceCandidate(candidate)
+                await peer.add_candidate(candidate)
         except Exception as exc:  # noqa: BLE001 - the main process checked its form; a late one is harmless
             logger.debug("candidate refused: %s", exc)
 

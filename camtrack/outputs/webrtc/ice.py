@@ -17,6 +17,7 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 
 from ...sources.urls import redact
 from .addresses import restrict_host_addresses, use_mux
+from .contract import PeerFactory
 from .udpmux import UdpMux
 
 __all__ = ["IceContext", "ice_servers_json", "parse_ice_server", "resolve_addresses", "restrict_host_addresses",
@@ -89,9 +90,9 @@ class IceContext:
     servers: list[str]
     turn_secret: str | None = None
     mux: UdpMux | None = None
-    #: the worker processes that make the viewers' peers (camtrack.workers.pool.WorkerPool, --workers > 1);
-    #: None: peers are made in this process
-    workers: object | None = None
+    #: what makes the viewers' peers, as camtrack.app chose: in this process (peer.LocalPeers, also
+    #: when None) or in the worker processes when there are some (camtrack.workers.pool.WorkerPeers)
+    peers: PeerFactory | None = None
 
     def ice_servers(self) -> list[RTCIceServer]:
         """The servers, each TURN server with fresh credentials if there is a secret."""

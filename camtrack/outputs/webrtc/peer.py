@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from ...cameras import Camera
 from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
+from .contract import CameraView, PeerCamera
 from .ice import IceContext
 from .rtcp import PeerGuard, guard_peer
 from .rtpsend import RtpSendStats, RtpStream, send_rtp_once
@@ -102,7 +103,7 @@ def check_offer(sdp: str, codec: str) -> None:
         raise OfferError(f"the offer has no {name} codec; this server sends {codec} only")
 
 
-async def negotiation_turn(camera: Camera, sdp: str, ended: Callable[[], bool]) -> Callable[[], None] | None:
+async def negotiation_turn(camera: PeerCamera, sdp: str, ended: Callable[[], bool]) -> Callable[[], None] | None:
     """Wait for a turn to negotiate `sdp` (camtrack.media.load: a crowd's costly DTLS handshakes
     go a few at a time) and return what gives it back; None when the server measures no load.
     A bad offer is told so at once, not queued (OfferError); ServerFull when no turn came in time or
@@ -140,23 +141,37 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack,
     return pc.localDescription.sdp
 
 
+@dataclass(frozen=True)
+class PeerTimeouts:
+    """The seconds a peer waits (--negotiation-timeout, --disconnect-timeout, --unresponsive-timeout;
+    0 unresponsive: never closed for silence)."""
+
+    negotiation: float
+    disconnect: float
+    unresponsive: float
+
+    @classmethod
+    def of(cls, config: Config) -> PeerTimeouts:
+        return cls(config.negotiation_timeout, config.disconnect_timeout, config.unresponsive_timeout)
+
+
 class Peer:
     """One WebRTC viewer of a camera: answers its offer, watches the connection, and calls
-    `on_end(reason)` once when it fails, closes, stays disconnected or never connects."""
+    `on_end(reason)` once when it fails, closes, stays disconnected or never connects (a
+    camtrack.outputs.webrtc.contract.PeerSession). `track` is what it sends: the camera's
+    (make_track), or in a worker process the main process's packets, relayed."""
 
-    def __init__(self, camera: Camera, config: Config, transport: Transport, remote: str,
-                 on_end: Callable[[str], None], ice: IceContext | None = None,
-                 track: EncodedTrack | CameraTrack | None = None) -> None:
+    def __init__(self, camera: PeerCamera, timeouts: PeerTimeouts, transport: Transport, remote: str,
+                 on_end: Callable[[str], None], ice: IceContext, track: EncodedTrack | CameraTrack) -> None:
         self.camera = camera
-        self.config = config
+        self.timeouts = timeouts
         self.transport = transport
         self.remote = remote
         self.on_end = on_end
-        #: the server's ICE side (its mux, TURN credentials); else a socket per peer and the servers
-        self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
+        #: the server's ICE side (its mux, TURN credentials, its STUN/TURN servers)
+        self.ice = ice
         self.pc = RTCPeerConnection(self.ice.rtc_configuration())
-        #: (a worker process gives its own: the main process's packets, relayed)
-        self.track = track if track is not None else make_track(camera, transport)
+        self.track = track
         self.connected = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
@@ -168,6 +183,16 @@ class Peer:
         #: gives back this peer's handshake turn (camtrack.media.load), once it connected or ended
         self._turn: Callable[[], None] | None = None
         self.pc.on("connectionstatechange", self._on_state)
+
+    @property
+    def state(self) -> str:
+        return str(self.pc.connectionState)
+
+    def on_state(self, callback: Callable[[], None]) -> None:
+        self.pc.on("connectionstatechange", callback)
+
+    async def add_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        await self.pc.addIceCandidate(candidate)
 
     @property
     def negotiating(self) -> bool:
@@ -210,7 +235,7 @@ class Peer:
         self.guard = guard_peer(self.pc, self.track, self.camera.settings.bitrate,
                                 self.camera.settings.keyframe_interval,
                                 f"{self.transport} viewer {self.remote} of {self.camera.name}")
-        self._set_timer("negotiation", self.config.negotiation_timeout, self._negotiation_expired)
+        self._set_timer("negotiation", self.timeouts.negotiation, self._negotiation_expired)
         logger.info("%s viewer %s of %s: answered with %s %dx%d", self.transport, self.remote, self.camera.name,
                     self.camera.settings.codec, self.camera.settings.width, self.camera.settings.height)
         return answer
@@ -266,7 +291,7 @@ class Peer:
         check that ran late (the event loop stood still) looks again once more, STALL_GRACE later,
         instead of closing peers whose viewers' datagrams wait unread."""
         self._timers.pop("silence", None)
-        timeout = self.config.unresponsive_timeout
+        timeout = self.timeouts.unresponsive
         if not timeout or self.guard is None or self._ended:
             return
         now = asyncio.get_running_loop().time()
@@ -293,9 +318,22 @@ class Peer:
                     self._watch_silence()
             self.connected = True
         elif state == "disconnected" and "disconnected" not in self._timers:
-            self._set_timer("disconnected", self.config.disconnect_timeout,
+            self._set_timer("disconnected", self.timeouts.disconnect,
                             lambda: self._end("peer stayed disconnected"))
         elif state in ("failed", "closed"):
             if state == "failed" and not self.connected:
                 self.camera.meters[self.transport].negotiation_failures += 1
             self._end(f"peer {state}")
+
+
+class LocalPeers:
+    """The peer factory (camtrack.outputs.webrtc.contract.PeerFactory) that makes every peer in
+    this process, sending the camera's track (make_track)."""
+
+    def __init__(self, config: Config, ice: IceContext) -> None:
+        self.timeouts = PeerTimeouts.of(config)
+        self.ice = ice
+
+    def __call__(self, camera: CameraView, transport: Transport, remote: str,
+                 on_end: Callable[[str], None]) -> Peer:
+        return Peer(camera, self.timeouts, transport, remote, on_end, self.ice, make_track(camera, transport))

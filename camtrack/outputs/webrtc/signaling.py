@@ -44,10 +44,10 @@ from ...logs import ClientLog, clip, clip_repr
 from ...media.admission import CLIENT_TEXT, Refused
 from ...media.feeds import FeedClosed, Transport
 from ...media.ratelimit import TokenBucket
-from ...workers.pool import AnyPeer, make_peer
 from ..wsvideo import PacketStream
+from .contract import PeerFactory, PeerSession
 from .ice import IceContext
-from .peer import OfferError, ServerFull, screen_offer
+from .peer import LocalPeers, OfferError, ServerFull, screen_offer
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -89,7 +89,7 @@ class Session:
         self.camera = camera
         self.cameras = cameras
         self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
-        self.peer: AnyPeer | None = None
+        self.peer: PeerSession | None = None
         #: WEBSOCKET while it negotiates WebRTC, WS_VIDEO while it streams over the socket
         self.transport = Transport.WEBSOCKET
         self.stream: PacketStream | None = None
@@ -224,9 +224,9 @@ class Session:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        peer = make_peer(self.camera, self.config, Transport.WEBSOCKET, self.remote,
-                         lambda reason: self._peer_ended(peer, reason), self.ice)
-        peer.pc.on("connectionstatechange", lambda: self._peer_state(peer))
+        make_peer: PeerFactory = self.ice.peers or LocalPeers(self.config, self.ice)  # (camtrack.app's choice)
+        peer = make_peer(self.camera, Transport.WEBSOCKET, self.remote, lambda reason: self._peer_ended(peer, reason))
+        peer.on_state(lambda: self._peer_state(peer))
         self.peer = peer
         try:
             answer = await peer.answer(sdp)
@@ -302,10 +302,10 @@ class Session:
     async def on_candidate(self, message: dict[str, Any]) -> None:
         if self.peer is None:
             raise ProtocolError("a candidate came before any offer")
-        pc = self.peer.pc
+        peer = self.peer
         text = message.get("candidate")
         if text is None or text == "":
-            await pc.addIceCandidate(None)
+            await peer.add_candidate(None)
             return
         if not isinstance(text, str):
             raise ProtocolError("'candidate' must be a string or null")
@@ -322,7 +322,7 @@ class Session:
             raise ProtocolError(f"malformed candidate: {clip_repr(text)}") from None
         candidate.sdpMid, candidate.sdpMLineIndex = mid, index
         try:
-            await pc.addIceCandidate(candidate)
+            await peer.add_candidate(candidate)
         except Exception as exc:  # noqa: BLE001
             raise ProtocolError(f"candidate refused: {clip(exc)}") from None
 
@@ -389,7 +389,7 @@ class Session:
         if self.reason is None and self._idle is None and self.stream is None:  # peerless again: the idle clock runs
             self._idle = asyncio.get_running_loop().call_later(self.config.idle_timeout, self._idle_expired)
 
-    def _peer_ended(self, peer: AnyPeer, reason: str) -> None:
+    def _peer_ended(self, peer: PeerSession, reason: str) -> None:
         if peer is not self.peer:
             return
         error = None
@@ -397,9 +397,9 @@ class Session:
             error = f"closing: the connection was not established within {self.config.negotiation_timeout:g} s"
         self.end(reason, error=error)
 
-    def _peer_state(self, peer: AnyPeer) -> None:
+    def _peer_state(self, peer: PeerSession) -> None:
         """The peer connected: the session becomes a viewer, if there is room for one more."""
-        if peer is not self.peer or self.reason is not None or peer.pc.connectionState != "connected":
+        if peer is not self.peer or self.reason is not None or peer.state != "connected":
             return
         if not self.is_viewer and (refused := self.cameras.admit(self.camera, self)) is not None:
             self.refuse_full(refused)

@@ -10,12 +10,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import VideoFrame
 
-from ...cameras import Camera
 from ...media.feeds import FeedClosed, FrameFeed, PacketFeed, Transport
 from ...media.frame import VIDEO_TIME_BASE, PtsClock
 from ...media.meters import Meter
 from ...media.packet import EncodedPacket
 from ...media.reader import PacketReader
+from .contract import CameraView
 from .fanout import Member, fanout_for, rtp_frame
 from .rtpsend import RtpFrame, RtpStream
 
@@ -145,7 +145,7 @@ def restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:
     return copy
 
 
-def make_track(camera: Camera, transport: Transport) -> EncodedTrack | CameraTrack:
+def make_track(camera: CameraView, transport: Transport) -> EncodedTrack | CameraTrack:
     """A new video track of `camera` for one WebRTC peer: the shared encoder's packets, the
     camera's own (bridged while joining), or (with --encoder per-viewer) its raw frames for aiortc
     to encode."""

@@ -23,9 +23,9 @@ from ...connections import read_body
 from ...logs import ClientLog, clip
 from ...media.admission import CLIENT_TEXT
 from ...media.feeds import Transport
-from ...workers.pool import make_peer
+from .contract import PeerFactory
 from .ice import IceContext
-from .peer import OfferError, ServerFull, screen_offer
+from .peer import LocalPeers, OfferError, ServerFull, screen_offer
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -48,8 +48,10 @@ class WhepSession:
         self.remote = remote
         self.sessions = sessions
         self.location = f"/cameras/{quote(camera.name)}/whep/{self.id}"
-        self.peer = make_peer(camera, config, Transport.WHEP, remote, self.end, ice)
-        self.peer.pc.on("connectionstatechange", self._peer_state)
+        ice = ice or IceContext(config.ice_servers, config.turn_secret)
+        make_peer: PeerFactory = ice.peers or LocalPeers(config, ice)  # (camtrack.app's choice)
+        self.peer = make_peer(camera, Transport.WHEP, remote, self.end)
+        self.peer.on_state(self._peer_state)
         self.reason: str | None = None
         self._teardown: asyncio.Task[None] | None = None
         sessions[self.id] = self
@@ -57,7 +59,7 @@ class WhepSession:
 
     def _peer_state(self) -> None:
         """The peer connected: the session becomes a viewer, if there is room for one more."""
-        if self.reason is None and self.peer.pc.connectionState == "connected" \
+        if self.reason is None and self.peer.state == "connected" \
                 and self not in self.camera.viewers[Transport.WHEP] \
                 and (refused := self.cameras.admit(self.camera, self)) is not None:
             log.warning(self.remote, "refused whep viewer %s of %s: %s", self.remote, self.camera.name, refused.text)
