@@ -18,7 +18,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from camtrack.app import CAMERAS, ICE
 from camtrack.client import Viewer
 from camtrack.media.feeds import Transport
-from camtrack.workers.pool import WorkerPool
+from camtrack.workers.pool import WorkerPeers, WorkerPool
 
 from .conftest import eventually
 
@@ -34,9 +34,9 @@ async def connect_in_turn(viewers: list[Viewer], frames: int) -> None:
 
 
 def pool_of(app) -> WorkerPool:
-    pool = app[ICE].workers
-    assert isinstance(pool, WorkerPool)
-    return pool
+    peers = app[ICE].peers  # the app's peer factory: the pool's, once it started
+    assert isinstance(peers, WorkerPeers)
+    return peers.pool
 
 
 async def whep_viewer(base: str, http: aiohttp.ClientSession) -> tuple[RTCPeerConnection, asyncio.Future]:
