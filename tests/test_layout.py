@@ -116,7 +116,6 @@ SEAMS = PACKAGE / "seams"
 #: seamed library happens to use too (file, name): each was checked to be camtrack's object
 OWN_CROSS_OBJECT = {
     ("camtrack/outputs/mjpeg.py", "_stop"),
-    ("camtrack/workers/pool.py", "_set_state"),
     ("camtrack/media/passthrough.py", "_set_state"),
 }
 
