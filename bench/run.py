@@ -54,20 +54,22 @@ class Row:
     #: the main process's own CPU, and each worker's, % of a core (server_cpu is their sum)
     main_cpu: float = 0.0
     worker_cpu: tuple[float, ...] = ()
+    #: whose server.py served it (--compare: "before" or "this")
+    server: str = "this"
 
     def cells(self) -> list[str]:
         def ms(value: float | None) -> str:
             return "-" if value is None else f"{value:.0f}"
 
         split = "/".join(f"{c:.0f}" for c in self.worker_cpu) or "-"
-        return [self.mode, self.codec, self.size, str(self.workers), str(self.viewers), f"{self.server_cpu:.0f}",
+        return [self.server, self.mode, self.codec, self.size, str(self.workers), str(self.viewers), f"{self.server_cpu:.0f}",
                 f"{self.main_cpu:.0f}", split,
                 f"{self.client_cpu:.0f}", f"{self.fps_min:.1f}", f"{self.fps_mean:.1f}",
                 ms(self.latency_p50), ms(self.latency_p95), ms(self.first_frame_max * 1000),
                 ms(self.first_age_max), f"{self.rss_mb:.0f}", str(self.errors)]
 
 
-HEADER = ["encoder", "codec", "size", "workers", "N", "server CPU %", "main CPU %", "per-worker CPU %",
+HEADER = ["server", "encoder", "codec", "size", "workers", "N", "server CPU %", "main CPU %", "per-worker CPU %",
           "clients CPU %", "fps min", "fps mean",
           "latency p50 ms", "latency p95 ms", "first frame max ms", "first frame age max ms", "server RSS MB",
           "errors"]
@@ -112,17 +114,19 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def measure(mode: str, codec: str, width: int, height: int, viewers: int, duration: float,
-            source: str = "pattern", join_spread: float = 0.0, stamped: bool = True, workers: int = 1) -> Row:
+            source: str = "pattern", join_spread: float = 0.0, stamped: bool = True, workers: int = 1,
+            root: Path = ROOT, server_name: str = "this") -> Row:
     """One row. `mode` is an --encoder (shared, per-viewer), or for an H.264 `source` a --mode
-    (passthrough, transcode: the camera's own packets against decoding and encoding them again)."""
+    (passthrough, transcode: the camera's own packets against decoding and encoding them again).
+    `root`: the checkout whose server.py serves it (the viewers are always this checkout's)."""
     port = free_port()
     how = ["--mode", mode] if mode in ("passthrough", "transcode") else ["--encoder", mode]
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, str(root / "server.py"), "--host", "127.0.0.1", "--port", str(port),
          "--source", source, "--width", str(width), "--height", str(height), "--fps", "30",
          "--codec", codec, *how, "--ice-address", "127.0.0.1", "--log-level", "warning",
          "--webrtc-port", "0", "--workers", str(workers)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     clients: list[subprocess.Popen] = []
     try:
@@ -185,7 +189,7 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
         latency_p50=percentile(latency, 0.5), latency_p95=percentile(latency, 0.95),
         first_frame_max=max(v.get("first_frame", float("inf")) for v in per_viewer),
         first_age_max=max(ages) if ages else None,
-        rss_mb=rss, errors=sum(1 for v in per_viewer if "error" in v),
+        rss_mb=rss, errors=sum(1 for v in per_viewer if "error" in v), server=server_name,
     )
 
 
@@ -235,7 +239,8 @@ def main() -> None:
                              "viewer, the largest N served, and the crowd against a CPU-capped server")
     parser.add_argument("--repeat", type=int, default=1, help="--scale: run the ladder this many times")
     parser.add_argument("--compare", default=None, metavar="DIR",
-                        help="--scale: also run the ladder with the server of another checkout (before/after)")
+                        help="also measure every row (or --scale: the ladder) with the server of another checkout, "
+                             "row by row beside this one's (before/after in one run)")
     parser.add_argument("--crowd-quota", type=float, default=30.0,
                         help="--scale: the crowd's server gets this %% of one core (cgroup; 0: no crowd)")
     parser.add_argument("--light", action="store_true",
@@ -291,20 +296,35 @@ def main() -> None:
     print(f"# camtrack benchmark: {os.cpu_count()} cores, {duration:g} s windows, "
           f"{'the pattern beside an RTSP camera of it' if args.passthrough else 'pattern source'} at 30 fps"
           f"{f' ({args.camera} at {args.camera_bitrate} bit/s, looped clip)' if clip else ''}", flush=True)
+    # --compare: each row is measured with the other checkout's server and then with this one's, one
+    # after the other, so the machine's noise falls on both alike
+    servers = [("before", Path(args.compare).resolve())] if args.compare else []
+    servers.append(("this", ROOT))
     rows = []
     try:
         for mode, codec, width, height, viewers in plan:
             for workers in worker_counts:
-                camera_row = sources[mode] != "pattern"
-                row = measure(mode, codec, width, height, viewers, duration, sources[mode],
-                              join_spread=spread if camera_row else 0.0, stamped=not (camera_row and clip),
-                              workers=workers)
-                rows.append(row)
-                print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
+                for server_name, root in servers:
+                    camera_row = sources[mode] != "pattern"
+                    row = measure(mode, codec, width, height, viewers, duration, sources[mode],
+                                  join_spread=spread if camera_row else 0.0, stamped=not (camera_row and clip),
+                                  workers=workers, root=root, server_name=server_name)
+                    rows.append(row)
+                    print("  " + "  ".join(row.cells()), file=sys.stderr, flush=True)
     finally:
         if camera is not None:
             camera.kill()
     print_table(rows)
+    if args.compare:
+        for one in (r for r in rows if r.server == "before"):
+            other = next(r for r in rows if r.server == "this" and (r.mode, r.codec, r.size, r.viewers, r.workers)
+                         == (one.mode, one.codec, one.size, one.viewers, one.workers))
+            p50 = ("-" if one.latency_p50 is None or other.latency_p50 is None
+                   else f"{other.latency_p50:.0f} against {one.latency_p50:.0f} ms")
+            print(f"{one.mode} {one.codec} {one.size} N={one.viewers} workers={one.workers}: this / before: "
+                  f"server CPU {other.server_cpu / max(one.server_cpu, 1e-9):.2f}x, fps min {other.fps_min:.1f} "
+                  f"against {one.fps_min:.1f}, latency p50 {p50}, RSS {other.rss_mb:.0f} against {one.rss_mb:.0f} MB")
+    rows = [r for r in rows if r.server == "this"]
     for codec in codecs:
         for mode in modes:
             base = [r for r in rows if (r.mode, r.codec, r.size, r.workers) == (mode, codec, rows[0].size,

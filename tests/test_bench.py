@@ -13,18 +13,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.timeout(180)
 def test_bench_quick_row():
+    """A row, measured with another checkout's server too (--compare; here the same checkout)."""
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--viewers", "2", "--modes", "shared",
-         "--codecs", "vp8", "--duration", "2", "--max-viewers", "0"],
+         "--codecs", "vp8", "--duration", "2", "--max-viewers", "0", "--compare", str(ROOT)],
         cwd=ROOT, capture_output=True, text=True, timeout=170,
     )
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| shared")]
-    assert len(rows) == 1, result.stdout
-    cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[:5] == ["shared", "vp8", "640x480", "1", "2"]
-    assert float(cells[10]) > 0, "no frames received"
-    assert cells[-1] == "0", "a viewer failed"
+    for server in ("before", "this"):
+        rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {server} | shared")]
+        assert len(rows) == 1, result.stdout
+        cells = [c.strip() for c in rows[0].strip("|").split("|")]
+        assert cells[:6] == [server, "shared", "vp8", "640x480", "1", "2"]
+        assert float(cells[11]) > 0, "no frames received"
+        assert cells[-1] == "0", "a viewer failed"
+    assert "shared vp8 640x480 N=2 workers=1: this / before: server CPU" in result.stdout
 
 
 @pytest.mark.timeout(180)
