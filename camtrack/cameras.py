@@ -14,13 +14,15 @@ from .config import CameraConfig, Config
 from .media.admission import Limits, Refused, Snapshot, decide
 from .media.decoder import PacketDecoder
 from .media.encoder import EncoderSettings, SharedEncoder
-from .media.feeds import VIEWER_TRANSPORTS, Publisher, Transport, Viewer
+from .media.feeds import VIEWER_TRANSPORTS, FrameFeed, PacketFeed, Publisher, Transport, Viewer
 from .media.jpeg import JpegEncoders
 from .media.load import LoadMonitor
 from .media.meters import Meter
+from .media.packet import MediaKind
 from .media.passthrough import PassthroughFeed
 from .media.reader import BridgedReader, PacketReader
 from .media.stream import CameraStream
+from .media.tiers import MAIN, Tier, Tiers
 from .sources import make_packet_source, make_source, plan_mode, redact, resolve_auto
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class Camera:
     bridge_joins: int = 0
     #: the server's measured load (every camera shares it; set by Cameras)
     load: LoadMonitor | None = None
+    #: its packet feeds by (kind, tier): `feed`, and the tiers of other codecs (set by Cameras)
+    tiers: Tiers | None = None
 
     @property
     def name(self) -> str:
@@ -65,14 +69,25 @@ class Camera:
     def viewer_count(self) -> int:
         return sum(len(v) for v in self.viewers.values())
 
-    def reader(self, transport: Transport) -> PacketReader:
-        """A reader of this camera's packets for one viewer over `transport`: the shared encoder's,
-        or the camera's own (bridged while the viewer joins between the camera's keyframes)."""
-        if isinstance(self.feed, PassthroughFeed):
-            return BridgedReader(self.feed, self.join_bridge, self.meters[transport])
-        if self.feed is None:
+    def packets(self, kind: MediaKind = MediaKind.VIDEO, tier: Tier = MAIN) -> PacketFeed | None:
+        """The feed of this camera's `kind` packets of `tier` (camtrack.media.tiers): MAIN is `feed`;
+        a tier of another codec is encoded from the camera's pictures, made the first time it is
+        asked for and shared by all its viewers. None: no such packets (audio; MAIN with
+        --encoder per-viewer)."""
+        if self.tiers is None:
+            return self.feed if kind == MediaKind.VIDEO and tier == MAIN else None
+        return self.tiers.packets(kind, tier)
+
+    def reader(self, transport: Transport, tier: Tier = MAIN) -> PacketReader:
+        """A reader of this camera's packets of `tier` for one viewer over `transport`: the shared
+        encoder's, or the camera's own (bridged while the viewer joins between the camera's
+        keyframes), or a tier's encoder's."""
+        feed = self.packets(MediaKind.VIDEO, tier)
+        if isinstance(feed, PassthroughFeed):
+            return BridgedReader(feed, self.join_bridge, self.meters[transport])
+        if feed is None:
             raise ValueError(f"camera {self.name} has no shared packets (--encoder per-viewer)")
-        return PacketReader(self.feed, self.meters[transport])
+        return PacketReader(feed, self.meters[transport])
 
     def join_bridge(self) -> SharedEncoder | None:
         """The bridge for viewers joining a passed-through camera between its keyframes: its pictures
@@ -157,6 +172,8 @@ class Camera:
         await self.jpeg.close()
         if self.bridge is not None:
             await self.bridge.close()
+        if self.tiers is not None:
+            await self.tiers.close()
         if self.decoder is not None:
             await self.decoder.close()
         if self.encoder is not None:
@@ -202,6 +219,7 @@ class Cameras:
             )
             encoder = decoder = None
             feed: SharedEncoder | PassthroughFeed | None = None
+            frames: FrameFeed = stream
             jpeg = JpegEncoders(stream, config.mjpeg_fps)
             if mode == "passthrough":
                 # the camera's own H.264 for WebRTC; pixels for MJPEG and snapshots are decoded from
@@ -211,15 +229,21 @@ class Cameras:
                                             height=settings.height, fps=settings.fps)
                 feed = PassthroughFeed(settings.name, packets, linger=config.linger,
                                        size=(settings.width, settings.height))
-                decoder = PacketDecoder(feed, settings.name)
+                frames = decoder = PacketDecoder(feed, settings.name)
                 jpeg = JpegEncoders(decoder, config.mjpeg_fps)
             elif config.encoder == "shared":
                 feed = encoder = SharedEncoder(stream, EncoderSettings(
                     codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
                     bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval,
                     hardware=config.video_encoder))
+            # tiers of another codec: at the configured size when transcoded, at the camera's own
+            # (0x0: the decoded pictures') when passed through
+            size = (0, 0) if mode == "passthrough" else (settings.width, settings.height)
+            tiers = Tiers(feed, frames, EncoderSettings(
+                width=size[0], height=size[1], fps=settings.fps, bitrate=settings.bitrate,
+                keyframe_interval=settings.keyframe_interval, hardware=config.video_encoder))
             self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder,
-                                                 video_encoder=config.video_encoder, load=self.load)
+                                                 video_encoder=config.video_encoder, load=self.load, tiers=tiers)
 
     def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import fractions
 import logging
 import time
@@ -65,6 +66,12 @@ class EncoderSettings:
     #: an H.264 hardware encoder: "auto" (the first of HARDWARE_H264 that opens here, else libx264),
     #: "libx264", or one of HARDWARE_H264
     hardware: str = "auto"
+
+    @property
+    def follows_input(self) -> bool:
+        """A size of 0x0: encode at the size of the pictures that come (a camera's own, decoded;
+        camtrack.media.tiers), starting again with a keyframe when it changes."""
+        return not (self.width and self.height)
 
 
 #: upper bounds of the encode-time histogram, seconds
@@ -264,8 +271,8 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
     async def _run(self, executor: concurrent.futures.Executor) -> None:
         loop = asyncio.get_running_loop()
         self.stats.runs += 1
-        codec = _codec_context(self.settings)
-        self.backend = codec.name
+        follows = self.settings.follows_input
+        codec = None if follows else self._open_codec(self.settings)
         clock = PtsClock()
         after = 0
         logger.info("encoder %s %dx%d started (%d bit/s)", self.settings.codec, self.settings.width,
@@ -275,9 +282,26 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
             after = frame.seq
             pts = clock.pts(frame.monotonic)
             force = self._should_force(time.monotonic())
+            if follows:
+                height, width = frame.bgr.shape[:2]
+                if codec is None or (codec.width, codec.height) != (width, height):
+                    # the first picture, or a camera that came back at another size: a new encoder,
+                    # starting with a keyframe (what came before cannot predict this)
+                    codec = self._open_codec(dataclasses.replace(self.settings, width=width, height=height))
+                    force = True
+            assert codec is not None
             encoded = await loop.run_in_executor(executor, self._encode, codec, frame, pts, force)
             if encoded is not None:
                 self._add(*encoded)
+
+    def _open_codec(self, settings: EncoderSettings) -> av.VideoCodecContext:
+        codec = _codec_context(settings)
+        self.backend = codec.name
+        if settings is not self.settings:  # (the input's size: what the packets now carry)
+            self._codec = dataclasses.replace(self._codec, width=settings.width, height=settings.height,
+                                              profile_level_id=h264_profile(settings) if settings.codec == "h264"
+                                              else None)
+        return codec
 
     def _stopped(self) -> None:
         logger.info("encoder %s stopped", self.settings.codec)

@@ -19,6 +19,7 @@ from ...media.load import LoadMonitor
 from ...media.meters import Meter
 from ...media.reader import PacketReader
 from ...media.stream import CameraStream
+from ...media.tiers import MAIN, Tier
 
 
 class PeerCamera(Protocol):
@@ -41,7 +42,8 @@ class PeerCamera(Protocol):
 
 class CameraView(PeerCamera, Protocol):
     """What a peer factory reads of a camera to make a peer's track: its shared packet feed (None:
-    each viewer encodes its own pictures, from `stream`) and a reader of it per transport."""
+    each viewer encodes its own pictures, from `stream`) and a reader of it, or of another tier of
+    it (camtrack.media.tiers), per transport."""
 
     @property
     def feed(self) -> PacketFeed | None: ...
@@ -49,7 +51,7 @@ class CameraView(PeerCamera, Protocol):
     @property
     def stream(self) -> CameraStream: ...
 
-    def reader(self, transport: Transport) -> PacketReader: ...
+    def reader(self, transport: Transport, tier: Tier = MAIN) -> PacketReader: ...
 
 
 class PeerSession(Protocol):
