@@ -62,15 +62,174 @@ def find_camera(request: web.Request, cameras: Cameras, token: str | None, name:
     return camera
 
 
-def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
-    """Same-origin, listed, or no Origin at all (a non-browser client)."""
+#: the port a URL of this scheme means when it names none
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def split_host(header: str) -> tuple[str, int | None]:
+    """A Host header (or a URL's netloc) as its name (`host_name`) and its port, None when it names none."""
+    value = header.strip()
+    port = ""
+    if value.startswith("["):
+        port = value.partition("]")[2].removeprefix(":")
+    elif value.count(":") == 1:
+        port = value.partition(":")[2]
+    return host_name(value), int(port) if port.isdigit() and len(port) <= 5 else None
+
+
+def origin_matches_host(origin: str, host: str) -> bool:
+    """Whether a page of `origin` ("https://name:port") is this server's, reached with `host` in its Host header.
+
+    As a browser sends them: the same name, and the same port, the scheme's default standing for a
+    port not named. As a proxy sends them: a Host with no port (nginx's `$host`, a proxy on a port
+    other than 443) matches the name on any port; the browser names the port whenever it is not the
+    default, so a Host without one has had it taken off on the way.
+    """
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in DEFAULT_PORTS or not parts.netloc or "@" in parts.netloc:
+        return False
+    origin_name, origin_port = split_host(parts.netloc)
+    host_part, port = split_host(host)
+    if not origin_name or origin_name != host_part:
+        return False
+    return port is None or port == (origin_port or DEFAULT_PORTS[parts.scheme])
+
+
+def request_hosts(request: web.Request) -> list[str]:
+    """The names the request was sent to: its Host, and the Host a trusted proxy says it was sent to."""
+    hosts = [request.host]
+    if request.get(VIA_PROXY):
+        hosts += forwarded_values(request.headers, "X-Forwarded-Host", "host")
+    return hosts
+
+
+def origin_refusal(request: web.Request, allowed: list[str]) -> str | None:
+    """Why a browser page may not open the websocket or WHEP (one line: what was compared), or None if it may.
+
+    Same-origin (`origin_matches_host`), listed in --allow-origin, or no Origin at all (a non-browser client).
+    """
     origin = request.headers.get("Origin")
     if origin is None:
-        return True
+        return None
     if "*" in allowed or origin.rstrip("/") in (a.rstrip("/") for a in allowed):
-        return True
-    parts = urlsplit(origin)
-    return bool(parts.netloc) and parts.netloc.lower() == request.host.lower()
+        return None
+    hosts = request_hosts(request)
+    if any(origin_matches_host(origin, host) for host in hosts):
+        return None
+    shown = clip_repr(origin[:100])
+    sent_to = " or ".join(clip_repr(h[:100]) for h in hosts)
+    return (f"its page's Origin {shown} is not the server it was sent to (Host {sent_to}) nor an --allow-origin: "
+            f"behind a proxy, pass the browser's Host on (nginx: proxy_set_header Host $http_host), "
+            f"or start camtrack with --allow-origin {origin[:100]}")
+
+
+def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+    """Same-origin, listed, or no Origin at all (a non-browser client)."""
+    return origin_refusal(request, allowed) is None
+
+
+#: set on a request that came through a trusted proxy (its remote is the client the proxy named)
+VIA_PROXY = "camtrack.via_proxy"
+#: the most hops of a forwarding header read (a proxy chain is a few; a longer list is someone's padding)
+MAX_HOPS = 32
+
+
+def forwarded_values(headers: Mapping[str, str], legacy: str, parameter: str) -> list[str]:
+    """The hops of `legacy` (X-Forwarded-For, X-Forwarded-Host), else of RFC 7239 Forwarded's `parameter`, in order.
+
+    X-Forwarded-For first: the header nginx, Caddy, Traefik, HAProxy and Apache set or append to, so a
+    Forwarded a client made up and a proxy passed on untouched does not count when they set it.
+    """
+    getall = getattr(headers, "getall", None)
+    lines = getall(legacy, []) if getall else ([headers[legacy]] if legacy in headers else [])
+    if lines:
+        return [v.strip() for v in ",".join(lines).split(",")][-MAX_HOPS:]
+    lines = getall("Forwarded", []) if getall else ([headers["Forwarded"]] if "Forwarded" in headers else [])
+    values = []
+    for element in ",".join(lines).split(","):
+        value = ""  # an element without the parameter is a hop that did not say
+        for pair in element.split(";"):
+            key, _, raw = pair.partition("=")
+            if key.strip().lower() == parameter:
+                value = raw.strip().strip('"')
+        values.append(value)
+    return values[-MAX_HOPS:] if lines else []
+
+
+def hop_address(value: str) -> str | None:
+    """The IP address of one hop ("192.0.2.1", "192.0.2.1:4711", "[2001:db8::1]:4711"), None if it names none."""
+    value = value.strip().strip('"')
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(value.partition("%")[0]))
+    except ValueError:
+        return None  # "unknown", an obfuscated "_hidden", junk
+
+
+class TrustedProxies:
+    """--trusted-proxy: whose forwarding headers name the client, and which client they name.
+
+    Only a request whose peer is a trusted proxy is read; its hops are walked from the right (the
+    hop its proxy added last) past every trusted proxy, and the first other address is the client.
+    A hop that names no address stops the walk at the proxy that passed it on. From anyone else the
+    headers are ignored: a forged X-Forwarded-For changes nothing.
+    """
+
+    def __init__(self, networks: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def trusts(self, address: str | None) -> bool:
+        if not address or not self.networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)
+
+    def client(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
+        """The client's address: `peer`, or the one a trusted `peer`'s headers name."""
+        if not self.trusts(peer):
+            return peer
+        client = peer
+        for hop in reversed(forwarded_values(headers, "X-Forwarded-For", "for")):
+            address = hop_address(hop)
+            if address is None:
+                break
+            client = address
+            if not self.trusts(address):
+                break
+        return client
+
+    def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
+        @web.middleware
+        async def forwarded_client(request: web.Request,
+                                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+            if not self.trusts(request.remote):
+                return await handler(request)
+            client = self.client(request.remote, request.headers)
+            forwarded = request.clone(remote=client or "?")
+            forwarded[VIA_PROXY] = True
+            return await handler(forwarded)
+
+        return forwarded_client
+
+
+def origin_check(allowed: list[str]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`POST /ws`: the websocket's Origin check alone, so that the page can say why it is refused
+    (a browser shows a page nothing of a refused websocket; it sends its Origin with a POST)."""
+    async def handler(request: web.Request) -> web.Response:
+        refusal = origin_refusal(request, allowed)
+        if refusal is not None:
+            raise web.HTTPForbidden(text=f"refused: {refusal}\n")
+        return web.Response(status=204)
+
+    return handler
 
 
 _said: set[tuple[str, str]] = set()
@@ -91,11 +250,12 @@ def cors_headers(request: web.Request, allowed: list[str], **extra: str) -> dict
     in --allow-origin. An allowed origin is echoed (with `Vary: Origin`); `*` in the list grants any.
     """
     origin = request.headers.get("Origin")
-    if not origin_allowed(request, allowed):
+    refusal = origin_refusal(request, allowed)
+    if refusal is not None:
         shown = (origin or '')[:100]
         if first_time("origin", shown):
-            logger.warning("refused %s %s from %s: origin %r not allowed (see --allow-origin); said once per origin",
-                           request.method, request.path[:100], request.remote, shown)
+            logger.warning("refused %s %s from %s: %s (said once per origin)",
+                           request.method, request.path[:100], request.remote, refusal)
         raise web.HTTPForbidden(
             text=f"origin {shown} not allowed: start camtrack with --allow-origin {shown} to let its pages in\n",
             headers={"Vary": "Origin"})

@@ -6,10 +6,11 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from .access import HostCheck, is_loopback
+from .access import HostCheck, TrustedProxies, is_loopback, origin_check
 from .cameras import Cameras
 from .config import Config
 from .media.feeds import Transport
@@ -34,7 +35,9 @@ ICE = web.AppKey("ice", IceContext)
 def create_app(config: Config) -> web.Application:
     """Build the camtrack application for `config`; nothing runs until it is started."""
     hosts = HostCheck(config.host, config.allow_hosts)
-    app = web.Application(middlewares=[hosts.middleware()])
+    # the client a trusted proxy names first, so that the Host check's log names it too
+    guards = [TrustedProxies(config.trusted_proxies).middleware(), hosts.middleware()]
+    app = web.Application(middlewares=guards if config.base_path == "/" else [])
     cameras = Cameras(config)
     app[CONFIG] = config
     app[CAMERAS] = cameras
@@ -95,6 +98,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/cameras", api_cameras)
     app.router.add_get("/ws", websocket_handler(config, cameras, ice))
+    app.router.add_post("/ws", origin_check(config.allow_origins))  # the page asks why /ws refused it
     app.router.add_static("/static/", config.static_dir)
     whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
@@ -173,4 +177,17 @@ def create_app(config: Config) -> web.Application:
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
-    return app
+    return app if config.base_path == "/" else under_prefix(app, config.base_path, guards)
+
+
+def under_prefix(app: web.Application, prefix: str, middlewares: list[Any]) -> web.Application:
+    """An application serving `app` under `prefix` ("/camera/"), with `middlewares` on every path."""
+    root = web.Application(middlewares=middlewares)
+    root[CONFIG], root[CAMERAS], root[ICE] = app[CONFIG], app[CAMERAS], app[ICE]
+
+    async def add_slash(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPPermanentRedirect(prefix + (f"?{request.query_string}" if request.query_string else ""))
+
+    root.router.add_get(prefix.rstrip("/"), add_slash)  # the page's relative URLs need the final slash
+    root.add_subapp(prefix, app)
+    return root

@@ -252,6 +252,25 @@ def check_options(settings_object: CameraSettings) -> None:
         setattr(settings_object, setting.name, value)
 
 
+def proxy_check(what: str, value: str) -> str:
+    """An address or network (CIDR) of a trusted proxy, normalised ("10.0.0.0/8", "::1/128")."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{what}: {value!r} is not an IP address or network (like 10.0.0.1 or 10.0.0.0/8)") from None
+
+
+BASE_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)*/?$")
+
+
+def base_path_check(what: str, value: str) -> str:
+    """A path prefix as "/camera/" (a leading and a final slash; letters, digits, . _ ~ - between them)."""
+    path = "/" + value.strip().strip("/") + "/" if value.strip().strip("/") else "/"
+    if not BASE_PATH.match(path) or any(part in (".", "..") for part in path.split("/")):
+        raise ValueError(f"{what} must be a path like /camera/ (letters, digits, . _ ~ -), not {value!r}")
+    return path
+
+
 # kw_only: a camera's name and source come first, positionally, in CameraConfig("porch", "/dev/video0")
 @dataclass(kw_only=True)
 class CameraSettings:
@@ -452,6 +471,17 @@ class Config(CameraSettings):
         "also answer requests for this host name (the Host header), repeatable; the machine's "
         "own names and addresses always work; '*' for any (no DNS-rebinding protection)",
         flag="--allow-host", metavar="NAME", label="allowed hosts"))
+    #: reverse proxies whose X-Forwarded-For (else Forwarded) names the client (camtrack.access.TrustedProxies)
+    trusted_proxies: list[str] = field(default_factory=list, metadata=option(
+        "a reverse proxy's address or network (CIDR), repeatable: requests from it are counted, limited and "
+        "logged as the client its X-Forwarded-For (else Forwarded) header names (the rightmost address "
+        "that is not a trusted proxy); that header is ignored from anyone else",
+        flag="--trusted-proxy", metavar="ADDRESS", label="trusted proxies",
+        check=lambda what, values: [proxy_check(what, v) for v in values]))
+    #: the path everything is served under, "/camera/" behind a proxy that passes that prefix on
+    base_path: str = field(default="/", metadata=option(
+        "serve everything under this path, e.g. /camera/ behind a reverse proxy that passes the prefix on "
+        "(default: {default})", metavar="PATH", check=lambda what, value: base_path_check(what, value)))
     #: TLS certificate and key files; with both, the server speaks HTTPS/WSS
     cert: str | None = field(default=None, metadata=option("TLS certificate file (PEM): serve HTTPS and WSS"))
     key: str | None = field(default=None, metadata=option("TLS private key file (PEM), with --cert"))

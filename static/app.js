@@ -62,9 +62,11 @@ function setState(state, detail) {
 }
 
 function wsUrl() {
-  const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = camtrack.camera ? `?camera=${encodeURIComponent(camtrack.camera)}` : "";
-  return `${proto}//${location.host}/ws${query}`;
+  // relative to the page: under a reverse proxy's path prefix (--base-path), the prefix's /ws
+  const url = new URL("ws", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  url.search = camtrack.camera ? `?camera=${encodeURIComponent(camtrack.camera)}` : "";
+  return url.href;
 }
 
 function send(ws, message) {
@@ -133,7 +135,11 @@ function connect() {
   ws.binaryType = "arraybuffer";
   camtrack.ws = ws;
   // always authenticate first: a server without a token ignores it, one with a token needs it
-  ws.onopen = () => send(ws, { type: "auth", token: sessionStorage.getItem(TOKEN_KEY) || "" });
+  let opened = false;
+  ws.onopen = () => {
+    opened = true;
+    send(ws, { type: "auth", token: sessionStorage.getItem(TOKEN_KEY) || "" });
+  };
   ws.onmessage = (event) => {
     if (typeof event.data !== "string") {
       if (camtrack.ws !== ws || !camtrack.player) return;
@@ -157,7 +163,24 @@ function connect() {
       reconnect(String(error.message || error));
     });
   };
-  ws.onclose = () => reconnect("connection to server lost");
+  ws.onclose = () => {
+    if (opened) return reconnect("connection to server lost");
+    // never opened: a browser does not show why, so ask (a refused Origin behind a proxy, say)
+    refusal().then((why) => {
+      if (camtrack.ws === ws) reconnect(why || "cannot reach the server", why ? "refused" : "reconnecting");
+    });
+  };
+}
+
+// why the server refuses this page's websocket (POST ws: the same Origin check), or null
+async function refusal() {
+  try {
+    const response = await fetch(new URL("ws", location.href), { method: "POST" });
+    if (response.status === 403) return (await response.text()).trim().slice(0, 400);
+  } catch {
+    // not reachable: the usual reconnecting
+  }
+  return null;
 }
 
 async function handle(ws, message) {
@@ -242,7 +265,7 @@ function startMjpeg(ws, hello) {
     setState("live");
   };
   picture.onerror = () => reconnect("the MJPEG stream ended");
-  picture.src = `/cameras/${encodeURIComponent(hello.camera)}/mjpeg${query}`;
+  picture.src = `cameras/${encodeURIComponent(hello.camera)}/mjpeg${query}`;
   show(picture);
 }
 

@@ -19,7 +19,7 @@
   // --- camera picker: shown when the server has more than one camera
   async function loadCameras() {
     try {
-      const response = await fetch("/api/cameras", { headers: authHeaders() });
+      const response = await fetch("api/cameras", { headers: authHeaders() });
       cameras = (await response.json()).cameras;
     } catch {
       return;
@@ -157,7 +157,7 @@
   // --- snapshot: the server's JPEG of the same camera, downloaded
   async function snapshot() {
     const name = camtrack.camera || (cameras[0] && cameras[0].name);
-    const response = await fetch(`/cameras/${encodeURIComponent(name)}/snapshot.jpg`, { headers: authHeaders() });
+    const response = await fetch(`cameras/${encodeURIComponent(name)}/snapshot.jpg`, { headers: authHeaders() });
     if (!response.ok) throw new Error(`snapshot: ${response.status}`);
     const url = URL.createObjectURL(await response.blob());
     const link = document.createElement("a");

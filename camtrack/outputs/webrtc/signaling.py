@@ -37,7 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
-from ...access import bearer_token, find_camera, origin_allowed, token_matches
+from ...access import bearer_token, find_camera, origin_refusal, token_matches
 from ...cameras import Camera, Cameras
 from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
@@ -430,9 +430,10 @@ def websocket_handler(config: Config, cameras: Cameras,
 
     async def handler(request: web.Request) -> web.StreamResponse:
         remote = request.remote or "?"
-        if not origin_allowed(request, config.allow_origins):
-            log.warning(remote, "refused websocket from %s: origin %s not allowed", remote, request.headers.get("Origin"))
-            raise web.HTTPForbidden(text="origin not allowed (see --allow-origin)\n")
+        refusal = origin_refusal(request, config.allow_origins)
+        if refusal is not None:
+            log.warning(remote, "refused websocket from %s: %s", remote, refusal)
+            raise web.HTTPForbidden(text=f"refused: {refusal}\n")
         try:
             camera = find_camera(request, cameras, config.token, request.query.get("camera"), auth_later=True)
         except web.HTTPUnauthorized:

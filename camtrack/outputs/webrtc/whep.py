@@ -47,7 +47,7 @@ class WhepSession:
         self.cameras = cameras
         self.remote = remote
         self.sessions = sessions
-        self.location = f"/cameras/{quote(camera.name)}/whep/{self.id}"
+        self.location = f"{config.base_path}cameras/{quote(camera.name)}/whep/{self.id}"  # (base_path ends in /)
         ice = ice or IceContext(config.ice_servers, config.turn_secret)
         make_peer: PeerFactory = ice.peers or LocalPeers(config, ice)  # (camtrack.app's choice)
         self.peer = make_peer(camera, Transport.WHEP, remote, self.end)
