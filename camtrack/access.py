@@ -103,11 +103,15 @@ def request_hosts(request: web.Request) -> list[str]:
     return hosts
 
 
-def origin_refusal(request: web.Request, allowed: list[str]) -> str | None:
-    """Why a browser page may not open the websocket or WHEP (one line: what was compared), or None if it may.
+#: why a page's Origin is refused, % (its Origin, the Host it was sent to, the option that lets it in)
+REFUSAL = ("its page's Origin %s is not the server it was sent to (Host %s) nor an --allow-origin: behind a proxy, "
+           "pass the browser's Host on (nginx: proxy_set_header Host $http_host), or start camtrack with %s")
 
-    Same-origin (`origin_matches_host`), listed in --allow-origin, or no Origin at all (a non-browser client).
-    """
+
+def origin_refusal(request: web.Request, allowed: list[str]) -> tuple[str, str, str] | None:
+    """Why a browser page may not open the websocket or WHEP, as REFUSAL's arguments (what was compared),
+    or None if it may: same-origin (`origin_matches_host`), listed in --allow-origin, or no Origin at
+    all (a non-browser client)."""
     origin = request.headers.get("Origin")
     if origin is None:
         return None
@@ -116,11 +120,8 @@ def origin_refusal(request: web.Request, allowed: list[str]) -> str | None:
     hosts = request_hosts(request)
     if any(origin_matches_host(origin, host) for host in hosts):
         return None
-    shown = clip_repr(origin[:100])
-    sent_to = " or ".join(clip_repr(h[:100]) for h in hosts)
-    return (f"its page's Origin {shown} is not the server it was sent to (Host {sent_to}) nor an --allow-origin: "
-            f"behind a proxy, pass the browser's Host on (nginx: proxy_set_header Host $http_host), "
-            f"or start camtrack with --allow-origin {origin[:100]}")
+    shown = origin[:100] if origin[:100].isprintable() and " " not in origin[:100] else "ORIGIN"
+    return clip_repr(origin[:100]), " or ".join(clip_repr(h[:100]) for h in hosts), f"--allow-origin {shown}"
 
 
 def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
@@ -129,7 +130,7 @@ def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
 
 
 #: set on a request that came through a trusted proxy (its remote is the client the proxy named)
-VIA_PROXY = "camtrack.via_proxy"
+VIA_PROXY = web.RequestKey("via_proxy", bool)
 #: the most hops of a forwarding header read (a proxy chain is a few; a longer list is someone's padding)
 MAX_HOPS = 32
 
@@ -226,7 +227,7 @@ def origin_check(allowed: list[str]) -> Callable[[web.Request], Awaitable[web.Re
     async def handler(request: web.Request) -> web.Response:
         refusal = origin_refusal(request, allowed)
         if refusal is not None:
-            raise web.HTTPForbidden(text=f"refused: {refusal}\n")
+            raise web.HTTPForbidden(text=f"refused: {REFUSAL % refusal}\n")
         return web.Response(status=204)
 
     return handler
@@ -254,8 +255,8 @@ def cors_headers(request: web.Request, allowed: list[str], **extra: str) -> dict
     if refusal is not None:
         shown = (origin or '')[:100]
         if first_time("origin", shown):
-            logger.warning("refused %s %s from %s: %s (said once per origin)",
-                           request.method, request.path[:100], request.remote, refusal)
+            logger.warning("refused %s %s from %s: " + REFUSAL + " (said once per origin)",
+                           request.method, request.path[:100], request.remote, *refusal)
         raise web.HTTPForbidden(
             text=f"origin {shown} not allowed: start camtrack with --allow-origin {shown} to let its pages in\n",
             headers={"Vary": "Origin"})

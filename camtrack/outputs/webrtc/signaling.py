@@ -37,7 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
-from ...access import bearer_token, find_camera, origin_refusal, token_matches
+from ...access import REFUSAL, bearer_token, find_camera, origin_refusal, token_matches
 from ...cameras import Camera, Cameras
 from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
@@ -432,8 +432,8 @@ def websocket_handler(config: Config, cameras: Cameras,
         remote = request.remote or "?"
         refusal = origin_refusal(request, config.allow_origins)
         if refusal is not None:
-            log.warning(remote, "refused websocket from %s: %s", remote, refusal)
-            raise web.HTTPForbidden(text=f"refused: {refusal}\n")
+            log.warning(remote, "refused websocket from %s: " + REFUSAL, remote, *refusal)
+            raise web.HTTPForbidden(text=f"refused: {REFUSAL % refusal}\n")
         try:
             camera = find_camera(request, cameras, config.token, request.query.get("camera"), auth_later=True)
         except web.HTTPUnauthorized:
