@@ -210,3 +210,13 @@ async def test_everything_under_a_base_path(serve):
         finally:
             await viewer.close()
     await eventually(lambda: app[CAMERAS].viewer_count == 0 and not app[CAMERAS].pending)
+
+
+def test_the_documented_recipes_are_the_tested_ones():
+    from pathlib import Path
+
+    from .test_reverse_proxy import CADDY_SITE, CAMTRACK, NGINX_SITE
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    assert f"```nginx\n{NGINX_SITE}```" in page and f"```caddy\n{CADDY_SITE}```" in page
+    assert " ".join(CAMTRACK) in page.replace(" \\\n        ", "")
