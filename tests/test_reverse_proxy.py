@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from . import netns as netns_mod
-from .test_browser import CHROMIUM_FLAGS, FRAMES_DECODED, sandbox, unavailable  # noqa: F401 (a fixture)
+from .test_browser import CHROMIUM_FLAGS, FRAMES_DECODED, unavailable
+from .test_browser import sandbox as sandbox  # noqa: F401 - the namespace and Chromium wrapper
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "cam.test"
