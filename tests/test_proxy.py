@@ -222,3 +222,19 @@ def test_the_documented_recipes_are_the_tested_ones():
     page = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
     assert f"```nginx\n{NGINX_SITE}```" in page and f"```caddy\n{CADDY_SITE}```" in page
     assert " ".join(CAMTRACK) in page.replace(" \\\n        ", "")
+
+
+async def test_a_trusted_proxys_forwarded_host_counts_for_the_origin(serve):
+    """A proxy that passes camtrack's own address as Host but the browser's in X-Forwarded-Host (or
+    Forwarded: host=): same origin when the proxy is trusted, another origin from anyone else."""
+    url, _ = await serve(width=320, height=240, trusted_proxies=["127.0.0.1"])
+    page = {"Origin": "https://cam.example:8443", "X-Forwarded-For": "198.51.100.7"}
+    stranger = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    async with aiohttp.ClientSession() as http, stranger:
+        for forwarded in ({"X-Forwarded-Host": "cam.example:8443"}, {"Forwarded": 'for=198.51.100.7;host="cam.example"'}):
+            async with http.ws_connect(url, headers={**page, **forwarded}) as ws:
+                assert (await ws.receive_json())["type"] == "hello"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                async with stranger.ws_connect(url, headers={**page, **forwarded}):
+                    pass
+            assert refused.value.status == 403
