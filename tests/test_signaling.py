@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
@@ -212,3 +213,30 @@ async def test_signaling_drives_the_peer_factory_the_app_chose(serve):
         assert (await asyncio.wait_for(ws.receive_json(), 10))["type"] == "answer"
         await ws.send_json({"type": "bye"})
         await eventually(lambda: len(made) == 2 and made[1].closed >= 1)
+
+
+async def test_an_end_of_candidates_before_any_candidate_does_not_fail_the_peer(serve):
+    """Headless Chromium without a camera permission offers no candidate at all and ends its
+    candidates about 100 ms after the offer: the peer must still connect from the viewer's own checks
+    (peer-reflexive), not fail at once ("no candidate pairs"), which made the page's first WebRTC
+    attempt fail now and then and, twice in a row, fall back to the websocket."""
+    url, _ = await serve(width=320, height=240)
+    async with aiohttp.ClientSession() as session:
+        viewer = Viewer(url, session)
+        viewer.ws = ws = await session.ws_connect(url)
+        assert (await ws.receive_json())["type"] == "hello"
+        pc = viewer.pc = RTCPeerConnection()
+        got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+        viewer.track = got
+        pc.on("track", lambda track: got.done() or got.set_result(track))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = "".join(line for line in pc.localDescription.sdp.splitlines(keepends=True)
+                        if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+        await ws.send_json({"type": "offer", "sdp": offer})
+        await ws.send_json({"type": "candidate", "candidate": None})
+        answer = await viewer.receive("answer")
+        await asyncio.sleep(0.3)  # the end of candidates reached the server's ICE before any check
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await viewer.frames(3)
+        await viewer.close()

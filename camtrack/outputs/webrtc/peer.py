@@ -182,6 +182,8 @@ class Peer:
         self.rtp: RtpSendStats | None = None
         #: gives back this peer's handshake turn (camtrack.media.load), once it connected or ended
         self._turn: Callable[[], None] | None = None
+        #: remote candidates the viewer gave, in its offer and trickled (see add_candidate)
+        self._remote_candidates = 0
         self.pc.on("connectionstatechange", self._on_state)
 
     @property
@@ -192,6 +194,17 @@ class Peer:
         self.pc.on("connectionstatechange", callback)
 
     async def add_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        if candidate is None and not self._remote_candidates:
+            # The end of candidates from a viewer that gave none, in its offer or trickled: headless
+            # Chromium does that (no host candidate without a camera permission; an mDNS name that
+            # cannot be resolved is the same), about 100 ms after its offer. aioice would fail the
+            # connection at once ("no candidate pairs") though the viewer's own checks, arriving a
+            # moment later, would make a peer-reflexive candidate that connects. So it is not passed
+            # on: the checks make the pairs, and the negotiation timeout bounds the wait.
+            logger.debug("%s viewer %s of %s: end of candidates before any candidate, not passed on",
+                         self.transport, self.remote, self.camera.name)
+            return
+        self._remote_candidates += candidate is not None
         await self.pc.addIceCandidate(candidate)
 
     @property
@@ -209,6 +222,7 @@ class Peer:
         try:
             self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended)
             answer = await answer_offer(self.pc, sdp, self.track, self.camera.settings.codec, self.ice)
+            self._remote_candidates += sum(line.startswith("a=candidate:") for line in sdp.splitlines())
         except OfferError:
             self._give_turn_back()
             self.camera.meters[self.transport].negotiation_failures += 1
