@@ -212,3 +212,30 @@ async def test_signaling_drives_the_peer_factory_the_app_chose(serve):
         assert (await asyncio.wait_for(ws.receive_json(), 10))["type"] == "answer"
         await ws.send_json({"type": "bye"})
         await eventually(lambda: len(made) == 2 and made[1].closed >= 1)
+
+
+async def test_an_rsa_certificate_viewer_is_answered_passive_and_plays(serve):
+    """Over /ws too: an actpass offer from a viewer with an RSA certificate (as GStreamer's
+    webrtcbin's; tests/test_gstreamer.py has the real one) is answered passive and plays."""
+    from aiortc import RTCSessionDescription
+
+    from .test_hooks import rsa_viewer
+
+    url, _app = await serve(width=320, height=240, codec="vp8")
+    pc = rsa_viewer()
+    pc.addTransceiver("video", direction="recvonly")
+    track = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track.done() or track.set_result(t))
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            assert (await asyncio.wait_for(ws.receive_json(), 10))["type"] == "hello"
+            await pc.setLocalDescription(await pc.createOffer())
+            await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
+            answer = await asyncio.wait_for(ws.receive_json(), 10)
+            assert answer["type"] == "answer" and "a=setup:passive" in answer["sdp"].splitlines()
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            video = await asyncio.wait_for(track, 20)
+            frames = [await asyncio.wait_for(video.recv(), 20) for _ in range(5)]
+            assert (frames[-1].width, frames[-1].height) == (320, 240)
+    finally:
+        await pc.close()
