@@ -15,6 +15,7 @@ import asyncio
 import fractions
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from camtrack.media.passthrough import PassthroughFeed
 from camtrack.workers.pool import WorkerPeers
 
 from .conftest import eventually
+from .honest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +82,8 @@ async def gst_viewer(*target: str, frames: int = FRAMES) -> dict[str, Any]:
 
 
 def assert_played(report: dict[str, Any], codec: str, size: tuple[int, int] = (320, 240)) -> None:
+    print(f"GStreamer decoded {report['frames']} {report['codec']} pictures, the first "
+          f"{report['first_frame_s'] or 0:.2f} s after it started; {report['answer_setup']}")
     assert report["frames"] >= FRAMES, report
     assert report["answer_setup"] == ["a=setup:passive"], report
     assert report["codec"] == codec.upper(), report
@@ -107,7 +111,8 @@ async def test_gstreamer_plays_over_whep(serve, gstreamer, codec):
 
 
 async def test_gstreamer_plays_over_the_websocket_signaling(serve, gstreamer):
-    url, app = await serve(width=320, height=240)
+    """On the shared UDP port (--webrtc-port), as users run it; the other tests use a port per peer."""
+    url, app = await serve(width=320, height=240, webrtc_port=free_port(socket.SOCK_DGRAM))
     camera = app[CAMERAS].first
     report = await gst_viewer("--ws", ws(url))
     assert_played(report, "h264")
