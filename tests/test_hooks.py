@@ -400,3 +400,49 @@ async def test_a_connection_is_seen_serving_a_request_and_then_idle(loopback_ice
             await eventually(lambda: handler in tracker.waiting)  # idle keep-alive: the deadline again
     finally:
         await runner.cleanup()
+
+
+def rsa_viewer() -> RTCPeerConnection:
+    """An aiortc peer whose DTLS certificate is RSA, as GStreamer's webrtcbin's is (aiortc's own
+    are ECDSA): a stand-in for such clients in fast tests."""
+    from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc._RTCPeerConnection__certificates = [RTCCertificate(key=key, cert=generate_certificate(key))]  # type: ignore[attr-defined]
+    return pc
+
+
+async def answered_by_aiortc(as_server: bool) -> tuple[str, str, list[str]]:
+    """An RSA-certificate viewer's actpass offer answered by a plain aiortc peer (through the seam
+    when `as_server`): the answer's setup line, the viewer's connection state once settled, and
+    the answerer's DTLS roles."""
+    viewer = rsa_viewer()
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        viewer.addTransceiver("video", direction="recvonly")
+        await viewer.setLocalDescription(await viewer.createOffer())
+        assert "a=setup:actpass" in viewer.localDescription.sdp
+        server.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        await server.setRemoteDescription(viewer.localDescription)
+        if as_server:
+            seams.aiortc.answer_as_dtls_server(server)
+        await server.setLocalDescription(await server.createAnswer())
+        setup = next(line for line in server.localDescription.sdp.splitlines() if line.startswith("a=setup:"))
+        await viewer.setRemoteDescription(RTCSessionDescription(server.localDescription.sdp, "answer"))
+        await eventually(lambda: viewer.connectionState in ("connected", "failed"), timeout=20)
+        return setup, viewer.connectionState, [seams.aiortc.dtls_role(t) for t in seams.aiortc.dtls_transports(server)]
+    finally:
+        await asyncio.gather(viewer.close(), server.close())
+
+
+async def test_the_dtls_server_seam_answers_actpass_passive_and_an_rsa_peer_connects(loopback_ice) -> None:
+    """seams.aiortc.answer_as_dtls_server: the answer says a=setup:passive, the answerer's DTLS
+    transport accepts the handshake, and a viewer with an RSA certificate connects. The control:
+    aiortc's own answer is active and that viewer fails (its DTLS client offers ECDSA suites only:
+    "no shared cipher"); if an aiortc upgrade makes the control connect, the seam is no longer needed."""
+    assert await answered_by_aiortc(as_server=True) == ("a=setup:passive", "connected", ["server"])
+    setup, state, roles = await answered_by_aiortc(as_server=False)
+    assert (setup, roles) == ("a=setup:active", ["client"])
+    assert state == "failed", "aiortc's DTLS client now accepts an RSA server: answer_as_dtls_server may go"

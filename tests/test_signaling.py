@@ -240,3 +240,30 @@ async def test_an_end_of_candidates_before_any_candidate_does_not_fail_the_peer(
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await viewer.frames(3)
         await viewer.close()
+
+
+async def test_an_rsa_certificate_viewer_is_answered_passive_and_plays(serve):
+    """Over /ws too: an actpass offer from a viewer with an RSA certificate (as GStreamer's
+    webrtcbin's; tests/test_gstreamer.py has the real one) is answered passive and plays."""
+    from aiortc import RTCSessionDescription
+
+    from .test_hooks import rsa_viewer
+
+    url, _app = await serve(width=320, height=240, codec="vp8")
+    pc = rsa_viewer()
+    pc.addTransceiver("video", direction="recvonly")
+    track = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track.done() or track.set_result(t))
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            assert (await asyncio.wait_for(ws.receive_json(), 10))["type"] == "hello"
+            await pc.setLocalDescription(await pc.createOffer())
+            await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
+            answer = await asyncio.wait_for(ws.receive_json(), 10)
+            assert answer["type"] == "answer" and "a=setup:passive" in answer["sdp"].splitlines()
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            video = await asyncio.wait_for(track, 20)
+            frames = [await asyncio.wait_for(video.recv(), 20) for _ in range(5)]
+            assert (frames[-1].width, frames[-1].height) == (320, 240)
+    finally:
+        await pc.close()

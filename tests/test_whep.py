@@ -125,3 +125,31 @@ async def test_whep_offer_arriving_in_pieces(serve):
     assert status.startswith(b"HTTP/1.1 201"), status
     await pc.close()
     await eventually(lambda: app[CAMERAS].viewer_count == 0, timeout=30)
+
+
+async def test_an_rsa_certificate_viewer_is_answered_passive_and_plays(serve):
+    """A WHEP viewer whose DTLS certificate is RSA (as GStreamer's webrtcbin's; tests/test_gstreamer.py
+    has the real one) offers actpass: camtrack answers passive, so the viewer opens the handshake
+    and camtrack's ECDSA suites suffice."""
+    from .test_hooks import rsa_viewer
+
+    url, app = await serve(width=320, height=240, codec="vp8")
+    pc = rsa_viewer()
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    assert "a=setup:actpass" in pc.localDescription.sdp
+    track = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track.done() or track.set_result(t))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base(url) + "/whep", data=pc.localDescription.sdp,
+                                 headers={"Content-Type": "application/sdp"}) as r:
+                assert r.status == 201, await r.text()
+                answer = await r.text()
+        assert "a=setup:passive" in answer.splitlines()
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        video = await asyncio.wait_for(track, 20)
+        frames = [await asyncio.wait_for(video.recv(), 20) for _ in range(5)]
+        assert (frames[-1].width, frames[-1].height) == (320, 240)
+    finally:
+        await pc.close()

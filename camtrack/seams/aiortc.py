@@ -26,6 +26,7 @@ HOOKED: list[tuple[Any, str]] = [
     (RTCRtpSender, "_retransmit"),
     (aiortc.rtp, "RTP_HISTORY_SIZE"),
     (RTCRtpSender, "_run_rtp"),
+    (RTCDtlsTransport, "_set_role"),
 ]
 #: attributes set in __init__ (so not on the class), by class name: tests/test_hooks.py checks
 #: them on the objects of a live connection
@@ -36,7 +37,7 @@ INSTANCE_HOOKED: dict[str, list[str]] = {
                      "_RTCRtpSender__mid", "_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited",
                      "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
                      "_RTCRtpSender__octet_count", "_RTCRtpSender__packet_count", "_ssrc", "_enabled"],
-    "RTCDtlsTransport": ["_rtp_router", "_tx_srtp", "_state", "_RTCDtlsTransport__tx_bytes",
+    "RTCDtlsTransport": ["_role", "_rtp_router", "_tx_srtp", "_state", "_RTCDtlsTransport__tx_bytes",
                          "_RTCDtlsTransport__tx_packets"],
     "RTCIceTransport": ["_connection"],
 }
@@ -62,6 +63,36 @@ def ice_connections(pc: RTCPeerConnection) -> list[Connection]:
 def ice_connection(dtls: RTCDtlsTransport) -> Connection:
     """The aioice Connection under `dtls`. Relies on: RTCIceTransport keeping it in `_connection`."""
     return dtls.transport._connection
+
+
+# --- the DTLS role an answer takes ------------------------------------------------------------------
+
+def dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
+    """Each DTLS transport of `pc` (one when bundled), its data channels' included."""
+    transports: dict[int, RTCDtlsTransport] = {}
+    for transceiver in pc.getTransceivers():
+        transports.setdefault(id(transceiver.receiver.transport), transceiver.receiver.transport)
+    if pc.sctp is not None:
+        transports.setdefault(id(pc.sctp.transport), pc.sctp.transport)
+    return list(transports.values())
+
+
+def dtls_role(dtls: RTCDtlsTransport) -> str:
+    """"auto", "client" or "server". Relies on: `RTCDtlsTransport._role`."""
+    return str(dtls._role)
+
+
+def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
+    """Make the answer `pc` creates next say `a=setup:passive`, and its DTLS transports wait for
+    the remote's ClientHello (aiortc answers an `actpass` offer `active` otherwise, and as a DTLS
+    client it offers only ECDSA suites: a peer with an RSA certificate, GStreamer's webrtcbin,
+    fails with "no shared cipher"). Call after setRemoteDescription(offer), before createAnswer,
+    when the offer said actpass. Relies on: createAnswer writing `a=setup` from each transport's
+    `_role` unless it is "auto" (which it answers "client", active); `RTCDtlsTransport.start`
+    accepting the handshake (`set_accept_state`) when `_role` is "server"; `_set_role`."""
+    for dtls in dtls_transports(pc):
+        if dtls._role == "auto":
+            dtls._set_role("server")
 
 
 # --- RTCP routing and the sender's answers to feedback ---------------------------------------------

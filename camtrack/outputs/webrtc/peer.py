@@ -15,6 +15,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
+from ...seams import aiortc as aiortc_seam
 from .contract import CameraView, PeerCamera
 from .ice import IceContext
 from .rtcp import PeerGuard, guard_peer
@@ -83,9 +84,9 @@ def screen_offer(sdp: str) -> None:
         raise OfferError(f"the offer has {lines} lines; at most {MAX_OFFER_LINES} are answered")
 
 
-def check_offer(sdp: str, codec: str) -> None:
+def check_offer(sdp: str, codec: str) -> aiortc_sdp.SessionDescription:
     """Raise OfferError unless `sdp` passes `screen_offer`, parses and asks to receive `codec`'s media
-    kind (video, audio) in `codec`."""
+    kind (video, audio) in `codec`; returns the parsed offer."""
     screen_offer(sdp)
     try:
         description = aiortc_sdp.SessionDescription.parse(sdp)
@@ -101,6 +102,13 @@ def check_offer(sdp: str, codec: str) -> None:
     mime = CODEC_MIME[codec].lower()
     if not any(c.mimeType.lower() == mime for c in media.rtp.codecs):
         raise OfferError(f"the offer has no {name} codec; this server sends {codec} only")
+    return description
+
+
+def offers_actpass(description: aiortc_sdp.SessionDescription) -> bool:
+    """Whether the offer leaves the DTLS role to the answer (`a=setup:actpass` on every m-line)."""
+    return bool(description.media) and all(m.dtls is not None and m.dtls.role == "auto"
+                                           for m in description.media)
 
 
 async def negotiation_turn(camera: PeerCamera, sdp: str, ended: Callable[[], bool]) -> Callable[[], None] | None:
@@ -125,15 +133,20 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack,
     """Attach `track` to `pc`, answer `sdp` with `codec` only, and return the answer SDP.
 
     The sending transceiver is created before the remote description is applied: aiortc
-    honours codec preferences only then, not on a transceiver made from the offer.
+    honours codec preferences only then, not on a transceiver made from the offer. An `actpass`
+    offer is answered `a=setup:passive`: the viewer opens the DTLS handshake and camtrack accepts
+    it, whatever the viewer's certificate (aiortc's own choice, active, fails with RSA ones:
+    GStreamer's webrtcbin).
     """
-    check_offer(sdp, codec)
+    offer = check_offer(sdp, codec)
     transceiver = pc.addTransceiver(track, direction="sendonly")
     transceiver.setCodecPreferences(codec_preferences(codec))
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # noqa: BLE001 - aiortc raises ValueError, OperationError, ...
         raise OfferError(f"the offer was refused: {exc or type(exc).__name__}") from None
+    if offers_actpass(offer):
+        aiortc_seam.answer_as_dtls_server(pc)
     if ice is not None:
         ice.prepare(pc)  # on the shared UDP port, before the answer names its ufrag
     answer = await pc.createAnswer()
