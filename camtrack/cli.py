@@ -253,7 +253,7 @@ def prepare_camera(config: Config, camera: CameraConfig) -> str | None:
         camera.source = resolve_auto(camera.source)
         asked = camera.mode
         camera.mode, why = plan_mode(camera.source, camera.mode, config.encoder, camera.codec, camera.rtsp_transport,
-                                     camera.input_format, camera.width, camera.height, camera.fps)
+                                     camera.input_format, camera.width, camera.height, camera.fps, strict=True)
         if asked == "auto":
             logger.info("camera %s: %s (%s)", camera.name,
                         "passing its H.264 through" if camera.mode == "passthrough" else "transcoding", why)
@@ -294,30 +294,48 @@ def run(argv: list[str] | None) -> None:
     except (ValueError, TypeError) as exc:
         fail(parser, str(exc))
     install_log_redaction(config)  # before the first line that could show a source's password
+    # the TLS files first: reading them is instant, the cameras' checks may take seconds
+    ssl_context = None
+    if config.cert:
+        ssl_context = load_tls(parser, config.cert, config.key)
     # every camera at once: a camera that does not answer must not hold up the others' checks
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(config.cameras))) as pool:
         problems = list(pool.map(functools.partial(prepare_camera, config), config.cameras))
-    for camera, problem in zip(config.cameras, problems, strict=True):
-        if problem is not None:
+    failed = [(camera, problem) for camera, problem in zip(config.cameras, problems, strict=True) if problem is not None]
+    if failed:
+        # one line for each camera that cannot be opened, each with its reason
+        for camera, problem in failed:
             name = f"camera {camera.name}: " if len(config.cameras) > 1 else ""
-            fail(parser, f"{name}{problem}")
-    ssl_context = None
-    if config.cert:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            ssl_context.load_cert_chain(config.cert, config.key)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            fail(parser, f"cannot load TLS certificate/key: {exc}")
-    url = watch_url(config.host, config.port, tls=ssl_context is not None)
+            sys.stderr.write(f"camtrack: error: {one_line(name + problem)}\n")
+        raise SystemExit(2)
     for camera in config.cameras:
         logger.info("camera %s: %s, %dx%d@%g %s", camera.name, redact(camera.source), camera.width, camera.height,
                     camera.fps, camera.codec)
-    logger.info("watch at %s", url)
+    urls = watch_urls(config.host, config.port, tls=ssl_context is not None)
     try:
-        asyncio.run(serve(create_app(config), config.host, config.port, ssl_context))
+        asyncio.run(serve(create_app(config), config.host, config.port, ssl_context, urls))
     except OSError as exc:
         where = "" if isinstance(exc, (PortTaken, WorkerFailed)) else f"cannot listen on {config.host}:{config.port}: "
         fail(parser, f"{where}{exc.strerror or exc}", status=1)
+
+
+def load_tls(parser: argparse.ArgumentParser, cert: str, key: str | None) -> ssl.SSLContext:
+    """The TLS context of --cert and --key; an error names the file that cannot be read."""
+    for flag, path in (("--cert", cert), ("--key", key)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            fail(parser, f"cannot load TLS certificate/key: {flag} {path}: {why}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        fail(parser, f"cannot load TLS certificate/key (--cert {cert}, --key {key}): {exc}")
+    return context
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
@@ -327,8 +345,12 @@ def make_runner(app: web.Application) -> web.AppRunner:
     return connections.make_runner(app, app[CONFIG], handle_signals=False, access_log=None, shutdown_timeout=0.5)
 
 
-async def serve(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+async def serve(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                urls: list[str] | None = None) -> None:
     """Serve `app` until SIGTERM or SIGINT, then stop within STOP_DEADLINE s; OSError if it cannot listen.
+
+    `urls`, where to watch, are logged once everything listens (the app's start-up binds the WebRTC
+    UDP port, then the HTTP port is bound): never before a port turns out to be taken.
 
     A second signal while stopping exits at once. The second handler and the deadline work outside
     the event loop (a plain signal handler, a thread), so a stuck loop cannot delay them.
@@ -341,6 +363,8 @@ async def serve(app: web.Application, host: str, port: int, ssl_context: ssl.SSL
     except BaseException:
         await runner.cleanup()
         raise
+    if urls:
+        logger.info("watch at %s", urls[0] if len(urls) == 1 else ", ".join(urls))
     stopping = asyncio.Event()
 
     def first_signal(signum: int) -> None:
@@ -383,15 +407,40 @@ def too_slow() -> None:
     os._exit(1)
 
 
-def watch_url(host: str, port: int, tls: bool = False) -> str:
-    """The address a person should open in a browser."""
-    if host in ("0.0.0.0", "::", ""):
-        addresses = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
-                     if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
-        host = addresses[0] if addresses else socket.gethostname()
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{'https' if tls else 'http'}://{host}:{port}/"
+#: interfaces whose addresses are listed last: containers' bridges, VPNs and virtual machines' networks
+VIRTUAL_INTERFACES = ("docker", "br-", "veth", "virbr", "vboxnet", "vmnet", "tun", "tap", "wg", "zt", "tailscale",
+                      "cni", "flannel", "cali", "lxc", "lxd", "podman")
+
+
+def watch_urls(host: str, port: int, tls: bool = False) -> list[str]:
+    """Every address a person may open in a browser: --host, or, listening on every interface,
+    each interface's address but loopback and link-local (physical interfaces first; each named when
+    there are several, so a Docker bridge or a VPN is not taken for the LAN), or the host name."""
+    scheme = "https" if tls else "http"
+    if host not in ("0.0.0.0", "::", ""):
+        return [f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"]
+    found: list[tuple[bool, int, str, str]] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                address = ipaddress.ip_address(ip.ip)
+            elif host != "0.0.0.0":  # IPv6 only when listening on IPv6 too
+                address = ipaddress.ip_address(ip.ip[0])
+            else:
+                continue
+            if address.is_loopback or address.is_link_local or address.is_unspecified:
+                continue
+            shown = f"[{address}]" if address.version == 6 else str(address)
+            name = adapter.nice_name or adapter.name
+            virtual = name.lower().startswith(VIRTUAL_INTERFACES)
+            found.append((virtual, address.version, f"{scheme}://{shown}:{port}/", name))
+    if not found:
+        return [f"{scheme}://{socket.gethostname()}:{port}/"]
+    found.sort(key=lambda item: item[:2])  # physical interfaces first, IPv4 before IPv6 (a stable sort)
+    unique = list(dict.fromkeys((url, name) for _, _, url, name in found))
+    if len(unique) == 1:
+        return [unique[0][0]]
+    return [f"{url} ({name})" for url, name in unique]
 
 
 #: where the options page is, beside the package in a checkout

@@ -8,6 +8,7 @@ calls them. `pattern.py` is the test pattern, `opencv.py` cameras, files and URL
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from ..media.feeds import FrameSource, SourceError
-from .opencv import OpenCvSource, quiet_opencv
+from .opencv import OpenCvSource, device_problem, quiet_opencv
 from .pattern import PatternSource
 from .urls import redact, url_secrets
 
@@ -111,8 +112,14 @@ PACKET_FILES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".m2ts", ".h264"
 
 
 def choose_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str = "tcp", input_format: str = "raw",
-                width: int = 640, height: int = 480, fps: float = 30.0) -> tuple[str, str]:
-    """`auto` made `passthrough` or `transcode` for this source (others pass through), and why."""
+                width: int = 640, height: int = 480, fps: float = 30.0, *, strict: bool = False) -> tuple[str, str]:
+    """`auto` made `passthrough` or `transcode` for this source (others pass through), and why.
+
+    `strict` (the command line, before the server starts): a file that is not there, or a stream or
+    camera that cannot be reached, is a SourceError saying why, instead of `transcode` (which would
+    only try again, through OpenCV, to fail the same way later)."""
+    if strict:
+        check_file(spec)
     if mode != "auto":
         return mode, "asked for"
     if codec != "h264":
@@ -127,17 +134,72 @@ def choose_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str =
     try:
         _, why = probe_source(_prober(spec, rtsp_transport, input_format, width, height, fps, open_timeout=5.0))
     except Exception as exc:  # noqa: BLE001 - PyAV cannot open it: OpenCV may (check_source says)
-        return "transcode", f"PyAV cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        reason = reason_of(exc)
+        if strict and (device or is_stream(spec)) and unreachable(exc):
+            if device:
+                reason = device_problem(device_path(spec) or spec)
+            raise SourceError(f"cannot open {redact(spec)}: {reason}") from None
+        return "transcode", f"PyAV cannot read it ({reason})"
     return ("transcode", why) if why else ("passthrough", "it is H.264 without B-frames")
 
 
+#: what FFmpeg says of a stream or device that cannot be reached (OpenCV's FFmpeg would say the same)
+UNREACHABLE = {errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET,
+               errno.ENOENT, errno.EACCES, errno.EPERM, errno.EBUSY, errno.ENODEV, errno.ENXIO, errno.EIO}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether PyAV failed to open a stream or device because it is not there, does not answer or
+    refuses (not because of what it sent, which another reader might still make sense of)."""
+    import av
+
+    from .rtspguard import GuardCut
+
+    if isinstance(exc, (GuardCut, av.error.ExitError)):  # no answer within the time-out, or a bound broken
+        return True
+    if isinstance(exc, (av.error.HTTPError, av.error.HTTPClientError, av.error.HTTPServerError)):  # 4xx, 5xx
+        return True
+    return isinstance(exc, OSError) and exc.errno in UNREACHABLE
+
+
+def reason_of(exc: BaseException) -> str:
+    """What went wrong, in one line, without the URL (PyAV's message repeats it, credentials and all)."""
+    strerror = getattr(exc, "strerror", None)  # (OSError, and PyAV's FFmpegError)
+    if isinstance(strerror, str) and strerror:
+        return strerror
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_file(spec: str) -> None:
+    """A source that names a file (not the pattern, a camera or a URL) must be a readable file."""
+    if spec in ("pattern", "auto") or device_path(spec) is not None or "://" in spec:
+        return
+    path = Path(spec).expanduser()
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise SourceError(f"no such video file: {spec}") from None
+    except IsADirectoryError:
+        raise SourceError(f"not a video file: {spec} is a directory") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read video file {spec}: {exc.strerror or exc}") from None
+    if not path.is_file():
+        raise SourceError(f"not a video file: {spec} is not a regular file")
+
+
 def plan_mode(spec: str, mode: str, encoder: str = "shared", codec: str = "h264", rtsp_transport: str = "tcp",
-              input_format: str = "raw", width: int = 640, height: int = 480, fps: float = 30.0) -> tuple[str, str]:
+              input_format: str = "raw", width: int = 640, height: int = 480, fps: float = 30.0, *,
+              strict: bool = False) -> tuple[str, str]:
     """A camera's mode and why: the one decision that the command line and `create_app` both make
-    (`auto` probes the source: milliseconds for a file, up to 5 s for a stream that does not answer)."""
+    (`auto` probes the source: milliseconds for a file, up to 5 s for a stream that does not answer;
+    `strict`, the command line's: a source that is not there or does not answer is a SourceError)."""
     if mode == "auto" and encoder != "shared":
+        if strict:
+            check_file(spec)
         return "transcode", "each viewer's own encoder wants pictures"
-    return choose_mode(spec, mode, codec, rtsp_transport, input_format, width, height, fps)
+    return choose_mode(spec, mode, codec, rtsp_transport, input_format, width, height, fps, strict=strict)
 
 
 def _prober(spec: str, rtsp_transport: str, input_format: str, width: int, height: int, fps: float,
@@ -162,9 +224,9 @@ def check_source(spec: str, width: int, height: int, fps: float, mode: str = "tr
         if device_path(spec) is not None and input_format != "h264":
             raise SourceError(f"camera {spec} can be passed through only when asked for H.264 (--input-format h264)")
         try:
-            _, why = probe_source(_prober(spec, rtsp_transport, input_format, width, height, fps))
+            _, why = probe_source(_prober(spec, rtsp_transport, input_format, width, height, fps, open_timeout=5.0))
         except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot open {redact(spec)} for passthrough: {exc}") from None
+            raise SourceError(f"cannot open {redact(spec)} for passthrough: {reason_of(exc)}") from None
         if why is not None:
             raise SourceError(f"{redact(spec)} cannot be passed through: {why} (use mode transcode)")
         return
