@@ -49,6 +49,11 @@ def create_app(config: Config) -> web.Application:
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 
+    async def favicon(request: web.Request) -> web.FileResponse:
+        """The page's icon (static/favicon.svg) where every browser and tool looks for one first."""
+        return web.FileResponse(config.static_dir / "favicon.svg",
+                                headers={"Content-Type": "image/svg+xml", "Cache-Control": "max-age=86400"})
+
     async def api_cameras(request: web.Request) -> web.Response:
         """The cameras, in order, with their state and viewers."""
         return web.json_response({"cameras": [camera.describe() for camera in cameras]})
@@ -95,6 +100,7 @@ def create_app(config: Config) -> web.Application:
         return web.json_response(body, status=503 if down else 200)
 
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/cameras", api_cameras)
     app.router.add_get("/ws", websocket_handler(config, cameras, ice))

@@ -204,7 +204,9 @@ async function handle(ws, message) {
         retries = Math.max(retries, 3); // back off harder
         reconnect("server full", "full");
       } else if (message.message.startsWith("unauthorized")) {
-        stop("unauthorized", "open this page with ?token=...");
+        const sent = Boolean(sessionStorage.getItem(TOKEN_KEY));
+        stop("unauthorized", sent ? "wrong token" : "this camera needs a token");
+        askToken(sent ? "wrong token, try again" : "");
       }
       break;
     case "bye":
@@ -331,6 +333,24 @@ async function startPeer(ws, hello) {
   }, FALLBACK_MS);
   pending.splice(0).forEach((message) => send(ws, message));
 }
+
+// A missing or wrong token: a field to type it in (kept for this tab, like one from ?token=).
+const tokenForm = document.getElementById("token-form");
+function askToken(why) {
+  document.getElementById("token-why").textContent = why ? ` (${why})` : "";
+  tokenForm.hidden = false;
+  const input = document.getElementById("token");
+  input.value = "";
+  input.focus();
+}
+tokenForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value);
+  tokenForm.hidden = true;
+  retries = 0;
+  document.dispatchEvent(new CustomEvent("camtrack:token"));
+  connect();
+});
 
 function switchCamera(name) {
   if (name === camtrack.camera) return;

@@ -29,6 +29,7 @@
     if (camtrack.camera) picker.value = camtrack.camera;
   }
   picker.addEventListener("change", () => camtrack.switchCamera(picker.value));
+  document.addEventListener("camtrack:token", loadCameras); // a token typed in: the list it may now see
   document.addEventListener("camtrack:hello", (event) => {
     if (event.detail.camera) picker.value = event.detail.camera;
   });
@@ -172,7 +173,7 @@
   document.getElementById("snapshot").addEventListener("click", () => snapshot().catch(console.error));
 
   document.addEventListener("keydown", (event) => {
-    if (event.target.tagName === "SELECT" || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (["SELECT", "INPUT"].includes(event.target.tagName) || event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.key === "i") toggleOverlay();
     if (event.key === "f") toggleFullscreen();
     if (event.key === "s") snapshot().catch(console.error);
