@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from . import netns as netns_mod
+from .test_browser import sandbox  # noqa: F401 - the fixture: Chromium in a namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 #: docs/options.md: "a stream or camera that does not answer is an error after 5 s"
@@ -290,3 +291,47 @@ async def test_the_favicon_is_served():
             response = await client.get(path)  # no token needed: it is the page's, like the page
             assert response.status == 200 and response.content_type == "image/svg+xml"
             assert ElementTree.fromstring(await response.read()).tag == "{http://www.w3.org/2000/svg}svg"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_page_asks_for_a_missing_or_wrong_token(sandbox, tmp_path):
+    """Chromium (tests/test_browser.py's namespace): no token, a field; a wrong one, told so and the
+    field again; the right one, the picture. No request of the page's gets 404 (the icon)."""
+    from .test_browser import URL, browser_and_server, wait_frames
+
+    with browser_and_server(sandbox, tmp_path, "h264", "--token", "s3cret") as (browser, _, log):
+        page = browser.new_page(viewport={"width": 800, "height": 600})
+        answers: list[tuple[int, str]] = []
+        page.on("response", lambda response: answers.append((response.status, response.url)))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page.goto(URL, timeout=5000)
+                break
+            except Exception:  # noqa: BLE001 - connection refused until the server listens
+                assert time.monotonic() < deadline, "the server did not answer"
+                time.sleep(0.2)
+        page.wait_for_function("window.camtrack.state === 'unauthorized'", timeout=30000)
+        form = page.locator("#token-form")
+        assert form.is_visible()
+        assert "needs a token" in page.locator("#status").inner_text()
+        page.screenshot(path=str(tmp_path / "token.png"))
+
+        page.fill("#token", "not-it")
+        page.press("#token", "Enter")
+        page.wait_for_function("document.getElementById('token-why').textContent.includes('wrong token')",
+                               timeout=30000)
+        assert form.is_visible() and page.evaluate("window.camtrack.state") == "unauthorized"
+
+        page.fill("#token", "s3cret")
+        page.click("#token-form button")
+        page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        assert not form.is_visible()
+        wait_frames(page, 10)
+        assert page.evaluate("window.camtrack.token()") == "s3cret"
+        assert "s3cret" not in log.read_text()
+
+        page.wait_for_load_state("networkidle")
+        assert not [url for status, url in answers if status >= 400], answers
+        assert any(status == 200 and url.endswith("/static/favicon.svg") for status, url in answers), answers
