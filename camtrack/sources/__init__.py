@@ -155,7 +155,9 @@ def unreachable(exc: BaseException) -> bool:
 
     from .rtspguard import GuardCut
 
-    if isinstance(exc, (GuardCut, av.error.ExitError)):  # no answer within the time-out, or a bound broken
+    if isinstance(exc, GuardCut):  # no answer within the time-out, or none at all (not a bound it broke)
+        return any(words in str(exc) for words in ("no stream within", "cannot reach", "took nothing for"))
+    if isinstance(exc, av.error.ExitError):  # PyAV's own time-out
         return True
     if isinstance(exc, (av.error.HTTPError, av.error.HTTPClientError, av.error.HTTPServerError)):  # 4xx, 5xx
         return True
