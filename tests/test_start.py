@@ -305,7 +305,7 @@ async def test_the_favicon_is_served():
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_the_page_asks_for_a_missing_or_wrong_token(sandbox, tmp_path):
+def test_the_page_asks_for_a_missing_or_wrong_token(sandbox, tmp_path):  # noqa: F811 - the fixture imported above
     """Chromium (tests/test_browser.py's namespace): no token, a field; a wrong one, told so and the
     field again; the right one, the picture. No request of the page's gets 404 (the icon)."""
     from .test_browser import URL, browser_and_server, wait_frames
