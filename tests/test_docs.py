@@ -30,8 +30,11 @@ UNLISTED_ROUTES = {
     ("DELETE", "/cameras/{name}/whep/{id}"): "the WHEP paragraph: DELETE that location",
     ("PATCH", "/cameras/{name}/whep/{id}"): "the WHEP paragraph: PATCH is answered 405",
 }
-#: flags in the docs that are other programs' (the benchmark's are read from its --help)
-OTHER_PROGRAMS_FLAGS = {"--strict", "--system", "--now", "--network"}
+#: what runs camtrack (or its benchmark) in a line of a code block or an inline code span
+CAMTRACK_COMMANDS = ("server.py", "python -m camtrack", "camtrack --", "bench.run")
+FLAG = r"(?<![\w-])--[a-z][a-z0-9-]+"
+#: other programs' flags the docs show alone in a span: docker run's (deployment.md)
+OTHER_PROGRAMS_FLAGS = {"--network"}
 
 
 def test_the_camera_table_keys_are_every_per_camera_option():
@@ -81,16 +84,32 @@ async def test_every_route_is_documented():
     assert await routes() - documented - set(UNLISTED_ROUTES) == set()
 
 
+def camtrack_commands(text: str) -> list[str]:
+    """The code in `text` that is camtrack's (or the benchmark's): lines of code blocks and inline
+    spans that run it, and inline spans that are a flag (`--mode passthrough`); not other programs'
+    (`git worktree add --detach`, `mypy --strict`)."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.M | re.S)
+    rest = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.M | re.S)
+    code = [line for block in blocks for line in block.splitlines()] + re.findall(r"`([^`]+)`", rest)
+    return [piece for piece in code if piece.startswith("--") or any(c in piece for c in CAMTRACK_COMMANDS)]
+
+
 def test_every_flag_the_docs_name_exists():
-    """A `--flag` anywhere in the docs is camtrack's, the benchmark's (python -m bench.run), or one of
-    the few other programs' they show (mypy, useradd, systemctl, docker)."""
+    """A flag of a camtrack command (or a `--flag` alone) anywhere in the docs is camtrack's, or the
+    benchmark's in a `python -m bench.run` line."""
     known = {setting.flag for setting in OPTIONS} | {"--config", "--camera", "--help"} | OTHER_PROGRAMS_FLAGS
     bench = subprocess.run([sys.executable, "-m", "bench.run", "--help"], cwd=ROOT, capture_output=True, text=True,
                            timeout=60, check=True).stdout
-    known |= set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", bench))
-    unknown = {(page.name, flag) for page in DOCS
-               for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", page.read_text()) if flag not in known}
-    assert unknown == set()
+    known |= set(re.findall(FLAG, bench))
+    checked = 0
+    unknown = set()
+    for page in DOCS:
+        for piece in camtrack_commands(page.read_text()):
+            for flag in re.findall(FLAG, piece):
+                checked += 1
+                if flag not in known:
+                    unknown.add((page.name, flag))
+    assert checked > 50 and unknown == set()
 
 
 async def test_whep_preflights_are_answered_as_documented():
