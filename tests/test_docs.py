@@ -23,15 +23,17 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 WATCHING = ROOT / "docs" / "watching.md"
 #: the endpoint tables (the README's short one and the full one)
 ENDPOINT_TABLES = [ROOT / "README.md", WATCHING]
-#: routes the tables leave out on purpose, and where they are said instead
+#: routes the tables leave out on purpose, and the page and words that say them instead
 UNLISTED_ROUTES = {
-    ("GET", "/static"): "the page's files",
-    ("GET", "/favicon.ico"): "the page's icon",
-    ("DELETE", "/cameras/{name}/whep/{id}"): "the WHEP paragraph: DELETE that location",
-    ("PATCH", "/cameras/{name}/whep/{id}"): "the WHEP paragraph: PATCH is answered 405",
+    ("GET", "/static"): ("README.md", "`static/`"),
+    ("GET", "/favicon.ico"): ("architecture.md", "`/favicon.ico`"),
+    ("DELETE", "/cameras/{name}/whep/{id}"): ("watching.md", "`DELETE` that location"),
+    ("PATCH", "/cameras/{name}/whep/{id}"): ("watching.md", "(`PATCH`) is answered"),
+    ("POST", "/ws"): ("protocols.md", "`POST /ws`"),
 }
-#: what runs camtrack (or its benchmark) in a line of a code block or an inline code span
-CAMTRACK_COMMANDS = ("server.py", "python -m camtrack", "camtrack --", "bench.run")
+#: what runs camtrack (or its benchmark, or a client script of the tests) in a line of a code block or
+#: an inline code span
+CAMTRACK_COMMANDS = ("server.py", "python -m camtrack", "camtrack --", "bench.run", "tests/")
 FLAG = r"(?<![\w-])--[a-z][a-z0-9-]+"
 #: other programs' flags the docs show alone in a span: docker run's (deployment.md)
 OTHER_PROGRAMS_FLAGS = {"--network"}
@@ -82,6 +84,9 @@ async def test_every_documented_endpoint_is_a_route(page):
 async def test_every_route_is_documented():
     documented = set().union(*(documented_endpoints(page) for page in ENDPOINT_TABLES))
     assert await routes() - documented - set(UNLISTED_ROUTES) == set()
+    for page, words in UNLISTED_ROUTES.values():
+        text = " ".join(next(p for p in DOCS if p.name == page).read_text().split())
+        assert words in text, (page, words)
 
 
 def camtrack_commands(text: str) -> list[str]:
@@ -96,11 +101,11 @@ def camtrack_commands(text: str) -> list[str]:
 
 def test_every_flag_the_docs_name_exists():
     """A flag of a camtrack command (or a `--flag` alone) anywhere in the docs is camtrack's, or the
-    benchmark's in a `python -m bench.run` line."""
+    benchmark's or a test client script's (their argparse declarations)."""
     known = {setting.flag for setting in OPTIONS} | {"--config", "--camera", "--help"} | OTHER_PROGRAMS_FLAGS
-    bench = subprocess.run([sys.executable, "-m", "bench.run", "--help"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=60, check=True).stdout
-    known |= set(re.findall(FLAG, bench))
+    # the benchmark's and the tests' client scripts' own (tests/gst_whep_client.py ...)
+    for script in [*(ROOT / "bench").glob("*.py"), *(ROOT / "tests").glob("*.py")]:
+        known |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]+)\"", script.read_text()))
     checked = 0
     unknown = set()
     for page in DOCS:

@@ -296,7 +296,7 @@ async def test_the_favicon_is_served():
 
     async with TestClient(TestServer(create_app(Config(source="pattern", webrtc_port=0, token="s3cret")))) as client:
         page = await (await client.get("/")).text()
-        assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in page
+        assert '<link rel="icon" href="static/favicon.svg" type="image/svg+xml">' in page
         for path in ("/favicon.ico", "/static/favicon.svg"):
             response = await client.get(path)  # no token needed: it is the page's, like the page
             assert response.status == 200 and response.content_type == "image/svg+xml"
