@@ -21,6 +21,7 @@ from camtrack.cli import CAMERA_KEYS, OPTIONS
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 WATCHING = ROOT / "docs" / "watching.md"
+HEALTH = ROOT / "docs" / "health.md"
 #: the endpoint tables (the README's short one and the full one)
 ENDPOINT_TABLES = [ROOT / "README.md", WATCHING]
 #: routes the tables leave out on purpose, and the page and words that say them instead
@@ -115,6 +116,25 @@ def test_every_flag_the_docs_name_exists():
                 if flag not in known:
                     unknown.add((page.name, flag))
     assert checked > 50 and unknown == set()
+
+
+async def test_every_metric_and_healthz_key_is_documented():
+    """docs/health.md's metrics table has every metric a server exposes (ten were only in passing
+    elsewhere, or nowhere), each one it lists is declared in camtrack/outputs/metrics.py, and its
+    /healthz paragraph names every top-level key."""
+    async with TestClient(TestServer(create_app(Config(source="pattern", webrtc_port=0)))) as client:
+        exposed = set(re.findall(r"^# TYPE (camtrack_\w+) (\w+)", await (await client.get("/metrics")).text(), re.M))
+        health = await (await client.get("/healthz")).json()
+    text = HEALTH.read_text()
+    table = [row.split("|")[1] for row in text[text.index("## Metrics"):].splitlines() if row.startswith("| `camtrack_")]
+    documented = {name for cell in table for name in re.findall(r"`(camtrack_\w+)`", cell)}
+    # (a counter's samples end in _total: its family's TYPE line may say either)
+    names = {name if kind != "counter" or name.endswith("_total") else f"{name}_total" for name, kind in exposed}
+    assert len(names) > 20 and names - documented == set()
+    declared = (ROOT / "camtrack" / "outputs" / "metrics.py").read_text()
+    assert {name for name in documented if f'"{name.removesuffix("_total")}"' not in declared} == set()
+    paragraph = " ".join(text[text.index("- `GET /healthz`"):].split("\n- ")[0].split())
+    assert {key for key in health if f"`{key}`" not in paragraph} == set()
 
 
 async def test_whep_preflights_are_answered_as_documented():
