@@ -11,12 +11,13 @@ from typing import Any
 from aiohttp import web
 
 from .access import HostCheck, TrustedProxies, is_loopback, origin_check
-from .cameras import Cameras
+from .cameras import Camera, Cameras
 from .config import Config
 from .media.feeds import Transport
 from .media.passthrough import PassthroughFeed
 from .outputs import metrics, mjpeg
 from .outputs.janus import JanusPublisher
+from .outputs.rtsp import RtspServer, RtspSettings
 from .outputs.webrtc import whep
 from .outputs.webrtc.ice import IceContext, resolve_addresses, restrict_host_addresses
 from .outputs.webrtc.peer import LocalPeers
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", Config)
 CAMERAS = web.AppKey("cameras", Cameras)
 ICE = web.AppKey("ice", IceContext)
+RTSP = web.AppKey("rtsp", RtspServer)
 
 
 def create_app(config: Config) -> web.Application:
@@ -109,6 +111,11 @@ def create_app(config: Config) -> web.Application:
     whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
     undo_ice: list[Callable[[], None]] = []
+    #: every camera over RTSP too (--rtsp-port; 0: none), started with the app
+    rtsp: RtspServer[Camera] | None = None
+    if config.rtsp_port:
+        rtsp = app[RTSP] = RtspServer(cameras, RtspSettings(
+            config.host, config.rtsp_port, config.rtsp_path, config.token, config.idle_timeout, config.header_timeout))
     #: the worker processes (--workers 0 on a machine of several cores, or > 1); else viewers are served here
     pool: WorkerPool | None = None
     metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [])
@@ -134,6 +141,16 @@ def create_app(config: Config) -> web.Application:
             ice.mux = mux
             logger.info("WebRTC on UDP port %d for every viewer%s", mux.port,
                         f", also offered at {', '.join(config.public_addresses)}" if config.public_addresses else "")
+        if rtsp is not None:
+            try:
+                await rtsp.start()
+            except OSError as exc:
+                # (as go2rtc does: the rest of the server is still worth having)
+                logger.warning("no RTSP: cannot listen on TCP port %d (--rtsp-port; 0 turns RTSP off): %s",
+                               config.rtsp_port, exc.strerror or exc)
+            else:
+                logger.info("RTSP on port %d: rtsp://HOST:%d%sNAME (%s)", rtsp.port, rtsp.port, config.rtsp_path,
+                            ", ".join(camera.name for camera in cameras))
         count = worker_count(config)
         if count > 1 and config.encoder == "shared":
             nonlocal pool
@@ -154,6 +171,8 @@ def create_app(config: Config) -> web.Application:
         grace = 1.0
         if pool is not None:
             pool.stopping = True  # (a worker that exits now, told SIGTERM with us, is not started again)
+        if rtsp is not None:
+            await rtsp.stop()  # (listening no more; its clients end with the others below)
         viewers = cameras.everyone  # viewers and sessions not viewers yet, of every transport
         for viewer in viewers:
             viewer.end("server shutting down")

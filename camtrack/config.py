@@ -147,6 +147,13 @@ def public_address_check(what: str, value: str) -> str:
     return value
 
 
+def rtsp_path_check(what: str, value: Any) -> Any:
+    """'/' or '/A/B/': the path before a camera's name, in URL-safe characters."""
+    if not re.match(r"^/([A-Za-z0-9._~-]+/)*$", value) or len(value) > 200:
+        raise ValueError(f"{what} must be / or like /live/ (letters, digits, '.', '_', '~', '-'), not {value!r}")
+    return value
+
+
 def publish_check(what: str, value: Any) -> Any:
     if not value.startswith("janus:http"):
         raise ValueError(f"{what} must look like janus:http://HOST:8088/janus, not {value!r}")
@@ -392,6 +399,15 @@ class Config(CameraSettings):
         "the one UDP port of every viewer's WebRTC (ICE, DTLS, SRTP), WHEP's and Janus publishing's "
         "included (default: {default}); 0: a random port per peer", metavar="PORT", label="WebRTC port",
         check=between(0, 65535, "between 0 (a random port per peer) and 65535")))
+    #: every camera also over RTSP (camtrack.outputs.rtsp) on this TCP port; 0: no RTSP. 8554 is
+    #: go2rtc's and MediaMTX's
+    rtsp_port: int = field(default=8554, metadata=option(
+        "serve every camera over RTSP on this TCP port, at rtsp://HOST:PORT/NAME (TCP interleaved or "
+        "UDP; the packets WebRTC viewers get; default: {default}); 0: no RTSP", metavar="PORT",
+        label="RTSP port", check=between(0, 65535, "between 0 (no RTSP) and 65535")))
+    rtsp_path: str = field(default="/", metadata=option(
+        "the path before each camera's name in its RTSP URL, e.g. /live/ for rtsp://HOST:PORT/live/NAME "
+        "(default: {default})", metavar="PATH", label="RTSP path", check=rtsp_path_check))
     #: processes that serve WebRTC viewers (camtrack.workers): 0, this process until it is busy, then
     #: workers on demand; 1, this process alone; N, N workers from the start
     workers: int = field(default=0, metadata=option(

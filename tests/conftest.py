@@ -79,6 +79,8 @@ async def serve(loopback_ice) -> AsyncIterator[Callable[..., Awaitable[Server]]]
         settings.setdefault("host", "127.0.0.1")
         # a socket per peer unless a test asks for the shared port (8555 may be another run's)
         settings.setdefault("webrtc_port", 0)
+        # no RTSP unless a test asks for it (8554 may be another run's)
+        settings.setdefault("rtsp_port", 0)
         # admission from measured load is tested in test_load.py; elsewhere a busy test machine
         # (Chromium, other servers) must not turn viewers away
         for check in ("max_loop_lag", "send_budget", "max_picture_age", "max_cpu"):

@@ -59,7 +59,7 @@ class CamtrackProcess:
         self.port = free_port()
         self.webrtc_port = free_port(socket.SOCK_DGRAM)
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--ice-address", "127.0.0.1",
-                     "--webrtc-port", str(self.webrtc_port), "--log-level", "info",
+                     "--webrtc-port", str(self.webrtc_port), "--rtsp-port", "0", "--log-level", "info",
                      "--max-loop-lag", "0", "--send-budget", "0", "--max-picture-age", "0", "--max-cpu", "0",
                      *args]
         self.env = env

@@ -57,7 +57,8 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "webrtc_port": 9555, "public_addresses": ["203.0.113.7", "cams.example"], "turn_secret": "s3c",
               "workers": 3,
               "unresponsive_timeout": 9.0,
-              "trusted_proxies": ["10.0.0.0/8", "127.0.0.1/32"], "base_path": "/camera/"}
+              "trusted_proxies": ["10.0.0.0/8", "127.0.0.1/32"], "base_path": "/camera/",
+              "rtsp_port": 9554, "rtsp_path": "/live/"}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:

@@ -30,11 +30,13 @@ class Transport(enum.StrEnum):
     WS_VIDEO = "ws-video"
     WHEP = "whep"
     MJPEG = "mjpeg"
+    #: the packets as RTP from the RTSP server (camtrack.outputs.rtsp), TCP interleaved or UDP
+    RTSP = "rtsp"
     JANUS = "janus"
 
 
 #: the transports of viewers proper (the Janus publisher is counted apart)
-VIEWER_TRANSPORTS = (Transport.WEBSOCKET, Transport.WS_VIDEO, Transport.WHEP, Transport.MJPEG)
+VIEWER_TRANSPORTS = (Transport.WEBSOCKET, Transport.WS_VIDEO, Transport.WHEP, Transport.MJPEG, Transport.RTSP)
 
 
 class SourceError(Exception):

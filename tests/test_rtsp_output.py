@@ -1,0 +1,493 @@
+"""The RTSP output (camtrack.outputs.rtsp): every camera at rtsp://HOST:PORT/NAME, read by real
+clients (Debian's ffmpeg, GStreamer's rtspsrc, VLC) over TCP and UDP, several at once, with the
+token; a client that stops reading harms no one; bad requests get clear answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from camtrack.app import CAMERAS, RTSP
+from camtrack.media.feeds import Transport
+from camtrack.media.stamp import read_stamp
+from camtrack.outputs.rtsp import server as rtsp_server
+from camtrack.outputs.rtsp.messages import MAX_HEAD
+
+from .conftest import eventually
+
+W, H = 320, 240
+TOKEN = "s3cret-Token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start(serve, **settings) -> tuple[str, object, int]:
+    """camtrack on loopback with RTSP on a free port: (http root, app, RTSP port)."""
+    settings.setdefault("width", W)
+    settings.setdefault("height", H)
+    for _ in range(5):
+        port = free_port()
+        url, app = await serve(rtsp_port=port, **settings)
+        server = app[RTSP]
+        if server._server is not None:  # (the port may have been taken in between: try another)
+            return url.removesuffix("/ws"), app, server.port
+    raise AssertionError("no free port for RTSP")
+
+
+# ---- a raw RTSP client ----------------------------------------------------------------------
+
+
+class Raw:
+    """RTSP by hand over one TCP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.cseq = 0
+
+    @classmethod
+    async def open(cls, port: int, rcvbuf: int | None = None) -> Raw:
+        sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        return cls(reader, writer)
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def request(self, method: str, url: str, headers: dict[str, str] | None = None,
+                      cseq: bool = True) -> tuple[int, dict[str, list[str]], bytes]:
+        self.cseq += 1
+        lines = [f"{method} {url} RTSP/1.0"] + ([f"CSeq: {self.cseq}"] if cseq else [])
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        await self.send_raw(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return await self.response()
+
+    async def response(self) -> tuple[int, dict[str, list[str]], bytes]:
+        async with asyncio.timeout(15):
+            while True:
+                first = await self.reader.readexactly(1)
+                if first == b"$":  # (an interleaved frame before the answer)
+                    header = await self.reader.readexactly(3)
+                    await self.reader.readexactly(int.from_bytes(header[1:], "big"))
+                    continue
+                head = first + await self.reader.readuntil(b"\r\n\r\n")
+                break
+            lines = head.decode().split("\r\n")
+            status = int(lines[0].split(" ")[1])
+            headers: dict[str, list[str]] = {}
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers.setdefault(name.strip().lower(), []).append(value.strip())
+            length = int(headers.get("content-length", ["0"])[0])
+            body = await self.reader.readexactly(length) if length else b""
+        return status, headers, body
+
+    async def packets(self, count: int) -> list[tuple[int, bytes]]:
+        """The next `count` interleaved frames: (channel, data)."""
+        got = []
+        async with asyncio.timeout(15):
+            while len(got) < count:
+                assert await self.reader.readexactly(1) == b"$"
+                header = await self.reader.readexactly(3)
+                got.append((header[0], await self.reader.readexactly(int.from_bytes(header[1:], "big"))))
+        return got
+
+    async def play_tcp(self, url: str, headers: dict[str, str] | None = None) -> str:
+        status, _, _ = await self.request("DESCRIBE", url, {"Accept": "application/sdp", **(headers or {})})
+        assert status == 200
+        status, answer, _ = await self.request("SETUP", url + "/trackID=0",
+                                               {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1", **(headers or {})})
+        assert status == 200, status
+        session = answer["session"][0].partition(";")[0]
+        status, _, _ = await self.request("PLAY", url, {"Session": session, **(headers or {})})
+        assert status == 200
+        return session
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+async def run(*command: str, timeout: float = 60, user: str | None = None) -> tuple[int, bytes, bytes]:
+    """A client process to its end: (exit status, stdout, stderr)."""
+    if user is not None:
+        command = ("setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *command)
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        out, err = await process.communicate()
+        raise AssertionError(f"{command[0]} did not finish within {timeout} s: {err[-2000:].decode(errors='replace')}") from None
+    return process.returncode or 0, out, err
+
+
+async def ffmpeg_frames(url: str, transport: str, count: int, timeout: float = 40) -> np.ndarray:
+    """`count` pictures ffmpeg decoded from `url`, grey, as an array (count, H, W)."""
+    status, out, err = await run("ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+                                 "-rtsp_transport", transport, "-i", url, "-frames:v", str(count), "-fps_mode", "passthrough",
+                                 "-f", "rawvideo", "-pix_fmt", "gray", "-", timeout=timeout)
+    assert status == 0, err.decode(errors="replace")[-2000:]
+    frames = np.frombuffer(out, np.uint8)
+    assert frames.size == count * W * H, (frames.size, err.decode(errors="replace")[-2000:])
+    return frames.reshape(count, H, W)
+
+
+def assert_live_pattern(frames: np.ndarray) -> None:
+    """Decoded pictures of the test pattern: their stamps grow and were captured moments ago."""
+    now = int(time.time() * 1000) % 2**32
+    stamps = [read_stamp(frame) for frame in frames]
+    steps = [(b - a) % 2**32 for a, b in zip(stamps, stamps[1:], strict=False)]
+    # (a picture may come twice: a keyframe of the same picture, asked for by a viewer joining)
+    assert all(step < 2000 for step in steps), stamps
+    assert sum(step > 0 for step in steps) >= 0.8 * len(steps), stamps
+    assert 0 <= (now - stamps[-1]) % 2**32 < 5000, (now, stamps[-1])
+
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg")
+
+
+# ---- real clients -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+async def test_ffmpeg_reads_the_pattern_over_tcp_and_udp(serve, codec):
+    root, app, port = await start(serve, codec=codec)
+    url = f"rtsp://127.0.0.1:{port}/default"
+    tcp, udp = await asyncio.gather(ffmpeg_frames(url, "tcp", 30), ffmpeg_frames(url, "udp", 30))
+    assert_live_pattern(tcp)
+    assert_live_pattern(udp)
+    cameras = app[CAMERAS]
+    camera = cameras.first
+    # both were viewers over RTSP, and gone once done; the camera was encoded once for them
+    assert camera.meters[Transport.RTSP].frames >= 60
+    await eventually(lambda: not camera.viewers[Transport.RTSP] and not app[RTSP].clients)
+    assert camera.encoder is not None and camera.encoder.stats.frames > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="needs gstreamer1.0-tools")
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+async def test_gstreamer_rtspsrc_decodes(serve, protocol):
+    root, app, port = await start(serve, token=TOKEN)
+    status, out, err = await run(
+        "gst-launch-1.0", "-q", "rtspsrc", f"location=rtsp://127.0.0.1:{port}/default", f"protocols={protocol}",
+        "user-id=nvr", f"user-pw={TOKEN}", "latency=100", "!", "rtph264depay", "!", "avdec_h264", "!",
+        "videoconvert", "!", "video/x-raw,format=GRAY8", "!", "fakesink", "num-buffers=30", "sync=false",
+        timeout=60)
+    assert status == 0, (out + err).decode(errors="replace")[-2000:]
+    assert app[CAMERAS].first.meters[Transport.RTSP].frames >= 30
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("cvlc") is None, reason="needs vlc-bin")
+async def test_vlc_plays(serve):
+    """Debian's VLC is built without live555: it opens rtsp:// through FFmpeg's demuxer when asked
+    (--avformat-format=rtsp); its scene filter writes decoded pictures. VLC refuses to run as
+    root, so the test runs it as nobody."""
+    root, app, port = await start(serve)
+    with tempfile.TemporaryDirectory() as scenes:
+        os.chmod(scenes, 0o777)
+        user = "nobody" if os.geteuid() == 0 else None
+        status, out, err = await run(
+            "env", f"HOME={scenes}", "cvlc", "-I", "dummy", "--no-audio", "--vout=dummy", "--run-time=4",
+            "--avformat-format=rtsp", "--avformat-options={rtsp_transport=tcp}", "--video-filter=scene",
+            f"--scene-path={scenes}", "--scene-prefix=f", "--scene-format=png", "--scene-ratio=10",
+            f"rtsp://127.0.0.1:{port}/default", "vlc://quit", timeout=60, user=user)
+        pictures = sorted(Path(scenes).glob("f*.png"))
+        assert len(pictures) >= 3, (len(pictures), (out + err).decode(errors="replace")[-2000:])
+        import cv2
+        image = cv2.imread(str(pictures[-1]), cv2.IMREAD_GRAYSCALE)
+        assert image.shape[1] == W  # (VLC's scene filter may scale it to the display's aspect)
+        stamp = read_stamp(cv2.resize(image, (W, H), interpolation=cv2.INTER_NEAREST))
+        assert 0 <= (int(time.time() * 1000) % 2**32 - stamp) % 2**32 < 15000, stamp
+    assert app[CAMERAS].first.meters[Transport.RTSP].frames >= 30
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+@pytest.mark.timeout(90)
+async def test_a_client_that_stops_reading_harms_no_one(serve):
+    """One client PLAYs over TCP and never reads again: it holds a bounded number of bytes, skips,
+    and is cut off, while ffmpeg over TCP and UDP and a websocket viewer get every picture on time."""
+    root, app, port = await start(serve, bitrate=3_000_000, keyframe_interval=1.0)
+    url = f"rtsp://127.0.0.1:{port}/default"
+    server = app[RTSP]
+    stalled = await Raw.open(port, rcvbuf=4096)
+    await stalled.play_tcp(url)
+    await eventually(lambda: any(c.playing for c in server.clients))
+    (victim,) = [c for c in server.clients if c.playing]
+    backlog = []
+
+    async def watch_backlog() -> None:
+        while True:
+            backlog.append(victim.writer.transport.get_write_buffer_size())
+            await asyncio.sleep(0.02)
+
+    async def ws_viewer() -> int:
+        got = 0
+        async with aiohttp.ClientSession() as http, http.ws_connect(root + "/ws") as ws:
+            await asyncio.wait_for(ws.receive_json(), 10)
+            await ws.send_str(json.dumps({"type": "stream"}))
+            async with asyncio.timeout(30):
+                while got < 240:
+                    message = await ws.receive()
+                    assert message.type == aiohttp.WSMsgType.BINARY, message
+                    got += 1
+        return got
+
+    watcher = asyncio.ensure_future(watch_backlog())
+    began = time.monotonic()
+    try:
+        # 240 pictures at 30 fps: 8 s, longer than the stalled client can last
+        tcp, udp, ws = await asyncio.gather(ffmpeg_frames(url, "tcp", 240, 60), ffmpeg_frames(url, "udp", 240, 60),
+                                            ws_viewer())
+    finally:
+        watcher.cancel()
+    took = time.monotonic() - began
+    assert_live_pattern(tcp[-30:])
+    assert_live_pattern(udp[-30:])
+    assert ws == 240
+    assert took < 8 * 2.5, took
+    # the stalled one skipped, held at most the backlog bound and a picture, and was cut off
+    await eventually(lambda: victim.reason is not None, timeout=rtsp_server.STALL_TIMEOUT + 15)
+    assert "took no picture" in victim.reason, victim.reason
+    assert victim.skipped > 0 and server.stats.cut_off == 1
+    assert max(backlog) <= rtsp_server.MAX_BACKLOG + 512 * 1024, max(backlog)
+    stalled.close()
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+@pytest.mark.timeout(90)
+async def test_the_token_with_ffmpeg(serve):
+    root, app, port = await start(serve, token=TOKEN)
+    frames = await ffmpeg_frames(f"rtsp://viewer:{TOKEN}@127.0.0.1:{port}/default", "tcp", 10)
+    assert_live_pattern(frames)
+    status, _, err = await run("ffmpeg", "-hide_banner", "-nostdin", "-rtsp_transport", "tcp", "-i",
+                               f"rtsp://viewer:wrong@127.0.0.1:{port}/default", "-frames:v", "1", "-f", "null", "-",
+                               timeout=30)
+    assert status != 0 and b"401" in err, err[-500:]
+    assert app[RTSP].stats.auth_failures >= 1
+
+
+# ---- the protocol, by hand (fast) -------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_describe_setup_play_teardown_by_hand(serve):
+    root, app, port = await start(serve)
+    url = f"rtsp://127.0.0.1:{port}/default"
+    raw = await Raw.open(port)
+    status, headers, _ = await raw.request("OPTIONS", url)
+    assert status == 200 and "DESCRIBE" in headers["public"][0] and "GET_PARAMETER" in headers["public"][0]
+    status, headers, sdp = await raw.request("DESCRIBE", url)
+    assert status == 200 and headers["content-type"] == ["application/sdp"]
+    assert headers["content-base"] == [url + "/"]
+    text = sdp.decode()
+    assert "m=video 0 RTP/AVP 96" in text and "a=rtpmap:96 H264/90000" in text
+    sets = re.search(r"sprop-parameter-sets=([^;\r]+)", text)
+    assert sets is not None
+    sps, pps = (base64.b64decode(s) for s in sets.group(1).split(","))
+    assert sps[0] & 0x1F == 7 and pps[0] & 0x1F == 8
+    assert f"profile-level-id={sps[1:4].hex()}" in text
+    # pending, not a viewer, until it plays
+    camera = app[CAMERAS].first
+    assert camera.pending == 1 and not camera.viewers[Transport.RTSP]
+    status, headers, _ = await raw.request("SETUP", url + "/trackID=0", {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"})
+    assert status == 200
+    assert headers["transport"][0].startswith("RTP/AVP/TCP;unicast;interleaved=0-1;ssrc=")
+    ssrc = bytes.fromhex(headers["transport"][0].rpartition("ssrc=")[2])
+    session, _, timeout = headers["session"][0].partition(";")
+    assert timeout == "timeout=60"
+    status, headers, _ = await raw.request("PLAY", url, {"Session": session})
+    assert status == 200 and "rtptime=" in headers["rtp-info"][0]
+    assert len(camera.viewers[Transport.RTSP]) == 1 and camera.pending == 0
+    packets = await raw.packets(60)
+    rtp = [data for channel, data in packets if channel == 0]
+    assert any(channel == 1 and data[1] == 200 for channel, data in packets)  # a sender report
+    assert all(p[0] == 0x80 and p[1] & 0x7F == 96 for p in rtp)
+    seqs = [int.from_bytes(p[2:4], "big") for p in rtp]
+    assert all((b - a) % 65536 == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert any(p[1] & 0x80 for p in rtp)  # the marker: a picture's last packet
+    assert {p[8:12] for p in rtp} == {ssrc}
+    # the payloads: the first picture is a keyframe (STAP-A with SPS/PPS or an IDR)
+    first = rtp[0][12]
+    assert first & 0x1F in (24, 28, 7, 5)
+    status, _, _ = await raw.request("GET_PARAMETER", url, {"Session": session})
+    assert status == 200
+    # metrics count it as a viewer over rtsp
+    async with aiohttp.ClientSession() as http, http.get(root + "/metrics") as response:
+        assert 'camtrack_viewers{camera="default",transport="rtsp"} 1.0' in await response.text()
+    status, _, _ = await raw.request("TEARDOWN", url, {"Session": session})
+    assert status == 200
+    await eventually(lambda: not camera.viewers[Transport.RTSP] and not app[RTSP].clients)
+    raw.close()
+
+
+@pytest.mark.timeout(60)
+async def test_bad_requests_get_a_status_and_a_reason(serve):
+    root, app, port = await start(serve)
+    url = f"rtsp://127.0.0.1:{port}/default"
+
+    async def ask(method: str, target: str, headers: dict[str, str] | None = None, **kw) -> tuple[int, bytes]:
+        raw = await Raw.open(port)
+        try:
+            status, _, body = await raw.request(method, target, headers, **kw)
+        finally:
+            raw.close()
+        return status, body
+
+    cases = [
+        (("DESCRIBE", f"rtsp://127.0.0.1:{port}/nosuch"), 404, b"no camera"),
+        (("DESCRIBE", f"rtsp://127.0.0.1:{port}/a/b/c"), 404, b"no camera"),
+        (("DESCRIBE", url, None), 200, b"v=0"),
+        (("ANNOUNCE", url), 405, b"only sends"),
+        (("RECORD", url), 405, b"only sends"),
+        (("FROB", url), 501, b"unknown method"),
+        (("PLAY", url), 455, b"SETUP comes first"),
+        (("SETUP", url, {"Transport": "RTP/AVP;multicast"}), 461, b"multicast"),
+        (("SETUP", url, {"Transport": "RTP/SAVP;unicast;client_port=5000-5001"}), 461, b"no usable transport"),
+        (("SETUP", url), 461, b"Transport header"),
+        (("PLAY", url, {"Session": "12345"}), 454, b"no such session"),
+    ]
+    for args, expected, says in cases:
+        status, body = await ask(*args)
+        assert status == expected and says in body, (args, status, body)
+    status, body = await ask("OPTIONS", url, cseq=False)
+    assert status == 400 and b"CSeq" in body
+
+    async def raw_answer(data: bytes) -> bytes:
+        raw = await Raw.open(port)
+        await raw.send_raw(data)
+        try:
+            async with asyncio.timeout(10):
+                return await raw.reader.read(4096)
+        finally:
+            raw.close()
+
+    answer = await raw_answer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"RTSP/1.0 400") and b"HTTP is served on the web port" in answer
+    answer = await raw_answer(b"OPTIONS * RTSP/2.0\r\nCSeq: 1\r\n\r\n")
+    assert answer.startswith(b"RTSP/1.0 505")
+    answer = await raw_answer(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nX-Big: " + b"a" * (MAX_HEAD + 100) + b"\r\n\r\n")
+    assert answer.startswith(b"RTSP/1.0 413")
+    answer = await raw_answer(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 99999999\r\n\r\n")
+    assert answer.startswith(b"RTSP/1.0 413")
+    answer = await raw_answer(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nno colon here\r\n\r\n")
+    assert answer.startswith(b"RTSP/1.0 400") and b"NAME: VALUE" in answer
+    answer = await raw_answer(b"\xff\xfe garbage\r\n\r\n")
+    assert answer.startswith(b"RTSP/1.0 400")
+    # nothing left behind
+    await eventually(lambda: not app[RTSP].clients and app[CAMERAS].first.pending == 0)
+
+
+@pytest.mark.timeout(60)
+async def test_basic_and_digest_with_the_token(serve):
+    root, app, port = await start(serve, token=TOKEN)
+    url = f"rtsp://127.0.0.1:{port}/default"
+    raw = await Raw.open(port)
+    status, headers, body = await raw.request("OPTIONS", url)
+    assert status == 200  # (no video in it)
+    status, headers, body = await raw.request("DESCRIBE", url)
+    assert status == 401 and b"token" in body
+    challenges = headers["www-authenticate"]
+    assert challenges[0].startswith('Digest realm="camtrack", nonce="') and challenges[1] == 'Basic realm="camtrack"'
+    nonce = re.search(r'nonce="([^"]+)"', challenges[0]).group(1)
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    def digest(user: str, password: str, method: str) -> str:
+        answer = md5(f"{md5(f'{user}:camtrack:{password}')}:{nonce}:{md5(f'{method}:{url}')}")
+        return f'Digest username="{user}", realm="camtrack", nonce="{nonce}", uri="{url}", response="{answer}"'
+
+    status, _, _ = await raw.request("DESCRIBE", url, {"Authorization": digest("nvr", "wrong", "DESCRIBE")})
+    assert status == 401
+    status, _, sdp = await raw.request("DESCRIBE", url, {"Authorization": digest("nvr", TOKEN, "DESCRIBE")})
+    assert status == 200 and sdp.startswith(b"v=0")
+    raw.close()
+
+    def basic(password: str) -> str:
+        return "Basic " + base64.b64encode(f"anyone:{password}".encode()).decode()
+
+    raw = await Raw.open(port)
+    status, _, _ = await raw.request("DESCRIBE", url, {"Authorization": basic("nope")})
+    assert status == 401
+    session = await raw.play_tcp(url, {"Authorization": basic(TOKEN)})
+    assert session
+    assert len(await raw.packets(5)) == 5
+    raw.close()
+    # a Digest answer made for another connection's nonce is stale here
+    raw = await Raw.open(port)
+    status, headers, _ = await raw.request("DESCRIBE", url, {"Authorization": digest("nvr", TOKEN, "DESCRIBE")})
+    assert status == 401 and "stale=TRUE" in headers["www-authenticate"][0]
+    # ?token= as on the web port
+    status, _, _ = await raw.request("DESCRIBE", url + f"?token={TOKEN}")
+    assert status == 200
+    raw.close()
+    # guessing: a connection that keeps trying is closed
+    raw = await Raw.open(port)
+    for _ in range(rtsp_server.MAX_AUTH_FAILURES):
+        status, _, _ = await raw.request("DESCRIBE", url, {"Authorization": basic("guess")})
+        assert status == 401
+    status, _, body = await raw.request("DESCRIBE", url, {"Authorization": basic("guess")})
+    assert status == 403
+    assert await raw.reader.read() == b""
+    raw.close()
+
+
+@pytest.mark.timeout(60)
+async def test_limits_count_rtsp_viewers(serve):
+    root, app, port = await start(serve, max_viewers=1)
+    url = f"rtsp://127.0.0.1:{port}/default"
+    first = await Raw.open(port)
+    await first.play_tcp(url)
+    second = await Raw.open(port)
+    status, _, body = await second.request("DESCRIBE", url)
+    assert status == 503 and b"server full" in body
+    first.close()
+    await eventually(lambda: not app[CAMERAS].first.viewers[Transport.RTSP])
+    status, _, _ = await second.request("DESCRIBE", url)
+    assert status == 200
+    second.close()
+
+
+@pytest.mark.timeout(60)
+async def test_rtsp_off_and_path(serve):
+    url, app = await serve()
+    assert RTSP not in app
+    root, app, port = await start(serve, rtsp_path="/live/")
+    raw = await Raw.open(port)
+    status, _, _ = await raw.request("DESCRIBE", f"rtsp://127.0.0.1:{port}/default")
+    assert status == 404
+    status, _, _ = await raw.request("DESCRIBE", f"rtsp://127.0.0.1:{port}/live/default")
+    assert status == 200
+    raw.close()
