@@ -18,6 +18,7 @@ from .media.passthrough import PassthroughFeed
 from .outputs import metrics, mjpeg
 from .outputs.janus import JanusPublisher
 from .outputs.rtsp import RtspServer, RtspSettings
+from .outputs.rtsp.metrics import RtspCollector
 from .outputs.webrtc import whep
 from .outputs.webrtc.ice import IceContext, resolve_addresses, restrict_host_addresses
 from .outputs.webrtc.peer import LocalPeers
@@ -118,7 +119,8 @@ def create_app(config: Config) -> web.Application:
             config.host, config.rtsp_port, config.rtsp_path, config.token, config.idle_timeout, config.header_timeout))
     #: the worker processes (--workers 0 on a machine of several cores, or > 1); else viewers are served here
     pool: WorkerPool | None = None
-    metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [])
+    metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [],
+                       collectors=(RtspCollector(rtsp),) if rtsp is not None else ())
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them

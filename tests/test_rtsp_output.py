@@ -281,6 +281,10 @@ async def test_a_client_that_stops_reading_harms_no_one(serve):
     assert "took no picture" in victim.reason, victim.reason
     assert victim.skipped > 0 and server.stats.cut_off == 1
     assert max(backlog) <= rtsp_server.MAX_BACKLOG + 512 * 1024, max(backlog)
+    async with aiohttp.ClientSession() as http, http.get(root + "/metrics") as response:
+        text = await response.text()
+    assert "camtrack_rtsp_cut_off_total 1.0" in text
+    assert float(re.search(r"^camtrack_rtsp_skipped_pictures_total (\S+)", text, re.M).group(1)) >= victim.skipped
     stalled.close()
 
 
@@ -345,7 +349,9 @@ async def test_describe_setup_play_teardown_by_hand(serve):
     assert status == 200
     # metrics count it as a viewer over rtsp
     async with aiohttp.ClientSession() as http, http.get(root + "/metrics") as response:
-        assert 'camtrack_viewers{camera="default",transport="rtsp"} 1.0' in await response.text()
+        text = await response.text()
+    assert 'camtrack_viewers{camera="default",transport="rtsp"} 1.0' in text
+    assert "camtrack_rtsp_connections 1.0" in text
     status, _, _ = await raw.request("TEARDOWN", url, {"Session": session})
     assert status == 200
     await eventually(lambda: not camera.viewers[Transport.RTSP] and not app[RTSP].clients)
@@ -491,3 +497,53 @@ async def test_rtsp_off_and_path(serve):
     status, _, _ = await raw.request("DESCRIBE", f"rtsp://127.0.0.1:{port}/live/default")
     assert status == 200
     raw.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_sigterm_with_rtsp_clients_that_never_read(tmp_path):
+    """A real server with RTSP clients that stopped reading (their connections full) and one that is
+    only connected stops within the 5 s SIGTERM promises (tests/test_shutdown.py)."""
+    import signal
+    import subprocess
+    import sys
+
+    port, rtsp = free_port(), free_port()
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if k != "CAMTRACK_TOKEN"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "camtrack", "--source", "pattern", "--host", "127.0.0.1", "--port", str(port),
+             "--webrtc-port", "0", "--rtsp-port", str(rtsp), "--bitrate", "3000000", "--width", "640",
+             "--height", "480"], cwd=Path(__file__).resolve().parent.parent, env=env, stdout=out,
+            stderr=subprocess.STDOUT)
+    clients: list[Raw] = []
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                assert process.poll() is None, log.read_text()
+                try:
+                    clients.append(await Raw.open(rtsp))
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+        url = f"rtsp://127.0.0.1:{rtsp}/default"
+        for _ in range(3):
+            stalled = await Raw.open(rtsp, rcvbuf=4096)
+            await stalled.play_tcp(url)
+            clients.append(stalled)
+        await asyncio.sleep(2.0)  # (their buffers fill up)
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5.0):
+            while process.poll() is None:
+                await asyncio.sleep(0.02)
+        assert process.returncode == 0, log.read_text()[-3000:]
+        assert time.monotonic() - began < 5.0
+        assert "RTSP on port" in log.read_text()
+    finally:
+        for client in clients:
+            client.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..cameras import Cameras
 from ..logs import ClientLog
@@ -265,9 +266,13 @@ class PaceCollector:
 
 
 def add_routes(app: web.Application, cameras: Cameras,
-               workers: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+               workers: Callable[[], list[dict[str, Any]]] | None = None,
+               collectors: tuple[Collector, ...] = ()) -> None:
+    """`GET /metrics`: the cameras', the workers' and any other `collectors`' metrics (an output's own)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CameraCollector(cameras, workers))
+    for collector in collectors:
+        registry.register(collector)
     registry.register(PaceCollector(paced := {"refused": 0}))
     clients: OrderedDict[str, _Pace] = OrderedDict()
     page: list[Any] = [b"", -MAX_AGE]  # the rendered body, and when
