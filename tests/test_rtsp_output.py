@@ -547,3 +547,124 @@ async def test_sigterm_with_rtsp_clients_that_never_read(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_udp_by_hand_and_its_session_timeout(serve, monkeypatch):
+    """RTP over UDP goes to the client's own address and ports, from the server's pair; a UDP
+    client that says nothing for the session time-out is ended (a TCP one needs no keep-alive)."""
+    monkeypatch.setattr(rtsp_server, "SESSION_TIMEOUT", 2)
+    root, app, port = await start(serve)
+    url = f"rtsp://127.0.0.1:{port}/default"
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtcp.bind(("127.0.0.1", 0))
+    rtp.settimeout(10)
+    rtcp.settimeout(10)
+    try:
+        raw = await Raw.open(port)
+        assert (await raw.request("DESCRIBE", url))[0] == 200
+        ports = f"{rtp.getsockname()[1]}-{rtcp.getsockname()[1]}"
+        status, headers, _ = await raw.request("SETUP", url + "/trackID=0", {
+            "Transport": f"RTP/AVP/TCP;unicast;interleaved=0-1;mode=record, RTP/AVP;unicast;client_port={ports}"})
+        assert status == 200, status
+        transport = headers["transport"][0]
+        assert transport.startswith(f"RTP/AVP;unicast;client_port={ports};server_port=")
+        server_ports = [int(p) for p in re.search(r"server_port=(\d+)-(\d+)", transport).groups()]
+        assert server_ports[1] == server_ports[0] + 1 and server_ports[0] % 2 == 0
+        session = headers["session"][0].partition(";")[0]
+        assert (await raw.request("PLAY", url, {"Session": session}))[0] == 200
+        data, sender = await asyncio.to_thread(rtp.recvfrom, 2048)
+        assert sender == ("127.0.0.1", server_ports[0]) and data[1] & 0x7F == 96
+        report, sender = await asyncio.to_thread(rtcp.recvfrom, 2048)
+        assert sender == ("127.0.0.1", server_ports[1]) and report[1] == 200
+        # an RTCP receiver report from the client's RTCP port keeps the session
+        for _ in range(3):
+            rtcp.sendto(b"\x80\xc9\x00\x01" + b"\x00" * 4, ("127.0.0.1", server_ports[1]))
+            await asyncio.sleep(1.0)
+        (client,) = app[RTSP].clients
+        assert client.reason is None
+        # then silence: ended
+        await eventually(lambda: client.reason is not None, timeout=10)
+        assert "session timed out" in client.reason
+        raw.close()
+    finally:
+        rtp.close()
+        rtcp.close()
+
+
+@pytest.mark.timeout(60)
+async def test_idle_and_slow_connections_are_closed(serve):
+    root, app, port = await start(serve, idle_timeout=1.0, header_timeout=1.0)
+    # a connection that says nothing is closed after the idle time-out
+    idle = await Raw.open(port)
+    # half a request: 408 after the header time-out
+    slow = await Raw.open(port)
+    await slow.send_raw(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n")
+    async with asyncio.timeout(10):
+        assert await idle.reader.read() == b""
+        assert (await slow.reader.read()).startswith(b"RTSP/1.0 408")
+    idle.close()
+    slow.close()
+    await eventually(lambda: not app[RTSP].clients)
+
+
+@pytest.mark.timeout(60)
+async def test_too_many_connections_from_one_address(serve, monkeypatch):
+    monkeypatch.setattr(rtsp_server, "MAX_PER_ADDRESS", 4)
+    root, app, port = await start(serve)
+    server = app[RTSP]
+    # one address may hold MAX_PER_ADDRESS connections; the next is closed at once
+    held = [await Raw.open(port) for _ in range(4)]
+    await eventually(lambda: len(server.clients) == 4)
+    extra = await Raw.open(port)
+    async with asyncio.timeout(10):
+        assert await extra.reader.read() == b""
+    assert server.stats.refused == 1
+    # the others still work
+    assert (await held[0].request("OPTIONS", "*"))[0] == 200
+    for raw in (extra, *held):
+        raw.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_camera_without_shared_packets_is_refused_with_the_reason(serve):
+    root, app, port = await start(serve, encoder="per-viewer")
+    raw = await Raw.open(port)
+    status, _, body = await raw.request("DESCRIBE", f"rtsp://127.0.0.1:{port}/default")
+    assert status == 503 and b"per-viewer" in body
+    raw.close()
+    await eventually(lambda: app[CAMERAS].first.pending == 0 and not app[RTSP].clients)
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+@pytest.mark.timeout(90)
+async def test_a_passed_through_camera_its_own_h264(serve, tmp_path):
+    """A camera's own High-profile H.264 (4 s GOP) over RTSP: its SPS in the SDP, nothing decoded or
+    encoded for a client that joins at its keyframe, and one joining mid-GOP decodes at once (the join
+    bridge, then the camera's own packets)."""
+    from camtrack.media.passthrough import PassthroughFeed
+
+    from .test_passthrough import FPS, write_h264
+
+    source = str(write_h264(tmp_path / "high.mp4", "high"))
+    root, app, port = await start(serve, source=source, mode="passthrough")
+    camera = app[CAMERAS].first
+    assert isinstance(camera.feed, PassthroughFeed)
+    url = f"rtsp://127.0.0.1:{port}/default"
+    raw = await Raw.open(port)
+    status, _, sdp = await raw.request("DESCRIBE", url)
+    assert status == 200 and "profile-level-id=64" in sdp.decode(), sdp
+    await raw.play_tcp(url)  # (holds the camera open from its first keyframe on)
+    drain = asyncio.ensure_future(raw.packets(100_000))
+    await eventually(lambda: len(camera.feed._ring.since(lambda p: p.keyframe)) > FPS, timeout=20)
+    assert camera.bridge is None and camera.decoder.frames == 0
+    frames = await ffmpeg_frames(url, "tcp", 30)
+    bar = [int(np.argmax(frame[H // 2])) for frame in frames]
+    assert len(set(bar)) > 20, bar  # the bar moves: 30 different pictures
+    assert not drain.done()  # (the first client still reads)
+    drain.cancel()
+    raw.close()

@@ -34,7 +34,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from ...logs import ClientLog, clip
 from ...media.admission import Refused
-from ...media.feeds import FeedClosed, PacketFeed, Transport, Viewer
+from ...media.feeds import FeedClosed, Transport, Viewer
 from ...media.packet import EncodedPacket
 from ...media.ratelimit import TokenBucket
 from ...media.reader import PacketReader
@@ -80,14 +80,11 @@ _VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=
 
 
 class RtspCamera(Protocol):
-    """What the RTSP output needs of a camera: its name, its packet feed (None: each WebRTC viewer
-    encodes its own, nothing to serve) and a reader of it per transport."""
+    """What the RTSP output needs of a camera: its name and a reader of its packets per transport
+    (ValueError, saying why, when it has no packets to share: each WebRTC viewer encodes its own)."""
 
     @property
     def name(self) -> str: ...
-
-    @property
-    def feed(self) -> PacketFeed | None: ...
 
     def reader(self, transport: Transport) -> PacketReader: ...
 
@@ -545,20 +542,25 @@ class RtspClient(Generic[C]):
             raise RtspRequestError(404, f"no camera {clip(target.name, 64)!r}")
         if self.camera is not None and camera is not self.camera:
             raise RtspRequestError(459, "one camera per connection: open another connection for another")
-        if camera.feed is None:
-            raise RtspRequestError(503, "this camera has no shared packets to send (--encoder per-viewer)")
         return camera
+
+    def _reader(self, camera: C) -> PacketReader:
+        try:
+            return camera.reader(Transport.RTSP)
+        except ValueError as exc:  # (no packets to share: --encoder per-viewer)
+            raise RtspRequestError(503, str(exc)) from None
 
     def _take(self, camera: C) -> None:
         """Hold `camera` for this client (pending until it plays): 503 if the server is full."""
+        if self._held is None and not self.playing:
+            self._held = self._reader(camera)
         if self.camera is None:
             refused = self.server.cameras.admission(camera)
             if refused is not None:
+                self._release_held()
                 raise RtspRequestError(503, refused.text)
             self.camera = camera
             self.server.cameras.hold(camera, self)
-        if self._held is None and not self.playing:
-            self._held = camera.reader(Transport.RTSP)
 
     async def _first_picture(self, reader: PacketReader) -> tuple[EncodedPacket, int | None]:
         try:
@@ -623,12 +625,17 @@ class RtspClient(Generic[C]):
         if refused is not None:
             raise RtspRequestError(503, refused.text)
         # a fresh reader: it starts at the newest keyframe (the held one may be seconds old by now)
-        reader = camera.reader(Transport.RTSP)
+        try:
+            reader = self._reader(camera)
+        except RtspRequestError:
+            self.server.cameras.leave(camera, self)
+            raise
         self._release_held()
         try:
             first = await self._first_picture(reader)
         except RtspRequestError:
             reader.close()
+            self.server.cameras.leave(camera, self)
             raise
         self.playing = True
         timestamp = self._timeline(session, first[0], first[1])
