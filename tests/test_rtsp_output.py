@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -667,4 +668,70 @@ async def test_a_passed_through_camera_its_own_h264(serve, tmp_path):
     assert len(set(bar)) > 20, bar  # the bar moves: 30 different pictures
     assert not drain.done()  # (the first client still reads)
     drain.cancel()
+    raw.close()
+
+
+def nal_types(payload: bytes) -> set[int]:
+    """The H.264 NAL unit types an RTP payload carries (STAP-A and FU-A opened)."""
+    kind = payload[0] & 0x1F
+    if kind == 24:  # STAP-A
+        types, at = set(), 1
+        while at + 2 < len(payload):
+            size = int.from_bytes(payload[at:at + 2], "big")
+            types.add(payload[at + 2] & 0x1F)
+            at += 2 + size
+        return types
+    if kind == 28:  # FU-A
+        return {payload[1] & 0x1F}
+    return {kind}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_a_slow_reader_skips_to_the_next_keyframe_and_goes_on(serve, monkeypatch):
+    """A client that reads, but slower than the camera sends, is not queued for: it skips pictures,
+    and the first picture after every gap is a keyframe (decodable); it is not cut off. (The backlog
+    bound and send buffer made smaller, so that the test pattern's 70 kB/s fills them in seconds.)"""
+    monkeypatch.setattr(rtsp_server, "MAX_BACKLOG", 64 * 1024)
+    monkeypatch.setattr(rtsp_server, "SEND_BUFFER", 16 * 1024)
+    root, app, port = await start(serve, bitrate=4_000_000, keyframe_interval=1.0, width=640, height=480)
+    raw = await Raw.open(port, rcvbuf=8192)
+    await raw.play_tcp(f"rtsp://127.0.0.1:{port}/default")
+    (client,) = [c for c in app[RTSP].clients if c.playing]
+    camera = app[CAMERAS].first
+    data = bytearray()
+    began = time.monotonic()
+    while time.monotonic() - began < 10.0 and not client.skipped > 10:  # about 40 KB/s
+        data += await raw.reader.read(8192)
+        await asyncio.sleep(0.2)
+    print(f"\nstream {camera.meters[Transport.RTSP].bytes / (time.monotonic() - began) / 1000:.0f} kB/s, "
+          f"read {len(data) / (time.monotonic() - began) / 1000:.0f} kB/s, skipped {client.skipped}")
+    # then read what was held for it, and on past the skip
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(3.0):
+            while True:
+                data += await raw.reader.read(65536)
+    assert client.reason is None and client.skipped > 0, (client.reason, client.skipped)
+    pictures: list[tuple[int, set[int]]] = []  # (timestamp, NAL types) per picture
+    at = 0
+    while at + 4 <= len(data):
+        assert data[at] == 0x24, "interleaved framing lost"
+        size = int.from_bytes(data[at + 2:at + 4], "big")
+        if at + 4 + size > len(data):
+            break
+        packet = bytes(data[at + 4:at + 4 + size])
+        at += 4 + size
+        if data[at - 4 - size + 1] != 0:
+            continue  # (RTCP)
+        timestamp = int.from_bytes(packet[4:8], "big")
+        if not pictures or pictures[-1][0] != timestamp:
+            pictures.append((timestamp, set()))
+        pictures[-1][1].update(nal_types(packet[12:]))
+    # a skip lasts until the next keyframe it can take (every 1 s here): gaps of half a second and
+    # more (the pattern and the encoder on a busy machine leave gaps of a few pictures themselves)
+    gaps = [i for i in range(1, len(pictures)) if (pictures[i][0] - pictures[i - 1][0]) % 2**32 > 45000]
+    assert gaps, "it never skipped"
+    for i in gaps:
+        assert 5 in pictures[i][1], (i, pictures[i][1])  # an IDR picture after every gap
+    assert 5 in pictures[0][1]
     raw.close()

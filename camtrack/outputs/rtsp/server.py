@@ -317,6 +317,7 @@ class RtspClient(Generic[C]):
         self.sent = 0
         self._skipping = False
         self._stalled_since: float | None = None
+        self._keyframe_requests = TokenBucket(1, 1.0)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -694,11 +695,20 @@ class RtspClient(Generic[C]):
         """Send one picture whole, or skip it (and what follows up to a keyframe) if the client
         cannot take it now; False when the client is cut off."""
         now = time.monotonic()
-        if self._skipping and not encoded.keyframe:
-            return self._skip(now)
         if session.tcp and self.writer.transport.get_write_buffer_size() > MAX_BACKLOG:
-            self._skipping = True
-            return self._skip(now)
+            # it cannot take this picture: skip to a keyframe, and cut it off if it takes nothing for long
+            if self._stalled_since is None:
+                self._stalled_since = now
+            elif now - self._stalled_since >= STALL_TIMEOUT:
+                self.server.stats.cut_off += 1
+                self.end(f"took no picture for {STALL_TIMEOUT:g} s")
+                return False
+            self._skip(reader)
+            return True
+        self._stalled_since = None
+        if self._skipping and not encoded.keyframe:
+            self._skip(reader)  # (it can take pictures again: the next keyframe is the one it can decode)
+            return True
         codec = _VP8 if encoded.codec.codec == "vp8" else _H264
         frame = rtp_frame(reader.feed, encoded, codec, own_pts)
         timestamp = self._timeline(session, encoded, own_pts)
@@ -718,25 +728,23 @@ class RtspClient(Generic[C]):
                 chunks.append(header)
                 chunks.append(payload)
             elif not self.server.send_udp(False, header + payload, session.rtp_to):
-                self._skipping = True  # the rest of this picture is lost: wait for a keyframe
-                return self._skip(now)
+                self._skip(reader)  # the rest of this picture is lost: wait for a keyframe
+                return True
         if chunks:
             self.writer.write(b"".join(chunks))
         self._skipping = False
-        self._stalled_since = None
         self.sent += 1
         return True
 
-    def _skip(self, now: float) -> bool:
+    def _skip(self, reader: PacketReader) -> None:
+        """Skip a picture; from the first, ask for a keyframe (at most one a second per client: the
+        shared encoder limits everyone's together too; a camera's own cannot be asked)."""
         self.skipped += 1
         self.server.stats.skipped += 1
-        if self._stalled_since is None:
-            self._stalled_since = now
-        elif now - self._stalled_since >= STALL_TIMEOUT:
-            self.server.stats.cut_off += 1
-            self.end(f"took no picture for {STALL_TIMEOUT:g} s")
-            return False
-        return True
+        if not self._skipping:
+            self._skipping = True
+            if self._keyframe_requests.take():
+                reader.request_keyframe()
 
     def _send_rtcp(self, session: _Session, data: bytes) -> None:
         if session.tcp:
