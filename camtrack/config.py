@@ -526,6 +526,8 @@ class Config(CameraSettings):
         check_options(self)
         if bool(self.cert) != bool(self.key):
             raise ValueError("TLS needs both --cert and --key")
+        if self.rtsp_port and self.rtsp_port == self.port:
+            raise ValueError(f"--rtsp-port {self.rtsp_port} is the web port (--port): give RTSP another (0: no RTSP)")
         if self.public_addresses and not self.webrtc_port:
             raise ValueError("--public-address needs a fixed --webrtc-port (not 0)")
         if self.turn_secret is not None and not any(url.startswith(("turn:", "turns:")) for url in self.ice_servers):

@@ -417,7 +417,8 @@ async def test_bad_requests_get_a_status_and_a_reason(serve):
 
 
 @pytest.mark.timeout(60)
-async def test_basic_and_digest_with_the_token(serve):
+async def test_basic_and_digest_with_the_token(serve, caplog):
+    caplog.set_level("INFO")
     root, app, port = await start(serve, token=TOKEN)
     url = f"rtsp://127.0.0.1:{port}/default"
     raw = await Raw.open(port)
@@ -469,6 +470,8 @@ async def test_basic_and_digest_with_the_token(serve):
     assert status == 403
     assert await raw.reader.read() == b""
     raw.close()
+    assert "RTSP request from 127.0.0.1 refused (401)" in caplog.text
+    assert TOKEN not in caplog.text and base64.b64encode(f"anyone:{TOKEN}".encode()).decode() not in caplog.text
 
 
 @pytest.mark.timeout(60)
