@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from camtrack.app import CAMERAS, RTSP
+from camtrack.client import Viewer
 from camtrack.media.feeds import Transport
 from camtrack.media.stamp import read_stamp
 from camtrack.outputs.rtsp import server as rtsp_server
@@ -145,15 +146,17 @@ async def run(*command: str, timeout: float = 60, user: str | None = None) -> tu
     return process.returncode or 0, out, err
 
 
-async def ffmpeg_frames(url: str, transport: str, count: int, timeout: float = 40) -> np.ndarray:
-    """`count` pictures ffmpeg decoded from `url`, grey, as an array (count, H, W)."""
+async def ffmpeg_frames(url: str, transport: str, count: int, timeout: float = 40,
+                        size: tuple[int, int] = (W, H)) -> np.ndarray:
+    """`count` pictures ffmpeg decoded from `url`, grey, as an array (count, height, width)."""
     status, out, err = await run("ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
                                  "-rtsp_transport", transport, "-i", url, "-frames:v", str(count), "-fps_mode", "passthrough",
                                  "-f", "rawvideo", "-pix_fmt", "gray", "-", timeout=timeout)
     assert status == 0, err.decode(errors="replace")[-2000:]
     frames = np.frombuffer(out, np.uint8)
-    assert frames.size == count * W * H, (frames.size, err.decode(errors="replace")[-2000:])
-    return frames.reshape(count, H, W)
+    width, height = size
+    assert frames.size == count * width * height, (frames.size, err.decode(errors="replace")[-2000:])
+    return frames.reshape(count, height, width)
 
 
 def assert_live_pattern(frames: np.ndarray) -> None:
@@ -232,13 +235,17 @@ async def test_vlc_plays(serve):
     assert app[CAMERAS].first.meters[Transport.RTSP].frames >= 30
 
 
+PICTURES = 600
+
+
 @pytest.mark.slow
 @needs_ffmpeg
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(100)
 async def test_a_client_that_stops_reading_harms_no_one(serve):
     """One client PLAYs over TCP and never reads again: it holds a bounded number of bytes, skips,
-    and is cut off, while ffmpeg over TCP and UDP and a websocket viewer get every picture on time."""
-    root, app, port = await start(serve, bitrate=3_000_000, keyframe_interval=1.0)
+    and is cut off, while ffmpeg over TCP and UDP, a websocket viewer and a WebRTC viewer get every
+    picture on time."""
+    root, app, port = await start(serve, bitrate=3_000_000, keyframe_interval=1.0, width=640, height=480)
     url = f"rtsp://127.0.0.1:{port}/default"
     server = app[RTSP]
     stalled = await Raw.open(port, rcvbuf=4096)
@@ -246,10 +253,13 @@ async def test_a_client_that_stops_reading_harms_no_one(serve):
     await eventually(lambda: any(c.playing for c in server.clients))
     (victim,) = [c for c in server.clients if c.playing]
     backlog = []
+    cut_at: list[float] = []
 
     async def watch_backlog() -> None:
         while True:
             backlog.append(victim.writer.transport.get_write_buffer_size())
+            if victim.reason is not None and not cut_at:
+                cut_at.append(time.monotonic() - began)
             await asyncio.sleep(0.02)
 
     async def ws_viewer() -> int:
@@ -258,28 +268,46 @@ async def test_a_client_that_stops_reading_harms_no_one(serve):
             await asyncio.wait_for(ws.receive_json(), 10)
             await ws.send_str(json.dumps({"type": "stream"}))
             async with asyncio.timeout(30):
-                while got < 240:
+                while got < PICTURES:
                     message = await ws.receive()
                     assert message.type == aiohttp.WSMsgType.BINARY, message
                     got += 1
         return got
 
+    async def webrtc_viewer() -> list[int]:
+        viewer = Viewer(root + "/ws")
+        try:
+            await viewer.connect()
+            frames = await viewer.frames(PICTURES, timeout=60)
+        finally:
+            await viewer.close()
+        return [read_stamp(frame.to_ndarray(format="gray")) for frame in frames[-30:]]
+
     watcher = asyncio.ensure_future(watch_backlog())
     began = time.monotonic()
     try:
-        # 240 pictures at 30 fps: 8 s, longer than the stalled client can last
-        tcp, udp, ws = await asyncio.gather(ffmpeg_frames(url, "tcp", 240, 60), ffmpeg_frames(url, "udp", 240, 60),
-                                            ws_viewer())
+        # 600 pictures at 30 fps: 20 s, longer than the stalled client lasts (its buffers fill, then 5 s)
+        tcp, udp, ws, webrtc = await asyncio.gather(
+            ffmpeg_frames(url, "tcp", PICTURES, 60, (640, 480)), ffmpeg_frames(url, "udp", PICTURES, 60, (640, 480)),
+            ws_viewer(),
+            webrtc_viewer())
+        took = time.monotonic() - began
+        cut_off = victim.reason is not None
+        await eventually(lambda: victim.reason is not None, timeout=rtsp_server.STALL_TIMEOUT + 15)
     finally:
         watcher.cancel()
-    took = time.monotonic() - began
     assert_live_pattern(tcp[-30:])
     assert_live_pattern(udp[-30:])
-    assert ws == 240
-    assert took < 8 * 2.5, took
-    # the stalled one skipped, held at most the backlog bound and a picture, and was cut off
-    await eventually(lambda: victim.reason is not None, timeout=rtsp_server.STALL_TIMEOUT + 15)
+    assert ws == PICTURES
+    assert sum(b > a for a, b in zip(webrtc, webrtc[1:], strict=False)) >= 20, webrtc
+    assert took < PICTURES / 30 * 2, took
+    # the stalled one skipped, held at most the backlog bound and a picture, and was cut off (while
+    # the others watched)
+    assert cut_off
     assert "took no picture" in victim.reason, victim.reason
+    print(f"\nthe stalled client: cut off {cut_at[0] if cut_at else -1:.1f} s after the others started, "
+          f"{victim.sent} pictures sent, {victim.skipped} skipped, at most {max(backlog) // 1024} KiB unsent "
+          f"held for it; the others took {took:.1f} s for {PICTURES} pictures")
     assert victim.skipped > 0 and server.stats.cut_off == 1
     assert max(backlog) <= rtsp_server.MAX_BACKLOG + 512 * 1024, max(backlog)
     async with aiohttp.ClientSession() as http, http.get(root + "/metrics") as response:
