@@ -25,16 +25,16 @@ MAX_HEADERS = 64
 #: the realm of Basic and Digest challenges
 REALM = "camtrack"
 #: the methods this server answers (the Public header of OPTIONS)
-METHODS = ("OPTIONS", "DESCRIBE", "SETUP", "PLAY", "TEARDOWN", "GET_PARAMETER", "SET_PARAMETER")
+METHODS = ("OPTIONS", "DESCRIBE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER", "SET_PARAMETER")
 #: methods of RTSP that this server knows but does not do (it serves, it does not record)
-REFUSED_METHODS = ("ANNOUNCE", "RECORD", "PAUSE", "REDIRECT")
+REFUSED_METHODS = ("ANNOUNCE", "RECORD", "REDIRECT")
 
 REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 413: "Request Entity Too Large",
     454: "Session Not Found", 455: "Method Not Valid in This State", 459: "Aggregate Operation Not Allowed",
     461: "Unsupported Transport", 500: "Internal Server Error", 501: "Not Implemented",
-    503: "Service Unavailable", 505: "RTSP Version Not Supported",
+    503: "Service Unavailable", 505: "RTSP Version Not Supported", 551: "Option not supported",
 }
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -43,12 +43,14 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 class RtspRequestError(ValueError):
     """A request the server cannot use: answered with `status` and `reason` (a sentence)."""
 
-    def __init__(self, status: int, reason: str, *, close: bool = False) -> None:
+    def __init__(self, status: int, reason: str, *, close: bool = False, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         #: the connection cannot go on (the message boundaries are lost)
         self.close = close
+        #: headers the answer carries (Allow, Unsupported)
+        self.headers = headers or {}
 
 
 @dataclass

@@ -302,6 +302,8 @@ class RtspClient(Generic[C]):
         self.camera: C | None = None
         self.session: _Session | None = None
         self.playing = False
+        #: PAUSEd after playing (a viewer still)
+        self.paused = False
         #: the reader that keeps the camera running between DESCRIBE (or SETUP) and PLAY
         self._held: PacketReader | None = None
         self._playback: asyncio.Task[None] | None = None
@@ -374,28 +376,25 @@ class RtspClient(Generic[C]):
         if held is not None:
             held.close()
 
-    def _wait_time(self) -> float:
-        """How long to wait for the client's next message before giving up on it."""
+    def _silence(self) -> tuple[float | None, str]:
+        """How long the client may say nothing (None: for ever), and what it is told after that."""
         session = self.session
-        if self.playing and session is not None:
-            if session.tcp:
-                return float("inf")  # (the connection itself says it is there; a stall is the sender's)
-            return max(0.1, self.heard + SESSION_TIMEOUT - time.monotonic())
-        return max(0.1, self.heard + self.settings.idle_timeout - time.monotonic())
+        if session is not None and (self.playing or self.paused):
+            if session.tcp and self.playing:
+                return None, ""  # (the connection itself says it is there; a stall is the sender's)
+            return SESSION_TIMEOUT, f"session timed out: nothing for {SESSION_TIMEOUT} s"
+        return self.settings.idle_timeout, f"idle for {self.settings.idle_timeout:g} s"
 
     async def _next_message(self) -> bool:
         """Read and handle one request or interleaved frame; False at the end of the connection."""
-        wait = self._wait_time()
+        allowed, why = self._silence()
+        wait = None if allowed is None else max(0.1, self.heard + allowed - time.monotonic())
         try:
-            first = await asyncio.wait_for(self.reader.readexactly(1), None if wait == float("inf") else wait)
+            first = await asyncio.wait_for(self.reader.readexactly(1), wait)
         except TimeoutError:
-            if self.playing and self.session is not None and not self.session.tcp:
-                if time.monotonic() - self.heard >= SESSION_TIMEOUT:
-                    self.end(f"session timed out: nothing for {SESSION_TIMEOUT} s")
-                    return False
-                return True
-            if time.monotonic() - self.heard >= self.settings.idle_timeout:
-                self.end(f"idle for {self.settings.idle_timeout:g} s")
+            allowed, why = self._silence()
+            if allowed is not None and time.monotonic() - self.heard >= allowed:
+                self.end(why)
                 return False
             return True
         except asyncio.IncompleteReadError:
@@ -460,7 +459,7 @@ class RtspClient(Generic[C]):
 
     def _error_bytes(self, exc: RtspRequestError, cseq: str | None) -> bytes:
         if exc.status != 401:
-            return messages.error(exc.status, cseq, exc.reason)
+            return messages.error(exc.status, cseq, exc.reason, exc.headers)
         lines = messages.error(exc.status, cseq, exc.reason)
         # two WWW-Authenticate headers (Digest, then Basic): added by hand, a dict holds one
         head, sep, body = lines.partition(b"\r\n\r\n")
@@ -476,6 +475,9 @@ class RtspClient(Generic[C]):
 
     async def _handle(self, request: Request) -> None:
         method = request.method
+        if request.header("require"):
+            raise RtspRequestError(551, "no options are supported here (Require)",
+                                   headers={"Unsupported": clip(request.header("require"), 100)})
         if method == "OPTIONS":
             self._reply(request, {"Public": ", ".join(messages.METHODS)})
         elif method in ("GET_PARAMETER", "SET_PARAMETER"):
@@ -487,6 +489,8 @@ class RtspClient(Generic[C]):
             await self._setup(request)
         elif method == "PLAY":
             await self._play(request)
+        elif method == "PAUSE":
+            await self._pause(request)
         elif method == "TEARDOWN":
             self._check_session(request, needed=False)
             self._reply(request, {})
@@ -496,7 +500,7 @@ class RtspClient(Generic[C]):
             log.info(self.remote, "RTSP client %s ends: teardown", self.remote)
         elif method in messages.REFUSED_METHODS:
             raise RtspRequestError(405, f"{method} is not served here: this server only sends cameras "
-                                        f"(DESCRIBE, SETUP, PLAY)")
+                                        f"(DESCRIBE, SETUP, PLAY)", headers={"Allow": ", ".join(messages.METHODS)})
         else:
             raise RtspRequestError(501, f"unknown method {clip(method, 40)}")
 
@@ -622,9 +626,11 @@ class RtspClient(Generic[C]):
         if self.playing:
             self._reply(request, {**self._session_header(), "Range": "npt=now-"})
             return
-        refused = self.server.cameras.admit(camera, self)
-        if refused is not None:
-            raise RtspRequestError(503, refused.text)
+        if not self.paused:  # (a paused client is a viewer still)
+            refused = self.server.cameras.admit(camera, self)
+            if refused is not None:
+                raise RtspRequestError(503, refused.text)
+        self.paused = False
         # a fresh reader: it starts at the newest keyframe (the held one may be seconds old by now)
         try:
             reader = self._reader(camera)
@@ -648,6 +654,24 @@ class RtspClient(Generic[C]):
         log.info(self.remote, "RTSP client %s plays %s over %s", self.remote, camera.name,
                  "TCP" if session.tcp else "UDP")
         self._playback = asyncio.ensure_future(self._send_loop(reader, session, first))
+
+    async def _pause(self, request: Request) -> None:
+        """Stop sending, keep the session (and the place: a viewer still); PLAY starts again from a
+        keyframe of the live picture."""
+        self._check_session(request)
+        if not self.playing:
+            if self.paused:
+                self._reply(request, self._session_header())
+                return
+            raise RtspRequestError(455, "PAUSE comes after PLAY")
+        task, self._playback = self._playback, None
+        self.playing = False
+        self.paused = True
+        self.heard = time.monotonic()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._reply(request, self._session_header())
 
     # ---- sending -------------------------------------------------------------------------------
 
