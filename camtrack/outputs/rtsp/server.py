@@ -179,7 +179,10 @@ class RtspServer(Generic[C]):
         for client in list(self.clients):
             client.end("server shutting down")
         if self.clients:
-            await asyncio.wait([asyncio.ensure_future(c.closed()) for c in list(self.clients)], timeout=1.0)
+            waiting = [asyncio.ensure_future(c.closed()) for c in list(self.clients)]
+            _, late = await asyncio.wait(waiting, timeout=1.0)
+            for task in late:
+                task.cancel()
         if self._udp is not None:
             loop = asyncio.get_running_loop()
             for sock in self._udp:
