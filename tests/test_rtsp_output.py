@@ -681,7 +681,11 @@ async def test_a_camera_without_shared_packets_is_refused_with_the_reason(serve)
     root, app, port = await start(serve, encoder="per-viewer")
     raw = await Raw.open(port)
     status, _, body = await raw.request("DESCRIBE", f"rtsp://127.0.0.1:{port}/default")
-    assert status == 503 and b"per-viewer" in body
+    assert status == 503 and b"per-viewer" in body and b"?codec=h264" in body
+    raw.close()
+    raw = await Raw.open(port)  # (as it says)
+    status, _, body = await raw.request("DESCRIBE", f"rtsp://127.0.0.1:{port}/default?codec=h264")
+    assert status == 200 and b"H264/90000" in body
     raw.close()
     await eventually(lambda: app[CAMERAS].first.pending == 0 and not app[RTSP].clients)
 
@@ -781,3 +785,28 @@ async def test_a_slow_reader_skips_to_the_next_keyframe_and_goes_on(serve, monke
         assert 5 in pictures[i][1], (i, pictures[i][1])  # an IDR picture after every gap
     assert 5 in pictures[0][1]
     raw.close()
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+@pytest.mark.timeout(90)
+async def test_a_codec_asked_for_in_the_url(serve):
+    """A VP8 camera (for Firefox) gives an NVR H.264 with ?codec=h264: encoded once for everyone who
+    asks, while the camera's own VP8 goes on for the others; a codec it does not know is a 400."""
+    root, app, port = await start(serve, codec="vp8")
+    url = f"rtsp://127.0.0.1:{port}/default"
+    raw = await Raw.open(port)
+    status, _, sdp = await raw.request("DESCRIBE", url)
+    assert status == 200 and "VP8/90000" in sdp.decode()
+    raw.close()
+    raw = await Raw.open(port)
+    status, _, sdp = await raw.request("DESCRIBE", url + "?codec=h264")
+    assert status == 200 and "H264/90000" in sdp.decode() and "sprop-parameter-sets=" in sdp.decode()
+    status, _, body = await raw.request("DESCRIBE", url + "?codec=av1")
+    assert status == 400 and b"codec must be one of h264, vp8" in body
+    raw.close()
+    h264, vp8 = await asyncio.gather(ffmpeg_frames(url + "?codec=h264", "tcp", 30), ffmpeg_frames(url, "udp", 30))
+    assert_live_pattern(h264)
+    assert_live_pattern(vp8)
+    camera = app[CAMERAS].first
+    assert camera.tiers is not None and set(camera.tiers.encoders) == {"h264"}

@@ -38,6 +38,7 @@ from ...media.feeds import FeedClosed, Transport, Viewer
 from ...media.packet import EncodedPacket
 from ...media.ratelimit import TokenBucket
 from ...media.reader import PacketReader
+from ...media.tiers import MAIN, TIER_CODECS, Tier
 from ..webrtc.fanout import rtp_frame
 from . import messages
 from .messages import PAYLOAD_TYPE, Request, RtspRequestError
@@ -81,12 +82,13 @@ _VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=
 
 class RtspCamera(Protocol):
     """What the RTSP output needs of a camera: its name and a reader of its packets per transport
-    (ValueError, saying why, when it has no packets to share: each WebRTC viewer encodes its own)."""
+    and tier (MAIN: its own packets; a codec's: encoded once for all who ask for it; ValueError,
+    saying why, when it has no such packets to share: each WebRTC viewer encodes its own)."""
 
     @property
     def name(self) -> str: ...
 
-    def reader(self, transport: Transport) -> PacketReader: ...
+    def reader(self, transport: Transport, tier: Tier = MAIN) -> PacketReader: ...
 
 
 C = TypeVar("C", bound=RtspCamera)
@@ -305,6 +307,8 @@ class RtspClient(Generic[C]):
         self.camera: C | None = None
         self.session: _Session | None = None
         self.playing = False
+        #: the camera's packets it asked for (?codec=h264 or vp8), else its own
+        self.tier = MAIN
         #: PAUSEd after playing (a viewer still)
         self.paused = False
         #: the reader that keeps the camera running between DESCRIBE (or SETUP) and PLAY
@@ -550,13 +554,21 @@ class RtspClient(Generic[C]):
             raise RtspRequestError(404, f"no camera {clip(target.name, 64)!r}")
         if self.camera is not None and camera is not self.camera:
             raise RtspRequestError(459, "one camera per connection: open another connection for another")
+        codecs = target.query.get("codec")
+        if codecs:
+            if codecs[0] not in TIER_CODECS:
+                raise RtspRequestError(400, f"codec must be one of {', '.join(TIER_CODECS)}, not "
+                                            f"{clip(codecs[0], 20)!r}")
+            if self.tier.codec not in (None, codecs[0]):
+                raise RtspRequestError(459, "one codec per connection")
+            self.tier = Tier(codecs[0])
         return camera
 
     def _reader(self, camera: C) -> PacketReader:
         try:
-            return camera.reader(Transport.RTSP)
+            return camera.reader(Transport.RTSP, self.tier)
         except ValueError as exc:  # (no packets to share: --encoder per-viewer)
-            raise RtspRequestError(503, str(exc)) from None
+            raise RtspRequestError(503, f"{exc}: ask for a codec, ?codec=h264") from None
 
     def _take(self, camera: C) -> None:
         """Hold `camera` for this client (pending until it plays): 503 if the server is full."""
