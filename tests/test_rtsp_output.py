@@ -351,6 +351,8 @@ async def test_describe_setup_play_teardown_by_hand(serve):
     sps, pps = (base64.b64decode(s) for s in sets.group(1).split(","))
     assert sps[0] & 0x1F == 7 and pps[0] & 0x1F == 8
     assert f"profile-level-id={sps[1:4].hex()}" in text
+    status, _, again = await raw.request("DESCRIBE", url)  # (the same parameter sets)
+    assert status == 200 and sets.group(0) in again.decode()
     # pending, not a viewer, until it plays
     camera = app[CAMERAS].first
     assert camera.pending == 1 and not camera.viewers[Transport.RTSP]

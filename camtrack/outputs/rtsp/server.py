@@ -309,6 +309,8 @@ class RtspClient(Generic[C]):
         self.playing = False
         #: the camera's packets it asked for (?codec=h264 or vp8), else its own
         self.tier = MAIN
+        #: the first keyframe DESCRIBE read (its SPS and PPS)
+        self._keyframe: bytes | None = None
         #: PAUSEd after playing (a viewer still)
         self.paused = False
         #: the reader that keeps the camera running between DESCRIBE (or SETUP) and PLAY
@@ -600,10 +602,11 @@ class RtspClient(Generic[C]):
         self._take(camera)
         assert self._held is not None
         first, _ = await self._first_picture(self._held)
+        if first.keyframe:  # (its parameter sets go in the SDP; a second DESCRIBE reads on past it)
+            self._keyframe = bytes(first.packet)
         sockname = self.writer.get_extra_info("sockname")
         address = str(sockname[0]) if sockname else "0.0.0.0"
-        body = messages.sdp(camera.name, first.codec, bytes(first.packet) if first.keyframe else None,
-                            secrets.randbits(62), address)
+        body = messages.sdp(camera.name, first.codec, self._keyframe, secrets.randbits(62), address)
         self._reply(request, {"Content-Base": self._base_url(request)}, body, "application/sdp")
 
     async def _setup(self, request: Request) -> None:
