@@ -328,7 +328,6 @@ class RtspClient(Generic[C]):
         self.sent = 0
         self._skipping = False
         self._stalled_since: float | None = None
-        self._keyframe_requests = TokenBucket(1, 1.0)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -745,11 +744,11 @@ class RtspClient(Generic[C]):
                 self.server.stats.cut_off += 1
                 self.end(f"took no picture for {STALL_TIMEOUT:g} s")
                 return False
-            self._skip(reader)
+            self._skip()
             return True
         self._stalled_since = None
         if self._skipping and not encoded.keyframe:
-            self._skip(reader)  # (it can take pictures again: the next keyframe is the one it can decode)
+            self._skip()  # (it can take pictures again: the next keyframe is the one it can decode)
             return True
         codec = _VP8 if encoded.codec.codec == "vp8" else _H264
         frame = rtp_frame(reader.feed, encoded, codec, own_pts)
@@ -770,7 +769,7 @@ class RtspClient(Generic[C]):
                 chunks.append(header)
                 chunks.append(payload)
             elif not self.server.send_udp(False, header + payload, session.rtp_to):
-                self._skip(reader)  # the rest of this picture is lost: wait for a keyframe
+                self._skip()  # the rest of this picture is lost: wait for a keyframe
                 return True
         if chunks:
             self.writer.write(b"".join(chunks))
@@ -778,15 +777,13 @@ class RtspClient(Generic[C]):
         self.sent += 1
         return True
 
-    def _skip(self, reader: PacketReader) -> None:
-        """Skip a picture; from the first, ask for a keyframe (at most one a second per client: the
-        shared encoder limits everyone's together too; a camera's own cannot be asked)."""
+    def _skip(self) -> None:
+        """Skip a picture, and the ones after it up to a keyframe. No keyframe is asked for: the
+        periodic one comes (a camera's own cannot be asked anyway), and clients that cannot keep up
+        must not raise everyone's keyframe rate (a forced keyframe is a burst for every viewer)."""
         self.skipped += 1
         self.server.stats.skipped += 1
-        if not self._skipping:
-            self._skipping = True
-            if self._keyframe_requests.take():
-                reader.request_keyframe()
+        self._skipping = True
 
     def _send_rtcp(self, session: _Session, data: bytes) -> None:
         if session.tcp:
