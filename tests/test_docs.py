@@ -121,7 +121,8 @@ def test_every_flag_the_docs_name_exists():
 
 async def test_every_metric_and_healthz_key_is_documented():
     """docs/health.md's metrics table has every metric a server exposes (ten were only in passing
-    elsewhere, or nowhere), each one it lists is declared in camtrack/outputs/metrics.py, and its
+    elsewhere, or nowhere), each one it lists is declared in camtrack/outputs/metrics.py (or an
+    output's own metrics.py), and its
     /healthz paragraph names every top-level key."""
     async with TestClient(TestServer(create_app(Config(source="pattern", webrtc_port=0)))) as client:
         exposed = set(re.findall(r"^# TYPE (camtrack_\w+) (\w+)", await (await client.get("/metrics")).text(), re.M))
@@ -132,7 +133,8 @@ async def test_every_metric_and_healthz_key_is_documented():
     # (a counter's samples end in _total: its family's TYPE line may say either)
     names = {name if kind != "counter" or name.endswith("_total") else f"{name}_total" for name, kind in exposed}
     assert len(names) > 20 and names - documented == set()
-    declared = (ROOT / "camtrack" / "outputs" / "metrics.py").read_text()
+    # (an output's own metrics are declared beside it: camtrack/outputs/rtsp/metrics.py)
+    declared = "".join(path.read_text() for path in (ROOT / "camtrack" / "outputs").rglob("metrics.py"))
     assert {name for name in documented if f'"{name.removesuffix("_total")}"' not in declared} == set()
     paragraph = " ".join(text[text.index("- `GET /healthz`"):].split("\n- ")[0].split())
     assert {key for key in health if f"`{key}`" not in paragraph} == set()
