@@ -250,8 +250,9 @@ async def test_no_socket_is_left_after_peers_that_never_gathered_and_a_stop(loop
     from camtrack.connections import make_runner
 
     before = udp_inodes_of_this_process()
+    # (the RTSP output off: its UDP pair is not the mux's socket this counts)
     config = Config(host="127.0.0.1", port=0, source="pattern", width=320, height=240, linger=0.5,
-                    webrtc_port=free_udp_port())
+                    webrtc_port=free_udp_port(), rtsp_port=0)
     app = create_app(config)
     runner = make_runner(app, config)
     await runner.setup()
