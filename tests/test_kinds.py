@@ -173,7 +173,7 @@ async def test_the_switch_moves_at_the_targets_keyframe_with_growing_timestamps(
     moved = [stamp - (encoded.packet.pts or 0) for _, encoded, stamp in got]
     assert set(moved[:first_high]) == {0} and len(set(moved[first_high:])) == 1 and moved[-1] in (0, 1)
     assert switch.switched and switch.from_source == first_high
-    assert not low.attached and high.attached == {switch}
+    assert not low.attached and high.attached == {switch.reader}  # (the switch reads high through its PacketReader)
     switch.close()
     assert not high.attached
 

@@ -12,9 +12,11 @@ which keeps them growing whichever feed's packets it stamps.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from .feeds import FeedClosed, PacketFeed
 from .packet import EncodedPacket
+from .packetreader import PacketReader
 
 
 class Timeline:
@@ -50,13 +52,19 @@ class FeedSwitch:
     reads the target, stamped on the same timeline (continuing the offset it had on the target's
     clock, moved up as needed), and not one packet of the source any more.
 
-    A reader that reads the target itself (BridgedReader) uses `due()`, `next_source()` and
-    `leave()`; `next()` does it all for a caller that reads nothing else. Whoever may ask the
+    The target is read by a `PacketReader` (camtrack.media.packetreader, the loop every viewer
+    reads packets with: waiting on the feed's ring, resyncing when behind, counting): `reader`,
+    one that reads the target already (BridgedReader is one, and reads on from the switch itself),
+    or one the switch makes at the switch (and closes with it).
+
+    A reader that reads the target itself (BridgedReader) reads `before()` until it says None, then
+    its own packets; `next()` does it all for a caller that reads nothing else. Whoever may ask the
     target for a keyframe (a shared encoder can make one; a camera cannot) does so.
     """
 
     def __init__(self, source: PacketFeed, target: PacketFeed, timeline: Timeline | None = None, *,
-                 after: int | None = None, line_up: bool = False) -> None:
+                 after: int | None = None, line_up: bool = False, reader: PacketReader | None = None,
+                 on_leave: Callable[[PacketFeed], None] | None = None) -> None:
         self.source = source
         self.target = target
         self.timeline = timeline if timeline is not None else Timeline()
@@ -66,22 +74,20 @@ class FeedSwitch:
         self.from_source = 0
         self.switched = False
         self.closed = False
+        #: the target's reader (None: made at the switch), and whether the switch made it
+        self.reader = reader
+        self._own_reader = reader is None
         self._line_up = line_up
+        self._on_leave = on_leave
         #: the target's offset on the timeline, kept while the source is read
         self._target_offset = self.timeline.offset
         #: the source's (None: lined up at its first packet)
         self._source_offset: int | None = None if line_up else self.timeline.offset
         self._seq = 0
         self._synced = False
-        self._target_seq = 0
-        self._target_synced = False
-        self._attached: list[PacketFeed] = []
-        self._attach(source)
+        source.attach(self)
+        self._on_source = True
         self._pending: deque[EncodedPacket] = deque(source.start_packets())
-
-    def _attach(self, feed: PacketFeed) -> None:
-        feed.attach(self)
-        self._attached.append(feed)
 
     def due(self) -> list[EncodedPacket] | None:
         """The target's run from its keyframe when it has one newer than the switch, else None."""
@@ -123,56 +129,53 @@ class FeedSwitch:
         return encoded, out
 
     def leave(self) -> None:
-        """Stop reading the source (at the switch, or when the viewer gives up on it)."""
+        """Stop reading the source (at the switch, or when the viewer gives up on it), after
+        `on_leave(source)` (BridgedReader's keeps the join bridge running a while)."""
         self._pending.clear()
-        if any(feed is self.source for feed in self._attached):
-            self._attached = [feed for feed in self._attached if feed is not self.source]
+        if self._on_source:
+            self._on_source = False
+            if self._on_leave is not None:
+                self._on_leave(self.source)
             self.source.detach(self)
 
     def take(self, run: list[EncodedPacket]) -> None:
-        """The viewer is on the target from `run` (what `due()` gave) on."""
+        """The viewer is on the target from `run` (what `due()` gave) on: its reader goes on from there."""
         self.leave()
         self.switched = True
-        self._target_synced = True
-        self._pending = deque(run)
-        self._target_seq = run[-1].seq
+        if self.reader is None:
+            self.reader = PacketReader(self.target)
+        self.reader.resume(run)
 
-    async def next(self) -> tuple[EncodedPacket, int]:
-        """The viewer's next packet, the source's until the switch is due, the target's from its
-        keyframe on, and its presentation time. FeedClosed when the feed read closed."""
+    async def before(self) -> tuple[EncodedPacket, int] | None:
+        """The source's next packet for the viewer and its presentation time while the switch is not
+        due; None once it is (taken: the target's reader goes on from its keyframe). FeedClosed when
+        the source or the switch closed."""
         while not self.switched:
             if self.closed:
                 raise FeedClosed()
             run = self.due()
             if run is not None:
-                self._attach(self.target)
                 self.take(run)
                 break
             got = await self.next_source()
             if got is not None:
                 return got
-        while True:
-            if self.closed:
-                raise FeedClosed()
-            if self._pending:
-                encoded = self._pending.popleft()
-            else:
-                read = await self.target.next_packet(self._target_seq)
-                encoded = read.item
-                self._target_seq = encoded.seq
-                if read.skipped and self._target_synced:
-                    self._target_synced = False
-                    self.target.request_keyframe()
-                if not self._target_synced:
-                    if not encoded.keyframe:
-                        continue
-                    self._target_synced = True
-            return encoded, self.timeline.stamp(encoded.packet.pts or 0)
+        return None
+
+    async def next(self) -> tuple[EncodedPacket, int]:
+        """The viewer's next packet, the source's until the switch is due, the target's from its
+        keyframe on, and its presentation time. FeedClosed when the feed read closed."""
+        got = await self.before()
+        if got is not None:
+            return got
+        if self.closed or self.reader is None:
+            raise FeedClosed()
+        encoded, squeezed = await self.reader.next()
+        return encoded, self.timeline.stamp(squeezed if squeezed is not None else encoded.packet.pts or 0)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._pending.clear()
-            for feed in self._attached:
-                feed.detach(self)
-            self._attached = []
+            self.leave()
+            if self.reader is not None and self._own_reader:
+                self.reader.close()
