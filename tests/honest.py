@@ -3,7 +3,11 @@
 A hostile test starts the server (`CamtrackProcess`), one honest viewer per camera it protects
 (`HonestViewer`: a separate process that decodes every picture and reads its latency stamp), takes
 a baseline window, attacks, and checks the windows during and after the attack with
-`assert_unharmed`. Server and viewers are processes of their own so that the server's memory is
+`assert_unharmed`. Most attack one camera and watch it and another: `honest_pair(server, "a", "b")`
+starts both viewers (and stops them), `HonestPair.take_baseline()` watches both, and
+`HonestPair.check(windows, "during the flood")` holds both to the bar, so that a test says only its
+attack and its checks; `served_beside_pattern(camera)` is that setup for a hostile camera of the
+test's own beside the test pattern. Server and viewers are processes of their own so that the server's memory is
 its own (`rss_mb`) and an attacker in the test process slows the viewers only as much as it slows
 any process on the machine.
 """
@@ -23,9 +27,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -252,3 +258,69 @@ def assert_unharmed(baseline: Watched, seen: Watched, what: str, min_fps: float 
     a few milliseconds of scheduling on a busy two-core machine are not harm)."""
     assert seen.fps >= min_fps, f"{what}: {seen} (baseline {baseline})"
     assert seen.p95 <= factor * max(baseline.p95, floor_ms), f"{what}: {seen} (baseline {baseline})"
+
+
+@dataclass
+class HonestPair:
+    """Honest viewers of an attacked camera and of another (`viewers`, by camera name, attacked first),
+    started, and their baseline windows once taken (`take_baseline()`, or set `baseline` itself)."""
+
+    viewers: dict[str, HonestViewer]
+    baseline: dict[str, Watched] = field(default_factory=dict)
+
+    async def watch(self, seconds: float) -> dict[str, Watched]:
+        """Both viewers' next `seconds` (HonestViewer.watch), by camera name."""
+        names = list(self.viewers)
+        seen = await asyncio.gather(*(self.viewers[name].watch(seconds) for name in names))
+        return dict(zip(names, seen, strict=True))
+
+    def windows(self, since: float, until: float | None = None) -> dict[str, Watched]:
+        """What both saw between two time.time() instants (HonestViewer.window), by camera name."""
+        return {name: viewer.window(since, until) for name, viewer in self.viewers.items()}
+
+    async def take_baseline(self, seconds: float = 3.0) -> dict[str, Watched]:
+        """Watch both for `seconds`: their baseline, kept for `check`."""
+        self.baseline = await self.watch(seconds)
+        return self.baseline
+
+    def check(self, seen: dict[str, Watched], when: str, *, only: str | None = None) -> None:
+        """`assert_unharmed` for each viewer in `seen` (or just camera `only`'s) against its baseline:
+        "viewer of NAME WHEN" says which failed."""
+        for name, watched in seen.items():
+            if only is None or name == only:
+                assert_unharmed(self.baseline[name], watched, f"viewer of {name} {when}")
+
+
+@asynccontextmanager
+async def honest_pair(server: CamtrackProcess, attacked: str = "a", other: str = "b",
+                      query: str = "") -> AsyncIterator[HonestPair]:
+    """An honest viewer of camera `attacked` and one of `other` (their /ws URLs plus `query`, such as
+    "&token=..."), started one after the other, and stopped on the way out."""
+    pair = HonestPair({name: HonestViewer(server.ws(name) + query) for name in (attacked, other)})
+    try:
+        for viewer in pair.viewers.values():
+            await viewer.start()
+        yield pair
+    finally:
+        await asyncio.gather(*(viewer.stop() for viewer in pair.viewers.values()))
+
+
+class CameraUnderTest(Protocol):
+    """A camera a test runs (tests/rtsp_server.py's LiveRtspServer and its hostile kinds)."""
+
+    async def start(self) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
+@asynccontextmanager
+async def served_beside_pattern(camera: CameraUnderTest, *args: str) -> AsyncIterator[tuple[CamtrackProcess, HonestPair]]:
+    """`camera` started and served by camtrack (`CamtrackProcess` with ARGS) as camera a, the test
+    pattern as camera b, with an honest viewer of each (`honest_pair`); all stopped on the way out."""
+    url = await camera.start()
+    try:
+        async with CamtrackProcess("--camera", f"a={url}", "--camera", "b=pattern", *args) as server, \
+                honest_pair(server, "a", "b") as honest:
+            yield server, honest
+    finally:
+        await camera.stop()

@@ -12,13 +12,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import aiohttp
 import pytest
 
-from .honest import ROOT, CamtrackProcess, HonestViewer, Watched, assert_unharmed
+from .honest import ROOT, CamtrackProcess, HonestPair, Watched, honest_pair
 
 pytestmark = pytest.mark.timeout(110)
+T = TypeVar("T")
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,19 +69,40 @@ class CameraProcess:
             await self.process.wait()
 
 
-async def viewers(server: CamtrackProcess, *cameras: str) -> list[HonestViewer]:
-    started = [HonestViewer(server.ws(camera)) for camera in cameras]
-    await asyncio.gather(*(v.start() for v in started))
-    return started
-
-
-async def stop(started: list[HonestViewer]) -> None:
-    await asyncio.gather(*(v.stop() for v in started))
-
-
 def report(what: str, windows: dict[str, Watched]) -> None:
     for name, seen in windows.items():
         print(f"{what} {name}: {seen}")
+
+
+@dataclass
+class Attacked(Generic[T]):
+    """What an attack did: its own result, the server's CPU while it ran (cores) and how long it
+    took, the honest viewers' windows during it and in the 3 s after, and the server's RSS at its end."""
+
+    result: T
+    cores: float
+    seconds: float
+    during: dict[str, Watched]
+    rss_peak: float
+    after: dict[str, Watched]
+
+
+async def attack(server: CamtrackProcess, honest: HonestPair, run: Awaitable[T], *, skip: float = 0.5,
+                 window: float = 0.0) -> Attacked[T]:
+    """Run the attack `run`, then read the viewers' window from `skip` s into it to its end (at least
+    `window` s long) and the 3 s after, and report both."""
+    began = time.time()
+    cpu = CpuWindow(server.pid)
+    result = await run
+    cores = cpu.cores()
+    seconds = time.time() - began
+    await asyncio.sleep(max(0.0, window - seconds))  # (a window long enough to read fps in)
+    during = honest.windows(began + skip)
+    rss_peak = server.rss_mb()
+    report("during", during)
+    after = await honest.watch(3)
+    report("after", after)
+    return Attacked(result, cores, seconds, during, rss_peak, after)
 
 
 # -- joins on a passed-through camera --------------------------------------------------------------
@@ -127,40 +152,29 @@ async def test_join_churn_on_a_passed_through_camera_shares_one_bridge():
             "--camera", f"a={camera.url}", "--camera", "b=pattern", "--width", "320", "--height", "240") as server:
         modes = {c["name"]: c["mode"] for c in (await server.json("/api/cameras"))["cameras"]}
         assert modes == {"a": "passthrough", "b": "transcode"}, modes
-        honest = await viewers(server, "a", "b")
-        try:
+        async with honest_pair(server, "a", "b") as honest:
             rss_before = server.rss_mb()
             cpu = CpuWindow(server.pid)
-            baseline = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
+            baseline = await honest.take_baseline(3)
             idle_cpu = cpu.cores()
             report("baseline", baseline)
             bridge_runs = await server.metric("camtrack_join_bridge_runs_total", camera="a")
 
-            began = time.time()
-            cpu = CpuWindow(server.pid)
-            tried, pictures = await churn(server.ws("a"), rate=100, seconds=5)
-            churn_cpu = cpu.cores()
-            during = {name: v.window(began + 0.5) for name, v in zip("ab", honest, strict=True)}
-            rss_peak = server.rss_mb()
-            report("during", during)
-            after = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
-            report("after", after)
-            print(f"server CPU: idle {idle_cpu:.2f} cores, during the churn {churn_cpu:.2f} cores; "
-                  f"{tried} joins, {pictures} pictures; RSS {rss_before:.0f} -> {rss_peak:.0f} -> {server.rss_mb():.0f} MB")
+            churned = await attack(server, honest, churn(server.ws("a"), rate=100, seconds=5))
+            (tried, pictures), churn_cpu = churned.result, churned.cores
+            print(f"server CPU: idle {idle_cpu:.2f} cores, during the churn {churn_cpu:.2f} cores; {tried} joins, "
+                  f"{pictures} pictures; RSS {rss_before:.0f} -> {churned.rss_peak:.0f} -> {server.rss_mb():.0f} MB")
             assert server.alive()
             assert pictures >= 0.9 * tried, (tried, pictures)  # every joiner was served
             assert churn_cpu < 0.5, f"the churn cost {churn_cpu:.2f} cores (idle {idle_cpu:.2f})"
-            for name in "ab":
-                assert_unharmed(baseline[name], during[name], f"viewer of {name} during the churn")
-                assert_unharmed(baseline[name], after[name], f"viewer of {name} after the churn")
+            honest.check(churned.during, "during the churn")
+            honest.check(churned.after, "after the churn")
             assert server.rss_mb() < rss_before + 50
             # visible: the joins went through the bridge, started a few times, not once per join
             joins = await server.metric("camtrack_join_bridge_joins_total", camera="a")
             runs = await server.metric("camtrack_join_bridge_runs_total", camera="a") - bridge_runs
             print(f"bridge: {joins:.0f} joins bridged, {runs:.0f} runs")
             assert joins >= 0.5 * tried and runs <= 10, (joins, runs)
-        finally:
-            await stop(honest)
 
 
 # -- /metrics pipelined ------------------------------------------------------------------------------
@@ -220,32 +234,22 @@ async def test_pipelined_metrics_cost_less_than_they_ask():
     line per client."""
     async with CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320",
                                "--height", "240", "--token", "secret") as server:
-        honest = [HonestViewer(server.ws(camera) + "&token=secret") for camera in "ab"]
-        await asyncio.gather(*(v.start() for v in honest))
-        try:
+        async with honest_pair(server, "a", "b", "&token=secret") as honest:
             status, body = await server.get("/metrics")
             assert status == 200 and "camtrack_viewers" in body  # open, token or not (docs/health.md: Metrics)
             rss_before = server.rss_mb()
             cpu = CpuWindow(server.pid)
-            baseline = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
+            baseline = await honest.take_baseline(3)
             idle_cpu = cpu.cores()
             report("baseline", baseline)
 
-            began = time.time()
-            cpu = CpuWindow(server.pid)
-            answers, made = await pipeline(server.port, "/metrics", 5)
-            attack_cpu = cpu.cores()
-            during = {name: v.window(began + 0.5) for name, v in zip("ab", honest, strict=True)}
-            rss_peak = server.rss_mb()
-            report("during", during)
-            after = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
-            report("after", after)
-            print(f"server CPU: idle {idle_cpu:.2f} cores, during the attack {attack_cpu:.2f} cores; "
-                  f"{answers} answers on {made} connections; RSS {rss_before:.0f} -> {rss_peak:.0f} -> {server.rss_mb():.0f} MB")
+            pipelined = await attack(server, honest, pipeline(server.port, "/metrics", 5))
+            answers, made = pipelined.result
+            print(f"server CPU: idle {idle_cpu:.2f} cores, during the attack {pipelined.cores:.2f} cores; {answers} answers "
+                  f"on {made} connections; RSS {rss_before:.0f} -> {pipelined.rss_peak:.0f} -> {server.rss_mb():.0f} MB")
             assert server.alive()
-            for name in "ab":
-                assert_unharmed(baseline[name], during[name], f"viewer of {name} during the attack")
-                assert_unharmed(baseline[name], after[name], f"viewer of {name} after the attack")
+            honest.check(pipelined.during, "during the attack")
+            honest.check(pipelined.after, "after the attack")
             assert server.rss_mb() < rss_before + 50
             # the attacker's address has its turns again at once (no turn was lent ahead); the pacing shows
             status, body = await server.get("/metrics")
@@ -255,8 +259,6 @@ async def test_pipelined_metrics_cost_less_than_they_ask():
             assert refused > 0
             assert server.log().count("/metrics requests paced for 127.0.0.1") == 1  # once, not per request
             assert (await server.get("/healthz"))[0] == 200
-        finally:
-            await stop(honest)
 
 
 @pytest.mark.slow  # (a camtrack process of its own, or seconds of pacing)
@@ -319,48 +321,38 @@ async def test_offers_with_hundreds_of_m_lines_are_refused_before_parsing():
     before any parsing or peer; the honest viewers keep their pictures; the refusals show."""
     async with CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320",
                                "--height", "240") as server:
-        honest = await viewers(server, "a", "b")
-        try:
+        async with honest_pair(server, "a", "b") as honest:
             rss_before = server.rss_mb()
-            baseline = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
+            baseline = await honest.take_baseline(3)
             report("baseline", baseline)
             failures = await server.metric("camtrack_negotiation_failures_total", camera="a", transport="whep")
 
             offer = bloated_offer()
             statuses: list[tuple[int, str]] = []
             gate = asyncio.Semaphore(8)
-            began = time.time()
-            cpu = CpuWindow(server.pid)
 
             async def post(http: aiohttp.ClientSession) -> None:
                 async with gate, http.post(server.base + "/cameras/a/whep", data=offer,
                                            headers={"Content-Type": "application/sdp"}) as r:
                     statuses.append((r.status, await r.text()))
 
-            async with aiohttp.ClientSession() as http:
-                await asyncio.gather(*(post(http) for _ in range(200)))
-            attack_cpu = cpu.cores()
-            spent = time.time() - began
-            await asyncio.sleep(max(0.0, 2.5 - spent))  # (a window long enough to read fps in)
-            during = {name: v.window(began) for name, v in zip("ab", honest, strict=True)}
-            report("during", during)
-            after = dict(zip("ab", await asyncio.gather(*(v.watch(3) for v in honest)), strict=True))
-            report("after", after)
-            print(f"200 offers in {spent:.2f} s, server CPU {attack_cpu:.2f} cores; "
+            async def offers() -> None:
+                async with aiohttp.ClientSession() as http:
+                    await asyncio.gather(*(post(http) for _ in range(200)))
+
+            offered = await attack(server, honest, offers(), skip=0.0, window=2.5)
+            print(f"200 offers in {offered.seconds:.2f} s, server CPU {offered.cores:.2f} cores; "
                   f"RSS {rss_before:.0f} -> {server.rss_mb():.0f} MB")
             assert server.alive()
             assert len(statuses) == 200
             assert all(status == 400 and "200 m-lines; at most 8" in text for status, text in statuses), statuses[:3]
-            for name in "ab":
-                assert_unharmed(baseline[name], during[name], f"viewer of {name} during the offers")
-                assert_unharmed(baseline[name], after[name], f"viewer of {name} after the offers")
+            honest.check(offered.during, "during the offers")
+            honest.check(offered.after, "after the offers")
             assert server.rss_mb() < rss_before + 50
             refused = await server.metric("camtrack_negotiation_failures_total", camera="a", transport="whep")
             assert refused - failures == 200
             assert "refused whep offer from 127.0.0.1 for a: the offer has 200 m-lines" in server.log()
             assert (await server.json("/api/cameras"))["cameras"][0]["pending"] == 0  # no peer was made
-        finally:
-            await stop(honest)
 
 
 async def test_offers_are_counted_before_they_are_parsed(serve):

@@ -77,6 +77,22 @@ def guards(app, connected: bool | None = None) -> list[PeerGuard]:
     return [p.guard for p in all_peers(app) if connected is None or p.connected == connected]
 
 
+async def beside_an_attacker(viewer: Viewer, attacker: Attacker) -> int:
+    """Connect an honest viewer and an attacker, both playing (5 pictures each); the SSRC of the
+    stream the attacker receives, for its RTCP to name."""
+    await asyncio.gather(viewer.connect(), attacker.connect())
+    await asyncio.gather(viewer.frames(5), attacker.frames(5))
+    return media_ssrc(attacker.answer_sdp)
+
+
+async def pli_flood(attacker: Attacker, ssrc: int) -> None:
+    """~1000 PLI a second for stream `ssrc`, until cancelled."""
+    while True:
+        for _ in range(10):
+            await attacker.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=attacker.ssrc(), media_ssrc=ssrc))
+        await asyncio.sleep(0.01)  # ~1000 PLI/s
+
+
 def udp_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -245,18 +261,9 @@ async def watch_keyframes(app, seconds: float) -> tuple[int, int]:
 async def test_a_pli_flood_does_not_raise_anyones_keyframe_rate(serve):
     url, app = await serve(width=320, height=240, keyframe_interval=1.0)
     honest, attacker = Viewer(url), Attacker(url)
-    await asyncio.gather(honest.connect(), attacker.connect())
-    await asyncio.gather(honest.frames(5), attacker.frames(5))
-    ssrc = media_ssrc(attacker.answer_sdp)
+    ssrc = await beside_an_attacker(honest, attacker)
     base_keyframes, base_bytes = await watch_keyframes(app, 5.0)
-
-    async def flood() -> None:
-        while True:
-            for _ in range(10):
-                await attacker.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=attacker.ssrc(), media_ssrc=ssrc))
-            await asyncio.sleep(0.01)  # ~1000 PLI/s
-
-    flooding = asyncio.ensure_future(flood())
+    flooding = asyncio.ensure_future(pli_flood(attacker, ssrc))
     try:
         counting = asyncio.ensure_future(honest.frames(120, timeout=30))
         keyframes, sent = await watch_keyframes(app, 5.0)
@@ -352,22 +359,13 @@ async def test_a_viewer_whose_keyframe_was_lost_gets_another_within_a_second(ser
     flood meanwhile makes no more keyframes than the shared budget."""
     url, app = await serve(width=320, height=240, keyframe_interval=20.0)
     viewer, attacker = LossyViewer(url), Attacker(url)
-    await asyncio.gather(viewer.connect(), attacker.connect())
-    await asyncio.gather(viewer.frames(5), attacker.frames(5))
+    ssrc = await beside_an_attacker(viewer, attacker)
     stats = app[CAMERAS].first.encoder.stats
     waits = []
     for _ in range(2):
         waits.append(await viewer.lose_and_recover())
         await viewer.frames(10, timeout=10)  # it plays again
-    ssrc = media_ssrc(attacker.answer_sdp)
-
-    async def flood() -> None:
-        while True:
-            for _ in range(10):
-                await attacker.rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=attacker.ssrc(), media_ssrc=ssrc))
-            await asyncio.sleep(0.01)  # ~1000 PLI/s
-
-    flooding = asyncio.ensure_future(flood())
+    flooding = asyncio.ensure_future(pli_flood(attacker, ssrc))
     try:
         keyframes, began = stats.keyframes, time.monotonic()
         for _ in range(2):
@@ -411,9 +409,7 @@ async def test_a_nack_flood_gets_a_capped_share_of_the_stream(serve):
     stream itself, and the honest viewer keeps every frame."""
     url, app = await serve(width=320, height=240, bitrate=500_000)
     honest, attacker = Viewer(url), Attacker(url)
-    await asyncio.gather(honest.connect(), attacker.connect())
-    await asyncio.gather(honest.frames(5), attacker.frames(5))
-    ssrc = media_ssrc(attacker.answer_sdp)
+    ssrc = await beside_an_attacker(honest, attacker)
     senders = [p.pc.getSenders()[0] for p in all_peers(app)]
 
     async def flood() -> None:
@@ -457,9 +453,7 @@ async def test_an_rtcp_flood_is_cut_at_the_gate(serve):
     """Thousands of RTCP packets a second: the gate drops what is over the rate."""
     url, app = await serve(width=320, height=240)
     honest, attacker = Viewer(url), Attacker(url)
-    await asyncio.gather(honest.connect(), attacker.connect())
-    await asyncio.gather(honest.frames(5), attacker.frames(5))
-    ssrc = media_ssrc(attacker.answer_sdp)
+    ssrc = await beside_an_attacker(honest, attacker)
     gates = [g.gates[0] for g in guards(app)]
     packet = bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=attacker.ssrc(), media_ssrc=ssrc))
     transport = attacker.receiver().transport

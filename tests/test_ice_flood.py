@@ -27,7 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from camtrack.client import Viewer
 
 from .conftest import eventually
-from .honest import CamtrackProcess, HonestViewer, assert_unharmed
+from .honest import CamtrackProcess, honest_pair
 
 #: the flood: one signed request from each of this many source ports, over about FLOOD_SECONDS
 FLOOD_PORTS = int(os.environ.get("CAMTRACK_FLOOD_PORTS", "16000"))
@@ -140,8 +140,7 @@ async def sample(server: CamtrackProcess, until: asyncio.Event, seen: Sampled) -
 
 
 async def attacked(*server_args: str, whep: bool) -> None:
-    async with CamtrackProcess(*SERVER_ARGS, *server_args) as server:
-        honest = [await HonestViewer(server.ws(name)).start() for name in ("a", "b")]
+    async with CamtrackProcess(*SERVER_ARGS, *server_args) as server, honest_pair(server, "a", "b") as honest:
         attacker: Viewer | None = None
         attacker_pc: RTCPeerConnection | None = None
         try:
@@ -156,7 +155,7 @@ async def attacked(*server_args: str, whep: bool) -> None:
                 await attacker.frames(5)
             cpu_idle = cpu_seconds(server.pid)
             await asyncio.sleep(3.0)
-            baseline = [v.window(time.time() - 3.0) for v in honest]
+            honest.baseline = honest.windows(time.time() - 3.0)
             cpu_rate = (cpu_seconds(server.pid) - cpu_idle) / 3.0  # (serving the viewers)
             rss_before = server.rss_mb()
             seen = Sampled(rss_peak=rss_before)
@@ -171,12 +170,12 @@ async def attacked(*server_args: str, whep: bool) -> None:
                 stop.set()
             flood_end = time.time()
             await asyncio.sleep(3.0)  # what the flood left behind (checks, their retransmissions)
-            during = [v.window(began, time.time()) for v in honest]
+            during = honest.windows(began, time.time())
             cpu_during = cpu_seconds(server.pid) - cpu_before
             flood_cpu = cpu_during - cpu_rate * (time.time() - began)
             settled = time.time()
             await asyncio.sleep(4.5)
-            after = [v.window(settled, settled + 4.0) for v in honest]
+            after = honest.windows(settled, settled + 4.0)
             done.set()
             await sampling
             rss_after = server.rss_mb()
@@ -185,19 +184,18 @@ async def attacked(*server_args: str, whep: bool) -> None:
             log = server.log()
             print(f"\nflood: {sent} signed requests from as many ports in {flood_end - began:.1f} s "
                   f"({'WHEP answer alone' if whep else 'connected ws viewer'}, {' '.join(server_args) or 'shared port'})")
-            for name, b, d, a in zip("ab", baseline, during, after, strict=True):
-                print(f"  viewer {name}: before {b}; during {d}; after {a}")
+            for name in "ab":
+                print(f"  viewer {name}: before {honest.baseline[name]}; during {during[name]}; after {after[name]}")
             print(f"  server RSS before {rss_before:.0f} MB, peak {seen.rss_peak:.0f} MB, after {rss_after:.0f} MB; "
                   f"/healthz slowest {seen.healthz_worst * 1000:.0f} ms, failures {seen.healthz_failures}; "
-                  f"checks ignored {ignored:.0f}; server CPU {cpu_during:.1f} s in the {during[0].seconds:.0f} s "
+                  f"checks ignored {ignored:.0f}; server CPU {cpu_during:.1f} s in the {during['a'].seconds:.0f} s "
                   f"of the flood and 3 s after ({flood_cpu:.1f} s more than serving the viewers takes), "
                   f"{cpu_after:.1f} s in the next {time.time() - settled:.0f} s")
             assert sent > FLOOD_PORTS // 2
-            for viewer in honest:
+            for viewer in honest.viewers.values():
                 assert viewer.error is None, viewer.error
-            for name, b, d, a in zip("ab", baseline, during, after, strict=True):
-                assert_unharmed(b, d, f"viewer of {name} during the flood")
-                assert_unharmed(b, a, f"viewer of {name} after the flood")
+            honest.check(during, "during the flood")
+            honest.check(after, "after the flood")
             assert seen.rss_peak - rss_before < RSS_BOUND_MB, (rss_before, seen.rss_peak)
             assert rss_after - rss_before < RSS_BOUND_MB, (rss_before, rss_after)
             assert seen.healthz_worst < 1.0 and seen.healthz_failures == 0, seen
@@ -211,8 +209,6 @@ async def attacked(*server_args: str, whep: bool) -> None:
             # the attacker's own peer, also of a, may have been cut off)
             assert "of b left" not in log and log.count("of b: connected") == 1, log
         finally:
-            for viewer in honest:
-                await viewer.stop()
             if attacker is not None:
                 await attacker.close(bye=False)
             if attacker_pc is not None:

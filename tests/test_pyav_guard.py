@@ -19,7 +19,7 @@ from camtrack.sources.demux import DemuxSource
 from camtrack.sources.rtsp import RtspSource
 
 from .conftest import eventually
-from .honest import CamtrackProcess, HonestViewer, assert_unharmed
+from .honest import CamtrackProcess, HonestViewer, assert_unharmed, served_beside_pattern
 from .rtsp_server import LiveRtspServer, RtspServer
 from .test_demux import files, rtsp  # noqa: F401 - the loopback RTSP server fixture (and the files it serves)
 
@@ -273,53 +273,42 @@ async def test_an_endless_fu_a_from_a_pyav_camera_is_bounded() -> None:
     """Item 2: RSS stays within tens of MB of its baseline, camera b's viewer is unharmed, a's
     comes back, and the fault is in the log, the state, /healthz and /metrics."""
     camera = HostileCamera(rate=40e6)
-    url = await camera.start()
-    viewers: list[HonestViewer] = []
-    try:
-        async with CamtrackProcess("--camera", f"a={url}", "--camera", "b=pattern",
-                                   "--width", str(WIDTH), "--height", str(HEIGHT)) as server:
-            a, b = HonestViewer(server.ws("a")), HonestViewer(server.ws("b"))
-            viewers += [a, b]
-            await asyncio.gather(a.start(), b.start())
-            base_a, base_b = await asyncio.gather(a.watch(3), b.watch(3))
-            rss_before = server.rss_mb()
-            peak = rss_before
-            camera.flooding = True
-            attack_began = time.monotonic()
-            seen: set[str] = set()
-            polling = asyncio.ensure_future(states_seen(server, "a", attack_began + 6, seen))
-            during_b = b.watch(6)
-            while time.monotonic() < attack_began + 6:
-                peak = max(peak, server.rss_mb())
-                await asyncio.sleep(0.1)
-            seen_b = await during_b
-            await polling
-            camera.flooding = False
-            flooded = camera.flooded
-            # a comes back by itself (its back-off is at most 10 s)
-            back = time.time()
-            # (NO SIGNAL pictures come a few a second: back is a second at the camera's rate)
-            await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 28, timeout=25)
-            after_a, after_b = await asyncio.gather(a.watch(4), b.watch(4))
-            rss_after = server.rss_mb()
-            log = server.log()
-            cuts = await server.metric("camtrack_pyav_guard_cuts_total", reason="oversized")
-        print(f"baseline a {base_a} | b {base_b}\nduring b {seen_b}\nafter a {after_a} | b {after_b}\n"
-              f"RSS before {rss_before:.0f} MB, peak {peak:.0f} MB, after {rss_after:.0f} MB; flooded "
-              f"{flooded / 1e6:.0f} MB; cuts {cuts:.0f}; seen {sorted(seen)}")
-        assert_unharmed(base_b, seen_b, "b during the flood")
-        assert_unharmed(base_b, after_b, "b after the flood")
-        assert_unharmed(base_a, after_a, "a after the flood")
-        # FFmpeg's parser holds up to the guard's 18 MiB, and copies it once more when the cut flushes it
-        assert peak - rss_before < 80, (rss_before, peak)
-        assert rss_after - rss_before < 60, (rss_before, rss_after)
-        assert cuts >= 1
-        assert "without a complete picture" in log
-        assert {"state:retrying", "healthz:503"} <= seen, seen
-    finally:
-        for viewer in viewers:
-            await viewer.stop()
-        await camera.stop()
+    async with served_beside_pattern(camera, "--width", str(WIDTH), "--height", str(HEIGHT)) as (server, honest):
+        a, b = honest.viewers["a"], honest.viewers["b"]
+        base = await honest.take_baseline(3)
+        rss_before = server.rss_mb()
+        peak = rss_before
+        camera.flooding = True
+        attack_began = time.monotonic()
+        seen: set[str] = set()
+        polling = asyncio.ensure_future(states_seen(server, "a", attack_began + 6, seen))
+        during_b = b.watch(6)
+        while time.monotonic() < attack_began + 6:
+            peak = max(peak, server.rss_mb())
+            await asyncio.sleep(0.1)
+        seen_b = await during_b
+        await polling
+        camera.flooding = False
+        flooded = camera.flooded
+        # a comes back by itself (its back-off is at most 10 s)
+        back = time.time()
+        # (NO SIGNAL pictures come a few a second: back is a second at the camera's rate)
+        await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 28, timeout=25)
+        after = await honest.watch(4)
+        rss_after = server.rss_mb()
+        log = server.log()
+        cuts = await server.metric("camtrack_pyav_guard_cuts_total", reason="oversized")
+    print(f"baseline a {base['a']} | b {base['b']}\nduring b {seen_b}\nafter a {after['a']} | b {after['b']}\n"
+          f"RSS before {rss_before:.0f} MB, peak {peak:.0f} MB, after {rss_after:.0f} MB; flooded "
+          f"{flooded / 1e6:.0f} MB; cuts {cuts:.0f}; seen {sorted(seen)}")
+    honest.check({"b": seen_b}, "during the flood")
+    honest.check(after, "after the flood")
+    # FFmpeg's parser holds up to the guard's 18 MiB, and copies it once more when the cut flushes it
+    assert peak - rss_before < 80, (rss_before, peak)
+    assert rss_after - rss_before < 60, (rss_before, rss_after)
+    assert cuts >= 1
+    assert "without a complete picture" in log
+    assert {"state:retrying", "healthz:503"} <= seen, seen
 
 
 @pytest.mark.slow  # a camtrack process of its own

@@ -22,7 +22,7 @@ from camtrack.sources import make_source
 from camtrack.sources.rtsp import MAX_FRAMES_PER_SECOND, RtspError, RtspFlood, RtspSource
 
 from .conftest import eventually
-from .honest import CamtrackProcess, HonestViewer, Watched, assert_unharmed
+from .honest import CamtrackProcess, Watched, served_beside_pattern
 from .rtsp_server import LiveRtspServer, send_unit
 
 SIZE = ("--width", "320", "--height", "240")
@@ -115,55 +115,46 @@ def _report(what: str, baseline: Watched, during: Watched, after: Watched) -> No
 @pytest.mark.slow
 async def test_a_flood_of_tiny_packets_is_cut_off_and_the_other_camera_unharmed() -> None:
     camera = HostileCamera()
-    url = await camera.start()
-    try:
-        async with CamtrackProcess("--camera", f"a={url}", "--camera", "b=pattern", *SIZE) as server:
-            va, vb = HonestViewer(server.ws("a")), HonestViewer(server.ws("b"))
-            await asyncio.gather(va.start(), vb.start())
-            try:
-                base_b, base_a = await asyncio.gather(vb.watch(3), va.watch(3))
-                rss_before = peak = server.rss_mb()
-                camera.start_flood()
-                t0 = time.time()
-                seen_cut = False
-                while time.monotonic() < camera.flood_until + 0.5:
-                    peak = max(peak, server.rss_mb())
-                    if not seen_cut:
-                        seen_cut = "flood" in str((await _camera(server, "a")).get("error"))
-                    await asyncio.sleep(0.25)
-                during = vb.window(t0 + 0.5, time.time())
-                flooded = camera.flooded
-                # a is back (the flood was cut and the camera reopened) and b was unharmed meanwhile
-                await eventually(lambda: time.time() - va.reports[-1][0] < 1 and va.reports[-1][1] > 0, 30)
-                try:
-                    await _until(lambda: _state_is(server, "a", "up"), 30, "camera a up again")
-                    await asyncio.sleep(1.5)  # its viewer's first IDR (every second) and a report of it
-                    back = True
-                except AssertionError:
-                    back = False
-                after_b, after_a = await asyncio.gather(vb.watch(3), va.watch(3))
-                peak = max(peak, server.rss_mb())
-                rss_after = server.rss_mb()
-                log = server.log()
-                failures = await server.metric("camtrack_source_failures_total", camera="a")
-            finally:
-                await asyncio.gather(va.stop(), vb.stop())
-        _report("b (other camera) in a flood on a", base_b, during, after_b)
-        print(f"a (flooded): baseline {base_a}; after {after_a}; flood sent {flooded / 1e6:.1f} MB; "
-              f"RSS {rss_before:.0f} MB before, {peak:.0f} peak, {rss_after:.0f} after")
-        assert back, "camera a not up again within 30 s of the flood\n" + log[-3000:]
-        assert flooded > 10_000_000, f"the flood hardly reached the reader ({flooded} bytes)"
-        assert_unharmed(base_b, during, "b during the flood on a")
-        assert_unharmed(base_b, after_b, "b after the flood on a")
-        assert_unharmed(base_a, after_a, "a after its flood")
-        assert peak < rss_before + RSS_MARGIN_MB and rss_after < rss_before + RSS_MARGIN_MB
-        assert seen_cut, "a's error never named the flood in /api/cameras"
-        assert failures >= 1
-        flood_lines = [line for line in log.splitlines() if "flood" in line]
-        print("\n".join(line for line in log.splitlines() if "reopening" in line or "is back" in line))
-        assert len(flood_lines) == 1, flood_lines  # one line per change of reason, not per reopening
-    finally:
-        await camera.stop()
+    async with served_beside_pattern(camera, *SIZE) as (server, honest):
+        va = honest.viewers["a"]
+        base = await honest.take_baseline(3)
+        rss_before = peak = server.rss_mb()
+        camera.start_flood()
+        t0 = time.time()
+        seen_cut = False
+        while time.monotonic() < camera.flood_until + 0.5:
+            peak = max(peak, server.rss_mb())
+            if not seen_cut:
+                seen_cut = "flood" in str((await _camera(server, "a")).get("error"))
+            await asyncio.sleep(0.25)
+        during = honest.windows(t0 + 0.5, time.time())
+        flooded = camera.flooded
+        # a is back (the flood was cut and the camera reopened) and b was unharmed meanwhile
+        await eventually(lambda: time.time() - va.reports[-1][0] < 1 and va.reports[-1][1] > 0, 30)
+        try:
+            await _until(lambda: _state_is(server, "a", "up"), 30, "camera a up again")
+            await asyncio.sleep(1.5)  # its viewer's first IDR (every second) and a report of it
+            back = True
+        except AssertionError:
+            back = False
+        after = await honest.watch(3)
+        peak = max(peak, server.rss_mb())
+        rss_after = server.rss_mb()
+        log = server.log()
+        failures = await server.metric("camtrack_source_failures_total", camera="a")
+    _report("b (other camera) in a flood on a", base["b"], during["b"], after["b"])
+    print(f"a (flooded): baseline {base['a']}; after {after['a']}; flood sent {flooded / 1e6:.1f} MB; "
+          f"RSS {rss_before:.0f} MB before, {peak:.0f} peak, {rss_after:.0f} after")
+    assert back, "camera a not up again within 30 s of the flood\n" + log[-3000:]
+    assert flooded > 10_000_000, f"the flood hardly reached the reader ({flooded} bytes)"
+    honest.check(during, "during the flood on a", only="b")
+    honest.check(after, "after the flood on a")
+    assert peak < rss_before + RSS_MARGIN_MB and rss_after < rss_before + RSS_MARGIN_MB
+    assert seen_cut, "a's error never named the flood in /api/cameras"
+    assert failures >= 1
+    flood_lines = [line for line in log.splitlines() if "flood" in line]
+    print("\n".join(line for line in log.splitlines() if "reopening" in line or "is back" in line))
+    assert len(flood_lines) == 1, flood_lines  # one line per change of reason, not per reopening
 
 
 async def _state_is(server: CamtrackProcess, name: str, state: str) -> bool:
@@ -173,48 +164,38 @@ async def _state_is(server: CamtrackProcess, name: str, state: str) -> bool:
 @pytest.mark.slow
 async def test_a_camera_that_stops_pictures_but_keeps_its_session_is_seen_stalled() -> None:
     camera = HostileCamera()
-    url = await camera.start()
-    try:
-        async with CamtrackProcess("--camera", f"a={url}", "--camera", "b=pattern", *SIZE) as server:
-            va, vb = HonestViewer(server.ws("a")), HonestViewer(server.ws("b"))
-            await asyncio.gather(va.start(), vb.start())
-            try:
-                base_b, base_a = await asyncio.gather(vb.watch(3), va.watch(3))
-                status, health = await _healthz(server)
-                assert status == 200 and health["sources"]["a"]["state"] == "up", health
-                camera.stall = True
-                t0 = time.time()
-                await _until(lambda: _state_is(server, "a", "stalled"), 15, "camera a seen stalled")
-                seen_after = time.time() - t0
-                described = await _camera(server, "a")
-                status, health = await _healthz(server)
-                stalls = await server.metric("camtrack_source_stalls_total", camera="a")
-                assert camera.rtcp_sent > 0
-                camera.stall = False
-                t1 = time.time()
-                await _until(lambda: _state_is(server, "a", "up"), 30, "camera a up again")
-                back_after = time.time() - t1
-                await asyncio.sleep(1.5)  # its viewer's first IDR (every second) and a report of it
-                during_b = vb.window(t0, time.time())
-                after_b, after_a = await asyncio.gather(vb.watch(3), va.watch(3))
-                log = server.log()
-            finally:
-                await asyncio.gather(va.stop(), vb.stop())
-        _report("b (other camera) beside a stalled a", base_b, during_b, after_b)
-        print(f"a: stalled seen after {seen_after:.1f} s, up again {back_after:.1f} s after it resumed; "
-              f"baseline {base_a}; after {after_a}")
-        print("\n".join(line for line in log.splitlines() if "reopening" in line or "is back" in line))
-        assert "no picture for" in str(described.get("error")), described
-        assert status == 503 and health["status"] == "down" and health["sources"]["a"]["state"] == "stalled", health
-        assert "no picture for" in str(health["sources"]["a"].get("error")), health
-        assert stalls >= 1
-        assert any("no picture for" in line for line in log.splitlines()), log[-3000:]
-        assert seen_after < 12
-        assert_unharmed(base_b, during_b, "b while a stalled")
-        assert_unharmed(base_b, after_b, "b after a stalled")
-        assert_unharmed(base_a, after_a, "a after it resumed")
-    finally:
-        await camera.stop()
+    async with served_beside_pattern(camera, *SIZE) as (server, honest):
+        base = await honest.take_baseline(3)
+        status, health = await _healthz(server)
+        assert status == 200 and health["sources"]["a"]["state"] == "up", health
+        camera.stall = True
+        t0 = time.time()
+        await _until(lambda: _state_is(server, "a", "stalled"), 15, "camera a seen stalled")
+        seen_after = time.time() - t0
+        described = await _camera(server, "a")
+        status, health = await _healthz(server)
+        stalls = await server.metric("camtrack_source_stalls_total", camera="a")
+        assert camera.rtcp_sent > 0
+        camera.stall = False
+        t1 = time.time()
+        await _until(lambda: _state_is(server, "a", "up"), 30, "camera a up again")
+        back_after = time.time() - t1
+        await asyncio.sleep(1.5)  # its viewer's first IDR (every second) and a report of it
+        during = honest.windows(t0, time.time())
+        after = await honest.watch(3)
+        log = server.log()
+    _report("b (other camera) beside a stalled a", base["b"], during["b"], after["b"])
+    print(f"a: stalled seen after {seen_after:.1f} s, up again {back_after:.1f} s after it resumed; "
+          f"baseline {base['a']}; after {after['a']}")
+    print("\n".join(line for line in log.splitlines() if "reopening" in line or "is back" in line))
+    assert "no picture for" in str(described.get("error")), described
+    assert status == 503 and health["status"] == "down" and health["sources"]["a"]["state"] == "stalled", health
+    assert "no picture for" in str(health["sources"]["a"].get("error")), health
+    assert stalls >= 1
+    assert any("no picture for" in line for line in log.splitlines()), log[-3000:]
+    assert seen_after < 12
+    honest.check(during, "while a stalled", only="b")
+    honest.check(after, "after a stalled and resumed")
 
 
 # -- the same, in-process and quicker: the reader, the passthrough feed, the capture thread

@@ -25,7 +25,7 @@ from camtrack.media.sizes import SizeRefused, check_size, within_limits
 from camtrack.sources.h264 import NAL_IDR, NAL_SPS, H264Converter, annexb, nal_type, parse_sps, split_annexb
 
 from .conftest import eventually
-from .honest import CamtrackProcess, HonestViewer, Watched, assert_unharmed
+from .honest import CamtrackProcess, served_beside_pattern
 from .rtsp_server import LiveRtspServer
 from .sps_tools import filler, resize_sps
 
@@ -375,123 +375,94 @@ async def snapshots(server: CamtrackProcess, camera: str, until: float) -> list[
     return statuses
 
 
-async def baseline(va: HonestViewer, vb: HonestViewer) -> tuple[Watched, Watched]:
-    since = time.time()
-    await asyncio.sleep(3.6)
-    return va.window(since, since + 3.5), vb.window(since, since + 3.5)
-
-
 @pytest.mark.slow  # a camtrack process of its own (tests/conftest.py: the fast lane)
 async def test_a_camera_claiming_a_huge_size_is_refused_and_comes_back_by_itself() -> None:
     camera = HostileCamera()
-    url = await camera.start()
-    try:
-        async with CamtrackProcess("--camera", f"a={url}", "--camera", "b=pattern", "--width", "320",
-                                   "--height", "240") as server:
-            va, vb = HonestViewer(server.ws("a")), HonestViewer(server.ws("b"))
-            await asyncio.gather(va.start(), vb.start())
-            try:
-                assert await snapshot(server, "a") == 200  # (the decoder's first picture)
-                base_a, base_b = await baseline(va, vb)
-                rss0 = server.rss_mb()
-                watch = RssWatch(server)
-                # the attack: an in-band SPS claims 8192x8192 while snapshots of it are asked for; the
-                # camera goes away and comes back claiming 65536x65536 in its description as well
-                since = time.time()
-                camera.claim = (8192, 8192)
-                shots = asyncio.ensure_future(snapshots(server, "a", time.monotonic() + 9))
-                await asyncio.sleep(4)
-                camera.go_down()
-                await asyncio.sleep(2)
-                camera.claim = (65536, 65536)
-                camera.come_back()
+    async with served_beside_pattern(camera, "--width", "320", "--height", "240") as (server, honest):
+        assert await snapshot(server, "a") == 200  # (the decoder's first picture)
+        base = await honest.take_baseline(3)
+        rss0 = server.rss_mb()
+        watch = RssWatch(server)
+        # the attack: an in-band SPS claims 8192x8192 while snapshots of it are asked for; the
+        # camera goes away and comes back claiming 65536x65536 in its description as well
+        since = time.time()
+        camera.claim = (8192, 8192)
+        shots = asyncio.ensure_future(snapshots(server, "a", time.monotonic() + 9))
+        await asyncio.sleep(4)
+        camera.go_down()
+        await asyncio.sleep(2)
+        camera.claim = (65536, 65536)
+        camera.come_back()
 
-                async def problem() -> str:
-                    return str((await server.json("/api/cameras"))["cameras"][0]["problem"])
+        async def problem() -> str:
+            return str((await server.json("/api/cameras"))["cameras"][0]["problem"])
 
-                deadline = time.monotonic() + 15
-                while "65536x65536" not in await problem() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.2)
-                described = {c["name"]: c for c in (await server.json("/api/cameras"))["cameras"]}
-                health_status, health = await server.get("/healthz")
-                refused = await server.metric("camtrack_passthrough_refused_total", camera="a")
-                statuses = await shots
-                during_b = vb.window(since)
-                peak = watch.stop()
-                print(f"\nrefused sizes: b during {during_b} (baseline {base_b}); RSS {rss0:.0f} MB before, "
-                      f"peak {peak:.0f} MB; snapshots of a: {statuses}")
-                assert described["a"]["state"] == "retrying" and "65536x65536" in described["a"]["problem"]
-                assert health_status == 503 and '"status": "down"' in health.replace('":"', '": "')
-                assert refused >= 2
-                # one line says it (once per outage, not once per retry), and nothing failed unexpectedly
-                lines = [line for line in server.log().splitlines() if "refused" in line and "claims" in line]
-                assert len(lines) == 1 and "8192x8192" in lines[0], lines
-                assert "Traceback" not in server.log(), server.log()[-3000:]
-                assert_unharmed(base_b, during_b, "the other camera's viewer during")
-                assert peak - rss0 < 40, (rss0, peak)
-                # the camera behaves: it comes back by itself, at its own size
-                camera.claim = None
-                camera.drop_connections()
-                await eventually(lambda: "is back" in server.log(), timeout=20)
-                await asyncio.sleep(1.5)
-                after_a, after_b = await asyncio.gather(va.watch(4), vb.watch(4))
-                rss_after = server.rss_mb()
-                print(f"after: a {after_a} (baseline {base_a}), b {after_b}; RSS {rss_after:.0f} MB")
-                assert_unharmed(base_a, after_a, "the camera's viewer after")
-                assert_unharmed(base_b, after_b, "the other camera's viewer after")
-                assert rss_after - rss0 < 40
-                assert (await server.json("/api/cameras"))["cameras"][0]["state"] == "up"
-                assert await snapshot(server, "a") == 200
-            finally:
-                await asyncio.gather(va.stop(), vb.stop())
-    finally:
-        await camera.stop()
+        deadline = time.monotonic() + 15
+        while "65536x65536" not in await problem() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        described = {c["name"]: c for c in (await server.json("/api/cameras"))["cameras"]}
+        health_status, health = await server.get("/healthz")
+        refused = await server.metric("camtrack_passthrough_refused_total", camera="a")
+        statuses = await shots
+        during = honest.windows(since)
+        peak = watch.stop()
+        print(f"\nrefused sizes: b during {during['b']} (baseline {base['b']}); RSS {rss0:.0f} MB before, "
+              f"peak {peak:.0f} MB; snapshots of a: {statuses}")
+        assert described["a"]["state"] == "retrying" and "65536x65536" in described["a"]["problem"]
+        assert health_status == 503 and '"status": "down"' in health.replace('":"', '": "')
+        assert refused >= 2
+        # one line says it (once per outage, not once per retry), and nothing failed unexpectedly
+        lines = [line for line in server.log().splitlines() if "refused" in line and "claims" in line]
+        assert len(lines) == 1 and "8192x8192" in lines[0], lines
+        assert "Traceback" not in server.log(), server.log()[-3000:]
+        honest.check(during, "during", only="b")
+        assert peak - rss0 < 40, (rss0, peak)
+        # the camera behaves: it comes back by itself, at its own size
+        camera.claim = None
+        camera.drop_connections()
+        await eventually(lambda: "is back" in server.log(), timeout=20)
+        await asyncio.sleep(1.5)
+        after = await honest.watch(4)
+        rss_after = server.rss_mb()
+        print(f"after: a {after['a']} (baseline {base['a']}), b {after['b']}; RSS {rss_after:.0f} MB")
+        honest.check(after, "after")
+        assert rss_after - rss0 < 40
+        assert (await server.json("/api/cameras"))["cameras"][0]["state"] == "up"
+        assert await snapshot(server, "a") == 200
 
 
 @pytest.mark.slow  # a camtrack process of its own (tests/conftest.py: the fast lane)
 async def test_filler_and_oversized_pictures_cost_no_memory() -> None:
     camera = HostileCamera()
-    url = await camera.start()
-    try:
-        async with CamtrackProcess("--camera", f"a={url}", "--camera", "b=pattern", "--width", "320",
-                                   "--height", "240") as server:
-            va, vb = HonestViewer(server.ws("a")), HonestViewer(server.ws("b"))
-            await asyncio.gather(va.start(), vb.start())
-            try:
-                base_a, base_b = await baseline(va, vb)
-                rss0 = server.rss_mb()
-                watch = RssWatch(server)
-                # the attack: 4 MB of filler in every sixth picture (20 MB/s) for 6 s: 120 MB the ring
-                # held before it was bounded in bytes
-                since = time.time()
-                camera.filler = 4 * 1024 * 1024
-                await asyncio.sleep(6)
-                camera.filler = 0
-                during_a, during_b = va.window(since), vb.window(since)
-                # then three pictures larger than any camera's (dropped: a's viewer waits for an IDR)
-                camera.oversize = 3
-                await eventually(lambda: "dropped" in server.log(), timeout=10)
-                peak = watch.stop()
-                await asyncio.sleep(1.5)
-                after_a, after_b = await asyncio.gather(va.watch(4), vb.watch(4))
-                rss_after = server.rss_mb()
-                filler_bytes = await server.metric("camtrack_passthrough_filler_bytes_total", camera="a")
-                dropped = await server.metric("camtrack_passthrough_dropped_total", camera="a", reason="oversize")
-                held = await server.metric("camtrack_passthrough_ring_bytes", camera="a")
-                print(f"\nfiller: a during {during_a} (baseline {base_a}), b during {during_b} (baseline {base_b}); "
-                      f"after: a {after_a}, b {after_b}; RSS {rss0:.0f} MB before, peak {peak:.0f} MB, "
-                      f"after {rss_after:.0f} MB; filler stripped {filler_bytes / 1e6:.0f} MB, oversize "
-                      f"dropped {dropped:.0f}, ring {held / 1e6:.2f} MB")
-                assert filler_bytes >= 20 * 4 * 1024 * 1024 and dropped >= 1
-                lines = server.log().splitlines()
-                assert len([line for line in lines if "filler data" in line]) == 1
-                assert len([line for line in lines if "more than" in line and "dropped" in line]) == 1
-                assert_unharmed(base_a, during_a, "the camera's viewer during the filler")
-                assert_unharmed(base_b, during_b, "the other camera's viewer during")
-                assert_unharmed(base_a, after_a, "the camera's viewer after")
-                assert_unharmed(base_b, after_b, "the other camera's viewer after")
-                assert peak - rss0 < 40 and rss_after - rss0 < 40, (rss0, peak, rss_after)
-            finally:
-                await asyncio.gather(va.stop(), vb.stop())
-    finally:
-        await camera.stop()
+    async with served_beside_pattern(camera, "--width", "320", "--height", "240") as (server, honest):
+        base = await honest.take_baseline(3)
+        rss0 = server.rss_mb()
+        watch = RssWatch(server)
+        # the attack: 4 MB of filler in every sixth picture (20 MB/s) for 6 s: 120 MB the ring
+        # held before it was bounded in bytes
+        since = time.time()
+        camera.filler = 4 * 1024 * 1024
+        await asyncio.sleep(6)
+        camera.filler = 0
+        during = honest.windows(since)
+        # then three pictures larger than any camera's (dropped: a's viewer waits for an IDR)
+        camera.oversize = 3
+        await eventually(lambda: "dropped" in server.log(), timeout=10)
+        peak = watch.stop()
+        await asyncio.sleep(1.5)
+        after = await honest.watch(4)
+        rss_after = server.rss_mb()
+        filler_bytes = await server.metric("camtrack_passthrough_filler_bytes_total", camera="a")
+        dropped = await server.metric("camtrack_passthrough_dropped_total", camera="a", reason="oversize")
+        held = await server.metric("camtrack_passthrough_ring_bytes", camera="a")
+        print(f"\nfiller: a during {during['a']} (baseline {base['a']}), b during {during['b']} (baseline {base['b']}); "
+              f"after: a {after['a']}, b {after['b']}; RSS {rss0:.0f} MB before, peak {peak:.0f} MB, "
+              f"after {rss_after:.0f} MB; filler stripped {filler_bytes / 1e6:.0f} MB, oversize "
+              f"dropped {dropped:.0f}, ring {held / 1e6:.2f} MB")
+        assert filler_bytes >= 20 * 4 * 1024 * 1024 and dropped >= 1
+        lines = server.log().splitlines()
+        assert len([line for line in lines if "filler data" in line]) == 1
+        assert len([line for line in lines if "more than" in line and "dropped" in line]) == 1
+        honest.check(during, "during the filler")
+        honest.check(after, "after")
+        assert peak - rss0 < 40 and rss_after - rss0 < 40, (rss0, peak, rss_after)

@@ -21,7 +21,7 @@ from aioice import stun
 
 from camtrack.client import Viewer
 
-from .honest import CamtrackProcess, HonestViewer, assert_unharmed
+from .honest import CamtrackProcess, honest_pair
 
 #: the stranger's stray responses, and the forged requests, and how long each flood lasts
 STRAYS = 100_000
@@ -91,87 +91,84 @@ def workers_mux(health: dict[str, Any], key: str) -> int:
 async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(loopback_ice):
     server = CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320", "--height", "240",
                              "--workers", "2")
-    viewers: list[HonestViewer] = []
     attacker = Viewer(server.ws("a"))
     async with server:
         started = time.monotonic()
-        try:
-            health = await server.json("/healthz")
-            assert [w["ready"] for w in health["workers"]] == [True, True]
-            honest = {name: await HonestViewer(server.ws(name)).start() for name in ("a", "b")}
-            viewers += honest.values()
-            # the attacker: a viewer on a worker (the least loaded takes it: one of the honest
-            # viewers' workers), which reads its session's ufrag off its own answer
-            await attacker.connect()
-            await attacker.frames(5, timeout=30)
-            ufrag = re.search(r"a=ice-ufrag:(\S+)", attacker.answer_sdp)[1]
-            health = await server.json("/healthz")
-            assert sorted(w["peers"] for w in health["workers"]) == [1, 2]
+        health = await server.json("/healthz")
+        assert [w["ready"] for w in health["workers"]] == [True, True]
+        async with honest_pair(server, "a", "b") as honest:
+            try:
+                # the attacker: a viewer on a worker (the least loaded takes it: one of the honest
+                # viewers' workers), which reads its session's ufrag off its own answer
+                await attacker.connect()
+                await attacker.frames(5, timeout=30)
+                ufrag = re.search(r"a=ice-ufrag:(\S+)", attacker.answer_sdp)[1]
+                health = await server.json("/healthz")
+                assert sorted(w["peers"] for w in health["workers"]) == [1, 2]
 
-            baseline_at = time.time()
-            await asyncio.sleep(4.6)  # (a report may come late: a second's margin for it)
-            baseline = {name: v.window(baseline_at, baseline_at + 3.5) for name, v in honest.items()}
-            health = await server.json("/healthz")
-            handed = workers_mux(health, "received")
-            stray_at_workers = workers_mux(health, "stray_stun")
-            rss_before = server.rss_mb()
-            pids = {"main": server.pid, **{f"worker {w['index']}": w["pid"] for w in health["workers"]}}
-            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            test_cpu_before = time.process_time()
+                baseline_at = time.time()
+                await asyncio.sleep(4.6)  # (a report may come late: a second's margin for it)
+                honest.baseline = honest.windows(baseline_at, baseline_at + 3.5)
+                health = await server.json("/healthz")
+                handed = workers_mux(health, "received")
+                stray_at_workers = workers_mux(health, "stray_stun")
+                rss_before = server.rss_mb()
+                pids = {"main": server.pid, **{f"worker {w['index']}": w["pid"] for w in health["workers"]}}
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                test_cpu_before = time.process_time()
 
-            strays = [stray_response() for _ in range(500)]
-            forged = [forged_request(ufrag, signed=i % 2 == 0) for i in range(500)]
-            attack_at = time.time()
-            peak = rss_before
-            attacks = [asyncio.to_thread(flood, server.webrtc_port, strays, STRAYS, FLOOD_SECONDS),
-                       asyncio.to_thread(flood, server.webrtc_port, forged, FORGED, FLOOD_SECONDS)]
-            attacking = asyncio.ensure_future(asyncio.gather(*attacks))
-            while not attacking.done():
+                strays = [stray_response() for _ in range(500)]
+                forged = [forged_request(ufrag, signed=i % 2 == 0) for i in range(500)]
+                attack_at = time.time()
+                peak = rss_before
+                attacks = [asyncio.to_thread(flood, server.webrtc_port, strays, STRAYS, FLOOD_SECONDS),
+                           asyncio.to_thread(flood, server.webrtc_port, forged, FORGED, FLOOD_SECONDS)]
+                attacking = asyncio.ensure_future(asyncio.gather(*attacks))
+                while not attacking.done():
+                    peak = max(peak, server.rss_mb())
+                    await asyncio.sleep(0.2)
+                sent_strays, sent_forged = await attacking
+                attack_until = time.time()
+                cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / (attack_until - attack_at) for name, pid in pids.items()}
+                cpu["attacker (this test)"] = (time.process_time() - test_cpu_before) / (attack_until - attack_at)
+                await asyncio.sleep(1.5)  # (the reports of the window's last half second, a second's margin)
+                during = honest.windows(attack_at, attack_until + 0.5)
+                after_at = time.time()
+                await asyncio.sleep(5.5)
+                after = honest.windows(after_at, after_at + 4.5)
                 peak = max(peak, server.rss_mb())
-                await asyncio.sleep(0.2)
-            sent_strays, sent_forged = await attacking
-            attack_until = time.time()
-            cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / (attack_until - attack_at) for name, pid in pids.items()}
-            cpu["attacker (this test)"] = (time.process_time() - test_cpu_before) / (attack_until - attack_at)
-            await asyncio.sleep(1.5)  # (the reports of the window's last half second, a second's margin)
-            during = {name: v.window(attack_at, attack_until + 0.5) for name, v in honest.items()}
-            after_at = time.time()
-            await asyncio.sleep(5.5)
-            after = {name: v.window(after_at, after_at + 4.5) for name, v in honest.items()}
-            peak = max(peak, server.rss_mb())
-            rss_after = server.rss_mb()
-            await asyncio.sleep(1.1)
-            health = await server.json("/healthz")
+                rss_after = server.rss_mb()
+                await asyncio.sleep(1.1)
+                health = await server.json("/healthz")
 
-            report = (f"strays sent {sent_strays}, forged sent {sent_forged}; handed to the workers "
-                      f"{workers_mux(health, 'received') - handed}, stray STUN at the workers "
-                      f"{workers_mux(health, 'stray_stun') - stray_at_workers}; refused here: forged "
-                      f"{await server.metric('camtrack_worker_datagrams_refused_total', reason='forged')}; "
-                      f"dropped at the backlog {sum(w['datagrams_dropped'] for w in health['workers'])}; "
-                      f"RSS {rss_before:.0f} -> peak {peak:.0f} -> {rss_after:.0f} MB; CPU during the flood: "
-                      + ", ".join(f"{name} {share:.2f}" for name, share in cpu.items()) + "; "
-                      + "; ".join(f"{n}: baseline {baseline[n]} | during {during[n]} | after {after[n]}"
-                                  for n in honest))
-            print(report, f"({time.monotonic() - started:.0f} s since the server answered)")
-            for name, viewer in honest.items():
-                assert viewer.error is None, (name, viewer.error, report)
-                assert_unharmed(baseline[name], during[name], f"viewer of {name} during the flood; {report}")
-                assert_unharmed(baseline[name], after[name], f"viewer of {name} after the flood; {report}")
-            # nothing the main process could not check reached a worker: no forged request, no
-            # stray response (the workers' own muxes saw none of them)
-            assert workers_mux(health, "stray_stun") - stray_at_workers < 20, report
-            assert workers_mux(health, "received") - handed < 2000, report
-            # the forged requests were counted where they were dropped, and no honest datagram was lost
-            assert await server.metric("camtrack_worker_datagrams_refused_total", reason="forged") >= sent_forged / 2, report
-            assert sum(w["datagrams_dropped"] for w in health["workers"]) == 0, report
-            assert server.log().count("failed its password check") == 1, report  # (one line a minute)
-            assert health["viewers"] == 3, report
-            assert peak - rss_before < RSS_BOUND, report
-            # the attacker's own session is not broken by its forgeries either: it still plays
-            await attacker.frames(5, timeout=10)
-        finally:
-            await attacker.close(bye=False)
-            await asyncio.gather(*(v.stop() for v in viewers))
+                report = (f"strays sent {sent_strays}, forged sent {sent_forged}; handed to the workers "
+                          f"{workers_mux(health, 'received') - handed}, stray STUN at the workers "
+                          f"{workers_mux(health, 'stray_stun') - stray_at_workers}; refused here: forged "
+                          f"{await server.metric('camtrack_worker_datagrams_refused_total', reason='forged')}; "
+                          f"dropped at the backlog {sum(w['datagrams_dropped'] for w in health['workers'])}; "
+                          f"RSS {rss_before:.0f} -> peak {peak:.0f} -> {rss_after:.0f} MB; CPU during the flood: "
+                          + ", ".join(f"{name} {share:.2f}" for name, share in cpu.items()) + "; "
+                          + "; ".join(f"{n}: baseline {honest.baseline[n]} | during {during[n]} | after {after[n]}"
+                                      for n in honest.viewers))
+                print(report, f"({time.monotonic() - started:.0f} s since the server answered)")
+                for name, viewer in honest.viewers.items():
+                    assert viewer.error is None, (name, viewer.error, report)
+                honest.check(during, f"during the flood; {report}")
+                honest.check(after, f"after the flood; {report}")
+                # nothing the main process could not check reached a worker: no forged request, no
+                # stray response (the workers' own muxes saw none of them)
+                assert workers_mux(health, "stray_stun") - stray_at_workers < 20, report
+                assert workers_mux(health, "received") - handed < 2000, report
+                # the forged requests were counted where they were dropped, and no honest datagram was lost
+                assert await server.metric("camtrack_worker_datagrams_refused_total", reason="forged") >= sent_forged / 2, report
+                assert sum(w["datagrams_dropped"] for w in health["workers"]) == 0, report
+                assert server.log().count("failed its password check") == 1, report  # (one line a minute)
+                assert health["viewers"] == 3, report
+                assert peak - rss_before < RSS_BOUND, report
+                # the attacker's own session is not broken by its forgeries either: it still plays
+                await attacker.frames(5, timeout=10)
+            finally:
+                await attacker.close(bye=False)
 
 
 def test_the_main_process_checks_what_it_hands_a_worker():
