@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -19,7 +20,7 @@ from camtrack.sources.demux import DemuxSource
 from camtrack.sources.rtsp import RtspSource
 
 from .conftest import eventually
-from .honest import CamtrackProcess, HonestViewer, assert_unharmed, served_beside_pattern
+from .honest import CamtrackProcess, HonestViewer, Watched, assert_unharmed, served_beside_pattern
 from .rtsp_server import LiveRtspServer, RtspServer
 from .test_demux import files, rtsp  # noqa: F401 - the loopback RTSP server fixture (and the files it serves)
 
@@ -268,6 +269,29 @@ async def states_seen(server: CamtrackProcess, camera: str, until: float, seen: 
         await asyncio.sleep(0.2)
 
 
+@dataclass
+class Back:
+    """After an attack on camera a: both viewers' 4 s once a plays again, the server's RSS and log,
+    and the PyAV guard's cuts for the attack's reason."""
+
+    after: dict[str, Watched]
+    rss: float
+    log: str
+    cuts: float
+
+
+async def a_comes_back(server: CamtrackProcess, a: HonestViewer, b: HonestViewer, reason: str) -> Back:
+    """Wait for camera a to play again by itself (its back-off is at most 10 s): a second of pictures
+    at the camera's rate (NO SIGNAL pictures come a few a second); then what `Back` holds."""
+    back = time.time()
+    await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 28, timeout=25)
+    after_a, after_b = await asyncio.gather(a.watch(4), b.watch(4))
+    rss = server.rss_mb()
+    log = server.log()
+    return Back({"a": after_a, "b": after_b}, rss, log,
+                await server.metric("camtrack_pyav_guard_cuts_total", reason=reason))
+
+
 @pytest.mark.slow  # a camtrack process of its own
 async def test_an_endless_fu_a_from_a_pyav_camera_is_bounded() -> None:
     """Item 2: RSS stays within tens of MB of its baseline, camera b's viewer is unharmed, a's
@@ -290,14 +314,8 @@ async def test_an_endless_fu_a_from_a_pyav_camera_is_bounded() -> None:
         await polling
         camera.flooding = False
         flooded = camera.flooded
-        # a comes back by itself (its back-off is at most 10 s)
-        back = time.time()
-        # (NO SIGNAL pictures come a few a second: back is a second at the camera's rate)
-        await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 28, timeout=25)
-        after = await honest.watch(4)
-        rss_after = server.rss_mb()
-        log = server.log()
-        cuts = await server.metric("camtrack_pyav_guard_cuts_total", reason="oversized")
+        back = await a_comes_back(server, a, b, "oversized")
+    after, rss_after, log, cuts = back.after, back.rss, back.log, back.cuts
     print(f"baseline a {base['a']} | b {base['b']}\nduring b {seen_b}\nafter a {after['a']} | b {after['b']}\n"
           f"RSS before {rss_before:.0f} MB, peak {peak:.0f} MB, after {rss_after:.0f} MB; flooded "
           f"{flooded / 1e6:.0f} MB; cuts {cuts:.0f}; seen {sorted(seen)}")
@@ -342,13 +360,8 @@ async def test_a_camera_redirecting_pyav_to_itself_is_paced() -> None:
             camera.redirecting = False
             per_second = [camera.per_second(t, t + 1) for t in (began + i for i in range(7))]
             total = sum(began <= t < ended for t in camera.connected)
-            back = time.time()
-            # (NO SIGNAL pictures come a few a second: back is a second at the camera's rate)
-            await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 28, timeout=25)
-            after_a, after_b = await asyncio.gather(a.watch(4), b.watch(4))
-            rss_after = server.rss_mb()
-            log = server.log()
-            cuts = await server.metric("camtrack_pyav_guard_cuts_total", reason="redirect")
+            back = await a_comes_back(server, a, b, "redirect")
+        after_a, after_b, rss_after, log, cuts = back.after["a"], back.after["b"], back.rss, back.log, back.cuts
         print(f"baseline b {base_b}\nduring b {seen_b}\nafter a {after_a} | b {after_b}\n"
               f"connections in {ended - began:.1f} s: {total}, per second {per_second}; RSS before "
               f"{rss_before:.0f} MB, after {rss_after:.0f} MB; cuts {cuts:.0f}; seen {sorted(seen)}")
