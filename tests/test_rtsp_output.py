@@ -399,8 +399,14 @@ async def test_describe_setup_play_teardown_by_hand(serve):
     assert "camtrack_rtsp_connections 1.0" in text
     status, _, _ = await raw.request("TEARDOWN", url, {"Session": session})
     assert status == 200
-    await eventually(lambda: not camera.viewers[Transport.RTSP] and not app[RTSP].clients)
+    await eventually(lambda: not camera.viewers[Transport.RTSP] and not camera.pending)
+    # the connection outlives its session, as clients expect (GStreamer PAUSEs after its TEARDOWN)
+    status, _, _ = await raw.request("OPTIONS", url, {})
+    assert status == 200 and app[RTSP].clients
+    status, _, _ = await raw.request("PAUSE", url, {"Session": session})
+    assert status == 454  # (that session is gone)
     raw.close()
+    await eventually(lambda: not app[RTSP].clients)
 
 
 @pytest.mark.timeout(60)

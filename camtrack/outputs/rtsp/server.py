@@ -501,11 +501,8 @@ class RtspClient(Generic[C]):
             await self._pause(request)
         elif method == "TEARDOWN":
             self._check_session(request, needed=False)
+            await self._teardown()
             self._reply(request, {})
-            with contextlib.suppress(Exception):
-                self.writer.close()
-            self.reason = self.reason or "teardown"
-            log.info(self.remote, "RTSP client %s ends: teardown", self.remote)
         elif method in messages.REFUSED_METHODS:
             raise RtspRequestError(405, f"{method} is not served here: this server only sends cameras "
                                         f"(DESCRIBE, SETUP, PLAY)", headers={"Allow": ", ".join(messages.METHODS)})
@@ -689,6 +686,26 @@ class RtspClient(Generic[C]):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._reply(request, self._session_header())
+
+    async def _teardown(self) -> None:
+        """End the session (no viewer any more), but not the connection: clients go on using it
+        after a TEARDOWN (GStreamer's rtspsrc sends a PAUSE as it shuts down, and fails with an error
+        if the server has hung up), and close it themselves; an idle one is closed at --idle-timeout."""
+        task, self._playback = self._playback, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._release_held()
+        session, self.session = self.session, None
+        if session is not None and not session.tcp:
+            self.server.watch_udp(session.rtcp_to, None)
+        camera, self.camera = self.camera, None
+        if camera is not None:
+            self.server.cameras.leave(camera, self)
+        self.playing = self.paused = False
+        self.heard = time.monotonic()
+        log.info(self.remote, "RTSP client %s tore its session down%s", self.remote,
+                 f" ({camera.name})" if camera is not None else "")
 
     # ---- sending -------------------------------------------------------------------------------
 
