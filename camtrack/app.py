@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from .outputs.webrtc.ice import IceContext, resolve_addresses, restrict_host_add
 from .outputs.webrtc.peer import LocalPeers
 from .outputs.webrtc.signaling import websocket_handler
 from .outputs.webrtc.udpmux import PortTaken, UdpMux
+from .plan import CameraPlan
 from .seams import check_hooks
 from .workers.pool import WorkerPeers, WorkerPool, worker_count
 
@@ -35,13 +36,15 @@ ICE = web.AppKey("ice", IceContext)
 RTSP = web.AppKey("rtsp", RtspServer)
 
 
-def create_app(config: Config) -> web.Application:
-    """Build the camtrack application for `config`; nothing runs until it is started."""
+def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) -> web.Application:
+    """Build the camtrack application for `config`; nothing runs until it is started. `plans`: the
+    cameras' plans (camtrack.plan) already made, by name (the command line's); the others are made
+    here."""
     hosts = HostCheck(config.host, config.allow_hosts)
     # the client a trusted proxy names first, so that the Host check's log names it too
     guards = [TrustedProxies(config.trusted_proxies).middleware(), hosts.middleware()]
     app = web.Application(middlewares=guards if config.base_path == "/" else [])
-    cameras = Cameras(config)
+    cameras = Cameras(config, plans)
     app[CONFIG] = config
     app[CAMERAS] = cameras
     #: the servers, TURN credentials and (once started) the shared UDP port of every peer

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,8 @@ from .media.passthrough import PassthroughFeed
 from .media.reader import BridgedReader, PacketReader
 from .media.stream import CameraStream
 from .media.tiers import MAIN, Tier, Tiers
-from .sources import make_packet_source, make_source, plan_mode, redact, resolve_auto
+from .plan import CameraPlan, plan_camera
+from .sources import make_packet_source, make_source, redact
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Camera:
     load: LoadMonitor | None = None
     #: its packet feeds by (kind, tier): `feed`, and the tiers of other codecs (set by Cameras)
     tiers: Tiers | None = None
+    #: what it was built from (camtrack.plan; set by Cameras)
+    plan: CameraPlan | None = None
 
     @property
     def name(self) -> str:
@@ -159,6 +162,8 @@ class Camera:
             "bitrate": settings.bitrate,
             "mode": ("passthrough" if isinstance(self.feed, PassthroughFeed)
                      else "transcode" if self.feed is not None else "per-viewer"),
+            #: why that mode (camtrack.plan): "asked for", or what `auto` found
+            "reason": self.plan.reason if self.plan is not None else None,
             "viewers": {str(t): len(v) for t, v in self.viewers.items()},
             "pending": self.pending,
             # WebRTC viewers closed for sending nothing (--unresponsive-timeout), over the server's life
@@ -192,7 +197,7 @@ class Cameras:
     oldest pending session of the client with the most of them is closed to make room. So
     sockets that never become viewers can neither lock viewers out nor pile up."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, plans: Mapping[str, CameraPlan] | None = None) -> None:
         self.max_viewers = config.max_viewers
         self.max_pending = config.max_pending
         #: pending sessions, oldest first, with their camera
@@ -203,14 +208,10 @@ class Cameras:
                                 lambda: self.viewer_count)
         self.by_name: dict[str, Camera] = {}
         for settings in config.cameras:
-            source = resolve_auto(settings.source)
-            # the command line settled `auto` before (cli.prepare_camera); an embedding program's
-            # Config gets the same decision here
-            mode, why = plan_mode(source, settings.mode, config.encoder, settings.codec, settings.rtsp_transport,
-                                  settings.input_format, settings.width, settings.height, settings.fps)
-            if settings.mode == "auto":
-                logger.info("camera %s: %s (%s)", settings.name,
-                            "passing its H.264 through" if mode == "passthrough" else "transcoding", why)
+            # the command line made the plan before the server started (cli.prepare_camera); an
+            # embedding program's Config gets the same plan here
+            plan = (plans or {}).get(settings.name) or plan_camera(settings, config)
+            source, mode = plan.source, plan.mode
             stream = CameraStream(
                 settings.name,
                 functools.partial(make_source, source, settings.width, settings.height, settings.fps,
@@ -243,7 +244,8 @@ class Cameras:
                 width=size[0], height=size[1], fps=settings.fps, bitrate=settings.bitrate,
                 keyframe_interval=settings.keyframe_interval, hardware=config.video_encoder))
             self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder,
-                                                 video_encoder=config.video_encoder, load=self.load, tiers=tiers)
+                                                 video_encoder=config.video_encoder, load=self.load, tiers=tiers,
+                                                 plan=plan)
 
     def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())

@@ -28,8 +28,9 @@ from .app import CONFIG, create_app
 from .config import CameraConfig, Config, Setting, settings, text, typed
 from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
 from .outputs.webrtc.udpmux import PortTaken
+from .plan import CameraPlan, plan_camera
 from .redaction import install_log_redaction
-from .sources import SourceError, check_source, plan_mode, redact, resolve_auto
+from .sources import SourceError, check_source, redact
 from .workers.pool import WorkerFailed
 
 logger = logging.getLogger("camtrack")
@@ -247,16 +248,15 @@ def check_host(host: str) -> None:
         raise ValueError(f"--host {host!r} is not an IP address or a name that resolves ({exc})") from None
 
 
-def prepare_camera(config: Config, camera: CameraConfig) -> str | None:
-    """Settle a camera's source and mode (`auto` made real) and open it once; what is wrong, or None."""
+def prepare_camera(config: Config, camera: CameraConfig, plans: dict[str, CameraPlan] | None = None) -> str | None:
+    """Settle a camera's source and mode (`auto` made real: its plan, kept in `plans` by camera
+    name for create_app) and open it once; what is wrong, or None."""
     try:
-        camera.source = resolve_auto(camera.source)
         asked = camera.mode
-        camera.mode, why = plan_mode(camera.source, camera.mode, config.encoder, camera.codec, camera.rtsp_transport,
-                                     camera.input_format, camera.width, camera.height, camera.fps, strict=True)
-        if asked == "auto":
-            logger.info("camera %s: %s (%s)", camera.name,
-                        "passing its H.264 through" if camera.mode == "passthrough" else "transcoding", why)
+        plan = plan_camera(camera, config, strict=True)
+        camera.source, camera.mode = plan.source, plan.setting
+        if plans is not None:
+            plans[camera.name] = plan
         if not (asked == "auto" and camera.mode == "passthrough"):  # (else the probe just opened it)
             check_source(camera.source, camera.width, camera.height, camera.fps, camera.mode,
                          camera.rtsp_transport, camera.input_format)
@@ -300,7 +300,8 @@ def run(argv: list[str] | None) -> None:
         ssl_context = load_tls(parser, config.cert, config.key)
     # every camera at once: a camera that does not answer must not hold up the others' checks
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(config.cameras))) as pool:
-        problems = list(pool.map(functools.partial(prepare_camera, config), config.cameras))
+        plans: dict[str, CameraPlan] = {}
+        problems = list(pool.map(functools.partial(prepare_camera, config, plans=plans), config.cameras))
     failed = [(camera, problem) for camera, problem in zip(config.cameras, problems, strict=True) if problem is not None]
     if failed:
         # one line for each camera that cannot be opened, each with its reason
@@ -313,7 +314,7 @@ def run(argv: list[str] | None) -> None:
                     camera.fps, camera.codec)
     urls = watch_urls(config.host, config.port, tls=ssl_context is not None)
     try:
-        asyncio.run(serve(create_app(config), config.host, config.port, ssl_context, urls))
+        asyncio.run(serve(create_app(config, plans), config.host, config.port, ssl_context, urls))
     except OSError as exc:
         where = "" if isinstance(exc, (PortTaken, WorkerFailed)) else f"cannot listen on {config.host}:{config.port}: "
         fail(parser, f"{where}{exc.strerror or exc}", status=1)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from ..media.feeds import FrameSource, SourceError
+from ..media.packet import CodecInfo
 from .opencv import OpenCvSource, device_problem, quiet_opencv
 from .pattern import PatternSource
 from .urls import redact, url_secrets
@@ -118,29 +119,37 @@ def choose_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str =
     `strict` (the command line, before the server starts): a file that is not there, or a stream or
     camera that cannot be reached, is a SourceError saying why, instead of `transcode` (which would
     only try again, through OpenCV, to fail the same way later)."""
+    mode, why, _ = probe_mode(spec, mode, codec, rtsp_transport, input_format, width, height, fps, strict=strict)
+    return mode, why
+
+
+def probe_mode(spec: str, mode: str, codec: str = "h264", rtsp_transport: str = "tcp", input_format: str = "raw",
+               width: int = 640, height: int = 480, fps: float = 30.0, *,
+               strict: bool = False) -> tuple[str, str, CodecInfo | None]:
+    """What `choose_mode` says, with what the probe found the source carries (None: not probed)."""
     if strict:
         check_file(spec)
     if mode != "auto":
-        return mode, "asked for"
+        return mode, "asked for", None
     if codec != "h264":
-        return "transcode", f"viewers get {codec}"
+        return "transcode", f"viewers get {codec}", None
     from .demux import is_stream, probe_source
 
     device = device_path(spec) is not None
     if device and input_format != "h264":
-        return "transcode", "the camera is asked for MJPEG" if input_format == "mjpeg" else "it gives pictures"
+        return "transcode", "the camera is asked for MJPEG" if input_format == "mjpeg" else "it gives pictures", None
     if not (device or is_stream(spec) or spec.lower().endswith(PACKET_FILES)):
-        return "transcode", "it gives pictures, not encoded video"
+        return "transcode", "it gives pictures, not encoded video", None
     try:
-        _, why = probe_source(_prober(spec, rtsp_transport, input_format, width, height, fps, open_timeout=5.0))
+        found, why = probe_source(_prober(spec, rtsp_transport, input_format, width, height, fps, open_timeout=5.0))
     except Exception as exc:  # noqa: BLE001 - PyAV cannot open it: OpenCV may (check_source says)
         reason = reason_of(exc)
         if strict and (device or is_stream(spec)) and unreachable(exc):
             if device:
                 reason = device_problem(device_path(spec) or spec)
             raise SourceError(f"cannot open {redact(spec)}: {reason}") from None
-        return "transcode", f"PyAV cannot read it ({reason})"
-    return ("transcode", why) if why else ("passthrough", "it is H.264 without B-frames")
+        return "transcode", f"PyAV cannot read it ({reason})", None
+    return ("transcode", why, found) if why else ("passthrough", "it is H.264 without B-frames", found)
 
 
 #: what FFmpeg says of a stream or device that cannot be reached (OpenCV's FFmpeg would say the same)
@@ -194,14 +203,23 @@ def check_file(spec: str) -> None:
 def plan_mode(spec: str, mode: str, encoder: str = "shared", codec: str = "h264", rtsp_transport: str = "tcp",
               input_format: str = "raw", width: int = 640, height: int = 480, fps: float = 30.0, *,
               strict: bool = False) -> tuple[str, str]:
-    """A camera's mode and why: the one decision that the command line and `create_app` both make
-    (`auto` probes the source: milliseconds for a file, up to 5 s for a stream that does not answer;
-    `strict`, the command line's: a source that is not there or does not answer is a SourceError)."""
+    """A camera's mode and why (camtrack.plan.plan_camera makes a camera's whole plan with it)."""
+    mode, why, _ = plan_probe(spec, mode, encoder, codec, rtsp_transport, input_format, width, height, fps,
+                              strict=strict)
+    return mode, why
+
+
+def plan_probe(spec: str, mode: str, encoder: str = "shared", codec: str = "h264", rtsp_transport: str = "tcp",
+               input_format: str = "raw", width: int = 640, height: int = 480, fps: float = 30.0, *,
+               strict: bool = False) -> tuple[str, str, CodecInfo | None]:
+    """A camera's mode, why, and what its source carries when it was probed (`auto` probes the
+    source: milliseconds for a file, up to 5 s for a stream that does not answer; `strict`, the
+    command line's: a source that is not there or does not answer is a SourceError)."""
     if mode == "auto" and encoder != "shared":
         if strict:
             check_file(spec)
-        return "transcode", "each viewer's own encoder wants pictures"
-    return choose_mode(spec, mode, codec, rtsp_transport, input_format, width, height, fps, strict=strict)
+        return "transcode", "each viewer's own encoder wants pictures", None
+    return probe_mode(spec, mode, codec, rtsp_transport, input_format, width, height, fps, strict=strict)
 
 
 def _prober(spec: str, rtsp_transport: str, input_format: str, width: int, height: int, fps: float,

@@ -1,0 +1,60 @@
+"""A camera's plan: its source resolved, the mode chosen with its reason, and what probing the
+source found. One function makes it, for the command line (before the server starts) and for
+`create_app` (for a Config whose cameras were not planned yet); the pipeline is built from it
+(camtrack.pipeline)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .config import CameraConfig, Config
+from .media.packet import CodecInfo
+from .redaction import scrub, with_decoded
+from .sources import plan_probe, resolve_auto, url_secrets
+
+logger = logging.getLogger(__name__)
+
+#: what a camera's pipeline may be: its own H.264 passed through, decoded and encoded once for every
+#: viewer, or (--encoder per-viewer) its pictures encoded by each viewer's own encoder
+MODES = ("passthrough", "transcode", "per-viewer")
+
+
+@dataclass(frozen=True)
+class CameraPlan:
+    """What a camera's pipeline is built from."""
+
+    #: the source spec, with `auto` resolved
+    source: str
+    #: one of MODES
+    mode: str
+    #: why that mode: "asked for", or what `auto` found ("it is H.264 without B-frames", ...), with
+    #: the source's credentials taken out (it is shown in /api/cameras)
+    reason: str
+    #: what the source carries, when the plan probed it (`auto` on a file or stream), else None
+    codec: CodecInfo | None = None
+
+    @property
+    def setting(self) -> str:
+        """The mode as a camera's settings say it (`passthrough` or `transcode`)."""
+        return "passthrough" if self.mode == "passthrough" else "transcode"
+
+
+def plan_camera(settings: CameraConfig, config: Config, *, strict: bool = False) -> CameraPlan:
+    """The plan of the camera `settings` in a server of `config`: `auto` source and mode settled
+    (the mode's `auto` probes the source: milliseconds for a file, up to 5 s for a stream that does
+    not answer, so an embedding program calls create_app before its event loop serves anything).
+    OSError, ValueError or SourceError when the source cannot even be looked at; with `strict` (the
+    command line's) also when it is not there or does not answer (camtrack.sources.plan_mode)."""
+    source = resolve_auto(settings.source)
+    mode, why, codec = plan_probe(source, settings.mode, config.encoder, settings.codec, settings.rtsp_transport,
+                                  settings.input_format, settings.width, settings.height, settings.fps,
+                                  strict=strict)
+    # (a probe's error may quote the source's URL, credentials and all)
+    why = scrub(why, with_decoded(url_secrets(source)))
+    if settings.mode == "auto":
+        logger.info("camera %s: %s (%s)", settings.name,
+                    "passing its H.264 through" if mode == "passthrough" else "transcoding", why)
+    if mode != "passthrough" and config.encoder != "shared":
+        mode = "per-viewer"
+    return CameraPlan(source, mode, why, codec)
