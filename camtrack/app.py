@@ -14,7 +14,6 @@ from .access import HostCheck, TrustedProxies, is_loopback, origin_check
 from .cameras import Camera, Cameras
 from .config import Config
 from .media.feeds import Transport
-from .media.passthrough import PassthroughFeed
 from .outputs import metrics, mjpeg
 from .outputs.janus import JanusPublisher
 from .outputs.rtsp import RtspServer, RtspSettings
@@ -69,28 +68,16 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
         sources = {}
         down = False
         for camera in cameras:
-            feed = camera.feed
-            passthrough = feed if isinstance(feed, PassthroughFeed) else None
-            watched = camera.watched
-            state = camera.state
-            down |= watched and state in ("retrying", "stalled")
-            sources[camera.name] = {**camera.describe(), "watched": watched, "encoder": None,
-                                    "passthrough": None,
-                                    "janus": camera.publisher.describe() if camera.publisher else None}
-            if passthrough is not None:
-                sources[camera.name]["passthrough"] = {
-                    "running": passthrough.running, "viewers": len(passthrough.consumers),
-                    "packets": passthrough.stats.packets, "keyframes": passthrough.stats.keyframes,
-                    "reopenings": passthrough.stats.reopenings,
-                    "problem": passthrough.problem, "refused": passthrough.stats.refused,
-                    "oversize": passthrough.stats.oversize, "filler_bytes": passthrough.stats.filler_bytes,
-                    "ring_bytes": passthrough.ring_bytes, "failures": passthrough.stats.failures,
-                    "stalls": passthrough.stats.stalls}
-            if camera.encoder is not None:
-                stats = camera.encoder.stats
-                sources[camera.name]["encoder"] = {
-                    "running": camera.encoder.running, "viewers": len(camera.encoder.consumers),
-                    "frames": stats.frames, "keyframes": stats.keyframes}
+            source = camera.pipeline.source
+            watched = source.watched
+            down |= watched and source.state in ("retrying", "stalled")
+            janus = camera.pipeline.outputs.get("janus")
+            encoder = camera.pipeline.encoders().get(camera.settings.codec)
+            sources[camera.name] = {**camera.describe(), "watched": watched, "passthrough": source.detail(),
+                                    "encoder": None if encoder is None else {
+                                        "running": encoder.running, "viewers": len(encoder.consumers),
+                                        "frames": encoder.stats.frames, "keyframes": encoder.stats.keyframes},
+                                    "janus": janus.describe() if janus is not None else None}
         body = {
             "status": "down" if down else "ok",
             "viewers": cameras.viewer_count,
@@ -167,8 +154,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
             if settings.janus_url and settings.janus_room is not None:  # (config checks that both are set)
                 publisher = JanusPublisher(camera, settings.janus_url, settings.janus_room, settings.janus_pin,
                                            settings.janus_display, config.ice_servers, ice=ice)
-                camera.publisher = publisher
-                publisher.start()
+                camera.pipeline.start_output("janus", publisher)
 
     async def on_shutdown(app: web.Application) -> None:
         # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
@@ -13,56 +12,36 @@ from typing import Any
 from .config import CameraConfig, Config
 from .media.admission import Limits, Refused, Snapshot, decide
 from .media.decoder import PacketDecoder
-from .media.encoder import EncoderSettings, SharedEncoder
-from .media.feeds import VIEWER_TRANSPORTS, FrameFeed, PacketFeed, Publisher, Transport, Viewer
+from .media.encoder import SharedEncoder
+from .media.feeds import VIEWER_TRANSPORTS, BackgroundOutput, FrameFeed, PacketFeed, Transport, Viewer
 from .media.jpeg import JpegEncoders
 from .media.load import LoadMonitor
 from .media.meters import Meter
 from .media.packet import MediaKind
-from .media.passthrough import PassthroughFeed
-from .media.reader import BridgedReader, PacketReader
+from .media.reader import PacketReader
 from .media.stream import CameraStream
 from .media.tiers import MAIN, Tier, Tiers
+from .pipeline import Pipeline, build_pipeline
 from .plan import CameraPlan, plan_camera
-from .sources import make_packet_source, make_source, redact
+from .sources import redact
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Camera:
-    """A named camera: its stream and the stages that read it (the shared encoder, None when
-    viewers encode for themselves; the JPEG encoders), the viewers attached per transport, and
-    what each transport has sent."""
+    """A named camera: its settings, its plan and the pipeline built from it (camtrack.pipeline),
+    the viewers attached per transport, and what each transport has sent."""
 
     settings: CameraConfig
-    #: the source spec, with `auto` resolved
-    source: str
-    stream: CameraStream
-    #: the shared encoder (None when viewers encode for themselves, or the camera's own packets pass through)
-    encoder: SharedEncoder | None
-    jpeg: JpegEncoders
-    #: what WebRTC viewers and the Janus publisher get: the shared encoder's packets or the camera's own
-    feed: SharedEncoder | PassthroughFeed | None = None
-    #: pixels decoded from a passed-through feed, while MJPEG or snapshots need them
-    decoder: PacketDecoder | None = None
+    plan: CameraPlan
+    pipeline: Pipeline
     viewers: dict[Transport, set[Viewer]] = field(default_factory=lambda: {t: set() for t in VIEWER_TRANSPORTS})
     meters: dict[Transport, Meter] = field(default_factory=lambda: {t: Meter() for t in Transport})
-    #: the Janus publisher (camtrack.outputs.janus), when the camera is published
-    publisher: Publisher | None = None
     #: sessions of this camera that are not viewers yet (Cameras.hold)
     pending: int = 0
-    #: the H.264 encoder (--video-encoder) of the join bridge, and the bridge while it exists
-    video_encoder: str = "auto"
-    bridge: SharedEncoder | None = None
-    #: viewers that joined through the bridge (camtrack_join_bridge_joins)
-    bridge_joins: int = 0
     #: the server's measured load (every camera shares it; set by Cameras)
     load: LoadMonitor | None = None
-    #: its packet feeds by (kind, tier): `feed`, and the tiers of other codecs (set by Cameras)
-    tiers: Tiers | None = None
-    #: what it was built from (camtrack.plan; set by Cameras)
-    plan: CameraPlan | None = None
 
     @property
     def name(self) -> str:
@@ -72,120 +51,93 @@ class Camera:
     def viewer_count(self) -> int:
         return sum(len(v) for v in self.viewers.values())
 
+    @property
+    def frames(self) -> FrameFeed:
+        """Its pictures, for readers of pixels (JPEG, per-viewer encoders)."""
+        return self.pipeline.frames
+
+    @property
+    def jpeg(self) -> JpegEncoders:
+        """Its JPEG encoders, by quality."""
+        return self.pipeline.jpeg
+
     def packets(self, kind: MediaKind = MediaKind.VIDEO, tier: Tier = MAIN) -> PacketFeed | None:
-        """The feed of this camera's `kind` packets of `tier` (camtrack.media.tiers): MAIN is `feed`;
-        a tier of another codec is encoded from the camera's pictures, made the first time it is
-        asked for and shared by all its viewers. None: no such packets (audio; MAIN with
-        --encoder per-viewer)."""
-        if self.tiers is None:
-            return self.feed if kind == MediaKind.VIDEO and tier == MAIN else None
-        return self.tiers.packets(kind, tier)
+        """The feed of this camera's `kind` packets of `tier` (camtrack.media.tiers): MAIN is its own
+        (the shared encoder's, or its H.264 passed through); a tier of another codec is encoded from
+        the camera's pictures, made the first time it is asked for and shared by all its viewers.
+        None: no such packets (audio; MAIN with --encoder per-viewer)."""
+        return self.pipeline.packets(kind, tier)
 
     def reader(self, transport: Transport, tier: Tier = MAIN) -> PacketReader:
-        """A reader of this camera's packets of `tier` for one viewer over `transport`: the shared
-        encoder's, or the camera's own (bridged while the viewer joins between the camera's
-        keyframes), or a tier's encoder's."""
-        feed = self.packets(MediaKind.VIDEO, tier)
-        if isinstance(feed, PassthroughFeed):
-            return BridgedReader(feed, self.join_bridge, self.meters[transport])
-        if feed is None:
-            raise ValueError(f"camera {self.name} has no shared packets (--encoder per-viewer)")
-        return PacketReader(feed, self.meters[transport])
+        """A reader of this camera's packets of `tier` for one viewer over `transport` (bridged
+        while the viewer joins a camera's own packets between their keyframes)."""
+        return self.pipeline.reader(self.meters[transport], tier)
 
-    def join_bridge(self) -> SharedEncoder | None:
-        """The bridge for viewers joining a passed-through camera between its keyframes: its pictures
-        decoded (from the newest keyframe, at once) and encoded again, starting with a keyframe of
-        the live picture (camtrack.outputs.webrtc.bridge). Made at the camera's own size the first
-        time it is needed; like every stage it runs only while a viewer reads it. None for a camera
-        that is not passed through."""
-        if not isinstance(self.feed, PassthroughFeed) or self.decoder is None:
-            return None
-        codec = self.feed.codec
-        size = (codec.width, codec.height)
-        if not all(size):
-            return None  # nothing opened yet: no size to encode at
-        bridge = self.bridge
-        if bridge is None or ((bridge.settings.width, bridge.settings.height) != size and not bridge.running):
-            self.bridge = bridge = SharedEncoder(self.decoder, EncoderSettings(
-                codec="h264", width=size[0], height=size[1], fps=self.settings.fps, bitrate=self.settings.bitrate,
-                keyframe_interval=self.settings.keyframe_interval, hardware=self.video_encoder))
-        self.bridge_joins += 1
-        return bridge
+    # -- the pipeline's stages, as they were named before it (tests and benchmarks reach them)
 
     @property
-    def state(self) -> str:
-        """The source's state: of the passthrough feed's reader while it runs, else of the stream's
-        capture (`idle`, `starting`, `up`, `retrying`, `stalled`)."""
-        feed = self.feed
-        if isinstance(feed, PassthroughFeed) and feed.running:
-            return feed.state
-        return self.stream.state
+    def feed(self) -> PacketFeed | None:
+        """The MAIN packets (`packets()`)."""
+        return self.pipeline.packets()
 
     @property
-    def error(self) -> str | None:
-        """The reason of the source's last failure (None before any), whichever reader saw it."""
-        feed = self.feed
-        if isinstance(feed, PassthroughFeed) and (feed.running or feed.error is not None):
-            return feed.error or self.stream.error
-        return self.stream.error
+    def stream(self) -> CameraStream:
+        return self.pipeline.stream
 
     @property
-    def opens(self) -> int:
-        """Times its source was opened: by the passthrough feed's reader and by the capture (a
-        passed-through camera's stream opens only if it has to be decoded by OpenCV)."""
-        feed = self.feed
-        return self.stream.runs + (feed.stats.opens if isinstance(feed, PassthroughFeed) else 0)
+    def tiers(self) -> Tiers:
+        return self.pipeline.tiers
 
     @property
-    def watched(self) -> bool:
-        """Someone reads its source now, through the capture or the passthrough feed."""
-        feed = self.feed
-        return bool(self.stream.consumers) or (isinstance(feed, PassthroughFeed) and bool(feed.consumers))
+    def encoder(self) -> SharedEncoder | None:
+        return self.pipeline.encoder
+
+    @property
+    def decoder(self) -> PacketDecoder | None:
+        return self.pipeline.decoder
+
+    @property
+    def bridge(self) -> SharedEncoder | None:
+        return self.pipeline.bridge.encoder if self.pipeline.bridge is not None else None
+
+    @property
+    def publisher(self) -> BackgroundOutput | None:
+        return self.pipeline.outputs.get("janus")
+
+    @publisher.setter
+    def publisher(self, publisher: BackgroundOutput) -> None:
+        """(Not started: `pipeline.start_output` starts what it adds.)"""
+        self.pipeline.outputs["janus"] = publisher
 
     def describe(self) -> dict[str, Any]:
         """The camera as /api/cameras and /healthz show it."""
-        settings = self.settings
-        feed = self.feed if isinstance(self.feed, PassthroughFeed) else None
+        settings, source = self.settings, self.pipeline.source
         return {
             "name": self.name,
-            "source": redact(self.source),
-            # a passed-through camera's state is its feed's while that runs (the stream is not opened)
-            "state": self.state,
+            "source": redact(self.plan.source),
+            # a passed-through camera's state is its packet reader's while that runs
+            "state": source.state,
             #: the reason of the source's last failure (None before any)
-            "error": self.error,
+            "error": source.error,
             #: why a passed-through camera is refused (its size, too large access units), else None
-            "problem": feed.problem if feed is not None else None,
+            "problem": source.problem,
             "width": settings.width,
             "height": settings.height,
             "fps": settings.fps,
             "codec": settings.codec,
             "bitrate": settings.bitrate,
-            "mode": ("passthrough" if isinstance(self.feed, PassthroughFeed)
-                     else "transcode" if self.feed is not None else "per-viewer"),
+            "mode": self.plan.mode,
             #: why that mode (camtrack.plan): "asked for", or what `auto` found
-            "reason": self.plan.reason if self.plan is not None else None,
+            "reason": self.plan.reason,
             "viewers": {str(t): len(v) for t, v in self.viewers.items()},
             "pending": self.pending,
             # WebRTC viewers closed for sending nothing (--unresponsive-timeout), over the server's life
             "unresponsive": sum(meter.unresponsive for meter in self.meters.values()),
-            "opens": self.opens,
+            "opens": source.opens,
         }
 
     async def close(self) -> None:
-        if self.publisher is not None:
-            await self.publisher.stop()
-        await self.jpeg.close()
-        if self.bridge is not None:
-            await self.bridge.close()
-        if self.tiers is not None:
-            await self.tiers.close()
-        if self.decoder is not None:
-            await self.decoder.close()
-        if self.encoder is not None:
-            await self.encoder.close()
-        if isinstance(self.feed, PassthroughFeed):
-            await self.feed.close()
-        await self.stream.close()
+        await self.pipeline.close()
 
 
 class Cameras:
@@ -211,41 +163,7 @@ class Cameras:
             # the command line made the plan before the server started (cli.prepare_camera); an
             # embedding program's Config gets the same plan here
             plan = (plans or {}).get(settings.name) or plan_camera(settings, config)
-            source, mode = plan.source, plan.mode
-            stream = CameraStream(
-                settings.name,
-                functools.partial(make_source, source, settings.width, settings.height, settings.fps,
-                                  rtsp_transport=settings.rtsp_transport, input_format=settings.input_format),
-                linger=config.linger,
-            )
-            encoder = decoder = None
-            feed: SharedEncoder | PassthroughFeed | None = None
-            frames: FrameFeed = stream
-            jpeg = JpegEncoders(stream, config.mjpeg_fps)
-            if mode == "passthrough":
-                # the camera's own H.264 for WebRTC; pixels for MJPEG and snapshots are decoded from
-                # it, only while someone asks for them (the source is opened once either way)
-                packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport,
-                                            input_format=settings.input_format, width=settings.width,
-                                            height=settings.height, fps=settings.fps)
-                feed = PassthroughFeed(settings.name, packets, linger=config.linger,
-                                       size=(settings.width, settings.height))
-                frames = decoder = PacketDecoder(feed, settings.name)
-                jpeg = JpegEncoders(decoder, config.mjpeg_fps)
-            elif config.encoder == "shared":
-                feed = encoder = SharedEncoder(stream, EncoderSettings(
-                    codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
-                    bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval,
-                    hardware=config.video_encoder))
-            # tiers of another codec: at the configured size when transcoded, at the camera's own
-            # (0x0: the decoded pictures') when passed through
-            size = (0, 0) if mode == "passthrough" else (settings.width, settings.height)
-            tiers = Tiers(feed, frames, EncoderSettings(
-                width=size[0], height=size[1], fps=settings.fps, bitrate=settings.bitrate,
-                keyframe_interval=settings.keyframe_interval, hardware=config.video_encoder))
-            self.by_name[settings.name] = Camera(settings, source, stream, encoder, jpeg, feed=feed, decoder=decoder,
-                                                 video_encoder=config.video_encoder, load=self.load, tiers=tiers,
-                                                 plan=plan)
+            self.by_name[settings.name] = Camera(settings, plan, build_pipeline(settings, plan, config), load=self.load)
 
     def __iter__(self) -> Iterator[Camera]:
         return iter(self.by_name.values())

@@ -101,6 +101,27 @@ def test_outputs_import_neither_the_workers_nor_the_cameras() -> None:
     assert all("camtrack.cameras" in edges[name] for name in OUTPUTS_READING_CAMERAS)
 
 
+#: the concrete stages of a camera's pipeline: only its builder (camtrack/pipeline.py) and media/,
+#: where they are defined and stack, make them or ask whether a feed is one of them
+CONCRETE_STAGES = {"CameraStream", "PassthroughFeed", "PacketDecoder", "SharedEncoder", "BridgedReader"}
+
+
+def test_only_the_pipeline_builder_knows_the_concrete_stages() -> None:
+    """A camera's mode shapes its pipeline in one place: nothing else makes a stream, a passthrough
+    feed, a decoder or an encoder, or branches on `isinstance(feed, ...)` of them."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.is_relative_to(PACKAGE / "media") or path == PACKAGE / "pipeline.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            named = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & CONCRETE_STAGES
+            if isinstance(node.func, ast.Name) and node.func.id in CONCRETE_STAGES:
+                raise AssertionError(f"{path.relative_to(PACKAGE.parent)} makes a {node.func.id}")
+            if isinstance(node.func, ast.Name) and node.func.id == "isinstance" and named:
+                raise AssertionError(f"{path.relative_to(PACKAGE.parent)} asks isinstance of {sorted(named)}")
+
+
 def test_a_cycle_would_be_found() -> None:
     """The walk above is not vacuous: the relative-import resolution sees real edges."""
     edges = graph()

@@ -222,6 +222,9 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
     the newest keyframe, and a viewer a few packets behind catches up instead of resyncing.
     """
 
+    #: a keyframe comes when asked for (see request_keyframe)
+    makes_keyframes = True
+
     def __init__(self, input: FrameFeed, settings: EncoderSettings) -> None:
         super().__init__(input, f"encoder {settings.codec}", EncoderClosed, ring_size=JOIN_FRAMES)
         self.settings = settings

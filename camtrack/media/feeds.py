@@ -80,6 +80,11 @@ class PacketFeed(Feed, Protocol):
     def codec(self) -> CodecInfo: ...
 
     @property
+    def makes_keyframes(self) -> bool:
+        """Whether `request_keyframe()` makes one (an encoder) or is only counted (a camera's own
+        packets, whose keyframes come when the camera sends them)."""
+
+    @property
     def latest(self) -> EncodedPacket | None:
         """The newest packet, while the feed runs."""
 
@@ -109,17 +114,10 @@ class Viewer(Protocol):
     async def closed(self) -> None: ...
 
 
-class Publisher(Protocol):
-    """Something that sends a camera upstream for as long as the server runs (Janus)."""
-
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def publishes(self) -> int: ...
-
-    @property
-    def failures(self) -> int: ...
+class BackgroundOutput(Protocol):
+    """Something that runs beside a camera's viewers for as long as the server runs (the Janus
+    publisher today; a recorder, motion detection next): started once, stopped at shutdown, and
+    described (a JSON object: /healthz shows it; its `state`, and its counters, say how it does)."""
 
     def start(self) -> None: ...
 

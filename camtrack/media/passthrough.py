@@ -160,6 +160,9 @@ class PassthroughFeed(Lingering):
     holds, so a viewer starts at once without asking the camera for anything.
     """
 
+    #: the camera's keyframes come when it sends them
+    makes_keyframes = False
+
     def __init__(self, name: str, source_factory: Callable[[], PacketSource], *, linger: float = 3.0,
                  ring_size: int = RING_PACKETS, ring_bytes: int = RING_BYTES, retry_max: float = 10.0,
                  size: tuple[int, int] = FALLBACK_SIZE) -> None:

@@ -48,7 +48,7 @@ class JanusPublisher:
                  display: str | None = None, ice_servers: list[str] | None = None,
                  retry_min: float = 1.0, retry_max: float = 30.0, request_timeout: float = REQUEST_TIMEOUT,
                  ice: IceContext | None = None) -> None:
-        if camera.feed is None:
+        if camera.packets() is None:
             raise ValueError("publishing to Janus needs the shared encoder or passthrough (--encoder shared)")
         self.camera = camera
         self.url = url.rstrip("/")

@@ -31,7 +31,6 @@ from ..logs import ClientLog
 from ..media.admission import MEASURED
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
-from ..media.passthrough import PassthroughFeed
 from .webrtc import icelimits
 
 logger = logging.getLogger(__name__)
@@ -138,28 +137,28 @@ class CameraCollector:
                 if transport in (Transport.WEBSOCKET, Transport.WHEP):  # the WebRTC ones
                     failures.add_metric([name, transport], meter.negotiation_failures)
                     unresponsive.add_metric([name, transport], meter.unresponsive)
-            up.add_metric([name], 1 if camera.state == "up" else 0)
-            stream_failures = camera.stream.failures
-            feed_stats = camera.feed.stats if isinstance(camera.feed, PassthroughFeed) else None
-            failures_total.add_metric([name], (stream_failures.count if stream_failures else 0)
-                                      + (feed_stats.failures if feed_stats else 0))
-            stalls.add_metric([name], (stream_failures.stalls if stream_failures else 0)
-                              + (feed_stats.stalls if feed_stats else 0))
-            watched.add_metric([name], 1 if camera.watched else 0)
-            opens.add_metric([name], camera.opens)
-            captured.add_metric([name], camera.stream.frames)
-            decoded.add_metric([name], camera.decoder.frames if camera.decoder is not None else 0)
-            if isinstance(camera.feed, PassthroughFeed):
-                passed.add_metric([name], camera.feed.stats.packets)
-                bridge_joins.add_metric([name], camera.bridge_joins)
-                bridge_runs.add_metric([name], camera.bridge.stats.runs if camera.bridge is not None else 0)
-            if camera.publisher is not None:
-                janus_up.add_metric([name], 1 if camera.publisher.state == "publishing" else 0)
-                janus_publishes.add_metric([name], camera.publisher.publishes)
-                janus_failures.add_metric([name], camera.publisher.failures)
+            pipeline = camera.pipeline
+            source = pipeline.source
+            up.add_metric([name], 1 if source.state == "up" else 0)
+            failures_total.add_metric([name], source.failures)
+            stalls.add_metric([name], source.stalls)
+            watched.add_metric([name], 1 if source.watched else 0)
+            opens.add_metric([name], source.opens)
+            captured.add_metric([name], source.frames)
+            decoded.add_metric([name], source.decoded)
+            if (packets := source.packets) is not None:
+                passed.add_metric([name], packets)
+            if (bridge := pipeline.bridge) is not None:
+                bridge_joins.add_metric([name], bridge.joins)
+                bridge_runs.add_metric([name], bridge.runs)
+            if (janus := pipeline.outputs.get("janus")) is not None:
+                described = janus.describe()
+                janus_up.add_metric([name], 1 if described["state"] == "publishing" else 0)
+                janus_publishes.add_metric([name], _number(described["publishes"]))
+                janus_failures.add_metric([name], _number(described["failures"]))
             encoded.add_metric([name, "jpeg"], camera.jpeg.encoded)
-            if camera.encoder is not None:
-                codec, stats = camera.settings.codec, camera.encoder.stats
+            for codec, encoder in pipeline.encoders().items():
+                stats = encoder.stats
                 encoded.add_metric([name, codec], stats.frames)
                 keyframes.add_metric([name, codec], stats.keyframes)
                 keyframe_requests.add_metric([name, codec], stats.keyframe_requests)
@@ -316,10 +315,15 @@ def _passthrough_metrics(cameras: Cameras) -> Iterator[Metric]:
     held = GaugeMetricFamily("camtrack_passthrough_ring_bytes", "Bytes of a camera's own H.264 held for joining "
                              "viewers (bounded).", labels=["camera"])
     for camera in cameras:
-        feed = camera.feed
-        if isinstance(feed, PassthroughFeed):
-            refused.add_metric([camera.name], feed.stats.refused)
-            dropped.add_metric([camera.name, "oversize"], feed.stats.oversize)
-            filler.add_metric([camera.name], feed.stats.filler_bytes)
-            held.add_metric([camera.name], feed.ring_bytes)
+        detail = camera.pipeline.source.detail()
+        if detail is not None:
+            refused.add_metric([camera.name], detail["refused"])
+            dropped.add_metric([camera.name, "oversize"], detail["oversize"])
+            filler.add_metric([camera.name], detail["filler_bytes"])
+            held.add_metric([camera.name], detail["ring_bytes"])
     yield from (refused, dropped, filler, held)
+
+
+def _number(value: object) -> float:
+    """A counter an output describes (a number, by its contract)."""
+    return float(value) if isinstance(value, int | float) else 0.0

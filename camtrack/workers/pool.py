@@ -43,7 +43,7 @@ from ..media.admission import ProcessLoad, Where
 from ..media.encoder import JOIN_FRAMES
 from ..media.feeds import FeedClosed, PacketFeed, Transport
 from ..media.packet import CodecInfo, EncodedPacket
-from ..media.passthrough import RING_PACKETS, PassthroughFeed
+from ..media.passthrough import RING_PACKETS
 from ..outputs.webrtc.contract import CameraView, PeerFactory, PeerSession
 from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, negotiation_turn
 from ..outputs.webrtc.udpmux import Address, UdpMux
@@ -239,7 +239,7 @@ class Pump:
         self.worker = worker
         self.camera = camera
         self.feed = feed
-        self.kind = "passthrough" if isinstance(feed, PassthroughFeed) else "encoder"
+        self.kind = "encoder" if feed.makes_keyframes else "passthrough"
         self.sent = 0
         #: packets this worker never got: it read too slowly, and newer ones went instead
         self.skipped = 0
@@ -387,7 +387,7 @@ class WorkerProcess:
     def add(self, peer: RemotePeer) -> None:
         self.peers[peer.id] = peer
         name = peer.camera.name
-        feed = peer.camera.feed
+        feed = peer.camera.packets()
         if name not in self.pumps and feed is not None:
             self.pumps[name] = Pump(self, peer.camera, feed)
 
@@ -509,8 +509,9 @@ class WorkerProcess:
         elif kind == "keyframe":
             self.keyframe_requests += 1
             camera = self.pool.cameras.get(message["camera"])
-            if camera is not None and camera.feed is not None:
-                camera.feed.request_keyframe()
+            feed = camera.packets() if camera is not None else None
+            if feed is not None:
+                feed.request_keyframe()
         elif kind == "stats":
             self._report_sends(message)
             self.stats = message
@@ -724,7 +725,7 @@ class WorkerPeers:
 
     def __call__(self, camera: CameraView, transport: Transport, remote: str,
                  on_end: Callable[[str], None]) -> PeerSession:
-        if camera.feed is not None:
+        if camera.packets() is not None:  # (else each viewer encodes its own, here)
             remote_peer, worker = self.pool.place()
             if remote_peer:
                 return RemotePeer(worker, camera, transport, remote, on_end)

@@ -52,6 +52,11 @@ class RelayedFeed:
         return self._codec
 
     @property
+    def makes_keyframes(self) -> bool:
+        """As the feed it relays: asked for, the main process's encoder makes one."""
+        return self.kind == "encoder"
+
+    @property
     def latest(self) -> EncodedPacket | None:
         return self._ring.newest
 

@@ -14,9 +14,10 @@ from typing import Protocol
 from aiortc import RTCIceCandidate
 
 from ...config import CameraConfig
-from ...media.feeds import PacketFeed, Transport
+from ...media.feeds import FrameFeed, PacketFeed, Transport
 from ...media.load import LoadMonitor
 from ...media.meters import Meter
+from ...media.packet import MediaKind
 from ...media.reader import PacketReader
 from ...media.stream import CameraStream
 from ...media.tiers import MAIN, Tier
@@ -45,8 +46,16 @@ class CameraView(PeerCamera, Protocol):
     each viewer encodes its own pictures, from `stream`) and a reader of it, or of another tier of
     it (camtrack.media.tiers), per transport."""
 
+    def packets(self, kind: MediaKind = MediaKind.VIDEO, tier: Tier = MAIN) -> PacketFeed | None:
+        """Its `kind` packets of `tier` (None: none; MAIN: each viewer encodes its own pictures)."""
+
     @property
-    def feed(self) -> PacketFeed | None: ...
+    def frames(self) -> FrameFeed:
+        """Its pictures (what a viewer's own encoder reads)."""
+
+    @property
+    def feed(self) -> PacketFeed | None:
+        """`packets()` (the name callers used before tiers)."""
 
     @property
     def stream(self) -> CameraStream: ...

@@ -167,7 +167,7 @@ class Session:
             "height": settings.height,
             "fps": settings.fps,
             # whether {"type": "stream"} can work: the camera has one packet feed for everyone
-            "stream": self.camera.feed is not None,
+            "stream": self.camera.packets() is not None,
         })
 
     async def on_auth(self, message: dict[str, Any]) -> bool:
@@ -245,7 +245,7 @@ class Session:
 
     async def on_stream(self) -> None:
         """Stop any WebRTC peer and send the camera's packets over this socket instead."""
-        feed = self.camera.feed
+        feed = self.camera.packets()
         if feed is None:
             raise ProtocolError("this camera has no shared packet feed to stream (--encoder per-viewer): "
                                 "use WebRTC or /mjpeg")

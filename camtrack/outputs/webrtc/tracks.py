@@ -149,6 +149,7 @@ def make_track(camera: CameraView, transport: Transport) -> EncodedTrack | Camer
     """A new video track of `camera` for one WebRTC peer: the shared encoder's packets, the
     camera's own (bridged while joining), or (with --encoder per-viewer) its raw frames for aiortc
     to encode."""
-    if camera.feed is not None:
-        return EncodedTrack(camera.feed, reader=camera.reader(transport))
-    return CameraTrack(camera.stream, camera.meters[transport])
+    feed = camera.packets()
+    if feed is not None:
+        return EncodedTrack(feed, reader=camera.reader(transport))
+    return CameraTrack(camera.frames, camera.meters[transport])
