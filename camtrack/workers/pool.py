@@ -42,8 +42,9 @@ from ..media import admission
 from ..media.admission import ProcessLoad, Where
 from ..media.encoder import JOIN_FRAMES
 from ..media.feeds import FeedClosed, PacketFeed, Transport
-from ..media.packet import CodecInfo, EncodedPacket
+from ..media.packet import CodecInfo, EncodedPacket, MediaKind
 from ..media.passthrough import RING_PACKETS
+from ..media.tiers import MAIN, Tier
 from ..outputs.webrtc.contract import CameraView, PeerFactory, PeerSession
 from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, negotiation_turn
 from ..outputs.webrtc.udpmux import Address, UdpMux
@@ -107,10 +108,12 @@ class RemotePeer:
     _ids = itertools.count(1)
 
     def __init__(self, worker: WorkerProcess | None, camera: CameraView, transport: Transport,
-                 remote: str, on_end: Callable[[str], None]) -> None:
+                 remote: str, on_end: Callable[[str], None], tier: Tier = MAIN) -> None:
         self.id = next(self._ids)
         self.worker = worker
         self.camera = camera
+        #: the feed its worker relays to it: the camera's video of `tier`
+        self.feed_key = wire.FeedKey(camera.name, MediaKind.VIDEO, tier)
         self.transport = transport
         self.remote = remote
         self.on_end = on_end
@@ -159,8 +162,8 @@ class RemotePeer:
         except OfferError:
             self.camera.meters[self.transport].negotiation_failures += 1
             raise
-        self.send({"t": "offer", "camera": self.camera.name, "transport": str(self.transport),
-                   "remote": self.remote, "sdp": sdp})
+        self.send({"t": "offer", "camera": self.camera.name, "feed": self.feed_key.wire,
+                   "transport": str(self.transport), "remote": self.remote, "sdp": sdp})
         reply = await asyncio.shield(self._answer)
         if "sdp" not in reply:
             self._give_turn_back()
@@ -233,11 +236,15 @@ class RemotePeer:
 
 
 class Pump:
-    """One camera's packets to one worker: read once from the camera's feed, written once."""
+    """One feed of a camera (its `key`: the camera, media kind and tier) to one worker: each packet
+    read once from the feed, written once."""
 
-    def __init__(self, worker: WorkerProcess, camera: CameraView, feed: PacketFeed) -> None:
+    def __init__(self, worker: WorkerProcess, camera: CameraView, key: wire.FeedKey, feed: PacketFeed) -> None:
         self.worker = worker
         self.camera = camera
+        self.key = key
+        #: its name on the wire (made once: every packet carries it)
+        self.name = key.wire
         self.feed = feed
         self.kind = "encoder" if feed.makes_keyframes else "passthrough"
         self.sent = 0
@@ -252,15 +259,15 @@ class Pump:
 
     def _announce(self, codec: CodecInfo) -> None:
         self._codec = codec
-        self.worker.send({"t": "feed", "camera": self.camera.name, "codec": codec, "kind": self.kind,
-                          "ring": RING_PACKETS if self.kind == "passthrough" else RELAY_RING})
+        self.worker.send({"t": "feed", "feed": self.name, "camera": self.camera.name, "codec": codec,
+                          "kind": self.kind, "ring": RING_PACKETS if self.kind == "passthrough" else RELAY_RING})
 
     def _send(self, packet: EncodedPacket) -> None:
         if packet.codec != self._codec:
             self._announce(packet.codec)
         self.sent += 1
         self.worker.sent[self.camera.name] += 1
-        self.worker.write(self.worker.pool.frame(self.camera.name, packet))
+        self.worker.write(self.worker.pool.frame(self.name, packet))
 
     async def _run(self) -> None:
         after = 0
@@ -293,10 +300,10 @@ class Pump:
             return
         self._stopped = True
         self.feed.detach(self)
-        if self.worker.pumps.get(self.camera.name) is self:
-            del self.worker.pumps[self.camera.name]
+        if self.worker.pumps.get(self.key) is self:
+            del self.worker.pumps[self.key]
             if tell:
-                self.worker.send({"t": "unfeed", "camera": self.camera.name})
+                self.worker.send({"t": "unfeed", "feed": self.name})
         if self._task is not asyncio.current_task():
             self._task.cancel()
 
@@ -320,7 +327,8 @@ class WorkerProcess:
         #: its peers (pending and connected); those closing stay until their close is answered
         self.peers: dict[int, RemotePeer] = {}
         self.closing: dict[int, RemotePeer] = {}
-        self.pumps: dict[str, Pump] = {}
+        #: what it is relayed: a pump per feed of a camera its viewers watch
+        self.pumps: dict[wire.FeedKey, Pump] = {}
         #: what its last stats said: peers, packets received per camera
         self.stats: dict[str, Any] = {}
         #: over the server's life, per camera: packets written to this worker, packets it was skipped
@@ -348,7 +356,8 @@ class WorkerProcess:
 
     def describe(self) -> dict[str, Any]:
         return {"index": self.index, "pid": self.pid, "ready": self.ready, "port": self.port, "starts": self.starts,
-                "peers": len(self.peers), "cameras": sorted(self.pumps),
+                "peers": len(self.peers), "cameras": sorted({key.camera for key in self.pumps}),
+                "feeds": sorted(key.wire for key in self.pumps),
                 "sent": dict(self.sent), "skipped": dict(self.skipped), "buffered": self.buffered,
                 "keyframe_requests": self.keyframe_requests, "datagrams_dropped": self.datagrams_dropped,
                 "refused": dict(self.refused),
@@ -386,19 +395,19 @@ class WorkerProcess:
 
     def add(self, peer: RemotePeer) -> None:
         self.peers[peer.id] = peer
-        name = peer.camera.name
-        feed = peer.camera.packets()
-        if name not in self.pumps and feed is not None:
-            self.pumps[name] = Pump(self, peer.camera, feed)
+        key = peer.feed_key
+        feed = peer.camera.packets(key.kind, key.tier)
+        if key not in self.pumps and feed is not None:
+            self.pumps[key] = Pump(self, peer.camera, key, feed)
 
     def remove(self, peer: RemotePeer, keep: bool = False) -> None:
         """`peer` is no viewer here any more (kept to hear its close reply if `keep`); the last viewer
         of a camera here stops its pump."""
         if self.peers.pop(peer.id, None) is not None and keep:
             self.closing[peer.id] = peer
-        name = peer.camera.name
-        if not any(p.camera.name == name for p in self.peers.values()):
-            pump = self.pumps.get(name)
+        key = peer.feed_key
+        if not any(p.feed_key == key for p in self.peers.values()):
+            pump = self.pumps.get(key)
             if pump is not None:
                 pump.stop()
 
@@ -508,8 +517,9 @@ class WorkerProcess:
                 mux.release(message["ufrag"])
         elif kind == "keyframe":
             self.keyframe_requests += 1
-            camera = self.pool.cameras.get(message["camera"])
-            feed = camera.packets() if camera is not None else None
+            key = wire.FeedKey.parse(message["feed"])
+            camera = self.pool.cameras.get(key.camera)
+            feed = camera.packets(key.kind, key.tier) if camera is not None else None
             if feed is not None:
                 feed.request_keyframe()
         elif kind == "stats":
@@ -634,14 +644,15 @@ class WorkerPool:
             await self.stop()
             raise failed[0]
 
-    def frame(self, camera: str, packet: EncodedPacket) -> bytes:
-        """`packet` of `camera` as a frame for the workers' sockets (made once per packet)."""
-        cached = self._frames.get(camera)
+    def frame(self, feed: str, packet: EncodedPacket) -> bytes:
+        """`packet` of the feed named `feed` (wire.FeedKey) as a frame for the workers' sockets (made
+        once per packet)."""
+        cached = self._frames.get(feed)
         if cached is not None and cached[0] is packet:
             return cached[1]
-        frame = wire.packet(camera, packet.seq, packet.packet.pts or 0, packet.captured, packet.keyframe,
+        frame = wire.packet(feed, packet.seq, packet.packet.pts or 0, packet.captured, packet.keyframe,
                             bytes(packet.packet))
-        self._frames[camera] = (packet, frame)
+        self._frames[feed] = (packet, frame)
         return frame
 
     def local_viewers(self) -> int:

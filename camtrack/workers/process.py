@@ -67,6 +67,7 @@ class Worker:
         self.ice = ice
         self.cameras = {c.name: RelayedCamera(c) for c in config.cameras}
         self.timeouts = PeerTimeouts.of(config)
+        #: the feeds relayed here, by their wire name (wire.FeedKey)
         self.feeds: dict[str, RelayedFeed] = {}
         self.peers: dict[int, Peer] = {}
         self.closing: set[asyncio.Task[None]] = set()
@@ -90,7 +91,7 @@ class Worker:
                         self.ice.mux.datagram_received(message.data, message.addr)
                     continue
                 if isinstance(message, wire.WirePacket):
-                    feed = self.feeds.get(message.camera)
+                    feed = self.feeds.get(message.feed)
                     if feed is not None:
                         feed.add(message)
                         # (a read of buffered data does not yield: let the tracks take each packet as it
@@ -109,7 +110,7 @@ class Worker:
                 elif kind == "feed":
                     self._feed(message)
                 elif kind == "unfeed":
-                    feed = self.feeds.pop(message["camera"], None)
+                    feed = self.feeds.pop(message["feed"], None)
                     if feed is not None:
                         feed.close()
         finally:
@@ -117,11 +118,11 @@ class Worker:
             await self.close_all()
 
     def _feed(self, message: dict[str, Any]) -> None:
-        name = message["camera"]
+        name = message["feed"]
         feed = self.feeds.get(name)
         if feed is None:
             self.feeds[name] = RelayedFeed(name, message["codec"], message["kind"], message["ring"],
-                                           lambda: self.send({"t": "keyframe", "camera": name}))
+                                           lambda: self.send({"t": "keyframe", "feed": name}))
         else:
             feed.restart(message["codec"], message["kind"])
 
@@ -130,7 +131,7 @@ class Worker:
         gathering takes a while: the next messages must not wait for it)."""
         peer_id: int = message["id"]
         camera = self.cameras[message["camera"]]
-        feed = self.feeds.get(camera.name)
+        feed = self.feeds.get(message["feed"])
         if feed is None:
             self.send({"t": "answer", "id": peer_id, "error": "the camera is not relayed to this worker"})
             return
@@ -199,12 +200,20 @@ class Worker:
             await asyncio.sleep(STATS_INTERVAL)
             self.send(self.stats())
 
+    def received(self) -> dict[str, int]:
+        """Packets received per camera (over its feeds)."""
+        counts: dict[str, int] = {}
+        for name, feed in self.feeds.items():
+            camera = wire.FeedKey.parse(name).camera
+            counts[camera] = counts.get(camera, 0) + feed.received
+        return counts
+
     def stats(self) -> dict[str, Any]:
         """Totals since the worker started (the main process takes the differences): its meters,
         each camera's capture-to-wire histogram, and what its fan-outs' sends cost."""
         sends = fanout_totals()
         return {"t": "stats", "peers": len(self.peers), "at": time.monotonic(),
-                "received": {name: feed.received for name, feed in self.feeds.items()},
+                "received": self.received(),
                 "meters": {name: {str(t): (m.frames, m.bytes, m.negotiation_failures) for t, m in camera.meters.items()}
                            for name, camera in self.cameras.items()},
                 "wire": {name: {str(t): (list(m.wire_age.counts), m.wire_age.total) for t, m in camera.meters.items()

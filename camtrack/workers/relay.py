@@ -27,7 +27,7 @@ class RelayClosed(FeedClosed):
 
 
 class RelayedFeed:
-    """The packets of camera `name` from the main process.
+    """The packets of one feed of a camera (named `name`: its FeedKey's `wire`) from the main process.
 
     `kind` is how they are made there: "encoder" (a shared encoder, which makes a keyframe when
     asked) or "passthrough" (a camera's own, whose keyframes cannot be asked for: a newcomer starts

@@ -3,7 +3,8 @@
 Every message is a frame: a 4-byte big-endian length, one byte of kind, then the body. A control
 message (kind `C`) is a pickled dict with a "t" (its type): the two ends are the same program,
 started by each other, on a socket nobody else holds. A packet (kind `P`) is one encoded picture
-of a camera, its bytes as they are, so the worker never unpickles the media. A datagram (kind `D`,
+of one of a camera's packet feeds (named by its `FeedKey`: the camera, the media kind, the tier),
+its bytes as they are, so the worker never unpickles the media. A datagram (kind `D`,
 main process to worker) is one UDP datagram that arrived on the shared WebRTC port for one of the
 worker's peers, with the address it came from.
 """
@@ -16,6 +17,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ..media.packet import MediaKind
+from ..media.tiers import MAIN, Tier
+
 #: the largest frame accepted: a keyframe of an 8K camera fits, garbage does not
 MAX_FRAME = 64 * 1024 * 1024
 CONTROL, PACKET, DATAGRAM = b"C", b"P", b"D"
@@ -27,10 +31,31 @@ _PORT = struct.Struct(">H")
 
 
 @dataclass(frozen=True)
-class WirePacket:
-    """One encoded picture of camera `camera`, as it crossed the socket."""
+class FeedKey:
+    """Which packet feed of which camera: what the pumps, the relayed feeds and the wire are keyed
+    by (a camera has a feed per media kind and tier, camtrack.media.tiers)."""
 
     camera: str
+    kind: MediaKind = MediaKind.VIDEO
+    tier: Tier = MAIN
+
+    @property
+    def wire(self) -> str:
+        """Its name on the wire: `camera/kind/tier` (a camera's name has no `/`)."""
+        return f"{self.camera}/{self.kind}/{self.tier}"
+
+    @classmethod
+    def parse(cls, name: str) -> FeedKey:
+        """The key named `name` (its `wire`); ValueError when it names none."""
+        camera, kind, tier = name.split("/")
+        return cls(camera, MediaKind(kind), MAIN if tier == str(MAIN) else Tier(codec=tier))
+
+
+@dataclass(frozen=True)
+class WirePacket:
+    """One encoded picture of the feed named `feed` (a FeedKey's `wire`), as it crossed the socket."""
+
+    feed: str
     seq: int
     pts: int
     captured: float
@@ -52,9 +77,9 @@ def control(message: dict[str, Any]) -> bytes:
     return _LENGTH.pack(len(body) + 1, CONTROL[0]) + body
 
 
-def packet(camera: str, seq: int, pts: int, captured: float, keyframe: bool, data: bytes) -> bytes:
-    """The frame of one encoded picture."""
-    name = camera.encode()
+def packet(feed: str, seq: int, pts: int, captured: float, keyframe: bool, data: bytes) -> bytes:
+    """The frame of one encoded picture of the feed named `feed`."""
+    name = feed.encode()
     header = bytes((len(name),)) + name + _PACKET.pack(seq, pts, captured, keyframe)
     return _LENGTH.pack(len(header) + len(data) + 1, PACKET[0]) + header + data
 
