@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import ifaddr
 from aiohttp import web
 
-from .cameras import Camera, Cameras
 from .logs import clip_repr
+from .outputs.directory import Camera, Cameras
 
 logger = logging.getLogger(__name__)
 

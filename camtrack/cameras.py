@@ -21,6 +21,7 @@ from .media.packet import MediaKind
 from .media.reader import PacketReader
 from .media.stream import CameraStream
 from .media.tiers import MAIN, Tier, Tiers
+from .outputs.directory import Camera as OutputCamera
 from .pipeline import Pipeline, build_pipeline
 from .plan import CameraPlan, plan_camera
 from .sources import redact
@@ -153,7 +154,7 @@ class Cameras:
         self.max_viewers = config.max_viewers
         self.max_pending = config.max_pending
         #: pending sessions, oldest first, with their camera
-        self.pending: OrderedDict[Viewer, Camera] = OrderedDict()
+        self.pending: OrderedDict[Viewer, OutputCamera] = OrderedDict()
         #: pending sessions closed to make room, over the server's life
         self.pending_evicted = 0
         self.load = LoadMonitor(Limits(config.max_loop_lag, config.send_budget, config.max_picture_age, config.max_cpu),
@@ -180,7 +181,7 @@ class Cameras:
     def viewer_count(self) -> int:
         return sum(c.viewer_count for c in self)
 
-    def admission(self, camera: Camera, measured: bool = True) -> Refused | None:
+    def admission(self, camera: OutputCamera, measured: bool = True) -> Refused | None:
         """Whether one more viewer of `camera` may come (None) or why not (camtrack.media.admission):
         the server's and the camera's limits and (if `measured`, for newcomers) the load the server
         measures (camtrack.media.load). A refusal for the load is counted (its kind, for /metrics)."""
@@ -191,7 +192,7 @@ class Cameras:
             logger.debug("server full: %s", refused.reason)
         return refused
 
-    def admit(self, camera: Camera, viewer: Viewer) -> Refused | None:
+    def admit(self, camera: OutputCamera, viewer: Viewer) -> Refused | None:
         """Count `viewer` in (no longer pending), unless the server or the camera is full (a peer
         that got through admission and connected is not refused for the load it found since):
         None when it is in, else why not."""
@@ -201,12 +202,12 @@ class Cameras:
         camera.viewers[viewer.transport].add(viewer)
         return None
 
-    def leave(self, camera: Camera, viewer: Viewer) -> None:
+    def leave(self, camera: OutputCamera, viewer: Viewer) -> None:
         """`viewer` is no viewer (and no pending session) any more."""
         camera.viewers[viewer.transport].discard(viewer)
         self.release(viewer)
 
-    def hold(self, camera: Camera, session: Viewer) -> None:
+    def hold(self, camera: OutputCamera, session: Viewer) -> None:
         """Count `session` as pending; at the bound, close the oldest pending session of the
         client with the most of them (one client flooding closes its own sessions first)."""
         if session in self.pending:

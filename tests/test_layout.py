@@ -76,29 +76,26 @@ def test_media_imports_no_protocol_library() -> None:
         assert not inner, f"{path.relative_to(PACKAGE.parent)} imports {sorted(inner)}"
 
 
-#: the outputs that still read camtrack.cameras' Camera and Cameras (viewers, admission, state);
-#: to shrink, never grow: what a WebRTC peer needs of a camera is camtrack.outputs.webrtc.contract's
-OUTPUTS_READING_CAMERAS = {
-    "camtrack.outputs.metrics", "camtrack.outputs.janus", "camtrack.outputs.mjpeg",
-    "camtrack.outputs.webrtc.signaling", "camtrack.outputs.webrtc.whep",
-}
+#: the outputs that still read camtrack.cameras: none (they read camtrack.outputs.directory's
+#: protocols), and it stays empty: a new output reads the cameras through those too
+OUTPUTS_READING_CAMERAS: set[str] = set()
 
 
 def test_outputs_import_neither_the_workers_nor_the_cameras() -> None:
     """The outputs speak to the rest through narrow interfaces: a WebRTC output makes its peers
     with the factory camtrack.app chose (here or in a worker process) and never imports
-    camtrack.workers; the peer, its tracks and its contract see a camera only as the contract's
-    CameraView, not camtrack.cameras."""
+    camtrack.workers; every output sees the cameras only as camtrack.outputs.directory's `Cameras`
+    and `Camera` (a peer, its tracks and its contract as the contract's CameraView), never
+    camtrack.cameras: no output does, none is listed as an exception."""
     edges = graph()
     outputs = {name: used for name, used in edges.items() if name.startswith("camtrack.outputs")}
-    assert "camtrack.outputs.webrtc.peer" in outputs
+    assert "camtrack.outputs.webrtc.peer" in outputs and "camtrack.outputs.metrics" in outputs
+    assert not OUTPUTS_READING_CAMERAS, "no output is an exception any more"
     for name, used in outputs.items():
         workers = sorted(m for m in used if m == "camtrack.workers" or m.startswith("camtrack.workers."))
         assert not workers, f"{name} imports {workers}"
-        if name not in OUTPUTS_READING_CAMERAS:
-            assert "camtrack.cameras" not in used, f"{name} imports camtrack.cameras"
-    # (the list names only modules that still do: one that stopped leaves it)
-    assert all("camtrack.cameras" in edges[name] for name in OUTPUTS_READING_CAMERAS)
+        assert "camtrack.cameras" not in used, f"{name} imports camtrack.cameras"
+        assert "camtrack.pipeline" not in used, f"{name} imports camtrack.pipeline"
 
 
 #: the concrete stages of a camera's pipeline: only its builder (camtrack/pipeline.py) and media/,

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from ..cameras import Camera
 from ..media.feeds import Transport
 from ..redaction import scrub, with_decoded
 from ..sources import redact, url_secrets
+from .webrtc.contract import CameraView
 from .webrtc.ice import IceContext
 from .webrtc.icegate import guard_ice
 from .webrtc.peer import CLOSE_TIMEOUT, codec_preferences
@@ -44,7 +44,7 @@ class JanusError(Exception):
 class JanusPublisher:
     """Keeps one camera published as a feed of a Janus VideoRoom."""
 
-    def __init__(self, camera: Camera, url: str, room: int, pin: str | None = None,
+    def __init__(self, camera: CameraView, url: str, room: int, pin: str | None = None,
                  display: str | None = None, ice_servers: list[str] | None = None,
                  retry_min: float = 1.0, retry_max: float = 30.0, request_timeout: float = REQUEST_TIMEOUT,
                  ice: IceContext | None = None) -> None:

@@ -26,11 +26,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..cameras import Cameras
 from ..logs import ClientLog
 from ..media.admission import MEASURED
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
+from .directory import Cameras
 from .webrtc import icelimits
 
 logger = logging.getLogger(__name__)

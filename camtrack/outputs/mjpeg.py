@@ -21,13 +21,13 @@ from typing import Any
 from aiohttp import web
 
 from ..access import find_camera
-from ..cameras import Camera, Cameras
 from ..config import Config
 from ..connections import gone
 from ..logs import ClientLog
 from ..media.feeds import FeedClosed, Transport
 from ..media.jpeg import Jpeg
 from ..media.ring import Read
+from .directory import Camera, Cameras
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)

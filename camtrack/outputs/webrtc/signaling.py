@@ -38,12 +38,12 @@ from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
 from ...access import REFUSAL, bearer_token, find_camera, origin_refusal, token_matches
-from ...cameras import Camera, Cameras
 from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
 from ...media.admission import CLIENT_TEXT, Refused
 from ...media.feeds import FeedClosed, Transport
 from ...media.ratelimit import TokenBucket
+from ..directory import Camera, Cameras
 from ..wsvideo import PacketStream
 from .contract import PeerFactory, PeerSession
 from .ice import IceContext

@@ -17,12 +17,12 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ...access import cors_headers, find_camera
-from ...cameras import Camera, Cameras
 from ...config import Config
 from ...connections import read_body
 from ...logs import ClientLog, clip
 from ...media.admission import CLIENT_TEXT
 from ...media.feeds import Transport
+from ..directory import Camera, Cameras
 from .contract import PeerFactory
 from .ice import IceContext
 from .peer import LocalPeers, OfferError, ServerFull, screen_offer
