@@ -107,3 +107,26 @@ async def test_a_tier_of_an_unknown_codec_is_refused():
             cameras.first.reader(Transport.WEBSOCKET, Tier(codec="av1"))
     finally:
         await cameras.close()
+
+
+async def test_a_tiers_encoder_is_counted_under_its_codec():
+    """/metrics reads a camera's encoders by codec (camtrack.pipeline.Pipeline.encoders): its main
+    H.264 encoder's series as before, and a VP8 tier's under "vp8" once it exists."""
+    from camtrack.outputs.metrics import CameraCollector
+
+    cameras = Cameras(Config(source="pattern", codec="h264", width=320, height=240, linger=0.2))
+    camera = cameras.first
+
+    def encoded() -> dict[str, float]:
+        return {s.labels["codec"]: s.value for family in CameraCollector(cameras).collect()
+                for s in family.samples if s.name == "camtrack_frames_encoded_total"}
+
+    try:
+        assert set(encoded()) == {"jpeg", "h264"}
+        reader = camera.reader(Transport.WEBSOCKET, VP8)
+        await decoded(reader, 3)
+        counts = encoded()
+        assert set(counts) == {"jpeg", "h264", "vp8"} and counts["vp8"] >= 3 and counts["h264"] == 0
+        reader.close()
+    finally:
+        await cameras.close()
