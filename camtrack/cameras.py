@@ -24,6 +24,7 @@ from .media.tiers import MAIN, Tier, Tiers
 from .outputs.directory import Camera as OutputCamera
 from .pipeline import Pipeline, build_pipeline
 from .plan import CameraPlan, plan_camera
+from .processing import ProcessingStage
 from .sources import redact
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,10 @@ class Camera:
         return self.pipeline.decoder
 
     @property
+    def processing(self) -> ProcessingStage | None:
+        return self.pipeline.processing
+
+    @property
     def bridge(self) -> SharedEncoder | None:
         return self.pipeline.bridge.encoder if self.pipeline.bridge is not None else None
 
@@ -135,6 +140,8 @@ class Camera:
             # WebRTC viewers closed for sending nothing (--unresponsive-timeout), over the server's life
             "unresponsive": sum(meter.unresponsive for meter in self.meters.values()),
             "opens": source.opens,
+            #: the --process function: its state (ok, failing, stalled, idle), last error, counts
+            "processing": self.processing.describe() if self.processing is not None else None,
         }
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ from .config import CameraConfig, Config, Setting, settings, text, typed
 from .outputs.webrtc.ice import parse_ice_server, resolve_addresses
 from .outputs.webrtc.udpmux import PortTaken
 from .plan import CameraPlan, plan_camera
+from .processing import FunctionFile, LoadError
 from .redaction import install_log_redaction
 from .sources import SourceError, check_source, redact
 from .workers.pool import WorkerFailed
@@ -294,6 +295,13 @@ def run(argv: list[str] | None) -> None:
     except (ValueError, TypeError) as exc:
         fail(parser, str(exc))
     install_log_redaction(config)  # before the first line that could show a source's password
+    for camera in config.cameras:
+        # the --process function loaded once, here: a file that does not import is one line and status 2
+        if camera.process and camera.process_function is None:
+            try:
+                camera.process_function = FunctionFile(camera.process)
+            except LoadError as exc:
+                fail(parser, f"camera {camera.name}: {exc}" if len(config.cameras) > 1 else str(exc))
     # the TLS files first: reading them is instant, the cameras' checks may take seconds
     ssl_context = None
     if config.cert:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .media.encoder import HARDWARE_H264, UNUSABLE_H264
+from .processing.contract import ProcessFunction
 from .sources import INPUT_FORMATS, device_path
 
 CODECS = ("h264", "vp8")
@@ -151,6 +152,14 @@ def rtsp_path_check(what: str, value: Any) -> Any:
     """'/' or '/A/B/': the path before a camera's name, in URL-safe characters."""
     if not re.match(r"^/([A-Za-z0-9._~-]+/)*$", value) or len(value) > 200:
         raise ValueError(f"{what} must be / or like /live/ (letters, digits, '.', '_', '~', '-'), not {value!r}")
+    return value
+
+
+def process_check(what: str, value: str) -> str:
+    """FILE.py:FUNCTION (whether it loads is checked when the camera's pipeline is built)."""
+    path, sep, name = value.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise ValueError(f"{what} must be FILE.py:FUNCTION, not {value!r}")
     return value
 
 
@@ -329,6 +338,22 @@ class CameraSettings:
     janus_pin: str | None = field(default=None, metadata=option("the room's pin, if it has one", metavar="PIN"))
     janus_display: str | None = field(default=None, metadata=option(
         "the publisher's display name in the room (default: the camera's name)", metavar="NAME"))
+    #: a user's function run on every captured frame (camtrack.processing): FILE.py:FUNCTION
+    process: str | None = field(default=None, metadata=option(
+        "run this Python function on every captured frame, once for all viewers, on a thread of its own: "
+        "path/to/file.py:function (docs/processing.md); the picture it draws is what every viewer gets; "
+        "saving the file reloads it", metavar="FILE.py:FUNCTION", check=lambda what, value: process_check(what, value)))
+    process_timeout: float = field(default=2.0, metadata=option(
+        "a --process call running longer than this counts as stalled: pictures pass unprocessed until it "
+        "returns (default: {default})", metavar="SECONDS", check=between(0, 600, "positive and at most 600 s",
+                                                                        above=True)))
+    #: the same as a Python callable, for programs that embed camtrack (wins over `process`)
+    process_function: ProcessFunction | None = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a process function is a live object of this process (a thread, a user's closure): the copy
+        # sent to a worker process, which runs no camera, goes without it
+        return {**self.__dict__, "process_function": None}
 
 
 @dataclass
@@ -547,4 +572,5 @@ class Config(CameraSettings):
     def camera(self, name: str, source: str, **overrides: Any) -> CameraConfig:
         """A camera with this server's defaults for whatever `overrides` leaves out."""
         defaults = {s.name: getattr(self, s.name) for s in settings(CameraSettings) if s.option.camera_default}
+        defaults["process_function"] = self.process_function
         return CameraConfig(name=name, source=source, **{**defaults, **overrides})

@@ -3,7 +3,9 @@ that knows which concrete stages a mode is made of.
 
     plan ──► build_pipeline ──► Pipeline
                                  ├─ source: SourceStatus   (state, error, opens, frames/packets, failures, watched)
-                                 ├─ frames: a frame feed   (what JPEG, per-viewer encoders and processing read)
+                                 ├─ frames: a frame feed   (what JPEG, encoders, tiers and per-viewer encoders
+                                 │                          read: the --process stage's when there is one)
+                                 ├─ processing             (the --process stage: camtrack.processing, or None)
                                  ├─ jpeg: the JPEG encoders of `frames`
                                  ├─ packets(kind, tier)    (the main feed and the tiers: camtrack.media.tiers)
                                  ├─ reader(meter, tier)    (a viewer's reader: bridged on a camera's own packets)
@@ -32,6 +34,7 @@ from .media.reader import BridgedReader, PacketReader
 from .media.stream import CameraStream
 from .media.tiers import MAIN, Tier, Tiers
 from .plan import CameraPlan
+from .processing import FunctionFile, ProcessFunction, ProcessingStage
 from .sources import make_packet_source, make_source
 
 
@@ -168,7 +171,7 @@ class Pipeline:
     def __init__(self, plan: CameraPlan, source: SourceStatus, frames: FrameFeed, jpeg: JpegEncoders, tiers: Tiers,
                  stages: list[Closing], *, stream: CameraStream, main: PacketFeed | None = None,
                  encoder: SharedEncoder | None = None, decoder: PacketDecoder | None = None,
-                 bridge: JoinBridge | None = None) -> None:
+                 bridge: JoinBridge | None = None, processing: ProcessingStage | None = None) -> None:
         self.plan = plan
         self.source = source
         self.frames = frames
@@ -176,6 +179,8 @@ class Pipeline:
         self.tiers = tiers
         #: the join bridge of a camera whose own packets are read (None: its packets are encoded here)
         self.bridge = bridge
+        #: the user's function on every frame (--process): `frames` when there is one
+        self.processing = processing
         #: background outputs by name ("janus"), started with `start_output`
         self.outputs: dict[str, BackgroundOutput] = {}
         #: what `close` stops, in order: from the viewers' end to the source's
@@ -249,8 +254,23 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
         return Pipeline(plan, SourceStatus(stream, feed, decoder), decoder, jpeg, tiers,
                         [jpeg, bridge, tiers, decoder, feed, stream], stream=stream, main=feed, decoder=decoder,
                         bridge=bridge)
-    encoder = SharedEncoder(stream, encoding) if plan.mode == "transcode" else None
-    jpeg, tiers = JpegEncoders(stream, config.mjpeg_fps), Tiers(encoder, stream, encoding)
-    return Pipeline(plan, SourceStatus(stream), stream, jpeg, tiers,
-                    [jpeg, tiers, *([encoder] if encoder is not None else []), stream], stream=stream, main=encoder,
-                    encoder=encoder)
+    # (a camera with a --process function is never passed through: camtrack.plan)
+    function = process_function(settings)
+    processing = None if function is None else ProcessingStage(stream, settings.name, function,
+                                                                settings.process_timeout)
+    # the user's function on each frame, once for every viewer: what every encoder and JPEG reads
+    frames: FrameFeed = stream if processing is None else processing
+    encoder = SharedEncoder(frames, encoding) if plan.mode == "transcode" else None
+    jpeg, tiers = JpegEncoders(frames, config.mjpeg_fps), Tiers(encoder, frames, encoding)
+    return Pipeline(plan, SourceStatus(stream), frames, jpeg, tiers,
+                    [jpeg, tiers, *([encoder] if encoder is not None else []),
+                     *([processing] if processing is not None else []), stream], stream=stream, main=encoder,
+                    encoder=encoder, processing=processing)
+
+
+def process_function(settings: CameraConfig) -> ProcessFunction | None:
+    """The camera's processing function: the callable an embedding program gave, else the function of
+    its --process file, loaded (LoadError, one line, when it does not load), else None."""
+    if settings.process_function is not None:
+        return settings.process_function
+    return FunctionFile(settings.process) if settings.process else None

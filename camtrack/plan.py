@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 MODES = ("passthrough", "transcode", "per-viewer")
 
 
+#: why a camera that could pass its H.264 through is transcoded
+TRANSCODED_FOR_PROCESSING = "a --process function draws on its pictures, which must then be encoded"
+
+
 @dataclass(frozen=True)
 class CameraPlan:
     """What a camera's pipeline is built from."""
@@ -52,6 +56,10 @@ def plan_camera(settings: CameraConfig, config: Config, *, strict: bool = False)
                                   strict=strict)
     # (a probe's error may quote the source's URL, credentials and all)
     why = scrub(why, with_decoded(url_secrets(source)))
+    if mode == "passthrough" and (settings.process or settings.process_function is not None):
+        mode, why = "transcode", TRANSCODED_FOR_PROCESSING
+        if settings.mode != "auto":
+            logger.info("camera %s: transcoding (%s)", settings.name, why)
     if settings.mode == "auto":
         logger.info("camera %s: %s (%s)", settings.name,
                     "passing its H.264 through" if mode == "passthrough" else "transcoding", why)

@@ -20,6 +20,6 @@ def test_mypy_strict_passes() -> None:
 
 def test_ruff_passes() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    result = subprocess.run([ruff, "check", "camtrack", "tests", "bench", "server.py"], cwd=ROOT,
+    result = subprocess.run([ruff, "check", "camtrack", "tests", "bench", "examples", "server.py"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

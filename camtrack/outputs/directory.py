@@ -14,6 +14,7 @@ from ..media.encoder import SharedEncoder
 from ..media.feeds import BackgroundOutput, Transport, Viewer
 from ..media.jpeg import JpegEncoders
 from ..media.load import LoadMonitor
+from ..processing import ProcessingStage
 from .webrtc.contract import CameraView
 
 
@@ -70,6 +71,10 @@ class PipelineView(Protocol):
     def outputs(self) -> Mapping[str, BackgroundOutput]: ...
 
     def encoders(self) -> Mapping[str, SharedEncoder]: ...
+
+    @property
+    def processing(self) -> ProcessingStage | None:
+        """The --process stage (camtrack.processing), if the camera has a function."""
 
 
 class Camera(CameraView, Protocol):

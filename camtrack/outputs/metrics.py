@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from ..logs import ClientLog
@@ -219,6 +219,7 @@ class CameraCollector:
                     sent_bytes, failures, unresponsive, encode_time, bridge_joins, bridge_runs, janus_up, janus_publishes,
                     janus_failures)
         yield from _passthrough_metrics(self.cameras)
+        yield from _processing_metrics(self.cameras)
         if self.workers is not None:
             yield from self._workers(self.workers())
 
@@ -327,3 +328,34 @@ def _passthrough_metrics(cameras: Cameras) -> Iterator[Metric]:
 def _number(value: object) -> float:
     """A counter an output describes (a number, by its contract)."""
     return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _processing_metrics(cameras: Cameras) -> Iterator[Metric]:
+    """The --process function of each camera that has one (camtrack.processing)."""
+    calls = CounterMetricFamily("camtrack_process_calls", "Calls of the camera's --process function that ended.",
+                                labels=["camera"])
+    errors = CounterMetricFamily("camtrack_process_errors", "Calls of the --process function that raised or "
+                                 "returned something unusable (the picture passed unprocessed).", labels=["camera"])
+    stalls = CounterMetricFamily("camtrack_process_stalls", "Calls of the --process function that ran past "
+                                 "--process-timeout (pictures passed unprocessed until it returned).", labels=["camera"])
+    seconds = SummaryMetricFamily("camtrack_process_seconds", "Time the --process function took per call.",
+                                  labels=["camera"])
+    age = GaugeMetricFamily("camtrack_process_result_age_seconds", "Age of the newest data the --process function "
+                            "returned: now minus its frame's capture time.", labels=["camera"])
+    state = GaugeMetricFamily("camtrack_process_state", "1 for the --process function's state now (idle, ok, "
+                              "failing, stalled).", labels=["camera", "state"])
+    for camera in cameras:
+        stage = camera.pipeline.processing
+        if stage is None:
+            continue
+        name, stats = camera.name, stage.stats
+        calls.add_metric([name], stats.calls)
+        errors.add_metric([name], stats.errors)
+        stalls.add_metric([name], stats.stalls)
+        seconds.add_metric([name], stats.calls, stats.seconds)
+        result_age = stage.result_age()
+        if result_age is not None:
+            age.add_metric([name], result_age)
+        for each in ("idle", "ok", "failing", "stalled"):
+            state.add_metric([name, each], 1 if stage.state == each else 0)
+    yield from (calls, errors, stalls, seconds, age, state)
