@@ -1,5 +1,6 @@
 """Faces found with the Haar cascade that opencv-python ships (nothing to download), boxed on the
-picture and returned as data: [{"x", "y", "w", "h"}, ...].
+picture and returned as data: [{"x", "y", "w", "h"}, ...]. It needs OpenCV 4 (opencv-python-headless<5):
+OpenCV 5 no longer ships the cascades in opencv-python, and loading this file then says so.
 
     python server.py --source /dev/video0 --process examples/faces.py:faces
 """
@@ -14,8 +15,13 @@ import numpy as np
 
 from camtrack.processing import FrameInfo
 
+CASCADE_FILE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+if not hasattr(cv2, "CascadeClassifier") or not CASCADE_FILE.is_file():
+    # OpenCV 4 wheels ship the Haar cascades; OpenCV 5 moved them out of opencv-python (to contrib)
+    raise ImportError(f"this OpenCV ({cv2.__version__}) has no Haar cascades: faces.py needs "
+                      "opencv-python-headless 4.x (pip install 'opencv-python-headless<5')")
 # loaded once per load of this file (saving it loads it again)
-CASCADE = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+CASCADE = cv2.CascadeClassifier(str(CASCADE_FILE))
 #: detection runs on a copy this many times smaller: about 4x faster, faces down to ~60 px still found
 SCALE = 2
 

@@ -65,7 +65,8 @@ def load_function(path: Path, name: str) -> ProcessFunction:
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: BLE001 - a user's file may raise anything while importing, SystemExit too
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        said = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
+        message = said.strip().splitlines()[0] if said.strip() else ""
         raise LoadError(f"process file {str(path)!r} failed to import: {type(exc).__name__}"
                         f"{': ' + message if message else ''}{_where(exc, path.resolve())}") from None
     finally:
