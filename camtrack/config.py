@@ -347,12 +347,10 @@ class CameraSettings:
         "a --process call running longer than this counts as stalled: pictures pass unprocessed until it "
         "returns (default: {default})", metavar="SECONDS", check=between(0, 600, "positive and at most 600 s",
                                                                         above=True)))
-    #: the same as a Python callable, for programs that embed camtrack (wins over `process`)
-    process_function: ProcessFunction | None = field(default=None, compare=False, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        # a process function is a live object of this process (a thread, a user's closure): the copy
-        # sent to a worker process, which runs no camera, goes without it
+        # a process function (CameraConfig's, Config's) is a live object of this process (a thread, a
+        # user's closure): the copy sent to a worker process, which runs no camera, goes without it
         return {**self.__dict__, "process_function": None}
 
 
@@ -362,6 +360,8 @@ class CameraConfig(CameraSettings):
 
     name: str
     source: str
+    #: the --process function as a Python callable, for programs that embed camtrack (wins over `process`)
+    process_function: ProcessFunction | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # types first: a TOML file can put any type anywhere, and a wrong one must not reach a comparison
@@ -545,6 +545,8 @@ class Config(CameraSettings):
     #: the cameras; when empty, one camera named "default" from the fields above
     cameras: list[CameraConfig] = field(default_factory=list)
     static_dir: Path = STATIC_DIR
+    #: every camera's --process function as a Python callable, unless a camera has its own (embedding programs)
+    process_function: ProcessFunction | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # the per-camera settings are checked again by CameraConfig, the default camera's included

@@ -30,7 +30,8 @@ def test_every_option_has_a_checked_type_and_a_valid_default():
 
 def test_the_per_camera_options_are_a_camera_tables_keys():
     assert set(CAMERA_OPTIONS) == {f.name for f in dataclasses.fields(CameraSettings)}
-    assert {f.name for f in dataclasses.fields(CameraConfig)} == {"name", "source", *CAMERA_OPTIONS}
+    # (and process_function: a Python callable, for embedding programs, no option)
+    assert {f.name for f in dataclasses.fields(CameraConfig)} == {"name", "source", "process_function", *CAMERA_OPTIONS}
 
 
 def test_the_command_line_defaults_are_the_declared_ones(monkeypatch):
@@ -56,7 +57,7 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "mode": "transcode", "rtsp_transport": "udp", "video_encoder": "libx264",
               "webrtc_port": 9555, "public_addresses": ["203.0.113.7", "cams.example"], "turn_secret": "s3c",
               "workers": 3,
-              "unresponsive_timeout": 9.0,
+              "unresponsive_timeout": 9.0, "process": "mine.py:process", "process_timeout": 3.0,
               "trusted_proxies": ["10.0.0.0/8", "127.0.0.1/32"], "base_path": "/camera/",
               "rtsp_port": 9554, "rtsp_path": "/live/"}
     assert set(values) == {setting.name for setting in OPTIONS}
