@@ -448,3 +448,13 @@ async def test_a_camera_that_could_pass_through_is_transcoded_to_show_the_drawin
         assert painted(bgr((await viewer.frames(5))[-1]), RED)
     finally:
         await viewer.close()
+
+
+async def test_viewers_that_encode_for_themselves_get_the_drawing_too(serve):
+    url, app = await serve(width=320, height=240, encoder="per-viewer", process_function=paint(RED))
+    viewer = Viewer(url)
+    try:
+        await viewer.connect()
+        assert painted(bgr((await viewer.frames(5))[-1]), RED)
+    finally:
+        await viewer.close()
