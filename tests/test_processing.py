@@ -437,7 +437,7 @@ async def test_a_camera_that_could_pass_through_is_transcoded_to_show_the_drawin
     from .test_passthrough import write_h264
 
     source = write_h264(tmp_path / "camera.mp4", "baseline", frames=60)
-    with caplog.at_level(logging.INFO, logger="camtrack.cameras"):
+    with caplog.at_level(logging.INFO, logger="camtrack.plan"):
         url, app = await serve(source=str(source), mode=mode, width=320, height=240, process_function=paint(RED))
     camera: Camera = app[CAMERAS].first
     assert camera.describe()["mode"] == "transcode"
