@@ -106,13 +106,17 @@ async def watch_counting(serve: Any, viewers: int) -> None:
         stream, stage = camera.stream, camera.processing
         assert stage is not None
         first_frame, calls = stream.frames, len(counting.frames)
-        got = await asyncio.gather(*(count_frames(v, 2.0) for v in watchers))
+        async with aiohttp.ClientSession() as http, http.get(url.removesuffix("/ws") + "/mjpeg") as mjpeg:
+            # an MJPEG client too: another way out, the same calls
+            got, parts = await asyncio.gather(asyncio.gather(*(count_frames(v, 2.0) for v in watchers)),
+                                              read_parts(mjpeg, 10))
         captured, called = stream.frames - first_frame, len(counting.frames) - calls
         # once per captured frame, whatever the number of viewers: never more, hardly fewer
         assert called <= captured + 1, (called, captured)
         assert called >= 0.75 * captured, (called, captured)
         assert len(set(counting.frames)) == len(counting.frames), "a frame was processed twice"
         assert all(g >= 0.5 * captured for g in got), (got, captured)
+        assert all(painted(decode(part), RED) for part in parts)
         assert counting.threads and not any(name == "MainThread" for name in counting.threads)
         assert stage.result is not None and stage.result.data == {"frame": stage.result.frame}
         assert camera.describe()["processing"]["state"] == "ok"
