@@ -320,7 +320,7 @@ def run(argv: list[str] | None) -> None:
     for camera in config.cameras:
         logger.info("camera %s: %s, %dx%d@%g %s", camera.name, redact(camera.source), camera.width, camera.height,
                     camera.fps, camera.codec)
-    urls = watch_urls(config.host, config.port, tls=ssl_context is not None)
+    urls = watch_urls(config.host, config.port, tls=ssl_context is not None, base_path=config.base_path)
     try:
         asyncio.run(serve(create_app(config, plans), config.host, config.port, ssl_context, urls))
     except OSError as exc:
@@ -421,13 +421,14 @@ VIRTUAL_INTERFACES = ("docker", "br-", "veth", "virbr", "vboxnet", "vmnet", "tun
                       "cni", "flannel", "cali", "lxc", "lxd", "podman")
 
 
-def watch_urls(host: str, port: int, tls: bool = False) -> list[str]:
+def watch_urls(host: str, port: int, tls: bool = False, base_path: str = "/") -> list[str]:
     """Every address a person may open in a browser: --host, or, listening on every interface,
     each interface's address but loopback and link-local (physical interfaces first; each named when
-    there are several, so a Docker bridge or a VPN is not taken for the LAN), or the host name."""
+    there are several, so a Docker bridge or a VPN is not taken for the LAN), or the host name; each
+    under --base-path."""
     scheme = "https" if tls else "http"
     if host not in ("0.0.0.0", "::", ""):
-        return [f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"]
+        return [f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{base_path}"]
     found: list[tuple[bool, int, str, str]] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
@@ -442,9 +443,9 @@ def watch_urls(host: str, port: int, tls: bool = False) -> list[str]:
             shown = f"[{address}]" if address.version == 6 else str(address)
             name = adapter.nice_name or adapter.name
             virtual = name.lower().startswith(VIRTUAL_INTERFACES)
-            found.append((virtual, address.version, f"{scheme}://{shown}:{port}/", name))
+            found.append((virtual, address.version, f"{scheme}://{shown}:{port}{base_path}", name))
     if not found:
-        return [f"{scheme}://{socket.gethostname()}:{port}/"]
+        return [f"{scheme}://{socket.gethostname()}:{port}{base_path}"]
     found.sort(key=lambda item: item[:2])  # physical interfaces first, IPv4 before IPv6 (a stable sort)
     unique = list(dict.fromkeys((url, name) for _, _, url, name in found))
     if len(unique) == 1:

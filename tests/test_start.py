@@ -159,6 +159,7 @@ def test_watch_urls_of_one_address_and_of_a_host():
     assert watch_urls("127.0.0.1", 8080) == ["http://127.0.0.1:8080/"]
     assert watch_urls("::1", 8443, tls=True) == ["https://[::1]:8443/"]
     assert watch_urls("camera.example", 80) == ["http://camera.example:80/"]
+    assert watch_urls("127.0.0.1", 8080, base_path="/camera/") == ["http://127.0.0.1:8080/camera/"]
 
 
 # -- sources: one line each, with its reason, in bounded time
