@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 
@@ -16,8 +16,12 @@ from av import VideoFrame
 class Viewer:
     """One receive-only WebRTC viewer connected over a camtrack websocket."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession | None = None, hello_servers: bool = False) -> None:
+    def __init__(self, url: str, session: aiohttp.ClientSession | None = None, hello_servers: bool = False,
+                 codecs: Sequence[str] | None = None) -> None:
         self.url = url
+        #: the video codecs its offer has ("h264", "vp8"; None: every one aiortc has), as a browser
+        #: without H.264 offers VP8 only
+        self.codecs = codecs
         #: use the STUN/TURN servers the hello names, as the page does (else none: loopback tests)
         self.hello_servers = hello_servers
         self._own_session = session is None
@@ -49,7 +53,11 @@ class Viewer:
             if not track_future.done():
                 track_future.set_result(track)
 
-        self.pc.addTransceiver("video", direction="recvonly")
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        if self.codecs is not None:
+            wanted = {f"video/{c}".lower() for c in self.codecs}
+            transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                             if c.mimeType.lower() in wanted])
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
         answer = await self.receive("answer", timeout)

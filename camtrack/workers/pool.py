@@ -47,6 +47,7 @@ from ..media.passthrough import RING_PACKETS
 from ..media.tiers import MAIN, Tier
 from ..outputs.webrtc.contract import CameraView, PeerFactory, PeerSession
 from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, negotiation_turn
+from ..outputs.webrtc.tracks import own_codec
 from ..outputs.webrtc.udpmux import Address, UdpMux
 from . import wire
 
@@ -158,7 +159,7 @@ class RemotePeer:
             raise OfferError("no worker process is ready to take a viewer; try again shortly")
         # a crowd negotiates a few at a time across every worker, as in one process (Peer.answer)
         try:
-            self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended)
+            self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended, (own_codec(self.camera),))
         except OfferError:
             self.camera.meters[self.transport].negotiation_failures += 1
             raise

@@ -136,9 +136,10 @@ class Worker:
             self.send({"t": "answer", "id": peer_id, "error": "the camera is not relayed to this worker"})
             return
         transport = Transport(message["transport"])
-        track = EncodedTrack(feed, camera.meters[transport])
+        # (the relayed feed's codec only: the main process sends a worker the camera's own packets)
         peer = Peer(camera, self.timeouts, transport, message["remote"],
-                    lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice, track)
+                    lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice,
+                    lambda _codec: EncodedTrack(feed, camera.meters[transport]), (feed.codec.codec,))
         peer.on_state(lambda: self.send({"t": "state", "id": peer_id, "state": peer.state}))
         self.peers[peer_id] = peer
         asyncio.ensure_future(self._answer(peer_id, peer, message))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from ...config import Config
 from ...media.encoder import H264_PROFILE
@@ -20,7 +22,7 @@ from .contract import CameraView, PeerCamera
 from .ice import IceContext
 from .rtcp import PeerGuard, guard_peer
 from .rtpsend import RtpSendStats, RtpStream, send_rtp_once
-from .tracks import CameraTrack, EncodedTrack, make_track
+from .tracks import CameraTrack, EncodedTrack, camera_codecs, make_track
 
 logger = logging.getLogger(__name__)
 
@@ -84,25 +86,49 @@ def screen_offer(sdp: str) -> None:
         raise OfferError(f"the offer has {lines} lines; at most {MAX_OFFER_LINES} are answered")
 
 
-def check_offer(sdp: str, codec: str) -> aiortc_sdp.SessionDescription:
-    """Raise OfferError unless `sdp` passes `screen_offer`, parses and asks to receive `codec`'s media
-    kind (video, audio) in `codec`; returns the parsed offer."""
+def offered_codecs(media: aiortc_sdp.MediaDescription, codecs: Sequence[str]) -> list[str]:
+    """Those of `codecs` (names of CODEC_MIME) that `media`, an offer's m-line, carries in a form this
+    server answers (aiortc's own test: for H.264, packetization-mode 1 and constrained baseline), in
+    the order of `codecs`."""
+    usable = []
+    for codec in codecs:
+        local = [RTCRtpCodecParameters(mimeType=c.mimeType, clockRate=c.clockRate, channels=c.channels,
+                                       parameters=c.parameters)
+                 for c in codec_preferences(codec) if not c.mimeType.lower().endswith("/rtx")]
+        if any(is_codec_compatible(mine, theirs) for theirs in media.rtp.codecs for mine in local):
+            usable.append(codec)
+    return usable
+
+
+def check_offer(sdp: str, codecs: str | Sequence[str]) -> str:
+    """The codec to answer `sdp` with (read_offer)."""
+    return read_offer(sdp, codecs)[0]
+
+
+def read_offer(sdp: str, codecs: str | Sequence[str]) -> tuple[str, aiortc_sdp.SessionDescription]:
+    """The codec to answer `sdp` with: the first of `codecs` (one name, or several of one media
+    kind, the one preferred first) that the offer carries, and the parsed offer; OfferError unless
+    `sdp` passes `screen_offer`, parses and asks to receive that media kind (video, audio) in one
+    of them."""
+    wanted_codecs = [codecs] if isinstance(codecs, str) else list(codecs)
     screen_offer(sdp)
     try:
         description = aiortc_sdp.SessionDescription.parse(sdp)
     except Exception as exc:  # noqa: BLE001 - the parser raises many kinds
         raise OfferError(f"the SDP offer does not parse: {exc or type(exc).__name__}") from None
-    kind, name = CODEC_MIME[codec].split("/")
+    kind = CODEC_MIME[wanted_codecs[0]].split("/")[0]
     wanted = [m for m in description.media if m.kind == kind]
     if not wanted:
         raise OfferError(f"the offer has no {kind} m-line; add a recvonly {kind} transceiver")
     media = wanted[0]
     if media.direction not in ("recvonly", "sendrecv"):
         raise OfferError(f"the offer's {kind} is {media.direction}; it must be recvonly or sendrecv")
-    mime = CODEC_MIME[codec].lower()
-    if not any(c.mimeType.lower() == mime for c in media.rtp.codecs):
-        raise OfferError(f"the offer has no {name} codec; this server sends {codec} only")
-    return description
+    usable = offered_codecs(media, wanted_codecs)
+    if not usable:
+        names = " or ".join(CODEC_MIME[c].split("/")[1] for c in wanted_codecs)
+        sends = wanted_codecs[0] + " only" if len(wanted_codecs) == 1 else " or ".join(wanted_codecs)
+        raise OfferError(f"the offer has no {names} codec this server can send; it sends {sends}")
+    return usable[0], description
 
 
 def offers_actpass(description: aiortc_sdp.SessionDescription) -> bool:
@@ -111,15 +137,16 @@ def offers_actpass(description: aiortc_sdp.SessionDescription) -> bool:
                                            for m in description.media)
 
 
-async def negotiation_turn(camera: PeerCamera, sdp: str, ended: Callable[[], bool]) -> Callable[[], None] | None:
+async def negotiation_turn(camera: PeerCamera, sdp: str, ended: Callable[[], bool],
+                           codecs: Sequence[str]) -> Callable[[], None] | None:
     """Wait for a turn to negotiate `sdp` (camtrack.media.load: a crowd's costly DTLS handshakes
     go a few at a time) and return what gives it back; None when the server measures no load.
-    A bad offer is told so at once, not queued (OfferError); ServerFull when no turn came in time or
-    the session `ended()` meanwhile."""
+    A bad offer (none of `codecs`, ...) is told so at once, not queued (OfferError); ServerFull when
+    no turn came in time or the session `ended()` meanwhile."""
     load = camera.load
     if load is None:
         return None
-    check_offer(sdp, camera.settings.codec)
+    check_offer(sdp, codecs)
     turn = await load.handshake_turn()
     if turn is None or ended():
         if turn is not None:
@@ -129,8 +156,9 @@ async def negotiation_turn(camera: PeerCamera, sdp: str, ended: Callable[[], boo
 
 
 async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack, codec: str,
-                       ice: IceContext | None = None) -> str:
-    """Attach `track` to `pc`, answer `sdp` with `codec` only, and return the answer SDP.
+                       ice: IceContext | None = None, offer: aiortc_sdp.SessionDescription | None = None) -> str:
+    """Attach `track` to `pc`, answer `sdp` with `codec` only (one the offer carries: read_offer,
+    whose parsed `offer` may be given), and return the answer SDP.
 
     The sending transceiver is created before the remote description is applied: aiortc
     honours codec preferences only then, not on a transceiver made from the offer. An `actpass`
@@ -138,7 +166,8 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack,
     it, whatever the viewer's certificate (aiortc's own choice, active, fails with RSA ones:
     GStreamer's webrtcbin).
     """
-    offer = check_offer(sdp, codec)
+    if offer is None:
+        _, offer = read_offer(sdp, codec)
     transceiver = pc.addTransceiver(track, direction="sendonly")
     transceiver.setCodecPreferences(codec_preferences(codec))
     try:
@@ -168,14 +197,20 @@ class PeerTimeouts:
         return cls(config.negotiation_timeout, config.disconnect_timeout, config.unresponsive_timeout)
 
 
+#: makes the track a peer sends once its codec is negotiated (a name of CODEC_MIME)
+TrackMaker = Callable[[str], "EncodedTrack | CameraTrack"]
+
+
 class Peer:
     """One WebRTC viewer of a camera: answers its offer, watches the connection, and calls
     `on_end(reason)` once when it fails, closes, stays disconnected or never connects (a
-    camtrack.outputs.webrtc.contract.PeerSession). `track` is what it sends: the camera's
+    camtrack.outputs.webrtc.contract.PeerSession). It sends the first of `codecs` its viewer's offer
+    carries (the camera's own first), in a track `tracks(codec)` makes then: the camera's
     (make_track), or in a worker process the main process's packets, relayed."""
 
     def __init__(self, camera: PeerCamera, timeouts: PeerTimeouts, transport: Transport, remote: str,
-                 on_end: Callable[[str], None], ice: IceContext, track: EncodedTrack | CameraTrack) -> None:
+                 on_end: Callable[[str], None], ice: IceContext, tracks: TrackMaker,
+                 codecs: Sequence[str]) -> None:
         self.camera = camera
         self.timeouts = timeouts
         self.transport = transport
@@ -184,7 +219,12 @@ class Peer:
         #: the server's ICE side (its mux, TURN credentials, its STUN/TURN servers)
         self.ice = ice
         self.pc = RTCPeerConnection(self.ice.rtc_configuration())
-        self.track = track
+        self.tracks = tracks
+        #: the codecs it may send, the one it prefers first
+        self.codecs = tuple(codecs)
+        #: what it sends, once the offer is answered: its codec (one of `codecs`) and track
+        self.codec: str | None = None
+        self.track: EncodedTrack | CameraTrack | None = None
         self.connected = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
@@ -233,23 +273,28 @@ class Peer:
         """
         load = self.camera.load
         try:
-            self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended)
-            answer = await answer_offer(self.pc, sdp, self.track, self.camera.settings.codec, self.ice)
+            self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended, self.codecs)
+            codec, offer = read_offer(sdp, self.codecs)
+            if self._ended:  # closed before it had a track: none is made (nothing would stop it)
+                raise OfferError("the peer was closed")
+            sending = self.tracks(codec)
+            self.codec, self.track = codec, sending
+            answer = await answer_offer(self.pc, sdp, sending, codec, self.ice, offer)
             self._remote_candidates += sum(line.startswith("a=candidate:") for line in sdp.splitlines())
         except OfferError:
             self._give_turn_back()
             self.camera.meters[self.transport].negotiation_failures += 1
             raise
-        if isinstance(self.track, EncodedTrack):
+        if isinstance(sending, EncodedTrack):
             meter = self.camera.meters[self.transport]
-            feed = id(self.track.encoder)
+            feed = id(sending.encoder)
 
             def on_sent(captured: float, seconds: float, handed: float) -> None:
                 meter.wire_age.observe(max(0.0, handed - captured))
                 if load is not None:
                     load.sent(feed, captured, seconds)
 
-            track = self.track
+            track = sending
 
             def join(stream: RtpStream) -> Awaitable[None] | None:
                 return track.join_fanout(stream, on_sent)
@@ -259,12 +304,13 @@ class Peer:
                 if sender.track is track:
                     self.rtp = send_rtp_once(sender, track.next_rtp_frame, on_sent, join)
         # before the answer leaves: from then on its ports are known to anyone who reads it
-        self.guard = guard_peer(self.pc, self.track, self.camera.settings.bitrate,
+        self.guard = guard_peer(self.pc, sending, self.camera.settings.bitrate,
                                 self.camera.settings.keyframe_interval,
                                 f"{self.transport} viewer {self.remote} of {self.camera.name}")
         self._set_timer("negotiation", self.timeouts.negotiation, self._negotiation_expired)
-        logger.info("%s viewer %s of %s: answered with %s %dx%d", self.transport, self.remote, self.camera.name,
-                    self.camera.settings.codec, self.camera.settings.width, self.camera.settings.height)
+        logger.info("%s viewer %s of %s: answered with %s %dx%d%s", self.transport, self.remote, self.camera.name,
+                    codec, self.camera.settings.width, self.camera.settings.height,
+                    "" if codec == self.codecs[0] else f" (its offer has no {self.codecs[0]})")
         return answer
 
     def _give_turn_back(self) -> None:
@@ -280,7 +326,8 @@ class Peer:
             timer.cancel()
         self._timers.clear()
         if self._closing is None:
-            self.track.stop()
+            if self.track is not None:
+                self.track.stop()
             # shielded: a close cancelled half-way leaves aiortc waiting forever on a second one
             self._closing = asyncio.ensure_future(self.pc.close())
         try:
@@ -355,7 +402,8 @@ class Peer:
 
 class LocalPeers:
     """The peer factory (camtrack.outputs.webrtc.contract.PeerFactory) that makes every peer in
-    this process, sending the camera's track (make_track)."""
+    this process, sending the camera's track (make_track) in the codec its viewer's offer has
+    (camera_codecs: the camera's own, else the other)."""
 
     def __init__(self, config: Config, ice: IceContext) -> None:
         self.timeouts = PeerTimeouts.of(config)
@@ -363,4 +411,5 @@ class LocalPeers:
 
     def __call__(self, camera: CameraView, transport: Transport, remote: str,
                  on_end: Callable[[str], None]) -> Peer:
-        return Peer(camera, self.timeouts, transport, remote, on_end, self.ice, make_track(camera, transport))
+        return Peer(camera, self.timeouts, transport, remote, on_end, self.ice,
+                    functools.partial(make_track, camera, transport), camera_codecs(camera))

@@ -48,6 +48,7 @@ from ..wsvideo import PacketStream
 from .contract import PeerFactory, PeerSession
 from .ice import IceContext
 from .peer import LocalPeers, OfferError, ServerFull, screen_offer
+from .tracks import camera_codecs
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -159,7 +160,8 @@ class Session:
         settings = self.camera.settings
         await self.send({
             "type": "hello",
-            "codecs": [settings.codec],
+            # what a WebRTC viewer may get, the camera's own first: the first its offer has
+            "codecs": list(camera_codecs(self.camera)),
             # TURN credentials made for this viewer (that expire) when there is a --turn-secret
             "iceServers": self.ice.browser_servers(),
             "camera": self.camera.name,

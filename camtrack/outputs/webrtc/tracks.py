@@ -145,11 +145,33 @@ def restamped(packet: av.Packet[Any], pts: int) -> av.Packet[Any]:
     return copy
 
 
-def make_track(camera: CameraView, transport: Transport) -> EncodedTrack | CameraTrack:
-    """A new video track of `camera` for one WebRTC peer: the shared encoder's packets, the
-    camera's own (bridged while joining), or (with --encoder per-viewer) its raw frames for aiortc
-    to encode."""
+#: the video codecs a viewer can get: the camera's own, else the other one (see camera_codecs)
+VIDEO_CODECS = ("h264", "vp8")
+
+
+def own_codec(camera: CameraView) -> str:
+    """The codec `camera` sends in: its packet feed's (the shared encoder's, a passed-through
+    camera's own H.264), or with --encoder per-viewer its setting."""
+    feed = camera.packets()
+    return feed.codec.codec if feed is not None else camera.settings.codec
+
+
+def camera_codecs(camera: CameraView) -> tuple[str, ...]:
+    """The codecs a WebRTC viewer of `camera` may get, the camera's own first: with --encoder
+    per-viewer aiortc encodes each viewer's own pictures in either video codec."""
+    own = own_codec(camera)
+    if own not in VIDEO_CODECS or camera.packets() is not None:
+        return (own,)
+    return (own, *(c for c in VIDEO_CODECS if c != own))
+
+
+def make_track(camera: CameraView, transport: Transport, codec: str | None = None) -> EncodedTrack | CameraTrack:
+    """A new track of `camera` for one WebRTC peer, in `codec` (one of camera_codecs; None: the
+    camera's own): the shared encoder's packets, the camera's own (bridged while joining), or
+    (with --encoder per-viewer) its raw frames for aiortc to encode."""
     feed = camera.packets()
     if feed is not None:
+        if codec is not None and codec != own_codec(camera):
+            raise ValueError(f"camera {camera.name} sends {own_codec(camera)}, not {codec}")
         return EncodedTrack(feed, reader=camera.reader(transport))
     return CameraTrack(camera.frames, camera.meters[transport])
