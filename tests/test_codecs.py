@@ -8,10 +8,14 @@ import re
 
 import aiohttp
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
+from camtrack.media.encoder import SharedEncoder
+from camtrack.media.packet import MediaKind
+from camtrack.media.reader import PacketReader
+from camtrack.media.tiers import Tier
 from camtrack.outputs.webrtc.peer import OfferError, check_offer
 
 from .conftest import eventually
@@ -93,3 +97,114 @@ async def test_an_offer_with_no_codec_the_server_sends_is_told_why(serve):
             assert "no VP8" in await r.text()
     await pc.close()
     assert app[CAMERAS].first.meters["whep"].negotiation_failures == 1
+
+
+async def whep(url: str, http: aiohttp.ClientSession, *codecs: str) -> tuple[RTCPeerConnection, str, asyncio.Future]:
+    """A WHEP viewer offering only `codecs`: its peer, the answer, its track (a future)."""
+    pc, sdp = await make_offer(*codecs)
+    track = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track.done() or track.set_result(t))
+    async with http.post(url.removesuffix("/ws") + "/whep", data=sdp, headers={"Content-Type": "application/sdp"}) as r:
+        assert r.status == 201, await r.text()
+        answer = await r.text()
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return pc, answer, track
+
+
+def sent_codecs(answer: str) -> set[str]:
+    return set(RTPMAP.findall(answer)) - {"rtx"}
+
+
+@pytest.mark.parametrize("mode", ["transcode", "passthrough"])
+async def test_vp8_only_viewers_of_an_h264_camera_share_one_vp8_encoder(serve, tmp_path, mode):
+    """A default (H.264) camera, transcoded or passed through: two VP8-only viewers (over /ws and
+    WHEP) get VP8 from one encoder of the camera's VP8 tier, while an H.264 viewer gets the camera's
+    own packets; the tier stops after its last viewer leaves."""
+    options = {}
+    if mode == "passthrough":
+        from .test_passthrough import write_h264
+
+        options = {"source": str(write_h264(tmp_path / "camera.mp4", "main")), "mode": "passthrough"}
+    url, app = await serve(width=320, height=240, **options)
+    camera = app[CAMERAS].first
+    vp8, h264 = Viewer(url, codecs=("vp8",)), Viewer(url)
+    async with aiohttp.ClientSession() as http:
+        pc = None
+        try:
+            await asyncio.gather(vp8.connect(), h264.connect())
+            pc, answer, track = await whep(url, http, "VP8")
+            assert vp8.hello["codecs"] == ["h264", "vp8"]
+            assert sent_codecs(vp8.answer_sdp) == {"VP8"} and sent_codecs(answer) == {"VP8"}
+            # aiortc offers VP8 first: the camera's own H.264 still wins
+            assert sent_codecs(h264.answer_sdp) == {"H264"}
+            whep_track = await asyncio.wait_for(track, 20)
+            results = await asyncio.gather(vp8.frames(20), h264.frames(20),
+                                           asyncio.gather(*(asyncio.wait_for(whep_track.recv(), 20) for _ in range(20))))
+            for frames in results:
+                assert all((f.width, f.height) == (320, 240) for f in frames)
+            tier = camera.packets(MediaKind.VIDEO, Tier(codec="vp8"))
+            assert isinstance(tier, SharedEncoder) and tier is not camera.feed and tier.codec.codec == "vp8"
+            # one VP8 encoder, read by both VP8 viewers and nobody else, run once
+            assert len(tier.consumers) == 2 and tier.stats.runs == 1
+            # the camera's own packets: the H.264 viewer's reader (and, passed through, the decoder
+            # that feeds the VP8 encoder its pictures)
+            readers = [c for c in camera.feed.consumers if isinstance(c, PacketReader)]
+            assert len(readers) == 1
+            if mode == "passthrough":
+                assert camera.decoder in camera.feed.consumers and tier.input is camera.decoder
+            await eventually(lambda: len(camera.viewers["websocket"]) == 2 and len(camera.viewers["whep"]) == 1)
+        finally:
+            await asyncio.gather(vp8.close(), h264.close())
+            if pc is not None:
+                await pc.close()
+    await eventually(lambda: not tier.consumers and not tier.running)
+    await eventually(lambda: not camera.watched)
+
+
+async def test_an_h264_only_viewer_of_a_vp8_camera_gets_h264(serve):
+    url, app = await serve(width=320, height=240, codec="vp8")
+    camera = app[CAMERAS].first
+    viewer = Viewer(url, codecs=("h264",))
+    try:
+        await viewer.connect()
+        assert viewer.hello["codecs"] == ["vp8", "h264"]
+        assert sent_codecs(viewer.answer_sdp) == {"H264"}
+        frames = await viewer.frames(10)
+        assert (frames[-1].width, frames[-1].height) == (320, 240)
+        tier = camera.packets(MediaKind.VIDEO, Tier(codec="h264"))
+        assert tier is not camera.feed and tier is not None and len(tier.consumers) == 1
+        assert not camera.feed.consumers  # the camera's own VP8 encoder was not needed
+    finally:
+        await viewer.close()
+
+
+@pytest.mark.slow
+async def test_worker_processes_relay_the_vp8_tier_once_per_worker(serve):
+    """With --workers 2, VP8-only viewers in worker processes get the camera's VP8 tier, relayed
+    to each worker once (a pump of its own, beside the camera's H.264 one), from one encoder."""
+    from camtrack.workers.pool import Pump
+
+    from .test_workers import pool_of
+
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    camera = app[CAMERAS].first
+    pool = pool_of(app)
+    viewers = [Viewer(url, codecs=("vp8",)), Viewer(url, codecs=("vp8",)), Viewer(url)]
+    try:
+        for viewer in viewers:  # one after the other: least loaded, so a VP8 viewer on each worker
+            await viewer.connect()
+        assert [sent_codecs(v.answer_sdp) for v in viewers] == [{"VP8"}, {"VP8"}, {"H264"}]
+        for frames in await asyncio.gather(*(v.frames(20, timeout=30) for v in viewers)):
+            assert all((f.width, f.height) == (320, 240) for f in frames)
+        assert sorted(w.load for w in pool.workers) == [1, 2]
+        assert sorted(sorted(w.pumps) for w in pool.workers) == [["default", "default/vp8"], ["default/vp8"]]
+        tier = camera.packets(MediaKind.VIDEO, Tier(codec="vp8"))
+        assert tier is not None and tier.stats.runs == 1
+        # the tier's readers are the two workers' pumps: each packet encoded once, sent once to each
+        assert len(tier.consumers) == 2 and all(isinstance(c, Pump) for c in tier.consumers)
+        for worker in pool.workers:
+            assert worker.sent["default/vp8"] <= tier.stats.frames
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+    await eventually(lambda: all(w.load == 0 and not w.pumps for w in pool.workers))
+    await eventually(lambda: not tier.running)

@@ -67,7 +67,7 @@ def check_vp8(seen: dict, transport: str) -> None:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("codec", ["vp8"])
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
 def test_firefox_plays_a_transcoded_camera_over_webrtc_in_vp8(sandbox, tmp_path, codec):
     """The page and a WHEP client in Firefox play a camera whose shared encoder sends `codec`: a
     default camtrack (H.264) included."""
@@ -88,3 +88,23 @@ def test_firefox_plays_a_transcoded_camera_over_webrtc_in_vp8(sandbox, tmp_path,
     assert took < 8
     if codec == "h264":
         assert "answered with vp8" in log
+
+
+@pytest.mark.timeout(150)
+def test_firefox_plays_a_passed_through_h264_file_in_vp8(sandbox, tmp_path):
+    """A camera whose own H.264 passes through (a file): Firefox gets it in VP8."""
+    from .test_passthrough import FPS, write_h264
+
+    source = write_h264(tmp_path / "main.mp4", "main", frames=6 * FPS)
+    running = server(sandbox, tmp_path, "h264", "--source", str(source), "--mode", "passthrough")
+    try:
+        page = play(sandbox, tmp_path, "page", URL)
+        check_vp8(page, "webrtc")
+        assert (page["width"], page["height"]) == (320, 240)
+        print(f"\npassed-through H.264 file: the page decoded {page['frames']} VP8 frames "
+              f"{page['seconds']:.1f} s after opening")
+    finally:
+        running.stop()
+        log = (tmp_path / "server.log").read_text()
+        print(log[-4000:])
+    assert "answered with vp8" in log

@@ -44,7 +44,7 @@ async def test_hello_then_errors_for_bad_messages(serve):
     await watcher.frames(3)
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         hello = await ws.receive_json()
-        assert hello["type"] == "hello" and hello["codecs"] == ["h264"] and hello["iceServers"] == []
+        assert hello["type"] == "hello" and hello["codecs"] == ["h264", "vp8"] and hello["iceServers"] == []
         for text, expected in BAD_MESSAGES:
             await ws.send_str(text)
             message = await expect_error(ws)
@@ -73,6 +73,7 @@ async def test_malformed_candidate_after_offer(serve):
 
 
 async def test_offer_without_the_codec_is_refused(serve):
+    """An offer with neither codec the server sends (the camera's VP8, or H.264: tests/test_codecs.py)."""
     url, _ = await serve(width=320, height=240, codec="vp8")
     viewer = Viewer(url)
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
@@ -80,12 +81,12 @@ async def test_offer_without_the_codec_is_refused(serve):
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     transceiver = pc.addTransceiver("video", direction="recvonly")
     transceiver.setCodecPreferences(
-        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"])
+        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"])
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         await ws.receive_json()
-        await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
-        assert "no VP8 codec" in await expect_error(ws)
+        await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp.replace("VP8/90000", "VP9/90000")})
+        assert "no VP8 or H264 codec" in await expect_error(ws)
     await pc.close()
     await viewer.close()
 

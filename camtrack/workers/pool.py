@@ -7,7 +7,9 @@ once to that worker's socket; a worker that reads slowly is skipped ahead (newes
 MAX_LAG packets behind), so nothing queues without bound. The worker sends back its peers' states
 (so admission, --max-viewers, /metrics, /healthz and shutdown see every viewer here), their
 keyframe requests, and its counters. A worker that dies ends only its own viewers (their pages
-reconnect) and is started again.
+reconnect) and is started again. A viewer whose offer lacks the camera's codec gets the camera's
+tier of the other one (camtrack.media.tiers), relayed to its worker by a pump of its own (its
+`feed_key`, chosen when the offer is: WorkerProcess.watch).
 
 With `--workers N` (N > 1) N workers start with the server and take every WebRTC viewer. With
 `--workers 0` (the default) the main process serves its viewers itself, and workers (up to one
@@ -46,8 +48,8 @@ from ..media.packet import CodecInfo, EncodedPacket, MediaKind
 from ..media.passthrough import RING_PACKETS
 from ..media.tiers import MAIN, Tier
 from ..outputs.webrtc.contract import CameraView, PeerFactory, PeerSession
-from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, negotiation_turn
-from ..outputs.webrtc.tracks import own_codec
+from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, check_offer, negotiation_turn
+from ..outputs.webrtc.tracks import camera_codecs, own_codec
 from ..outputs.webrtc.udpmux import Address, UdpMux
 from . import wire
 
@@ -158,11 +160,20 @@ class RemotePeer:
             self.camera.meters[self.transport].negotiation_failures += 1
             raise OfferError("no worker process is ready to take a viewer; try again shortly")
         # a crowd negotiates a few at a time across every worker, as in one process (Peer.answer)
+        codecs = camera_codecs(self.camera)
         try:
-            self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended, (own_codec(self.camera),))
+            self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended, codecs)
+            codec = check_offer(sdp, codecs)
         except OfferError:
+            self._give_turn_back()
             self.camera.meters[self.transport].negotiation_failures += 1
             raise
+        if self._ended or not self.worker.ready:
+            self._give_turn_back()
+            raise OfferError("the peer was closed")
+        # the feed of the chosen codec relayed (attached and announced) before the offer is sent:
+        # the worker has it to answer with
+        self.worker.watch(self, MAIN if codec == own_codec(self.camera) else Tier(codec=codec))
         self.send({"t": "offer", "camera": self.camera.name, "feed": self.feed_key.wire,
                    "transport": str(self.transport), "remote": self.remote, "sdp": sdp})
         reply = await asyncio.shield(self._answer)
@@ -396,21 +407,34 @@ class WorkerProcess:
 
     def add(self, peer: RemotePeer) -> None:
         self.peers[peer.id] = peer
-        key = peer.feed_key
-        feed = peer.camera.packets(key.kind, key.tier)
-        if key not in self.pumps and feed is not None:
-            self.pumps[key] = Pump(self, peer.camera, key, feed)
+        self._relay(peer.feed_key, peer.camera)
 
-    def remove(self, peer: RemotePeer, keep: bool = False) -> None:
-        """`peer` is no viewer here any more (kept to hear its close reply if `keep`); the last viewer
-        of a camera here stops its pump."""
-        if self.peers.pop(peer.id, None) is not None and keep:
-            self.closing[peer.id] = peer
-        key = peer.feed_key
+    def watch(self, peer: RemotePeer, tier: Tier) -> None:
+        """`peer` watches its camera's `tier` now (its offer chose the codec): that feed is relayed
+        here, and the one it was made with stops when no one else here watches it."""
+        old = peer.feed_key
+        peer.feed_key = wire.FeedKey(old.camera, old.kind, tier)
+        if peer.feed_key != old:
+            self._relay(peer.feed_key, peer.camera)
+            self._unrelay(old)
+
+    def _relay(self, key: wire.FeedKey, camera: CameraView) -> None:
+        feed = camera.packets(key.kind, key.tier)
+        if key not in self.pumps and feed is not None:
+            self.pumps[key] = Pump(self, camera, key, feed)
+
+    def _unrelay(self, key: wire.FeedKey) -> None:
         if not any(p.feed_key == key for p in self.peers.values()):
             pump = self.pumps.get(key)
             if pump is not None:
                 pump.stop()
+
+    def remove(self, peer: RemotePeer, keep: bool = False) -> None:
+        """`peer` is no viewer here any more (kept to hear its close reply if `keep`); the last viewer
+        of a feed here stops its pump."""
+        if self.peers.pop(peer.id, None) is not None and keep:
+            self.closing[peer.id] = peer
+        self._unrelay(peer.feed_key)
 
     def forget(self, peer: RemotePeer) -> None:
         self.closing.pop(peer.id, None)

@@ -131,12 +131,12 @@ class Worker:
         gathering takes a while: the next messages must not wait for it)."""
         peer_id: int = message["id"]
         camera = self.cameras[message["camera"]]
-        feed = self.feeds.get(message["feed"])
+        feed = self.feeds.get(message["feed"])  # (the camera's own packets, or a tier's)
         if feed is None:
             self.send({"t": "answer", "id": peer_id, "error": "the camera is not relayed to this worker"})
             return
         transport = Transport(message["transport"])
-        # (the relayed feed's codec only: the main process sends a worker the camera's own packets)
+        # (the relayed feed's codec: the main process chose it from the offer, and relays that feed)
         peer = Peer(camera, self.timeouts, transport, message["remote"],
                     lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice,
                     lambda _codec: EncodedTrack(feed, camera.meters[transport]), (feed.codec.codec,))

@@ -15,6 +15,7 @@ from ...media.frame import VIDEO_TIME_BASE, PtsClock
 from ...media.meters import Meter
 from ...media.packet import EncodedPacket
 from ...media.reader import PacketReader
+from ...media.tiers import MAIN, Tier
 from .contract import CameraView
 from .fanout import Member, fanout_for, rtp_frame
 from .rtpsend import RtpFrame, RtpStream
@@ -157,21 +158,20 @@ def own_codec(camera: CameraView) -> str:
 
 
 def camera_codecs(camera: CameraView) -> tuple[str, ...]:
-    """The codecs a WebRTC viewer of `camera` may get, the camera's own first: with --encoder
-    per-viewer aiortc encodes each viewer's own pictures in either video codec."""
+    """The codecs a WebRTC viewer of `camera` may get, the camera's own first: the other video codec
+    comes from a tier of the camera (camtrack.media.tiers: encoded once for every viewer who needs
+    it), or with --encoder per-viewer from aiortc's encoder for that viewer."""
     own = own_codec(camera)
-    if own not in VIDEO_CODECS or camera.packets() is not None:
+    if own not in VIDEO_CODECS:
         return (own,)
     return (own, *(c for c in VIDEO_CODECS if c != own))
 
 
 def make_track(camera: CameraView, transport: Transport, codec: str | None = None) -> EncodedTrack | CameraTrack:
     """A new track of `camera` for one WebRTC peer, in `codec` (one of camera_codecs; None: the
-    camera's own): the shared encoder's packets, the camera's own (bridged while joining), or
-    (with --encoder per-viewer) its raw frames for aiortc to encode."""
-    feed = camera.packets()
-    if feed is not None:
-        if codec is not None and codec != own_codec(camera):
-            raise ValueError(f"camera {camera.name} sends {own_codec(camera)}, not {codec}")
-        return EncodedTrack(feed, reader=camera.reader(transport))
+    camera's own): the shared encoder's packets, the camera's own (bridged while joining), a tier's
+    of another codec, or (with --encoder per-viewer) its raw frames for aiortc to encode."""
+    if camera.packets() is not None:
+        reader = camera.reader(transport, MAIN if codec is None else Tier(codec=codec))
+        return EncodedTrack(reader.feed, reader=reader)
     return CameraTrack(camera.frames, camera.meters[transport])
