@@ -459,3 +459,24 @@ async def test_a_stuck_worker_is_killed_and_restarted(serve, monkeypatch):
         assert not running(old_pid)
     finally:
         await asyncio.gather(*(v.close(bye=False) for v in viewers), return_exceptions=True)
+
+
+def test_a_relayed_keyframe_the_encoder_would_answer_with_is_a_start(monkeypatch):
+    """A worker's newcomer starts from a relayed keyframe young enough that the main process's
+    encoder would answer a request with it (KEYFRAME_ANSWERS), instead of asking in vain and
+    waiting for the next periodic keyframe; an older one is asked for again."""
+    from camtrack.media.encoder import KEYFRAME_ANSWERS
+    from camtrack.media.packet import CodecInfo
+    from camtrack.workers import relay
+    from camtrack.workers.wire import WirePacket
+
+    asked: list[float] = []
+    feed = relay.RelayedFeed("default", CodecInfo("h264", 320, 240), "encoder", 32, lambda: asked.append(1))
+    now = [1000.0]
+    monkeypatch.setattr(relay.time, "monotonic", lambda: now[0])
+    feed.add(WirePacket("default", 1, 0, 0.0, True, b"\x00\x00\x00\x01\x65"))
+    feed.add(WirePacket("default", 2, 3000, 0.0, False, b"\x00\x00\x00\x01\x41"))
+    now[0] += KEYFRAME_ANSWERS * 0.8  # (0.2 s: the encoder takes it as its answer and forces none)
+    assert [p.seq for p in feed.start_packets()] == [1, 2] and not asked
+    now[0] += KEYFRAME_ANSWERS * 0.4
+    assert feed.start_packets() == [] and asked == [1]

@@ -9,14 +9,19 @@ from typing import Any
 
 import av
 
+from ..media.encoder import KEYFRAME_ANSWERS
 from ..media.feeds import FeedClosed
 from ..media.packet import CodecInfo, EncodedPacket
 from ..media.ring import Read, Ring
 from .wire import WirePacket
 
-#: a start run from a keyframe younger than this is as good as a fresh one (the shared encoder's
-#: keyframe_min_interval: it would not force another sooner)
-FRESH_KEYFRAME = 0.1
+#: a start run from a keyframe younger than this (since it arrived here) is as good as a fresh one:
+#: the shared encoder takes a keyframe under KEYFRAME_ANSWERS old (since it was made, so older
+#: than here) as the answer to a request and forces none. With a shorter time here, a newcomer
+#: arriving 0.1-0.25 s after a keyframe refused the run, asked in vain, and waited for the next
+#: periodic keyframe (up to --keyframe-interval: a WHEP viewer got nothing for 20 s in
+#: tests/test_workers.py on a loaded machine)
+FRESH_KEYFRAME = KEYFRAME_ANSWERS
 #: a worker asks the main process for a keyframe at most this often per camera: requests are sticky
 #: there until a keyframe comes, so one in flight stands for the others
 KEYFRAME_REQUEST_INTERVAL = 0.05
