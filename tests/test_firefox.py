@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,11 +68,11 @@ def check_vp8(seen: dict, transport: str) -> None:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("codec", ["h264", "vp8"])
-def test_firefox_plays_a_transcoded_camera_over_webrtc_in_vp8(sandbox, tmp_path, codec):
+@pytest.mark.parametrize(("codec", "workers"), [("h264", 0), ("vp8", 0), ("h264", 2)])
+def test_firefox_plays_a_transcoded_camera_over_webrtc_in_vp8(sandbox, tmp_path, codec, workers):
     """The page and a WHEP client in Firefox play a camera whose shared encoder sends `codec`: a
-    default camtrack (H.264) included."""
-    running = server(sandbox, tmp_path, codec)
+    default camtrack (H.264) included, and with its viewers' peers in two worker processes."""
+    running = server(sandbox, tmp_path, codec, *(("--workers", str(workers)) if workers else ()))
     try:
         page = play(sandbox, tmp_path, "page", URL)
         check_vp8(page, "webrtc")
@@ -79,7 +80,7 @@ def test_firefox_plays_a_transcoded_camera_over_webrtc_in_vp8(sandbox, tmp_path,
         whep = play(sandbox, tmp_path, "whep", URL + "whep")
         check_vp8(whep, "whep")
         assert whep["deleted"] == 200
-        print(f"\nFirefox {page['version']}, {codec} camera: the page decoded {page['frames']} VP8 frames "
+        print(f"\nFirefox {page['version']}, {codec} camera, {workers} workers: the page decoded {page['frames']} VP8 frames "
               f"{page['seconds']:.1f} s after opening; WHEP {whep['seconds']:.1f} s")
     finally:
         took = running.stop()
@@ -88,6 +89,8 @@ def test_firefox_plays_a_transcoded_camera_over_webrtc_in_vp8(sandbox, tmp_path,
     assert took < 8
     if codec == "h264":
         assert "answered with vp8" in log
+    if workers:  # (each worker logs its own peers' answers, prefixed with its number)
+        assert re.search(r"worker \d .*answered with vp8", log)
 
 
 @pytest.mark.timeout(150)
