@@ -143,22 +143,24 @@ async def test_vp8_only_viewers_of_an_h264_camera_share_one_vp8_encoder(serve, t
             for frames in results:
                 assert all((f.width, f.height) == (320, 240) for f in frames)
             tier = camera.packets(MediaKind.VIDEO, Tier(codec="vp8"))
-            assert isinstance(tier, SharedEncoder) and tier is not camera.feed and tier.codec.codec == "vp8"
+            main = camera.packets()
+            assert isinstance(tier, SharedEncoder) and tier is not main and tier.codec.codec == "vp8"
             # one VP8 encoder, read by both VP8 viewers and nobody else, run once
             assert len(tier.consumers) == 2 and tier.stats.runs == 1
             # the camera's own packets: the H.264 viewer's reader (and, passed through, the decoder
             # that feeds the VP8 encoder its pictures)
-            readers = [c for c in camera.feed.consumers if isinstance(c, PacketReader)]
+            assert main is not None
+            readers = [c for c in main.consumers if isinstance(c, PacketReader)]
             assert len(readers) == 1
             if mode == "passthrough":
-                assert camera.decoder in camera.feed.consumers and tier.input is camera.decoder
+                assert tier.input in main.consumers  # (the decoder of the camera's packets)
             await eventually(lambda: len(camera.viewers["websocket"]) == 2 and len(camera.viewers["whep"]) == 1)
         finally:
             await asyncio.gather(vp8.close(), h264.close())
             if pc is not None:
                 await pc.close()
     await eventually(lambda: not tier.consumers and not tier.running)
-    await eventually(lambda: not camera.watched)
+    await eventually(lambda: not main.consumers)
 
 
 async def test_an_h264_only_viewer_of_a_vp8_camera_gets_h264(serve):
@@ -172,8 +174,9 @@ async def test_an_h264_only_viewer_of_a_vp8_camera_gets_h264(serve):
         frames = await viewer.frames(10)
         assert (frames[-1].width, frames[-1].height) == (320, 240)
         tier = camera.packets(MediaKind.VIDEO, Tier(codec="h264"))
-        assert tier is not camera.feed and tier is not None and len(tier.consumers) == 1
-        assert not camera.feed.consumers  # the camera's own VP8 encoder was not needed
+        main = camera.packets()
+        assert main is not None and tier is not main and tier is not None and len(tier.consumers) == 1
+        assert not main.consumers  # the camera's own VP8 encoder was not needed
     finally:
         await viewer.close()
 
