@@ -19,13 +19,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from . import netns as netns_mod
-from .test_browser import CHROMIUM_FLAGS, FRAMES_DECODED, WHEP_CLIENT, unavailable
+from .test_browser import CHROMIUM_FLAGS, WHEP_CLIENT, unavailable, wait_frames
 from .test_browser import sandbox as sandbox  # noqa: F401 - the namespace and Chromium wrapper
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,18 +242,6 @@ class Processes:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def wait_frames(page, minimum: int, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = page.evaluate(FRAMES_DECODED)
-        if stats["frames"] > minimum:
-            return stats
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{stats['frames']} frames in {timeout} s; state "
-                                 f"{page.evaluate('window.camtrack.state')}: {page.inner_text('#status')}")
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
