@@ -124,11 +124,6 @@ def origin_refusal(request: web.Request, allowed: list[str]) -> tuple[str, str, 
     return clip_repr(origin[:100]), " or ".join(clip_repr(h[:100]) for h in hosts), f"--allow-origin {shown}"
 
 
-def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
-    """Same-origin, listed, or no Origin at all (a non-browser client)."""
-    return origin_refusal(request, allowed) is None
-
-
 #: set on a request that came through a trusted proxy (its remote is the client the proxy named)
 VIA_PROXY = web.RequestKey("via_proxy", bool)
 #: the most hops of a forwarding header read (a proxy chain is a few; a longer list is someone's padding)
@@ -247,7 +242,7 @@ def first_time(kind: str, value: str) -> bool:
 def cors_headers(request: web.Request, allowed: list[str], **extra: str) -> dict[str, str]:
     """The CORS headers of a WHEP response, or 403 for a browser page of an origin not allowed.
 
-    The rule is the websocket's (`origin_allowed`): no Origin (not a browser), same-origin, or listed
+    The rule is the websocket's (`origin_refusal`): no Origin (not a browser), same-origin, or listed
     in --allow-origin. An allowed origin is echoed (with `Vary: Origin`); `*` in the list grants any.
     """
     origin = request.headers.get("Origin")

@@ -265,7 +265,7 @@ def prepare_camera(config: Config, camera: CameraConfig, plans: dict[str, Camera
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - OpenCV raises cv2.error for sources it cannot even try
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"cannot open source {camera.source!r}: {first}"
+        return f"cannot open source {redact(camera.source)!r}: {first}"
     return None
 
 

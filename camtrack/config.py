@@ -516,7 +516,8 @@ class Config(CameraSettings):
     trusted_proxies: list[str] = field(default_factory=list, metadata=option(
         "a reverse proxy's address or network (CIDR), repeatable: requests from it are counted, limited and "
         "logged as the client its X-Forwarded-For (else Forwarded) header names (the rightmost address "
-        "that is not a trusted proxy); that header is ignored from anyone else",
+        "that is not a trusted proxy; the proxy must set X-Forwarded-For, as nginx's and Caddy's recipes do, "
+        "or a client's own passes through); that header is ignored from anyone else",
         flag="--trusted-proxy", metavar="ADDRESS", label="trusted proxies",
         check=lambda what, values: [proxy_check(what, v) for v in values]))
     #: the path everything is served under, "/camera/" behind a proxy that passes that prefix on

@@ -378,6 +378,11 @@ async def test_describe_setup_play_teardown_by_hand(serve):
     assert first & 0x1F in (24, 28, 7, 5)
     status, _, _ = await raw.request("GET_PARAMETER", url, {"Session": session})
     assert status == 200
+    # a DESCRIBE while playing is refused with a status, the pictures go on (it crashed the
+    # connection with a traceback once)
+    status, _, body = await raw.request("DESCRIBE", url)
+    assert status == 455 and b"TEARDOWN first" in body
+    assert len(await raw.packets(10)) == 10 and len(camera.viewers[Transport.RTSP]) == 1
     # PAUSE stops the pictures (a viewer still), PLAY starts again from a keyframe
     status, _, _ = await raw.request("PAUSE", url, {"Session": session})
     assert status == 200 and len(camera.viewers[Transport.RTSP]) == 1
@@ -405,6 +410,8 @@ async def test_describe_setup_play_teardown_by_hand(serve):
     assert status == 200 and app[RTSP].clients
     status, _, _ = await raw.request("PAUSE", url, {"Session": session})
     assert status == 454  # (that session is gone)
+    status, _, _ = await raw.request("DESCRIBE", url)  # (and a new one may begin)
+    assert status == 200
     raw.close()
     await eventually(lambda: not app[RTSP].clients)
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from ...access import token_matches
 from ...media.packet import CodecInfo
 
 #: the longest request line and headers; RTSP requests are a few hundred bytes
@@ -259,7 +260,7 @@ def check_credentials(token: str, request: Request, nonce: str) -> Verdict:
     Digest (RFC 2617 without qop, as live555, FFmpeg and GStreamer do it) of the token with
     `nonce` (the connection's), or `?token=` in its URL."""
     query = parse_qs(urlsplit(request.url).query, max_num_fields=8).get("token")
-    if query and _equal(token, query[0]):
+    if token and query and token_matches(token, query[0]):
         return Verdict(True)
     authorization = request.header("authorization")
     scheme, _, value = authorization.partition(" ")
@@ -272,7 +273,7 @@ def check_credentials(token: str, request: Request, nonce: str) -> Verdict:
         except (binascii.Error, UnicodeDecodeError):
             return Verdict(False, "malformed Basic credentials")
         _, _, password = decoded.partition(":")
-        return Verdict(True) if _equal(token, password) else Verdict(False, "wrong token")
+        return Verdict(True) if token and token_matches(token, password) else Verdict(False, "wrong token")
     if scheme == "digest":
         params = _digest_params(value)
         user, uri, given = params.get("username"), params.get("uri"), params.get("response", "")
@@ -287,10 +288,6 @@ def check_credentials(token: str, request: Request, nonce: str) -> Verdict:
         return Verdict(True) if hmac.compare_digest(expected.encode(), given.lower().encode()) \
             else Verdict(False, "wrong token")
     return Verdict(False, "an unknown authorization scheme")
-
-
-def _equal(expected: str, given: str) -> bool:
-    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass"))
 
 
 # ---- what a camera sends ----------------------------------------------------------------------

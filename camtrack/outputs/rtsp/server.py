@@ -594,6 +594,9 @@ class RtspClient(Generic[C]):
 
     async def _describe(self, request: Request) -> None:
         self._authorize(request)
+        if self.playing or self.paused:
+            # (its reader is the playback's now; a client re-DESCRIBEs after a TEARDOWN)
+            raise RtspRequestError(455, "DESCRIBE comes before SETUP and PLAY (TEARDOWN first)")
         camera = self._camera_of(request)
         self._take(camera)
         assert self._held is not None
@@ -745,6 +748,9 @@ class RtspClient(Generic[C]):
             self.end("the camera stopped")
         except ConnectionError:
             self.end("disconnected")
+        except Exception:  # noqa: BLE001 - a bug here must end this client, not leave it counted and silent
+            logger.exception("RTSP client %s: sending failed", self.remote)
+            self.end("sending failed")
         finally:
             reader.close()
 
