@@ -22,6 +22,7 @@ from typing import Any
 
 from .media.encoder import HARDWARE_H264, UNUSABLE_H264
 from .processing.contract import ProcessFunction
+from .processing.loading import LoadError, parse_spec
 from .sources import INPUT_FORMATS, device_path
 
 CODECS = ("h264", "vp8")
@@ -157,9 +158,10 @@ def rtsp_path_check(what: str, value: Any) -> Any:
 
 def process_check(what: str, value: str) -> str:
     """FILE.py:FUNCTION (whether it loads is checked when the camera's pipeline is built)."""
-    path, sep, name = value.rpartition(":")
-    if not sep or not path or not name.isidentifier():
-        raise ValueError(f"{what} must be FILE.py:FUNCTION, not {value!r}")
+    try:
+        parse_spec(value)  # (the one rule of its form)
+    except LoadError:
+        raise ValueError(f"{what} must be FILE.py:FUNCTION, not {value!r}") from None
     return value
 
 

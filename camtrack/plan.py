@@ -49,7 +49,7 @@ def plan_camera(settings: CameraConfig, config: Config, *, strict: bool = False)
     (the mode's `auto` probes the source: milliseconds for a file, up to 5 s for a stream that does
     not answer, so an embedding program calls create_app before its event loop serves anything).
     OSError, ValueError or SourceError when the source cannot even be looked at; with `strict` (the
-    command line's) also when it is not there or does not answer (camtrack.sources.plan_mode)."""
+    command line's) also when it is not there or does not answer (camtrack.sources.plan_probe)."""
     source = resolve_auto(settings.source)
     mode, why, codec = plan_probe(source, settings.mode, config.encoder, settings.codec, settings.rtsp_transport,
                                   settings.input_format, settings.width, settings.height, settings.fps,

@@ -428,7 +428,7 @@ async def test_a_passed_through_camera_reports_its_own_state_and_opens(serve, tm
 
 async def test_create_app_decides_auto_as_the_command_line_does(tmp_path):
     """The package's own API (Config's default mode, auto) passes through a file that `python
-    server.py --source FILE` passes through: one decision, sources.plan_mode, for both."""
+    server.py --source FILE` passes through: one decision, plan.plan_camera, for both."""
     from camtrack import Config, create_app
     from camtrack.cli import config_from_args, parse, prepare_camera
 

@@ -200,15 +200,6 @@ def check_file(spec: str) -> None:
         raise SourceError(f"not a video file: {spec} is not a regular file")
 
 
-def plan_mode(spec: str, mode: str, encoder: str = "shared", codec: str = "h264", rtsp_transport: str = "tcp",
-              input_format: str = "raw", width: int = 640, height: int = 480, fps: float = 30.0, *,
-              strict: bool = False) -> tuple[str, str]:
-    """A camera's mode and why (camtrack.plan.plan_camera makes a camera's whole plan with it)."""
-    mode, why, _ = plan_probe(spec, mode, encoder, codec, rtsp_transport, input_format, width, height, fps,
-                              strict=strict)
-    return mode, why
-
-
 def plan_probe(spec: str, mode: str, encoder: str = "shared", codec: str = "h264", rtsp_transport: str = "tcp",
                input_format: str = "raw", width: int = 640, height: int = 480, fps: float = 30.0, *,
                strict: bool = False) -> tuple[str, str, CodecInfo | None]:
