@@ -12,7 +12,6 @@ only local address (Debian's gir1.2-nice-0.1), so every packet stays on loopback
 from __future__ import annotations
 
 import asyncio
-import fractions
 import json
 import os
 import socket
@@ -20,8 +19,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import pytest
 
 from camtrack.app import CAMERAS, ICE
@@ -30,6 +27,7 @@ from camtrack.workers.pool import WorkerPeers
 
 from .conftest import eventually
 from .honest import free_port
+from .test_passthrough import write_h264
 
 pytestmark = pytest.mark.slow
 
@@ -120,26 +118,9 @@ async def test_gstreamer_plays_over_the_websocket_signaling(serve, gstreamer):
     await eventually(lambda: not camera.viewers["websocket"], timeout=20)
 
 
-def write_high_profile(path: Path, frames: int = 150, fps: int = 30) -> Path:
-    """A 5 s High-profile H.264 MP4 (320x240, a moving bar, no B-frames, a keyframe a second)."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        stream.codec_context.options = {"profile": "high", "bf": "0", "g": str(fps), "keyint_min": str(fps),
-                                        "sc_threshold": "0", "preset": "veryfast"}
-        stream.codec_context.max_b_frames = 0
-        for i in range(frames):
-            image = np.full((240, 320, 3), 60, np.uint8)
-            image[:, (i * 3) % 320] = 255
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, fractions.Fraction(1, fps)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-    return path
-
-
 async def test_gstreamer_plays_a_passed_through_h264_file(serve, gstreamer, tmp_path):
-    source = write_high_profile(tmp_path / "high.mp4")
+    # a 5 s High-profile file, a keyframe a second
+    source = write_h264(tmp_path / "high.mp4", "high", frames=150, gop=30)
     url, app = await serve(source=str(source), mode="passthrough", width=320, height=240)
     camera = app[CAMERAS].first
     report = await gst_viewer("--whep", whep(url))

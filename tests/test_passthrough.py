@@ -54,12 +54,12 @@ class RingFeed:
         return await self.ring.next(after)
 
 
-def write_h264(path: Path, profile: str, bf: int = 0, frames: int = 10 * FPS) -> Path:
-    """An H.264 file of a moving bar (320x240), a keyframe every GOP frames."""
+def write_h264(path: Path, profile: str, bf: int = 0, frames: int = 10 * FPS, gop: int = GOP) -> Path:
+    """An H.264 file of a moving bar (320x240), a keyframe every `gop` frames."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        stream.codec_context.options = {"profile": profile, "bf": str(bf), "g": str(GOP), "keyint_min": str(GOP),
+        stream.codec_context.options = {"profile": profile, "bf": str(bf), "g": str(gop), "keyint_min": str(gop),
                                         "sc_threshold": "0", "preset": "veryfast"}
         stream.codec_context.max_b_frames = bf
         for i in range(frames):
