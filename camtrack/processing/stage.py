@@ -83,6 +83,8 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         self._logged_at = 0.0
         self._unlogged = 0
         self._published = 0
+        #: set (and replaced) each time a newer result is kept: what `next_result` waits on
+        self._new_result = asyncio.Event()
 
     @property
     def description(self) -> str:
@@ -114,6 +116,16 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         return {"function": self.description, "state": self.state, "error": self.last_error,
                 "reload_error": self.reload_error, "calls": stats.calls, "errors": stats.errors,
                 "stalls": stats.stalls, "result_frame": self.result.frame if self.result else None}
+
+    async def next_result(self, after: int = 0) -> Result:
+        """The newest result of a frame above number `after`, waiting for one: newest wins, a
+        reader slower than the function skips to the newest (nothing queues per reader). A reader
+        keeps the stage running by attaching to it (`attach`) like a reader of its pictures."""
+        while True:
+            result = self.result
+            if result is not None and result.frame > after:
+                return result
+            await self._new_result.wait()
 
     async def next_frame(self, after: int = 0) -> Frame:
         """The newest processed picture above number `after` (the input's numbers), waiting for one."""
@@ -199,6 +211,8 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         outcome = call.outcome
         if outcome is not None and outcome.has_data and (self.result is None or call.frame.seq > self.result.frame):
             self.result = Result(call.frame.seq, call.frame.time, outcome.data)
+            woken, self._new_result = self._new_result, asyncio.Event()
+            woken.set()
         self._give(call.frame, processed=True)
 
     def _fault(self, error: str, trace: str | None) -> None:
