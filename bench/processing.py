@@ -1,11 +1,15 @@
-"""What the processing stage adds around a user's function that does nothing: the pattern (640x480
-at 30 fps) through a ProcessingStage for some seconds, each processed picture's age when a reader
-gets it (capture to processed), and the process's CPU (capture included).
+"""What processing costs, in one run (issue 21):
 
-    python -m bench.processing [--seconds S]
+1. the stage alone: the pattern (640x480 at 30 fps) through a ProcessingStage for some seconds, each
+   processed picture's age when a reader gets it (capture to processed), and the process's CPU;
+2. glass-to-glass latency at one WebRTC viewer (an aiortc viewer decoding every picture and reading
+   its latency stamp, bench.run's rows) with no function, then functions taking 0, 5 and 30 ms a
+   frame that draw (bench/functions.py: the video waits for them) and that return data only (the
+   video does not wait);
+3. server CPU with 1 and with 16 viewers, with no function and with examples/edge.py (a real
+   OpenCV filter drawn for every viewer): what processing adds must not grow with the viewers.
 
-(The latency added to WebRTC viewers by functions of 0, 5 and 30 ms and the CPU with 1 and 16
-viewers are still to be measured: issue 21.)
+    python -m bench.processing [--seconds S] [--quick]
 """
 
 from __future__ import annotations
@@ -51,10 +55,49 @@ async def measure(seconds: float) -> None:
           f"{(time.perf_counter() - began) / 500 * 1000:.2f} ms")
 
 
+def served_rows(seconds: float, kinds: tuple[str, ...] = ("drawn", "data")) -> None:
+    """Parts 2 and 3: server.py rows (bench.run.measure) with --process functions."""
+    from bench.run import measure
+
+    print("\nlatency at 1 viewer (640x480, 30 fps, shared H.264 encoder):")
+    print("| function | fps | latency p50 ms | latency p95 ms | server CPU % |")
+    print("|---|---|---|---|---|")
+    plain = None
+    for name in ("none", *(f"{kind}_{ms}" for kind in kinds for ms in (0, 5, 30))):
+        extra = () if name == "none" else ("--process", f"bench/functions.py:{name}")
+        row = measure("shared", "h264", 640, 480, 1, seconds, extra=extra)
+        p50, p95 = row.latency_p50, row.latency_p95
+        if name == "none":
+            plain = p50
+        added = "" if plain is None or p50 is None or name == "none" else f" ({p50 - plain:+.0f})"
+        print(f"| {name} | {row.fps_mean:.1f} | {p50 if p50 is None else round(p50)}{added} | "
+              f"{p95 if p95 is None else round(p95)} | {row.server_cpu:.0f} |", flush=True)
+    print("\nserver CPU with 1 and 16 viewers (examples/edge.py draws for all of them):")
+    print("| function | viewers | server CPU % | fps min | fps mean |")
+    print("|---|---|---|---|---|")
+    for name, extra in (("none", ()), ("edge.py", ("--process", "examples/edge.py:edges"))):
+        for viewers in (1, 16):
+            row = measure("shared", "h264", 640, 480, viewers, seconds, stamped=False, extra=extra)
+            print(f"| {name} | {viewers} | {row.server_cpu:.0f} | {row.fps_min:.1f} | {row.fps_mean:.1f} |",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    asyncio.run(measure(parser.parse_args().seconds))
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds measured per row")
+    parser.add_argument("--quick", action="store_true", help="the stage alone and one function (CI-sized)")
+    parser.add_argument("--stage-only", action="store_true", help="part 1 only")
+    args = parser.parse_args()
+    asyncio.run(measure(args.seconds))
+    if args.stage_only:
+        return
+    if args.quick:
+        from bench.run import measure as served
+
+        row = served("shared", "h264", 640, 480, 1, args.seconds, extra=("--process", "bench/functions.py:drawn_5"))
+        print(f"drawn_5 at 1 viewer: {row.fps_mean:.1f} fps, latency p50 {row.latency_p50} ms")
+        return
+    served_rows(args.seconds)
 
 
 if __name__ == "__main__":

@@ -115,17 +115,18 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def measure(mode: str, codec: str, width: int, height: int, viewers: int, duration: float,
             source: str = "pattern", join_spread: float = 0.0, stamped: bool = True, workers: int = 1,
-            root: Path = ROOT, server_name: str = "this") -> Row:
+            root: Path = ROOT, server_name: str = "this", extra: tuple[str, ...] = ()) -> Row:
     """One row. `mode` is an --encoder (shared, per-viewer), or for an H.264 `source` a --mode
     (passthrough, transcode: the camera's own packets against decoding and encoding them again).
-    `root`: the checkout whose server.py serves it (the viewers are always this checkout's)."""
+    `root`: the checkout whose server.py serves it (the viewers are always this checkout's);
+    `extra`: more server options (bench.processing: a --process function)."""
     port = free_port()
     how = ["--mode", mode] if mode in ("passthrough", "transcode") else ["--encoder", mode]
     server = subprocess.Popen(
         [sys.executable, str(root / "server.py"), "--host", "127.0.0.1", "--port", str(port),
          "--source", source, "--width", str(width), "--height", str(height), "--fps", "30",
          "--codec", codec, *how, "--ice-address", "127.0.0.1", "--log-level", "warning",
-         "--webrtc-port", "0", "--workers", str(workers)],
+         "--webrtc-port", "0", "--workers", str(workers), *extra],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     clients: list[subprocess.Popen] = []

@@ -45,3 +45,14 @@ def test_bench_scale_row_with_light_viewers():
     assert cells[1] == "4" and float(cells[4]) > 20, "the light viewers counted too few pictures"
     assert cells[11] == "0", "a viewer failed"
     assert cells[12] != "-", "no gap between pictures measured"
+
+
+@pytest.mark.timeout(180)
+def test_bench_processing_quick():
+    """bench.processing: the stage alone, then a served row with a --process function drawing."""
+    result = subprocess.run([sys.executable, "-m", "bench.processing", "--quick", "--seconds", "2"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stderr
+    assert "capture to processed: p50" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.startswith("drawn_5 at 1 viewer"))
+    assert float(line.split(": ")[1].split(" fps")[0]) > 10, "the viewer got too few pictures"
