@@ -13,6 +13,11 @@ from aiohttp import web
 from .access import HostCheck, TrustedProxies, is_loopback, origin_check
 from .cameras import Camera, Cameras
 from .config import Config
+from .events import api as events_api
+from .events.figures import EventOutputs
+from .events.mqtt import MqttPublisher
+from .events.watcher import EventWatcher, MotionSettings
+from .events.webhook import Webhook
 from .media.feeds import Transport
 from .outputs import metrics, mjpeg
 from .outputs.janus import JanusPublisher
@@ -33,6 +38,7 @@ CONFIG = web.AppKey("config", Config)
 CAMERAS = web.AppKey("cameras", Cameras)
 ICE = web.AppKey("ice", IceContext)
 RTSP = web.AppKey("rtsp", RtspServer)
+EVENTS = web.AppKey("events", EventOutputs)
 
 
 def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) -> web.Application:
@@ -50,6 +56,8 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
     ice = app[ICE] = IceContext(config.ice_servers, config.turn_secret)
     #: what makes the viewers' peers: here, or (once the pool started) in the worker processes
     local_peers = ice.peers = LocalPeers(config, ice)
+    #: the events of every camera, and the outputs that send them on (camtrack.events)
+    events = app[EVENTS] = EventOutputs()
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
@@ -87,6 +95,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                 "port": ice.mux.port, "peers": ice.mux.peers, "routes": ice.mux.routes,
                 "received": ice.mux.stats.received, "dropped": ice.mux.stats.strangers + ice.mux.stats.stray_stun},
             "workers": pool.describe() if pool is not None else None,
+            "events": events.describe(),
             "threads": threading.active_count(),
             "tasks": len(asyncio.all_tasks()),
         }
@@ -101,6 +110,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
     app.router.add_static("/static/", config.static_dir)
     whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
+    events_api.add_routes(app, config, cameras, events.bus)
     undo_ice: list[Callable[[], None]] = []
     #: every camera over RTSP too (--rtsp-port; 0: none), started with the app
     rtsp: RtspServer[Camera] | None = None
@@ -110,7 +120,8 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
     #: the worker processes (--workers 0 on a machine of several cores, or > 1); else viewers are served here
     pool: WorkerPool | None = None
     metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [],
-                       collectors=(RtspCollector(rtsp),) if rtsp is not None else ())
+                       collectors=(*((RtspCollector(rtsp),) if rtsp is not None else ()),
+                                   metrics.EventCollector(events)))
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
@@ -155,6 +166,18 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                 publisher = JanusPublisher(camera, settings.janus_url, settings.janus_room, settings.janus_pin,
                                            settings.janus_display, config.ice_servers, ice=ice)
                 camera.pipeline.start_output("janus", publisher)
+            processing = camera.pipeline.processing
+            if processing is not None and settings.process_events != "off":
+                camera.pipeline.start_output("events", EventWatcher(
+                    events.bus, camera.name, processing,
+                    MotionSettings(settings.motion_event_threshold, settings.motion_event_duration,
+                                   settings.motion_event_gap), keep_running=settings.process_events == "always"))
+        if config.webhook:
+            events.webhook = Webhook(events.bus, config.webhook)
+            events.webhook.start()
+        if config.mqtt:
+            events.mqtt = MqttPublisher(events.bus, config.mqtt, [camera.name for camera in cameras])
+            events.mqtt.start()
 
     async def on_shutdown(app: web.Application) -> None:
         # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s
@@ -164,6 +187,10 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
             pool.stopping = True  # (a worker that exits now, told SIGTERM with us, is not started again)
         if rtsp is not None:
             await rtsp.stop()  # (listening no more; its clients end with the others below)
+        # every open event ends (and event streams with it); the webhook and MQTT send that, briefly
+        events.bus.close()
+        outputs = [output.stop() for output in (events.webhook, events.mqtt) if output is not None]
+        stopping = asyncio.gather(*outputs)
         viewers = cameras.everyone  # viewers and sessions not viewers yet, of every transport
         for viewer in viewers:
             viewer.end("server shutting down")
@@ -172,6 +199,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                 await asyncio.wait_for(asyncio.gather(*(v.closed() for v in viewers), return_exceptions=True), grace)
             except TimeoutError:
                 logger.warning("some viewers did not hang up within %g s; closing them", grace)
+        await stopping
 
     async def on_cleanup(app: web.Application) -> None:
         if pool is not None:
@@ -199,7 +227,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
 def under_prefix(app: web.Application, prefix: str, middlewares: list[Any]) -> web.Application:
     """An application serving `app` under `prefix` ("/camera/"), with `middlewares` on every path."""
     root = web.Application(middlewares=middlewares)
-    root[CONFIG], root[CAMERAS], root[ICE] = app[CONFIG], app[CAMERAS], app[ICE]
+    root[CONFIG], root[CAMERAS], root[ICE], root[EVENTS] = app[CONFIG], app[CAMERAS], app[ICE], app[EVENTS]
 
     async def add_slash(request: web.Request) -> web.StreamResponse:
         raise web.HTTPPermanentRedirect(prefix + (f"?{request.query_string}" if request.query_string else ""))

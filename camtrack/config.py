@@ -19,11 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .media.encoder import HARDWARE_H264, UNUSABLE_H264
 from .processing.contract import ProcessFunction
 from .processing.loading import LoadError, parse_spec
-from .sources import INPUT_FORMATS, device_path
+from .sources import INPUT_FORMATS, device_path, redact
 
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
@@ -31,6 +32,8 @@ ENCODERS = ("shared", "per-viewer")
 VIDEO_ENCODERS = ("auto", "libx264", *HARDWARE_H264, *UNUSABLE_H264)
 #: how a camera's video reaches WebRTC viewers: decoded and encoded once, or its own H.264 as it comes
 MODES = ("auto", "transcode", "passthrough")
+#: when a camera's processing data makes events (camtrack.events.watcher)
+PROCESS_EVENTS = ("watched", "always", "off")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -168,6 +171,25 @@ def process_check(what: str, value: str) -> str:
 def publish_check(what: str, value: Any) -> Any:
     if not value.startswith("janus:http"):
         raise ValueError(f"{what} must look like janus:http://HOST:8088/janus, not {value!r}")
+    return value
+
+
+def webhook_check(what: str, value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value) or any(c.isspace() for c in value):
+        raise ValueError(f"{what} must be an http:// or https:// URL, not {value[:100]!r}")
+    return value
+
+
+def mqtt_check(what: str, value: str) -> str:
+    """mqtt://[USER:PASS@]HOST[:PORT][/PREFIX] or mqtts://."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - (raises ValueError for a port that is not one)
+    except ValueError:
+        raise ValueError(f"{what}: the port of {redact(value)!r} is not a port") from None
+    prefix = parts.path.strip("/")
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or any(c in prefix for c in "#+ "):
+        raise ValueError(f"{what} must be mqtt://HOST[:PORT][/PREFIX] or mqtts://..., not {redact(value)!r}")
     return value
 
 
@@ -350,6 +372,22 @@ class CameraSettings:
         "returns (default: {default})", metavar="SECONDS", check=between(0, 600, "positive and at most 600 s",
                                                                         above=True)))
 
+    #: events from the processing data (camtrack.events.watcher): while watched, always, or never
+    process_events: str = field(default="watched", metadata=option(
+        "make events of the camera's processing data (the motion detector's levels, a --process function's "
+        "\"event\" reports; docs/events.md): 'watched' (default): while someone watches the camera; 'always': "
+        "the camera is read and processed all the time, watched or not; 'off': no events from the data",
+        choices=PROCESS_EVENTS, check=one_of(PROCESS_EVENTS)))
+    motion_event_threshold: float = field(default=0.05, metadata=option(
+        "a motion event starts when the motion level (0-1) stays at or above this for --motion-event-duration "
+        "(default: {default})", metavar="LEVEL", check=between(0, 1, "more than 0 and at most 1", above=True)))
+    motion_event_duration: float = field(default=0.5, metadata=option(
+        "seconds the motion level must stay at or above --motion-event-threshold to start an event "
+        "(default: {default})", metavar="SECONDS", check=between(0, 600, "0 or more and at most 600 s")))
+    motion_event_gap: float = field(default=5.0, metadata=option(
+        "a motion event ends once the level has stayed below the threshold this long (default: {default})",
+        metavar="SECONDS", check=between(0, MAX_SECONDS, f"positive and at most {MAX_SECONDS:g} s", above=True)))
+
     def __getstate__(self) -> dict[str, Any]:
         # a process function (CameraConfig's, Config's) is a live object of this process (a thread, a
         # user's closure): the copy sent to a worker process, which runs no camera, goes without it
@@ -526,6 +564,15 @@ class Config(CameraSettings):
     base_path: str = field(default="/", metadata=option(
         "serve everything under this path, e.g. /camera/ behind a reverse proxy that passes the prefix on "
         "(default: {default})", metavar="PATH", check=lambda what, value: base_path_check(what, value)))
+    #: every event change POSTed here (camtrack.events.webhook)
+    webhook: str | None = field(default=None, metadata=option(
+        "POST every event change as JSON to this http(s):// URL, in order, retried with back-off "
+        "(docs/events.md)", metavar="URL", check=lambda what, value: webhook_check(what, value)))
+    #: every event change to this MQTT broker (camtrack.events.mqtt)
+    mqtt: str | None = field(default=None, metadata=option(
+        "publish every event change and each camera's state to this MQTT broker: "
+        "mqtt://[USER:PASS@]HOST[:PORT][/PREFIX] (mqtts:// for TLS; topics under PREFIX, default camtrack; "
+        "docs/events.md)", metavar="URL", label="MQTT broker", check=lambda what, value: mqtt_check(what, value)))
     #: TLS certificate and key files; with both, the server speaks HTTPS/WSS
     cert: str | None = field(default=None, metadata=option("TLS certificate file (PEM): serve HTTPS and WSS"))
     key: str | None = field(default=None, metadata=option("TLS private key file (PEM), with --cert"))

@@ -59,7 +59,9 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "workers": 3,
               "unresponsive_timeout": 9.0, "process": "mine.py:process", "process_timeout": 3.0,
               "trusted_proxies": ["10.0.0.0/8", "127.0.0.1/32"], "base_path": "/camera/",
-              "rtsp_port": 9554, "rtsp_path": "/live/"}
+              "rtsp_port": 9554, "rtsp_path": "/live/",
+              "process_events": "always", "motion_event_threshold": 0.1, "motion_event_duration": 1.5,
+              "motion_event_gap": 4.0, "webhook": "http://127.0.0.1:9/hook", "mqtt": "mqtt://127.0.0.1:1883/home"}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:

@@ -19,7 +19,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -263,6 +263,55 @@ class PaceCollector:
         for outcome, count in self.paced.items():
             family.add_metric([outcome], count)
         yield family
+
+
+class EventFigures(Protocol):
+    """What the events' metrics read (camtrack.events.figures.EventOutputs)."""
+
+    def started(self) -> dict[tuple[str, str], int]: ...
+
+    def open(self) -> dict[str, int]: ...
+
+    def dropped(self) -> dict[str, int]: ...
+
+    def deliveries(self) -> dict[tuple[str, str], int]: ...
+
+    def mqtt_connected(self) -> bool | None: ...
+
+
+class EventCollector:
+    """The events (docs/events.md): started, open, lost by slow subscribers, delivered."""
+
+    def __init__(self, figures: EventFigures) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.figures
+        started = CounterMetricFamily("camtrack_events", "Events started, by camera and kind.",
+                                      labels=["camera", "kind"])
+        for (camera, kind), count in sorted(figures.started().items()):
+            started.add_metric([camera, kind], count)
+        yield started
+        opened = GaugeMetricFamily("camtrack_events_open", "Events open now, by camera.", labels=["camera"])
+        for camera, count in sorted(figures.open().items()):
+            opened.add_metric([camera], count)
+        yield opened
+        dropped = CounterMetricFamily("camtrack_event_changes_dropped", "Event changes a subscriber too slow "
+                                      "to keep up lost (its oldest), by subscriber.", labels=["subscriber"])
+        for name, count in sorted(figures.dropped().items()):
+            dropped.add_metric([name], count)
+        yield dropped
+        delivered = CounterMetricFamily("camtrack_event_deliveries", "Event changes sent on by the webhook "
+                                        "(sent, failed attempts, given_up) and MQTT (published, dropped).",
+                                        labels=["output", "result"])
+        for (output, result), count in sorted(figures.deliveries().items()):
+            delivered.add_metric([output, result], count)
+        yield delivered
+        connected = GaugeMetricFamily("camtrack_mqtt_connected", "1 while connected to the --mqtt broker.")
+        state = figures.mqtt_connected()
+        if state is not None:
+            connected.add_metric([], 1 if state else 0)
+        yield connected
 
 
 def add_routes(app: web.Application, cameras: Cameras,

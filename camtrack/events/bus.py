@@ -1,0 +1,212 @@
+"""The event bus of a server: every start, update and end of an event, in order, to every subscriber,
+and the recent events for the listing API.
+
+Publishing never waits: each subscriber has a bounded queue of its own, and one that does not keep
+up loses its oldest changes (counted, and logged once per subscriber), never the publisher's time
+or anyone else's. Everything here runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from .model import Action, Change, Event, new_id
+
+logger = logging.getLogger(__name__)
+
+#: events kept for the listing API (open ones and the most recent ended ones)
+HISTORY = 1000
+#: open events one camera may have at once: one more is refused (TooManyOpen)
+MAX_OPEN = 32
+#: changes a subscriber's queue holds before it loses its oldest
+QUEUE = 256
+
+
+class TooManyOpen(Exception):
+    """A camera has MAX_OPEN events open already."""
+
+
+class SubscriptionClosed(Exception):
+    """The subscription was closed (its reader left, or the bus closed)."""
+
+
+class Subscription:
+    """One subscriber's view of the bus: every change, in order, from its subscription on, through a
+    queue of at most `limit` changes (the oldest is lost when a new one finds it full)."""
+
+    def __init__(self, bus: EventBus, name: str, limit: int, camera: str | None) -> None:
+        self.bus = bus
+        #: what it is, in the log and in /metrics (a kind of subscriber, not one per client: "sse")
+        self.name = name
+        self.limit = limit
+        #: only this camera's changes (None: every camera's)
+        self.camera = camera
+        #: changes lost because the queue was full
+        self.dropped = 0
+        self.closed = False
+        self._queue: deque[Change] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, change: Change) -> None:
+        """(The bus's.) Queue `change`, losing the oldest when full; never waits."""
+        if self.closed or (self.camera is not None and change.camera != self.camera):
+            return
+        if len(self._queue) >= self.limit:
+            self._queue.popleft()
+            self.dropped += 1
+            self.bus.dropped[self.name] += 1
+            if self.dropped == 1:
+                logger.warning("event subscriber %s is too slow: it lost its oldest event change (said once per "
+                               "subscriber; camtrack_event_changes_dropped_total counts them)", self.name)
+        self._queue.append(change)
+        self._ready.set()
+
+    def get_nowait(self) -> Change | None:
+        """The oldest change queued, else None."""
+        return self._queue.popleft() if self._queue else None
+
+    async def get(self) -> Change:
+        """The oldest change queued, waiting for one; SubscriptionClosed once closed and empty."""
+        while not self._queue:
+            if self.closed:
+                raise SubscriptionClosed(self.name)
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+    async def __aiter__(self) -> AsyncIterator[Change]:
+        while True:
+            try:
+                yield await self.get()
+            except SubscriptionClosed:
+                return
+
+    def close(self) -> None:
+        """Leave the bus: what is queued may still be read, then `get` raises SubscriptionClosed."""
+        if not self.closed:
+            self.closed = True
+            self.bus._leave(self)
+            self._ready.set()
+
+
+class EventBus:
+    """Events of every camera of a server: `start`, `update`, `end`; `subscribe` to every change."""
+
+    def __init__(self, history: int = HISTORY, max_open: int = MAX_OPEN) -> None:
+        self.max_open = max_open
+        #: the number of the last change published
+        self.seq = 0
+        #: events started, by (camera, kind)
+        self.started: Counter[tuple[str, str]] = Counter()
+        #: changes lost by slow subscribers, by subscriber name
+        self.dropped: Counter[str] = Counter()
+        self._open: dict[str, Event] = {}
+        self._history: deque[Event] = deque(maxlen=history)
+        self._subscribers: list[Subscription] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    # publishing
+
+    def start(self, camera: str, kind: str, *, source: str, details: dict[str, Any] | None = None,
+              at: float | None = None, duration: float | None = None) -> Event:
+        """A new event of `camera`, open until `end` (or for `duration` seconds). TooManyOpen when the
+        camera has `max_open` open already."""
+        if sum(1 for event in self._open.values() if event.camera == camera) >= self.max_open:
+            raise TooManyOpen(f"camera {camera} has {self.max_open} open events already: end one first")
+        start = time.time() if at is None else at
+        event = Event(new_id(start), camera, kind, start, None, dict(details or {}), source)
+        self._open[event.id] = event
+        self._history.append(event)
+        self.started[camera, kind] += 1
+        if duration is not None:
+            self._timers[event.id] = asyncio.get_running_loop().call_later(duration, self.end, event.id)
+        self._publish("start", event)
+        return event
+
+    def update(self, event_id: str, details: dict[str, Any]) -> Event | None:
+        """Merge `details` into an open event's; None if it is not open."""
+        event = self._open.get(event_id)
+        if event is None:
+            return None
+        event.details.update(details)
+        self._publish("update", event)
+        return event
+
+    def end(self, event_id: str, at: float | None = None, details: dict[str, Any] | None = None) -> Event | None:
+        """End an open event (at `at`, else now), merging `details`; None if it is not open."""
+        event = self._open.pop(event_id, None)
+        if event is None:
+            return None
+        timer = self._timers.pop(event_id, None)
+        if timer is not None:
+            timer.cancel()
+        event.end = max(event.start, time.time() if at is None else at)
+        if details:
+            event.details.update(details)
+        self._publish("end", event)
+        return event
+
+    def end_all(self, details: dict[str, Any] | None = None) -> None:
+        """End every open event now (the server stops)."""
+        for event_id in list(self._open):
+            self.end(event_id, details=details)
+
+    def _publish(self, action: Action, event: Event) -> None:
+        self.seq += 1
+        change = Change(self.seq, action, copy.deepcopy(event.to_json()))
+        for subscriber in tuple(self._subscribers):
+            subscriber.put(change)
+
+    # reading
+
+    def subscribe(self, name: str, limit: int = QUEUE, camera: str | None = None) -> Subscription:
+        """Every change from now on (of `camera`, or of all), until the subscription is closed."""
+        subscription = Subscription(self, name, limit, camera)
+        self._subscribers.append(subscription)
+        self.dropped[name] += 0  # (the metric exists from the first subscriber on)
+        return subscription
+
+    def _leave(self, subscription: Subscription) -> None:
+        if subscription in self._subscribers:
+            self._subscribers.remove(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def get(self, event_id: str) -> Event | None:
+        """An open event, or one the history still holds."""
+        return self._open.get(event_id) or next((e for e in self._history if e.id == event_id), None)
+
+    def open_events(self, camera: str | None = None) -> list[Event]:
+        return [event for event in self._open.values() if camera is None or event.camera == camera]
+
+    def recent(self, camera: str | None = None, kind: str | None = None, since: float | None = None,
+               before: str | None = None) -> Iterable[Event]:
+        """The events the history holds, newest first, of `camera` and `kind`, started at or after
+        `since`, and older than the event `before` (an id; KeyError if the history holds none such)."""
+        events = reversed(self._history)
+        if before is not None:
+            ids = [event.id for event in self._history]
+            if before not in ids:
+                raise KeyError(before)
+            events = reversed(list(self._history)[: ids.index(before)])
+        for event in events:
+            if (camera is None or event.camera == camera) and (kind is None or event.kind == kind) \
+                    and (since is None or event.start >= since):
+                yield event
+
+    def close(self) -> None:
+        """End every open event and every subscription (the server stops)."""
+        self.end_all({"reason": "server stopping"})
+        for subscription in tuple(self._subscribers):
+            subscription.close()
