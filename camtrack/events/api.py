@@ -35,6 +35,8 @@ MAX_STREAMS = 64
 STREAM_QUEUE = 256
 #: a comment line every so many seconds keeps proxies from closing a quiet stream
 HEARTBEAT = 15.0
+#: how often a quiet stream checks that its client is still there
+LEFT_CHECK = 1.0
 #: seconds a write to one SSE client may take before it is cut off
 WRITE_TIMEOUT = 10.0
 BODY_KEYS = {"kind", "duration", "details"}
@@ -85,12 +87,21 @@ async def stream_changes(request: web.Request, subscription: Subscription) -> we
     try:
         await response.prepare(request)
         await response.write(b"retry: 2000\n: camtrack events\n\n")
+        quiet = 0.0
         while True:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break  # (the client left: nothing else tells a handler waiting for a change)
             try:
-                change = await asyncio.wait_for(subscription.get(), HEARTBEAT)
-                message = sse_message(change.action, json.dumps(change.to_json()), str(change.seq))
+                change = await asyncio.wait_for(subscription.get(), LEFT_CHECK)
             except TimeoutError:
+                quiet += LEFT_CHECK
+                if quiet < HEARTBEAT:
+                    continue
                 message = b": ping\n\n"
+            else:
+                message = sse_message(change.action, json.dumps(change.to_json()), str(change.seq))
+            quiet = 0.0
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await response.write(message)
     except SubscriptionClosed:
