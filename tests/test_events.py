@@ -128,7 +128,7 @@ def test_motion_starts_after_the_duration_above_the_threshold_and_ends_after_the
     tenth = [i / 10 for i in range(200)]
     # 0.5 s above: too short; below; then above from t=4 on, until t=8; then quiet
     levels = [0.5 if 2 <= t < 2.5 else 0.3 if 4 <= t < 8 else 0.09 for t in tenth]
-    found = run_motion(trigger, list(zip(levels, tenth)))
+    found = run_motion(trigger, list(zip(levels, tenth, strict=True)))
     # it starts when it rose (4.0), once it stayed 1 s; it ends at its last motion (7.9), 3 s later
     assert found == [("start", 4.0), ("end", 7.9)]
     assert trigger.peak == 0.3 and not trigger.active
