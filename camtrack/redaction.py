@@ -41,6 +41,8 @@ def config_secrets(config: Config) -> set[str]:
             values += url_secrets(camera.janus_url)
         values.append(camera.janus_pin)
     values += url_secrets(config.source)
+    for url in (config.webhook, config.mqtt):
+        values += url_secrets(url) if url else []
     for url in config.ice_servers:
         try:
             server = parse_ice_server(url, turn_secret=config.turn_secret is not None)
