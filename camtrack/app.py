@@ -85,7 +85,9 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                                     "encoder": None if encoder is None else {
                                         "running": encoder.running, "viewers": len(encoder.consumers),
                                         "frames": encoder.stats.frames, "keyframes": encoder.stats.keyframes},
-                                    "janus": janus.describe() if janus is not None else None}
+                                    "janus": janus.describe() if janus is not None else None,
+                                    "events": watcher.describe() if (watcher := camera.pipeline.outputs.get(
+                                        "events")) is not None else None}
         body = {
             "status": "down" if down else "ok",
             "viewers": cameras.viewer_count,

@@ -372,3 +372,6 @@ async def test_a_process_functions_event_reports_make_events(serve):
     output = app[CAMERAS].first.pipeline.outputs["events"]
     await eventually(lambda: output.describe()["bad"] > 0, 10)
     assert "1-32 of a-z" in str(output.describe()["error"]) and changes.get_nowait() is None
+    async with aiohttp.ClientSession() as http, http.get(root(url) + "/healthz") as response:
+        shown = (await response.json())["sources"]["default"]["events"]
+    assert shown["bad"] >= 1 and "1-32 of a-z" in shown["error"] and shown["keep_running"] is True
