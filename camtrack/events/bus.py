@@ -2,8 +2,8 @@
 and the recent events for the listing API.
 
 Publishing never waits: each subscriber has a bounded queue of its own, and one that does not keep
-up loses its oldest changes (counted, and logged once per subscriber), never the publisher's time
-or anyone else's. Everything here runs on the event loop.
+up loses its oldest changes (counted, and logged at most once a minute per kind of subscriber),
+never the publisher's time or anyone else's. Everything here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ HISTORY = 1000
 MAX_OPEN = 32
 #: changes a subscriber's queue holds before it loses its oldest
 QUEUE = 256
+#: a subscriber (by name) losing changes is logged at most this often
+LOSS_LOG_INTERVAL = 60.0
 
 
 class TooManyOpen(Exception):
@@ -64,9 +66,7 @@ class Subscription:
             self._queue.popleft()
             self.dropped += 1
             self.bus.dropped[self.name] += 1
-            if self.dropped == 1:
-                logger.warning("event subscriber %s is too slow: it lost its oldest event change (said once per "
-                               "subscriber; camtrack_event_changes_dropped_total counts them)", self.name)
+            self.bus._lost(self.name)
         self._queue.append(change)
         self._ready.set()
 
@@ -113,6 +113,7 @@ class EventBus:
         self._history: deque[Event] = deque(maxlen=history)
         self._subscribers: list[Subscription] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._loss_logged: dict[str, float] = {}
 
     # publishing
 
@@ -174,6 +175,15 @@ class EventBus:
         self._subscribers.append(subscription)
         self.dropped[name] += 0  # (the metric exists from the first subscriber on)
         return subscription
+
+    def _lost(self, name: str) -> None:
+        """A subscriber named `name` lost a change: said once per name every LOSS_LOG_INTERVAL seconds
+        (many clients of one kind, an SSE crowd, make one line)."""
+        now = time.monotonic()
+        if now - self._loss_logged.get(name, -LOSS_LOG_INTERVAL) >= LOSS_LOG_INTERVAL:
+            self._loss_logged[name] = now
+            logger.warning("event subscriber %s is too slow: it lost its oldest event change (said once a minute "
+                           "at most; camtrack_event_changes_dropped_total{subscriber=\"%s\"} counts them)", name, name)
 
     def _leave(self, subscription: Subscription) -> None:
         if subscription in self._subscribers:
