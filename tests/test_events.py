@@ -87,6 +87,19 @@ async def test_a_camera_has_at_most_max_open_events_and_the_history_is_bounded()
     assert len(list(bus.recent())) == 10
 
 
+async def test_kinds_made_up_without_end_are_counted_as_other_past_the_first_64():
+    bus = EventBus()
+    for n in range(100):
+        bus.end(bus.start("porch", f"k{n}", source="http").id)
+    bus.end(bus.start("yard", "k99", source="http").id)
+    assert len([key for key in bus.started if key[0] == "porch"]) == 65
+    assert bus.started["porch", "other"] == 36 and bus.started["yard", "k99"] == 1
+    assert bus.known_kind("porch", "k1") == "k1" and bus.known_kind("porch", "k99") is None
+    bus.close()
+    with pytest.raises(Exception, match="stopping"):
+        bus.start("porch", "k1", source="http")
+
+
 async def test_a_duration_ends_the_event_by_itself():
     bus = EventBus()
     event = bus.start("porch", "http", source="http", duration=0.2)

@@ -28,6 +28,9 @@ MAX_OPEN = 32
 QUEUE = 256
 #: a subscriber (by name) losing changes is logged at most this often
 LOSS_LOG_INTERVAL = 60.0
+#: kinds of one camera counted apart (metrics labels, MQTT state topics); more count as OTHER
+MAX_KINDS = 64
+OTHER = "other"
 
 
 class TooManyOpen(Exception):
@@ -114,6 +117,8 @@ class EventBus:
         self._subscribers: list[Subscription] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._loss_logged: dict[str, float] = {}
+        #: closed (the server stops): no event starts any more
+        self.closed = False
 
     # publishing
 
@@ -121,13 +126,15 @@ class EventBus:
               at: float | None = None, duration: float | None = None) -> Event:
         """A new event of `camera`, open until `end` (or for `duration` seconds). TooManyOpen when the
         camera has `max_open` open already."""
+        if self.closed:
+            raise TooManyOpen("the server is stopping")
         if sum(1 for event in self._open.values() if event.camera == camera) >= self.max_open:
             raise TooManyOpen(f"camera {camera} has {self.max_open} open events already: end one first")
         start = time.time() if at is None else at
         event = Event(new_id(start), camera, kind, start, None, dict(details or {}), source)
         self._open[event.id] = event
         self._history.append(event)
-        self.started[camera, kind] += 1
+        self.started[camera, self.known_kind(camera, kind) or OTHER] += 1
         if duration is not None:
             self._timers[event.id] = asyncio.get_running_loop().call_later(duration, self.end, event.id)
         self._publish("start", event)
@@ -160,6 +167,15 @@ class EventBus:
         """End every open event now (the server stops)."""
         for event_id in list(self._open):
             self.end(event_id, details=details)
+
+    def known_kind(self, camera: str, kind: str) -> str | None:
+        """`kind` if it is one of the first MAX_KINDS kinds of `camera` (counted apart: a caller
+        making up kinds must not grow /metrics or the broker's topics without end), else None."""
+        if (camera, kind) in self.started:
+            return kind
+        if sum(1 for seen, _ in self.started if seen == camera) < MAX_KINDS:
+            return kind
+        return None
 
     def _publish(self, action: Action, event: Event) -> None:
         self.seq += 1
@@ -217,6 +233,7 @@ class EventBus:
 
     def close(self) -> None:
         """End every open event and every subscription (the server stops)."""
+        self.closed = True
         self.end_all({"reason": "server stopping"})
         for subscription in tuple(self._subscribers):
             subscription.close()

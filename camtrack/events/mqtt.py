@@ -144,8 +144,10 @@ class MqttPublisher:
             self._publish_change(change)
 
     def _publish_change(self, change: Change) -> None:
-        self._kinds.setdefault(change.camera, {MOTION}).add(change.kind)
         self._publish(self.topic(change.camera, "events"), json.dumps(change.to_json()))
+        if self.bus.known_kind(change.camera, change.kind) is None:
+            return  # (a state topic for the first MAX_KINDS kinds of a camera only)
+        self._kinds.setdefault(change.camera, {MOTION}).add(change.kind)
         if change.action != "update":
             self._publish(*self._state(change.camera, change.kind))
 
