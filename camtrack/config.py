@@ -408,7 +408,11 @@ class CameraConfig(CameraSettings):
                 raise ValueError("--mask blacks out parts of the picture, which must then be encoded again: "
                                  "not with --mode passthrough (use auto or transcode)")
             for polygon in self.masks:
-                polygon_points(polygon, self.width, self.height)
+                try:
+                    polygon_points(polygon, self.width, self.height)
+                except ValueError as exc:
+                    # (masks given for every camera may fit one camera's picture and not another's)
+                    raise ValueError(f"{'' if self.name == 'default' else f'camera {self.name}: '}{exc}") from None
 
     @property
     def janus_url(self) -> str | None:

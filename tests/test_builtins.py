@@ -140,6 +140,30 @@ async def test_masks_without_a_function_and_a_camera_that_could_pass_through(ser
         await viewer.close()
 
 
+def test_masks_given_for_every_camera_are_checked_against_each_cameras_size():
+    config = Config(masks=["0,0 600,0 600,400"], width=640, height=480)
+    with pytest.raises(ValueError, match=r"^camera small: mask '0,0 600,0 600,400': the point 600,0 is outside the "
+                                         r"320x240 picture$"):
+        config.camera("small", "pattern", width=320, height=240)
+    assert config.camera("small", "pattern", width=320, height=240, masks=["0,0 50%,0 50%,50%"]).masks
+
+
+@pytest.mark.parametrize(("builtin", "says"), [
+    ({"masks": ["0,0 10,0 10,10"]}, "privacy masks"), ({"overlay": "%T"}, "--overlay draws"),
+    ({"motion": True}, "--motion reads its pictures")])
+def test_a_built_in_transcodes_a_camera_that_could_pass_through(tmp_path, builtin, says):
+    from camtrack.plan import plan_camera
+
+    from .test_passthrough import write_h264
+
+    source = str(write_h264(tmp_path / "camera.mp4", "baseline", frames=30))
+    config = Config(source=source, width=320, height=240)
+    assert plan_camera(config.cameras[0], config).mode == "passthrough"
+    config = Config(source=source, width=320, height=240, **builtin)
+    plan = plan_camera(config.cameras[0], config)
+    assert plan.mode == "transcode" and says in plan.reason
+
+
 @pytest.mark.slow
 def test_bad_masks_at_start_are_one_line_and_status_2(tmp_path):
     config = tmp_path / "camtrack.toml"
