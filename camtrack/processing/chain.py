@@ -74,8 +74,10 @@ class Chain:
             self.overlay(picture, info)
             drawn = True
         has_data, data = merge(data, has_data, motion)
-        if drawn and picture is not frame:
+        if drawn:
+            # (said explicitly, even when drawn in place: the stage then knows the picture changed)
             return (picture, data) if has_data else picture
+        # (the user's function may still have drawn in place: the contract's None or data alone)
         return data if has_data else None
 
 
