@@ -241,6 +241,8 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
                                bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval,
                                hardware=config.video_encoder)
     if plan.mode == "passthrough":
+        if settings.masks:  # (plan_camera never plans this: a plan made elsewhere must not leak a masked area)
+            raise ValueError(f"camera {settings.name}: masks need its pictures encoded here, not passed through")
         # the camera's own H.264 for WebRTC; pixels for MJPEG, snapshots and tiers are decoded from
         # it, only while someone asks for them (the source is opened once either way)
         packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport,

@@ -164,6 +164,15 @@ def test_a_built_in_transcodes_a_camera_that_could_pass_through(tmp_path, builti
     assert plan.mode == "transcode" and says in plan.reason
 
 
+def test_a_passthrough_plan_with_masks_builds_no_pipeline():
+    from camtrack.pipeline import build_pipeline
+    from camtrack.plan import CameraPlan
+
+    config = Config(source="camera.mp4", masks=["0,0 10,0 10,10"])
+    with pytest.raises(ValueError, match="masks need its pictures encoded here"):
+        build_pipeline(config.cameras[0], CameraPlan("camera.mp4", "passthrough", "made elsewhere"), config)
+
+
 @pytest.mark.slow
 def test_bad_masks_at_start_are_one_line_and_status_2(tmp_path):
     config = tmp_path / "camtrack.toml"
