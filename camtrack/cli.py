@@ -82,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, setting: Setting) -> None:
     """The flag of one declared option, its type and default those of its settings field."""
-    how: dict[str, Any] = {"help": setting.help, "metavar": setting.option.metavar, "choices": setting.option.choices}
+    # (argparse reads % in a help text as a format: an option's help may show strftime codes)
+    how: dict[str, Any] = {"help": setting.help.replace("%", "%%"), "metavar": setting.option.metavar,
+                           "choices": setting.option.choices}
     default = setting.default
     if setting.option.env:
         default = os.environ.get(setting.option.env) or default
     if setting.repeatable:
         how.update(action="append", default=list(default))
+    elif setting.kind is bool:
+        how = {"help": how["help"], "action": "store_true", "default": default}
     else:
         # an `int | None` option is an int when given; a str one needs no conversion (type None)
         kind = next((k for k in (int, float) if setting.kind in (k, k | None)), None)
@@ -154,7 +158,9 @@ def read_config_file(path: str, parser: argparse.ArgumentParser) -> tuple[dict[s
         if unknown or "source" not in keys:
             problem = f"unknown key {keys[sorted(unknown)[0]][0]!r}" if unknown else "needs a source"
             fail(parser, f"{where}: camera {name!r} {problem}")
-        tables[name] = {dest: file_value(parser, f"{where}: camera {name!r}", CAMERA_OPTIONS.get(dest), key, value)
+        # (by the settings' field names: a flag may differ from its field's, --mask from masks)
+        tables[name] = {(CAMERA_OPTIONS[dest].name if dest in CAMERA_OPTIONS else dest):
+                        file_value(parser, f"{where}: camera {name!r}", CAMERA_OPTIONS.get(dest), key, value)
                         for dest, (key, value) in keys.items()}
     return options, tables
 
@@ -467,6 +473,8 @@ def options_table() -> str:
     for setting in sorted(OPTIONS, key=lambda setting: setting.per_camera):
         if setting.option.choices:
             shown = f"`{setting.flag} {{{','.join(map(str, setting.option.choices))}}}`"
+        elif setting.kind is bool:
+            shown = f"`{setting.flag}`"
         else:
             shown = f"`{setting.flag} {setting.option.metavar or setting.dest.upper()}`"
         meaning = setting.help.replace("|", "\\|")

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 from .media.encoder import HARDWARE_H264, UNUSABLE_H264
 from .processing.contract import ProcessFunction
 from .processing.loading import LoadError, parse_spec
+from .processing.masks import check_masks, polygon_points
+from .processing.overlay import POSITIONS, check_text
 from .sources import INPUT_FORMATS, device_path, redact
 
 CODECS = ("h264", "vp8")
@@ -91,6 +93,10 @@ def typed(what: str, value: object, kind: object) -> object:
         return real(what, value)
     if kind is str:
         return text(what, value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{what} must be true or false, not {value!r}")
+        return value
     if kind == list[str]:
         return strings(what, value)
     # `X | None`: the only unions an option may have
@@ -371,6 +377,21 @@ class CameraSettings:
         "a --process call running longer than this counts as stalled: pictures pass unprocessed until it "
         "returns (default: {default})", metavar="SECONDS", check=between(0, 600, "positive and at most 600 s",
                                                                         above=True)))
+    #: the built-ins (camtrack.processing: masks, overlay, motion; docs/processing.md#built-ins)
+    masks: list[str] = field(default_factory=list, metadata=option(
+        "black out this polygon of every picture before anything reads it (viewers, MJPEG, snapshots, RTSP, "
+        "Janus, --process), repeatable: \"x1,y1 x2,y2 x3,y3 ...\" in pixels of the picture or in "
+        "percent (\"0,0 50%,0 50%,20%\"); the camera is then transcoded", flag="--mask", metavar="POLYGON",
+        label="mask", check=lambda what, values: check_masks(what, values)))
+    overlay: str | None = field(default=None, metadata=option(
+        "draw this line of text on every picture, its strftime codes the capture time and {camera} the "
+        "camera's name, e.g. \"%Y-%m-%d %H:%M:%S {camera}\" (drawn after --process, on top)", metavar="TEXT",
+        check=lambda what, value: check_text(what, value)))
+    overlay_position: str = field(default="top-left", metadata=option(
+        "the corner of the --overlay text (default: {default})", choices=POSITIONS, check=one_of(POSITIONS)))
+    motion: bool = field(default=False, metadata=option(
+        "detect motion on a down-scaled grey copy of every picture: its level and regions as data beside "
+        "the video (docs/processing.md#motion)"))
 
     #: events from the processing data (camtrack.events.watcher): while watched, always, or never
     process_events: str = field(default="watched", metadata=option(
@@ -420,6 +441,16 @@ class CameraConfig(CameraSettings):
             raise ValueError("publishing to Janus needs a room (--janus-room)")
         if self.mode == "passthrough" and self.codec != "h264":
             raise ValueError("passthrough sends the camera's own H.264: it needs codec h264")
+        if self.masks:
+            if self.mode == "passthrough":
+                raise ValueError("--mask blacks out parts of the picture, which must then be encoded again: "
+                                 "not with --mode passthrough (use auto or transcode)")
+            for polygon in self.masks:
+                try:
+                    polygon_points(polygon, self.width, self.height)
+                except ValueError as exc:
+                    # (masks given for every camera may fit one camera's picture and not another's)
+                    raise ValueError(f"{'' if self.name == 'default' else f'camera {self.name}: '}{exc}") from None
 
     @property
     def janus_url(self) -> str | None:

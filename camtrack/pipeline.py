@@ -34,7 +34,7 @@ from .media.reader import BridgedReader, PacketReader
 from .media.stream import CameraStream
 from .media.tiers import MAIN, Tier, Tiers
 from .plan import CameraPlan
-from .processing import FunctionFile, ProcessFunction, ProcessingStage
+from .processing import Chain, ChainStage, FunctionFile, Masks, MotionDetector, Overlay, ProcessFunction, ProcessingStage
 from .sources import make_packet_source, make_source
 
 
@@ -234,11 +234,15 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
         functools.partial(make_source, source, settings.width, settings.height, settings.fps,
                           rtsp_transport=settings.rtsp_transport, input_format=settings.input_format),
         linger=config.linger,
+        # privacy masks: on the capture thread, before anything reads the picture
+        prepare=Masks(settings.masks, settings.width, settings.height) if settings.masks else None,
     )
     encoding = EncoderSettings(codec=settings.codec, width=settings.width, height=settings.height, fps=settings.fps,
                                bitrate=settings.bitrate, keyframe_interval=settings.keyframe_interval,
                                hardware=config.video_encoder)
     if plan.mode == "passthrough":
+        if settings.masks:  # (plan_camera never plans this: a plan made elsewhere must not leak a masked area)
+            raise ValueError(f"camera {settings.name}: masks need its pictures encoded here, not passed through")
         # the camera's own H.264 for WebRTC; pixels for MJPEG, snapshots and tiers are decoded from
         # it, only while someone asks for them (the source is opened once either way)
         packets = functools.partial(make_packet_source, source, rtsp_transport=settings.rtsp_transport,
@@ -254,10 +258,8 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
         return Pipeline(plan, SourceStatus(stream, feed, decoder), decoder, jpeg, tiers,
                         [jpeg, bridge, tiers, decoder, feed, stream], stream=stream, main=feed, decoder=decoder,
                         bridge=bridge)
-    # (a camera with a --process function is never passed through: camtrack.plan)
-    function = process_function(settings)
-    processing = None if function is None else ProcessingStage(stream, settings.name, function,
-                                                                settings.process_timeout)
+    # (a camera with a --process function or a built-in is never passed through: camtrack.plan)
+    processing = processing_stage(settings, stream)
     # the user's function on each frame, once for every viewer: what every encoder and JPEG reads
     frames: FrameFeed = stream if processing is None else processing
     encoder = SharedEncoder(frames, encoding) if plan.mode == "transcode" else None
@@ -266,6 +268,17 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
                     [jpeg, tiers, *([encoder] if encoder is not None else []),
                      *([processing] if processing is not None else []), stream], stream=stream, main=encoder,
                     encoder=encoder, processing=processing)
+
+
+def processing_stage(settings: CameraConfig, stream: CameraStream) -> ProcessingStage | None:
+    """The camera's processing stage on `stream`: its --process function, and the built-ins
+    (--motion, --overlay) chained around it (camtrack.processing.chain); None when it has none."""
+    function = process_function(settings)
+    if not (settings.motion or settings.overlay):
+        return None if function is None else ProcessingStage(stream, settings.name, function, settings.process_timeout)
+    chain = Chain(function, MotionDetector() if settings.motion else None,
+                  Overlay(settings.overlay, settings.overlay_position) if settings.overlay else None)
+    return ChainStage(stream, settings.name, chain, settings.process_timeout)
 
 
 def process_function(settings: CameraConfig) -> ProcessFunction | None:

@@ -22,6 +22,11 @@ MODES = ("passthrough", "transcode", "per-viewer")
 
 #: why a camera that could pass its H.264 through is transcoded
 TRANSCODED_FOR_PROCESSING = "a --process function draws on its pictures, which must then be encoded"
+#: ... and for the built-ins (camtrack.processing): masks (a camera asked for passthrough with masks is
+#: refused by its settings), the overlay, motion detection
+TRANSCODED_FOR_MASKS = "privacy masks black out parts of its pictures, which must then be encoded"
+TRANSCODED_FOR_OVERLAY = "--overlay draws on its pictures, which must then be encoded"
+TRANSCODED_FOR_MOTION = "--motion reads its pictures in the processing stage, which runs on transcoded cameras"
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,14 @@ def plan_camera(settings: CameraConfig, config: Config, *, strict: bool = False)
                                   strict=strict)
     # (a probe's error may quote the source's URL, credentials and all)
     why = scrub(why, with_decoded(url_secrets(source)))
+    if mode == "passthrough" and settings.masks:
+        mode, why = "transcode", TRANSCODED_FOR_MASKS
     if mode == "passthrough" and (settings.process or settings.process_function is not None):
         mode, why = "transcode", TRANSCODED_FOR_PROCESSING
+        if settings.mode != "auto":
+            logger.info("camera %s: transcoding (%s)", settings.name, why)
+    if mode == "passthrough" and (settings.overlay or settings.motion):
+        mode, why = "transcode", TRANSCODED_FOR_OVERLAY if settings.overlay else TRANSCODED_FOR_MOTION
         if settings.mode != "auto":
             logger.info("camera %s: transcoding (%s)", settings.name, why)
     if settings.mode == "auto":

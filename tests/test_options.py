@@ -29,9 +29,11 @@ def test_every_option_has_a_checked_type_and_a_valid_default():
 
 
 def test_the_per_camera_options_are_a_camera_tables_keys():
-    assert set(CAMERA_OPTIONS) == {f.name for f in dataclasses.fields(CameraSettings)}
+    # (keyed by the flag's name: a table's `mask` is the field `masks`)
+    assert {s.name for s in CAMERA_OPTIONS.values()} == {f.name for f in dataclasses.fields(CameraSettings)}
     # (and process_function: a Python callable, for embedding programs, no option)
-    assert {f.name for f in dataclasses.fields(CameraConfig)} == {"name", "source", "process_function", *CAMERA_OPTIONS}
+    assert {f.name for f in dataclasses.fields(CameraConfig)} == {"name", "source", "process_function",
+                                                                  *(s.name for s in CAMERA_OPTIONS.values())}
 
 
 def test_the_command_line_defaults_are_the_declared_ones(monkeypatch):
@@ -61,12 +63,18 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "trusted_proxies": ["10.0.0.0/8", "127.0.0.1/32"], "base_path": "/camera/",
               "rtsp_port": 9554, "rtsp_path": "/live/",
               "process_events": "always", "motion_event_threshold": 0.1, "motion_event_duration": 1.5,
-              "motion_event_gap": 4.0, "webhook": "http://127.0.0.1:9/hook", "mqtt": "mqtt://127.0.0.1:1883/home"}
+              "motion_event_gap": 4.0, "webhook": "http://127.0.0.1:9/hook", "mqtt": "mqtt://127.0.0.1:1883/home",
+              "masks": ["0,0 10,0 10%,10%"], "overlay": "%H:%M {camera}", "overlay_position": "bottom-right",
+              "motion": True}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:
         value = values[setting.name]
         key = setting.flag.removeprefix("--")
+        if value is True:  # (a flag without a value)
+            toml.append(f"{key} = true")
+            argv.append(setting.flag)
+            continue
         toml.append(f"{key} = {value!r}".replace("'", '"'))
         for item in value if isinstance(value, list) else [value]:
             argv += [setting.flag, str(item)]

@@ -156,8 +156,11 @@ class CaptureThread:
         retry_max: float = 10.0,
         previous: CaptureThread | None = None,
         failures: Failures | None = None,
+        prepare: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.source = source
+        #: applied to every picture before anything else reads it (privacy masks): returns the picture
+        self.prepare = prepare
         self.on_frame = on_frame
         self.on_state = on_state or (lambda state: None)
         self.retry_max = retry_max
@@ -192,6 +195,8 @@ class CaptureThread:
 
     def _emit(self, seq: int, image: np.ndarray) -> None:
         now, mono = time.time(), time.monotonic()
+        if self.prepare is not None:
+            image = self.prepare(image)
         yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
         self.on_frame(Frame(seq, image, yuv, now, mono))
 

@@ -7,6 +7,8 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+import numpy as np
+
 from .capture import CaptureThread, Failures
 from .feeds import FeedClosed, FrameSource
 from .frame import Frame
@@ -24,10 +26,14 @@ class CameraStream(Lingering):
     """Opens its source when the first consumer attaches and releases it `linger`
     seconds after the last one detaches. Knows nothing of the protocols that read it."""
 
-    def __init__(self, name: str, source_factory: Callable[[], FrameSource], linger: float = 3.0) -> None:
+    def __init__(self, name: str, source_factory: Callable[[], FrameSource], linger: float = 3.0,
+                 prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         super().__init__(linger)
         self.name = name
         self.source_factory = source_factory
+        #: applied on the capture thread to every picture before its I420 and before it is published
+        #: (privacy masks: camtrack.processing.masks), so no reader ever sees what it takes out
+        self.prepare = prepare
         #: how many times the stream started (opened its source for a first viewer after none)
         self.runs = 0
         #: only the newest frame matters to every reader of pixels: a ring of one
@@ -89,7 +95,7 @@ class CameraStream(Lingering):
         if self.failures is None:
             self.failures = Failures(source.description)
         capture = CaptureThread(source, lambda frame: self._from_thread(capture, frame), previous=previous,
-                                failures=self.failures)
+                                failures=self.failures, prepare=self.prepare)
         self._capture = capture
         self.runs += 1
         logger.info("stream %s: opening %s", self.name, capture.source.description)
