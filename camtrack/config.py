@@ -377,6 +377,12 @@ class CameraSettings:
         "a --process call running longer than this counts as stalled: pictures pass unprocessed until it "
         "returns (default: {default})", metavar="SECONDS", check=between(0, 600, "positive and at most 600 s",
                                                                         above=True)))
+    #: the --process function is called at most this many times a second (None: on every frame)
+    process_fps: float | None = field(default=None, metadata=option(
+        "call the --process function at most this many times a second (default: on every frame it keeps up "
+        "with); a function that only returns data leaves the video at the camera's rate, a drawing one's "
+        "pictures are the video, so it then runs at this rate", metavar="FPS", label="process fps",
+        check=between(0, 240, "positive and at most 240", above=True)))
     #: the built-ins (camtrack.processing: masks, overlay, motion; docs/processing.md#built-ins)
     masks: list[str] = field(default_factory=list, metadata=option(
         "black out this polygon of every picture before anything reads it (viewers, MJPEG, snapshots, RTSP, "
