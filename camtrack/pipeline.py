@@ -5,7 +5,8 @@ that knows which concrete stages a mode is made of.
                                  ├─ source: SourceStatus   (state, error, opens, frames/packets, failures, watched)
                                  ├─ frames: a frame feed   (what JPEG, encoders, tiers and per-viewer encoders
                                  │                          read: the --process stage's when there is one)
-                                 ├─ processing             (the --process stage: camtrack.processing, or None)
+                                 ├─ processing             (the --process stage: camtrack.processing, or None;
+                                 │                          passed through: it reads the decoder, for its data)
                                  ├─ jpeg: the JPEG encoders of `frames`
                                  ├─ packets(kind, tier)    (the main feed and the tiers: camtrack.media.tiers)
                                  ├─ reader(meter, tier)    (a viewer's reader: bridged on a camera's own packets)
@@ -179,7 +180,8 @@ class Pipeline:
         self.tiers = tiers
         #: the join bridge of a camera whose own packets are read (None: its packets are encoded here)
         self.bridge = bridge
-        #: the user's function on every frame (--process): `frames` when there is one
+        #: the user's function on every frame (--process): `frames` when transcoded; on a camera whose
+        #: own H.264 passes through, a reader of its decoded pictures (its data shown, not its drawing)
         self.processing = processing
         #: background outputs by name ("janus"), started with `start_output`
         self.outputs: dict[str, BackgroundOutput] = {}
@@ -255,10 +257,13 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
                                                      keyframe_interval=settings.keyframe_interval,
                                                      hardware=config.video_encoder))
         jpeg, bridge = JpegEncoders(decoder, config.mjpeg_fps), JoinBridge(feed, decoder, encoding)
+        # a --process function (asked for with --mode passthrough) reads pictures decoded for it alone,
+        # only while a reader of its results runs it: its data is shown, what it draws is not
+        processing = processing_stage(settings, decoder, shown=False)
         return Pipeline(plan, SourceStatus(stream, feed, decoder), decoder, jpeg, tiers,
-                        [jpeg, bridge, tiers, decoder, feed, stream], stream=stream, main=feed, decoder=decoder,
-                        bridge=bridge)
-    # (a camera with a --process function or a built-in is never passed through: camtrack.plan)
+                        [*([processing] if processing is not None else []), jpeg, bridge, tiers, decoder, feed,
+                         stream], stream=stream, main=feed, decoder=decoder, bridge=bridge, processing=processing)
+    # (a camera with a built-in is never passed through, one with a --process function only when asked: camtrack.plan)
     processing = processing_stage(settings, stream)
     # the user's function on each frame, once for every viewer: what every encoder and JPEG reads
     frames: FrameFeed = stream if processing is None else processing
@@ -270,15 +275,17 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
                     encoder=encoder, processing=processing)
 
 
-def processing_stage(settings: CameraConfig, stream: CameraStream) -> ProcessingStage | None:
-    """The camera's processing stage on `stream`: its --process function, and the built-ins
-    (--motion, --overlay) chained around it (camtrack.processing.chain); None when it has none."""
+def processing_stage(settings: CameraConfig, frames: FrameFeed, shown: bool = True) -> ProcessingStage | None:
+    """The camera's processing stage on `frames` (its stream; the decoder of its own packets, where
+    what the stage draws is not `shown`): its --process function, and the built-ins (--motion,
+    --overlay) chained around it (camtrack.processing.chain); None when it has none."""
     function = process_function(settings)
     if not (settings.motion or settings.overlay):
-        return None if function is None else ProcessingStage(stream, settings.name, function, settings.process_timeout)
+        return None if function is None else ProcessingStage(frames, settings.name, function, settings.process_timeout,
+                                                              settings.process_fps, shown=shown)
     chain = Chain(function, MotionDetector() if settings.motion else None,
                   Overlay(settings.overlay, settings.overlay_position) if settings.overlay else None)
-    return ChainStage(stream, settings.name, chain, settings.process_timeout)
+    return ChainStage(frames, settings.name, chain, settings.process_timeout, settings.process_fps, shown=shown)
 
 
 def process_function(settings: CameraConfig) -> ProcessFunction | None:

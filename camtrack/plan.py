@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 MODES = ("passthrough", "transcode", "per-viewer")
 
 
-#: why a camera that could pass its H.264 through is transcoded
-TRANSCODED_FOR_PROCESSING = "a --process function draws on its pictures, which must then be encoded"
+#: why a camera that could pass its H.264 through is transcoded (`--mode auto`)
+TRANSCODED_FOR_PROCESSING = ("a --process function may draw on its pictures, which must then be encoded "
+                             "(--mode passthrough keeps the camera's own H.264: the function then gives data only)")
 #: ... and for the built-ins (camtrack.processing): masks (a camera asked for passthrough with masks is
 #: refused by its settings), the overlay, motion detection
 TRANSCODED_FOR_MASKS = "privacy masks black out parts of its pictures, which must then be encoded"
@@ -63,10 +64,10 @@ def plan_camera(settings: CameraConfig, config: Config, *, strict: bool = False)
     why = scrub(why, with_decoded(url_secrets(source)))
     if mode == "passthrough" and settings.masks:
         mode, why = "transcode", TRANSCODED_FOR_MASKS
-    if mode == "passthrough" and (settings.process or settings.process_function is not None):
+    if mode == "passthrough" and settings.mode == "auto" and (settings.process or
+                                                              settings.process_function is not None):
+        # (asked for, passthrough stays: the function reads pictures decoded for it, gives data only)
         mode, why = "transcode", TRANSCODED_FOR_PROCESSING
-        if settings.mode != "auto":
-            logger.info("camera %s: transcoding (%s)", settings.name, why)
     if mode == "passthrough" and (settings.overlay or settings.motion):
         mode, why = "transcode", TRANSCODED_FOR_OVERLAY if settings.overlay else TRANSCODED_FOR_MOTION
         if settings.mode != "auto":

@@ -436,16 +436,18 @@ def test_a_bad_file_at_start_is_one_line_and_status_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("camtrack: error: ") and says in lines[0], (args, done.stderr)
 
 
-@pytest.mark.parametrize("mode", ["auto", "passthrough"])
-async def test_a_camera_that_could_pass_through_is_transcoded_to_show_the_drawing(serve, tmp_path, caplog, mode):
+async def test_a_camera_that_could_pass_through_is_transcoded_to_show_the_drawing(serve, tmp_path, caplog):
+    """`--mode auto`: transcoded, saying that `--mode passthrough` would keep the camera's own H.264
+    (tests/test_data.py: then the function's data is shown, not its drawing)."""
     from .test_passthrough import write_h264
 
     source = write_h264(tmp_path / "camera.mp4", "baseline", frames=60)
     with caplog.at_level(logging.INFO, logger="camtrack.plan"):
-        url, app = await serve(source=str(source), mode=mode, width=320, height=240, process_function=paint(RED))
+        url, app = await serve(source=str(source), mode="auto", width=320, height=240, process_function=paint(RED))
     camera: Camera = app[CAMERAS].first
     assert camera.describe()["mode"] == "transcode"
-    assert any("a --process function draws on its pictures" in r.getMessage() for r in caplog.records)
+    assert any("a --process function may draw on its pictures" in r.getMessage()
+               and "--mode passthrough keeps the camera's own H.264" in r.getMessage() for r in caplog.records)
     viewer = Viewer(url)
     try:
         await viewer.connect()

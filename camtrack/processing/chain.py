@@ -85,8 +85,9 @@ class ChainStage(ProcessingStage):
     """The processing stage of a `Chain`: the user's function file in it is reloaded on save while
     the stage runs, as a lone function file's is."""
 
-    def __init__(self, input: FrameFeed, camera: str, chain: Chain, timeout: float) -> None:
-        super().__init__(input, camera, chain, timeout)
+    def __init__(self, input: FrameFeed, camera: str, chain: Chain, timeout: float, fps: float | None = None,
+                 shown: bool = True) -> None:
+        super().__init__(input, camera, chain, timeout, fps, shown)
         self.chain = chain
 
     @property
