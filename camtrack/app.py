@@ -19,7 +19,7 @@ from .events.mqtt import MqttPublisher
 from .events.watcher import EventWatcher, MotionSettings
 from .events.webhook import Webhook
 from .media.feeds import Transport
-from .outputs import metrics, mjpeg
+from .outputs import data, metrics, mjpeg, sse
 from .outputs.janus import JanusPublisher
 from .outputs.rtsp import RtspServer, RtspSettings
 from .outputs.rtsp.metrics import RtspCollector
@@ -113,6 +113,10 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
     whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
     events_api.add_routes(app, config, cameras, events.bus)
+    #: Server-Sent Events streams of a camera's --process data, capped and ended at shutdown
+    data_streams = sse.EventStreams()
+    data.add_routes(app, config, cameras, data_streams)
+    app.on_shutdown.append(data_streams.shutdown)
     undo_ice: list[Callable[[], None]] = []
     #: every camera over RTSP too (--rtsp-port; 0: none), started with the app
     rtsp: RtspServer[Camera] | None = None
@@ -123,7 +127,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
     pool: WorkerPool | None = None
     metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [],
                        collectors=(*((RtspCollector(rtsp),) if rtsp is not None else ()),
-                                   metrics.EventCollector(events)))
+                                   metrics.EventCollector(events), metrics.SseCollector(data_streams)))
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them

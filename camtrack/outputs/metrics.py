@@ -31,6 +31,7 @@ from ..media.admission import MEASURED
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
 from .directory import Cameras
+from .sse import EventStreams
 from .webrtc import icelimits
 
 logger = logging.getLogger(__name__)
@@ -393,11 +394,16 @@ def _processing_metrics(cameras: Cameras) -> Iterator[Metric]:
                             "returned: now minus its frame's capture time.", labels=["camera"])
     state = GaugeMetricFamily("camtrack_process_state", "1 for the --process function's state now (idle, ok, "
                               "failing, stalled).", labels=["camera", "state"])
+    mode = GaugeMetricFamily("camtrack_process_mode", "1 for the --process function's mode now: data (the frame "
+                             "left as it was: the video is the camera's, the data beside), drawn (its pictures "
+                             "are the video), none (no call decided yet).", labels=["camera", "mode"])
     for camera in cameras:
         stage = camera.pipeline.processing
         if stage is None:
             continue
         name, stats = camera.name, stage.stats
+        for each in ("data", "drawn", "none"):
+            mode.add_metric([name, each], 1 if (stage.mode or "none") == each else 0)
         calls.add_metric([name], stats.calls)
         errors.add_metric([name], stats.errors)
         stalls.add_metric([name], stats.stalls)
@@ -407,4 +413,24 @@ def _processing_metrics(cameras: Cameras) -> Iterator[Metric]:
             age.add_metric([name], result_age)
         for each in ("idle", "ok", "failing", "stalled"):
             state.add_metric([name, each], 1 if stage.state == each else 0)
-    yield from (calls, errors, stalls, seconds, age, state)
+    yield from (calls, errors, stalls, seconds, age, state, mode)
+
+
+class SseCollector(Collector):
+    """The Server-Sent Events streams (camtrack.outputs.sse: a camera's --process data)."""
+
+    def __init__(self, streams: EventStreams) -> None:
+        self.streams = streams
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.streams.stats
+        yield GaugeMetricFamily("camtrack_sse_clients", "Server-Sent Events streams open now "
+                                "(/api/cameras/NAME/data).", value=len(self.streams.open))
+        yield CounterMetricFamily("camtrack_sse_events", "Events written to Server-Sent Events streams (each "
+                                  "the newest when its client could take one).", value=stats.events)
+        refused = CounterMetricFamily("camtrack_sse_refused", "Server-Sent Events streams refused (503: at the "
+                                      "cap of open streams, or shutting down) and cut off (took nothing for "
+                                      "a while).", labels=["reason"])
+        refused.add_metric(["cap"], stats.refused)
+        refused.add_metric(["stalled"], stats.cut_off)
+        yield refused
