@@ -10,6 +10,9 @@
    OpenCV filter drawn for every viewer): what processing adds must not grow with the viewers.
 
     python -m bench.processing [--seconds S] [--quick]
+
+Part 1 with a function of your choosing: `--stage-only --work MS [--draws]` (a function that sleeps
+MS and returns data; with --draws it also draws: drawn mode, else data mode, docs/processing.md).
 """
 
 from __future__ import annotations
@@ -22,13 +25,21 @@ import cv2
 import numpy as np
 
 from camtrack.media.stream import CameraStream
-from camtrack.processing import ProcessingStage
+from camtrack.processing import FrameInfo, ProcessingStage
 from camtrack.sources.pattern import PatternSource
 
 
-async def measure(seconds: float) -> None:
+async def measure(seconds: float, work: float | None = None, draws: bool = False) -> None:
+    def function(frame: np.ndarray, info: FrameInfo) -> dict[str, int] | None:
+        if work is None:
+            return None  # (nothing: data mode, the input's pictures given on)
+        time.sleep(work / 1000)
+        if draws:
+            frame[:8, :8] = (1, 2, 3)
+        return {"frame": info.frame}
+
     stream = CameraStream("bench", lambda: PatternSource(640, 480, 30), linger=0)
-    stage = ProcessingStage(stream, "bench", lambda frame, info: None)
+    stage = ProcessingStage(stream, "bench", function)
     stage.attach(reader := object())
     ages: list[float] = []
     after = 0
@@ -44,8 +55,9 @@ async def measure(seconds: float) -> None:
         stage.detach(reader)
         await stage.close()
         await stream.close()
-    print(f"captured {stream.frames}, processed {stage.stats.processed}, calls {stage.stats.calls}; capture to "
-          f"processed: p50 {np.median(ages) * 1000:.1f} ms, p95 {np.percentile(ages, 95) * 1000:.1f} ms; "
+    print(f"{stage.mode} mode, function {'none' if work is None else f'{work:g} ms'}: captured {stream.frames}, "
+          f"given on {stage.stats.processed + stage.stats.forwarded + stage.stats.passed}, calls {stage.stats.calls}; "
+          f"capture to picture: p50 {np.median(ages) * 1000:.1f} ms, p95 {np.percentile(ages, 95) * 1000:.1f} ms; "
           f"CPU {100 * cpu / seconds:.0f} % of a core, capture included")
     image = np.zeros((480, 640, 3), np.uint8)
     began = time.perf_counter()
@@ -87,8 +99,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds measured per row")
     parser.add_argument("--quick", action="store_true", help="the stage alone and one function (CI-sized)")
     parser.add_argument("--stage-only", action="store_true", help="part 1 only")
+    parser.add_argument("--work", type=float, default=None, help="part 1: a function taking MS ms (a sleep)")
+    parser.add_argument("--draws", action="store_true", help="part 1: that function draws (drawn mode)")
     args = parser.parse_args()
-    asyncio.run(measure(args.seconds))
+    asyncio.run(measure(args.seconds, args.work, args.draws))
     if args.stage_only:
         return
     if args.quick:

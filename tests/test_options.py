@@ -59,7 +59,7 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "mode": "transcode", "rtsp_transport": "udp", "video_encoder": "libx264",
               "webrtc_port": 9555, "public_addresses": ["203.0.113.7", "cams.example"], "turn_secret": "s3c",
               "workers": 3,
-              "unresponsive_timeout": 9.0, "process": "mine.py:process", "process_timeout": 3.0,
+              "unresponsive_timeout": 9.0, "process": "mine.py:process", "process_timeout": 3.0, "process_fps": 4.0,
               "trusted_proxies": ["10.0.0.0/8", "127.0.0.1/32"], "base_path": "/camera/",
               "rtsp_port": 9554, "rtsp_path": "/live/",
               "process_events": "always", "motion_event_threshold": 0.1, "motion_event_duration": 1.5,
