@@ -153,28 +153,40 @@ async def test_the_first_call_decides_the_mode_and_later_calls_switch_it(caplog)
         await stream.close()
 
 
-async def test_next_result_ends_when_the_stage_stops_or_closes():
+async def test_next_result_ends_when_the_stage_closes_or_its_camera_does():
+    """An attached reader never hangs: the stage closed (shutdown) or its input closed ends its
+    wait; a reader that did not attach waits across an idle spell (the last reader left) and gets
+    the next run's results (camtrack.events.watcher reads so)."""
     stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
     stage = ProcessingStage(stream, "test", DataOnly())
     reader = object()
     stage.attach(reader)
     try:
         first = await asyncio.wait_for(stage.next_result(), 5)
-        # a reader waiting for a result that will not come in time: the last reader leaves
-        waiting = asyncio.ensure_future(stage.next_result(first.frame + 10**9))
+        never = first.frame + 10**9
+        # closed while an attached reader waits for a result that will not come in time
+        waiting = asyncio.ensure_future(stage.next_result(never))
         await asyncio.sleep(0.2)
         assert not waiting.done()
-        stage.detach(reader)
+        await stage.close()
         with pytest.raises(ProcessingClosed):
             await asyncio.wait_for(waiting, 2)
-        # not running: at once
-        with pytest.raises(ProcessingClosed):
-            await asyncio.wait_for(stage.next_result(first.frame + 10**9), 2)
-        # running again, then closed (shutdown)
+        with pytest.raises(ProcessingClosed):  # closed: at once
+            await asyncio.wait_for(stage.next_result(never), 2)
+        # a follower (not attached) waits while the stage is idle, and reads the next run
         stage.attach(reader)
-        waiting = asyncio.ensure_future(stage.next_result(first.frame + 10**9))
+        stage.detach(reader)
+        assert stage.result is not None
+        newest = stage.result.frame
+        following = asyncio.ensure_future(stage.next_result(newest))
+        await asyncio.sleep(0.3)
+        assert not following.done()
+        stage.attach(reader)
+        assert (await asyncio.wait_for(following, 5)).frame > newest
+        # the camera closed under an attached reader: its stage stops, the wait ends
+        waiting = asyncio.ensure_future(stage.next_result(never))
         await asyncio.sleep(0.2)
-        await stage.close()
+        await stream.close()
         with pytest.raises(ProcessingClosed):
             await asyncio.wait_for(waiting, 2)
     finally:

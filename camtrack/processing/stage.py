@@ -107,6 +107,8 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         self.mode: str | None = None
         self._undrawn = 0
         self._told_unshown = False
+        #: closed (shutdown) and not attached since: `next_result` ends
+        self._closed = False
         self.stats = ProcessingStats()
         #: the newest data the function returned, with the frame it belongs to
         self.result: Result | None = None
@@ -156,15 +158,27 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         """The newest result of a frame above number `after`, waiting for one: newest wins, a
         reader slower than the function skips to the newest (nothing queues per reader). A reader
         keeps the stage running by attaching to it (`attach`) like a reader of its pictures.
-        ProcessingClosed (a FeedClosed) when the stage is not running, or stops while waiting (its
-        last reader left, the camera closed, shutdown)."""
+
+        ProcessingClosed (a FeedClosed) when the stage is closed (shutdown) or stopped with readers
+        still attached (its camera closed), at once or while waiting: an attached reader never
+        hangs. A reader that did not attach (one that only follows what viewers run, such as the
+        events watcher) waits across the stage's idle spells, which are not an end."""
         while True:
             result = self.result
             if result is not None and result.frame > after:
                 return result
-            if not self.running:
+            if self._closed or (self.consumers and not self.running):
                 raise ProcessingClosed(self.camera)
             await self._new_result.wait()
+
+    def attach(self, reader: object) -> None:
+        self._closed = False
+        super().attach(reader)
+
+    async def close(self) -> None:
+        self._closed = True
+        await super().close()
+        self._wake_readers()
 
     def _wake_readers(self) -> None:
         woken, self._new_result = self._new_result, asyncio.Event()
