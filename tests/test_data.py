@@ -118,7 +118,7 @@ async def test_process_fps_calls_the_function_at_that_rate_and_leaves_the_pictur
         calls, forwarded = stage.stats.calls - calls, stage.stats.forwarded - forwarded
         captured = stream.frames - captured
         assert 5 <= calls <= 10, calls  # 4 a second, not the camera's 20
-        assert forwarded >= 0.8 * captured >= 24, (forwarded, captured)  # every picture given on at once
+        assert forwarded >= 0.8 * captured >= 16, (forwarded, captured)  # every picture given on at once
         assert stage.describe()["fps"] == 4
     finally:
         await stage.close()
@@ -243,11 +243,11 @@ async def test_a_client_that_does_not_read_skips_to_the_newest_result(serve):
             sock.sendall(b"GET /api/cameras/default/data HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             buffer = b""
 
-            def events(seconds: float) -> list[int]:
+            def events(seconds: float, enough: int | None = None) -> list[int]:
                 nonlocal buffer
-                frames = []
+                frames: list[int] = []
                 end = time.monotonic() + seconds
-                while time.monotonic() < end:
+                while time.monotonic() < end and (enough is None or len(frames) < enough):
                     sock.settimeout(max(0.01, end - time.monotonic()))
                     try:
                         chunk = sock.recv(65536)
@@ -264,7 +264,7 @@ async def test_a_client_that_does_not_read_skips_to_the_newest_result(serve):
                             buffer = buffer[buffer.index(b"\n", at):]
                 return frames
 
-            before = events(1.0)
+            before = events(10.0, enough=10)
             time.sleep(3.0)  # reads nothing
             newest_at_resume = camera.processing.result.frame if camera.processing and camera.processing.result else 0
             after = events(1.5)
