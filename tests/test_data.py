@@ -406,3 +406,22 @@ async def test_a_drawing_function_on_a_passed_through_camera_is_told_its_drawing
     assert len(said) == 1
     assert camera.describe()["processing"]["mode"] == "drawn"
     assert camera.describe()["processing"]["shown"] is False
+
+
+async def test_motion_alone_is_a_data_function_and_the_overlay_draws():
+    """The built-ins in a chain: --motion leaves the frame alone (data mode: the camera's pictures
+    given on at once), --overlay draws (drawn mode)."""
+    from camtrack.processing import Chain, ChainStage, MotionDetector, Overlay
+
+    for chain, mode in ((Chain(None, MotionDetector()), "data"), (Chain(None, None, Overlay("{camera}", "top-left")),
+                                                                   "drawn")):
+        stream = CameraStream("test", lambda: PatternSource(160, 120, 30), linger=0)
+        stage = ChainStage(stream, "test", chain, 2.0)
+        reader = object()
+        stage.attach(reader)
+        try:
+            await eventually(lambda stage=stage: stage.stats.calls >= 3, 5)  # type: ignore[misc]
+            assert stage.mode == mode
+        finally:
+            await stage.close()
+            await stream.close()
