@@ -23,11 +23,11 @@ MODES = ("passthrough", "transcode", "per-viewer")
 #: why a camera that could pass its H.264 through is transcoded (`--mode auto`)
 TRANSCODED_FOR_PROCESSING = ("a --process function may draw on its pictures, which must then be encoded "
                              "(--mode passthrough keeps the camera's own H.264: the function then gives data only)")
-#: ... and for the built-ins (camtrack.processing): masks (a camera asked for passthrough with masks is
-#: refused by its settings), the overlay, motion detection
+#: ... and for the built-ins that draw (camtrack.processing): masks (a camera asked for passthrough with
+#: masks is refused by its settings), the overlay. (--motion gives data only: like a data function on a
+#: passed-through camera, it reads pictures decoded for it)
 TRANSCODED_FOR_MASKS = "privacy masks black out parts of its pictures, which must then be encoded"
 TRANSCODED_FOR_OVERLAY = "--overlay draws on its pictures, which must then be encoded"
-TRANSCODED_FOR_MOTION = "--motion reads its pictures in the processing stage, which runs on transcoded cameras"
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def plan_camera(settings: CameraConfig, config: Config, *, strict: bool = False)
                                                               settings.process_function is not None):
         # (asked for, passthrough stays: the function reads pictures decoded for it, gives data only)
         mode, why = "transcode", TRANSCODED_FOR_PROCESSING
-    if mode == "passthrough" and (settings.overlay or settings.motion):
-        mode, why = "transcode", TRANSCODED_FOR_OVERLAY if settings.overlay else TRANSCODED_FOR_MOTION
+    if mode == "passthrough" and settings.overlay:
+        mode, why = "transcode", TRANSCODED_FOR_OVERLAY
         if settings.mode != "auto":
             logger.info("camera %s: transcoding (%s)", settings.name, why)
     if settings.mode == "auto":

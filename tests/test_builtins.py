@@ -5,6 +5,7 @@ a user's function. Real pattern and file sources, real encoders, real aiortc vie
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -149,9 +150,8 @@ def test_masks_given_for_every_camera_are_checked_against_each_cameras_size():
 
 
 @pytest.mark.parametrize(("builtin", "says"), [
-    ({"masks": ["0,0 10,0 10,10"]}, "privacy masks"), ({"overlay": "%T"}, "--overlay draws"),
-    ({"motion": True}, "--motion reads its pictures")])
-def test_a_built_in_transcodes_a_camera_that_could_pass_through(tmp_path, builtin, says):
+    ({"masks": ["0,0 10,0 10,10"]}, "privacy masks"), ({"overlay": "%T"}, "--overlay draws")])
+def test_a_built_in_that_draws_transcodes_a_camera_that_could_pass_through(tmp_path, builtin, says):
     from camtrack.plan import plan_camera
 
     from .test_passthrough import write_h264
@@ -162,6 +162,29 @@ def test_a_built_in_transcodes_a_camera_that_could_pass_through(tmp_path, builti
     config = Config(source=source, width=320, height=240, **builtin)
     plan = plan_camera(config.cameras[0], config)
     assert plan.mode == "transcode" and says in plan.reason
+
+
+async def test_motion_alone_keeps_a_camera_that_could_pass_through_passed_through(tmp_path):
+    """--motion gives data only: the camera's own H.264 goes on to viewers, the detector reads
+    pictures decoded for it."""
+    from camtrack.pipeline import build_pipeline
+    from camtrack.plan import plan_camera
+
+    from .test_passthrough import write_h264
+
+    source = str(write_h264(tmp_path / "camera.mp4", "baseline", frames=30))
+    config = Config(source=source, width=320, height=240, motion=True)
+    plan = plan_camera(config.cameras[0], config)
+    assert plan.mode == "passthrough", plan.reason
+    pipeline = build_pipeline(config.cameras[0], plan, config)
+    try:
+        assert pipeline.processing is not None and pipeline.processing.input is pipeline.decoder
+        pipeline.processing.attach(reader := object())
+        result = await asyncio.wait_for(pipeline.processing.next_result(), 20)
+        assert set(result.data) == {"motion"} and 0 <= result.data["motion"]["level"] <= 1
+        pipeline.processing.detach(reader)
+    finally:
+        await pipeline.close()
 
 
 def test_a_passthrough_plan_with_masks_builds_no_pipeline():
