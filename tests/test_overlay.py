@@ -5,14 +5,15 @@ websocket fallback's messages; hostile channels. The page's drawing is tests/tes
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import aiohttp
 import numpy as np
-import pytest
 
-from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.media import stamp
+from camtrack.outputs.wsvideo import parse_header
 from camtrack.processing import FrameInfo
 
 from .conftest import eventually
@@ -50,3 +51,29 @@ async def test_results_arrive_on_the_data_channel_with_the_rtp_timestamp_of_thei
         print(status[-1])
     finally:
         await viewer.close()
+
+
+async def test_the_websocket_fallback_gets_the_results_naming_each_pictures_pts(serve):
+    url, app = await serve(width=320, height=240, fps=20, process_function=stamping)
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        assert (await ws.receive_json())["type"] == "hello"
+        await ws.send_json({"type": "stream"})
+        pts_by_capture: dict[int, int] = {}
+        data: list[dict[str, Any]] = []
+        status: list[dict[str, Any]] = []
+        async with asyncio.timeout(20):
+            while len(data) < 30 or not status:
+                message = await ws.receive()
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    header = parse_header(message.data)
+                    pts_by_capture[round(header["captured"] * 1_000_000)] = header["pts"]
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    parsed = json.loads(message.data)
+                    (data if parsed["type"] == "data" else status).append(parsed)
+                else:
+                    raise AssertionError(f"socket closed: {message.type}")
+        # every result names the presentation time of the picture of its frame, sent before it
+        for m in data:
+            assert m["pts"] == pts_by_capture[round(m["time"] * 1_000_000)], m
+        assert [m["frame"] for m in data] == sorted({m["frame"] for m in data})
+        assert status[-1]["state"] == "ok" and status[-1]["function"].endswith("stamping")

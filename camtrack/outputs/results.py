@@ -112,7 +112,8 @@ def data_message(camera: str, result: Result, field: str, timestamp: int | None)
 
 
 class ResultSender:
-    """Sends a processing stage's results (and its status) to one viewer: `run()` until cancelled.
+    """Sends a processing stage's results (and its status) to one viewer: `run()` until cancelled
+    or `send` raises ConnectionError.
 
     `send(text)` hands one message to the viewer's connection; `busy()` says it holds too much
     unsent (the result is skipped: newest wins); `pictures` are the pictures sent to this viewer
@@ -150,6 +151,8 @@ class ResultSender:
                 except TimeoutError:
                     continue
                 after = await self.deliver(result)
+        except ConnectionError:
+            pass  # the viewer's connection closed: `send` says so
         finally:
             stage.detach(self)
 

@@ -61,13 +61,7 @@ class DataChannels:
             sender = self.sender = ResultSender(self.processing, self._send,
                                                 lambda: channel.bufferedAmount > MAX_BUFFERED,
                                                 self.pictures, "rtp")
-            self._task = asyncio.ensure_future(self._run(sender))
-
-    async def _run(self, sender: ResultSender) -> None:
-        try:
-            await sender.run()
-        except ConnectionError:
-            pass  # the channel closed
+            self._task = asyncio.ensure_future(sender.run())
 
     def _send(self, text: str) -> None:
         channel = self.channel
