@@ -1,0 +1,116 @@
+"""The page draws a processing function's data over the video in real headless Chromium, each result on
+the picture it describes: the pattern's latency stamp read from the shown picture is compared with the
+stamp the function read from the frame it was given (static/overlay.js, camtrack.outputs.results)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_browser import browser_and_server, open_page
+from .test_browser import sandbox as sandbox  # noqa: F401 - the namespace and Chromium wrapper
+
+FUNCTIONS = '''
+import time
+
+from camtrack.media import stamp
+
+
+def boxes(frame, info):
+    """A box, and the stamp of the frame the data was made from."""
+    return {"boxes": [{"x": 200, "y": 150, "w": 240, "h": 180, "label": "thing", "color": "#00ff00"}],
+            "stamp": stamp.read_stamp(frame), "time": info.time}
+
+
+def hangs(frame, info):
+    """Works for the first frames, then hangs (longer than the test)."""
+    if info.frame > 30:
+        time.sleep(120)
+    return {"boxes": [[10, 40, 50, 50]], "stamp": stamp.read_stamp(frame)}
+'''
+
+#: each picture drawn: the stamp read from the video at that moment, the stamp in the data drawn,
+#: and whether the data's RTP timestamp was the shown picture's
+RECORD_PAIRS = """() => {
+  window.pairs = [];
+  window.camtrack.overlay.onDraw = (entry) => {
+    const result = window.camtrack.overlay.drawnResult;
+    window.pairs.push({shown: window.camtrack.readStamp(), data: result.data.stamp, exact: entry.shown === entry.key});
+    if (window.pairs.length > 5000) window.pairs.shift();
+  };
+}"""
+
+GREEN_PIXELS = """() => {
+  const canvas = document.getElementById("drawing");
+  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let green = 0;
+  for (let i = 0; i < pixels.length; i += 4) if (pixels[i + 1] > 200 && pixels[i] < 60 && pixels[i + 3] > 200) green++;
+  return green;
+}"""
+
+
+def signed(delta: int) -> int:
+    delta %= 2**32
+    return delta - 2**32 if delta >= 2**31 else delta
+
+
+def functions(tmp_path: Path) -> Path:
+    path = tmp_path / "functions.py"
+    path.write_text(FUNCTIONS)
+    return path
+
+
+@pytest.mark.timeout(150)
+def test_the_page_draws_each_result_on_the_picture_it_describes(sandbox, tmp_path):
+    spec = f"{functions(tmp_path)}:boxes"
+    with browser_and_server(sandbox, tmp_path, "h264", "--process", spec) as (browser, _, _log):
+        page = open_page(browser)
+        page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        page.wait_for_function("window.camtrack.overlay && window.camtrack.overlay.drawn.length > 10", timeout=30000)
+        page.evaluate(RECORD_PAIRS)
+        page.wait_for_function("window.pairs.length >= 120", timeout=30000)
+        pairs = page.evaluate("window.pairs")
+        deltas = [signed(p["data"] - p["shown"]) for p in pairs]
+        # a stamp misread from a blurred picture: far off; anything else is a frame's own or an older one's
+        misread = [d for d in deltas if abs(d) > 5000]
+        same = [d for d in deltas if d == 0]
+        early = [d for d in deltas if 20 <= d <= 5000]  # a later frame's data on an earlier picture
+        exact = [p for p in pairs if p["exact"]]
+        print(f"\n{len(pairs)} pictures drawn: {len(same)} with their own frame's data, {len(early)} early, "
+              f"{len(misread)} stamps misread, {len(exact)} by their exact RTP timestamp; "
+              f"other deltas {sorted(d for d in deltas if d)[:20]}")
+        assert not early, early
+        assert len(misread) <= 0.02 * len(pairs), misread
+        assert len(same) >= 0.9 * len(pairs), deltas
+        assert len(exact) >= 0.9 * len(pairs)
+        # the box is on the canvas over the video, the statistics say how processing goes
+        assert page.evaluate(GREEN_PIXELS) > 500
+        page.keyboard.press("i")
+        page.wait_for_function("window.camtrack.stats && window.camtrack.stats['processing state'] === 'ok'",
+                               timeout=10000)
+        stats = page.evaluate("window.camtrack.stats")
+        print(f"statistics: {stats}")
+        assert stats["processing"].endswith("functions.boxes") or "boxes" in stats["processing"], stats
+        assert 15 <= float(stats["calls/s"]) <= 40, stats
+        assert float(stats["ms per frame"]) < 50, stats
+        assert 0 <= int(stats["data age (drawn)"].split()[0]) < 1000, stats
+        assert '"stamp"' in stats["data"], stats
+        assert page.evaluate("document.getElementById('processing-state').hidden")
+
+
+@pytest.mark.timeout(150)
+def test_the_page_says_processing_is_stalled(sandbox, tmp_path):
+    spec = f"{functions(tmp_path)}:hangs"
+    with browser_and_server(sandbox, tmp_path, "h264", "--process", spec, "--process-timeout", "1") as (
+            browser, _, _log):
+        page = open_page(browser)
+        page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        page.wait_for_function("!document.getElementById('processing-state').hidden", timeout=30000)
+        text = page.evaluate("document.getElementById('processing-state').textContent")
+        assert text.startswith("processing stalled"), text
+        # the picture keeps flowing meanwhile
+        t0 = page.evaluate("document.querySelector('video').currentTime")
+        time.sleep(1.0)
+        assert page.evaluate("document.querySelector('video').currentTime") > t0 + 0.5
