@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 
@@ -23,6 +23,7 @@ class Viewer:
         #: come on it (camtrack.outputs.results), kept in `messages`, parsed, newest last
         self.data = data
         self.messages: list[dict[str, Any]] = []
+        self.channel: RTCDataChannel | None = None
         #: the video codecs its offer has ("h264", "vp8"; None: every one aiortc has), as a browser
         #: without H.264 offers VP8 only
         self.codecs = codecs
@@ -59,7 +60,7 @@ class Viewer:
 
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
         if self.data:
-            channel = self.pc.createDataChannel("camtrack")
+            channel = self.channel = self.pc.createDataChannel("camtrack")
             channel.on("message", lambda text: self.messages.append(json.loads(text)) if isinstance(text, str) else None)
         if self.codecs is not None:
             wanted = {f"video/{c}".lower() for c in self.codecs}

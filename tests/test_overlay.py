@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 
+from camtrack.app import CAMERAS
 from camtrack.client import Viewer
 from camtrack.media import stamp
 from camtrack.outputs.wsvideo import parse_header
@@ -33,6 +36,7 @@ def mapper_origin(viewer: Viewer) -> int:
     return origin
 
 
+@pytest.mark.slow
 async def test_results_arrive_on_the_data_channel_with_the_rtp_timestamp_of_their_picture(serve):
     url, app = await serve(width=640, height=480, fps=20, process_function=stamping)
     viewer = Viewer(url, data=True)
@@ -77,3 +81,37 @@ async def test_the_websocket_fallback_gets_the_results_naming_each_pictures_pts(
             assert m["pts"] == pts_by_capture[round(m["time"] * 1_000_000)], m
         assert [m["frame"] for m in data] == sorted({m["frame"] for m in data})
         assert status[-1]["state"] == "ok" and status[-1]["function"].endswith("stamping")
+
+
+async def test_a_hostile_viewers_channels_and_messages_are_bounded(serve, caplog):
+    caplog.set_level(logging.INFO, "camtrack.outputs.webrtc.datachannel")
+    url, app = await serve(width=320, height=240, fps=20, process_function=stamping)
+    camera = app[CAMERAS].first
+    honest, hostile = Viewer(url, data=True), Viewer(url, data=True)
+    try:
+        await asyncio.gather(honest.connect(), hostile.connect())
+        await asyncio.gather(honest.frames(5), hostile.frames(5))
+        await eventually(lambda: any(m["type"] == "data" for m in hostile.messages))
+        assert hostile.pc is not None
+        channel = hostile.channel
+        assert channel is not None
+        # messages on the channel: ignored, then the channel is closed
+        for i in range(40):
+            channel.send(f"junk {i}" * 100)
+        await eventually(lambda: channel.readyState == "closed", timeout=10)
+        # more channels: each closed as it opens; past a few the peer is ended
+        extra = [hostile.pc.createDataChannel(f"extra{i}") for i in range(6)]
+        await eventually(lambda: hostile.pc.connectionState in ("closed", "failed")
+                         or hostile.ws is None or hostile.ws.closed or extra[0].readyState == "closed", timeout=10)
+        bye = await hostile.receive("bye", timeout=10)
+        assert bye["type"] == "bye"
+        said = caplog.text
+        assert "messages on its data channel (none is expected); closing it" in said, said
+        assert "data channels; ending it" in said, said
+        # the honest viewer saw nothing of it
+        before = len(honest.messages)
+        await honest.frames(20)
+        await eventually(lambda: len(honest.messages) > before + 5)
+        assert camera.processing is not None and camera.processing.running
+    finally:
+        await asyncio.gather(honest.close(), hostile.close(bye=False))
