@@ -68,23 +68,7 @@ def test_the_page_draws_each_result_on_the_picture_it_describes(sandbox, tmp_pat
     with browser_and_server(sandbox, tmp_path, "h264", "--process", spec) as (browser, _, _log):
         page = open_page(browser)
         page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
-        page.wait_for_function("window.camtrack.overlay && window.camtrack.overlay.drawn.length > 10", timeout=30000)
-        page.evaluate(RECORD_PAIRS)
-        page.wait_for_function("window.pairs.length >= 120", timeout=30000)
-        pairs = page.evaluate("window.pairs")
-        deltas = [signed(p["data"] - p["shown"]) for p in pairs]
-        # a stamp misread from a blurred picture: far off; anything else is a frame's own or an older one's
-        misread = [d for d in deltas if abs(d) > 5000]
-        same = [d for d in deltas if d == 0]
-        early = [d for d in deltas if 20 <= d <= 5000]  # a later frame's data on an earlier picture
-        exact = [p for p in pairs if p["exact"]]
-        print(f"\n{len(pairs)} pictures drawn: {len(same)} with their own frame's data, {len(early)} early, "
-              f"{len(misread)} stamps misread, {len(exact)} by their exact RTP timestamp; "
-              f"other deltas {sorted(d for d in deltas if d)[:20]}")
-        assert not early, early
-        assert len(misread) <= 0.02 * len(pairs), misread
-        assert len(same) >= 0.9 * len(pairs), deltas
-        assert len(exact) >= 0.9 * len(pairs)
+        check_pairs(drawn_pairs(page, 120), "WebRTC")
         # the box is on the canvas over the video, the statistics say how processing goes
         assert page.evaluate(GREEN_PIXELS) > 500
         page.keyboard.press("i")
@@ -114,3 +98,38 @@ def test_the_page_says_processing_is_stalled(sandbox, tmp_path):
         t0 = page.evaluate("document.querySelector('video').currentTime")
         time.sleep(1.0)
         assert page.evaluate("document.querySelector('video').currentTime") > t0 + 0.5
+
+
+def drawn_pairs(page, count: int) -> list[dict]:
+    page.wait_for_function("window.camtrack.overlay && window.camtrack.overlay.drawn.length > 10", timeout=30000)
+    page.evaluate(RECORD_PAIRS)
+    page.wait_for_function(f"window.pairs.length >= {count}", timeout=30000)
+    pairs: list[dict] = page.evaluate("window.pairs")
+    return pairs
+
+
+def check_pairs(pairs: list[dict], what: str, share: float = 0.9) -> None:
+    """Almost every drawn picture carries its own frame's data, none a later frame's."""
+    deltas = [signed(p["data"] - p["shown"]) for p in pairs]
+    misread = [d for d in deltas if abs(d) > 5000]  # a stamp misread from a blurred picture
+    same = [d for d in deltas if d == 0]
+    early = [d for d in deltas if 20 <= d <= 5000]  # a later frame's data on an earlier picture
+    exact = [p for p in pairs if p["exact"]]
+    print(f"\n{what}: {len(pairs)} pictures drawn: {len(same)} with their own frame's data, {len(early)} early, "
+          f"{len(misread)} stamps misread, {len(exact)} by their exact picture key; "
+          f"other deltas {sorted(d for d in deltas if d)[:20]}")
+    assert not early, early
+    assert len(misread) <= 0.02 * len(pairs), misread
+    assert len(same) >= share * len(pairs), deltas
+    assert len(exact) >= share * len(pairs)
+
+
+@pytest.mark.timeout(150)
+def test_the_websocket_fallback_page_draws_each_result_on_its_picture(sandbox, tmp_path):
+    spec = f"{functions(tmp_path)}:boxes"
+    with browser_and_server(sandbox, tmp_path, "h264", "--process", spec) as (browser, _, _log):
+        page = open_page(browser, "?transport=ws")
+        page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        assert page.evaluate("[window.camtrack.transport, window.camtrack.decoder]") == ["websocket", "mse"]
+        check_pairs(drawn_pairs(page, 90), "websocket (MSE)", share=0.8)
+        assert page.evaluate(GREEN_PIXELS) > 500
