@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from camtrack.app import CAMERAS
+from camtrack.app import CAMERAS, ICE
 from camtrack.client import Viewer
 from camtrack.media import stamp
 from camtrack.outputs.wsvideo import parse_header
@@ -115,3 +115,26 @@ async def test_a_hostile_viewers_channels_and_messages_are_bounded(serve, caplog
         assert camera.processing is not None and camera.processing.running
     finally:
         await asyncio.gather(honest.close(), hostile.close(bye=False))
+
+
+@pytest.mark.slow
+async def test_a_viewer_in_a_worker_process_gets_the_results_with_its_own_rtp_timestamps(serve):
+    url, app = await serve(width=320, height=240, fps=20, process_function=stamping, workers=2,
+                           ice_addresses=["127.0.0.1"])
+    viewer = Viewer(url, data=True)
+    try:
+        await viewer.connect()
+        frames = await viewer.frames(40, timeout=60)
+        await eventually(lambda: sum(m["type"] == "data" for m in viewer.messages) >= 20, timeout=20)
+        await eventually(lambda: any(m["type"] == "processing" and m["rate"] for m in viewer.messages), timeout=20)
+        workers = app[ICE].peers.pool.workers
+        assert sum(w.load for w in workers) == 1, "the viewer's peer is not in the worker"
+        origin = mapper_origin(viewer)
+        by_stamp = {stamp.read_stamp(f.to_ndarray(format="bgr24")): (origin + f.pts) & 0xFFFFFFFF for f in frames}
+        matched = [m for m in viewer.messages if m["type"] == "data" and m["data"]["stamp"] in by_stamp]
+        assert len(matched) >= 10
+        assert all(m["rtp"] == by_stamp[m["data"]["stamp"]] for m in matched)
+        status = [m for m in viewer.messages if m["type"] == "processing" and m["rate"]][-1]
+        assert status["state"] == "ok" and 10 <= status["rate"] <= 30, status
+    finally:
+        await viewer.close()

@@ -33,8 +33,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
-from ..processing import ProcessingStage
 from ..processing.contract import Result
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,45 @@ STATUS_INTERVAL = 1.0
 #: data whose JSON is longer than this is sent as null with a "dropped" reason (a data channel's
 #: messages are at most 64 KiB by default)
 MAX_DATA = 60_000
+
+
+class CallCounts(Protocol):
+    """A processing function's calls so far and the seconds they took (ProcessingStats)."""
+
+    @property
+    def calls(self) -> int: ...
+
+    @property
+    def seconds(self) -> float: ...
+
+
+class ResultFeed(Protocol):
+    """Where a viewer's results come from: a camera's processing stage (camtrack.processing), or in
+    a worker process the main process's relayed (camtrack.workers)."""
+
+    @property
+    def camera(self) -> str: ...
+
+    @property
+    def result(self) -> Result | None:
+        """The newest result (None before any)."""
+
+    @property
+    def stats(self) -> CallCounts: ...
+
+    async def next_result(self, after: int = 0) -> Result:
+        """The newest result of a frame above number `after`, waiting for one."""
+
+    def attach(self, reader: object) -> None:
+        """`reader` reads results (the first one starts the stage)."""
+
+    def detach(self, reader: object) -> None: ...
+
+    def describe(self) -> dict[str, object]:
+        """The processing's function, state, error and counts (ProcessingStage.describe)."""
+
+    def result_age(self, now: float | None = None) -> float | None:
+        """Seconds since the newest result's frame was captured."""
 
 
 class SentPictures:
@@ -120,7 +159,7 @@ class ResultSender:
     (None: not known, as with per-viewer encoding: `field` is then null); `field` names their
     timestamps ("rtp", "pts")."""
 
-    def __init__(self, stage: ProcessingStage, send: Callable[[str], None], busy: Callable[[], bool],
+    def __init__(self, stage: ResultFeed, send: Callable[[str], None], busy: Callable[[], bool],
                  pictures: SentPictures | None, field: str) -> None:
         self.stage = stage
         self.send = send

@@ -15,8 +15,7 @@ from collections.abc import Callable
 
 from aiortc import RTCDataChannel
 
-from ...processing import ProcessingStage
-from ..results import ResultSender, SentPictures
+from ..results import ResultFeed, ResultSender, SentPictures
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class DataChannels:
     """A peer's data channels: the first carries the camera's results (if it has a processing
     function), the others are refused. `end(reason)` ends the peer (too many channels)."""
 
-    def __init__(self, processing: ProcessingStage | None, pictures: SentPictures | None, label: str,
+    def __init__(self, processing: ResultFeed | None, pictures: SentPictures | None, label: str,
                  end: Callable[[str], None]) -> None:
         self.processing = processing
         self.pictures = pictures

@@ -17,9 +17,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
-from ...processing import ProcessingStage
 from ...seams import aiortc as aiortc_seam
-from ..results import SentPictures
+from ..results import ResultFeed, SentPictures
 from .contract import CameraView, PeerCamera
 from .datachannel import DataChannels
 from .ice import IceContext
@@ -213,7 +212,7 @@ class Peer:
 
     def __init__(self, camera: PeerCamera, timeouts: PeerTimeouts, transport: Transport, remote: str,
                  on_end: Callable[[str], None], ice: IceContext, tracks: TrackMaker,
-                 codecs: Sequence[str], processing: ProcessingStage | None = None) -> None:
+                 codecs: Sequence[str], processing: ResultFeed | None = None) -> None:
         self.camera = camera
         self.timeouts = timeouts
         self.transport = transport
