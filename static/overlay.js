@@ -24,6 +24,7 @@
     status: null, // the newest status message ({type: "processing", ...})
     statusAt: 0,
     latest: null, // the newest result received
+    shown: null, // the picture shown now: {field, key}
     drawnResult: null, // the result drawn on the picture shown now
     drawnAge: null, // ms from its frame's capture to the moment it was drawn
     // (shown picture's key, the drawn result's frame, time and key, when, ...) newest last
@@ -46,12 +47,18 @@
       overlay.latest = message;
       overlay.results.push(message);
       if (overlay.results.length > WINDOW) overlay.results.splice(0, overlay.results.length - WINDOW);
+      // the data of the picture shown now, come after it was drawn (the websocket's pictures are
+      // drawn as soon as decoded): drawn on it now
+      const shown = overlay.shown;
+      if (shown && message[shown.field] === shown.key && overlay.drawnResult !== message) {
+        picture(shown.field, shown.key, null);
+      }
     }
   }
 
   function reset() {
     overlay.results = [];
-    overlay.latest = overlay.status = overlay.drawnResult = null;
+    overlay.latest = overlay.status = overlay.drawnResult = overlay.shown = null;
     overlay.drawnAge = null;
     clear();
     showState();
@@ -92,6 +99,7 @@
 
   // A picture is shown now (its `field` is `key`): draw its result.
   function picture(field, key, metadata) {
+    overlay.shown = { field, key };
     const result = resultFor(field, key);
     const view = camtrack.view();
     draw(result ? result.data : null, view);
@@ -99,7 +107,7 @@
     overlay.drawnAge = result ? Date.now() - result.time * 1000 : null;
     if (!result) return;
     const entry = { field, shown: key, frame: result.frame, time: result.time, key: result[field],
-                    at: performance.now() };
+                    at: performance.now(), age: overlay.drawnAge };
     overlay.drawn.push(entry);
     if (overlay.drawn.length > DRAWN_LOG) overlay.drawn.splice(0, overlay.drawn.length - DRAWN_LOG);
     if (overlay.onDraw) overlay.onDraw(entry, metadata);
