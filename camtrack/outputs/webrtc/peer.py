@@ -239,8 +239,9 @@ class Peer:
         self._turn: Callable[[], None] | None = None
         #: remote candidates the viewer gave, in its offer and trickled (see add_candidate)
         self._remote_candidates = 0
-        #: the RTP timestamps of the pictures sent lately, by capture time (shared packets only)
-        self.pictures = SentPictures()
+        #: the RTP timestamps of the pictures sent lately, by capture time (shared packets only), for
+        #: the processing results (none kept for a camera without a function)
+        self.pictures = SentPictures() if processing is not None else None
         #: the viewer's data channel: the camera's processing results, if it has a function
         self.data = DataChannels(processing, self.pictures, f"{transport} viewer {remote} of {camera.name}",
                                  self._end)
