@@ -11,8 +11,8 @@ import pytest
 
 from . import netns as netns_mod
 from .test_browser import PORT, browser_and_server, open_page
-from .test_browser_fallback import certificate, chromium_and_server, wait_for_server
 from .test_browser import sandbox as sandbox  # noqa: F401 - the namespace and Chromium wrapper
+from .test_browser_fallback import certificate, chromium_and_server, wait_for_server
 
 FUNCTIONS = '''
 import time
