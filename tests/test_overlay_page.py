@@ -131,7 +131,8 @@ def check_pairs(pairs: list[dict], what: str, share: float = 0.9) -> None:
     same = [d for d in deltas if d == 0]
     early = [d for d in deltas if 20 <= d <= 5000]  # a later frame's data on an earlier picture
     exact = [p for p in pairs if p["exact"]]
-    print(f"\n{what}: {len(pairs)} pictures drawn ({redrawn} again when their data came): {len(same)} with their own frame's data, {len(early)} early, "
+    print(f"\n{what}: {len(pairs)} pictures drawn ({redrawn} again when their data came): "
+          f"{len(same)} with their own frame's data, {len(early)} early, "
           f"{len(misread)} stamps misread, {len(exact)} by their exact picture key; "
           f"other deltas {sorted(d for d in deltas if d)[:20]}")
     assert not early, early
