@@ -53,6 +53,10 @@ GREEN_PIXELS = """() => {
 }"""
 
 
+ORANGE_PIXELS = GREEN_PIXELS.replace("pixels[i + 1] > 200 && pixels[i] < 60",
+                                     "pixels[i] > 200 && pixels[i + 1] > 120 && pixels[i + 1] < 200 && pixels[i + 2] < 90")
+
+
 def signed(delta: int) -> int:
     delta %= 2**32
     return delta - 2**32 if delta >= 2**31 else delta
@@ -67,10 +71,13 @@ def functions(tmp_path: Path) -> Path:
 @pytest.mark.timeout(150)
 def test_the_page_draws_each_result_on_the_picture_it_describes(sandbox, tmp_path):
     spec = f"{functions(tmp_path)}:boxes"
-    with browser_and_server(sandbox, tmp_path, "h264", "--process", spec) as (browser, _, _log):
+    # (with the built-in motion detector: its regions drawn too)
+    with browser_and_server(sandbox, tmp_path, "h264", "--process", spec, "--motion") as (browser, _, _log):
         page = open_page(browser)
         page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
         check_pairs(drawn_pairs(page, 120), "WebRTC")
+        assert page.evaluate(ORANGE_PIXELS) > 50, "no motion region drawn"
+        page.screenshot(path=str(tmp_path / "overlay.png"))  # (to look at)
         print(drawn_ages(page))
         # the box is on the canvas over the video, the statistics say how processing goes
         assert page.evaluate(GREEN_PIXELS) > 500
