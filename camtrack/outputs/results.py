@@ -125,21 +125,20 @@ class SentPictures:
         await self._changed.wait()
 
 
-#: the newest result's data as JSON, made once for every viewer
-_serialized: tuple[Result, str] | None = None
+#: each camera's newest result's data as JSON, made once for every viewer
+_serialized: dict[str, tuple[Result, str]] = {}
 
 
-def data_json(result: Result) -> str:
+def data_json(camera: str, result: Result) -> str:
     """`result.data` as JSON (once per result, whatever the number of viewers)."""
-    global _serialized
-    cached = _serialized
+    cached = _serialized.get(camera)
     if cached is not None and cached[0] is result:
         return cached[1]
     text = json.dumps(result.data, separators=(",", ":"))
     if len(text) > MAX_DATA:
         logger.debug("result of frame %d: data of %d bytes sent as null", result.frame, len(text))
         text = "null"
-    _serialized = (result, text)
+    _serialized[camera] = (result, text)
     return text
 
 
@@ -147,7 +146,7 @@ def data_message(camera: str, result: Result, field: str, timestamp: int | None)
     """The data message of `result` for a viewer whose picture of it has `timestamp` in `field`."""
     return (f'{{"type":"data","camera":{json.dumps(camera)},"frame":{result.frame},'
             f'"time":{json.dumps(result.time)},"{field}":{"null" if timestamp is None else timestamp},'
-            f'"data":{data_json(result)}}}')
+            f'"data":{data_json(camera, result)}}}')
 
 
 class ResultSender:
