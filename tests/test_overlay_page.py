@@ -124,10 +124,11 @@ def drawn_ages(page) -> str:
     return f"data age when drawn p50 {ages[len(ages) // 2]:.0f} ms, p95 {ages[int(len(ages) * 0.95)]:.0f} ms"
 
 
-def check_pairs(pairs: list[dict], what: str, share: float = 0.9) -> None:
-    """Almost every drawn picture carries its own frame's data, none a later frame's (a picture drawn
-    again when its own data came after it counts as its last drawing; every drawing is checked for
-    early data)."""
+def check_pairs(pairs: list[dict], what: str, share: float = 0.85) -> None:
+    """Almost every drawn picture carries its own frame's data (`share` of them: a busy machine delays
+    some data past its picture, and a picture drawn again when its data came is read as the video
+    shows then, which may be the next picture already), none a later frame's (a picture drawn again
+    counts as its last drawing; every drawing is checked for early data)."""
     every = [signed(p["data"] - p["shown"]) for p in pairs]
     assert not [d for d in every if 20 <= d <= 5000], every
     last = {p["shown"]: p for p in pairs}  # (in order: each picture's last drawing)
