@@ -56,6 +56,8 @@ class Row:
     worker_cpu: tuple[float, ...] = ()
     #: whose server.py served it (--compare: "before" or "this")
     server: str = "this"
+    #: processing results a second per viewer (viewers with --data, bench.overlay), else 0
+    data_rate: float = 0.0
 
     def cells(self) -> list[str]:
         def ms(value: float | None) -> str:
@@ -115,11 +117,13 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def measure(mode: str, codec: str, width: int, height: int, viewers: int, duration: float,
             source: str = "pattern", join_spread: float = 0.0, stamped: bool = True, workers: int = 1,
-            root: Path = ROOT, server_name: str = "this", extra: tuple[str, ...] = ()) -> Row:
+            root: Path = ROOT, server_name: str = "this", extra: tuple[str, ...] = (),
+            viewer_options: tuple[str, ...] = ()) -> Row:
     """One row. `mode` is an --encoder (shared, per-viewer), or for an H.264 `source` a --mode
     (passthrough, transcode: the camera's own packets against decoding and encoding them again).
     `root`: the checkout whose server.py serves it (the viewers are always this checkout's);
-    `extra`: more server options (bench.processing: a --process function)."""
+    `extra`: more server options (bench.processing: a --process function); `viewer_options`: more
+    bench.viewers options (bench.overlay: --data)."""
     port = free_port()
     how = ["--mode", mode] if mode in ("passthrough", "transcode") else ["--encoder", mode]
     server = subprocess.Popen(
@@ -156,7 +160,8 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
             rest -= groups[-1][0]
         for count, decode in groups:
             argv = [sys.executable, "-m", "bench.viewers", "--url", url, "--count", str(count),
-                    "--start-at", str(start_at), "--duration", str(duration), "--join-spread", str(join_spread)]
+                    "--start-at", str(start_at), "--duration", str(duration), "--join-spread", str(join_spread),
+                    *viewer_options]
             if decode:
                 argv.append("--decode")
             clients.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True))
@@ -191,6 +196,7 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
         first_frame_max=max(v.get("first_frame", float("inf")) for v in per_viewer),
         first_age_max=max(ages) if ages else None,
         rss_mb=rss, errors=sum(1 for v in per_viewer if "error" in v), server=server_name,
+        data_rate=statistics.mean(v.get("data", 0) / duration for v in per_viewer),
     )
 
 

@@ -149,6 +149,8 @@ async def main() -> None:
     parser.add_argument("--join-at", type=float, default=None,
                         help="time.time() at which all viewers join at once (default: at once)")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between one viewer's join and the next")
+    parser.add_argument("--data", action="store_true",
+                        help="open a data channel (the processing results: their count in the window as data)")
     args = parser.parse_args()
 
     restrict_host_addresses(["127.0.0.1"])
@@ -160,7 +162,8 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     start = loop.time() + (args.start_at - time.time())
     end = start + args.duration
-    viewers = [Viewer(args.url) for _ in range(args.count)]
+    start_wall, end_wall = args.start_at, args.start_at + args.duration
+    viewers = [Viewer(args.url, data=args.data) for _ in range(args.count)]
     results = [{"frames": 0, "latency": []} for _ in viewers]
 
     join = loop.time() + (args.join_at - time.time()) if args.join_at is not None else loop.time()
@@ -184,8 +187,10 @@ async def main() -> None:
 
     window = asyncio.ensure_future(cpu_window())
     await asyncio.gather(*(run(i, v, r) for i, (v, r) in enumerate(zip(viewers, results, strict=True))))
-    for result in results:
+    for viewer, result in zip(viewers, results, strict=True):
         result.pop("joined", None)
+        if args.data:  # results received (their messages are stamped with the frame's capture time)
+            result["data"] = sum(m["type"] == "data" and start_wall <= m["time"] < end_wall for m in viewer.messages)
     before, after = await window
     print(json.dumps({"viewers": results, "cpu_seconds": after - before, "duration": args.duration}))
     await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 
@@ -17,8 +17,13 @@ class Viewer:
     """One receive-only WebRTC viewer connected over a camtrack websocket."""
 
     def __init__(self, url: str, session: aiohttp.ClientSession | None = None, hello_servers: bool = False,
-                 codecs: Sequence[str] | None = None) -> None:
+                 codecs: Sequence[str] | None = None, data: bool = False) -> None:
         self.url = url
+        #: open a data channel before the offer, as the page does: the camera's processing results
+        #: come on it (camtrack.outputs.results), kept in `messages`, parsed, newest last
+        self.data = data
+        self.messages: list[dict[str, Any]] = []
+        self.channel: RTCDataChannel | None = None
         #: the video codecs its offer has ("h264", "vp8"; None: every one aiortc has), as a browser
         #: without H.264 offers VP8 only
         self.codecs = codecs
@@ -54,6 +59,9 @@ class Viewer:
                 track_future.set_result(track)
 
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        if self.data:
+            channel = self.channel = self.pc.createDataChannel("camtrack")
+            channel.on("message", lambda text: self.messages.append(json.loads(text)) if isinstance(text, str) else None)
         if self.codecs is not None:
             wanted = {f"video/{c}".lower() for c in self.codecs}
             transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs

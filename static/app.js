@@ -2,7 +2,9 @@
 // When WebRTC does not connect within FALLBACK_MS (UDP blocked), or the page is opened with
 // ?transport=ws, the same socket carries the camera's packets instead (wsplayer.js plays them),
 // and a browser that can play neither shows the MJPEG stream.
-// The protocol is described in docs/protocols.md ("Signaling protocol").
+// The protocol is described in docs/protocols.md ("Signaling protocol"). A camera's processing
+// results come on a data channel of the peer (or as text messages on the websocket) and go to
+// overlay.js, which draws them over the picture they describe.
 "use strict";
 
 const video = document.getElementById("video");
@@ -79,6 +81,8 @@ function closePeer() {
   camtrack.pc = null;
   if (pc) {
     pc.onconnectionstatechange = pc.onicecandidate = pc.ontrack = null;
+    if (camtrack.channel) camtrack.channel.onmessage = null;
+    camtrack.channel = null;
     pc.close();
     video.srcObject = null; // (it would hide a media source's picture)
   }
@@ -95,8 +99,14 @@ function stopPlayer() {
   show(video);
 }
 
+// a processing result or status, from the data channel or the websocket (overlay.js draws them)
+function receiveData(message) {
+  if (camtrack.overlay) camtrack.overlay.receive(message);
+}
+
 function teardown() {
   clearTimeout(disconnectTimer);
+  if (camtrack.overlay) camtrack.overlay.reset();
   closePeer();
   stopPlayer();
   const ws = camtrack.ws;
@@ -209,6 +219,10 @@ async function handle(ws, message) {
         askToken(sent ? "wrong token, try again" : "");
       }
       break;
+    case "data":
+    case "processing":
+      if (camtrack.ws === ws) receiveData(message);
+      break;
     case "bye":
       if (camtrack.transport === "webrtc" && !camtrack.peerConnected) {
         // the server's side of WebRTC gave up before connecting (UDP blocked there, or the
@@ -244,6 +258,10 @@ function startStream(ws, hello) {
     },
     onError(reason) {
       if (camtrack.ws === ws) reconnect(reason);
+    },
+    // a picture drawn (WebCodecs): its presentation time, which the results sent beside it name
+    onPicture(pts) {
+      if (camtrack.ws === ws && camtrack.overlay) camtrack.overlay.picture("pts", pts);
     },
   });
   show(camtrack.player.element);
@@ -286,6 +304,17 @@ async function startPeer(ws, hello) {
   let connected = false;
   camtrack.peerConnected = false;
   pc.addTransceiver("video", { direction: "recvonly" });
+  // the camera's processing results: newest wins, so neither ordered nor retransmitted
+  const channel = pc.createDataChannel("camtrack", { ordered: false, maxRetransmits: 0 });
+  camtrack.channel = channel;
+  channel.onmessage = (event) => {
+    if (camtrack.pc !== pc || typeof event.data !== "string") return;
+    try {
+      receiveData(JSON.parse(event.data));
+    } catch {
+      // not JSON: nothing to draw
+    }
+  };
   pc.ontrack = (event) => {
     video.srcObject = event.streams[0] || new MediaStream([event.track]);
     video.play().catch(() => {});

@@ -38,7 +38,8 @@
   const stampCanvas = document.createElement("canvas");
   const stampContext = stampCanvas.getContext("2d", { willReadFrequently: true });
 
-  function readLatency() {
+  // the stamp of the picture shown now (null: nothing shown)
+  function readStamp() {
     const { element, width } = camtrack.view();
     if (!width || width < 32) return null;
     const cell = Math.max(1, Math.min(16, Math.floor(width / 32)));
@@ -54,13 +55,20 @@
       const level = (pixels[i] + pixels[i + 1] + pixels[i + 2]) / 3;
       stamp = stamp * 2 + (level >= 128 ? 1 : 0);
     }
+    return stamp;
+  }
+
+  function readLatency() {
+    const stamp = readStamp();
+    if (stamp === null) return null;
     const now = Date.now() % 2 ** 32;
     let latency = (now - stamp + 2 ** 32) % 2 ** 32;
     if (latency >= 2 ** 31) latency -= 2 ** 32;
     return latency >= -1000 && latency < 60000 ? latency : null;
   }
 
-  camtrack.readLatency = readLatency; // for benchmarks: the stamp of what is shown now
+  camtrack.readLatency = readLatency; // for benchmarks: the latency of what is shown now
+  camtrack.readStamp = readStamp; // and its stamp (tests: which picture is shown)
 
   // --- the stats overlay, from getStats() once a second
   let previous = null;
@@ -126,6 +134,7 @@
       camtrack.latency = latency;
       rows.push(["glass-to-glass", latency !== null ? `${latency} ms` : "-"]);
     }
+    processingRows(rows);
     statsEl.replaceChildren(...rows.flatMap(([k, v]) => {
       const dt = document.createElement("dt");
       const dd = document.createElement("dd");
@@ -136,6 +145,21 @@
     camtrack.stats = Object.fromEntries(rows);
   }
   setInterval(() => updateStats().catch(() => {}), 1000);
+
+  // the camera's processing function, from its status messages (overlay.js)
+  function processingRows(rows) {
+    const overlay = camtrack.overlay;
+    const status = overlay && overlay.status;
+    if (!status) return;
+    const current = performance.now() - overlay.statusAt < 3500;
+    rows.push(["processing", String(status.function || "-")]);
+    rows.push(["processing state", current ? status.state : "unknown (no report)"]);
+    rows.push(["calls/s", status.rate !== null && status.rate !== undefined ? status.rate.toFixed(1) : "-"]);
+    rows.push(["ms per frame", status.ms !== null && status.ms !== undefined ? status.ms.toFixed(1) : "-"]);
+    rows.push(["data age (drawn)", overlay.drawnAge !== null ? `${Math.round(overlay.drawnAge)} ms` : "-"]);
+    const other = overlay.other();
+    if (other) rows.push(["data", other]);
+  }
 
   function toggleOverlay(show = overlay.hidden) {
     overlay.hidden = !show;

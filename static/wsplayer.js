@@ -32,7 +32,7 @@
   }
 
   // --- WebCodecs: decode each picture as it comes and draw it on a canvas at once
-  function webCodecsPlayer({ canvas, onFrame, onError }) {
+  function webCodecsPlayer({ canvas, onFrame, onError, onPicture }) {
     const stats = counters();
     const context = canvas.getContext("2d");
     let config = null; // the codec block the decoder is configured with
@@ -44,9 +44,11 @@
           canvas.height = frame.displayHeight;
         }
         context.drawImage(frame, 0, 0);
+        const pts = Math.round((frame.timestamp * 9) / 100); // back to the message's 90 kHz pts
         frame.close();
         stats.frames += 1;
         onFrame();
+        if (onPicture) onPicture(pts);
       },
       error(error) {
         onError(`decoder: ${error.message || error}`);
@@ -174,6 +176,7 @@
     let sequence = 0;
     let decodeTime = 0;
     let lastPts = null;
+    const shownPts = []; // [decode time, the message's pts] of the segments appended lately
     let frameTicks = TIMESCALE / (hello.fps || 30); // a picture's duration: the measured spacing
     let closed = false;
     video.src = URL.createObjectURL(source);
@@ -237,6 +240,14 @@
       element: video,
       stats,
       size: () => [video.videoWidth, video.videoHeight],
+      // the message pts of the picture at `mediaTime` (a video frame callback's), or null
+      ptsAt(mediaTime) {
+        const ticks = mediaTime * TIMESCALE + frameTicks / 2;
+        for (let i = shownPts.length - 1; i >= 0; i--) {
+          if (shownPts[i][0] <= ticks) return shownPts[i][1];
+        }
+        return null;
+      },
       push(bufferData) {
         const m = parseMessage(bufferData);
         stats.messages += 1;
@@ -277,6 +288,8 @@
         const sample = concat(...samples.flatMap((u) => [u32(u.length), u]));
         const duration = Math.max(1, Math.round(frameTicks));
         sequence += 1;
+        shownPts.push([decodeTime, m.pts]);
+        if (shownPts.length > 300) shownPts.splice(0, shownPts.length - 300);
         queue.push(mediaSegment(sequence, decodeTime, duration, sample, m.keyframe));
         decodeTime += duration;
         pump();

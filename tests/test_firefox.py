@@ -111,3 +111,18 @@ def test_firefox_plays_a_passed_through_h264_file_in_vp8(sandbox, tmp_path):
         log = (tmp_path / "server.log").read_text()
         print(log[-4000:])
     assert "answered with vp8" in log
+
+
+@pytest.mark.timeout(150)
+def test_firefox_draws_each_processing_result_on_the_picture_it_describes(sandbox, tmp_path):
+    """The page in Firefox draws a function's data over the video on the picture it describes (its
+    video frame callbacks give the RTP timestamp too): tests/test_overlay_page.py's check."""
+    from .test_overlay_page import check_pairs, functions
+
+    running = server(sandbox, tmp_path, "vp8", "--process", f"{functions(tmp_path)}:boxes")
+    try:
+        seen = play(sandbox, tmp_path, "overlay", URL, frames=90)
+        assert seen["ok"], seen
+        check_pairs(seen["pairs"], f"Firefox {seen['version']}")
+    finally:
+        running.stop()

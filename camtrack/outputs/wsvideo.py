@@ -17,7 +17,9 @@ the very packets WebRTC viewers get. Each message is one picture behind a fixed 
     24+n    ...   the picture: an H.264 access unit in Annex-B form (SPS and PPS in front of every
                   IDR), or a VP8 frame
 
-All integers are big-endian. The stream starts at a keyframe. A reader that falls further behind
+All integers are big-endian. The stream starts at a keyframe. For a camera with a processing
+function, text messages come between them: its results, each naming the picture it describes by
+that picture's presentation time (`"pts"`), and its status (camtrack.outputs.results). A reader that falls further behind
 than the feed's ring holds skips to the next keyframe (flag 4), so nothing is ever queued for a
 slow one; one that reads nothing is cut off by the socket's send time-out.
 """
@@ -31,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from ..media.frame import VIDEO_CLOCK_RATE
 from ..media.packet import CodecInfo, EncodedPacket
 from ..media.reader import PacketReader
+from .results import SentPictures
 
 VERSION = 1
 KEYFRAME = 1
@@ -76,6 +79,9 @@ class PacketStream:
         self._make_reader = reader
         self.reader: PacketReader | None = None
         self.sent = 0
+        #: the presentation times of the pictures sent lately, by capture time (what the
+        #: processing results sent beside them name: camtrack.outputs.results)
+        self.pictures = SentPictures()
 
     @property
     def skipped(self) -> int:
@@ -94,8 +100,10 @@ class PacketStream:
                 packet, pts = await reader.next()
                 resync = reader.resyncs != resyncs
                 resyncs = reader.resyncs
-                if not await send(message(packet, pts if pts is not None else packet.packet.pts or 0, resync)):
+                shown = max(0, pts if pts is not None else packet.packet.pts or 0)
+                if not await send(message(packet, shown, resync)):
                     return
+                self.pictures.add(packet.captured, shown)
                 self.sent += 1
         finally:
             reader.close()

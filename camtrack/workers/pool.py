@@ -47,6 +47,7 @@ from ..media.feeds import FeedClosed, PacketFeed, Transport
 from ..media.packet import CodecInfo, EncodedPacket, MediaKind
 from ..media.passthrough import RING_PACKETS
 from ..media.tiers import MAIN, Tier
+from ..outputs.results import ResultFeed
 from ..outputs.webrtc.contract import CameraView, PeerFactory, PeerSession
 from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, check_offer, negotiation_turn
 from ..outputs.webrtc.tracks import camera_codecs, own_codec
@@ -320,6 +321,51 @@ class Pump:
             self._task.cancel()
 
 
+class ResultPump:
+    """A camera's processing results (and its status, a few times a second) to one worker while it
+    has viewers of the camera: each result written once, whatever the number of viewers there;
+    newest wins (a worker that reads slowly gets the newest when it has read the last)."""
+
+    #: seconds between status messages (the worker's viewers' rates are differences of its counters)
+    STATUS_INTERVAL = 0.25
+
+    def __init__(self, worker: WorkerProcess, camera: str, stage: ResultFeed) -> None:
+        self.worker = worker
+        self.camera = camera
+        self.stage = stage
+        self.sent = 0
+        stage.attach(self)
+        # (before the first offer: the worker's peers of the camera read its relayed results)
+        worker.send({"t": "results", "camera": camera})
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        stage, loop = self.stage, asyncio.get_running_loop()
+        after = 0
+        status_due = loop.time()
+        try:
+            while True:
+                if loop.time() >= status_due:
+                    self.worker.send({"t": "result_status", "camera": self.camera, "describe": stage.describe(),
+                                      "calls": stage.stats.calls, "seconds": stage.stats.seconds})
+                    status_due = loop.time() + self.STATUS_INTERVAL
+                try:
+                    result = await asyncio.wait_for(stage.next_result(after), max(0.0, status_due - loop.time()))
+                except TimeoutError:
+                    continue
+                after = result.frame
+                self.worker.send({"t": "result", "camera": self.camera, "frame": result.frame, "time": result.time,
+                                  "data": result.data})
+                self.sent += 1
+                await self.worker.drain()
+        except ConnectionError:
+            pass
+
+    def stop(self) -> None:
+        self.stage.detach(self)
+        self._task.cancel()
+
+
 class WorkerProcess:
     """One worker process, started again when it dies, and what the main process knows of it."""
 
@@ -341,6 +387,8 @@ class WorkerProcess:
         self.closing: dict[int, RemotePeer] = {}
         #: what it is relayed: a pump per feed of a camera its viewers watch
         self.pumps: dict[wire.FeedKey, Pump] = {}
+        #: the processing results relayed to it, by camera (of cameras with a function its viewers watch)
+        self.result_pumps: dict[str, ResultPump] = {}
         #: what its last stats said: peers, packets received per camera
         self.stats: dict[str, Any] = {}
         #: over the server's life, per camera: packets written to this worker, packets it was skipped
@@ -408,6 +456,9 @@ class WorkerProcess:
     def add(self, peer: RemotePeer) -> None:
         self.peers[peer.id] = peer
         self._relay(peer.feed_key, peer.camera)
+        processing = peer.camera.processing
+        if processing is not None and peer.camera.name not in self.result_pumps:
+            self.result_pumps[peer.camera.name] = ResultPump(self, peer.camera.name, processing)
 
     def watch(self, peer: RemotePeer, tier: Tier) -> None:
         """`peer` watches its camera's `tier` now (its offer chose the codec): that feed is relayed
@@ -428,6 +479,10 @@ class WorkerProcess:
             pump = self.pumps.get(key)
             if pump is not None:
                 pump.stop()
+        if not any(p.feed_key.camera == key.camera for p in self.peers.values()):
+            results = self.result_pumps.pop(key.camera, None)
+            if results is not None:
+                results.stop()
 
     def remove(self, peer: RemotePeer, keep: bool = False) -> None:
         """`peer` is no viewer here any more (kept to hear its close reply if `keep`); the last viewer
@@ -606,6 +661,9 @@ class WorkerProcess:
         self.ufrags.clear()
         for pump in list(self.pumps.values()):
             pump.stop(tell=False)
+        for results in self.result_pumps.values():
+            results.stop()
+        self.result_pumps.clear()
         peers = list(self.peers.values()) + list(self.closing.values())
         self.peers.clear()
         self.closing.clear()

@@ -34,7 +34,7 @@ from ..outputs.webrtc.tracks import EncodedTrack
 from ..outputs.webrtc.udpmux import UdpMux
 from ..seams import check_hooks
 from . import wire
-from .relay import RelayedFeed
+from .relay import RelayedFeed, RelayedResults
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class Worker:
         self.timeouts = PeerTimeouts.of(config)
         #: the feeds relayed here, by their wire name (wire.FeedKey)
         self.feeds: dict[str, RelayedFeed] = {}
+        #: the processing results relayed here, by camera
+        self.results: dict[str, RelayedResults] = {}
         self.peers: dict[int, Peer] = {}
         self.closing: set[asyncio.Task[None]] = set()
 
@@ -109,6 +111,16 @@ class Worker:
                     self._close(message["id"])
                 elif kind == "feed":
                     self._feed(message)
+                elif kind == "results":  # (before the first offer of a camera with a processing function)
+                    self.results.setdefault(message["camera"], RelayedResults(message["camera"]))
+                elif kind == "result":
+                    relayed = self.results.get(message["camera"])
+                    if relayed is not None:
+                        relayed.add(message["frame"], message["time"], message["data"])
+                elif kind == "result_status":
+                    relayed = self.results.get(message["camera"])
+                    if relayed is not None:
+                        relayed.status(message["describe"], message["calls"], message["seconds"])
                 elif kind == "unfeed":
                     feed = self.feeds.pop(message["feed"], None)
                     if feed is not None:
@@ -139,7 +151,8 @@ class Worker:
         # (the relayed feed's codec: the main process chose it from the offer, and relays that feed)
         peer = Peer(camera, self.timeouts, transport, message["remote"],
                     lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice,
-                    lambda _codec: EncodedTrack(feed, camera.meters[transport]), (feed.codec.codec,))
+                    lambda _codec: EncodedTrack(feed, camera.meters[transport]), (feed.codec.codec,),
+                    self.results.get(camera.name))
         peer.on_state(lambda: self.send({"t": "state", "id": peer_id, "state": peer.state}))
         self.peers[peer_id] = peer
         asyncio.ensure_future(self._answer(peer_id, peer, message))

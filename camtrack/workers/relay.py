@@ -1,10 +1,13 @@
 """A worker's copy of one camera's packet feed: the packets the main process relays, in a ring of
-their own, read by the worker's tracks as they would read the shared encoder (a `PacketFeed`)."""
+their own, read by the worker's tracks as they would read the shared encoder (a `PacketFeed`); and
+of a camera's processing results (`RelayedResults`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -13,6 +16,7 @@ from ..media.encoder import KEYFRAME_ANSWERS
 from ..media.feeds import FeedClosed
 from ..media.packet import CodecInfo, EncodedPacket
 from ..media.ring import Read, Ring
+from ..processing.contract import Result
 from .wire import WirePacket
 
 #: a start run from a keyframe younger than this (since it arrived here) is as good as a fresh one:
@@ -114,3 +118,57 @@ class RelayedFeed:
     def close(self) -> None:
         """No more packets: readers waiting get RelayClosed."""
         self._ring.close()
+
+
+@dataclass
+class RelayedCounts:
+    """The main process's processing counters, as last relayed."""
+
+    calls: int = 0
+    seconds: float = 0.0
+
+
+class RelayedResults:
+    """A camera's processing results as the main process relays them to this worker (a
+    camtrack.outputs.results.ResultFeed): its newest result, and its status (what `describe()` and
+    the counters say there). The main process relays them while this worker has viewers of the
+    camera, whoever reads them here."""
+
+    def __init__(self, camera: str) -> None:
+        self.camera = camera
+        self.result: Result | None = None
+        self.stats = RelayedCounts()
+        self._described: dict[str, object] = {"state": "idle"}
+        self._new = asyncio.Event()
+
+    def add(self, frame: int, captured: float, data: Any) -> None:
+        """A result the main process relayed."""
+        if self.result is None or frame > self.result.frame:
+            self.result = Result(frame, captured, data)
+            woken, self._new = self._new, asyncio.Event()
+            woken.set()
+
+    def status(self, described: dict[str, object], calls: int, seconds: float) -> None:
+        """The processing's status as the main process relayed it."""
+        self._described = described
+        self.stats = RelayedCounts(calls, seconds)
+
+    def describe(self) -> dict[str, object]:
+        return dict(self._described)
+
+    def result_age(self, now: float | None = None) -> float | None:
+        result = self.result
+        return None if result is None else max(0.0, (time.time() if now is None else now) - result.time)
+
+    async def next_result(self, after: int = 0) -> Result:
+        while True:
+            result = self.result
+            if result is not None and result.frame > after:
+                return result
+            await self._new.wait()
+
+    def attach(self, reader: object) -> None:
+        """(The main process relays while this worker has viewers of the camera.)"""
+
+    def detach(self, reader: object) -> None:
+        pass

@@ -4,6 +4,9 @@
 //   node play.mjs page URL FRAMES      the page at URL until its peer decoded more than FRAMES
 //   node play.mjs whep URL FRAMES      a WHEP client (written here, not the page's) posting to URL,
 //                                      run in a blank page of the server's origin
+//   node play.mjs overlay URL FRAMES   the page, as `page`; then, for FRAMES pictures the page draws a
+//                                      processing result on, the latency stamp read from the picture
+//                                      shown and the data's "stamp" ("pairs" in the output)
 //
 // Output: {"ok": true, "codec": "video/VP8", "frames": N, "width": W, "height": H, "transport": ...,
 // "seconds": time from opening to FRAMES decoded, "offered": [codecs in Firefox's offer]} or
@@ -80,6 +83,24 @@ const WHEP = `async (endpoint) => {
   await pc.setRemoteDescription({type: "answer", sdp: text});
 }`;
 
+// each picture the page draws a result on: the stamp read from the picture shown, the data's stamp,
+// and whether the result's picture key was the shown picture's
+async function drawnPairs(page, deadline) {
+  await page.evaluate(`(() => {
+    window.pairs = [];
+    window.camtrack.overlay.onDraw = (entry) => {
+      const result = window.camtrack.overlay.drawnResult;
+      window.pairs.push({shown: window.camtrack.readStamp(), data: result.data.stamp, exact: entry.shown === entry.key});
+    };
+  })()`);
+  for (;;) {
+    const count = await page.evaluate("window.pairs.length");
+    if (count >= FRAMES) return await page.evaluate("window.pairs");
+    if (Date.now() > deadline) throw new Error(`the page drew on ${count} pictures in ${TIMEOUT_MS / 1000} s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 function print(result) {
   process.stdout.write(JSON.stringify(result) + "\n");
 }
@@ -116,10 +137,11 @@ async function main() {
       }
     }
     if (mode === "whep") await page.evaluate(`(${WHEP})(${JSON.stringify(url)})`);
+    const decoding = mode === "overlay" ? 10 : FRAMES;
     for (;;) {
       seen = await page.evaluate(STATS);
-      if (seen.frames > FRAMES) break;
-      if (mode === "page" && seen.transport && seen.transport !== "webrtc") {
+      if (seen.frames > decoding) break;
+      if (mode !== "whep" && seen.transport && seen.transport !== "webrtc") {
         throw new Error(`the page fell back to ${seen.transport} (server said: ${seen.error})`);
       }
       if (mode === "whep" && seen.error) throw new Error(`WHEP refused: ${seen.error}`);
@@ -127,6 +149,7 @@ async function main() {
       await new Promise((r) => setTimeout(r, 100));
     }
     const seconds = (Date.now() - opened) / 1000;
+    if (mode === "overlay") seen.pairs = await drawnPairs(page, deadline);
     if (mode === "whep") {
       const status = await page.evaluate(`fetch(window.whepLocation, {method: "DELETE"}).then((r) => r.status)`);
       seen.deleted = status;

@@ -21,6 +21,7 @@ from ...media.packet import MediaKind
 from ...media.reader import PacketReader
 from ...media.stream import CameraStream
 from ...media.tiers import MAIN, Tier
+from ...processing import ProcessingStage
 
 
 class PeerCamera(Protocol):
@@ -59,6 +60,10 @@ class CameraView(PeerCamera, Protocol):
 
     @property
     def stream(self) -> CameraStream: ...
+
+    @property
+    def processing(self) -> ProcessingStage | None:
+        """Its --process function's stage, whose results go to viewers beside the video (None: none)."""
 
     def reader(self, transport: Transport, tier: Tier = MAIN) -> PacketReader: ...
 

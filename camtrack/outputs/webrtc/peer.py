@@ -18,7 +18,9 @@ from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
 from ...seams import aiortc as aiortc_seam
+from ..results import ResultFeed, SentPictures
 from .contract import CameraView, PeerCamera
+from .datachannel import DataChannels
 from .ice import IceContext
 from .rtcp import PeerGuard, guard_peer
 from .rtpsend import RtpSendStats, RtpStream, send_rtp_once
@@ -210,7 +212,7 @@ class Peer:
 
     def __init__(self, camera: PeerCamera, timeouts: PeerTimeouts, transport: Transport, remote: str,
                  on_end: Callable[[str], None], ice: IceContext, tracks: TrackMaker,
-                 codecs: Sequence[str]) -> None:
+                 codecs: Sequence[str], processing: ResultFeed | None = None) -> None:
         self.camera = camera
         self.timeouts = timeouts
         self.transport = transport
@@ -237,7 +239,14 @@ class Peer:
         self._turn: Callable[[], None] | None = None
         #: remote candidates the viewer gave, in its offer and trickled (see add_candidate)
         self._remote_candidates = 0
+        #: the RTP timestamps of the pictures sent lately, by capture time (shared packets only), for
+        #: the processing results (none kept for a camera without a function)
+        self.pictures = SentPictures() if processing is not None else None
+        #: the viewer's data channel: the camera's processing results, if it has a function
+        self.data = DataChannels(processing, self.pictures, f"{transport} viewer {remote} of {camera.name}",
+                                 self._end)
         self.pc.on("connectionstatechange", self._on_state)
+        self.pc.on("datachannel", self.data.on_channel)
 
     @property
     def state(self) -> str:
@@ -302,7 +311,7 @@ class Peer:
             # before guard_peer: its NACK cap reads the history this installs
             for sender in self.pc.getSenders():
                 if sender.track is track:
-                    self.rtp = send_rtp_once(sender, track.next_rtp_frame, on_sent, join)
+                    self.rtp = send_rtp_once(sender, track.next_rtp_frame, on_sent, join, self.pictures)
         # before the answer leaves: from then on its ports are known to anyone who reads it
         self.guard = guard_peer(self.pc, sending, self.camera.settings.bitrate,
                                 self.camera.settings.keyframe_interval,
@@ -322,6 +331,7 @@ class Peer:
         """Stop the track and close the connection (idempotent, never cancelled half-way)."""
         self._ended = True
         self._give_turn_back()
+        self.data.close()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -339,6 +349,7 @@ class Peer:
         self._give_turn_back()
         if not self._ended:
             self._ended = True
+            self.data.close()
             self.on_end(reason)
 
     def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
@@ -412,4 +423,4 @@ class LocalPeers:
     def __call__(self, camera: CameraView, transport: Transport, remote: str,
                  on_end: Callable[[str], None]) -> Peer:
         return Peer(camera, self.timeouts, transport, remote, on_end, self.ice,
-                    functools.partial(make_track, camera, transport), camera_codecs(camera))
+                    functools.partial(make_track, camera, transport), camera_codecs(camera), camera.processing)

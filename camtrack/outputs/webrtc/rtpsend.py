@@ -27,9 +27,11 @@ from ...seams import aioice as aioice_seam
 from ...seams import aiortc as aiortc_seam
 from ...seams.aiortc import dtls_connected, record_sent, sending
 from ...seams.pylibsrtp import SRTP_MAX_TRAILER, fast_protect
+from ..results import SentPictures
 from .udpmux import MuxTransport
 
-__all__ = ["SRTP_MAX_TRAILER", "RtpFrame", "RtpSendStats", "RtpStream", "fast_protect", "send_rtp_once"]
+__all__ = ["SRTP_MAX_TRAILER", "RtpFrame", "RtpSendStats", "RtpStream", "SentPictures", "fast_protect",
+           "send_rtp_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +157,12 @@ class RtpStream:
     in one pass (camtrack.outputs.webrtc.fanout)."""
 
     def __init__(self, sender: RTCRtpSender, codec: RTCRtpCodecParameters, stats: RtpSendStats,
-                 history: _History) -> None:
+                 history: _History, pictures: SentPictures | None = None) -> None:
         self.sender = sender
         self.codec = codec
         self.stats = stats
+        #: the RTP timestamps of the pictures sent lately, by capture time (None: not kept)
+        self.pictures = pictures
         self._dtls = sender.transport
         self._mid: str | None = aiortc_seam.mid(sender)
         self._payload_type: int = codec.payloadType or 0
@@ -231,6 +235,8 @@ class RtpStream:
         dropped = send_all(packets)
         self._sequence_number = sequence_number
         self._octets += octets
+        if self.pictures is not None:
+            self.pictures.add(frame.captured, timestamp)
         stats = self.stats
         stats.frames += 1
         stats.packets += len(payloads)
@@ -242,7 +248,8 @@ class RtpStream:
 
 def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParameters], Awaitable[RtpFrame]],
                   on_sent: Callable[[float, float, float], None] | None = None,
-                  join: Callable[[RtpStream], Awaitable[None] | None] | None = None) -> RtpSendStats:
+                  join: Callable[[RtpStream], Awaitable[None] | None] | None = None,
+                  pictures: SentPictures | None = None) -> RtpSendStats:
     """Replace `sender`'s RTP loop with one that sends pictures already packetized.
 
     aiortc's loop packetizes every picture again for every viewer, builds an RtpPacket and its
@@ -252,8 +259,9 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
     aiortc's. `on_sent(captured, seconds, handed)` is called once a picture has been handed to
     the socket, with the CPU seconds that took and the time it was handed. After each picture, `join(stream)` may hand the stream
     to a fan-out that sends the following pictures itself: it returns what to await until the
-    fan-out hands the stream back (or raises ConnectionError), or None to go on here. Call
-    before the connection starts the sender.
+    fan-out hands the stream back (or raises ConnectionError), or None to go on here. `pictures`,
+    if given, keeps the RTP timestamp of each picture sent by its capture time. Call before the
+    connection starts the sender.
     """
     stats = RtpSendStats()
     history = _History()
@@ -261,7 +269,7 @@ def send_rtp_once(sender: RTCRtpSender, next_frame: Callable[[RTCRtpCodecParamet
 
     async def run_rtp(codec: RTCRtpCodecParameters) -> None:
         aiortc_seam.rtp_started(sender).set()
-        stream = RtpStream(sender, codec, stats, history)
+        stream = RtpStream(sender, codec, stats, history, pictures)
         try:
             while True:
                 frame = await next_frame(codec)

@@ -44,6 +44,7 @@ from ...media.admission import CLIENT_TEXT, Refused
 from ...media.feeds import FeedClosed, Transport
 from ...media.ratelimit import TokenBucket
 from ..directory import Camera, Cameras
+from ..results import ResultSender
 from ..wsvideo import PacketStream
 from .contract import PeerFactory, PeerSession
 from .ice import IceContext
@@ -95,6 +96,9 @@ class Session:
         self.transport = Transport.WEBSOCKET
         self.stream: PacketStream | None = None
         self._streaming: asyncio.Task[None] | None = None
+        #: the processing results sent beside the streamed packets, and the text send in flight
+        self._results: asyncio.Task[None] | None = None
+        self._text: asyncio.Task[None] | None = None
         self.reason: str | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._teardown: asyncio.Task[None] | None = None
@@ -272,6 +276,11 @@ class Session:
         log.info(self.remote, "viewer %s of %s streams over the websocket (%s)", self.remote, self.camera.name,
                  feed.codec.codec)
         self._streaming = asyncio.ensure_future(self._stream(self.stream))
+        processing = self.camera.processing
+        if processing is not None:
+            # its results beside the packets, each naming its picture's presentation time
+            sender = ResultSender(processing, self._send_text, self._text_busy, self.stream.pictures, "pts")
+            self._results = asyncio.ensure_future(sender.run())
 
     async def _stream(self, stream: PacketStream) -> None:
         try:
@@ -283,9 +292,30 @@ class Session:
 
     async def _stop_stream(self) -> None:
         task, self._streaming, self.stream = self._streaming, None, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        results, self._results = self._results, None
+        for running in (task, results, self._text):
+            if running is not None:
+                running.cancel()
+        await asyncio.gather(*(t for t in (task, results) if t is not None), return_exceptions=True)
+
+    def _text_busy(self) -> bool:
+        """Whether a text message now would wait: one is still being sent, or the socket's buffer
+        holds more than a little (a result is then skipped: newest wins)."""
+        if self._text is not None and not self._text.done():
+            return True
+        return self.connection is not None and self.connection.get_write_buffer_size() > WRITE_BUFFER // 2
+
+    def _send_text(self, text: str) -> None:
+        """One text message beside the streamed packets, not waited for (see _text_busy)."""
+        if self.ws.closed or self.reason is not None:
+            raise ConnectionError("the socket is closed")
+        self._text = asyncio.ensure_future(self._write_text(text))
+
+    async def _write_text(self, text: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.send_str(text), SEND_TIMEOUT)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass  # the video's own send notices a client that does not read
 
     async def send_bytes(self, data: bytes) -> bool:
         """One binary message; False when the socket is gone or did not take it in time."""
