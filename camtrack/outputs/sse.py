@@ -1,14 +1,19 @@
 """Server-Sent Events (`text/event-stream`): a response that streams events to a client, generic over
-what the events are (a camera's processing results: camtrack.outputs.data; events later).
+what the events are: a camera's processing results (camtrack.outputs.data) and the event bus's
+changes (camtrack.events.api). The one writer of both.
 
-Newest wins: the next event is asked of its source only once the previous one was written, so a
-slow client gets the newest when it is ready for one (the source decides what newest is) and
-nothing queues for it but what the socket holds (a small send buffer, aiohttp's write buffer).
+The next event is asked of its source only once the previous one was written, so nothing queues in
+the writer but what the socket holds (a small send buffer, aiohttp's write buffer). What the source
+answers makes the two kinds of stream:
+- *newest wins* (the data): the source gives the newest when asked, so a slow client skips to it;
+- *in order, bounded* (the events): the source is a queue of its own bound that keeps every change
+  in order while the client reads (and loses its oldest, counted, when the client does not); at
+  the end the writer writes what it holds still (`pending`) before the response ends.
 A comment line every HEARTBEAT seconds without an event keeps proxies from closing the stream; a
-client that takes nothing for STALL_TIMEOUT seconds is cut off. `EventStreams` is the server's
-streams: at most `limit` at once (one more is a 503 that says so), ended at shutdown.
+client that takes nothing for STALL_TIMEOUT seconds (or the stream's own `stall_timeout`) is cut
+off. `EventStreams` is the server's streams, of both kinds: at most `limit` at once (one more is a
+503 that says so), ended at shutdown.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +32,8 @@ from ..media.feeds import FeedClosed
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
 
-#: event streams open at once, server-wide, at most (each holds a connection and a little memory)
+#: event streams open at once, server-wide, of both endpoints together, at most (each holds a
+#: connection and a little memory: an events client up to camtrack.events.api.STREAM_QUEUE changes)
 MAX_CLIENTS = 64
 #: seconds without an event before a comment line is sent (proxies close idle streams: nginx after 60 s)
 HEARTBEAT = 15.0
@@ -65,6 +71,16 @@ def _field(value: str) -> str:
     return value.replace("\r", " ").replace("\n", " ")
 
 
+class SourceEnded(Exception):
+    """What a source raises when it has no more events (FeedClosed does too): the stream ends cleanly."""
+
+
+#: a source: the next event, waiting for one
+Source = Callable[[], Awaitable[Event]]
+#: an in-order source's events ready now, oldest first (None: no more): written before the stream ends
+Pending = Callable[[], Event | None]
+
+
 class SseStats:
     """Counters /metrics shows."""
 
@@ -87,17 +103,19 @@ class EventStreams:
         self.open: set[EventStream] = set()
         self.closing = False
 
-    async def serve(self, request: web.Request, source: Callable[[], Awaitable[Event]], what: str,
-                    headers: Mapping[str, str] | None = None) -> web.StreamResponse:
-        """Stream `source`'s events to the client of `request` until it goes, stalls, the source
-        ends (FeedClosed) or the server shuts down; `what` names the stream in the log. 503 when
-        `limit` streams are open already."""
+    async def serve(self, request: web.Request, source: Source, what: str,
+                    headers: Mapping[str, str] | None = None, *, pending: Pending | None = None,
+                    stall_timeout: float | None = None) -> web.StreamResponse:
+        """Stream `source`'s events to the client of `request` until it goes, stalls (takes nothing
+        for `stall_timeout` s, STALL_TIMEOUT by default), the source ends (SourceEnded, FeedClosed)
+        or the server shuts down; then what `pending` gives (an in-order source's queue) is written
+        before the end. `what` names the stream in the log. 503 when `limit` streams are open already."""
         self.check(request, what, headers)
-        stream = EventStream(request, what)
+        stream = EventStream(request, what, STALL_TIMEOUT if stall_timeout is None else stall_timeout)
         self.open.add(stream)
         self.stats.opened += 1
         try:
-            return await stream.run(source, self.stats, headers or {})
+            return await stream.run(source, self.stats, headers or {}, pending)
         finally:
             self.open.discard(stream)
 
@@ -129,9 +147,10 @@ class EventStreams:
 class EventStream:
     """One client's stream (`EventStreams.serve`)."""
 
-    def __init__(self, request: web.Request, what: str) -> None:
+    def __init__(self, request: web.Request, what: str, stall_timeout: float = STALL_TIMEOUT) -> None:
         self.request = request
         self.what = what
+        self.stall_timeout = stall_timeout
         self.remote = request.remote or "?"
         self.sent = 0
         self.reason: str | None = None
@@ -143,12 +162,12 @@ class EventStream:
             self.reason = reason
         self.stop.set()
 
-    async def run(self, source: Callable[[], Awaitable[Event]], stats: SseStats,
-                  headers: Mapping[str, str]) -> web.StreamResponse:
+    async def run(self, source: Source, stats: SseStats, headers: Mapping[str, str],
+                  pending: Pending | None = None) -> web.StreamResponse:
         request = self.request
         loop = asyncio.get_running_loop()
         response = web.StreamResponse(headers={
-            **headers, "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache, no-store",
+            **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-store",  # (always UTF-8)
             "X-Accel-Buffering": "no",  # (nginx: pass each event on at once)
         })
         stop = asyncio.ensure_future(self.stop.wait())
@@ -171,23 +190,26 @@ class EventStream:
                 await asyncio.wait(waiting, timeout=min(POLL, max(0.0, last + HEARTBEAT - loop.time())),
                                    return_when=asyncio.FIRST_COMPLETED)
                 if getting.done():
-                    event, getting = getting.result(), None  # (FeedClosed: the source ended)
-                    await self._write(response, event.encode())
-                    self.sent += 1
-                    stats.events += 1
+                    try:
+                        event = getting.result()
+                    except (SourceEnded, FeedClosed):
+                        self.end("its source closed")
+                        break
+                    finally:
+                        getting = None
+                    await self._send(response, event, stats)
                     last = loop.time()
                 elif not self.stop.is_set() and loop.time() - last >= HEARTBEAT:
                     await self._write(response, b": keep-alive\n\n")
                     stats.heartbeats += 1
                     last = loop.time()
             self.end(self.reason or "ended")
+            await self._flush(response, getting, pending, stats)
         except _Stalled:
             stats.cut_off += 1
-            self.end(f"stalled: took nothing for {STALL_TIMEOUT:g} s")
+            self.end(f"stalled: took nothing for {self.stall_timeout:g} s")
             if request.transport is not None:
                 request.transport.abort()  # (what is queued for it is dropped, not sent)
-        except FeedClosed:
-            self.end("its source closed")
         except ConnectionError as exc:
             self.end(f"went away ({type(exc).__name__})")
         except asyncio.CancelledError:
@@ -202,13 +224,29 @@ class EventStream:
             self.done.set()
         return response
 
+    async def _send(self, response: web.StreamResponse, event: Event, stats: SseStats) -> None:
+        await self._write(response, event.encode())
+        self.sent += 1
+        stats.events += 1
+
+    async def _flush(self, response: web.StreamResponse, getting: asyncio.Future[Event] | None,
+                     pending: Pending | None, stats: SseStats) -> None:
+        """At the end, to a client still there: the event the source gave as the stream ended, then
+        what an in-order source holds still (the last changes of a bus that closes)."""
+        if gone(self.request):
+            return
+        if getting is not None and getting.done() and not getting.cancelled() and getting.exception() is None:
+            await self._send(response, getting.result(), stats)
+        while pending is not None and not gone(self.request) and (event := pending()) is not None:
+            await self._send(response, event, stats)
+
     async def _write(self, response: web.StreamResponse, data: bytes) -> None:
         # the write waits while the socket and aiohttp's buffer are full: that long without progress is a stall
         try:
-            await asyncio.wait_for(response.write(data), STALL_TIMEOUT)
+            await asyncio.wait_for(response.write(data), self.stall_timeout)
         except TimeoutError:
             raise _Stalled from None
 
 
 class _Stalled(Exception):
-    """A write took nothing for STALL_TIMEOUT seconds."""
+    """A write took nothing for the stream's stall time-out."""
