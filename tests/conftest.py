@@ -86,19 +86,24 @@ async def serve(loopback_ice) -> AsyncIterator[Callable[..., Awaitable[Server]]]
         # (Chromium, other servers) must not turn viewers away
         for check in ("max_loop_lag", "send_budget", "max_picture_age", "max_cpu"):
             settings.setdefault(check, 0)
-        config = Config(port=0, **settings)
-        app = create_app(config)
-        runner = make_runner(app, config)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        app, runner, port = await run_app(Config(port=0, **settings))
         runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}/ws", app
 
     yield start
     for runner in runners:
         await asyncio.wait_for(runner.cleanup(), 30)
+
+
+async def run_app(config: Config) -> tuple[web.Application, web.AppRunner, int]:
+    """camtrack's app for `config` on 127.0.0.1 at a free port: (app, its runner, the port). The
+    caller stops it (`runner.cleanup()`; the shutdown tests do, mid-test)."""
+    app = create_app(config)
+    runner = make_runner(app, config)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return app, runner, site._server.sockets[0].getsockname()[1]
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05) -> None:

@@ -16,21 +16,19 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 
-from camtrack import Config, create_app
+from camtrack import Config
 from camtrack.app import CAMERAS
 from camtrack.cameras import Camera
 from camtrack.client import Viewer
 from camtrack.config import CameraConfig
-from camtrack.connections import make_runner
 from camtrack.media.stream import CameraStream
 from camtrack.outputs import sse
 from camtrack.processing import FrameInfo, ProcessingStage
 from camtrack.processing.stage import ProcessingClosed
 from camtrack.sources.pattern import PatternSource
 
-from .conftest import eventually
+from .conftest import eventually, run_app
 from .test_processing import BLOCK, RED, count_frames
 
 
@@ -333,12 +331,7 @@ async def test_a_stream_without_results_gets_heartbeats(serve, monkeypatch):
 async def test_streams_end_cleanly_at_shutdown():
     config = Config(source="pattern", width=160, height=120, host="127.0.0.1", port=0, webrtc_port=0,
                     rtsp_port=0, linger=0.5, process_function=DataOnly())
-    app = create_app(config)
-    runner = make_runner(app, config)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    app, runner, port = await run_app(config)
     try:
         async with aiohttp.ClientSession() as http, \
                 http.get(f"http://127.0.0.1:{port}/api/cameras/default/data") as response:
