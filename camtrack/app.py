@@ -112,11 +112,11 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
     app.router.add_static("/static/", config.static_dir)
     whep.add_routes(app, config, cameras, ice)
     mjpeg.add_routes(app, config, cameras)
-    events_api.add_routes(app, config, cameras, events.bus)
-    #: Server-Sent Events streams of a camera's --process data, capped and ended at shutdown
-    data_streams = sse.EventStreams()
-    data.add_routes(app, config, cameras, data_streams)
-    app.on_shutdown.append(data_streams.shutdown)
+    #: Server-Sent Events streams, of a camera's --process data and of the events' changes: one cap
+    #: for both, ended at shutdown (after the bus closed, so the events' streams carry its last changes)
+    sse_streams = sse.EventStreams()
+    events_api.add_routes(app, config, cameras, events.bus, sse_streams)
+    data.add_routes(app, config, cameras, sse_streams)
     undo_ice: list[Callable[[], None]] = []
     #: every camera over RTSP too (--rtsp-port; 0: none), started with the app
     rtsp: RtspServer[Camera] | None = None
@@ -127,7 +127,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
     pool: WorkerPool | None = None
     metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [],
                        collectors=(*((RtspCollector(rtsp),) if rtsp is not None else ()),
-                                   metrics.EventCollector(events), metrics.SseCollector(data_streams)))
+                                   metrics.EventCollector(events), metrics.SseCollector(sse_streams)))
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
@@ -193,10 +193,10 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
             pool.stopping = True  # (a worker that exits now, told SIGTERM with us, is not started again)
         if rtsp is not None:
             await rtsp.stop()  # (listening no more; its clients end with the others below)
-        # every open event ends (and event streams with it); the webhook and MQTT send that, briefly
+        # every open event ends (and event streams with it); the webhook, MQTT and the streams send that, briefly
         events.bus.close()
         outputs = [output.stop() for output in (events.webhook, events.mqtt) if output is not None]
-        stopping = asyncio.gather(*outputs)
+        stopping = asyncio.gather(*outputs, sse_streams.shutdown())
         viewers = cameras.everyone  # viewers and sessions not viewers yet, of every transport
         for viewer in viewers:
             viewer.end("server shutting down")

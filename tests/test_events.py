@@ -14,14 +14,16 @@ import aiohttp
 import numpy as np
 import pytest
 
+from camtrack import Config
 from camtrack.app import CAMERAS, EVENTS
 from camtrack.events import EventBus
 from camtrack.events.data import BadEvent, DataEvents, reports
 from camtrack.events.motion import MotionTrigger
 from camtrack.events.recording import RecordingTrigger
+from camtrack.outputs import sse
 from camtrack.processing import FrameInfo
 
-from .conftest import eventually
+from .conftest import eventually, run_app
 
 
 def root(url: str) -> str:
@@ -346,6 +348,38 @@ async def test_server_sent_events_carry_every_change(serve):
                 assert int(got[1]["id"]) == int(got[0]["id"]) + 1
     # the clients gone, their subscriptions are too
     await eventually(lambda: app[EVENTS].bus.subscribers == 0, 5)
+
+
+async def test_event_streams_share_the_cap_with_the_data_streams(serve, monkeypatch):
+    monkeypatch.setattr(sse, "MAX_CLIENTS", 1)
+    url, app = await serve(cameras=[])
+    async with aiohttp.ClientSession() as http, http.get(root(url) + "/api/events/stream") as first:
+        await eventually(lambda: app[EVENTS].bus.subscribers == 1, 5)
+        async with http.get(root(url) + "/api/events/stream") as second:
+            assert second.status == 503 and "1 event streams are open" in await second.text()
+            assert second.headers["Retry-After"]
+        assert app[EVENTS].bus.subscribers == 1  # (the refused one never subscribed)
+        assert first.status == 200
+
+
+async def test_event_streams_carry_the_last_changes_and_end_cleanly_at_shutdown():
+    config = Config(source="pattern", width=160, height=120, host="127.0.0.1", port=0, webrtc_port=0,
+                    rtsp_port=0, linger=0.5)
+    app, runner, port = await run_app(config)
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/api/events/stream") as response:
+            await eventually(lambda: app[EVENTS].bus.subscribers == 1, 5)
+            event = app[EVENTS].bus.start("default", "doorbell", source="http")
+            assert (await read_sse(response, 1))[0]["event"] == "start"
+            cleanup = asyncio.ensure_future(runner.cleanup())
+            last = await read_sse(response, 1)  # the server stopping ends the open event: said
+            assert last[0]["event"] == "end" and last[0]["data"]["event"]["id"] == event.id
+            assert last[0]["data"]["event"]["details"]["reason"] == "server stopping"
+            await asyncio.wait_for(response.content.read(), 5)  # the end of the stream, not a reset
+            await asyncio.wait_for(cleanup, 10)
+    finally:
+        await runner.cleanup()
 
 
 # from a --process function on a real camera

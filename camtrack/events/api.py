@@ -1,12 +1,11 @@
 """The events over HTTP: start and end one (`POST /api/cameras/NAME/events`, `.../events/ID/end`),
 list the recent ones (`GET /api/events`) and follow every change as Server-Sent Events
-(`GET /api/events/stream`). Reading needs the token as video does; starting and ending need it
-too, and a browser page of another origin than the server's own or --allow-origin's is refused
-(the Host check covers every route)."""
+(`GET /api/events/stream`, written by camtrack.outputs.sse: every change in order). Reading needs
+the token as video does; starting and ending need it too, and a browser page of another origin than the server's
+own or --allow-origin's is refused (the Host check covers every route)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -17,9 +16,10 @@ from aiohttp import web
 from ..access import cors_headers, find_camera, require_token
 from ..config import Config
 from ..connections import read_body
+from ..outputs import sse
 from ..outputs.directory import Cameras
-from .bus import EventBus, Subscription, SubscriptionClosed, TooManyOpen
-from .model import HTTP, Event, kind_problem
+from .bus import EventBus, SubscriptionClosed, TooManyOpen
+from .model import HTTP, Change, Event, kind_problem
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,10 @@ MAX_BODY = 16 * 1024
 MAX_DURATION = 3600.0
 #: events a listing returns at most (and by default)
 MAX_PAGE, PAGE = 1000, 100
-#: Server-Sent Events clients at once; one more is refused (503)
-MAX_STREAMS = 64
 #: changes waiting for one SSE client: a client that does not read loses its oldest
 STREAM_QUEUE = 256
-#: a comment line every so many seconds keeps proxies from closing a quiet stream
-HEARTBEAT = 15.0
-#: how often a quiet stream checks that its client is still there
-LEFT_CHECK = 1.0
-#: seconds a write to one SSE client may take before it is cut off
+#: seconds a write to one SSE client may take before it is cut off (the data's streams wait longer:
+#: a client behind here is losing changes already)
 WRITE_TIMEOUT = 10.0
 BODY_KEYS = {"kind", "duration", "details"}
 
@@ -74,48 +69,15 @@ def parse_start(body: bytes) -> tuple[str, float | None, dict[str, Any]]:
     return kind, None if duration is None else float(duration), details
 
 
-def sse_message(event: str, data: str, id: str | None = None) -> bytes:
-    """One Server-Sent Events message (`data` of one line)."""
-    return (f"id: {id}\n" if id is not None else "").encode() + f"event: {event}\ndata: {data}\n\n".encode()
+def sse_event(change: Change) -> sse.Event:
+    """A change as a Server-Sent Event: its type, its `seq` as the id (the client's Last-Event-ID)."""
+    return sse.Event(json.dumps(change.to_json()), event=change.action, id=str(change.seq))
 
 
-async def stream_changes(request: web.Request, subscription: Subscription) -> web.StreamResponse:
-    """Write every change of `subscription` to `request` as Server-Sent Events until the client
-    goes, a write takes WRITE_TIMEOUT, or the subscription closes."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-    try:
-        await response.prepare(request)
-        await response.write(b"retry: 2000\n: camtrack events\n\n")
-        quiet = 0.0
-        while True:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                break  # (the client left: nothing else tells a handler waiting for a change)
-            try:
-                change = await asyncio.wait_for(subscription.get(), LEFT_CHECK)
-            except TimeoutError:
-                quiet += LEFT_CHECK
-                if quiet < HEARTBEAT:
-                    continue
-                message = b": ping\n\n"
-            else:
-                message = sse_message(change.action, json.dumps(change.to_json()), str(change.seq))
-            quiet = 0.0
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                await response.write(message)
-    except SubscriptionClosed:
-        pass
-    except (TimeoutError, ConnectionError):
-        pass  # (a client that stopped reading, or left)
-    finally:
-        subscription.close()
-    return response
-
-
-def add_routes(app: web.Application, config: Config, cameras: Cameras, bus: EventBus) -> None:
-    """The events' routes (see the module's docstring)."""
-    streams: set[Subscription] = set()
+def add_routes(app: web.Application, config: Config, cameras: Cameras, bus: EventBus,
+               streams: sse.EventStreams) -> None:
+    """The events' routes (see the module's docstring); the change streams are counted and capped in
+    `streams` (ended at shutdown by its owner, after the bus closed: the last changes go out)."""
 
     def write_access(request: web.Request) -> tuple[str, dict[str, str]]:
         """The camera a write names, checked: origin (403), token (401), camera (404)."""
@@ -190,15 +152,23 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, bus: Even
         camera = request.query.get("camera")
         if camera is not None and cameras.get(camera) is None:
             raise bad_request(f"no camera {camera[:80]!r}")
-        if len(streams) >= MAX_STREAMS:
-            raise web.HTTPServiceUnavailable(text=f"at most {MAX_STREAMS} event streams at once\n",
-                                             headers={"Retry-After": "10"})
+        streams.check(request, "events")  # (503 at the cap, before subscribing)
         subscription = bus.subscribe("sse", STREAM_QUEUE, camera)
-        streams.add(subscription)
+
+        async def next_event() -> sse.Event:
+            try:
+                return sse_event(await subscription.get())
+            except SubscriptionClosed:
+                raise sse.SourceEnded from None
+
+        def pending() -> sse.Event | None:
+            change = subscription.get_nowait()
+            return None if change is None else sse_event(change)
+
         try:
-            return await stream_changes(request, subscription)
+            return await streams.serve(request, next_event, "events", pending=pending, stall_timeout=WRITE_TIMEOUT)
         finally:
-            streams.discard(subscription)
+            subscription.close()
 
     async def preflight(request: web.Request) -> web.Response:
         headers = cors_headers(request, config.allow_origins)

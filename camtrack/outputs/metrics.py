@@ -417,7 +417,7 @@ def _processing_metrics(cameras: Cameras) -> Iterator[Metric]:
 
 
 class SseCollector(Collector):
-    """The Server-Sent Events streams (camtrack.outputs.sse: a camera's --process data)."""
+    """The Server-Sent Events streams (camtrack.outputs.sse: a camera's --process data, the events' changes)."""
 
     def __init__(self, streams: EventStreams) -> None:
         self.streams = streams
@@ -425,9 +425,10 @@ class SseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self.streams.stats
         yield GaugeMetricFamily("camtrack_sse_clients", "Server-Sent Events streams open now "
-                                "(/api/cameras/NAME/data).", value=len(self.streams.open))
-        yield CounterMetricFamily("camtrack_sse_events", "Events written to Server-Sent Events streams (each "
-                                  "the newest when its client could take one).", value=stats.events)
+                                "(/api/cameras/NAME/data and /api/events/stream).", value=len(self.streams.open))
+        yield CounterMetricFamily("camtrack_sse_events", "Events written to Server-Sent Events streams (a "
+                                  "camera's data, each the newest when its client could take one; the events' "
+                                  "changes, each in order).", value=stats.events)
         refused = CounterMetricFamily("camtrack_sse_refused", "Server-Sent Events streams refused (503: at the "
                                       "cap of open streams, or shutting down) and cut off (took nothing for "
                                       "a while).", labels=["reason"])
