@@ -17,7 +17,9 @@ import pytest
 from camtrack import Config
 from camtrack.app import CAMERAS, EVENTS
 from camtrack.events import EventBus
+from camtrack.events.bus import Subscription, SubscriptionClosed
 from camtrack.events.data import BadEvent, DataEvents, reports
+from camtrack.events.model import Change
 from camtrack.events.motion import MotionTrigger
 from camtrack.events.recording import RecordingTrigger
 from camtrack.outputs import sse
@@ -348,6 +350,72 @@ async def test_server_sent_events_carry_every_change(serve):
                 assert int(got[1]["id"]) == int(got[0]["id"]) + 1
     # the clients gone, their subscriptions are too
     await eventually(lambda: app[EVENTS].bus.subscribers == 0, 5)
+
+
+def test_a_subscriber_coming_back_gets_what_it_missed_as_far_as_the_bus_keeps():
+    bus = EventBus(changes=5)
+    for n in range(4):  # 8 changes: seq 1..8, the bus keeps 4..8
+        bus.start("porch" if n % 2 else "yard", "x", source="http", at=100.0 + n)
+        bus.end(bus.open_events()[0].id, at=100.5 + n)
+    assert bus.seq == 8
+    assert [c.seq for c in drain(bus.subscribe("a", after=6))] == [7, 8]
+    assert [c.seq for c in drain(bus.subscribe("b", after=1))] == [4, 5, 6, 7, 8]  # (2, 3: gone)
+    assert [c.seq for c in drain(bus.subscribe("c", limit=2, after=1))] == [7, 8]
+    assert [c.seq for c in drain(bus.subscribe("d", camera="porch", after=0))] == [4, 7, 8]  # (5, 6: yard's)
+    assert drain(bus.subscribe("e", after=8)) == [] and drain(bus.subscribe("f")) == []
+    # a number beyond the last: another run of the server's, so every change kept is after it
+    assert [c.seq for c in drain(bus.subscribe("g", after=500))] == [4, 5, 6, 7, 8]
+    assert bus.dropped["b"] == bus.dropped["c"] == 0  # (missed, not lost to slowness)
+
+
+async def test_a_closed_bus_gives_its_replay_then_ends():
+    bus = EventBus()
+    bus.start("porch", "x", source="http")
+    bus.close()
+    late = bus.subscribe("late", after=0)
+    assert [c.action for c in [await late.get(), await late.get()]] == ["start", "end"]
+    with pytest.raises(SubscriptionClosed):
+        await late.get()
+    assert bus.subscribers == 0
+
+
+def drain(subscription: Subscription) -> list[Change]:
+    found = []
+    while (change := subscription.get_nowait()) is not None:
+        found.append(change)
+    return found
+
+
+async def test_a_reconnecting_stream_gets_the_changes_after_its_last_event_id(serve):
+    url, app = await serve(cameras=[])
+    base, bus = root(url), app[EVENTS].bus
+    stream = base + "/api/events/stream"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(stream) as first:
+            await eventually(lambda: bus.subscribers == 1, 5)
+            doorbell = bus.start("default", "doorbell", source="http")
+            seen = await read_sse(first, 1)
+        await eventually(lambda: bus.subscribers == 0, 5)
+        # while it was away: the doorbell ended, a gate opened
+        bus.end(doorbell.id)
+        gate = bus.start("default", "gate", source="http")
+        async with http.get(stream, headers={"Last-Event-ID": seen[-1]["id"]}) as again:
+            await eventually(lambda: bus.subscribers == 1, 5)
+            bus.end(gate.id)  # (after it came back)
+            got = await read_sse(again, 3)
+        assert [(m["event"], m["data"]["event"]["kind"]) for m in got] == \
+            [("end", "doorbell"), ("start", "gate"), ("end", "gate")]
+        assert [int(m["id"]) for m in got] == [int(seen[-1]["id"]) + n for n in (1, 2, 3)]
+        # one camera's only; an id of another run of the server (beyond the last seq): all kept
+        async with http.get(stream + "?camera=default", headers={"Last-Event-ID": "123456"}) as other:
+            assert [int(m["id"]) for m in await read_sse(other, 4)] == [1, 2, 3, 4]
+        # no id, or one that is no seq: from now on
+        for headers in ({}, {"Last-Event-ID": "nonsense"}):
+            async with http.get(stream, headers=headers) as fresh:
+                await eventually(lambda: bus.subscribers == 1, 5)
+                bus.start("default", "late", source="http")
+                assert [m["data"]["event"]["kind"] for m in await read_sse(fresh, 1)] == ["late"]
+            await eventually(lambda: bus.subscribers == 0, 5)
 
 
 async def test_event_streams_share_the_cap_with_the_data_streams(serve, monkeypatch):

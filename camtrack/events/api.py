@@ -1,7 +1,8 @@
 """The events over HTTP: start and end one (`POST /api/cameras/NAME/events`, `.../events/ID/end`),
 list the recent ones (`GET /api/events`) and follow every change as Server-Sent Events
-(`GET /api/events/stream`, written by camtrack.outputs.sse: every change in order). Reading needs
-the token as video does; starting and ending need it too, and a browser page of another origin than the server's
+(`GET /api/events/stream`, written by camtrack.outputs.sse: every change in order, and after a
+reconnection those after its Last-Event-ID that the bus still holds). Reading needs the token as
+video does; starting and ending need it too, and a browser page of another origin than the server's
 own or --allow-origin's is refused (the Host check covers every route)."""
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def parse_start(body: bytes) -> tuple[str, float | None, dict[str, Any]]:
 def sse_event(change: Change) -> sse.Event:
     """A change as a Server-Sent Event: its type, its `seq` as the id (the client's Last-Event-ID)."""
     return sse.Event(json.dumps(change.to_json()), event=change.action, id=str(change.seq))
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """The `seq` a reconnecting client saw last (its Last-Event-ID), if it gives one that is a `seq`."""
+    given = request.headers.get("Last-Event-ID", "").strip()
+    return int(given) if given.isdigit() and len(given) < 20 else None
 
 
 def add_routes(app: web.Application, config: Config, cameras: Cameras, bus: EventBus,
@@ -153,7 +160,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, bus: Even
         if camera is not None and cameras.get(camera) is None:
             raise bad_request(f"no camera {camera[:80]!r}")
         streams.check(request, "events")  # (503 at the cap, before subscribing)
-        subscription = bus.subscribe("sse", STREAM_QUEUE, camera)
+        subscription = bus.subscribe("sse", STREAM_QUEUE, camera, after=last_event_id(request))
 
         async def next_event() -> sse.Event:
             try:

@@ -3,7 +3,9 @@ and the recent events for the listing API.
 
 Publishing never waits: each subscriber has a bounded queue of its own, and one that does not keep
 up loses its oldest changes (counted, and logged at most once a minute per kind of subscriber),
-never the publisher's time or anyone else's. Everything here runs on the event loop.
+never the publisher's time or anyone else's. The last CHANGES changes are kept too, so that a
+subscriber coming back (a Server-Sent Events client's Last-Event-ID) gets those it missed, as far as
+they reach. Everything here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 #: events kept for the listing API (open ones and the most recent ended ones)
 HISTORY = 1000
+#: changes kept for subscribers coming back (`subscribe(after=seq)`): as many as one subscriber's
+#: queue holds (camtrack.events.api.STREAM_QUEUE), so keeping them costs what one more slow client does
+CHANGES = 256
 #: open events one camera may have at once: one more is refused (TooManyOpen)
 MAX_OPEN = 32
 #: changes a subscriber's queue holds before it loses its oldest
@@ -73,6 +78,14 @@ class Subscription:
         self._queue.append(change)
         self._ready.set()
 
+    def replay(self, changes: Iterable[Change]) -> None:
+        """(The bus's.) Queue changes published before the subscription (the newest `limit` of them
+        that are this subscriber's): missed, not lost, so not counted."""
+        mine = [change for change in changes if self.camera is None or change.camera == self.camera]
+        self._queue.extend(mine[-self.limit:])
+        if self._queue:
+            self._ready.set()
+
     def get_nowait(self) -> Change | None:
         """The oldest change queued, else None."""
         return self._queue.popleft() if self._queue else None
@@ -104,7 +117,7 @@ class Subscription:
 class EventBus:
     """Events of every camera of a server: `start`, `update`, `end`; `subscribe` to every change."""
 
-    def __init__(self, history: int = HISTORY, max_open: int = MAX_OPEN) -> None:
+    def __init__(self, history: int = HISTORY, max_open: int = MAX_OPEN, changes: int = CHANGES) -> None:
         self.max_open = max_open
         #: the number of the last change published
         self.seq = 0
@@ -114,6 +127,7 @@ class EventBus:
         self.dropped: Counter[str] = Counter()
         self._open: dict[str, Event] = {}
         self._history: deque[Event] = deque(maxlen=history)
+        self._changes: deque[Change] = deque(maxlen=changes)
         self._subscribers: list[Subscription] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._loss_logged: dict[str, float] = {}
@@ -180,16 +194,27 @@ class EventBus:
     def _publish(self, action: Action, event: Event) -> None:
         self.seq += 1
         change = Change(self.seq, action, copy.deepcopy(event.to_json()))
+        self._changes.append(change)
         for subscriber in tuple(self._subscribers):
             subscriber.put(change)
 
     # reading
 
-    def subscribe(self, name: str, limit: int = QUEUE, camera: str | None = None) -> Subscription:
-        """Every change from now on (of `camera`, or of all), until the subscription is closed."""
+    def subscribe(self, name: str, limit: int = QUEUE, camera: str | None = None,
+                  after: int | None = None) -> Subscription:
+        """Every change from now on (of `camera`, or of all), until the subscription is closed; with
+        `after` (a `seq` the subscriber saw last) first those published after it that the bus still
+        keeps, the newest `limit` of them. An `after` beyond the last `seq` is one of another run of
+        the server (its numbers started again): every change kept is after it. On a closed bus the
+        subscription is closed already (what it replays may still be read)."""
         subscription = Subscription(self, name, limit, camera)
-        self._subscribers.append(subscription)
+        if after is not None:
+            subscription.replay(change for change in self._changes if change.seq > after or after > self.seq)
         self.dropped[name] += 0  # (the metric exists from the first subscriber on)
+        if self.closed:
+            subscription.closed = True
+        else:
+            self._subscribers.append(subscription)
         return subscription
 
     def _lost(self, name: str) -> None:
