@@ -386,7 +386,8 @@ def drain(subscription: Subscription) -> list[Change]:
     return found
 
 
-async def test_a_reconnecting_stream_gets_the_changes_after_its_last_event_id(serve):
+async def test_a_reconnecting_stream_gets_the_changes_after_its_last_event_id(serve, monkeypatch):
+    monkeypatch.setattr(sse, "POLL", 0.1)  # (a client that left is seen sooner: the test waits for it)
     url, app = await serve(cameras=[])
     base, bus = root(url), app[EVENTS].bus
     stream = base + "/api/events/stream"
