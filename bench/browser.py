@@ -56,7 +56,11 @@ SAMPLE = """async (seconds) => {
       video.requestVideoFrameCallback(frame);
     }
   });
-  return {latency: out, transport: c.transport, decoder: c.decoder};
+  // a --process function's data drawn meanwhile (static/overlay.js): its age, and whether it was
+  // the shown picture's own
+  const drawn = c.overlay ? c.overlay.drawn.filter((e) => e.at >= end - seconds * 1000) : [];
+  return {latency: out, transport: c.transport, decoder: c.decoder,
+          ages: drawn.map((e) => e.age), own: drawn.filter((e) => e.key === e.shown).length};
 }"""
 
 
@@ -72,6 +76,10 @@ class BrowserRow:
     #: p50 of the first and of the last quarter of the window: drift shows as a difference
     first_quarter: float
     last_quarter: float
+    #: a --process function's data drawn by the page: its ages when drawn (ms), and how many of the
+    #: pictures drawn on carried their own frame's data
+    data_ages: tuple[float, ...] = ()
+    data_own: int = 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,7 +87,8 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def measure(duration: float) -> list[BrowserRow]:
+def measure(duration: float, extra: tuple[str, ...] = (), modes: tuple[str, ...] = tuple(MODES)) -> list[BrowserRow]:
+    """A row per transport of `modes`; `extra`: more server options (bench.processing: --process)."""
     from playwright.sync_api import sync_playwright
 
     ns = netns.create(f"camtrack-bench-{os.getpid()}")
@@ -90,7 +99,7 @@ def measure(duration: float) -> list[BrowserRow]:
     server = subprocess.Popen(
         ns.command(sys.executable, str(ROOT / "server.py"), "--host", netns.SERVER_ADDRESS, "--port", str(PORT),
                    "--source", "pattern", "--width", "640", "--height", "480", "--fps", "30", "--codec", "h264",
-                   "--ice-address", netns.SERVER_ADDRESS, "--log-level", "warning"),
+                   "--ice-address", netns.SERVER_ADDRESS, "--log-level", "warning", *extra),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
@@ -99,7 +108,8 @@ def measure(duration: float) -> list[BrowserRow]:
             flags = [*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={BASE.rstrip('/')}"]
             browser = p.chromium.launch(executable_path=str(wrapper), args=flags, headless=True)
             try:
-                for mode, query in MODES.items():
+                for mode in modes:
+                    query = MODES[mode]
                     page = browser.new_page(viewport={"width": 800, "height": 600})
                     page.on("console", lambda m: print(f"  page: {m.text}", file=sys.stderr) if m.type == "info" else None)
                     deadline = time.monotonic() + 30
@@ -123,7 +133,8 @@ def measure(duration: float) -> list[BrowserRow]:
                     quarter = max(1, len(latency) // 4)
                     rows.append(BrowserRow(mode, len(latency), len(latency) / duration, percentile(latency, 0.5),
                                            percentile(latency, 0.95), statistics.mean(latency), first,
-                                           percentile(latency[:quarter], 0.5), percentile(latency[-quarter:], 0.5)))
+                                           percentile(latency[:quarter], 0.5), percentile(latency[-quarter:], 0.5),
+                                           tuple(got["ages"]), got["own"]))
                     print(f"  {mode}: {len(latency)} pictures, p50 {rows[-1].p50:.0f} ms", file=sys.stderr, flush=True)
             finally:
                 browser.close()

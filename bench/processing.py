@@ -7,7 +7,10 @@
    frame that draw (bench/functions.py: the video waits for them) and that return data only (the
    video does not wait);
 3. server CPU with 1 and with 16 viewers, with no function and with examples/edge.py (a real
-   OpenCV filter drawn for every viewer): what processing adds must not grow with the viewers.
+   OpenCV filter drawn for every viewer): what processing adds must not grow with the viewers;
+4. the age of a data function's results when the page draws them, in Chromium over WebRTC
+   (bench.browser: the server and Chromium in a private network namespace; needs root), and how
+   many pictures carried their own frame's data.
 
     python -m bench.processing [--seconds S] [--quick]
 
@@ -24,6 +27,7 @@ import time
 import cv2
 import numpy as np
 
+from bench.overlay import data_channel_rows
 from camtrack.media.stream import CameraStream
 from camtrack.processing import FrameInfo, ProcessingStage
 from camtrack.sources.pattern import PatternSource
@@ -92,6 +96,27 @@ def served_rows(seconds: float, kinds: tuple[str, ...] = ("drawn", "data")) -> N
             row = measure("shared", "h264", 640, 480, viewers, seconds, stamped=False, extra=extra)
             print(f"| {name} | {viewers} | {row.server_cpu:.0f} | {row.fps_min:.1f} | {row.fps_mean:.1f} |",
                   flush=True)
+    print("\nserver CPU with 1 and 16 viewers of a data function (bench/functions.py:data_0), their "
+          "results sent on data channels or not (bench.overlay):")
+    data_channel_rows(seconds)
+    drawn_age(seconds)
+
+
+def drawn_age(seconds: float) -> None:
+    """Part 4: data ages when drawn in Chromium (WebRTC), for data functions of 0, 5 and 30 ms."""
+    from bench.browser import measure as in_chromium
+
+    print("\ndata drawn by the page in Chromium over WebRTC (age: page clock minus the frame's capture):")
+    print("| function | pictures | with their own frame's data | age p50 ms | age p95 ms | video latency p50 ms |")
+    print("|---|---|---|---|---|---|")
+    for name in ("data_0", "data_5", "data_30"):
+        (row,) = in_chromium(seconds, ("--process", f"bench/functions.py:{name}"), modes=("webrtc",))
+        ages = sorted(row.data_ages)
+        if not ages:
+            print(f"| {name} | {row.frames} | 0 | - | - | {row.p50:.0f} |", flush=True)
+            continue
+        p50, p95 = ages[len(ages) // 2], ages[min(len(ages) - 1, round(0.95 * (len(ages) - 1)))]
+        print(f"| {name} | {len(ages)} | {row.data_own} | {p50:.0f} | {p95:.0f} | {row.p50:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -99,9 +124,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds measured per row")
     parser.add_argument("--quick", action="store_true", help="the stage alone and one function (CI-sized)")
     parser.add_argument("--stage-only", action="store_true", help="part 1 only")
+    parser.add_argument("--chromium-only", action="store_true", help="part 4 only")
     parser.add_argument("--work", type=float, default=None, help="part 1: a function taking MS ms (a sleep)")
     parser.add_argument("--draws", action="store_true", help="part 1: that function draws (drawn mode)")
     args = parser.parse_args()
+    if args.chromium_only:
+        drawn_age(args.seconds)
+        return
     asyncio.run(measure(args.seconds, args.work, args.draws))
     if args.stage_only:
         return
