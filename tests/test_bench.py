@@ -53,6 +53,6 @@ def test_bench_processing_quick():
     result = subprocess.run([sys.executable, "-m", "bench.processing", "--quick", "--seconds", "2"],
                             cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stderr
-    assert "capture to processed: p50" in result.stdout
+    assert "capture to picture: p50" in result.stdout
     line = next(line for line in result.stdout.splitlines() if line.startswith("drawn_5 at 1 viewer"))
     assert float(line.split(": ")[1].split(" fps")[0]) > 10, "the viewer got too few pictures"
