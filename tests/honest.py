@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +72,16 @@ class CamtrackProcess:
         self.logfile = tempfile.NamedTemporaryFile(prefix="camtrack-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: int | None = None
+        #: what the command runs under (tests/shaped.py: `ip netns exec NS`), and where it answers
+        self.prefix: list[str] = []
+        self.address = "127.0.0.1"
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     def ws(self, camera: str | None = None) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws" + (f"?camera={camera}" if camera else "")
+        return f"ws://{self.address}:{self.port}/ws" + (f"?camera={camera}" if camera else "")
 
     @property
     def pid(self) -> int:
@@ -90,7 +93,7 @@ class CamtrackProcess:
             self._lock = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
             await asyncio.to_thread(fcntl.flock, self._lock, fcntl.LOCK_EX)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), *self.args], cwd=ROOT,
+        self.process = subprocess.Popen([*self.prefix, sys.executable, str(ROOT / "server.py"), *self.args], cwd=ROOT,
                                         stdout=self.logfile, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while True:
@@ -106,13 +109,16 @@ class CamtrackProcess:
 
     async def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         """(status, body) of GET `path`, off the event loop (the test's loop may be attacking)."""
+        return await asyncio.to_thread(self._fetch(path, timeout))
+
+    def _fetch(self, path: str, timeout: float) -> Callable[[], tuple[int, str]]:
         def fetch() -> tuple[int, str]:
             try:
                 with urllib.request.urlopen(self.base + path, timeout=timeout) as response:
                     return response.status, response.read().decode()
             except urllib.error.HTTPError as error:
                 return error.code, error.read().decode()
-        return await asyncio.to_thread(fetch)
+        return fetch
 
     async def json(self, path: str) -> Any:
         status, body = await self.get(path)
@@ -193,8 +199,11 @@ class HonestViewer:
     """One aiortc viewer in a process of its own (`python -m tests.honest_viewer`): it decodes every
     picture, reads its latency stamp, and reports twice a second; `window()` sums what it saw."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, prefix: list[str] | None = None, address: str = "127.0.0.1") -> None:
         self.url = url
+        #: what the viewer runs under (tests/shaped.py: `ip netns exec NS`), and its ICE address
+        self.prefix = prefix or []
+        self.address = address
         self.process: asyncio.subprocess.Process | None = None
         #: (time.time() of the report, frames since the last report, latencies in ms)
         self.reports: list[tuple[float, int, list[int]]] = []
@@ -203,7 +212,7 @@ class HonestViewer:
 
     async def start(self, timeout: float = 30.0) -> HonestViewer:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.honest_viewer", self.url, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+            *self.prefix, sys.executable, "-m", "tests.honest_viewer", self.url, self.address, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
         self._reading = asyncio.ensure_future(self._read())
         deadline = time.monotonic() + timeout
         while not any(frames for _, frames, _ in self.reports):

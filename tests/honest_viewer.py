@@ -1,4 +1,4 @@
-"""`python -m tests.honest_viewer WS_URL`: one honest aiortc viewer (tests/honest.py).
+"""`python -m tests.honest_viewer WS_URL [ADDRESS]`: one honest aiortc viewer (tests/honest.py).
 
 Decodes every picture, reads its latency stamp, and prints a JSON line twice a second:
 {"t": time.time(), "frames": pictures since the last line, "latency": [ms, ...]}; or
@@ -21,8 +21,8 @@ from camtrack.client import Viewer
 from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 
-async def main(url: str) -> None:
-    restrict_host_addresses(["127.0.0.1"])
+async def main(url: str, address: str = "127.0.0.1") -> None:
+    restrict_host_addresses([address])
     aiortc.rtcrtpreceiver.get_decoder = lambda codec: StampingDecoder(get_decoder(codec))
     viewer = Viewer(url)
     frames: list[int] = [0]
@@ -65,4 +65,4 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(*sys.argv[1:3]))
