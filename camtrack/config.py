@@ -351,6 +351,17 @@ class CameraSettings:
     keyframe_interval: float = field(default=2.0, metadata=option(
         "seconds between periodic keyframes of the shared encoder (default: {default})", metavar="SECONDS",
         check=between(0, 600, "positive and at most 600 s", above=True)))
+    #: the low quality tier (camtrack.media.tiers): encoded once for its viewers while someone watches it
+    low_scale: float = field(default=0.5, metadata=option(
+        "the low quality tier's width and height as a share of the camera's, for viewers whose link cannot "
+        "carry the camera's own (default: {default}; 0: no low tier)", metavar="SHARE",
+        check=between(0, 1, "between 0 (no low tier) and 1")))
+    low_bitrate: int = field(default=0, metadata=option(
+        "the low quality tier's bitrate in bit/s (default: 0, a quarter of --bitrate)", metavar="BPS",
+        check=between(0, 50_000_000, "0 (a quarter of --bitrate) or at most 50000000 bit/s")))
+    low_fps: float = field(default=0.0, metadata=option(
+        "the low quality tier's frame rate (default: 0, the camera's)", metavar="FPS",
+        check=between(0, 120, "0 (the camera's) or at most 120")))
     #: at most this many viewers at once, over every transport: of the server (Config), of a camera
     #: (CameraConfig); 0: no limit
     max_viewers: int = field(default=0, metadata=option(

@@ -33,7 +33,7 @@ from .media.packet import MediaKind
 from .media.passthrough import PassthroughFeed
 from .media.reader import BridgedReader, PacketReader
 from .media.stream import CameraStream
-from .media.tiers import MAIN, Tier, Tiers
+from .media.tiers import MAIN, Quality, Tier, Tiers
 from .plan import CameraPlan
 from .processing import Chain, ChainStage, FunctionFile, Masks, MotionDetector, Overlay, ProcessFunction, ProcessingStage
 from .sources import make_packet_source, make_source
@@ -255,7 +255,7 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
         # tiers of another codec are encoded at the camera's own size (0x0: the decoded pictures')
         tiers = Tiers(feed, decoder, EncoderSettings(width=0, height=0, fps=settings.fps, bitrate=settings.bitrate,
                                                      keyframe_interval=settings.keyframe_interval,
-                                                     hardware=config.video_encoder))
+                                                     hardware=config.video_encoder), qualities(settings))
         jpeg, bridge = JpegEncoders(decoder, config.mjpeg_fps), JoinBridge(feed, decoder, encoding)
         # a --process function (asked for with --mode passthrough) reads pictures decoded for it alone,
         # only while a reader of its results runs it: its data is shown, what it draws is not
@@ -268,11 +268,20 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
     # the user's function on each frame, once for every viewer: what every encoder and JPEG reads
     frames: FrameFeed = stream if processing is None else processing
     encoder = SharedEncoder(frames, encoding) if plan.mode == "transcode" else None
-    jpeg, tiers = JpegEncoders(frames, config.mjpeg_fps), Tiers(encoder, frames, encoding)
+    jpeg, tiers = JpegEncoders(frames, config.mjpeg_fps), Tiers(encoder, frames, encoding, qualities(settings))
     return Pipeline(plan, SourceStatus(stream), frames, jpeg, tiers,
                     [jpeg, tiers, *([encoder] if encoder is not None else []),
                      *([processing] if processing is not None else []), stream], stream=stream, main=encoder,
                     encoder=encoder, processing=processing)
+
+
+def qualities(settings: CameraConfig) -> dict[str, Quality]:
+    """The camera's lower quality tiers by name (camtrack.media.tiers): its low one unless
+    --low-scale is 0."""
+    if not settings.low_scale:
+        return {}
+    return {"low": Quality(scale=settings.low_scale, bitrate=settings.low_bitrate or max(50_000, settings.bitrate // 4),
+                           fps=settings.low_fps)}
 
 
 def processing_stage(settings: CameraConfig, frames: FrameFeed, shown: bool = True) -> ProcessingStage | None:

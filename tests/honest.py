@@ -212,7 +212,8 @@ class HonestViewer:
 
     async def start(self, timeout: float = 30.0) -> HonestViewer:
         self.process = await asyncio.create_subprocess_exec(
-            *self.prefix, sys.executable, "-m", "tests.honest_viewer", self.url, self.address, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+            *self.prefix, sys.executable, "-m", "tests.honest_viewer", self.url, self.address, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE)
         self._reading = asyncio.ensure_future(self._read())
         deadline = time.monotonic() + timeout
         while not any(frames for _, frames, _ in self.reports):

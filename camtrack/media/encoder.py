@@ -66,6 +66,12 @@ class EncoderSettings:
     #: an H.264 hardware encoder: "auto" (the first of HARDWARE_H264 that opens here, else libx264),
     #: "libx264", or one of HARDWARE_H264
     hardware: str = "auto"
+    #: encode at most this many frames a second, skipping the others (0: every frame that comes; a
+    #: quality tier's lower frame rate, camtrack.media.tiers)
+    frame_limit: float = 0.0
+    #: with a size of 0x0 (follows_input): the input's size times this (a quality tier of a camera
+    #: whose size is known only once it opens)
+    scale: float = 1.0
 
     @property
     def follows_input(self) -> bool:
@@ -153,6 +159,11 @@ def _h264_encoder(settings: EncoderSettings) -> av.VideoCodecContext | None:
         logger.info("encoding H.264 with the hardware encoder %s", name)
         return codec
     return None
+
+
+def even(value: float) -> int:
+    """`value` rounded to an even whole number, at least 2 (what 4:2:0 pictures need)."""
+    return max(2, 2 * round(value / 2))
 
 
 def _has_sps(data: bytes) -> bool:
@@ -278,15 +289,24 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         codec = None if follows else self._open_codec(self.settings)
         clock = PtsClock()
         after = 0
+        # a lower frame rate: frames closer than this to the last one encoded are skipped (with a
+        # little slack, so that a camera's jitter does not skip a frame a limit at its own rate keeps)
+        spacing = 0.9 / self.settings.frame_limit if self.settings.frame_limit else 0.0
+        last_encoded = -1e9
         logger.info("encoder %s %dx%d started (%d bit/s)", self.settings.codec, self.settings.width,
                     self.settings.height, self.settings.bitrate)
         while True:
             frame = await self.input.next_frame(after)
             after = frame.seq
+            if spacing and frame.monotonic - last_encoded < spacing:
+                continue
+            last_encoded = frame.monotonic
             pts = clock.pts(frame.monotonic)
             force = self._should_force(time.monotonic())
             if follows:
                 height, width = frame.bgr.shape[:2]
+                if self.settings.scale != 1.0:
+                    width, height = even(width * self.settings.scale), even(height * self.settings.scale)
                 if codec is None or (codec.width, codec.height) != (width, height):
                     # the first picture, or a camera that came back at another size: a new encoder,
                     # starting with a keyframe (what came before cannot predict this)
@@ -321,6 +341,10 @@ class SharedEncoder(Stage[FrameFeed, EncodedPacket]):
         """Runs on the encoder thread."""
         began = time.perf_counter()
         video_frame = VideoFrame.from_ndarray(frame.yuv, format="yuv420p")
+        if (video_frame.width, video_frame.height) != (codec.width, codec.height):
+            # a quality tier: scaled here, on the encoder's thread (libswscale)
+            video_frame = video_frame.reformat(width=codec.width, height=codec.height,
+                                               interpolation="FAST_BILINEAR")
         if codec.pix_fmt != "yuv420p":
             video_frame = video_frame.reformat(format=codec.pix_fmt)  # (Quick Sync takes NV12)
         video_frame.pts = pts

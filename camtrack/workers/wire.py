@@ -48,7 +48,7 @@ class FeedKey:
     def parse(cls, name: str) -> FeedKey:
         """The key named `name` (its `wire`); ValueError when it names none."""
         camera, kind, tier = name.split("/")
-        return cls(camera, MediaKind(kind), MAIN if tier == str(MAIN) else Tier(codec=tier))
+        return cls(camera, MediaKind(kind), Tier.parse(tier))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,130 @@
+"""Quality tiers (camtrack.media.tiers, docs/quality.md): a camera's low tier, smaller and at a
+lower bitrate (and maybe frame rate), encoded once for all of its viewers by a shared encoder of the
+camera's pictures (a passed-through camera's: its decoder, shared with JPEG), scaled on the
+encoder's thread, running only while read. Real encoders and decoders, in-process."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import av
+import pytest
+
+from camtrack import Config
+from camtrack.cameras import Cameras
+from camtrack.media.encoder import SharedEncoder
+from camtrack.media.feeds import Transport
+from camtrack.media.packet import MediaKind
+from camtrack.media.reader import PacketReader
+from camtrack.media.tiers import MAIN, Tier
+
+from .conftest import eventually
+from .test_passthrough import write_h264
+
+LOW = Tier(quality="low")
+
+
+async def decoded(reader: PacketReader, count: int) -> list[tuple[str, int, int, int]]:
+    """(codec, width, height, bytes) of `count` pictures the reader gives, decoded."""
+    pictures: list[tuple[str, int, int, int]] = []
+    decoder: Any = None
+    while len(pictures) < count:
+        encoded, _ = await reader.next()
+        if decoder is None:
+            assert encoded.keyframe
+            decoder = av.CodecContext.create(encoded.codec.codec, "r")
+        for frame in decoder.decode(av.Packet(bytes(encoded.packet))):
+            pictures.append((encoded.codec.codec, frame.width, frame.height, encoded.size))
+            assert (frame.width, frame.height) == (encoded.codec.width, encoded.codec.height)
+    return pictures
+
+
+def test_tier_names_go_and_come_back():
+    for tier in (MAIN, Tier("vp8"), LOW, Tier("vp8", "low"), Tier("h264", "low")):
+        assert Tier.parse(str(tier)) == tier
+    assert str(LOW) == "low" and str(Tier("vp8", "low")) == "low-vp8" and str(MAIN) == "main"
+    with pytest.raises(ValueError):
+        Tier.parse("")
+
+
+async def test_the_low_tier_is_half_the_size_at_a_quarter_of_the_bitrate_shared_and_only_while_read():
+    cameras = Cameras(Config(source="pattern", width=640, height=480, fps=30, bitrate=800_000, linger=0.2))
+    camera = cameras.first
+    try:
+        first = camera.reader(Transport.WEBSOCKET, LOW)
+        second = camera.reader(Transport.WHEP, LOW)
+        low = camera.packets(MediaKind.VIDEO, LOW)
+        assert isinstance(low, SharedEncoder) and low is not camera.feed
+        assert first.feed is low and second.feed is low and low.input is camera.stream
+        assert low.settings.bitrate == 200_000 and low.settings.codec == "h264"
+        pictures = await decoded(first, 60)
+        assert {p[:3] for p in pictures} == {("h264", 320, 240)}
+        await decoded(second, 5)
+        assert low.stats.runs == 1 and low.consumers == {first, second}
+        # a VP8 low tier is another encoder (a VP8 viewer of the low tier)
+        assert camera.packets(MediaKind.VIDEO, Tier("vp8", "low")) is not low
+        # the main feed was not asked for: it did not run
+        assert camera.encoder is not None and camera.encoder.stats.runs == 0
+        main = camera.reader(Transport.WEBSOCKET, MAIN)
+        main_pictures = await decoded(main, 60)
+        assert {p[:3] for p in main_pictures} == {("h264", 640, 480)}
+        main.close()
+        # a quarter of the bitrate: well under half of the main tier's bytes per picture
+        low_bytes = sum(p[3] for p in pictures[1:]) / (len(pictures) - 1)
+        main_bytes = sum(p[3] for p in main_pictures[1:]) / (len(main_pictures) - 1)
+        assert low_bytes < 0.5 * main_bytes, (low_bytes, main_bytes)
+        first.close()
+        second.close()
+        await eventually(lambda: not low.running and not camera.stream.is_open)
+    finally:
+        await cameras.close()
+    assert not low.running
+
+
+async def test_the_low_tier_at_a_lower_frame_rate_and_size_as_configured():
+    cameras = Cameras(Config(source="pattern", width=640, height=480, fps=30, low_scale=0.25,
+                             low_bitrate=100_000, low_fps=10, linger=0.2))
+    camera = cameras.first
+    try:
+        reader = camera.reader(Transport.WEBSOCKET, LOW)
+        pictures = await decoded(reader, 2)
+        began = time.monotonic()
+        for _ in range(20):
+            await reader.next()
+        took = time.monotonic() - began
+        assert {p[:3] for p in pictures} == {("h264", 160, 120)}
+        # 20 pictures at 10 a second: about 2 s (at the camera's 30, 0.67 s)
+        assert 1.5 < took < 3.5, took
+        reader.close()
+    finally:
+        await cameras.close()
+
+
+async def test_no_low_tier_when_its_scale_is_zero():
+    cameras = Cameras(Config(source="pattern", width=320, height=240, low_scale=0))
+    try:
+        with pytest.raises(ValueError, match="no low tier"):
+            cameras.first.reader(Transport.WEBSOCKET, LOW)
+        assert cameras.first.pipeline.tiers.available() == ("main",)
+    finally:
+        await cameras.close()
+
+
+async def test_the_low_tier_of_a_passed_through_camera_reads_its_decoder(tmp_path):
+    source = str(write_h264(tmp_path / "cam.mp4", "main", frames=90))
+    cameras = Cameras(Config(source=source, mode="passthrough", width=640, height=480, linger=0.2))
+    camera = cameras.first
+    try:
+        reader = camera.reader(Transport.WEBSOCKET, LOW)
+        low = camera.packets(MediaKind.VIDEO, LOW)
+        assert isinstance(low, SharedEncoder) and low.input is camera.decoder
+        # half the file's own 320x240 (the configured size is not the camera's)
+        assert {p[:3] for p in await decoded(reader, 10)} == {("h264", 160, 120)}
+        # the decoder is the one JPEG reads: one decode of the camera for both
+        assert camera.pipeline.jpeg is not None
+        reader.close()
+        assert camera.decoder is not None
+        await eventually(lambda: not low.running and not camera.decoder.running)
+    finally:
+        await cameras.close()
