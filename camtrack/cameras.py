@@ -75,6 +75,10 @@ class Camera:
         while the viewer joins a camera's own packets between their keyframes)."""
         return self.pipeline.reader(self.meters[transport], tier)
 
+    def qualities(self) -> tuple[str, ...]:
+        """The qualities a viewer may be on: "main" and the camera's lower tiers (docs/quality.md)."""
+        return self.pipeline.tiers.available()
+
     # -- the pipeline's stages, as they were named before it (tests and benchmarks reach them)
 
     @property

@@ -35,6 +35,8 @@ class Viewer:
         self.pc: RTCPeerConnection | None = None
         self.hello: dict[str, Any] = {}
         self.answer_sdp = ""
+        #: the answer message (its "quality" too, docs/quality.md)
+        self.answer: dict[str, Any] = {}
         self.track: asyncio.Future[MediaStreamTrack] | None = None
         #: loop time when the websocket opened
         self.opened_at: float | None = None
@@ -68,7 +70,7 @@ class Viewer:
                                              if c.mimeType.lower() in wanted])
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
-        answer = await self.receive("answer", timeout)
+        answer = self.answer = await self.receive("answer", timeout)
         self.answer_sdp = answer["sdp"]
         if before_answer is not None:
             await before_answer(self.answer_sdp)

@@ -24,6 +24,11 @@ const pageParams = new URLSearchParams(location.search);
 const camtrack = (window.camtrack = {
   state: "connecting", pc: null, ws: null, connects: 0, lastError: null, hello: null,
   camera: pageParams.get("camera"), // null: the server's first camera
+  // the quality tier (docs/quality.md): what this page asks for (auto, main, low; ?quality= or the
+  // picker), and what the server says it is on and why ({choice, tier, reason, moving_to, qualities})
+  qualityChoice: pageParams.get("quality") || sessionStorage.getItem("camtrack-quality") || "auto",
+  quality: null,
+  setQuality,
   token: () => sessionStorage.getItem(TOKEN_KEY),
   switchCamera,
   // "webrtc", "websocket" (the packets over /ws) or "mjpeg"; `decoder` says how they play
@@ -199,10 +204,17 @@ async function handle(ws, message) {
       camtrack.hello = message;
       camtrack.camera = message.camera || camtrack.camera;
       document.dispatchEvent(new CustomEvent("camtrack:hello", { detail: message }));
+      if (camtrack.qualityChoice !== "auto" && (message.qualities || []).includes(camtrack.qualityChoice)) {
+        send(ws, { type: "quality", quality: camtrack.qualityChoice }); // (before the offer: it starts there)
+      }
       if (camtrack.streamOnly) startStream(ws, message);
       else await startPeer(ws, message);
       break;
+    case "quality":
+      if (camtrack.ws === ws) setQualityState(message);
+      break;
     case "answer":
+      if (message.quality && camtrack.ws === ws) setQualityState(message.quality);
       if (camtrack.ws === ws && camtrack.pc) {
         await camtrack.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       }
@@ -380,6 +392,18 @@ tokenForm.addEventListener("submit", (event) => {
   document.dispatchEvent(new CustomEvent("camtrack:token"));
   connect();
 });
+
+function setQualityState(quality) {
+  camtrack.quality = quality;
+  document.dispatchEvent(new CustomEvent("camtrack:quality", { detail: quality }));
+}
+
+// The viewer picks a quality: auto (the server moves it from what its link reports), main or low.
+function setQuality(choice) {
+  camtrack.qualityChoice = choice;
+  sessionStorage.setItem("camtrack-quality", choice);
+  if (camtrack.ws) send(camtrack.ws, { type: "quality", quality: choice });
+}
 
 function switchCamera(name) {
   if (name === camtrack.camera) return;

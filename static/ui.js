@@ -29,6 +29,15 @@
     if (camtrack.camera) picker.value = camtrack.camera;
   }
   picker.addEventListener("change", () => camtrack.switchCamera(picker.value));
+
+  // --- the quality picker (docs/quality.md): shown when the camera has more than one tier
+  const qualityPicker = document.getElementById("quality");
+  document.addEventListener("camtrack:hello", (event) => {
+    const qualities = event.detail.qualities || ["main"];
+    qualityPicker.hidden = qualities.length < 2;
+    qualityPicker.value = camtrack.qualityChoice;
+  });
+  qualityPicker.addEventListener("change", () => camtrack.setQuality(qualityPicker.value));
   document.addEventListener("camtrack:token", loadCameras); // a token typed in: the list it may now see
   document.addEventListener("camtrack:hello", (event) => {
     if (event.detail.camera) picker.value = event.detail.camera;
@@ -108,6 +117,11 @@
     const rows = [["state", camtrack.state], ["camera", camtrack.camera || "-"]];
     rows.push(["transport", TRANSPORTS[camtrack.decoder] || "-"]);
     rows.push(["resolution", view.width ? `${view.width}×${view.height}` : "-"]);
+    const quality = camtrack.quality;
+    if (quality) {
+      const moving = quality.moving_to ? `, moving to ${quality.moving_to}` : "";
+      rows.push(["tier", `${quality.tier} (${quality.reason}${moving}; asked: ${quality.choice})`]);
+    }
     if (player) playerRows(player, rows);
     if (inbound) {
       const codec = inbound.codecId && report.get(inbound.codecId);

@@ -5,17 +5,23 @@ encoder's thread, running only while read. Real encoders and decoders, in-proces
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import av
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack import Config
+from camtrack.app import CAMERAS
 from camtrack.cameras import Cameras
+from camtrack.client import Viewer
 from camtrack.media.encoder import SharedEncoder
 from camtrack.media.feeds import Transport
 from camtrack.media.packet import MediaKind
+from camtrack.media.quality import TierReader
 from camtrack.media.reader import PacketReader
 from camtrack.media.tiers import MAIN, Tier
 
@@ -128,3 +134,127 @@ async def test_the_low_tier_of_a_passed_through_camera_reads_its_decoder(tmp_pat
         await eventually(lambda: not low.running and not camera.decoder.running)
     finally:
         await cameras.close()
+
+
+def tier_reader(camera: Any, quality: str = "main", transport: Transport = Transport.WEBSOCKET) -> TierReader:
+    tier = Tier(None, None if quality == "main" else quality)
+    return TierReader(camera.reader(transport, tier), tier, camera.packets,
+                      camera.pipeline.tiers.available(), camera.meters[transport])
+
+
+async def test_a_viewer_moves_between_tiers_at_a_keyframe_with_its_times_growing():
+    """main -> low -> main: one decoder decodes it all, sizes change only at keyframes, presentation
+    times keep growing by about a frame (no gap over two frame intervals), and the tier it left
+    stops when no one else reads it."""
+    cameras = Cameras(Config(source="pattern", width=640, height=480, fps=30, linger=0.2))
+    camera = cameras.first
+    reader = tier_reader(camera)
+    decoder = av.CodecContext.create("h264", "r")
+    seen: list[tuple[int, int, int, bool]] = []  # (pts, width, height, keyframe)
+
+    async def read(count: int) -> None:
+        for _ in range(count):
+            encoded, pts = await reader.next()
+            assert pts is not None
+            for frame in decoder.decode(av.Packet(bytes(encoded.packet))):
+                seen.append((pts, frame.width, frame.height, encoded.keyframe))
+
+    try:
+        await read(20)
+        assert reader.quality == "main" and {s[1:3] for s in seen} == {(640, 480)}
+        assert reader.move("low", "test") and not reader.move("low", "again")
+        await read(30)
+        assert reader.quality == "low" and reader.reason == "test" and reader.moves == {("main", "low", "test"): 1}
+        low = camera.packets(MediaKind.VIDEO, LOW)
+        assert seen[-1][1:3] == (320, 240)
+        reader.choose("main")
+        await read(30)
+        assert reader.quality == "main" and reader.reason == "asked" and seen[-1][1:3] == (640, 480)
+        await eventually(lambda: not low.running)
+        pts = [s[0] for s in seen]
+        steps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
+        assert min(steps) > 0 and max(steps) <= 2 * 3000 + 300, steps
+        for before, after in zip(seen, seen[1:], strict=False):
+            if before[1:3] != after[1:3]:
+                assert after[3], "the size changed on a picture that is not a keyframe"
+        with pytest.raises(ValueError):
+            reader.choose("high")
+    finally:
+        reader.close()
+        await cameras.close()
+
+
+def continuous(frames: list[Any], fps: float = 30.0) -> None:
+    """Decoded frames' times keep growing, never more than two frame intervals apart (90 kHz)."""
+    pts = [f.pts for f in frames]
+    steps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
+    assert min(steps) > 0, f"presentation times went back: {steps}"
+    assert max(steps) <= 2 * 90000 / fps + 300, f"a gap over two frame intervals: {steps}"
+
+
+async def test_a_websocket_viewer_asks_for_low_and_main_and_its_picture_stays_continuous(serve):
+    url, app = await serve(width=640, height=480, fps=30)
+    camera = app[CAMERAS].first
+    viewer = Viewer(url)
+    try:
+        await viewer.connect()
+        assert viewer.hello["qualities"] == ["main", "low"]
+        assert viewer.answer_sdp
+        told = viewer.answer["quality"]
+        assert told["tier"] == "main" and told["choice"] == "auto" and told["qualities"] == ["main", "low"]
+        frames = await viewer.frames(15)
+        assert {(f.width, f.height) for f in frames} == {(640, 480)}
+        assert viewer.ws is not None
+        await viewer.ws.send_json({"type": "quality", "quality": "low"})
+        told = await viewer.receive("quality")
+        assert (told["tier"], told["choice"], told["moving_to"]) == ("main", "low", "low")
+        told = await viewer.receive("quality")
+        assert (told["tier"], told["choice"], told["reason"], told["moving_to"]) == ("low", "low", "asked", None)
+        more = await viewer.frames(30)
+        assert more[-1].width == 320 and more[-1].height == 240
+        frames += more
+        low = camera.packets(MediaKind.VIDEO, LOW)
+        assert isinstance(low, SharedEncoder) and low.running
+        await viewer.ws.send_json({"type": "quality", "quality": "main"})
+        while told["tier"] != "main":
+            told = await viewer.receive("quality")
+        more = await viewer.frames(30)
+        assert (more[-1].width, more[-1].height) == (640, 480)
+        frames += more
+        continuous(frames)
+        await eventually(lambda: not low.running)
+        await viewer.ws.send_json({"type": "quality", "quality": "high"})
+        with pytest.raises(RuntimeError, match="quality"):
+            await viewer.receive("nothing")
+    finally:
+        await viewer.close()
+
+
+async def test_a_whep_viewer_asks_for_the_low_tier(serve):
+    url, app = await serve(width=640, height=480, fps=30)
+    camera = app[CAMERAS].first
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    track = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track.done() or track.set_result(t))
+    base = url.removesuffix("/ws")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/whep?tier=middle", data=pc.localDescription.sdp,
+                                 headers={"Content-Type": "application/sdp"}) as r:
+                assert r.status == 400 and "low" in await r.text()
+            async with http.post(base + "/whep?tier=low", data=pc.localDescription.sdp,
+                                 headers={"Content-Type": "application/sdp"}) as r:
+                assert r.status == 201, await r.text()
+                answer = await r.text()
+            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            video = await asyncio.wait_for(track, 20)
+            frames = [await asyncio.wait_for(video.recv(), 20) for _ in range(20)]
+            # it started on the low tier: its very first picture is the low one
+            assert {(f.width, f.height) for f in frames} == {(320, 240)}
+            # and the main encoder was not kept running for it
+            assert camera.encoder is not None
+            await eventually(lambda: not camera.encoder.running)
+    finally:
+        await pc.close()

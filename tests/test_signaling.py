@@ -170,6 +170,15 @@ class FakePeer:
     async def close(self) -> None:
         self.closed += 1
 
+    def choose_quality(self, choice: str) -> None:
+        pass
+
+    def quality(self) -> None:
+        return None
+
+    def on_quality(self, callback) -> None:
+        pass
+
 
 async def test_signaling_drives_the_peer_factory_the_app_chose(serve):
     """/ws talks to a peer only through the contract, so a fake factory stands in for aiortc: the

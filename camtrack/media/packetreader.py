@@ -7,10 +7,46 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Protocol
 
 from .feeds import FeedClosed, PacketFeed
 from .meters import Meter
 from .packet import EncodedPacket
+
+
+class Reading(Protocol):
+    """What a way out reads a viewer's packets with: a `PacketReader`, or a reader that moves the
+    viewer between a camera's tiers (camtrack.media.quality.TierReader)."""
+
+    @property
+    def feed(self) -> PacketFeed:
+        """The feed whose packets the viewer gets now."""
+        ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def first_packet(self) -> tuple[float, bool] | None: ...
+
+    @property
+    def skipped(self) -> int: ...
+
+    @property
+    def resyncs(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def request_keyframe(self) -> None: ...
+
+    def in_step(self) -> bool: ...
+
+    def step(self, encoded: EncodedPacket) -> int | None: ...
+
+    async def next(self) -> tuple[EncodedPacket, int | None]: ...
+
+    def close(self) -> None: ...
 
 
 class ReaderClosed(FeedClosed):

@@ -64,7 +64,13 @@ class FeedSwitch:
 
     def __init__(self, source: PacketFeed, target: PacketFeed, timeline: Timeline | None = None, *,
                  after: int | None = None, line_up: bool = False, reader: PacketReader | None = None,
-                 on_leave: Callable[[PacketFeed], None] | None = None) -> None:
+                 on_leave: Callable[[PacketFeed], None] | None = None, source_seq: int | None = None,
+                 continuous: bool = False) -> None:
+        """`source_seq`: the viewer reads `source` already and has its packets up to this number (a
+        quality tier's viewer moving to another tier): the switch goes on from there, in sync,
+        instead of from the source's keyframe. `continuous`: the target runs on a clock of its own
+        (another encoder's): its keyframe is stamped one capture interval after the last packet of
+        the source (by their capture times, at least one tick), and what follows at its own spacing."""
         self.source = source
         self.target = target
         self.timeline = timeline if timeline is not None else Timeline()
@@ -85,9 +91,16 @@ class FeedSwitch:
         self._source_offset: int | None = None if line_up else self.timeline.offset
         self._seq = 0
         self._synced = False
+        self._continuous = continuous
+        #: the capture time of the source's last packet handed out (continuous)
+        self._last_captured: float | None = None
         source.attach(self)
         self._on_source = True
-        self._pending: deque[EncodedPacket] = deque(source.start_packets())
+        if source_seq is not None:
+            self._pending: deque[EncodedPacket] = deque()
+            self._seq, self._synced = source_seq, True
+        else:
+            self._pending = deque(source.start_packets())
 
     def due(self) -> list[EncodedPacket] | None:
         """The target's run from its keyframe when it has one newer than the switch, else None."""
@@ -126,6 +139,7 @@ class FeedSwitch:
         self._source_offset = timeline.offset
         timeline.offset = self._target_offset
         self.from_source += 1
+        self._last_captured = encoded.captured
         return encoded, out
 
     def leave(self) -> None:
@@ -142,6 +156,13 @@ class FeedSwitch:
         """The viewer is on the target from `run` (what `due()` gave) on: its reader goes on from there."""
         self.leave()
         self.switched = True
+        if self._continuous and run:
+            first = run[0]
+            codec = first.codec
+            ticks = 1
+            if self._last_captured is not None:
+                ticks = max(1, round((first.captured - self._last_captured) / float(codec.time_base)))
+            self.timeline.offset = self.timeline.last + ticks - (first.packet.pts or 0)
         if self.reader is None:
             self.reader = PacketReader(self.target)
         self.reader.resume(run)

@@ -32,7 +32,8 @@ from collections.abc import Awaitable, Callable
 
 from ..media.frame import VIDEO_CLOCK_RATE
 from ..media.packet import CodecInfo, EncodedPacket
-from ..media.reader import PacketReader
+from ..media.packetreader import Reading
+from ..media.quality import TierReader
 from .results import SentPictures
 
 VERSION = 1
@@ -75,13 +76,28 @@ class PacketStream:
     camera between its keyframes); `run(send)` hands each message to `send`, which returns False
     when the socket is gone (or too slow) and the stream should end."""
 
-    def __init__(self, reader: Callable[[], PacketReader]) -> None:
+    def __init__(self, reader: Callable[[], Reading], on_move: Callable[[], None] | None = None) -> None:
         self._make_reader = reader
-        self.reader: PacketReader | None = None
+        self.reader: Reading | None = None
         self.sent = 0
         #: the presentation times of the pictures sent lately, by capture time (what the
         #: processing results sent beside them name: camtrack.outputs.results)
         self.pictures = SentPictures()
+        #: called when its tier changes (a TierReader's move)
+        self.on_move = on_move
+
+    def choose(self, choice: str) -> None:
+        """The viewer asks for a quality (camtrack.media.quality.CHOICES); ValueError: it cannot."""
+        if isinstance(self.reader, TierReader):
+            self.reader.choose(choice)
+
+    def quality(self) -> dict[str, object] | None:
+        """Its quality now (choice, tier, reason, moving_to, qualities), None when it has none."""
+        reader = self.reader
+        if not isinstance(reader, TierReader):
+            return None
+        return {"choice": reader.choice, "tier": reader.quality, "reason": reader.reason,
+                "moving_to": reader.moving_to, "qualities": list(reader.available)}
 
     @property
     def skipped(self) -> int:
@@ -94,6 +110,9 @@ class PacketStream:
 
     async def run(self, send: Callable[[bytes], Awaitable[bool]]) -> None:
         reader = self.reader = self._make_reader()
+        if isinstance(reader, TierReader) and self.on_move is not None:
+            on_move = self.on_move
+            reader.on_move = lambda *_: on_move()
         try:
             resyncs = 0
             while True:

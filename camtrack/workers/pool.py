@@ -185,6 +185,18 @@ class RemotePeer:
                      self.worker.index)
         return str(reply["sdp"])
 
+    def choose_quality(self, choice: str) -> None:
+        """Viewers in worker processes stay on the main tier (their feed is relayed to the worker
+        once per tier; moving between tiers there is not built)."""
+        if choice not in ("auto", "main"):
+            raise ValueError(f"a viewer served by a worker process stays on the main tier, not {choice}")
+
+    def quality(self) -> dict[str, Any] | None:
+        return None
+
+    def on_quality(self, callback: Callable[[], None]) -> None:
+        pass
+
     def _give_turn_back(self) -> None:
         turn, self._turn = self._turn, None
         if turn is not None:

@@ -9,7 +9,7 @@ comes back is a `PeerSession`; neither output knows which kind it is, nor import
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiortc import RTCIceCandidate
 
@@ -67,6 +67,10 @@ class CameraView(PeerCamera, Protocol):
 
     def reader(self, transport: Transport, tier: Tier = MAIN) -> PacketReader: ...
 
+    def qualities(self) -> tuple[str, ...]:
+        """The qualities a viewer may be on: "main" and the camera's lower tiers ("low")."""
+        ...
+
 
 class PeerSession(Protocol):
     """One viewer's peer connection, wherever it lives. It calls the factory's `on_end(reason)` once
@@ -95,6 +99,16 @@ class PeerSession(Protocol):
 
     async def close(self) -> None:
         """Close it (idempotent, never cancelled half-way, bounded in time)."""
+
+    def choose_quality(self, choice: str) -> None:
+        """Its viewer asks for a quality (auto, main, low: docs/quality.md), before or after its offer
+        is answered; ValueError for one it cannot have."""
+
+    def quality(self) -> dict[str, Any] | None:
+        """Its quality now (choice, tier, reason, moving_to, qualities), None when it has none."""
+
+    def on_quality(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever its tier changes."""
 
 
 class PeerFactory(Protocol):

@@ -29,7 +29,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from ...media.feeds import FeedClosed, PacketFeed
 from ...media.packet import EncodedPacket
-from ...media.reader import PacketReader
+from ...media.packetreader import Reading
 from .rtpsend import RtpFrame, RtpStream
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 class Member:
     """One viewer the fan-out sends to."""
 
-    reader: PacketReader
+    reader: Reading
     stream: RtpStream
     #: `(captured, seconds, handed)` once a picture went to its socket (its meter, the load monitor)
     on_sent: Callable[[float, float, float], None] | None

@@ -7,6 +7,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
@@ -17,6 +18,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from ...config import Config
 from ...media.encoder import H264_PROFILE
 from ...media.feeds import Transport
+from ...media.quality import CHOICES, TierReader
 from ...seams import aiortc as aiortc_seam
 from ..results import ResultFeed, SentPictures
 from .contract import CameraView, PeerCamera
@@ -245,8 +247,42 @@ class Peer:
         #: the viewer's data channel: the camera's processing results, if it has a function
         self.data = DataChannels(processing, self.pictures, f"{transport} viewer {remote} of {camera.name}",
                                  self._end)
+        #: the quality its viewer asked for (docs/quality.md), applied to its track once made
+        self.quality_choice = "auto"
+        self._quality_listeners: list[Callable[[], None]] = []
         self.pc.on("connectionstatechange", self._on_state)
         self.pc.on("datachannel", self.data.on_channel)
+
+    @property
+    def tier_reader(self) -> TierReader | None:
+        """Its track's reader of the camera's tiers (None: no track yet, or per-viewer encoding)."""
+        track = self.track
+        if isinstance(track, EncodedTrack) and isinstance(track.reader, TierReader):
+            return track.reader
+        return None
+
+    def choose_quality(self, choice: str) -> None:
+        if choice not in CHOICES:
+            raise ValueError(f"quality must be one of {', '.join(CHOICES)}, not {choice!r}")
+        reader = self.tier_reader
+        if reader is not None:
+            reader.choose(choice)
+        self.quality_choice = choice
+        self._quality_changed()
+
+    def quality(self) -> dict[str, Any] | None:
+        reader = self.tier_reader
+        if reader is None:
+            return None
+        return {"choice": reader.choice, "tier": reader.quality, "reason": reader.reason,
+                "moving_to": reader.moving_to, "qualities": list(reader.available)}
+
+    def on_quality(self, callback: Callable[[], None]) -> None:
+        self._quality_listeners.append(callback)
+
+    def _quality_changed(self, *_: str) -> None:
+        for callback in list(self._quality_listeners):
+            callback()
 
     @property
     def state(self) -> str:
@@ -288,6 +324,10 @@ class Peer:
                 raise OfferError("the peer was closed")
             sending = self.tracks(codec)
             self.codec, self.track = codec, sending
+            if (reader := self.tier_reader) is not None:
+                reader.on_move = self._quality_changed
+                if self.quality_choice != "auto":
+                    reader.choose(self.quality_choice)  # (before its first packet: it starts there)
             answer = await answer_offer(self.pc, sdp, sending, codec, self.ice, offer)
             self._remote_candidates += sum(line.startswith("a=candidate:") for line in sdp.splitlines())
         except OfferError:

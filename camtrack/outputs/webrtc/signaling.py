@@ -4,13 +4,18 @@ Every message is a JSON text frame, an object with a "type":
 
 - server → client on open: {"type": "hello", "codecs": [...], "iceServers": [...]}
 - client → server: {"type": "offer", "sdp": "..."}  (recvonly video)
-- server → client: {"type": "answer", "sdp": "..."} (candidates included)
+- server → client: {"type": "answer", "sdp": "...", "quality": {...}} (candidates included; the
+  quality as in the "quality" message below, when the viewer has tiers)
 - client → server, optional trickle: {"type": "candidate", "candidate": "candidate:...",
   "sdpMid": "0", "sdpMLineIndex": 0}; {"type": "candidate", "candidate": null} ends them
 - either side: {"type": "bye"}
 - client → server: {"type": "stream"}: no WebRTC; the camera's packets come as binary messages on
   this socket (camtrack.outputs.wsvideo), the fallback when WebRTC cannot connect. An offer
   afterwards goes back to WebRTC.
+- client → server: {"type": "quality", "quality": "auto" | "main" | "low"}: the tier it wants
+  (docs/quality.md), before or after its offer, WebRTC or streaming; server → client:
+  {"type": "quality", "choice", "tier", "reason", "moving_to", "qualities"} whenever its tier or choice
+  changes
 - server → client: {"type": "error", "message": "..."} for anything it cannot use
 
 With a token configured, a client that did not put `?token=` in the URL sends
@@ -42,6 +47,7 @@ from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
 from ...media.admission import CLIENT_TEXT, Refused
 from ...media.feeds import FeedClosed, Transport
+from ...media.quality import CHOICES
 from ...media.ratelimit import TokenBucket
 from ..directory import Camera, Cameras
 from ..results import ResultSender
@@ -49,7 +55,7 @@ from ..wsvideo import PacketStream
 from .contract import PeerFactory, PeerSession
 from .ice import IceContext
 from .peer import LocalPeers, OfferError, ServerFull, screen_offer
-from .tracks import camera_codecs
+from .tracks import camera_codecs, tier_reader
 
 logger = logging.getLogger(__name__)
 log = ClientLog(logger)
@@ -107,6 +113,8 @@ class Session:
         self._error: str | None = None
         self._close_code: int = WSCloseCode.OK
         self._close_message: bytes = b""
+        #: the quality the viewer asked for (docs/quality.md): its peer's or stream's, and the next one's
+        self.quality_choice = "auto"
 
     @property
     def is_viewer(self) -> bool:
@@ -174,6 +182,8 @@ class Session:
             "fps": settings.fps,
             # whether {"type": "stream"} can work: the camera has one packet feed for everyone
             "stream": self.camera.packets() is not None,
+            # the qualities a viewer may ask for with {"type": "quality"} (besides "auto")
+            "qualities": list(self.camera.qualities()) if self.camera.packets() is not None else ["main"],
         })
 
     async def on_auth(self, message: dict[str, Any]) -> bool:
@@ -192,12 +202,15 @@ class Session:
             await self.on_candidate(message)
         elif kind == "stream":
             await self.on_stream()
+        elif kind == "quality":
+            await self.on_quality(message)
         elif kind == "bye":
             self.end("said bye")
         elif kind == "auth":
             pass  # already authorized: harmless
         else:
-            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate, stream or bye")
+            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate, stream, quality "
+                                f"or bye")
 
     async def on_offer(self, message: dict[str, Any]) -> None:
         sdp = message.get("sdp")
@@ -233,7 +246,13 @@ class Session:
         make_peer: PeerFactory = self.ice.peers or LocalPeers(self.config, self.ice)  # (camtrack.app's choice)
         peer = make_peer(self.camera, Transport.WEBSOCKET, self.remote, lambda reason: self._peer_ended(peer, reason))
         peer.on_state(lambda: self._peer_state(peer))
+        peer.on_quality(lambda: self._tell_quality(peer))
         self.peer = peer
+        if self.quality_choice != "auto":
+            try:
+                peer.choose_quality(self.quality_choice)
+            except ValueError as exc:
+                log.info(self.remote, "viewer %s: %s", self.remote, exc)
         try:
             answer = await peer.answer(sdp)
         except OfferError as exc:
@@ -247,7 +266,38 @@ class Session:
         if self.peer is not peer or self.reason is not None:
             await peer.close()  # replaced or ended while negotiating
             return
-        await self.send({"type": "answer", "sdp": answer})
+        quality = peer.quality()
+        # (its quality rides along: a "quality" message comes only when it changes)
+        await self.send({"type": "answer", "sdp": answer, **({"quality": quality} if quality is not None else {})})
+
+    async def on_quality(self, message: dict[str, Any]) -> None:
+        """The viewer asks for a quality: its peer's or stream's now, and the next one's."""
+        choice = message.get("quality")
+        if not isinstance(choice, str) or choice not in CHOICES:
+            raise ProtocolError(f"'quality' must be one of {', '.join(CHOICES)}")
+        try:
+            if self.peer is not None:
+                self.peer.choose_quality(choice)
+            elif self.stream is not None:
+                self.stream.choose(choice)
+            elif choice != "auto" and choice not in self.camera.qualities():
+                raise ValueError(f"this camera has no {choice} tier")
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        self.quality_choice = choice
+        if self.stream is not None:
+            self._tell_stream_quality()
+
+    def _tell_quality(self, peer: PeerSession) -> None:
+        """Tell the client its peer's quality (its tier changed, or it was answered)."""
+        quality = peer.quality()
+        if quality is not None and self.peer is peer and self.reason is None:
+            asyncio.ensure_future(self.send({"type": "quality", **quality}))
+
+    def _tell_stream_quality(self) -> None:
+        quality = self.stream.quality() if self.stream is not None else None
+        if quality is not None and self.reason is None:
+            asyncio.ensure_future(self.send({"type": "quality", **quality}))
 
     async def on_stream(self) -> None:
         """Stop any WebRTC peer and send the camera's packets over this socket instead."""
@@ -258,7 +308,9 @@ class Session:
         if self._streaming is not None:
             raise ProtocolError("already streaming")
         self.cameras.leave(self.camera, self)  # a connected peer's viewer no more
-        self.stream = PacketStream(functools.partial(self.camera.reader, Transport.WS_VIDEO))  # (before: no idle clock)
+        # (before: no idle clock)
+        self.stream = PacketStream(functools.partial(tier_reader, self.camera, Transport.WS_VIDEO, None,
+                                                     self.quality_choice), on_move=self._tell_stream_quality)
         await self._close_peer()
         if self.reason is not None:
             return

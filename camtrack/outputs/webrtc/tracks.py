@@ -14,8 +14,10 @@ from ...media.feeds import FeedClosed, FrameFeed, PacketFeed, Transport
 from ...media.frame import VIDEO_TIME_BASE, PtsClock
 from ...media.meters import Meter
 from ...media.packet import EncodedPacket
+from ...media.packetreader import Reading
+from ...media.quality import TierReader
 from ...media.reader import PacketReader
-from ...media.tiers import MAIN, Tier
+from ...media.tiers import Tier
 from .contract import CameraView
 from .fanout import Member, fanout_for, rtp_frame
 from .rtpsend import RtpFrame, RtpStream
@@ -69,11 +71,11 @@ class EncodedTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, encoder: PacketFeed, meter: Meter | None = None, *, reader: PacketReader | None = None) -> None:
-        """A track of `encoder`'s packets, read by `reader` (a reader of `encoder`; by default a
-        plain `PacketReader` with `meter`)."""
+    def __init__(self, encoder: PacketFeed, meter: Meter | None = None, *, reader: Reading | None = None) -> None:
+        """A track of `encoder`'s packets, read by `reader` (a reader of `encoder`, or a TierReader
+        that starts on it; by default a plain `PacketReader` with `meter`)."""
         super().__init__()
-        self.reader = reader if reader is not None else PacketReader(encoder, meter)
+        self.reader: Reading = reader if reader is not None else PacketReader(encoder, meter)
         #: the feed's media kind (video unless its CodecInfo says otherwise)
         self.kind = encoder.codec.kind.value
 
@@ -167,11 +169,26 @@ def camera_codecs(camera: CameraView) -> tuple[str, ...]:
     return (own, *(c for c in VIDEO_CODECS if c != own))
 
 
-def make_track(camera: CameraView, transport: Transport, codec: str | None = None) -> EncodedTrack | CameraTrack:
+def tier_reader(camera: CameraView, transport: Transport, codec: str | None = None,
+                choice: str = "auto") -> TierReader:
+    """A viewer's reader of `camera`'s tiers in `codec` (None: the camera's own), starting on the
+    low tier when it asks for it (`choice`, camtrack.media.quality.CHOICES; ValueError for a quality
+    the camera lacks), else on the main one (docs/quality.md)."""
+    qualities = camera.qualities()
+    if choice != "auto" and choice not in qualities:
+        raise ValueError(f"this camera has no {choice} tier (it has {', '.join(qualities)})")
+    tier = Tier(codec=codec, quality=None if choice in ("auto", "main") else choice)
+    return TierReader(camera.reader(transport, tier), tier, camera.packets, qualities, camera.meters[transport],
+                      choice=choice, reason="asked" if choice != "auto" else "start")
+
+
+def make_track(camera: CameraView, transport: Transport, codec: str | None = None,
+               quality: str = "auto") -> EncodedTrack | CameraTrack:
     """A new track of `camera` for one WebRTC peer, in `codec` (one of camera_codecs; None: the
-    camera's own): the shared encoder's packets, the camera's own (bridged while joining), a tier's
-    of another codec, or (with --encoder per-viewer) its raw frames for aiortc to encode."""
+    camera's own) at `quality` (auto, main, low: tier_reader): the shared encoder's packets, the
+    camera's own (bridged while joining), a tier's of another codec or quality, or (with --encoder
+    per-viewer) its raw frames for aiortc to encode."""
     if camera.packets() is not None:
-        reader = camera.reader(transport, MAIN if codec is None else Tier(codec=codec))
+        reader = tier_reader(camera, transport, codec, quality)
         return EncodedTrack(reader.feed, reader=reader)
     return CameraTrack(camera.frames, camera.meters[transport])

@@ -2,6 +2,7 @@
 
 POST an SDP offer (`Content-Type: application/sdp`) to `/whep` or `/cameras/NAME/whep`:
 201 Created with the answer and a `Location` naming the session; DELETE that location to hang up.
+`?tier=auto|main|low` (or `?quality=`) asks for a quality tier (docs/quality.md; default auto).
 
 The offer's body has a size bound and a deadline. A session is pending (camtrack.cameras) until its
 peer connects, then a viewer; if the viewers filled the server meanwhile, its peer is closed.
@@ -22,6 +23,7 @@ from ...connections import read_body
 from ...logs import ClientLog, clip
 from ...media.admission import CLIENT_TEXT
 from ...media.feeds import Transport
+from ...media.quality import CHOICES
 from ..directory import Camera, Cameras
 from .contract import PeerFactory
 from .ice import IceContext
@@ -130,6 +132,10 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, ice: IceC
         except UnicodeDecodeError:
             raise web.HTTPBadRequest(text="the offer is not UTF-8 text\n", headers=CORS) from None
         remote = request.remote or "?"
+        choice = request.query.get("tier", request.query.get("quality", "auto"))
+        if choice not in CHOICES or (choice != "auto" and choice not in camera.qualities()):
+            raise web.HTTPBadRequest(text=f"tier must be auto or one of {', '.join(camera.qualities())}\n",
+                                     headers=CORS)
         try:
             screen_offer(sdp)  # counted, not parsed: before any parsing, peer or camera
         except OfferError as exc:
@@ -140,6 +146,12 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, ice: IceC
             log.warning(remote, "refused whep viewer %s of %s: %s", remote, camera.name, refused.text)
             raise web.HTTPServiceUnavailable(text=f"{refused.text}\n", headers={**CORS, "Retry-After": "10"})
         session = WhepSession(camera, cameras, config, remote, sessions, ice)  # pending until it connects
+        try:
+            session.peer.choose_quality(choice)
+        except ValueError as exc:  # (a viewer placed in a worker process stays on the main tier)
+            session.end(f"refused quality: {clip(exc)}")
+            await session.closed()
+            raise web.HTTPBadRequest(text=f"{clip(exc, 300)}\n", headers=CORS) from None
         try:
             answer = await session.peer.answer(sdp)
         except ServerFull:  # (decided and counted where the handshake turn was waited for)
