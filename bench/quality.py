@@ -33,7 +33,11 @@ async def shaped_run(kbit: int, seconds: float, settle: float, args: list[str]) 
                 await asyncio.sleep(settle)
                 since = time.time()
                 await asyncio.sleep(seconds + 0.6)
-                return {side: viewer.window(since, since + seconds + 0.5) for side, viewer in viewers.items()}
+                seen = {side: viewer.window(since, since + seconds + 0.5) for side, viewer in viewers.items()}
+                for side, viewer in viewers.items():
+                    print(f"viewer {side}: pictures {viewer.width} wide at the end")
+                print("\n".join(line for line in server.log().splitlines() if "tier" in line))
+                return seen
             finally:
                 await asyncio.gather(*(viewer.stop() for viewer in viewers.values()))
     finally:

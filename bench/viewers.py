@@ -19,6 +19,7 @@ import time
 
 import aiortc.rtcrtpreceiver
 import av
+import cv2
 from aiortc.codecs import get_decoder
 
 from camtrack.client import Viewer
@@ -45,14 +46,20 @@ def latency_of(frame) -> int | None:
 class StampingDecoder:
     """Decodes, then reads each frame's latency stamp at once (on the decoder thread)."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner, source_width: int | None = None) -> None:
         self.inner = inner
+        #: the camera's own width: a smaller picture (a quality tier's, docs/quality.md) is scaled
+        #: back to it before its stamp is read (the stamp's cells were drawn at that width)
+        self.source_width = source_width
 
     def decode(self, encoded_frame):
         frames = self.inner.decode(encoded_frame)
         at = stamp.now_ms()
         for frame in frames:
             luma = frame.to_ndarray(format="gray")
+            if self.source_width and luma.shape[1] < self.source_width:
+                height = round(luma.shape[0] * self.source_width / luma.shape[1])
+                luma = cv2.resize(luma, (self.source_width, height), interpolation=cv2.INTER_NEAREST)
             frame.opaque = Stamp(stamp.latency_ms(stamp.read_stamp(luma), at))
         return frames
 

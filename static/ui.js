@@ -51,10 +51,14 @@
   function readStamp() {
     const { element, width } = camtrack.view();
     if (!width || width < 32) return null;
-    const cell = Math.max(1, Math.min(16, Math.floor(width / 32)));
+    // the cells were drawn at the camera's width: a smaller picture (a quality tier, docs/quality.md)
+    // is read at its scale, back at that size
+    const source = (camtrack.hello && camtrack.hello.width > width && camtrack.hello.width) || width;
+    const cell = Math.max(1, Math.min(16, Math.floor(source / 32)));
+    const drawn = (cell * width) / source;
     stampCanvas.width = cell * 32;
     stampCanvas.height = cell;
-    stampContext.drawImage(element, 0, 0, cell * 32, cell, 0, 0, cell * 32, cell);
+    stampContext.drawImage(element, 0, 0, drawn * 32, drawn, 0, 0, cell * 32, cell);
     const pixels = stampContext.getImageData(0, 0, cell * 32, cell).data;
     const y = Math.floor(cell / 2);
     let stamp = 0;

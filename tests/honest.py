@@ -199,8 +199,14 @@ class HonestViewer:
     """One aiortc viewer in a process of its own (`python -m tests.honest_viewer`): it decodes every
     picture, reads its latency stamp, and reports twice a second; `window()` sums what it saw."""
 
-    def __init__(self, url: str, *, prefix: list[str] | None = None, address: str = "127.0.0.1") -> None:
+    def __init__(self, url: str, *, prefix: list[str] | None = None, address: str = "127.0.0.1",
+                 stamp_width: int = 0) -> None:
         self.url = url
+        #: the camera's width, when its pictures may come smaller (a quality tier: docs/quality.md)
+        self.stamp_width = stamp_width
+        #: the newest report's picture width, and each report's longest gap between pictures' times
+        self.width = 0
+        self.gaps: list[tuple[float, int]] = []
         #: what the viewer runs under (tests/shaped.py: `ip netns exec NS`), and its ICE address
         self.prefix = prefix or []
         self.address = address
@@ -212,7 +218,8 @@ class HonestViewer:
 
     async def start(self, timeout: float = 30.0) -> HonestViewer:
         self.process = await asyncio.create_subprocess_exec(
-            *self.prefix, sys.executable, "-m", "tests.honest_viewer", self.url, self.address, cwd=ROOT,
+            *self.prefix, sys.executable, "-m", "tests.honest_viewer", self.url, self.address,
+            str(self.stamp_width), cwd=ROOT,
             stdout=asyncio.subprocess.PIPE)
         self._reading = asyncio.ensure_future(self._read())
         deadline = time.monotonic() + timeout
@@ -232,6 +239,9 @@ class HonestViewer:
                 self.error = report["error"]
                 return
             self.reports.append((report["t"], report["frames"], report["latency"]))
+            if report.get("width"):
+                self.width = report["width"]
+            self.gaps.append((report["t"], report.get("gap", 0)))
 
     def window(self, since: float, until: float | None = None) -> Watched:
         """What it saw between two time.time() instants (until: now)."""

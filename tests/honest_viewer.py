@@ -1,4 +1,4 @@
-"""`python -m tests.honest_viewer WS_URL [ADDRESS]`: one honest aiortc viewer (tests/honest.py).
+"""`python -m tests.honest_viewer WS_URL [ADDRESS [STAMP_WIDTH]]`: one honest aiortc viewer (tests/honest.py).
 
 Decodes every picture, reads its latency stamp, and prints a JSON line twice a second:
 {"t": time.time(), "frames": pictures since the last line, "latency": [ms, ...]}; or
@@ -21,19 +21,24 @@ from camtrack.client import Viewer
 from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 
-async def main(url: str, address: str = "127.0.0.1") -> None:
+async def main(url: str, address: str = "127.0.0.1", stamp_width: str = "0") -> None:
     restrict_host_addresses([address])
-    aiortc.rtcrtpreceiver.get_decoder = lambda codec: StampingDecoder(get_decoder(codec))
+    width = int(stamp_width) or None
+    aiortc.rtcrtpreceiver.get_decoder = lambda codec: StampingDecoder(get_decoder(codec), width)
     viewer = Viewer(url)
     frames: list[int] = [0]
     latencies: list[int] = []
+    #: the newest picture's width, and the longest gap between two pictures' times (90 kHz ticks)
+    seen = {"width": 0, "gap": 0, "pts": -1}
 
     async def report() -> None:
         while True:
             await asyncio.sleep(0.5)
-            print(json.dumps({"t": time.time(), "frames": frames[0], "latency": latencies[:]}), flush=True)
+            print(json.dumps({"t": time.time(), "frames": frames[0], "latency": latencies[:],
+                              "width": seen["width"], "gap": seen["gap"]}), flush=True)
             frames[0] = 0
             latencies.clear()
+            seen["gap"] = 0
 
     reporting = asyncio.ensure_future(report())
     draining: asyncio.Future[None] | None = None
@@ -47,6 +52,10 @@ async def main(url: str, address: str = "127.0.0.1") -> None:
         while True:
             frame = await track.recv()
             frames[0] += 1
+            seen["width"] = frame.width
+            if seen["pts"] >= 0 and frame.pts is not None:
+                seen["gap"] = max(seen["gap"], frame.pts - seen["pts"])
+            seen["pts"] = frame.pts if frame.pts is not None else seen["pts"]
             latency = latency_of(frame)
             if latency is not None:
                 latencies.append(latency)
@@ -65,4 +74,4 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:3]))
+    asyncio.run(main(*sys.argv[1:4]))

@@ -120,7 +120,9 @@ class ShapedServer(CamtrackProcess):
         return f"ws://{host}:{self.port}/ws" + (f"?camera={camera}" if camera else "")
 
 
-def shaped_viewer(net: ShapedNet, side: str, url: str) -> HonestViewer:
-    """An honest viewer (tests/honest_viewer.py) in viewer namespace `side`, offering its own address."""
+def shaped_viewer(net: ShapedNet, side: str, url: str, stamp_width: int = 640) -> HonestViewer:
+    """An honest viewer (tests/honest_viewer.py) in viewer namespace `side`, offering its own address,
+    reading stamps drawn at `stamp_width` (the camera's width) whatever the size it gets."""
     ns = net.a if side == "a" else net.b
-    return HonestViewer(url, prefix=ns.command(), address=VIEWER_A if side == "a" else VIEWER_B)
+    return HonestViewer(url, prefix=ns.command(), address=VIEWER_A if side == "a" else VIEWER_B,
+                        stamp_width=stamp_width)

@@ -258,3 +258,69 @@ async def test_a_whep_viewer_asks_for_the_low_tier(serve):
             await eventually(lambda: not camera.encoder.running)
     finally:
         await pc.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Tiers:
+    """The part of a TierReader AutoQuality drives (a move takes effect at once here)."""
+
+    def __init__(self) -> None:
+        self.choice, self.quality, self.reason, self.closed = "auto", "main", "start", False
+        self.available = ("main", "low")
+        self.moving_to = None
+        self.moves: list[tuple[str, str]] = []
+
+    def move(self, quality: str, reason: str) -> bool:
+        self.moves.append((quality, reason))
+        self.quality, self.reason = quality, reason
+        return True
+
+
+def test_auto_quality_moves_down_on_bad_samples_and_tries_up_with_a_growing_hold():
+    from camtrack.media.quality import HOLD_MAX, HOLD_MIN, PROBE_GRACE, AutoQuality
+
+    clock, reader = Clock(), Tiers()
+    auto = AutoQuality(reader, clock)  # type: ignore[arg-type]
+
+    def samples(bad: str | None, count: int, every: float = 0.5) -> None:
+        for _ in range(count):
+            clock.now += every
+            auto.observe(bad)
+
+    samples(None, 20)
+    samples("loss 30%", 1)
+    assert reader.moves == []  # one bad sample is not enough
+    samples(None, 1)
+    samples("loss 30%", 2)
+    assert reader.moves == [("low", "loss 30%")]
+    # clear for the hold: it tries main again
+    samples(None, int(HOLD_MIN / 0.5) - 1)
+    assert reader.quality == "low"
+    samples(None, 2)
+    assert reader.moves[-1] == ("main", f"link clear for {HOLD_MIN:g} s")
+    # the try goes bad at once: back down, and the next try waits twice as long
+    samples("delay +250 ms", 2)
+    assert reader.quality == "low" and auto.hold == 2 * HOLD_MIN
+    samples(None, int(HOLD_MIN / 0.5) + 2)
+    assert reader.quality == "low"
+    samples(None, int(HOLD_MIN / 0.5) + 2)
+    assert reader.quality == "main"
+    # ... up to HOLD_MAX
+    for _ in range(6):
+        samples("delay +250 ms", 2)
+        samples(None, int(auto.hold / 0.5) + 2)
+    assert auto.hold == HOLD_MAX
+    # a try that holds for PROBE_GRACE brings the hold back
+    samples(None, int(PROBE_GRACE / 0.5) + 2)
+    assert reader.quality == "main" and auto.hold == HOLD_MIN
+    # a viewer that asked for a tier is left there
+    reader.choice = "main"
+    samples("loss 50%", 10)
+    assert reader.quality == "main"

@@ -3,10 +3,20 @@ Chromium, and viewers on real links (tbf-shaped veth pairs in network namespaces
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from .test_browser import browser_and_server, open_page, sandbox, wait_frames  # noqa: F401 - sandbox: a fixture
 
+FRAMES = """async () => {
+  let frames = 0;
+  (await window.camtrack.pc.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "video") frames = r.framesDecoded || 0;
+  });
+  return frames;
+}"""
 VIDEO_SIZE = "[document.querySelector('video').videoWidth, document.querySelector('video').videoHeight]"
 
 
@@ -41,3 +51,68 @@ def test_the_page_offers_auto_high_low_and_shows_its_tier(sandbox, tmp_path):  #
         low.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
         low.wait_for_function(f"{VIDEO_SIZE}[0] === 320", timeout=20000)
         assert low.locator("#quality").input_value() == "low"
+
+
+async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another_stays_on_main(tmp_path):
+    """Chromium behind a 400 kbit/s tbf link (its own network namespace) and an aiortc viewer
+    unshaped, both watching a 640x480 30 fps camera at 1 Mbit/s: within seconds the shaped one is on
+    the low tier (moved by the server from its receiver reports) and plays at the camera's rate with
+    bounded latency, while the other stays on main; the limit lifted, it returns to main."""
+    from playwright.async_api import async_playwright
+
+    from .shaped import SERVER_A, ShapedNet, ShapedServer, shaped_viewer
+    from .test_browser import CHROMIUM, CHROMIUM_FLAGS
+
+    net = ShapedNet("ctl")
+    wrapper = tmp_path / "chromium-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {net.a.name} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    try:
+        net.shape(400)
+        async with ShapedServer(net, "--source", "pattern", "--bitrate", "1000000") as server:
+            other = shaped_viewer(net, "b", server.ws_for("b"))
+            await other.start(timeout=60)
+            try:
+                async with async_playwright() as p:
+                    browser = await p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS,
+                                                      headless=True)
+                    page = await browser.new_page()
+                    await page.goto(f"http://{SERVER_A}:{server.port}/")
+                    await page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+                    await page.wait_for_function("window.camtrack.quality && window.camtrack.quality.tier === 'low'",
+                                                 timeout=20000)
+                    quality = await page.evaluate("window.camtrack.quality")
+                    assert quality["choice"] == "auto" and quality["reason"].startswith(("loss", "NACK", "delay",
+                                                                                         "REMB")), quality
+                    # settled on low (Chromium's jitter buffer drains what the narrow link queued
+                    # before the move, and what it grew to meanwhile): the camera's rate, latency bounded
+                    await page.wait_for_function(f"{VIDEO_SIZE}[0] === 320", timeout=15000)
+                    await page.wait_for_function("window.camtrack.readLatency() !== null"
+                                                 " && window.camtrack.readLatency() < 300", timeout=20000)
+                    decoded = await page.evaluate(FRAMES)
+                    latencies: list[int] = []
+                    began = time.monotonic()
+                    while time.monotonic() - began < 3:
+                        latency = await page.evaluate("window.camtrack.readLatency()")
+                        if latency is not None:
+                            latencies.append(latency)
+                        await asyncio.sleep(0.1)
+                    fps = (await page.evaluate(FRAMES) - decoded) / (time.monotonic() - began)
+                    assert await page.evaluate("window.camtrack.quality.tier") == "low"
+                    assert fps >= 24, f"{fps:.1f} fps on the low tier"
+                    latencies.sort()
+                    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+                    assert len(latencies) >= 20 and p95 < 500, str(latencies)
+                    # the unshaped viewer stayed on main, at the camera's rate
+                    seen = other.window(time.time() - 4)
+                    assert other.width == 640 and seen.fps >= 24, seen
+
+                    net.unshape()
+                    await page.wait_for_function("window.camtrack.quality.tier === 'main'", timeout=45000)
+                    await page.wait_for_function(f"{VIDEO_SIZE}[0] === 640", timeout=10000)
+                    assert other.width == 640
+                    await browser.close()
+            finally:
+                await other.stop()
+    finally:
+        net.delete()

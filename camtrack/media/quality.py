@@ -205,3 +205,63 @@ class TierReader:
 
 
 __all__ = ["CHOICES", "TierReader"]
+
+
+#: bad samples in a row (about a second each) that move a viewer down
+DOWN_AFTER = 2
+#: seconds a viewer moved down stays there with its link clear before it tries the tier above (the
+#: first time; doubled after each try that went bad at once, up to HOLD_MAX; back to HOLD_MIN once
+#: a move up held for PROBE_GRACE)
+HOLD_MIN = 15.0
+HOLD_MAX = 120.0
+#: a move up that goes bad within this many seconds was a failed try
+PROBE_GRACE = 10.0
+
+
+class AutoQuality:
+    """The server's choice of a viewer's tier when the viewer asked for "auto", from samples of its
+    link (about one a second): `observe(bad)` with `bad` the reason the link cannot carry the tier
+    it is on ("loss 35%", "delay +240 ms", "send queue 1.2 s") or None when it carries it.
+
+    Down after DOWN_AFTER bad samples in a row; up again (a try: nothing tells how much more a link
+    carries than what it is sent) after `hold` seconds of clear samples, `hold` doubling after each
+    try that went bad within PROBE_GRACE (so a link that stays narrow is tried less and less
+    often), and back to HOLD_MIN once a try held."""
+
+    def __init__(self, reader: TierReader, clock: Callable[[], float] = time.monotonic) -> None:
+        self.reader = reader
+        self.clock = clock
+        self.hold = HOLD_MIN
+        #: the last sample's verdict (None: clear), for the page's statistics and tests
+        self.last: str | None = None
+        self._bad = 0
+        self._clear_since: float | None = None
+        self._tried_at: float | None = None
+
+    def observe(self, bad: str | None) -> None:
+        reader = self.reader
+        self.last = bad
+        now = self.clock()
+        if reader.choice != "auto" or reader.moving_to is not None or reader.closed:
+            self._bad, self._clear_since = 0, None
+            return
+        if bad is not None:
+            self._clear_since = None
+            self._bad += 1
+            if self._bad >= DOWN_AFTER and reader.quality == "main" and "low" in reader.available:
+                if self._tried_at is not None and now - self._tried_at < PROBE_GRACE:
+                    self.hold = min(HOLD_MAX, self.hold * 2)
+                self._tried_at = None
+                self._bad = 0
+                reader.move("low", bad)
+            return
+        self._bad = 0
+        if self._clear_since is None:
+            self._clear_since = now
+        if reader.quality != "main" and now - self._clear_since >= self.hold:
+            self._clear_since = None
+            self._tried_at = now
+            reader.move("main", f"link clear for {self.hold:g} s")
+        elif self._tried_at is not None and now - self._tried_at >= PROBE_GRACE:
+            self._tried_at = None
+            self.hold = HOLD_MIN

@@ -24,6 +24,7 @@ from ..results import ResultFeed, SentPictures
 from .contract import CameraView, PeerCamera
 from .datachannel import DataChannels
 from .ice import IceContext
+from .quality import LinkWatch
 from .rtcp import PeerGuard, guard_peer
 from .rtpsend import RtpSendStats, RtpStream, send_rtp_once
 from .tracks import CameraTrack, EncodedTrack, camera_codecs, make_track
@@ -247,6 +248,8 @@ class Peer:
         #: the viewer's data channel: the camera's processing results, if it has a function
         self.data = DataChannels(processing, self.pictures, f"{transport} viewer {remote} of {camera.name}",
                                  self._end)
+        #: its link's samples and the server's choice of its tier (docs/quality.md), once answered
+        self.link: LinkWatch | None = None
         #: the quality its viewer asked for (docs/quality.md), applied to its track once made
         self.quality_choice = "auto"
         self._quality_listeners: list[Callable[[], None]] = []
@@ -274,8 +277,13 @@ class Peer:
         reader = self.tier_reader
         if reader is None:
             return None
-        return {"choice": reader.choice, "tier": reader.quality, "reason": reader.reason,
-                "moving_to": reader.moving_to, "qualities": list(reader.available)}
+        quality: dict[str, Any] = {"choice": reader.choice, "tier": reader.quality, "reason": reader.reason,
+                                   "moving_to": reader.moving_to, "qualities": list(reader.available)}
+        if (link := self.link) is not None:
+            sample = link.sample
+            quality["link"] = {"loss": sample.loss, "rtt": sample.rtt, "remb": sample.remb, "sent": sample.sent,
+                               "nacked": sample.nacked, "verdict": link.auto.last}
+        return quality
 
     def on_quality(self, callback: Callable[[], None]) -> None:
         self._quality_listeners.append(callback)
@@ -357,6 +365,15 @@ class Peer:
                                 self.camera.settings.keyframe_interval,
                                 f"{self.transport} viewer {self.remote} of {self.camera.name}")
         self._set_timer("negotiation", self.timeouts.negotiation, self._negotiation_expired)
+        if (reader := self.tier_reader) is not None and len(reader.available) > 1:
+            # the tier chosen from what its link reports, while it asks for auto (docs/quality.md)
+            guard = self.guard
+            for sender in self.pc.getSenders():
+                if sender.track is sending:
+                    self.link = LinkWatch(sender, reader, lambda: next(
+                        (p.remb for p in guard.rtcp if p.remb is not None), None),
+                        lambda: sum(p.nacked for p in guard.rtcp))
+                    self.link.start()
         logger.info("%s viewer %s of %s: answered with %s %dx%d%s", self.transport, self.remote, self.camera.name,
                     codec, self.camera.settings.width, self.camera.settings.height,
                     "" if codec == self.codecs[0] else f" (its offer has no {self.codecs[0]})")
@@ -376,6 +393,9 @@ class Peer:
             timer.cancel()
         self._timers.clear()
         if self._closing is None:
+            link, self.link = self.link, None
+            if link is not None:
+                link.stop()
             if self.track is not None:
                 self.track.stop()
             # shielded: a close cancelled half-way leaves aiortc waiting forever on a second one

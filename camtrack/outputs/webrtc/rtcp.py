@@ -7,6 +7,7 @@ aiortc handles RTCP itself; the hooks that change that reach it through camtrack
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
 from collections.abc import Callable
@@ -16,7 +17,15 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_RTPFB_NACK, RTP_HISTORY_SIZE, RtcpPsfbPacket, RtcpRtpfbPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_RTPFB_NACK,
+    RTP_HISTORY_SIZE,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    unpack_remb_fci,
+)
 
 from ...media.ratelimit import TokenBucket
 from ...seams import aiortc as aiortc_seam
@@ -50,6 +59,10 @@ class RtcpPolice:
     #: NACK packets dropped over the budget, and NACK lists cut to what a sender keeps
     nacks_dropped: int = 0
     nacks_cut: int = 0
+    #: the receiver's estimated maximum bitrate (REMB, bit/s) when it sends one, and the packets its
+    #: NACKs named (docs/quality.md: what its link loses, seen before any retransmission)
+    remb: int | None = None
+    nacked: int = 0
 
 
 def police_rtcp(dtls: RTCDtlsTransport) -> RtcpPolice:
@@ -68,7 +81,11 @@ def police_rtcp(dtls: RTCDtlsTransport) -> RtcpPolice:
             if len(packet.lost) > RTP_HISTORY_SIZE:
                 police.nacks_cut += 1
                 packet.lost = list(dict.fromkeys(packet.lost))[-RTP_HISTORY_SIZE:]
+            police.nacked += len(packet.lost)
         recipients = original(packet)
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            with contextlib.suppress(ValueError, struct.error):
+                police.remb = unpack_remb_fci(packet.fci)[0]
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
             fci = packet.fci
             for offset in range(0, len(fci) - 7, 8):

@@ -510,7 +510,8 @@ def parse_message(data: str) -> dict[str, Any]:
 
 def websocket_handler(config: Config, cameras: Cameras,
                       ice: IceContext | None = None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The `GET /ws` handler (`?camera=NAME`, default the first): one viewer's session per websocket."""
+    """The `GET /ws` handler (`?camera=NAME`, default the first; `?quality=auto|main|low`): one
+    viewer's session per websocket."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         remote = request.remote or "?"
@@ -536,6 +537,10 @@ def websocket_handler(config: Config, cameras: Cameras,
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             transport.set_write_buffer_limits(high=WRITE_BUFFER)
         session = Session(ws, remote, config, camera, cameras, transport, ice)
+        # ?quality=low (or ?tier=): as a {"type": "quality"} message before the offer would
+        choice = request.query.get("quality", request.query.get("tier", "auto"))
+        if choice in CHOICES and (choice == "auto" or choice in camera.qualities()):
+            session.quality_choice = choice
         cameras.hold(camera, session)  # pending until its peer connects
         log.info(remote, "viewer %s connected to %s (%s)", remote, camera.name,
                  request.headers.get("User-Agent", "-"))
