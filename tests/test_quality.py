@@ -171,12 +171,16 @@ async def test_a_viewer_moves_between_tiers_at_a_keyframe_with_its_times_growing
         await read(30)
         assert reader.quality == "main" and reader.reason == "asked" and seen[-1][1:3] == (640, 480)
         await eventually(lambda: not low.running)
-        pts = [s[0] for s in seen]
-        steps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
-        assert min(steps) > 0 and max(steps) <= 2 * 3000 + 300, steps
+        switches = 0
         for before, after in zip(seen, seen[1:], strict=False):
+            assert after[0] > before[0], "presentation times went back"
             if before[1:3] != after[1:3]:
+                switches += 1
                 assert after[3], "the size changed on a picture that is not a keyframe"
+                # at most two frame intervals apart (by capture times: a busy machine's capture
+                # jitter is the slack)
+                assert after[0] - before[0] <= 2 * 3000 + SLACK, (before, after)
+        assert switches == 2
         with pytest.raises(ValueError):
             reader.choose("high")
     finally:
@@ -184,12 +188,20 @@ async def test_a_viewer_moves_between_tiers_at_a_keyframe_with_its_times_growing
         await cameras.close()
 
 
+#: 90 kHz ticks a busy machine's capture may be late by (the pattern's own jitter, not the switch's)
+SLACK = 1500
+
+
 def continuous(frames: list[Any], fps: float = 30.0) -> None:
-    """Decoded frames' times keep growing, never more than two frame intervals apart (90 kHz)."""
-    pts = [f.pts for f in frames]
-    steps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
-    assert min(steps) > 0, f"presentation times went back: {steps}"
-    assert max(steps) <= 2 * 90000 / fps + 300, f"a gap over two frame intervals: {steps}"
+    """Decoded frames' times keep growing, and where the size changes (a move between tiers) the
+    two pictures are at most two frame intervals apart (90 kHz)."""
+    switches = 0
+    for before, after in zip(frames, frames[1:], strict=False):
+        assert after.pts > before.pts, "presentation times went back"
+        if (before.width, before.height) != (after.width, after.height):
+            switches += 1
+            assert after.pts - before.pts <= 2 * 90000 / fps + SLACK, (before.pts, after.pts)
+    assert switches >= 2
 
 
 async def test_a_websocket_viewer_asks_for_low_and_main_and_its_picture_stays_continuous(serve):

@@ -116,3 +116,56 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                 await other.stop()
     finally:
         net.delete()
+
+
+async def test_a_websocket_stream_behind_a_narrow_link_moves_to_low_instead_of_being_dropped():
+    """The websocket fallback behind 400 kbit/s: its sends wait (the socket's buffers fill), so it
+    moves to the low tier, plays at the camera's rate with its pictures arriving soon after capture,
+    and is not dropped; the limit lifted, it returns to main."""
+    import json
+    import sys
+
+    from .honest import ROOT
+    from .shaped import ShapedNet, ShapedServer
+
+    net = ShapedNet("ctw")
+    try:
+        net.shape(400)
+        async with ShapedServer(net, "--source", "pattern", "--bitrate", "1000000") as server:
+            viewer = await asyncio.create_subprocess_exec(
+                *net.a.command(sys.executable, "-m", "tests.stream_viewer", server.ws_for("a")), cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE)
+            assert viewer.stdout is not None
+            reports: list[dict] = []
+
+            async def until(predicate, timeout: float) -> None:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        line = await viewer.stdout.readline()
+                        report = json.loads(line)
+                        assert "error" not in report, report
+                        reports.append(report)
+                        if predicate(report):
+                            return
+
+            try:
+                try:
+                    await until(lambda r: r["tier"] == "low" and r["width"] == 320, 30)
+                except TimeoutError:
+                    raise AssertionError(str([(r["frames"], r["width"], r["tier"], r["age"][:2]) for r in reports])) from None
+                # its queue drained: pictures arrive soon after capture (the socket's buffers hold
+                # about a second and a half at this rate)
+                await until(lambda r: r["age"] and max(r["age"]) < 300, 20)
+                start = len(reports)
+                await until(lambda r: len(reports) - start >= 6, 10)
+                window = reports[start:]
+                fps = sum(r["frames"] for r in window) / (0.5 * len(window))
+                ages = sorted(a for r in window for a in r["age"])
+                assert fps >= 24 and ages[int(0.95 * (len(ages) - 1))] < 500, (fps, ages)
+                net.unshape()
+                await until(lambda r: r["tier"] == "main" and r["width"] == 640, 45)
+            finally:
+                viewer.terminate()
+                await viewer.wait()
+    finally:
+        net.delete()

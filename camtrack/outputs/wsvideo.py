@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Awaitable, Callable
 
 from ..media.frame import VIDEO_CLOCK_RATE
 from ..media.packet import CodecInfo, EncodedPacket
 from ..media.packetreader import Reading
-from ..media.quality import TierReader
+from ..media.quality import AutoQuality, TierReader
 from .results import SentPictures
 
 VERSION = 1
@@ -70,6 +71,13 @@ def message(packet: EncodedPacket, pts: int, resync: bool) -> bytes:
     return HEADER.pack(VERSION, flags, len(block), packet.seq & 0xFFFFFFFF, max(0, pts), captured) + block + data
 
 
+#: a stream's link is sampled this often (seconds): a sample in which its sends waited more than
+#: SEND_BUSY of the time (the socket's buffers full: the link in front of the viewer carries less
+#: than the tier) is a bad one (camtrack.media.quality.AutoQuality)
+SAMPLE = 0.5
+SEND_BUSY = 0.5
+
+
 class PacketStream:
     """One websocket viewer's reading of a camera's packets (a `PacketReader`: from a keyframe on,
     resyncing at the next keyframe when it fell behind, bridged while it joins a passed-through
@@ -85,6 +93,8 @@ class PacketStream:
         self.pictures = SentPictures()
         #: called when its tier changes (a TierReader's move)
         self.on_move = on_move
+        #: the server's choice of its tier from its send queue, while it reads a camera's tiers
+        self.auto: AutoQuality | None = None
 
     def choose(self, choice: str) -> None:
         """The viewer asks for a quality (camtrack.media.quality.CHOICES); ValueError: it cannot."""
@@ -110,20 +120,35 @@ class PacketStream:
 
     async def run(self, send: Callable[[bytes], Awaitable[bool]]) -> None:
         reader = self.reader = self._make_reader()
-        if isinstance(reader, TierReader) and self.on_move is not None:
-            on_move = self.on_move
-            reader.on_move = lambda *_: on_move()
+        auto = None
+        if isinstance(reader, TierReader):
+            if self.on_move is not None:
+                on_move = self.on_move
+                reader.on_move = lambda *_: on_move()
+            if len(reader.available) > 1:
+                # the tier chosen from this socket's own send queue while it asks for auto: a send
+                # that waits means the queue in front of the viewer's link is full (docs/quality.md)
+                auto = self.auto = AutoQuality(reader)
         try:
             resyncs = 0
+            window, waited = time.monotonic(), 0.0
             while True:
                 packet, pts = await reader.next()
                 resync = reader.resyncs != resyncs
                 resyncs = reader.resyncs
                 shown = max(0, pts if pts is not None else packet.packet.pts or 0)
+                began = time.monotonic()
                 if not await send(message(packet, shown, resync)):
                     return
                 self.pictures.add(packet.captured, shown)
                 self.sent += 1
+                if auto is not None:
+                    now = time.monotonic()
+                    waited += now - began
+                    if now - window >= SAMPLE:
+                        share = waited / (now - window)
+                        auto.observe(f"send queue full {share * 100:.0f}% of the time" if share > SEND_BUSY else None)
+                        window, waited = now, 0.0
         finally:
             reader.close()
 
