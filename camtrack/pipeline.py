@@ -215,6 +215,10 @@ class Pipeline:
             found[self.encoder.settings.codec] = self.encoder
         return found
 
+    def quality_encoders(self) -> dict[str, SharedEncoder]:
+        """The lower quality tiers' encoders made so far, by tier name ("low", "low-vp8")."""
+        return {str(tier): encoder for tier, encoder in self.tiers.quality_encoders.items()}
+
     def start_output(self, name: str, output: BackgroundOutput) -> None:
         """Run `output` beside the camera's viewers until the pipeline closes."""
         self.outputs[name] = output

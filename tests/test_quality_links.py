@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 
 from .test_browser import browser_and_server, open_page, sandbox, wait_frames  # noqa: F401 - sandbox: a fixture
@@ -169,3 +170,52 @@ async def test_a_websocket_stream_behind_a_narrow_link_moves_to_low_instead_of_b
                 await viewer.wait()
     finally:
         net.delete()
+
+
+@pytest.mark.timeout(120)
+async def test_sixteen_low_tier_viewers_cost_one_encoder_and_show_in_metrics(serve):
+    from camtrack.app import CAMERAS
+    from camtrack.client import Viewer
+    from camtrack.media.packet import MediaKind
+    from camtrack.media.tiers import Tier
+
+    from .conftest import eventually
+
+    url, app = await serve(width=640, height=480, fps=30)
+    camera = app[CAMERAS].first
+    root = url.removesuffix("/ws")
+    viewers = [Viewer(url + "?quality=low") for _ in range(16)]
+    try:
+        await asyncio.gather(*(v.connect(timeout=60) for v in viewers))
+        got = await asyncio.gather(*(v.frames(10, timeout=60) for v in viewers))
+        assert all((f.width, f.height) == (320, 240) for frames in got for f in frames)
+        low = camera.packets(MediaKind.VIDEO, Tier(quality="low"))
+        # one encoder for the sixteen, encoding each captured frame once; the main one idle
+        assert list(camera.pipeline.quality_encoders()) == ["low"]
+        assert low.running and camera.encoder is not None and not camera.encoder.running
+        assert low.stats.frames <= camera.stream.frames + 1
+        async with aiohttp.ClientSession() as http:
+            async with http.get(root + "/metrics") as r:
+                text = await r.text()
+        assert 'camtrack_tier_viewers{camera="default",tier="low"} 16.0' in text
+        assert 'camtrack_tier_viewers{camera="default",tier="main"} 0.0' in text
+        assert 'camtrack_tier_frames_encoded_total{camera="default",tier="low"}' in text
+        # one asks for main: it moves, counted as asked
+        assert viewers[0].ws is not None
+        await viewers[0].ws.send_json({"type": "quality", "quality": "main"})
+        while (await viewers[0].receive("quality"))["tier"] != "main":
+            pass
+
+        async def moved() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(root + "/metrics") as r:
+                text = await r.text()
+            return ('camtrack_tier_moves_total{camera="default",from="low",to="main",why="asked"} 1.0' in text
+                    and 'camtrack_tier_viewers{camera="default",tier="low"} 15.0' in text)
+
+        deadline = time.monotonic() + 10
+        while not await moved():
+            assert time.monotonic() < deadline, "the move is not in /metrics"
+            await asyncio.sleep(1.1)  # (the page is rendered at most once a second)
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+    await eventually(lambda: not low.running)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 
 from .feeds import PacketFeed
@@ -29,6 +30,19 @@ logger = logging.getLogger(__name__)
 #: what a viewer may ask for
 CHOICES = ("auto", "main", "low")
 
+#: every open TierReader of this process (camtrack_tier_viewers), and the moves made, by (camera, from,
+#: to, why) (camtrack_tier_moves_total)
+READERS: weakref.WeakSet[TierReader] = weakref.WeakSet()
+MOVES: dict[tuple[str, str, str, str], int] = {}
+#: a move's reason's first words -> its kind (the metric's label; the reason itself carries figures)
+WHY = (("asked", "asked"), ("loss", "loss"), ("NACKs", "nack"), ("delay", "delay"), ("REMB", "remb"),
+       ("send queue", "send_queue"), ("link clear", "probe"))
+
+
+def why(reason: str) -> str:
+    """The kind of a move's reason: asked, loss, nack, delay, remb, send_queue, probe (else other)."""
+    return next((kind for prefix, kind in WHY if reason.startswith(prefix)), "other")
+
 
 class TierReader:
     """A viewer's reader of its camera's tiers (see the module's docstring). `first` reads the tier
@@ -37,8 +51,10 @@ class TierReader:
 
     def __init__(self, first: PacketReader, tier: Tier, packets: Callable[[MediaKind, Tier], PacketFeed | None],
                  available: tuple[str, ...], meter: Meter | None = None, *, choice: str = "auto",
-                 reason: str = "start") -> None:
+                 reason: str = "start", camera: str = "") -> None:
         self.current = first
+        #: the camera's name (for metrics)
+        self.camera = camera
         self.tier = tier
         self.packets = packets
         #: the qualities the camera has ("main", "low")
@@ -59,6 +75,7 @@ class TierReader:
         #: when the last move was asked, and when the viewer got on the target (monotonic)
         self.asked_at = 0.0
         self.moved_at = 0.0
+        READERS.add(self)
 
     # -- what every reader has -------------------------------------------------------------
     @property
@@ -184,6 +201,8 @@ class TierReader:
         self.moved_at = time.monotonic()
         key = (before, tier.quality_name, reason)
         self.moves[key] = self.moves.get(key, 0) + 1
+        counted = (self.camera, before, tier.quality_name, why(reason))
+        MOVES[counted] = MOVES.get(counted, 0) + 1
         logger.info("a viewer moved from the %s tier to the %s tier (%s) in %.2f s", before, tier.quality_name,
                     reason, self.moved_at - self.asked_at)
         if self.on_move is not None:
@@ -196,6 +215,7 @@ class TierReader:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            READERS.discard(self)
             switch, self._switch = self._switch, None
             if switch is not None:
                 if switch.reader is not None:

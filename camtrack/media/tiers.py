@@ -114,8 +114,10 @@ class Tiers:
         if quality is None:
             raise ValueError(f"this camera has no {tier.quality} tier (it has {', '.join(self.available())})")
         main = self.main
-        codec = tier.codec or (main.codec.codec if main is not None else self.settings.codec)
-        key = Tier(codec, tier.quality)
+        own = main.codec.codec if main is not None else self.settings.codec
+        codec = tier.codec or own
+        # (named as viewers ask for it: "low" in the camera's own codec, "low-vp8" in the other)
+        key = Tier(None if codec == own else codec, tier.quality)
         encoder = self.quality_encoders.get(key)
         if encoder is None:
             if codec not in TIER_CODECS:

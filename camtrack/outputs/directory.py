@@ -72,6 +72,10 @@ class PipelineView(Protocol):
 
     def encoders(self) -> Mapping[str, SharedEncoder]: ...
 
+    def quality_encoders(self) -> Mapping[str, SharedEncoder]:
+        """The lower quality tiers' encoders made so far, by tier name (docs/quality.md)."""
+        ...
+
     @property
     def processing(self) -> ProcessingStage | None:
         """The --process stage (camtrack.processing), if the camera has a function."""

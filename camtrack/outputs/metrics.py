@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..logs import ClientLog
+from ..media import quality
 from ..media.admission import MEASURED
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
@@ -124,6 +125,19 @@ class CameraCollector:
                                           "the camera's keyframe); joins in a row share a run.", labels=["camera"])
         encode_time = HistogramMetricFamily("camtrack_encode_seconds", "Time to encode one frame.",
                                             labels=["camera", "codec"])
+        # quality tiers (docs/quality.md)
+        on_tier: dict[tuple[str, str], int] = {}
+        for reader in list(quality.READERS):
+            if not reader.closed:
+                on_tier[(reader.camera, reader.quality)] = on_tier.get((reader.camera, reader.quality), 0) + 1
+        tier_viewers = GaugeMetricFamily("camtrack_tier_viewers", "Viewers on each quality tier now (WebRTC "
+                                         "and websocket-stream viewers of the main process).", labels=["camera", "tier"])
+        tier_moves = CounterMetricFamily("camtrack_tier_moves", "Viewers moved from one quality tier to another, "
+                                         "by why.", labels=["camera", "from", "to", "why"])
+        for (camera_name, before, after, kind), count in sorted(quality.MOVES.items()):
+            tier_moves.add_metric([camera_name, before, after, kind], count)
+        tier_encoded = CounterMetricFamily("camtrack_tier_frames_encoded", "Frames encoded once for all the viewers "
+                                           "of a lower quality tier.", labels=["camera", "tier"])
         wire = HistogramMetricFamily(
             "camtrack_capture_to_wire_seconds", "Time from a picture's capture to its being handed to a "
             "viewer's socket, per viewer and picture.", labels=["camera", "transport"])
@@ -158,6 +172,10 @@ class CameraCollector:
                 janus_publishes.add_metric([name], _number(described["publishes"]))
                 janus_failures.add_metric([name], _number(described["failures"]))
             encoded.add_metric([name, "jpeg"], camera.jpeg.encoded)
+            for quality_name in camera.qualities():
+                tier_viewers.add_metric([name, quality_name], on_tier.get((name, quality_name), 0))
+            for tier_name, tier_encoder in pipeline.quality_encoders().items():
+                tier_encoded.add_metric([name, tier_name], tier_encoder.stats.frames)
             for codec, encoder in pipeline.encoders().items():
                 stats = encoder.stats
                 encoded.add_metric([name, codec], stats.frames)
@@ -216,6 +234,7 @@ class CameraCollector:
         yield ice_ignored
         yield wire
         yield from (failures_total, stalls)
+        yield from (tier_viewers, tier_moves, tier_encoded)
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, unresponsive, encode_time, bridge_joins, bridge_runs, janus_up, janus_publishes,
                     janus_failures)

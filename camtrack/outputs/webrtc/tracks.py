@@ -179,7 +179,7 @@ def tier_reader(camera: CameraView, transport: Transport, codec: str | None = No
         raise ValueError(f"this camera has no {choice} tier (it has {', '.join(qualities)})")
     tier = Tier(codec=codec, quality=None if choice in ("auto", "main") else choice)
     return TierReader(camera.reader(transport, tier), tier, camera.packets, qualities, camera.meters[transport],
-                      choice=choice, reason="asked" if choice != "auto" else "start")
+                      choice=choice, reason="asked" if choice != "auto" else "start", camera=camera.name)
 
 
 def make_track(camera: CameraView, transport: Transport, codec: str | None = None,
