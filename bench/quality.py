@@ -1,22 +1,33 @@
-"""Quality tiers against a narrow link: a viewer behind a tbf-shaped link (tests/shaped.py) and one
-unshaped, both honest aiortc viewers (tests/honest.py) decoding every picture and reading its
-latency stamp, camtrack in a network namespace of its own serving the test pattern.
+"""Quality tiers (docs/quality.md), measured in one run:
 
-    python -m bench.quality                 # the shaped viewer's latency and rate, today's server
-    python -m bench.quality --kbit 400 --seconds 20
+- the server's CPU with 1 viewer of each tier, and with 16 of the low tier (one encoder for all);
+- the time from a link narrowing to its viewer's move down;
+- a viewer behind a tbf-shaped link (tests/shaped.py) beside an unshaped one, with tiers on (the
+  default) and off (--low-scale 0): frames a second and glass-to-glass latency p50/p95 of both
+  (honest aiortc viewers, tests/honest.py: every picture decoded, its stamp read).
 
-Needs root (network namespaces). Prints one line per viewer: frames a second, latency p50/p95 (ms)
-over the window after a settling time.
+    python -m bench.quality                 # everything (about two minutes)
+    python -m bench.quality --only shaped --kbit 400 --seconds 20 -- --low-scale 0
+
+Needs root (network namespaces) for the shaped rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import json
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 from tests.honest import Watched
 from tests.shaped import ShapedNet, ShapedServer, shaped_viewer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def shaped_run(kbit: int, seconds: float, settle: float, args: list[str]) -> dict[str, Watched]:
@@ -33,28 +44,134 @@ async def shaped_run(kbit: int, seconds: float, settle: float, args: list[str]) 
                 await asyncio.sleep(settle)
                 since = time.time()
                 await asyncio.sleep(seconds + 0.6)
-                seen = {side: viewer.window(since, since + seconds + 0.5) for side, viewer in viewers.items()}
-                for side, viewer in viewers.items():
-                    print(f"viewer {side}: pictures {viewer.width} wide at the end")
-                print("\n".join(line for line in server.log().splitlines() if "tier" in line))
-                return seen
+                return {side: viewer.window(since, since + seconds + 0.5) for side, viewer in viewers.items()}
             finally:
                 await asyncio.gather(*(viewer.stop() for viewer in viewers.values()))
     finally:
         net.delete()
 
 
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kbit", type=int, default=400, help="viewer a's link, kbit/s (default: 400)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="the measured window (default: 15)")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds before it (default: 5)")
-    parser.add_argument("server_args", nargs="*", help="more server.py options (after --)")
+    parser.add_argument("--kbit", type=int, default=400, help="the narrow link, kbit/s (default: 400)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="each measured window (default: 15)")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds before a shaped window (default: 10)")
+    parser.add_argument("--only", choices=("cpu", "move", "shaped"), help="one part only")
+    parser.add_argument("server_args", nargs="*", help="more server.py options for the shaped rows (after --)")
     options = parser.parse_args()
-    seen = asyncio.run(shaped_run(options.kbit, options.seconds, options.settle, options.server_args))
-    for side, watched in seen.items():
-        what = f"shaped {options.kbit} kbit/s" if side == "a" else "unshaped"
-        print(f"viewer {side} ({what}): {watched}")
+    if options.only in (None, "cpu"):
+        print("| viewers | tier | encoder ms/frame | server CPU % | fps min | latency p50 ms | latency p95 ms | errors |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for quality, viewers in (("main", 1), ("low", 1), ("low", 16), ("main", 16)):
+            row = tier_row(quality, viewers, options.seconds / 2)
+            encode = "-" if row["encode_ms"] is None else f"{row['encode_ms']:.2f}"
+            print(f"| {viewers} | {quality} | {encode} | {row['cpu']:.0f} | {row['fps_min']:.1f} | {ms(row['p50'])} | "
+                  f"{ms(row['p95'])} | {row['errors']} |", flush=True)
+    if options.only in (None, "move"):
+        took, why = asyncio.run(time_to_move_down(options.kbit))
+        print(f"\nmoved down {took:.1f} s after the link narrowed to {options.kbit} kbit/s ({why})", flush=True)
+    if options.only in (None, "shaped"):
+        print("\n| tiers | viewer | fps | latency p50 ms | latency p95 ms |")
+        print("| --- | --- | --- | --- | --- |")
+        runs = [("on", options.server_args), ("off", [*options.server_args, "--low-scale", "0"])]
+        for name, args in runs if options.only is None else [("as given", options.server_args)]:
+            seen = asyncio.run(shaped_run(options.kbit, options.seconds, options.settle, args))
+            for side, watched in seen.items():
+                what = f"shaped {options.kbit} kbit/s" if side == "a" else "unshaped"
+                print(f"| {name} | {what} | {watched.fps:.1f} | {ms(watched.p50)} | {ms(watched.p95)} |", flush=True)
+
+
+
+def tier_row(quality: str, viewers: int, duration: float) -> dict[str, float | None]:
+    """Server CPU (% of a core), fps and latency of `viewers` aiortc viewers of the test pattern
+    (640x480 at 30 fps, 1 Mbit/s; its low tier 320x240 at 250 kbit/s) that asked for `quality`, on
+    loopback: one decodes every picture and reads its stamp, the others count pictures (--light)."""
+    from bench.run import cpu_seconds, free_port, percentile
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
+         "--ice-address", "127.0.0.1", "--webrtc-port", "0", "--rtsp-port", "0", "--log-level", "warning",
+         "--max-loop-lag", "0", "--send-budget", "0", "--max-picture-age", "0", "--max-cpu", "0"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clients = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.1)
+        url = f"ws://127.0.0.1:{port}/ws?quality={quality}"
+        start_at = time.time() + 4 + 0.1 * viewers
+        for count, decode in ((1, True), (viewers - 1, False)):
+            if count:
+                argv = [sys.executable, "-m", "bench.viewers", "--url", url, "--count", str(count), "--start-at",
+                        str(start_at), "--duration", str(duration), "--stamp-width", "640"]
+                argv.append("--decode" if decode else "--light")
+                clients.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True))
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu0, t0, enc0 = cpu_seconds(server.pid), time.monotonic(), encoding(port, quality)
+        time.sleep(duration)
+        cpu = 100 * (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+        enc1 = encoding(port, quality)
+        per_frame = 1000 * (enc1[0] - enc0[0]) / (enc1[1] - enc0[1]) if enc1[1] > enc0[1] else None
+        results = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+        server.terminate()
+        server.wait(10)
+    per_viewer = [v for r in results for v in r["viewers"]]
+    latency = [ms for v in per_viewer for ms in v.get("latency", [])]
+    return {"cpu": cpu, "encode_ms": per_frame, "fps_min": min(v["frames"] / duration for v in per_viewer),
+            "p50": percentile(latency, 0.5), "p95": percentile(latency, 0.95),
+            "errors": sum(1 for v in per_viewer if "error" in v)}
+
+
+def encoding(port: int, quality: str) -> tuple[float, float]:
+    """(seconds spent encoding, frames encoded) so far by the encoder of tier `quality`, from /metrics."""
+    names = (("camtrack_encode_seconds_sum", "camtrack_encode_seconds_count") if quality == "main" else
+             ("camtrack_tier_encode_seconds_total", "camtrack_tier_frames_encoded_total"))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = []
+    for name in names:
+        values.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith(name + "{") and ('codec="h264"' in line or f'tier="{quality}"' in line)))
+    return values[0], values[1]
+
+
+async def time_to_move_down(kbit: int) -> tuple[float, str]:
+    """Seconds from the link narrowing under a viewer watching main (through an unshaped link, for
+    10 s) to the server moving it to low (its log's line), and why."""
+    net = ShapedNet("ctm")
+    try:
+        async with ShapedServer(net, "--source", "pattern") as server:
+            viewer = shaped_viewer(net, "a", server.ws_for("a"))
+            await viewer.start(timeout=60)
+            try:
+                await asyncio.sleep(10)
+                narrowed = time.time()
+                net.shape(kbit)
+                for _ in range(300):
+                    await asyncio.sleep(0.1)
+                    for line in server.log().splitlines():
+                        if "to the low tier" in line:
+                            at = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                            return at - narrowed, line.split("(", 1)[1].split(")")[0]
+                raise RuntimeError("the viewer was not moved down within 30 s")
+            finally:
+                await viewer.stop()
+    finally:
+        net.delete()
 
 
 if __name__ == "__main__":

@@ -148,6 +148,8 @@ async def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--decode", action="store_true")
+    parser.add_argument("--stamp-width", type=int, default=0,
+                        help="the camera's width, when pictures may come smaller (a quality tier)")
     parser.add_argument("--light", action="store_true", help="count pictures by the RTP marker bit, no aiortc receiver")
     parser.add_argument("--start-at", type=float, required=True, help="time.time() the window opens")
     parser.add_argument("--duration", type=float, required=True)
@@ -162,7 +164,7 @@ async def main() -> None:
 
     restrict_host_addresses(["127.0.0.1"])
     if args.decode:
-        aiortc.rtcrtpreceiver.get_decoder = lambda codec: StampingDecoder(get_decoder(codec))
+        aiortc.rtcrtpreceiver.get_decoder = lambda codec: StampingDecoder(get_decoder(codec), args.stamp_width or None)
     else:
         aiortc.rtcrtpreceiver.get_decoder = CountingDecoder
 

@@ -138,6 +138,8 @@ class CameraCollector:
             tier_moves.add_metric([camera_name, before, after, kind], count)
         tier_encoded = CounterMetricFamily("camtrack_tier_frames_encoded", "Frames encoded once for all the viewers "
                                            "of a lower quality tier.", labels=["camera", "tier"])
+        tier_seconds = CounterMetricFamily("camtrack_tier_encode_seconds", "Seconds a lower quality tier's encoder "
+                                           "spent scaling and encoding.", labels=["camera", "tier"])
         wire = HistogramMetricFamily(
             "camtrack_capture_to_wire_seconds", "Time from a picture's capture to its being handed to a "
             "viewer's socket, per viewer and picture.", labels=["camera", "transport"])
@@ -176,6 +178,7 @@ class CameraCollector:
                 tier_viewers.add_metric([name, quality_name], on_tier.get((name, quality_name), 0))
             for tier_name, tier_encoder in pipeline.quality_encoders().items():
                 tier_encoded.add_metric([name, tier_name], tier_encoder.stats.frames)
+                tier_seconds.add_metric([name, tier_name], tier_encoder.stats.encode_seconds)
             for codec, encoder in pipeline.encoders().items():
                 stats = encoder.stats
                 encoded.add_metric([name, codec], stats.frames)
@@ -234,7 +237,7 @@ class CameraCollector:
         yield ice_ignored
         yield wire
         yield from (failures_total, stalls)
-        yield from (tier_viewers, tier_moves, tier_encoded)
+        yield from (tier_viewers, tier_moves, tier_encoded, tier_seconds)
         yield from (viewers, up, watched, opens, captured, decoded, passed, encoded, keyframes, keyframe_requests, sent,
                     sent_bytes, failures, unresponsive, encode_time, bridge_joins, bridge_runs, janus_up, janus_publishes,
                     janus_failures)
