@@ -51,6 +51,57 @@ async def shaped_run(kbit: int, seconds: float, settle: float, args: list[str]) 
         net.delete()
 
 
+FRAMES = """async () => {
+  let frames = 0;
+  if (window.camtrack.pc) (await window.camtrack.pc.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "video") frames = r.framesDecoded || 0;
+  });
+  return frames;
+}"""
+
+
+async def shaped_browser_run(kbit: int, seconds: float, settle: float, args: list[str]) -> dict[str, float | None]:
+    """Chromium behind `kbit` kbit/s (the page, as a user opens it) watching the pattern: its frames
+    a second and the latency of what it shows (the page's stamp reader, ten times a second) over
+    `seconds` after `settle` seconds, and the tier it ended on."""
+    import tempfile
+
+    from playwright.async_api import async_playwright
+
+    from tests.shaped import SERVER_A
+    from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS
+
+    net = ShapedNet("ctr")
+    wrapper = Path(tempfile.mkdtemp()) / "chromium-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {net.a.name} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    try:
+        net.shape(kbit)
+        async with ShapedServer(net, "--source", "pattern", *args) as server, async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://{SERVER_A}:{server.port}/")
+                await page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+                await asyncio.sleep(settle)
+                frames, began, latencies = await page.evaluate(FRAMES), time.monotonic(), []
+                while time.monotonic() - began < seconds:
+                    latency = await page.evaluate("window.camtrack.readLatency()")
+                    if latency is not None:
+                        latencies.append(float(latency))
+                    await asyncio.sleep(0.1)
+                fps = (await page.evaluate(FRAMES) - frames) / (time.monotonic() - began)
+                quality = await page.evaluate("window.camtrack.quality")
+            finally:
+                await browser.close()
+    finally:
+        net.delete()
+    from bench.run import percentile
+
+    return {"fps": fps, "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
+            "tier": (quality or {}).get("tier")}
+
+
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -60,7 +111,7 @@ def main() -> None:
     parser.add_argument("--kbit", type=int, default=400, help="the narrow link, kbit/s (default: 400)")
     parser.add_argument("--seconds", type=float, default=15.0, help="each measured window (default: 15)")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds before a shaped window (default: 10)")
-    parser.add_argument("--only", choices=("cpu", "move", "shaped"), help="one part only")
+    parser.add_argument("--only", choices=("cpu", "move", "shaped", "browser"), help="one part only")
     parser.add_argument("server_args", nargs="*", help="more server.py options for the shaped rows (after --)")
     options = parser.parse_args()
     if options.only in (None, "cpu"):
@@ -81,8 +132,16 @@ def main() -> None:
         for name, args in runs if options.only is None else [("as given", options.server_args)]:
             seen = asyncio.run(shaped_run(options.kbit, options.seconds, options.settle, args))
             for side, watched in seen.items():
-                what = f"shaped {options.kbit} kbit/s" if side == "a" else "unshaped"
+                what = f"aiortc, shaped {options.kbit} kbit/s" if side == "a" else "aiortc, unshaped"
                 print(f"| {name} | {what} | {watched.fps:.1f} | {ms(watched.p50)} | {ms(watched.p95)} |", flush=True)
+    if options.only in (None, "browser"):
+        print("\n| tiers | viewer | fps | latency p50 ms | latency p95 ms | tier at the end |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        runs = [("on", options.server_args), ("off", [*options.server_args, "--low-scale", "0"])]
+        for name, args in runs if options.only is None else [("as given", options.server_args)]:
+            row = asyncio.run(shaped_browser_run(options.kbit, options.seconds, options.settle, args))
+            print(f"| {name} | Chromium, shaped {options.kbit} kbit/s | {row['fps']:.1f} | {ms(row['p50'])} | "
+                  f"{ms(row['p95'])} | {row['tier']} |", flush=True)
 
 
 
