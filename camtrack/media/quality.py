@@ -120,8 +120,14 @@ class TierReader:
         return self._switch is None and self._wanted is None and self.current.in_step()
 
     def step(self, encoded: EncodedPacket) -> int | None:
-        own = self.current.step(encoded)
-        return self.timeline.stamp(own if own is not None else encoded.packet.pts or 0)
+        return self._stamp(encoded, self.current.step(encoded))
+
+    def _stamp(self, encoded: EncodedPacket, own: int | None) -> int | None:
+        """The viewer's presentation time of `encoded` (None: the packet's own, as on a viewer's
+        first tier: then a fan-out sends every such viewer the same RTP frame)."""
+        pts = encoded.packet.pts or 0
+        stamped = self.timeline.stamp(own if own is not None else pts)
+        return None if own is None and stamped == pts else stamped
 
     async def next(self) -> tuple[EncodedPacket, int | None]:
         while True:
@@ -139,7 +145,7 @@ class TierReader:
                 self._took_switch(switch)
                 continue
             encoded, own = await self.current.next()
-            return encoded, self.timeline.stamp(own if own is not None else encoded.packet.pts or 0)
+            return encoded, self._stamp(encoded, own)
 
     # -- moving ------------------------------------------------------------------------------
     def choose(self, choice: str) -> None:
