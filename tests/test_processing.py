@@ -5,6 +5,7 @@ file that no longer loads) harming no viewer. Real pattern source, real encoders
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -24,7 +25,7 @@ from camtrack.cameras import Camera
 from camtrack.client import Viewer
 from camtrack.media.stream import CameraStream
 from camtrack.processing import FrameInfo, FunctionFile, LoadError, ProcessingStage, load_function
-from camtrack.processing.contract import interpret
+from camtrack.processing.contract import MAX_DATA, interpret
 from camtrack.sources.pattern import PatternSource
 
 from .conftest import eventually
@@ -464,3 +465,43 @@ async def test_viewers_that_encode_for_themselves_get_the_drawing_too(serve):
         assert painted(bgr((await viewer.frames(5))[-1]), RED)
     finally:
         await viewer.close()
+
+
+async def test_data_is_made_json_once_at_call_time_capped_and_finite():
+    """The data's JSON is made on the processing thread when the call returns: a function that returns
+    an object it changes later has each frame's own contents sent; NaN, Infinity and data longer than
+    MAX_DATA are faults that say why."""
+    state: dict[str, Any] = {}
+    returns: dict[str, Any] = {"value": None}
+
+    def function(frame: np.ndarray, info: FrameInfo) -> Any:
+        if returns["value"] is not None:
+            return returns["value"](info)
+        state["frame"] = info.frame  # (the same object each time, changed by the next call)
+        return state
+
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", function)
+    reader = object()
+    stage.attach(reader)
+    try:
+        await eventually(lambda: stage.stats.calls >= 5, 5)
+        result = stage.result
+        assert result is not None
+        await eventually(lambda: state["frame"] > result.frame, 5)  # (changed since)
+        assert json.loads(result.text) == {"frame": result.frame} == result.data
+        assert result.size == len(result.text)
+
+        async def fault(value: Any) -> str:
+            returns["value"] = value
+            errors = stage.stats.errors
+            await eventually(lambda: stage.stats.errors >= errors + 2, 5)
+            assert stage.state == "failing"
+            return stage.last_error or ""
+
+        assert "NaN or Infinity" in await fault(lambda info: {"level": float("nan")})
+        assert "NaN or Infinity" in await fault(lambda info: [float("inf")])
+        assert f"more than the {MAX_DATA}" in await fault(lambda info: "x" * (MAX_DATA + 1))
+    finally:
+        await stage.close()
+        await stream.close()

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import struct
 import sys
 import time
 import urllib.request
@@ -480,3 +481,26 @@ def test_a_relayed_keyframe_the_encoder_would_answer_with_is_a_start(monkeypatch
     assert [p.seq for p in feed.start_packets()] == [1, 2] and not asked
     now[0] += KEYFRAME_ANSWERS * 0.4
     assert feed.start_packets() == [] and asked == [1]
+
+
+async def test_a_worker_skips_a_message_it_cannot_read_and_keeps_its_viewers(serve):
+    """A frame longer than the wire takes, one of an unknown kind, a control message that does not
+    unpickle: each skipped whole by the worker, which reads on; its viewer keeps playing."""
+    from camtrack.workers import wire
+
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    pool = pool_of(app)
+    viewer = Viewer(url)
+    try:
+        await connect_in_turn([viewer], 5)
+        worker = next(w for w in pool.workers if w.load == 1)
+        pid, starts = worker.pid, worker.starts
+        header = struct.Struct(">IB")
+        worker.write(header.pack(wire.MAX_FRAME + 1, wire.CONTROL[0]) + bytes(wire.MAX_FRAME))
+        worker.write(header.pack(4, ord("X")) + b"abc")
+        worker.write(header.pack(6, wire.CONTROL[0]) + b"\x80junk")
+        await worker.drain()
+        await viewer.frames(30, timeout=30)
+        assert worker.ready and worker.pid == pid and worker.starts == starts and running(pid)
+    finally:
+        await viewer.close()

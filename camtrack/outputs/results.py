@@ -43,9 +43,6 @@ logger = logging.getLogger(__name__)
 PICTURE_WAIT = 1.0
 #: seconds between status messages
 STATUS_INTERVAL = 1.0
-#: data whose JSON is longer than this is sent as null with a "dropped" reason (a data channel's
-#: messages are at most 64 KiB by default)
-MAX_DATA = 60_000
 
 
 class CallCounts(Protocol):
@@ -125,28 +122,11 @@ class SentPictures:
         await self._changed.wait()
 
 
-#: each camera's newest result's data as JSON, made once for every viewer
-_serialized: dict[str, tuple[Result, str]] = {}
-
-
-def data_json(camera: str, result: Result) -> str:
-    """`result.data` as JSON (once per result, whatever the number of viewers)."""
-    cached = _serialized.get(camera)
-    if cached is not None and cached[0] is result:
-        return cached[1]
-    text = json.dumps(result.data, separators=(",", ":"))
-    if len(text) > MAX_DATA:
-        logger.debug("result of frame %d: data of %d bytes sent as null", result.frame, len(text))
-        text = "null"
-    _serialized[camera] = (result, text)
-    return text
-
-
 def data_message(camera: str, result: Result, field: str, timestamp: int | None) -> str:
     """The data message of `result` for a viewer whose picture of it has `timestamp` in `field`."""
     return (f'{{"type":"data","camera":{json.dumps(camera)},"frame":{result.frame},'
             f'"time":{json.dumps(result.time)},"{field}":{"null" if timestamp is None else timestamp},'
-            f'"data":{data_json(camera, result)}}}')
+            f'"data":{result.text}}}')  # (made once, on the processing thread)
 
 
 class ResultSender:

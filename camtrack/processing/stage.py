@@ -283,7 +283,7 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         self._decide(call.drew)
         outcome = call.outcome
         if outcome is not None and outcome.has_data and (self.result is None or call.frame.seq > self.result.frame):
-            self.result = Result(call.frame.seq, call.frame.time, outcome.data)
+            self.result = Result(call.frame.seq, call.frame.time, outcome.data, outcome.text)
             self._wake_readers()
         # (in data mode the input's picture, given on already unless the call was quicker than `_forward`)
         self._give(call.frame, processed=self.mode == "drawn", forwarded=self.mode == "data")

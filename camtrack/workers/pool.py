@@ -354,8 +354,9 @@ class ResultPump:
                 except TimeoutError:
                     continue
                 after = result.frame
+                # (its JSON text, made once on the processing thread and at most MAX_DATA: never the object)
                 self.worker.send({"t": "result", "camera": self.camera, "frame": result.frame, "time": result.time,
-                                  "data": result.data})
+                                  "text": result.text})
                 self.sent += 1
                 await self.worker.drain()
         except ConnectionError:

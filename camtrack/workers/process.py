@@ -88,6 +88,9 @@ class Worker:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     logger.info("the main process is gone: exiting")
                     return
+                except wire.BadMessage as exc:  # (skipped whole: the next message is read as usual)
+                    logger.warning("a message from the main process skipped: %s", exc)
+                    continue
                 if isinstance(message, wire.WireDatagram):
                     if self.ice.mux is not None:
                         self.ice.mux.datagram_received(message.data, message.addr)
@@ -116,7 +119,7 @@ class Worker:
                 elif kind == "result":
                     relayed = self.results.get(message["camera"])
                     if relayed is not None:
-                        relayed.add(message["frame"], message["time"], message["data"])
+                        relayed.add(message["frame"], message["time"], message["text"])
                 elif kind == "result_status":
                     relayed = self.results.get(message["camera"])
                     if relayed is not None:

@@ -141,10 +141,11 @@ class RelayedResults:
         self._described: dict[str, object] = {"state": "idle"}
         self._new = asyncio.Event()
 
-    def add(self, frame: int, captured: float, data: Any) -> None:
-        """A result the main process relayed."""
+    def add(self, frame: int, captured: float, text: str) -> None:
+        """A result the main process relayed: its data's JSON text (what the viewers are sent; the
+        data itself is not parsed here)."""
         if self.result is None or frame > self.result.frame:
-            self.result = Result(frame, captured, data)
+            self.result = Result(frame, captured, None, text)
             woken, self._new = self._new, asyncio.Event()
             woken.set()
 
