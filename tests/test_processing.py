@@ -505,3 +505,42 @@ async def test_data_is_made_json_once_at_call_time_capped_and_finite():
     finally:
         await stage.close()
         await stream.close()
+
+
+async def test_the_function_never_runs_on_two_threads_and_a_hang_leaks_no_thread():
+    """A function that hangs, its stage's readers leaving and coming back again and again (a page
+    reloaded, an SSE client reconnecting): the next run's calls wait behind the hung one (the stage
+    says stalled) on the stage's one thread; no call runs beside it, no thread is left behind."""
+    release = threading.Event()
+    lock = threading.Lock()
+    running, most, threads = 0, 0, set()
+
+    def hangs(frame: np.ndarray, info: FrameInfo) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            threads.add(threading.get_ident())
+        try:
+            release.wait(30)
+        finally:
+            with lock:
+                running -= 1
+
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", hangs, timeout=0.2)
+    before = threading.active_count()
+    try:
+        for _ in range(6):
+            reader = object()
+            stage.attach(reader)
+            await eventually(lambda: stage.state == "stalled", 5)
+            await asyncio.sleep(0.2)
+            stage.detach(reader)
+            await eventually(lambda: not stage.running, 5)
+        assert most == 1 and len(threads) == 1
+        assert threading.active_count() <= before + 3  # (the stage's one thread, the stream's)
+    finally:
+        release.set()
+        await stage.close()
+        await stream.close()

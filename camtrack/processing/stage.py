@@ -121,6 +121,8 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         self._published = 0
         #: set (and replaced) each time a newer result is kept: what `next_result` waits on
         self._new_result = asyncio.Event()
+        #: the thread the function runs on, the stage's whole life (`_executor`)
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def description(self) -> str:
@@ -175,9 +177,21 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         self._closed = False
         super().attach(reader)
 
+    def _executor(self) -> tuple[concurrent.futures.Executor, bool]:
+        """One thread for the stage's whole life (shut down by `close`): the function never runs on
+        two threads at once, and a call that hangs past its run (its readers left, others came) holds
+        that one thread: the next run's calls wait behind it (and the stage says stalled), no thread
+        is left behind per run."""
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        return self._thread, False
+
     async def close(self) -> None:
         self._closed = True
         await super().close()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=False, cancel_futures=True)  # (a call in progress ends when it returns)
         self._wake_readers()
 
     def _wake_readers(self) -> None:
@@ -195,6 +209,7 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
             self.function.watch()
         # the input's pictures given on at once in data mode (and while a call is stalled)
         forward = asyncio.ensure_future(self._forward())
+        call: asyncio.Future[_Call] | None = None
         try:
             after, began = 0, None
             while True:
@@ -207,7 +222,10 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
                 if not done:
                     await self._stall(call, frame)
                 self._finish(call.result())
+                call = None
         finally:
+            if call is not None:
+                call.cancel()  # (one not begun is dropped: a stopped run leaves nothing queued on the thread)
             forward.cancel()
             self._stalled = False
             if watching and isinstance(self.function, FunctionFile):
