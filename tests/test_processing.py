@@ -25,7 +25,9 @@ from camtrack.cameras import Camera
 from camtrack.client import Viewer
 from camtrack.media.stream import CameraStream
 from camtrack.processing import FrameInfo, FunctionFile, LoadError, ProcessingStage, load_function
+from camtrack.outputs.results import ResultSender
 from camtrack.processing.contract import MAX_DATA, interpret
+from camtrack.processing.stage import MAX_ERROR
 from camtrack.sources.pattern import PatternSource
 
 from .conftest import eventually
@@ -542,5 +544,50 @@ async def test_the_function_never_runs_on_two_threads_and_a_hang_leaks_no_thread
         assert threading.active_count() <= before + 3  # (the stage's one thread, the stream's)
     finally:
         release.set()
+        await stage.close()
+        await stream.close()
+
+
+async def test_an_error_line_is_kept_short():
+    """An exception's line may be any length: the status messages and /api carry at most MAX_ERROR."""
+
+    def raises(frame: np.ndarray, info: FrameInfo) -> None:
+        raise ValueError("y" * 5000)
+
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", raises)
+    reader = object()
+    stage.attach(reader)
+    try:
+        await eventually(lambda: stage.stats.errors >= 1, 5)
+        assert stage.last_error is not None and len(stage.last_error) <= MAX_ERROR
+        assert stage.last_error.startswith(stage.description)
+    finally:
+        await stage.close()
+        await stream.close()
+
+
+async def test_a_viewers_results_survive_a_refused_message_and_end_quietly_when_the_stage_stops():
+    """A message the connection refuses (ValueError: longer than the remote takes) is skipped, the
+    next ones go; the stage stopping under the viewer (ProcessingClosed) ends its sender quietly."""
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", lambda frame, info: {"frame": info.frame})
+    sent: list[str] = []
+
+    def send(text: str) -> None:  # (a connection that takes no data message, as one with a tiny limit)
+        if '"type":"data"' in text:
+            raise ValueError("message too long")
+        sent.append(text)
+
+    sender = ResultSender(stage, send, lambda: False, None, "rtp")
+    task = asyncio.ensure_future(sender.run())
+    try:
+        await eventually(lambda: sender.refused >= 3 and len(sent) >= 2, 5)
+        assert not task.done()
+        await stage.close()
+        await eventually(task.done, 5)
+        assert task.exception() is None
+    finally:
+        task.cancel()
         await stage.close()
         await stream.close()

@@ -42,6 +42,8 @@ DEFAULT_TIMEOUT = 2.0
 ERROR_LOG_INTERVAL = 30.0
 #: calls in a row that draw nothing before a drawing stage gives its input's pictures on again (data mode)
 UNDRAWN_TO_DATA = 3
+#: the longest `last_error` kept (status messages and /api carry it; an exception's line may be any length)
+MAX_ERROR = 300
 #: the stage's modes (None before the first call decided)
 MODES = ("data", "drawn")
 
@@ -273,7 +275,7 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         """A call ran past the time-out: the input's pictures pass on unprocessed (`_forward`) until it returns."""
         self._stalled = True
         self.stats.stalls += 1
-        self.last_error = f"{self.description} has run for more than {self.timeout:g} s (frame {frame.seq})"
+        self.last_error = _shortened(f"{self.description} has run for more than {self.timeout:g} s (frame {frame.seq})")
         began = time.monotonic() - self.timeout
         logger.warning("camera %s: processing stalled: %s; pictures pass unprocessed until it returns",
                        self.camera, self.last_error)
@@ -336,7 +338,7 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         now = time.monotonic()
         first = not self._failing
         self._failing = True
-        self.last_error = error
+        self.last_error = _shortened(error)
         if not first and now - self._logged_at < ERROR_LOG_INTERVAL:
             self._unlogged += 1
             return
@@ -360,3 +362,8 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
     def _stopped(self) -> None:
         self._published = 0
         self._wake_readers()  # (`next_result` ends: the stage is not running)
+
+
+def _shortened(error: str) -> str:
+    """`error`, at most MAX_ERROR characters (the log has it whole)."""
+    return error if len(error) <= MAX_ERROR else error[:MAX_ERROR - 1] + "…"

@@ -361,6 +361,14 @@ class ResultPump:
                 await self.worker.drain()
         except ConnectionError:
             pass
+        except FeedClosed:
+            # (the stage stopped under it: its camera closed, the server shuts down; the worker's
+            # next viewer of the camera starts a pump again)
+            logger.debug("camera %s: processing stopped; results to worker %d end", self.camera, self.worker.index)
+        finally:
+            self.stage.detach(self)
+            if self.worker.result_pumps.get(self.camera) is self:
+                del self.worker.result_pumps[self.camera]
 
     def stop(self) -> None:
         self.stage.detach(self)
