@@ -548,6 +548,22 @@ async def test_the_function_never_runs_on_two_threads_and_a_hang_leaks_no_thread
         await stream.close()
 
 
+async def test_a_stopped_stage_keeps_no_result_for_its_next_readers():
+    """A result from before the stage stopped is not what a reader of its next run gets first."""
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", lambda frame, info: {"frame": info.frame})
+    try:
+        reader = object()
+        stage.attach(reader)
+        await eventually(lambda: stage.result is not None, 5)
+        stage.detach(reader)
+        await eventually(lambda: not stage.running, 5)
+        await eventually(lambda: stage.result is None, 2)  # (once the run's end was handled)
+    finally:
+        await stage.close()
+        await stream.close()
+
+
 async def test_an_error_line_is_kept_short():
     """An exception's line may be any length: the status messages and /api carry at most MAX_ERROR."""
 

@@ -361,6 +361,8 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
 
     def _stopped(self) -> None:
         self._published = 0
+        # (a reader of the next run gets that run's results, not one from before it stopped)
+        self.result = None
         self._wake_readers()  # (`next_result` ends: the stage is not running)
 
 

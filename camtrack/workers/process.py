@@ -115,7 +115,8 @@ class Worker:
                 elif kind == "feed":
                     self._feed(message)
                 elif kind == "results":  # (before the first offer of a camera with a processing function)
-                    self.results.setdefault(message["camera"], RelayedResults(message["camera"]))
+                    # (a new relay: what an earlier one left is old)
+                    self.results.setdefault(message["camera"], RelayedResults(message["camera"])).result = None
                 elif kind == "result":
                     relayed = self.results.get(message["camera"])
                     if relayed is not None:
