@@ -183,7 +183,8 @@ def test_the_websocket_fallback_over_webcodecs_draws_each_result_on_its_picture(
 
 OVERLAY_IN_NODE = r"""
 const fs = require("fs"), vm = require("vm");
-const any = new Proxy(function () {}, { get: (t, k) => (k === Symbol.toPrimitive ? () => 0 : any), apply: () => any, set: () => true });
+const any = new Proxy(function () {}, {
+  get: (t, k) => (k === Symbol.toPrimitive ? () => 0 : any), apply: () => any, set: () => true });
 const camtrack = { view: () => ({ element: any, width: 0, height: 0 }) };
 const window = { camtrack, devicePixelRatio: 1 };
 const context = { window, document: { getElementById: () => any }, performance: { now: () => 0 },
@@ -219,6 +220,6 @@ def test_the_page_draws_a_pictures_own_result_not_a_later_arrived_older_one(tmp_
     the closest earlier one (wrap-aware), whatever order the unordered data channel gave them in."""
     script = tmp_path / "overlay-test.js"
     script.write_text(OVERLAY_IN_NODE)
-    done = subprocess.run(["node", str(script), str(Path(__file__).resolve().parent.parent / "static" / "overlay.js")], capture_output=True,
-                          text=True, timeout=30, check=True)
+    overlay = Path(__file__).resolve().parent.parent / "static" / "overlay.js"
+    done = subprocess.run(["node", str(script), str(overlay)], capture_output=True, text=True, timeout=30, check=True)
     assert json.loads(done.stdout) == {"own": 3, "closest": 2, "wrapped": 5}

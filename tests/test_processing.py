@@ -24,8 +24,8 @@ from camtrack.app import CAMERAS
 from camtrack.cameras import Camera
 from camtrack.client import Viewer
 from camtrack.media.stream import CameraStream
-from camtrack.processing import FrameInfo, FunctionFile, LoadError, ProcessingStage, load_function
 from camtrack.outputs.results import ResultSender
+from camtrack.processing import FrameInfo, FunctionFile, LoadError, ProcessingStage, load_function
 from camtrack.processing.contract import MAX_DATA, interpret
 from camtrack.processing.stage import MAX_ERROR
 from camtrack.sources.pattern import PatternSource

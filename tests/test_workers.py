@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import struct
+import subprocess
 import sys
 import time
 import urllib.request
