@@ -504,3 +504,32 @@ async def test_a_worker_skips_a_message_it_cannot_read_and_keeps_its_viewers(ser
         assert worker.ready and worker.pid == pid and worker.starts == starts and running(pid)
     finally:
         await viewer.close()
+
+
+async def test_a_worker_keeps_a_passed_through_cameras_processing_running_only_for_data_channels(serve, tmp_path):
+    """A passed-through camera with a data function, its viewers on workers: a viewer without a data
+    channel (a WHEP or GStreamer viewer) does not keep the decoder and the function running for
+    nobody; one with a channel does, and gets the data; when it leaves, they stop again."""
+    from .test_passthrough import write_h264
+
+    source = str(write_h264(tmp_path / "camera.mp4", "baseline"))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240, workers=2,
+                           ice_addresses=["127.0.0.1"], process_function=lambda frame, info: {"frame": info.frame})
+    camera = app[CAMERAS].first
+    processing = camera.processing
+    assert processing is not None
+    plain, reading = Viewer(url), Viewer(url, data=True)
+    try:
+        await connect_in_turn([plain], 10)
+        assert any(processing.camera in w.result_pumps for w in pool_of(app).workers)
+        await asyncio.sleep(1.0)
+        assert not processing.running and processing.stats.calls == 0
+        await reading.connect()
+        await reading.frames(10, timeout=30)
+        await eventually(lambda: any(m["type"] == "data" for m in reading.messages), timeout=20)
+        assert processing.running
+        await reading.close()
+        await eventually(lambda: not processing.running, 10)
+        await plain.frames(10, timeout=20)
+    finally:
+        await asyncio.gather(plain.close(), reading.close(), return_exceptions=True)
