@@ -533,3 +533,27 @@ async def test_a_worker_keeps_a_passed_through_cameras_processing_running_only_f
         await plain.frames(10, timeout=20)
     finally:
         await asyncio.gather(plain.close(), reading.close(), return_exceptions=True)
+
+
+async def test_a_result_pump_whose_stage_stops_ends_quietly_and_leaves_its_worker(serve):
+    """The processing stage stopping under a worker's relay (ProcessingClosed) ends the pump without
+    an error and takes it out of the worker's pumps: the worker's next viewer starts one again."""
+    url, app = await serve(width=320, height=240, fps=20, workers=2, ice_addresses=["127.0.0.1"],
+                           process_function=lambda frame, info: {"frame": info.frame})
+    camera = app[CAMERAS].first
+    processing = camera.processing
+    assert processing is not None
+    viewer = Viewer(url, data=True)
+    try:
+        await viewer.connect()
+        await viewer.frames(10, timeout=30)
+        await eventually(lambda: any(m["type"] == "data" for m in viewer.messages), timeout=20)
+        worker = next(w for w in pool_of(app).workers if camera.name in w.result_pumps)
+        pump = worker.result_pumps[camera.name]
+        # (as at shutdown: the camera's outputs, the events watcher among them, stop before its stages)
+        await asyncio.gather(*(output.stop() for output in camera.pipeline.outputs.values()))
+        await processing.close()
+        await eventually(lambda: pump._task.done(), 10)
+        assert pump._task.exception() is None and camera.name not in worker.result_pumps
+    finally:
+        await viewer.close()
