@@ -84,17 +84,20 @@
   }
 
   // The result to draw on the picture whose `field` ("rtp" or "pts") is `key`: its own, else the
-  // newest that is not of a later picture (and not stale); null: none.
+  // closest one of an earlier picture (whatever order they arrived in: the data channel is
+  // unordered), if not stale; null: none.
   function resultFor(field, key) {
-    const results = overlay.results;
-    for (let i = results.length - 1; i >= 0; i--) {
-      const r = results[i];
+    let best = null;
+    let bestBehind = Infinity;
+    for (const r of overlay.results) {
       if (typeof r[field] !== "number") continue;
       const behind = after(key, r[field], field);
-      if (behind < 0) continue; // a later picture's data
-      return behind <= STALE_TICKS ? r : null;
+      if (behind < 0 || behind >= bestBehind) continue; // a later picture's data, or farther
+      best = r;
+      bestBehind = behind;
+      if (behind === 0) break; // its own
     }
-    return null;
+    return best && bestBehind <= STALE_TICKS ? best : null;
   }
 
   // A picture is shown now (its `field` is `key`): draw its result.

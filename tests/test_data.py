@@ -174,8 +174,8 @@ async def test_next_result_ends_when_the_stage_closes_or_its_camera_does():
         # a follower (not attached) waits while the stage is idle, and reads the next run
         stage.attach(reader)
         stage.detach(reader)
-        assert stage.result is not None
-        newest = stage.result.frame
+        assert stage.result is None  # (cleared when it stopped: the next run's readers get that run's)
+        newest = first.frame
         following = asyncio.ensure_future(stage.next_result(newest))
         await asyncio.sleep(0.3)
         assert not following.done()

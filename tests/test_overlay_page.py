@@ -4,6 +4,9 @@ stamp the function read from the frame it was given (static/overlay.js, camtrack
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -176,3 +179,47 @@ def test_the_websocket_fallback_over_webcodecs_draws_each_result_on_its_picture(
         check_pairs(drawn_pairs(page, 90), "websocket (WebCodecs)")
         print(drawn_ages(page))
         assert page.evaluate(GREEN_PIXELS) > 500
+
+
+OVERLAY_IN_NODE = r"""
+const fs = require("fs"), vm = require("vm");
+const any = new Proxy(function () {}, {
+  get: (t, k) => (k === Symbol.toPrimitive ? () => 0 : any), apply: () => any, set: () => true });
+const camtrack = { view: () => ({ element: any, width: 0, height: 0 }) };
+const window = { camtrack, devicePixelRatio: 1 };
+const context = { window, document: { getElementById: () => any }, performance: { now: () => 0 },
+                  setInterval: () => 0, Date, Math, Number, Array, String, Infinity };
+vm.runInNewContext(fs.readFileSync(process.argv[2], "utf8"), context);
+const overlay = camtrack.overlay;
+const out = {};
+// the picture of rtp 9000 is shown; its own result came first, then a late older one (unordered channel)
+overlay.receive({ type: "data", frame: 3, time: 1, rtp: 9000, data: { own: true } });
+overlay.receive({ type: "data", frame: 1, time: 1, rtp: 3000, data: {} });
+overlay.picture("rtp", 9000, {});
+out.own = overlay.drawnResult && overlay.drawnResult.frame;
+// no result of its own: the closest earlier one, whatever the arrival order
+overlay.reset();
+overlay.receive({ type: "data", frame: 2, time: 1, rtp: 6000, data: {} });
+overlay.receive({ type: "data", frame: 1, time: 1, rtp: 3000, data: {} });
+overlay.receive({ type: "data", frame: 4, time: 1, rtp: 12000, data: {} });
+overlay.picture("rtp", 9000, {});
+out.closest = overlay.drawnResult && overlay.drawnResult.frame;
+// across the RTP timestamp's wrap
+overlay.reset();
+overlay.receive({ type: "data", frame: 5, time: 1, rtp: 2 ** 32 - 3000, data: {} });
+overlay.receive({ type: "data", frame: 4, time: 1, rtp: 2 ** 32 - 6000, data: {} });
+overlay.picture("rtp", 1000, {});
+out.wrapped = overlay.drawnResult && overlay.drawnResult.frame;
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_the_page_draws_a_pictures_own_result_not_a_later_arrived_older_one(tmp_path):
+    """overlay.js's choice of the result for a picture, run in node: the picture's own result, else
+    the closest earlier one (wrap-aware), whatever order the unordered data channel gave them in."""
+    script = tmp_path / "overlay-test.js"
+    script.write_text(OVERLAY_IN_NODE)
+    overlay = Path(__file__).resolve().parent.parent / "static" / "overlay.js"
+    done = subprocess.run(["node", str(script), str(overlay)], capture_output=True, text=True, timeout=30, check=True)
+    assert json.loads(done.stdout) == {"own": 3, "closest": 2, "wrapped": 5}

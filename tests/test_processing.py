@@ -5,6 +5,7 @@ file that no longer loads) harming no viewer. Real pattern source, real encoders
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -23,8 +24,10 @@ from camtrack.app import CAMERAS
 from camtrack.cameras import Camera
 from camtrack.client import Viewer
 from camtrack.media.stream import CameraStream
+from camtrack.outputs.results import ResultSender
 from camtrack.processing import FrameInfo, FunctionFile, LoadError, ProcessingStage, load_function
-from camtrack.processing.contract import interpret
+from camtrack.processing.contract import MAX_DATA, interpret
+from camtrack.processing.stage import MAX_ERROR
 from camtrack.sources.pattern import PatternSource
 
 from .conftest import eventually
@@ -464,3 +467,143 @@ async def test_viewers_that_encode_for_themselves_get_the_drawing_too(serve):
         assert painted(bgr((await viewer.frames(5))[-1]), RED)
     finally:
         await viewer.close()
+
+
+async def test_data_is_made_json_once_at_call_time_capped_and_finite():
+    """The data's JSON is made on the processing thread when the call returns: a function that returns
+    an object it changes later has each frame's own contents sent; NaN, Infinity and data longer than
+    MAX_DATA are faults that say why."""
+    state: dict[str, Any] = {}
+    returns: dict[str, Any] = {"value": None}
+
+    def function(frame: np.ndarray, info: FrameInfo) -> Any:
+        if returns["value"] is not None:
+            return returns["value"](info)
+        state["frame"] = info.frame  # (the same object each time, changed by the next call)
+        return state
+
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", function)
+    reader = object()
+    stage.attach(reader)
+    try:
+        await eventually(lambda: stage.stats.calls >= 5, 5)
+        result = stage.result
+        assert result is not None
+        await eventually(lambda: state["frame"] > result.frame, 5)  # (changed since)
+        assert json.loads(result.text) == {"frame": result.frame} == result.data
+        assert result.size == len(result.text)
+
+        async def fault(value: Any) -> str:
+            returns["value"] = value
+            errors = stage.stats.errors
+            await eventually(lambda: stage.stats.errors >= errors + 2, 5)
+            assert stage.state == "failing"
+            return stage.last_error or ""
+
+        assert "NaN or Infinity" in await fault(lambda info: {"level": float("nan")})
+        assert "NaN or Infinity" in await fault(lambda info: [float("inf")])
+        assert f"more than the {MAX_DATA}" in await fault(lambda info: "x" * (MAX_DATA + 1))
+    finally:
+        await stage.close()
+        await stream.close()
+
+
+async def test_the_function_never_runs_on_two_threads_and_a_hang_leaks_no_thread():
+    """A function that hangs, its stage's readers leaving and coming back again and again (a page
+    reloaded, an SSE client reconnecting): the next run's calls wait behind the hung one (the stage
+    says stalled) on the stage's one thread; no call runs beside it, no thread is left behind."""
+    release = threading.Event()
+    lock = threading.Lock()
+    running, most, threads = 0, 0, set()
+
+    def hangs(frame: np.ndarray, info: FrameInfo) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            threads.add(threading.get_ident())
+        try:
+            release.wait(30)
+        finally:
+            with lock:
+                running -= 1
+
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", hangs, timeout=0.2)
+    before = threading.active_count()
+    try:
+        for _ in range(6):
+            reader = object()
+            stage.attach(reader)
+            await eventually(lambda: stage.state == "stalled", 5)
+            await asyncio.sleep(0.2)
+            stage.detach(reader)
+            await eventually(lambda: not stage.running, 5)
+        assert most == 1 and len(threads) == 1
+        assert threading.active_count() <= before + 3  # (the stage's one thread, the stream's)
+    finally:
+        release.set()
+        await stage.close()
+        await stream.close()
+
+
+async def test_a_stopped_stage_keeps_no_result_for_its_next_readers():
+    """A result from before the stage stopped is not what a reader of its next run gets first."""
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", lambda frame, info: {"frame": info.frame})
+    try:
+        reader = object()
+        stage.attach(reader)
+        await eventually(lambda: stage.result is not None, 5)
+        stage.detach(reader)
+        await eventually(lambda: not stage.running, 5)
+        await eventually(lambda: stage.result is None, 2)  # (once the run's end was handled)
+    finally:
+        await stage.close()
+        await stream.close()
+
+
+async def test_an_error_line_is_kept_short():
+    """An exception's line may be any length: the status messages and /api carry at most MAX_ERROR."""
+
+    def raises(frame: np.ndarray, info: FrameInfo) -> None:
+        raise ValueError("y" * 5000)
+
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", raises)
+    reader = object()
+    stage.attach(reader)
+    try:
+        await eventually(lambda: stage.stats.errors >= 1, 5)
+        assert stage.last_error is not None and len(stage.last_error) <= MAX_ERROR
+        assert stage.last_error.startswith(stage.description)
+    finally:
+        await stage.close()
+        await stream.close()
+
+
+async def test_a_viewers_results_survive_a_refused_message_and_end_quietly_when_the_stage_stops():
+    """A message the connection refuses (ValueError: longer than the remote takes) is skipped, the
+    next ones go; the stage stopping under the viewer (ProcessingClosed) ends its sender quietly."""
+    stream = CameraStream("test", lambda: PatternSource(64, 48, 30), linger=0)
+    stage = ProcessingStage(stream, "test", lambda frame, info: {"frame": info.frame})
+    sent: list[str] = []
+
+    def send(text: str) -> None:  # (a connection that takes no data message, as one with a tiny limit)
+        if '"type":"data"' in text:
+            raise ValueError("message too long")
+        sent.append(text)
+
+    sender = ResultSender(stage, send, lambda: False, None, "rtp")
+    task = asyncio.ensure_future(sender.run())
+    try:
+        await eventually(lambda: sender.refused >= 3 and len(sent) >= 2, 5)
+        assert not task.done()
+        await stage.close()
+        await eventually(task.done, 5)
+        assert task.exception() is None
+    finally:
+        task.cancel()
+        await stage.close()
+        await stream.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -480,3 +481,79 @@ def test_a_relayed_keyframe_the_encoder_would_answer_with_is_a_start(monkeypatch
     assert [p.seq for p in feed.start_packets()] == [1, 2] and not asked
     now[0] += KEYFRAME_ANSWERS * 0.4
     assert feed.start_packets() == [] and asked == [1]
+
+
+async def test_a_worker_skips_a_message_it_cannot_read_and_keeps_its_viewers(serve):
+    """A frame longer than the wire takes, one of an unknown kind, a control message that does not
+    unpickle: each skipped whole by the worker, which reads on; its viewer keeps playing."""
+    from camtrack.workers import wire
+
+    url, app = await serve(width=320, height=240, workers=2, ice_addresses=["127.0.0.1"])
+    pool = pool_of(app)
+    viewer = Viewer(url)
+    try:
+        await connect_in_turn([viewer], 5)
+        worker = next(w for w in pool.workers if w.load == 1)
+        pid, starts = worker.pid, worker.starts
+        header = struct.Struct(">IB")
+        worker.write(header.pack(wire.MAX_FRAME + 1, wire.CONTROL[0]) + bytes(wire.MAX_FRAME))
+        worker.write(header.pack(4, ord("X")) + b"abc")
+        worker.write(header.pack(6, wire.CONTROL[0]) + b"\x80junk")
+        await worker.drain()
+        await viewer.frames(30, timeout=30)
+        assert worker.ready and worker.pid == pid and worker.starts == starts and running(pid)
+    finally:
+        await viewer.close()
+
+
+async def test_a_worker_keeps_a_passed_through_cameras_processing_running_only_for_data_channels(serve, tmp_path):
+    """A passed-through camera with a data function, its viewers on workers: a viewer without a data
+    channel (a WHEP or GStreamer viewer) does not keep the decoder and the function running for
+    nobody; one with a channel does, and gets the data; when it leaves, they stop again."""
+    from .test_passthrough import write_h264
+
+    source = str(write_h264(tmp_path / "camera.mp4", "baseline"))
+    url, app = await serve(source=source, mode="passthrough", width=320, height=240, workers=2,
+                           ice_addresses=["127.0.0.1"], process_function=lambda frame, info: {"frame": info.frame})
+    camera = app[CAMERAS].first
+    processing = camera.processing
+    assert processing is not None
+    plain, reading = Viewer(url), Viewer(url, data=True)
+    try:
+        await connect_in_turn([plain], 10)
+        assert any(processing.camera in w.result_pumps for w in pool_of(app).workers)
+        await asyncio.sleep(1.0)
+        assert not processing.running and processing.stats.calls == 0
+        await reading.connect()
+        await reading.frames(10, timeout=30)
+        await eventually(lambda: any(m["type"] == "data" for m in reading.messages), timeout=20)
+        assert processing.running
+        await reading.close()
+        await eventually(lambda: not processing.running, 10)
+        await plain.frames(10, timeout=20)
+    finally:
+        await asyncio.gather(plain.close(), reading.close(), return_exceptions=True)
+
+
+async def test_a_result_pump_whose_stage_stops_ends_quietly_and_leaves_its_worker(serve):
+    """The processing stage stopping under a worker's relay (ProcessingClosed) ends the pump without
+    an error and takes it out of the worker's pumps: the worker's next viewer starts one again."""
+    url, app = await serve(width=320, height=240, fps=20, workers=2, ice_addresses=["127.0.0.1"],
+                           process_function=lambda frame, info: {"frame": info.frame})
+    camera = app[CAMERAS].first
+    processing = camera.processing
+    assert processing is not None
+    viewer = Viewer(url, data=True)
+    try:
+        await viewer.connect()
+        await viewer.frames(10, timeout=30)
+        await eventually(lambda: any(m["type"] == "data" for m in viewer.messages), timeout=20)
+        worker = next(w for w in pool_of(app).workers if camera.name in w.result_pumps)
+        pump = worker.result_pumps[camera.name]
+        # (as at shutdown: the camera's outputs, the events watcher among them, stop before its stages)
+        await asyncio.gather(*(output.stop() for output in camera.pipeline.outputs.values()))
+        await processing.close()
+        await eventually(lambda: pump._task.done(), 10)
+        assert pump._task.exception() is None and camera.name not in worker.result_pumps
+    finally:
+        await viewer.close()

@@ -77,15 +77,23 @@ class Stage(Generic[In, T]):
     async def _run(self, executor: concurrent.futures.Executor) -> None:
         raise NotImplementedError
 
+    def _executor(self) -> tuple[concurrent.futures.Executor, bool]:
+        """The executor of a run, and whether the run owns it (shut down when the run ends): by
+        default a thread of the run's own. A stage whose work must never run twice at once (a
+        user's function) returns one of its whole life instead, so that a new run's work waits
+        behind what a stopped run left on its thread."""
+        return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name), True
+
     async def _main(self) -> None:
-        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        executor, owned = self._executor()
         try:
             await self._run(executor)
         except (asyncio.CancelledError, FeedClosed):
             pass
         finally:
-            # the thread may be mid-item: it finishes, then ends; nobody waits for it here
-            executor.shutdown(wait=False)
+            if owned:
+                # the thread may be mid-item: it finishes, then ends; nobody waits for it here
+                executor.shutdown(wait=False)
             if self._task is None or self._task is asyncio.current_task():
                 # (unless a newer run already started: the input and the readers are its now)
                 self._task = None

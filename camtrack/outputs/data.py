@@ -32,13 +32,15 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, streams: 
         what = f"data of {camera.name}"
         streams.check(request, what, headers)
         after = 0
+        name = json.dumps(camera.name)
 
         async def next_event() -> Event:
             nonlocal after
             result = await stage.next_result(after)  # (the newest: a slow client skips to it)
             after = result.frame
-            return Event(json.dumps({"camera": camera.name, "frame": result.frame, "time": result.time,
-                                     "data": result.data}, separators=(",", ":")), id=str(result.frame))
+            # (the data's JSON made once on the processing thread, for every client)
+            return Event(f'{{"camera":{name},"frame":{result.frame},"time":{json.dumps(result.time)},'
+                         f'"data":{result.text}}}', id=str(result.frame))
 
         reader = object()
         stage.attach(reader)  # (the function runs while the stream reads it, viewers or not)

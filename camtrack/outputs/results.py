@@ -35,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+from ..media.feeds import FeedClosed
 from ..processing.contract import Result
 
 logger = logging.getLogger(__name__)
@@ -43,9 +44,6 @@ logger = logging.getLogger(__name__)
 PICTURE_WAIT = 1.0
 #: seconds between status messages
 STATUS_INTERVAL = 1.0
-#: data whose JSON is longer than this is sent as null with a "dropped" reason (a data channel's
-#: messages are at most 64 KiB by default)
-MAX_DATA = 60_000
 
 
 class CallCounts(Protocol):
@@ -125,33 +123,17 @@ class SentPictures:
         await self._changed.wait()
 
 
-#: each camera's newest result's data as JSON, made once for every viewer
-_serialized: dict[str, tuple[Result, str]] = {}
-
-
-def data_json(camera: str, result: Result) -> str:
-    """`result.data` as JSON (once per result, whatever the number of viewers)."""
-    cached = _serialized.get(camera)
-    if cached is not None and cached[0] is result:
-        return cached[1]
-    text = json.dumps(result.data, separators=(",", ":"))
-    if len(text) > MAX_DATA:
-        logger.debug("result of frame %d: data of %d bytes sent as null", result.frame, len(text))
-        text = "null"
-    _serialized[camera] = (result, text)
-    return text
-
-
 def data_message(camera: str, result: Result, field: str, timestamp: int | None) -> str:
     """The data message of `result` for a viewer whose picture of it has `timestamp` in `field`."""
     return (f'{{"type":"data","camera":{json.dumps(camera)},"frame":{result.frame},'
             f'"time":{json.dumps(result.time)},"{field}":{"null" if timestamp is None else timestamp},'
-            f'"data":{data_json(camera, result)}}}')
+            f'"data":{result.text}}}')  # (made once, on the processing thread)
 
 
 class ResultSender:
-    """Sends a processing stage's results (and its status) to one viewer: `run()` until cancelled
-    or `send` raises ConnectionError.
+    """Sends a processing stage's results (and its status) to one viewer: `run()` until cancelled,
+    `send` raises ConnectionError or the stage stops under it (FeedClosed). A message `send` refuses
+    with ValueError (too long for the connection) is skipped.
 
     `send(text)` hands one message to the viewer's connection; `busy()` says it holds too much
     unsent (the result is skipped: newest wins); `pictures` are the pictures sent to this viewer
@@ -169,6 +151,8 @@ class ResultSender:
         self.sent = 0
         self.skipped = 0
         self.unmatched = 0
+        #: messages the connection refused (ValueError from `send`: too long for it), skipped
+        self.refused = 0
         self._last_calls = 0
         self._last_seconds = 0.0
         self._last_at = 0.0
@@ -191,6 +175,11 @@ class ResultSender:
                 after = await self.deliver(result)
         except ConnectionError:
             pass  # the viewer's connection closed: `send` says so
+        except FeedClosed:
+            # the stage stopped under its readers (its camera closed, the server shuts down): this
+            # viewer's results end here (its video ends with the camera; a viewer that comes back
+            # gets a sender of its own)
+            logger.debug("camera %s: processing stopped; results to this viewer end", stage.camera)
         finally:
             stage.detach(self)
 
@@ -224,8 +213,19 @@ class ResultSender:
         if self.busy():
             self.skipped += 1
             return
-        self.send(data_message(self.stage.camera, result, self.field, timestamp))
-        self.sent += 1
+        if self._send(data_message(self.stage.camera, result, self.field, timestamp)):
+            self.sent += 1
+
+    def _send(self, text: str) -> bool:
+        """Hand `text` to the connection; False when it refused that one message (ValueError: longer
+        than the viewer takes, as a data channel's remote max-message-size): skipped, the next goes."""
+        try:
+            self.send(text)
+        except ValueError as exc:
+            self.refused += 1
+            logger.debug("camera %s: a message of %d characters not sent: %s", self.stage.camera, len(text), exc)
+            return False
+        return True
 
     def send_status(self) -> None:
         """The processing's state and rates since the last status message."""
@@ -246,4 +246,4 @@ class ResultSender:
             "frame": message.pop("result_frame", None),
             "age": round(age, 3) if age is not None else None,
         })
-        self.send(json.dumps(message, separators=(",", ":")))
+        self._send(json.dumps(message, separators=(",", ":")))

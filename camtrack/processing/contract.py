@@ -9,7 +9,10 @@ captured. The function returns:
 - None: the picture is the frame it got, as it drew on it (or left it);
 - a BGR `numpy` array of the same shape: that picture instead;
 - anything else JSON can carry (a dict, a list, a number, a string, a bool): data, kept as the
-  stage's newest `Result` with the frame number it belongs to; the picture is the frame it got;
+  stage's newest `Result` with the frame number it belongs to; the picture is the frame it got.
+  The data is made JSON at once, on the processing thread, at most MAX_DATA characters of it and no
+  NaN or Infinity (a BadReturn otherwise): that text is what every viewer gets, so a function may
+  return an object it changes afterwards;
 - a tuple `(picture, data)`: both (the picture may be None: the frame it got).
 """
 
@@ -35,6 +38,10 @@ class FrameInfo:
     time: float
 
 
+#: the longest JSON text of a result's data (a data channel's messages are at most 64 KiB by default);
+#: longer data is a BadReturn
+MAX_DATA = 60_000
+
 #: a user's processing function (see the module's docstring)
 ProcessFunction = Callable[[np.ndarray, FrameInfo], Any]
 
@@ -47,8 +54,16 @@ class Result:
     frame: int
     #: capture time of that frame, seconds since the epoch
     time: float
-    #: what the function returned, JSON-able
+    #: what the function returned, as JSON parsed back (a copy the function cannot change afterwards);
+    #: None where only the text was relayed (a worker process)
     data: Any
+    #: `data` as compact JSON, made once on the processing thread: what every viewer is sent
+    text: str = "null"
+
+    @property
+    def size(self) -> int:
+        """The length of `text`."""
+        return len(self.text)
 
 
 class BadReturn(Exception):
@@ -63,6 +78,8 @@ class Outcome:
     picture: np.ndarray | None
     has_data: bool
     data: Any = None
+    #: `data` as compact JSON (when has_data)
+    text: str = "null"
 
 
 def interpret(returned: Any, shape: tuple[int, ...]) -> Outcome:
@@ -74,8 +91,8 @@ def interpret(returned: Any, shape: tuple[int, ...]) -> Outcome:
     if isinstance(returned, tuple) and len(returned) == 2 and (returned[0] is None
                                                                or isinstance(returned[0], np.ndarray)):
         picture = None if returned[0] is None else _picture(returned[0], shape)
-        return Outcome(picture, True, _data(returned[1]))
-    return Outcome(None, True, _data(returned))
+        return Outcome(picture, True, *_data(returned[1]))
+    return Outcome(None, True, *_data(returned))
 
 
 def _picture(picture: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -85,10 +102,22 @@ def _picture(picture: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return picture
 
 
-def _data(data: Any) -> Any:
+def _data(data: Any) -> tuple[Any, str]:
+    """`data` as JSON text, and that text parsed back (a copy of what the function returned, as
+    every viewer gets it); BadReturn when JSON cannot carry it or it is longer than MAX_DATA."""
     try:
-        json.dumps(data)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise BadReturn("returned data with NaN or Infinity, which JSON cannot carry (a page's JSON.parse "
+                            "refuses it): return None or a number instead (math.isfinite)") from None
         raise BadReturn(f"returned data JSON cannot carry ({exc}): return a dict, list, number, string or "
                         f"bool (numpy values as .tolist() or int())") from None
-    return data
+    except TypeError as exc:
+        raise BadReturn(f"returned data JSON cannot carry ({exc}): return a dict, list, number, string or "
+                        f"bool (numpy values as .tolist() or int())") from None
+    if len(text) > MAX_DATA:
+        raise BadReturn(f"returned data of {len(text)} characters as JSON, more than the {MAX_DATA} a result may "
+                        f"carry (a data channel's message is at most 64 KiB): return less (fewer or rounder "
+                        f"numbers), or draw it")
+    return json.loads(text), text

@@ -42,6 +42,8 @@ DEFAULT_TIMEOUT = 2.0
 ERROR_LOG_INTERVAL = 30.0
 #: calls in a row that draw nothing before a drawing stage gives its input's pictures on again (data mode)
 UNDRAWN_TO_DATA = 3
+#: the longest `last_error` kept (status messages and /api carry it; an exception's line may be any length)
+MAX_ERROR = 300
 #: the stage's modes (None before the first call decided)
 MODES = ("data", "drawn")
 
@@ -121,6 +123,8 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         self._published = 0
         #: set (and replaced) each time a newer result is kept: what `next_result` waits on
         self._new_result = asyncio.Event()
+        #: the thread the function runs on, the stage's whole life (`_executor`)
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def description(self) -> str:
@@ -175,9 +179,21 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         self._closed = False
         super().attach(reader)
 
+    def _executor(self) -> tuple[concurrent.futures.Executor, bool]:
+        """One thread for the stage's whole life (shut down by `close`): the function never runs on
+        two threads at once, and a call that hangs past its run (its readers left, others came) holds
+        that one thread: the next run's calls wait behind it (and the stage says stalled), no thread
+        is left behind per run."""
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        return self._thread, False
+
     async def close(self) -> None:
         self._closed = True
         await super().close()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=False, cancel_futures=True)  # (a call in progress ends when it returns)
         self._wake_readers()
 
     def _wake_readers(self) -> None:
@@ -195,6 +211,7 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
             self.function.watch()
         # the input's pictures given on at once in data mode (and while a call is stalled)
         forward = asyncio.ensure_future(self._forward())
+        call: asyncio.Future[_Call] | None = None
         try:
             after, began = 0, None
             while True:
@@ -207,7 +224,10 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
                 if not done:
                     await self._stall(call, frame)
                 self._finish(call.result())
+                call = None
         finally:
+            if call is not None:
+                call.cancel()  # (one not begun is dropped: a stopped run leaves nothing queued on the thread)
             forward.cancel()
             self._stalled = False
             if watching and isinstance(self.function, FunctionFile):
@@ -255,7 +275,7 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         """A call ran past the time-out: the input's pictures pass on unprocessed (`_forward`) until it returns."""
         self._stalled = True
         self.stats.stalls += 1
-        self.last_error = f"{self.description} has run for more than {self.timeout:g} s (frame {frame.seq})"
+        self.last_error = _shortened(f"{self.description} has run for more than {self.timeout:g} s (frame {frame.seq})")
         began = time.monotonic() - self.timeout
         logger.warning("camera %s: processing stalled: %s; pictures pass unprocessed until it returns",
                        self.camera, self.last_error)
@@ -283,7 +303,7 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         self._decide(call.drew)
         outcome = call.outcome
         if outcome is not None and outcome.has_data and (self.result is None or call.frame.seq > self.result.frame):
-            self.result = Result(call.frame.seq, call.frame.time, outcome.data)
+            self.result = Result(call.frame.seq, call.frame.time, outcome.data, outcome.text)
             self._wake_readers()
         # (in data mode the input's picture, given on already unless the call was quicker than `_forward`)
         self._give(call.frame, processed=self.mode == "drawn", forwarded=self.mode == "data")
@@ -318,7 +338,7 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
         now = time.monotonic()
         first = not self._failing
         self._failing = True
-        self.last_error = error
+        self.last_error = _shortened(error)
         if not first and now - self._logged_at < ERROR_LOG_INTERVAL:
             self._unlogged += 1
             return
@@ -341,4 +361,11 @@ class ProcessingStage(Stage[FrameFeed, Frame]):
 
     def _stopped(self) -> None:
         self._published = 0
+        # (a reader of the next run gets that run's results, not one from before it stopped)
+        self.result = None
         self._wake_readers()  # (`next_result` ends: the stage is not running)
+
+
+def _shortened(error: str) -> str:
+    """`error`, at most MAX_ERROR characters (the log has it whole)."""
+    return error if len(error) <= MAX_ERROR else error[:MAX_ERROR - 1] + "…"

@@ -336,7 +336,11 @@ class Pump:
 class ResultPump:
     """A camera's processing results (and its status, a few times a second) to one worker while it
     has viewers of the camera: each result written once, whatever the number of viewers there;
-    newest wins (a worker that reads slowly gets the newest when it has read the last)."""
+    newest wins (a worker that reads slowly gets the newest when it has read the last). It keeps the
+    processing running (attached to the stage) only while the worker says some viewer there reads
+    the results (an open data channel: `reading`), as a viewer's data channel does in this process:
+    a WHEP or GStreamer viewer without one does not keep a passed-through camera's decoder and
+    function running for nobody."""
 
     #: seconds between status messages (the worker's viewers' rates are differences of its counters)
     STATUS_INTERVAL = 0.25
@@ -346,7 +350,8 @@ class ResultPump:
         self.camera = camera
         self.stage = stage
         self.sent = 0
-        stage.attach(self)
+        #: whether the worker has readers of the results (attached to the stage meanwhile)
+        self.attached = False
         # (before the first offer: the worker's peers of the camera read its relayed results)
         worker.send({"t": "results", "camera": camera})
         self._task = asyncio.ensure_future(self._run())
@@ -366,15 +371,33 @@ class ResultPump:
                 except TimeoutError:
                     continue
                 after = result.frame
+                # (its JSON text, made once on the processing thread and at most MAX_DATA: never the object)
                 self.worker.send({"t": "result", "camera": self.camera, "frame": result.frame, "time": result.time,
-                                  "data": result.data})
+                                  "text": result.text})
                 self.sent += 1
                 await self.worker.drain()
         except ConnectionError:
             pass
+        except FeedClosed:
+            # (the stage stopped under it: its camera closed, the server shuts down; the worker's
+            # next viewer of the camera starts a pump again)
+            logger.debug("camera %s: processing stopped; results to worker %d end", self.camera, self.worker.index)
+        finally:
+            self.reading(False)
+            if self.worker.result_pumps.get(self.camera) is self:
+                del self.worker.result_pumps[self.camera]
+
+    def reading(self, reading: bool) -> None:
+        """The worker has readers of the results (`reading`), or no more."""
+        if reading and not self.attached and not self._task.done():
+            self.attached = True
+            self.stage.attach(self)
+        elif not reading and self.attached:
+            self.attached = False
+            self.stage.detach(self)
 
     def stop(self) -> None:
-        self.stage.detach(self)
+        self.reading(False)
         self._task.cancel()
 
 
@@ -614,6 +637,10 @@ class WorkerProcess:
             feed = camera.packets(key.kind, key.tier) if camera is not None else None
             if feed is not None:
                 feed.request_keyframe()
+        elif kind == "result_readers":
+            pump = self.result_pumps.get(message["camera"])
+            if pump is not None:
+                pump.reading(bool(message["reading"]))
         elif kind == "stats":
             self._report_sends(message)
             self.stats = message

@@ -88,6 +88,9 @@ class Worker:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     logger.info("the main process is gone: exiting")
                     return
+                except wire.BadMessage as exc:  # (skipped whole: the next message is read as usual)
+                    logger.warning("a message from the main process skipped: %s", exc)
+                    continue
                 if isinstance(message, wire.WireDatagram):
                     if self.ice.mux is not None:
                         self.ice.mux.datagram_received(message.data, message.addr)
@@ -112,11 +115,14 @@ class Worker:
                 elif kind == "feed":
                     self._feed(message)
                 elif kind == "results":  # (before the first offer of a camera with a processing function)
-                    self.results.setdefault(message["camera"], RelayedResults(message["camera"]))
+                    relay = self._relayed_results(message["camera"])
+                    relay.result = None  # (a new relay: what an earlier one left is old)
+                    if relay.readers:  # (a new relay starts reading only when told)
+                        self.send({"t": "result_readers", "camera": relay.camera, "reading": True})
                 elif kind == "result":
                     relayed = self.results.get(message["camera"])
                     if relayed is not None:
-                        relayed.add(message["frame"], message["time"], message["data"])
+                        relayed.add(message["frame"], message["time"], message["text"])
                 elif kind == "result_status":
                     relayed = self.results.get(message["camera"])
                     if relayed is not None:
@@ -128,6 +134,15 @@ class Worker:
         finally:
             stats.cancel()
             await self.close_all()
+
+    def _relayed_results(self, camera: str) -> RelayedResults:
+        """The results relayed here of `camera`, which tell the main process when a viewer here
+        reads them (and when none does any more)."""
+        relayed = self.results.get(camera)
+        if relayed is None:
+            relayed = self.results[camera] = RelayedResults(
+                camera, lambda reading: self.send({"t": "result_readers", "camera": camera, "reading": reading}))
+        return relayed
 
     def _feed(self, message: dict[str, Any]) -> None:
         name = message["feed"]

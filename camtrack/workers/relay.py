@@ -132,19 +132,24 @@ class RelayedResults:
     """A camera's processing results as the main process relays them to this worker (a
     camtrack.outputs.results.ResultFeed): its newest result, and its status (what `describe()` and
     the counters say there). The main process relays them while this worker has viewers of the
-    camera, whoever reads them here."""
+    camera; `reading(bool)` tells it when the first reader here (a viewer's open data channel)
+    attaches and the last detaches: only then does the relay keep the camera's processing running
+    (a passed-through camera's decoder and function run for nobody otherwise)."""
 
-    def __init__(self, camera: str) -> None:
+    def __init__(self, camera: str, reading: Callable[[bool], None] | None = None) -> None:
         self.camera = camera
+        self.reading = reading
+        self.readers: set[object] = set()
         self.result: Result | None = None
         self.stats = RelayedCounts()
         self._described: dict[str, object] = {"state": "idle"}
         self._new = asyncio.Event()
 
-    def add(self, frame: int, captured: float, data: Any) -> None:
-        """A result the main process relayed."""
+    def add(self, frame: int, captured: float, text: str) -> None:
+        """A result the main process relayed: its data's JSON text (what the viewers are sent; the
+        data itself is not parsed here)."""
         if self.result is None or frame > self.result.frame:
-            self.result = Result(frame, captured, data)
+            self.result = Result(frame, captured, None, text)
             woken, self._new = self._new, asyncio.Event()
             woken.set()
 
@@ -168,7 +173,14 @@ class RelayedResults:
             await self._new.wait()
 
     def attach(self, reader: object) -> None:
-        """(The main process relays while this worker has viewers of the camera.)"""
+        """`reader` reads the results (a viewer's data channel): the first tells the main process."""
+        first = not self.readers
+        self.readers.add(reader)
+        if first and self.reading is not None:
+            self.reading(True)
 
     def detach(self, reader: object) -> None:
-        pass
+        if reader in self.readers:
+            self.readers.discard(reader)
+            if not self.readers and self.reading is not None:
+                self.reading(False)

@@ -30,6 +30,11 @@ _PACKET = struct.Struct(">QqdB")
 _PORT = struct.Struct(">H")
 
 
+class BadMessage(ValueError):
+    """A frame read whole that carries no message (too long, of an unknown kind, not unpickled to a
+    dict): the reader skips it and reads on."""
+
+
 @dataclass(frozen=True)
 class FeedKey:
     """Which packet feed of which camera: what the pumps, the relayed feeds and the wire are keyed
@@ -106,19 +111,28 @@ def parse_packet(body: bytes) -> WirePacket:
 
 
 async def read(reader: asyncio.StreamReader) -> dict[str, Any] | WirePacket | WireDatagram:
-    """The next message; `asyncio.IncompleteReadError` when the other end is gone."""
+    """The next message; `asyncio.IncompleteReadError` when the other end is gone; BadMessage (a
+    ValueError) for a frame that carries none, read whole (the next read finds the next frame)."""
     head = await reader.readexactly(_LENGTH.size)
     length, kind = _LENGTH.unpack(head)
-    if not 1 <= length <= MAX_FRAME:
-        raise ValueError(f"a frame of {length} bytes")
+    if length < 1:
+        raise BadMessage(f"a frame of {length} bytes")
+    if length > MAX_FRAME:
+        left = length - 1
+        while left:  # (skipped, never held whole)
+            left -= len(await reader.readexactly(min(left, 1 << 20)))
+        raise BadMessage(f"a frame of {length} bytes, more than {MAX_FRAME}: skipped")
     body = await reader.readexactly(length - 1)
     if kind == PACKET[0]:
         return parse_packet(body)
     if kind == DATAGRAM[0]:
         return parse_datagram(body)
     if kind != CONTROL[0]:
-        raise ValueError(f"a frame of unknown kind {kind}")
-    message = pickle.loads(body)  # noqa: S301 - our own process at the other end, see above
+        raise BadMessage(f"a frame of unknown kind {kind}")
+    try:
+        message = pickle.loads(body)  # noqa: S301 - our own process at the other end, see above
+    except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the frame is skipped
+        raise BadMessage(f"a control message that does not unpickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(message, dict):
-        raise ValueError("a control message is a dict")
+        raise BadMessage("a control message is a dict")
     return message
