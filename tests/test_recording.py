@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,146 @@ async def test_a_passed_through_cameras_clip_holds_its_own_packets_byte_for_byte
     _, own_sps, own_pps = parse_avcc_extradata(extradata)
     assert (sps, pps) == (own_sps, own_pps)
     assert ffprobe(path)["streams"][0]["profile"] == "High"
+
+
+@pytest.mark.slow
+async def test_a_clip_killed_mid_way_plays_to_within_2_s_and_is_closed_at_the_next_start(serve, tmp_path):
+    """kill -9 of a camtrack process 4 s into a clip: its .part file plays (ffmpeg decodes it
+    without an error) up to a picture captured within 2 s of the kill; the next start closes it
+    (cut after its last whole fragment, its duration in its header, renamed .mp4) and lists it."""
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "record_process.py"), str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
+        said = json.loads(line)
+        await asyncio.sleep(4.0)
+        killed = time.time()
+        process.kill()  # SIGKILL: nothing of camtrack runs after this
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    store = Store(tmp_path)
+    part = store.path(said["clip"], ".mp4.part")
+    assert part.exists() and not store.path(said["clip"]).exists()
+    decoding = subprocess.run(["ffmpeg", "-v", "error", "-i", str(part), "-f", "null", "-"], capture_output=True,
+                              text=True, timeout=60)
+    assert decoding.returncode == 0 and decoding.stderr == "", decoding.stderr
+    stamps = decoded_stamps(part, killed)
+    assert stamps[0] <= said["started"] - 2.0
+    assert stamps[-1] >= killed - 2.0, f"the file ends {killed - stamps[-1]:.2f} s before the kill"
+
+    _, app = await serve(record=str(tmp_path), **NO_FLOOR)
+    clips = app[RECORDINGS].recorders["default"].store.clips()
+    (clip,) = [c for c in clips if c["id"] == said["clip"]]
+    assert clip["recording"] is False and clip["repaired"] is True
+    path = store.path(said["clip"])
+    assert path.exists() and not part.exists()
+    probe = ffprobe(path)
+    assert abs(float(probe["format"]["duration"]) - clip["duration"]) < 0.1
+    assert clip["duration"] >= killed - 2.0 - stamps[0]
+    assert int(probe["streams"][0]["nb_read_frames"]) == len(stamps)
+
+
+async def record_clips(recorder: Recorder, count: int, seconds: float = 0.3) -> list[dict[str, Any]]:
+    """`count` clips, one after the other, each of one event `seconds` long."""
+    for n in range(count):
+        recorder.event_started(f"event-{n}", time.time(), kind="motion" if n % 2 else "doorbell")
+        await asyncio.sleep(seconds)
+        recorder.event_ended(f"event-{n}", time.time())
+        await eventually(lambda n=n: recorder.stats.clips == n + 1)
+    return recorder.store.clips()
+
+
+async def test_retention_deletes_the_oldest_past_the_size_cap_and_keeps_protected_ones(serve, tmp_path):
+    _, app = await serve(record=str(tmp_path), pre_roll=0.5, post_roll=0.2, keyframe_interval=0.5, **NO_FLOOR)
+    recorder = recorder_of(app)
+    store = recorder.store
+    await wait_preroll(recorder, 1.0)
+    clips = await record_clips(recorder, 4)
+    assert len(clips) == 4 and [c["start"] for c in clips] == sorted(c["start"] for c in clips)
+    sizes = [c["bytes"] for c in clips]
+    assert sizes == [store.path(c["id"]).stat().st_size for c in clips]
+    await asyncio.to_thread(store.update, clips[0]["id"], protected=True)
+    # room for the protected one and the newest two: the second oldest goes
+    store.retention.max_bytes = sizes[0] + sizes[2] + sizes[3]
+    deleted = await asyncio.to_thread(store.enforce)
+    assert deleted == [clips[1]["id"]]
+    assert not store.path(clips[1]["id"]).exists() and not store.path(clips[1]["id"], ".json").exists()
+    assert [c["id"] for c in store.clips()] == [clips[0]["id"], clips[2]["id"], clips[3]["id"]]
+    # by age: all but the protected one are older than a day from now + 2 days
+    store.retention.max_bytes = 0
+    store.retention.max_age_days = 1
+    deleted = await asyncio.to_thread(store.enforce, time.time() + 2 * 86400)
+    assert deleted == [clips[2]["id"], clips[3]["id"]]
+    assert [c["id"] for c in store.clips()] == [clips[0]["id"]]
+    assert store.stats.deleted == {"age": 2, "size": 1, "space": 0, "user": 0}
+
+
+async def test_the_api_lists_serves_with_ranges_thumbnails_deletes_and_protects(serve, tmp_path):
+    from aiohttp import ClientSession
+    url, app = await serve(record=str(tmp_path), pre_roll=0.5, post_roll=0.2, keyframe_interval=0.5, token="s3cret",
+                           **NO_FLOOR)
+    base = url.removesuffix("/ws")
+    recorder = recorder_of(app)
+    await wait_preroll(recorder, 1.0)
+    clips = await record_clips(recorder, 3)
+    auth = {"Authorization": "Bearer s3cret"}
+    async with ClientSession() as http:
+        async with http.get(f"{base}/api/recordings") as response:
+            assert response.status == 401
+        async with http.get(f"{base}/api/recordings", headers=auth) as response:
+            body = await response.json()
+        assert body["total"] == 3 and [c["id"] for c in body["recordings"]] == [c["id"] for c in reversed(clips)]
+        assert body["recorders"]["default"]["state"] == "idle"
+        async with http.get(f"{base}/api/recordings?kind=motion&limit=1&page=1", headers=auth) as response:
+            body = await response.json()
+        assert body["total"] == 1 and body["recordings"][0]["id"] == clips[1]["id"]
+        # (a clip's pre-roll may overlap the clip before: a range matches the clips that overlap it)
+        async with http.get(f"{base}/api/recordings?from={clips[1]['end'] + 0.001}", headers=auth) as response:
+            assert [c["id"] for c in (await response.json())["recordings"]] == [clips[2]["id"]]
+        async with http.get(f"{base}/api/recordings?camera=nope", headers=auth) as response:
+            assert response.status == 404
+        async with http.get(f"{base}/api/recordings?limit=0", headers=auth) as response:
+            assert response.status == 400
+        clip_id = clips[0]["id"]
+        whole = store_bytes = recorder.store.path(clip_id).read_bytes()
+        async with http.get(f"{base}/api/recordings/{clip_id}?token=s3cret") as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "video/mp4"
+            assert await response.read() == store_bytes
+        async with http.get(f"{base}/api/recordings/{clip_id}", headers={**auth, "Range": "bytes=100-199"}) as response:
+            assert response.status == 206 and await response.read() == whole[100:200]
+            assert response.headers["Content-Range"] == f"bytes 100-199/{len(whole)}"
+        async with http.get(f"{base}/api/recordings/{clip_id}/thumbnail.jpg", headers=auth) as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/jpeg"
+            jpeg = await response.read()
+        assert jpeg[:2] == b"\xff\xd8" and recorder.store.path(clip_id, ".jpg").exists()
+        for bad in ("..%2F..%2Fetc%2Fpasswd", "default.20260101T000000.zzzzzz", "x"):
+            async with http.get(f"{base}/api/recordings/{bad}", headers=auth) as response:
+                assert response.status == 404
+        # changes: the token, and no other site's page
+        async with http.delete(f"{base}/api/recordings/{clip_id}",
+                               headers={**auth, "Origin": "http://evil.example"}) as response:
+            assert response.status == 403
+        async with http.post(f"{base}/api/recordings/{clip_id}/protect") as response:
+            assert response.status == 401
+        async with http.post(f"{base}/api/recordings/{clip_id}/protect", headers=auth) as response:
+            assert response.status == 200 and (await response.json())["protected"] is True
+        assert json.loads(recorder.store.path(clip_id, ".json").read_text())["protected"] is True
+        recorder.store.retention.max_bytes = 1
+        await asyncio.to_thread(recorder.store.enforce)
+        assert [c["id"] for c in recorder.store.clips()] == [clip_id]
+        async with http.delete(f"{base}/api/recordings/{clip_id}/protect", headers=auth) as response:
+            assert (await response.json())["protected"] is False
+        async with http.delete(f"{base}/api/recordings/{clip_id}", headers=auth) as response:
+            assert response.status == 204
+        assert not recorder.store.path(clip_id).exists() and not recorder.store.path(clip_id, ".jpg").exists()
+        async with http.get(f"{base}/api/recordings/{clip_id}", headers=auth) as response:
+            assert response.status == 404
+        async with http.get(f"{base}/metrics") as response:
+            metrics = await response.text()
+    assert 'camtrack_recording_clips_total{camera="default"} 3.0' in metrics
+    assert 'camtrack_recording_state{camera="default",state="idle"} 1.0' in metrics
+    assert 'camtrack_recordings_deleted_total{dir="%s",reason="user"} 1.0' % recorder.store.root in metrics
