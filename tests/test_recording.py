@@ -4,10 +4,15 @@ from the packets viewers get, written as fragmented MP4 and read back with PyAV 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +315,89 @@ async def test_the_api_lists_serves_with_ranges_thumbnails_deletes_and_protects(
     assert 'camtrack_recording_clips_total{camera="default"} 3.0' in metrics
     assert 'camtrack_recording_state{camera="default",state="idle"} 1.0' in metrics
     assert 'camtrack_recordings_deleted_total{dir="%s",reason="user"} 1.0' % recorder.store.root in metrics
+
+
+def http(method: str, url: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+async def test_a_full_disk_stops_recording_cleanly_while_a_viewer_keeps_its_frame_rate(tmp_path):
+    """camtrack recording onto a 1 MB tmpfs (a mount namespace of its own: `unshare -rm`), an event
+    that never ends, a 3 Mbit/s camera: the disk fills within seconds; recording stops with one log
+    line, the state and a metric, the clip written so far plays; an honest WebRTC viewer keeps its
+    frame rate all along; deleting that clip through the API gives space back and recording
+    resumes by itself (a new clip of the same event)."""
+    from .honest import MACHINE_LOCK, HonestViewer, assert_unharmed
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = Path(__file__).parent / "record_process.py"
+    options = json.dumps({"bitrate": 3_000_000, "pre_roll": 1.0})
+    log = tmp_path / "camtrack.log"
+    lock = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)  # (a measured viewer: one at a time per machine)
+    process = subprocess.Popen(
+        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" "$3" "$1" 0 "$4"', "sh",
+         str(mount), sys.executable, str(script), options],
+        stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True, cwd=Path(__file__).parent.parent)  # noqa: SIM115
+    viewer = None
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
+        if not line:
+            pytest.skip(f"cannot mount a tmpfs in a user namespace here: {log.read_text()[-500:]}")
+        said = json.loads(line)
+        base = f"http://127.0.0.1:{said['port']}"
+        inside = Path(f"/proc/{process.pid}/root") / str(mount).lstrip("/")  # (the tmpfs, seen from here)
+
+        def recorder() -> dict[str, Any]:
+            status, body = http("GET", f"{base}/api/recordings")
+            assert status == 200
+            described: dict[str, Any] = json.loads(body)["recorders"]["default"]
+            return described
+
+        viewer = await HonestViewer(f"ws://127.0.0.1:{said['port']}/ws").start()
+        baseline = await viewer.watch(2.0)
+        # full within seconds: stopped
+        await eventually(lambda: recorder()["state"] == "stopped", timeout=30)
+        assert recorder()["problem"]
+        full = await viewer.watch(4.0)
+        assert_unharmed(baseline, full, "while the disk was full")
+        assert recorder()["state"] == "stopped"
+        stops = [ln for ln in log.read_text().splitlines() if "recording stopped" in ln]
+        assert len(stops) == 1 and "No space left on device" in stops[0], stops
+        metrics = http("GET", f"{base}/metrics")[1].decode()
+        assert 'camtrack_recording_state{camera="default",state="stopped"} 1.0' in metrics
+        assert 'camtrack_recording_stops_total{camera="default"} 1.0' in metrics
+        # what was written plays (closed as far as it went)
+        clip = inside / "default" / time.strftime("%Y-%m-%d", time.gmtime(said["started"] - 1.0))
+        (written,) = list(clip.glob("*.mp4"))
+        decoding = subprocess.run(["ffmpeg", "-v", "error", "-i", str(written), "-f", "null", "-"],
+                                  capture_output=True, text=True, timeout=60)
+        assert decoding.returncode == 0 and decoding.stderr == "", decoding.stderr
+        assert written.stat().st_size > 500_000
+        # space back: recording resumes by itself, a new clip of the same event
+        status, body = http("GET", f"{base}/api/recordings")
+        (listed,) = json.loads(body)["recordings"]
+        assert listed["id"] == said["clip"] and listed["recording"] is False
+        assert http("DELETE", f"{base}/api/recordings/{said['clip']}")[0] == 204
+        await eventually(lambda: recorder()["state"] == "recording" and recorder()["clip"] not in (None, said["clip"]),
+                         timeout=15)
+        resumed = [ln for ln in log.read_text().splitlines() if "recording resumes" in ln]
+        assert len(resumed) == 1, resumed
+        after = await viewer.watch(2.0)
+        assert_unharmed(baseline, after, "after recording resumed")
+    finally:
+        if viewer is not None:
+            await viewer.stop()
+        process.kill()
+        process.wait(10)
+        os.close(lock)

@@ -18,6 +18,7 @@ within WATCH_INTERVAL of space coming back; viewers never wait on any of it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import queue
 import threading
@@ -392,6 +393,8 @@ class _Writer:
                 elif what == "close":
                     self._finish(id(clip))
             except (OSError, ValueError) as exc:
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self.recorder.store.mark_full()
                 clip.failed = True
                 reason = getattr(exc, "strerror", None) or str(exc)
                 self._abandon(id(clip))

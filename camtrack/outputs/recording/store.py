@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 ID = re.compile(r"^(?P<camera>[A-Za-z0-9_-]{1,64})\.(?P<day>\d{8})T(?P<time>\d{6})\.(?P<tag>[0-9a-f]{6})$")
 MB = 1024 * 1024
+#: after the disk filled up, recording resumes once this much more is free (at most a quarter of the
+#: file system), so that a disk at its last bytes does not stop and resume every few seconds
+RESUME_BYTES = 4 * MB
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Store:
         self._lock = threading.Lock()
         #: None while clips can be written, else why not (the file system is full, read-only...)
         self.problem: str | None = None
+        #: the free bytes when a write failed for want of space (None: it did not)
+        self._full_at: int | None = None
 
     # -- ids and paths (no I/O)
 
@@ -107,12 +112,16 @@ class Store:
         """Write the clip's sidecar (atomically: a crash leaves the old one or the new one) and
         index it."""
         path = self.path(info["id"], ".json")
+        with self._lock:  # (first: the index is this run's truth even when the disk refuses the sidecar)
+            self._clips[info["id"]] = dict(info)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(info, indent=1, sort_keys=True))
+        try:
+            temporary.write_text(json.dumps(info, indent=1, sort_keys=True))
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            raise
         os.replace(temporary, path)
-        with self._lock:
-            self._clips[info["id"]] = dict(info)
 
     def update(self, clip_id: str, **changes: Any) -> dict[str, Any] | None:
         info = self.get(clip_id)
@@ -224,6 +233,10 @@ class Store:
             logger.info("recordings: deleted %s (retention)", clip_id)
         return deleted
 
+    def mark_full(self) -> None:
+        """A write failed for want of space: recording waits for RESUME_BYTES more (see check_space)."""
+        self._full_at = self.free_bytes() or 0
+
     def check_space(self) -> str | None:
         """Why clips cannot be written now (None: they can): the directory cannot be made or
         written, or has less free space than the floor. Sets `problem`."""
@@ -241,6 +254,16 @@ class Store:
             if free is not None and floor and free < floor:
                 problem = (f"{self.root} has {free / MB:.1f} MB free, under the floor of {floor / MB:.1f} MB "
                            "(--record-min-free) and no clip left to delete")
+            elif free is not None and self._full_at is not None:
+                try:
+                    margin = min(RESUME_BYTES, shutil.disk_usage(self.root).total // 4)
+                except OSError:
+                    margin = RESUME_BYTES
+                if free < self._full_at + margin:
+                    problem = (f"{self.root} is full ({free / MB:.2f} MB free; recording resumes once "
+                               f"{margin / MB:.2f} MB more are)")
+                else:
+                    self._full_at = None
         self.problem = problem
         return problem
 
