@@ -84,6 +84,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
             watched = source.watched
             down |= watched and source.state in ("retrying", "stalled")
             janus = camera.pipeline.outputs.get("janus")
+            recorder = camera.pipeline.outputs.get("recorder")
             encoder = camera.pipeline.encoders().get(camera.settings.codec)
             sources[camera.name] = {**camera.describe(), "watched": watched, "passthrough": source.detail(),
                                     "encoder": None if encoder is None else {
@@ -91,7 +92,8 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                                         "frames": encoder.stats.frames, "keyframes": encoder.stats.keyframes},
                                     "janus": janus.describe() if janus is not None else None,
                                     "events": watcher.describe() if (watcher := camera.pipeline.outputs.get(
-                                        "events")) is not None else None}
+                                        "events")) is not None else None,
+                                    "recorder": recorder.describe() if recorder is not None else None}
         body = {
             "status": "down" if down else "ok",
             "viewers": cameras.viewer_count,

@@ -220,42 +220,58 @@ class Repaired:
     samples: int
 
 
+@dataclass
+class Scanned:
+    #: where the moov box starts (None: no header), where the last complete fragment ends
+    moov_at: int | None
+    good: int
+    #: the duration (TIMESCALE ticks) and pictures of the complete fragments
+    ticks: int
+    samples: int
+
+
+def scan(data: bytes) -> Scanned:
+    """How much of a clip file's bytes is whole: its header and complete fragments."""
+    pos, moov_at, good, ticks, samples = 0, None, 0, 0, 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if size < 8 or pos + size > len(data):
+            break
+        if kind == b"moov":
+            moov_at, good = pos, pos + size
+        elif kind == b"moof":
+            mdat = pos + size
+            if mdat + 8 > len(data):
+                break
+            mdat_size, mdat_kind = struct.unpack(">I4s", data[mdat:mdat + 8])
+            if mdat_kind != b"mdat" or mdat + mdat_size > len(data):
+                break
+            tfdt = _find(data, [b"traf", b"tfdt"], pos + 8, pos + size)
+            trun = _find(data, [b"traf", b"trun"], pos + 8, pos + size)
+            if tfdt is None or trun is None:
+                break
+            base = struct.unpack(">Q", data[tfdt + 12:tfdt + 20])[0]
+            count = struct.unpack(">I", data[trun + 12:trun + 16])[0]
+            durations = sum(struct.unpack(">I", data[trun + 20 + 12 * i:trun + 24 + 12 * i])[0]
+                            for i in range(count))
+            ticks, samples = base + durations, samples + count
+            pos = good = mdat + mdat_size
+            continue
+        elif moov_at is None and kind != b"ftyp":
+            break
+        pos += size
+    return Scanned(moov_at, good, ticks, samples)
+
+
 def repair(path: Path) -> Repaired:
     """Close a clip file a crash left unfinished: cut off whatever follows its last complete
     fragment and write its duration (that of its complete fragments) into its header.
     ValueError when the file does not even hold its header."""
     with open(path, "r+b") as file:
         data = file.read()
-        pos, moov_at, good, ticks, samples = 0, None, 0, 0, 0
-        while pos + 8 <= len(data):
-            size, kind = struct.unpack(">I4s", data[pos:pos + 8])
-            if size < 8 or pos + size > len(data):
-                break
-            if kind == b"moov":
-                moov_at, good = pos, pos + size
-            elif kind == b"moof":
-                mdat = pos + size
-                if mdat + 8 > len(data):
-                    break
-                mdat_size, mdat_kind = struct.unpack(">I4s", data[mdat:mdat + 8])
-                if mdat_kind != b"mdat" or mdat + mdat_size > len(data):
-                    break
-                tfdt = _find(data, [b"traf", b"tfdt"], pos + 8, pos + size)
-                trun = _find(data, [b"traf", b"trun"], pos + 8, pos + size)
-                if tfdt is None or trun is None:
-                    break
-                base = struct.unpack(">Q", data[tfdt + 12:tfdt + 20])[0]
-                count = struct.unpack(">I", data[trun + 12:trun + 16])[0]
-                durations = sum(struct.unpack(">I", data[trun + 20 + 12 * i:trun + 24 + 12 * i])[0]
-                                for i in range(count))
-                ticks, samples = base + durations, samples + count
-                pos = good = mdat + mdat_size
-                continue
-            elif moov_at is None and kind != b"ftyp":
-                break
-            pos += size
-        if moov_at is None:
+        found = scan(data)
+        if found.moov_at is None:
             raise ValueError(f"{path.name}: no MP4 header")
-        file.truncate(good)
-        patch_durations(file, moov_at, ticks)
-    return Repaired(good, len(data) - good, ticks / TIMESCALE, samples)
+        file.truncate(found.good)
+        patch_durations(file, found.moov_at, found.ticks)
+    return Repaired(found.good, len(data) - found.good, found.ticks / TIMESCALE, found.samples)
