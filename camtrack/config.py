@@ -686,6 +686,8 @@ class Config(CameraSettings):
             raise ValueError("passthrough sends the camera's packets to every viewer: use --encoder shared")
         if self.encoder != "shared" and any(c.publish for c in self.cameras):
             raise ValueError("publishing to Janus sends the shared encoder's packets: use --encoder shared")
+        if self.encoder != "shared" and any(c.record for c in self.cameras):
+            raise ValueError("recording cuts clips from the shared encoder's packets: --record needs --encoder shared")
         if self.workers > 1 and self.encoder != "shared":
             raise ValueError("worker processes send the shared encoder's packets: --workers needs --encoder shared")
         names = [c.name for c in self.cameras]

@@ -21,7 +21,7 @@ import av
 import numpy as np
 import pytest
 
-from camtrack.app import RECORDINGS
+from camtrack.app import CAMERAS, RECORDINGS
 from camtrack.media.packet import CodecInfo, EncodedPacket
 from camtrack.media.stamp import MODULUS, read_stamp
 from camtrack.outputs.recording import Recorder, Store
@@ -500,3 +500,41 @@ def test_a_clip_cut_anywhere_is_repaired_to_its_last_whole_fragment(tmp_path):
     cut.write_bytes(whole[:20])
     with pytest.raises(ValueError):
         repair(cut)
+
+
+@pytest.mark.slow
+async def test_a_server_stopping_mid_clip_finishes_it_and_a_vp8_camera_is_not_recorded(tmp_path):
+    """The server's own stop (its cleanup, as on SIGTERM) closes the clip being written: renamed
+    .mp4, its sidecar finished. A VP8 camera's recorder says `unsupported` and writes nothing; with
+    --encoder per-viewer, --record is refused at start."""
+    from aiohttp import web
+
+    from camtrack import Config, create_app
+    from camtrack.connections import make_runner
+    config = Config(host="127.0.0.1", port=0, source="pattern", webrtc_port=0, rtsp_port=0, record=str(tmp_path),
+                    keyframe_interval=1.0, pre_roll=1.0, cameras=[], record_min_free=0.0)
+    config.cameras = [config.camera("h264", "pattern"), config.camera("vp", "pattern", codec="vp8")]
+    app = create_app(config)
+    runner = make_runner(app, config)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        recorder, vp8 = recorder_of(app, "h264"), recorder_of(app, "vp")
+        await wait_preroll(recorder, 1.5)
+        recorder.event_started("open", time.time())
+        await eventually(lambda: vp8.state == "unsupported")
+        # (it lets go of the camera: nothing of it will be recorded)
+        await eventually(lambda: not app[CAMERAS].get("vp").pipeline.source.watched)
+        vp8.event_started("ignored", time.time())
+        await asyncio.sleep(1.0)
+        clip = recorder.clip
+        assert clip is not None and recorder.store.path(clip.id, ".mp4.part").exists()
+    finally:
+        await runner.cleanup()
+    assert not recorder.store.path(clip.id, ".mp4.part").exists()
+    info = json.loads(recorder.store.path(clip.id, ".json").read_text())
+    assert info["recording"] is False and info["duration"] >= 1.5 and info["events"] == ["open"]
+    assert decode_errors(recorder.store.path(clip.id)) == ""
+    assert vp8.stats.missed == 1 and not (tmp_path / "vp").exists()
+    with pytest.raises(ValueError, match="--encoder shared"):
+        Config(source="pattern", record=str(tmp_path), encoder="per-viewer")

@@ -135,7 +135,7 @@ class Recorder:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.clip is not None:
             self._close_clip()
-        await asyncio.to_thread(self._writer.stop, 5.0)
+        await asyncio.to_thread(self._writer.stop, 3.0)  # (a server stops within 5 s)
         self.state = "off"
 
     def describe(self) -> dict[str, object]:
@@ -193,6 +193,8 @@ class Recorder:
                         self._gap()
                     after = read.item.seq
                     self._on_packet(read.item)
+                    if self.state == "unsupported":
+                        return  # (and lets go of the camera: nothing of it will be recorded)
             except FeedClosed:
                 pass
             finally:
