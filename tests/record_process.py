@@ -2,7 +2,8 @@
 `python tests/record_process.py DIR [PORT] [-- CAMTRACK-OPTIONS as Config keywords in JSON]`.
 
 It serves the test pattern with --record DIR on 127.0.0.1:PORT (0: a free one), starts an event
-once the pre-roll holds 2 s, and prints one JSON line: {"clip": ID, "started": T, "port": P};
+once the pre-roll holds 2 s, and prints one JSON line: {"clip": ID, "started": T, "port": P} (ID
+null when recording is stopped);
 then records until it is killed (the event never ends, unless the options say "end_after": SECONDS,
 when it ends then and a line {"done": ID} says its clip is finished).
 """
@@ -43,11 +44,10 @@ async def main(directory: str, port: int, options: dict[str, object]) -> None:
         await asyncio.sleep(0.05)
     started = time.time()
     recorder.event_started("killed-mid-clip", started)
-    clip = recorder.clip
-    assert clip is not None
+    clip = recorder.clip  # (None while recording is stopped)
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(json.dumps({"clip": clip.id, "started": started, "port": bound}), flush=True)
-    if isinstance(end_after, (int, float)):
+    print(json.dumps({"clip": clip.id if clip else None, "started": started, "port": bound}), flush=True)
+    if isinstance(end_after, (int, float)) and clip is not None:
         await asyncio.sleep(end_after)
         recorder.event_ended("killed-mid-clip", time.time())
         await recorder.clip_done(clip.id)

@@ -538,3 +538,50 @@ async def test_a_server_stopping_mid_clip_finishes_it_and_a_vp8_camera_is_not_re
     assert vp8.stats.missed == 1 and not (tmp_path / "vp").exists()
     with pytest.raises(ValueError, match="--encoder shared"):
         Config(source="pattern", record=str(tmp_path), encoder="per-viewer")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_read_only_directory_stops_recording_and_rw_resumes_it(tmp_path):
+    """camtrack recording into a read-only tmpfs (a mount namespace of its own): recording is
+    stopped with one log line naming the cause, an event makes no clip (counted missed); remounted
+    read-write (nsenter), recording resumes by itself and records the event still open."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("needs unshare and nsenter (util-linux)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    log = tmp_path / "camtrack.log"
+    process = subprocess.Popen(
+        ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=64m,ro tmpfs "$1" && exec "$2" "$3" "$1" 0 "$4"', "sh",
+         str(mount), sys.executable, str(Path(__file__).parent / "record_process.py"), json.dumps({"pre_roll": 1.0})],
+        stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)  # noqa: SIM115
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
+        if not line:
+            pytest.skip(f"cannot mount a tmpfs in a user namespace here: {log.read_text()[-500:]}")
+        said = json.loads(line)
+        base = f"http://127.0.0.1:{said['port']}"
+
+        def recorder() -> dict[str, Any]:
+            described: dict[str, Any] = json.loads(http("GET", f"{base}/api/recordings")[1])["recorders"]["default"]
+            return described
+
+        assert said["clip"] is None and recorder()["state"] == "stopped" and recorder()["missed"] == 1
+        assert "Read-only file system" in recorder()["problem"]
+        await asyncio.sleep(3.0)
+        stops = [ln for ln in log.read_text().splitlines() if "recording stopped" in ln]
+        assert len(stops) == 1 and "Read-only file system" in stops[0], stops
+        subprocess.run(["nsenter", "-t", str(process.pid), "-U", "-m", "--preserve-credentials", "mount", "-o",
+                        "remount,rw", str(mount)], check=True, timeout=10)
+        await eventually(lambda: recorder()["state"] == "recording" and recorder()["clip"] is not None, timeout=15)
+        assert sum("recording resumes" in ln for ln in log.read_text().splitlines()) == 1
+        inside = Path(f"/proc/{process.pid}/root") / str(mount).lstrip("/")
+        await eventually(lambda: any(p.stat().st_size > 50_000 for p in inside.glob("default/*/*.mp4.part")))
+        (part,) = list(inside.glob("default/*/*.mp4.part"))
+        assert decode_errors(part) == ""
+        sidecar = json.loads(part.with_name(part.name.removesuffix(".mp4.part") + ".json").read_text())
+        assert sidecar["events"] == ["killed-mid-clip"]  # (the event still open)
+    finally:
+        process.kill()
+        process.wait(10)
