@@ -138,7 +138,8 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
     for camera in cameras:
         if camera.settings.record:
             recordings.add(camera, camera.settings.record,
-                           RecorderSettings(pre_roll=camera.settings.pre_roll, post_roll=camera.settings.post_roll))
+                           RecorderSettings(pre_roll=camera.settings.pre_roll, post_roll=camera.settings.post_roll,
+                                            segment=camera.settings.record_segments))
     recordings_api.add_routes(app, config, cameras, recordings)
     metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [],
                        collectors=(*((RtspCollector(rtsp),) if rtsp is not None else ()),

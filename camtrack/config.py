@@ -436,6 +436,10 @@ class CameraSettings:
     post_roll: float = field(default=5.0, metadata=option(
         "a clip ends this long after its last event ends (default: {default})", metavar="SECONDS",
         check=between(0, 600, "between 0 and 600 s")))
+    record_segments: float = field(default=0.0, metadata=option(
+        "with --record, also record continuously, in clips of this many seconds, each from a keyframe, "
+        "one after the other (events then add their ids and kinds to the clips they fall in; default: 0, "
+        "events only)", metavar="SECONDS", check=between(0, 3600, "between 0 (events only) and 3600 s")))
 
     def __getstate__(self) -> dict[str, Any]:
         # a process function (CameraConfig's, Config's) is a live object of this process (a thread, a

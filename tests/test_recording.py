@@ -585,3 +585,27 @@ async def test_a_read_only_directory_stops_recording_and_rw_resumes_it(tmp_path)
     finally:
         process.kill()
         process.wait(10)
+
+
+@pytest.mark.slow
+async def test_continuous_recording_cuts_clips_one_after_the_other_without_a_gap(serve, tmp_path):
+    """--record-segments 2: clips of 2 s (to the next keyframe) one after the other, the next one's
+    first picture the one after the last one's (the stamps: no picture lost or twice); an event
+    adds its id and kind to the clips it falls in, and only those."""
+    _, app = await serve(record=str(tmp_path), record_segments=2.0, keyframe_interval=0.5, **NO_FLOOR)
+    recorder = recorder_of(app)
+    store = recorder.store
+    await eventually(lambda: len(store.clips()) >= 2, timeout=20)
+    recorder.event_started("bell", time.time(), kind="doorbell")
+    recorder.event_ended("bell", time.time())
+    await eventually(lambda: sum(not c["recording"] for c in store.clips()) >= 4, timeout=30)
+    clips = [c for c in store.clips() if not c["recording"]]
+    assert all(c["events"][0] == "continuous" and "continuous" in c["kinds"] for c in clips)
+    assert all(2.0 <= c["duration"] < 2.0 + 0.5 + 0.2 for c in clips), [c["duration"] for c in clips]
+    with_bell = [c for c in clips if "bell" in c["events"]]
+    assert 1 <= len(with_bell) <= 2 and all(c["kinds"] == ["continuous", "doorbell"] for c in with_bell)
+    assert "bell" not in clips[-1]["events"]
+    stamps = [decoded_stamps(store.path(c["id"]), c["start"]) for c in clips]
+    for before, after in zip(stamps, stamps[1:], strict=False):
+        assert 0 < after[0] - before[-1] < 0.06, "a picture lost or repeated between clips"
+    assert recorder.state == "recording"

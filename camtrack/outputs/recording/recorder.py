@@ -40,6 +40,8 @@ WATCH_INTERVAL = 2.0
 RETENTION_INTERVAL = 60.0
 #: a clip longer than this is split (at a keyframe) into the next clip, so no file grows forever
 MAX_CLIP_SECONDS = 1800.0
+#: the event id and kind of continuous recording (RecorderSettings.segment)
+CONTINUOUS = "continuous"
 #: bytes handed to the writing thread and not written yet: past this the disk is too slow, the clip ends
 MAX_BACKLOG = 64 * 1024 * 1024
 
@@ -58,6 +60,8 @@ class RecorderSettings:
     pre_roll: float = 5.0
     post_roll: float = 5.0
     max_clip: float = MAX_CLIP_SECONDS
+    #: record continuously too, in clips of this many seconds (0: events only)
+    segment: float = 0.0
     pre_roll_bytes: int = MAX_BYTES
 
 
@@ -127,6 +131,12 @@ class Recorder:
         self.loop = asyncio.get_running_loop()
         self.state = "idle"
         self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._watch())]
+        if self.settings.segment:
+            # continuous recording: an event that never ends, cut into clips of `segment` seconds
+            self.active[CONTINUOUS] = CONTINUOUS
+            self._open_clip(time.time())
+            assert self.clip is not None
+            self.clip.events, self.clip.kinds = [CONTINUOUS], [CONTINUOUS]
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -215,11 +225,11 @@ class Recorder:
             if not clip.id:
                 self._begin(clip, packet)
             clip.waiting = False
-        elif packet.keyframe and packet.captured - clip.start >= self.settings.max_clip:
-            # long enough: the rest goes on in a clip of its own (the same events)
-            events, kinds = clip.events, clip.kinds
+        elif packet.keyframe and packet.captured - clip.start >= (self.settings.segment or self.settings.max_clip):
+            # long enough: the rest goes on in a clip of its own (of the events still open)
             self._close_clip()
-            self.clip = clip = _Clip(events=list(events), kinds=list(kinds), opened=time.monotonic())
+            self.clip = clip = _Clip(events=list(self.active), kinds=_kinds(self.active), opened=time.monotonic())
+            self.state = "recording"
             self._begin(clip, packet)
             clip.waiting = False
         self._write(clip, packet)
@@ -321,7 +331,7 @@ class Recorder:
                     self._open_clip(time.time())
                     clip = self.clip
                     assert clip is not None
-                    clip.events, clip.kinds = list(self.active), [k for k in self.active.values() if k]
+                    clip.events, clip.kinds = list(self.active), _kinds(self.active)
             await asyncio.sleep(WATCH_INTERVAL)
 
     async def clip_done(self, clip_id: str) -> None:
@@ -331,6 +341,11 @@ class Recorder:
             if info is not None and not info.get("recording"):
                 return
             await asyncio.sleep(0.05)
+
+
+def _kinds(events: dict[str, str | None]) -> list[str]:
+    """The kinds of `events`, each once, in order."""
+    return list(dict.fromkeys(kind for kind in events.values() if kind))
 
 
 Command = tuple[str, _Clip, EncodedPacket | None]
