@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -609,3 +611,36 @@ async def test_continuous_recording_cuts_clips_one_after_the_other_without_a_gap
     for before, after in zip(stamps, stamps[1:], strict=False):
         assert 0 < after[0] - before[-1] < 0.06, "a picture lost or repeated between clips"
     assert recorder.state == "recording"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("cvlc") is None, reason="needs vlc-bin")
+async def test_vlc_plays_a_clip_to_its_last_picture(serve, tmp_path):
+    """Debian's VLC (as nobody: it refuses root) plays a clip file as it is; its scene filter
+    writes every picture: as many as the clip holds, the last one the clip's last (its stamp)."""
+    from .test_rtsp_output import run
+    _, app = await serve(record=str(tmp_path / "clips"), pre_roll=1.0, post_roll=0.5, keyframe_interval=1.0,
+                         **NO_FLOOR)
+    recorder = recorder_of(app)
+    await wait_preroll(recorder, 1.5)
+    recorder.event_started("e", time.time())
+    recorder.event_ended("e", time.time())
+    (clip,) = await finished(recorder.store)
+    stamps = decoded_stamps(recorder.store.path(clip["id"]), clip["start"])
+    with tempfile.TemporaryDirectory() as directory:  # (under /tmp: nobody can reach it there)
+        shared = Path(directory)
+        shared.chmod(0o777)
+        movie = shared / "clip.mp4"
+        shutil.copy(recorder.store.path(clip["id"]), movie)
+        movie.chmod(0o644)
+        status, out, err = await run(
+            "env", f"HOME={shared}", "cvlc", "-I", "dummy", "--no-audio", "--vout=dummy", "--play-and-exit",
+            "--video-filter=scene", f"--scene-path={shared}", "--scene-prefix=f", "--scene-format=png",
+            "--scene-ratio=1", str(movie), timeout=60, user="nobody" if os.geteuid() == 0 else None)
+        pictures = sorted(shared.glob("f*.png"))
+        assert len(pictures) >= len(stamps) - 2, (len(pictures), len(stamps), err.decode(errors="replace")[-2000:])
+        image = cv2.imread(str(pictures[-1]), cv2.IMREAD_GRAYSCALE)
+    assert image.shape[1] == 640  # (VLC's scene filter may scale it to the display's aspect)
+    image = cv2.resize(image, (640, 480), interpolation=cv2.INTER_NEAREST)
+    assert abs(stamp_time(read_stamp(image), clip["start"]) - stamps[-1]) < 0.1
