@@ -16,12 +16,13 @@ from .config import Config
 from .events import api as events_api
 from .events.figures import EventOutputs
 from .events.mqtt import MqttPublisher
+from .events.recording import RecordingTrigger
 from .events.watcher import EventWatcher, MotionSettings
 from .events.webhook import Webhook
 from .media.feeds import Transport
 from .outputs import data, metrics, mjpeg, sse
 from .outputs.janus import JanusPublisher
-from .outputs.recording import RecorderSettings, Recordings, Retention
+from .outputs.recording import EventCalls, RecorderSettings, Recordings, Retention
 from .outputs.recording import api as recordings_api
 from .outputs.recording.metrics import RecordingCollector
 from .outputs.rtsp import RtspServer, RtspSettings
@@ -146,6 +147,10 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                                    metrics.EventCollector(events), metrics.SseCollector(sse_streams),
                                    RecordingCollector(recordings)))
 
+    def event_kind(event_id: str) -> str | None:
+        event = events.bus.get(event_id)
+        return event.kind if event is not None else None
+
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
         cameras.load.start()
@@ -207,6 +212,9 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                 recorder = recordings.recorders.get(camera.name)
                 if recorder is not None:
                     camera.pipeline.start_output("recorder", recorder)
+                    # every event of the camera (motion, --process, HTTP) is a clip's
+                    camera.pipeline.start_output("recording-trigger", RecordingTrigger(
+                        events.bus, camera.name, EventCalls(recorder, event_kind)))
 
     async def on_shutdown(app: web.Application) -> None:
         # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s

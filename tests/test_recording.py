@@ -644,3 +644,23 @@ async def test_vlc_plays_a_clip_to_its_last_picture(serve, tmp_path):
     assert image.shape[1] == 640  # (VLC's scene filter may scale it to the display's aspect)
     image = cv2.resize(image, (640, 480), interpolation=cv2.INTER_NEAREST)
     assert abs(stamp_time(read_stamp(image), clip["start"]) - stamps[-1]) < 0.1
+
+
+@pytest.mark.slow
+async def test_an_event_posted_to_the_api_makes_a_clip_of_its_kind(serve, tmp_path):
+    """The event bus reaches the recorder: `POST /api/cameras/NAME/events` (a doorbell, 1 s) makes a
+    clip holding that event's id and kind, from the pre-roll before its start."""
+    from aiohttp import ClientSession
+    url, app = await serve(record=str(tmp_path), pre_roll=1.0, post_roll=0.5, keyframe_interval=0.5, **NO_FLOOR)
+    base = url.removesuffix("/ws")
+    recorder = recorder_of(app)
+    await wait_preroll(recorder, 1.5)
+    async with ClientSession() as http_client:
+        async with http_client.post(f"{base}/api/cameras/default/events",
+                                    json={"kind": "doorbell", "duration": 1}) as response:
+            assert response.status == 201, await response.text()
+            event = (await response.json())["event"]
+    (clip,) = await finished(recorder.store)
+    assert clip["events"] == [event["id"]] and clip["kinds"] == ["doorbell"]
+    stamps = decoded_stamps(recorder.store.path(clip["id"]), event["start"])
+    assert stamps[0] <= event["start"] - 1.0 and stamps[-1] >= event["start"] + 1.0 + 0.5

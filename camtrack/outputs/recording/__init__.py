@@ -13,12 +13,28 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from .recorder import RecordedCamera, Recorder, RecorderSettings
 from .store import Retention, Store
 
-__all__ = ["RecordedCamera", "Recorder", "RecorderSettings", "Recordings", "Retention", "Store"]
+__all__ = ["EventCalls", "RecordedCamera", "Recorder", "RecorderSettings", "Recordings", "Retention", "Store"]
+
+
+class EventCalls:
+    """A recorder as the event bus's trigger calls it (camtrack.events.recording: `start` and `end`
+    of an event id at a wall-clock time), the event's kind found with `kind_of`."""
+
+    def __init__(self, recorder: Recorder, kind_of: Callable[[str], str | None]) -> None:
+        self.recorder = recorder
+        self.kind_of = kind_of
+
+    def start(self, event_id: str, at: float) -> None:
+        self.recorder.event_started(event_id, at, self.kind_of(event_id))
+
+    def end(self, event_id: str, at: float) -> None:
+        self.recorder.event_ended(event_id, at)
 
 
 class Recordings:
