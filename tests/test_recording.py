@@ -204,6 +204,10 @@ async def test_a_clip_killed_mid_way_plays_to_within_2_s_and_is_closed_at_the_ne
         line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
         said = json.loads(line)
         await asyncio.sleep(4.0)
+        # (the clip being written is listed with what it holds so far)
+        listed = json.loads(http("GET", f"http://127.0.0.1:{said['port']}/api/recordings")[1])["recordings"]
+        assert listed[0]["id"] == said["clip"] and listed[0]["recording"] is True
+        assert listed[0]["duration"] >= 4.0 and listed[0]["bytes"] > 100_000
         killed = time.time()
         process.kill()  # SIGKILL: nothing of camtrack runs after this
         process.wait(10)
@@ -456,7 +460,7 @@ def test_the_pre_roll_is_bounded_in_bytes_whatever_the_gop():
     assert not held or held[0].keyframe  # (never a GOP without its keyframe)
 
 
-def fmp4_clip(tmp_path: Path, seconds: float = 3.0) -> tuple[Path, int]:
+def fmp4_clip(tmp_path: Path, seconds: float = 3.0, path: Path | None = None) -> tuple[Path, int]:
     """A clip written by Fmp4Writer from libx264 packets (a keyframe a second, 30 fps)."""
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = 160, 120, "yuv420p"
@@ -469,7 +473,8 @@ def fmp4_clip(tmp_path: Path, seconds: float = 3.0) -> tuple[Path, int]:
         frame.pts = n
         units += [(bytes(p), p.is_keyframe, n) for p in encoder.encode(frame)]
     sps, pps = parameter_sets(units[0][0])
-    path = tmp_path / "clip.mp4"
+    path = path or tmp_path / "clip.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w+b") as file:
         writer = Fmp4Writer(file, 160, 120, sps, pps)
         for data, keyframe, n in units:
@@ -668,3 +673,22 @@ async def test_an_event_posted_to_the_api_makes_a_clip_of_its_kind(serve, tmp_pa
     assert clip["events"] == [event["id"]] and clip["kinds"] == ["doorbell"]
     stamps = decoded_stamps(recorder.store.path(clip["id"]), event["start"])
     assert stamps[0] <= event["start"] - 1.0 and stamps[-1] >= event["start"] + 1.0 + 0.5
+
+
+def test_a_clip_file_a_crash_left_without_its_sidecar_is_closed_and_listed(tmp_path):
+    """A crash between a clip's first bytes and its sidecar: the next start (Store.load) closes the
+    .part file and describes it from its name; a file that is no clip's is left alone."""
+    store = Store(tmp_path)
+    clip_id = "porch.20261205T131604.1e69a5"
+    part = store.path(clip_id, ".mp4.part")
+    fmp4_clip(tmp_path, path=part)
+    whole = part.read_bytes()
+    part.write_bytes(whole[:len(whole) - 300])  # (torn)
+    stray = tmp_path / "porch" / "2026-12-05" / "notes.mp4.part"
+    stray.write_bytes(b"not a clip")
+    store.load()
+    (info,) = store.clips()
+    assert info["id"] == clip_id and info["repaired"] is True and info["recording"] is False
+    assert info["start"] == 1796476564.0 and info["camera"] == "porch" and 1.5 < info["duration"] < 3.0
+    assert store.path(clip_id).exists() and not part.exists() and stray.exists()
+    assert json.loads(store.path(clip_id, ".json").read_text()) == info

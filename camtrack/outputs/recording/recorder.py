@@ -401,8 +401,13 @@ class _Writer:
                     assert packet is not None
                     opened = self._open.get(id(clip))
                     if opened is not None:
-                        opened[1].add(bytes(packet.packet), int(packet.packet.pts or 0), packet.keyframe)
+                        writer = opened[1]
+                        flushed = writer.bytes
+                        writer.add(bytes(packet.packet), int(packet.packet.pts or 0), packet.keyframe)
                         clip.written += packet.size
+                        if writer.bytes != flushed:  # (a fragment went to the file)
+                            self.recorder.store.note(clip.id, bytes=writer.bytes,
+                                                     duration=round(writer.duration / TIMESCALE, 3))
                         if opened[2].get("_latency") is None and clip.written >= clip.queued:
                             # the pre-roll (all that was queued at the start) is in the file
                             opened[2]["_latency"] = time.monotonic() - clip.opened

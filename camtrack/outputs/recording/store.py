@@ -14,6 +14,7 @@ file I/O: call them off the event loop (asyncio.to_thread); the index is guarded
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
@@ -123,6 +124,14 @@ class Store:
             raise
         os.replace(temporary, path)
 
+    def note(self, clip_id: str, **changes: Any) -> None:
+        """Change the clip's entry in the index only (a clip being written: its bytes and duration so
+        far, for the list and the size cap; its sidecar is written when it ends)."""
+        with self._lock:
+            info = self._clips.get(clip_id)
+            if info is not None:
+                info.update(changes)
+
     def update(self, clip_id: str, **changes: Any) -> dict[str, Any] | None:
         info = self.get(clip_id)
         if info is None:
@@ -170,8 +179,35 @@ class Store:
             if not self.path(clip_id).exists():
                 continue
             found[clip_id] = info
+        # a crash between a clip's first bytes and its sidecar: the file alone, closed and described
+        for part in sorted(self.root.glob("*/*/*.mp4.part")):
+            clip_id = self._id_of(part)
+            if clip_id is None or clip_id in found:
+                continue
+            try:
+                fixed = repair(part)
+                os.replace(part, self.path(clip_id))
+            except (OSError, ValueError) as exc:
+                logger.warning("recordings: cannot close %s left by a crash: %s", part, exc)
+                continue
+            start = float(calendar.timegm(time.strptime(clip_id.split(".")[1], "%Y%m%dT%H%M%S")))
+            info = {"id": clip_id, "camera": clip_id.split(".")[0], "start": start, "end": start + fixed.seconds,
+                    "events": [], "kinds": [], "protected": False, "recording": False, "bytes": fixed.kept,
+                    "duration": round(fixed.seconds, 3), "repaired": True}
+            found[clip_id] = info
+            self.stats.repaired += 1
+            try:
+                self.path(clip_id, ".json").write_text(json.dumps(info, indent=1, sort_keys=True))
+            except OSError as exc:
+                logger.warning("recordings: cannot write %s: %s", self.path(clip_id, ".json"), exc)
         with self._lock:
             self._clips = found
+
+    def _id_of(self, part: Path) -> str | None:
+        """The id of a clip file `DIR/CAMERA/YYYY-MM-DD/HHMMSS.TAG.mp4.part`, if it is one."""
+        day, camera = part.parent.name, part.parent.parent.name
+        clip_id = f"{camera}.{day.replace('-', '')}T{part.name.removesuffix('.mp4.part')}"
+        return clip_id if ID.match(clip_id) and self.path(clip_id, ".mp4.part") == part else None
 
     def delete(self, clip_id: str, why: str = "user") -> bool:
         """Remove the clip's files; False if there was no such clip."""
