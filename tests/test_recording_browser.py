@@ -75,3 +75,39 @@ def test_chromium_plays_clips_fetched_through_the_api(sandbox, tmp_path):  # noq
             assert abs(played["duration"] - clip["duration"]) < 0.2, (played, clip["duration"])
             assert played["currentTime"] >= clip["duration"] - 0.2, played
             assert played["frames"] >= 25 * clip["duration"] * 0.8, played
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_recordings_page_lists_plays_protects_and_deletes(sandbox, tmp_path):  # noqa: F811
+    """/recordings in Chromium, with a token: the clips newest first with their thumbnails; one plays
+    in place; Protect and Delete reach the API; Live goes back to the camera."""
+    clips = tmp_path / "clips"
+    first = record(clips, {"end_after": 0.5, "post_roll": 0.5, "pre_roll": 1.0}, "done")
+    second = record(clips, {"end_after": 0.5, "post_roll": 0.5, "pre_roll": 1.0}, "done")
+    with browser_and_server(sandbox, tmp_path, "h264", "--record", str(clips), "--record-min-free", "0",
+                            "--token", "s3cret") as (browser, _servers, _log):
+        page = open_page(browser, "recordings?token=s3cret")
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.wait_for_function("document.querySelectorAll('#clips li').length === 2", timeout=30000)
+        assert "token" not in page.url  # (moved out of the address bar)
+        ids = page.evaluate("[...document.querySelectorAll('#clips li')].map((li) => li.dataset.id)")
+        assert ids == [second["clip"], first["clip"]]
+        page.wait_for_function("[...document.querySelectorAll('#clips img')].every((i) => i.naturalWidth > 0)",
+                               timeout=30000)
+        page.click(f"li[data-id='{first['clip']}'] img")
+        page.wait_for_function("document.querySelector('#player').currentTime > 0.5", timeout=30000)
+        size = page.evaluate("[document.querySelector('#player').videoWidth, document.querySelector('#player').videoHeight]")
+        assert size == [640, 480]
+        assert page.evaluate("document.querySelector('#live').getAttribute('href')") == "./?camera=default"
+        page.click(f"li[data-id='{first['clip']}'] button.protect")
+        page.wait_for_function(f"document.querySelector(\"li[data-id='{first['clip']}'] button.protect\")"
+                               ".textContent === 'Unprotect'", timeout=15000)
+        listed = page.evaluate("async () => (await (await fetch('api/recordings', "
+                               "{headers: {Authorization: 'Bearer s3cret'}})).json()).recordings")
+        assert {c["id"]: c["protected"] for c in listed} == {first["clip"]: True, second["clip"]: False}
+        page.click(f"li[data-id='{second['clip']}'] button.delete")
+        page.wait_for_function("document.querySelectorAll('#clips li').length === 1", timeout=15000)
+        assert not Store(clips).path(str(second["clip"])).exists()
+        page.click("#live")
+        page.wait_for_function("window.camtrack && window.camtrack.state === 'live'", timeout=30000)

@@ -167,6 +167,11 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, recording
             raise web.HTTPNotFound(text="no such recording\n")
         return web.json_response(updated)
 
+    async def page(request: web.Request) -> web.FileResponse:
+        """The recordings page (static/recordings.html): it asks the API, with the tab's token."""
+        return web.FileResponse(config.static_dir / "recordings.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/recordings", page)
     app.router.add_get("/api/recordings", listing)
     app.router.add_get("/api/recordings/{id}", fetch)
     app.router.add_delete("/api/recordings/{id}", delete)
