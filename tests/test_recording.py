@@ -545,9 +545,9 @@ async def test_a_server_stopping_mid_clip_finishes_it_and_a_vp8_camera_is_not_re
         await runner.cleanup()
     assert not recorder.store.path(clip.id, ".mp4.part").exists()
     info = json.loads(recorder.store.path(clip.id, ".json").read_text())
-    assert info["recording"] is False and info["duration"] >= 1.5 and info["events"] == ["open"]
+    assert info["recording"] is False and info["duration"] >= 1.5 and info["events"] == ["open"], info
     assert decode_errors(recorder.store.path(clip.id)) == ""
-    assert vp8.stats.missed == 1 and not (tmp_path / "vp").exists()
+    assert vp8.stats.missed == 1 and not (tmp_path / "vp").exists(), (vp8.describe(), list(tmp_path.iterdir()))
     with pytest.raises(ValueError, match="--encoder shared"):
         Config(source="pattern", record=str(tmp_path), encoder="per-viewer")
 
