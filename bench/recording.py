@@ -2,6 +2,7 @@
 the memory of its pre-roll, and the time from an event to its clip's pre-roll being in the file.
 
     python -m bench.recording [--seconds S] [--rounds N]
+    python -m bench.recording --kills N     # what N kill -9s mid-clip lose, and nothing else
 
 Two cameras, one at a time, each served by `create_app` in this process as a server would: the
 test pattern (640x480 at 30 fps, the shared encoder, a keyframe every 2 s) and a passed-through
@@ -14,6 +15,10 @@ thread: capture, encoder, writing thread, event loop), as % of one core; the med
 Then: the pre-roll's bytes and packets (and the Python objects around them), and 10 events' latency: from
 `event_started` until the clip's file holds, in complete fragments, every picture of its pre-roll
 up to the pre-roll's newest keyframe (what a crash would no longer lose).
+
+`--kills N`: camtrack recording the pattern in a process of its own (tests/record_process.py, a
+keyframe a second) killed with SIGKILL 3 to 4.5 s into a clip, N times: how long before the kill
+the last picture its `.part` file holds was captured (its latency stamp).
 """
 
 from __future__ import annotations
@@ -132,6 +137,30 @@ async def measure(name: str, source: str, mode: str, seconds: float, rounds: int
             "latency_ms": sorted(1000 * x for x in latencies)}
 
 
+def kills(count: int) -> None:
+    import json
+    import subprocess
+
+    from camtrack.media.stamp import MODULUS, read_stamp
+    from camtrack.outputs.recording import Store
+    lost = []
+    for run in range(count):
+        with tempfile.TemporaryDirectory(prefix="camtrack-bench-") as directory:
+            process = subprocess.Popen([sys.executable, "tests/record_process.py", directory], stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).parent.parent)
+            assert process.stdout is not None
+            said = json.loads(process.stdout.readline())
+            time.sleep(3.0 + 1.5 * run / max(1, count - 1))
+            killed = time.time()
+            process.kill()
+            process.wait()
+            with av.open(str(Store(Path(directory)).path(said["clip"], ".mp4.part"))) as container:
+                last = [read_stamp(frame.to_ndarray(format="bgr24")) for frame in container.decode(video=0)][-1]
+            lost.append(((int(killed * 1000) - last) % MODULUS) / 1000)
+    print(f"kill -9 mid-clip, {count} times: the file ends " + ", ".join(f"{x:.2f}" for x in lost)
+          + f" s before the kill (max {max(lost):.2f} s)")
+
+
 async def main(seconds: float, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="camtrack-bench-") as tmp:
         directory = Path(tmp)
@@ -155,5 +184,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=0, help="measure what N kill -9s lose instead")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.seconds, arguments.rounds))
+    if arguments.kills:
+        kills(arguments.kills)
+    else:
+        asyncio.run(main(arguments.seconds, arguments.rounds))
