@@ -12,7 +12,7 @@ running without a recorder), the camera with a recorder idle (keeping its pre-ro
 camera with a recorder writing a clip the whole window (--post-roll 1 s, so that the clips of the
 latency runs end soon). The process's CPU in each window (every
 thread: capture, encoder, writing thread, event loop), as % of one core; the medians are printed.
-Then: the pre-roll's bytes and packets (and the Python objects around them), and 10 events' latency: from
+Then: the pre-roll's bytes and packets (and the Python objects around them), and `--events` (10) events' latency: from
 `event_started` until the clip's file holds, in complete fragments, every picture of its pre-roll
 up to the pre-roll's newest keyframe (what a crash would no longer lose).
 
@@ -78,7 +78,8 @@ async def window(seconds: float) -> float:
     return 100 * (time.process_time() - cpu) / (time.monotonic() - began)
 
 
-async def measure(name: str, source: str, mode: str, seconds: float, rounds: int, directory: Path) -> dict[str, Any]:
+async def measure(name: str, source: str, mode: str, seconds: float, rounds: int, directory: Path,
+                  events: int = 10) -> dict[str, Any]:
     common: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "source": source, "mode": mode, "webrtc_port": 0,
                               "rtsp_port": 0, "keyframe_interval": 2.0, "record_min_free": 0.0, "linger": 0.0,
                               "post_roll": 1.0}
@@ -111,7 +112,7 @@ async def measure(name: str, source: str, mode: str, seconds: float, rounds: int
         recorder.event_ended(f"bench-{n}", time.time())
         await asyncio.sleep(recorder.settings.post_roll + 1.0)
     latencies = []
-    for n in range(10):
+    for n in range(events):
         await asyncio.sleep(2.5)
         at = time.time()
         held_now = recorder.preroll.since(at - recorder.settings.pre_roll)
@@ -161,12 +162,12 @@ def kills(count: int) -> None:
           + f" s before the kill (max {max(lost):.2f} s)")
 
 
-async def main(seconds: float, rounds: int) -> None:
+async def main(seconds: float, rounds: int, events: int) -> None:
     with tempfile.TemporaryDirectory(prefix="camtrack-bench-") as tmp:
         directory = Path(tmp)
         source = str(h264_file(directory / "camera.mp4"))
         for name, src, mode in (("pattern", "pattern", "transcode"), ("passthrough", source, "passthrough")):
-            result = await measure(name, src, mode, seconds, rounds, directory)
+            result = await measure(name, src, mode, seconds, rounds, directory, events)
             cpu = result["cpu"]
             base = cpu["camera read, no recorder"]
             print(f"{name} (640x480, 30 fps): CPU % of a core, median of {rounds} windows of {seconds:g} s:")
@@ -177,16 +178,17 @@ async def main(seconds: float, rounds: int) -> None:
                   f"and {held['objects'] / 1024:.0f} KiB of the Python objects around them")
             latency = result["latency_ms"]
             print(f"  event to pre-roll in the file: median {statistics.median(latency):.1f} ms, "
-                  f"max {max(latency):.1f} ms (10 events)")
+                  f"max {max(latency):.1f} ms ({len(latency)} events)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=10, help="events timed from start to file")
     parser.add_argument("--kills", type=int, default=0, help="measure what N kill -9s lose instead")
     arguments = parser.parse_args()
     if arguments.kills:
         kills(arguments.kills)
     else:
-        asyncio.run(main(arguments.seconds, arguments.rounds))
+        asyncio.run(main(arguments.seconds, arguments.rounds, arguments.events))
