@@ -26,7 +26,7 @@ import pytest
 from camtrack.app import CAMERAS, RECORDINGS
 from camtrack.media.packet import CodecInfo, EncodedPacket
 from camtrack.media.stamp import MODULUS, read_stamp
-from camtrack.outputs.recording import Recorder, Store
+from camtrack.outputs.recording import Recorder, Retention, Store
 from camtrack.outputs.recording.fmp4 import Fmp4Writer, parameter_sets, repair
 from camtrack.outputs.recording.preroll import PreRoll
 from camtrack.sources.h264 import NAL_AUD, NAL_PPS, NAL_SPS, nal_type, parse_avcc_extradata, split_avcc
@@ -695,3 +695,15 @@ def test_a_clip_file_a_crash_left_without_its_sidecar_is_closed_and_listed(tmp_p
     assert info["start"] == 1796476564.0 and info["camera"] == "porch" and 1.5 < info["duration"] < 3.0
     assert store.path(clip_id).exists() and not part.exists() and stray.exists()
     assert json.loads(store.path(clip_id, ".json").read_text()) == info
+
+
+def test_recorders_sharing_a_directory_check_its_space_at_once_without_tripping_each_other(tmp_path):
+    """Two cameras recording into one directory check it at the same moments (their own threads):
+    each probe is its own file (one shared name made one thread unlink the other's probe, and a
+    recorder stop for 'No such file or directory' under load)."""
+    import concurrent.futures
+    store = Store(tmp_path, Retention(min_free_bytes=0))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        problems = list(pool.map(lambda _: store.check_space(), range(400)))
+    assert problems == [None] * 400
+    assert list(tmp_path.iterdir()) == []

@@ -279,7 +279,8 @@ class Store:
         problem: str | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".probe-{os.getpid()}"
+            # (a name of this call's own: the recorders sharing this directory probe it at the same time)
+            probe = self.root / f".probe-{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}"
             probe.write_bytes(b"camtrack")
             probe.unlink()
         except OSError as exc:
