@@ -121,7 +121,10 @@ async def test_a_clip_starts_pre_roll_before_its_event_and_ends_post_roll_after(
     # load: a pair or two out of step is the reading's, not the order's)
     disorder = [(a, b) for a, b in zip(stamps, stamps[1:], strict=False) if b <= a]
     assert len(disorder) <= 2 and all(a - b < 0.05 for a, b in disorder), f"pictures out of order: {disorder}"
-    assert len(stamps) >= 25 * (stamps[-1] - stamps[0]), "pictures missing"
+    # every picture the encoder made (it may make fewer than 30 a second on a loaded machine: it skips
+    # to the newest frame then, and that is the camera's rate, not the recorder's)
+    assert recorder.stats.gaps == 0, "the recorder skipped packets"
+    assert len(stamps) >= 10 * (stamps[-1] - stamps[0]), "pictures missing"
 
     probe = ffprobe(path)
     (stream,) = probe["streams"]
