@@ -3,6 +3,7 @@ the memory of its pre-roll, and the time from an event to its clip's pre-roll be
 
     python -m bench.recording [--seconds S] [--rounds N]
     python -m bench.recording --kills N     # what N kill -9s mid-clip lose, and nothing else
+    python -m bench.recording --viewer N    # an honest viewer's p95 latency, N servers with, N without
 
 Two cameras, one at a time, each served by `create_app` in this process as a server would: the
 test pattern (640x480 at 30 fps, the shared encoder, a keyframe every 2 s) and a passed-through
@@ -19,6 +20,11 @@ up to the pre-roll's newest keyframe (what a crash would no longer lose).
 `--kills N`: camtrack recording the pattern in a process of its own (tests/record_process.py, a
 keyframe a second) killed with SIGKILL 3 to 4.5 s into a clip, N times: how long before the kill
 the last picture its `.part` file holds was captured (its latency stamp).
+
+`--viewer N`: `server.py` serving the pattern (3 Mbit/s, a keyframe a second) N times recording all
+along (`--record-segments 60`) and N times not, in turn, each watched by an honest viewer
+(tests/honest.py: a decoding aiortc viewer in a process of its own) for three windows of 4 s: its
+fps and p95 latency (the pattern's stamp) in each window, and the p95s of each side sorted.
 """
 
 from __future__ import annotations
@@ -162,6 +168,29 @@ def kills(count: int) -> None:
           + f" s before the kill (max {max(lost):.2f} s)")
 
 
+async def viewer(rounds: int) -> None:
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from tests.honest import CamtrackProcess, HonestViewer
+    seen: dict[bool, list[float]] = {True: [], False: []}
+    for record in (False, True) * rounds:
+        with tempfile.TemporaryDirectory(prefix="camtrack-bench-") as directory:
+            options = ["--record", directory, "--record-segments", "60", "--record-min-free", "0"] if record else []
+            server = await CamtrackProcess("--source", "pattern", "--bitrate", "3000000", "--keyframe-interval", "1",
+                                           *options).start()
+            watcher = await HonestViewer(server.ws()).start()
+            try:
+                await watcher.watch(2.0)
+                windows = [await watcher.watch(4.0) for _ in range(3)]
+            finally:
+                await watcher.stop()
+                await server.stop()
+        seen[record] += [window.p95 for window in windows]
+        print(f"{'recording' if record else 'plain    '} " + " | ".join(f"{w.fps:.1f} fps, p95 {w.p95:.0f} ms"
+                                                                  for w in windows), flush=True)
+    for record, p95s in seen.items():
+        print(f"{'recording' if record else 'plain    '} p95s sorted (ms): {sorted(p95s)}")
+
+
 async def main(seconds: float, rounds: int, events: int) -> None:
     with tempfile.TemporaryDirectory(prefix="camtrack-bench-") as tmp:
         directory = Path(tmp)
@@ -187,8 +216,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=10, help="events timed from start to file")
     parser.add_argument("--kills", type=int, default=0, help="measure what N kill -9s lose instead")
+    parser.add_argument("--viewer", type=int, default=0, help="measure an honest viewer beside N recording servers "
+                        "and N plain ones instead")
     arguments = parser.parse_args()
     if arguments.kills:
         kills(arguments.kills)
+    elif arguments.viewer:
+        asyncio.run(viewer(arguments.viewer))
     else:
         asyncio.run(main(arguments.seconds, arguments.rounds, arguments.events))
