@@ -16,11 +16,15 @@ from .config import Config
 from .events import api as events_api
 from .events.figures import EventOutputs
 from .events.mqtt import MqttPublisher
+from .events.recording import RecordingTrigger
 from .events.watcher import EventWatcher, MotionSettings
 from .events.webhook import Webhook
 from .media.feeds import Transport
 from .outputs import data, metrics, mjpeg, sse
 from .outputs.janus import JanusPublisher
+from .outputs.recording import EventCalls, RecorderSettings, Recordings, Retention
+from .outputs.recording import api as recordings_api
+from .outputs.recording.metrics import RecordingCollector
 from .outputs.rtsp import RtspServer, RtspSettings
 from .outputs.rtsp.metrics import RtspCollector
 from .outputs.webrtc import whep
@@ -39,6 +43,7 @@ CAMERAS = web.AppKey("cameras", Cameras)
 ICE = web.AppKey("ice", IceContext)
 RTSP = web.AppKey("rtsp", RtspServer)
 EVENTS = web.AppKey("events", EventOutputs)
+RECORDINGS = web.AppKey("recordings", Recordings)
 
 
 def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) -> web.Application:
@@ -80,6 +85,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
             watched = source.watched
             down |= watched and source.state in ("retrying", "stalled")
             janus = camera.pipeline.outputs.get("janus")
+            recorder = camera.pipeline.outputs.get("recorder")
             encoder = camera.pipeline.encoders().get(camera.settings.codec)
             sources[camera.name] = {**camera.describe(), "watched": watched, "passthrough": source.detail(),
                                     "encoder": None if encoder is None else {
@@ -87,7 +93,8 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                                         "frames": encoder.stats.frames, "keyframes": encoder.stats.keyframes},
                                     "janus": janus.describe() if janus is not None else None,
                                     "events": watcher.describe() if (watcher := camera.pipeline.outputs.get(
-                                        "events")) is not None else None}
+                                        "events")) is not None else None,
+                                    "recorder": recorder.describe() if recorder is not None else None}
         body = {
             "status": "down" if down else "ok",
             "viewers": cameras.viewer_count,
@@ -125,9 +132,24 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
             config.host, config.rtsp_port, config.rtsp_path, config.token, config.idle_timeout, config.header_timeout))
     #: the worker processes (--workers 0 on a machine of several cores, or > 1); else viewers are served here
     pool: WorkerPool | None = None
+    #: the recorders of the cameras with --record, and their directories (started with the app)
+    recordings = app[RECORDINGS] = Recordings(Retention(
+        max_age_days=config.record_max_age, max_bytes=int(config.record_max_size * 1024 * 1024),
+        min_free_bytes=int(config.record_min_free * 1024 * 1024)))
+    for camera in cameras:
+        if camera.settings.record:
+            recordings.add(camera, camera.settings.record,
+                           RecorderSettings(pre_roll=camera.settings.pre_roll, post_roll=camera.settings.post_roll,
+                                            segment=camera.settings.record_segments))
+    recordings_api.add_routes(app, config, cameras, recordings)
     metrics.add_routes(app, cameras, workers=lambda: pool.describe() if pool is not None else [],
                        collectors=(*((RtspCollector(rtsp),) if rtsp is not None else ()),
-                                   metrics.EventCollector(events), metrics.SseCollector(sse_streams)))
+                                   metrics.EventCollector(events), metrics.SseCollector(sse_streams),
+                                   RecordingCollector(recordings)))
+
+    def event_kind(event_id: str) -> str | None:
+        event = events.bus.get(event_id)
+        return event.kind if event is not None else None
 
     async def on_startup(app: web.Application) -> None:
         check_hooks()  # the ICE gate and RTCP limits depend on them: refuse to start without them
@@ -184,6 +206,15 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
         if config.mqtt:
             events.mqtt = MqttPublisher(events.bus, config.mqtt, [camera.name for camera in cameras])
             events.mqtt.start()
+        if recordings.recorders:
+            await recordings.load()  # (closing the clips a crash left unfinished first)
+            for camera in cameras:
+                recorder = recordings.recorders.get(camera.name)
+                if recorder is not None:
+                    camera.pipeline.start_output("recorder", recorder)
+                    # every event of the camera (motion, --process, HTTP) is a clip's
+                    camera.pipeline.start_output("recording-trigger", RecordingTrigger(
+                        events.bus, camera.name, EventCalls(recorder, event_kind)))
 
     async def on_shutdown(app: web.Application) -> None:
         # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s

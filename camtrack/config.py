@@ -425,6 +425,21 @@ class CameraSettings:
     motion_event_gap: float = field(default=5.0, metadata=option(
         "a motion event ends once the level has stayed below the threshold this long (default: {default})",
         metavar="SECONDS", check=between(0, MAX_SECONDS, f"positive and at most {MAX_SECONDS:g} s", above=True)))
+    #: record clips of the camera's events under this directory (camtrack.outputs.recording)
+    record: str | None = field(default=None, metadata=option(
+        "record a clip of each of the camera's events (with pre-roll, from the packets viewers get: no "
+        "decode, no encode) under this directory, as DIR/CAMERA/YYYY-MM-DD/*.mp4 (docs/recording.md); "
+        "the camera's source then stays open", metavar="DIR"))
+    pre_roll: float = field(default=5.0, metadata=option(
+        "a clip starts at the last keyframe at least this long before its event (default: {default})",
+        metavar="SECONDS", check=between(0, 60, "between 0 and 60 s")))
+    post_roll: float = field(default=5.0, metadata=option(
+        "a clip ends this long after its last event ends (default: {default})", metavar="SECONDS",
+        check=between(0, 600, "between 0 and 600 s")))
+    record_segments: float = field(default=0.0, metadata=option(
+        "with --record, also record continuously, in clips of this many seconds, each from a keyframe, "
+        "one after the other (events then add their ids and kinds to the clips they fall in; default: 0, "
+        "events only)", metavar="SECONDS", check=between(0, 3600, "between 0 (events only) and 3600 s")))
 
     def __getstate__(self) -> dict[str, Any]:
         # a process function (CameraConfig's, Config's) is a live object of this process (a thread, a
@@ -637,6 +652,18 @@ class Config(CameraSettings):
         check=seconds(positive=False)))
     # not checked against LOG_LEVELS here: the config file may say "WARNING", which logging takes too
     log_level: str = field(default="info", metadata=option("log level (default: {default})", choices=LOG_LEVELS))
+    #: retention of the clips of each --record directory
+    record_max_age: float = field(default=0.0, metadata=option(
+        "delete clips older than this many days, oldest first, protected ones kept (default: {default}, "
+        "no age limit)", metavar="DAYS", check=between(0, 36500, "between 0 (no limit) and 36500 days")))
+    record_max_size: float = field(default=0.0, metadata=option(
+        "keep each --record directory's clips under this many MB in all, deleting the oldest first, "
+        "protected ones kept (default: {default}, no cap)", metavar="MB",
+        check=between(0, 1e9, "between 0 (no cap) and 1e9 MB")))
+    record_min_free: float = field(default=256.0, metadata=option(
+        "keep this many MB free on a --record directory's file system: the oldest clips go first, and "
+        "recording stops (one log line) while there is still less, resuming by itself (default: {default})",
+        metavar="MB", check=between(0, 1e9, "between 0 (no floor) and 1e9 MB")))
     #: seconds a peer may stay "disconnected" before it is closed
     disconnect_timeout: float = field(default=10.0, metadata=option(
         "seconds a peer may stay 'disconnected' before it is closed", check=seconds(), command_line=False))
@@ -663,6 +690,8 @@ class Config(CameraSettings):
             raise ValueError("passthrough sends the camera's packets to every viewer: use --encoder shared")
         if self.encoder != "shared" and any(c.publish for c in self.cameras):
             raise ValueError("publishing to Janus sends the shared encoder's packets: use --encoder shared")
+        if self.encoder != "shared" and any(c.record for c in self.cameras):
+            raise ValueError("recording cuts clips from the shared encoder's packets: --record needs --encoder shared")
         if self.workers > 1 and self.encoder != "shared":
             raise ValueError("worker processes send the shared encoder's packets: --workers needs --encoder shared")
         names = [c.name for c in self.cameras]

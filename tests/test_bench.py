@@ -56,3 +56,15 @@ def test_bench_processing_quick():
     assert "capture to picture: p50" in result.stdout
     line = next(line for line in result.stdout.splitlines() if line.startswith("drawn_5 at 1 viewer"))
     assert float(line.split(": ")[1].split(" fps")[0]) > 10, "the viewer got too few pictures"
+
+
+def test_bench_recording_quick():
+    """bench.recording: a short run of each camera prints its CPU rows, its pre-roll and the
+    event-to-file latency."""
+    result = subprocess.run([sys.executable, "-m", "bench.recording", "--seconds", "1", "--rounds", "1", "--events", "2"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for camera in ("pattern", "passthrough"):
+        assert f"{camera} (640x480, 30 fps)" in result.stdout
+    assert result.stdout.count("recorder writing a clip") == 2
+    assert result.stdout.count("event to pre-roll in the file: median") == 2
