@@ -12,7 +12,7 @@ from aiohttp import web
 
 from .access import HostCheck, TrustedProxies, is_loopback, origin_check
 from .cameras import Camera, Cameras
-from .config import Config
+from .config import CameraConfig, Config
 from .events import api as events_api
 from .events.figures import EventOutputs
 from .events.mqtt import MqttPublisher
@@ -199,7 +199,7 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                 camera.pipeline.start_output("events", EventWatcher(
                     events.bus, camera.name, processing,
                     MotionSettings(settings.motion_event_threshold, settings.motion_event_duration,
-                                   settings.motion_event_gap), keep_running=settings.process_events == "always"))
+                                   settings.motion_event_gap), keep_running=events_always(settings, config)))
         if config.webhook:
             events.webhook = Webhook(events.bus, config.webhook)
             events.webhook.start()
@@ -215,6 +215,13 @@ def create_app(config: Config, plans: Mapping[str, CameraPlan] | None = None) ->
                     # every event of the camera (motion, --process, HTTP) is a clip's
                     camera.pipeline.start_output("recording-trigger", RecordingTrigger(
                         events.bus, camera.name, EventCalls(recorder, event_kind)))
+
+    def events_always(settings: CameraConfig, config: Config) -> bool:
+        """Whether the camera is read and processed for its events watched or not: asked for, or
+        (`auto`) when its events are for someone away (a clip, a webhook, MQTT)."""
+        if settings.process_events == "auto":
+            return bool(settings.record or config.webhook or config.mqtt)
+        return settings.process_events == "always"
 
     async def on_shutdown(app: web.Application) -> None:
         # a client that never reads can stall its hang-up forever, and the whole stop must fit in 5 s

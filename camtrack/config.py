@@ -35,7 +35,7 @@ VIDEO_ENCODERS = ("auto", "libx264", *HARDWARE_H264, *UNUSABLE_H264)
 #: how a camera's video reaches WebRTC viewers: decoded and encoded once, or its own H.264 as it comes
 MODES = ("auto", "transcode", "passthrough")
 #: when a camera's processing data makes events (camtrack.events.watcher)
-PROCESS_EVENTS = ("watched", "always", "off")
+PROCESS_EVENTS = ("auto", "watched", "always", "off")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -411,10 +411,12 @@ class CameraSettings:
         "the video (docs/processing.md#motion)"))
 
     #: events from the processing data (camtrack.events.watcher): while watched, always, or never
-    process_events: str = field(default="watched", metadata=option(
+    process_events: str = field(default="auto", metadata=option(
         "make events of the camera's processing data (the motion detector's levels, a --process function's "
-        "\"event\" reports; docs/events.md): 'watched' (default): while someone watches the camera; 'always': "
-        "the camera is read and processed all the time, watched or not; 'off': no events from the data",
+        "\"event\" reports; docs/events.md): 'watched': while someone watches the camera; 'always': "
+        "the camera is read and processed all the time, watched or not; 'auto' (default): 'always' when the "
+        "events leave the page (the camera records, or there is a --webhook or --mqtt), else 'watched'; 'off': "
+        "no events from the data",
         choices=PROCESS_EVENTS, check=one_of(PROCESS_EVENTS)))
     motion_event_threshold: float = field(default=0.05, metadata=option(
         "a motion event starts when the motion level (0-1) stays at or above this for --motion-event-duration "

@@ -712,3 +712,20 @@ def test_recorders_sharing_a_directory_check_its_space_at_once_without_tripping_
         problems = list(pool.map(lambda _: store.check_space(), range(400)))
     assert problems == [None] * 400
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+async def test_motion_makes_a_clip_while_nobody_watches(serve, tmp_path):
+    """--record with --motion and no viewer, on a passed-through camera (the recorder reads its own
+    packets, so nothing else runs the detector): the events' default (`auto`) keeps the camera
+    processed while it records, so the file's moving picture makes a motion event, and a clip."""
+    source = write_h264(tmp_path / "camera.mp4", "baseline", gop=15)
+    url, app = await serve(source=str(source), mode="passthrough", width=320, height=240, record=str(tmp_path / "rec"),
+                           motion=True, motion_event_threshold=0.001, motion_event_duration=0.2, pre_roll=1.0,
+                           post_roll=0.5, **NO_FLOOR)
+    recorder = recorder_of(app)
+    await eventually(lambda: any("motion" in (clip.get("kinds") or []) for clip in recorder.store.clips()),
+                     timeout=30)
+    camera = app[CAMERAS].get("default")
+    assert camera.viewer_count == 0, "a viewer watched: the test is of a camera nobody watches"
+    assert camera.pipeline.plan.mode == "passthrough"
