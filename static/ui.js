@@ -214,11 +214,19 @@
   }
   document.getElementById("snapshot").addEventListener("click", () => snapshot().catch(console.error));
 
+  // --- recordings: the clips of this camera (static/recordings.js; the token goes with the tab)
+  function recordings() {
+    const name = camtrack.camera || (cameras[0] && cameras[0].name);
+    window.location.href = `recordings${name ? `?camera=${encodeURIComponent(name)}` : ""}`;
+  }
+  document.getElementById("recordings").addEventListener("click", recordings);
+
   document.addEventListener("keydown", (event) => {
     if (["SELECT", "INPUT"].includes(event.target.tagName) || event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.key === "i") toggleOverlay();
     if (event.key === "f") toggleFullscreen();
     if (event.key === "s") snapshot().catch(console.error);
+    if (event.key === "r") recordings();
   });
 
   loadCameras();

@@ -81,7 +81,8 @@ def test_chromium_plays_clips_fetched_through_the_api(sandbox, tmp_path):  # noq
 @pytest.mark.timeout(180)
 def test_the_recordings_page_lists_plays_protects_and_deletes(sandbox, tmp_path):  # noqa: F811
     """/recordings in Chromium, with a token: the clips newest first with their thumbnails; one plays
-    in place; Protect and Delete reach the API; Live goes back to the camera."""
+    in place; Protect and Delete reach the API; Live goes back to the camera, whose Recordings button
+    comes back."""
     clips = tmp_path / "clips"
     first = record(clips, {"end_after": 0.5, "post_roll": 0.5, "pre_roll": 1.0}, "done")
     second = record(clips, {"end_after": 0.5, "post_roll": 0.5, "pre_roll": 1.0}, "done")
@@ -111,3 +112,7 @@ def test_the_recordings_page_lists_plays_protects_and_deletes(sandbox, tmp_path)
         assert not Store(clips).path(str(second["clip"])).exists()
         page.click("#live")
         page.wait_for_function("window.camtrack && window.camtrack.state === 'live'", timeout=30000)
+        # ... and the live page's Recordings button comes back here, for its camera
+        page.click("#recordings")
+        page.wait_for_function("document.querySelectorAll('#clips li').length === 1", timeout=30000)
+        assert page.url.endswith("recordings?camera=default"), page.url
