@@ -1,0 +1,97 @@
+"""A camera's sound over WebRTC (camtrack.outputs.webrtc.audio, docs/audio.md): real aiortc viewers
+that ask for audio get an Opus track with the test tone's beeps in it, over /ws and WHEP, one
+encoder for all of them; viewers that do not ask get none and start nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from camtrack.app import CAMERAS
+from camtrack.media.packet import MediaKind
+
+from .audio_viewer import Listener
+from .conftest import eventually
+
+# each listens to a few seconds of real-time sound
+pytestmark = pytest.mark.slow
+
+AUDIO_LINE = re.compile(r"^m=audio (\d+) ", re.M)
+
+
+def audio_feed(app):
+    return app[CAMERAS].first.pipeline.packets(MediaKind.AUDIO)
+
+
+async def test_a_viewer_asking_for_audio_hears_the_tone_beside_the_picture(serve):
+    url, app = await serve(width=320, height=240, fps=15)
+    feed = audio_feed(app)
+    listener = Listener()
+    try:
+        await listener.connect(url)
+        assert "opus/48000" in listener.answer_sdp.lower()
+        assert AUDIO_LINE.search(listener.answer_sdp).group(1) != "0"
+        await eventually(lambda: len(listener.audio) >= 120 and len(listener.video) >= 10, 30)
+        assert sorted(listener.kinds) == ["audio", "video"]
+        # a beep of 100 ms each second: loud frames, and silence between them
+        assert 3 <= listener.loud() <= len(listener.audio) // 2
+        assert feed.stats.encoders == 1 and feed.running
+    finally:
+        await listener.close()
+    await eventually(lambda: not feed.running, 10)
+
+
+async def test_a_viewer_that_does_not_ask_gets_no_audio_and_starts_no_encoder(serve):
+    url, app = await serve(width=320, height=240, fps=15)
+    listener = Listener(audio=False)
+    try:
+        await listener.connect(url)
+        assert "m=audio" not in listener.answer_sdp
+        await eventually(lambda: len(listener.video) >= 10, 30)
+        assert audio_feed(app).stats.runs == 0
+    finally:
+        await listener.close()
+
+
+async def test_audio_off_answers_the_audio_m_line_without_sending(serve):
+    url, app = await serve(width=320, height=240, fps=15, audio="off")
+    assert audio_feed(app) is None
+    listener = Listener()
+    try:
+        await listener.connect(url)
+        await eventually(lambda: len(listener.video) >= 10, 30)
+        await asyncio.sleep(0.5)
+        assert listener.audio == []
+    finally:
+        await listener.close()
+
+
+async def test_whep_viewers_hear_it_too(serve):
+    url, app = await serve(width=320, height=240, fps=15)
+    listener = Listener()
+    try:
+        await listener.connect_whep(url.removesuffix("/ws") + "/whep")
+        await eventually(lambda: len(listener.audio) >= 100, 30)
+        assert listener.loud() >= 2
+    finally:
+        await listener.close()
+
+
+async def test_sixteen_listeners_share_one_opus_encoder(serve):
+    url, app = await serve(width=160, height=120, fps=10)
+    feed = audio_feed(app)
+    listeners = [Listener() for _ in range(16)]
+    for listener in listeners:
+        listener.keep = False
+    try:
+        await asyncio.gather(*(listener.connect(url) for listener in listeners))
+        await eventually(lambda: all(listener.counts["audio"] >= 50 for listener in listeners), 45)
+        encoded = feed.stats.encoded
+        await asyncio.sleep(1.0)
+        # one encoder, one encode per 20 ms (about 50 a second) whatever the number of listeners
+        assert feed.stats.encoders == 1 and feed.stats.runs == 1
+        assert feed.stats.encoded - encoded < 80
+    finally:
+        await asyncio.gather(*(listener.close() for listener in listeners))
