@@ -78,6 +78,13 @@ class Listener:
                 raise RuntimeError(message.get("message"))
         self.answer_sdp = message["sdp"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer_sdp, type="answer"))
+        self._tasks.append(asyncio.ensure_future(self._read_socket()))
+
+    async def _read_socket(self) -> None:
+        """Read (and drop) what the server sends, so that its pings are answered."""
+        assert self._ws is not None
+        async for _ in self._ws:
+            pass
 
     async def connect_whep(self, whep_url: str) -> None:
         """Negotiate with WHEP (one POST)."""

@@ -83,6 +83,8 @@ class AvAudioSource:
         self.url = url
         self.live = is_stream(url)
         self.options = open_options(url, rtsp_transport=rtsp_transport, read_timeout=read_timeout)
+        if url.lower().startswith(("rtsp://", "rtsps://")):
+            self.options["allowed_media_types"] = "audio"  # (a session of its own: its audio only)
         self.timeouts = (open_timeout, read_timeout)
         self.description = f"audio of {redact(url)}"
         self._container: Any = None
