@@ -316,6 +316,7 @@ async function startPeer(ws, hello) {
   let connected = false;
   camtrack.peerConnected = false;
   pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" }); // the camera's sound, if it has any (audio.js)
   // the camera's processing results: newest wins, so neither ordered nor retransmitted
   const channel = pc.createDataChannel("camtrack", { ordered: false, maxRetransmits: 0 });
   camtrack.channel = channel;
@@ -328,6 +329,8 @@ async function startPeer(ws, hello) {
     }
   };
   pc.ontrack = (event) => {
+    // (the server sends its audio and video in one stream: the browser keeps them in sync)
+    if (event.streams[0] && video.srcObject === event.streams[0]) return;
     video.srcObject = event.streams[0] || new MediaStream([event.track]);
     video.play().catch(() => {});
   };

@@ -1,0 +1,149 @@
+"""The camera's sound in real headless Chromium (inside a private network namespace, as
+tests/test_browser.py): the page starts muted with one unmute control and a level meter, and once
+unmuted its getStats() shows Opus audio with energy, from the test tone, a file's AAC and a real RTSP
+camera's AAC and G.711 (GStreamer's RTSP server, in the namespace too); a WHEP client hears it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_audio import write_av_file
+from .test_browser import URL, browser_and_server, open_page, sandbox  # noqa: F401 - the fixture
+from .test_real_rtsp import SYSTEM_PYTHON, gst_available
+
+pytestmark = pytest.mark.slow
+
+RTSP_SERVER = Path(__file__).with_name("gst_rtsp_audio_server.py")
+
+AUDIO_STATS = """async () => {
+  const pc = window.camtrack && window.camtrack.pc;
+  if (!pc) return null;
+  let found = null;
+  const report = await pc.getStats();
+  report.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "audio") found = r; });
+  if (!found) return null;
+  const codec = found.codecId && report.get(found.codecId);
+  return {packets: found.packetsReceived || 0, level: found.audioLevel || 0,
+          energy: found.totalAudioEnergy || 0, codec: codec ? codec.mimeType : null};
+}"""
+
+WHEP_AUDIO = """async (endpoint) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", {direction: "recvonly"});
+  pc.addTransceiver("audio", {direction: "recvonly"});
+  const element = document.createElement("video");
+  element.autoplay = true;
+  document.body.appendChild(element);
+  pc.ontrack = (event) => { element.srcObject = event.streams[0]; element.play().catch(() => {}); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
+    setTimeout(done, 3000);
+  });
+  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
+                                          headers: {"Content-Type": "application/sdp"}});
+  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
+  let energy = 0, level = 0, packets = 0, codec = null;
+  for (let i = 0; i < 100 && !(energy > 0.005 && level > 0.1); i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    const report = await pc.getStats();
+    report.forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "audio") {
+        energy = r.totalAudioEnergy || 0; level = Math.max(level, r.audioLevel || 0);
+        packets = r.packetsReceived || 0;
+        codec = r.codecId && report.get(r.codecId) ? report.get(r.codecId).mimeType : null;
+      }
+    });
+  }
+  pc.close();
+  return {status: response.status, energy, level, packets, codec};
+}"""
+
+
+def heard(page, timeout: float = 30.0) -> dict:
+    """The page's audio statistics once it has had sound with energy (the tone beeps 100 ms a second:
+    the level is the loudest seen)."""
+    deadline = time.monotonic() + timeout
+    loudest = 0.0
+    stats = None
+    while time.monotonic() < deadline:
+        stats = page.evaluate(AUDIO_STATS)
+        if stats:
+            loudest = max(loudest, stats["level"])
+            if stats["energy"] > 0.005 and loudest > 0.1:
+                return {**stats, "level": loudest}
+        time.sleep(0.1)
+    raise AssertionError(f"no sound with energy in {timeout} s: {stats}, loudest level {loudest}")
+
+
+def rtsp_in(ns, audio: str) -> tuple[subprocess.Popen[str], str]:
+    """GStreamer's RTSP camera with `audio`, inside the namespace (on its own 127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(ns.command(SYSTEM_PYTHON, str(RTSP_SERVER), str(port), audio),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert server.stdout is not None
+    url = server.stdout.readline().strip()
+    assert url.startswith("rtsp://"), url
+    return server, url
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("source", ["pattern", "file-aac", "rtsp-aac", "rtsp-pcmu"])
+def test_the_page_is_muted_until_unmuted_then_plays_the_cameras_sound(sandbox, tmp_path, source):  # noqa: F811
+    ns, _ = sandbox
+    camera: subprocess.Popen[str] | None = None
+    if source == "file-aac":
+        path = tmp_path / "clip.mkv"
+        write_av_file(path, "aac", seconds=4.0)
+        options: tuple[str, ...] = ("--source", str(path))
+    elif source.startswith("rtsp-"):
+        if gst_available() is not None:
+            pytest.skip("GStreamer's RTSP server is not installed")
+        camera, url = rtsp_in(ns, source.removeprefix("rtsp-"))
+        options = ("--source", url)
+    else:
+        options = ()
+    try:
+        with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240", *options) as (
+                browser, _, _log):
+            page = open_page(browser)
+            page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+            # the sound comes: the button appears, the video element still muted
+            page.wait_for_function("!document.getElementById('sound').hidden", timeout=30000)
+            assert page.evaluate("document.querySelector('video').muted") is True
+            assert page.get_attribute("#sound", "aria-pressed") == "false"
+            # the level meter moves before anyone unmutes
+            page.wait_for_function("parseFloat(document.getElementById('sound-level').style.height) > 0",
+                                   timeout=30000)
+            page.click("#sound")
+            assert page.evaluate("document.querySelector('video').muted") is False
+            assert page.get_attribute("#sound", "aria-pressed") == "true"
+            stats = heard(page)
+            assert stats["codec"].lower() == "audio/opus"
+            # the statistics overlay names the audio codec
+            page.click("#info")
+            page.wait_for_function("window.camtrack.stats && window.camtrack.stats.audio === 'opus'",
+                                   timeout=10000)
+            page.screenshot(path=str(tmp_path / f"page-{source}.png"))
+    finally:
+        if camera is not None:
+            camera.kill()
+            camera.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_a_whep_client_in_chromium_hears_the_tone(sandbox, tmp_path):  # noqa: F811
+    with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240") as (browser, _, _log):
+        page = open_page(browser)
+        result = page.evaluate(WHEP_AUDIO, URL + "whep")
+        assert result["status"] == 201, result
+        assert result["codec"].lower() == "audio/opus", result
+        assert result["energy"] > 0.005 and result["level"] > 0.1, result
