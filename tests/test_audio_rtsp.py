@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.listener import Listener
 from camtrack.app import CAMERAS
 from camtrack.media.packet import MediaKind
 
-from .audio_viewer import Listener
 from .conftest import eventually
 from .test_real_rtsp import SYSTEM_PYTHON, gst_available
 

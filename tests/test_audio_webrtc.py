@@ -9,10 +9,10 @@ import re
 
 import pytest
 
+from bench.listener import Listener, lip_sync
 from camtrack.app import CAMERAS
 from camtrack.media.packet import MediaKind
 
-from .audio_viewer import Listener
 from .conftest import eventually
 
 # each listens to a few seconds of real-time sound
@@ -95,3 +95,22 @@ async def test_sixteen_listeners_share_one_opus_encoder(serve):
         assert feed.stats.encoded - encoded < 80
     finally:
         await asyncio.gather(*(listener.close() for listener in listeners))
+
+
+async def test_lip_sync_of_the_tones_beeps_and_the_pictures_marks_within_80_ms(serve):
+    """Each stream's times as its sender reports map them (what a browser lines up): the beep at each
+    whole second and the picture's mark at the same second come within 80 ms of each other."""
+    url, app = await serve(width=320, height=240, fps=30)
+    listener = Listener()
+    try:
+        await listener.connect(url)
+        await eventually(lambda: len(listener.audio) >= 300 and listener.reports["audio"]
+                         and listener.reports["video"], 40)
+        sync = lip_sync(listener)
+    finally:
+        await listener.close()
+    print("lip-sync", sync)
+    assert sync["beeps"] >= 4 and len(sync["offsets_ms"]) >= 4, sync
+    assert all(abs(offset) <= 80 for offset in sync["offsets_ms"]), sync
+    # and each on its own is at its whole second (the capture time), not later
+    assert all(ms < 80 or ms > 950 for ms in sync["mark_after_second_ms"] + sync["beep_after_second_ms"]), sync

@@ -11,7 +11,18 @@ import aiohttp
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtcpSrPacket
 from av import AudioFrame, VideoFrame
+
+#: seconds from the NTP epoch (1900) to the Unix epoch
+NTP_UNIX = 2208988800
+
+
+class _SameTimestamps:
+    """In place of aiortc's TimestampMapper: a frame's pts is its RTP timestamp, as sent."""
+
+    def map(self, timestamp: int) -> int:
+        return timestamp
 
 
 def frame_rms(frame: AudioFrame) -> float:
@@ -39,7 +50,36 @@ class Listener:
         #: keep decoded frames (False: count them only, for a benchmark)
         self.keep = True
         self.counts = {"video": 0, "audio": 0}
+        #: the sender reports received, by kind: (NTP seconds since the epoch, RTP timestamp)
+        self.reports: dict[str, list[tuple[float, int]]] = {"video": [], "audio": []}
         self.pc.on("track", self._on_track)
+
+    def _watch_reports(self) -> None:
+        """Keep each sender report (aiortc's receiver reads them, but tells no one)."""
+        for transceiver in self.pc.getTransceivers():
+            receiver, kind = transceiver.receiver, transceiver.kind
+            handle = receiver._handle_rtcp_packet
+
+            async def keep(packet: Any, handle: Any = handle, kind: str = kind) -> None:
+                if isinstance(packet, RtcpSrPacket):
+                    info = packet.sender_info
+                    ntp = (info.ntp_timestamp >> 32) - NTP_UNIX + (info.ntp_timestamp & 0xFFFFFFFF) / 2**32
+                    self.reports[kind].append((ntp, info.rtp_timestamp))
+                await handle(packet)
+
+            receiver._handle_rtcp_packet = keep  # type: ignore[method-assign]
+            # decoded frames keep their RTP timestamps (aiortc counts them from its first frame's,
+            # which a sender report cannot map)
+            receiver._RTCRtpReceiver__timestamp_mapper = _SameTimestamps()  # type: ignore[attr-defined]
+
+    def sent_at(self, kind: str, rtp_timestamp: int, clock_rate: int) -> float | None:
+        """The sender's NTP time (seconds since the epoch) of `rtp_timestamp`, from the newest sender
+        report of that stream (how a receiver lines streams up); None before any."""
+        if not self.reports[kind]:
+            return None
+        ntp, rtp = self.reports[kind][-1]
+        delta = ((rtp_timestamp - rtp + 2**31) % 2**32) - 2**31
+        return ntp + delta / clock_rate
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self.kinds.append(track.kind)
@@ -78,6 +118,7 @@ class Listener:
                 raise RuntimeError(message.get("message"))
         self.answer_sdp = message["sdp"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer_sdp, type="answer"))
+        self._watch_reports()
         self._tasks.append(asyncio.ensure_future(self._read_socket()))
 
     async def _read_socket(self) -> None:
@@ -94,6 +135,7 @@ class Listener:
             assert response.status == 201, await response.text()
             self.answer_sdp = await response.text()
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer_sdp, type="answer"))
+        self._watch_reports()
 
     def loud(self, threshold: float = 0.05) -> int:
         """Audio frames received with sound in them."""
@@ -108,3 +150,37 @@ class Listener:
             await self._ws.close()
         if self._session is not None:
             await self._session.close()
+
+
+def onsets(times: list[tuple[float, bool]], gap: float = 0.5) -> list[float]:
+    """The times where a run of true values starts (after at least `gap` s of false ones)."""
+    found: list[float] = []
+    last_on: float | None = None
+    for at, on in sorted(times):
+        if on:
+            if last_on is None or at - last_on > gap:
+                found.append(at)
+            last_on = at
+    return found
+
+
+def lip_sync(listener: Listener, threshold: float = 0.05) -> dict[str, Any]:
+    """The test pattern's beeps against its picture's marks in what `listener` decoded, each on its
+    sender's clock as its sender reports map it (what a browser lines up): for each beep, its onset
+    minus the onset of the mark nearest to it (positive: the sound comes late), in ms."""
+    from camtrack.sources.pattern import shows_mark
+
+    video = [(at, shows_mark(frame.to_ndarray(format="bgr24"))) for _, frame in listener.video
+             if frame.pts is not None and (at := listener.sent_at("video", frame.pts, 90000)) is not None]
+    audio = [(at, frame_rms(frame) > threshold) for _, frame in listener.audio
+             if frame.pts is not None and (at := listener.sent_at("audio", frame.pts, 48000)) is not None]
+    marks, beeps = onsets(video), onsets(audio)
+    offsets = []
+    for beep in beeps:
+        nearest = min(marks, key=lambda mark: abs(mark - beep), default=None)
+        if nearest is not None and abs(nearest - beep) < 0.5:
+            offsets.append((beep - nearest) * 1000)
+    return {"marks": len(marks), "beeps": len(beeps), "offsets_ms": offsets,
+            # (each on its own: how far past the whole second, where both start, its onset came)
+            "mark_after_second_ms": [(m % 1.0) * 1000 for m in marks],
+            "beep_after_second_ms": [(b % 1.0) * 1000 for b in beeps]}
