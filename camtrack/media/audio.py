@@ -41,8 +41,10 @@ RING_PACKETS = 50
 #: a capture time this far (seconds) from where the running sample count puts it: a gap (the
 #: source stalled, a file looped), so the clock follows the capture time again
 MAX_DRIFT = 0.1
-#: seconds between two tries to open a source that failed
+#: seconds before the first try again to open a source that failed, doubling up to RETRY_MAX (a
+#: stream without sound is not asked again every 2 s for as long as someone listens)
 RETRY_SECONDS = 2.0
+RETRY_MAX = 30.0
 
 #: what an Opus feed carries
 OPUS = CodecInfo("opus", 0, 0, AUDIO_TIME_BASE, kind=MediaKind.AUDIO, clock_rate=AUDIO_CLOCK_RATE)
@@ -258,10 +260,12 @@ class _AudioRun:
     def _main(self) -> None:
         feed, source = self.feed, self.source
         said: str | None = None
+        delay = RETRY_SECONDS
         while not self._stop.is_set():
             try:
                 source.open()
                 feed._from_thread(self, feed._state_is, "up")
+                delay = RETRY_SECONDS
                 self._pump()
             except Exception as exc:  # noqa: BLE001 - a source's failure: said once per reason, retried
                 reason = str(exc) or type(exc).__name__
@@ -269,12 +273,13 @@ class _AudioRun:
                     logger.warning("audio %s: %s: %s; retrying", feed.name, source.description, reason)
                     said = reason
                 feed._from_thread(self, feed._state_is, "retrying", reason)
+                delay = min(delay * 2, RETRY_MAX)
             finally:
                 try:
                     source.close()
                 except Exception:  # noqa: BLE001 - closing a broken source
                     logger.debug("audio %s: closing %s failed", feed.name, source.description, exc_info=True)
-            self._stop.wait(RETRY_SECONDS)
+            self._stop.wait(delay)
 
     def _pump(self) -> None:
         """Read and encode until the source ends or the run is stopped (on this thread)."""
