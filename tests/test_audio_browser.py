@@ -66,6 +66,77 @@ WHEP_AUDIO = """async (endpoint) => {
 }"""
 
 
+#: a WHEP client in the page that plays picture and sound (unmuted: the tests' autoplay flag) and
+#: times, on performance.now(), each beep's onset as it is output (a ScriptProcessor on the stream,
+#: mapped through the AudioContext's output timestamp) and each mark's onset as it is shown
+#: (requestVideoFrameCallback's expectedDisplayTime, the mark read from the frame drawn on a canvas)
+LIP_SYNC = """async ([endpoint, seconds]) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", {direction: "recvonly"});
+  pc.addTransceiver("audio", {direction: "recvonly"});
+  const video = document.createElement("video");
+  video.autoplay = true; video.playsInline = true;
+  document.body.appendChild(video);
+  let stream = null;
+  pc.ontrack = (event) => { stream = event.streams[0]; video.srcObject = stream; video.play().catch(() => {}); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
+    setTimeout(done, 3000);
+  });
+  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
+                                          headers: {"Content-Type": "application/sdp"}});
+  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
+  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
+  // the sound: its onsets as heard (the output timestamp maps the audio clock to performance.now)
+  const context = new AudioContext();
+  await context.resume();
+  const source = context.createMediaStreamSource(stream);
+  const tap = context.createScriptProcessor(256, 1, 1);
+  const beeps = [];
+  let quietSince = 0;
+  tap.onaudioprocess = (event) => {
+    const data = event.inputBuffer.getChannelData(0);
+    let sum = 0; let first = -1;
+    for (let i = 0; i < data.length; i++) { sum += data[i] * data[i]; if (first < 0 && Math.abs(data[i]) > 0.1) first = i; }
+    const rms = Math.sqrt(sum / data.length);
+    const stamp = context.getOutputTimestamp();
+    const at = stamp.performanceTime + (event.playbackTime + first / context.sampleRate - stamp.contextTime) * 1000;
+    if (first >= 0) { if (quietSince >= 10) beeps.push(at); quietSince = 0; } else quietSince++;
+  };
+  source.connect(tap); tap.connect(context.destination);
+  // the picture: the onset of its mark as shown
+  const canvas = document.createElement("canvas");
+  const marks = [];
+  let unmarked = 0;
+  const onFrame = (now, meta) => {
+    const w = video.videoWidth, h = video.videoHeight;
+    if (w) {
+      canvas.width = w; canvas.height = h;
+      const g = canvas.getContext("2d", {willReadFrequently: true});
+      g.drawImage(video, 0, 0);
+      const side = Math.max(8, Math.floor(Math.min(w, h) / 10));
+      const box = g.getImageData(w - side - 8 + 2, 32 + 2, side - 4, side - 4).data;
+      let sum = 0; for (let i = 0; i < box.length; i += 4) sum += box[i] + box[i + 1] + box[i + 2];
+      const marked = sum / (box.length / 4) / 3 > 200;
+      if (marked) { if (unmarked >= 5) marks.push(meta.expectedDisplayTime); unmarked = 0; } else unmarked++;
+    }
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  pc.close(); context.close();
+  const offsets = [];
+  for (const beep of beeps) {
+    let best = null;
+    for (const mark of marks) if (best === null || Math.abs(mark - beep) < Math.abs(best - beep)) best = mark;
+    if (best !== null && Math.abs(best - beep) < 500) offsets.push(beep - best);
+  }
+  return {beeps: beeps.length, marks: marks.length, offsets, latency: context.outputLatency, base: context.baseLatency};
+}"""
+
+
 def heard(page, timeout: float = 30.0) -> dict:
     """The page's audio statistics once it has had sound with energy (the tone beeps 100 ms a second:
     the level is the loudest seen)."""
@@ -147,3 +218,16 @@ def test_a_whep_client_in_chromium_hears_the_tone(sandbox, tmp_path):  # noqa: F
         assert result["status"] == 201, result
         assert result["codec"].lower() == "audio/opus", result
         assert result["energy"] > 0.005 and result["level"] > 0.1, result
+
+
+@pytest.mark.timeout(180)
+def test_lip_sync_in_chromium_within_80_ms(sandbox, tmp_path):  # noqa: F811
+    """The tone's beeps as Chromium outputs them against the pattern's marks as it shows them."""
+    with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240") as (browser, _, _log):
+        page = open_page(browser)
+        result = page.evaluate(LIP_SYNC, [URL + "whep", 12])
+    print("lip-sync in Chromium (sound minus picture, ms):", [round(x) for x in result["offsets"]])
+    # (the first seconds: Chromium's synchronisation settling)
+    settled = sorted(result["offsets"][2:])
+    assert len(settled) >= 6, result
+    assert abs(settled[len(settled) // 2]) <= 80, result
