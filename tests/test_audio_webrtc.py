@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import re
 
+import aiohttp
 import pytest
 
 from bench.listener import Listener, lip_sync
 from camtrack.app import CAMERAS
 from camtrack.media.packet import MediaKind
+from camtrack.outputs.wsvideo import parse_header
 
 from .conftest import eventually
+from .test_audio import opus_rms
 
 # each listens to a few seconds of real-time sound
 pytestmark = pytest.mark.slow
@@ -114,3 +117,33 @@ async def test_lip_sync_of_the_tones_beeps_and_the_pictures_marks_within_80_ms(s
     assert all(abs(offset) <= 80 for offset in sync["offsets_ms"]), sync
     # and each on its own is at its whole second (the capture time), not later
     assert all(ms < 80 or ms > 950 for ms in sync["mark_after_second_ms"] + sync["beep_after_second_ms"]), sync
+
+
+async def test_the_websocket_stream_carries_the_sound_when_asked(serve):
+    """{"type": "stream", "audio": true}: the pictures and, interleaved, the sound's Opus packets
+    (flag 8, 48 kHz ticks, a codec block first); without it, the pictures only."""
+    url, app = await serve(width=320, height=240, fps=15)
+    async with aiohttp.ClientSession() as session:
+        for asked in (True, False):
+            async with session.ws_connect(url) as ws:
+                hello = await ws.receive_json()
+                assert hello["type"] == "hello" and hello["audio"] is True
+                await ws.send_json({"type": "stream", "audio": asked} if asked else {"type": "stream"})
+                messages = []
+                deadline = asyncio.get_running_loop().time() + 2.5
+                while asyncio.get_running_loop().time() < deadline:
+                    got = await ws.receive(timeout=5)
+                    if got.type == aiohttp.WSMsgType.BINARY:
+                        messages.append(parse_header(got.data))
+            sound = [m for m in messages if m["audio"]]
+            pictures = [m for m in messages if not m["audio"]]
+            assert len(pictures) >= 20
+            if not asked:
+                assert sound == []
+                continue
+            assert len(sound) >= 90, len(sound)
+            assert sound[0]["codec"] == {"codec": "opus", "sampleRate": 48000, "numberOfChannels": 1}
+            assert all(m["codec"] is None for m in sound[1:])
+            assert {b["pts"] - a["pts"] for a, b in zip(sound, sound[1:], strict=False)} == {960}
+            levels = opus_rms([m["payload"] for m in sound])
+            assert 2 <= sum(level > 0.05 for level in levels) <= len(levels) // 2

@@ -47,8 +47,10 @@ from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
 from ...media.admission import CLIENT_TEXT, Refused
 from ...media.feeds import FeedClosed, Transport
+from ...media.packet import MediaKind
 from ...media.quality import CHOICES
 from ...media.ratelimit import TokenBucket
+from ...media.reader import PacketReader
 from ..directory import Camera, Cameras
 from ..results import ResultSender
 from ..wsvideo import PacketStream
@@ -184,6 +186,8 @@ class Session:
             "stream": self.camera.packets() is not None,
             # the qualities a viewer may ask for with {"type": "quality"} (besides "auto")
             "qualities": list(self.camera.qualities()) if self.camera.packets() is not None else ["main"],
+            # whether the camera has sound: an audio m-line, or "audio": true with "stream", gets it
+            "audio": self.camera.packets(MediaKind.AUDIO) is not None,
         })
 
     async def on_auth(self, message: dict[str, Any]) -> bool:
@@ -201,7 +205,7 @@ class Session:
         elif kind == "candidate":
             await self.on_candidate(message)
         elif kind == "stream":
-            await self.on_stream()
+            await self.on_stream(message.get("audio") is True)
         elif kind == "quality":
             await self.on_quality(message)
         elif kind == "bye":
@@ -299,8 +303,9 @@ class Session:
         if quality is not None and self.reason is None:
             asyncio.ensure_future(self.send({"type": "quality", **quality}))
 
-    async def on_stream(self) -> None:
-        """Stop any WebRTC peer and send the camera's packets over this socket instead."""
+    async def on_stream(self, audio: bool = False) -> None:
+        """Stop any WebRTC peer and send the camera's packets over this socket instead (and its sound
+        beside them when `audio` is asked for and the camera has some: camtrack.outputs.wsvideo)."""
         feed = self.camera.packets()
         if feed is None:
             raise ProtocolError("this camera has no shared packet feed to stream (--encoder per-viewer): "
@@ -308,9 +313,11 @@ class Session:
         if self._streaming is not None:
             raise ProtocolError("already streaming")
         self.cameras.leave(self.camera, self)  # a connected peer's viewer no more
+        sound = self.camera.packets(MediaKind.AUDIO) if audio else None
         # (before: no idle clock)
         self.stream = PacketStream(functools.partial(tier_reader, self.camera, Transport.WS_VIDEO, None,
-                                                     self.quality_choice), on_move=self._tell_stream_quality)
+                                                     self.quality_choice), on_move=self._tell_stream_quality,
+                                   audio=None if sound is None else functools.partial(PacketReader, sound))
         await self._close_peer()
         if self.reason is not None:
             return
