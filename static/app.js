@@ -277,7 +277,9 @@ function startStream(ws, hello) {
     },
   });
   show(camtrack.player.element);
-  send(ws, { type: "stream" });
+  // the sound too where the player can play it (WebCodecs' AudioDecoder: audio.js unmutes it)
+  const sound = Boolean(hello.audio && camtrack.player.sound);
+  send(ws, sound ? { type: "stream", audio: true } : { type: "stream" });
 }
 
 // Neither WebCodecs nor MSE (nor WebRTC): the server's MJPEG, which an <img> plays by itself.

@@ -15,6 +15,8 @@
 
   function setMuted(muted) {
     video.muted = muted;
+    const player = camtrack.player;
+    if (player && player.sound) player.sound.setMuted(muted); // (the websocket's sound: wsplayer.js)
     camtrack.audio.muted = muted;
     button.setAttribute("aria-pressed", String(!muted));
     button.title = muted ? "Unmute (m)" : "Mute (m)";
@@ -30,6 +32,17 @@
 
   // the level of what arrives (getStats' audioLevel, 0..1), whether or not it is heard
   async function poll() {
+    const player = camtrack.player;
+    if (camtrack.transport === "websocket" && player && player.sound) {
+      // the websocket's sound: the player decodes it, muted or not, and knows its level
+      const sound = player.sound;
+      if (sound.muted !== video.muted) sound.setMuted(video.muted); // (a player made after a choice)
+      button.hidden = !sound.decoded;
+      Object.assign(camtrack.audio, { codec: sound.codec, level: sound.level });
+      const db = sound.level > 0 ? 20 * Math.log10(sound.level) : -60;
+      meter.style.height = `${Math.max(0, Math.min(1, (db + 60) / 60)) * 100}%`;
+      return;
+    }
     const pc = camtrack.pc;
     let inbound = null;
     let report = null;

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from . import netns as netns_mod
 from .test_audio import write_av_file
-from .test_browser import URL, browser_and_server, open_page, sandbox  # noqa: F401 - the fixture
+from .test_browser import PORT, URL, browser_and_server, open_page, sandbox  # noqa: F401 - the fixture
 from .test_real_rtsp import SYSTEM_PYTHON, gst_available
 
 pytestmark = pytest.mark.slow
@@ -231,3 +232,28 @@ def test_lip_sync_in_chromium_within_80_ms(sandbox, tmp_path):  # noqa: F811
     settled = sorted(result["offsets"][2:])
     assert len(settled) >= 6, result
     assert abs(settled[len(settled) // 2]) <= 80, result
+
+
+@pytest.mark.timeout(180)
+def test_the_websocket_fallback_plays_the_sound_once_unmuted(sandbox, tmp_path):  # noqa: F811
+    """?transport=ws on HTTPS (WebCodecs): the page asks for the sound on the socket; the button and
+    the meter come with it, and once unmuted the player plays the tone's packets."""
+    from .test_browser_fallback import certificate, chromium_and_server, wait_for_server
+    from .test_browser_fallback import plays as plays_page
+
+    cert, key = certificate(tmp_path)
+    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+    with chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--width", "320",
+                             "--height", "240") as (context, _restart):
+        wait_for_server(context, base)
+        page, _ = plays_page(context, base, "?transport=ws", frames=10)
+        assert page.evaluate("[window.camtrack.transport, window.camtrack.decoder]") == ["websocket", "webcodecs"]
+        page.wait_for_function("!document.getElementById('sound').hidden", timeout=30000)
+        page.wait_for_function("parseFloat(document.getElementById('sound-level').style.height) > 0",
+                               timeout=30000)
+        assert page.evaluate("window.camtrack.player.sound.played") == 0  # muted: decoded, not played
+        page.click("#sound")
+        page.wait_for_function("window.camtrack.player.sound.played > 100", timeout=30000)
+        assert page.evaluate("window.camtrack.player.sound.codec") == "opus"
+        page.click("#info")
+        page.wait_for_function("window.camtrack.stats && window.camtrack.stats.audio === 'opus'", timeout=10000)
