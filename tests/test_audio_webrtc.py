@@ -147,3 +147,20 @@ async def test_the_websocket_stream_carries_the_sound_when_asked(serve):
             assert {b["pts"] - a["pts"] for a, b in zip(sound, sound[1:], strict=False)} == {960}
             levels = opus_rms([m["payload"] for m in sound])
             assert 2 <= sum(level > 0.05 for level in levels) <= len(levels) // 2
+
+
+async def test_viewers_in_worker_processes_hear_it_relayed_once(serve):
+    """--workers 2: each worker gets the camera's sound relayed once (the one encoder is the main
+    process's), and its listeners hear the beeps."""
+    url, app = await serve(width=320, height=240, fps=15, workers=2, ice_addresses=["127.0.0.1"])
+    feed = audio_feed(app)
+    listeners = [Listener() for _ in range(4)]
+    try:
+        await asyncio.gather(*(listener.connect(url) for listener in listeners))
+        await eventually(lambda: all(len(listener.audio) >= 100 for listener in listeners), 45)
+        assert all(listener.loud() >= 2 for listener in listeners)
+        assert feed.stats.encoders == 1
+        # every listener is a worker's, each worker's sound one reader of the feed
+        assert 1 <= len(feed.consumers) <= 2
+    finally:
+        await asyncio.gather(*(listener.close() for listener in listeners))

@@ -36,6 +36,14 @@ def wants_audio(offer: aiortc_sdp.SessionDescription) -> bool:
     return any(is_codec_compatible(mine, theirs) for theirs in media.rtp.codecs for mine in local)
 
 
+def offer_wants_audio(sdp: str) -> bool:
+    """`wants_audio` of an offer that passed the checks (read_offer): parsed again."""
+    try:
+        return wants_audio(aiortc_sdp.SessionDescription.parse(sdp))
+    except Exception:  # noqa: BLE001 - (it parsed once already)
+        return False
+
+
 def make_audio_track(camera: CameraView, transport: Transport) -> EncodedTrack | None:
     """A new track of `camera`'s sound for one listener, or None when the camera has none."""
     feed = camera.packets(MediaKind.AUDIO)
