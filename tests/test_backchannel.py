@@ -4,6 +4,7 @@ it, in G.711 µ-law, with the delay from sending to its decoder measured."""
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 import socket
 import subprocess
@@ -104,3 +105,139 @@ def test_a_tone_sent_to_an_onvif_cameras_backchannel_is_heard_there():
     delay = loud[0] - tone_at
     print(f"talk: the camera's decoder heard the tone {delay * 1000:.0f} ms after it was sent")
     assert 0 <= delay < 1.0
+
+
+class ToneTrack:
+    """A viewer's microphone: silence, then (once `loud` is set) a 1 kHz tone, 20 ms frames in real time."""
+
+    def __new__(cls):  # (an aiortc AudioStreamTrack subclass, made here to keep aiortc out of the imports above)
+        from aiortc.mediastreams import AudioStreamTrack
+
+        class _Tone(AudioStreamTrack):
+            def __init__(self) -> None:
+                super().__init__()
+                self.loud_at: float | None = None
+                self.samples = 0
+                self.began: float | None = None
+
+            async def recv(self):
+                if self.began is None:
+                    self.began = time.monotonic()
+                wait = self.began + self.samples / 48000 - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                frame = tone(self.samples, loud=self.loud_at is not None and time.time() >= self.loud_at)
+                frame.pts = self.samples
+                self.samples += 960
+                return frame
+
+        return _Tone()
+
+
+async def talker(url: str) -> tuple[object, object, object]:
+    """A viewer over /ws whose offer sends its sound (a tone track): (session, ws, its tone track)."""
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(url)
+    while (await ws.receive_json())["type"] != "hello":
+        pass
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    track = ToneTrack()
+    pc.addTransceiver(track, direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
+    answer = await reply(ws, "answer")
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    return (session, ws, pc), ws, track
+
+
+async def reply(ws, kind: str) -> dict:
+    """The next message of `kind` (or an error)."""
+    while True:
+        message = await asyncio.wait_for(ws.receive_json(), 20)
+        if message["type"] in (kind, "error"):
+            return message
+
+
+@pytest.fixture
+def onvif_camera():
+    why = gst_available()
+    if why is not None:
+        pytest.skip(f"GStreamer's RTSP server is not installed ({why})")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    camera = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    assert camera.stdout is not None
+    url = camera.stdout.readline().strip()
+    heard: list[tuple[float, float]] = []
+
+    def listen() -> None:
+        for line in camera.stdout:  # type: ignore[union-attr]
+            if line.startswith("LEVEL "):
+                _, at, rms, _samples = line.split()
+                heard.append((float(at), float(rms)))
+
+    threading.Thread(target=listen, daemon=True).start()
+    yield url, heard
+    camera.kill()
+    camera.wait(10)
+
+
+@pytest.mark.slow
+async def test_a_viewer_talks_to_the_camera_one_at_a_time_with_the_talk_token(serve, onvif_camera):
+    url, heard = onvif_camera
+    ws_url, app = await serve(source=url, width=320, height=240, talk="source", talk_token="speak", audio="off")
+    first_parts, first, tone_track = await talker(ws_url)
+    second_parts, second, _ = await talker(ws_url)
+    try:
+        # no token, a wrong one: refused, whatever the watching token
+        await first.send_json({"type": "talk", "on": True})
+        assert "not allowed to talk" in (await reply(first, "talk"))["message"]
+        await first.send_json({"type": "talk", "on": True, "token": "nope"})
+        assert "not allowed to talk" in (await reply(first, "talk"))["message"]
+        # the token: the line opens, the camera hears the viewer's tone
+        await first.send_json({"type": "talk", "on": True, "token": "speak"})
+        assert (await reply(first, "talk"))["state"] == "on"
+        # a second talker to the same camera is told it is busy
+        await second.send_json({"type": "talk", "on": True, "token": "speak"})
+        assert "busy" in (await reply(second, "talk"))["message"]
+        await asyncio.sleep(1.0)
+        assert not any(rms > 0.1 for _, rms in heard)  # (silence so far)
+        tone_track.loud_at = time.time() + 0.2
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(rms > 0.1 and at >= tone_track.loud_at for at, rms in heard):
+            await asyncio.sleep(0.05)
+        loud = [at for at, rms in heard if rms > 0.1 and at >= tone_track.loud_at]
+        assert loud, heard[-5:]
+        print(f"talk: from the viewer's microphone to the camera's decoder in {(loud[0] - tone_track.loud_at) * 1000:.0f} ms")
+        assert loud[0] - tone_track.loud_at < 1.5
+        # it stops: the line is free for the second
+        await first.send_json({"type": "talk", "on": False})
+        assert (await reply(first, "talk"))["state"] == "off"
+        await second.send_json({"type": "talk", "on": True, "token": "speak"})
+        assert (await reply(second, "talk"))["state"] == "on"
+    finally:
+        for session, ws, pc in (first_parts, second_parts):
+            await ws.close()
+            await pc.close()
+            await session.close()
+
+
+@pytest.mark.slow
+async def test_nobody_talks_without_a_talk_token_or_a_back_channel(serve, onvif_camera):
+    url, _heard = onvif_camera
+    ws_url, _ = await serve(source=url, width=320, height=240, talk="source", audio="off")
+    parts, ws, _ = await talker(ws_url)
+    try:
+        await ws.send_json({"type": "talk", "on": True, "token": "anything"})
+        assert "no --talk-token" in (await reply(ws, "talk"))["message"]
+    finally:
+        session, ws, pc = parts
+        await ws.close()
+        await pc.close()
+        await session.close()

@@ -50,8 +50,16 @@ def make_audio_track(camera: CameraView, transport: Transport) -> EncodedTrack |
     return EncodedTrack(feed) if feed is not None else None
 
 
-def add_audio(pc: RTCPeerConnection, track: EncodedTrack) -> None:
-    """Send `track` on `pc` in Opus (before the offer is applied: aiortc honours codec preferences
-    only on a transceiver made then)."""
-    transceiver = pc.addTransceiver(track, direction="sendonly")
+def offer_sends_audio(offer: aiortc_sdp.SessionDescription) -> bool:
+    """Whether `offer`'s first audio m-line sends audio (sendrecv: a viewer who may talk back)."""
+    media = next((m for m in offer.media if m.kind == "audio"), None)
+    return media is not None and media.direction in ("sendrecv", "sendonly")
+
+
+def add_audio(pc: RTCPeerConnection, track: EncodedTrack | None, hears: bool = False) -> None:
+    """Send `track` on `pc` in Opus, and receive the viewer's sound too when it `hears` it (a camera
+    it may talk to: talk.py); before the offer is applied (aiortc honours codec preferences only on
+    a transceiver made then)."""
+    direction = ("sendrecv" if hears else "sendonly") if track is not None else "recvonly"
+    transceiver = pc.addTransceiver(track if track is not None else "audio", direction=direction)
     transceiver.setCodecPreferences(opus_preferences())

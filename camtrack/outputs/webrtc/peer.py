@@ -21,7 +21,7 @@ from ...media.feeds import Transport
 from ...media.quality import CHOICES, TierReader
 from ...seams import aiortc as aiortc_seam
 from ..results import ResultFeed, SentPictures
-from .audio import add_audio, make_audio_track, wants_audio
+from .audio import add_audio, make_audio_track, offer_sends_audio, wants_audio
 from .contract import CameraView, PeerCamera
 from .datachannel import DataChannels
 from .ice import IceContext
@@ -237,6 +237,8 @@ class Peer:
         self.audio = audio
         self.audio_track: EncodedTrack | None = None
         self.audio_rtp: RtpSendStats | None = None
+        #: the viewer's own sound, when its offer sends some to a camera it may talk to (talk.py)
+        self.heard: MediaStreamTrack | None = None
         self.connected = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
@@ -262,6 +264,11 @@ class Peer:
         self._quality_listeners: list[Callable[[], None]] = []
         self.pc.on("connectionstatechange", self._on_state)
         self.pc.on("datachannel", self.data.on_channel)
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self.heard = track
 
     @property
     def tier_reader(self) -> TierReader | None:
@@ -343,10 +350,11 @@ class Peer:
                 reader.on_move = self._quality_changed
                 if self.quality_choice != "auto":
                     reader.choose(self.quality_choice)  # (before its first packet: it starts there)
+            talks = bool(self.camera.settings.talk) and offer_sends_audio(offer)
             if self.audio is not None and wants_audio(offer):
                 self.audio_track = self.audio()
-                if self.audio_track is not None:
-                    add_audio(self.pc, self.audio_track)
+            if self.audio_track is not None or talks:
+                add_audio(self.pc, self.audio_track, talks)
             answer = await answer_offer(self.pc, sdp, sending, codec, self.ice, offer)
             self._remote_candidates += sum(line.startswith("a=candidate:") for line in sdp.splitlines())
         except OfferError:

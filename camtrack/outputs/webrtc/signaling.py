@@ -56,7 +56,8 @@ from ..results import ResultSender
 from ..wsvideo import PacketStream
 from .contract import PeerFactory, PeerSession
 from .ice import IceContext
-from .peer import LocalPeers, OfferError, ServerFull, screen_offer
+from .peer import LocalPeers, OfferError, Peer, ServerFull, screen_offer
+from .talk import Talk, TalkRefused, talk_url
 from .tracks import camera_codecs, tier_reader
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class Session:
         self.cameras = cameras
         self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
         self.peer: PeerSession | None = None
+        #: this viewer talking to its camera (talk.py), while it does
+        self.talk: Talk | None = None
         #: WEBSOCKET while it negotiates WebRTC, WS_VIDEO while it streams over the socket
         self.transport = Transport.WEBSOCKET
         self.stream: PacketStream | None = None
@@ -208,13 +211,15 @@ class Session:
             await self.on_stream(message.get("audio") is True)
         elif kind == "quality":
             await self.on_quality(message)
+        elif kind == "talk":
+            await self.on_talk(message)
         elif kind == "bye":
             self.end("said bye")
         elif kind == "auth":
             pass  # already authorized: harmless
         else:
-            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate, stream, quality "
-                                f"or bye")
+            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate, stream, quality, "
+                                f"talk or bye")
 
     async def on_offer(self, message: dict[str, Any]) -> None:
         sdp = message.get("sdp")
@@ -302,6 +307,49 @@ class Session:
         quality = self.stream.quality() if self.stream is not None else None
         if quality is not None and self.reason is None:
             asyncio.ensure_future(self.send({"type": "quality", **quality}))
+
+    async def on_talk(self, message: dict[str, Any]) -> None:
+        """Start or stop talking to the camera (talk.py): with --talk-token's token, a camera with
+        --talk, and a WebRTC peer whose offer sends audio; one talker per camera."""
+        if message.get("on") is not True:
+            await self._stop_talk()
+            await self.send({"type": "talk", "state": "off"})
+            return
+        if not self.config.talk_token:
+            raise ProtocolError("nobody may talk: the server has no --talk-token")
+        if not token_matches(self.config.talk_token, message.get("token")):
+            raise ProtocolError("not allowed to talk: a talk token is needed (a permission apart from watching)")
+        url = talk_url(self.camera.settings.talk, self.camera.settings.source)
+        if url is None:
+            raise ProtocolError(f"camera {self.camera.name} has no back-channel to talk to (--talk)")
+        peer = self.peer
+        heard = peer.heard if isinstance(peer, Peer) else None
+        if heard is None:
+            raise ProtocolError("talking needs a WebRTC peer whose offer sends audio (a sendrecv audio m-line)")
+        if self.talk is not None:
+            await self.send({"type": "talk", "state": "on"})
+            return
+        talk = Talk(self.camera.name, url, heard, self._talk_ended)
+        try:
+            await talk.start()
+        except TalkRefused as exc:
+            raise ProtocolError(str(exc)) from None
+        if self.reason is not None or self.peer is not peer:
+            await talk.stop()
+            return
+        self.talk = talk
+        log.info(self.remote, "viewer %s talks to %s", self.remote, self.camera.name)
+        await self.send({"type": "talk", "state": "on"})
+
+    def _talk_ended(self, reason: str) -> None:
+        self.talk = None
+        if self.reason is None:
+            asyncio.ensure_future(self.send({"type": "talk", "state": "off", "reason": reason}))
+
+    async def _stop_talk(self) -> None:
+        talk, self.talk = self.talk, None
+        if talk is not None:
+            await talk.stop()
 
     async def on_stream(self, audio: bool = False) -> None:
         """Stop any WebRTC peer and send the camera's packets over this socket instead (and its sound
@@ -474,6 +522,7 @@ class Session:
                 pass
 
     async def _close_peer(self) -> None:
+        await self._stop_talk()
         peer, self.peer = self.peer, None
         if peer is not None:
             await peer.close()
