@@ -219,8 +219,12 @@ async function handle(ws, message) {
         await camtrack.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       }
       break;
+    case "talk": // (push-to-talk: audio.js)
+      document.dispatchEvent(new CustomEvent("camtrack:talk", { detail: message }));
+      break;
     case "error":
       camtrack.lastError = message.message;
+      document.dispatchEvent(new CustomEvent("camtrack:error", { detail: message }));
       console.warn("camtrack server:", message.message);
       if (message.message === "server full") {
         retries = Math.max(retries, 3); // back off harder
@@ -318,7 +322,8 @@ async function startPeer(ws, hello) {
   let connected = false;
   camtrack.peerConnected = false;
   pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addTransceiver("audio", { direction: "recvonly" }); // the camera's sound, if it has any (audio.js)
+  // the camera's sound, if it has any, and the viewer's own once it talks to the camera (audio.js)
+  pc.addTransceiver("audio", { direction: hello.talk ? "sendrecv" : "recvonly" });
   // the camera's processing results: newest wins, so neither ordered nor retransmitted
   const channel = pc.createDataChannel("camtrack", { ordered: false, maxRetransmits: 0 });
   camtrack.channel = channel;

@@ -80,4 +80,77 @@
   }
   let previous = null;
   setInterval(() => poll().catch(() => {}), 200);
+
+  // --- push-to-talk: hold the button (or t) and the microphone goes to the camera's back-channel
+  // over the same peer (docs/audio.md). The talk token (a permission apart from watching) comes in
+  // the page's URL as ?talk=..., moved out of the address bar like the watching token.
+  const talkButton = document.getElementById("talk");
+  const TALK_KEY = "camtrack-talk-token";
+  const params = new URLSearchParams(location.search);
+  if (params.has("talk")) {
+    sessionStorage.setItem(TALK_KEY, params.get("talk"));
+    params.delete("talk");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  }
+  camtrack.talk = { state: "off", error: null, sent: 0 };
+  let microphone = null;
+  let talking = false;
+
+  function audioSender() {
+    const pc = camtrack.pc;
+    if (!pc) return null;
+    const transceiver = pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.kind === "audio");
+    return transceiver ? transceiver.sender : null;
+  }
+  async function startTalking() {
+    if (talking) return;
+    talking = true;
+    talkButton.setAttribute("aria-pressed", "true");
+    try {
+      if (!microphone) microphone = await navigator.mediaDevices.getUserMedia({ audio: true });
+      const sender = audioSender();
+      if (!sender || !talking) throw new Error("no WebRTC peer to talk over");
+      await sender.replaceTrack(microphone.getAudioTracks()[0]);
+      camtrack.ws.send(JSON.stringify({ type: "talk", on: true, token: sessionStorage.getItem(TALK_KEY) }));
+      camtrack.talk.sent += 1;
+    } catch (error) {
+      camtrack.talk.error = String(error.message || error);
+      stopTalking();
+    }
+  }
+  function stopTalking() {
+    if (!talking) return;
+    talking = false;
+    talkButton.setAttribute("aria-pressed", "false");
+    const sender = audioSender();
+    if (sender) sender.replaceTrack(null).catch(() => {});
+    if (camtrack.ws && camtrack.ws.readyState === WebSocket.OPEN) camtrack.ws.send(JSON.stringify({ type: "talk", on: false }));
+  }
+  talkButton.addEventListener("pointerdown", (event) => { event.preventDefault(); startTalking(); });
+  for (const end of ["pointerup", "pointerleave", "pointercancel"]) talkButton.addEventListener(end, stopTalking);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "t" && !event.repeat && !talkButton.hidden && !talkButton.disabled &&
+        !["SELECT", "INPUT"].includes(event.target.tagName)) startTalking();
+  });
+  document.addEventListener("keyup", (event) => { if (event.key === "t") stopTalking(); });
+  document.addEventListener("camtrack:talk", (event) => {
+    camtrack.talk.state = event.detail.state;
+    if (event.detail.state === "on") camtrack.talk.error = null;
+  });
+  document.addEventListener("camtrack:error", (event) => {
+    if (talking || /talk|busy/.test(event.detail.message)) {
+      camtrack.talk.error = event.detail.message; // busy, not allowed: said on the button
+      talkButton.title = event.detail.message;
+      stopTalking();
+    }
+  });
+  document.addEventListener("camtrack:hello", (event) => {
+    talkButton.hidden = !event.detail.talk;
+    // browsers give the microphone only to secure pages (HTTPS, localhost): say so instead
+    talkButton.disabled = !window.isSecureContext || !navigator.mediaDevices;
+    talkButton.title = talkButton.disabled
+      ? "Talking needs HTTPS (or localhost): browsers give the microphone only to secure pages"
+      : "Hold to talk (t)";
+  });
 })();

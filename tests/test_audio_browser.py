@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .test_real_rtsp import SYSTEM_PYTHON, gst_available
 pytestmark = pytest.mark.slow
 
 RTSP_SERVER = Path(__file__).with_name("gst_rtsp_audio_server.py")
+ONVIF_SERVER = Path(__file__).with_name("gst_onvif_backchannel_server.py")
 
 AUDIO_STATS = """async () => {
   const pc = window.camtrack && window.camtrack.pc;
@@ -257,3 +259,80 @@ def test_the_websocket_fallback_plays_the_sound_once_unmuted(sandbox, tmp_path):
         assert page.evaluate("window.camtrack.player.sound.codec") == "opus"
         page.click("#info")
         page.wait_for_function("window.camtrack.stats && window.camtrack.stats.audio === 'opus'", timeout=10000)
+
+
+@pytest.mark.timeout(180)
+def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(sandbox, tmp_path, monkeypatch):  # noqa: F811
+    """HTTPS page, ?talk=TOKEN: holding the talk button sends Chromium's fake microphone over the peer
+    to the camera's ONVIF back-channel (GStreamer's RTSPOnvifServer, in the namespace, which prints
+    the level of what it decodes); a second page holding it is told the line is busy."""
+    from . import test_browser_fallback as fallback
+
+    if gst_available() is not None:
+        pytest.skip("GStreamer's RTSP server is not installed")
+    ns, _ = sandbox
+    monkeypatch.setattr(fallback, "CHROMIUM_FLAGS", [*fallback.CHROMIUM_FLAGS, "--use-fake-device-for-media-stream",
+                                                     "--use-fake-ui-for-media-stream"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    camera = subprocess.Popen(ns.command(SYSTEM_PYTHON, str(ONVIF_SERVER), str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    heard: list[tuple[float, float]] = []
+    try:
+        assert camera.stdout is not None
+        url = camera.stdout.readline().strip()
+        assert url.startswith("rtsp://"), url
+
+        def listen() -> None:
+            for line in camera.stdout:  # type: ignore[union-attr]
+                if line.startswith("LEVEL "):
+                    heard.append((float(line.split()[1]), float(line.split()[2])))
+
+        threading.Thread(target=listen, daemon=True).start()
+        cert, key = fallback.certificate(tmp_path)
+        base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+        with fallback.chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--source", url,
+                                          "--talk", "source", "--talk-token", "speak", "--width", "320",
+                                          "--height", "240") as (context, _restart):
+            fallback.wait_for_server(context, base)
+            page, _ = fallback.plays(context, base, "?talk=speak", frames=5)
+            assert "talk" not in page.url  # (the talk token left the address bar)
+            page.wait_for_function("!document.getElementById('talk').hidden && "
+                                   "!document.getElementById('talk').disabled", timeout=30000)
+            box = page.locator("#talk").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            pressed = time.time()
+            page.mouse.down()
+            page.wait_for_function("window.camtrack.talk.state === 'on'", timeout=20000)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(rms > 0.02 and at > pressed for at, rms in heard):
+                time.sleep(0.1)
+            loud = [at for at, rms in heard if rms > 0.02 and at > pressed]
+            assert loud, (heard[-5:], page.evaluate("window.camtrack.talk"))
+            print(f"push-to-talk: the camera heard Chromium's microphone {loud[0] - pressed:.2f} s after the press "
+                  "(the fake microphone beeps now and then: an upper bound)")
+            # a second page holding the button meanwhile: busy
+            other, _ = fallback.plays(context, base, "?talk=speak", frames=5)
+            other.wait_for_function("!document.getElementById('talk').hidden", timeout=30000)
+            other.keyboard.down("t")
+            other.wait_for_function("window.camtrack.talk.error && window.camtrack.talk.error.includes('busy')",
+                                    timeout=20000)
+            other.keyboard.up("t")
+            page.mouse.up()
+            page.wait_for_function("window.camtrack.talk.state === 'off'", timeout=20000)
+    finally:
+        camera.kill()
+        camera.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_plain_http_beyond_localhost_says_why_it_cannot_talk(sandbox, tmp_path):  # noqa: F811
+    with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240", "--talk",
+                            "rtsp://127.0.0.1:9/none", "--talk-token", "speak") as (browser, _, _log):
+        page = open_page(browser)
+        page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        page.wait_for_function("!document.getElementById('talk').hidden", timeout=30000)
+        assert page.evaluate("window.isSecureContext") is False
+        assert page.evaluate("document.getElementById('talk').disabled") is True
+        assert "HTTPS" in page.get_attribute("#talk", "title")

@@ -191,6 +191,9 @@ class Session:
             "qualities": list(self.camera.qualities()) if self.camera.packets() is not None else ["main"],
             # whether the camera has sound: an audio m-line, or "audio": true with "stream", gets it
             "audio": self.camera.packets(MediaKind.AUDIO) is not None,
+            # whether a viewer may talk to the camera (with the talk token): its offer then sends audio
+            "talk": bool(self.config.talk_token)
+            and talk_url(self.camera.settings.talk, self.camera.settings.source) is not None,
         })
 
     async def on_auth(self, message: dict[str, Any]) -> bool:
