@@ -1,4 +1,5 @@
-"""What a camera's sound costs, in one run (issue 24): server.py serving the test pattern (640x480 at
+"""What a camera's sound costs, in one run (issue 24): the lip-sync at an aiortc viewer, the talk
+latency to an ONVIF camera's back-channel, and server.py serving the test pattern (640x480 at
 30 fps, H.264 shared encoder) and its test tone, with --audio auto and --audio off, to 1 and 16
 aiortc viewers whose offers ask for video and audio (bench/listener.py, in a process of their own,
 decoding both), and the server process's CPU over the same seconds; then the Opus encoder's own
@@ -15,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -138,6 +140,69 @@ def lip_sync_row(seconds: float) -> None:
           "mark's 33 ms picture bound the resolution)")
 
 
+async def talk_delays(ws_url: str, heard: list[tuple[float, float]], tries: int) -> list[float]:
+    """An aiortc viewer talks (bench.listener.talker: silence, then a tone from a known time) `tries`
+    times; each time, the seconds until the camera's decoder hears it."""
+    from bench.listener import reply, talker
+
+    (session, ws, pc), _, tone = await talker(ws_url)
+    delays = []
+    try:
+        await ws.send_json({"type": "talk", "on": True, "token": "bench"})
+        state = await reply(ws, "talk")
+        if state.get("state") != "on":
+            raise RuntimeError(f"talk refused: {state}")
+        for _ in range(tries):
+            await asyncio.sleep(1.0)
+            tone.loud_at = loud_at = time.time() + 0.1
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not any(rms > 0.1 and at >= loud_at for at, rms in heard):
+                await asyncio.sleep(0.01)
+            loud = [at for at, rms in heard if rms > 0.1 and at >= loud_at]
+            tone.loud_at = None
+            if loud:
+                delays.append(loud[0] - loud_at)
+            await asyncio.sleep(0.5)
+    finally:
+        await ws.close()
+        await pc.close()
+        await session.close()
+    return delays
+
+
+def talk_row(tries: int = 5) -> None:
+    """Talk latency: an aiortc viewer's tone to the decoder of an ONVIF camera's back-channel
+    (GStreamer's RTSPOnvifServer, tests/gst_onvif_backchannel_server.py, as the camera and the source)."""
+    camera = subprocess.Popen(["/usr/bin/python3", str(ROOT / "tests" / "gst_onvif_backchannel_server.py"),
+                               str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    heard: list[tuple[float, float]] = []
+    try:
+        assert camera.stdout is not None
+        url = camera.stdout.readline().strip()
+        if not url.startswith("rtsp://"):
+            print(f"talk: no ONVIF camera here ({url})")
+            return
+        threading.Thread(target=lambda: [heard.append((float(line.split()[1]), float(line.split()[2])))
+                                         for line in camera.stdout or () if line.startswith("LEVEL ")],
+                         daemon=True).start()
+        server, port = start_server("--source", url, "--talk", "source", "--talk-token", "bench", "--audio", "off",
+                                    "--width", "320", "--height", "240")
+        try:
+            delays = sorted(asyncio.run(talk_delays(f"ws://127.0.0.1:{port}/ws", heard, tries)))
+        finally:
+            server.terminate()
+            server.wait(10)
+    finally:
+        camera.kill()
+        camera.wait(10)
+    if delays:
+        print(f"talk latency, an aiortc viewer's microphone to an ONVIF camera's decoder (G.711 back-channel): "
+              f"{len(delays)} of {tries} heard, min {delays[0] * 1000:.0f} ms, median "
+              f"{delays[len(delays) // 2] * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")
+    else:
+        print("talk latency: the camera heard nothing")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -149,6 +214,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(listen(args.client, args.count, args.seconds))))
         return
     lip_sync_row(min(args.seconds, 10.0))
+    talk_row()
     print("| --audio | listeners | server CPU % | clients CPU % | audio fps min | video fps min | Opus encoders "
           "| frames encoded | encode s |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -4,6 +4,7 @@ the test of camtrack's sound (tests/test_audio_webrtc.py) and its benchmark (ben
 from __future__ import annotations
 
 import asyncio
+import fractions
 import time
 from typing import Any
 
@@ -184,3 +185,70 @@ def lip_sync(listener: Listener, threshold: float = 0.05) -> dict[str, Any]:
             # (each on its own: how far past the whole second, where both start, its onset came)
             "mark_after_second_ms": [(m % 1.0) * 1000 for m in marks],
             "beep_after_second_ms": [(b % 1.0) * 1000 for b in beeps]}
+
+
+def tone_frame_48k(start: int, samples: int = 960, loud: bool = True) -> AudioFrame:
+    """20 ms of a 1 kHz tone (or silence) at 48 kHz, from sample `start`."""
+    t = (start + np.arange(samples)) / 48000
+    wave = (np.sin(2 * np.pi * 1000 * t) * 0.5 * 32767 * loud).astype(np.int16)
+    frame = AudioFrame.from_ndarray(wave[None, :], format="s16", layout="mono")
+    frame.sample_rate = 48000
+    frame.time_base = fractions.Fraction(1, 48000)
+    return frame
+
+
+class ToneTrack:
+    """A viewer's microphone: silence, then (once `loud` is set) a 1 kHz tone, 20 ms frames in real time."""
+
+    def __new__(cls):  # (an aiortc AudioStreamTrack subclass, made when first needed)
+        from aiortc.mediastreams import AudioStreamTrack
+
+        class _Tone(AudioStreamTrack):
+            def __init__(self) -> None:
+                super().__init__()
+                self.loud_at: float | None = None
+                self.samples = 0
+                self.began: float | None = None
+
+            async def recv(self):
+                if self.began is None:
+                    self.began = time.monotonic()
+                wait = self.began + self.samples / 48000 - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                frame = tone_frame_48k(self.samples, loud=self.loud_at is not None and time.time() >= self.loud_at)
+                frame.pts = self.samples
+                self.samples += 960
+                return frame
+
+        return _Tone()
+
+
+async def talker(url: str) -> tuple[object, object, object]:
+    """A viewer over /ws whose offer sends its sound (a tone track): (session, ws, its tone track)."""
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(url)
+    while (await ws.receive_json())["type"] != "hello":
+        pass
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    track = ToneTrack()
+    pc.addTransceiver(track, direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
+    answer = await reply(ws, "answer")
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    return (session, ws, pc), ws, track
+
+
+async def reply(ws, kind: str) -> dict:
+    """The next message of `kind` (or an error)."""
+    while True:
+        message = await asyncio.wait_for(ws.receive_json(), 20)
+        if message["type"] in (kind, "error"):
+            return message
+
+

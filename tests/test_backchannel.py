@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 
+from bench.listener import reply, talker
 from camtrack.sources.backchannel import BackChannel, find_backchannel
 from camtrack.sources.rtsp import RtspUnsupported
 
@@ -105,61 +106,6 @@ def test_a_tone_sent_to_an_onvif_cameras_backchannel_is_heard_there():
     delay = loud[0] - tone_at
     print(f"talk: the camera's decoder heard the tone {delay * 1000:.0f} ms after it was sent")
     assert 0 <= delay < 1.0
-
-
-class ToneTrack:
-    """A viewer's microphone: silence, then (once `loud` is set) a 1 kHz tone, 20 ms frames in real time."""
-
-    def __new__(cls):  # (an aiortc AudioStreamTrack subclass, made here to keep aiortc out of the imports above)
-        from aiortc.mediastreams import AudioStreamTrack
-
-        class _Tone(AudioStreamTrack):
-            def __init__(self) -> None:
-                super().__init__()
-                self.loud_at: float | None = None
-                self.samples = 0
-                self.began: float | None = None
-
-            async def recv(self):
-                if self.began is None:
-                    self.began = time.monotonic()
-                wait = self.began + self.samples / 48000 - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                frame = tone(self.samples, loud=self.loud_at is not None and time.time() >= self.loud_at)
-                frame.pts = self.samples
-                self.samples += 960
-                return frame
-
-        return _Tone()
-
-
-async def talker(url: str) -> tuple[object, object, object]:
-    """A viewer over /ws whose offer sends its sound (a tone track): (session, ws, its tone track)."""
-    import aiohttp
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-
-    session = aiohttp.ClientSession()
-    ws = await session.ws_connect(url)
-    while (await ws.receive_json())["type"] != "hello":
-        pass
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    track = ToneTrack()
-    pc.addTransceiver(track, direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp})
-    answer = await reply(ws, "answer")
-    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-    return (session, ws, pc), ws, track
-
-
-async def reply(ws, kind: str) -> dict:
-    """The next message of `kind` (or an error)."""
-    while True:
-        message = await asyncio.wait_for(ws.receive_json(), 20)
-        if message["type"] in (kind, "error"):
-            return message
 
 
 @pytest.fixture
