@@ -11,9 +11,10 @@ from typing import Any
 
 from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from av import AudioFrame
 
 from ...config import Config
 from ...media.encoder import H264_PROFILE
@@ -237,8 +238,12 @@ class Peer:
         self.audio = audio
         self.audio_track: EncodedTrack | None = None
         self.audio_rtp: RtpSendStats | None = None
-        #: the viewer's own sound, when its offer sends some to a camera it may talk to (talk.py)
+        #: the viewer's own sound, when its offer sends some to a camera it may talk to (talk.py):
+        #: read as it comes (aiortc queues it without bound otherwise), each frame handed to
+        #: `on_heard` while someone listens (a Talk), else dropped
         self.heard: MediaStreamTrack | None = None
+        self.on_heard: Callable[[AudioFrame], None] | None = None
+        self._hearing: asyncio.Task[None] | None = None
         self.connected = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
@@ -267,8 +272,18 @@ class Peer:
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
+        if track.kind == "audio" and self._hearing is None:
             self.heard = track
+            self._hearing = asyncio.ensure_future(self._hear(track))
+
+    async def _hear(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if self.on_heard is not None and isinstance(frame, AudioFrame):
+                    self.on_heard(frame)
+        except MediaStreamError:
+            pass
 
     @property
     def tier_reader(self) -> TierReader | None:
@@ -419,6 +434,8 @@ class Peer:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        if self._hearing is not None:
+            self._hearing.cancel()
         if self._closing is None:
             link, self.link = self.link, None
             if link is not None:

@@ -332,7 +332,8 @@ class Session:
         if self.talk is not None:
             await self.send({"type": "talk", "state": "on"})
             return
-        talk = Talk(self.camera.name, url, heard, self._talk_ended)
+        assert isinstance(peer, Peer)
+        talk = Talk(self.camera.name, url, peer, self._talk_ended)
         try:
             await talk.start()
         except TalkRefused as exc:
