@@ -304,8 +304,10 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
             pressed = time.time()
             page.mouse.down()
-            page.wait_for_function("window.camtrack.talk.state === 'on'", timeout=20000)
-            deadline = time.monotonic() + 15
+            page.wait_for_function("window.camtrack.talk.state === 'on' || window.camtrack.talk.error",
+                                   timeout=30000)
+            assert page.evaluate("window.camtrack.talk.state") == "on", page.evaluate("window.camtrack.talk")
+            deadline = time.monotonic() + 25
             while time.monotonic() < deadline and not any(rms > 0.02 and at > pressed for at, rms in heard):
                 time.sleep(0.1)
             loud = [at for at, rms in heard if rms > 0.02 and at > pressed]
@@ -314,13 +316,14 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
                   "(the fake microphone beeps now and then: an upper bound)")
             # a second page holding the button meanwhile: busy
             other, _ = fallback.plays(context, base, "?talk=speak", frames=5)
-            other.wait_for_function("!document.getElementById('talk').hidden", timeout=30000)
+            other.wait_for_function("!document.getElementById('talk').hidden && "
+                                    "!document.getElementById('talk').disabled", timeout=30000)
             other.keyboard.down("t")
-            other.wait_for_function("window.camtrack.talk.error && window.camtrack.talk.error.includes('busy')",
-                                    timeout=20000)
+            other.wait_for_function("window.camtrack.talk.error", timeout=30000)
+            assert "busy" in other.evaluate("window.camtrack.talk.error"), other.evaluate("window.camtrack.talk")
             other.keyboard.up("t")
             page.mouse.up()
-            page.wait_for_function("window.camtrack.talk.state === 'off'", timeout=20000)
+            page.wait_for_function("window.camtrack.talk.state === 'off'", timeout=30000)
     finally:
         camera.kill()
         camera.wait(10)
