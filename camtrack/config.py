@@ -36,6 +36,8 @@ VIDEO_ENCODERS = ("auto", "libx264", *HARDWARE_H264, *UNUSABLE_H264)
 MODES = ("auto", "transcode", "passthrough")
 #: when a camera's processing data makes events (camtrack.events.watcher)
 PROCESS_EVENTS = ("auto", "watched", "always", "off")
+#: --audio: the camera's sound to listeners (docs/audio.md)
+AUDIO_MODES = ("auto", "off")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -379,6 +381,15 @@ class CameraSettings:
     janus_pin: str | None = field(default=None, metadata=option("the room's pin, if it has one", metavar="PIN"))
     janus_display: str | None = field(default=None, metadata=option(
         "the publisher's display name in the room (default: the camera's name)", metavar="NAME"))
+    #: the camera's ONVIF back-channel viewers may talk to (camtrack.outputs.webrtc.talk, docs/audio.md)
+    talk: str | None = field(default=None, metadata=option(
+        "let viewers talk to the camera through its ONVIF RTSP back-channel (two-way audio): 'source' (its "
+        "own rtsp:// source) or an rtsp:// URL; talking needs --talk-token (docs/audio.md)", metavar="URL"))
+    #: the camera's sound (camtrack.media.audio, docs/audio.md)
+    audio: str = field(default="auto", metadata=option(
+        "the camera's sound to viewers whose offer asks for audio, encoded to Opus once for all of them "
+        "while someone listens: 'auto' (default): the test pattern's tone, a file's or stream's own audio "
+        "track; 'off': none (docs/audio.md)", choices=AUDIO_MODES, check=one_of(AUDIO_MODES)))
     #: a user's function run on every captured frame (camtrack.processing): FILE.py:FUNCTION
     process: str | None = field(default=None, metadata=option(
         "run this Python function on every captured frame, once for all viewers, on a thread of its own: "
@@ -607,6 +618,11 @@ class Config(CameraSettings):
     token: str | None = field(default=None, metadata=option(
         "require this token to watch (default: $CAMTRACK_TOKEN, else none); "
         "the page takes it from its own URL, /?token=...", env="CAMTRACK_TOKEN", check=token_check))
+    #: when set, a viewer may talk to a camera with --talk if it gives this token (a permission apart from watching)
+    talk_token: str | None = field(default=None, metadata=option(
+        "let viewers who give this token talk to cameras with --talk (default: $CAMTRACK_TALK_TOKEN, else "
+        "nobody may talk); apart from --token, which lets them watch", env="CAMTRACK_TALK_TOKEN",
+        check=token_check))
     #: origins, besides the server's own, whose pages may open the websocket ("*" for any)
     allow_origins: list[str] = field(default_factory=list, metadata=option(
         "let pages from this origin (https://host:port) open the websocket, repeatable; "

@@ -24,6 +24,7 @@ import functools
 from typing import Any, Protocol
 
 from .config import CameraConfig, Config
+from .media.audio import AudioFeed
 from .media.decoder import PacketDecoder
 from .media.encoder import EncoderSettings, SharedEncoder
 from .media.feeds import BackgroundOutput, FrameFeed, PacketFeed
@@ -37,6 +38,7 @@ from .media.tiers import MAIN, Quality, Tier, Tiers
 from .plan import CameraPlan
 from .processing import Chain, ChainStage, FunctionFile, Masks, MotionDetector, Overlay, ProcessFunction, ProcessingStage
 from .sources import make_packet_source, make_source
+from .sources.audio import audio_source_factory
 
 
 class Closing(Protocol):
@@ -191,10 +193,14 @@ class Pipeline:
         self.main = main
         self.encoder = encoder
         self.decoder = decoder
+        #: the camera's sound (camtrack.media.audio), or None: it has none (--audio off)
+        self.audio: AudioFeed | None = None
 
     def packets(self, kind: MediaKind = MediaKind.VIDEO, tier: Tier = MAIN) -> PacketFeed | None:
         """The feed of the camera's `kind` packets of `tier` (camtrack.media.tiers); None: none
-        (audio; MAIN when each viewer encodes its own)."""
+        (MAIN when each viewer encodes its own; audio when the camera has none)."""
+        if kind == MediaKind.AUDIO:
+            return self.audio if tier == MAIN else None
         return self.tiers.packets(kind, tier)
 
     def reader(self, meter: Meter | None = None, tier: Tier = MAIN) -> PacketReader:
@@ -230,10 +236,21 @@ class Pipeline:
         await asyncio.gather(*(output.stop() for output in self.outputs.values()))
         for stage in self._stages:
             await stage.close()
+        if self.audio is not None:
+            await self.audio.close()
 
 
 def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> Pipeline:
     """The pipeline of the camera `settings` as `plan` says: nothing runs until something reads it."""
+    pipeline = _build_video(settings, plan, config)
+    sound = audio_source_factory(plan.source, settings.audio, rtsp_transport=settings.rtsp_transport)
+    if sound is not None:
+        pipeline.audio = AudioFeed(settings.name, sound, linger=config.linger)
+    return pipeline
+
+
+def _build_video(settings: CameraConfig, plan: CameraPlan, config: Config) -> Pipeline:
+    """The video part of `build_pipeline`."""
     source = plan.source
     stream = CameraStream(
         settings.name,

@@ -219,8 +219,12 @@ async function handle(ws, message) {
         await camtrack.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       }
       break;
+    case "talk": // (push-to-talk: audio.js)
+      document.dispatchEvent(new CustomEvent("camtrack:talk", { detail: message }));
+      break;
     case "error":
       camtrack.lastError = message.message;
+      document.dispatchEvent(new CustomEvent("camtrack:error", { detail: message }));
       console.warn("camtrack server:", message.message);
       if (message.message === "server full") {
         retries = Math.max(retries, 3); // back off harder
@@ -277,7 +281,9 @@ function startStream(ws, hello) {
     },
   });
   show(camtrack.player.element);
-  send(ws, { type: "stream" });
+  // the sound too where the player can play it (WebCodecs' AudioDecoder: audio.js unmutes it)
+  const sound = Boolean(hello.audio && camtrack.player.sound);
+  send(ws, sound ? { type: "stream", audio: true } : { type: "stream" });
 }
 
 // Neither WebCodecs nor MSE (nor WebRTC): the server's MJPEG, which an <img> plays by itself.
@@ -316,6 +322,8 @@ async function startPeer(ws, hello) {
   let connected = false;
   camtrack.peerConnected = false;
   pc.addTransceiver("video", { direction: "recvonly" });
+  // the camera's sound, if it has any, and the viewer's own once it talks to the camera (audio.js)
+  pc.addTransceiver("audio", { direction: hello.talk ? "sendrecv" : "recvonly" });
   // the camera's processing results: newest wins, so neither ordered nor retransmitted
   const channel = pc.createDataChannel("camtrack", { ordered: false, maxRetransmits: 0 });
   camtrack.channel = channel;
@@ -328,6 +336,8 @@ async function startPeer(ws, hello) {
     }
   };
   pc.ontrack = (event) => {
+    // (the server sends its audio and video in one stream: the browser keeps them in sync)
+    if (event.streams[0] && video.srcObject === event.streams[0]) return;
     video.srcObject = event.streams[0] || new MediaStream([event.track]);
     video.play().catch(() => {});
   };

@@ -143,6 +143,8 @@
       rows.push(["jitter", inbound.jitter !== undefined ? `${(inbound.jitter * 1000).toFixed(1)} ms` : "-"]);
       rows.push(["packets lost", String(inbound.packetsLost ?? 0)]);
     }
+    const sound = camtrack.audio; // (audio.js)
+    if (sound && sound.codec) rows.push(["audio", `${sound.codec}${sound.muted ? " (muted)" : ""}`]);
     if (pair && pair.currentRoundTripTime !== undefined) {
       rows.push(["RTT", `${(pair.currentRoundTripTime * 1000).toFixed(1)} ms`]);
     }

@@ -7,6 +7,7 @@
   const HEADER = 24;
   const KEYFRAME = 1;
   const RESYNC = 4;
+  const AUDIO = 8; // the camera's sound (asked for with "audio": true)
   const textDecoder = new TextDecoder();
 
   // One binary message: the header (big-endian), the codec block on keyframes, the picture.
@@ -18,6 +19,7 @@
     return {
       keyframe: (flags & KEYFRAME) !== 0,
       resync: (flags & RESYNC) !== 0,
+      audio: (flags & AUDIO) !== 0,
       seq: view.getUint32(4),
       pts: Number(view.getBigUint64(8)), // 90 kHz
       captured: Number(view.getBigUint64(16)) / 1000, // ms since the epoch
@@ -31,9 +33,63 @@
     return { frames: 0, bytes: 0, messages: 0, dropped: 0, resyncs: 0, codec: null };
   }
 
+  // --- the sound beside the WebCodecs picture: Opus decoded as it comes (its level for the meter,
+  // muted or not), played through an AudioContext once unmuted (a gesture: audio.js), each packet
+  // scheduled right after the last, a little ahead of now (a late one starts at once)
+  function soundPlayer() {
+    const sound = { codec: null, level: 0, decoded: 0, played: 0, muted: true };
+    let context = null;
+    let next = 0;
+    const decoder = new AudioDecoder({
+      output(data) {
+        const samples = new Float32Array(data.numberOfFrames);
+        data.copyTo(samples, { planeIndex: 0, format: "f32-planar" });
+        let sum = 0;
+        for (const v of samples) sum += v * v;
+        sound.level = Math.sqrt(sum / samples.length) * Math.SQRT2; // (a sine's peak)
+        sound.decoded += 1;
+        if (context && !sound.muted) {
+          const buffer = context.createBuffer(1, samples.length, data.sampleRate);
+          buffer.copyToChannel(samples, 0);
+          const source = context.createBufferSource();
+          source.buffer = buffer;
+          source.connect(context.destination);
+          const now = context.currentTime;
+          if (next < now + 0.02 || next > now + 0.3) next = now + 0.06; // (started, or drifted)
+          source.start(next);
+          next += buffer.duration;
+          sound.played += 1;
+        }
+        data.close();
+      },
+      error() {},
+    });
+    sound.push = (m) => {
+      if (m.codec && !sound.codec) {
+        sound.codec = m.codec.codec;
+        decoder.configure({ codec: m.codec.codec, sampleRate: m.codec.sampleRate,
+                            numberOfChannels: m.codec.numberOfChannels });
+      }
+      if (decoder.state !== "configured") return;
+      decoder.decode(new EncodedAudioChunk({ type: "key", timestamp: Math.round((m.pts * 1000000) / 48000),
+                                             data: m.data }));
+    };
+    sound.setMuted = (muted) => {
+      sound.muted = muted;
+      if (!muted && !context) context = new AudioContext();
+      if (context && !muted) context.resume().catch(() => {});
+    };
+    sound.close = () => {
+      if (decoder.state !== "closed") decoder.close();
+      if (context) context.close().catch(() => {});
+    };
+    return sound;
+  }
+
   // --- WebCodecs: decode each picture as it comes and draw it on a canvas at once
   function webCodecsPlayer({ canvas, onFrame, onError, onPicture }) {
     const stats = counters();
+    const sound = window.AudioDecoder ? soundPlayer() : null;
     const context = canvas.getContext("2d");
     let config = null; // the codec block the decoder is configured with
     let waitKey = true; // after a drop or a reconfiguration, only a keyframe can follow
@@ -58,9 +114,15 @@
       kind: "webcodecs",
       element: canvas,
       stats,
+      // the sound, when the server sends it (app.js asks where AudioDecoder exists)
+      sound,
       size: () => [canvas.width, canvas.height],
       push(buffer) {
         const m = parseMessage(buffer);
+        if (m.audio) {
+          if (sound) sound.push(m);
+          return;
+        }
         stats.messages += 1;
         stats.bytes += buffer.byteLength;
         if (m.resync) stats.resyncs += 1;
@@ -86,6 +148,7 @@
       },
       close() {
         if (decoder.state !== "closed") decoder.close();
+        if (sound) sound.close();
       },
     };
   }

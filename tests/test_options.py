@@ -67,7 +67,8 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "masks": ["0,0 10,0 10%,10%"], "overlay": "%H:%M {camera}", "overlay_position": "bottom-right",
               "motion": True, "low_scale": 0.25, "low_bitrate": 90_000, "low_fps": 15.0,
               "record": "/srv/clips", "pre_roll": 3.0, "post_roll": 2.5, "record_max_age": 7.0,
-              "record_max_size": 500.0, "record_min_free": 100.0, "record_segments": 600.0}
+              "record_max_size": 500.0, "record_min_free": 100.0, "record_segments": 600.0, "audio": "off",
+              "talk": "source", "talk_token": "t4lk"}
     assert set(values) == {setting.name for setting in OPTIONS}
     toml, argv = [], []
     for setting in OPTIONS:

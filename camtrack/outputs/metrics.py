@@ -29,8 +29,10 @@ from prometheus_client.registry import Collector
 from ..logs import ClientLog
 from ..media import quality
 from ..media.admission import MEASURED
+from ..media.audio import AudioFeed
 from ..media.encoder import ENCODE_BUCKETS
 from ..media.feeds import VIEWER_TRANSPORTS, Transport
+from ..media.packet import MediaKind
 from .directory import Cameras
 from .sse import EventStreams
 from .webrtc import icelimits
@@ -243,6 +245,7 @@ class CameraCollector:
                     janus_failures)
         yield from _passthrough_metrics(self.cameras)
         yield from _processing_metrics(self.cameras)
+        yield from _audio_metrics(self.cameras)
         if self.workers is not None:
             yield from self._workers(self.workers())
 
@@ -395,6 +398,33 @@ def _passthrough_metrics(cameras: Cameras) -> Iterator[Metric]:
             filler.add_metric([camera.name], detail["filler_bytes"])
             held.add_metric([camera.name], detail["ring_bytes"])
     yield from (refused, dropped, filler, held)
+
+
+def _audio_metrics(cameras: Cameras) -> Iterator[Metric]:
+    """A camera's sound (camtrack.media.audio): its listeners, and its one Opus encoder's work."""
+    listeners = GaugeMetricFamily("camtrack_audio_listeners", "Readers of a camera's sound now (WebRTC "
+                                  "listeners; its encoder runs while there is one).", labels=["camera"])
+    frames = CounterMetricFamily("camtrack_audio_frames", "20 ms Opus frames of a camera's sound, by how: "
+                                 "encoded (once for every listener) or passed (its own Opus).",
+                                 labels=["camera", "how"])
+    encoders = CounterMetricFamily("camtrack_audio_encoders", "Opus encoders a camera's sound opened (one per "
+                                   "run, whatever the number of listeners).", labels=["camera"])
+    seconds = CounterMetricFamily("camtrack_audio_encode_seconds", "Seconds a camera's sound spent decoding "
+                                  "and encoding to Opus (on its own thread).", labels=["camera"])
+    failures = CounterMetricFamily("camtrack_audio_failures", "Times a camera's sound source failed (then "
+                                   "retried).", labels=["camera"])
+    for camera in cameras:
+        feed = camera.packets(MediaKind.AUDIO)
+        if not isinstance(feed, AudioFeed):
+            continue
+        stats = feed.stats
+        listeners.add_metric([camera.name], len(feed.consumers))
+        frames.add_metric([camera.name, "encoded"], stats.encoded)
+        frames.add_metric([camera.name, "passed"], stats.passed)
+        encoders.add_metric([camera.name], stats.encoders)
+        seconds.add_metric([camera.name], stats.encode_seconds)
+        failures.add_metric([camera.name], stats.failures)
+    yield from (listeners, frames, encoders, seconds, failures)
 
 
 def _number(value: object) -> float:

@@ -17,6 +17,12 @@ the very packets WebRTC viewers get. Each message is one picture behind a fixed 
     24+n    ...   the picture: an H.264 access unit in Annex-B form (SPS and PPS in front of every
                   IDR), or a VP8 frame
 
+With `{"type": "stream", "audio": true}` the camera's sound comes on the same socket, interleaved
+(docs/audio.md): a message with flag 8 (audio) carries one 20 ms Opus packet, its presentation time
+in 48 kHz ticks (the sound's own clock; the capture time lines it up with the pictures), its first
+one a codec block {"codec": "opus", "sampleRate": 48000, "numberOfChannels": 1}. A client that does
+not ask gets no audio message.
+
 All integers are big-endian. The stream starts at a keyframe. For a camera with a processing
 function, text messages come between them: its results, each naming the picture it describes by
 that picture's presentation time (`"pts"`), and its status (camtrack.outputs.results). A reader that falls further behind
@@ -26,14 +32,16 @@ slow one; one that reads nothing is cut off by the socket's send time-out.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import time
 from collections.abc import Awaitable, Callable
 
+from ..media.feeds import FeedClosed
 from ..media.frame import VIDEO_CLOCK_RATE
 from ..media.packet import CodecInfo, EncodedPacket
-from ..media.packetreader import Reading
+from ..media.packetreader import PacketReader, Reading
 from ..media.quality import AutoQuality, TierReader
 from .results import SentPictures
 
@@ -41,6 +49,8 @@ VERSION = 1
 KEYFRAME = 1
 CODEC_BLOCK = 2
 RESYNC = 4
+#: the message carries the camera's sound (asked for with "audio": true)
+AUDIO = 8
 HEADER = struct.Struct(">BBHIQQ")
 
 
@@ -55,6 +65,16 @@ def codec_string(codec: CodecInfo, data: bytes) -> str:
             return "avc1." + data[at + 4:at + 7].hex()
         at = data.find(b"\x00\x00\x01", at + 3)
     return "avc1." + (codec.profile_level_id or "42e01f")
+
+
+def audio_message(packet: EncodedPacket, first: bool) -> bytes:
+    """The binary message carrying an audio packet (flag AUDIO; the codec block on the `first`)."""
+    data = bytes(packet.packet)
+    block = json.dumps({"codec": packet.codec.codec, "sampleRate": packet.codec.clock_rate, "numberOfChannels": 1},
+                       separators=(",", ":")).encode() if first else b""
+    captured = max(0, round(packet.captured * 1_000_000))
+    return HEADER.pack(VERSION, AUDIO | (CODEC_BLOCK if first else 0), len(block), packet.seq & 0xFFFFFFFF,
+                       max(0, packet.packet.pts or 0), captured) + block + data
 
 
 def message(packet: EncodedPacket, pts: int, resync: bool) -> bytes:
@@ -84,13 +104,17 @@ class PacketStream:
     camera between its keyframes); `run(send)` hands each message to `send`, which returns False
     when the socket is gone (or too slow) and the stream should end."""
 
-    def __init__(self, reader: Callable[[], Reading], on_move: Callable[[], None] | None = None) -> None:
+    def __init__(self, reader: Callable[[], Reading], on_move: Callable[[], None] | None = None,
+                 audio: Callable[[], PacketReader] | None = None) -> None:
         self._make_reader = reader
+        self._make_audio = audio
         self.reader: Reading | None = None
         self.sent = 0
         #: the presentation times of the pictures sent lately, by capture time (what the
         #: processing results sent beside them name: camtrack.outputs.results)
         self.pictures = SentPictures()
+        #: audio messages sent (with "audio": true)
+        self.audio_sent = 0
         #: called when its tier changes (a TierReader's move)
         self.on_move = on_move
         #: the server's choice of its tier from its send queue, while it reads a camera's tiers
@@ -129,6 +153,13 @@ class PacketStream:
                 # the tier chosen from this socket's own send queue while it asks for auto: a send
                 # that waits means the queue in front of the viewer's link is full (docs/quality.md)
                 auto = self.auto = AutoQuality(reader)
+        lock = asyncio.Lock()  # (the picture's and the sound's messages: one send at a time)
+
+        async def send_one(data: bytes) -> bool:
+            async with lock:
+                return await send(data)
+
+        sound = None if self._make_audio is None else asyncio.ensure_future(self._sound(send_one))
         try:
             resyncs = 0
             window, waited = time.monotonic(), 0.0
@@ -138,7 +169,7 @@ class PacketStream:
                 resyncs = reader.resyncs
                 shown = max(0, pts if pts is not None else packet.packet.pts or 0)
                 began = time.monotonic()
-                if not await send(message(packet, shown, resync)):
+                if not await send_one(message(packet, shown, resync)):
                     return
                 self.pictures.add(packet.captured, shown)
                 self.sent += 1
@@ -151,6 +182,24 @@ class PacketStream:
                         window, waited = now, 0.0
         finally:
             reader.close()
+            if sound is not None:
+                sound.cancel()
+                await asyncio.gather(sound, return_exceptions=True)
+
+    async def _sound(self, send: Callable[[bytes], Awaitable[bool]]) -> None:
+        """The camera's sound beside its pictures, until the socket is gone (or the feed closes)."""
+        assert self._make_audio is not None
+        reader = self._make_audio()
+        try:
+            while True:
+                packet, _ = await reader.next()
+                if not await send(audio_message(packet, self.audio_sent == 0)):
+                    return
+                self.audio_sent += 1
+        except FeedClosed:
+            pass
+        finally:
+            reader.close()
 
 
 def parse_header(data: bytes) -> dict[str, object]:
@@ -158,5 +207,6 @@ def parse_header(data: bytes) -> dict[str, object]:
     version, flags, block, seq, pts, captured = HEADER.unpack_from(data)
     codec = json.loads(data[HEADER.size:HEADER.size + block]) if block else None
     return {"version": version, "keyframe": bool(flags & KEYFRAME), "resync": bool(flags & RESYNC),
+            "audio": bool(flags & AUDIO),
             "seq": seq, "pts": pts, "seconds": pts / VIDEO_CLOCK_RATE, "captured": captured / 1_000_000,
             "codec": codec, "payload": data[HEADER.size + block:]}

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from ..media import stamp
+from .audio import beeping
 
 
 class Pacer:
@@ -60,11 +61,28 @@ class PatternSource:
                       (0, 0, 0), -1)
         cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_AA)
         self.count += 1
+        if beeping(time.time()):  # the tone's beep (camtrack.sources.audio): lip-sync is read from both
+            x0, y0, x1, y1 = mark_box(w, h)
+            image[y0:y1, x0:x1] = 255
         stamp.write_stamp(image, stamp.now_ms())
         return image
 
     def close(self) -> None:
         pass
+
+
+def mark_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """Where the pattern shows its beep mark (x0, y0, x1, y1): a white square in the top-right corner
+    while the test tone beeps (the first 100 ms of every whole second)."""
+    side = max(8, min(width, height) // 10)
+    return width - side - 8, 32, width - 8, 32 + side  # (below the latency stamp's row of cells)
+
+
+def shows_mark(image: np.ndarray) -> bool:
+    """Whether a decoded BGR picture of the pattern shows the beep mark."""
+    x0, y0, x1, y1 = mark_box(image.shape[1], image.shape[0])
+    inner = image[y0 + 2:y1 - 2, x0 + 2:x1 - 2]
+    return bool(inner.size) and float(inner.mean()) > 200
 
 
 def _colour_bars(width: int, height: int) -> np.ndarray:

@@ -293,6 +293,20 @@ class RtspConnection:
         """A request whose answer is not waited for (keep-alive, TEARDOWN)."""
         self._send(method, url, {})
 
+    def send_interleaved(self, channel: int, packet: bytes) -> None:
+        """One RTP or RTCP packet to the camera, interleaved on `channel` (a back-channel's sound),
+        after dropping whatever the camera sent meanwhile (its RTCP: nothing is read from it)."""
+        sock = self._socket()
+        sock.setblocking(False)
+        try:
+            while sock.recv(65536):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        finally:
+            sock.settimeout(self.read_timeout)
+        sock.sendall(b"$" + bytes([channel]) + len(packet).to_bytes(2, "big") + packet)
+
     def _send(self, method: str, url: str, headers: dict[str, str]) -> None:
         self._cseq += 1
         lines = [f"{method} {url} RTSP/1.0", f"CSeq: {self._cseq}", f"User-Agent: {USER_AGENT}"]

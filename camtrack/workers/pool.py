@@ -48,6 +48,7 @@ from ..media.packet import CodecInfo, EncodedPacket, MediaKind
 from ..media.passthrough import RING_PACKETS
 from ..media.tiers import MAIN, Tier
 from ..outputs.results import ResultFeed
+from ..outputs.webrtc.audio import offer_wants_audio
 from ..outputs.webrtc.contract import CameraView, PeerFactory, PeerSession
 from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, check_offer, negotiation_turn
 from ..outputs.webrtc.tracks import camera_codecs, own_codec
@@ -118,6 +119,8 @@ class RemotePeer:
         self.camera = camera
         #: the feed its worker relays to it: the camera's video of `tier`
         self.feed_key = wire.FeedKey(camera.name, MediaKind.VIDEO, tier)
+        #: the camera's sound, relayed too when the offer asks for audio and the camera has some
+        self.audio_key: wire.FeedKey | None = None
         self.transport = transport
         self.remote = remote
         self.on_end = on_end
@@ -175,7 +178,11 @@ class RemotePeer:
         # the feed of the chosen codec relayed (attached and announced) before the offer is sent:
         # the worker has it to answer with
         self.worker.watch(self, MAIN if codec == own_codec(self.camera) else Tier(codec=codec))
+        if self.camera.packets(MediaKind.AUDIO) is not None and offer_wants_audio(sdp):
+            self.audio_key = wire.FeedKey(self.camera.name, MediaKind.AUDIO, MAIN)
+            self.worker.relay_audio(self)
         self.send({"t": "offer", "camera": self.camera.name, "feed": self.feed_key.wire,
+                   "audio": self.audio_key.wire if self.audio_key is not None else None,
                    "transport": str(self.transport), "remote": self.remote, "sdp": sdp})
         reply = await asyncio.shield(self._answer)
         if "sdp" not in reply:
@@ -504,13 +511,18 @@ class WorkerProcess:
             self._relay(peer.feed_key, peer.camera)
             self._unrelay(old)
 
+    def relay_audio(self, peer: RemotePeer) -> None:
+        """`peer` listens too: its camera's sound is relayed here (once, whatever its listeners here)."""
+        if peer.audio_key is not None:
+            self._relay(peer.audio_key, peer.camera)
+
     def _relay(self, key: wire.FeedKey, camera: CameraView) -> None:
         feed = camera.packets(key.kind, key.tier)
         if key not in self.pumps and feed is not None:
             self.pumps[key] = Pump(self, camera, key, feed)
 
     def _unrelay(self, key: wire.FeedKey) -> None:
-        if not any(p.feed_key == key for p in self.peers.values()):
+        if not any(key in (p.feed_key, p.audio_key) for p in self.peers.values()):
             pump = self.pumps.get(key)
             if pump is not None:
                 pump.stop()
@@ -525,6 +537,8 @@ class WorkerProcess:
         if self.peers.pop(peer.id, None) is not None and keep:
             self.closing[peer.id] = peer
         self._unrelay(peer.feed_key)
+        if peer.audio_key is not None:
+            self._unrelay(peer.audio_key)
 
     def forget(self, peer: RemotePeer) -> None:
         self.closing.pop(peer.id, None)

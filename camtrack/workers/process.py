@@ -164,10 +164,12 @@ class Worker:
             return
         transport = Transport(message["transport"])
         # (the relayed feed's codec: the main process chose it from the offer, and relays that feed)
+        sound = self.feeds.get(message.get("audio") or "")  # (the camera's sound, when the offer asks)
         peer = Peer(camera, self.timeouts, transport, message["remote"],
                     lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice,
                     lambda _codec: EncodedTrack(feed, camera.meters[transport]), (feed.codec.codec,),
-                    self.results.get(camera.name))
+                    self.results.get(camera.name),
+                    audio=None if sound is None else (lambda: EncodedTrack(sound)))
         peer.on_state(lambda: self.send({"t": "state", "id": peer_id, "state": peer.state}))
         self.peers[peer_id] = peer
         asyncio.ensure_future(self._answer(peer_id, peer, message))

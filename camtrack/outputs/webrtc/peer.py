@@ -11,9 +11,10 @@ from typing import Any
 
 from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from av import AudioFrame
 
 from ...config import Config
 from ...media.encoder import H264_PROFILE
@@ -21,6 +22,7 @@ from ...media.feeds import Transport
 from ...media.quality import CHOICES, TierReader
 from ...seams import aiortc as aiortc_seam
 from ..results import ResultFeed, SentPictures
+from .audio import add_audio, make_audio_track, offer_sends_audio, wants_audio
 from .contract import CameraView, PeerCamera
 from .datachannel import DataChannels
 from .ice import IceContext
@@ -215,7 +217,8 @@ class Peer:
 
     def __init__(self, camera: PeerCamera, timeouts: PeerTimeouts, transport: Transport, remote: str,
                  on_end: Callable[[str], None], ice: IceContext, tracks: TrackMaker,
-                 codecs: Sequence[str], processing: ResultFeed | None = None) -> None:
+                 codecs: Sequence[str], processing: ResultFeed | None = None,
+                 audio: Callable[[], EncodedTrack | None] | None = None) -> None:
         self.camera = camera
         self.timeouts = timeouts
         self.transport = transport
@@ -230,6 +233,17 @@ class Peer:
         #: what it sends, once the offer is answered: its codec (one of `codecs`) and track
         self.codec: str | None = None
         self.track: EncodedTrack | CameraTrack | None = None
+        #: makes the camera's sound track (camtrack.outputs.webrtc.audio), sent when the offer asks
+        #: for audio; the track, once made, and what its RTP loop sent
+        self.audio = audio
+        self.audio_track: EncodedTrack | None = None
+        self.audio_rtp: RtpSendStats | None = None
+        #: the viewer's own sound, when its offer sends some to a camera it may talk to (talk.py):
+        #: read as it comes (aiortc queues it without bound otherwise), each frame handed to
+        #: `on_heard` while someone listens (a Talk), else dropped
+        self.heard: MediaStreamTrack | None = None
+        self.on_heard: Callable[[AudioFrame], None] | None = None
+        self._hearing: asyncio.Task[None] | None = None
         self.connected = False
         self._ended = False
         self._closing: asyncio.Task[None] | None = None
@@ -255,6 +269,21 @@ class Peer:
         self._quality_listeners: list[Callable[[], None]] = []
         self.pc.on("connectionstatechange", self._on_state)
         self.pc.on("datachannel", self.data.on_channel)
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self._hearing is None:
+            self.heard = track
+            self._hearing = asyncio.ensure_future(self._hear(track))
+
+    async def _hear(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if self.on_heard is not None and isinstance(frame, AudioFrame):
+                    self.on_heard(frame)
+        except MediaStreamError:
+            pass
 
     @property
     def tier_reader(self) -> TierReader | None:
@@ -336,6 +365,11 @@ class Peer:
                 reader.on_move = self._quality_changed
                 if self.quality_choice != "auto":
                     reader.choose(self.quality_choice)  # (before its first packet: it starts there)
+            talks = bool(self.camera.settings.talk) and offer_sends_audio(offer)
+            if self.audio is not None and wants_audio(offer):
+                self.audio_track = self.audio()
+            if self.audio_track is not None or talks:
+                add_audio(self.pc, self.audio_track, talks)
             answer = await answer_offer(self.pc, sdp, sending, codec, self.ice, offer)
             self._remote_candidates += sum(line.startswith("a=candidate:") for line in sdp.splitlines())
         except OfferError:
@@ -360,6 +394,14 @@ class Peer:
             for sender in self.pc.getSenders():
                 if sender.track is track:
                     self.rtp = send_rtp_once(sender, track.next_rtp_frame, on_sent, join, self.pictures)
+        listening = self.audio_track
+        if listening is not None:
+            def join_audio(stream: RtpStream) -> Awaitable[None] | None:
+                return listening.join_fanout(stream, None)
+
+            for sender in self.pc.getSenders():
+                if sender.track is listening:
+                    self.audio_rtp = send_rtp_once(sender, listening.next_rtp_frame, None, join_audio)
         # before the answer leaves: from then on its ports are known to anyone who reads it
         self.guard = guard_peer(self.pc, sending, self.camera.settings.bitrate,
                                 self.camera.settings.keyframe_interval,
@@ -392,12 +434,16 @@ class Peer:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        if self._hearing is not None:
+            self._hearing.cancel()
         if self._closing is None:
             link, self.link = self.link, None
             if link is not None:
                 link.stop()
             if self.track is not None:
                 self.track.stop()
+            if self.audio_track is not None:
+                self.audio_track.stop()
             # shielded: a close cancelled half-way leaves aiortc waiting forever on a second one
             self._closing = asyncio.ensure_future(self.pc.close())
         try:
@@ -483,4 +529,5 @@ class LocalPeers:
     def __call__(self, camera: CameraView, transport: Transport, remote: str,
                  on_end: Callable[[str], None]) -> Peer:
         return Peer(camera, self.timeouts, transport, remote, on_end, self.ice,
-                    functools.partial(make_track, camera, transport), camera_codecs(camera), camera.processing)
+                    functools.partial(make_track, camera, transport), camera_codecs(camera), camera.processing,
+                    audio=functools.partial(make_audio_track, camera, transport))

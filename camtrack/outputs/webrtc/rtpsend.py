@@ -57,6 +57,11 @@ _HEAD = struct.Struct("!BBH")
 _NTP_UNIX = 2208988800
 
 
+def _ntp_of(seconds: float) -> int:
+    """`seconds` since the Unix epoch as NTP time, 32.32 fixed point."""
+    return (int(seconds) + _NTP_UNIX) << 32 | int((seconds % 1.0) * 4294967296.0)
+
+
 def _ntp_now() -> int:
     """The NTP time now, 32.32 fixed point: what aiortc's clock gives, without its datetimes
     (a few microseconds per call, paid per viewer and picture)."""
@@ -241,8 +246,12 @@ class RtpStream:
         stats.frames += 1
         stats.packets += len(payloads)
         stats.dropped += dropped
-        # what aiortc's loop keeps for its sender reports and statistics
-        record_sent(sender, dtls, ntp, timestamp, self._octets, stats.packets, sum(map(len, packets)), len(payloads))
+        # what aiortc's loop keeps for its sender reports and statistics: the picture's RTP time
+        # paired with its capture time (not when it was sent, which varies with each picture's
+        # encoding and queueing), so that a receiver lines this stream up with the camera's others
+        # (its sound: camtrack.media.audio) by when they were captured
+        reported = _ntp_of(frame.captured) if frame.captured > 0 else ntp
+        record_sent(sender, dtls, reported, timestamp, self._octets, stats.packets, sum(map(len, packets)), len(payloads))
         return True
 
 

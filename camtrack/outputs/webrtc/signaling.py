@@ -47,14 +47,17 @@ from ...config import Config
 from ...logs import ClientLog, clip, clip_repr
 from ...media.admission import CLIENT_TEXT, Refused
 from ...media.feeds import FeedClosed, Transport
+from ...media.packet import MediaKind
 from ...media.quality import CHOICES
 from ...media.ratelimit import TokenBucket
+from ...media.reader import PacketReader
 from ..directory import Camera, Cameras
 from ..results import ResultSender
 from ..wsvideo import PacketStream
 from .contract import PeerFactory, PeerSession
 from .ice import IceContext
-from .peer import LocalPeers, OfferError, ServerFull, screen_offer
+from .peer import LocalPeers, OfferError, Peer, ServerFull, screen_offer
+from .talk import Talk, TalkRefused, talk_url
 from .tracks import camera_codecs, tier_reader
 
 logger = logging.getLogger(__name__)
@@ -98,6 +101,8 @@ class Session:
         self.cameras = cameras
         self.ice = ice or IceContext(config.ice_servers, config.turn_secret)
         self.peer: PeerSession | None = None
+        #: this viewer talking to its camera (talk.py), while it does
+        self.talk: Talk | None = None
         #: WEBSOCKET while it negotiates WebRTC, WS_VIDEO while it streams over the socket
         self.transport = Transport.WEBSOCKET
         self.stream: PacketStream | None = None
@@ -184,6 +189,11 @@ class Session:
             "stream": self.camera.packets() is not None,
             # the qualities a viewer may ask for with {"type": "quality"} (besides "auto")
             "qualities": list(self.camera.qualities()) if self.camera.packets() is not None else ["main"],
+            # whether the camera has sound: an audio m-line, or "audio": true with "stream", gets it
+            "audio": self.camera.packets(MediaKind.AUDIO) is not None,
+            # whether a viewer may talk to the camera (with the talk token): its offer then sends audio
+            "talk": bool(self.config.talk_token)
+            and talk_url(self.camera.settings.talk, self.camera.settings.source) is not None,
         })
 
     async def on_auth(self, message: dict[str, Any]) -> bool:
@@ -201,16 +211,18 @@ class Session:
         elif kind == "candidate":
             await self.on_candidate(message)
         elif kind == "stream":
-            await self.on_stream()
+            await self.on_stream(message.get("audio") is True)
         elif kind == "quality":
             await self.on_quality(message)
+        elif kind == "talk":
+            await self.on_talk(message)
         elif kind == "bye":
             self.end("said bye")
         elif kind == "auth":
             pass  # already authorized: harmless
         else:
-            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate, stream, quality "
-                                f"or bye")
+            raise ProtocolError(f"unknown message type {clip_repr(kind)}; expected offer, candidate, stream, quality, "
+                                f"talk or bye")
 
     async def on_offer(self, message: dict[str, Any]) -> None:
         sdp = message.get("sdp")
@@ -299,8 +311,53 @@ class Session:
         if quality is not None and self.reason is None:
             asyncio.ensure_future(self.send({"type": "quality", **quality}))
 
-    async def on_stream(self) -> None:
-        """Stop any WebRTC peer and send the camera's packets over this socket instead."""
+    async def on_talk(self, message: dict[str, Any]) -> None:
+        """Start or stop talking to the camera (talk.py): with --talk-token's token, a camera with
+        --talk, and a WebRTC peer whose offer sends audio; one talker per camera."""
+        if message.get("on") is not True:
+            await self._stop_talk()
+            await self.send({"type": "talk", "state": "off"})
+            return
+        if not self.config.talk_token:
+            raise ProtocolError("nobody may talk: the server has no --talk-token")
+        if not token_matches(self.config.talk_token, message.get("token")):
+            raise ProtocolError("not allowed to talk: a talk token is needed (a permission apart from watching)")
+        url = talk_url(self.camera.settings.talk, self.camera.settings.source)
+        if url is None:
+            raise ProtocolError(f"camera {self.camera.name} has no back-channel to talk to (--talk)")
+        peer = self.peer
+        heard = peer.heard if isinstance(peer, Peer) else None
+        if heard is None:
+            raise ProtocolError("talking needs a WebRTC peer whose offer sends audio (a sendrecv audio m-line)")
+        if self.talk is not None:
+            await self.send({"type": "talk", "state": "on"})
+            return
+        assert isinstance(peer, Peer)
+        talk = Talk(self.camera.name, url, peer, self._talk_ended)
+        try:
+            await talk.start()
+        except TalkRefused as exc:
+            raise ProtocolError(str(exc)) from None
+        if self.reason is not None or self.peer is not peer:
+            await talk.stop()
+            return
+        self.talk = talk
+        log.info(self.remote, "viewer %s talks to %s", self.remote, self.camera.name)
+        await self.send({"type": "talk", "state": "on"})
+
+    def _talk_ended(self, reason: str) -> None:
+        self.talk = None
+        if self.reason is None:
+            asyncio.ensure_future(self.send({"type": "talk", "state": "off", "reason": reason}))
+
+    async def _stop_talk(self) -> None:
+        talk, self.talk = self.talk, None
+        if talk is not None:
+            await talk.stop()
+
+    async def on_stream(self, audio: bool = False) -> None:
+        """Stop any WebRTC peer and send the camera's packets over this socket instead (and its sound
+        beside them when `audio` is asked for and the camera has some: camtrack.outputs.wsvideo)."""
         feed = self.camera.packets()
         if feed is None:
             raise ProtocolError("this camera has no shared packet feed to stream (--encoder per-viewer): "
@@ -308,9 +365,11 @@ class Session:
         if self._streaming is not None:
             raise ProtocolError("already streaming")
         self.cameras.leave(self.camera, self)  # a connected peer's viewer no more
+        sound = self.camera.packets(MediaKind.AUDIO) if audio else None
         # (before: no idle clock)
         self.stream = PacketStream(functools.partial(tier_reader, self.camera, Transport.WS_VIDEO, None,
-                                                     self.quality_choice), on_move=self._tell_stream_quality)
+                                                     self.quality_choice), on_move=self._tell_stream_quality,
+                                   audio=None if sound is None else functools.partial(PacketReader, sound))
         await self._close_peer()
         if self.reason is not None:
             return
@@ -467,6 +526,7 @@ class Session:
                 pass
 
     async def _close_peer(self) -> None:
+        await self._stop_talk()
         peer, self.peer = self.peer, None
         if peer is not None:
             await peer.close()

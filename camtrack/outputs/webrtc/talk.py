@@ -1,0 +1,124 @@
+"""Talking back: a WebRTC viewer's microphone to its camera's ONVIF back-channel (docs/audio.md).
+
+A viewer whose offer sends audio (`sendrecv`) to a camera with `--talk` gets a `sendrecv` audio
+m-line; aiortc decodes what it sends. `{"type": "talk", "on": true, "token": ...}` on `/ws` (with
+`--talk-token`: a permission apart from watching) starts a `Talk`: the camera's back-channel opened
+(camtrack.sources.backchannel, on a thread of its own) and each decoded frame of the viewer's sound
+encoded to G.711 and sent to it there, until `"on": false`, the viewer leaving, or the camera
+failing. One talker per camera at a time: a second is told the line is busy. The peer reads the
+viewer's sound as it comes whether or not it talks (peer.Peer.on_heard): nothing piles up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from av import AudioFrame
+
+from ...sources.backchannel import BackChannel
+
+logger = logging.getLogger(__name__)
+
+#: frames (20 ms each) waiting for the camera at most: a camera slower than the viewer loses sound
+MAX_PENDING = 10
+
+
+class Hearing(Protocol):
+    """A peer that hears its viewer (peer.Peer): its frames go to `on_heard` while it is set."""
+
+    on_heard: Callable[[AudioFrame], None] | None
+
+
+#: who talks to each camera now (by camera name): one at a time
+_LINES: dict[str, Talk] = {}
+
+
+class TalkRefused(Exception):
+    """The viewer may not talk now; the message says why."""
+
+
+def talk_url(talk: str | None, source: str) -> str | None:
+    """The back-channel a camera's `--talk` names ('source': its own rtsp:// source), or None."""
+    if not talk:
+        return None
+    url = source if talk == "source" else talk
+    return url if url.lower().startswith("rtsp://") else None
+
+
+class Talk:
+    """One viewer talking to one camera (see the module's docstring)."""
+
+    def __init__(self, camera: str, url: str, peer: Hearing, on_end: Callable[[str], None]) -> None:
+        self.camera = camera
+        self.url = url
+        self.peer = peer
+        self.on_end = on_end
+        self.frames = 0
+        #: frames dropped because the camera took them more slowly than they came
+        self.dropped = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"talk {camera}")
+        self._channel: BackChannel | None = None
+        self._task: asyncio.Task[None] | None = None
+        #: the viewer's frames not yet handed to the sending thread: a few (a stalled camera drops them)
+        self._frames: asyncio.Queue[AudioFrame] = asyncio.Queue(MAX_PENDING)
+
+    async def start(self) -> None:
+        """Take the camera's line and open its back-channel (TalkRefused: busy, or the camera has none)."""
+        talker = _LINES.get(self.camera)
+        if talker is not None and talker is not self:
+            raise TalkRefused(f"busy: someone else is talking to {self.camera}")
+        _LINES[self.camera] = self
+        loop = asyncio.get_running_loop()
+        channel = BackChannel(self.url)
+        try:
+            await loop.run_in_executor(self._executor, channel.open)
+        except OSError as exc:
+            self._release()
+            await loop.run_in_executor(self._executor, channel.close)
+            raise TalkRefused(f"the camera's back-channel does not open: {exc}") from None
+        self._channel = channel
+        self.peer.on_heard = self._heard
+        self._task = asyncio.ensure_future(self._forward())
+        logger.info("talking to %s", self.camera)
+
+    async def _forward(self) -> None:
+        loop = asyncio.get_running_loop()
+        channel = self._channel
+        assert channel is not None
+        try:
+            while True:
+                frame = await self._frames.get()
+                await loop.run_in_executor(self._executor, channel.send, frame)
+                self.frames += 1
+        except OSError as exc:
+            await self.stop()
+            self.on_end(f"the camera's back-channel failed: {exc}")
+
+    def _heard(self, frame: AudioFrame) -> None:
+        try:
+            self._frames.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def stop(self) -> None:
+        """Stop talking: the back-channel closed, the line free."""
+        if self.peer.on_heard == self._heard:
+            self.peer.on_heard = None
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, channel.close)
+            logger.info("stopped talking to %s (%d frames)", self.camera, self.frames)
+        self._release()
+        self._executor.shutdown(wait=False)
+
+    def _release(self) -> None:
+        if _LINES.get(self.camera) is self:
+            del _LINES[self.camera]

@@ -1,0 +1,67 @@
+"""An ONVIF Profile T camera with a two-way audio back-channel for the tests: GStreamer's
+RTSPOnvifServer serving H.264 and a G.711 µ-law tone, and taking G.711 µ-law back from a client that
+asks for the back-channel (`Require: www.onvif.org/ver20/backchannel`). What it receives is measured
+as it is decoded: one line `LEVEL <unix time> <rms, 0..1> <samples>` per buffer on stdout. Run with Debian's
+own Python, where `gi` lives:
+
+    /usr/bin/python3 tests/gst_onvif_backchannel_server.py PORT
+"""
+
+import array
+import math
+import sys
+import time
+
+
+def main() -> None:
+    import gi
+
+    gi.require_version("Gst", "1.0")
+    gi.require_version("GstRtspServer", "1.0")
+    from gi.repository import GLib, Gst, GstRtspServer
+
+    Gst.init(None)
+    port = sys.argv[1]
+    server = GstRtspServer.RTSPOnvifServer()
+    server.set_address("127.0.0.1")
+    server.set_service(port)
+    factory = GstRtspServer.RTSPOnvifMediaFactory()
+    factory.set_launch(
+        "( videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=15/1 "
+        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! rtph264pay name=pay0 pt=96 "
+        "audiotestsrc is-live=true wave=sine freq=440 volume=0.3 ! audio/x-raw,rate=8000,channels=1 "
+        "! mulawenc ! rtppcmupay name=pay1 )")
+    factory.set_backchannel_launch(
+        "( capsfilter caps=\"application/x-rtp, media=audio, payload=0, clock-rate=8000, encoding-name=PCMU\" "
+        "name=depay_backchannel ! rtppcmudepay ! mulawdec ! audioconvert "
+        "! audio/x-raw,format=S16LE ! identity name=heard signal-handoffs=true ! fakesink async=false )")
+    factory.set_shared(False)
+    factory.set_media_gtype(GstRtspServer.RTSPOnvifMedia)
+
+    def on_media(_factory, media) -> None:
+        heard = media.get_element().get_by_name("heard")
+        if heard is None:
+            return
+
+        def handoff(_element, buffer) -> None:
+            ok, info = buffer.map(Gst.MapFlags.READ)
+            if not ok:
+                return
+            try:
+                samples = array.array("h", bytes(info.data))
+            finally:
+                buffer.unmap(info)
+            rms = math.sqrt(sum(v * v for v in samples) / len(samples)) / 32768 if samples else 0.0
+            print(f"LEVEL {time.time():.4f} {rms:.4f} {len(samples)}", flush=True)
+
+        heard.connect("handoff", handoff)
+
+    factory.connect("media-configure", on_media)
+    server.get_mount_points().add_factory("/cam", factory)
+    server.attach(None)
+    print(f"rtsp://127.0.0.1:{port}/cam", flush=True)
+    GLib.MainLoop().run()
+
+
+if __name__ == "__main__":
+    main()

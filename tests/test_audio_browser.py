@@ -1,0 +1,345 @@
+"""The camera's sound in real headless Chromium (inside a private network namespace, as
+tests/test_browser.py): the page starts muted with one unmute control and a level meter, and once
+unmuted its getStats() shows Opus audio with energy, from the test tone, a file's AAC and a real RTSP
+camera's AAC and G.711 (GStreamer's RTSP server, in the namespace too); a WHEP client hears it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from . import netns as netns_mod
+from .test_audio import write_av_file
+from .test_browser import PORT, URL, browser_and_server, open_page, sandbox  # noqa: F401 - the fixture
+from .test_real_rtsp import SYSTEM_PYTHON, gst_available
+
+pytestmark = pytest.mark.slow
+
+RTSP_SERVER = Path(__file__).with_name("gst_rtsp_audio_server.py")
+ONVIF_SERVER = Path(__file__).with_name("gst_onvif_backchannel_server.py")
+
+AUDIO_STATS = """async () => {
+  const pc = window.camtrack && window.camtrack.pc;
+  if (!pc) return null;
+  let found = null;
+  const report = await pc.getStats();
+  report.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "audio") found = r; });
+  if (!found) return null;
+  const codec = found.codecId && report.get(found.codecId);
+  return {packets: found.packetsReceived || 0, level: found.audioLevel || 0,
+          energy: found.totalAudioEnergy || 0, codec: codec ? codec.mimeType : null};
+}"""
+
+WHEP_AUDIO = """async (endpoint) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", {direction: "recvonly"});
+  pc.addTransceiver("audio", {direction: "recvonly"});
+  const element = document.createElement("video");
+  element.autoplay = true;
+  document.body.appendChild(element);
+  pc.ontrack = (event) => { element.srcObject = event.streams[0]; element.play().catch(() => {}); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
+    setTimeout(done, 3000);
+  });
+  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
+                                          headers: {"Content-Type": "application/sdp"}});
+  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
+  let energy = 0, level = 0, packets = 0, codec = null;
+  for (let i = 0; i < 100 && !(energy > 0.005 && level > 0.1); i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    const report = await pc.getStats();
+    report.forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "audio") {
+        energy = r.totalAudioEnergy || 0; level = Math.max(level, r.audioLevel || 0);
+        packets = r.packetsReceived || 0;
+        codec = r.codecId && report.get(r.codecId) ? report.get(r.codecId).mimeType : null;
+      }
+    });
+  }
+  pc.close();
+  return {status: response.status, energy, level, packets, codec};
+}"""
+
+
+#: a WHEP client in the page that plays picture and sound (unmuted: the tests' autoplay flag) and
+#: times, on performance.now(), each beep's onset as it is output (a ScriptProcessor on the stream,
+#: mapped through the AudioContext's output timestamp) and each mark's onset as it is shown
+#: (requestVideoFrameCallback's expectedDisplayTime, the mark read from the frame drawn on a canvas)
+LIP_SYNC = """async ([endpoint, seconds]) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", {direction: "recvonly"});
+  pc.addTransceiver("audio", {direction: "recvonly"});
+  const video = document.createElement("video");
+  video.autoplay = true; video.playsInline = true;
+  document.body.appendChild(video);
+  let stream = null;
+  pc.ontrack = (event) => { stream = event.streams[0]; video.srcObject = stream; video.play().catch(() => {}); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
+    setTimeout(done, 3000);
+  });
+  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
+                                          headers: {"Content-Type": "application/sdp"}});
+  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
+  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
+  // the sound: its onsets as heard (the output timestamp maps the audio clock to performance.now)
+  const context = new AudioContext();
+  await context.resume();
+  const source = context.createMediaStreamSource(stream);
+  const tap = context.createScriptProcessor(256, 1, 1);
+  const beeps = [];
+  let quietSince = 0;
+  tap.onaudioprocess = (event) => {
+    const data = event.inputBuffer.getChannelData(0);
+    let sum = 0; let first = -1;
+    for (let i = 0; i < data.length; i++) { sum += data[i] * data[i]; if (first < 0 && Math.abs(data[i]) > 0.1) first = i; }
+    const rms = Math.sqrt(sum / data.length);
+    const stamp = context.getOutputTimestamp();
+    const at = stamp.performanceTime + (event.playbackTime + first / context.sampleRate - stamp.contextTime) * 1000;
+    if (first >= 0) { if (quietSince >= 10) beeps.push(at); quietSince = 0; } else quietSince++;
+  };
+  source.connect(tap); tap.connect(context.destination);
+  // the picture: the onset of its mark as shown
+  const canvas = document.createElement("canvas");
+  const marks = [];
+  let unmarked = 0;
+  const onFrame = (now, meta) => {
+    const w = video.videoWidth, h = video.videoHeight;
+    if (w) {
+      canvas.width = w; canvas.height = h;
+      const g = canvas.getContext("2d", {willReadFrequently: true});
+      g.drawImage(video, 0, 0);
+      const side = Math.max(8, Math.floor(Math.min(w, h) / 10));
+      const box = g.getImageData(w - side - 8 + 2, 32 + 2, side - 4, side - 4).data;
+      let sum = 0; for (let i = 0; i < box.length; i += 4) sum += box[i] + box[i + 1] + box[i + 2];
+      const marked = sum / (box.length / 4) / 3 > 200;
+      if (marked) { if (unmarked >= 5) marks.push(meta.expectedDisplayTime); unmarked = 0; } else unmarked++;
+    }
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  pc.close(); context.close();
+  const offsets = [];
+  for (const beep of beeps) {
+    let best = null;
+    for (const mark of marks) if (best === null || Math.abs(mark - beep) < Math.abs(best - beep)) best = mark;
+    if (best !== null && Math.abs(best - beep) < 500) offsets.push(beep - best);
+  }
+  return {beeps: beeps.length, marks: marks.length, offsets, latency: context.outputLatency, base: context.baseLatency};
+}"""
+
+
+def heard(page, timeout: float = 30.0) -> dict:
+    """The page's audio statistics once it has had sound with energy (the tone beeps 100 ms a second:
+    the level is the loudest seen)."""
+    deadline = time.monotonic() + timeout
+    loudest = 0.0
+    stats = None
+    while time.monotonic() < deadline:
+        stats = page.evaluate(AUDIO_STATS)
+        if stats:
+            loudest = max(loudest, stats["level"])
+            if stats["energy"] > 0.005 and loudest > 0.1:
+                return {**stats, "level": loudest}
+        time.sleep(0.1)
+    raise AssertionError(f"no sound with energy in {timeout} s: {stats}, loudest level {loudest}")
+
+
+def rtsp_in(ns, audio: str) -> tuple[subprocess.Popen[str], str]:
+    """GStreamer's RTSP camera with `audio`, inside the namespace (on its own 127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(ns.command(SYSTEM_PYTHON, str(RTSP_SERVER), str(port), audio),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert server.stdout is not None
+    url = server.stdout.readline().strip()
+    assert url.startswith("rtsp://"), url
+    return server, url
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("source", ["pattern", "file-aac", "rtsp-aac", "rtsp-pcmu"])
+def test_the_page_is_muted_until_unmuted_then_plays_the_cameras_sound(sandbox, tmp_path, source):  # noqa: F811
+    ns, _ = sandbox
+    camera: subprocess.Popen[str] | None = None
+    if source == "file-aac":
+        path = tmp_path / "clip.mkv"
+        write_av_file(path, "aac", seconds=4.0)
+        options: tuple[str, ...] = ("--source", str(path))
+    elif source.startswith("rtsp-"):
+        if gst_available() is not None:
+            pytest.skip("GStreamer's RTSP server is not installed")
+        camera, url = rtsp_in(ns, source.removeprefix("rtsp-"))
+        options = ("--source", url)
+    else:
+        options = ()
+    try:
+        with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240", *options) as (
+                browser, _, _log):
+            page = open_page(browser)
+            page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+            # the sound comes: the button appears, the video element still muted
+            page.wait_for_function("!document.getElementById('sound').hidden", timeout=30000)
+            assert page.evaluate("document.querySelector('video').muted") is True
+            assert page.get_attribute("#sound", "aria-pressed") == "false"
+            # the level meter moves before anyone unmutes
+            page.wait_for_function("parseFloat(document.getElementById('sound-level').style.height) > 0",
+                                   timeout=30000)
+            page.click("#sound")
+            assert page.evaluate("document.querySelector('video').muted") is False
+            assert page.get_attribute("#sound", "aria-pressed") == "true"
+            stats = heard(page)
+            assert stats["codec"].lower() == "audio/opus"
+            # the statistics overlay names the audio codec
+            page.click("#info")
+            page.wait_for_function("window.camtrack.stats && window.camtrack.stats.audio === 'opus'",
+                                   timeout=10000)
+            page.screenshot(path=str(tmp_path / f"page-{source}.png"))
+    finally:
+        if camera is not None:
+            camera.kill()
+            camera.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_a_whep_client_in_chromium_hears_the_tone(sandbox, tmp_path):  # noqa: F811
+    with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240") as (browser, _, _log):
+        page = open_page(browser)
+        result = page.evaluate(WHEP_AUDIO, URL + "whep")
+        assert result["status"] == 201, result
+        assert result["codec"].lower() == "audio/opus", result
+        assert result["energy"] > 0.005 and result["level"] > 0.1, result
+
+
+@pytest.mark.timeout(180)
+def test_lip_sync_in_chromium(sandbox, tmp_path):  # noqa: F811
+    """The tone's beeps as Chromium outputs them against the pattern's marks as it shows them."""
+    with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240") as (browser, _, _log):
+        page = open_page(browser)
+        result = page.evaluate(LIP_SYNC, [URL + "whep", 12])
+    print("lip-sync in Chromium (sound minus picture, ms):", [round(x) for x in result["offsets"]])
+    # Chromium's synchronisation settles over the first seconds, and on a loaded machine it was
+    # seen to drift away for a few seconds and come back (docs/audio.md): the last beeps are
+    # where it stands. The sound is timed through a WebAudio tap, whose own buffering the page's
+    # sound does not have: measured so, it came 19-102 ms after the picture, so the bound here is
+    # 120 ms (the 80 ms of the issue is what the aiortc measurement checks, from the same reports)
+    assert len(result["offsets"]) >= 8, result
+    last = sorted(result["offsets"][-4:])
+    assert abs((last[1] + last[2]) / 2) <= 120, result
+
+
+@pytest.mark.timeout(180)
+def test_the_websocket_fallback_plays_the_sound_once_unmuted(sandbox, tmp_path):  # noqa: F811
+    """?transport=ws on HTTPS (WebCodecs): the page asks for the sound on the socket; the button and
+    the meter come with it, and once unmuted the player plays the tone's packets."""
+    from .test_browser_fallback import certificate, chromium_and_server, wait_for_server
+    from .test_browser_fallback import plays as plays_page
+
+    cert, key = certificate(tmp_path)
+    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+    with chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--width", "320",
+                             "--height", "240") as (context, _restart):
+        wait_for_server(context, base)
+        page, _ = plays_page(context, base, "?transport=ws", frames=10)
+        assert page.evaluate("[window.camtrack.transport, window.camtrack.decoder]") == ["websocket", "webcodecs"]
+        page.wait_for_function("!document.getElementById('sound').hidden", timeout=30000)
+        page.wait_for_function("parseFloat(document.getElementById('sound-level').style.height) > 0",
+                               timeout=30000)
+        assert page.evaluate("window.camtrack.player.sound.played") == 0  # muted: decoded, not played
+        page.click("#sound")
+        page.wait_for_function("window.camtrack.player.sound.played > 100", timeout=30000)
+        assert page.evaluate("window.camtrack.player.sound.codec") == "opus"
+        page.click("#info")
+        page.wait_for_function("window.camtrack.stats && window.camtrack.stats.audio === 'opus'", timeout=10000)
+
+
+@pytest.mark.timeout(180)
+def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(sandbox, tmp_path, monkeypatch):  # noqa: F811
+    """HTTPS page, ?talk=TOKEN: holding the talk button sends Chromium's fake microphone over the peer
+    to the camera's ONVIF back-channel (GStreamer's RTSPOnvifServer, in the namespace, which prints
+    the level of what it decodes); a second page holding it is told the line is busy."""
+    from . import test_browser_fallback as fallback
+
+    if gst_available() is not None:
+        pytest.skip("GStreamer's RTSP server is not installed")
+    ns, _ = sandbox
+    monkeypatch.setattr(fallback, "CHROMIUM_FLAGS", [*fallback.CHROMIUM_FLAGS, "--use-fake-device-for-media-stream",
+                                                     "--use-fake-ui-for-media-stream"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    camera = subprocess.Popen(ns.command(SYSTEM_PYTHON, str(ONVIF_SERVER), str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    heard: list[tuple[float, float]] = []
+    try:
+        assert camera.stdout is not None
+        url = camera.stdout.readline().strip()
+        assert url.startswith("rtsp://"), url
+
+        def listen() -> None:
+            for line in camera.stdout:  # type: ignore[union-attr]
+                if line.startswith("LEVEL "):
+                    heard.append((float(line.split()[1]), float(line.split()[2])))
+
+        threading.Thread(target=listen, daemon=True).start()
+        cert, key = fallback.certificate(tmp_path)
+        base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+        with fallback.chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--source", url,
+                                          "--talk", "source", "--talk-token", "speak", "--width", "320",
+                                          "--height", "240") as (context, _restart):
+            fallback.wait_for_server(context, base)
+            page, _ = fallback.plays(context, base, "?talk=speak", frames=5)
+            assert "talk" not in page.url  # (the talk token left the address bar)
+            page.wait_for_function("!document.getElementById('talk').hidden && "
+                                   "!document.getElementById('talk').disabled", timeout=30000)
+            box = page.locator("#talk").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            pressed = time.time()
+            page.mouse.down()
+            page.wait_for_function("window.camtrack.talk.state === 'on' || window.camtrack.talk.error",
+                                   timeout=30000)
+            assert page.evaluate("window.camtrack.talk.state") == "on", page.evaluate("window.camtrack.talk")
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline and not any(rms > 0.02 and at > pressed for at, rms in heard):
+                time.sleep(0.1)
+            loud = [at for at, rms in heard if rms > 0.02 and at > pressed]
+            assert loud, (heard[-5:], page.evaluate("window.camtrack.talk"))
+            print(f"push-to-talk: the camera heard Chromium's microphone {loud[0] - pressed:.2f} s after the press "
+                  "(the fake microphone beeps now and then: an upper bound)")
+            # a second page holding the button meanwhile: busy
+            other, _ = fallback.plays(context, base, "?talk=speak", frames=5)
+            other.wait_for_function("!document.getElementById('talk').hidden && "
+                                    "!document.getElementById('talk').disabled", timeout=30000)
+            other.keyboard.down("t")
+            other.wait_for_function("window.camtrack.talk.error", timeout=30000)
+            assert "busy" in other.evaluate("window.camtrack.talk.error"), other.evaluate("window.camtrack.talk")
+            other.keyboard.up("t")
+            page.mouse.up()
+            page.wait_for_function("window.camtrack.talk.state === 'off'", timeout=30000)
+    finally:
+        camera.kill()
+        camera.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_plain_http_beyond_localhost_says_why_it_cannot_talk(sandbox, tmp_path):  # noqa: F811
+    with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240", "--talk",
+                            "rtsp://127.0.0.1:9/none", "--talk-token", "speak") as (browser, _, _log):
+        page = open_page(browser)
+        page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+        page.wait_for_function("!document.getElementById('talk').hidden", timeout=30000)
+        assert page.evaluate("window.isSecureContext") is False
+        assert page.evaluate("document.getElementById('talk').disabled") is True
+        assert "HTTPS" in page.get_attribute("#talk", "title")

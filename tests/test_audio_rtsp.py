@@ -1,0 +1,72 @@
+"""A real RTSP camera with sound (GStreamer's RTSP server, tests/gst_rtsp_audio_server.py) as
+camtrack's source: its AAC and G.711 decoded and encoded to Opus once, its Opus passed through, and
+an aiortc viewer that asks for audio hears the camera's tone beside its picture."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from bench.listener import Listener
+from camtrack.app import CAMERAS
+from camtrack.media.packet import MediaKind
+
+from .conftest import eventually
+from .test_real_rtsp import SYSTEM_PYTHON, gst_available
+
+pytestmark = pytest.mark.slow
+
+SERVER = Path(__file__).with_name("gst_rtsp_audio_server.py")
+
+
+@pytest.fixture
+async def rtsp_camera() -> AsyncIterator[Callable[[str], Awaitable[str]]]:
+    why = gst_available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"GStreamer's RTSP server cannot run in CI: {why}")
+        pytest.skip(f"GStreamer's RTSP server is not installed ({why}); .ci/run installs it")
+    servers: list[subprocess.Popen[str]] = []
+
+    async def start(audio: str) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), audio],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        servers.append(server)
+        assert server.stdout is not None
+        url = (await asyncio.to_thread(server.stdout.readline)).strip()
+        assert url.startswith("rtsp://"), url
+        return url
+
+    yield start
+    for server in servers:
+        server.kill()
+        server.wait(10)
+
+
+@pytest.mark.parametrize("audio", ["aac", "pcmu", "pcma", "opus"])
+async def test_a_real_rtsp_cameras_sound_reaches_a_webrtc_viewer(serve, rtsp_camera, audio):
+    url = await rtsp_camera(audio)
+    ws, app = await serve(source=url, width=320, height=240)
+    feed = app[CAMERAS].first.pipeline.packets(MediaKind.AUDIO)
+    assert feed is not None
+    listener = Listener()
+    try:
+        await listener.connect(ws)
+        await eventually(lambda: len(listener.audio) >= 100 and len(listener.video) >= 10, 40)
+        # the camera's tone is continuous: nearly every frame is loud
+        assert listener.loud() >= len(listener.audio) // 2, audio
+        if audio == "opus":
+            assert feed.stats.encoders == 0 and feed.stats.passed > 0  # passed through untouched
+        else:
+            assert feed.stats.encoders == 1 and feed.stats.encoded > 0  # decoded and encoded once
+    finally:
+        await listener.close()
