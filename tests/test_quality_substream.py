@@ -60,9 +60,11 @@ async def camera_streams():
                 await process.wait()
 
 
-async def test_a_viewer_asking_for_low_gets_the_sub_streams_own_packets_and_moves_back(serve, camera_streams):
+@pytest.mark.parametrize("mode", ["passthrough", "transcode"])
+async def test_a_viewer_asking_for_low_gets_the_sub_streams_own_packets_and_moves_back(serve, camera_streams, mode):
+    """Whether the main tier is the camera's main stream passed through or encoded here."""
     main_url, sub_url = camera_streams
-    url, app = await serve(source=main_url, mode="passthrough", width=320, height=240, low_source=sub_url)
+    url, app = await serve(source=main_url, mode=mode, width=320, height=240, low_source=sub_url)
     camera = app[CAMERAS].first
     assert camera.pipeline.plan.low_source == sub_url
     low = camera.packets(MediaKind.VIDEO, LOW)
@@ -84,8 +86,9 @@ async def test_a_viewer_asking_for_low_gets_the_sub_streams_own_packets_and_move
         assert (more[-1].width, more[-1].height) == SUB  # the sub-stream's own pictures
         frames += more
         # no encoder made for the low tier, nothing decoded
-        assert camera.pipeline.quality_encoders() == {} and camera.pipeline.encoders() == {}
-        assert camera.decoder is not None and not camera.decoder.running
+        assert camera.pipeline.quality_encoders() == {}
+        assert list(camera.pipeline.encoders().values()) == ([] if mode == "passthrough" else [camera.encoder])
+        assert camera.decoder is None or not camera.decoder.running
         async with aiohttp.ClientSession() as http, http.get(url.replace("/ws", "/metrics")) as r:
             metrics = await r.text()
         assert "camtrack_tier_frames_encoded_total{" not in metrics
@@ -149,3 +152,13 @@ def test_low_source_is_a_camera_of_its_own_not_every_cameras_default():
     two = Config(source="pattern", low_source="rtsp://127.0.0.1:9/sub",
                  cameras=[Config().camera("a", "pattern"), Config().camera("b", "pattern", low_source="x.mp4")])
     assert [c.low_source for c in two.cameras] == [None, "x.mp4"]
+
+
+def test_low_source_in_a_cameras_table(tmp_path):
+    from camtrack.cli import config_from_args, parse
+
+    path = tmp_path / "camtrack.toml"
+    path.write_text('[cameras.door]\nsource = "pattern"\nlow-source = "rtsp://127.0.0.1:9/sub"\n'
+                    '[cameras.yard]\nsource = "pattern"\n')
+    config = config_from_args(*parse(["--config", str(path)])[1:])
+    assert {c.name: c.low_source for c in config.cameras} == {"door": "rtsp://127.0.0.1:9/sub", "yard": None}
