@@ -364,6 +364,12 @@ class CameraSettings:
     low_fps: float = field(default=0.0, metadata=option(
         "the low quality tier's frame rate (default: 0, the camera's)", metavar="FPS",
         check=between(0, 120, "0 (the camera's) or at most 120")))
+    #: the camera's own second stream as its low tier, passed through (camtrack.media.tiers)
+    low_source: str | None = field(default=None, metadata=option(
+        "the camera's own second stream (an IP camera's sub-stream, e.g. rtsp://.../sub) as its low tier: its "
+        "H.264 passed through, no encoding (one that is not H.264 without B-frames: the low tier is encoded, "
+        "as the log says; default: none). Per camera: not every camera's default", metavar="URL",
+        camera_default=False))
     #: at most this many viewers at once, over every transport: of the server (Config), of a camera
     #: (CameraConfig); 0: no limit
     max_viewers: int = field(default=0, metadata=option(
@@ -703,7 +709,7 @@ class Config(CameraSettings):
         if self.turn_secret is not None and not any(url.startswith(("turn:", "turns:")) for url in self.ice_servers):
             raise ValueError("--turn-secret needs a TURN server: --ice-server turn:HOST:PORT")
         if not self.cameras:
-            self.cameras = [self.camera("default", self.source)]
+            self.cameras = [self.camera("default", self.source, low_source=self.low_source)]
         if self.encoder != "shared" and any(c.mode == "passthrough" for c in self.cameras):
             raise ValueError("passthrough sends the camera's packets to every viewer: use --encoder shared")
         if self.encoder != "shared" and any(c.publish for c in self.cameras):

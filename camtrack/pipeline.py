@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from .config import CameraConfig, Config
 from .media.audio import AudioFeed
 from .media.decoder import PacketDecoder
-from .media.encoder import EncoderSettings, SharedEncoder
+from .media.encoder import EncoderSettings, SharedEncoder, even
 from .media.feeds import BackgroundOutput, FrameFeed, PacketFeed
 from .media.jpeg import JpegEncoders
 from .media.meters import Meter
@@ -276,7 +276,8 @@ def _build_video(settings: CameraConfig, plan: CameraPlan, config: Config) -> Pi
         # tiers of another codec are encoded at the camera's own size (0x0: the decoded pictures')
         tiers = Tiers(feed, decoder, EncoderSettings(width=0, height=0, fps=settings.fps, bitrate=settings.bitrate,
                                                      keyframe_interval=settings.keyframe_interval,
-                                                     hardware=config.video_encoder), qualities(settings))
+                                                     hardware=config.video_encoder), qualities(settings),
+                      own_tiers(settings, plan, config))
         jpeg, bridge = JpegEncoders(decoder, config.mjpeg_fps), JoinBridge(feed, decoder, encoding)
         # a --process function (asked for with --mode passthrough) reads pictures decoded for it alone,
         # only while a reader of its results runs it: its data is shown, what it draws is not
@@ -289,7 +290,8 @@ def _build_video(settings: CameraConfig, plan: CameraPlan, config: Config) -> Pi
     # the user's function on each frame, once for every viewer: what every encoder and JPEG reads
     frames: FrameFeed = stream if processing is None else processing
     encoder = SharedEncoder(frames, encoding) if plan.mode == "transcode" else None
-    jpeg, tiers = JpegEncoders(frames, config.mjpeg_fps), Tiers(encoder, frames, encoding, qualities(settings))
+    jpeg, tiers = JpegEncoders(frames, config.mjpeg_fps), Tiers(encoder, frames, encoding, qualities(settings),
+                                                                      own_tiers(settings, plan, config))
     return Pipeline(plan, SourceStatus(stream), frames, jpeg, tiers,
                     [jpeg, tiers, *([encoder] if encoder is not None else []),
                      *([processing] if processing is not None else []), stream], stream=stream, main=encoder,
@@ -303,6 +305,18 @@ def qualities(settings: CameraConfig) -> dict[str, Quality]:
         return {}
     return {"low": Quality(scale=settings.low_scale, bitrate=settings.low_bitrate or max(50_000, settings.bitrate // 4),
                            fps=settings.low_fps)}
+
+
+def own_tiers(settings: CameraConfig, plan: CameraPlan, config: Config) -> dict[str, PassthroughFeed]:
+    """The camera's own streams that serve quality tiers as they are: its --low-source (when the plan
+    found it H.264 without B-frames), opened only while a viewer reads the low tier."""
+    low = plan.low_source
+    if low is None or not settings.low_scale:
+        return {}
+    packets = functools.partial(make_packet_source, low, rtsp_transport=settings.rtsp_transport, width=settings.width,
+                                height=settings.height, fps=settings.fps)
+    size = (even(settings.width * settings.low_scale), even(settings.height * settings.low_scale))
+    return {"low": PassthroughFeed(f"{settings.name} (low)", packets, linger=config.linger, size=size)}
 
 
 def processing_stage(settings: CameraConfig, frames: FrameFeed, shown: bool = True) -> ProcessingStage | None:

@@ -43,6 +43,9 @@ class CameraPlan:
     reason: str
     #: what the source carries, when the plan probed it (`auto` on a file or stream), else None
     codec: CodecInfo | None = None
+    #: the camera's own second stream that serves its low tier as it is (--low-source, probed: H.264
+    #: without B-frames), else None (the low tier is encoded)
+    low_source: str | None = None
 
     @property
     def setting(self) -> str:
@@ -77,4 +80,27 @@ def plan_camera(settings: CameraConfig, config: Config, *, strict: bool = False)
                     "passing its H.264 through" if mode == "passthrough" else "transcoding", why)
     if mode != "passthrough" and config.encoder != "shared":
         mode = "per-viewer"
-    return CameraPlan(source, mode, why, codec)
+    return CameraPlan(source, mode, why, codec, plan_low_source(settings, mode, strict=strict))
+
+
+def plan_low_source(settings: CameraConfig, mode: str, *, strict: bool = False) -> str | None:
+    """The camera's --low-source when it can serve the low tier as it is: probed like the camera's
+    own source (`strict`: one that does not answer is a SourceError saying why); one that is not
+    H.264 without B-frames (or a camera with no low tier, or whose viewers encode for themselves)
+    gives None, said in the log: the low tier is then encoded."""
+    low = settings.low_source
+    if low is None:
+        return None
+    shown = scrub(low, with_decoded(url_secrets(low)))
+    if mode == "per-viewer" or not settings.low_scale:
+        logger.warning("camera %s: --low-source %s is not used (%s)", settings.name, shown,
+                       "each viewer's own encoder" if mode == "per-viewer" else "--low-scale 0: no low tier")
+        return None
+    low_mode, why, _ = plan_probe(low, "auto", "shared", "h264", settings.rtsp_transport, "raw", settings.width,
+                                  settings.height, settings.fps, strict=strict)
+    if low_mode != "passthrough":
+        logger.warning("camera %s: its --low-source %s cannot be passed through (%s): encoding its low tier "
+                       "instead", settings.name, shown, scrub(why, with_decoded(url_secrets(low))))
+        return None
+    logger.info("camera %s: its low tier is its own second stream %s, passed through", settings.name, shown)
+    return low

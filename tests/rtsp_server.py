@@ -235,10 +235,11 @@ async def _serve_live() -> None:
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--bitrate", type=int, default=1_000_000)
     parser.add_argument("--clip", action="store_true", help="encode two GOPs once and loop them")
+    parser.add_argument("--gop", type=int, default=120, help="frames from one keyframe to the next")
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
-    server: RtspServer = (ClipRtspServer(width, height, bitrate=args.bitrate) if args.clip
-                          else LiveRtspServer(width, height, bitrate=args.bitrate))
+    server: RtspServer = (ClipRtspServer(width, height, gop=args.gop, bitrate=args.bitrate) if args.clip
+                          else LiveRtspServer(width, height, gop=args.gop, bitrate=args.bitrate))
     print(await server.start(), flush=True)
     await asyncio.Event().wait()
 

@@ -65,7 +65,7 @@ def test_a_config_file_of_every_option_gives_what_the_command_line_gives(tmp_pat
               "process_events": "always", "motion_event_threshold": 0.1, "motion_event_duration": 1.5,
               "motion_event_gap": 4.0, "webhook": "http://127.0.0.1:9/hook", "mqtt": "mqtt://127.0.0.1:1883/home",
               "masks": ["0,0 10,0 10%,10%"], "overlay": "%H:%M {camera}", "overlay_position": "bottom-right",
-              "motion": True, "low_scale": 0.25, "low_bitrate": 90_000, "low_fps": 15.0,
+              "motion": True, "low_scale": 0.25, "low_bitrate": 90_000, "low_fps": 15.0, "low_source": "rtsp://cam/sub",
               "record": "/srv/clips", "pre_roll": 3.0, "post_roll": 2.5, "record_max_age": 7.0,
               "record_max_size": 500.0, "record_min_free": 100.0, "record_segments": 600.0, "audio": "off",
               "talk": "source", "talk_token": "t4lk"}

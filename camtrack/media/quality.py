@@ -196,7 +196,8 @@ class TierReader:
         # the switch reads the tier the viewer is on from here on: its reader lets go of it (and
         # still says which feed and packet the viewer is at)
         self.current.close()
-        target.request_keyframe()
+        if target.makes_keyframes:  # (a camera's own stream's keyframes come when it sends them)
+            target.request_keyframe()
 
     def _took_switch(self, switch: FeedSwitch) -> None:
         assert switch.reader is not None and self._target is not None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .encoder import EncoderSettings, SharedEncoder, even
 from .feeds import FrameFeed, PacketFeed
 from .packet import MediaKind
+from .passthrough import PassthroughFeed
 
 #: the codecs a tier may be encoded in
 TIER_CODECS = ("h264", "vp8")
@@ -74,14 +75,19 @@ class Tiers:
 
     `settings` are the tiers' encoder settings (the codec is each tier's); a size of 0x0 encodes at
     the size of the pictures that come (a passed-through camera's own, known only once it opens).
-    `qualities` are the camera's lower qualities by name (none: it has no quality tiers)."""
+    `qualities` are the camera's lower qualities by name (none: it has no quality tiers). `own` are
+    the camera's own streams of some of them, by name (a PassthroughFeed of an IP camera's
+    sub-stream, H.264): such a tier in H.264 is that stream's packets as they come, no encoder."""
 
     def __init__(self, main: PacketFeed | None, frames: FrameFeed, settings: EncoderSettings,
-                 qualities: dict[str, Quality] | None = None) -> None:
+                 qualities: dict[str, Quality] | None = None, own: dict[str, PassthroughFeed] | None = None) -> None:
         self.main = main
         self.frames = frames
         self.settings = settings
         self.qualities = dict(qualities or {})
+        self.own = dict(own or {})
+        for name in self.own:
+            self.qualities.setdefault(name, Quality())
         #: the tiers' encoders made so far, by codec (the camera's own quality)
         self.encoders: dict[str, SharedEncoder] = {}
         #: the quality tiers' encoders made so far, by tier
@@ -109,13 +115,16 @@ class Tiers:
             self.encoders[tier.codec] = encoder
         return encoder
 
-    def _quality_encoder(self, tier: Tier) -> SharedEncoder:
+    def _quality_encoder(self, tier: Tier) -> PacketFeed:
         quality = self.qualities.get(tier.quality or "")
         if quality is None:
             raise ValueError(f"this camera has no {tier.quality} tier (it has {', '.join(self.available())})")
         main = self.main
         own = main.codec.codec if main is not None else self.settings.codec
         codec = tier.codec or own
+        stream = self.own.get(tier.quality or "")
+        if stream is not None and codec == "h264":
+            return stream  # the camera's own sub-stream: its packets as they come
         # (named as viewers ask for it: "low" in the camera's own codec, "low-vp8" in the other)
         key = Tier(None if codec == own else codec, tier.quality)
         encoder = self.quality_encoders.get(key)
@@ -140,4 +149,6 @@ class Tiers:
     async def close(self) -> None:
         for encoder in self.all_encoders():
             await encoder.close()
+        for stream in self.own.values():
+            await stream.close()
 
