@@ -315,6 +315,7 @@ async def test_a_viewer_joining_mid_gop_gets_the_live_picture_through_the_bridge
     not the keyframe's: decoded and encoded again until the camera's next keyframe, then the
     camera's own packets; the bridge stops once nobody needs it."""
     from camtrack.media.feeds import Transport
+    from camtrack.media.quality import TierReader
     from camtrack.media.reader import BridgedReader
 
     from .rtsp_server import LiveRtspServer
@@ -345,13 +346,18 @@ async def test_a_viewer_joining_mid_gop_gets_the_live_picture_through_the_bridge
             await eventually(lambda: len(ages) >= 1, timeout=10, interval=0.01)
             assert ages[0] < 700, f"the first picture was {ages[0]} ms old (the camera's keyframe, over 1500 ms)"
             (track,) = {session.peer.track for session in camera.viewers[Transport.WEBSOCKET]} - before
-            reader = track.reader
+            # the viewer reads the camera's tiers (camtrack.media.quality.TierReader, issue 23); the
+            # tier it starts on, the camera's own packets, is read through the join bridge
+            tiers = track.reader
+            assert isinstance(tiers, TierReader) and tiers.quality == "main", tiers
+            reader = tiers.current
             assert isinstance(reader, BridgedReader) and camera.bridge is not None
             await eventually(lambda: reader.switched, timeout=10)
             assert reader.bridged > 0
             await eventually(lambda: not camera.bridge.running and not camera.decoder.running, timeout=10)
             count = len(ages)
             await eventually(lambda: len(ages) >= count + 20, timeout=10)  # on the camera's own packets
+            assert tiers.current is reader and tiers.feed is camera.feed  # never left the main tier
         finally:
             watching.cancel()
         assert max(ages) < 1000, ages  # live all along: through the bridge, then the camera's own

@@ -72,6 +72,9 @@ class TierReader:
         self._target: tuple[Tier, str] | None = None
         self._wanted: tuple[Tier, str] | None = None
         self._closed = False
+        #: what the readers and switches it is done with skipped and resynced
+        self._skipped = 0
+        self._resyncs = 0
         #: when the last move was asked, and when the viewer got on the target (monotonic)
         self.asked_at = 0.0
         self.moved_at = 0.0
@@ -93,11 +96,21 @@ class TierReader:
 
     @property
     def skipped(self) -> int:
-        return self.current.skipped
+        """Pictures skipped over by falling behind, on every tier it read and during its moves."""
+        switch = self._switch
+        return self._skipped + self.current.skipped + (switch.skipped if switch is not None else 0)
 
     @property
     def resyncs(self) -> int:
-        return self.current.resyncs
+        """Times it fell behind and waited for a keyframe, on every tier it read and during its
+        moves (a move itself is none: the viewer's feed changes, `feed`)."""
+        switch = self._switch
+        return self._resyncs + self.current.resyncs + (switch.resyncs if switch is not None else 0)
+
+    def _leave_current(self) -> None:
+        """The viewer's reader of the tier it is on is done with: its counts are kept."""
+        self._skipped += self.current.skipped
+        self._resyncs += self.current.resyncs
 
     @property
     def quality(self) -> str:
@@ -175,6 +188,7 @@ class TierReader:
             target = self.packets(MediaKind.VIDEO, tier)
             if target is not None:
                 self.current.close()
+                self._leave_current()
                 self.current, self.tier, self.reason, self._wanted = PacketReader(target, self.meter), tier, reason, None
                 return True
         on = self._target[0] if self._target is not None else self.tier
@@ -203,6 +217,9 @@ class TierReader:
         assert switch.reader is not None and self._target is not None
         tier, reason = self._target
         before = self.tier.quality_name
+        self._leave_current()
+        self._skipped += switch.skipped
+        self._resyncs += switch.resyncs
         self.current, self.tier, self.reason = switch.reader, tier, reason
         self._switch, self._target = None, None
         self.moved_at = time.monotonic()

@@ -78,6 +78,10 @@ class FeedSwitch:
         self.after = after if after is not None else latest.seq if latest is not None else 0
         #: packets of the source handed out, and whether the viewer is on the target now
         self.from_source = 0
+        #: packets of the source skipped over by falling behind, and the times that made it wait for
+        #: the source's next keyframe (what a viewer's reader counts as its own: TierReader)
+        self.skipped = 0
+        self.resyncs = 0
         self.switched = False
         self.closed = False
         #: the target's reader (None: made at the switch), and whether the switch made it
@@ -122,6 +126,8 @@ class FeedSwitch:
             read = await source.next_packet(self._seq)
             encoded = read.item
             if read.skipped and self._synced:
+                self.skipped += read.skipped
+                self.resyncs += 1
                 self._synced = False
                 source.request_keyframe()
         self._seq = encoded.seq

@@ -7,7 +7,8 @@ the very packets WebRTC viewers get. Each message is one picture behind a fixed 
     offset  size  field
     0       1     version, 1
     1       1     flags: 1 keyframe, 2 a codec block follows the header, 4 pictures were skipped
-                  before this one (the stream resynced at this keyframe)
+                  before this one (the stream resynced at this keyframe), or the stream moved to
+                  another quality tier at this keyframe (its sequence numbers are that tier's)
     2       2     length of the codec block (0 when none)
     4       4     the feed's sequence number of the picture, modulo 2**32
     8       8     presentation time, 90 kHz ticks
@@ -161,12 +162,15 @@ class PacketStream:
 
         sound = None if self._make_audio is None else asyncio.ensure_future(self._sound(send_one))
         try:
-            resyncs = 0
+            resyncs, feed = 0, reader.feed
             window, waited = time.monotonic(), 0.0
             while True:
                 packet, pts = await reader.next()
-                resync = reader.resyncs != resyncs
-                resyncs = reader.resyncs
+                # pictures skipped before this one (counted by the reader, during a tier move too),
+                # or the first of another feed (a move to another tier, at its keyframe: the
+                # sequence numbers are that tier's from here)
+                resync = reader.resyncs != resyncs or (reader.feed is not feed and self.sent > 0)
+                resyncs, feed = reader.resyncs, reader.feed
                 shown = max(0, pts if pts is not None else packet.packet.pts or 0)
                 began = time.monotonic()
                 if not await send_one(message(packet, shown, resync)):
