@@ -133,3 +133,43 @@ async def test_a_whep_viewer_in_a_worker_starts_on_the_low_tier(serve):
             await eventually(lambda: not camera.encoder.running)
     finally:
         await pc.close()
+
+
+async def test_a_worker_viewer_behind_a_narrow_link_is_moved_down_by_its_worker():
+    """An honest aiortc viewer served by a worker (--workers 2) of a real camtrack process, whose
+    link narrows to 400 kbit/s (tbf, tests/shaped.py): the worker's LinkWatch, beside its peer,
+    moves it to the low tier from what its receiver says (not asked), and /metrics counts it there."""
+    import time
+
+    from .shaped import ShapedNet, ShapedServer, shaped_viewer
+
+    net = ShapedNet("ctk")
+    try:
+        async with ShapedServer(net, "--source", "pattern", "--bitrate", "1000000", "--workers", "2") as server:
+            viewer = shaped_viewer(net, "a", server.ws_for("a"))
+            await viewer.start(timeout=60)
+            try:
+                await eventually(lambda: viewer.width == 640, timeout=30)
+                net.shape(400)
+                deadline = time.monotonic() + 30
+                moved: list[str] = []
+                while not moved:
+                    assert time.monotonic() < deadline, "the viewer was not moved down within 30 s"
+                    await asyncio.sleep(0.2)
+                    moved = [line for line in server.log().splitlines() if "to the low tier" in line]
+                # by its worker, from its link (not asked)
+                assert " worker " in moved[0] and "(asked)" not in moved[0], moved
+                text = ""
+                for _ in range(20):
+                    _status, text = await server.get("/metrics")
+                    if 'camtrack_tier_viewers{camera="default",tier="low"} 1.0' in text:
+                        break
+                    await asyncio.sleep(1.1)  # (/metrics is paced)
+                assert 'camtrack_tier_viewers{camera="default",tier="low"} 1.0' in text
+                assert any(line.startswith('camtrack_tier_moves_total{camera="default",from="main",to="low",why="')
+                           and 'why="asked"' not in line for line in text.splitlines())
+                await eventually(lambda: viewer.width == 320, timeout=30)
+            finally:
+                await viewer.stop()
+    finally:
+        net.delete()
