@@ -703,7 +703,10 @@ class WorkerProcess:
             self.keyframe_requests += 1
             key = wire.FeedKey.parse(message["feed"])
             camera = self.pool.cameras.get(key.camera)
-            feed = camera.packets(key.kind, key.tier) if camera is not None else None
+            try:
+                feed = camera.packets(key.kind, key.tier) if camera is not None else None
+            except ValueError:  # (a tier the camera lacks: nothing to ask)
+                feed = None
             if feed is not None:
                 feed.request_keyframe()
         elif kind == "result_readers":
