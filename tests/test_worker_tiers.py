@@ -24,6 +24,7 @@ from camtrack.workers.pool import RemotePeer
 
 from .conftest import eventually
 from .test_quality import continuous
+from .test_quality_substream import SUB, camera_streams  # noqa: F401 - camera_streams: a fixture
 from .test_workers import pool_of
 
 LOW = Tier(quality="low")
@@ -175,3 +176,39 @@ async def test_a_worker_viewer_behind_a_narrow_link_is_moved_down_by_its_worker(
                 await viewer.stop()
     finally:
         net.delete()
+
+
+async def test_a_worker_viewer_moves_to_a_cameras_sub_stream_and_back(serve, camera_streams):  # noqa: F811
+    """A passed-through camera whose low tier is its own sub-stream (--low-source): both relayed to
+    the worker as the camera's packets (no keyframe to ask for), the viewer's times growing across
+    the two streams' clocks."""
+    main_url, sub_url = camera_streams
+    url, app = await serve(source=main_url, mode="passthrough", width=320, height=240, low_source=sub_url,
+                           workers=2, ice_addresses=["127.0.0.1"])
+    pool = pool_of(app)
+    viewer = Viewer(url)
+    try:
+        await viewer.connect()
+        frames = await viewer.frames(15, timeout=60)
+        assert {(f.width, f.height) for f in frames} == {(320, 240)}
+        worker = next(w for w in pool.workers if w.load == 1)
+        assert viewer.ws is not None
+        await viewer.ws.send_json({"type": "quality", "quality": "low"})
+        told = await viewer.receive("quality", timeout=30)
+        while told["tier"] != "low":
+            told = await viewer.receive("quality", timeout=30)
+        more = await viewer.frames(30, timeout=60)
+        assert (more[-1].width, more[-1].height) == SUB
+        frames += more
+        await eventually(lambda: set(worker.pumps) == {LOW_KEY}, timeout=10)
+        assert worker.pumps[LOW_KEY].kind == "passthrough"
+        await viewer.ws.send_json({"type": "quality", "quality": "main"})
+        while told["tier"] != "main":
+            told = await viewer.receive("quality", timeout=30)
+        more = await viewer.frames(30, timeout=60)
+        assert (more[-1].width, more[-1].height) == (320, 240)
+        frames += more
+        continuous(frames)
+        await eventually(lambda: set(worker.pumps) == {MAIN_KEY}, timeout=10)
+    finally:
+        await viewer.close()
