@@ -23,7 +23,7 @@ Server = tuple[str, web.Application]
 SLOW_MODULES = {
     "test_bench", "test_browser", "test_browser_fallback", "test_janus", "test_real_rtsp", "test_settings",
     "test_shutdown", "test_soak", "test_start", "test_turn", "test_workers", "test_reverse_proxy",
-    "test_firefox", "test_event_outputs", "test_overlay_page", "test_quality_links",
+    "test_firefox", "test_event_outputs", "test_overlay_page", "test_quality_links", "test_worker_tiers",
 }
 SLOW_TESTS = {
     "test_demux.py::test_rtsp_over_tcp",

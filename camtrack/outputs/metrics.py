@@ -132,11 +132,20 @@ class CameraCollector:
         for reader in list(quality.READERS):
             if not reader.closed:
                 on_tier[(reader.camera, reader.quality)] = on_tier.get((reader.camera, reader.quality), 0) + 1
+        moves = dict(quality.MOVES)
+        for worker in self.workers() if self.workers is not None else []:  # (their viewers too)
+            for name, count in worker.get("tiers", {}).items():
+                camera_name, _, tier_name = name.rpartition("/")
+                on_tier[(camera_name, tier_name)] = on_tier.get((camera_name, tier_name), 0) + count
+            for camera_name, before, after, why, count in worker.get("tier_moves", []):
+                move = (camera_name, before, after, why)
+                moves[move] = moves.get(move, 0) + count
         tier_viewers = GaugeMetricFamily("camtrack_tier_viewers", "Viewers on each quality tier now (WebRTC "
-                                         "and websocket-stream viewers of the main process).", labels=["camera", "tier"])
+                                         "viewers, in worker processes too, and websocket-stream viewers).",
+                                         labels=["camera", "tier"])
         tier_moves = CounterMetricFamily("camtrack_tier_moves", "Viewers moved from one quality tier to another, "
                                          "by why.", labels=["camera", "from", "to", "why"])
-        for (camera_name, before, after, kind), count in sorted(quality.MOVES.items()):
+        for (camera_name, before, after, kind), count in sorted(moves.items()):
             tier_moves.add_metric([camera_name, before, after, kind], count)
         tier_encoded = CounterMetricFamily("camtrack_tier_frames_encoded", "Frames encoded once for all the viewers "
                                            "of a lower quality tier.", labels=["camera", "tier"])

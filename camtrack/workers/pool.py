@@ -46,6 +46,7 @@ from ..media.encoder import JOIN_FRAMES
 from ..media.feeds import FeedClosed, PacketFeed, Transport
 from ..media.packet import CodecInfo, EncodedPacket, MediaKind
 from ..media.passthrough import RING_PACKETS
+from ..media.quality import CHOICES
 from ..media.tiers import MAIN, Tier
 from ..outputs.results import ResultFeed
 from ..outputs.webrtc.audio import offer_wants_audio
@@ -121,6 +122,14 @@ class RemotePeer:
         self.feed_key = wire.FeedKey(camera.name, MediaKind.VIDEO, tier)
         #: the camera's sound, relayed too when the offer asks for audio and the camera has some
         self.audio_key: wire.FeedKey | None = None
+        #: the feeds its worker relays for it: its first one, then the tiers its reader there reads
+        #: (two while it moves from one to another; docs/quality.md)
+        self.feed_keys = {self.feed_key}
+        #: what its viewer asked for, and its quality as its worker last told it
+        self.quality_choice = "auto"
+        self._quality: dict[str, Any] | None = None
+        self._quality_listeners: list[Callable[[], None]] = []
+        self._offered = False
         self.transport = transport
         self.remote = remote
         self.on_end = on_end
@@ -177,32 +186,54 @@ class RemotePeer:
             raise OfferError("the peer was closed")
         # the feed of the chosen codec relayed (attached and announced) before the offer is sent:
         # the worker has it to answer with
-        self.worker.watch(self, MAIN if codec == own_codec(self.camera) else Tier(codec=codec))
+        # (a viewer that asked for a lower quality starts on it: the camera's main tier is not relayed for it)
+        quality = self.quality_choice if self.quality_choice not in ("auto", "main") else None
+        self.worker.watch(self, Tier(None if codec == own_codec(self.camera) else codec, quality))
         if self.camera.packets(MediaKind.AUDIO) is not None and offer_wants_audio(sdp):
             self.audio_key = wire.FeedKey(self.camera.name, MediaKind.AUDIO, MAIN)
             self.worker.relay_audio(self)
+        self._offered = True
         self.send({"t": "offer", "camera": self.camera.name, "feed": self.feed_key.wire,
                    "audio": self.audio_key.wire if self.audio_key is not None else None,
-                   "transport": str(self.transport), "remote": self.remote, "sdp": sdp})
+                   "transport": str(self.transport), "remote": self.remote, "sdp": sdp,
+                   "qualities": self.camera.qualities(), "quality": self.quality_choice})
         reply = await asyncio.shield(self._answer)
         if "sdp" not in reply:
             self._give_turn_back()
             raise OfferError(reply.get("error", "the worker could not answer"))
+        self._quality = reply.get("quality")
         logger.debug("%s viewer %s of %s: answered by worker %d", self.transport, self.remote, self.camera.name,
                      self.worker.index)
         return str(reply["sdp"])
 
     def choose_quality(self, choice: str) -> None:
-        """Viewers in worker processes stay on the main tier (their feed is relayed to the worker
-        once per tier; moving between tiers there is not built)."""
-        if choice not in ("auto", "main"):
-            raise ValueError(f"a viewer served by a worker process stays on the main tier, not {choice}")
+        """Its viewer asks for `choice` (auto, main, low): its worker's peer moves (docs/quality.md),
+        or, before the offer, starts there."""
+        if choice not in CHOICES:
+            raise ValueError(f"quality must be one of {', '.join(CHOICES)}, not {choice!r}")
+        qualities = self.camera.qualities()
+        if choice != "auto" and choice not in qualities:
+            raise ValueError(f"this camera has no {choice} tier (it has {', '.join(qualities)})")
+        self.quality_choice = choice
+        if self._offered:
+            self.send({"t": "quality", "choice": choice})
 
     def quality(self) -> dict[str, Any] | None:
-        return None
+        return self._quality
 
     def on_quality(self, callback: Callable[[], None]) -> None:
-        pass
+        self._quality_listeners.append(callback)
+
+    def reading(self, keys: set[wire.FeedKey]) -> None:
+        """Its reader in the worker reads the feeds `keys` now: each is relayed there, and one it
+        left stops when no one else there reads it."""
+        if self.worker is None or self._ended:
+            return
+        old, self.feed_keys = self.feed_keys, set(keys)
+        for key in keys - old:
+            self.worker.relay(key, self.camera)
+        for key in old - keys:
+            self.worker.unrelay(key)
 
     def _give_turn_back(self) -> None:
         turn, self._turn = self._turn, None
@@ -248,6 +279,12 @@ class RemotePeer:
         elif kind == "closed":
             if self._closed is not None and not self._closed.done():
                 self._closed.set_result(None)
+        elif kind == "reading":
+            self.reading({wire.FeedKey.parse(name) for name in message["feeds"]})
+        elif kind == "quality":
+            self._quality = message["quality"]
+            for callback in list(self._quality_listeners):
+                callback()
 
     def lost(self, reason: str) -> None:
         """Its worker died: the peer went with it."""
@@ -438,6 +475,9 @@ class WorkerProcess:
         self.sent: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.keyframe_requests = 0
+        #: its viewers' moves between quality tiers over the server's life, by (camera, from, to, why)
+        self.tier_moves: Counter[tuple[str, str, str, str]] = Counter()
+        self._moves_seen: dict[tuple[str, str, str, str], int] = {}
         #: (--workers 0) since when it has had no viewer, while it runs
         self.idle_since: float | None = None
         self._meters: dict[tuple[str, str], tuple[int, int, int]] = {}
@@ -463,6 +503,9 @@ class WorkerProcess:
                 "sent": dict(self.sent), "skipped": dict(self.skipped), "buffered": self.buffered,
                 "keyframe_requests": self.keyframe_requests, "datagrams_dropped": self.datagrams_dropped,
                 "refused": dict(self.refused),
+                # its viewers on each quality tier now (by "camera/quality") and their moves
+                "tiers": self.stats.get("tiers", {}) if self.ready else {},
+                "tier_moves": [(*key, count) for key, count in self.tier_moves.items()],
                 "received": self.stats.get("received", {}), "mux": self.stats.get("mux", {})}
 
     # -- the socket
@@ -497,7 +540,7 @@ class WorkerProcess:
 
     def add(self, peer: RemotePeer) -> None:
         self.peers[peer.id] = peer
-        self._relay(peer.feed_key, peer.camera)
+        self.relay(peer.feed_key, peer.camera)
         processing = peer.camera.processing
         if processing is not None and peer.camera.name not in self.result_pumps:
             self.result_pumps[peer.camera.name] = ResultPump(self, peer.camera.name, processing)
@@ -508,21 +551,31 @@ class WorkerProcess:
         old = peer.feed_key
         peer.feed_key = wire.FeedKey(old.camera, old.kind, tier)
         if peer.feed_key != old:
-            self._relay(peer.feed_key, peer.camera)
-            self._unrelay(old)
+            peer.feed_keys = {peer.feed_key}
+            self.relay(peer.feed_key, peer.camera)
+            self.unrelay(old)
 
     def relay_audio(self, peer: RemotePeer) -> None:
         """`peer` listens too: its camera's sound is relayed here (once, whatever its listeners here)."""
         if peer.audio_key is not None:
-            self._relay(peer.audio_key, peer.camera)
+            self.relay(peer.audio_key, peer.camera)
 
-    def _relay(self, key: wire.FeedKey, camera: CameraView) -> None:
-        feed = camera.packets(key.kind, key.tier)
-        if key not in self.pumps and feed is not None:
+    def relay(self, key: wire.FeedKey, camera: CameraView) -> None:
+        """Relay `key` here (a pump per feed, made at first need)."""
+        if key in self.pumps:
+            return
+        try:
+            feed = camera.packets(key.kind, key.tier)
+        except ValueError as exc:  # (a tier the camera lacks: the worker's reader waits in vain, never asked so)
+            logger.warning("worker %d asked for %s: %s", self.index, key.wire, exc)
+            return
+        if feed is not None:
             self.pumps[key] = Pump(self, camera, key, feed)
 
-    def _unrelay(self, key: wire.FeedKey) -> None:
-        if not any(key in (p.feed_key, p.audio_key) for p in self.peers.values()):
+    def unrelay(self, key: wire.FeedKey) -> None:
+        """Stop relaying `key` here if no viewer here reads it (nor, then, its camera's results if
+        none watches the camera)."""
+        if not any(key in p.feed_keys or key == p.audio_key for p in self.peers.values()):
             pump = self.pumps.get(key)
             if pump is not None:
                 pump.stop()
@@ -536,9 +589,10 @@ class WorkerProcess:
         of a feed here stops its pump."""
         if self.peers.pop(peer.id, None) is not None and keep:
             self.closing[peer.id] = peer
-        self._unrelay(peer.feed_key)
+        for key in peer.feed_keys:
+            self.unrelay(key)
         if peer.audio_key is not None:
-            self._unrelay(peer.audio_key)
+            self.unrelay(peer.audio_key)
 
     def forget(self, peer: RemotePeer) -> None:
         self.closing.pop(peer.id, None)
@@ -580,6 +634,7 @@ class WorkerProcess:
             raise WorkerFailed(f"worker {self.index} did not start: {error}")
         self.ready = True
         self._meters.clear()
+        self._moves_seen.clear()
         logger.info("worker %d (pid %d) serves WebRTC viewers%s", self.index, self.pid,
                     f" on UDP port {reply['port']}" if reply["port"] else "")
         self._task = asyncio.ensure_future(self._supervise())
@@ -648,7 +703,10 @@ class WorkerProcess:
             self.keyframe_requests += 1
             key = wire.FeedKey.parse(message["feed"])
             camera = self.pool.cameras.get(key.camera)
-            feed = camera.packets(key.kind, key.tier) if camera is not None else None
+            try:
+                feed = camera.packets(key.kind, key.tier) if camera is not None else None
+            except ValueError:  # (a tier the camera lacks: nothing to ask)
+                feed = None
             if feed is not None:
                 feed.request_keyframe()
         elif kind == "result_readers":
@@ -660,6 +718,10 @@ class WorkerProcess:
             self.stats = message
             self._add_meters(message["meters"])
             self._add_wire_ages(message.get("wire", {}))
+            for camera_name, before, after, why, count in message.get("moves", []):
+                move = (str(camera_name), str(before), str(after), str(why))
+                self.tier_moves[move] += int(count) - self._moves_seen.get(move, 0)
+                self._moves_seen[move] = int(count)
         elif "id" in message:
             peer = self.peers.get(message["id"]) or self.closing.get(message["id"])
             if peer is not None:

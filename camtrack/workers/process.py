@@ -24,9 +24,15 @@ from typing import Any
 from aiortc.sdp import candidate_from_sdp
 
 from ..config import CameraConfig, Config
-from ..media.feeds import Transport
+from ..media import quality
+from ..media.feeds import PacketFeed, Transport
 from ..media.load import LoadMonitor
 from ..media.meters import Meter
+from ..media.packet import MediaKind
+from ..media.passthrough import RING_PACKETS
+from ..media.quality import TierReader
+from ..media.reader import PacketReader
+from ..media.tiers import Tier
 from ..outputs.webrtc.fanout import fanout_totals
 from ..outputs.webrtc.ice import IceContext, restrict_host_addresses
 from ..outputs.webrtc.peer import OfferError, Peer, PeerTimeouts
@@ -72,6 +78,9 @@ class Worker:
         #: the processing results relayed here, by camera
         self.results: dict[str, RelayedResults] = {}
         self.peers: dict[int, Peer] = {}
+        #: the feeds each peer's tier reader reads (one, two while it moves between tiers), by wire
+        #: name: what the main process relays here for it (docs/quality.md)
+        self.reading: dict[int, set[str]] = {}
         self.closing: set[asyncio.Task[None]] = set()
 
     def send(self, message: dict[str, Any]) -> None:
@@ -128,9 +137,19 @@ class Worker:
                     if relayed is not None:
                         relayed.status(message["describe"], message["calls"], message["seconds"])
                 elif kind == "unfeed":
-                    feed = self.feeds.pop(message["feed"], None)
-                    if feed is not None:
-                        feed.close()
+                    # (unless a viewer here wants it again already: its wish is on its way, and the
+                    # main process relays it again)
+                    if not any(message["feed"] in names for names in self.reading.values()):
+                        feed = self.feeds.pop(message["feed"], None)
+                        if feed is not None:
+                            feed.close()
+                elif kind == "quality":
+                    peer = self.peers.get(message["id"])
+                    if peer is not None:
+                        try:
+                            peer.choose_quality(message["choice"])
+                        except ValueError as exc:  # (the main process checked it against the camera's tiers)
+                            logger.info("viewer %s: %s", peer.remote, exc)
         finally:
             stats.cancel()
             await self.close_all()
@@ -163,16 +182,67 @@ class Worker:
             self.send({"t": "answer", "id": peer_id, "error": "the camera is not relayed to this worker"})
             return
         transport = Transport(message["transport"])
+        first = wire.FeedKey.parse(message["feed"])
+        self.reading[peer_id] = {first.wire}
+        qualities: tuple[str, ...] = tuple(message.get("qualities", ("main",)))
+        choice: str = message.get("quality", "auto")
+
+        def track(_codec: str) -> EncodedTrack:
+            # a reader of the camera's tiers as relayed here, starting on the one the main process
+            # relays for this offer (its codec; the low tier when the viewer asked for it first)
+            meter = camera.meters[transport]
+            reader = TierReader(PacketReader(feed, meter), first.tier, self._packets_for(peer_id, first.camera),
+                                qualities, meter, choice=choice, reason="asked" if choice != "auto" else "start",
+                                camera=first.camera)
+            return EncodedTrack(feed, reader=reader)
+
         # (the relayed feed's codec: the main process chose it from the offer, and relays that feed)
         sound = self.feeds.get(message.get("audio") or "")  # (the camera's sound, when the offer asks)
         peer = Peer(camera, self.timeouts, transport, message["remote"],
                     lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice,
-                    lambda _codec: EncodedTrack(feed, camera.meters[transport]), (feed.codec.codec,),
-                    self.results.get(camera.name),
+                    track, (feed.codec.codec,), self.results.get(camera.name),
                     audio=None if sound is None else (lambda: EncodedTrack(sound)))
         peer.on_state(lambda: self.send({"t": "state", "id": peer_id, "state": peer.state}))
+        peer.on_quality(lambda: self._quality_changed(peer_id, peer))
         self.peers[peer_id] = peer
         asyncio.ensure_future(self._answer(peer_id, peer, message))
+
+    def _packets_for(self, peer_id: int, camera: str) -> Callable[[MediaKind, Tier], PacketFeed | None]:
+        """What a peer's TierReader reads a tier of its camera from: the relayed feed of that tier,
+        made here at once (its packets come once the main process relays it: it is told now)."""
+
+        def packets(kind: MediaKind, tier: Tier) -> PacketFeed | None:
+            if peer_id not in self.reading:  # (closed)
+                return None
+            key = wire.FeedKey(camera, kind, tier)
+            feed = self.feeds.get(key.wire)
+            if feed is None:
+                model = next((f for f in self.feeds.values()  # (of its camera and kind: a codec to start with)
+                              if (k := wire.FeedKey.parse(f.name)).camera == camera and k.kind == kind), None)
+                if model is None:
+                    return None
+                # (its codec and kind come with the main process's "feed", before its first packet)
+                feed = self.feeds[key.wire] = RelayedFeed(key.wire, model.codec, "encoder", RING_PACKETS,
+                                                          lambda: self.send({"t": "keyframe", "feed": key.wire}))
+            reading = self.reading.setdefault(peer_id, set())
+            if key.wire not in reading:
+                reading.add(key.wire)
+                self.send({"t": "reading", "id": peer_id, "feeds": sorted(reading)})
+            return feed
+
+        return packets
+
+    def _quality_changed(self, peer_id: int, peer: Peer) -> None:
+        """A peer's tier changed (or its choice): the main process hears of it, and stops relaying
+        the tier it left when no one else here reads it."""
+        reader = peer.tier_reader
+        reading = self.reading.get(peer_id)
+        if reader is not None and reading is not None and reader.moving_to is None and not reader.closed:
+            now = {getattr(reader.feed, "name", "")} & reading
+            if now and now != reading:
+                self.reading[peer_id] = now
+                self.send({"t": "reading", "id": peer_id, "feeds": sorted(now)})
+        self.send({"t": "quality", "id": peer_id, "quality": peer.quality()})
 
     async def _answer(self, peer_id: int, peer: Peer, message: dict[str, Any]) -> None:
         try:
@@ -188,7 +258,7 @@ class Worker:
             return
         if peer_id not in self.peers:
             return  # closed while answering
-        self.send({"t": "answer", "id": peer_id, "sdp": answer})
+        self.send({"t": "answer", "id": peer_id, "sdp": answer, "quality": peer.quality()})
 
     async def _candidate(self, message: dict[str, Any]) -> None:
         peer = self.peers.get(message["id"])
@@ -205,6 +275,7 @@ class Worker:
             logger.debug("candidate refused: %s", exc)
 
     def _close(self, peer_id: int) -> None:
+        self.reading.pop(peer_id, None)
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             self.send({"t": "closed", "id": peer_id})
@@ -239,6 +310,16 @@ class Worker:
             counts[camera] = counts.get(camera, 0) + feed.received
         return counts
 
+    @staticmethod
+    def tiers() -> dict[str, int]:
+        """Its viewers on each quality tier now, by `camera/quality`."""
+        counts: dict[str, int] = {}
+        for reader in list(quality.READERS):
+            if not reader.closed:
+                name = f"{reader.camera}/{reader.quality}"
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def stats(self) -> dict[str, Any]:
         """Totals since the worker started (the main process takes the differences): its meters,
         each camera's capture-to-wire histogram, and what its fan-outs' sends cost."""
@@ -251,6 +332,8 @@ class Worker:
                                 if m.wire_age.count}
                          for name, camera in self.cameras.items()},
                 "sends": (sends.pictures, sends.sends, sends.seconds),
+                # its viewers on each quality tier now, and their moves since it started (docs/quality.md)
+                "tiers": self.tiers(), "moves": [(*key, count) for key, count in quality.MOVES.items()],
                 # what its mux made of the datagrams handed over (routed, stray STUN)
                 "mux": dataclasses.asdict(self.ice.mux.stats) if self.ice.mux is not None else {}}
 

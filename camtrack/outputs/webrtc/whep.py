@@ -148,7 +148,7 @@ def add_routes(app: web.Application, config: Config, cameras: Cameras, ice: IceC
         session = WhepSession(camera, cameras, config, remote, sessions, ice)  # pending until it connects
         try:
             session.peer.choose_quality(choice)
-        except ValueError as exc:  # (a viewer placed in a worker process stays on the main tier)
+        except ValueError as exc:  # (a quality the camera lacks)
             session.end(f"refused quality: {clip(exc)}")
             await session.closed()
             raise web.HTTPBadRequest(text=f"{clip(exc, 300)}\n", headers=CORS) from None
