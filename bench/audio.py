@@ -22,7 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.run import cpu_seconds, free_port
+from bench.run import cpu_seconds, free_port, stop_server
+from bench.run import start_server as start_server_on
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,22 +47,11 @@ async def listen(url: str, count: int, seconds: float) -> dict[str, object]:
 
 def row(audio: str, count: int, seconds: float) -> dict[str, object]:
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
-         "--width", "640", "--height", "480", "--fps", "30", "--audio", audio, "--ice-address", "127.0.0.1",
-         "--log-level", "warning", "--webrtc-port", "0", "--max-cpu", "0", "--max-loop-lag", "0",
-         "--send-budget", "0", "--max-picture-age", "0"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = start_server_on(
+        port, ["--source", "pattern", "--width", "640", "--height", "480", "--fps", "30", "--audio", audio,
+               "--ice-address", "127.0.0.1", "--log-level", "warning", "--webrtc-port", "0", "--max-cpu", "0",
+               "--max-loop-lag", "0", "--send-budget", "0", "--max-picture-age", "0"], root=ROOT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.1)
         client = subprocess.Popen([sys.executable, "-m", "bench.audio", "--client", f"ws://127.0.0.1:{port}/ws",
                                    "--count", str(count), "--seconds", str(seconds)],
                                   cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -72,11 +62,7 @@ def row(audio: str, count: int, seconds: float) -> dict[str, object]:
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         result = json.loads(client.communicate(timeout=120)[0].strip().splitlines()[-1])
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
     def metric(name: str) -> float:
         found = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, re.M)
@@ -93,21 +79,11 @@ def row(audio: str, count: int, seconds: float) -> dict[str, object]:
 
 
 def start_server(*options: str) -> tuple[subprocess.Popen[str], int]:
+    """The test pattern's server with `options`, once it answers, and its port."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
-         "--ice-address", "127.0.0.1", "--log-level", "warning", "--webrtc-port", "0", *options],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
-            return server, port
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("server did not start") from None
-            time.sleep(0.1)
+    server = start_server_on(port, ["--source", "pattern", "--ice-address", "127.0.0.1", "--log-level", "warning",
+                                    "--webrtc-port", "0", *options], root=ROOT)
+    return server, port
 
 
 async def lip_sync_of(url: str, seconds: float) -> dict[str, Any]:

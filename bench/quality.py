@@ -149,25 +149,15 @@ def tier_row(quality: str, viewers: int, duration: float) -> dict[str, float | N
     """Server CPU (% of a core), fps and latency of `viewers` aiortc viewers of the test pattern
     (640x480 at 30 fps, 1 Mbit/s; its low tier 320x240 at 250 kbit/s) that asked for `quality`, on
     loopback: one decodes every picture and reads its stamp, the others count pictures (--light)."""
-    from bench.run import cpu_seconds, free_port, percentile
+    from bench.run import cpu_seconds, free_port, percentile, start_server, stop_server
 
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(port), "--source", "pattern",
-         "--ice-address", "127.0.0.1", "--webrtc-port", "0", "--rtsp-port", "0", "--log-level", "warning",
-         "--max-loop-lag", "0", "--send-budget", "0", "--max-picture-age", "0", "--max-cpu", "0"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_server(
+        port, ["--source", "pattern", "--ice-address", "127.0.0.1", "--webrtc-port", "0", "--rtsp-port", "0",
+               "--log-level", "warning", "--max-loop-lag", "0", "--send-budget", "0", "--max-picture-age", "0",
+               "--max-cpu", "0"], root=ROOT, path="/healthz", stderr=subprocess.DEVNULL)
     clients = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.1)
         url = f"ws://127.0.0.1:{port}/ws?quality={quality}"
         start_at = time.time() + 4 + 0.1 * viewers
         for count, decode in ((1, True), (viewers - 1, False)):
@@ -187,8 +177,7 @@ def tier_row(quality: str, viewers: int, duration: float) -> dict[str, float | N
         for c in clients:
             if c.poll() is None:
                 c.kill()
-        server.terminate()
-        server.wait(10)
+        stop_server(server)
     per_viewer = [v for r in results for v in r["viewers"]]
     latency = [ms for v in per_viewer for ms in v.get("latency", [])]
     return {"cpu": cpu, "encode_ms": per_frame, "fps_min": min(v["frames"] / duration for v in per_viewer),

@@ -108,6 +108,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_server(port: int, args: list[str], root: Path = ROOT, stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """`root`'s server.py on 127.0.0.1:`port` with `args` (not waited for: see wait_for_server).
+    `stderr=subprocess.DEVNULL` for a server that may say much (a pipe nobody reads fills up)."""
+    return subprocess.Popen(
+        [sys.executable, str(root / "server.py"), "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+    )
+
+
+def wait_for_server(server: subprocess.Popen, port: int, deadline: float, path: str = "/") -> None:
+    """Return once the server answers http `path`; RuntimeError (with what it said, when it ended
+    and its stderr is a pipe) when it ended or `deadline` (time.monotonic()) passed first."""
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                said = server.stderr.read() if server.stderr is not None and server.poll() is not None else ""
+                raise RuntimeError(f"server did not start: {said}") from None
+            time.sleep(0.1)
+
+
+def start_server(port: int, args: list[str], root: Path = ROOT, path: str = "/",
+                 stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """launch_server, then wait_for_server (30 s); the server is stopped if it did not start."""
+    server = launch_server(port, args, root, stderr)
+    try:
+        wait_for_server(server, port, time.monotonic() + 30, path)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Terminate the server; kill it if it has not ended 10 s later."""
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -126,25 +170,14 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
     bench.viewers options (bench.overlay: --data)."""
     port = free_port()
     how = ["--mode", mode] if mode in ("passthrough", "transcode") else ["--encoder", mode]
-    server = subprocess.Popen(
-        [sys.executable, str(root / "server.py"), "--host", "127.0.0.1", "--port", str(port),
-         "--source", source, "--width", str(width), "--height", str(height), "--fps", "30",
-         "--codec", codec, *how, "--ice-address", "127.0.0.1", "--log-level", "warning",
-         "--webrtc-port", "0", "--workers", str(workers), *extra],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    server = launch_server(
+        port, ["--source", source, "--width", str(width), "--height", str(height), "--fps", "30",
+               "--codec", codec, *how, "--ice-address", "127.0.0.1", "--log-level", "warning",
+               "--webrtc-port", "0", "--workers", str(workers), *extra], root=root)
     clients: list[subprocess.Popen] = []
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    said = server.stderr.read() if server.poll() is not None else ""
-                    raise RuntimeError(f"server did not start: {said}") from None
-                time.sleep(0.1)
+        wait_for_server(server, port, deadline)
         helpers: list[int] = []
         while workers > 1 and len(helpers) < workers:
             if time.monotonic() > deadline:
@@ -177,11 +210,7 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
         for c in clients:
             if c.poll() is None:
                 c.kill()
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     per_viewer = [v for r in results for v in r["viewers"]]
     fps = [v["frames"] / duration for v in per_viewer]
     # a looped clip's pictures carry the stamps of when they were encoded, not of now

@@ -15,7 +15,7 @@ import pytest
 
 from . import netns as netns_mod
 from .test_audio import write_av_file
-from .test_browser import PORT, URL, browser_and_server, open_page, sandbox  # noqa: F401 - the fixture
+from .test_browser import PORT, URL, WHEP_NEGOTIATE, browser_and_server, open_page, sandbox  # noqa: F401 - the fixture
 from .test_real_rtsp import SYSTEM_PYTHON, gst_available
 
 pytestmark = pytest.mark.slow
@@ -43,16 +43,7 @@ WHEP_AUDIO = """async (endpoint) => {
   element.autoplay = true;
   document.body.appendChild(element);
   pc.ontrack = (event) => { element.srcObject = event.streams[0]; element.play().catch(() => {}); };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((done) => {
-    if (pc.iceGatheringState === "complete") return done();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
-    setTimeout(done, 3000);
-  });
-  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
-                                          headers: {"Content-Type": "application/sdp"}});
-  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
-  let energy = 0, level = 0, packets = 0, codec = null;
+""" + WHEP_NEGOTIATE + """  let energy = 0, level = 0, packets = 0, codec = null;
   for (let i = 0; i < 100 && !(energy > 0.005 && level > 0.1); i++) {
     await new Promise((r) => setTimeout(r, 200));
     const report = await pc.getStats();
@@ -82,16 +73,7 @@ LIP_SYNC = """async ([endpoint, seconds]) => {
   document.body.appendChild(video);
   let stream = null;
   pc.ontrack = (event) => { stream = event.streams[0]; video.srcObject = stream; video.play().catch(() => {}); };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((done) => {
-    if (pc.iceGatheringState === "complete") return done();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
-    setTimeout(done, 3000);
-  });
-  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
-                                          headers: {"Content-Type": "application/sdp"}});
-  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
-  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
+""" + WHEP_NEGOTIATE + """  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
   // the sound: its onsets as heard (the output timestamp maps the audio clock to performance.now)
   const context = new AudioContext();
   await context.resume();

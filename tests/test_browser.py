@@ -38,10 +38,9 @@ FRAMES_DECODED = """async () => {
 }"""
 
 
-WHEP_CLIENT = """async (endpoint) => {
-  const pc = new RTCPeerConnection();
-  pc.addTransceiver("video", {direction: "recvonly"});
-  await pc.setLocalDescription(await pc.createOffer());
+#: the WHEP offer and answer of a page's `pc` with `endpoint` (ICE gathered, 3 s at most), as JS
+#: statements that leave the POST's `response` (the clients below and in tests/test_audio_browser.py)
+WHEP_NEGOTIATE = """  await pc.setLocalDescription(await pc.createOffer());
   await new Promise((done) => {
     if (pc.iceGatheringState === "complete") return done();
     pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
@@ -50,7 +49,12 @@ WHEP_CLIENT = """async (endpoint) => {
   const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
                                           headers: {"Content-Type": "application/sdp"}});
   await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
-  let frames = 0;
+"""
+
+WHEP_CLIENT = """async (endpoint) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", {direction: "recvonly"});
+""" + WHEP_NEGOTIATE + """  let frames = 0;
   for (let i = 0; i < 100 && frames <= 10; i++) {
     await new Promise((r) => setTimeout(r, 200));
     (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp") frames = r.framesDecoded || 0; });

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import av
 
 from .feeds import FeedClosed
-from .lingering import Lingering
+from .lingering import ThreadFed
 from .packet import CodecInfo, EncodedPacket, MediaKind
 from .ring import Read, Ring
 
@@ -131,11 +131,13 @@ class AudioClock:
         return pts
 
 
-class AudioFeed(Lingering):
+class AudioFeed(ThreadFed["_AudioRun"]):
     """A camera's sound as Opus packets (a `PacketFeed` of kind audio; see the module's docstring)."""
 
     #: every Opus packet starts anew: a listener starts at the next one
     makes_keyframes = False
+
+    _releasing = "audio %s: no listeners, releasing %s"
 
     def __init__(self, name: str, source_factory: Callable[[], AudioSource], *, linger: float = 3.0) -> None:
         super().__init__(linger)
@@ -147,9 +149,6 @@ class AudioFeed(Lingering):
         self.error: str | None = None
         self._ring: Ring[EncodedPacket] = Ring(RING_PACKETS, lambda: AudioClosed(name))
         self._seq = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._run: _AudioRun | None = None
-        self._released: list[_AudioRun] = []
 
     # -- the PacketFeed interface
 
@@ -201,29 +200,6 @@ class AudioFeed(Lingering):
         self._run = run
         logger.info("audio %s: opening %s", self.name, run.source.description)
         run.start()
-
-    def _release(self) -> None:
-        self._release_timer = None
-        run, self._run = self._run, None
-        if run is None:
-            return
-        logger.info("audio %s: no listeners, releasing %s", self.name, run.source.description)
-        run.stop()
-        self._released = [r for r in self._released if r.alive] + [run]
-        self._ring.close()
-        self.state = "idle"
-
-    def _from_thread(self, run: _AudioRun, call: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self._on_loop, run, call, args)
-            except RuntimeError:  # the loop closed in between
-                pass
-
-    def _on_loop(self, run: _AudioRun, call: Callable[..., None], args: tuple[Any, ...]) -> None:
-        if run is self._run:  # not a late call from a run being released
-            call(*args)
 
     def _publish(self, packet: av.Packet[Any], captured: float, size: int) -> None:
         self._seq += 1

@@ -22,7 +22,7 @@ import av
 from .capture import STABLE_SECONDS, Failures, StallWatch, failure_reason, no_signal_image
 from .feeds import FeedClosed
 from .frame import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE
-from .lingering import Lingering
+from .lingering import ThreadFed
 from .packet import CodecInfo, EncodedPacket
 from .ring import Read, Ring
 from .sizes import FALLBACK_SIZE, SizeRefused, within_limits
@@ -151,7 +151,7 @@ class Restamper:
         return out
 
 
-class PassthroughFeed(Lingering):
+class PassthroughFeed(ThreadFed["_Run"]):
     """A packet feed of a camera's own H.264 (the same interface as the shared encoder).
 
     Its source is opened by a reader thread when the first reader attaches and released `linger`
@@ -162,6 +162,8 @@ class PassthroughFeed(Lingering):
 
     #: the camera's keyframes come when it sends them
     makes_keyframes = False
+
+    _releasing = "passthrough %s: no readers, releasing %s"
 
     def __init__(self, name: str, source_factory: Callable[[], PacketSource], *, linger: float = 3.0,
                  ring_size: int = RING_PACKETS, ring_bytes: int = RING_BYTES, retry_max: float = 10.0,
@@ -190,9 +192,6 @@ class PassthroughFeed(Lingering):
         #: the "no signal" pictures, encoded once per size: (size, IDRs to show in turn)
         self._no_signal: tuple[tuple[int, int], list[bytes]] | None = None
         self._seq = 0
-        self._run: _Run | None = None
-        self._released: list[_Run] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._restamper = Restamper()
 
     # -- the PacketFeed interface
@@ -264,29 +263,6 @@ class PassthroughFeed(Lingering):
         self.state = "starting"
         logger.info("passthrough %s: opening %s", self.name, run.source.description)
         run.start()
-
-    def _release(self) -> None:
-        self._release_timer = None
-        run, self._run = self._run, None
-        if run is None:
-            return
-        logger.info("passthrough %s: no readers, releasing %s", self.name, run.source.description)
-        run.stop()
-        self._released = [r for r in self._released if r.alive] + [run]
-        self._ring.close()
-        self.state = "idle"
-
-    def _from_thread(self, run: _Run, call: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self._on_loop, run, call, args)
-            except RuntimeError:  # the loop closed in between
-                pass
-
-    def _on_loop(self, run: _Run, call: Callable[..., None], args: tuple[Any, ...]) -> None:
-        if run is self._run:  # not a late call from a run being released
-            call(*args)
 
     def _opened(self, codec: CodecInfo) -> None:
         if codec.width and codec.height and not within_limits(codec.width, codec.height):
