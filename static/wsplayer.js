@@ -46,7 +46,10 @@
         data.copyTo(samples, { planeIndex: 0, format: "f32-planar" });
         let sum = 0;
         for (const v of samples) sum += v * v;
-        sound.level = Math.sqrt(sum / samples.length) * Math.SQRT2; // (a sine's peak)
+        // a meter's level: the newest frame's, or what is left of a louder one before it (falling
+        // about 20 dB a second over 20 ms frames): sound that comes in bursts (a beep a second, the
+        // socket's batches) still shows between them, whenever the meter looks
+        sound.level = Math.max(Math.sqrt(sum / samples.length) * Math.SQRT2, sound.level * 0.95); // (a sine's peak)
         sound.decoded += 1;
         if (context && !sound.muted) {
           const buffer = context.createBuffer(1, samples.length, data.sampleRate);
