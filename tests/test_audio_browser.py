@@ -288,15 +288,24 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
                                    "!document.getElementById('talk').disabled", timeout=30000)
             box = page.locator("#talk").bounding_box()
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            pressed = time.time()
-            page.mouse.down()
-            page.wait_for_function("window.camtrack.talk.state === 'on' || window.camtrack.talk.error",
-                                   timeout=30000)
-            assert page.evaluate("window.camtrack.talk.state") == "on", page.evaluate("window.camtrack.talk")
-            deadline = time.monotonic() + 25
-            while time.monotonic() < deadline and not any(rms > 0.02 and at > pressed for at, rms in heard):
-                time.sleep(0.1)
-            loud = [at for at, rms in heard if rms > 0.02 and at > pressed]
+            # GStreamer's ONVIF server, on a loaded machine, now and then decodes nothing of a whole
+            # back-channel session while camtrack sends it every frame (a full CI run: 1249 frames
+            # sent, not one LEVEL line): a second press, a new session, is tried before failing
+            for attempt in range(2):
+                pressed = time.time()
+                page.mouse.down()
+                page.wait_for_function("window.camtrack.talk.state === 'on' || window.camtrack.talk.error",
+                                       timeout=30000)
+                assert page.evaluate("window.camtrack.talk.state") == "on", page.evaluate("window.camtrack.talk")
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and not any(rms > 0.02 and at > pressed for at, rms in heard):
+                    time.sleep(0.1)
+                loud = [at for at, rms in heard if rms > 0.02 and at > pressed]
+                if loud or attempt:
+                    break
+                print("push-to-talk: the camera heard nothing of the first session: pressing again")
+                page.mouse.up()
+                page.wait_for_function("window.camtrack.talk.state === 'off'", timeout=30000)
             assert loud, (heard[-5:], page.evaluate("window.camtrack.talk"))
             print(f"push-to-talk: the camera heard Chromium's microphone {loud[0] - pressed:.2f} s after the press "
                   "(the fake microphone beeps now and then: an upper bound)")
