@@ -8,7 +8,6 @@ import re
 
 import aiohttp
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
@@ -19,21 +18,9 @@ from camtrack.media.tiers import Tier
 from camtrack.outputs.webrtc.peer import OfferError, check_offer
 
 from .conftest import eventually
+from .whep import make_offer, whep
 
 RTPMAP = re.compile(r"^a=rtpmap:\d+ ([\w-]+)/90000", re.M)
-
-
-async def make_offer(*codecs: str) -> tuple[RTCPeerConnection, str]:
-    """An aiortc peer's recvonly video offer with only `codecs` (mime subtypes, in that order; none:
-    aiortc's own list, VP8 first)."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    transceiver = pc.addTransceiver("video", direction="recvonly")
-    if codecs:
-        capabilities = RTCRtpSender.getCapabilities("video").codecs
-        transceiver.setCodecPreferences([c for name in codecs for c in capabilities
-                                         if c.mimeType.lower() == f"video/{name}".lower()])
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, pc.localDescription.sdp
 
 
 async def test_the_offer_decides_the_codec():
@@ -97,18 +84,6 @@ async def test_an_offer_with_no_codec_the_server_sends_is_told_why(serve):
             assert "no VP8" in await r.text()
     await pc.close()
     assert app[CAMERAS].first.meters["whep"].negotiation_failures == 1
-
-
-async def whep(url: str, http: aiohttp.ClientSession, *codecs: str) -> tuple[RTCPeerConnection, str, asyncio.Future]:
-    """A WHEP viewer offering only `codecs`: its peer, the answer, its track (a future)."""
-    pc, sdp = await make_offer(*codecs)
-    track = asyncio.get_running_loop().create_future()
-    pc.on("track", lambda t: track.done() or track.set_result(t))
-    async with http.post(url.removesuffix("/ws") + "/whep", data=sdp, headers={"Content-Type": "application/sdp"}) as r:
-        assert r.status == 201, await r.text()
-        answer = await r.text()
-    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-    return pc, answer, track
 
 
 def sent_codecs(answer: str) -> set[str]:

@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import av
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack import Config
 from camtrack.app import CAMERAS
@@ -27,6 +26,7 @@ from camtrack.media.tiers import MAIN, Tier
 
 from .conftest import eventually
 from .test_passthrough import write_h264
+from .whep import SDP, make_offer, whep, whep_url
 
 LOW = Tier(quality="low")
 
@@ -245,22 +245,14 @@ async def test_a_websocket_viewer_asks_for_low_and_main_and_its_picture_stays_co
 async def test_a_whep_viewer_asks_for_the_low_tier(serve):
     url, app = await serve(width=640, height=480, fps=30)
     camera = app[CAMERAS].first
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    track = asyncio.get_running_loop().create_future()
-    pc.on("track", lambda t: track.done() or track.set_result(t))
-    base = url.removesuffix("/ws")
+    pc = None
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(base + "/whep?tier=middle", data=pc.localDescription.sdp,
-                                 headers={"Content-Type": "application/sdp"}) as r:
+            offer_pc, sdp = await make_offer()
+            await offer_pc.close()
+            async with http.post(whep_url(url, "?tier=middle"), data=sdp, headers=SDP) as r:
                 assert r.status == 400 and "low" in await r.text()
-            async with http.post(base + "/whep?tier=low", data=pc.localDescription.sdp,
-                                 headers={"Content-Type": "application/sdp"}) as r:
-                assert r.status == 201, await r.text()
-                answer = await r.text()
-            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            pc, _, track = await whep(url, http, query="?tier=low")
             video = await asyncio.wait_for(track, 20)
             frames = [await asyncio.wait_for(video.recv(), 20) for _ in range(20)]
             # it started on the low tier: its very first picture is the low one
@@ -269,7 +261,8 @@ async def test_a_whep_viewer_asks_for_the_low_tier(serve):
             assert camera.encoder is not None
             await eventually(lambda: not camera.encoder.running)
     finally:
-        await pc.close()
+        if pc is not None:
+            await pc.close()
 
 
 class Clock:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack import Config
 from camtrack.app import CAMERAS
@@ -26,6 +25,7 @@ from camtrack.plan import plan_camera
 from .conftest import eventually
 from .test_passthrough import write_h264
 from .test_quality import continuous
+from .whep import whep
 
 pytestmark = pytest.mark.slow
 
@@ -109,18 +109,10 @@ async def test_a_whep_viewer_of_the_low_tier_starts_on_the_sub_stream(serve, cam
     main_url, sub_url = camera_streams
     url, app = await serve(source=main_url, mode="passthrough", width=320, height=240, low_source=sub_url)
     camera = app[CAMERAS].first
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    track = asyncio.get_running_loop().create_future()
-    pc.on("track", lambda t: track.done() or track.set_result(t))
+    pc = None
     try:
-        async with aiohttp.ClientSession() as http, http.post(
-                url.removesuffix("/ws") + "/whep?tier=low", data=pc.localDescription.sdp,
-                headers={"Content-Type": "application/sdp"}) as r:
-            assert r.status == 201, await r.text()
-            answer = await r.text()
-        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        async with aiohttp.ClientSession() as http:
+            pc, _, track = await whep(url, http, query="?tier=low")
         video = await asyncio.wait_for(track, 20)
         frames = [await asyncio.wait_for(video.recv(), 20) for _ in range(20)]
         assert {(f.width, f.height) for f in frames} == {SUB}
@@ -130,7 +122,8 @@ async def test_a_whep_viewer_of_the_low_tier_starts_on_the_sub_stream(serve, cam
         assert camera.pipeline.quality_encoders() == {}
         assert not camera.feed.running  # the main stream was never opened for it
     finally:
-        await pc.close()
+        if pc is not None:
+            await pc.close()
 
 
 def test_a_sub_stream_that_cannot_pass_through_falls_back_to_encoding_with_a_log_line(tmp_path, caplog):

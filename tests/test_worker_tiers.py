@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
@@ -26,6 +25,7 @@ from .conftest import eventually
 from .test_quality import continuous
 from .test_quality_substream import SUB, camera_streams  # noqa: F401 - camera_streams: a fixture
 from .test_workers import pool_of
+from .whep import whep
 
 LOW = Tier(quality="low")
 MAIN_KEY = wire.FeedKey("default")
@@ -113,19 +113,10 @@ async def test_a_whep_viewer_in_a_worker_starts_on_the_low_tier(serve):
     url, app = await serve(width=640, height=480, fps=30, workers=2, ice_addresses=["127.0.0.1"])
     camera = app[CAMERAS].first
     pool = pool_of(app)
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    track = asyncio.get_running_loop().create_future()
-    pc.on("track", lambda t: track.done() or track.set_result(t))
-    base = url.removesuffix("/ws")
+    pc = None
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(base + "/whep?tier=low", data=pc.localDescription.sdp,
-                                 headers={"Content-Type": "application/sdp"}) as r:
-                assert r.status == 201, await r.text()
-                answer = await r.text()
-            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            pc, _, track = await whep(url, http, query="?tier=low")
             video = await asyncio.wait_for(track, 30)
             frames = [await asyncio.wait_for(video.recv(), 30) for _ in range(20)]
             assert {(f.width, f.height) for f in frames} == {(320, 240)}
@@ -135,7 +126,8 @@ async def test_a_whep_viewer_in_a_worker_starts_on_the_low_tier(serve):
             assert camera.encoder is not None
             await eventually(lambda: not camera.encoder.running)
     finally:
-        await pc.close()
+        if pc is not None:
+            await pc.close()
 
 
 async def test_a_worker_viewer_behind_a_narrow_link_is_moved_down_by_its_worker():
