@@ -146,7 +146,16 @@ class Camera:
             "opens": source.opens,
             #: the --process function: its state (ok, failing, stalled, idle), last error, counts
             "processing": self.processing.describe() if self.processing is not None else None,
+            #: the camera's sound (docs/audio.md): its state (idle, starting, up, retrying), the reason
+            #: of its source's last failure, failures so far; None: it has none
+            "audio": self._describe_audio(),
         }
+
+    def _describe_audio(self) -> dict[str, Any] | None:
+        feed = self.pipeline.audio
+        if feed is None:
+            return None
+        return {"state": feed.state, "error": feed.error, "failures": feed.stats.failures}
 
     async def close(self) -> None:
         await self.pipeline.close()

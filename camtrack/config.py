@@ -27,6 +27,8 @@ from .processing.loading import LoadError, parse_spec
 from .processing.masks import check_masks, polygon_points
 from .processing.overlay import POSITIONS, check_text
 from .sources import INPUT_FORMATS, device_path, redact
+from .sources.alsa import PREFIX as ALSA_PREFIX
+from .sources.alsa import check_device as check_alsa_device
 
 CODECS = ("h264", "vp8")
 ENCODERS = ("shared", "per-viewer")
@@ -36,8 +38,25 @@ VIDEO_ENCODERS = ("auto", "libx264", *HARDWARE_H264, *UNUSABLE_H264)
 MODES = ("auto", "transcode", "passthrough")
 #: when a camera's processing data makes events (camtrack.events.watcher)
 PROCESS_EVENTS = ("auto", "watched", "always", "off")
-#: --audio: the camera's sound to listeners (docs/audio.md)
+#: --audio: the camera's sound to listeners (docs/audio.md); or alsa:DEVICE, a local microphone
 AUDIO_MODES = ("auto", "off")
+
+
+def audio_check(what: str, value: str) -> str:
+    """'auto', 'off' or alsa:DEVICE (a local microphone: camtrack.sources.alsa)."""
+    if value.startswith(ALSA_PREFIX):
+        check_alsa_device(what, value[len(ALSA_PREFIX):])
+        return value
+    if value not in AUDIO_MODES:
+        raise ValueError(f"{what} must be one of {', '.join(AUDIO_MODES)} or alsa:DEVICE, not {value!r}")
+    return value
+
+
+def talk_check(what: str, value: str) -> str:
+    """'source', an rtsp:// URL, or alsa:DEVICE (the server's own speaker: camtrack.sources.alsa)."""
+    if value.startswith(ALSA_PREFIX):
+        check_alsa_device(what, value[len(ALSA_PREFIX):])
+    return value
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -390,12 +409,16 @@ class CameraSettings:
     #: the camera's ONVIF back-channel viewers may talk to (camtrack.outputs.webrtc.talk, docs/audio.md)
     talk: str | None = field(default=None, metadata=option(
         "let viewers talk to the camera through its ONVIF RTSP back-channel (two-way audio): 'source' (its "
-        "own rtsp:// source) or an rtsp:// URL; talking needs --talk-token (docs/audio.md)", metavar="URL"))
+        "own rtsp:// source) or an rtsp:// URL; or through the server's own speaker, alsa:DEVICE (a local "
+        "camera's: alsa:default, alsa:plughw:CARD=...); talking needs --talk-token (docs/audio.md)",
+        metavar="URL", check=talk_check))
     #: the camera's sound (camtrack.media.audio, docs/audio.md)
     audio: str = field(default="auto", metadata=option(
         "the camera's sound to viewers whose offer asks for audio, encoded to Opus once for all of them "
         "while someone listens: 'auto' (default): the test pattern's tone, a file's or stream's own audio "
-        "track; 'off': none (docs/audio.md)", choices=AUDIO_MODES, check=one_of(AUDIO_MODES)))
+        "track; 'off': none; alsa:DEVICE: a local microphone (alsa:default, alsa:plughw:CARD=..., as "
+        "`arecord -L` lists them), e.g. beside a local camera (docs/audio.md)", metavar="auto|off|alsa:DEVICE",
+        check=audio_check))
     #: a user's function run on every captured frame (camtrack.processing): FILE.py:FUNCTION
     process: str | None = field(default=None, metadata=option(
         "run this Python function on every captured frame, once for all viewers, on a thread of its own: "

@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from ..media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, AudioChunk, AudioSource
+from .alsa import AlsaAudioSource, alsa_device
 from .demux import is_stream, open_options
 from .urls import redact
 
@@ -188,10 +189,13 @@ def has_audio(path: str) -> bool:
 def audio_source_factory(spec: str, audio: str, *, rtsp_transport: str = "tcp") -> Callable[[], AudioSource] | None:
     """What makes the sound of the camera whose source is `spec` (--audio `audio`), or None when it
     has none: the pattern's tone; a file's audio track when it has one (looked at now); a stream's
-    (rtsp://, http://, ...) audio track, looked for when a listener comes. A camera device's
-    microphone is not read (yet)."""
+    (rtsp://, http://, ...) audio track, looked for when a listener comes; `alsa:DEVICE`: a local
+    microphone (camtrack.sources.alsa), whatever the picture's source."""
     if audio == "off":
         return None
+    device = alsa_device(audio)
+    if device is not None:
+        return functools.partial(AlsaAudioSource, device)
     if spec == "pattern":
         return ToneSource
     if "://" in spec and is_stream(spec):

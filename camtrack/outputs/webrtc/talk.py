@@ -1,4 +1,5 @@
-"""Talking back: a WebRTC viewer's microphone to its camera's ONVIF back-channel (docs/audio.md).
+"""Talking back: a WebRTC viewer's microphone to its camera's ONVIF back-channel, or to the server's
+own speaker for a local camera (`--talk alsa:DEVICE`, camtrack.sources.alsa), docs/audio.md.
 
 A viewer whose offer sends audio (`sendrecv`) to a camera with `--talk` gets a `sendrecv` audio
 m-line; aiortc decodes what it sends. `{"type": "talk", "on": true, "token": ...}` on `/ws` (with
@@ -17,8 +18,9 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from av import AudioFrame
+from av import AudioFrame, FFmpegError
 
+from ...sources.alsa import AlsaPlayback, alsa_device
 from ...sources.backchannel import BackChannel
 
 logger = logging.getLogger(__name__)
@@ -41,12 +43,32 @@ class TalkRefused(Exception):
     """The viewer may not talk now; the message says why."""
 
 
+class TalkSink(Protocol):
+    """Where a talker's sound goes, blocking (on the talk's own thread): a camera's back-channel
+    (BackChannel), or the server's own speaker (AlsaPlayback)."""
+
+    def open(self) -> None: ...
+
+    def send(self, frame: AudioFrame) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def talk_url(talk: str | None, source: str) -> str | None:
-    """The back-channel a camera's `--talk` names ('source': its own rtsp:// source), or None."""
+    """Where a camera's `--talk` sends a talker's sound: its back-channel's rtsp:// URL ('source': its
+    own rtsp:// source), or `alsa:DEVICE` (the server's own speaker); None: nowhere."""
     if not talk:
         return None
+    if alsa_device(talk) is not None:
+        return talk
     url = source if talk == "source" else talk
     return url if url.lower().startswith("rtsp://") else None
+
+
+def talk_sink(url: str) -> TalkSink:
+    """The sink of a `talk_url`: the server's ALSA speaker or the camera's back-channel."""
+    device = alsa_device(url)
+    return AlsaPlayback(device) if device is not None else BackChannel(url)
 
 
 class Talk:
@@ -61,25 +83,27 @@ class Talk:
         #: frames dropped because the camera took them more slowly than they came
         self.dropped = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"talk {camera}")
-        self._channel: BackChannel | None = None
+        self._channel: TalkSink | None = None
         self._task: asyncio.Task[None] | None = None
         #: the viewer's frames not yet handed to the sending thread: a few (a stalled camera drops them)
         self._frames: asyncio.Queue[AudioFrame] = asyncio.Queue(MAX_PENDING)
 
     async def start(self) -> None:
-        """Take the camera's line and open its back-channel (TalkRefused: busy, or the camera has none)."""
+        """Take the camera's line and open its back-channel or speaker (TalkRefused: busy, or it does
+        not open)."""
         talker = _LINES.get(self.camera)
         if talker is not None and talker is not self:
             raise TalkRefused(f"busy: someone else is talking to {self.camera}")
         _LINES[self.camera] = self
         loop = asyncio.get_running_loop()
-        channel = BackChannel(self.url)
+        channel = talk_sink(self.url)
         try:
             await loop.run_in_executor(self._executor, channel.open)
-        except OSError as exc:
+        except (OSError, FFmpegError) as exc:
             self._release()
             await loop.run_in_executor(self._executor, channel.close)
-            raise TalkRefused(f"the camera's back-channel does not open: {exc}") from None
+            what = "speaker" if alsa_device(self.url) is not None else "back-channel"
+            raise TalkRefused(f"the camera's {what} does not open: {exc}") from None
         self._channel = channel
         self.peer.on_heard = self._heard
         self._task = asyncio.ensure_future(self._forward())
@@ -94,9 +118,10 @@ class Talk:
                 frame = await self._frames.get()
                 await loop.run_in_executor(self._executor, channel.send, frame)
                 self.frames += 1
-        except OSError as exc:
+        except (OSError, FFmpegError) as exc:
             await self.stop()
-            self.on_end(f"the camera's back-channel failed: {exc}")
+            what = "speaker" if alsa_device(self.url) is not None else "back-channel"
+            self.on_end(f"the camera's {what} failed: {exc}")
 
     def _heard(self, frame: AudioFrame) -> None:
         try:

@@ -1,0 +1,211 @@
+"""Local sound through ALSA, read and written with PyAV (FFmpeg's `alsa` devices): a microphone as
+a camera's sound (`--audio alsa:DEVICE`) and a speaker a viewer talks to (`--talk alsa:DEVICE`),
+docs/audio.md. Blocking: both run on threads of their own, never on the event loop.
+
+PyAV's wheel carries its own libasound, which looks for ALSA's configuration where it was built
+(/tmp/vendor/share/alsa) and so knows no device at all; `use_system_alsa_config` points it at the
+system's (/usr/share/alsa) unless the environment already says where it is.
+"""
+
+from __future__ import annotations
+
+import fractions
+import os
+import threading
+import time
+from typing import Any
+
+import av
+import numpy as np
+
+from ..media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, AudioChunk
+
+#: what names an ALSA device in --audio and --talk
+PREFIX = "alsa:"
+#: where Debian and most distributions keep ALSA's configuration (alsa.conf, cards/, pcm/)
+SYSTEM_ALSA_DIR = "/usr/share/alsa"
+
+
+def alsa_device(spec: str | None) -> str | None:
+    """The device of an `alsa:DEVICE` setting ("default", "plughw:CARD=Mic", ...), else None."""
+    if spec and spec.startswith(PREFIX) and len(spec) > len(PREFIX):
+        return spec[len(PREFIX):]
+    return None
+
+
+def check_device(what: str, device: str) -> None:
+    """ValueError unless `device` can be an ALSA PCM name (printable, no spaces or quotes)."""
+    if not device or len(device) > 200 or not device.isprintable() or any(c in device for c in " \t'\"\\"):
+        raise ValueError(f"{what}: {PREFIX}{device!r} is not an ALSA device name (like alsa:default or "
+                         "alsa:plughw:CARD=Mic)")
+
+
+def use_system_alsa_config() -> None:
+    """Point PyAV's own libasound at the system's ALSA configuration, unless ALSA_CONFIG_PATH or
+    ALSA_CONFIG_DIR already says where it is (called before any device is opened)."""
+    if "ALSA_CONFIG_PATH" in os.environ or "ALSA_CONFIG_DIR" in os.environ:
+        return
+    if os.path.isfile(os.path.join(SYSTEM_ALSA_DIR, "alsa.conf")):
+        os.environ["ALSA_CONFIG_DIR"] = SYSTEM_ALSA_DIR
+
+
+class AlsaAudioSource:
+    """A local microphone (an ALSA capture device) as a camera's sound: its PCM as it comes, in 20 ms
+    frames of 48 kHz mono, each stamped with the wall time of its first sample. Asked for 48 kHz mono
+    (a `plughw:` or `default` device converts; a bare `hw:` one that refuses mono is opened in its own
+    two channels and mixed down here)."""
+
+    def __init__(self, device: str, *, open_timeout: float = 10.0) -> None:
+        self.device = device
+        self.description = f"ALSA capture device {device!r}"
+        self.open_timeout = open_timeout
+        self._container: Any = None
+        self._packets: Any = None
+        self._stop = threading.Event()
+        self._resampler: av.AudioResampler | None = None
+        self._pending = bytearray()
+        #: bytes of 20 ms at the device's rate and channels; its PyAV sample format and layout
+        self._chunk_bytes = 0
+        self._format = "s16"
+        self._layout = "mono"
+        self._rate = AUDIO_CLOCK_RATE
+        self._codec = ""
+        self._wall: float | None = None
+        self._queue: list[AudioChunk] = []
+
+    def open(self) -> None:
+        self._stop.clear()
+        use_system_alsa_config()
+        try:
+            try:
+                container = self._open_with(channels=1)
+            except av.FFmpegError:
+                # a device that takes two channels only (hw:): its own layout, mixed down by the resampler
+                container = self._open_with(channels=2)
+        except av.FFmpegError as exc:
+            # FFmpeg says EIO whatever ALSA said (ALSA says why on stderr)
+            raise OSError(f"does not open ({exc.strerror or exc}): no such device, or another program holds "
+                          "it (`arecord -L` lists the devices)") from None
+        stream = container.streams.audio[0]
+        context = stream.codec_context
+        self._codec = context.name
+        self._rate = context.sample_rate or AUDIO_CLOCK_RATE
+        channels = context.layout.nb_channels
+        self._layout = {1: "mono", 2: "stereo"}.get(channels, context.layout.name)
+        self._format = context.format.name
+        self._chunk_bytes = int(self._rate * 0.02) * context.format.bytes * channels
+        self._container, self._packets = container, container.demux(stream)
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_CLOCK_RATE)
+        self._pending = bytearray()
+        self._wall = None
+
+    def _open_with(self, channels: int) -> Any:
+        return av.open(self.device, format="alsa", timeout=self.open_timeout,
+                       options={"sample_rate": str(AUDIO_CLOCK_RATE), "channels": str(channels)})
+
+    def read(self) -> AudioChunk | None:
+        while not self._queue:
+            if self._stop.is_set():
+                return None
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                return None
+            if packet.size == 0:
+                continue
+            # FFmpeg reads one ALSA period a packet, as small as the device allows (a few samples):
+            # the raw PCM is gathered and cut into 20 ms frames, not decoded packet by packet
+            self._pending += bytes(packet)
+            while len(self._pending) >= self._chunk_bytes:
+                raw = bytes(self._pending[:self._chunk_bytes])
+                del self._pending[:self._chunk_bytes]
+                self._take(raw)
+        return self._queue.pop(0)
+
+    def _take(self, raw: bytes) -> None:
+        """20 ms of the device's PCM: resampled to 48 kHz mono, cut into the feed's frames."""
+        assert self._resampler is not None
+        now = time.time()
+        samples = int(self._rate * 0.02)
+        first = now - 0.02  # (its first sample: 20 ms before the last came)
+        if self._wall is None or abs(self._wall - first) > 0.5:
+            self._wall = first
+        dtype = {"s16": np.int16, "s32": np.int32, "flt": np.float32, "u8": np.uint8}.get(self._format, np.int16)
+        channels = len(raw) // (samples * np.dtype(dtype).itemsize)
+        array = np.frombuffer(raw, dtype).reshape(1, samples * channels)
+        frame = av.AudioFrame.from_ndarray(array, format=self._format, layout=self._layout)
+        frame.sample_rate = self._rate
+        for out in self._resampler.resample(frame):
+            data = out.to_ndarray().reshape(-1)
+            for start in range(0, len(data) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+                piece = av.AudioFrame.from_ndarray(data[start:start + FRAME_SAMPLES][None, :], format="s16",
+                                                   layout="mono")
+                piece.sample_rate = AUDIO_CLOCK_RATE
+                piece.time_base = fractions.Fraction(1, AUDIO_CLOCK_RATE)
+                self._queue.append(AudioChunk(self._wall, frame=piece))
+                self._wall += FRAME_SAMPLES / AUDIO_CLOCK_RATE
+
+    def close(self) -> None:
+        container, self._container = self._container, None
+        self._queue.clear()
+        if container is not None:
+            container.close()
+
+    def interrupt(self) -> None:
+        self._stop.set()
+
+
+class AlsaPlayback:
+    """A local speaker (an ALSA playback device) a viewer talks to: `open()`, `send(frame)` as the
+    viewer's sound comes (any rate and layout: resampled to 48 kHz mono, written as 16-bit PCM),
+    `close()`. The talk-back sink beside the RTSP back-channel (camtrack.sources.backchannel)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.description = f"ALSA playback device {device!r}"
+        self._container: Any = None
+        self._stream: Any = None
+        self._resampler: av.AudioResampler | None = None
+        self._pts = 0
+        #: frames written
+        self.frames = 0
+
+    def open(self) -> None:
+        use_system_alsa_config()
+        container = av.open(self.device, mode="w", format="alsa")
+        try:
+            stream = container.add_stream("pcm_s16le", rate=AUDIO_CLOCK_RATE, layout="mono")
+            container.start_encoding()  # (the device is opened here: a missing or busy one fails now)
+        except av.FFmpegError as exc:
+            self._close_quietly(container)
+            raise OSError(f"{exc.strerror or exc}: no such device, or another program holds it "
+                          "(`aplay -L` lists the devices)") from None
+        except BaseException:
+            self._close_quietly(container)
+            raise
+        self._container, self._stream = container, stream
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_CLOCK_RATE)
+        self._pts = 0
+
+    def send(self, frame: av.AudioFrame) -> None:
+        assert self._resampler is not None and self._container is not None
+        frame.pts = None
+        for resampled in self._resampler.resample(frame):
+            resampled.pts = self._pts
+            resampled.time_base = fractions.Fraction(1, AUDIO_CLOCK_RATE)
+            self._pts += resampled.samples
+            for packet in self._stream.encode(resampled):
+                self._container.mux(packet)
+            self.frames += 1
+
+    def close(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            self._close_quietly(container)
+
+    @staticmethod
+    def _close_quietly(container: Any) -> None:
+        try:
+            container.close()
+        except av.FFmpegError:
+            pass

@@ -1,0 +1,160 @@
+"""Local sound through ALSA (camtrack.sources.alsa, docs/audio.md), for real through PyAV's own
+libasound on a machine without a sound card: ALSA devices made of its `file` and `null` plugins
+(tests/alsa_devices.py). A microphone (`--audio alsa:DEVICE`) whose tone an aiortc viewer hears;
+a microphone that does not open (one log line, the video plays on, the state says it, retried); a
+viewer talking to the server's own speaker (`--talk alsa:DEVICE`), its tone written by ALSA."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+
+from bench.listener import Listener, reply, talker
+from camtrack.app import CAMERAS
+from camtrack.media.packet import MediaKind
+
+from .alsa_devices import (BROKEN, MIC, PLAYBACK_BUFFER, SPEAKER, TONE_AMPLITUDE, TONE_HZ, AlsaDevices, SpeakerWatch,
+                           dominant_hz, levels, onset)
+from .conftest import eventually
+
+# each listens or talks for a few seconds of real-time sound
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def devices(tmp_path, monkeypatch):
+    made = AlsaDevices(tmp_path)
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(made.config))
+    made.start()
+    yield made
+    made.stop()
+
+
+def mono(frames) -> np.ndarray:
+    """Decoded audio frames (aiortc's: s16, interleaved) as one channel, -1..1."""
+    parts = []
+    for _, frame in frames:
+        data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
+        parts.append(data.astype(np.float64) / 32768)
+    return np.concatenate(parts)
+
+
+async def cameras_api(ws_url: str) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(ws_url.removesuffix("/ws") + "/api/cameras") as response:
+        return (await response.json())["cameras"][0]
+
+
+async def test_a_local_microphone_is_the_cameras_sound(serve, devices):
+    """--audio alsa:DEVICE beside the pattern's picture: an aiortc viewer hears the tone written into
+    the device, at its pitch and level, encoded to Opus once."""
+    url, app = await serve(width=320, height=240, fps=15, audio=f"alsa:{MIC}")
+    feed = app[CAMERAS].first.pipeline.packets(MediaKind.AUDIO)
+    listener = Listener()
+    try:
+        await listener.connect(url)
+        await eventually(lambda: len(listener.audio) >= 150 and len(listener.video) >= 10, 30)
+        heard = mono(listener.audio[-100:])  # the last 2 s
+        rms = float(np.sqrt(np.mean(heard ** 2)))
+        pitch = dominant_hz(heard)
+        print(f"ALSA microphone: heard {rms:.3f} RMS at {pitch:.0f} Hz (written: {TONE_AMPLITUDE / np.sqrt(2):.3f} "
+              f"at {TONE_HZ:.0f} Hz)")
+        assert abs(pitch - TONE_HZ) < 10, pitch
+        assert 0.6 * TONE_AMPLITUDE / np.sqrt(2) < rms < 1.3 * TONE_AMPLITUDE / np.sqrt(2), rms
+        # steady, not in bursts: each 20 ms of the last second is loud
+        assert min(levels(heard[-48000:])) > 0.1
+        assert feed.state == "up" and feed.stats.encoders == 1
+        assert (await cameras_api(url))["audio"] == {"state": "up", "error": None, "failures": 0}
+        assert devices.opened >= 1
+    finally:
+        await listener.close()
+    await eventually(lambda: not feed.running, 10)
+
+
+@pytest.mark.parametrize("device", ["nosuch", BROKEN])
+async def test_a_microphone_that_does_not_open_is_one_line_and_the_video_plays_on(serve, devices, caplog, device):
+    """A device ALSA does not know, or one that fails to open: one warning, the camera's picture
+    plays on, /api/cameras shows the sound retrying with the reason, and it is tried again."""
+    caplog.set_level(logging.INFO, logger="camtrack")
+    url, app = await serve(width=320, height=240, fps=15, audio=f"alsa:{device}")
+    feed = app[CAMERAS].first.pipeline.packets(MediaKind.AUDIO)
+    listener = Listener()
+    try:
+        await listener.connect(url)
+        await eventually(lambda: feed.stats.failures >= 2, 20)  # (tried again)
+        pictures = len(listener.video)
+        await eventually(lambda: len(listener.video) >= pictures + 15, 10)  # the picture plays on
+        described = (await cameras_api(url))["audio"]
+        assert described["state"] == "retrying" and described["failures"] >= 2, described
+        assert "does not open" in described["error"], described
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "audio" in r.getMessage()]
+        print("the log says:", warnings)
+        assert len(warnings) == 1 and device in warnings[0] and "does not open" in warnings[0], warnings
+    finally:
+        await listener.close()
+
+
+async def test_a_viewer_talks_to_the_servers_own_speaker(serve, devices):
+    """--talk alsa:DEVICE: with the talk token, a viewer's tone goes to the ALSA speaker (one talker at
+    a time, none without the token); ALSA writes it to the speaker's file, and when the file grew
+    tells when camtrack wrote the tone (tests/alsa_devices.py: SpeakerWatch)."""
+    url, _ = await serve(width=320, height=240, fps=15, talk=f"alsa:{SPEAKER}", talk_token="speak", audio="off")
+    first_parts, first, tone = await talker(url)
+    second_parts, second, _ = await talker(url)
+    watch = SpeakerWatch(devices.speaker)
+    try:
+        await first.send_json({"type": "talk", "on": True, "token": "nope"})
+        assert "not allowed to talk" in (await reply(first, "talk"))["message"]
+        await first.send_json({"type": "talk", "on": True, "token": "speak"})
+        on = await reply(first, "talk")
+        assert on.get("state") == "on", on
+        await second.send_json({"type": "talk", "on": True, "token": "speak"})
+        assert "busy" in (await reply(second, "talk"))["message"]
+        # silence past the file plugin's buffer (2.7 s), so that the file shows the tone as it is written
+        await eventually(lambda: watch.sizes and watch.sizes[-1][1] > 48000, 15)
+        tone.loud_at = loud_at = time.time()
+        await asyncio.sleep(1.5)
+        await first.send_json({"type": "talk", "on": False})
+        assert (await reply(first, "talk"))["state"] == "off"
+        # (ALSA's file plugin writes the rest when the device closes)
+        await eventually(lambda: len(devices.speaker_samples()) >= PLAYBACK_BUFFER + 48000 * 1.5, 10)
+        samples = devices.speaker_samples()
+        heard = levels(samples)
+        first_loud = onset(samples)
+        assert first_loud is not None, heard[-10:]
+        assert max(heard[:first_loud // 960], default=0) < 0.01  # silence before the tone
+        assert sum(rms > 0.2 for rms in heard) >= 50  # (1.5 s of tone: at least one of it)
+        assert abs(dominant_hz(samples[first_loud:first_loud + 24000]) - 1000) < 10  # (bench.listener's tone)
+        written = watch.written_at(first_loud)
+        assert written is not None, watch.sizes[-5:]
+        delay = written - loud_at
+        print(f"talk to the ALSA speaker: the viewer's tone written to the device {delay * 1000:.0f} ms after "
+              "its microphone made it")
+        assert 0 < delay < 1.0, delay
+        # the line is free again
+        await second.send_json({"type": "talk", "on": True, "token": "speak"})
+        assert (await reply(second, "talk"))["state"] == "on"
+    finally:
+        watch.stop()
+        for session, ws, pc in (first_parts, second_parts):
+            await ws.close()
+            await pc.close()
+            await session.close()
+
+
+async def test_a_speaker_that_does_not_open_refuses_the_talk(serve, devices):
+    url, _ = await serve(width=320, height=240, fps=15, talk="alsa:nosuch", talk_token="speak", audio="off")
+    parts, ws, _ = await talker(url)
+    try:
+        await ws.send_json({"type": "talk", "on": True, "token": "speak"})
+        message = (await reply(ws, "talk"))["message"]
+        assert "speaker does not open" in message, message
+    finally:
+        session, ws, pc = parts
+        await ws.close()
+        await pc.close()
+        await session.close()
