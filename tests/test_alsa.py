@@ -18,8 +18,19 @@ from bench.listener import Listener, reply, talker
 from camtrack.app import CAMERAS
 from camtrack.media.packet import MediaKind
 
-from .alsa_devices import (BROKEN, MIC, PLAYBACK_BUFFER, SPEAKER, TONE_AMPLITUDE, TONE_HZ, AlsaDevices, SpeakerWatch,
-                           dominant_hz, levels, onset)
+from .alsa_devices import (
+    BROKEN,
+    MIC,
+    PLAYBACK_BUFFER,
+    SPEAKER,
+    TONE_AMPLITUDE,
+    TONE_HZ,
+    AlsaDevices,
+    SpeakerWatch,
+    dominant_hz,
+    levels,
+    onset,
+)
 from .conftest import eventually
 
 # each listens or talks for a few seconds of real-time sound

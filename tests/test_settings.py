@@ -47,6 +47,11 @@ def run_main(argv: list[str], capsys) -> tuple[int | str | None, str]:
 BAD = [
     # ports
     (["--port", "70000"], None, "port must be between 1 and 65535, not 70000"),
+    # a local microphone or speaker: alsa:DEVICE (camtrack.sources.alsa)
+    (["--audio", "loud"], None, "audio must be one of auto, off or alsa:DEVICE, not 'loud'"),
+    (["--audio", "alsa:"], None, "is not an ALSA device name"),
+    (["--audio", "alsa:my mic"], None, "is not an ALSA device name"),
+    (["--talk", "alsa:"], None, "is not an ALSA device name"),
     (["--port", "0"], None, "port must be between 1 and 65535, not 0"),
     (["--port", "-1"], None, "port must be between 1 and 65535"),
     (["--port", "http"], None, "argument --port: invalid int value"),

@@ -9,7 +9,9 @@ system's (/usr/share/alsa) unless the environment already says where it is.
 
 from __future__ import annotations
 
+import ctypes
 import fractions
+import logging
 import os
 import threading
 import time
@@ -19,6 +21,8 @@ import av
 import numpy as np
 
 from ..media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, AudioChunk
+
+logger = logging.getLogger(__name__)
 
 #: what names an ALSA device in --audio and --talk
 PREFIX = "alsa:"
@@ -42,11 +46,43 @@ def check_device(what: str, device: str) -> None:
 
 def use_system_alsa_config() -> None:
     """Point PyAV's own libasound at the system's ALSA configuration, unless ALSA_CONFIG_PATH or
-    ALSA_CONFIG_DIR already says where it is (called before any device is opened)."""
+    ALSA_CONFIG_DIR already says where it is (called before any device is opened); and send its
+    messages to this module's debug log rather than stderr (a device that does not open is said
+    once by the audio feed; ALSA would say it again at every retry)."""
+    _route_alsa_messages()
     if "ALSA_CONFIG_PATH" in os.environ or "ALSA_CONFIG_DIR" in os.environ:
         return
     if os.path.isfile(os.path.join(SYSTEM_ALSA_DIR, "alsa.conf")):
         os.environ["ALSA_CONFIG_DIR"] = SYSTEM_ALSA_DIR
+
+
+#: ALSA's error handler type: (file, line, function, err, fmt, ...): the variadic rest is not read
+_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+_routed: list[object] = []
+
+
+def _alsa_message(file: bytes | None, line: int, function: bytes | None, err: int, fmt: bytes | None) -> None:
+    logger.debug("ALSA (%s): %s%s", (function or b"").decode(errors="replace"),
+                 (fmt or b"").decode(errors="replace"), f": {os.strerror(-err)}" if err < 0 else "")
+
+
+def _route_alsa_messages() -> None:
+    """Once: snd_lib_error_set_handler of the libasound PyAV loaded (its wheel's own, or the
+    system's), found among the process's mapped libraries; nothing if there is none."""
+    if _routed:
+        return
+    _routed.append(None)
+    try:
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "libasound" in line and line.rstrip().endswith(
+                (".so", ".so.2", ".so.2.0.0"))), None)
+        if path is None:
+            return
+        handler = _HANDLER(_alsa_message)
+        ctypes.CDLL(path).snd_lib_error_set_handler(handler)
+        _routed.append(handler)  # (kept alive: ALSA calls it for as long as the process runs)
+    except (OSError, AttributeError):
+        logger.debug("ALSA's messages stay on stderr", exc_info=True)
 
 
 class AlsaAudioSource:
@@ -82,10 +118,10 @@ class AlsaAudioSource:
             except av.FFmpegError:
                 # a device that takes two channels only (hw:): its own layout, mixed down by the resampler
                 container = self._open_with(channels=2)
-        except av.FFmpegError as exc:
-            # FFmpeg says EIO whatever ALSA said (ALSA says why on stderr)
-            raise OSError(f"does not open ({exc.strerror or exc}): no such device, or another program holds "
-                          "it (`arecord -L` lists the devices)") from None
+        except av.FFmpegError:
+            # FFmpeg says EIO whatever ALSA said (ALSA's own words: this module's debug log)
+            raise OSError("does not open: no such device, or another program holds it (`arecord -L` lists "
+                          "the devices)") from None
         stream = container.streams.audio[0]
         context = stream.codec_context
         self._codec = context.name
@@ -176,10 +212,9 @@ class AlsaPlayback:
         try:
             stream = container.add_stream("pcm_s16le", rate=AUDIO_CLOCK_RATE, layout="mono")
             container.start_encoding()  # (the device is opened here: a missing or busy one fails now)
-        except av.FFmpegError as exc:
+        except av.FFmpegError:
             self._close_quietly(container)
-            raise OSError(f"{exc.strerror or exc}: no such device, or another program holds it "
-                          "(`aplay -L` lists the devices)") from None
+            raise OSError("no such device, or another program holds it (`aplay -L` lists the devices)") from None
         except BaseException:
             self._close_quietly(container)
             raise
