@@ -32,6 +32,7 @@ from .alsa_devices import (
     onset,
 )
 from .conftest import eventually
+from .test_browser import sandbox  # noqa: F401 - the fixture (Chromium and the server in a namespace)
 
 # each listens or talks for a few seconds of real-time sound
 pytestmark = pytest.mark.slow
@@ -169,3 +170,74 @@ async def test_a_speaker_that_does_not_open_refuses_the_talk(serve, devices):
         await ws.close()
         await pc.close()
         await session.close()
+
+
+@pytest.mark.timeout(180)
+def test_push_to_talk_from_chromium_plays_on_the_servers_alsa_speaker(sandbox, tmp_path, monkeypatch):  # noqa: F811
+    """HTTPS page, ?talk=TOKEN, a camera with --talk alsa:DEVICE (the server's own speaker, the
+    pattern as the local camera): holding the talk button sends Chromium's fake microphone to the
+    ALSA device, whose file gets its beeps; a second page is told the line is busy."""
+    from . import netns as netns_mod
+    from . import test_browser_fallback as fallback
+    from .test_browser import PORT
+
+    made = AlsaDevices(tmp_path)
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(made.config))  # (the server process inherits it)
+    monkeypatch.setattr(fallback, "CHROMIUM_FLAGS", [*fallback.CHROMIUM_FLAGS, "--use-fake-device-for-media-stream",
+                                                     "--use-fake-ui-for-media-stream"])
+    cert, key = fallback.certificate(tmp_path)
+    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+    watch = SpeakerWatch(made.speaker)
+    try:
+        with fallback.chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--talk",
+                                          f"alsa:{SPEAKER}", "--talk-token", "speak", "--audio", "off", "--width",
+                                          "320", "--height", "240") as (context, _restart):
+            fallback.wait_for_server(context, base)
+            page, _ = fallback.plays(context, base, "?talk=speak", frames=5)
+            page.wait_for_function("!document.getElementById('talk').hidden && "
+                                   "!document.getElementById('talk').disabled", timeout=30000)
+            box = page.locator("#talk").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            pressed = time.time()
+            page.mouse.down()
+            page.wait_for_function("window.camtrack.talk.state === 'on' || window.camtrack.talk.error",
+                                   timeout=30000)
+            assert page.evaluate("window.camtrack.talk.state") == "on", page.evaluate("window.camtrack.talk")
+            # a second page holding the button meanwhile: busy
+            other, _ = fallback.plays(context, base, "?talk=speak", frames=5)
+            other.wait_for_function("!document.getElementById('talk').hidden && "
+                                    "!document.getElementById('talk').disabled", timeout=30000)
+            other.keyboard.down("t")
+            other.wait_for_function("window.camtrack.talk.error", timeout=30000)
+            assert "busy" in other.evaluate("window.camtrack.talk.error"), other.evaluate("window.camtrack.talk")
+            other.keyboard.up("t")
+            # held past the file plugin's buffer (2.7 s) and some: then let go (the device closes)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (watch.sizes and watch.sizes[-1][1] > 2 * 48000 * 2):
+                time.sleep(0.1)
+            page.mouse.up()
+            page.wait_for_function("window.camtrack.talk.state === 'off'", timeout=30000)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(made.speaker_samples()) < PLAYBACK_BUFFER + 2 * 48000:
+                time.sleep(0.1)
+    finally:
+        watch.stop()
+    samples = made.speaker_samples()
+    heard = levels(samples)
+    loud = [i for i, rms in enumerate(heard) if rms > 0.02]
+    print(f"push-to-talk to the ALSA speaker: {len(samples) / 48000:.1f} s written, {len(loud)} loud 20 ms pieces "
+          f"(the first at {loud[0] * 0.02 if loud else 0:.2f} s), loudest {max(heard, default=0):.3f} RMS")
+    assert len(samples) >= PLAYBACK_BUFFER + 2 * 48000, len(samples)
+    assert loud, heard[-10:]
+    # when the first loud piece was written: timed by the file where it shows it, else placed before
+    # the first bytes the file showed (written at real time: an estimate)
+    first = loud[0] * 960
+    written = watch.written_at(first)
+    grown = [(at, size) for at, size in watch.sizes if size > 0]
+    if written is None and grown:
+        at, size = grown[0]
+        written = at - (PLAYBACK_BUFFER + size // 2 - first) / 48000
+    if written is not None:
+        print(f"push-to-talk to the ALSA speaker: Chromium's microphone written to the device {written - pressed:.2f} s "
+              "after the press (an upper bound: it includes asking for the microphone and the fake microphone's "
+              "next beep)")
