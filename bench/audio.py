@@ -1,5 +1,5 @@
 """What a camera's sound costs, in one run (issue 24): the lip-sync at an aiortc viewer, the talk
-latency to an ONVIF camera's back-channel, and server.py serving the test pattern (640x480 at
+latency to an ONVIF camera's back-channel and to the server's own ALSA speaker, and server.py serving the test pattern (640x480 at
 30 fps, H.264 shared encoder) and its test tone, with --audio auto and --audio off, to 1 and 16
 aiortc viewers whose offers ask for video and audio (bench/listener.py, in a process of their own,
 decoding both), and the server process's CPU over the same seconds; then the Opus encoder's own
@@ -179,6 +179,83 @@ def talk_row(tries: int = 5) -> None:
         print("talk latency: the camera heard nothing")
 
 
+async def alsa_talk_delays(ws_url: str, tries: int) -> list[float]:
+    """An aiortc viewer talks to the server's ALSA speaker: silence past the file plugin's buffer, then
+    `tries` half-second tones a second apart; the times each tone started (its loud_at)."""
+    from bench.listener import reply, talker
+
+    (session, ws, pc), _, tone = await talker(ws_url)
+    starts = []
+    try:
+        await ws.send_json({"type": "talk", "on": True, "token": "bench"})
+        state = await reply(ws, "talk")
+        if state.get("state") != "on":
+            raise RuntimeError(f"talk refused: {state}")
+        await asyncio.sleep(3.5)  # (past the 2.7 s the file plugin holds back)
+        for _ in range(tries):
+            tone.loud_at = loud_at = time.time()
+            starts.append(loud_at)
+            await asyncio.sleep(0.5)
+            tone.loud_at = None
+            await asyncio.sleep(1.0)
+        await ws.send_json({"type": "talk", "on": False})
+        await reply(ws, "talk")
+    finally:
+        await ws.close()
+        await pc.close()
+        await session.close()
+    return starts
+
+
+def alsa_talk_row(tries: int = 5) -> None:
+    """Talk latency to the server's own speaker (--talk alsa:DEVICE): an aiortc viewer's tone to the
+    moment camtrack wrote it to the ALSA device (tests/alsa_devices.py: ALSA's file plugin, whose file
+    tells when each sample was written)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from tests.alsa_devices import SPEAKER, AlsaDevices, SpeakerWatch
+
+    with tempfile.TemporaryDirectory() as directory:
+        devices = AlsaDevices(Path(directory))
+        before = os.environ.get("ALSA_CONFIG_PATH")
+        os.environ["ALSA_CONFIG_PATH"] = str(devices.config)  # (the server inherits it)
+        try:
+            server, port = start_server("--talk", f"alsa:{SPEAKER}", "--talk-token", "bench", "--audio", "off",
+                                        "--width", "320", "--height", "240")
+        finally:
+            if before is None:
+                del os.environ["ALSA_CONFIG_PATH"]
+            else:
+                os.environ["ALSA_CONFIG_PATH"] = before
+        watch = SpeakerWatch(devices.speaker)
+        try:
+            starts = asyncio.run(alsa_talk_delays(f"ws://127.0.0.1:{port}/ws", tries))
+            time.sleep(1.0)  # (the rest written at the device's close)
+        finally:
+            watch.stop()
+            stop_server(server)
+        samples = devices.speaker_samples()
+    loud = np.abs(samples) > 0.1
+    # each tone's first sample: loud after at least 0.5 s of quiet
+    onsets, quiet = [], 24000
+    for index in np.nonzero(loud)[0]:
+        if index - quiet >= 24000:
+            onsets.append(int(index))
+        quiet = int(index)
+    delays = sorted(written - start for start, written in
+                    zip(starts, (watch.written_at(onset) for onset in onsets), strict=False)
+                    if written is not None)
+    if delays:
+        print(f"talk latency, an aiortc viewer's microphone to the server's ALSA speaker (--talk alsa:DEVICE, "
+              f"written to the device): {len(delays)} of {tries} heard, min {delays[0] * 1000:.0f} ms, median "
+              f"{delays[len(delays) // 2] * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")
+    else:
+        print(f"talk latency to the ALSA speaker: nothing written ({len(onsets)} onsets of {tries})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -191,6 +268,7 @@ def main() -> None:
         return
     lip_sync_row(min(args.seconds, 10.0))
     talk_row()
+    alsa_talk_row()
     print("| --audio | listeners | server CPU % | clients CPU % | audio fps min | video fps min | Opus encoders "
           "| frames encoded | encode s |")
     print("|---|---|---|---|---|---|---|---|---|")
