@@ -152,18 +152,19 @@ class AlsaAudioSource:
             # FFmpeg reads one ALSA period a packet, as small as the device allows (a few samples):
             # the raw PCM is gathered and cut into 20 ms frames, not decoded packet by packet
             self._pending += bytes(packet)
+            now = time.time()  # (when the newest sample came: the older ones came that much before)
             while len(self._pending) >= self._chunk_bytes:
+                first = now - len(self._pending) / (self._chunk_bytes / 0.02)
                 raw = bytes(self._pending[:self._chunk_bytes])
                 del self._pending[:self._chunk_bytes]
-                self._take(raw)
+                self._take(raw, first)
         return self._queue.pop(0)
 
-    def _take(self, raw: bytes) -> None:
-        """20 ms of the device's PCM: resampled to 48 kHz mono, cut into the feed's frames."""
+    def _take(self, raw: bytes, first: float) -> None:
+        """20 ms of the device's PCM, whose first sample came at `first`: resampled to 48 kHz mono,
+        cut into the feed's frames, stamped by the running sample count (from `first` after a gap)."""
         assert self._resampler is not None
-        now = time.time()
         samples = int(self._rate * 0.02)
-        first = now - 0.02  # (its first sample: 20 ms before the last came)
         if self._wall is None or abs(self._wall - first) > 0.5:
             self._wall = first
         dtype = {"s16": np.int16, "s32": np.int32, "flt": np.float32, "u8": np.uint8}.get(self._format, np.int16)
