@@ -241,3 +241,30 @@ def test_push_to_talk_from_chromium_plays_on_the_servers_alsa_speaker(sandbox, t
         print(f"push-to-talk to the ALSA speaker: Chromium's microphone written to the device {written - pressed:.2f} s "
               "after the press (an upper bound: it includes asking for the microphone and the fake microphone's "
               "next beep)")
+
+
+def test_a_burst_to_the_speaker_is_cut_to_what_it_can_hold(devices):
+    """Sound that comes faster than the speaker plays (a burst after the network stalled) is dropped
+    beyond MAX_QUEUED, not queued in ALSA's buffer (which would delay the rest of the talk)."""
+    from camtrack.sources.alsa import MAX_QUEUED, AlsaPlayback
+
+    from .test_backchannel import tone
+
+    speaker = AlsaPlayback(SPEAKER)
+    speaker.open()
+    try:
+        for index in range(50):  # 1 s at once
+            speaker.send(tone(index * 960))
+        time.sleep(1.0)  # it has played that out: the next second, at real time, is taken whole
+        began = time.monotonic()
+        for index in range(50):
+            wait = began + index * 0.02 - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            speaker.send(tone((50 + index) * 960))
+    finally:
+        speaker.close()
+    written = len(devices.speaker_samples()) / 48000
+    print(f"a 1 s burst then 1 s at real time: {written:.2f} s written, {speaker.dropped} frames dropped")
+    assert speaker.frames + speaker.dropped == 100
+    assert 1.0 + MAX_QUEUED - 0.05 <= written <= 1.0 + MAX_QUEUED + 0.1, written

@@ -192,10 +192,19 @@ class AlsaAudioSource:
         self._stop.set()
 
 
+#: seconds of sound the speaker may hold ahead of what it plays: what comes faster (a burst after the
+#: network stalled) is dropped, or it would delay the rest of the talk by as much (FFmpeg asks ALSA for
+#: a buffer of up to 2.7 s, and playing starts at the first write)
+MAX_QUEUED = 0.25
+
+
 class AlsaPlayback:
     """A local speaker (an ALSA playback device) a viewer talks to: `open()`, `send(frame)` as the
     viewer's sound comes (any rate and layout: resampled to 48 kHz mono, written as 16-bit PCM),
-    `close()`. The talk-back sink beside the RTSP back-channel (camtrack.sources.backchannel)."""
+    `close()`. The talk-back sink beside the RTSP back-channel (camtrack.sources.backchannel).
+
+    What the device holds is reckoned from the wall clock (it plays 48 000 samples a second from the
+    first write; after a pause it starts again): sound beyond MAX_QUEUED of it is dropped."""
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -204,8 +213,11 @@ class AlsaPlayback:
         self._stream: Any = None
         self._resampler: av.AudioResampler | None = None
         self._pts = 0
-        #: frames written
+        #: when the device would have played everything written so far (time.monotonic())
+        self._played_out = 0.0
+        #: frames written; frames dropped (they came faster than the device plays)
         self.frames = 0
+        self.dropped = 0
 
     def open(self) -> None:
         use_system_alsa_config()
@@ -226,7 +238,13 @@ class AlsaPlayback:
     def send(self, frame: av.AudioFrame) -> None:
         assert self._resampler is not None and self._container is not None
         frame.pts = None
+        now = time.monotonic()
+        self._played_out = max(self._played_out, now)  # (it ran dry: it starts again with this)
+        if self._played_out - now > MAX_QUEUED:
+            self.dropped += 1
+            return
         for resampled in self._resampler.resample(frame):
+            self._played_out += resampled.samples / AUDIO_CLOCK_RATE
             resampled.pts = self._pts
             resampled.time_base = fractions.Fraction(1, AUDIO_CLOCK_RATE)
             self._pts += resampled.samples
