@@ -267,4 +267,7 @@ def test_a_burst_to_the_speaker_is_cut_to_what_it_can_hold(devices):
     written = len(devices.speaker_samples()) / 48000
     print(f"a 1 s burst then 1 s at real time: {written:.2f} s written, {speaker.dropped} frames dropped")
     assert speaker.frames + speaker.dropped == 100
-    assert 1.0 + MAX_QUEUED - 0.05 <= written <= 1.0 + MAX_QUEUED + 0.1, written
+    # the burst cut to MAX_QUEUED (plus its first frame); the real-time second taken (a margin for a
+    # loaded machine's late sleeps, whose catching up is a small burst too)
+    assert written <= 1.0 + MAX_QUEUED + 0.1, written
+    assert written >= 1.0, written
