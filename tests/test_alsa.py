@@ -271,3 +271,30 @@ def test_a_burst_to_the_speaker_is_cut_to_what_it_can_hold(devices):
     # loaded machine's late sleeps, whose catching up is a small burst too)
     assert written <= 1.0 + MAX_QUEUED + 0.1, written
     assert written >= 1.0, written
+
+
+@pytest.mark.timeout(180)
+def test_chromium_hears_a_local_microphone(sandbox, tmp_path, monkeypatch):  # noqa: F811
+    """The page in Chromium, a camera with --audio alsa:DEVICE: the sound button and meter come, and
+    once unmuted getStats() shows Opus with the steady tone's level (0.3 of full scale)."""
+    from .test_audio_browser import heard
+    from .test_browser import browser_and_server, open_page
+
+    made = AlsaDevices(tmp_path)
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(made.config))  # (the server process inherits it)
+    made.start()
+    try:
+        with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240", "--audio",
+                                f"alsa:{MIC}") as (browser, _, _log):
+            page = open_page(browser)
+            page.wait_for_function("window.camtrack.state === 'live'", timeout=30000)
+            page.wait_for_function("!document.getElementById('sound').hidden", timeout=30000)
+            page.click("#sound")
+            stats = heard(page)
+            print(f"Chromium hears the ALSA microphone: {stats}")
+            assert stats["codec"].lower() == "audio/opus"
+            # audioLevel is linear, 1 at full scale: the tone's peak is 0.3
+            assert 0.15 < stats["level"] < 0.45, stats
+    finally:
+        made.stop()
+    assert made.opened >= 1
