@@ -38,6 +38,7 @@ from .media.tiers import MAIN, Quality, Tier, Tiers
 from .plan import CameraPlan
 from .processing import Chain, ChainStage, FunctionFile, Masks, MotionDetector, Overlay, ProcessFunction, ProcessingStage
 from .sources import make_packet_source, make_source
+from .sources.alsa import alsa_device, use_system_alsa_config
 from .sources.audio import audio_source_factory
 
 
@@ -244,6 +245,8 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
     """The pipeline of the camera `settings` as `plan` says: nothing runs until something reads it."""
     pipeline = _build_video(settings, plan, config)
     sound = audio_source_factory(plan.source, settings.audio, rtsp_transport=settings.rtsp_transport)
+    if alsa_device(settings.talk) is not None:
+        use_system_alsa_config()  # (now, before the camera's threads run: it may set the environment)
     if sound is not None:
         pipeline.audio = AudioFeed(settings.name, sound, linger=config.linger)
     return pipeline

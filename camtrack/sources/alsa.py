@@ -46,7 +46,8 @@ def check_device(what: str, device: str) -> None:
 
 def use_system_alsa_config() -> None:
     """Point PyAV's own libasound at the system's ALSA configuration, unless ALSA_CONFIG_PATH or
-    ALSA_CONFIG_DIR already says where it is (called before any device is opened); and send its
+    ALSA_CONFIG_DIR already says where it is (called before any device is opened, on the thread that
+    sets a camera up: setting the environment while other threads read it is not safe); and send its
     messages to this module's debug log rather than stderr (a device that does not open is said
     once by the audio feed; ALSA would say it again at every retry)."""
     _route_alsa_messages()
@@ -111,7 +112,6 @@ class AlsaAudioSource:
 
     def open(self) -> None:
         self._stop.clear()
-        use_system_alsa_config()
         try:
             try:
                 container = self._open_with(channels=1)
@@ -220,7 +220,6 @@ class AlsaPlayback:
         self.dropped = 0
 
     def open(self) -> None:
-        use_system_alsa_config()
         container = av.open(self.device, mode="w", format="alsa")
         try:
             stream = container.add_stream("pcm_s16le", rate=AUDIO_CLOCK_RATE, layout="mono")

@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from ..media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, AudioChunk, AudioSource
-from .alsa import AlsaAudioSource, alsa_device
+from .alsa import AlsaAudioSource, alsa_device, use_system_alsa_config
 from .demux import is_stream, open_options
 from .urls import redact
 
@@ -195,6 +195,7 @@ def audio_source_factory(spec: str, audio: str, *, rtsp_transport: str = "tcp") 
         return None
     device = alsa_device(audio)
     if device is not None:
+        use_system_alsa_config()  # (now, on the thread that builds the camera: it sets the environment)
         return functools.partial(AlsaAudioSource, device)
     if spec == "pattern":
         return ToneSource

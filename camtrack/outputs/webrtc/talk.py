@@ -20,7 +20,7 @@ from typing import Protocol
 
 from av import AudioFrame, FFmpegError
 
-from ...sources.alsa import AlsaPlayback, alsa_device
+from ...sources.alsa import AlsaPlayback, alsa_device, use_system_alsa_config
 from ...sources.backchannel import BackChannel
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,10 @@ def talk_url(talk: str | None, source: str) -> str | None:
 def talk_sink(url: str) -> TalkSink:
     """The sink of a `talk_url`: the server's ALSA speaker or the camera's back-channel."""
     device = alsa_device(url)
-    return AlsaPlayback(device) if device is not None else BackChannel(url)
+    if device is None:
+        return BackChannel(url)
+    use_system_alsa_config()  # (done when the camera was built: build_pipeline; here for other callers)
+    return AlsaPlayback(device)
 
 
 class Talk:
