@@ -24,6 +24,7 @@ from camtrack.sources.pattern import shows_mark
 
 from .conftest import eventually
 from .test_passthrough import write_h264
+from .test_browser import sandbox  # noqa: F401 - the fixture
 from .test_recording import NO_FLOOR, recorder_of, wait_preroll
 
 #: a 20 ms audio window louder than this (RMS, of full scale) is a beep (the tone's is 0.35)
@@ -226,3 +227,52 @@ def test_the_pre_roll_keeps_the_sound_back_to_its_oldest_keyframe():
     assert sound[0].captured == oldest_picture, (sound[0].captured, oldest_picture)
     assert preroll.audio_bytes == 40 * len(sound)
     assert preroll.audio_since(8.0)[0].captured == 8.0
+
+
+LISTEN = """async () => {
+  const player = document.querySelector("#player");
+  const context = new AudioContext();
+  await context.resume();
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 2048;
+  context.createMediaElementSource(player).connect(analyser);
+  analyser.connect(context.destination);
+  const samples = new Float32Array(analyser.fftSize);
+  let loudest = 0;
+  let loudWindows = 0;
+  const began = player.currentTime;
+  for (let i = 0; i < 250 && !player.ended; i++) {
+    await new Promise((done) => setTimeout(done, 10));
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const v of samples) sum += v * v;
+    const rms = Math.sqrt(sum / samples.length);
+    loudest = Math.max(loudest, rms);
+    if (rms > 0.05) loudWindows += 1;
+  }
+  return {loudest, loudWindows, decoded: player.webkitAudioDecodedByteCount, began, now: player.currentTime,
+          error: player.error && player.error.message};
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_chromium_plays_a_clip_with_its_sound_on_the_recordings_page(sandbox, tmp_path):  # noqa: F811
+    """/recordings in Chromium plays a clip of the pattern with its tone: the element decodes audio
+    (`webkitAudioDecodedByteCount`) and a WebAudio analyser on it hears the beeps."""
+    from .test_browser import browser_and_server, open_page
+    from .test_recording_browser import record
+
+    clips = tmp_path / "clips"
+    made = record(clips, {"end_after": 3.0, "post_roll": 1.0}, "done")
+    with browser_and_server(sandbox, tmp_path, "h264", "--record", str(clips), "--record-min-free", "0") as (
+            browser, _servers, _log):
+        page = open_page(browser, "recordings")
+        page.wait_for_function("document.querySelectorAll('#clips li').length === 1", timeout=30000)
+        page.click(f"li[data-id='{made['clip']}'] img")
+        page.wait_for_function("document.querySelector('#player').currentTime > 0.3", timeout=30000)
+        heard = page.evaluate(LISTEN)
+        print(f"Chromium playing the clip: {heard}")
+        assert heard["error"] is None, heard
+        assert heard["decoded"] > 0, heard
+        assert heard["loudest"] > 0.1 and heard["loudWindows"] >= 3, heard
