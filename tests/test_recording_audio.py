@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -23,8 +24,8 @@ from camtrack.sources.audio import tone_frame
 from camtrack.sources.pattern import shows_mark
 
 from .conftest import eventually
-from .test_passthrough import write_h264
 from .test_browser import sandbox  # noqa: F401 - the fixture
+from .test_passthrough import write_h264
 from .test_recording import NO_FLOOR, recorder_of, wait_preroll
 
 #: a 20 ms audio window louder than this (RMS, of full scale) is a beep (the tone's is 0.35)
@@ -32,7 +33,6 @@ LOUD = 0.05
 
 
 def probe(path: Path) -> dict[str, Any]:
-    import json
     out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format",
                           "-count_frames", str(path)], capture_output=True, text=True, timeout=30, check=True)
     result: dict[str, Any] = json.loads(out.stdout)
