@@ -273,7 +273,7 @@
     else tenths = [25, 50, 100, 200][config % 4];
     const code = data[0] & 3;
     const frames = code === 0 ? 1 : code < 3 ? 2 : (data[1] || 0) & 0x3f;
-    return Math.max(1, frames) * tenths * 4.8;
+    return Math.round(Math.max(1, frames) * tenths * 4.8);
   }
 
   // --- Media Source Extensions: the same packets as fragmented MP4, kept at the live edge
