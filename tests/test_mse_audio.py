@@ -82,12 +82,14 @@ def test_the_mse_player_plays_the_sound_in_sync_once_unmuted(sandbox, tmp_path):
         assert page.evaluate("window.camtrack.player.sound.codec") == "opus"
         page.click("#sound")
         assert page.evaluate("document.getElementById('video').muted") is False
-        result = page.evaluate(MSE_LIP_SYNC, 12)
+        result = page.evaluate(MSE_LIP_SYNC, 14)
         print("MSE lip-sync in Chromium (sound minus picture, ms):", [round(x) for x in result["offsets"]],
               {k: v for k, v in result.items() if k != "offsets"})
         assert result["decoded"] > 0 and result["loudest"] > 0.2 and result["played"] > 100, result
+        # (a loaded machine may show a mark late or not at all: then a beep is paired with another mark,
+        # hundreds of ms off; the median of the last six beeps is where the sync stands, after the first
+        # seconds while the element settles)
         assert len(result["offsets"]) >= 8, result
-        # (the first beeps while the element settles; then where it stands)
         last = sorted(result["offsets"][-6:])
         assert abs((last[2] + last[3]) / 2) <= 80, result
         # the picture still plays at the live edge with its sound
