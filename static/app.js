@@ -281,7 +281,7 @@ function startStream(ws, hello) {
     },
   });
   show(camtrack.player.element);
-  // the sound too where the player can play it (WebCodecs' AudioDecoder: audio.js unmutes it)
+  // the sound too where the player can play it (WebCodecs' AudioDecoder, or MSE with Opus in MP4: audio.js unmutes it)
   const sound = Boolean(hello.audio && camtrack.player.sound);
   send(ws, sound ? { type: "stream", audio: true } : { type: "stream" });
 }

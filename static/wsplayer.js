@@ -231,6 +231,51 @@
     return concat(box("moof", box("mfhd", u32(0), u32(sequence)), traf), box("mdat", sample));
   }
 
+  // --- the sound for Media Source Extensions: Opus in fragmented MP4 (an `Opus` sample entry with its
+  // `dOps`, 48 kHz), in a source buffer of its own beside the pictures'
+  const AUDIO_RATE = 48000;
+  function opusInitSegment(channels) {
+    const dOps = box("dOps", bytes(0, channels), u16(0), u32(AUDIO_RATE), u16(0), bytes(0));
+    const opus = box("Opus", zeros(6), u16(1), zeros(8), u16(channels), u16(16), u16(0), u16(0),
+                     u32(AUDIO_RATE * 65536), dOps);
+    const empty = concat(u32(0), u32(0));
+    const stbl = box("stbl", box("stsd", u32(0), u32(1), opus), box("stts", empty), box("stsc", empty),
+                     box("stsz", u32(0), u32(0), u32(0)), box("stco", empty));
+    const minf = box("minf", box("smhd", u32(0), u32(0)),
+                     box("dinf", box("dref", u32(0), u32(1), box("url ", u32(1)))), stbl);
+    const mdia = box("mdia", box("mdhd", u32(0), u32(0), u32(0), u32(AUDIO_RATE), u32(0), u16(0x55c4), u16(0)),
+                     box("hdlr", u32(0), u32(0), ascii("soun"), zeros(12), ascii("camtrack\0")), minf);
+    const tkhd = box("tkhd", u32(3), u32(0), u32(0), u32(1), u32(0), u32(0), zeros(8), u16(0), u16(0),
+                     u16(0x100), u16(0), MATRIX, u32(0), u32(0));
+    const mvhd = box("mvhd", u32(0), u32(0), u32(0), u32(1000), u32(0), u32(0x10000), u16(0x100), zeros(10),
+                     MATRIX, zeros(24), u32(2));
+    const mvex = box("mvex", box("trex", u32(0), u32(1), u32(1), u32(0), u32(0), u32(0)));
+    return concat(box("ftyp", ascii("isom"), u32(0x200), ascii("isom"), ascii("iso6"), ascii("Opus")),
+                  box("moov", mvhd, box("trak", tkhd, mdia), mvex));
+  }
+
+  // A run of Opus packets that follow one another ({time, samples, data}: 48 kHz ticks) as one fragment.
+  function opusSegment(sequence, run) {
+    const entries = run.flatMap((p) => [u32(p.samples), u32(p.data.length)]);
+    const moofSize = 8 + 16 + 8 + 16 + 20 + (20 + 8 * run.length); // moof, mfhd, traf: tfhd, tfdt, trun
+    const trun = box("trun", u32(0x000301), u32(run.length), u32(moofSize + 8), ...entries);
+    const traf = box("traf", box("tfhd", u32(0x020000), u32(1)), box("tfdt", u32(0x01000000), u64(run[0].time)), trun);
+    return concat(box("moof", box("mfhd", u32(0), u32(sequence)), traf), box("mdat", ...run.map((p) => p.data)));
+  }
+
+  // The samples (48 kHz) an Opus packet codes: its TOC byte's frame size and count (RFC 6716, 3.1).
+  function opusSamples(data) {
+    if (!data.length) return 960;
+    const config = data[0] >> 3;
+    let tenths; // a frame's length, in tenths of a ms
+    if (config < 12) tenths = [100, 200, 400, 600][config % 4];
+    else if (config < 16) tenths = [100, 200][config % 2];
+    else tenths = [25, 50, 100, 200][config % 4];
+    const code = data[0] & 3;
+    const frames = code === 0 ? 1 : code < 3 ? 2 : (data[1] || 0) & 0x3f;
+    return Math.round(Math.max(1, frames) * tenths * 4.8);
+  }
+
   // --- Media Source Extensions: the same packets as fragmented MP4, kept at the live edge
   function msePlayer({ video, hello, onFrame, onError }) {
     const stats = counters();
@@ -245,6 +290,22 @@
     const shownPts = []; // [decode time, the message's pts] of the segments appended lately
     let frameTicks = TIMESCALE / (hello.fps || 30); // a picture's duration: the measured spacing
     let closed = false;
+    let appendedEnd = 0; // where the pictures appended so far end (decode time)
+    // the sound (when the camera has some and the browser takes Opus in MP4): its own source buffer,
+    // each packet placed on the pictures' timeline by its capture time (through the newest picture's),
+    // one after the other, and placed again when they part by more than AUDIO_SLACK (a skip, a stall)
+    const AUDIO_SLACK = 0.05;
+    const sound = hello.audio && MediaSource.isTypeSupported('audio/mp4; codecs="opus"')
+      ? { codec: null, level: 0, decoded: 0, played: 0, muted: true, setMuted(muted) { sound.muted = muted; },
+          close() {} }
+      : null;
+    let audioBuffer = null;
+    const audioQueue = []; // the init segment and "trim"s
+    let audioRun = []; // packets waiting to be appended
+    let audioNext = null; // where the next packet goes (48 kHz ticks), following the last
+    let audioSequence = 0;
+    let lastPicture = null; // { time (s on the timeline), captured (ms) } of the newest picture queued
+    let soundAt = 0; // Date.now() of the last sound message
     video.src = URL.createObjectURL(source);
     const opened = new Promise((resolve) => source.addEventListener("sourceopen", resolve, { once: true }));
 
@@ -256,11 +317,38 @@
         if (next === "trim") {
           const ranges = buffer.buffered;
           if (ranges.length) buffer.remove(0, Math.max(0, ranges.end(ranges.length - 1) - 4));
+          if (audioBuffer) audioQueue.push("trim");
         } else {
           buffer.appendBuffer(next);
+          if (next.end !== undefined) appendedEnd = next.end;
         }
       } catch (error) {
         onError(`media source: ${error.message || error}`);
+      }
+    }
+
+    function pumpAudio() {
+      if (!audioBuffer || audioBuffer.updating || closed) return;
+      try {
+        const next = audioQueue.shift();
+        if (next === "trim") {
+          const ranges = audioBuffer.buffered;
+          if (ranges.length) audioBuffer.remove(0, Math.max(0, ranges.end(ranges.length - 1) - 4));
+        } else if (next) {
+          audioBuffer.appendBuffer(next);
+        } else if (audioRun.length) {
+          // the packets that follow one another, in one fragment
+          let count = 1;
+          while (count < audioRun.length && audioRun[count].time === audioRun[count - 1].time + audioRun[count - 1].samples) {
+            count += 1;
+          }
+          const run = audioRun.splice(0, count);
+          audioSequence += 1;
+          audioBuffer.appendBuffer(opusSegment(audioSequence, run));
+          if (!sound.muted) sound.played += run.length;
+        }
+      } catch (error) {
+        onError(`media source (sound): ${error.message || error}`);
       }
     }
 
@@ -286,10 +374,25 @@
       if (!closed) video.requestVideoFrameCallback(counted);
     });
 
-    // the source buffer, once the media source is open (the init segment waits in the queue)
+    // the source buffers, once the media source is open (the init segment waits in the queue); with
+    // the sound's beside when it comes within AUDIO_WAIT ms (both are made before anything is appended)
+    const AUDIO_WAIT = 600;
     function ensureBuffer(codec) {
-      opened.then(() => {
+      const heard = !sound ? Promise.resolve() : new Promise((resolve) => {
+        const began = Date.now();
+        (function check() {
+          if (sound.decoded || Date.now() - began > AUDIO_WAIT || closed) resolve();
+          else setTimeout(check, 20);
+        })();
+      });
+      Promise.all([opened, heard]).then(() => {
         if (closed || buffer) return;
+        if (sound && sound.decoded) {
+          audioBuffer = source.addSourceBuffer('audio/mp4; codecs="opus"');
+          audioBuffer.addEventListener("updateend", pumpAudio);
+          audioBuffer.addEventListener("error", () => onError("media source buffer error (sound)"));
+          audioQueue.unshift(opusInitSegment(sound.channels || 1));
+        }
         buffer = source.addSourceBuffer(`video/mp4; codecs="${codec}"`);
         buffer.mode = "sequence"; // pictures follow one another: no gaps when some were skipped
         buffer.addEventListener("updateend", () => {
@@ -298,13 +401,51 @@
         });
         buffer.addEventListener("error", () => onError("media source buffer error"));
         pump();
+        pumpAudio();
       }).catch((error) => onError(String(error)));
+    }
+
+    // a sound message: counted (the meter shows how many bytes it takes, as over WebRTC while muted:
+    // Opus spends a few bytes on silence, 60-200 on sound) and placed after the newest picture
+    function pushSound(m) {
+      if (m.codec && !sound.codec) {
+        sound.codec = m.codec.codec;
+        sound.channels = m.codec.numberOfChannels || 1;
+      }
+      sound.decoded += 1;
+      soundAt = Date.now();
+      const activity = Math.max(0, Math.min(1, (m.data.length - 8) / 100));
+      sound.level = Math.max(activity > 0 ? 10 ** ((activity * 60 - 60) / 20) : 0, sound.level * 0.95);
+      if (!lastPicture) return; // (nothing to line it up with yet)
+      const mapped = Math.round((lastPicture.time + (m.captured - lastPicture.captured) / 1000) * AUDIO_RATE);
+      if (audioNext === null || Math.abs(audioNext - mapped) > AUDIO_SLACK * AUDIO_RATE) audioNext = mapped;
+      const samples = opusSamples(m.data);
+      if (audioNext >= 0) audioRun.push({ time: audioNext, samples, data: m.data.slice() });
+      audioNext += samples;
+      if (audioRun.length > 100) audioRun.splice(0, audioRun.length - 100); // (a stalled buffer: the newest)
+      pumpAudio();
+    }
+
+    // No sound for a while (its source stalled, or has none any more): silence goes on under the
+    // pictures, since the element plays only as far as both buffers reach and the picture would stop
+    // at the end of the sound
+    const SILENCE = Uint8Array.of(0xf8, 0xff, 0xfe); // (an Opus packet of 20 ms of silence)
+    function fillSilence() {
+      const until = Math.round((lastPicture.time + 0.1) * AUDIO_RATE);
+      if (audioNext === null || audioNext < until - AUDIO_RATE) audioNext = Math.round(lastPicture.time * AUDIO_RATE);
+      while (audioNext < until) {
+        audioRun.push({ time: audioNext, samples: 960, data: SILENCE });
+        audioNext += 960;
+      }
+      pumpAudio();
     }
 
     return {
       kind: "mse",
       element: video,
       stats,
+      // the sound, when the camera has some (app.js asks for it; the element plays it: audio.js unmutes it)
+      sound,
       size: () => [video.videoWidth, video.videoHeight],
       // the message pts of the picture at `mediaTime` (a video frame callback's), or null
       ptsAt(mediaTime) {
@@ -316,6 +457,10 @@
       },
       push(bufferData) {
         const m = parseMessage(bufferData);
+        if (m.audio) {
+          if (sound) pushSound(m);
+          return;
+        }
         stats.messages += 1;
         stats.bytes += bufferData.byteLength;
         if (m.resync) stats.resyncs += 1;
@@ -344,6 +489,8 @@
         if (queue.length > 30) {
           queue.splice(0, queue.length, ...queue.filter((item) => item.init));
           waitKey = true;
+          decodeTime = appendedEnd; // (what was dropped takes no time: the timeline goes on from what was appended)
+          lastPicture = null;
         }
         if (waitKey && !m.keyframe) {
           stats.dropped += 1;
@@ -356,8 +503,12 @@
         sequence += 1;
         shownPts.push([decodeTime, m.pts]);
         if (shownPts.length > 300) shownPts.splice(0, shownPts.length - 300);
-        queue.push(mediaSegment(sequence, decodeTime, duration, sample, m.keyframe));
+        const segment = mediaSegment(sequence, decodeTime, duration, sample, m.keyframe);
+        segment.end = decodeTime + duration;
+        queue.push(segment);
+        lastPicture = { time: decodeTime / TIMESCALE, captured: m.captured };
         decodeTime += duration;
+        if (audioBuffer && Date.now() - soundAt > 300) fillSilence();
         pump();
       },
       close() {

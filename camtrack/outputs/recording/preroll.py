@@ -7,6 +7,10 @@ buffer always has a keyframe at least `seconds` old (once the camera has run tha
 `seconds` plus one GOP of packets. `max_bytes` bounds it whatever the GOP: past it the oldest GOPs
 go, and a single GOP larger than the budget is dropped whole (the next clip then starts at the
 next keyframe) rather than kept without its keyframe.
+
+A camera's sound (`add_audio`: Opus packets, each decodable alone) is kept beside for the same
+window: back to the oldest GOP's keyframe (before the first keyframe, `seconds` back), so a clip's
+pre-roll has its sound from its first picture on.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ class PreRoll:
         self.bytes = 0
         #: packets dropped waiting for a keyframe (after a gap, at the start, a GOP over budget)
         self.dropped = 0
+        #: the sound's packets held, oldest first, and their bytes
+        self._audio: deque[EncodedPacket] = deque()
+        self.audio_bytes = 0
 
     def __len__(self) -> int:
         return sum(len(gop) for gop in self._gops)
@@ -55,6 +62,23 @@ class PreRoll:
         while self.bytes > self.max_bytes and gops:
             self._drop_oldest()
 
+    def add_audio(self, packet: EncodedPacket) -> None:
+        self._audio.append(packet)
+        self.audio_bytes += packet.size
+        self._trim_audio(packet.captured - self.seconds)
+
+    def audio_since(self, at: float) -> list[EncodedPacket]:
+        """The sound's packets captured at or after `at` (a clip's first picture), oldest first."""
+        return [packet for packet in self._audio if packet.captured >= at]
+
+    def _trim_audio(self, horizon: float) -> None:
+        """Let go of sound captured before the oldest keyframe held (before `horizon` when none is)."""
+        if self._gops:
+            horizon = min(horizon, self._gops[0][0].captured)
+        audio = self._audio
+        while audio and audio[0].captured < horizon:
+            self.audio_bytes -= audio.popleft().size
+
     def gap(self) -> None:
         """Packets were missed: what follows cannot be decoded with what is held."""
         self._gops.clear()
@@ -73,3 +97,5 @@ class PreRoll:
     def _drop_oldest(self) -> None:
         gop = self._gops.popleft()
         self.bytes -= sum(packet.size for packet in gop)
+        if self._gops and self._audio:
+            self._trim_audio(self._gops[0][0].captured)

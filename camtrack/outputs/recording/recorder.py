@@ -13,6 +13,14 @@ packets. A clip is written as `.mp4.part`, each fragment flushed as it completes
 done (camtrack.outputs.recording.store). When the store cannot take clips (a full or read-only
 file system, the free-space floor), recording stops with one log line and resumes by itself
 within WATCH_INTERVAL of space coming back; viewers never wait on any of it.
+
+A camera with sound (its audio feed, camtrack.media.audio: Opus, encoded once for every listener)
+is recorded with it: the recorder is one more listener of that feed for as long as it keeps a
+pre-roll (the feed runs while read), keeps its packets in the pre-roll beside the pictures, and
+hands them to the same thread, which writes them as the clip's second track, placed on the
+pictures' timeline by their capture times (fmp4.Fmp4Writer.add_audio). A clip has that track when
+sound came in the last AUDIO_RECENT seconds before its first picture; a camera without sound (none,
+--audio off, a stream without an audio track) makes video-only clips.
 """
 
 from __future__ import annotations
@@ -27,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from ...media.feeds import FeedClosed, PacketFeed
-from ...media.packet import EncodedPacket
+from ...media.packet import EncodedPacket, MediaKind
 from ...sources.h264 import parse_sps
-from .fmp4 import TIMESCALE, Fmp4Writer, parameter_sets, repair
+from .fmp4 import TIMESCALE, Fmp4Writer, opus_channels, parameter_sets, repair
 from .preroll import MAX_BYTES, PreRoll
 from .store import Store
 
@@ -44,6 +52,8 @@ MAX_CLIP_SECONDS = 1800.0
 CONTINUOUS = "continuous"
 #: bytes handed to the writing thread and not written yet: past this the disk is too slow, the clip ends
 MAX_BACKLOG = 64 * 1024 * 1024
+#: a clip gets a sound track when the camera's sound came within this many seconds of its start
+AUDIO_RECENT = 2.0
 
 
 class RecordedCamera(Protocol):
@@ -52,7 +62,7 @@ class RecordedCamera(Protocol):
     @property
     def name(self) -> str: ...
 
-    def packets(self) -> PacketFeed | None: ...
+    def packets(self, kind: MediaKind = MediaKind.VIDEO) -> PacketFeed | None: ...
 
 
 @dataclass
@@ -101,6 +111,8 @@ class _Clip:
     #: time.monotonic() of the event that opened it
     opened: float = 0.0
     codec: tuple[int, int, list[bytes], list[bytes]] = (0, 0, [], [])
+    #: the channels of its sound track (0: the clip has none)
+    audio: int = 0
 
 
 class Recorder:
@@ -122,6 +134,9 @@ class Recorder:
         self._tasks: list[asyncio.Task[None]] = []
         self._writer = _Writer(self)
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: time.monotonic() of the last packet of the camera's sound, and its channels
+        self._audio_at = -1e9
+        self._audio_channels = 1
 
     # -- the BackgroundOutput interface
 
@@ -130,7 +145,8 @@ class Recorder:
             return
         self.loop = asyncio.get_running_loop()
         self.state = "idle"
-        self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._watch())]
+        self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._watch()),
+                       asyncio.ensure_future(self._read_audio())]
         if self.settings.segment:
             # continuous recording: an event that never ends, cut into clips of `segment` seconds
             self.active[CONTINUOUS] = CONTINUOUS
@@ -236,6 +252,40 @@ class Recorder:
         if clip.deadline is not None and packet.captured >= clip.deadline and not self.active:
             self._close_clip()
 
+    async def _read_audio(self) -> None:
+        """The camera's sound, while the recorder keeps a pre-roll (not while it is stopped): an
+        attached reader keeps the sound's feed (its one Opus encoder) running."""
+        while True:
+            feed = self.camera.packets(MediaKind.AUDIO)
+            if feed is None:
+                return  # (no sound: video-only clips)
+            if self.state in ("stopped", "unsupported", "off"):
+                await asyncio.sleep(1.0)
+                continue
+            feed.attach(self)
+            after = 0
+            try:
+                while self.state not in ("stopped", "unsupported", "off"):
+                    read = await feed.next_packet(after)
+                    after = read.item.seq
+                    self._on_audio(read.item)
+            except FeedClosed:
+                pass
+            finally:
+                feed.detach(self)
+            await asyncio.sleep(1.0)
+
+    def _on_audio(self, packet: EncodedPacket) -> None:
+        if packet.codec.codec != "opus":
+            return
+        if time.monotonic() - self._audio_at > AUDIO_RECENT:
+            self._audio_channels = opus_channels(bytes(packet.packet))
+        self._audio_at = time.monotonic()
+        self.preroll.add_audio(packet)
+        clip = self.clip
+        if clip is not None and clip.id and clip.audio and packet.captured >= clip.start:
+            self._write(clip, packet, "audio")
+
     def _gap(self) -> None:
         self.stats.gaps += 1
         self.preroll.gap()
@@ -258,8 +308,12 @@ class Recorder:
         if packets:
             self._begin(clip, packets[0])
             clip.waiting = False
-            for packet in packets:
-                self._write(clip, packet)
+            sound = self.preroll.audio_since(clip.start) if clip.audio else []
+            # the pictures and the sound in capture order (as they will go on coming)
+            merged = sorted([(p.captured, 0, n, p) for n, p in enumerate(packets)]
+                            + [(p.captured, 1, n, p) for n, p in enumerate(sound)], key=lambda x: x[:3])
+            for _captured, is_audio, _n, packet in merged:
+                self._write(clip, packet, "audio" if is_audio else "packet")
 
     def _begin(self, clip: _Clip, keyframe: EncodedPacket) -> None:
         """Name the clip after its first picture and have the thread open its file."""
@@ -267,9 +321,10 @@ class Recorder:
         clip.id = self.store.new_id(self.camera.name, keyframe.captured)
         codec = keyframe.codec
         clip.codec = (codec.width, codec.height, [], [])
+        clip.audio = self._audio_channels if time.monotonic() - self._audio_at <= AUDIO_RECENT else 0
         self._writer.put(("open", clip, keyframe))
 
-    def _write(self, clip: _Clip, packet: EncodedPacket) -> None:
+    def _write(self, clip: _Clip, packet: EncodedPacket, what: str = "packet") -> None:
         if clip.failed:
             return
         if clip.queued - clip.written > MAX_BACKLOG:
@@ -277,7 +332,7 @@ class Recorder:
                           f"({MAX_BACKLOG // (1024 * 1024)} MB behind)")
             return
         clip.queued += packet.size
-        self._writer.put(("packet", clip, packet))
+        self._writer.put((what, clip, packet))
 
     def _close_clip(self) -> None:
         clip, self.clip = self.clip, None
@@ -412,6 +467,12 @@ class _Writer:
                             # the pre-roll (all that was queued at the start) is in the file
                             opened[2]["_latency"] = time.monotonic() - clip.opened
                             self._report(self.recorder._clip_started, clip, opened[2]["_latency"])
+                elif what == "audio":
+                    assert packet is not None
+                    opened = self._open.get(id(clip))
+                    if opened is not None:
+                        opened[1].add_audio(bytes(packet.packet), int(packet.packet.pts or 0), packet.captured)
+                        clip.written += packet.size
                 elif what == "close":
                     self._finish(id(clip))
             except (OSError, ValueError) as exc:
@@ -439,11 +500,12 @@ class _Writer:
         part.parent.mkdir(parents=True, exist_ok=True)
         file = open(part, "w+b")  # noqa: SIM115 - closed by _finish or _abandon
         try:
-            writer = Fmp4Writer(file, width, height, sps, pps)
+            writer = Fmp4Writer(file, width, height, sps, pps, audio_channels=clip.audio, start=clip.start)
             info = {"id": clip.id, "camera": self.recorder.camera.name, "start": clip.start, "end": None,
                     "events": list(clip.events), "kinds": list(clip.kinds), "protected": False, "recording": True,
                     "bytes": writer.bytes, "duration": 0.0, "width": width, "height": height,
-                    "pre_roll": self.recorder.settings.pre_roll, "post_roll": self.recorder.settings.post_roll}
+                    "pre_roll": self.recorder.settings.pre_roll, "post_roll": self.recorder.settings.post_roll,
+                    "audio": "opus" if clip.audio else None}
             store.save(info)
         except BaseException:
             file.close()

@@ -1,0 +1,282 @@
+"""Sound in recordings (docs/recording.md#sound): a clip of a camera with sound has an Opus track
+beside its H.264, on the same timeline (the pattern's beeps against its picture's marks, in the
+file), with the pre-roll's sound; a camera without sound makes video-only clips; the fragmented MP4
+with two tracks is repaired after a crash like one with a track."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from bench.listener import onsets
+from camtrack.media.audio import opus_encoder
+from camtrack.outputs.recording.fmp4 import Fmp4Writer, parameter_sets, repair
+from camtrack.sources.audio import tone_frame
+from camtrack.sources.pattern import shows_mark
+
+from .conftest import eventually
+from .test_browser import sandbox  # noqa: F401 - the fixture
+from .test_passthrough import write_h264
+from .test_recording import NO_FLOOR, recorder_of, wait_preroll
+
+#: a 20 ms audio window louder than this (RMS, of full scale) is a beep (the tone's is 0.35)
+LOUD = 0.05
+
+
+def probe(path: Path) -> dict[str, Any]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format",
+                          "-count_frames", str(path)], capture_output=True, text=True, timeout=30, check=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def ffmpeg_errors(path: Path) -> str:
+    """What ffmpeg says (errors only) decoding the pictures and the sound (the pictures' own timestamps
+    kept: test_recording.decode_errors)."""
+    done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0", "-fps_mode", "passthrough",
+                           "-enc_time_base", "-1", "-f", "null", "-"], capture_output=True, text=True, timeout=60)
+    return done.stderr if done.returncode == 0 else f"exit {done.returncode}: {done.stderr}"
+
+
+def beeps_and_marks(path: Path) -> tuple[list[float], list[float]]:
+    """The onsets (s, on the file's timeline) of the tone's beeps and of the picture's marks."""
+    audio: list[tuple[float, bool]] = []
+    video: list[tuple[float, bool]] = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            samples = frame.to_ndarray().astype(np.float64).reshape(-1)
+            if frame.format.name.startswith("s16"):
+                samples /= 32768
+            step = frame.sample_rate // 200  # (5 ms windows: the onset within 5 ms)
+            assert frame.time is not None
+            for start in range(0, len(samples), step):
+                window = samples[start:start + step]
+                audio.append((frame.time + start / frame.sample_rate, float(np.sqrt(np.mean(window ** 2))) > LOUD))
+    with av.open(str(path)) as container:
+        for picture in container.decode(video=0):
+            assert picture.time is not None
+            video.append((picture.time, shows_mark(picture.to_ndarray(format="bgr24"))))
+    return onsets(audio), onsets(video)
+
+
+def offsets_ms(beeps: list[float], marks: list[float]) -> list[float]:
+    """Each beep's onset minus its nearest mark's (ms; positive: the sound comes late)."""
+    found = []
+    for beep in beeps:
+        mark = min(marks, key=lambda m: abs(m - beep), default=None)
+        if mark is not None and abs(mark - beep) < 0.5:
+            found.append((beep - mark) * 1000)
+    return found
+
+
+@pytest.mark.slow  # (a camera recording for seconds)
+async def test_a_clip_of_the_pattern_has_its_tone_in_sync_with_its_marks_from_the_pre_roll_on(serve, tmp_path):
+    """ffprobe: an H.264 and an Opus stream of matching durations; ffmpeg decodes both without an
+    error; the beeps are there, from the pre-roll on (before the event), each within 80 ms of the
+    picture's mark of the same second."""
+    _, app = await serve(record=str(tmp_path), pre_roll=2.0, post_roll=1.5, keyframe_interval=1.0, **NO_FLOOR)
+    recorder = recorder_of(app)
+    await wait_preroll(recorder, 3.0)
+    await eventually(lambda: recorder.preroll.audio_bytes > 0, timeout=10)
+    started = time.time()
+    recorder.event_started("beeps", started, kind="test")
+    await asyncio.sleep(3.0)
+    recorder.event_ended("beeps", time.time())
+    await eventually(lambda: bool(recorder.store.clips()) and not recorder.store.clips()[0].get("recording"),
+                     timeout=20)
+    (clip,) = recorder.store.clips()
+    assert clip["audio"] == "opus"
+    path = recorder.store.path(clip["id"])
+
+    found = probe(path)
+    streams = {s["codec_type"]: s for s in found["streams"]}
+    assert set(streams) == {"video", "audio"}, found["streams"]
+    video, audio = streams["video"], streams["audio"]
+    assert video["codec_name"] == "h264" and audio["codec_name"] == "opus", found["streams"]
+    assert int(audio["sample_rate"]) == 48000 and int(audio["channels"]) == 1
+    v_end = float(video["start_time"]) + float(video["duration"])
+    a_end = float(audio["start_time"]) + float(audio["duration"])
+    print(f"video {video['start_time']} + {video['duration']} s, audio {audio['start_time']} + {audio['duration']} s")
+    assert abs(float(audio["start_time"]) - float(video["start_time"])) < 0.07, (video, audio)
+    assert abs(a_end - v_end) < 0.07, f"video ends at {v_end:.3f} s, audio at {a_end:.3f} s"
+    assert int(audio["nb_read_frames"]) >= 45 * float(audio["duration"])  # (50 packets a second, a few lost at most)
+    assert ffmpeg_errors(path) == ""
+
+    beeps, marks = beeps_and_marks(path)
+    offsets = offsets_ms(beeps, marks)
+    print(f"beeps {len(beeps)}, marks {len(marks)}, sound minus picture (ms): {[round(o) for o in offsets]}")
+    duration = clip["duration"]
+    assert len(beeps) >= int(duration) - 1 and len(marks) >= int(duration) - 2, (beeps, marks)
+    # (a mark lasts 3 pictures: an encoder that skips to the newest frame on a loaded machine may
+    # leave one out; the beep then has no mark within 0.5 s)
+    assert len(offsets) >= len(beeps) - 1, (beeps, marks)
+    assert all(abs(o) <= 80 for o in offsets), offsets
+    # the pre-roll's sound: beeps before the event's start (the clip's first picture is clip["start"]
+    # on the wall clock and 0 + the video's start on the file's timeline)
+    first_beep_wall = clip["start"] + beeps[0] - float(video["start_time"])
+    assert first_beep_wall < started - 0.5, f"first beep {started - first_beep_wall:.2f} s before the event"
+
+
+@pytest.mark.slow  # (a camera recording for seconds)
+async def test_a_camera_without_sound_makes_video_only_clips(serve, tmp_path):
+    """--audio off on the pattern, and a file without an audio track: clips of one H.264 stream."""
+    video_file = write_h264(tmp_path / "silent.mp4", "baseline")
+    for options in ({"audio": "off"}, {"source": str(video_file), "mode": "passthrough"}):
+        directory = tmp_path / f"clips-{len(list(tmp_path.iterdir()))}"
+        _, app = await serve(record=str(directory), pre_roll=1.0, post_roll=0.5, keyframe_interval=1.0,
+                             **NO_FLOOR, **options)
+        recorder = recorder_of(app)
+        await wait_preroll(recorder, 1.0)
+        await asyncio.sleep(0.5)
+        recorder.event_started("quiet", time.time())
+        await asyncio.sleep(1.0)
+        recorder.event_ended("quiet", time.time())
+        await eventually(lambda r=recorder: bool(r.store.clips()) and not r.store.clips()[0].get("recording"),
+                         timeout=20)
+        (clip,) = recorder.store.clips()
+        assert clip["audio"] is None and recorder.preroll.audio_bytes == 0, options
+        streams = probe(recorder.store.path(clip["id"]))["streams"]
+        assert [s["codec_type"] for s in streams] == ["video"], (options, streams)
+
+
+def clip_with_sound(tmp_path: Path, seconds: float = 3.0) -> tuple[Path, int, int]:
+    """A clip written by Fmp4Writer from libx264 pictures (160x120, 30 fps, a keyframe a second) and
+    the tone's Opus packets (20 ms), handed over in capture order: (path, pictures, sound packets)."""
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 160, 120, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 30)
+    encoder.options = {"g": "30", "bf": "0", "preset": "ultrafast", "tune": "zerolatency"}
+    start = 1000.0  # (the wall time of the first picture)
+    items: list[tuple[float, int, Any]] = []
+    for n in range(int(seconds * 30)):
+        frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), n * 2 % 255, np.uint8), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = n
+        items += [(start + n / 30, 0, (bytes(p), 12345 + n * 3000, p.is_keyframe)) for p in encoder.encode(frame)]
+    opus = opus_encoder()
+    sound = 0
+    for n in range(int(seconds * 50)):
+        for packet in opus.encode(tone_frame(start + n * 0.02)):
+            items.append((start + sound * 0.02, 1, (bytes(packet), sound * 960 + 777, start + sound * 0.02)))
+            sound += 1
+    sps, pps = parameter_sets(items[0][2][0])
+    path = tmp_path / "clip.mp4"
+    with open(path, "w+b") as file:
+        writer = Fmp4Writer(file, 160, 120, sps, pps, audio_channels=1, start=start)
+        for _at, is_audio, item in sorted(items, key=lambda x: x[:2]):
+            if is_audio:
+                writer.add_audio(*item)
+            else:
+                writer.add(*item)
+        writer.finish()
+    return path, sum(1 for _, is_audio, _ in items if not is_audio), sound
+
+
+def test_a_clip_with_sound_cut_anywhere_is_repaired_to_its_last_whole_fragment(tmp_path):
+    """The two-track file (fragments with a traf per track) cut at every 4999th byte: what repair
+    keeps decodes without an error, both tracks, and says the video's duration; the sound's
+    duration is written into its own track's header."""
+    path, pictures, packets = clip_with_sound(tmp_path)
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == pictures
+    with av.open(str(path)) as container:
+        assert sum(1 for p in container.demux(audio=0) if p.size) == packets
+    found = probe(path)
+    durations = {s["codec_type"]: float(s["duration"]) for s in found["streams"]}
+    assert abs(durations["audio"] - durations["video"]) < 0.05, durations
+    assert ffmpeg_errors(path) == ""
+    whole = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    for end in range(len(whole) // 3, len(whole), 4999):
+        cut.write_bytes(whole[:end])
+        fixed = repair(cut)
+        assert fixed.kept + fixed.cut == end
+        with av.open(str(cut)) as container:
+            decoded = sum(1 for _ in container.decode(video=0))
+        assert decoded == fixed.samples
+        if not fixed.samples:
+            continue  # (the header alone, or a fragment of sound alone: nothing to play yet)
+        assert ffmpeg_errors(cut) == "", end
+        streams = {s["codec_type"]: s for s in probe(cut)["streams"]}
+        assert set(streams) == {"video", "audio"}
+        assert abs(float(streams["video"]["duration"]) - fixed.seconds) < 0.05
+
+
+def test_the_pre_roll_keeps_the_sound_back_to_its_oldest_keyframe():
+    from camtrack.media.audio import OPUS
+    from camtrack.media.packet import EncodedPacket
+    from camtrack.outputs.recording.preroll import PreRoll
+
+    from .test_recording import packet
+
+    preroll = PreRoll(seconds=2.0, max_bytes=10**9)
+    for n in range(500):  # 10 s of sound at 50 packets a second, pictures at 25 with a keyframe a second
+        at = n / 50
+        if n % 2 == 0:
+            preroll.add(packet(n, at, n % 50 == 0))
+        data = av.Packet(b"\x08" * 40)
+        data.pts, data.time_base = n * 960, fractions.Fraction(1, 48000)
+        preroll.add_audio(EncodedPacket(n, data, True, at, 40, OPUS))
+    oldest_picture = preroll.since(0.0)[0].captured
+    sound = preroll.audio_since(0.0)
+    assert sound[0].captured == oldest_picture, (sound[0].captured, oldest_picture)
+    assert preroll.audio_bytes == 40 * len(sound)
+    assert preroll.audio_since(8.0)[0].captured == 8.0
+
+
+LISTEN = """async () => {
+  const player = document.querySelector("#player");
+  const context = new AudioContext();
+  await context.resume();
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 2048;
+  context.createMediaElementSource(player).connect(analyser);
+  analyser.connect(context.destination);
+  const samples = new Float32Array(analyser.fftSize);
+  let loudest = 0;
+  let loudWindows = 0;
+  const began = player.currentTime;
+  for (let i = 0; i < 250 && !player.ended; i++) {
+    await new Promise((done) => setTimeout(done, 10));
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const v of samples) sum += v * v;
+    const rms = Math.sqrt(sum / samples.length);
+    loudest = Math.max(loudest, rms);
+    if (rms > 0.05) loudWindows += 1;
+  }
+  return {loudest, loudWindows, decoded: player.webkitAudioDecodedByteCount, began, now: player.currentTime,
+          error: player.error && player.error.message};
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_chromium_plays_a_clip_with_its_sound_on_the_recordings_page(sandbox, tmp_path):  # noqa: F811
+    """/recordings in Chromium plays a clip of the pattern with its tone: the element decodes audio
+    (`webkitAudioDecodedByteCount`) and a WebAudio analyser on it hears the beeps."""
+    from .test_browser import browser_and_server, open_page
+    from .test_recording_browser import record
+
+    clips = tmp_path / "clips"
+    made = record(clips, {"end_after": 3.0, "post_roll": 1.0}, "done")
+    with browser_and_server(sandbox, tmp_path, "h264", "--record", str(clips), "--record-min-free", "0") as (
+            browser, _servers, _log):
+        page = open_page(browser, "recordings")
+        page.wait_for_function("document.querySelectorAll('#clips li').length === 1", timeout=30000)
+        page.click(f"li[data-id='{made['clip']}'] img")
+        page.wait_for_function("document.querySelector('#player').currentTime > 0.3", timeout=30000)
+        heard = page.evaluate(LISTEN)
+        print(f"Chromium playing the clip: {heard}")
+        assert heard["error"] is None, heard
+        assert heard["decoded"] > 0, heard
+        assert heard["loudest"] > 0.1 and heard["loudWindows"] >= 3, heard
