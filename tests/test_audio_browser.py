@@ -200,6 +200,19 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
     """HTTPS page, ?talk=TOKEN: holding the talk button sends Chromium's fake microphone over the peer
     to the camera's ONVIF back-channel (GStreamer's RTSPOnvifServer, in the namespace, which prints
     the level of what it decodes); a second page holding it is told the line is busy."""
+    push_to_talk(sandbox, tmp_path, monkeypatch)
+
+
+@pytest.mark.timeout(180)
+def test_push_to_talk_from_a_viewer_in_a_worker_process(sandbox, tmp_path, monkeypatch):  # noqa: F811
+    """--workers 2: the talker's peer is in a worker process, which relays what it hears to the main
+    process, where the camera's back-channel and its one line are: the camera hears Chromium's fake
+    microphone, and a second page (in the other worker) is told the line is busy."""
+    push_to_talk(sandbox, tmp_path, monkeypatch, "--workers", "2")
+
+
+def push_to_talk(sandbox, tmp_path, monkeypatch, *options: str) -> None:  # noqa: F811
+    """The push-to-talk tests' run, the server given `options` too."""
     from . import test_browser_fallback as fallback
 
     if gst_available() is not None:
@@ -228,9 +241,10 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
         base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
         with fallback.chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--source", url,
                                           "--talk", "source", "--talk-token", "speak", "--width", "320",
-                                          "--height", "240") as (context, _restart):
+                                          "--height", "240", *options) as (context, _restart):
             fallback.wait_for_server(context, base)
             page, _ = fallback.plays(context, base, "?talk=speak", frames=5)
+            workers = "--workers" in options
             assert "talk" not in page.url  # (the talk token left the address bar)
             page.wait_for_function("!document.getElementById('talk').hidden && "
                                    "!document.getElementById('talk').disabled", timeout=30000)
@@ -264,6 +278,11 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
             other.keyboard.down("t")
             other.wait_for_function("window.camtrack.talk.error", timeout=30000)
             assert "busy" in other.evaluate("window.camtrack.talk.error"), other.evaluate("window.camtrack.talk")
+            if workers:  # both pages' peers in worker processes, the talker's sound relayed from one
+                health = page.evaluate("fetch('/healthz').then((r) => r.json())")
+                peers = [worker["peers"] for worker in health["workers"]]
+                print("push-to-talk: peers in each worker:", peers)
+                assert sum(peers) == 2, health["workers"]
             other.keyboard.up("t")
             page.mouse.up()
             page.wait_for_function("window.camtrack.talk.state === 'off'", timeout=30000)
