@@ -150,14 +150,16 @@ def test_lip_sync_in_chromium_is_within_80_ms(sandbox, tmp_path):  # noqa: F811
     as the output pulls it, plus the output's own delay from the media-playout statistics) against
     the pattern's marks as it shows them (requestVideoFrameCallback): bench/lipsync.py. Chromium's
     synchronisation settles over the first seconds (its audio jitter buffer starts at 80 ms and the
-    picture's delay moves towards the sound's in steps), so the beeps of the first 6 s are left out;
-    the median of the rest is within the issue's 80 ms, both as heard against seen and as the
-    sound's latency minus the picture's (the stamps)."""
+    picture's delay moves towards the sound's in steps), so the beeps of the first 6 s are left out.
+    The median of the rest, the beep heard against the mark seen, is within the issue's 80 ms; the
+    sync error (the sound's latency minus the picture's, from the stamps) is that plus where the
+    whole second fell in the marked picture's interval (0 to 33 ms at 30 fps), so within 80 ms of
+    that. A sound report moved by 150 ms (the sound claimed captured earlier) read -124 ms here."""
     from bench.lipsync import LIP_SYNC_JS, analyse, settled, summary
 
     with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240") as (browser, _, _log):
         page = open_page(browser, "api/cameras")  # (a page of the server's that plays nothing itself)
-        raw = page.evaluate(LIP_SYNC_JS, [URL + "whep", 20])
+        raw = page.evaluate(LIP_SYNC_JS, [URL + "whep", 24])
     everything = analyse(raw)
     assert raw["onsets"], everything
     figures = analyse(settled(raw, 6.0))
@@ -165,9 +167,9 @@ def test_lip_sync_in_chromium_is_within_80_ms(sandbox, tmp_path):  # noqa: F811
           [round(x) for x in everything["offsets"][:len(everything["offsets"]) - len(figures["offsets"])]],
           "then:", [round(x) for x in figures["offsets"]], "sync errors:", [round(x) for x in figures["errors"]])
     print("lip-sync in Chromium, settled:", summary(figures))
-    assert len(figures["offsets"]) >= 8, figures
+    assert len(figures["offsets"]) >= 10, figures
     assert abs(statistics.median(figures["offsets"])) <= 80, figures
-    assert abs(statistics.median(figures["errors"])) <= 80, figures
+    assert -80 <= statistics.median(figures["errors"]) <= 80 + 1000 / 30, figures
 
 
 @pytest.mark.timeout(180)
