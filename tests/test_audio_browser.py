@@ -6,6 +6,7 @@ camera's AAC and G.711 (GStreamer's RTSP server, in the namespace too); a WHEP c
 from __future__ import annotations
 
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -57,68 +58,6 @@ WHEP_AUDIO = """async (endpoint) => {
   }
   pc.close();
   return {status: response.status, energy, level, packets, codec};
-}"""
-
-
-#: a WHEP client in the page that plays picture and sound (unmuted: the tests' autoplay flag) and
-#: times, on performance.now(), each beep's onset as it is output (a ScriptProcessor on the stream,
-#: mapped through the AudioContext's output timestamp) and each mark's onset as it is shown
-#: (requestVideoFrameCallback's expectedDisplayTime, the mark read from the frame drawn on a canvas)
-LIP_SYNC = """async ([endpoint, seconds]) => {
-  const pc = new RTCPeerConnection();
-  pc.addTransceiver("video", {direction: "recvonly"});
-  pc.addTransceiver("audio", {direction: "recvonly"});
-  const video = document.createElement("video");
-  video.autoplay = true; video.playsInline = true;
-  document.body.appendChild(video);
-  let stream = null;
-  pc.ontrack = (event) => { stream = event.streams[0]; video.srcObject = stream; video.play().catch(() => {}); };
-""" + WHEP_NEGOTIATE + """  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
-  // the sound: its onsets as heard (the output timestamp maps the audio clock to performance.now)
-  const context = new AudioContext();
-  await context.resume();
-  const source = context.createMediaStreamSource(stream);
-  const tap = context.createScriptProcessor(256, 1, 1);
-  const beeps = [];
-  let quietSince = 0;
-  tap.onaudioprocess = (event) => {
-    const data = event.inputBuffer.getChannelData(0);
-    let sum = 0; let first = -1;
-    for (let i = 0; i < data.length; i++) { sum += data[i] * data[i]; if (first < 0 && Math.abs(data[i]) > 0.1) first = i; }
-    const rms = Math.sqrt(sum / data.length);
-    const stamp = context.getOutputTimestamp();
-    const at = stamp.performanceTime + (event.playbackTime + first / context.sampleRate - stamp.contextTime) * 1000;
-    if (first >= 0) { if (quietSince >= 10) beeps.push(at); quietSince = 0; } else quietSince++;
-  };
-  source.connect(tap); tap.connect(context.destination);
-  // the picture: the onset of its mark as shown
-  const canvas = document.createElement("canvas");
-  const marks = [];
-  let unmarked = 0;
-  const onFrame = (now, meta) => {
-    const w = video.videoWidth, h = video.videoHeight;
-    if (w) {
-      canvas.width = w; canvas.height = h;
-      const g = canvas.getContext("2d", {willReadFrequently: true});
-      g.drawImage(video, 0, 0);
-      const side = Math.max(8, Math.floor(Math.min(w, h) / 10));
-      const box = g.getImageData(w - side - 8 + 2, 32 + 2, side - 4, side - 4).data;
-      let sum = 0; for (let i = 0; i < box.length; i += 4) sum += box[i] + box[i + 1] + box[i + 2];
-      const marked = sum / (box.length / 4) / 3 > 200;
-      if (marked) { if (unmarked >= 5) marks.push(meta.expectedDisplayTime); unmarked = 0; } else unmarked++;
-    }
-    video.requestVideoFrameCallback(onFrame);
-  };
-  video.requestVideoFrameCallback(onFrame);
-  await new Promise((r) => setTimeout(r, seconds * 1000));
-  pc.close(); context.close();
-  const offsets = [];
-  for (const beep of beeps) {
-    let best = null;
-    for (const mark of marks) if (best === null || Math.abs(mark - beep) < Math.abs(best - beep)) best = mark;
-    if (best !== null && Math.abs(best - beep) < 500) offsets.push(beep - best);
-  }
-  return {beeps: beeps.length, marks: marks.length, offsets, latency: context.outputLatency, base: context.baseLatency};
 }"""
 
 
@@ -206,20 +145,31 @@ def test_a_whep_client_in_chromium_hears_the_tone(sandbox, tmp_path):  # noqa: F
 
 
 @pytest.mark.timeout(180)
-def test_lip_sync_in_chromium(sandbox, tmp_path):  # noqa: F811
-    """The tone's beeps as Chromium outputs them against the pattern's marks as it shows them."""
+def test_lip_sync_in_chromium_is_within_80_ms(sandbox, tmp_path):  # noqa: F811
+    """The tone's beeps as Chromium outputs them (MediaStreamTrackProcessor on the track: each 10 ms
+    as the output pulls it, plus the output's own delay from the media-playout statistics) against
+    the pattern's marks as it shows them (requestVideoFrameCallback): bench/lipsync.py. Chromium's
+    synchronisation settles over the first seconds (its audio jitter buffer starts at 80 ms and the
+    picture's delay moves towards the sound's in steps), so the beeps of the first 6 s are left out.
+    The median of the rest, the beep heard against the mark seen, is within the issue's 80 ms; the
+    sync error (the sound's latency minus the picture's, from the stamps) is that plus where the
+    whole second fell in the marked picture's interval (0 to 33 ms at 30 fps), so within 80 ms of
+    that. A sound report moved by 150 ms (the sound claimed captured earlier) read -124 ms here."""
+    from bench.lipsync import LIP_SYNC_JS, analyse, settled, summary
+
     with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240") as (browser, _, _log):
-        page = open_page(browser)
-        result = page.evaluate(LIP_SYNC, [URL + "whep", 12])
-    print("lip-sync in Chromium (sound minus picture, ms):", [round(x) for x in result["offsets"]])
-    # Chromium's synchronisation settles over the first seconds, and on a loaded machine it was
-    # seen to drift away for a few seconds and come back (docs/audio.md): the last beeps are
-    # where it stands. The sound is timed through a WebAudio tap, whose own buffering the page's
-    # sound does not have: measured so, it came 19-102 ms after the picture, so the bound here is
-    # 120 ms (the 80 ms of the issue is what the aiortc measurement checks, from the same reports)
-    assert len(result["offsets"]) >= 8, result
-    last = sorted(result["offsets"][-4:])
-    assert abs((last[1] + last[2]) / 2) <= 120, result
+        page = open_page(browser, "api/cameras")  # (a page of the server's that plays nothing itself)
+        raw = page.evaluate(LIP_SYNC_JS, [URL + "whep", 24])
+    everything = analyse(raw)
+    assert raw["onsets"], everything
+    figures = analyse(settled(raw, 6.0))
+    print("lip-sync in Chromium (sound minus picture, ms), first 6 s:",
+          [round(x) for x in everything["offsets"][:len(everything["offsets"]) - len(figures["offsets"])]],
+          "then:", [round(x) for x in figures["offsets"]], "sync errors:", [round(x) for x in figures["errors"]])
+    print("lip-sync in Chromium, settled:", summary(figures))
+    assert len(figures["offsets"]) >= 10, figures
+    assert abs(statistics.median(figures["offsets"])) <= 80, figures
+    assert -80 <= statistics.median(figures["errors"]) <= 80 + 1000 / 30, figures
 
 
 @pytest.mark.timeout(180)
@@ -252,6 +202,19 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
     """HTTPS page, ?talk=TOKEN: holding the talk button sends Chromium's fake microphone over the peer
     to the camera's ONVIF back-channel (GStreamer's RTSPOnvifServer, in the namespace, which prints
     the level of what it decodes); a second page holding it is told the line is busy."""
+    push_to_talk(sandbox, tmp_path, monkeypatch)
+
+
+@pytest.mark.timeout(180)
+def test_push_to_talk_from_a_viewer_in_a_worker_process(sandbox, tmp_path, monkeypatch):  # noqa: F811
+    """--workers 2: the talker's peer is in a worker process, which relays what it hears to the main
+    process, where the camera's back-channel and its one line are: the camera hears Chromium's fake
+    microphone, and a second page (in the other worker) is told the line is busy."""
+    push_to_talk(sandbox, tmp_path, monkeypatch, "--workers", "2")
+
+
+def push_to_talk(sandbox, tmp_path, monkeypatch, *options: str) -> None:  # noqa: F811
+    """The push-to-talk tests' run, the server given `options` too."""
     from . import test_browser_fallback as fallback
 
     if gst_available() is not None:
@@ -280,9 +243,10 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
         base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
         with fallback.chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--source", url,
                                           "--talk", "source", "--talk-token", "speak", "--width", "320",
-                                          "--height", "240") as (context, _restart):
+                                          "--height", "240", *options) as (context, _restart):
             fallback.wait_for_server(context, base)
             page, _ = fallback.plays(context, base, "?talk=speak", frames=5)
+            workers = "--workers" in options
             assert "talk" not in page.url  # (the talk token left the address bar)
             page.wait_for_function("!document.getElementById('talk').hidden && "
                                    "!document.getElementById('talk').disabled", timeout=30000)
@@ -316,6 +280,11 @@ def test_push_to_talk_from_chromiums_fake_microphone_reaches_an_onvif_camera(san
             other.keyboard.down("t")
             other.wait_for_function("window.camtrack.talk.error", timeout=30000)
             assert "busy" in other.evaluate("window.camtrack.talk.error"), other.evaluate("window.camtrack.talk")
+            if workers:  # both pages' peers in worker processes, the talker's sound relayed from one
+                health = page.evaluate("fetch('/healthz').then((r) => r.json())")
+                peers = [worker["peers"] for worker in health["workers"]]
+                print("push-to-talk: peers in each worker:", peers)
+                assert sum(peers) == 2, health["workers"]
             other.keyboard.up("t")
             page.mouse.up()
             page.wait_for_function("window.camtrack.talk.state === 'off'", timeout=30000)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from bench.listener import reply, talker
+from camtrack.app import ICE
 from camtrack.sources.backchannel import BackChannel, find_backchannel
 from camtrack.sources.rtsp import RtspUnsupported
 
@@ -135,11 +136,18 @@ def onvif_camera():
 
 
 @pytest.mark.slow
-async def test_a_viewer_talks_to_the_camera_one_at_a_time_with_the_talk_token(serve, onvif_camera):
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_a_viewer_talks_to_the_camera_one_at_a_time_with_the_talk_token(serve, onvif_camera, workers):
+    """With --workers 2 the two talkers' peers are in worker processes (each in one): the first's
+    sound is relayed to the main process, where the line is, and the second is told it is busy."""
     url, heard = onvif_camera
-    ws_url, app = await serve(source=url, width=320, height=240, talk="source", talk_token="speak", audio="off")
+    extra = {"workers": workers, "ice_addresses": ["127.0.0.1"]} if workers else {}
+    ws_url, app = await serve(source=url, width=320, height=240, talk="source", talk_token="speak", audio="off",
+                              **extra)
     first_parts, first, tone_track = await talker(ws_url)
     second_parts, second, _ = await talker(ws_url)
+    if workers:
+        assert sum(worker.load for worker in app[ICE].peers.pool.workers) == 2, "the peers are not in workers"
     try:
         # no token, a wrong one: refused, whatever the watching token
         await first.send_json({"type": "talk", "on": True})

@@ -37,6 +37,7 @@ from typing import Any
 
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_to_sdp
+from av import AudioFrame
 
 from ..cameras import Cameras
 from ..config import Config
@@ -142,8 +143,26 @@ class RemotePeer:
         self._closed: asyncio.Future[None] | None = None
         #: gives back this peer's handshake turn (camtrack.media.load), once it connected or ended
         self._turn: Callable[[], None] | None = None
+        #: whether its viewer sends sound (its worker's peer hears it: a talk.Hearing), who takes it
+        #: while the viewer talks (a talk.Talk, here: one talker per camera across processes), and
+        #: the frames its worker relayed of it
+        self.hears = False
+        self._on_heard: Callable[[AudioFrame], None] | None = None
+        self.heard_frames = 0
         if worker is not None:
             worker.add(self)
+
+    @property
+    def on_heard(self) -> Callable[[AudioFrame], None] | None:
+        return self._on_heard
+
+    @on_heard.setter
+    def on_heard(self, callback: Callable[[AudioFrame], None] | None) -> None:
+        """Someone takes (or no longer takes) what its viewer says: its worker relays it meanwhile."""
+        listening = self._on_heard is not None
+        self._on_heard = callback
+        if (callback is not None) != listening and not self._ended:
+            self.send({"t": "hear", "on": callback is not None})
 
     @property
     def negotiating(self) -> bool:
@@ -202,6 +221,7 @@ class RemotePeer:
             self._give_turn_back()
             raise OfferError(reply.get("error", "the worker could not answer"))
         self._quality = reply.get("quality")
+        self.hears = bool(reply.get("hears"))
         logger.debug("%s viewer %s of %s: answered by worker %d", self.transport, self.remote, self.camera.name,
                      self.worker.index)
         return str(reply["sdp"])
@@ -281,6 +301,16 @@ class RemotePeer:
                 self._closed.set_result(None)
         elif kind == "reading":
             self.reading({wire.FeedKey.parse(name) for name in message["feeds"]})
+        elif kind == "heard":
+            taker = self._on_heard
+            if taker is not None:
+                try:
+                    frame = wire.frame_of(message)
+                except (KeyError, TypeError, ValueError) as exc:
+                    logger.debug("%s viewer %s: a relayed sound frame skipped: %s", self.transport, self.remote, exc)
+                    return
+                self.heard_frames += 1
+                taker(frame)
         elif kind == "quality":
             self._quality = message["quality"]
             for callback in list(self._quality_listeners):

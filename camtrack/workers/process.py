@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame
 
 from ..config import CameraConfig, Config
 from ..media import quality
@@ -143,6 +144,8 @@ class Worker:
                         feed = self.feeds.pop(message["feed"], None)
                         if feed is not None:
                             feed.close()
+                elif kind == "hear":
+                    self._hear(message["id"], bool(message["on"]))
                 elif kind == "quality":
                     peer = self.peers.get(message["id"])
                     if peer is not None:
@@ -207,6 +210,21 @@ class Worker:
         self.peers[peer_id] = peer
         asyncio.ensure_future(self._answer(peer_id, peer, message))
 
+    def _hear(self, peer_id: int, on: bool) -> None:
+        """Relay what a peer's viewer says to the main process (its Talk there: one talker per camera
+        across every process), or stop: each decoded frame as it comes, none queued here."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return
+        if not on:
+            peer.on_heard = None
+            return
+
+        def heard(frame: AudioFrame) -> None:
+            self.send({"t": "heard", "id": peer_id, **wire.sound(frame)})
+
+        peer.on_heard = heard
+
     def _packets_for(self, peer_id: int, camera: str) -> Callable[[MediaKind, Tier], PacketFeed | None]:
         """What a peer's TierReader reads a tier of its camera from: the relayed feed of that tier,
         made here at once (its packets come once the main process relays it: it is told now)."""
@@ -258,7 +276,7 @@ class Worker:
             return
         if peer_id not in self.peers:
             return  # closed while answering
-        self.send({"t": "answer", "id": peer_id, "sdp": answer, "quality": peer.quality()})
+        self.send({"t": "answer", "id": peer_id, "sdp": answer, "quality": peer.quality(), "hears": peer.hears})
 
     async def _candidate(self, message: dict[str, Any]) -> None:
         peer = self.peers.get(message["id"])

@@ -4,7 +4,9 @@ Every message is a frame: a 4-byte big-endian length, one byte of kind, then the
 message (kind `C`) is a pickled dict with a "t" (its type): the two ends are the same program,
 started by each other, on a socket nobody else holds. A packet (kind `P`) is one encoded picture
 of one of a camera's packet feeds (named by its `FeedKey`: the camera, the media kind, the tier),
-its bytes as they are, so the worker never unpickles the media. A datagram (kind `D`,
+its bytes as they are, so the worker never unpickles the media. A viewer's sound
+(what a worker's peer hears while its viewer talks, worker to main process) is a control message
+`heard` with its PCM (`sound`, `frame_of`). A datagram (kind `D`,
 main process to worker) is one UDP datagram that arrived on the shared WebRTC port for one of the
 worker's peers, with the address it came from.
 """
@@ -16,6 +18,9 @@ import pickle
 import struct
 from dataclasses import dataclass
 from typing import Any
+
+import av
+import numpy as np
 
 from ..media.packet import MediaKind
 from ..media.tiers import MAIN, Tier
@@ -136,3 +141,27 @@ async def read(reader: asyncio.StreamReader) -> dict[str, Any] | WirePacket | Wi
     if not isinstance(message, dict):
         raise BadMessage("a control message is a dict")
     return message
+
+
+def sound(frame: av.AudioFrame) -> dict[str, Any]:
+    """A decoded frame of a viewer's sound as a control message's fields (`frame_of` makes it again)."""
+    pcm = frame.to_ndarray()
+    return {"pcm": pcm.tobytes(), "dtype": pcm.dtype.str, "format": frame.format.name, "layout": frame.layout.name,
+            "rate": frame.sample_rate, "samples": frame.samples, "pts": frame.pts}
+
+
+def frame_of(message: dict[str, Any]) -> av.AudioFrame:
+    """The frame `sound` gave the fields of (ValueError when they make none)."""
+    audio_format = av.AudioFormat(message["format"])
+    layout = av.AudioLayout(message["layout"])
+    channels = len(layout.channels)
+    dtype = np.dtype(str(message["dtype"]))
+    samples = int(message["samples"])
+    shape = (channels, samples) if audio_format.is_planar else (1, samples * channels)
+    data = np.frombuffer(message["pcm"], dtype=dtype)
+    if data.size != shape[0] * shape[1]:
+        raise ValueError(f"{data.size} samples, not {shape[0] * shape[1]}")
+    frame = av.AudioFrame.from_ndarray(data.reshape(shape), format=audio_format.name, layout=layout.name)
+    frame.sample_rate = int(message["rate"])
+    frame.pts = message["pts"]
+    return frame

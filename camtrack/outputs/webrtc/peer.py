@@ -271,6 +271,11 @@ class Peer:
         self.pc.on("datachannel", self.data.on_channel)
         self.pc.on("track", self._on_track)
 
+    @property
+    def hears(self) -> bool:
+        """Whether its viewer sends sound (talk.Hearing)."""
+        return self.heard is not None
+
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self._hearing is None:
             self.heard = track

@@ -56,8 +56,8 @@ from ..results import ResultSender
 from ..wsvideo import PacketStream
 from .contract import PeerFactory, PeerSession
 from .ice import IceContext
-from .peer import LocalPeers, OfferError, Peer, ServerFull, screen_offer
-from .talk import Talk, TalkRefused, talk_url
+from .peer import LocalPeers, OfferError, ServerFull, screen_offer
+from .talk import Hearing, Talk, TalkRefused, talk_url
 from .tracks import camera_codecs, tier_reader
 
 logger = logging.getLogger(__name__)
@@ -326,13 +326,11 @@ class Session:
         if url is None:
             raise ProtocolError(f"camera {self.camera.name} has no back-channel to talk to (--talk)")
         peer = self.peer
-        heard = peer.heard if isinstance(peer, Peer) else None
-        if heard is None:
+        if not isinstance(peer, Hearing) or not peer.hears:
             raise ProtocolError("talking needs a WebRTC peer whose offer sends audio (a sendrecv audio m-line)")
         if self.talk is not None:
             await self.send({"type": "talk", "state": "on"})
             return
-        assert isinstance(peer, Peer)
         talk = Talk(self.camera.name, url, peer, self._talk_ended)
         try:
             await talk.start()

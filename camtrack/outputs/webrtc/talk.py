@@ -6,7 +6,10 @@ m-line; aiortc decodes what it sends. `{"type": "talk", "on": true, "token": ...
 `--talk-token`: a permission apart from watching) starts a `Talk`: the camera's back-channel opened
 (camtrack.sources.backchannel, on a thread of its own) and each decoded frame of the viewer's sound
 encoded to G.711 and sent to it there, until `"on": false`, the viewer leaving, or the camera
-failing. One talker per camera at a time: a second is told the line is busy. The peer reads the
+failing. One talker per camera at a time: a second is told the line is busy. A viewer whose peer is in a
+worker process (--workers) talks the same way: the Talk and the back-channel stay in the main
+process (so the one line per camera holds across processes) and the worker relays the sound its
+peer hears, while it talks. The peer reads the
 viewer's sound as it comes whether or not it talks (peer.Peer.on_heard): nothing piles up.
 """
 
@@ -16,7 +19,7 @@ import asyncio
 import concurrent.futures
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from av import AudioFrame, FFmpegError
 
@@ -29,10 +32,16 @@ logger = logging.getLogger(__name__)
 MAX_PENDING = 10
 
 
+@runtime_checkable
 class Hearing(Protocol):
-    """A peer that hears its viewer (peer.Peer): its frames go to `on_heard` while it is set."""
+    """A peer that hears its viewer (peer.Peer, or a worker's peer as the main process sees it,
+    camtrack.workers.pool.RemotePeer, whose worker relays what it hears while `on_heard` is set):
+    its frames go to `on_heard` while it is set; `hears`: its viewer sends sound at all."""
 
     on_heard: Callable[[AudioFrame], None] | None
+
+    @property
+    def hears(self) -> bool: ...
 
 
 #: who talks to each camera now (by camera name): one at a time
