@@ -88,15 +88,13 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                     quality = await page.evaluate("window.camtrack.quality")
                     assert quality["choice"] == "auto" and quality["reason"].startswith(("loss", "NACK", "delay",
                                                                                          "REMB")), quality
-                    # settled on low within seconds: the camera's rate, latency bounded (the narrow
-                    # link's queue drains at the move: the main tier's packets are not resent on the
-                    # viewer's NACKs once it moved, docs/quality.md; before that, the resent packets
-                    # kept the link full and the latency seconds high, 3 runs in 6 over 45 s)
+                    # within seconds of its first low picture it plays at the camera's rate with its
+                    # latency bounded: the narrow link's queue drains at the move (the main tier's
+                    # packets are not resent on the viewer's NACKs once it moved, docs/quality.md;
+                    # before, the resent packets kept the link full and the latency 1-3 s for 5-10 s
+                    # after the move, and longer than 45 s in 3 runs of 6)
                     await page.wait_for_function(f"{VIDEO_SIZE}[0] === 320", timeout=30000)
-                    low_at = time.monotonic()
-                    await page.wait_for_function("window.camtrack.readLatency() !== null"
-                                                 " && window.camtrack.readLatency() < 300", timeout=10000)
-                    settled = time.monotonic() - low_at
+                    await asyncio.sleep(2)  # (its first low pictures: what the link held at the move)
                     decoded = await page.evaluate(FRAMES)
                     latencies: list[int] = []
                     began = time.monotonic()
@@ -110,9 +108,8 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                     assert fps >= 24, f"{fps:.1f} fps on the low tier"
                     latencies.sort()
                     p95 = latencies[int(0.95 * (len(latencies) - 1))]
-                    print(f"shaped viewer on low: latency under 300 ms {settled:.1f} s after its first low"
-                          f" picture; then {fps:.1f} fps, latency p50 {latencies[len(latencies) // 2]} ms,"
-                          f" p95 {p95} ms")
+                    print(f"shaped viewer on low, 2-5 s after its first low picture: {fps:.1f} fps, latency p50"
+                          f" {latencies[len(latencies) // 2]} ms, p95 {p95} ms")
                     assert len(latencies) >= 20 and p95 < 500, str(latencies)
                     # the unshaped viewer stayed on main, at the camera's rate
                     seen = other.window(time.time() - 4)
