@@ -310,8 +310,8 @@ def test_auto_quality_moves_down_on_bad_samples_and_tries_up_with_a_growing_hold
     assert reader.quality == "low"
     samples(None, 2)
     assert reader.moves[-1] == ("main", f"link clear for {HOLD_MIN:g} s")
-    # the try goes bad at once: back down, and the next try waits twice as long
-    samples("delay +250 ms", 2)
+    # the try goes bad at once: back down at its first bad sample, and the next try waits twice as long
+    samples("delay +250 ms", 1)
     assert reader.quality == "low" and auto.hold == 2 * HOLD_MIN
     samples(None, int(HOLD_MIN / 0.5) + 2)
     assert reader.quality == "low"

@@ -55,10 +55,6 @@ def test_the_page_offers_auto_high_low_and_shows_its_tier(sandbox, tmp_path):  #
 
 
 @pytest.mark.timeout(240)
-# Known to fail now and then (3 runs in 6 at the end of 2026-12-05's session, with --audio off too):
-# the shaped Chromium viewer moves to low but its latency does not always come under 300 ms within
-# 45 s. Issue 23 stays open for it; the test runs and reports, without failing the suite, until fixed.
-@pytest.mark.xfail(reason="the shaped viewer's latency does not always settle on low (issue 23)", strict=False)
 async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another_stays_on_main(tmp_path):
     """Chromium behind a 400 kbit/s tbf link (its own network namespace) and an aiortc viewer
     unshaped, both watching a 640x480 30 fps camera at 1 Mbit/s: within seconds the shaped one is on
@@ -92,11 +88,13 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                     quality = await page.evaluate("window.camtrack.quality")
                     assert quality["choice"] == "auto" and quality["reason"].startswith(("loss", "NACK", "delay",
                                                                                          "REMB")), quality
-                    # settled on low (Chromium's jitter buffer drains what the narrow link queued
-                    # before the move, and what it grew to meanwhile): the camera's rate, latency bounded
+                    # within seconds of its first low picture it plays at the camera's rate with its
+                    # latency bounded: the narrow link's queue drains at the move (the main tier's
+                    # packets are not resent on the viewer's NACKs once it moved, docs/quality.md;
+                    # before, the resent packets kept the link full and the latency 1-3 s for 5-10 s
+                    # after the move, and longer than 45 s in 3 runs of 6)
                     await page.wait_for_function(f"{VIDEO_SIZE}[0] === 320", timeout=30000)
-                    await page.wait_for_function("window.camtrack.readLatency() !== null"
-                                                 " && window.camtrack.readLatency() < 300", timeout=45000)
+                    await asyncio.sleep(2)  # (its first low pictures: what the link held at the move)
                     decoded = await page.evaluate(FRAMES)
                     latencies: list[int] = []
                     began = time.monotonic()
@@ -110,6 +108,8 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                     assert fps >= 24, f"{fps:.1f} fps on the low tier"
                     latencies.sort()
                     p95 = latencies[int(0.95 * (len(latencies) - 1))]
+                    print(f"shaped viewer on low, 2-5 s after its first low picture: {fps:.1f} fps, latency p50"
+                          f" {latencies[len(latencies) // 2]} ms, p95 {p95} ms")
                     assert len(latencies) >= 20 and p95 < 500, str(latencies)
                     # the unshaped viewer stayed on main, at the camera's rate
                     seen = other.window(time.time() - 4)

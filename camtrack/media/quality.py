@@ -251,7 +251,8 @@ class TierReader:
 __all__ = ["CHOICES", "TierReader"]
 
 
-#: bad samples in a row (about a second each) that move a viewer down
+#: bad samples in a row (half a second each for a WebRTC viewer) that move a viewer down (one
+#: during a try of the tier above: PROBE_GRACE)
 DOWN_AFTER = 2
 #: seconds a viewer moved down stays there with its link clear before it tries the tier above (the
 #: first time; doubled after each try that went bad at once, up to HOLD_MAX; back to HOLD_MIN once
@@ -267,7 +268,7 @@ class AutoQuality:
     link (about one a second): `observe(bad)` with `bad` the reason the link cannot carry the tier
     it is on ("loss 35%", "delay +240 ms", "send queue 1.2 s") or None when it carries it.
 
-    Down after DOWN_AFTER bad samples in a row; up again (a try: nothing tells how much more a link
+    Down after DOWN_AFTER bad samples in a row (one, during a try); up again (a try: nothing tells how much more a link
     carries than what it is sent) after `hold` seconds of clear samples, `hold` doubling after each
     try that went bad within PROBE_GRACE (so a link that stays narrow is tried less and less
     often), and back to HOLD_MIN once a try held."""
@@ -292,8 +293,11 @@ class AutoQuality:
         if bad is not None:
             self._clear_since = None
             self._bad += 1
-            if self._bad >= DOWN_AFTER and reader.quality == "main" and "low" in reader.available:
-                if self._tried_at is not None and now - self._tried_at < PROBE_GRACE:
+            # a try of the tier above that goes bad moves back at the first bad sample: every half
+            # second more of a tier the link cannot carry fills its queue and the viewer's buffers
+            trying = self._tried_at is not None and now - self._tried_at < PROBE_GRACE
+            if (self._bad >= DOWN_AFTER or trying) and reader.quality == "main" and "low" in reader.available:
+                if trying:
                     self.hold = min(HOLD_MAX, self.hold * 2)
                 self._tried_at = None
                 self._bad = 0

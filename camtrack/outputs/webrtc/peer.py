@@ -28,7 +28,7 @@ from .datachannel import DataChannels
 from .ice import IceContext
 from .quality import LinkWatch
 from .rtcp import PeerGuard, guard_peer
-from .rtpsend import RtpSendStats, RtpStream, send_rtp_once
+from .rtpsend import RtpSendStats, RtpStream, forget_sent, send_rtp_once
 from .tracks import CameraTrack, EncodedTrack, camera_codecs, make_track
 
 logger = logging.getLogger(__name__)
@@ -322,6 +322,14 @@ class Peer:
     def on_quality(self, callback: Callable[[], None]) -> None:
         self._quality_listeners.append(callback)
 
+    def _moved(self, *_: str) -> None:
+        """Its track moved to another tier (at the target's keyframe, before it is sent): what was
+        sent of the tier it left is not resent on a NACK any more (docs/quality.md, "The move")."""
+        for sender in self.pc.getSenders():
+            if sender.track is not None and sender.track is self.track:
+                forget_sent(sender)
+        self._quality_changed()
+
     def _quality_changed(self, *_: str) -> None:
         for callback in list(self._quality_listeners):
             callback()
@@ -367,7 +375,7 @@ class Peer:
             sending = self.tracks(codec)
             self.codec, self.track = codec, sending
             if (reader := self.tier_reader) is not None:
-                reader.on_move = self._quality_changed
+                reader.on_move = self._moved
                 if self.quality_choice != "auto":
                     reader.choose(self.quality_choice)  # (before its first packet: it starts there)
             talks = bool(self.camera.settings.talk) and offer_sends_audio(offer)

@@ -31,7 +31,7 @@ from ..results import SentPictures
 from .udpmux import MuxTransport
 
 __all__ = ["SRTP_MAX_TRAILER", "RtpFrame", "RtpSendStats", "RtpStream", "SentPictures", "fast_protect",
-           "send_rtp_once"]
+           "forget_sent", "send_rtp_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,20 @@ class _History:
     def values(self) -> list[RtpPacket]:
         """Every packet held (as aiortc's dict has them)."""
         return [p for p in map(self.get, range(RTP_HISTORY_SIZE)) if p is not None]
+
+    def forget(self) -> None:
+        """Hold nothing sent so far: NACKs for it are answered with nothing (the list is the one the
+        RTP loop writes to: cleared in place)."""
+        self.sent[:] = [None] * RTP_HISTORY_SIZE
+
+
+def forget_sent(sender: RTCRtpSender) -> None:
+    """`sender` no longer retransmits what it sent so far (a viewer moved to another quality tier,
+    docs/quality.md: the old tier's packets are of no use once the new tier's keyframe is on its way,
+    and resending them behind a narrow link keeps the link full, its queue long and its loss high)."""
+    history = aiortc_seam.rtp_history(sender)
+    if isinstance(history, _History):
+        history.forget()
 
 
 
