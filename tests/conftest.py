@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -114,3 +116,20 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 15.0, inter
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def watched_stage(url: str, camera: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """A /ws viewer of `url` that has decoded 3 pictures of `camera`, and the camera's processing stage
+    (which runs only while read: the viewer keeps it running); the viewer closed at the end."""
+    from camtrack.client import Viewer
+
+    viewer = Viewer(url)
+    try:
+        await viewer.connect()
+        await viewer.frames(3)
+        stage = camera.processing
+        assert stage is not None
+        yield viewer, stage
+    finally:
+        await viewer.close()

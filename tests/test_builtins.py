@@ -26,7 +26,7 @@ from camtrack.processing import Chain, FrameInfo, MaskError, Masks, MotionDetect
 from camtrack.processing.masks import polygon_points
 from camtrack.processing.overlay import POSITIONS
 
-from .conftest import eventually
+from .conftest import eventually, watched_stage
 from .test_mjpeg import decode, read_parts
 from .test_processing import bgr, snapshot
 
@@ -345,12 +345,7 @@ async def test_motion_data_from_the_pattern_and_none_from_a_still_camera(serve, 
     the frames as captured), and its data merges the user's dict with motion's."""
     url, app = await serve(width=640, height=480, fps=20, motion=True)
     camera: Camera = app[CAMERAS].first
-    viewer = Viewer(url)
-    try:
-        await viewer.connect()
-        await viewer.frames(3)
-        stage = camera.processing
-        assert stage is not None
+    async with watched_stage(url, camera) as (viewer, stage):
         seen: list[dict[str, Any]] = []
 
         def moved() -> bool:
@@ -363,8 +358,6 @@ async def test_motion_data_from_the_pattern_and_none_from_a_still_camera(serve, 
             assert 0 <= motion["level"] <= 1
             assert all(0 <= x and 0 <= y and x + w <= 640 and y + h <= 480 and w > 0 and h > 0
                        for x, y, w, h in motion["regions"])
-    finally:
-        await viewer.close()
 
     blinks = [0]
 
@@ -377,12 +370,7 @@ async def test_motion_data_from_the_pattern_and_none_from_a_still_camera(serve, 
     url, app = await serve(source=str(source), width=320, height=240, fps=20, motion=True, overlay="%H:%M:%S.%s",
                            process_function=blinking)
     camera = app[CAMERAS].first
-    viewer = Viewer(url)
-    try:
-        await viewer.connect()
-        await viewer.frames(3)
-        stage = camera.processing
-        assert stage is not None
+    async with watched_stage(url, camera) as (viewer, stage):
         first = stage.stats.calls
         await eventually(lambda: stage.stats.calls > first + 20 and stage.result is not None, timeout=20)
         result = stage.result
@@ -394,8 +382,6 @@ async def test_motion_data_from_the_pattern_and_none_from_a_still_camera(serve, 
             assert result is not None
         assert max(levels) < 0.001, levels
         assert stage.stats.errors == 0
-    finally:
-        await viewer.close()
 
 
 async def test_a_function_file_in_a_chain_is_reloaded_on_save(serve, tmp_path, caplog):
@@ -407,17 +393,10 @@ async def test_a_function_file_in_a_chain_is_reloaded_on_save(serve, tmp_path, c
         url, app = await serve(width=320, height=240, fps=20, motion=True,
                                process_function=FunctionFile(f"{path}:process", interval=0.1))
         camera: Camera = app[CAMERAS].first
-        viewer = Viewer(url)
-        try:
-            await viewer.connect()
-            await viewer.frames(3)
-            stage = camera.processing
-            assert stage is not None
+        async with watched_stage(url, camera) as (viewer, stage):
             await eventually(lambda: stage.result is not None and stage.result.data.get("version") == 1)
             time.sleep(0.01)  # (a new modification time)
             path.write_text("def process(frame, info):\n    return {'version': 2}\n")
             await eventually(lambda: stage.result is not None and stage.result.data.get("version") == 2)
             assert "motion" in stage.result.data
             assert camera.describe()["processing"]["function"] == "mine.py:process + motion"
-        finally:
-            await viewer.close()

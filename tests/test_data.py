@@ -28,7 +28,7 @@ from camtrack.processing import FrameInfo, ProcessingStage
 from camtrack.processing.stage import ProcessingClosed
 from camtrack.sources.pattern import PatternSource
 
-from .conftest import eventually, run_app
+from .conftest import eventually, run_app, watched_stage
 from .test_processing import BLOCK, RED, count_frames
 
 
@@ -81,12 +81,7 @@ async def test_a_data_function_ten_times_slower_than_the_camera_leaves_the_video
     slow = DataOnly(delay=0.5)
     url, app = await serve(width=320, height=240, fps=20, process_function=slow)
     camera: Camera = app[CAMERAS].first
-    viewer = Viewer(url)
-    try:
-        await viewer.connect()
-        await viewer.frames(3)
-        stage = camera.processing
-        assert stage is not None
+    async with watched_stage(url, camera) as (viewer, stage):
         await eventually(lambda: stage.mode == "data", 10)
         calls, forwarded = stage.stats.calls, stage.stats.forwarded
         got = await count_frames(viewer, 4.0)
@@ -98,8 +93,6 @@ async def test_a_data_function_ten_times_slower_than_the_camera_leaves_the_video
         assert stage.result is not None and stage.result.data["frame"] == stage.result.frame
         assert camera.describe()["processing"]["mode"] == "data"
         assert stage.stats.stalls == 0 and stage.state == "ok"
-    finally:
-        await viewer.close()
 
 
 @pytest.mark.slow
