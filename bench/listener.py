@@ -247,7 +247,7 @@ class ToneTrack:
 async def talker(url: str) -> tuple[object, object, object]:
     """A viewer over /ws whose offer sends its sound (a tone track): (session, ws, its tone track)."""
     import aiohttp
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     session = aiohttp.ClientSession()
     ws = await session.ws_connect(url)

@@ -1,5 +1,5 @@
 """A real RTSP camera with sound for the tests: GStreamer's rtsp-server serving a live test picture
-as H.264 and a 1 kHz tone in AAC (rtpmp4gpay), G.711 µ-law or A-law, or Opus. Run with Debian's
+as H.264 and a 1 kHz tone in AAC (rtpmp4gpay), G.711 µ-law or A-law (20 ms packets), or Opus. Run with Debian's
 own Python, where `gi` lives:
 
     /usr/bin/python3 tests/gst_rtsp_audio_server.py PORT aac|pcmu|pcma|opus [LOG]
@@ -30,6 +30,8 @@ def main() -> None:
     port, audio = sys.argv[1], sys.argv[2]
     log = open(sys.argv[3], "w", buffering=1) if len(sys.argv) > 3 else None  # noqa: SIM115
     freq = 437 if log is not None else 1000
+    # (G.711 in 20 ms packets, as cameras send it: 160 samples at 8 kHz)
+    samples = 160 if audio in ("pcmu", "pcma") else 1024
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(port)
@@ -38,7 +40,8 @@ def main() -> None:
         "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 "
         "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bframes=0 "
         "! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=-1 "
-        f"audiotestsrc is-live=true wave=sine freq={freq} volume=0.5 ! audioconvert ! audioresample ! "
+        f"audiotestsrc is-live=true wave=sine freq={freq} volume=0.5 samplesperbuffer={samples} ! audioconvert ! "
+        "audioresample ! "
         f"{AUDIO[audio]} )")
     factory.set_shared(False)  # (a session each: camtrack reads its picture and its sound in two)
     if log is not None:
