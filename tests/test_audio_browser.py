@@ -1,7 +1,8 @@
 """The camera's sound in real headless Chromium (inside a private network namespace, as
 tests/test_browser.py): the page starts muted with one unmute control and a level meter, and once
-unmuted its getStats() shows Opus audio with energy, from the test tone, a file's AAC and a real RTSP
-camera's AAC and G.711 (GStreamer's RTSP server, in the namespace too); a WHEP client hears it."""
+unmuted its getStats() shows audio with energy, from the test tone, a file's AAC and a real RTSP
+camera's AAC (Opus) and G.711 (PCMU passed through) (GStreamer's RTSP server, in the namespace too);
+a WHEP client hears it."""
 
 from __future__ import annotations
 
@@ -148,6 +149,26 @@ def test_a_whep_client_in_chromium_hears_the_tone(sandbox, tmp_path):  # noqa: F
         assert result["status"] == 201, result
         assert result["codec"].lower() == "audio/opus", result
         assert result["energy"] > 0.005 and result["level"] > 0.1, result
+
+
+@pytest.mark.timeout(180)
+def test_a_whep_client_in_chromium_gets_a_cameras_g711_passed_through(sandbox, tmp_path):  # noqa: F811
+    """Chromium offers PCMU and PCMA: a real RTSP camera's PCMU reaches it as PCMU, with energy."""
+    if gst_available() is not None:
+        pytest.skip("GStreamer's RTSP server is not installed")
+    ns, _ = sandbox
+    camera, url = rtsp_in(ns, "pcmu")
+    try:
+        with browser_and_server(sandbox, tmp_path, "h264", "--source", url, "--width", "320",
+                                "--height", "240") as (browser, _, _log):
+            page = open_page(browser)
+            result = page.evaluate(WHEP_AUDIO, URL + "whep")
+            assert result["status"] == 201, result
+            assert result["codec"].lower() == "audio/pcmu", result
+            assert result["energy"] > 0.005 and result["level"] > 0.1, result
+    finally:
+        camera.kill()
+        camera.wait(10)
 
 
 @pytest.mark.timeout(180)
