@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -128,6 +129,14 @@ async def test_a_g711_camera_passes_through_to_a_viewer_that_takes_it(serve, g71
         assert_untouched(camera, listener, codec)
         # aiortc decodes it: the camera's tone is continuous, nearly every frame is loud
         assert listener.loud() >= len(listener.audio) // 2
+        # its sender reports pair the 8 kHz RTP time with the capture time (lip-sync): between two
+        # reports the RTP time moves 8000 a second of capture time, and the newest packet maps to now
+        await eventually(lambda: len(listener.reports["audio"]) >= 2
+                         and listener.reports["audio"][-1][0] - listener.reports["audio"][0][0] >= 1.0, 20)
+        (ntp0, rtp0), (ntp1, rtp1) = listener.reports["audio"][0], listener.reports["audio"][-1]
+        assert abs(((rtp1 - rtp0) % 2**32) / (ntp1 - ntp0) - 8000) < 400, listener.reports["audio"]
+        newest = listener.sent_at("audio", listener.audio_payloads[-1][1], 8000)
+        assert newest is not None and abs(newest - time.time()) < 1.0
         # nothing decoded nor encoded: no Opus encoder ran
         assert feed.stats.encoders == 0 and feed.stats.encoded == 0 and feed.stats.passed >= 30
         assert not feed.opus_wanted
