@@ -2,7 +2,7 @@
 writing every audio RTP payload it sends to a log) as camtrack's source: an aiortc viewer whose offer
 takes the camera's codec (PCMU, PCMA) gets it, the camera's payload bytes untouched, with no Opus
 encoder running; a viewer whose offer has only Opus gets Opus from the one shared encoder; over
-/ws, WHEP and from a worker process (docs/audio.md#g711-passed-through)."""
+/ws, WHEP and from a worker process; the websocket fallback gets Opus (docs/audio.md#g711-passed-through)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bench.listener import Listener
@@ -22,8 +23,10 @@ from camtrack.app import CAMERAS
 from camtrack.media.audio import AudioFeed
 from camtrack.media.packet import MediaKind
 from camtrack.media.tiers import Tier
+from camtrack.outputs.wsvideo import parse_header
 
 from .conftest import eventually
+from .test_audio import opus_rms
 from .test_real_rtsp import SYSTEM_PYTHON, gst_available
 
 pytestmark = pytest.mark.slow
@@ -196,3 +199,25 @@ async def test_listeners_in_worker_processes_get_the_g711_relayed(serve, g711_ca
         assert passed is not None and 1 <= len(passed.consumers) <= 2  # a reader per worker
     finally:
         await asyncio.gather(*(listener.close() for listener in listeners))
+
+
+async def test_the_websocket_fallback_gets_a_g711_cameras_sound_in_opus(serve, g711_camera):
+    """The websocket stream keeps Opus: a G.711 camera's sound decoded and encoded once for it."""
+    camera = await g711_camera("pcmu")
+    ws_url, app = await serve(source=camera.url, width=320, height=240)
+    feed = sound_of(app)
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+        hello = await ws.receive_json()
+        assert hello["type"] == "hello" and hello["audio"] is True
+        await ws.send_json({"type": "stream", "audio": True})
+        sound: list[dict] = []
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(sound) < 60 and asyncio.get_running_loop().time() < deadline:
+            got = await ws.receive(timeout=10)
+            if got.type == aiohttp.WSMsgType.BINARY and (message := parse_header(got.data))["audio"]:
+                sound.append(message)
+    assert len(sound) >= 60
+    assert sound[0]["codec"] == {"codec": "opus", "sampleRate": 48000, "numberOfChannels": 1}
+    levels = opus_rms([m["payload"] for m in sound])
+    assert sum(level > 0.05 for level in levels) >= len(levels) // 2  # (the camera's tone is continuous)
+    assert feed.stats.encoders == 1
