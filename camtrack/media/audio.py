@@ -195,6 +195,8 @@ class AudioFeed(ThreadFed["_AudioRun"]):
         """Add a reader of the Opus feed (or, `quiet`, one that only keeps the source open)."""
         if quiet:
             self._quiet.add(reader)
+        else:
+            self.opus_wanted = True  # (before the first run's thread reads anything)
         super().attach(reader)
         self._wants()
 
