@@ -5,8 +5,12 @@ latency to an ONVIF camera's back-channel and to the server's own ALSA speaker, 
 aiortc viewers whose offers ask for video and audio (bench/listener.py, in a process of their own,
 decoding both), and the server process's CPU over the same seconds; then the Opus encoder's own
 counters from /metrics (one encoder, one encode per 20 ms, whatever the number of listeners).
+Then a camera with G.711 sound (GStreamer's RTSP server, tests/gst_rtsp_audio_server.py: H.264
+320x240 at 15 fps passed through, PCMU in 20 ms packets) to 16 listeners whose offers take PCMU
+(passed through untouched: no decoder, no encoder) against 16 whose offers have only Opus (decoded
+and encoded once), and with --audio off.
 
-    python -m bench.audio [--seconds S] [--counts 1,16]
+    python -m bench.audio [--seconds S] [--counts 1,16] [--g711-listeners 16]
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from bench.run import start_server as start_server_on
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def listen(url: str, count: int, seconds: float) -> dict[str, object]:
-    """`count` listeners of `url` for `seconds` (after all connected): frames each got."""
+async def listen(url: str, count: int, seconds: float, codecs: tuple[str, ...] | None = None) -> dict[str, object]:
+    """`count` listeners of `url` for `seconds` (after all connected), offering the audio `codecs`
+    (MIME types; None: aiortc's every one): frames each got."""
     from bench.listener import Listener
 
-    listeners = [Listener() for _ in range(count)]
+    listeners = [Listener(audio_codecs=codecs) for _ in range(count)]
+    for listener in listeners:
+        listener.keep_payloads = False
     for listener in listeners:
         listener.keep = False
     began = time.process_time()
@@ -46,15 +53,20 @@ async def listen(url: str, count: int, seconds: float) -> dict[str, object]:
     return {"counts": counts, "cpu_seconds": time.process_time() - began}
 
 
-def row(audio: str, count: int, seconds: float) -> dict[str, object]:
+def row(audio: str, count: int, seconds: float, source: tuple[str, ...] | None = None,
+        codecs: str | None = None) -> dict[str, object]:
+    """server.py with `--audio audio` serving `source` (its options; the pattern at 640x480, 30 fps by
+    default) to `count` listeners offering `codecs` (comma-separated MIME types; None: all)."""
     port = free_port()
+    source = source or ("--source", "pattern", "--width", "640", "--height", "480", "--fps", "30")
     server = start_server_on(
-        port, ["--source", "pattern", "--width", "640", "--height", "480", "--fps", "30", "--audio", audio,
+        port, [*source, "--audio", audio,
                "--ice-address", "127.0.0.1", "--log-level", "warning", "--webrtc-port", "0", "--max-cpu", "0",
                "--max-loop-lag", "0", "--send-budget", "0", "--max-picture-age", "0"], root=ROOT)
     try:
         client = subprocess.Popen([sys.executable, "-m", "bench.audio", "--client", f"ws://127.0.0.1:{port}/ws",
-                                   "--count", str(count), "--seconds", str(seconds)],
+                                   "--count", str(count), "--seconds", str(seconds),
+                                   *(("--codecs", codecs) if codecs else ())],
                                   cwd=ROOT, stdout=subprocess.PIPE, text=True)
         time.sleep(4)  # (connecting)
         cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
@@ -76,6 +88,7 @@ def row(audio: str, count: int, seconds: float) -> dict[str, object]:
             "video_fps_min": min(c["video"] for c in counts) / (seconds + 4),
             "encoders": metric("camtrack_audio_encoders_total"),
             "encoded": metric(r"camtrack_audio_frames_total\{camera=\"default\",how=\"encoded\"\}"),
+            "passed": metric(r"camtrack_audio_frames_total\{camera=\"default\",how=\"passed\"\}"),
             "encode_seconds": metric("camtrack_audio_encode_seconds_total")}
 
 
@@ -272,15 +285,51 @@ def alsa_talk_row(tries: int = 5) -> None:
         print(f"talk latency to the ALSA speaker: nothing written ({len(onsets)} onsets of {tries})")
 
 
+def g711_rows(count: int, seconds: float) -> None:
+    """A G.711 camera to `count` listeners: PCMU passed through, Opus from the one encoder, no sound."""
+    port = free_port()
+    camera = subprocess.Popen(["/usr/bin/python3", str(ROOT / "tests" / "gst_rtsp_audio_server.py"), str(port), "pcmu"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert camera.stdout is not None
+        url = camera.stdout.readline().strip()
+        if not url.startswith("rtsp://"):
+            print(f"G.711: no GStreamer RTSP camera here ({url})")
+            return
+        print(f"\nA G.711 camera (GStreamer's RTSP server: H.264 320x240@15 passed through, PCMU 20 ms "
+              f"packets), {count} listeners:\n")
+        print("| --audio | listeners' offer | listeners | server CPU % | clients CPU % | audio fps min | "
+              "video fps min | Opus encoders | frames encoded | frames passed | encode s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        source = ("--source", url, "--width", "320", "--height", "240")
+        for audio, codecs, offer in (("off", None, "any"), ("auto", "audio/PCMU,audio/opus", "PCMU, Opus"),
+                                     ("auto", "audio/opus", "Opus only")):
+            r = row(audio, count, seconds, source, codecs)
+            print(f"| {audio} | {offer} | {count} | {r['server_cpu']:.0f} | {r['client_cpu']:.0f} | "
+                  f"{r['audio_fps_min']:.0f} | {r['video_fps_min']:.0f} | {r['encoders']:.0f} | "
+                  f"{r['encoded']:.0f} | {r['passed']:.0f} | {r['encode_seconds']:.2f} |", flush=True)
+    finally:
+        camera.kill()
+        camera.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--counts", default="1,16")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--codecs", help=argparse.SUPPRESS)
+    parser.add_argument("--g711-listeners", type=int, default=16,
+                        help="listeners of the G.711 camera's rows (0: no such rows)")
+    parser.add_argument("--only-g711", action="store_true", help="only the G.711 camera's rows")
     args = parser.parse_args()
     if args.client:
-        print(json.dumps(asyncio.run(listen(args.client, args.count, args.seconds))))
+        codecs = tuple(args.codecs.split(",")) if args.codecs else None
+        print(json.dumps(asyncio.run(listen(args.client, args.count, args.seconds, codecs))))
+        return
+    if args.only_g711:
+        g711_rows(args.g711_listeners, args.seconds)
         return
     lip_sync_row(min(args.seconds, 10.0))
     chromium_lip_sync_row()
@@ -295,6 +344,8 @@ def main() -> None:
             print(f"| {r['audio']} | {r['listeners']} | {r['server_cpu']:.0f} | {r['client_cpu']:.0f} | "
                   f"{r['audio_fps_min']:.0f} | {r['video_fps_min']:.0f} | {r['encoders']:.0f} | "
                   f"{r['encoded']:.0f} | {r['encode_seconds']:.2f} |", flush=True)
+    if args.g711_listeners:
+        g711_rows(args.g711_listeners, args.seconds)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpSrPacket
 from av import AudioFrame, VideoFrame
@@ -38,9 +38,16 @@ class Listener:
     """A receive-only peer with a video and an audio m-line; its tracks drained into `video` and
     `audio` lists of (arrival time, frame) by tasks of its own."""
 
-    def __init__(self, audio: bool = True) -> None:
+    def __init__(self, audio: bool = True, audio_codecs: tuple[str, ...] | None = None) -> None:
+        """`audio_codecs`: the audio codecs its offer has (MIME types: "audio/PCMU", "audio/opus";
+        None: aiortc's every one, Opus first)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.with_audio = audio
+        self.audio_codecs = audio_codecs
+        #: the audio RTP packets received, as they came: (payload type, RTP timestamp, payload bytes)
+        self.audio_payloads: list[tuple[int, int, bytes]] = []
+        #: keep `audio_payloads` (a benchmark does not)
+        self.keep_payloads = True
         self.video: list[tuple[float, VideoFrame]] = []
         self.audio: list[tuple[float, AudioFrame]] = []
         self.kinds: list[str] = []
@@ -69,6 +76,15 @@ class Listener:
                 await handle(packet)
 
             receiver._handle_rtcp_packet = keep  # type: ignore[method-assign]
+            if kind == "audio":
+                handle_rtp = receiver._handle_rtp_packet
+
+                async def keep_rtp(packet: Any, arrival_time_ms: int, handle_rtp: Any = handle_rtp) -> None:
+                    if self.keep_payloads:
+                        self.audio_payloads.append((packet.payload_type, packet.timestamp, bytes(packet.payload)))
+                    await handle_rtp(packet, arrival_time_ms=arrival_time_ms)
+
+                receiver._handle_rtp_packet = keep_rtp  # type: ignore[method-assign]
             # decoded frames keep their RTP timestamps (aiortc counts them from its first frame's,
             # which a sender report cannot map)
             receiver._RTCRtpReceiver__timestamp_mapper = _SameTimestamps()  # type: ignore[attr-defined]
@@ -100,7 +116,11 @@ class Listener:
     async def offer(self) -> str:
         self.pc.addTransceiver("video", direction="recvonly")
         if self.with_audio:
-            self.pc.addTransceiver("audio", direction="recvonly")
+            transceiver = self.pc.addTransceiver("audio", direction="recvonly")
+            if self.audio_codecs is not None:
+                wanted = [mime.lower() for mime in self.audio_codecs]
+                codecs = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() in wanted]
+                transceiver.setCodecPreferences(sorted(codecs, key=lambda c: wanted.index(c.mimeType.lower())))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return str(self.pc.localDescription.sdp)
 

@@ -39,7 +39,7 @@ from .plan import CameraPlan
 from .processing import Chain, ChainStage, FunctionFile, Masks, MotionDetector, Overlay, ProcessFunction, ProcessingStage
 from .sources import make_packet_source, make_source
 from .sources.alsa import alsa_device, use_system_alsa_config
-from .sources.audio import audio_source_factory
+from .sources.audio import audio_source_factory, known_audio_codec
 
 
 class Closing(Protocol):
@@ -201,7 +201,13 @@ class Pipeline:
         """The feed of the camera's `kind` packets of `tier` (camtrack.media.tiers); None: none
         (MAIN when each viewer encodes its own; audio when the camera has none)."""
         if kind == MediaKind.AUDIO:
-            return self.audio if tier == MAIN else None
+            # MAIN: what every listener can take (Opus: the camera's own, or encoded once); a tier of
+            # the camera's own G.711 codec (pcmu, pcma): its packets passed through untouched
+            if self.audio is None or tier.quality is not None:
+                return None
+            if tier == MAIN or tier.codec == "opus":
+                return self.audio
+            return self.audio.passed_feed(tier.codec)
         return self.tiers.packets(kind, tier)
 
     def reader(self, meter: Meter | None = None, tier: Tier = MAIN) -> PacketReader:
@@ -248,7 +254,8 @@ def build_pipeline(settings: CameraConfig, plan: CameraPlan, config: Config) -> 
     if alsa_device(settings.talk) is not None:
         use_system_alsa_config()  # (now, before the camera's threads run: it may set the environment)
     if sound is not None:
-        pipeline.audio = AudioFeed(settings.name, sound, linger=config.linger)
+        pipeline.audio = AudioFeed(settings.name, sound, linger=config.linger,
+                                   own_codec=known_audio_codec(plan.source, settings.audio))
     return pipeline
 
 

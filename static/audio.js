@@ -2,8 +2,9 @@
 // video element starts muted (browsers play sound only after a gesture), so one button unmutes it,
 // and a level meter in that button shows there is sound before anyone unmutes. The button appears
 // once sound arrives; the statistics overlay (ui.js) shows its codec. docs/audio.md.
-// While muted the meter shows how much the sound takes (Opus' bytes per packet): a browser decodes
-// no sound it does not play, so its level is known only once unmuted.
+// While muted the meter shows how much the sound takes (Opus' bytes per packet; a steady quarter for
+// G.711, whose packets all have one size): a browser decodes no sound it does not play, so its
+// level is known only once unmuted.
 "use strict";
 
 (function () {
@@ -66,6 +67,10 @@
       // what is heard, on a perceptual scale: -60 dBFS .. 0
       const db = state.level > 0 ? 20 * Math.log10(state.level) : -60;
       height = (db + 60) / 60;
+    } else if (/^PCM[UA]$/i.test(state.codec || "")) {
+      // muted G.711 (a camera's own, passed through): every packet has the same size whatever it
+      // carries, so the meter says only that sound arrives (a quarter), not how loud it is
+      height = 0.25;
     } else {
       // muted, the browser decodes nothing (no level): Opus spends bytes only on sound (a silent
       // 20 ms packet is a few bytes, a sound 60-200), so the bytes per packet show that there is some

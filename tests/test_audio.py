@@ -12,10 +12,11 @@ import av
 import numpy as np
 import pytest
 
-from camtrack.media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, AudioFeed
+from camtrack.media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, G711_CLOCK_RATE, AudioFeed
+from camtrack.media.feeds import PacketFeed
 from camtrack.media.packet import MediaKind
 from camtrack.media.reader import PacketReader
-from camtrack.sources.audio import AvAudioSource, ToneSource, audio_source_factory, beeping
+from camtrack.sources.audio import AvAudioSource, ToneSource, audio_source_factory, beeping, known_audio_codec
 
 from .conftest import eventually
 
@@ -39,7 +40,7 @@ def opus_rms(packets: list[bytes]) -> list[float]:
     return levels
 
 
-async def read_for(feed: AudioFeed, seconds: float) -> list:
+async def read_for(feed: PacketFeed, seconds: float) -> list:
     """Packets a listener of `feed` gets in `seconds`."""
     reader = PacketReader(feed)
     got = []
@@ -153,6 +154,43 @@ async def test_a_files_opus_passes_through_untouched(tmp_path):
     assert len(got) >= 50
     assert all(bytes(p.packet) in originals for p in got)
     assert feed.stats.encoders == 0 and feed.stats.passed >= len(got)
+
+
+@pytest.mark.parametrize(("codec", "name"), [("pcm_mulaw", "pcmu"), ("pcm_alaw", "pcma")])
+async def test_a_files_g711_passes_through_untouched_and_is_encoded_only_for_opus_listeners(tmp_path, codec, name):
+    """The camera's own G.711 feed (its tier of that codec): the file's packets byte for byte on the
+    8 kHz clock, no decoder nor encoder; an Opus listener beside it starts the one encoder on the
+    same run, which stops when it leaves; the codec learnt when the source opens."""
+    path = tmp_path / f"clip-{name}.mov"
+    write_av_file(path, codec, rate=8000)
+    with av.open(str(path)) as container:
+        originals = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+    assert known_audio_codec(str(path), "auto") == name
+    feed = AudioFeed("file", audio_source_factory(str(path), "auto"), linger=0.0)  # (its codec not told)
+    assert feed.passed_feed(name) is None  # (not known yet)
+    try:
+        assert await feed.learn_codec() == name
+        passed = feed.passed_feed(name)
+        assert passed is not None and feed.passed_feed("pcma" if name == "pcmu" else "pcmu") is None
+        assert passed.codec.codec == name and passed.codec.clock_rate == G711_CLOCK_RATE
+        got = await read_for(passed, 2.5)  # (the file opened again: linger 0 released it after learning)
+        assert len(got) >= 8  # (128 ms packets)
+        start = originals.index(bytes(got[0].packet))
+        assert [bytes(p.packet) for p in got] == originals[start:start + len(got)]
+        steps = {b.packet.pts - a.packet.pts for a, b in zip(got, got[1:], strict=False)}
+        assert steps == {len(originals[0])}, steps  # each packet's samples at 8 kHz
+        assert feed.stats.encoders == 0 and feed.stats.encoded == 0
+        # an Opus listener beside a G.711 one: one run, one encoder for it, stopped when it leaves
+        both = await asyncio.gather(read_for(passed, 2.5), read_for(feed, 2.5))
+        assert all(len(r) >= 8 for r in both)
+        assert max(opus_rms([bytes(p.packet) for p in both[1]])) > LOUD
+        assert feed.stats.encoders == 1 and feed.stats.encoded > 0
+        encoded = feed.stats.encoded
+        await read_for(passed, 1.0)
+        # (a packet in flight: its 128 ms are 7 Opus frames)
+        assert not feed.opus_wanted and feed.stats.encoded <= encoded + 7
+    finally:
+        await feed.close()
 
 
 def test_which_cameras_have_sound(tmp_path):

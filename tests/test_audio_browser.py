@@ -1,7 +1,8 @@
 """The camera's sound in real headless Chromium (inside a private network namespace, as
 tests/test_browser.py): the page starts muted with one unmute control and a level meter, and once
-unmuted its getStats() shows Opus audio with energy, from the test tone, a file's AAC and a real RTSP
-camera's AAC and G.711 (GStreamer's RTSP server, in the namespace too); a WHEP client hears it."""
+unmuted its getStats() shows audio with energy, from the test tone, a file's AAC and a real RTSP
+camera's AAC (Opus) and G.711 (PCMU passed through) (GStreamer's RTSP server, in the namespace too);
+a WHEP client hears it."""
 
 from __future__ import annotations
 
@@ -122,10 +123,16 @@ def test_the_page_is_muted_until_unmuted_then_plays_the_cameras_sound(sandbox, t
             assert page.evaluate("document.querySelector('video').muted") is False
             assert page.get_attribute("#sound", "aria-pressed") == "true"
             stats = heard(page)
-            assert stats["codec"].lower() == "audio/opus"
+            # a camera's G.711 passed through (Chromium offers PCMU and PCMA), anything else in Opus
+            codec = "PCMU" if source == "rtsp-pcmu" else "opus"
+            assert stats["codec"].lower() == f"audio/{codec}".lower()
+            # the energy grows: the sound goes on being heard
+            first = stats["energy"]
+            page.wait_for_function(f"({AUDIO_STATS})().then((s) => s && s.energy > {first} + 0.001)",
+                                   timeout=10000)
             # the statistics overlay names the audio codec
             page.click("#info")
-            page.wait_for_function("window.camtrack.stats && window.camtrack.stats.audio === 'opus'",
+            page.wait_for_function(f"window.camtrack.stats && window.camtrack.stats.audio === '{codec}'",
                                    timeout=10000)
             page.screenshot(path=str(tmp_path / f"page-{source}.png"))
     finally:
@@ -142,6 +149,26 @@ def test_a_whep_client_in_chromium_hears_the_tone(sandbox, tmp_path):  # noqa: F
         assert result["status"] == 201, result
         assert result["codec"].lower() == "audio/opus", result
         assert result["energy"] > 0.005 and result["level"] > 0.1, result
+
+
+@pytest.mark.timeout(180)
+def test_a_whep_client_in_chromium_gets_a_cameras_g711_passed_through(sandbox, tmp_path):  # noqa: F811
+    """Chromium offers PCMU and PCMA: a real RTSP camera's PCMU reaches it as PCMU, with energy."""
+    if gst_available() is not None:
+        pytest.skip("GStreamer's RTSP server is not installed")
+    ns, _ = sandbox
+    camera, url = rtsp_in(ns, "pcmu")
+    try:
+        with browser_and_server(sandbox, tmp_path, "h264", "--source", url, "--width", "320",
+                                "--height", "240") as (browser, _, _log):
+            page = open_page(browser)
+            result = page.evaluate(WHEP_AUDIO, URL + "whep")
+            assert result["status"] == 201, result
+            assert result["codec"].lower() == "audio/pcmu", result
+            assert result["energy"] > 0.005 and result["level"] > 0.1, result
+    finally:
+        camera.kill()
+        camera.wait(10)
 
 
 @pytest.mark.timeout(180)

@@ -413,11 +413,12 @@ def _audio_metrics(cameras: Cameras) -> Iterator[Metric]:
     """A camera's sound (camtrack.media.audio): its listeners, and its one Opus encoder's work."""
     listeners = GaugeMetricFamily("camtrack_audio_listeners", "Readers of a camera's sound now (WebRTC "
                                   "listeners; its encoder runs while there is one).", labels=["camera"])
-    frames = CounterMetricFamily("camtrack_audio_frames", "20 ms Opus frames of a camera's sound, by how: "
-                                 "encoded (once for every listener) or passed (its own Opus).",
+    frames = CounterMetricFamily("camtrack_audio_frames", "Packets of a camera's sound, by how: encoded "
+                                 "(20 ms Opus frames, once for every listener) or passed (its own Opus or "
+                                 "G.711, untouched).",
                                  labels=["camera", "how"])
     encoders = CounterMetricFamily("camtrack_audio_encoders", "Opus encoders a camera's sound opened (one per "
-                                   "run, whatever the number of listeners).", labels=["camera"])
+                                   "run while it has Opus listeners, whatever their number).", labels=["camera"])
     seconds = CounterMetricFamily("camtrack_audio_encode_seconds", "Seconds a camera's sound spent decoding "
                                   "and encoding to Opus (on its own thread).", labels=["camera"])
     failures = CounterMetricFamily("camtrack_audio_failures", "Times a camera's sound source failed (then "

@@ -1,6 +1,7 @@
 """Where a camera's sound comes from (camtrack.media.audio.AudioSource): the test pattern's tone, and
-the audio track of a file or a stream read with PyAV (AAC, G.711 and the rest decoded, to be encoded
-to Opus once; Opus passed on as it is)."""
+the audio track of a file or a stream read with PyAV (AAC and the rest decoded, to be encoded to
+Opus once; Opus passed on as it is; G.711 passed on as it is, for the feed to pass through to
+listeners who take it and to decode for the others)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import av
 import numpy as np
 
-from ..media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, AudioChunk, AudioSource
+from ..media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, G711_CLOCK_RATE, OWN_CODEC_NAMES, AudioChunk, AudioSource
 from .alsa import AlsaAudioSource, alsa_device, use_system_alsa_config
 from .demux import is_stream, open_options
 from .urls import redact
@@ -39,6 +40,7 @@ class ToneSource:
 
     def __init__(self) -> None:
         self.description = "test tone"
+        self.codec_name = "pcm"
         self._stop = threading.Event()
         self._next = 0.0
 
@@ -110,7 +112,7 @@ class AvAudioSource:
             container.close()
             raise ValueError("no audio track")
         stream = container.streams.audio[0]
-        self.codec_name = stream.codec_context.name
+        self.codec_name = own_codec_name(stream.codec_context)
         self._container, self._stream = container, stream
         self._packets = container.demux(stream)
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_CLOCK_RATE)
@@ -152,6 +154,12 @@ class AvAudioSource:
             self._queue.append(AudioChunk(self._wall, opus=bytes(packet), samples=samples))
             self._wall += samples / AUDIO_CLOCK_RATE
             return
+        if self.codec_name in ("pcm_mulaw", "pcm_alaw"):  # (8 kHz mono: own_codec_name)
+            data = bytes(packet)
+            self._queue.append(AudioChunk(self._wall, samples=len(data), g711=data,
+                                          g711_codec=OWN_CODEC_NAMES[self.codec_name]))
+            self._wall += len(data) / G711_CLOCK_RATE
+            return
         assert self._resampler is not None and self._fifo is not None
         for decoded in packet.decode():
             for frame in self._resampler.resample(decoded):
@@ -177,13 +185,45 @@ class AvAudioSource:
         self._stop.set()
 
 
-def has_audio(path: str) -> bool:
-    """Whether the file at `path` has an audio track (opened and closed: milliseconds)."""
+def own_codec_name(codec: Any) -> str:
+    """FFmpeg's name of an audio stream's codec (its `codec_context`); G.711 other than 8 kHz mono
+    (what RTP's PCMU and PCMA are) gets its rate and channels after an @, so it is decoded rather
+    than passed through."""
+    name = str(codec.name)
+    if name in ("pcm_mulaw", "pcm_alaw") and (codec.sample_rate != G711_CLOCK_RATE or codec.channels != 1):
+        return f"{name}@{codec.sample_rate}x{codec.channels}"
+    return name
+
+
+def audio_codec(path: str) -> str | None:
+    """The codec of the first audio track of the file at `path` (camtrack's name for G.711: pcmu,
+    pcma; else FFmpeg's), or None when it has none (opened and closed: milliseconds)."""
     try:
         with av.open(path) as container:
-            return bool(container.streams.audio)
+            if not container.streams.audio:
+                return None
+            name = own_codec_name(container.streams.audio[0].codec_context)
+            return OWN_CODEC_NAMES.get(name, name)
     except (OSError, ValueError, av.FFmpegError):
-        return False
+        return None
+
+
+def has_audio(path: str) -> bool:
+    """Whether the file at `path` has an audio track (opened and closed: milliseconds)."""
+    return audio_codec(path) is not None
+
+
+def known_audio_codec(spec: str, audio: str) -> str | None:
+    """The codec of the sound of the camera whose source is `spec`, when known without opening a
+    stream: "pcm" for the pattern's tone and a local microphone, a file's own; None for a stream
+    (learnt when it opens)."""
+    if audio == "off":
+        return None
+    if spec == "pattern" or alsa_device(audio) is not None:
+        return "pcm"
+    if "://" not in spec and os.path.isfile(spec):
+        return audio_codec(spec)
+    return None
 
 
 def audio_source_factory(spec: str, audio: str, *, rtsp_transport: str = "tcp") -> Callable[[], AudioSource] | None:

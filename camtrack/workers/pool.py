@@ -50,7 +50,7 @@ from ..media.passthrough import RING_PACKETS
 from ..media.quality import CHOICES
 from ..media.tiers import MAIN, Tier
 from ..outputs.results import ResultFeed
-from ..outputs.webrtc.audio import offer_wants_audio
+from ..outputs.webrtc.audio import audio_tier_of, offer_wants_audio
 from ..outputs.webrtc.contract import CameraView, PeerFactory, PeerSession
 from ..outputs.webrtc.peer import CLOSE_TIMEOUT, UNRESPONSIVE, OfferError, check_offer, negotiation_turn
 from ..outputs.webrtc.tracks import camera_codecs, own_codec
@@ -200,6 +200,11 @@ class RemotePeer:
             self._give_turn_back()
             self.camera.meters[self.transport].negotiation_failures += 1
             raise
+        # the sound's feed: Opus, or the camera's own G.711 when the offer takes it (learnt here, where
+        # the camera is: its stream opened once if it never was)
+        sound = None
+        if self.camera.packets(MediaKind.AUDIO) is not None and offer_wants_audio(sdp):
+            sound = await audio_tier_of(self.camera, sdp)
         if self._ended or not self.worker.ready:
             self._give_turn_back()
             raise OfferError("the peer was closed")
@@ -208,8 +213,8 @@ class RemotePeer:
         # (a viewer that asked for a lower quality starts on it: the camera's main tier is not relayed for it)
         quality = self.quality_choice if self.quality_choice not in ("auto", "main") else None
         self.worker.watch(self, Tier(None if codec == own_codec(self.camera) else codec, quality))
-        if self.camera.packets(MediaKind.AUDIO) is not None and offer_wants_audio(sdp):
-            self.audio_key = wire.FeedKey(self.camera.name, MediaKind.AUDIO, MAIN)
+        if sound is not None:
+            self.audio_key = wire.FeedKey(self.camera.name, MediaKind.AUDIO, sound)
             self.worker.relay_audio(self)
         self._offered = True
         self.send({"t": "offer", "camera": self.camera.name, "feed": self.feed_key.wire,

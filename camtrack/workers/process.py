@@ -201,10 +201,15 @@ class Worker:
 
         # (the relayed feed's codec: the main process chose it from the offer, and relays that feed)
         sound = self.feeds.get(message.get("audio") or "")  # (the camera's sound, when the offer asks)
+
+        async def sound_track(_offer: object) -> EncodedTrack | None:
+            # (the relayed feed of the codec the main process chose from the offer: Opus or the
+            # camera's own G.711)
+            return None if sound is None else EncodedTrack(sound)
         peer = Peer(camera, self.timeouts, transport, message["remote"],
                     lambda reason: self.send({"t": "ended", "id": peer_id, "reason": reason}), self.ice,
                     track, (feed.codec.codec,), self.results.get(camera.name),
-                    audio=None if sound is None else (lambda: EncodedTrack(sound)))
+                    audio=None if sound is None else sound_track)
         peer.on_state(lambda: self.send({"t": "state", "id": peer_id, "state": peer.state}))
         peer.on_quality(lambda: self._quality_changed(peer_id, peer))
         self.peers[peer_id] = peer

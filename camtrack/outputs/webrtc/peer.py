@@ -206,6 +206,8 @@ class PeerTimeouts:
 
 #: makes the track a peer sends once its codec is negotiated (a name of CODEC_MIME)
 TrackMaker = Callable[[str], "EncodedTrack | CameraTrack"]
+#: makes the camera's sound track for an offer (None: none it takes)
+AudioMaker = Callable[[aiortc_sdp.SessionDescription], Awaitable["EncodedTrack | None"]]
 
 
 class Peer:
@@ -218,7 +220,7 @@ class Peer:
     def __init__(self, camera: PeerCamera, timeouts: PeerTimeouts, transport: Transport, remote: str,
                  on_end: Callable[[str], None], ice: IceContext, tracks: TrackMaker,
                  codecs: Sequence[str], processing: ResultFeed | None = None,
-                 audio: Callable[[], EncodedTrack | None] | None = None) -> None:
+                 audio: AudioMaker | None = None) -> None:
         self.camera = camera
         self.timeouts = timeouts
         self.transport = transport
@@ -233,8 +235,8 @@ class Peer:
         #: what it sends, once the offer is answered: its codec (one of `codecs`) and track
         self.codec: str | None = None
         self.track: EncodedTrack | CameraTrack | None = None
-        #: makes the camera's sound track (camtrack.outputs.webrtc.audio), sent when the offer asks
-        #: for audio; the track, once made, and what its RTP loop sent
+        #: makes the camera's sound track for an offer (camtrack.outputs.webrtc.audio: its codec from
+        #: the offer), sent when the offer asks for audio; the track, once made, and what its RTP loop sent
         self.audio = audio
         self.audio_track: EncodedTrack | None = None
         self.audio_rtp: RtpSendStats | None = None
@@ -370,7 +372,11 @@ class Peer:
         try:
             self._turn = await negotiation_turn(self.camera, sdp, lambda: self._ended, self.codecs)
             codec, offer = read_offer(sdp, self.codecs)
+            # (its codec may wait for the camera's sound to open once: a stream's is learnt then)
+            listening = await self.audio(offer) if self.audio is not None and wants_audio(offer) else None
             if self._ended:  # closed before it had a track: none is made (nothing would stop it)
+                if listening is not None:
+                    listening.stop()
                 raise OfferError("the peer was closed")
             sending = self.tracks(codec)
             self.codec, self.track = codec, sending
@@ -379,8 +385,7 @@ class Peer:
                 if self.quality_choice != "auto":
                     reader.choose(self.quality_choice)  # (before its first packet: it starts there)
             talks = bool(self.camera.settings.talk) and offer_sends_audio(offer)
-            if self.audio is not None and wants_audio(offer):
-                self.audio_track = self.audio()
+            self.audio_track = listening
             if self.audio_track is not None or talks:
                 add_audio(self.pc, self.audio_track, talks)
             answer = await answer_offer(self.pc, sdp, sending, codec, self.ice, offer)
