@@ -192,6 +192,10 @@ def audio_source_factory(spec: str, audio: str, *, rtsp_transport: str = "tcp") 
     (rtsp://, http://, ...) audio track, looked for when a listener comes; `alsa:DEVICE`: a local
     microphone (camtrack.sources.alsa), whatever the picture's source."""
     if audio == "off":
+        if spec.lower().startswith("rtsp://"):
+            from .rtsp import read_sound_of
+
+            read_sound_of(spec, False)  # (its picture's session does not set the sound up)
         return None
     device = alsa_device(audio)
     if device is not None:
@@ -199,6 +203,13 @@ def audio_source_factory(spec: str, audio: str, *, rtsp_transport: str = "tcp") 
         return functools.partial(AlsaAudioSource, device)
     if spec == "pattern":
         return ToneSource
+    if spec.lower().startswith("rtsp://") and rtsp_transport == "tcp":
+        # read in the picture's session by camtrack's own reader (camtrack.sources.rtspaudio)
+        from .rtsp import read_sound_of
+        from .rtspaudio import SessionAudioSource
+
+        read_sound_of(spec)
+        return functools.partial(SessionAudioSource, spec, fallback=functools.partial(AvAudioSource, spec))
     if "://" in spec and is_stream(spec):
         return functools.partial(AvAudioSource, spec, rtsp_transport=rtsp_transport)
     if "://" not in spec and os.path.isfile(spec) and has_audio(spec):
