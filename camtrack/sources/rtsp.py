@@ -9,6 +9,9 @@ closes each access unit on that bit, or, for a camera that never sets it, when t
 
 Scope: RTSP 1.0 (RFC 2326) over TCP with RTP interleaved in the connection, Basic and Digest
 (MD5) authentication, H.264 in single NAL, STAP-A and FU-A packets (packetization-mode 0 and 1).
+The camera's sound, when its camera reads it (`read_sound_of`), is set up in the same session
+(`RtspSession`, shared with `camtrack.sources.rtspaudio.RtspAudioSource`: one session for picture
+and sound; AAC, G.711 and Opus depacketized by `camtrack.sources.rtpaudio`).
 Anything else (other codecs, UDP, `rtsps://`, an unknown authentication) is `RtspUnsupported`, and
 `RtspSource` then reads the camera with PyAV instead, saying so once in the log, for that opening
 only (the next tries its own reader again); PyAV reads it through `rtspguard.RtspGuard`, which
