@@ -7,6 +7,7 @@ and sound for lip-sync), and a camera flooding its sound channel while its pictu
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import struct
@@ -23,9 +24,16 @@ from bench.listener import Listener, lip_sync
 from camtrack.app import CAMERAS
 from camtrack.media.packet import MediaKind
 from camtrack.sources import rtsp
-from camtrack.sources.rtpaudio import (MAX_AU, AudioDepacketizer, AudioTrack, Timeline, latm_audio_specific_config,
-                                       opus_samples, sender_reports)
-from camtrack.sources.rtsp import RtspError, RtspSource, parse_sdp_audio, read_sound_of
+from camtrack.sources.rtpaudio import (
+    MAX_AU,
+    AudioDepacketizer,
+    AudioTrack,
+    Timeline,
+    latm_audio_specific_config,
+    opus_samples,
+    sender_reports,
+)
+from camtrack.sources.rtsp import RtspSource, parse_sdp_audio, read_sound_of
 from camtrack.sources.rtspaudio import RtspAudioSource
 
 from .conftest import eventually
@@ -168,7 +176,7 @@ def test_sender_reports_put_the_sound_on_the_pictures_timeline() -> None:
     # without sender reports: its arrival, smoothed on its own clock
     alone = Timeline(90000, 8000)
     times = [alone.sound(i * 160, 100.0 + i * 0.02 + (0.015 if i % 3 else 0)) for i in range(50)]
-    assert not alone.synced and all(abs(b - a - 0.02) < 0.001 for a, b in zip(times, times[1:]))
+    assert not alone.synced and all(abs(b - a - 0.02) < 0.001 for a, b in itertools.pairwise(times))
 
 
 # -- one session for both (a fake camera)
