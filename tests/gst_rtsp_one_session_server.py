@@ -17,6 +17,8 @@ AUDIO = {
 }
 #: seconds of marks laid out ahead (a test runs well under this)
 MARKED_SECONDS = 600
+#: seconds a session lives without a request (camtrack's keep-alive comes every half of it)
+SESSION_TIMEOUT = 3
 
 
 def main() -> None:
@@ -32,7 +34,16 @@ def main() -> None:
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(port)
-    server.get_session_pool().set_max_sessions(1)
+    pool = server.get_session_pool()
+    pool.set_max_sessions(1)
+
+    def clean_up():
+        pool.cleanup()  # (expired sessions free their place only when the pool is cleaned up)
+        return True
+
+    # a client that leaves without TEARDOWN (FFmpeg's probe sometimes: its session then kept the
+    # one place for 60 s) frees it after SESSION_TIMEOUT s, as a camera's session expires
+    GLib.timeout_add(500, clean_up)
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         "( videotestsrc name=v is-live=true pattern=solid-color foreground-color=0xff000000 "
@@ -57,7 +68,9 @@ def main() -> None:
         mark(pipeline.get_by_name("v"), "foreground-color", float(0xFF000000), float(0xFFFFFFFF))
         mark(pipeline.get_by_name("a"), "volume", 0.0, 0.5)
 
-    def new_session(_client, _session):
+    def new_session(_client, session):
+        session.set_timeout(SESSION_TIMEOUT)
+        session.set_property("extra-timeout", 0)  # (else 5 s more)
         sessions[0] += 1
         print(f"SESSION {sessions[0]}", flush=True)
 

@@ -350,18 +350,31 @@ async def test_a_camera_allowing_one_session_gives_picture_and_sound_in_sync(ser
     listener = Listener()
     try:
         await listener.connect(ws)
-        # at least 7 marks (a second each) in picture and sound
-        await eventually(lambda: len(listener.audio) >= 400 and len(listener.video) >= 200, 60)
+        # at least 8 marks (a second each) in picture and sound
+        await eventually(lambda: len(listener.audio) >= 450 and len(listener.video) >= 270, 60)
         loud = listener.loud()
         assert loud >= 20, (loud, len(listener.audio))  # 100 ms a second of tone: energy
-        assert feed.stats.encoders == 1 and feed.stats.encoded > 0 and feed.error is None, feed.error
+        # (up: its first opening may have met the probe's session, PyAV's, not yet expired: a 503)
+        assert feed.stats.encoders >= 1 and feed.stats.encoded > 0 and feed.state == "up", feed.error
         sessions = [line for line in lines if line.startswith("SESSION")][sessions_before:]
         assert len(sessions) == 1, lines  # one session for picture and sound (the server allows no more)
         sync = lip_sync(listener)
         offsets = sync["offsets_ms"]
         print(f"{audio}: sound minus picture over {len(offsets)} beeps: "
               f"{', '.join(f'{o:.0f}' for o in offsets)} ms (marks {sync['marks']}, beeps {sync['beeps']})")
-        assert len(offsets) >= 4, sync
-        assert all(abs(o) <= 100 for o in offsets[1:]), offsets
+        assert len(offsets) >= 6, sync
+        # once both tracks' sender reports are in (GStreamer sends its first after about 2 s; before
+        # them the sound is on its arrival, which the picture's encoder delays by up to ~175 ms here)
+        assert all(abs(o) <= 100 for o in offsets[-4:]), offsets
     finally:
         await listener.close()
+
+
+def test_sound_nobody_takes_is_bounded_in_bytes() -> None:
+    session = rtsp.RtspSession("rtsp://cam/", sound=True, open_timeout=1, read_timeout=1)
+    track = AudioTrack("a", 0, "pcmu", 8000)
+    session.audio, session.audio_depacketizer, session.timeline = track, AudioDepacketizer(track), Timeline(90000, 8000)
+    for seq in range(5000):  # 5 MB of sound a reader never takes
+        session._sound(rtp(b"\x55" * 1000, pt=0, seq=seq, ts=seq * 1000), time.time())
+    assert session.sound_bytes <= rtsp.MAX_AUDIO_QUEUE and session.audio_dropped > 4000
+    assert sum(len(u) for _, _, units in session.sounds for u in units) <= rtsp.MAX_AUDIO_QUEUE
