@@ -857,17 +857,23 @@ class RtspSession:
         connection, depacketizer = self.connection, self.depacketizer
         if connection is None or depacketizer is None:
             raise RtspError("not open")
-        payloads, frames, size = connection.read_channels(self._channels)
-        now = time.monotonic()
-        arrived = time.time()
-        self._guard(frames, size, now)
-        if now >= self._keepalive_at:
-            # some cameras end a session that only receives; GET_PARAMETER is the usual keep-alive
-            connection.send_only("GET_PARAMETER" if "GET_PARAMETER" in connection.methods else "OPTIONS",
-                                 connection.url)
-            self._keepalive_at = now + connection.session_timeout / 2
         timeline = self.timeline
-        sound = self.audio_readers > 0 and self.audio_fault is None and timeline is not None
+        if timeline is None:
+            # no sound in this session: the picture's channel alone (its RTCP and the rest left uncopied)
+            pictures, frames, size = connection.read_frames(self._channel)
+            self._after_read(connection, frames, size)
+            if not video:
+                self._video_skipped = True
+                return
+            for data in pictures:
+                units = depacketizer.push(data)
+                if units:
+                    self._video(units)
+            return
+        payloads, frames, size = connection.read_channels(self._channels)
+        now = self._after_read(connection, frames, size)
+        arrived = time.time()
+        sound = self.audio_readers > 0 and self.audio_fault is None
         audio_packets = audio_bytes = 0
         bad_before = self.audio_depacketizer.bad if self.audio_depacketizer is not None else 0
         for channel, data in payloads:
@@ -875,7 +881,9 @@ class RtspSession:
                 if timeline is not None and len(data) >= 12 and data[1] & 0x80:
                     timeline.picture(int.from_bytes(data[4:8], "big"), arrived)
                 if video:
-                    self._video(depacketizer.push(data))
+                    units = depacketizer.push(data)
+                    if units:
+                        self._video(units)
                 else:
                     self._video_skipped = True
             elif channel == self._audio_channel:
@@ -883,13 +891,24 @@ class RtspSession:
                 audio_bytes += len(data)
                 if sound:
                     self._sound(data, arrived)
-            elif timeline is not None:  # RTCP: the sender reports that put the sound on the picture's timeline
+            else:  # RTCP: the sender reports that put the sound on the picture's timeline
                 clock = timeline.video if channel == self._channel + 1 else timeline.audio
                 for _, ntp, rtp in sender_reports(data):
                     clock.report(ntp, rtp)
         if audio_packets:
             bad = (self.audio_depacketizer.bad if self.audio_depacketizer is not None else 0) - bad_before
             self._audio_guard(audio_packets, audio_bytes, bad, now)
+
+    def _after_read(self, connection: RtspConnection, frames: int, size: int) -> float:
+        """The flood guard and the keep-alive, after each read; the time.monotonic() of the read."""
+        now = time.monotonic()
+        self._guard(frames, size, now)
+        if now >= self._keepalive_at:
+            # some cameras end a session that only receives; GET_PARAMETER is the usual keep-alive
+            connection.send_only("GET_PARAMETER" if "GET_PARAMETER" in connection.methods else "OPTIONS",
+                                 connection.url)
+            self._keepalive_at = now + connection.session_timeout / 2
+        return now
 
     def _video(self, units: list[tuple[int, list[bytes]]]) -> None:
         depacketizer = self.depacketizer
