@@ -378,3 +378,25 @@ def test_sound_nobody_takes_is_bounded_in_bytes() -> None:
         session._sound(rtp(b"\x55" * 1000, pt=0, seq=seq, ts=seq * 1000), time.time())
     assert session.sound_bytes <= rtsp.MAX_AUDIO_QUEUE and session.audio_dropped > 4000
     assert sum(len(u) for _, _, units in session.sounds for u in units) <= rtsp.MAX_AUDIO_QUEUE
+
+
+async def test_a_listener_alone_opens_the_session_and_the_picture_joins_it() -> None:
+    camera = SoundCamera()
+    url = await camera.start()
+    read_sound_of(url)
+    video, audio = RtspSource(url), RtspAudioSource(url)
+    try:
+        await asyncio.to_thread(audio.open)
+        for _ in range(30):
+            assert (await asyncio.to_thread(audio.read)) is not None
+        await asyncio.to_thread(video.open)
+        assert video.session is audio.session and camera.sessions == 1
+        first = await asyncio.to_thread(video.read)
+        assert first is not None and first.keyframe  # from the next IDR: nothing a decoder lacks
+        for _ in range(10):
+            assert (await asyncio.to_thread(video.read)) is not None
+            assert (await asyncio.to_thread(audio.read)) is not None
+    finally:
+        video.close()
+        audio.close()
+        await camera.stop()

@@ -708,6 +708,8 @@ class RtspSession:
         #: what ended the session (every reader then fails with it)
         self.error: BaseException | None = None
         self.opened = threading.Event()
+        #: held while a queue and its byte count change (the pumping thread adds, each reader takes)
+        self.queues = threading.Lock()
         self._pump = threading.Lock()
         self._cond = threading.Condition()
         self._channels: frozenset[int] = frozenset()
@@ -726,6 +728,7 @@ class RtspSession:
         self._busy = 0.0
         #: whether pictures went by unread (no picture reader): the next one starts at an IDR
         self._video_skipped = False
+        self._restart_video = False
 
     # -- opening
 
@@ -829,11 +832,11 @@ class RtspSession:
             if self.error is not None:
                 raise self.error
             if self._pump.acquire(blocking=False):
-                spent = 0.0
+                spent, now = 0.0, time.monotonic()
                 try:
                     if not ready() and self.error is None:
                         cpu = time.thread_time()
-                        self._read_batch(video=self.video_readers > 0)
+                        now = self._read_batch(video=self.video_readers > 0)
                         spent = time.thread_time() - cpu
                 except BaseException as exc:
                     self.error = exc
@@ -843,7 +846,7 @@ class RtspSession:
                     self._pump.release()
                     with self._cond:
                         self._cond.notify_all()
-                self._pace(time.monotonic(), spent)
+                self._pace(now, spent)
             else:
                 with self._cond:
                     if not ready() and self.error is None and self._pump.locked() and not interrupted.is_set():
@@ -853,7 +856,14 @@ class RtspSession:
         with self._cond:
             self._cond.notify_all()
 
-    def _read_batch(self, *, video: bool) -> None:
+    def _read_batch(self, *, video: bool) -> float:
+        """One batch of packets read and handed out; the time.monotonic() it was read at."""
+        if video and self._restart_video and self.track is not None:
+            self._restart_video = self._video_skipped = False
+            self.depacketizer = Depacketizer(self.track.payload_type)
+            with self.queues:
+                self.video.clear()
+                self.video_bytes = 0
         connection, depacketizer = self.connection, self.depacketizer
         if connection is None or depacketizer is None:
             raise RtspError("not open")
@@ -861,15 +871,15 @@ class RtspSession:
         if timeline is None:
             # no sound in this session: the picture's channel alone (its RTCP and the rest left uncopied)
             pictures, frames, size = connection.read_frames(self._channel)
-            self._after_read(connection, frames, size)
+            now = self._after_read(connection, frames, size)
             if not video:
                 self._video_skipped = True
-                return
+                return now
             for data in pictures:
                 units = depacketizer.push(data)
                 if units:
                     self._video(units)
-            return
+            return now
         payloads, frames, size = connection.read_channels(self._channels)
         now = self._after_read(connection, frames, size)
         arrived = time.time()
@@ -898,6 +908,7 @@ class RtspSession:
         if audio_packets:
             bad = (self.audio_depacketizer.bad if self.audio_depacketizer is not None else 0) - bad_before
             self._audio_guard(audio_packets, audio_bytes, bad, now)
+        return now
 
     def _after_read(self, connection: RtspConnection, frames: int, size: int) -> float:
         """The flood guard and the keep-alive, after each read; the time.monotonic() of the read."""
@@ -922,25 +933,30 @@ class RtspSession:
                 continue
             if self.video_bytes + len(payload) > MAX_VIDEO_QUEUE:
                 # nobody took the pictures (a reader stuck elsewhere): not piled up; the next IDR starts over
-                self.video.clear()
-                self.video_bytes = 0
+                with self.queues:
+                    self.video.clear()
+                    self.video_bytes = 0
                 depacketizer.lost += 1
                 depacketizer._broken = True
                 continue
-            self.video.append(SourcePacket(payload, self._pts(timestamp), self.time_base, keyframe))
-            self.video_bytes += len(payload)
+            packet = SourcePacket(payload, self._pts(timestamp), self.time_base, keyframe)
+            with self.queues:
+                self.video.append(packet)
+                self.video_bytes += len(payload)
 
     def _sound(self, data: bytes, arrived: float) -> None:
         depacketizer, timeline = self.audio_depacketizer, self.timeline
         assert depacketizer is not None and timeline is not None
         for timestamp, units in depacketizer.push(data):
             size = sum(len(u) for u in units) + 64 * len(units)
-            self.sounds.append((timeline.sound(timestamp, arrived), timestamp, units))
-            self.sound_bytes += size
-            while self.sound_bytes > MAX_AUDIO_QUEUE and self.sounds:
-                _, _, old = self.sounds.popleft()
-                self.sound_bytes -= sum(len(u) for u in old) + 64 * len(old)
-                self.audio_dropped += 1
+            captured = timeline.sound(timestamp, arrived)
+            with self.queues:
+                self.sounds.append((captured, timestamp, units))
+                self.sound_bytes += size
+                while self.sound_bytes > MAX_AUDIO_QUEUE and self.sounds:
+                    _, _, old = self.sounds.popleft()
+                    self.sound_bytes -= sum(len(u) for u in old) + 64 * len(old)
+                    self.audio_dropped += 1
 
     def _audio_guard(self, packets: int, size: int, bad: int, now: float) -> None:
         """Cut the sound (never the picture) of a camera whose sound channel floods or is garbage."""
@@ -959,8 +975,9 @@ class RtspSession:
         if fault is not None and self.audio_fault is None:
             self.audio_fault = f"{fault}; the sound of this session is cut, its picture goes on"
             logger.warning("%s: %s", self.description, self.audio_fault)
-            self.sounds.clear()
-            self.sound_bytes = 0
+            with self.queues:
+                self.sounds.clear()
+                self.sound_bytes = 0
             self._channels = frozenset({self._channel, self._channel + 1})  # not even copied any more
 
     def _pace(self, now: float, spent: float) -> None:
@@ -1011,17 +1028,16 @@ class RtspSession:
     def attach(self, kind: str) -> None:
         with self._cond:
             if kind == "video":
-                if self.video_readers == 0 and self._video_skipped and self.track is not None:
-                    self._video_skipped = False
-                    # a picture reader joining a session that read none: from the next IDR
-                    self.depacketizer = Depacketizer(self.track.payload_type)
-                    self.video.clear()
-                    self.video_bytes = 0
+                if self.video_readers == 0 and self._video_skipped:
+                    # a picture reader joining a session that read none: from the next IDR (done
+                    # by the thread that reads the connection, at its next batch)
+                    self._restart_video = True
                 self.video_readers += 1
             else:
                 if self.audio_readers == 0:
-                    self.sounds.clear()
-                    self.sound_bytes = 0
+                    with self.queues:
+                        self.sounds.clear()
+                        self.sound_bytes = 0
                 self.audio_readers += 1
 
     def detach(self, kind: str) -> None:
@@ -1205,8 +1221,9 @@ class RtspSource:
             raise
         if not queue or self._interrupted.is_set():
             return None
-        packet = queue.popleft()
-        session.video_bytes -= len(packet.data)
+        with session.queues:
+            packet = queue.popleft()
+            session.video_bytes -= len(packet.data)
         if session.depacketizer is not None:
             self.lost = session.depacketizer.lost
         return packet

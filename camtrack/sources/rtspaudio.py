@@ -100,8 +100,11 @@ class RtspAudioSource:
                 return None
             if session.audio_fault is not None:
                 raise RtspError(session.audio_fault)
-            captured, timestamp, units = sounds.popleft()
-            session.sound_bytes -= sum(len(u) for u in units) + 64 * len(units)
+            with session.queues:
+                if not sounds:
+                    continue
+                captured, timestamp, units = sounds.popleft()
+                session.sound_bytes -= sum(len(u) for u in units) + 64 * len(units)
             self._take(captured, units)
         return self._queue.pop(0)
 
