@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import fractions
+import re
 import struct
 from dataclasses import dataclass
 
@@ -108,7 +109,9 @@ class RtspServer:
                     if "interleaved" not in headers.get("transport", ""):
                         writer.write(f"RTSP/1.0 461 Unsupported Transport\r\n{reply[0]}\r\n\r\n".encode())
                         continue
-                    reply += ["Transport: RTP/AVP/TCP;unicast;interleaved=0-1", f"Session: 4242;timeout={self.session_timeout}"]
+                    channels = re.search(r"interleaved=(\d+-\d+)", headers["transport"])
+                    reply += [f"Transport: RTP/AVP/TCP;unicast;interleaved={channels.group(1) if channels else '0-1'}",
+                              f"Session: 4242;timeout={self.session_timeout}"]
                 elif method == "PLAY":
                     reply.append("Session: 4242")
                 elif method == "TEARDOWN":

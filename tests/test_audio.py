@@ -205,4 +205,8 @@ def test_which_cameras_have_sound(tmp_path):
     assert audio_source_factory(str(silent), "auto") is None
     assert audio_source_factory("rtsp://127.0.0.1:1/x", "auto") is not None
     assert audio_source_factory("/dev/video0", "auto") is None
-    assert isinstance(audio_source_factory("rtsp://127.0.0.1:1/x", "auto")(), AvAudioSource)
+    # an rtsp:// camera's sound comes from its picture's session (camtrack's reader over TCP); PyAV over UDP
+    from camtrack.sources.rtspaudio import SessionAudioSource
+
+    assert isinstance(audio_source_factory("rtsp://127.0.0.1:1/x", "auto")(), SessionAudioSource)
+    assert isinstance(audio_source_factory("rtsp://127.0.0.1:1/x", "auto", rtsp_transport="udp")(), AvAudioSource)

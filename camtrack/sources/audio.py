@@ -231,14 +231,26 @@ def audio_source_factory(spec: str, audio: str, *, rtsp_transport: str = "tcp") 
     has none: the pattern's tone; a file's audio track when it has one (looked at now); a stream's
     (rtsp://, http://, ...) audio track, looked for when a listener comes; `alsa:DEVICE`: a local
     microphone (camtrack.sources.alsa), whatever the picture's source."""
-    if audio == "off":
-        return None
     device = alsa_device(audio)
+    if audio == "off" or device is not None:
+        if spec.lower().startswith("rtsp://"):
+            from .rtsp import read_sound_of
+
+            read_sound_of(spec, False)  # (its picture's session does not set the camera's sound up)
+        if audio == "off":
+            return None
     if device is not None:
         use_system_alsa_config()  # (now, on the thread that builds the camera: it sets the environment)
         return functools.partial(AlsaAudioSource, device)
     if spec == "pattern":
         return ToneSource
+    if spec.lower().startswith("rtsp://") and rtsp_transport == "tcp":
+        # read in the picture's session by camtrack's own reader (camtrack.sources.rtspaudio)
+        from .rtsp import read_sound_of
+        from .rtspaudio import SessionAudioSource
+
+        read_sound_of(spec)
+        return functools.partial(SessionAudioSource, spec, fallback=functools.partial(AvAudioSource, spec))
     if "://" in spec and is_stream(spec):
         return functools.partial(AvAudioSource, spec, rtsp_transport=rtsp_transport)
     if "://" not in spec and os.path.isfile(spec) and has_audio(spec):

@@ -9,6 +9,9 @@ closes each access unit on that bit, or, for a camera that never sets it, when t
 
 Scope: RTSP 1.0 (RFC 2326) over TCP with RTP interleaved in the connection, Basic and Digest
 (MD5) authentication, H.264 in single NAL, STAP-A and FU-A packets (packetization-mode 0 and 1).
+The camera's sound, when its camera reads it (`read_sound_of`), is set up in the same session
+(`RtspSession`, shared with `camtrack.sources.rtspaudio.RtspAudioSource`: one session for picture
+and sound; AAC, G.711 and Opus depacketized by `camtrack.sources.rtpaudio`).
 Anything else (other codecs, UDP, `rtsps://`, an unknown authentication) is `RtspUnsupported`, and
 `RtspSource` then reads the camera with PyAV instead, saying so once in the log, for that opening
 only (the next tries its own reader again); PyAV reads it through `rtspguard.RtspGuard`, which
@@ -30,6 +33,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -38,6 +42,7 @@ from ..media.passthrough import SourcePacket
 from ..media.sizes import check_size
 from .demux import DemuxSource
 from .h264 import NAL_IDR, NAL_SPS, H264Converter, nal_type, parse_sps, profile_level_id
+from .rtpaudio import AudioDepacketizer, AudioTrack, AudioUnsupported, Timeline, parse_audio, sender_reports
 from .urls import redact
 
 logger = logging.getLogger(__name__)
@@ -392,6 +397,36 @@ class RtspConnection:
         del buffer[:pos]
         return payloads, frames, pos
 
+    def read_channels(self, channels: frozenset[int], limit: int = BATCH_FRAMES) -> tuple[list[tuple[int, bytes]], int, int]:
+        """As `read_frames`, for several channels at once (a session's picture, its sound and their
+        RTCP): the (channel, payload) of those on `channels`, in the order they came."""
+        buffer = self._buffer
+        while True:
+            size = len(buffer)
+            if size >= 4 and buffer[0] == 0x24:  # "$"
+                need = 4 + ((buffer[2] << 8) | buffer[3])
+                if size >= need:
+                    break
+                self._fill(need)
+            elif size == 0 or buffer[0] == 0x24:
+                self._fill(4)
+            else:
+                self._skip_message()
+        payloads: list[tuple[int, bytes]] = []
+        frames = pos = 0
+        with memoryview(buffer) as view:
+            while frames < limit and pos + 4 <= size and buffer[pos] == 0x24:
+                stop = pos + 4 + ((buffer[pos + 2] << 8) | buffer[pos + 3])
+                if stop > size:
+                    break
+                channel = buffer[pos + 1]
+                if channel in channels:
+                    payloads.append((channel, bytes(view[pos + 4:stop])))
+                frames += 1
+                pos = stop
+        del buffer[:pos]
+        return payloads, frames, pos
+
     def _skip_message(self) -> None:
         """At something that is not an interleaved frame: an RTSP message (read, and failed on if it
         ends the session), or bytes up to the next '$' (a camera that lost its framing)."""
@@ -575,104 +610,139 @@ class Depacketizer:
         self._nals, self._size, self._fragment = [], 0, None
 
 
-# -- the source
+# -- one session, shared by a camera's picture and its sound
+
+#: a session's sound waiting for its reader may take at most this many bytes (then the oldest goes)
+MAX_AUDIO_QUEUE = 256 * 1024
+#: a session's picture waiting for its reader: beyond this many bytes it is dropped (then from
+#: the next IDR on), never piled up
+MAX_VIDEO_QUEUE = 2 * MAX_ACCESS_UNIT
+#: the sound channel's packets and bytes in a second, and its broken packets, beyond any camera's
+#: (AAC at 48 kHz is 47 packets a second, G.711 at 10 ms 100, Opus at 2.5 ms 400; 8 channels of
+#: 16-bit 48 kHz PCM 768 KB): beyond them the sound of the session is cut, its picture goes on
+MAX_AUDIO_PACKETS_PER_SECOND = 1000
+MAX_AUDIO_BYTES_PER_SECOND = 1024 * 1024
+MAX_AUDIO_BAD_PER_SECOND = 100
+#: the interleaved channels camtrack asks for: picture on 0 (RTCP 1), sound on 2 (RTCP 3)
+VIDEO_CHANNEL, AUDIO_CHANNEL = 0, 2
+
+#: rtsp:// URLs whose sound camtrack reads (set by `read_sound_of`: a camera with --audio other than
+#: off); a session of one of them sets up its audio track beside its video
+_SOUND: set[str] = set()
+_SESSIONS: dict[str, list[RtspSession]] = {}
+_SESSIONS_LOCK = threading.Lock()
 
 
-class RtspSource:
-    """Access units of an H.264 RTSP camera, read over TCP by camtrack itself (see the module's
-    docstring); a camera it cannot read this way is read with PyAV (`DemuxSource`) instead."""
+def read_sound_of(url: str, wanted: bool = True) -> None:
+    """Whether the sessions of `url` set up its sound beside its picture (`--audio` not off)."""
+    with _SESSIONS_LOCK:
+        if wanted:
+            _SOUND.add(url)
+        else:
+            _SOUND.discard(url)
 
-    def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0) -> None:
+
+def parse_sdp_audio(sdp: str, base: str) -> tuple[AudioTrack | None, str | None]:
+    """The audio track of an SDP description camtrack's reader reads, or None and why not (None:
+    the description has no audio)."""
+    sections: list[list[str]] = [[]]
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    for line in sections[0]:
+        if line.startswith("a=control:"):
+            control = line[len("a=control:"):].strip()
+            if control and control != "*":
+                base = _resolve(base, control)
+
+    def resolve(control: str) -> str:
+        return _resolve(base, control) if control and control != "*" else base
+
+    try:
+        return parse_audio(sections[1:], resolve), None
+    except AudioUnsupported as exc:
+        return None, str(exc)
+
+
+class RtspSession:
+    """One RTSP session of a camera, shared by the readers of its picture (`RtspSource`) and of its
+    sound (`camtrack.sources.rtspaudio.RtspAudioSource`): a camera that allows one session gives
+    both, and is asked once. Opened by the first reader (`acquire`), torn down after the last
+    (`release`). Whichever reader waits reads the connection for all (`wait`): the picture's units
+    go to the picture's queue while it has a reader, the sound's access units (with their capture
+    times on the picture's timeline) to the sound's while it has one; what nobody reads is dropped
+    uncopied. Both queues are bounded in bytes."""
+
+    def __init__(self, url: str, *, sound: bool, open_timeout: float, read_timeout: float) -> None:
         self.url = url
-        self.open_timeout, self.read_timeout = open_timeout, read_timeout
         self.description = redact(url)
-        self.live = True
-        self.lost = 0
-        #: why camtrack's reader left the camera to PyAV last (said once in the log)
-        self._unsupported = ""
-        self._connection: RtspConnection | None = None
-        self._track: VideoTrack | None = None
-        self._depacketizer: Depacketizer | None = None
-        self._converter = H264Converter(None)
-        self._ready: deque[SourcePacket] = deque()
-        self._time_base = fractions.Fraction(1, 90000)
-        self._size = (0, 0)
-        self._reorder: int | None = None
-        self._reordered = False
+        self.sound = sound
+        self.open_timeout, self.read_timeout = open_timeout, read_timeout
+        self.connection: RtspConnection | None = None
+        self.track: VideoTrack | None = None
+        self.depacketizer: Depacketizer | None = None
+        self.converter = H264Converter(None)
+        self.time_base = fractions.Fraction(1, 90000)
+        self.size = (0, 0)
+        self.reorder: int | None = None
+        self.reordered = False
+        #: the sound's track (None: the camera has none, or it is not read: `audio_problem` says why)
+        self.audio: AudioTrack | None = None
+        self.audio_problem: str | None = None
+        #: why the sound of this session was cut (a flood, garbage), while its picture goes on
+        self.audio_fault: str | None = None
+        self.audio_depacketizer: AudioDepacketizer | None = None
+        self.timeline: Timeline | None = None
+        self.audio_dropped = 0
+        #: readers attached, and their kinds (at most one of each)
+        self.users = 0
+        self.claims: set[str] = set()
+        self.video_readers = 0
+        self.audio_readers = 0
+        self.video: deque[SourcePacket] = deque()
+        self.video_bytes = 0
+        self.sounds: deque[tuple[float, int, list[bytes]]] = deque()
+        self.sound_bytes = 0
+        #: what ended the session (every reader then fails with it)
+        self.error: BaseException | None = None
+        self.opened = threading.Event()
+        #: held while a queue and its byte count change (the pumping thread adds, each reader takes)
+        self.queues = threading.Lock()
+        self._pump = threading.Lock()
+        self._cond = threading.Condition()
+        self._channels: frozenset[int] = frozenset()
         self._first: int | None = None
         self._last: int | None = None
         self._extended = 0
         self._max_pts: int | None = None
         self._keepalive_at = 0.0
-        self._channel = 0
-        self._interrupted = threading.Event()
-        #: the flood guard's window: when it began, and the packets and bytes within it
+        self._channel = VIDEO_CHANNEL
+        self._audio_channel = AUDIO_CHANNEL
         self._window_start = 0.0
         self._window_frames = 0
         self._window_bytes = 0
-        #: the reader's own CPU time since `_busy_since` (see PACE_AFTER)
+        self._audio_window = (0.0, 0, 0, 0)
         self._busy_since = 0.0
         self._busy = 0.0
-        #: why the last read gave None (the stream ended), for the log and the camera's state
-        self.end_reason: str | None = None
-        #: PyAV's reader, once this camera turned out to need it
-        self.fallback: DemuxSource | None = None
+        #: whether pictures went by unread (no picture reader): the next one starts at an IDR
+        self._video_skipped = False
+        self._restart_video = False
 
-    @property
-    def codec(self) -> CodecInfo:
-        if self.fallback is not None:
-            return self.fallback.codec
-        sps = self._converter.sps
-        return CodecInfo("h264", self._size[0], self._size[1], self._time_base,
-                         profile_level_id(sps) if sps is not None else None, self._converter.parameter_sets)
-
-    @property
-    def passthrough(self) -> bool:
-        return self.why_not_passthrough is None
-
-    @property
-    def extradata(self) -> bytes | None:
-        """What a decoder needs before the first packet: nothing for H.264 in Annex-B."""
-        return self.fallback.extradata if self.fallback is not None else None
-
-    @property
-    def why_not_passthrough(self) -> str | None:
-        if self.fallback is not None:
-            return self.fallback.why_not_passthrough
-        if self._reordered or (self._reorder or 0) > 0:
-            return "the H.264 has B-frames"
-        return None
+    # -- opening
 
     def open(self) -> None:
-        # each opening tries camtrack's own reader first: a camera that needed PyAV once (a
-        # description it could not read) is not left to PyAV for the rest of the feed's run
-        self.close()
-        self.fallback = None
-        self._interrupted.clear()
-        try:
-            self._open()
-        except RtspUnsupported as exc:
-            self.close()
-            if str(exc) != self._unsupported:  # said once, not at every reopening
-                logger.info("%s: %s; reading it with PyAV instead", self.description, exc)
-                self._unsupported = str(exc)
-            self.fallback = DemuxSource(self.url, rtsp_transport="tcp", open_timeout=self.open_timeout,
-                                        read_timeout=self.read_timeout)
-            self.fallback.open()
-        except BaseException:
-            self.close()
-            raise
-
-    def _open(self) -> None:
         connection = RtspConnection(self.url, open_timeout=self.open_timeout, read_timeout=self.read_timeout)
-        self._connection = connection
+        self.connection = connection
         deadline = connection.deadline = time.monotonic() + self.open_timeout
         connection.connect()
         options = connection.request("OPTIONS", connection.url)
         connection.methods = {m.strip().upper() for m in options.header("public").split(",") if m.strip()}
         described = connection.request("DESCRIBE", connection.url, {"Accept": "application/sdp"})
         base = described.header("content-base") or described.header("content-location") or connection.url
-        track = parse_sdp(described.body.decode("utf-8", "replace"), base)
+        sdp = described.body.decode("utf-8", "replace")
+        track = parse_sdp(sdp, base)
         setup = connection.request("SETUP", track.control, {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"})
         session = setup.header("session")
         if not session:
@@ -685,30 +755,60 @@ class RtspSource:
         if "interleaved" not in transport.lower() and "tcp" not in transport.lower():
             raise RtspUnsupported(f"the camera answered SETUP with transport {transport[:60]!r}, not TCP")
         interleaved = re.search(r"interleaved\s*=\s*(\d+)", transport)
-        self._channel = int(interleaved.group(1)) if interleaved else 0
+        self._channel = int(interleaved.group(1)) if interleaved else VIDEO_CHANNEL
+        if self.sound:
+            self._setup_audio(connection, sdp, base)
         # aggregate control: PLAY names the presentation (the base URL), not the track
         connection.request("PLAY", base, {"Range": "npt=0.000-"})
-        self._track, self._depacketizer = track, Depacketizer(track.payload_type)
-        self._time_base = fractions.Fraction(1, track.clock_rate)
-        self._ready.clear()
-        self._first = self._last = self._max_pts = None
-        self._window_start, self._window_frames, self._window_bytes = time.monotonic(), 0, 0
-        self.end_reason = None
-        self._keepalive_at = time.monotonic() + connection.session_timeout / 2
+        self.track, self.depacketizer = track, Depacketizer(track.payload_type)
+        self.time_base = fractions.Fraction(1, track.clock_rate)
+        channels = {self._channel, self._channel + 1}
+        if self.audio is not None:
+            channels |= {self._audio_channel, self._audio_channel + 1}
+            self.timeline = Timeline(track.clock_rate, self.audio.clock_rate)
+            self.audio_depacketizer = AudioDepacketizer(self.audio)
+        self._channels = frozenset(channels)
+        now = time.monotonic()
+        self._window_start, self._audio_window = now, (now, 0, 0, 0)
+        self._keepalive_at = now + connection.session_timeout / 2
         for nal in track.parameter_sets:
-            self._learn(nal)
+            self.learn(nal)
         # the size comes from an SPS: from the description, else from the stream's first ones
-        while self._converter.sps is None:
+        while self.converter.sps is None:
             if time.monotonic() > deadline:
                 raise RtspError("no H.264 parameter sets within the open timeout")
-            self._read_units()
-            while self._ready and self._converter.sps is None:
-                self._ready.popleft()  # before any SPS: nothing a viewer could decode
+            self._read_batch(video=True)
+            while self.video and self.converter.sps is None:
+                self.video.popleft()  # before any SPS: nothing a viewer could decode
         connection.deadline = None  # open: from now on each read has read_timeout
 
-    def _learn(self, nal: bytes) -> None:
+    def _setup_audio(self, connection: RtspConnection, sdp: str, base: str) -> None:
+        """SETUP the sound in the same session (interleaved on 2-3); a camera that refuses it, or a
+        sound camtrack does not read, leaves the picture alone (`audio_problem` says why)."""
+        audio, problem = parse_sdp_audio(sdp, base)
+        if audio is None:
+            self.audio_problem = problem
+            return
+        try:
+            answer = connection.request("SETUP", audio.control,
+                                        {"Transport": f"RTP/AVP/TCP;unicast;interleaved={AUDIO_CHANNEL}-{AUDIO_CHANNEL + 1}"})
+        except RtspUnsupported:
+            raise
+        except RtspError as exc:
+            self.audio_problem = f"the camera refused to set up its sound in the picture's session ({exc})"
+            logger.info("%s: %s", self.description, self.audio_problem)
+            return
+        transport = answer.header("transport")
+        interleaved = re.search(r"interleaved\s*=\s*(\d+)", transport)
+        channel = int(interleaved.group(1)) if interleaved else AUDIO_CHANNEL
+        if channel in (self._channel, self._channel + 1) or "tcp" not in transport.lower() and not interleaved:
+            self.audio_problem = f"the camera answered the sound's SETUP with transport {transport[:60]!r}"
+            return
+        self._audio_channel, self.audio = channel, audio
+
+    def learn(self, nal: bytes) -> None:
         if nal_type(nal) != NAL_SPS:
-            self._converter.convert_nals([nal])
+            self.converter.convert_nals([nal])
             return
         try:
             info = parse_sps(nal)
@@ -718,33 +818,100 @@ class RtspSource:
         # a size beyond the limits is refused here (SizeRefused), before anything is made at it;
         # an in-band SPS changing the size is checked again, as each one comes
         check_size(info.width, info.height, "the camera's SPS")
-        self._converter.convert_nals([nal])
-        self._size, self._reorder = (info.width, info.height), info.max_reorder_frames
+        self.converter.convert_nals([nal])
+        self.size, self.reorder = (info.width, info.height), info.max_reorder_frames
 
-    def read(self) -> SourcePacket | None:
-        """The next access unit, as soon as its last packet is in; None when the camera ended."""
-        if self.fallback is not None:
-            return self.fallback.read()
-        try:
-            while not self._ready:
-                if self._interrupted.is_set():
-                    return None
-                self._read_units()
-        except EOFError as exc:
-            self.end_reason = str(exc) or "the camera closed the connection"
-            return None
-        except OSError:
-            if self._interrupted.is_set():
-                return None
-            raise
-        return self._ready.popleft()
+    # -- reading, for whichever reader waits
 
-    def _read_units(self) -> None:
-        connection, depacketizer = self._connection, self._depacketizer
+    def wait(self, ready: Callable[[], bool], interrupted: threading.Event) -> None:
+        """Until `ready()` (the caller's queue has something), the session failed (raised), or the
+        caller is interrupted (returns): reading the connection itself while no other reader does."""
+        while not ready():
+            if interrupted.is_set():
+                return
+            if self.error is not None:
+                raise self.error
+            if self._pump.acquire(blocking=False):
+                spent, now = 0.0, time.monotonic()
+                try:
+                    if not ready() and self.error is None:
+                        cpu = time.thread_time()
+                        now = self._read_batch(video=self.video_readers > 0)
+                        spent = time.thread_time() - cpu
+                except BaseException as exc:
+                    self.error = exc
+                    _forget(self)
+                    raise
+                finally:
+                    self._pump.release()
+                    with self._cond:
+                        self._cond.notify_all()
+                self._pace(now, spent)
+            else:
+                with self._cond:
+                    if not ready() and self.error is None and self._pump.locked() and not interrupted.is_set():
+                        self._cond.wait(0.1)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _read_batch(self, *, video: bool) -> float:
+        """One batch of packets read and handed out; the time.monotonic() it was read at."""
+        if video and self._restart_video and self.track is not None:
+            self._restart_video = self._video_skipped = False
+            self.depacketizer = Depacketizer(self.track.payload_type)
+            with self.queues:
+                self.video.clear()
+                self.video_bytes = 0
+        connection, depacketizer = self.connection, self.depacketizer
         if connection is None or depacketizer is None:
             raise RtspError("not open")
-        cpu = time.thread_time()
-        payloads, frames, size = connection.read_frames(self._channel)
+        timeline = self.timeline
+        if timeline is None:
+            # no sound in this session: the picture's channel alone (its RTCP and the rest left uncopied)
+            pictures, frames, size = connection.read_frames(self._channel)
+            now = self._after_read(connection, frames, size)
+            if not video:
+                self._video_skipped = True
+                return now
+            for data in pictures:
+                units = depacketizer.push(data)
+                if units:
+                    self._video(units)
+            return now
+        payloads, frames, size = connection.read_channels(self._channels)
+        now = self._after_read(connection, frames, size)
+        arrived = time.time()
+        sound = self.audio_readers > 0 and self.audio_fault is None
+        audio_packets = audio_bytes = 0
+        bad_before = self.audio_depacketizer.bad if self.audio_depacketizer is not None else 0
+        for channel, data in payloads:
+            if channel == self._channel:
+                if timeline is not None and len(data) >= 12 and data[1] & 0x80:
+                    timeline.picture(int.from_bytes(data[4:8], "big"), arrived)
+                if video:
+                    units = depacketizer.push(data)
+                    if units:
+                        self._video(units)
+                else:
+                    self._video_skipped = True
+            elif channel == self._audio_channel:
+                audio_packets += 1
+                audio_bytes += len(data)
+                if sound:
+                    self._sound(data, arrived)
+            else:  # RTCP: the sender reports that put the sound on the picture's timeline
+                clock = timeline.video if channel == self._channel + 1 else timeline.audio
+                for _, ntp, rtp in sender_reports(data):
+                    clock.report(ntp, rtp)
+        if audio_packets:
+            bad = (self.audio_depacketizer.bad if self.audio_depacketizer is not None else 0) - bad_before
+            self._audio_guard(audio_packets, audio_bytes, bad, now)
+        return now
+
+    def _after_read(self, connection: RtspConnection, frames: int, size: int) -> float:
+        """The flood guard and the keep-alive, after each read; the time.monotonic() of the read."""
         now = time.monotonic()
         self._guard(frames, size, now)
         if now >= self._keepalive_at:
@@ -752,17 +919,66 @@ class RtspSource:
             connection.send_only("GET_PARAMETER" if "GET_PARAMETER" in connection.methods else "OPTIONS",
                                  connection.url)
             self._keepalive_at = now + connection.session_timeout / 2
-        # RTCP and other tracks were left out by read_frames
-        for data in payloads:
-            for timestamp, nals in depacketizer.push(data):
-                for nal in nals:
-                    if nal_type(nal) == NAL_SPS:
-                        self._learn(nal)
-                payload, keyframe = self._converter.convert_nals(nals)
-                if payload:
-                    self._ready.append(SourcePacket(payload, self._pts(timestamp), self._time_base, keyframe))
-        self.lost = depacketizer.lost
-        self._pace(now, time.thread_time() - cpu)
+        return now
+
+    def _video(self, units: list[tuple[int, list[bytes]]]) -> None:
+        depacketizer = self.depacketizer
+        assert depacketizer is not None
+        for timestamp, nals in units:
+            for nal in nals:
+                if nal_type(nal) == NAL_SPS:
+                    self.learn(nal)
+            payload, keyframe = self.converter.convert_nals(nals)
+            if not payload:
+                continue
+            if self.video_bytes + len(payload) > MAX_VIDEO_QUEUE:
+                # nobody took the pictures (a reader stuck elsewhere): not piled up; the next IDR starts over
+                with self.queues:
+                    self.video.clear()
+                    self.video_bytes = 0
+                depacketizer.lost += 1
+                depacketizer._broken = True
+                continue
+            packet = SourcePacket(payload, self._pts(timestamp), self.time_base, keyframe)
+            with self.queues:
+                self.video.append(packet)
+                self.video_bytes += len(payload)
+
+    def _sound(self, data: bytes, arrived: float) -> None:
+        depacketizer, timeline = self.audio_depacketizer, self.timeline
+        assert depacketizer is not None and timeline is not None
+        for timestamp, units in depacketizer.push(data):
+            size = sum(len(u) for u in units) + 64 * len(units)
+            captured = timeline.sound(timestamp, arrived)
+            with self.queues:
+                self.sounds.append((captured, timestamp, units))
+                self.sound_bytes += size
+                while self.sound_bytes > MAX_AUDIO_QUEUE and self.sounds:
+                    _, _, old = self.sounds.popleft()
+                    self.sound_bytes -= sum(len(u) for u in old) + 64 * len(old)
+                    self.audio_dropped += 1
+
+    def _audio_guard(self, packets: int, size: int, bad: int, now: float) -> None:
+        """Cut the sound (never the picture) of a camera whose sound channel floods or is garbage."""
+        start, count, total, broken = self._audio_window
+        if now - start >= 1.0:
+            start, count, total, broken = now, 0, 0, 0
+        count, total, broken = count + packets, total + size, broken + bad
+        self._audio_window = (start, count, total, broken)
+        fault = None
+        if count > MAX_AUDIO_PACKETS_PER_SECOND:
+            fault = f"sound flood: more than {MAX_AUDIO_PACKETS_PER_SECOND} audio packets within a second"
+        elif total > MAX_AUDIO_BYTES_PER_SECOND:
+            fault = f"sound flood: more than {MAX_AUDIO_BYTES_PER_SECOND // 1024} KiB of audio within a second"
+        elif broken > MAX_AUDIO_BAD_PER_SECOND:
+            fault = f"broken sound: more than {MAX_AUDIO_BAD_PER_SECOND} malformed audio packets within a second"
+        if fault is not None and self.audio_fault is None:
+            self.audio_fault = f"{fault}; the sound of this session is cut, its picture goes on"
+            logger.warning("%s: %s", self.description, self.audio_fault)
+            with self.queues:
+                self.sounds.clear()
+                self.sound_bytes = 0
+            self._channels = frozenset({self._channel, self._channel + 1})  # not even copied any more
 
     def _pace(self, now: float, spent: float) -> None:
         """Packets pouring in (a flood until the guard cuts it, a huge picture): at most half a
@@ -801,29 +1017,231 @@ class RtspSource:
             self._extended += delta - (1 << 32) if delta >= 1 << 31 else delta
             self._last = timestamp
         pts = self._extended
-        if self._max_pts is not None and pts < self._max_pts and not self._reordered:
+        if self._max_pts is not None and pts < self._max_pts and not self.reordered:
             logger.info("%s: pictures come out of presentation order (B-frames)", self.description)
-            self._reordered = True
+            self.reordered = True
         self._max_pts = pts if self._max_pts is None else max(self._max_pts, pts)
         return pts
 
-    def interrupt(self) -> None:
-        self._interrupted.set()
-        if self.fallback is not None:
-            self.fallback.interrupt()
-        connection = self._connection
-        if connection is not None:
-            connection.interrupt()
+    # -- readers coming and going
 
-    def close(self) -> None:
-        if self.fallback is not None:
-            self.fallback.close()
-        connection, self._connection = self._connection, None
+    def attach(self, kind: str) -> None:
+        with self._cond:
+            if kind == "video":
+                if self.video_readers == 0 and self._video_skipped:
+                    # a picture reader joining a session that read none: from the next IDR (done
+                    # by the thread that reads the connection, at its next batch)
+                    self._restart_video = True
+                self.video_readers += 1
+            else:
+                if self.audio_readers == 0:
+                    with self.queues:
+                        self.sounds.clear()
+                        self.sound_bytes = 0
+                self.audio_readers += 1
+
+    def detach(self, kind: str) -> None:
+        with self._cond:
+            if kind == "video":
+                self.video_readers -= 1
+            else:
+                self.audio_readers -= 1
+
+    def close(self, interrupted: bool) -> None:
+        connection, self.connection = self.connection, None
         if connection is None:
             return
-        if connection.session and not self._interrupted.is_set():
+        if connection.session and not interrupted and self.error is None:
             try:
                 connection.send_only("TEARDOWN", connection.url)
             except OSError:
                 pass  # the camera is gone already
         connection.close()
+
+
+def _forget(session: RtspSession) -> None:
+    """A failed session is not handed to the next reader (it opens a new one)."""
+    with _SESSIONS_LOCK:
+        sessions = _SESSIONS.get(session.url, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            _SESSIONS.pop(session.url, None)
+
+
+def acquire(url: str, kind: str, *, open_timeout: float, read_timeout: float) -> RtspSession:
+    """An open session of `url` for a reader of `kind` ("video" or "audio"): one whose other reader
+    has it (a session has at most one reader of each kind: a second picture reader, the capture
+    beside the passthrough, gets a session of its own), else a new one (opened here; a reader of
+    the other kind meanwhile waits for it)."""
+    with _SESSIONS_LOCK:
+        sessions = _SESSIONS.setdefault(url, [])
+        session = next((s for s in sessions if s.error is None and kind not in s.claims), None)
+        opener = session is None
+        if session is None:
+            session = RtspSession(url, sound=url in _SOUND, open_timeout=open_timeout, read_timeout=read_timeout)
+            sessions.append(session)
+        session.users += 1
+        session.claims.add(kind)
+    if opener:
+        try:
+            session.open()
+        except BaseException as exc:
+            session.error = exc
+            session.opened.set()
+            release(session, interrupted=True, kind=kind)
+            raise
+        session.opened.set()
+    elif not session.opened.wait(open_timeout + 1.0) or session.error is not None:
+        release(session, interrupted=True, kind=kind)
+        error = session.error
+        if isinstance(error, RtspError):
+            raise type(error)(str(error))
+        raise RtspError(f"the camera's session did not open ({error or 'timed out'})")
+    session.attach(kind)
+    return session
+
+
+def release(session: RtspSession, *, interrupted: bool = False, kind: str) -> None:
+    """A reader of `kind` is done with `session`; the last one tears it down."""
+    attached = kind == "video" and session.video_readers > 0 or kind == "audio" and session.audio_readers > 0
+    if attached:
+        session.detach(kind)
+    with _SESSIONS_LOCK:
+        session.claims.discard(kind)
+        session.users -= 1
+        last = session.users <= 0
+    if last:
+        _forget(session)
+    session.wake()
+    if last:
+        session.close(interrupted)
+
+
+# -- the source
+
+
+class RtspSource:
+    """Access units of an H.264 RTSP camera, read over TCP by camtrack itself (see the module's
+    docstring); a camera it cannot read this way is read with PyAV (`DemuxSource`) instead. Its
+    session is shared with the reader of the camera's sound (`RtspSession`)."""
+
+    def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 5.0) -> None:
+        self.url = url
+        self.open_timeout, self.read_timeout = open_timeout, read_timeout
+        self.description = redact(url)
+        self.live = True
+        self.lost = 0
+        #: why camtrack's reader left the camera to PyAV last (said once in the log)
+        self._unsupported = ""
+        self._session: RtspSession | None = None
+        #: the session last opened (what it learnt of the picture outlives its closing)
+        self._known: RtspSession | None = None
+        self._interrupted = threading.Event()
+        #: why the last read gave None (the stream ended), for the log and the camera's state
+        self.end_reason: str | None = None
+        #: PyAV's reader, once this camera turned out to need it
+        self.fallback: DemuxSource | None = None
+
+    @property
+    def session(self) -> RtspSession | None:
+        """The camera's session this reader reads (shared with its sound's reader)."""
+        return self._session
+
+    @property
+    def codec(self) -> CodecInfo:
+        if self.fallback is not None:
+            return self.fallback.codec
+        session = self._known
+        converter = session.converter if session is not None else H264Converter(None)
+        size = session.size if session is not None else (0, 0)
+        time_base = session.time_base if session is not None else fractions.Fraction(1, 90000)
+        sps = converter.sps
+        return CodecInfo("h264", size[0], size[1], time_base,
+                         profile_level_id(sps) if sps is not None else None, converter.parameter_sets)
+
+    @property
+    def passthrough(self) -> bool:
+        return self.why_not_passthrough is None
+
+    @property
+    def extradata(self) -> bytes | None:
+        """What a decoder needs before the first packet: nothing for H.264 in Annex-B."""
+        return self.fallback.extradata if self.fallback is not None else None
+
+    @property
+    def why_not_passthrough(self) -> str | None:
+        if self.fallback is not None:
+            return self.fallback.why_not_passthrough
+        session = self._known
+        if session is not None and (session.reordered or (session.reorder or 0) > 0):
+            return "the H.264 has B-frames"
+        return None
+
+    def open(self) -> None:
+        # each opening tries camtrack's own reader first: a camera that needed PyAV once (a
+        # description it could not read) is not left to PyAV for the rest of the feed's run
+        self.close()
+        self.fallback = None
+        self._interrupted.clear()
+        self.end_reason = None
+        try:
+            self._session = self._known = acquire(self.url, "video", open_timeout=self.open_timeout,
+                                                  read_timeout=self.read_timeout)
+            if self._interrupted.is_set():
+                raise RtspError("interrupted")
+        except RtspUnsupported as exc:
+            self.close()
+            if str(exc) != self._unsupported:  # said once, not at every reopening
+                logger.info("%s: %s; reading it with PyAV instead", self.description, exc)
+                self._unsupported = str(exc)
+            self.fallback = DemuxSource(self.url, rtsp_transport="tcp", open_timeout=self.open_timeout,
+                                        read_timeout=self.read_timeout)
+            self.fallback.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self) -> SourcePacket | None:
+        """The next access unit, as soon as its last packet is in; None when the camera ended."""
+        if self.fallback is not None:
+            return self.fallback.read()
+        session = self._session
+        if session is None:
+            raise RtspError("not open")
+        queue = session.video
+        try:
+            session.wait(lambda: bool(queue), self._interrupted)
+        except EOFError as exc:
+            self.end_reason = str(exc) or "the camera closed the connection"
+            return None
+        except OSError:
+            if self._interrupted.is_set():
+                return None
+            raise
+        if not queue or self._interrupted.is_set():
+            return None
+        with session.queues:
+            packet = queue.popleft()
+            session.video_bytes -= len(packet.data)
+        if session.depacketizer is not None:
+            self.lost = session.depacketizer.lost
+        return packet
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+        if self.fallback is not None:
+            self.fallback.interrupt()
+        session = self._session
+        if session is not None:
+            session.wake()
+            connection = session.connection
+            if connection is not None and session.users <= 1:
+                connection.interrupt()  # (a session the sound reads too goes on)
+
+    def close(self) -> None:
+        if self.fallback is not None:
+            self.fallback.close()
+        session, self._session = self._session, None
+        if session is not None:
+            release(session, interrupted=self._interrupted.is_set(), kind="video")
