@@ -17,7 +17,7 @@ from typing import Any
 
 import av
 
-from ..media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, AudioChunk
+from ..media.audio import AUDIO_CLOCK_RATE, FRAME_SAMPLES, G711_CLOCK_RATE, PASSED_CODECS, AudioChunk
 from .rtpaudio import opus_samples
 from .rtsp import RtspError, RtspSession, RtspUnsupported, acquire, release
 from .urls import redact
@@ -46,6 +46,8 @@ class RtspAudioSource:
         self._head: float | None = None
         self._queue: list[AudioChunk] = []
         self._undecodable = 0
+        #: camtrack's name of the camera's G.711 when it is passed on as it comes (pcmu, pcma), else ""
+        self._g711 = ""
         #: AUs that did not decode (counted for the log and tests)
         self.undecodable = 0
 
@@ -69,10 +71,21 @@ class RtspAudioSource:
             fault = session.audio_fault
             self.close()
             raise RtspError(fault)
-        self.codec_name = track.codec
         self._queue.clear()
         self._head = None
         self._undecodable = 0
+        self._decoder = None
+        self._g711 = ""
+        # the feed learns the codec by FFmpeg's name (media.audio.AudioSource): G.711 of RTP's own
+        # rate and channels (8 kHz mono) is passed on to listeners who take it, as PyAV's reader does;
+        # any other G.711 is decoded, under a name that does not claim it can be passed on
+        if track.codec in PASSED_CODECS and track.clock_rate == G711_CLOCK_RATE and track.channels == 1:
+            self.codec_name, self._g711 = PASSED_CODECS[track.codec], track.codec
+            return
+        if track.codec in PASSED_CODECS:
+            self.codec_name = f"{PASSED_CODECS[track.codec]}@{track.clock_rate}x{track.channels}"
+        else:
+            self.codec_name = track.codec
         if track.codec == "opus":
             return
         decoder = av.CodecContext.create(DECODERS[track.codec], "r")
@@ -109,6 +122,11 @@ class RtspAudioSource:
         return self._queue.pop(0)
 
     def _take(self, captured: float, units: list[bytes]) -> None:
+        if self._g711:  # G.711: as it is, decoded by the feed only for its Opus listeners
+            for unit in units:
+                self._queue.append(AudioChunk(captured, samples=len(unit), g711=unit, g711_codec=self._g711))
+                captured += len(unit) / G711_CLOCK_RATE
+            return
         if self._decoder is None:  # Opus: as it is
             for unit in units:
                 samples = opus_samples(unit)
@@ -182,6 +200,11 @@ class SessionAudioSource:
                 self._said = str(exc)
             self._current = self._fallback_factory()
             self._current.open()
+
+    @property
+    def codec_name(self) -> str:
+        """The sound's codec by FFmpeg's name, as the reader in use says it (media.audio.AudioSource)."""
+        return str(getattr(self._current, "codec_name", ""))
 
     def read(self) -> AudioChunk | None:
         chunk: AudioChunk | None = self._current.read()
