@@ -56,7 +56,7 @@
           buffer.copyToChannel(samples, 0);
           const source = context.createBufferSource();
           source.buffer = buffer;
-          source.connect(context.destination);
+          source.connect(sound.output);
           const now = context.currentTime;
           if (next < now + 0.02 || next > now + 0.3) next = now + 0.06; // (started, or drifted)
           source.start(next);
@@ -79,7 +79,12 @@
     };
     sound.setMuted = (muted) => {
       sound.muted = muted;
-      if (!muted && !context) context = new AudioContext();
+      if (!muted && !context) {
+        context = new AudioContext();
+        sound.context = context; // (where the sound plays, and the node it all goes through: a test taps it)
+        sound.output = context.createGain();
+        sound.output.connect(context.destination);
+      }
       if (context && !muted) context.resume().catch(() => {});
     };
     sound.close = () => {
