@@ -74,7 +74,7 @@ WS_LIP_SYNC = """async ([seconds, decoder]) => {
   }
   await new Promise((r) => setTimeout(r, seconds * 1000));
   running = false;
-  source.disconnect(tap);
+  if (decoder !== "mse") source.disconnect(tap); // (the element's sound goes on through it)
   const offsets = [];
   for (const beep of beeps) {
     let best = null;
@@ -83,7 +83,8 @@ WS_LIP_SYNC = """async ([seconds, decoder]) => {
   }
   return {beeps: beeps.length, marks: marks.length, offsets, loudest,
           decoded: decoder === "mse" ? video.webkitAudioDecodedByteCount : player.sound.decoded,
-          played: player.sound.played, stalls: window.camtrack.stats && window.camtrack.stats.stalls};
+          played: player.sound.played, stalls: window.camtrack.stats && window.camtrack.stats.stalls,
+          late: player.sound.late, lag: player.sound.lag, need: player.sound.need && player.sound.need()};
 }"""
 
 
