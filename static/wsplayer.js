@@ -33,13 +33,61 @@
     return { frames: 0, bytes: 0, messages: 0, dropped: 0, resyncs: 0, codec: null };
   }
 
+  // The epoch's ms now (the clock the messages' capture times are in; any offset between the
+  // server's clock and this one cancels out: only differences of capture times are used)
+  const epochNow = () => performance.timeOrigin + performance.now();
+  const median = (values) => {
+    const sorted = [...values].sort((a, b) => a - b);
+    const middle = sorted.length >> 1;
+    return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+  };
+
   // --- the sound beside the WebCodecs picture: Opus decoded as it comes (its level for the meter,
   // muted or not), played through an AudioContext once unmuted (a gesture: audio.js), each packet
-  // scheduled right after the last, a little ahead of now (a late one starts at once)
+  // heard when its capture time plus the pictures' delay (capture to shown) comes, so that a beep and
+  // the picture captured with it come out together. Packets follow one another while they stay within
+  // SLACK of that time, and are placed again when they part further (a skip, a change of the
+  // pictures' delay); one a little late plays at once, a later one is dropped. The pictures are held back
+  // (webCodecsPlayer) when the sound cannot be heard as early as they would be shown (`sound.need`).
+  const SLACK = 0.03; // s
+  const AHEAD = 0.01; // s: the least a packet is scheduled ahead of the context's time
+  const MOST_AHEAD = 1.0; // s: the most (a stalled picture's delay must not pile the sound up)
+  const LATE = 0.04; // s: a packet later than its time by up to this plays at once, a later one is dropped
+  const MARGIN = 15; // ms: the sound's jitter the pictures' hold leaves room for
   function soundPlayer() {
-    const sound = { codec: null, level: 0, decoded: 0, played: 0, muted: true };
+    const sound = { codec: null, level: 0, decoded: 0, played: 0, late: 0, muted: true, lag: null, need: () => 0 };
     let context = null;
-    let next = 0;
+    let next = null; // where the next packet follows the last (context time)
+    // the capture times (ms since the epoch) of the packets being decoded, in order: one AudioData comes
+    // out of each Opus packet, in order (Chromium's output timestamps run on from the first packet's
+    // by the samples decoded, across any gap, so they cannot be looked up)
+    const captured = [];
+    const shown = []; // the newest pictures' delays from capture to shown (ms)
+    // the packets' least delay from capture to heard (ms): the most lately seen, falling 100 ms a
+    // second after a late one (a hiccup of the page holds the pictures back a while, not for long)
+    let needed = null;
+    let heardAt = 0; // epochNow() of the last packet scheduled
+    // context time <-> the epoch's ms, at the speaker (the output timestamp: when the sample being
+    // played now is heard)
+    function epochOf(time) {
+      const stamp = context.getOutputTimestamp();
+      if (stamp.performanceTime) {
+        return performance.timeOrigin + stamp.performanceTime + (time - stamp.contextTime) * 1000;
+      }
+      return epochNow() + (time - context.currentTime + (context.baseLatency || 0) + (context.outputLatency || 0)) * 1000;
+    }
+    const timeOf = (epoch) => context.currentTime + (epoch - epochOf(context.currentTime)) / 1000;
+    // the pictures' hold (ms from capture) the sound needs to be heard with them: what its packets
+    // lately needed and a margin, while the sound plays (none when muted, or once it has stopped coming)
+    sound.need = () => (!sound.muted && needed !== null && epochNow() - heardAt < 500 ? needed + MARGIN : 0);
+    // how far ahead of the context's time the sound scheduled so far ends (s)
+    sound.ahead = () => (context && next !== null ? Math.max(0, next - context.currentTime) : 0);
+    // a picture shown `delay` ms after its capture
+    sound.picture = (delay) => {
+      shown.push(delay);
+      if (shown.length > 15) shown.shift();
+      sound.lag = median(shown);
+    };
     const decoder = new AudioDecoder({
       output(data) {
         const samples = new Float32Array(data.numberOfFrames);
@@ -51,17 +99,30 @@
         // socket's batches) still shows between them, whenever the meter looks
         sound.level = Math.max(Math.sqrt(sum / samples.length) * Math.SQRT2, sound.level * 0.95); // (a sine's peak)
         sound.decoded += 1;
-        if (context && !sound.muted) {
-          const buffer = context.createBuffer(1, samples.length, data.sampleRate);
-          buffer.copyToChannel(samples, 0);
-          const source = context.createBufferSource();
-          source.buffer = buffer;
-          source.connect(context.destination);
-          const now = context.currentTime;
-          if (next < now + 0.02 || next > now + 0.3) next = now + 0.06; // (started, or drifted)
-          source.start(next);
-          next += buffer.duration;
-          sound.played += 1;
+        const at = captured.shift();
+        if (context && !sound.muted && at !== undefined) {
+          const earliest = context.currentTime + AHEAD;
+          const least = epochOf(earliest) - at;
+          needed = needed === null ? least : Math.max(least, needed - (100 * samples.length) / data.sampleRate);
+          heardAt = epochNow();
+          // when it is heard with its picture, or as early as it can be if that is earlier (with no
+          // picture lately shown, or pictures not yet held back for it)
+          const want = timeOf(at + Math.max(sound.lag === null ? 0 : sound.lag, needed + MARGIN));
+          let start = next !== null && Math.abs(next - want) <= SLACK ? next : want;
+          if (start < earliest && earliest - want <= LATE) start = earliest; // (a little late: at once)
+          if (start < earliest || start > context.currentTime + MOST_AHEAD) {
+            sound.late += 1; // (too late to be in time, or the pictures' delay is out of bounds: dropped)
+            next = null;
+          } else {
+            const buffer = context.createBuffer(1, samples.length, data.sampleRate);
+            buffer.copyToChannel(samples, 0);
+            const source = context.createBufferSource();
+            source.buffer = buffer;
+            source.connect(sound.output);
+            source.start(start);
+            next = start + buffer.duration;
+            sound.played += 1;
+          }
         }
         data.close();
       },
@@ -74,13 +135,20 @@
                             numberOfChannels: m.codec.numberOfChannels });
       }
       if (decoder.state !== "configured") return;
+      captured.push(m.captured);
       decoder.decode(new EncodedAudioChunk({ type: "key", timestamp: Math.round((m.pts * 1000000) / 48000),
                                              data: m.data }));
     };
     sound.setMuted = (muted) => {
       sound.muted = muted;
-      if (!muted && !context) context = new AudioContext();
+      if (!muted && !context) {
+        context = new AudioContext();
+        sound.context = context; // (where the sound plays, and the node it all goes through: a test taps it)
+        sound.output = context.createGain();
+        sound.output.connect(context.destination);
+      }
       if (context && !muted) context.resume().catch(() => {});
+      next = null;
     };
     sound.close = () => {
       if (decoder.state !== "closed") decoder.close();
@@ -89,25 +157,51 @@
     return sound;
   }
 
-  // --- WebCodecs: decode each picture as it comes and draw it on a canvas at once
+  // --- WebCodecs: decode each picture as it comes and draw it on a canvas at once, or, while the
+  // sound plays and needs longer to be heard than the picture to be shown, when its capture time plus
+  // the sound's delay comes (at most HOLD ms later; a copy waits, the decoder's frame is freed)
+  const HOLD = 400;
   function webCodecsPlayer({ canvas, onFrame, onError, onPicture }) {
     const stats = counters();
     const sound = window.AudioDecoder ? soundPlayer() : null;
     const context = canvas.getContext("2d");
     let config = null; // the codec block the decoder is configured with
     let waitKey = true; // after a drop or a reconfiguration, only a keyframe can follow
+    const captured = new Map(); // a chunk's timestamp (us) -> its capture time (ms since the epoch)
+    let newest = -Infinity; // the capture time of the newest picture drawn
+    function draw(image, pts, at, width, height) {
+      if (at !== undefined && at < newest) { // (one held longer than a newer one: skipped)
+        if (image.close) image.close();
+        return;
+      }
+      if (at !== undefined) newest = at;
+      if (canvas.width !== width || canvas.height !== height) {
+        canvas.width = width;
+        canvas.height = height;
+      }
+      context.drawImage(image, 0, 0);
+      if (image.close) image.close();
+      stats.frames += 1;
+      if (sound && at !== undefined) sound.picture(epochNow() - at);
+      onFrame();
+      if (onPicture) onPicture(pts);
+    }
     const decoder = new VideoDecoder({
       output(frame) {
-        if (canvas.width !== frame.displayWidth || canvas.height !== frame.displayHeight) {
-          canvas.width = frame.displayWidth;
-          canvas.height = frame.displayHeight;
-        }
-        context.drawImage(frame, 0, 0);
         const pts = Math.round((frame.timestamp * 9) / 100); // back to the message's 90 kHz pts
-        frame.close();
-        stats.frames += 1;
-        onFrame();
-        if (onPicture) onPicture(pts);
+        const at = captured.get(frame.timestamp);
+        captured.delete(frame.timestamp);
+        const hold = sound && at !== undefined ? Math.min(HOLD, at + sound.need() - epochNow()) : 0;
+        const width = frame.displayWidth;
+        const height = frame.displayHeight;
+        if (hold < 4) {
+          draw(frame, pts, at, width, height);
+          return;
+        }
+        const due = epochNow() + hold;
+        createImageBitmap(frame).then((bitmap) => {
+          setTimeout(() => draw(bitmap, pts, at, width, height), Math.max(0, due - epochNow()));
+        }, () => {}).finally(() => frame.close());
       },
       error(error) {
         onError(`decoder: ${error.message || error}`);
@@ -145,9 +239,10 @@
           return;
         }
         waitKey = false;
-        decoder.decode(new EncodedVideoChunk({
-          type: m.keyframe ? "key" : "delta", timestamp: Math.round((m.pts * 100) / 9), data: m.data,
-        }));
+        const timestamp = Math.round((m.pts * 100) / 9);
+        captured.set(timestamp, m.captured);
+        if (captured.size > 100) captured.delete(captured.keys().next().value); // (never decoded)
+        decoder.decode(new EncodedVideoChunk({ type: m.keyframe ? "key" : "delta", timestamp, data: m.data }));
       },
       close() {
         if (decoder.state !== "closed") decoder.close();

@@ -1,0 +1,80 @@
+"""The websocket fallback's WebCodecs player (HTTPS: a secure context) plays the camera's sound in
+sync with its pictures, in Chromium (in its namespace, as tests/test_browser_fallback.py): once
+unmuted, the tone's beeps as it outputs them line up with the pattern's marks as it draws them
+(tests/ws_lipsync.py measures, as for the MSE player)."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import netns as netns_mod
+from .test_browser import PORT, sandbox  # noqa: F401 - the fixture
+from .test_browser_fallback import certificate, chromium_and_server, plays, wait_for_server
+from .ws_lipsync import measure, settled_median
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(180)
+def test_the_webcodecs_player_plays_the_sound_in_sync_once_unmuted(sandbox, tmp_path):  # noqa: F811
+    cert, key = certificate(tmp_path)
+    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+    with chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--width", "320",
+                             "--height", "240") as (context, _restart):
+        wait_for_server(context, base)
+        page, _ = plays(context, base, "?transport=ws", frames=10)
+        assert page.evaluate("[window.camtrack.transport, window.camtrack.decoder]") == ["websocket", "webcodecs"]
+        page.wait_for_function("!document.getElementById('sound').hidden", timeout=30000)
+        page.click("#sound")
+        page.wait_for_function("window.camtrack.player.sound.played > 20", timeout=30000)
+        late = page.evaluate("window.camtrack.player.sound.late")
+        result = measure(page, "webcodecs", 14)
+        late = page.evaluate("window.camtrack.player.sound.late") - late
+        print(f"{late} sound packets dropped as late while measuring")
+        assert result["loudest"] > 0.2 and result["played"] > 100, result
+        # (the median of the last six beeps: where the sync stands once settled, whatever a loaded
+        # machine does to a mark or two)
+        assert len(result["offsets"]) >= 8, result
+        assert abs(settled_median(result["offsets"])) <= 80, result
+        # the sound stops coming: the pictures go on, at once drawn (no longer held for the sound)
+        page.evaluate(DROP, "sound")
+        before = page.evaluate(DRAWN)
+        page.wait_for_timeout(4000)
+        after = page.evaluate(DRAWN)
+        print(f"sound cut: {after - before} pictures drawn in 4 s, the pictures' hold {page.evaluate(NEED)} ms")
+        assert after - before >= 60, (before, after)
+        assert page.evaluate(NEED) == 0
+        # the pictures stop coming, the sound comes again: it plays on, scheduled by its capture times
+        # (never more than a second ahead: nothing piles up)
+        page.evaluate(DROP, "picture")
+        played = page.evaluate(PLAYED)
+        page.wait_for_timeout(3000)
+        print(f"pictures cut: {page.evaluate(PLAYED) - played} sound packets played in 3 s, the last "
+              f"{page.evaluate(AHEAD):.3f} s ahead")
+        assert page.evaluate(PLAYED) - played >= 100, (played, page.evaluate(PLAYED))
+        assert page.evaluate(AHEAD) < 1.05
+        # and both again: in sync again
+        page.evaluate(DROP, None)
+        drawn = page.evaluate(DRAWN)
+        page.wait_for_timeout(2000)
+        assert page.evaluate(DRAWN) - drawn >= 30
+        result = measure(page, "webcodecs", 8)
+        assert len(result["offsets"]) >= 4, result
+        assert abs(settled_median(result["offsets"], 4)) <= 80, result
+
+
+#: from now on the player gets no message of the sound ("sound") or of the pictures ("picture"), or
+#: (null) every message again
+DROP = """(kind) => {
+  const player = window.camtrack.player;
+  player.original = player.original || player.push.bind(player);
+  player.push = (buffer) => {
+    const audio = (new Uint8Array(buffer)[1] & 8) !== 0;
+    if (kind !== (audio ? "sound" : "picture")) player.original(buffer);
+  };
+}"""
+DRAWN = "window.camtrack.player.stats.frames"
+PLAYED = "window.camtrack.player.sound.played"
+NEED = "window.camtrack.player.sound.need()"
+#: how far ahead of the sound's clock its last packet ends (s)
+AHEAD = "window.camtrack.player.sound.ahead()"
