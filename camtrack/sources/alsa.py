@@ -95,7 +95,8 @@ def _route_alsa_messages() -> None:
 
 #: the child process that holds a device (run as a script: see its docstring)
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alsa_io.py")
-#: seconds a speaker's child has to open its device: a busy or stuck one is given up then (killed)
+#: seconds a child has to open its device (speaker or microphone): a busy or stuck one is given up
+#: then (the child killed): a refused talk, a microphone retrying
 OPEN_TIMEOUT = 5.0
 #: seconds a speaker's child has to play out what it holds and exit once a talk ends: then killed
 CLOSE_TIMEOUT = 2.0
@@ -179,9 +180,10 @@ class AlsaAudioSource:
     arrives, so that a device clock off by up to ~1000 ppm is followed within a millisecond or two
     (never a jump); set anew only when they are REANCHOR apart (the device stalled)."""
 
-    def __init__(self, device: str, *, open_timeout: float = 10.0) -> None:
+    def __init__(self, device: str, *, open_timeout: float | None = None) -> None:
         self.device = device
         self.description = f"ALSA capture device {device!r}"
+        #: seconds the child has to open the device (None: OPEN_TIMEOUT)
         self.open_timeout = open_timeout
         self._child: _Child | None = None
         self._stop = threading.Event()
@@ -204,7 +206,7 @@ class AlsaAudioSource:
         self._stop.clear()
         child = _Child("record", self.device)
         try:
-            line = child.first_line(self.open_timeout, self._stop)
+            line = child.first_line(self.open_timeout or OPEN_TIMEOUT, self._stop)
             _, rate, channels, sample_format, codec = line.split()
             self._configure(int(rate), sample_format, int(channels))
         except ValueError:
