@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 import av
 import numpy as np
