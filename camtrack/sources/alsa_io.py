@@ -75,16 +75,37 @@ def record(device: str) -> int:
     stream = container.streams.audio[0]
     context = stream.codec_context
     _say(f"ok {context.sample_rate or RATE} {context.layout.nb_channels} {context.format.name} {context.name}")
+    # FFmpeg reads one ALSA period a packet, a few samples on some devices: written out 5 ms at a time
+    # (the server stamps the sound by when its newest sample came: what waited here is accounted for)
+    batch = max(1, (context.sample_rate or RATE) // 200) * context.format.bytes * context.layout.nb_channels
+    pending = bytearray()
     try:
         for packet in container.demux(stream):
-            if packet.size:
-                os.write(1, bytes(packet))
+            pending += bytes(packet)
+            if len(pending) >= batch:
+                os.write(1, pending)
+                pending.clear()
     except BrokenPipeError:
         pass  # (the server closed its end: it no longer listens)
     return 0
 
 
+def _die_with_the_server() -> None:
+    """Killed when the thread of the server that started this process ends (the server dies, even by
+    SIGKILL): a child stuck in ALSA's open would otherwise stay for as long as the device is stuck."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # (it died already)
+        sys.exit(1)
+
+
 def main(argv: list[str]) -> int:
+    _die_with_the_server()
     if len(argv) != 3 or argv[1] not in ("play", "record"):
         print("usage: alsa_io.py play|record DEVICE", file=sys.stderr)
         return 2
