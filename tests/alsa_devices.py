@@ -23,6 +23,11 @@ MIC = "camtrack_mic"
 SPEAKER = "camtrack_speaker"
 #: a capture device whose input file does not exist: it does not open
 BROKEN = "camtrack_broken"
+#: a speaker and a microphone over FIFOs nobody opens (`stuck_fifos`): ALSA's file plugin blocks in
+#: opening them, like a device another program holds; a speaker's FIFO opened but never read blocks
+#: its writes (a device that stops taking sound)
+STUCK_SPEAKER = "camtrack_stuck_speaker"
+STUCK_MIC = "camtrack_stuck_mic"
 RATE = 48000
 #: the microphone's tone: its pitch (Hz) and amplitude (of full scale)
 TONE_HZ = 440.0
@@ -38,6 +43,10 @@ class AlsaDevices:
         self.speaker = directory / "speaker.raw"
         self.config = directory / "asound.conf"
         os.mkfifo(self.fifo)
+        self.stuck_speaker = directory / "stuck_speaker.fifo"
+        self.stuck_mic = directory / "stuck_mic.fifo"
+        os.mkfifo(self.stuck_speaker)
+        os.mkfifo(self.stuck_mic)
         self.config.write_text(f"""
 pcm.{MIC} {{
   type file
@@ -57,6 +66,19 @@ pcm.{BROKEN} {{
   slave.pcm {{ type null }}
   file "/dev/null"
   infile "{directory / 'missing.raw'}"
+  format "raw"
+}}
+pcm.{STUCK_SPEAKER} {{
+  type file
+  slave.pcm {{ type null }}
+  file "{self.stuck_speaker}"
+  format "raw"
+}}
+pcm.{STUCK_MIC} {{
+  type file
+  slave.pcm {{ type null }}
+  file "/dev/null"
+  infile "{self.stuck_mic}"
   format "raw"
 }}
 """)

@@ -1,6 +1,10 @@
 """Local sound through ALSA, read and written with PyAV (FFmpeg's `alsa` devices): a microphone as
 a camera's sound (`--audio alsa:DEVICE`) and a speaker a viewer talks to (`--talk alsa:DEVICE`),
-docs/audio.md. Blocking: both run on threads of their own, never on the event loop.
+docs/audio.md. Blocking: both run on threads of their own, never on the event loop; and the device
+itself is held by a child process (camtrack/sources/alsa_io.py): FFmpeg opens, drains and closes an
+ALSA device in blocking calls that keep Python's GIL, so a busy or stuck device would freeze the whole
+server. The child is fed or read through a pipe, given a few seconds to open the device, and killed
+when it does not answer: a busy device is a clear error, never a frozen server.
 
 PyAV's wheel carries its own libasound, which looks for ALSA's configuration where it was built
 (/tmp/vendor/share/alsa) and so knows no device at all; `use_system_alsa_config` points it at the
@@ -13,9 +17,11 @@ import ctypes
 import fractions
 import logging
 import os
+import select
+import subprocess
+import sys
 import threading
 import time
-from typing import Any
 
 import av
 import numpy as np
@@ -86,107 +92,202 @@ def _route_alsa_messages() -> None:
         logger.debug("ALSA's messages stay on stderr", exc_info=True)
 
 
+#: the child process that holds a device (run as a script: see its docstring)
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alsa_io.py")
+#: seconds a child has to open its device (speaker or microphone): a busy or stuck one is given up
+#: then (the child killed): a refused talk, a microphone retrying
+OPEN_TIMEOUT = 5.0
+#: seconds a speaker's child has to play out what it holds and exit once a talk ends: then killed
+CLOSE_TIMEOUT = 2.0
+#: seconds a speaker may take no sound at all while some waits for it: then the talk ends
+STALL_TIMEOUT = 2.0
+#: seconds a microphone may give no sound at all: then it is closed (its child killed) and retried
+READ_TIMEOUT = 5.0
+#: a microphone's stamps: how far they are steered towards the device's arrival times each 20 ms
+#: (a 1000 ppm clock followed within about 1 ms; the jitter of ALSA's periods averaged over ~1 s)
+STEER = 0.02
+#: ... and how far apart they may be before they are set anew (the device stalled, or overran)
+REANCHOR = 0.2
+
+
+class _Child:
+    """One child process holding an ALSA device (alsa_io.py): started, its first line awaited with a
+    deadline (and a stop event), killed."""
+
+    def __init__(self, mode: str, device: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", CHILD, mode, device], stdin=subprocess.PIPE if mode == "play" else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
+        assert self.process.stdout is not None
+        self.out = self.process.stdout.fileno()
+        #: what came after the first line (record: the first sound)
+        self.leftover = b""
+
+    def first_line(self, timeout: float, stop: threading.Event | None = None) -> str:
+        """The child's first line (`ok ...`): OSError if it says `error: ...`, exits, is stopped, or
+        does not answer within `timeout` (killed then)."""
+        deadline = time.monotonic() + timeout
+        got = b""
+        while b"\n" not in got:
+            left = deadline - time.monotonic()
+            if stop is not None and stop.is_set():
+                self.kill()
+                raise OSError("stopped while it opened")
+            if left <= 0:
+                self.kill()
+                raise OSError(f"no answer within {timeout:g} s: another program holds it, or it is stuck")
+            if select.select([self.out], [], [], min(left, 0.1))[0]:
+                data = os.read(self.out, 65536)
+                if not data:
+                    self.kill()
+                    raise OSError(f"its process exited (code {self.process.returncode}) before it opened")
+                got += data
+        line, _, self.leftover = got.partition(b"\n")
+        text = line.decode(errors="replace")
+        if text.startswith("error: "):
+            self.kill()
+            raise OSError(text.removeprefix("error: "))
+        if not text.startswith("ok"):
+            self.kill()
+            raise OSError(f"its process said {text[:100]!r}")
+        return text
+
+    def kill(self) -> None:
+        """Killed (if it still runs) and reaped; its pipes closed."""
+        if self.process.poll() is None:
+            self.process.kill()
+            try:
+                self.process.wait(1.0)
+            except subprocess.TimeoutExpired:  # (stuck in the kernel: it goes when it can)
+                logger.warning("ALSA: process %d does not die", self.process.pid)
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+
+
 class AlsaAudioSource:
     """A local microphone (an ALSA capture device) as a camera's sound: its PCM as it comes, in 20 ms
     frames of 48 kHz mono, each stamped with the wall time of its first sample. Asked for 48 kHz mono
     (a `plughw:` or `default` device converts; a bare `hw:` one that refuses mono is opened in its own
-    two channels and mixed down here)."""
+    two channels and mixed down here). The device is read by a child process (alsa_io.py `record`):
+    one that does not open within `open_timeout` (busy, stuck) is an error, the child killed.
 
-    def __init__(self, device: str, *, open_timeout: float = 10.0) -> None:
+    Stamps: by the running sample count, steered gently (STEER) towards when the device's sound
+    arrives, so that a device clock off by up to ~1000 ppm is followed within a millisecond or two
+    (never a jump); set anew only when they are REANCHOR apart (the device stalled)."""
+
+    def __init__(self, device: str, *, open_timeout: float | None = None) -> None:
         self.device = device
         self.description = f"ALSA capture device {device!r}"
+        #: seconds the child has to open the device (None: OPEN_TIMEOUT)
         self.open_timeout = open_timeout
-        self._container: Any = None
-        self._packets: Any = None
+        self._child: _Child | None = None
         self._stop = threading.Event()
         self._resampler: av.AudioResampler | None = None
+        self._fifo = av.AudioFifo()
         self._pending = bytearray()
-        #: bytes of 20 ms at the device's rate and channels; its PyAV sample format and layout
+        #: bytes of ~20 ms (whole samples) at the device's rate and channels, and of a second
         self._chunk_bytes = 0
+        self._bytes_per_second = 0
+        #: the device's PyAV sample format, layout and rate
         self._format = "s16"
         self._layout = "mono"
         self._rate = AUDIO_CLOCK_RATE
         self._codec = ""
+        #: the stamp of the next 20 ms frame out
         self._wall: float | None = None
         self._queue: list[AudioChunk] = []
 
     def open(self) -> None:
         self._stop.clear()
+        child = _Child("record", self.device)
         try:
-            try:
-                container = self._open_with(channels=1)
-            except av.FFmpegError:
-                # a device that takes two channels only (hw:): its own layout, mixed down by the resampler
-                container = self._open_with(channels=2)
-        except av.FFmpegError:
-            # FFmpeg says EIO whatever ALSA said (ALSA's own words: this module's debug log)
-            raise OSError("does not open: no such device, or another program holds it (`arecord -L` lists "
-                          "the devices)") from None
-        stream = container.streams.audio[0]
-        context = stream.codec_context
-        self._codec = context.name
-        self._rate = context.sample_rate or AUDIO_CLOCK_RATE
-        channels = context.layout.nb_channels
-        self._layout = {1: "mono", 2: "stereo"}.get(channels, context.layout.name)
-        self._format = context.format.name
-        self._chunk_bytes = int(self._rate * 0.02) * context.format.bytes * channels
-        self._container, self._packets = container, container.demux(stream)
+            line = child.first_line(self.open_timeout or OPEN_TIMEOUT, self._stop)
+            _, rate, channels, sample_format, codec = line.split()
+            self._configure(int(rate), sample_format, int(channels))
+        except ValueError:
+            child.kill()
+            raise OSError(f"its process said {line[:100]!r}") from None
+        except OSError as exc:
+            raise OSError(f"does not open: {exc}") from None
+        self._codec = codec  # (FFmpeg's name of raw PCM: the feed says "pcm")
+        self._child = child
+        self._pending = bytearray(child.leftover)
+
+    def _configure(self, rate: int, sample_format: str, channels: int) -> None:
+        """Ready for the device's sound: `rate` Hz, `channels`, PyAV's `sample_format` (packed)."""
+        self._rate = rate
+        self._format = sample_format
+        self._layout = {1: "mono", 2: "stereo"}.get(channels, f"{channels}c")
+        size = av.AudioFormat(sample_format).bytes * channels
+        self._bytes_per_second = rate * size
+        self._chunk_bytes = max(1, round(rate * 0.02)) * size
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_CLOCK_RATE)
+        self._fifo = av.AudioFifo()
         self._pending = bytearray()
         self._wall = None
 
-    def _open_with(self, channels: int) -> Any:
-        return av.open(self.device, format="alsa", timeout=self.open_timeout,
-                       options={"sample_rate": str(AUDIO_CLOCK_RATE), "channels": str(channels)})
-
     def read(self) -> AudioChunk | None:
+        child = self._child
+        assert child is not None
+        last = time.monotonic()
         while not self._queue:
             if self._stop.is_set():
                 return None
-            try:
-                packet = next(self._packets)
-            except StopIteration:
-                return None
-            if packet.size == 0:
+            if not select.select([child.out], [], [], 0.1)[0]:
+                if time.monotonic() - last > READ_TIMEOUT:
+                    raise OSError(f"gave no sound for {READ_TIMEOUT:g} s")
                 continue
+            data = os.read(child.out, 65536)
+            if not data:
+                raise OSError(f"stopped giving sound (its process exited: code {child.process.poll()})")
+            last = time.monotonic()
             # FFmpeg reads one ALSA period a packet, as small as the device allows (a few samples):
-            # the raw PCM is gathered and cut into 20 ms frames, not decoded packet by packet
-            self._pending += bytes(packet)
+            # the raw PCM is gathered and cut into 20 ms pieces, not decoded packet by packet
+            self._pending += data
             now = time.time()  # (when the newest sample came: the older ones came that much before)
             while len(self._pending) >= self._chunk_bytes:
-                first = now - len(self._pending) / (self._chunk_bytes / 0.02)
+                first = now - len(self._pending) / self._bytes_per_second
                 raw = bytes(self._pending[:self._chunk_bytes])
                 del self._pending[:self._chunk_bytes]
                 self._take(raw, first)
         return self._queue.pop(0)
 
     def _take(self, raw: bytes, first: float) -> None:
-        """20 ms of the device's PCM, whose first sample came at `first`: resampled to 48 kHz mono,
-        cut into the feed's frames, stamped by the running sample count (from `first` after a gap)."""
+        """A piece of the device's PCM whose first sample came at `first`: resampled to 48 kHz mono,
+        cut into the feed's 20 ms frames (what is left over waits for the next piece), stamped by the
+        running sample count steered towards the device's times."""
         assert self._resampler is not None
-        samples = int(self._rate * 0.02)
-        if self._wall is None or abs(self._wall - first) > 0.5:
-            self._wall = first
+        # when the next sample out came: before this piece's first by what waits in the FIFO
+        expected = first - self._fifo.samples / AUDIO_CLOCK_RATE
+        if self._wall is None or abs(self._wall - expected) > REANCHOR:
+            self._wall = expected
+        else:
+            self._wall += (expected - self._wall) * STEER
         dtype = {"s16": np.int16, "s32": np.int32, "flt": np.float32, "u8": np.uint8}.get(self._format, np.int16)
-        channels = len(raw) // (samples * np.dtype(dtype).itemsize)
-        array = np.frombuffer(raw, dtype).reshape(1, samples * channels)
+        array = np.frombuffer(raw, dtype).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(array, format=self._format, layout=self._layout)
         frame.sample_rate = self._rate
         for out in self._resampler.resample(frame):
-            data = out.to_ndarray().reshape(-1)
-            for start in range(0, len(data) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-                piece = av.AudioFrame.from_ndarray(data[start:start + FRAME_SAMPLES][None, :], format="s16",
-                                                   layout="mono")
-                piece.sample_rate = AUDIO_CLOCK_RATE
-                piece.time_base = fractions.Fraction(1, AUDIO_CLOCK_RATE)
-                self._queue.append(AudioChunk(self._wall, frame=piece))
-                self._wall += FRAME_SAMPLES / AUDIO_CLOCK_RATE
+            out.pts = None
+            self._fifo.write(out)
+        while self._fifo.samples >= FRAME_SAMPLES:
+            piece = self._fifo.read(FRAME_SAMPLES)
+            assert piece is not None
+            piece.pts = None
+            piece.sample_rate = AUDIO_CLOCK_RATE
+            piece.time_base = fractions.Fraction(1, AUDIO_CLOCK_RATE)
+            self._queue.append(AudioChunk(self._wall, frame=piece))
+            self._wall += FRAME_SAMPLES / AUDIO_CLOCK_RATE
 
     def close(self) -> None:
-        container, self._container = self._container, None
+        child, self._child = self._child, None
         self._queue.clear()
-        if container is not None:
-            container.close()
+        if child is not None:
+            child.kill()
 
     def interrupt(self) -> None:
         self._stop.set()
@@ -203,16 +304,23 @@ class AlsaPlayback:
     viewer's sound comes (any rate and layout: resampled to 48 kHz mono, written as 16-bit PCM),
     `close()`. The talk-back sink beside the RTSP back-channel (camtrack.sources.backchannel).
 
+    The device is held by a child process (alsa_io.py `play`) fed through a pipe written without
+    blocking: one that does not open within OPEN_TIMEOUT is a refusal; one that takes no sound for
+    STALL_TIMEOUT, or exits, ends the talk (OSError from `send`); at `close()` it has CLOSE_TIMEOUT to
+    play out what it holds, then it is killed.
+
     What the device holds is reckoned from the wall clock (it plays 48 000 samples a second from the
-    first write; after a pause it starts again): sound beyond MAX_QUEUED of it is dropped."""
+    first write; after a pause it starts again): sound beyond MAX_QUEUED of it is dropped, and so is
+    sound beyond MAX_QUEUED waiting for the pipe."""
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.description = f"ALSA playback device {device!r}"
-        self._container: Any = None
-        self._stream: Any = None
+        self._child: _Child | None = None
         self._resampler: av.AudioResampler | None = None
-        self._pts = 0
+        #: PCM the pipe did not take yet; when it last took some (time.monotonic())
+        self._backlog = bytearray()
+        self._progress = 0.0
         #: when the device would have played everything written so far (time.monotonic())
         self._played_out = 0.0
         #: frames written; frames dropped (they came faster than the device plays)
@@ -220,45 +328,68 @@ class AlsaPlayback:
         self.dropped = 0
 
     def open(self) -> None:
-        container = av.open(self.device, mode="w", format="alsa")
-        try:
-            stream = container.add_stream("pcm_s16le", rate=AUDIO_CLOCK_RATE, layout="mono")
-            container.start_encoding()  # (the device is opened here: a missing or busy one fails now)
-        except av.FFmpegError:
-            self._close_quietly(container)
-            raise OSError("no such device, or another program holds it (`aplay -L` lists the devices)") from None
-        except BaseException:
-            self._close_quietly(container)
-            raise
-        self._container, self._stream = container, stream
+        child = _Child("play", self.device)
+        child.first_line(OPEN_TIMEOUT)
+        assert child.process.stdin is not None
+        os.set_blocking(child.process.stdin.fileno(), False)
+        self._child = child
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_CLOCK_RATE)
-        self._pts = 0
+        self._backlog = bytearray()
+        self._progress = time.monotonic()
 
     def send(self, frame: av.AudioFrame) -> None:
-        assert self._resampler is not None and self._container is not None
+        assert self._resampler is not None and self._child is not None
         frame.pts = None
         now = time.monotonic()
+        self._flush(now)
         self._played_out = max(self._played_out, now)  # (it ran dry: it starts again with this)
-        if self._played_out - now > MAX_QUEUED:
+        if self._played_out - now > MAX_QUEUED or len(self._backlog) > MAX_QUEUED * AUDIO_CLOCK_RATE * 2:
             self.dropped += 1
             return
+        if not self._backlog:
+            self._progress = now
         for resampled in self._resampler.resample(frame):
             self._played_out += resampled.samples / AUDIO_CLOCK_RATE
-            resampled.pts = self._pts
-            resampled.time_base = fractions.Fraction(1, AUDIO_CLOCK_RATE)
-            self._pts += resampled.samples
-            for packet in self._stream.encode(resampled):
-                self._container.mux(packet)
-            self.frames += 1
+            self._backlog += resampled.to_ndarray().astype("<i2").tobytes()
+        self.frames += 1
+        self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        """What the pipe takes of the backlog, without waiting (OSError: the child is gone or stuck)."""
+        child = self._child
+        assert child is not None and child.process.stdin is not None
+        while self._backlog:
+            try:
+                written = os.write(child.process.stdin.fileno(), self._backlog[:65536])
+            except BlockingIOError:
+                break
+            except BrokenPipeError:
+                raise OSError(f"its process exited (code {child.process.poll()})") from None
+            del self._backlog[:written]
+            self._progress = now
+        if self._backlog and now - self._progress > STALL_TIMEOUT:
+            raise OSError(f"it took no sound for {STALL_TIMEOUT:g} s (stuck?)")
+        if child.process.poll() is not None:
+            raise OSError(f"its process exited (code {child.process.returncode})")
 
     def close(self) -> None:
-        container, self._container = self._container, None
-        if container is not None:
-            self._close_quietly(container)
-
-    @staticmethod
-    def _close_quietly(container: Any) -> None:
+        """What the pipe takes of the backlog; the end of the sound: the child plays what the device
+        holds and exits, or is killed after CLOSE_TIMEOUT."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        assert child.process.stdin is not None
         try:
-            container.close()
-        except av.FFmpegError:
+            os.write(child.process.stdin.fileno(), self._backlog[:65536])
+        except OSError:
             pass
+        self._backlog = bytearray()
+        try:
+            child.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            child.process.wait(CLOSE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not play out what it held within %g s: stopped", self.description, CLOSE_TIMEOUT)
+        child.kill()

@@ -133,6 +133,7 @@ class Talk:
         except (OSError, FFmpegError) as exc:
             await self.stop()
             what = "speaker" if alsa_device(self.url) is not None else "back-channel"
+            logger.warning("talk to %s ended: its %s failed: %s", self.camera, what, exc)
             self.on_end(f"the camera's {what} failed: {exc}")
 
     def _heard(self, frame: AudioFrame) -> None:
