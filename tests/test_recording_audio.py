@@ -471,6 +471,7 @@ class _Scripted:
         return {s["codec_type"]: float(s["duration"]) for s in probe(self.store.path(info["id"]))["streams"]}
 
 
+@pytest.mark.slow  # (about 2.5 s: 200 simulated seconds of sound, and the recorder's 1 s before it reads again)
 async def test_a_clip_after_the_pictures_feed_closed_holds_only_the_bounded_sound(tmp_path):
     """A recorder with sound: 3 s of pictures, then the pictures' feed closes while the sound goes on
     for 200 simulated seconds; an event then, and pictures again: the pre-roll let go of the pictures
