@@ -148,9 +148,12 @@ async def test_a_camera_without_sound_makes_video_only_clips(serve, tmp_path):
         assert [s["codec_type"] for s in streams] == ["video"], (options, streams)
 
 
-def clip_with_sound(tmp_path: Path, seconds: float = 3.0) -> tuple[Path, int, int]:
+def clip_with_sound(tmp_path: Path, seconds: float = 3.0, restart: int = 0,
+                    back: float = 0.0) -> tuple[Path, int, int]:
     """A clip written by Fmp4Writer from libx264 pictures (160x120, 30 fps, a keyframe a second) and
-    the tone's Opus packets (20 ms), handed over in capture order: (path, pictures, sound packets)."""
+    the tone's Opus packets (20 ms), handed over in capture order: (path, pictures, sound packets).
+    With `restart`, the sound's source restarts at its packet number `restart`: its pts from 0 again,
+    its capture clock `back` seconds earlier."""
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = 160, 120, "yuv420p"
     encoder.time_base = fractions.Fraction(1, 30)
@@ -166,7 +169,10 @@ def clip_with_sound(tmp_path: Path, seconds: float = 3.0) -> tuple[Path, int, in
     sound = 0
     for n in range(int(seconds * 50)):
         for packet in opus.encode(tone_frame(start + n * 0.02)):
-            items.append((start + sound * 0.02, 1, (bytes(packet), sound * 960 + 777, start + sound * 0.02)))
+            pts, captured = sound * 960 + 777, start + sound * 0.02
+            if restart and sound >= restart:
+                pts, captured = (sound - restart) * 960, captured - back
+            items.append((captured, 1, (bytes(packet), pts, captured)))
             sound += 1
     sps, pps = parameter_sets(items[0][2][0])
     path = tmp_path / "clip.mp4"
@@ -209,6 +215,21 @@ def test_a_clip_with_sound_cut_anywhere_is_repaired_to_its_last_whole_fragment(t
         streams = {s["codec_type"]: s for s in probe(cut)["streams"]}
         assert set(streams) == {"video", "audio"}
         assert abs(float(streams["video"]["duration"]) - fixed.seconds) < 0.05
+
+
+@pytest.mark.parametrize("back", [0.0, 0.05, 1.0])
+def test_a_sound_source_restarting_with_an_earlier_clock_keeps_its_sound(tmp_path, back):
+    """The sound's source restarts mid-clip (its pts from 0 again, its capture times `back` s
+    earlier than the last ones: they overlap what is written): the clip loses at most the overlap,
+    and the rest of its sound is there, in one piece that ffmpeg decodes."""
+    path, pictures, packets = clip_with_sound(tmp_path, seconds=4.0, restart=100, back=back)
+    with av.open(str(path)) as container:
+        kept = sum(1 for p in container.demux(audio=0) if p.size)
+    assert packets - round(back * 50) - 1 <= kept <= packets, (kept, packets)
+    found = probe(path)
+    durations = {s["codec_type"]: float(s["duration"]) for s in found["streams"]}
+    assert abs(durations["audio"] + back - durations["video"]) < 0.1, durations
+    assert ffmpeg_errors(path) == ""
 
 
 def test_the_pre_roll_keeps_the_sound_back_to_its_oldest_keyframe():
@@ -280,3 +301,236 @@ def test_chromium_plays_a_clip_with_its_sound_on_the_recordings_page(sandbox, tm
         assert heard["error"] is None, heard
         assert heard["decoded"] > 0, heard
         assert heard["loudest"] > 0.1 and heard["loudWindows"] >= 3, heard
+
+
+def test_the_pre_roll_bounds_the_sound_while_the_pictures_stall():
+    """Pictures for 2 s, then none while the sound goes on for 10 simulated minutes (an RTSP camera's
+    video stalls, a USB camera unplugged beside its microphone): the sound held stays within the
+    pre-roll's seconds plus MAX_GOP_SECONDS, its bytes are counted in `bytes` (the pre-roll's metric)
+    and within `max_bytes`, and the stalled pictures are let go."""
+    from camtrack.media.audio import OPUS
+    from camtrack.media.packet import EncodedPacket
+    from camtrack.outputs.recording.preroll import MAX_GOP_SECONDS, PreRoll
+
+    from .test_recording import packet
+
+    def sound(n: int, at: float, size: int = 80) -> EncodedPacket:
+        data = av.Packet(b"\x08" * size)
+        data.pts, data.time_base = n * 960, fractions.Fraction(1, 48000)
+        return EncodedPacket(10**6 + n, data, True, at, size, OPUS)
+
+    preroll = PreRoll(seconds=5.0, max_bytes=10**9)
+    for n in range(60):
+        preroll.add(packet(n, 1000 + n / 30, n % 30 == 0))
+    limit = (5.0 + MAX_GOP_SECONDS) * 50 + 1  # (packets of 20 ms)
+    for n in range(600 * 50):
+        preroll.add_audio(sound(n, 1002 + n * 0.02))
+        assert len(preroll.audio_since(0.0)) <= limit
+    assert preroll.stalls == 1 and len(preroll) == 0, "the stalled pictures are let go"
+    assert preroll.audio_bytes == 80 * len(preroll.audio_since(0.0)) > 0
+    assert preroll.bytes == preroll.audio_bytes, "the sound counts in the pre-roll's bytes"
+    # within max_bytes too, the sound alone
+    small = PreRoll(seconds=5.0, max_bytes=8000)
+    for n in range(60):
+        small.add(packet(n, 1000 + n / 30, n % 30 == 0, size=100))
+    for n in range(5000):
+        small.add_audio(sound(n, 1000 + n * 0.02))
+        assert small.bytes <= 8000 and small.bytes == small.audio_bytes + 100 * len(small)
+    # a picture after the stall starts over at its keyframe, with the sound from there
+    preroll.add(packet(100, 1602.0, False))
+    preroll.add(packet(101, 1602.04, True))
+    assert preroll.since(0.0)[0].captured == 1602.04 and preroll.audio_since(1602.04) == []
+
+
+class _RingFeed:
+    """A packet feed that the test fills by hand (a camera's feed as the recorder reads it)."""
+
+    def __init__(self) -> None:
+        from camtrack.media.feeds import FeedClosed
+        from camtrack.media.ring import Ring
+
+        self.ring: Any = Ring(100_000, FeedClosed)
+        self.ring.reopen()
+
+    def attach(self, reader: object) -> None:
+        pass
+
+    def detach(self, reader: object) -> None:
+        pass
+
+    async def next_packet(self, after: int = 0) -> Any:
+        return await self.ring.next(after)
+
+
+class _Camera:
+    name = "stall"
+
+    def __init__(self) -> None:
+        self.video, self.audio = _RingFeed(), _RingFeed()
+
+    def packets(self, kind: Any = None) -> Any:
+        from camtrack.media.packet import MediaKind
+
+        return self.audio if kind == MediaKind.AUDIO else self.video
+
+
+class _Scripted:
+    """A recorder (pre-roll 2 s, post-roll 1 s) of a camera whose pictures (a real H.264 stream,
+    320x240 at 30 fps, a keyframe a second) and sound (the tone's Opus packets, 20 ms) the test
+    hands over with the capture times it wants (simulated: no waiting for them)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from camtrack.outputs.recording import Recorder, Retention, Store
+        from camtrack.outputs.recording.recorder import RecorderSettings
+
+        raw = write_h264(tmp_path / "bar.h264", "main", frames=90, gop=30)
+        with av.open(str(raw)) as container:
+            frames = [(bytes(p), p.is_keyframe) for p in container.demux(video=0) if p.size]
+        sps, pps = parameter_sets(frames[0][0])
+        head = b"".join(b"\0\0\0\1" + n for n in sps + pps)
+        self.frames = [(data if data.startswith(head) or not key else head + data, key) for data, key in frames]
+        opus = opus_encoder()
+        self.tone = [bytes(p) for n in range(50) for p in opus.encode(tone_frame(n * 0.02))]
+        self.camera = _Camera()
+        self.seq = {"v": 0, "a": 0}
+        #: the capture time the pictures' pts count from (a camera that restarts starts it over)
+        self.epoch = 1000.0
+        self.store = Store(tmp_path / "clips", Retention(min_free_bytes=0))
+        self.recorder = Recorder(self.camera, self.store, RecorderSettings(pre_roll=2.0, post_roll=1.0))
+
+    def picture(self, n: int, at: float) -> None:
+        from camtrack.media.packet import CodecInfo, EncodedPacket
+
+        data, key = self.frames[n % len(self.frames)]
+        packet = av.Packet(data)
+        packet.pts = round((at - self.epoch) * 90000)
+        self.seq["v"] += 1
+        self.camera.video.ring.publish(EncodedPacket(self.seq["v"], packet, key, at, len(data),
+                                                     CodecInfo("h264", 320, 240)))
+
+    def sound(self, at: float) -> None:
+        from camtrack.media.audio import OPUS
+        from camtrack.media.packet import EncodedPacket
+
+        data = self.tone[self.seq["a"] % len(self.tone)]
+        packet = av.Packet(data)
+        packet.pts, packet.time_base = round((at - 1000) * 48000), fractions.Fraction(1, 48000)
+        self.seq["a"] += 1
+        self.camera.audio.ring.publish(EncodedPacket(self.seq["a"], packet, True, at, len(data), OPUS))
+
+    def both(self, start: float, seconds: float = 3.0) -> None:
+        """Pictures (30 fps) and sound from `start` for `seconds`, in capture order."""
+        items = ([(n / 30, 0, n) for n in range(round(seconds * 30))]
+                 + [(n * 0.02, 1, n) for n in range(round(seconds * 50))])
+        for offset, is_sound, n in sorted(items):
+            self.sound(start + offset) if is_sound else self.picture(n, start + offset)
+
+    async def begin(self) -> None:
+        """Start the recorder, and have it read the two feeds (a reader's first read is the newest
+        packet: from the next one on, every one)."""
+        self.recorder.start()
+        self.picture(1, 999.99)
+        self.sound(999.98)
+        await eventually(lambda: self.recorder.preroll.dropped == 1 and self.recorder.preroll.audio_bytes > 0)
+
+    async def sound_alone(self, at: float, seconds: float) -> float:
+        """The sound from `at` for `seconds`, no pictures; returns where it got to."""
+        for n in range(round(seconds * 50)):
+            self.sound(at)
+            at += 0.02
+            if n % 1000 == 999:
+                await self.sound_read(at)
+        await self.sound_read(at)
+        return at
+
+    async def sound_read(self, until: float) -> None:
+        """Wait until the recorder has read the sound up to capture time `until`."""
+        await eventually(lambda: self.recorder.preroll.audio_since(until - 0.03) != [])
+
+    async def video_back(self, at: float) -> float:
+        """The pictures' feed reopens: wait until the recorder reads it (within 1 s), the sound going
+        on meanwhile; returns where the sound got to."""
+        self.camera.video.ring.reopen()
+        dropped = self.recorder.preroll.dropped
+        for n in range(100):
+            self.picture(1, at - 0.5 + n * 0.001)
+            self.sound(at)
+            at += 0.02
+            await asyncio.sleep(0.03)
+            if self.recorder.preroll.dropped > dropped:
+                break
+        return at
+
+    async def finished(self, count: int) -> list[dict[str, Any]]:
+        store = self.store
+        await eventually(lambda: len(store.clips()) == count and not any(c.get("recording") for c in store.clips()),
+                         timeout=20)
+        return sorted(store.clips(), key=lambda c: float(c["start"]))
+
+    def durations(self, info: dict[str, Any]) -> dict[str, float]:
+        return {s["codec_type"]: float(s["duration"]) for s in probe(self.store.path(info["id"]))["streams"]}
+
+
+@pytest.mark.slow  # (about 2.5 s: 200 simulated seconds of sound, and the recorder's 1 s before it reads again)
+async def test_a_clip_after_the_pictures_feed_closed_holds_only_the_bounded_sound(tmp_path):
+    """A recorder with sound: 3 s of pictures, then the pictures' feed closes while the sound goes on
+    for 200 simulated seconds; an event then, and pictures again: the pre-roll let go of the pictures
+    when their feed closed, holds at most `pre_roll + MAX_GOP_SECONDS` of sound, and the clip starts
+    at the next keyframe with the sound from there (not 200 s of it, queued on the event loop)."""
+    from camtrack.outputs.recording.preroll import MAX_GOP_SECONDS
+
+    run = _Scripted(tmp_path)
+    recorder = run.recorder
+    await run.begin()
+    try:
+        run.both(1000.0)
+        await eventually(lambda: len(recorder.preroll) == 90)
+        run.camera.video.ring.close()  # the pictures' feed closes (the camera went away)
+        await eventually(lambda: len(recorder.preroll) == 0, timeout=5)
+        at = await run.sound_alone(1003.0, 200.0)
+        most = max(len(p) for p in run.tone) * ((2.0 + MAX_GOP_SECONDS) * 50 + 1)
+        assert 0 < recorder.preroll.audio_bytes <= most
+        assert recorder.preroll.bytes == recorder.preroll.audio_bytes
+        recorder.event_started("e", at)
+        clip = recorder.clip
+        assert clip is not None and clip.queued == 0, "nothing queued before the next keyframe"
+        start = await run.video_back(at)
+        recorder.event_ended("e", start)
+        run.both(start)  # 3 s of pictures and sound again: the clip is its first 1 s (the post-roll)
+        [info] = await run.finished(1)
+    finally:
+        await recorder.stop()
+    assert info["start"] == start and info["audio"] == "opus", info
+    streams = run.durations(info)
+    assert streams["video"] < 3.0 and streams["audio"] < streams["video"] + 0.1, streams
+
+
+async def test_a_clip_whose_pictures_feed_closes_ends_and_its_event_goes_on_in_the_next(tmp_path):
+    """An event open while the pictures' feed closes (the camera restarts: its pictures' clock starts
+    over) and the sound goes on for 30 s: the clip ends with its last picture, and the event goes on
+    in a clip from the camera's next keyframe; in each clip the sound lasts as long as the pictures
+    (none of it placed 30 s past them)."""
+    run = _Scripted(tmp_path)
+    recorder = run.recorder
+    await run.begin()
+    try:
+        run.both(1000.0)
+        await eventually(lambda: len(recorder.preroll) == 90)
+        recorder.event_started("e", 1002.5)
+        run.both(1003.0, 1.0)
+        await eventually(lambda: recorder.clip is not None and recorder.clip.written > 0)
+        run.camera.video.ring.close()
+        at = await run.sound_alone(1004.0, 30.0)
+        run.epoch = at  # (the camera's clock starts over)
+        start = await run.video_back(at)
+        run.both(start, 2.0)
+        recorder.event_ended("e", start + 0.5)
+        run.both(start + 2.0, 1.0)
+        first, second = await run.finished(2)
+    finally:
+        await recorder.stop()
+    assert first["events"] == second["events"] == ["e"], (first, second)
+    assert second["start"] == start and first["audio"] == second["audio"] == "opus", (first, second)
+    for info in (first, second):
+        streams = run.durations(info)
+        assert abs(streams["audio"] - streams["video"]) < 0.1, (info, streams)

@@ -36,8 +36,8 @@ class RecordingCollector(Collector):
                                     "could not take clips (it resumes by itself).", labels=["camera"])
         gaps = CounterMetricFamily("camtrack_recording_gaps", "Times the recorder fell behind the camera's "
                                    "packets and went on at the next keyframe.", labels=["camera"])
-        preroll = GaugeMetricFamily("camtrack_recording_preroll_bytes", "Bytes of encoded packets the camera's "
-                                    "pre-roll holds now.", labels=["camera"])
+        preroll = GaugeMetricFamily("camtrack_recording_preroll_bytes", "Bytes of encoded packets (pictures and "
+                                    "sound) the camera's pre-roll holds now.", labels=["camera"])
         for name, recorder in recorders.items():
             for each in STATES:
                 state.add_metric([name, each], 1.0 if recorder.state == each else 0.0)

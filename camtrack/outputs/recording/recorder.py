@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import logging
 import queue
 import threading
@@ -38,7 +39,7 @@ from ...media.feeds import FeedClosed, PacketFeed
 from ...media.packet import EncodedPacket, MediaKind
 from ...sources.h264 import parse_sps
 from .fmp4 import TIMESCALE, Fmp4Writer, opus_channels, parameter_sets, repair
-from .preroll import MAX_BYTES, PreRoll
+from .preroll import MAX_BYTES, MAX_GOP_SECONDS, PreRoll
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -222,10 +223,27 @@ class Recorder:
                     if self.state == "unsupported":
                         return  # (and lets go of the camera: nothing of it will be recorded)
             except FeedClosed:
-                pass
+                self._video_closed()
             finally:
                 feed.detach(self)
             await asyncio.sleep(1.0)
+
+    def _video_closed(self) -> None:
+        """The pictures' feed closed (the camera stopped or went away): what comes after it reopens
+        does not continue what is held, nor the clip (its pictures' clock may start over): the clip
+        ends, and the events still open go on in a clip from the next keyframe."""
+        self.preroll.gap()
+        clip = self.clip
+        if clip is not None and clip.id:
+            self._continue_clip()
+
+    def _continue_clip(self) -> None:
+        """End the clip; the events still open (if any) go on in a clip that starts at the next
+        keyframe."""
+        self._close_clip()
+        if self.active:
+            self.clip = _Clip(events=list(self.active), kinds=_kinds(self.active), opened=time.monotonic())
+            self.state = "recording"
 
     def _on_packet(self, packet: EncodedPacket) -> None:
         if packet.codec.codec != "h264":
@@ -283,7 +301,15 @@ class Recorder:
         self._audio_at = time.monotonic()
         self.preroll.add_audio(packet)
         clip = self.clip
-        if clip is not None and clip.id and clip.audio and packet.captured >= clip.start:
+        if clip is None or not clip.id:
+            return
+        if clip.deadline is not None and packet.captured >= clip.deadline + AUDIO_RECENT and not self.active:
+            self._close_clip()  # (its pictures stalled: no picture came to end it)
+            return
+        if packet.captured - clip.start >= (self.settings.segment or self.settings.max_clip) + MAX_GOP_SECONDS:
+            self._continue_clip()  # (long enough, and no keyframe came to split it at: the pictures stalled)
+            return
+        if clip.audio and packet.captured >= clip.start:
             self._write(clip, packet, "audio")
 
     def _gap(self) -> None:
@@ -309,10 +335,11 @@ class Recorder:
             self._begin(clip, packets[0])
             clip.waiting = False
             sound = self.preroll.audio_since(clip.start) if clip.audio else []
-            # the pictures and the sound in capture order (as they will go on coming)
-            merged = sorted([(p.captured, 0, n, p) for n, p in enumerate(packets)]
-                            + [(p.captured, 1, n, p) for n, p in enumerate(sound)], key=lambda x: x[:3])
-            for _captured, is_audio, _n, packet in merged:
+            # the pictures and the sound in capture order (as they will go on coming); both are
+            # bounded (PreRoll: max_bytes, and at most audio_seconds of sound) and each in order
+            merged = heapq.merge(((p.captured, 0, p) for p in packets), ((p.captured, 1, p) for p in sound),
+                                 key=lambda x: (x[0], x[1]))
+            for _captured, is_audio, packet in merged:
                 self._write(clip, packet, "audio" if is_audio else "packet")
 
     def _begin(self, clip: _Clip, keyframe: EncodedPacket) -> None:
