@@ -155,7 +155,31 @@ class AudioClock:
         return pts
 
 
-class AudioFeed(ThreadFed["_AudioRun"]):
+class _StandAlonePackets:
+    """The reading side of a feed of sound, whose packets each stand alone: a listener starts at the
+    next one, there is no keyframe to ask for; read from the feed's ring."""
+
+    _ring: Ring[EncodedPacket]
+
+    @property
+    def latest(self) -> EncodedPacket | None:
+        return self._ring.newest
+
+    def start_packets(self) -> list[EncodedPacket]:
+        """Nothing: a listener starts at the next packet (each one stands alone)."""
+        return []
+
+    def request_keyframe(self) -> None:
+        """Nothing to do: every sound packet (Opus, G.711) can be decoded alone."""
+
+    async def next_packet(self, after: int = 0) -> Read[EncodedPacket]:
+        return await self._ring.next(after)
+
+    async def next_in_order(self, after: int = 0) -> EncodedPacket:
+        return await self._ring.next_in_order(after)
+
+
+class AudioFeed(ThreadFed["_AudioRun"], _StandAlonePackets):
     """A camera's sound as Opus packets (a `PacketFeed` of kind audio; see the module's docstring)."""
 
     #: every Opus packet starts anew: a listener starts at the next one
@@ -243,29 +267,12 @@ class AudioFeed(ThreadFed["_AudioRun"]):
         return OPUS
 
     @property
-    def latest(self) -> EncodedPacket | None:
-        return self._ring.newest
-
-    @property
     def running(self) -> bool:
         return self._run is not None
 
     @property
     def is_open(self) -> bool:
         return self._run is not None
-
-    def start_packets(self) -> list[EncodedPacket]:
-        """Nothing: a listener starts at the next packet (each one stands alone)."""
-        return []
-
-    def request_keyframe(self) -> None:
-        """Nothing to do: every Opus packet can be decoded alone."""
-
-    async def next_packet(self, after: int = 0) -> Read[EncodedPacket]:
-        return await self._ring.next(after)
-
-    async def next_in_order(self, after: int = 0) -> EncodedPacket:
-        return await self._ring.next_in_order(after)
 
     async def close(self) -> None:
         self.consumers.clear()
@@ -314,7 +321,7 @@ class AudioFeed(ThreadFed["_AudioRun"]):
             self._known.set()
 
 
-class PassedAudio:
+class PassedAudio(_StandAlonePackets):
     """A camera's own G.711 packets (pcmu or pcma) as they come, on their 8 kHz clock: a `PacketFeed`
     of kind audio beside its `AudioFeed` (the Opus one), published by the same thread from the same
     reading of the camera. Its readers keep that feed's source open but start no Opus encoder."""
@@ -338,10 +345,6 @@ class PassedAudio:
         return self._codec
 
     @property
-    def latest(self) -> EncodedPacket | None:
-        return self._ring.newest
-
-    @property
     def running(self) -> bool:
         return self.feed.running
 
@@ -354,19 +357,6 @@ class PassedAudio:
         self.consumers.discard(reader)
         self.wanted = bool(self.consumers)
         self.feed.detach(reader)
-
-    def start_packets(self) -> list[EncodedPacket]:
-        """Nothing: a listener starts at the next packet (each one stands alone)."""
-        return []
-
-    def request_keyframe(self) -> None:
-        """Nothing to do: every G.711 packet can be decoded alone."""
-
-    async def next_packet(self, after: int = 0) -> Read[EncodedPacket]:
-        return await self._ring.next(after)
-
-    async def next_in_order(self, after: int = 0) -> EncodedPacket:
-        return await self._ring.next_in_order(after)
 
     def _publish(self, packet: av.Packet[Any], captured: float, size: int) -> None:
         self._seq += 1

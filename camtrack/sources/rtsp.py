@@ -367,39 +367,17 @@ class RtspConnection:
         return Response(int(status_line[1]), status_line[2] if len(status_line) > 2 else "", headers, body, challenges)
 
     def read_frames(self, channel: int, limit: int = BATCH_FRAMES) -> tuple[list[bytes], int, int]:
-        """Whole interleaved frames at the front of the buffer, at most `limit` of them (reading the
-        socket, in large pieces, only when there is not one whole frame): the payloads of those on
-        `channel`, and how many frames and bytes there were on every channel. Those of other
-        channels (RTCP) cost a few operations each, and no copy."""
-        buffer = self._buffer
-        while True:
-            size = len(buffer)
-            if size >= 4 and buffer[0] == 0x24:  # "$"
-                need = 4 + ((buffer[2] << 8) | buffer[3])
-                if size >= need:
-                    break
-                self._fill(need)
-            elif size == 0 or buffer[0] == 0x24:
-                self._fill(4)
-            else:
-                self._skip_message()
-        payloads: list[bytes] = []
-        frames = pos = 0
-        with memoryview(buffer) as view:
-            while frames < limit and pos + 4 <= size and buffer[pos] == 0x24:
-                stop = pos + 4 + ((buffer[pos + 2] << 8) | buffer[pos + 3])
-                if stop > size:
-                    break
-                if buffer[pos + 1] == channel:
-                    payloads.append(bytes(view[pos + 4:stop]))
-                frames += 1
-                pos = stop
-        del buffer[:pos]
-        return payloads, frames, pos
+        """As `read_channels`, for one channel (-1: none, nothing copied): its payloads, and how many
+        frames and bytes there were on every channel."""
+        payloads, frames, size = self.read_channels(frozenset((channel,)) if channel >= 0 else frozenset(), limit)
+        return [payload for _, payload in payloads], frames, size
 
     def read_channels(self, channels: frozenset[int], limit: int = BATCH_FRAMES) -> tuple[list[tuple[int, bytes]], int, int]:
-        """As `read_frames`, for several channels at once (a session's picture, its sound and their
-        RTCP): the (channel, payload) of those on `channels`, in the order they came."""
+        """Whole interleaved frames at the front of the buffer, at most `limit` of them (reading the
+        socket, in large pieces, only when there is not one whole frame): the (channel, payload) of
+        those on `channels` (a session's picture, its sound and their RTCP), in the order they came,
+        and how many frames and bytes there were on every channel. Those of other channels cost a
+        few operations each, and no copy."""
         buffer = self._buffer
         while True:
             size = len(buffer)
