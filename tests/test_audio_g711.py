@@ -7,9 +7,6 @@ encoder running; a viewer whose offer has only Opus gets Opus from the one share
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +24,7 @@ from camtrack.outputs.wsvideo import parse_header
 
 from .conftest import eventually
 from .test_audio import opus_rms
-from .test_real_rtsp import SYSTEM_PYTHON, gst_available
+from .test_real_rtsp import GstServers, require_gst
 
 pytestmark = pytest.mark.slow
 
@@ -54,31 +51,16 @@ class Camera:
 
 @pytest.fixture
 async def g711_camera() -> AsyncIterator[Callable[[str], Awaitable[Camera]]]:
-    why = gst_available()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"GStreamer's RTSP server cannot run in CI: {why}")
-        pytest.skip(f"GStreamer's RTSP server is not installed ({why}); .ci/run installs it")
-    servers: list[subprocess.Popen[str]] = []
+    require_gst()
+    servers = GstServers()
     with tempfile.TemporaryDirectory() as folder:
 
         async def start(audio: str) -> Camera:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            log = Path(folder) / f"{audio}-{port}.log"
-            server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), audio, str(log)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            servers.append(server)
-            assert server.stdout is not None
-            url = (await asyncio.to_thread(server.stdout.readline)).strip()
-            assert url.startswith("rtsp://"), url
-            return Camera(url, log)
+            log = Path(folder) / f"{audio}-{len(servers.running)}.log"
+            return Camera((await servers.start(SERVER, audio, str(log)))[1], log)
 
         yield start
-        for server in servers:
-            server.kill()
-            server.wait(10)
+        servers.stop()
 
 
 def audio_codec_of(answer: str) -> str:

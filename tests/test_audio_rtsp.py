@@ -4,10 +4,6 @@ an aiortc viewer that asks for audio hears the camera's tone beside its picture.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -18,7 +14,7 @@ from camtrack.app import CAMERAS
 from camtrack.media.packet import MediaKind
 
 from .conftest import eventually
-from .test_real_rtsp import SYSTEM_PYTHON, gst_available
+from .test_real_rtsp import GstServers, require_gst
 
 pytestmark = pytest.mark.slow
 
@@ -27,29 +23,14 @@ SERVER = Path(__file__).with_name("gst_rtsp_audio_server.py")
 
 @pytest.fixture
 async def rtsp_camera() -> AsyncIterator[Callable[[str], Awaitable[str]]]:
-    why = gst_available()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"GStreamer's RTSP server cannot run in CI: {why}")
-        pytest.skip(f"GStreamer's RTSP server is not installed ({why}); .ci/run installs it")
-    servers: list[subprocess.Popen[str]] = []
+    require_gst()
+    servers = GstServers()
 
     async def start(audio: str) -> str:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), audio],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        servers.append(server)
-        assert server.stdout is not None
-        url = (await asyncio.to_thread(server.stdout.readline)).strip()
-        assert url.startswith("rtsp://"), url
-        return url
+        return (await servers.start(SERVER, audio))[1]
 
     yield start
-    for server in servers:
-        server.kill()
-        server.wait(10)
+    servers.stop()
 
 
 @pytest.mark.parametrize("audio", ["aac", "pcmu", "pcma", "opus"])

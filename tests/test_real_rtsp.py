@@ -37,26 +37,49 @@ def gst_available() -> str | None:
     return None if result.returncode == 0 else result.stderr.decode(errors="replace").strip().splitlines()[-1]
 
 
-@pytest.fixture
-async def gst_rtsp() -> AsyncIterator[Callable[[str, int], Awaitable[str]]]:
+def require_gst() -> None:
+    """Skip a test whose GStreamer RTSP server cannot run here (on a developer's machine; in CI it fails)."""
     why = gst_available()
     if why is not None:
         if os.environ.get("CI"):
             pytest.fail(f"GStreamer's RTSP server cannot run in CI: {why}")
         pytest.skip(f"GStreamer's RTSP server is not installed ({why}); .ci/run installs it")
-    servers: list[subprocess.Popen[str]] = []
 
-    async def start(profile: str, bframes: int, auth: tuple[str, str] | None = None) -> str:
-        """The server's URL (with the user and password of `auth` = (method, "user:password"))."""
+
+class GstServers:
+    """GStreamer RTSP servers a test starts: scripts beside the tests, run by the system's Python
+    (its `gi`), each given a free port and printing its URL first; all killed by `stop()`."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[str]] = []
+
+    async def start(self, script: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+        """The server process (its stdout: what it prints after the URL) and its URL."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), profile, str(bframes), *(auth or ())],
+        server = subprocess.Popen([SYSTEM_PYTHON, str(script), str(port), *args],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        servers.append(server)
+        self.running.append(server)
         assert server.stdout is not None
         url = (await asyncio.to_thread(server.stdout.readline)).strip()
         assert url.startswith("rtsp://"), url
+        return server, url
+
+    def stop(self) -> None:
+        for server in self.running:
+            server.kill()
+            server.wait(10)
+
+
+@pytest.fixture
+async def gst_rtsp() -> AsyncIterator[Callable[[str, int], Awaitable[str]]]:
+    require_gst()
+    servers = GstServers()
+
+    async def start(profile: str, bframes: int, auth: tuple[str, str] | None = None) -> str:
+        """The server's URL (with the user and password of `auth` = (method, "user:password"))."""
+        _, url = await servers.start(SERVER, profile, str(bframes), *(auth or ()))
         if auth is not None:
             url = url.replace("rtsp://", f"rtsp://{quote(auth[1].partition(':')[0])}:{quote(auth[1].partition(':')[2])}@")
 
@@ -74,9 +97,7 @@ async def gst_rtsp() -> AsyncIterator[Callable[[str, int], Awaitable[str]]]:
         raise AssertionError(f"GStreamer's RTSP server did not answer at {url}")
 
     yield start
-    for server in servers:
-        server.kill()
-        server.wait(10)
+    servers.stop()
 
 
 @pytest.mark.parametrize("profile, plid", [("baseline", "42"), ("main", "4d"), ("high", "64")])

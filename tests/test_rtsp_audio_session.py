@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import socket
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -38,7 +36,7 @@ from camtrack.sources.rtspaudio import RtspAudioSource
 
 from .conftest import eventually
 from .rtsp_server import LiveRtspServer
-from .test_real_rtsp import SYSTEM_PYTHON, gst_available
+from .test_real_rtsp import GstServers, require_gst
 
 SERVER = Path(__file__).with_name("gst_rtsp_one_session_server.py")
 HEAD = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:v\r\n"
@@ -311,23 +309,11 @@ async def test_a_flood_on_the_sound_channel_cuts_the_sound_not_the_picture(serve
 
 @pytest.fixture
 async def one_session_camera() -> AsyncIterator[Callable[[str], Awaitable[tuple[str, list[str]]]]]:
-    why = gst_available()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"GStreamer's RTSP server cannot run in CI: {why}")
-        pytest.skip(f"GStreamer's RTSP server is not installed ({why}); .ci/run installs it")
-    servers: list[subprocess.Popen[str]] = []
+    require_gst()
+    servers = GstServers()
 
     async def start(audio: str) -> tuple[str, list[str]]:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), audio],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        servers.append(server)
-        assert server.stdout is not None
-        url = (await asyncio.to_thread(server.stdout.readline)).strip()
-        assert url.startswith("rtsp://"), url
+        server, url = await servers.start(SERVER, audio)
         lines: list[str] = []
 
         def collect() -> None:
@@ -339,9 +325,7 @@ async def one_session_camera() -> AsyncIterator[Callable[[str], Awaitable[tuple[
         return url, lines
 
     yield start
-    for server in servers:
-        server.kill()
-        server.wait(10)
+    servers.stop()
 
 
 @pytest.mark.slow
