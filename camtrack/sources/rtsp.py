@@ -115,8 +115,9 @@ class VideoTrack:
 # -- SDP
 
 
-def parse_sdp(sdp: str, base: str) -> VideoTrack:
-    """The first video track of an SDP description, with its control URL resolved against `base`."""
+def _sdp_sections(sdp: str, base: str) -> tuple[list[list[str]], str]:
+    """An SDP description's lines by section (the session's first, then one per m= line, each
+    starting with it), and `base` resolved against the session's control URL (the last one given)."""
     session_control = ""
     sections: list[list[str]] = [[]]
     for raw in sdp.splitlines():
@@ -129,6 +130,12 @@ def parse_sdp(sdp: str, base: str) -> VideoTrack:
             session_control = line[len("a=control:"):].strip()
     if session_control and session_control != "*":
         base = _resolve(base, session_control)
+    return sections, base
+
+
+def parse_sdp(sdp: str, base: str) -> VideoTrack:
+    """The first video track of an SDP description, with its control URL resolved against `base`."""
+    sections, base = _sdp_sections(sdp, base)
     for section in sections[1:]:
         media = section[0][2:].split()
         if not media or media[0] != "video" or len(media) < 4:
@@ -623,17 +630,7 @@ def read_sound_of(url: str, wanted: bool = True) -> None:
 def parse_sdp_audio(sdp: str, base: str) -> tuple[AudioTrack | None, str | None]:
     """The audio track of an SDP description camtrack's reader reads, or None and why not (None:
     the description has no audio)."""
-    sections: list[list[str]] = [[]]
-    for raw in sdp.splitlines():
-        line = raw.strip()
-        if line.startswith("m="):
-            sections.append([])
-        sections[-1].append(line)
-    for line in sections[0]:
-        if line.startswith("a=control:"):
-            control = line[len("a=control:"):].strip()
-            if control and control != "*":
-                base = _resolve(base, control)
+    sections, base = _sdp_sections(sdp, base)
 
     def resolve(control: str) -> str:
         return _resolve(base, control) if control and control != "*" else base
