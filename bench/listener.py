@@ -193,8 +193,10 @@ def lip_sync(listener: Listener, threshold: float = 0.05) -> dict[str, Any]:
 
     video = [(at, shows_mark(frame.to_ndarray(format="bgr24"))) for _, frame in listener.video
              if frame.pts is not None and (at := listener.sent_at("video", frame.pts, 90000)) is not None]
+    # (a frame's pts is on its RTP clock: 48 kHz for Opus, 8 kHz for G.711 passed through)
     audio = [(at, frame_rms(frame) > threshold) for _, frame in listener.audio
-             if frame.pts is not None and (at := listener.sent_at("audio", frame.pts, 48000)) is not None]
+             if frame.pts is not None
+             and (at := listener.sent_at("audio", frame.pts, frame.sample_rate or 48000)) is not None]
     marks, beeps = onsets(video), onsets(audio)
     offsets = []
     for beep in beeps:
