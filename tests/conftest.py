@@ -16,7 +16,7 @@ from camtrack.outputs.webrtc.ice import restrict_host_addresses
 
 Server = tuple[str, web.Application]
 
-# The fast lane, `python -m pytest -m "not slow"` (483 tests in 140 s on two idle cores), leaves out what is
+# The fast lane, `python -m pytest -m "not slow"` (521 tests in 146 s on two cores, other work beside), leaves out what is
 # marked `slow` here: whole modules that start browsers, other servers, worker processes or a
 # camtrack process of their own, and single tests that took 2.4 s or more in a run of the whole
 # suite on a CI-sized machine (`python -m pytest --durations=0`); a test file may mark its own
