@@ -536,3 +536,31 @@ async def test_a_clip_whose_pictures_feed_closes_ends_and_its_event_goes_on_in_t
     for info in (first, second):
         streams = run.durations(info)
         assert abs(streams["audio"] - streams["video"]) < 0.1, (info, streams)
+
+
+async def test_a_clip_of_a_camera_with_keyframes_far_apart_is_not_ended_while_its_pictures_come(tmp_path):
+    """A clip at most 5 s long of a camera whose keyframes come 20 s apart (pictures at 30 fps, sound
+    beside): the sound's rule for stalled pictures (a clip that reached its length plus 10 s with no
+    keyframe to split it at) does not end it while pictures come, which would leave every picture and
+    sound packet until the next keyframe in no clip. (A reviewer's case.)"""
+    from camtrack.outputs.recording.recorder import MAX_GOP_SECONDS, RecorderSettings
+
+    run = _Scripted(tmp_path)
+    recorder = run.recorder
+    recorder.settings = RecorderSettings(pre_roll=2.0, post_roll=1.0, max_clip=5.0)
+    await run.begin()
+    try:
+        seconds = 5.0 + MAX_GOP_SECONDS + 5.0
+        items = ([(n / 30, 0, n) for n in range(round(seconds * 30))]
+                 + [(n * 0.02, 1, n) for n in range(round(seconds * 50))])
+        recorder.event_started("e", 1000.5)
+        for offset, is_sound, n in sorted(items):
+            # one keyframe (frame 0), then only the others of the stream (never a keyframe)
+            run.sound(1000.0 + offset) if is_sound else run.picture(0 if n == 0 else 1 + n % 29, 1000.0 + offset)
+            if n % 50 == 0:
+                await asyncio.sleep(0)
+        await run.sound_read(1000.0 + seconds - 0.1)
+        clip = recorder.clip
+        assert clip is not None and clip.id and not clip.waiting, clip
+    finally:
+        await recorder.stop()

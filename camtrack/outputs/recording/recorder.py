@@ -137,6 +137,8 @@ class Recorder:
         self.loop: asyncio.AbstractEventLoop | None = None
         #: time.monotonic() of the last packet of the camera's sound, and its channels
         self._audio_at = -1e9
+        #: capture time of the newest picture (the sound ends a clip only when the pictures stopped)
+        self._picture_at = -1e9
         self._audio_channels = 1
 
     # -- the BackgroundOutput interface
@@ -250,6 +252,7 @@ class Recorder:
             self._unsupported(f"clips are H.264 and the camera sends {packet.codec.codec}")
             return
         self.preroll.add(packet)
+        self._picture_at = packet.captured
         clip = self.clip
         if clip is None:
             return
@@ -306,8 +309,11 @@ class Recorder:
         if clip.deadline is not None and packet.captured >= clip.deadline + AUDIO_RECENT and not self.active:
             self._close_clip()  # (its pictures stalled: no picture came to end it)
             return
-        if packet.captured - clip.start >= (self.settings.segment or self.settings.max_clip) + MAX_GOP_SECONDS:
-            self._continue_clip()  # (long enough, and no keyframe came to split it at: the pictures stalled)
+        if (packet.captured - clip.start >= (self.settings.segment or self.settings.max_clip) + MAX_GOP_SECONDS
+                and packet.captured - self._picture_at >= MAX_GOP_SECONDS):
+            # long enough, and no picture for as long: the pictures stalled (a camera whose keyframes
+            # are further apart than that, still sending pictures, is split at its next keyframe)
+            self._continue_clip()
             return
         if clip.audio and packet.captured >= clip.start:
             self._write(clip, packet, "audio")
