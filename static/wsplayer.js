@@ -55,7 +55,8 @@
   const LATE = 0.04; // s: a packet later than its time by up to this plays at once, a later one is dropped
   const MARGIN = 15; // ms: the sound's jitter the pictures' hold leaves room for
   function soundPlayer() {
-    const sound = { codec: null, level: 0, decoded: 0, played: 0, late: 0, muted: true, lag: null, need: () => 0 };
+    const sound = { codec: null, level: 0, decoded: 0, played: 0, late: 0, errors: 0, muted: true, lag: null,
+                    need: () => 0 };
     let context = null;
     let next = null; // where the next packet follows the last (context time)
     // the capture times (ms since the epoch) of the packets being decoded, in order: one AudioData comes
@@ -88,7 +89,11 @@
       if (shown.length > 15) shown.shift();
       sound.lag = median(shown);
     };
-    const decoder = new AudioDecoder({
+    // the decoder, made at the first packet and again after a decoding error (the browser closes
+    // a decoder that fails: one bad packet from a camera must not silence the rest); its settings
+    let decoder = null;
+    let config = null;
+    const makeDecoder = () => new AudioDecoder({
       output(data) {
         const samples = new Float32Array(data.numberOfFrames);
         data.copyTo(samples, { planeIndex: 0, format: "f32-planar" });
@@ -126,15 +131,23 @@
         }
         data.close();
       },
-      error() {},
+      error() {
+        sound.errors += 1; // (closed by the browser: made again at the next packet)
+        captured.length = 0;
+        next = null;
+      },
     });
     sound.push = (m) => {
-      if (m.codec && !sound.codec) {
+      if (m.codec && !config) {
         sound.codec = m.codec.codec;
-        decoder.configure({ codec: m.codec.codec, sampleRate: m.codec.sampleRate,
-                            numberOfChannels: m.codec.numberOfChannels });
+        config = { codec: m.codec.codec, sampleRate: m.codec.sampleRate, numberOfChannels: m.codec.numberOfChannels };
       }
-      if (decoder.state !== "configured") return;
+      if (!config) return;
+      if (!decoder || decoder.state === "closed") {
+        decoder = makeDecoder();
+        decoder.configure(config);
+        captured.length = 0;
+      }
       captured.push(m.captured);
       decoder.decode(new EncodedAudioChunk({ type: "key", timestamp: Math.round((m.pts * 1000000) / 48000),
                                              data: m.data }));
@@ -151,7 +164,7 @@
       next = null;
     };
     sound.close = () => {
-      if (decoder.state !== "closed") decoder.close();
+      if (decoder && decoder.state !== "closed") decoder.close();
       if (context) context.close().catch(() => {});
     };
     return sound;
@@ -245,7 +258,7 @@
         decoder.decode(new EncodedVideoChunk({ type: m.keyframe ? "key" : "delta", timestamp, data: m.data }));
       },
       close() {
-        if (decoder.state !== "closed") decoder.close();
+        if (decoder && decoder.state !== "closed") decoder.close();
         if (sound) sound.close();
       },
     };

@@ -222,6 +222,13 @@ def test_the_websocket_fallback_plays_the_sound_once_unmuted(sandbox, tmp_path):
         assert page.evaluate("window.camtrack.player.sound.codec") == "opus"
         page.click("#info")
         page.wait_for_function("window.camtrack.stats && window.camtrack.stats.audio === 'opus'", timeout=10000)
+        # a packet that does not decode (a camera's Opus reaches the page untouched): the browser
+        # closes the decoder; the player makes another, and the sound goes on
+        page.evaluate("""() => { const sound = window.camtrack.player.sound;
+            sound.push({data: new Uint8Array([255, 255, 255, 255]), captured: Date.now(), pts: 0}); }""")
+        page.wait_for_function("window.camtrack.player.sound.errors >= 1", timeout=10000)
+        decoded = page.evaluate("window.camtrack.player.sound.decoded")
+        page.wait_for_function(f"window.camtrack.player.sound.decoded > {decoded} + 50", timeout=30000)
 
 
 @pytest.mark.timeout(180)
