@@ -142,6 +142,8 @@ def test_latm_and_a_lying_payload_type() -> None:
     assert latm_audio_specific_config(bytes.fromhex("400024203fc0"))[:2] == bytes.fromhex("1210")
     pcmu = AudioDepacketizer(AudioTrack("a", 0, "pcmu", 8000))
     assert pcmu.push(rtp(b"\xff" * 160, pt=8)) == [] and pcmu.foreign == 1  # not the payload type described
+    assert pcmu.push(rtp(b"\xff" * (MAX_AU + 1), pt=0, seq=1)) == [] and pcmu.bad == 1  # over a second: refused
+    assert pcmu.push(rtp(b"\xff" * 160, pt=0, seq=2, ts=160)) == [(160, [b"\xff" * 160])]
     opus = AudioDepacketizer(AudioTrack("a", 111, "opus", 48000))
     assert opus.push(rtp(b"x" * (MAX_AU + 1), pt=111)) == [] and opus.bad == 1
     assert opus_samples(bytes([0x78])) == 960 and opus_samples(b"") == 960

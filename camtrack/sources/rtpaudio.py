@@ -221,8 +221,8 @@ class AudioDepacketizer:
         elif codec == "latm":
             aus = self._latm(payload, timestamp, marker)
         else:
-            if codec == "opus" and len(payload) > MAX_AU:
-                self.bad += 1
+            if len(payload) > MAX_AU:  # (Opus: no packet is that large; G.711: over a second of sound,
+                self.bad += 1          # which would go to viewers as one oversized RTP packet)
                 return []
             aus = [payload]  # G.711: the samples; Opus: one packet
         return [(timestamp, aus)] if aus else []
