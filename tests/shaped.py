@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tests.honest import CamtrackProcess, HonestViewer
-from tests.netns import Netns, NetnsUnavailable
+from tests.netns import Netns, NetnsUnavailable, no_ipv6_on_new_links
 
 SERVER_A, VIEWER_A = "198.51.100.1", "198.51.100.2"
 SERVER_B, VIEWER_B = "198.51.100.5", "198.51.100.6"
@@ -47,6 +47,8 @@ class ShapedNet:
         try:
             for ns in (self.server, self.a, self.b):
                 _run("ip", "netns", "add", ns.name)
+                for step in no_ipv6_on_new_links(ns.name):
+                    _run(*step)
                 _run("ip", "-n", ns.name, "link", "set", "lo", "up")
             for side, viewer_ns, server_ip, viewer_ip in (("a", self.a, SERVER_A, VIEWER_A),
                                                           ("b", self.b, SERVER_B, VIEWER_B)):
