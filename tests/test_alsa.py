@@ -453,3 +453,24 @@ async def test_a_stuck_microphone_is_one_line_retried_without_piling_up(serve, d
     assert 1 <= len(warnings) <= 3 and all(STUCK_MIC in w and "no answer within" in w for w in warnings), warnings
     assert feed.stats.failures >= 3
     assert max(gaps) < 0.5, max(gaps)
+
+
+def test_a_microphone_stopped_just_before_it_opens_stays_stopped(devices):
+    """The feed stops its run from the loop's thread (the run's stop, then the source's `interrupt`)
+    while the run's thread may be between its check of the stop and the source's `open`: that
+    interrupt holds. The interleaving made deterministic: interrupted, then opened. open used to clear
+    it, start a child on the stuck device and wait OPEN_TIMEOUT (5 s) for it: a stopping feed held."""
+    from camtrack.sources.alsa import AlsaAudioSource
+
+    source = AlsaAudioSource(STUCK_MIC)
+    source.interrupt()
+    began = time.monotonic()
+    try:
+        with pytest.raises(OSError, match="stopped"):
+            source.open()
+        took = time.monotonic() - began
+    finally:
+        source.close()
+    print(f"a microphone stopped before it opened: open returned in {took * 1000:.1f} ms")
+    assert took < 1.0, took
+    assert not alsa_children()
