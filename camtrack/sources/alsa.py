@@ -115,8 +115,10 @@ class _Child:
     deadline (and a stop event), killed."""
 
     def __init__(self, mode: str, device: str) -> None:
+        # (this process's pid: the child exits if it is not its parent, dead before the child watched it)
         self.process = subprocess.Popen(
-            [sys.executable, "-P", CHILD, mode, device], stdin=subprocess.PIPE if mode == "play" else subprocess.DEVNULL,
+            [sys.executable, "-P", CHILD, mode, device, str(os.getpid())],
+            stdin=subprocess.PIPE if mode == "play" else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
         assert self.process.stdout is not None
         self.out = self.process.stdout.fileno()
