@@ -28,16 +28,8 @@ capture time is its stamp), which has no such step.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: the page's measurement (see the module's docstring): `[endpoint, seconds]` -> raw timings
 LIP_SYNC_JS = """async ([endpoint, seconds]) => {
@@ -196,47 +188,12 @@ def settled(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
 def measure_raw(seconds: float = 20.0, width: int = 640, height: int = 480) -> dict[str, Any]:
     """server.py (the pattern and its tone, H.264) and Chromium in a private network namespace
     (needs root, as bench.browser), one page measuring for `seconds`: its raw timings."""
-    from playwright.sync_api import sync_playwright
+    from bench.browser import BASE, chromium_and_server, open_when_listening
 
-    from tests import netns
-    from tests.test_browser import CHROMIUM_FLAGS
-
-    port = 8080
-    base = f"http://{netns.SERVER_ADDRESS}:{port}/"
-    ns = netns.create(f"camtrack-lipsync-{os.getpid()}")
-    workdir = Path(tempfile.mkdtemp(prefix="camtrack-lipsync-"))
-    wrapper = workdir / "chromium"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns.name} /usr/bin/chromium "$@"\n')
-    wrapper.chmod(0o755)
-    server = subprocess.Popen(
-        ns.command(sys.executable, str(ROOT / "server.py"), "--host", netns.SERVER_ADDRESS, "--port", str(port),
-                   "--source", "pattern", "--width", str(width), "--height", str(height), "--fps", "30",
-                   "--codec", "h264", "--ice-address", netns.SERVER_ADDRESS, "--log-level", "warning"),
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
-            try:
-                page = browser.new_page(viewport={"width": 800, "height": 600})
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        page.goto(base + "api/cameras", timeout=5000)  # (a page of the origin that plays nothing itself)
-                        break
-                    except Exception:  # noqa: BLE001 - until the server listens
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-                return dict(page.evaluate(LIP_SYNC_JS, [base + "whep", seconds]))
-            finally:
-                browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        ns.delete()
+    with chromium_and_server("camtrack-lipsync", "--width", str(width), "--height", str(height)) as browser:
+        page = browser.new_page(viewport={"width": 800, "height": 600})
+        open_when_listening(page, BASE + "api/cameras")  # (a page of the origin that plays nothing itself)
+        return dict(page.evaluate(LIP_SYNC_JS, [BASE + "whep", seconds]))
 
 
 def main() -> None:
