@@ -31,6 +31,9 @@ import argparse
 import statistics
 from typing import Any
 
+from bench.browser import BASE, chromium_and_server, open_when_listening
+from tests.test_browser import WHEP_NEGOTIATE
+
 #: the page's measurement (see the module's docstring): `[endpoint, seconds]` -> raw timings
 LIP_SYNC_JS = """async ([endpoint, seconds]) => {
   const pc = new RTCPeerConnection();
@@ -41,16 +44,7 @@ LIP_SYNC_JS = """async ([endpoint, seconds]) => {
   document.body.appendChild(video);
   let stream = null;
   pc.ontrack = (event) => { stream = event.streams[0]; video.srcObject = stream; video.play().catch(() => {}); };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((done) => {
-    if (pc.iceGatheringState === "complete") return done();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
-    setTimeout(done, 3000);
-  });
-  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
-                                          headers: {"Content-Type": "application/sdp"}});
-  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
-  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
+""" + WHEP_NEGOTIATE + """  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
   const out = {origin: performance.timeOrigin, onsets: [], lag: null, chunks: 0, frames: [], playout: []};
   let stop = false;
   // the sound: each 10 ms as Chromium's output pulls it (AudioData.timestamp, microseconds)
@@ -188,8 +182,6 @@ def settled(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
 def measure_raw(seconds: float = 20.0, width: int = 640, height: int = 480) -> dict[str, Any]:
     """server.py (the pattern and its tone, H.264) and Chromium in a private network namespace
     (needs root, as bench.browser), one page measuring for `seconds`: its raw timings."""
-    from bench.browser import BASE, chromium_and_server, open_when_listening
-
     with chromium_and_server("camtrack-lipsync", "--width", str(width), "--height", str(height)) as browser:
         page = browser.new_page(viewport={"width": 800, "height": 600})
         open_when_listening(page, BASE + "api/cameras")  # (a page of the origin that plays nothing itself)
