@@ -34,6 +34,17 @@ from typing import Any
 from bench.browser import BASE, chromium_and_server, open_when_listening
 from tests.test_browser import WHEP_NEGOTIATE
 
+#: camtrack.sources.pattern.shows_mark in the page, as a JS statement defining `showsMark(g, width,
+#: height)`: whether the picture drawn at 0, 0 on the 2D context `g` shows the beep mark (inside
+#: mark_box, a mean over 200); LIP_SYNC_JS's and tests/ws_lipsync.py's
+SHOWS_MARK = """  const showsMark = (g, width, height) => {
+    const side = Math.max(8, Math.floor(Math.min(width, height) / 10));
+    const box = g.getImageData(width - side - 8 + 2, 32 + 2, side - 4, side - 4).data;
+    let sum = 0; for (let i = 0; i < box.length; i += 4) sum += box[i] + box[i + 1] + box[i + 2];
+    return sum / (box.length / 4) / 3 > 200;
+  };
+"""
+
 #: the page's measurement (see the module's docstring): `[endpoint, seconds]` -> raw timings
 LIP_SYNC_JS = """async ([endpoint, seconds]) => {
   const pc = new RTCPeerConnection();
@@ -72,7 +83,7 @@ LIP_SYNC_JS = """async ([endpoint, seconds]) => {
     }
   })();
   // the picture: when each is shown, whether it has the mark, its stamp
-  const canvas = document.createElement("canvas");
+""" + SHOWS_MARK + """  const canvas = document.createElement("canvas");
   const onFrame = (now, meta) => {
     if (stop) return;
     const w = video.videoWidth, h = video.videoHeight;
@@ -80,9 +91,6 @@ LIP_SYNC_JS = """async ([endpoint, seconds]) => {
       canvas.width = w; canvas.height = h;
       const g = canvas.getContext("2d", {willReadFrequently: true});
       g.drawImage(video, 0, 0);
-      const side = Math.max(8, Math.floor(Math.min(w, h) / 10));
-      const box = g.getImageData(w - side - 8 + 2, 32 + 2, side - 4, side - 4).data;
-      let sum = 0; for (let i = 0; i < box.length; i += 4) sum += box[i] + box[i + 1] + box[i + 2];
       const cell = Math.max(1, Math.min(16, Math.floor(w / 32)));
       const cells = g.getImageData(0, 0, cell * 32, cell).data;
       const y = Math.floor(cell / 2);
@@ -91,7 +99,7 @@ LIP_SYNC_JS = """async ([endpoint, seconds]) => {
         const i = (y * cell * 32 + bit * cell + Math.floor(cell / 2)) * 4;
         stamp = stamp * 2 + ((cells[i] + cells[i + 1] + cells[i + 2]) / 3 >= 128 ? 1 : 0);
       }
-      out.frames.push([meta.expectedDisplayTime, sum / (box.length / 4) / 3 > 200, stamp]);
+      out.frames.push([meta.expectedDisplayTime, showsMark(g, w, h), stamp]);
     }
     video.requestVideoFrameCallback(onFrame);
   };
