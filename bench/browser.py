@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.run import stop_server
 from tests import netns
 from tests.test_browser import CHROMIUM_FLAGS
 
@@ -94,8 +95,8 @@ def percentile(values: list[float], q: float) -> float:
 def chromium_and_server(name: str, *options: str, flags: Sequence[str] = ()) -> Iterator[Any]:
     """server.py (the test pattern at 30 fps in H.264, then `options`) and Debian's Chromium
     (CHROMIUM_FLAGS, then `flags`) in a private network namespace `name`-PID (needs root), the server
-    at BASE: yields the browser (playwright's, sync); then closes it, stops the server (SIGTERM, killed
-    after 10 s) and deletes the namespace. bench.lipsync's too."""
+    at BASE: yields the browser (playwright's, sync); then closes it, stops the server (bench.run's
+    stop_server) and deletes the namespace. bench.lipsync's too."""
     from playwright.sync_api import sync_playwright
 
     ns = netns.create(f"{name}-{os.getpid()}")
@@ -116,11 +117,7 @@ def chromium_and_server(name: str, *options: str, flags: Sequence[str] = ()) -> 
             finally:
                 browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         ns.delete()
 
 
