@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.run import cpu_seconds, free_port, stop_server
+from bench.run import cpu_seconds, free_port, reports, stop_server
 from bench.run import start_server as start_server_on
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def row(audio: str, count: int, seconds: float, source: tuple[str, ...] | None =
         time.sleep(seconds)
         cpu = 100 * (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        result = json.loads(client.communicate(timeout=120)[0].strip().splitlines()[-1])
+        (result,) = reports([client])
     finally:
         stop_server(server)
 

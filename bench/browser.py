@@ -11,15 +11,19 @@ the latency stamp from what is on screen: glass-to-glass, capture to display.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from bench.run import stop_server
 from tests import netns
 from tests.test_browser import CHROMIUM_FLAGS
 
@@ -87,64 +91,76 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def measure(duration: float, extra: tuple[str, ...] = (), modes: tuple[str, ...] = tuple(MODES)) -> list[BrowserRow]:
-    """A row per transport of `modes`; `extra`: more server options (bench.processing: --process)."""
+@contextlib.contextmanager
+def chromium_and_server(name: str, *options: str, flags: Sequence[str] = ()) -> Iterator[Any]:
+    """server.py (the test pattern at 30 fps in H.264, then `options`) and Debian's Chromium
+    (CHROMIUM_FLAGS, then `flags`) in a private network namespace `name`-PID (needs root), the server
+    at BASE: yields the browser (playwright's, sync); then closes it, stops the server (bench.run's
+    stop_server) and deletes the namespace. bench.lipsync's too."""
     from playwright.sync_api import sync_playwright
 
-    ns = netns.create(f"camtrack-bench-{os.getpid()}")
-    workdir = Path(tempfile.mkdtemp(prefix="camtrack-bench-"))
+    ns = netns.create(f"{name}-{os.getpid()}")
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     wrapper = workdir / "chromium"
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns.name} /usr/bin/chromium "$@"\n')
     wrapper.chmod(0o755)
     server = subprocess.Popen(
         ns.command(sys.executable, str(ROOT / "server.py"), "--host", netns.SERVER_ADDRESS, "--port", str(PORT),
-                   "--source", "pattern", "--width", "640", "--height", "480", "--fps", "30", "--codec", "h264",
-                   "--ice-address", netns.SERVER_ADDRESS, "--log-level", "warning", *extra),
+                   "--source", "pattern", "--fps", "30", "--codec", "h264", "--ice-address", netns.SERVER_ADDRESS,
+                   "--log-level", "warning", *options),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = []
     try:
         with sync_playwright() as p:
-            # WebCodecs needs a secure context: this one plain-HTTP origin counts as one
-            flags = [*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={BASE.rstrip('/')}"]
-            browser = p.chromium.launch(executable_path=str(wrapper), args=flags, headless=True)
+            browser = p.chromium.launch(executable_path=str(wrapper), args=[*CHROMIUM_FLAGS, *flags], headless=True)
             try:
-                for mode in modes:
-                    query = MODES[mode]
-                    page = browser.new_page(viewport={"width": 800, "height": 600})
-                    page.on("console", lambda m: print(f"  page: {m.text}", file=sys.stderr) if m.type == "info" else None)
-                    deadline = time.monotonic() + 30
-                    while True:
-                        try:
-                            opened = time.monotonic()
-                            page.goto(BASE + query, timeout=5000)
-                            break
-                        except Exception:  # noqa: BLE001 - until the server listens
-                            if time.monotonic() > deadline:
-                                raise
-                            time.sleep(0.2)
-                    page.wait_for_function("window.camtrack.state === 'live' && window.camtrack.readLatency() !== null",
-                                           timeout=30000, polling=20)
-                    first = time.monotonic() - opened
-                    page.wait_for_timeout(2000)  # past the start: the measured window is steady state
-                    got = page.evaluate(SAMPLE, duration)
-                    page.close()
-                    assert got["decoder"] == mode, got
-                    latency = got["latency"]
-                    quarter = max(1, len(latency) // 4)
-                    rows.append(BrowserRow(mode, len(latency), len(latency) / duration, percentile(latency, 0.5),
-                                           percentile(latency, 0.95), statistics.mean(latency), first,
-                                           percentile(latency[:quarter], 0.5), percentile(latency[-quarter:], 0.5),
-                                           tuple(got["ages"]), got["own"]))
-                    print(f"  {mode}: {len(latency)} pictures, p50 {rows[-1].p50:.0f} ms", file=sys.stderr, flush=True)
+                yield browser
             finally:
                 browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         ns.delete()
+
+
+def open_when_listening(page: Any, url: str, timeout: float = 30.0) -> float:
+    """Opens `url` on `page`, trying again until the server listens (for `timeout` s at most): when
+    the try that opened it started (time.monotonic())."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            opened = time.monotonic()
+            page.goto(url, timeout=5000)
+            return opened
+        except Exception:  # noqa: BLE001 - until the server listens
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def measure(duration: float, extra: tuple[str, ...] = (), modes: tuple[str, ...] = tuple(MODES)) -> list[BrowserRow]:
+    """A row per transport of `modes`; `extra`: more server options (bench.processing: --process)."""
+    rows = []
+    # WebCodecs needs a secure context: this one plain-HTTP origin counts as one
+    with chromium_and_server("camtrack-bench", "--width", "640", "--height", "480", *extra,
+                             flags=[f"--unsafely-treat-insecure-origin-as-secure={BASE.rstrip('/')}"]) as browser:
+        for mode in modes:
+            query = MODES[mode]
+            page = browser.new_page(viewport={"width": 800, "height": 600})
+            page.on("console", lambda m: print(f"  page: {m.text}", file=sys.stderr) if m.type == "info" else None)
+            opened = open_when_listening(page, BASE + query)
+            page.wait_for_function("window.camtrack.state === 'live' && window.camtrack.readLatency() !== null",
+                                   timeout=30000, polling=20)
+            first = time.monotonic() - opened
+            page.wait_for_timeout(2000)  # past the start: the measured window is steady state
+            got = page.evaluate(SAMPLE, duration)
+            page.close()
+            assert got["decoder"] == mode, got
+            latency = got["latency"]
+            quarter = max(1, len(latency) // 4)
+            rows.append(BrowserRow(mode, len(latency), len(latency) / duration, percentile(latency, 0.5),
+                                   percentile(latency, 0.95), statistics.mean(latency), first,
+                                   percentile(latency[:quarter], 0.5), percentile(latency[-quarter:], 0.5),
+                                   tuple(got["ages"]), got["own"]))
+            print(f"  {mode}: {len(latency)} pictures, p50 {rows[-1].p50:.0f} ms", file=sys.stderr, flush=True)
     return rows
 
 

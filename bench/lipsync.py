@@ -28,16 +28,22 @@ capture time is its stamp), which has no such step.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.browser import BASE, chromium_and_server, open_when_listening
+from tests.test_browser import WHEP_NEGOTIATE
+
+#: camtrack.sources.pattern.shows_mark in the page, as a JS statement defining `showsMark(g, width,
+#: height)`: whether the picture drawn at 0, 0 on the 2D context `g` shows the beep mark (inside
+#: mark_box, a mean over 200); LIP_SYNC_JS's and tests/ws_lipsync.py's
+SHOWS_MARK = """  const showsMark = (g, width, height) => {
+    const side = Math.max(8, Math.floor(Math.min(width, height) / 10));
+    const box = g.getImageData(width - side - 8 + 2, 32 + 2, side - 4, side - 4).data;
+    let sum = 0; for (let i = 0; i < box.length; i += 4) sum += box[i] + box[i + 1] + box[i + 2];
+    return sum / (box.length / 4) / 3 > 200;
+  };
+"""
 
 #: the page's measurement (see the module's docstring): `[endpoint, seconds]` -> raw timings
 LIP_SYNC_JS = """async ([endpoint, seconds]) => {
@@ -49,16 +55,7 @@ LIP_SYNC_JS = """async ([endpoint, seconds]) => {
   document.body.appendChild(video);
   let stream = null;
   pc.ontrack = (event) => { stream = event.streams[0]; video.srcObject = stream; video.play().catch(() => {}); };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((done) => {
-    if (pc.iceGatheringState === "complete") return done();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
-    setTimeout(done, 3000);
-  });
-  const response = await fetch(endpoint, {method: "POST", body: pc.localDescription.sdp,
-                                          headers: {"Content-Type": "application/sdp"}});
-  await pc.setRemoteDescription({type: "answer", sdp: await response.text()});
-  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
+""" + WHEP_NEGOTIATE + """  while (!stream || stream.getAudioTracks().length === 0) await new Promise((r) => setTimeout(r, 50));
   const out = {origin: performance.timeOrigin, onsets: [], lag: null, chunks: 0, frames: [], playout: []};
   let stop = false;
   // the sound: each 10 ms as Chromium's output pulls it (AudioData.timestamp, microseconds)
@@ -86,7 +83,7 @@ LIP_SYNC_JS = """async ([endpoint, seconds]) => {
     }
   })();
   // the picture: when each is shown, whether it has the mark, its stamp
-  const canvas = document.createElement("canvas");
+""" + SHOWS_MARK + """  const canvas = document.createElement("canvas");
   const onFrame = (now, meta) => {
     if (stop) return;
     const w = video.videoWidth, h = video.videoHeight;
@@ -94,9 +91,6 @@ LIP_SYNC_JS = """async ([endpoint, seconds]) => {
       canvas.width = w; canvas.height = h;
       const g = canvas.getContext("2d", {willReadFrequently: true});
       g.drawImage(video, 0, 0);
-      const side = Math.max(8, Math.floor(Math.min(w, h) / 10));
-      const box = g.getImageData(w - side - 8 + 2, 32 + 2, side - 4, side - 4).data;
-      let sum = 0; for (let i = 0; i < box.length; i += 4) sum += box[i] + box[i + 1] + box[i + 2];
       const cell = Math.max(1, Math.min(16, Math.floor(w / 32)));
       const cells = g.getImageData(0, 0, cell * 32, cell).data;
       const y = Math.floor(cell / 2);
@@ -105,7 +99,7 @@ LIP_SYNC_JS = """async ([endpoint, seconds]) => {
         const i = (y * cell * 32 + bit * cell + Math.floor(cell / 2)) * 4;
         stamp = stamp * 2 + ((cells[i] + cells[i + 1] + cells[i + 2]) / 3 >= 128 ? 1 : 0);
       }
-      out.frames.push([meta.expectedDisplayTime, sum / (box.length / 4) / 3 > 200, stamp]);
+      out.frames.push([meta.expectedDisplayTime, showsMark(g, w, h), stamp]);
     }
     video.requestVideoFrameCallback(onFrame);
   };
@@ -196,47 +190,10 @@ def settled(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
 def measure_raw(seconds: float = 20.0, width: int = 640, height: int = 480) -> dict[str, Any]:
     """server.py (the pattern and its tone, H.264) and Chromium in a private network namespace
     (needs root, as bench.browser), one page measuring for `seconds`: its raw timings."""
-    from playwright.sync_api import sync_playwright
-
-    from tests import netns
-    from tests.test_browser import CHROMIUM_FLAGS
-
-    port = 8080
-    base = f"http://{netns.SERVER_ADDRESS}:{port}/"
-    ns = netns.create(f"camtrack-lipsync-{os.getpid()}")
-    workdir = Path(tempfile.mkdtemp(prefix="camtrack-lipsync-"))
-    wrapper = workdir / "chromium"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns.name} /usr/bin/chromium "$@"\n')
-    wrapper.chmod(0o755)
-    server = subprocess.Popen(
-        ns.command(sys.executable, str(ROOT / "server.py"), "--host", netns.SERVER_ADDRESS, "--port", str(port),
-                   "--source", "pattern", "--width", str(width), "--height", str(height), "--fps", "30",
-                   "--codec", "h264", "--ice-address", netns.SERVER_ADDRESS, "--log-level", "warning"),
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_FLAGS, headless=True)
-            try:
-                page = browser.new_page(viewport={"width": 800, "height": 600})
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        page.goto(base + "api/cameras", timeout=5000)  # (a page of the origin that plays nothing itself)
-                        break
-                    except Exception:  # noqa: BLE001 - until the server listens
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-                return dict(page.evaluate(LIP_SYNC_JS, [base + "whep", seconds]))
-            finally:
-                browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        ns.delete()
+    with chromium_and_server("camtrack-lipsync", "--width", str(width), "--height", str(height)) as browser:
+        page = browser.new_page(viewport={"width": 800, "height": 600})
+        open_when_listening(page, BASE + "api/cameras")  # (a page of the origin that plays nothing itself)
+        return dict(page.evaluate(LIP_SYNC_JS, [BASE + "whep", seconds]))
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import subprocess
 import sys
 import time
@@ -149,7 +148,7 @@ def tier_row(quality: str, viewers: int, duration: float) -> dict[str, float | N
     """Server CPU (% of a core), fps and latency of `viewers` aiortc viewers of the test pattern
     (640x480 at 30 fps, 1 Mbit/s; its low tier 320x240 at 250 kbit/s) that asked for `quality`, on
     loopback: one decodes every picture and reads its stamp, the others count pictures (--light)."""
-    from bench.run import cpu_seconds, free_port, percentile, start_server, stop_server
+    from bench.run import cpu_seconds, free_port, kill_running, percentile, reports, start_server, stop_server
 
     port = free_port()
     server = start_server(
@@ -172,11 +171,9 @@ def tier_row(quality: str, viewers: int, duration: float) -> dict[str, float | N
         cpu = 100 * (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
         enc1 = encoding(port, quality)
         per_frame = 1000 * (enc1[0] - enc0[0]) / (enc1[1] - enc0[1]) if enc1[1] > enc0[1] else None
-        results = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
+        results = reports(clients)
     finally:
-        for c in clients:
-            if c.poll() is None:
-                c.kill()
+        kill_running(clients)
         stop_server(server)
     per_viewer = [v for r in results for v in r["viewers"]]
     latency = [ms for v in per_viewer for ms in v.get("latency", [])]

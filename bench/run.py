@@ -25,6 +25,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODING_VIEWERS = 4
@@ -152,6 +153,19 @@ def stop_server(server: subprocess.Popen) -> None:
         server.kill()
 
 
+def reports(processes: list[subprocess.Popen[str]], timeout: float = 120.0) -> list[dict[str, Any]]:
+    """What each client process (bench.viewers, bench.audio --client) reported once it ended: the
+    JSON of its output's last line (waiting `timeout` s at most for each)."""
+    return [json.loads(p.communicate(timeout=timeout)[0].strip().splitlines()[-1]) for p in processes]
+
+
+def kill_running(processes: list[subprocess.Popen[str]]) -> None:
+    """Kill those of `processes` still running (client processes after a failure)."""
+    for p in processes:
+        if p.poll() is None:
+            p.kill()
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -205,11 +219,9 @@ def measure(mode: str, codec: str, width: int, height: int, viewers: int, durati
         cpu1, t1 = [cpu_seconds(p) for p in pids], time.monotonic()
         rss = sum(rss_mb(p) for p in pids)
         cpu = [100 * (b - a) / (t1 - t0) for a, b in zip(cpu0, cpu1, strict=True)]
-        results = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
+        results = reports(clients)
     finally:
-        for c in clients:
-            if c.poll() is None:
-                c.kill()
+        kill_running(clients)
         stop_server(server)
     per_viewer = [v for r in results for v in r["viewers"]]
     fps = [v["frames"] / duration for v in per_viewer]

@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run import ROOT, VIEWERS_PER_PROCESS, children, cpu_seconds, free_port, percentile, rss_mb
+from .run import ROOT, VIEWERS_PER_PROCESS, children, cpu_seconds, free_port, kill_running, percentile, reports, rss_mb
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 DECODING = 2
@@ -160,7 +160,7 @@ def clients(url: str, placement: Placement, count: int, decoding: int, start_at:
 
 def results_of(processes: list[subprocess.Popen[str]]) -> tuple[list[dict], float]:
     """Every viewer's result, and the clients' CPU seconds in the window."""
-    outputs = [json.loads(p.communicate(timeout=180)[0].strip().splitlines()[-1]) for p in processes]
+    outputs = reports(processes, timeout=180)
     return [v for o in outputs for v in o["viewers"]], sum(o["cpu_seconds"] for o in outputs)
 
 
@@ -238,9 +238,7 @@ def ladder_row(name: str, root: Path, placement: Placement, viewers: int, durati
         metrics, rss = server.metrics(), sum(rss_mb(p) for p in pids)
         per_viewer, client_cpu = results_of(processes)
     finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
+        kill_running(processes)
         server.stop()
     fps = [v["frames"] / duration for v in per_viewer]
     latency = [ms for v in per_viewer for ms in v["latency"]]
@@ -315,9 +313,7 @@ def crowd(placement: Placement, quota: float, max_watchers: int, duration: float
         crowd_results, _ = results_of(crowders)
         metrics = server.metrics()
     finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
+        kill_running(processes)
         server.stop()
     watching = [v for v in watcher_results if "error" not in v]
     played = [v["first_frame_since_join"] for v in crowd_results if "first_frame_since_join" in v]

@@ -182,6 +182,10 @@
     let waitKey = true; // after a drop or a reconfiguration, only a keyframe can follow
     const captured = new Map(); // a chunk's timestamp (us) -> its capture time (ms since the epoch)
     let newest = -Infinity; // the capture time of the newest picture drawn
+    // the pictures held back, each a timer and its copy: cleared and freed at close (a closed player
+    // draws nothing more: the canvas may be the next player's)
+    const held = new Map();
+    let closed = false;
     function draw(image, pts, at, width, height) {
       if (at !== undefined && at < newest) { // (one held longer than a newer one: skipped)
         if (image.close) image.close();
@@ -213,7 +217,15 @@
         }
         const due = epochNow() + hold;
         createImageBitmap(frame).then((bitmap) => {
-          setTimeout(() => draw(bitmap, pts, at, width, height), Math.max(0, due - epochNow()));
+          if (closed) {
+            bitmap.close();
+            return;
+          }
+          const timer = setTimeout(() => {
+            held.delete(timer);
+            draw(bitmap, pts, at, width, height);
+          }, Math.max(0, due - epochNow()));
+          held.set(timer, bitmap);
         }, () => {}).finally(() => frame.close());
       },
       error(error) {
@@ -228,6 +240,7 @@
       sound,
       size: () => [canvas.width, canvas.height],
       push(buffer) {
+        if (closed) return;
         const m = parseMessage(buffer);
         if (m.audio) {
           if (sound) sound.push(m);
@@ -258,6 +271,12 @@
         decoder.decode(new EncodedVideoChunk({ type: m.keyframe ? "key" : "delta", timestamp, data: m.data }));
       },
       close() {
+        closed = true;
+        for (const [timer, bitmap] of held) {
+          clearTimeout(timer);
+          bitmap.close();
+        }
+        held.clear();
         if (decoder && decoder.state !== "closed") decoder.close();
         if (sound) sound.close();
       },

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -453,3 +457,86 @@ async def test_a_stuck_microphone_is_one_line_retried_without_piling_up(serve, d
     assert 1 <= len(warnings) <= 3 and all(STUCK_MIC in w and "no answer within" in w for w in warnings), warnings
     assert feed.stats.failures >= 3
     assert max(gaps) < 0.5, max(gaps)
+
+
+def test_a_microphone_stopped_just_before_it_opens_stays_stopped(devices):
+    """The feed stops its run from the loop's thread (the run's stop, then the source's `interrupt`)
+    while the run's thread may be between its check of the stop and the source's `open`: that
+    interrupt holds. The interleaving made deterministic: interrupted, then opened. open used to clear
+    it, start a child on the stuck device and wait OPEN_TIMEOUT (5 s) for it: a stopping feed held."""
+    from camtrack.sources.alsa import AlsaAudioSource
+
+    source = AlsaAudioSource(STUCK_MIC)
+    source.interrupt()
+    began = time.monotonic()
+    try:
+        with pytest.raises(OSError, match="stopped"):
+            source.open()
+        took = time.monotonic() - began
+    finally:
+        source.close()
+    print(f"a microphone stopped before it opened: open returned in {took * 1000:.1f} ms")
+    assert took < 1.0, took
+    assert not alsa_children()
+
+
+#: a server's stand-in: camtrack's own _Child starts a microphone's child on the stuck device, says its
+#: pid, and waits to be killed
+SERVER = """
+import sys, time
+from camtrack.sources.alsa import _Child
+child = _Child("record", sys.argv[1])
+print(child.process.pid, flush=True)
+time.sleep(120)
+"""
+
+#: a subreaper (as systemd for a user service, a container's tini or dumb-init): orphans of its
+#: descendants become its children, not pid 1's. It starts the server, kills it (at once, or once its
+#: ALSA child has imported PyAV and watches its parent), and says whether that child exited, and when
+SUBREAPER = """
+import ctypes, json, os, signal, subprocess, sys, time
+server_code, device, when = sys.argv[1:4]
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+    raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
+server = subprocess.Popen([sys.executable, "-c", server_code, device], stdout=subprocess.PIPE, text=True)
+child = int(server.stdout.readline())
+if when == "opening":  # (PyAV's libasound mapped: the child's watch is set a moment later)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(f"/proc/{child}/maps") as maps:
+            if "libasound" in maps.read():
+                break
+        time.sleep(0.05)
+    time.sleep(0.5)
+os.kill(server.pid, signal.SIGKILL)
+server.wait()
+killed = time.monotonic()
+with open(f"/proc/{child}/stat") as stat:
+    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+exited = None
+while time.monotonic() - killed < 10:
+    if os.waitpid(child, os.WNOHANG)[0]:
+        exited = time.monotonic() - killed
+        break
+    time.sleep(0.02)
+if exited is None:
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+print(json.dumps({"exited": exited, "new_parent_is_me": parent == os.getpid()}))
+"""
+
+
+@pytest.mark.parametrize("when", ["at_once", "opening"])
+def test_an_alsa_child_dies_with_its_server_under_a_subreaper(devices, when):
+    """The server dies (SIGKILL) under a subreaper, whose orphans are its own, not pid 1's: the ALSA
+    child, stuck in opening its device (it would stay for as long as the device is stuck), exits within
+    a few seconds, whether the server died while the child started (it watched for pid 1 as its parent
+    then: it never exited) or once it watches for its parent's death."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", SUBREAPER, SERVER, STUCK_MIC, when], cwd=root,
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"the server killed ({when}) under a subreaper: its ALSA child exited after {result['exited']} s")
+    assert result["new_parent_is_me"], result  # (the orphan went to the subreaper: the case checked)
+    assert result["exited"] is not None and result["exited"] < 5, result

@@ -39,7 +39,8 @@ FRAMES_DECODED = """async () => {
 
 
 #: the WHEP offer and answer of a page's `pc` with `endpoint` (ICE gathered, 3 s at most), as JS
-#: statements that leave the POST's `response` (the clients below and in tests/test_audio_browser.py)
+#: statements that leave the POST's `response` (the clients below, in tests/test_audio_browser.py and
+#: in bench/lipsync.py)
 WHEP_NEGOTIATE = """  await pc.setLocalDescription(await pc.createOffer());
   await new Promise((done) => {
     if (pc.iceGatheringState === "complete") return done();

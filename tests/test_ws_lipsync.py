@@ -1,7 +1,8 @@
 """The websocket fallback's WebCodecs player (HTTPS: a secure context) plays the camera's sound in
 sync with its pictures, in Chromium (in its namespace, as tests/test_browser_fallback.py): once
 unmuted, the tone's beeps as it outputs them line up with the pattern's marks as it draws them
-(tests/ws_lipsync.py measures, as for the MSE player)."""
+(tests/ws_lipsync.py measures, as for the MSE player); and a player closed while it holds pictures
+back for the sound draws none of them afterwards."""
 
 from __future__ import annotations
 
@@ -62,6 +63,52 @@ def test_the_webcodecs_player_plays_the_sound_in_sync_once_unmuted(sandbox, tmp_
         assert len(result["offsets"]) >= 4, result
         assert abs(settled_median(result["offsets"], 4)) <= 80, result
 
+
+@pytest.mark.timeout(120)
+def test_a_closed_webcodecs_player_draws_no_picture_it_held(sandbox, tmp_path):  # noqa: F811
+    """Pictures held back for the sound wait on timers; the player closed (the page's teardown, as when
+    it reconnects or stops) while some wait: none is drawn afterwards (they were: on the canvas the next
+    player draws on, up to HOLD, 400 ms, later). The sound's need is set to 2 s so that every picture is
+    held the longest (the hold itself is what tests/test_ws_lipsync.py's other test measures)."""
+    cert, key = certificate(tmp_path)
+    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+    with chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--width", "320",
+                             "--height", "240") as (context, _restart):
+        wait_for_server(context, base)
+        page, _ = plays(context, base, "?transport=ws", frames=10)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        assert page.evaluate("window.camtrack.decoder") == "webcodecs"
+        result = page.evaluate(CLOSE_WHILE_HELD)
+    print(f"a player closed with pictures held: {result}; page errors {errors}")
+    assert result["held"] >= 1, result  # (pictures came in the last 400 ms before the close: held then)
+    assert result["drawn"] > 0, result  # (held pictures were drawn, late, before the close)
+    assert result["after"] == 0 and result["painted"] == 0, result
+    assert not errors, errors
+
+
+#: the page's player made to hold each picture 400 ms (HOLD: the sound "needs" 2 s), then closed by
+#: the page's own teardown, its canvas cleared: pictures drawn since (counted by the closed player, and
+#: pixels painted on the canvas) within a second
+CLOSE_WHILE_HELD = """async () => {
+  const player = window.camtrack.player;
+  const canvas = document.getElementById("canvas");
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  player.sound.need = () => 2000;
+  await sleep(1000);
+  const before = player.stats.messages;
+  await sleep(400);
+  const held = player.stats.messages - before;
+  const drawn = player.stats.frames;
+  teardown();
+  const closedAt = player.stats.frames;
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  await sleep(1000);
+  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let painted = 0;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i]) painted += 1;
+  return {held, drawn, after: player.stats.frames - closedAt, painted};
+}"""
 
 #: from now on the player gets no message of the sound ("sound") or of the pictures ("picture"), or
 #: (null) every message again

@@ -11,6 +11,8 @@ first frame whose canvas shows it (WebCodecs draws as it decodes; up to a frame 
 
 from __future__ import annotations
 
+from bench.lipsync import SHOWS_MARK
+
 WS_LIP_SYNC = """async ([seconds, decoder]) => {
   const player = window.camtrack.player;
   const video = document.getElementById("video");
@@ -43,7 +45,7 @@ WS_LIP_SYNC = """async ([seconds, decoder]) => {
   const mute = context.createGain();
   mute.gain.value = decoder === "mse" ? 1 : 0;
   source.connect(tap); tap.connect(mute); mute.connect(context.destination);
-  const scratch = document.createElement("canvas");
+""" + SHOWS_MARK + """  const scratch = document.createElement("canvas");
   const marks = [];
   let unmarked = 0;
   const look = (at) => {
@@ -53,11 +55,7 @@ WS_LIP_SYNC = """async ([seconds, decoder]) => {
     scratch.width = width; scratch.height = height;
     const g = scratch.getContext("2d", {willReadFrequently: true});
     g.drawImage(shown, 0, 0);
-    const side = Math.max(8, Math.floor(Math.min(width, height) / 10));
-    const box = g.getImageData(width - side - 8 + 2, 32 + 2, side - 4, side - 4).data;
-    let sum = 0; for (let i = 0; i < box.length; i += 4) sum += box[i] + box[i + 1] + box[i + 2];
-    const marked = sum / (box.length / 4) / 3 > 200;
-    if (marked) { if (unmarked >= 5) marks.push(at); unmarked = 0; } else unmarked++;
+    if (showsMark(g, width, height)) { if (unmarked >= 5) marks.push(at); unmarked = 0; } else unmarked++;
   };
   let running = true;
   if (decoder === "mse") {

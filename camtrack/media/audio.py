@@ -432,6 +432,8 @@ class _AudioRun:
                 self._pump()
             except Exception as exc:  # noqa: BLE001 - a source's failure: said once per reason, retried
                 reason = str(exc) or type(exc).__name__
+                if self._stop.is_set():  # (stopped while it opened or read: no failure to say)
+                    break
                 if reason != said:
                     logger.warning("audio %s: %s: %s; retrying", feed.name, source.description, reason)
                     said = reason

@@ -115,8 +115,10 @@ class _Child:
     deadline (and a stop event), killed."""
 
     def __init__(self, mode: str, device: str) -> None:
+        # (this process's pid: the child exits if it is not its parent, dead before the child watched it)
         self.process = subprocess.Popen(
-            [sys.executable, "-P", CHILD, mode, device], stdin=subprocess.PIPE if mode == "play" else subprocess.DEVNULL,
+            [sys.executable, "-P", CHILD, mode, device, str(os.getpid())],
+            stdin=subprocess.PIPE if mode == "play" else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
         assert self.process.stdout is not None
         self.out = self.process.stdout.fileno()
@@ -202,7 +204,11 @@ class AlsaAudioSource:
         self._queue: list[AudioChunk] = []
 
     def open(self) -> None:
-        self._stop.clear()
+        # an interrupt is for good (the feed makes a source anew for each run, and interrupts it only
+        # to stop the run): never cleared here, or one that came between the run's check of its stop
+        # and this open would be lost, and a stuck device would hold the stopping run for OPEN_TIMEOUT
+        if self._stop.is_set():
+            raise OSError("stopped before it opened")
         child = _Child("record", self.device)
         try:
             line = child.first_line(self.open_timeout or OPEN_TIMEOUT, self._stop)
@@ -290,6 +296,7 @@ class AlsaAudioSource:
             child.kill()
 
     def interrupt(self) -> None:
+        """Stop for good (from any thread): a wait for the device ends, and so does any later open."""
         self._stop.set()
 
 

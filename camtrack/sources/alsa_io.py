@@ -2,8 +2,9 @@
 closes ALSA devices in blocking calls that hold Python's GIL (a busy or stuck device would freeze the
 whole server, event loop included), so they run here, in a process of their own the server can kill.
 
-Run as a script, by path and with -P (`python -P .../alsa_io.py play|record DEVICE`): it imports PyAV
-and nothing of camtrack (whose package would take seconds to import). On stdout, first one line:
+Run as a script, by path and with -P (`python -P .../alsa_io.py play|record DEVICE SERVER_PID`, the
+server's pid: it exits when that is no longer its parent): it imports PyAV and nothing of camtrack
+(whose package would take seconds to import). On stdout, first one line:
 `ok ...` once the device is open (`record`: `ok RATE CHANNELS FORMAT CODEC`), or `error: WHY`.
 - play: raw 16-bit 48 kHz mono PCM on stdin, played as it comes; at the end of stdin the device is
   drained (what it holds is played) and closed.
@@ -90,9 +91,12 @@ def record(device: str) -> int:
     return 0
 
 
-def _die_with_the_server() -> None:
-    """Killed when the thread of the server that started this process ends (the server dies, even by
-    SIGKILL): a child stuck in ALSA's open would otherwise stay for as long as the device is stuck."""
+def _die_with_the_server(server: int) -> None:
+    """Killed when the thread of the server (pid `server`) that started this process ends (the server
+    dies, even by SIGKILL): a child stuck in ALSA's open would otherwise stay for as long as the device
+    is stuck. A server that died before that was set (while this process started) is no longer its
+    parent: then it exits at once. (Its parent is then not always pid 1: a subreaper, such as systemd
+    for a user service or a container's init, takes the orphan.)"""
     try:
         import ctypes
         import signal
@@ -100,15 +104,15 @@ def _die_with_the_server() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:  # (it died already)
+    if os.getppid() != server:  # (it died already)
         sys.exit(1)
 
 
 def main(argv: list[str]) -> int:
-    _die_with_the_server()
-    if len(argv) != 3 or argv[1] not in ("play", "record"):
-        print("usage: alsa_io.py play|record DEVICE", file=sys.stderr)
+    if len(argv) != 4 or argv[1] not in ("play", "record") or not argv[3].isdigit():
+        print("usage: alsa_io.py play|record DEVICE SERVER_PID", file=sys.stderr)
         return 2
+    _die_with_the_server(int(argv[3]))
     return play(argv[2]) if argv[1] == "play" else record(argv[2])
 
 

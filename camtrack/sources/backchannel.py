@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from .rtsp import RtspConnection, RtspError, RtspUnsupported, _resolve
+from .rtsp import RtspConnection, RtspUnsupported, _resolve
 
 #: what asks an ONVIF camera for its back-channel
 REQUIRE = {"Require": "www.onvif.org/ver20/backchannel"}
@@ -91,13 +91,7 @@ class BackChannel:
         track = find_backchannel(described.body.decode("utf-8", "replace"), base)
         setup = connection.request("SETUP", track.control,
                                    {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1", **REQUIRE})
-        session = setup.header("session")
-        if not session:
-            raise RtspError("SETUP answered without a session")
-        connection.session, _, rest = session.partition(";")
-        match = re.search(r"timeout\s*=\s*(\d+)", rest)
-        if match and int(match.group(1)) > 0:
-            connection.session_timeout = float(match.group(1))
+        connection.keep_session(setup)
         interleaved = re.search(r"interleaved\s*=\s*(\d+)", setup.header("transport"))
         self._channel = int(interleaved.group(1)) if interleaved else 0
         connection.request("PLAY", base, {"Range": "npt=0.000-", **REQUIRE})

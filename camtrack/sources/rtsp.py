@@ -301,6 +301,17 @@ class RtspConnection:
             raise RtspError(f"{method}: {response.status} {response.reason}".strip())
         return response
 
+    def keep_session(self, setup: Response) -> None:
+        """The session a SETUP answered, which later requests carry, and its timeout if it says one
+        (RtspError without a session)."""
+        session = setup.header("session")
+        if not session:
+            raise RtspError("SETUP answered without a session")
+        self.session, _, rest = session.partition(";")
+        match = re.search(r"timeout\s*=\s*(\d+)", rest)
+        if match and int(match.group(1)) > 0:
+            self.session_timeout = float(match.group(1))
+
     def send_only(self, method: str, url: str) -> None:
         """A request whose answer is not waited for (keep-alive, TEARDOWN)."""
         self._send(method, url, {})
@@ -719,13 +730,7 @@ class RtspSession:
         sdp = described.body.decode("utf-8", "replace")
         track = parse_sdp(sdp, base)
         setup = connection.request("SETUP", track.control, {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"})
-        session = setup.header("session")
-        if not session:
-            raise RtspError("SETUP answered without a session")
-        connection.session, _, rest = session.partition(";")
-        match = re.search(r"timeout\s*=\s*(\d+)", rest)
-        if match and int(match.group(1)) > 0:
-            connection.session_timeout = float(match.group(1))
+        connection.keep_session(setup)
         transport = setup.header("transport")
         if "interleaved" not in transport.lower() and "tcp" not in transport.lower():
             raise RtspUnsupported(f"the camera answered SETUP with transport {transport[:60]!r}, not TCP")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fmp4 import repair
+from .fmp4 import Repaired, repair
 
 logger = logging.getLogger(__name__)
 
@@ -157,15 +157,11 @@ class Store:
                 continue
             part = self.path(clip_id, ".mp4.part")
             if part.exists():
-                try:
-                    fixed = repair(part)
-                    os.replace(part, self.path(clip_id))
-                except (OSError, ValueError) as exc:
-                    logger.warning("recordings: cannot close %s left by a crash: %s", part, exc)
+                fixed = self._close(part, clip_id)
+                if fixed is None:
                     continue
                 info.update(recording=False, bytes=fixed.kept, duration=round(fixed.seconds, 3),
                             end=(info.get("start") or 0) + fixed.seconds, repaired=True)
-                self.stats.repaired += 1
                 logger.info("recordings: closed %s left unfinished by a crash (%.1f s kept, %d bytes cut off)",
                             self.path(clip_id).name, fixed.seconds, fixed.cut)
                 try:
@@ -184,24 +180,32 @@ class Store:
             clip_id = self._id_of(part)
             if clip_id is None or clip_id in found:
                 continue
-            try:
-                fixed = repair(part)
-                os.replace(part, self.path(clip_id))
-            except (OSError, ValueError) as exc:
-                logger.warning("recordings: cannot close %s left by a crash: %s", part, exc)
+            fixed = self._close(part, clip_id)
+            if fixed is None:
                 continue
             start = float(calendar.timegm(time.strptime(clip_id.split(".")[1], "%Y%m%dT%H%M%S")))
             info = {"id": clip_id, "camera": clip_id.split(".")[0], "start": start, "end": start + fixed.seconds,
                     "events": [], "kinds": [], "protected": False, "recording": False, "bytes": fixed.kept,
                     "duration": round(fixed.seconds, 3), "repaired": True}
             found[clip_id] = info
-            self.stats.repaired += 1
             try:
                 self.path(clip_id, ".json").write_text(json.dumps(info, indent=1, sort_keys=True))
             except OSError as exc:
                 logger.warning("recordings: cannot write %s: %s", self.path(clip_id, ".json"), exc)
         with self._lock:
             self._clips = found
+
+    def _close(self, part: Path, clip_id: str) -> Repaired | None:
+        """The clip file `part` a crash left unfinished, closed (fmp4.repair) and renamed to the
+        clip's `.mp4`: what was kept, or None (logged) if it cannot be."""
+        try:
+            fixed = repair(part)
+            os.replace(part, self.path(clip_id))
+        except (OSError, ValueError) as exc:
+            logger.warning("recordings: cannot close %s left by a crash: %s", part, exc)
+            return None
+        self.stats.repaired += 1
+        return fixed
 
     def _id_of(self, part: Path) -> str | None:
         """The id of a clip file `DIR/CAMERA/YYYY-MM-DD/HHMMSS.TAG.mp4.part`, if it is one."""
