@@ -14,17 +14,13 @@ import time
 
 
 def main() -> None:
-    import gi
+    from gst_camera import serve, start_gst
 
-    gi.require_version("Gst", "1.0")
-    gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer
+    start_gst()
+    from gi.repository import Gst, GstRtspServer
 
-    Gst.init(None)
     port = sys.argv[1]
     server = GstRtspServer.RTSPOnvifServer()
-    server.set_address("127.0.0.1")
-    server.set_service(port)
     factory = GstRtspServer.RTSPOnvifMediaFactory()
     # A talk session sets up only the back-channel: the picture's and the sound's payloaders are then
     # linked to nothing, their sources stopped with "not-linked" and, when that error was handled
@@ -63,10 +59,7 @@ def main() -> None:
         heard.connect("handoff", handoff)
 
     factory.connect("media-configure", on_media)
-    server.get_mount_points().add_factory("/cam", factory)
-    server.attach(None)
-    print(f"rtsp://127.0.0.1:{port}/cam", flush=True)
-    GLib.MainLoop().run()
+    serve(server, factory, port)
 
 
 if __name__ == "__main__":

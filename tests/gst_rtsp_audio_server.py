@@ -20,21 +20,17 @@ AUDIO = {
 
 
 def main() -> None:
-    import gi
+    from gst_camera import serve, start_gst
 
-    gi.require_version("Gst", "1.0")
-    gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer
+    start_gst()
+    from gi.repository import Gst, GstRtspServer
 
-    Gst.init(None)
     port, audio = sys.argv[1], sys.argv[2]
     log = open(sys.argv[3], "w", buffering=1) if len(sys.argv) > 3 else None  # noqa: SIM115
     freq = 437 if log is not None else 1000
     # (G.711 in 20 ms packets, as cameras send it: 160 samples at 8 kHz)
     samples = 160 if audio in ("pcmu", "pcma") else 1024
     server = GstRtspServer.RTSPServer()
-    server.set_address("127.0.0.1")
-    server.set_service(port)
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 "
@@ -72,10 +68,7 @@ def main() -> None:
             pay.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, probe)
 
         factory.connect("media-configure", configured)
-    server.get_mount_points().add_factory("/cam", factory)
-    server.attach(None)
-    print(f"rtsp://127.0.0.1:{port}/cam", flush=True)
-    GLib.MainLoop().run()
+    serve(server, factory, port)
 
 
 if __name__ == "__main__":

@@ -22,18 +22,13 @@ SESSION_TIMEOUT = 3
 
 
 def main() -> None:
-    import gi
+    from gst_camera import serve, start_gst
 
-    gi.require_version("Gst", "1.0")
-    gi.require_version("GstRtspServer", "1.0")
-    gi.require_version("GstController", "1.0")
+    start_gst("GstController")
     from gi.repository import GLib, Gst, GstController, GstRtspServer
 
-    Gst.init(None)
     port, audio = sys.argv[1], sys.argv[2]
     server = GstRtspServer.RTSPServer()
-    server.set_address("127.0.0.1")
-    server.set_service(port)
     pool = server.get_session_pool()
     pool.set_max_sessions(1)
 
@@ -79,10 +74,7 @@ def main() -> None:
 
     factory.connect("media-configure", configure)
     server.connect("client-connected", connected)
-    server.get_mount_points().add_factory("/cam", factory)
-    server.attach(None)
-    print(f"rtsp://127.0.0.1:{port}/cam", flush=True)
-    GLib.MainLoop().run()
+    serve(server, factory, port)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,13 @@ import sys
 
 
 def main() -> None:
-    import gi
+    from gst_camera import serve, start_gst
 
-    gi.require_version("Gst", "1.0")
-    gi.require_version("GstRtspServer", "1.0")
-    gi.require_version("GstRtsp", "1.0")
-    from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
+    start_gst("GstRtsp")
+    from gi.repository import Gst, GstRtsp, GstRtspServer
 
-    Gst.init(None)
     port, profile, bframes = sys.argv[1], sys.argv[2], sys.argv[3]
     server = GstRtspServer.RTSPServer()
-    server.set_address("127.0.0.1")
-    server.set_service(port)
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 "
@@ -43,10 +38,7 @@ def main() -> None:
         server.set_auth(auth)
         factory.add_role_from_structure(Gst.Structure.from_string(
             "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")[0])
-    server.get_mount_points().add_factory("/cam", factory)
-    server.attach(None)
-    print(f"rtsp://127.0.0.1:{port}/cam", flush=True)
-    GLib.MainLoop().run()
+    serve(server, factory, port)
 
 
 if __name__ == "__main__":

@@ -200,13 +200,36 @@ async def test_ffmpeg_reads_the_pattern_over_tcp_and_udp(serve, codec):
 @pytest.mark.parametrize("protocol", ["tcp", "udp"])
 async def test_gstreamer_rtspsrc_decodes(serve, protocol):
     root, app, port = await start(serve, token=TOKEN)
+    # (GStreamer's own warnings, in English: they tell rtspsrc's shutdown race, below, from a fault)
     status, out, err = await run(
-        "gst-launch-1.0", "-q", "rtspsrc", f"location=rtsp://127.0.0.1:{port}/default", f"protocols={protocol}",
+        "env", "LC_ALL=C", "GST_DEBUG=default:2", "GST_DEBUG_NO_COLOR=1",
+        "gst-launch-1.0", "rtspsrc", f"location=rtsp://127.0.0.1:{port}/default", f"protocols={protocol}",
         "user-id=nvr", f"user-pw={TOKEN}", "latency=100", "!", "rtph264depay", "!", "avdec_h264", "!",
         "videoconvert", "!", "video/x-raw,format=GRAY8", "!", "fakesink", "num-buffers=30", "sync=false",
         timeout=60)
-    assert status == 0, (out + err).decode(errors="replace")[-2000:]
+    text = (out + err).decode(errors="replace")
+    # the 30 pictures decoded: the pipeline ended at its end of stream
+    assert b'Got EOS from element "pipeline0"' in out, text[-2000:]
+    if status != 0:
+        assert rtspsrc_shutdown_race(err.decode(errors="replace")), text[-2000:]
+        print("gst-launch exited 1 with rtspsrc's shutdown race (its own PAUSE cancelled), tolerated")
     assert app[CAMERAS].first.meters[Transport.RTSP].frames >= 30
+
+
+def rtspsrc_shutdown_race(err: str) -> bool:
+    """Whether gst-launch's only errors are GStreamer 1.22 rtspsrc's own race at shutdown (after its
+    end of stream): PLAYING -> PAUSED queues a PAUSE, PAUSED -> READY at once queues the TEARDOWN and
+    cancels ("flushes") the connection's I/O; a PAUSE whose write had not begun is cancelled, which
+    gstrtspconnection's writev_bytes reports as "Received end-of-file" (it checks "nothing written"
+    before the cancellation), and rtspsrc posts that as an error instead of "send interrupted".
+    The server never sees that PAUSE (camtrack logs only the TEARDOWN that follows); GStreamer's own
+    rtsp-server gets the same error (a PAUSE held back 50 ms in rtspsrc's before-send signal: 4 runs
+    in 6 against tests/gst_rtsp_server.py, 5 in 6 against camtrack). A server that hung up shows
+    otherwise: "Could not receive message", no cancelled write. It failed a loaded CI run once."""
+    errors = err.split("ERROR: from element")[1:]
+    return (bool(errors) and "writev_bytes: Operation was cancelled" in err
+            and all("Could not send message. (Received end-of-file)" in e
+                    and ("gst_rtspsrc_pause ()" in e or "gst_rtspsrc_try_send ()" in e) for e in errors))
 
 
 @pytest.mark.slow
