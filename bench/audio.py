@@ -134,9 +134,9 @@ def chromium_lip_sync_row(seconds: float = 20.0) -> None:
     """The same beeps and marks as Chromium outputs and shows them (bench.lipsync: Chromium and
     server.py in a network namespace of their own, which needs root), the first 6 s left out
     (Chromium's synchronisation settles over them)."""
-    from bench import lipsync
-
     try:
+        from bench import lipsync  # (it needs the test extra: pytest, Playwright)
+
         raw = lipsync.measure_raw(seconds)
     except Exception as exc:  # noqa: BLE001 - no root, no Chromium: said, the rest still runs
         print(f"lip-sync in Chromium: not measured ({type(exc).__name__}: {exc})")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tests.honest import CamtrackProcess, HonestViewer
-from tests.netns import Netns, NetnsUnavailable, no_ipv6_on_new_links
+from tests.netns import Netns, NetnsUnavailable, no_ipv6
 
 SERVER_A, VIEWER_A = "198.51.100.1", "198.51.100.2"
 SERVER_B, VIEWER_B = "198.51.100.5", "198.51.100.6"
@@ -47,8 +47,6 @@ class ShapedNet:
         try:
             for ns in (self.server, self.a, self.b):
                 _run("ip", "netns", "add", ns.name)
-                for step in no_ipv6_on_new_links(ns.name):
-                    _run(*step)
                 _run("ip", "-n", ns.name, "link", "set", "lo", "up")
             for side, viewer_ns, server_ip, viewer_ip in (("a", self.a, SERVER_A, VIEWER_A),
                                                           ("b", self.b, SERVER_B, VIEWER_B)):
@@ -57,6 +55,8 @@ class ShapedNet:
                      "netns", viewer_ns.name)
                 _run("ip", "-n", self.server.name, "addr", "add", f"{server_ip}/30", "dev", here)
                 _run("ip", "-n", viewer_ns.name, "addr", "add", f"{viewer_ip}/30", "dev", there)
+                _run(*no_ipv6(self.server.name, here))
+                _run(*no_ipv6(viewer_ns.name, there))
                 _run("ip", "-n", self.server.name, "link", "set", here, "up")
                 _run("ip", "-n", viewer_ns.name, "link", "set", there, "up")
         except NetnsUnavailable:
