@@ -59,10 +59,12 @@ def test_the_page_offers_auto_high_low_and_shows_its_tier(sandbox, tmp_path):  #
 MIN_FPS = 20
 
 
-async def encoded(server) -> dict[str, float]:
+async def encoded(server) -> tuple[dict[str, float], float]:
     """The frames the server has encoded for the main tier (its shared encoders, every codec) and
-    the low tier, from /metrics."""
+    the low tier, from /metrics, and when (time.monotonic(), halfway through the request)."""
+    asked = time.monotonic()
     status, text = await server.get("/metrics")
+    at = (asked + time.monotonic()) / 2
     assert status == 200, (status, text)
     counts = {"main": 0.0, "low": 0.0}
     for line in text.splitlines():
@@ -70,7 +72,7 @@ async def encoded(server) -> dict[str, float]:
             counts["main"] += float(line.split()[-1])
         elif line.startswith("camtrack_tier_frames_encoded_total{") and 'tier="low"' in line:
             counts["low"] += float(line.split()[-1])
-    return counts
+    return counts, at
 
 
 @pytest.mark.timeout(300)
@@ -117,7 +119,7 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                     # (over 5 s, against what the server encoded for each tier in the same window: a
                     # loaded 2-core machine encodes fewer than 30 a second, and the viewers can show no
                     # more; the bug this was written for showed the shaped viewer 16 fps of 30)
-                    produced = await encoded(server)
+                    produced, asked = await encoded(server)
                     decoded = await page.evaluate(FRAMES)
                     latencies: list[int] = []
                     began, since = time.monotonic(), time.time()
@@ -128,8 +130,8 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                         await asyncio.sleep(0.1)
                     fps = (await page.evaluate(FRAMES) - decoded) / (time.monotonic() - began)
                     until = time.time()
-                    made = {tier: (count - produced[tier]) / (time.monotonic() - began)
-                            for tier, count in (await encoded(server)).items()}
+                    counts, answered = await encoded(server)
+                    made = {tier: (count - produced[tier]) / (answered - asked) for tier, count in counts.items()}
                     await asyncio.sleep(0.6)  # (the unshaped viewer's report of the window's end)
                     seen = other.window(since, until)
                     assert await page.evaluate("window.camtrack.quality.tier") == "low"
@@ -139,7 +141,7 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                           f"encoded {made['low']:.1f}), latency p50 {latencies[len(latencies) // 2]} ms, p95 {p95} ms;"
                           f" the unshaped viewer on main {seen.fps:.1f} fps (main encoded {made['main']:.1f})")
                     assert fps >= 0.8 * made["low"] and fps >= MIN_FPS, f"{fps:.1f} fps on the low tier, {made}"
-                    assert len(latencies) >= 30 and p95 < 500, str(latencies)
+                    assert len(latencies) >= 20 and p95 < 500, str(latencies)
                     # the unshaped viewer stayed on main, at the camera's rate
                     assert other.width == 640, other.width
                     assert seen.fps >= 0.8 * made["main"] and seen.fps >= MIN_FPS, (seen, made)
