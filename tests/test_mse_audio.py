@@ -13,7 +13,7 @@ import pytest
 from . import netns as netns_mod
 from .test_browser import PORT, sandbox  # noqa: F401 - the fixture
 from .test_browser_fallback import chromium_and_server, plays, wait_for_server
-from .ws_lipsync import measure, settled_median
+from .ws_lipsync import measure_settled, settled_median
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def test_the_mse_player_plays_the_sound_in_sync_once_unmuted(sandbox, tmp_path):
         assert page.evaluate("document.getElementById('video').muted") is False
         # (the beeps as heard through a tap on the element's sound, against the marks as shown:
         # tests/ws_lipsync.py, as tests/test_audio_browser.py's LIP_SYNC measures WebRTC)
-        result = measure(page, "mse", 14)
+        result = measure_settled(page, "mse", 14)
         assert result["decoded"] > 0 and result["loudest"] > 0.2 and result["played"] > 100, result
         # (a loaded machine may show a mark late or not at all: then a beep is paired with another mark,
         # hundreds of ms off; the median of the last six beeps is where the sync stands, after the first

@@ -13,7 +13,7 @@ import pytest
 from . import netns as netns_mod
 from .test_browser import PORT, sandbox  # noqa: F401 - the fixture
 from .test_browser_fallback import certificate, chromium_and_server, plays, wait_for_server
-from .ws_lipsync import measure, settled_median
+from .ws_lipsync import measure_settled, settled_median
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_the_webcodecs_player_plays_the_sound_in_sync_once_unmuted(sandbox, tmp_
         page.click("#sound")
         page.wait_for_function("window.camtrack.player.sound.played > 20", timeout=30000)
         late = page.evaluate("window.camtrack.player.sound.late")
-        result = measure(page, "webcodecs", 14)
+        result = measure_settled(page, "webcodecs", 14)
         late = page.evaluate("window.camtrack.player.sound.late") - late
         print(f"{late} sound packets dropped as late while measuring")
         assert result["loudest"] > 0.2 and result["played"] > 100, result
@@ -62,7 +62,7 @@ def test_the_webcodecs_player_plays_the_sound_in_sync_once_unmuted(sandbox, tmp_
         page.evaluate(DROP, None)
         drawn = page.evaluate(DRAWN)
         page.wait_for_function(f"{DRAWN} >= {drawn + 30}", timeout=8000)
-        result = measure(page, "webcodecs", 12)
+        result = measure_settled(page, "webcodecs", 12)
         assert len(result["offsets"]) >= 8, result
         assert abs(settled_median(result["offsets"])) <= 80, result
 
