@@ -181,19 +181,33 @@ def test_lip_sync_in_chromium_is_within_80_ms(sandbox, tmp_path):  # noqa: F811
     The median of the rest, the beep heard against the mark seen, is within the issue's 80 ms; the
     sync error (the sound's latency minus the picture's, from the stamps) is that plus where the
     whole second fell in the marked picture's interval (0 to 33 ms at 30 fps), so within 80 ms of
-    that. A sound report moved by 150 ms (the sound claimed captured earlier) read -124 ms here."""
+    that. A sound report moved by 150 ms (the sound claimed captured earlier) read -124 ms here.
+
+    A loaded machine moves where Chromium settles (docs/audio.md: 67 ms loaded, 98 ms starved): a
+    first window that misses is followed by a second on the same page (a new peer, settled again),
+    and the second is the verdict; both are printed. A real sync error misses both (the tone
+    delayed 150 ms at its source, under two busy loops: medians 180 and 174 ms, sync errors 192 and
+    190 ms)."""
     from bench.lipsync import LIP_SYNC_JS, analyse, settled, summary
+
+    def within(figures: dict) -> bool:
+        return (len(figures["offsets"]) >= 10 and abs(statistics.median(figures["offsets"])) <= 80
+                and -80 <= statistics.median(figures["errors"]) <= 80 + 1000 / 30)
 
     with browser_and_server(sandbox, tmp_path, "h264", "--width", "320", "--height", "240") as (browser, _, _log):
         page = open_page(browser, "api/cameras")  # (a page of the server's that plays nothing itself)
-        raw = page.evaluate(LIP_SYNC_JS, [URL + "whep", 24])
-    everything = analyse(raw)
-    assert raw["onsets"], everything
-    figures = analyse(settled(raw, 6.0))
-    print("lip-sync in Chromium (sound minus picture, ms), first 6 s:",
-          [round(x) for x in everything["offsets"][:len(everything["offsets"]) - len(figures["offsets"])]],
-          "then:", [round(x) for x in figures["offsets"]], "sync errors:", [round(x) for x in figures["errors"]])
-    print("lip-sync in Chromium, settled:", summary(figures))
+        for window in (1, 2):
+            raw = page.evaluate(LIP_SYNC_JS, [URL + "whep", 24])
+            everything = analyse(raw)
+            assert raw["onsets"], everything
+            figures = analyse(settled(raw, 6.0))
+            print(f"lip-sync in Chromium, window {window} (sound minus picture, ms), first 6 s:",
+                  [round(x) for x in everything["offsets"][:len(everything["offsets"]) - len(figures["offsets"])]],
+                  "then:", [round(x) for x in figures["offsets"]],
+                  "sync errors:", [round(x) for x in figures["errors"]])
+            print(f"lip-sync in Chromium, window {window}, settled:", summary(figures))
+            if within(figures):
+                break
     assert len(figures["offsets"]) >= 10, figures
     assert abs(statistics.median(figures["offsets"])) <= 80, figures
     assert -80 <= statistics.median(figures["errors"]) <= 80 + 1000 / 30, figures

@@ -54,7 +54,28 @@ def test_the_page_offers_auto_high_low_and_shows_its_tier(sandbox, tmp_path):  #
         assert low.locator("#quality").input_value() == "low"
 
 
-@pytest.mark.timeout(240)
+#: the least frame rate a viewer of the 30 fps camera shows, however loaded the machine (the bug
+#: test_a_viewer_behind_a_narrow_link_... was written for showed 16)
+MIN_FPS = 20
+
+
+async def encoded(server) -> tuple[dict[str, float], float]:
+    """The frames the server has encoded for the main tier (its shared encoders, every codec) and
+    the low tier, from /metrics, and when (time.monotonic(), halfway through the request)."""
+    asked = time.monotonic()
+    status, text = await server.get("/metrics")
+    at = (asked + time.monotonic()) / 2
+    assert status == 200, (status, text)
+    counts = {"main": 0.0, "low": 0.0}
+    for line in text.splitlines():
+        if line.startswith("camtrack_frames_encoded_total{"):
+            counts["main"] += float(line.split()[-1])
+        elif line.startswith("camtrack_tier_frames_encoded_total{") and 'tier="low"' in line:
+            counts["low"] += float(line.split()[-1])
+    return counts, at
+
+
+@pytest.mark.timeout(300)
 async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another_stays_on_main(tmp_path):
     """Chromium behind a 400 kbit/s tbf link (its own network namespace) and an aiortc viewer
     unshaped, both watching a 640x480 30 fps camera at 1 Mbit/s: within seconds the shaped one is on
@@ -95,25 +116,35 @@ async def test_a_viewer_behind_a_narrow_link_moves_to_low_and_back_while_another
                     # after the move, and longer than 45 s in 3 runs of 6)
                     await page.wait_for_function(f"{VIDEO_SIZE}[0] === 320", timeout=30000)
                     await asyncio.sleep(2)  # (its first low pictures: what the link held at the move)
+                    # (over 5 s, against what the server encoded for each tier in the same window: a
+                    # loaded 2-core machine encodes fewer than 30 a second, and the viewers can show no
+                    # more; the bug this was written for showed the shaped viewer 16 fps of 30)
+                    produced, asked = await encoded(server)
                     decoded = await page.evaluate(FRAMES)
                     latencies: list[int] = []
-                    began = time.monotonic()
-                    while time.monotonic() - began < 3:
+                    began, since = time.monotonic(), time.time()
+                    while time.monotonic() - began < 5:
                         latency = await page.evaluate("window.camtrack.readLatency()")
                         if latency is not None:
                             latencies.append(latency)
                         await asyncio.sleep(0.1)
                     fps = (await page.evaluate(FRAMES) - decoded) / (time.monotonic() - began)
+                    until = time.time()
+                    counts, answered = await encoded(server)
+                    made = {tier: (count - produced[tier]) / (answered - asked) for tier, count in counts.items()}
+                    await asyncio.sleep(0.6)  # (the unshaped viewer's report of the window's end)
+                    seen = other.window(since, until)
                     assert await page.evaluate("window.camtrack.quality.tier") == "low"
-                    assert fps >= 24, f"{fps:.1f} fps on the low tier"
                     latencies.sort()
                     p95 = latencies[int(0.95 * (len(latencies) - 1))]
-                    print(f"shaped viewer on low, 2-5 s after its first low picture: {fps:.1f} fps, latency p50"
-                          f" {latencies[len(latencies) // 2]} ms, p95 {p95} ms")
+                    print(f"shaped viewer on low, 2-7 s after its first low picture: {fps:.1f} fps (the low tier "
+                          f"encoded {made['low']:.1f}), latency p50 {latencies[len(latencies) // 2]} ms, p95 {p95} ms;"
+                          f" the unshaped viewer on main {seen.fps:.1f} fps (main encoded {made['main']:.1f})")
+                    assert fps >= 0.8 * made["low"] and fps >= MIN_FPS, f"{fps:.1f} fps on the low tier, {made}"
                     assert len(latencies) >= 20 and p95 < 500, str(latencies)
                     # the unshaped viewer stayed on main, at the camera's rate
-                    seen = other.window(time.time() - 4)
-                    assert other.width == 640 and seen.fps >= 24, seen
+                    assert other.width == 640, other.width
+                    assert seen.fps >= 0.8 * made["main"] and seen.fps >= MIN_FPS, (seen, made)
 
                     net.unshape()
                     await page.wait_for_function("window.camtrack.quality.tier === 'main'", timeout=45000)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -47,8 +48,11 @@ def ffmpeg_errors(path: Path) -> str:
     return done.stderr if done.returncode == 0 else f"exit {done.returncode}: {done.stderr}"
 
 
-def beeps_and_marks(path: Path) -> tuple[list[float], list[float]]:
-    """The onsets (s, on the file's timeline) of the tone's beeps and of the picture's marks."""
+def beeps_and_marks(path: Path) -> tuple[list[float], list[float], dict[float, float], list[float]]:
+    """The onsets (s, on the file's timeline) of the tone's beeps and of the picture's marks, for
+    each mark the time of the picture decoded before it (more than a frame earlier where the encoder
+    skipped pictures: the mark's first picture may then have been one of them), and the times of
+    every picture."""
     audio: list[tuple[float, bool]] = []
     video: list[tuple[float, bool]] = []
     with av.open(str(path)) as container:
@@ -65,7 +69,10 @@ def beeps_and_marks(path: Path) -> tuple[list[float], list[float]]:
         for picture in container.decode(video=0):
             assert picture.time is not None
             video.append((picture.time, shows_mark(picture.to_ndarray(format="bgr24"))))
-    return onsets(audio), onsets(video)
+    marks = onsets(video)
+    times = sorted(at for at, _ in video)
+    before = {mark: max((at for at in times if at < mark), default=mark - 1 / 30) for mark in marks}
+    return onsets(audio), marks, before, times
 
 
 def offsets_ms(beeps: list[float], marks: list[float]) -> list[float]:
@@ -86,7 +93,14 @@ async def test_a_clip_of_the_pattern_has_its_tone_in_sync_with_its_marks_from_th
     _, app = await serve(record=str(tmp_path), pre_roll=2.0, post_roll=1.5, keyframe_interval=1.0, **NO_FLOOR)
     recorder = recorder_of(app)
     await wait_preroll(recorder, 3.0)
-    await eventually(lambda: recorder.preroll.audio_bytes > 0, timeout=10)
+    # the sound held from the oldest picture held on (the sound's feed may start after the pictures,
+    # and a clip that began before there was sound to record would fail the starts' check below;
+    # NB this did not stop that check failing on a starved machine, the sound starting 340 ms after
+    # the picture once under load average 12 on the 2 cores: the tone source skips what a stall of
+    # over 200 ms of its thread missed, as the packet count's check below also saw)
+    preroll = recorder.preroll
+    await eventually(lambda: bool(preroll.audio_since(0)) and bool(preroll.since(0))
+                     and preroll.audio_since(0)[0].captured <= preroll.since(0)[0].captured + 0.02, timeout=10)
     started = time.time()
     recorder.event_started("beeps", started, kind="test")
     await asyncio.sleep(3.0)
@@ -113,15 +127,35 @@ async def test_a_clip_of_the_pattern_has_its_tone_in_sync_with_its_marks_from_th
     assert int(audio["nb_read_frames"]) >= 45 * float(audio["duration"])  # (50 packets a second, a few lost at most)
     assert ffmpeg_errors(path) == ""
 
-    beeps, marks = beeps_and_marks(path)
+    beeps, marks, before, pictures = beeps_and_marks(path)
     offsets = offsets_ms(beeps, marks)
     print(f"beeps {len(beeps)}, marks {len(marks)}, sound minus picture (ms): {[round(o) for o in offsets]}")
     duration = clip["duration"]
     assert len(beeps) >= int(duration) - 1 and len(marks) >= int(duration) - 2, (beeps, marks)
     # (a mark lasts 3 pictures: an encoder that skips to the newest frame on a loaded machine may
-    # leave one out; the beep then has no mark within 0.5 s)
-    assert len(offsets) >= len(beeps) - 1, (beeps, marks)
-    assert all(abs(o) <= 80 for o in offsets), offsets
+    # leave one out; the beep then has no mark within 0.5 s. More than one such beep only where the
+    # clip has no picture at all in the mark's 100 ms, placed by the other beeps' offset: a starved
+    # machine once skipped all three at two seconds of 7)
+    typical = statistics.median(offsets) / 1000 if offsets else 0.0
+    unmatched = [beep for beep in beeps if not any(abs(m - beep) < 0.5 for m in marks)]
+    unexcused = [beep for beep in unmatched
+                 if any(beep - typical + 0.005 <= at <= beep - typical + 0.095 for at in pictures)]
+    if unmatched:
+        print(f"beeps without a mark: {unmatched}; with pictures in the mark's 100 ms: {unexcused}")
+    assert len(unexcused) <= 1, (beeps, marks, unexcused)
+    # each beep within 80 ms of its mark; a mark whose first pictures the encoder skipped (a loaded
+    # machine: it encodes the newest frame) shows that much late, the gap since the picture before
+    # it beyond a frame's 33 ms: the sound may be early by that much more (never late: a sound
+    # delayed 150 ms at the source read +150 ms here and fails)
+    slack = {mark: max(0.0, (mark - previous - 1 / 30) * 1000) for mark, previous in before.items()}
+    bounds = []
+    for beep in beeps:
+        mark = min(marks, key=lambda m: abs(m - beep), default=None)
+        if mark is not None and abs(mark - beep) < 0.5:
+            bounds.append((-80 - slack[mark], (beep - mark) * 1000, 80))
+    if any(s for s in slack.values()):
+        print("marks after skipped pictures (ms of slack):", {round(m, 3): round(s) for m, s in slack.items() if s})
+    assert all(low <= o <= high for low, o, high in bounds), bounds
     # the pre-roll's sound: beeps before the event's start (the clip's first picture is clip["start"]
     # on the wall clock and 0 + the video's start on the file's timeline)
     first_beep_wall = clip["start"] + beeps[0] - float(video["start_time"])

@@ -288,6 +288,11 @@ async def test_a_flood_on_the_sound_channel_cuts_the_sound_not_the_picture(serve
         await listener.connect(ws)
         await eventually(lambda: len(listener.audio) >= 50 and len(listener.video) >= 30, 30)
         assert listener.loud() >= len(listener.audio) // 2
+        # the picture's rate before the flood, in this process as loaded as it will be (the camera,
+        # its encoder and the listener share it): the flood's is measured against it
+        before, began = len(listener.video), time.monotonic()
+        await asyncio.sleep(3.0)
+        baseline = (len(listener.video) - before) / (time.monotonic() - began)
         before = len(listener.video)
         camera.flood_until = time.monotonic() + 4.0
         began = time.monotonic()
@@ -295,10 +300,14 @@ async def test_a_flood_on_the_sound_channel_cuts_the_sound_not_the_picture(serve
         await asyncio.sleep(max(0.0, camera.flood_until - time.monotonic()) + 0.5)
         seconds = time.monotonic() - began
         fps = (len(listener.video) - before) / seconds
-        print(f"sound flood: {camera.flooded} garbage packets; the picture meanwhile {fps:.1f} fps; "
-              f"audio state {feed.state!r}: {feed.error}")
+        print(f"sound flood: {camera.flooded} garbage packets; the picture meanwhile {fps:.1f} fps "
+              f"({baseline:.1f} before); audio state {feed.state!r}: {feed.error}")
         assert camera.flooded >= 1000
-        assert fps > 20, fps  # the camera's 30 fps go on
+        # the camera's pictures go on: 20 fps of its 30, or 70% of the rate before the flood where a
+        # loaded machine gave less (22.8 before, 24.6 during, once under two busy loops); a picture
+        # cut for the sound's sake, or slowed by it (10.2 fps of 30.3 with 0.5 ms spent on each sound
+        # packet, as a fault put in for the check), fails
+        assert fps >= min(20.0, 0.7 * baseline), (fps, baseline)
         assert feed.state == "retrying" and feed.stats.failures >= 1
         assert camera.sessions == 1  # the session was not cut: the picture never reopened
     finally:

@@ -19,9 +19,17 @@ WS_LIP_SYNC = """async ([seconds, decoder]) => {
   const shown = decoder === "mse" ? video : document.getElementById("canvas");
   let context, source;
   if (decoder === "mse") {
-    context = new AudioContext();
-    await context.resume();
-    source = context.createMediaElementSource(video);
+    // (an element takes one media element source in its life: a second window reuses the first's,
+    // its tap taken off)
+    const kept = window.camtrackLipSync;
+    if (kept) {
+      ({context, source} = kept);
+      source.disconnect(kept.tap);
+    } else {
+      context = new AudioContext();
+      await context.resume();
+      source = context.createMediaElementSource(video);
+    }
   } else {
     context = player.sound.context;
     source = player.sound.output;
@@ -45,6 +53,7 @@ WS_LIP_SYNC = """async ([seconds, decoder]) => {
   const mute = context.createGain();
   mute.gain.value = decoder === "mse" ? 1 : 0;
   source.connect(tap); tap.connect(mute); mute.connect(context.destination);
+  if (decoder === "mse") window.camtrackLipSync = {context, source, tap};
 """ + SHOWS_MARK + """  const scratch = document.createElement("canvas");
   const marks = [];
   let unmarked = 0;
@@ -102,3 +111,17 @@ def settled_median(offsets: list[float], last: int = 6) -> float:
     tail = sorted(offsets[-last:])
     middle = len(tail) // 2
     return tail[middle] if len(tail) % 2 else (tail[middle - 1] + tail[middle]) / 2
+
+
+def measure_settled(page, decoder: str, seconds: float, last: int = 6) -> dict:
+    """`measure`, and when the median of its last `last` offsets is beyond 80 ms, a second window
+    of `seconds` on the same page, which decides: a loaded machine may show or play a few beeps or
+    marks 200 ms off in a row (a starved run read 111 ms, half its offsets 170-244 ms, the others
+    4-44), while a real sync error misses both windows (the tone 150 ms late at its source: 151 then
+    265 ms with MSE, 175 then 185 ms with WebCodecs)."""
+    result = measure(page, decoder, seconds)
+    if len(result["offsets"]) >= 8 and abs(settled_median(result["offsets"], last)) <= 80:
+        return result
+    print(f"{decoder}: the first window missed (median of the last {last}: "
+          f"{settled_median(result['offsets'], last) if result['offsets'] else None}); a second one decides")
+    return measure(page, decoder, seconds)
