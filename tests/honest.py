@@ -305,18 +305,22 @@ def assert_unharmed(baseline: Watched, seen: Watched, what: str, min_fps: float 
 
 
 @asynccontextmanager
-async def control_viewer(options: Sequence[str], camera: str,
-                         env: dict[str, str] | None = None) -> AsyncIterator[HonestViewer]:
+async def control_viewer(options: Sequence[str], camera: str, env: dict[str, str] | None = None,
+                         also: Sequence[str] = ()) -> AsyncIterator[HonestViewer]:
     """An honest viewer of `camera` on a camtrack process of its own with `options` (those of the
     server a test attacks: `CamtrackProcess.options`), which nothing attacks: what the machine's
-    load alone does to a viewer in the same seconds (the `control` of `assert_unharmed`). It runs
+    load alone does to a viewer in the same seconds (the `control` of `assert_unharmed`); honest
+    viewers of the cameras in `also` too, not measured, so that the control serves what the
+    attacked server serves (on a starved machine a busier server's viewers fare worse). It runs
     inside the test's MACHINE_LOCK (it takes none)."""
     async with CamtrackProcess(*options, env=env, lock=False) as control:
-        viewer = HonestViewer(control.ws(camera))
+        viewers = [HonestViewer(control.ws(name)) for name in (camera, *also)]
         try:
-            yield await viewer.start()
+            for viewer in viewers:
+                await viewer.start()
+            yield viewers[0]
         finally:
-            await viewer.stop()
+            await asyncio.gather(*(viewer.stop() for viewer in viewers))
 
 
 #: the key of a control viewer's window among a pair's (`honest_pair(..., control=True)`)
@@ -366,12 +370,13 @@ async def honest_pair(server: CamtrackProcess, attacked: str = "a", other: str =
                       query: str = "", control: bool = False) -> AsyncIterator[HonestPair]:
     """An honest viewer of camera `attacked` and one of `other` (their /ws URLs plus `query`, such as
     "&token=..."), started one after the other, and stopped on the way out; with `control`, a
-    control viewer of `attacked` too (`control_viewer`, held to nothing, the others measured
-    against it)."""
+    control viewer of `attacked` too (`control_viewer`, with a viewer of `other` beside it: held to
+    nothing, the others measured against it)."""
     pair = HonestPair({name: HonestViewer(server.ws(name) + query) for name in (attacked, other)})
     async with contextlib.AsyncExitStack() as stack:
         if control:
-            pair.control = await stack.enter_async_context(control_viewer(server.options, attacked, server.env))
+            pair.control = await stack.enter_async_context(
+                control_viewer(server.options, attacked, server.env, also=(other,)))
         try:
             for viewer in pair.viewers.values():
                 await viewer.start()

@@ -145,6 +145,7 @@ async def attacked(*server_args: str, whep: bool) -> None:
     async with CamtrackProcess(*SERVER_ARGS, *server_args) as server, \
             honest_pair(server, "a", "b", control=True) as honest:
         attacker: Viewer | None = None
+        double: Viewer | None = None
         attacker_pc: RTCPeerConnection | None = None
         try:
             if whep:
@@ -156,6 +157,11 @@ async def attacked(*server_args: str, whep: bool) -> None:
                 assert attacker.pc is not None
                 creds = credentials(attacker.pc.localDescription.sdp, attacker.answer_sdp)
                 await attacker.frames(5)
+                # and its double on the control server, which connects the same and sends nothing
+                assert honest.control is not None
+                double = Viewer(honest.control.url)
+                await double.connect()
+                await double.frames(5)
             cpu_idle = cpu_seconds(server.pid)
             await asyncio.sleep(3.0)
             honest.baseline = honest.windows(time.time() - 3.0)
@@ -214,6 +220,8 @@ async def attacked(*server_args: str, whep: bool) -> None:
         finally:
             if attacker is not None:
                 await attacker.close(bye=False)
+            if double is not None:
+                await double.close(bye=False)
             if attacker_pc is not None:
                 await attacker_pc.close()
 
