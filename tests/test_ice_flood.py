@@ -27,7 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from camtrack.client import Viewer
 
 from .conftest import eventually
-from .honest import CamtrackProcess, honest_pair
+from .honest import CONTROL, CamtrackProcess, honest_pair
 
 #: the flood: one signed request from each of this many source ports, over about FLOOD_SECONDS
 FLOOD_PORTS = int(os.environ.get("CAMTRACK_FLOOD_PORTS", "16000"))
@@ -140,8 +140,12 @@ async def sample(server: CamtrackProcess, until: asyncio.Event, seen: Sampled) -
 
 
 async def attacked(*server_args: str, whep: bool) -> None:
-    async with CamtrackProcess(*SERVER_ARGS, *server_args) as server, honest_pair(server, "a", "b") as honest:
+    # (with a control viewer of an unattacked camtrack beside: the honest viewers are held to what
+    # the flood did to them beyond what the machine's load, the flooding thread's included, did to it)
+    async with CamtrackProcess(*SERVER_ARGS, *server_args) as server, \
+            honest_pair(server, "a", "b", control=True) as honest:
         attacker: Viewer | None = None
+        double: Viewer | None = None
         attacker_pc: RTCPeerConnection | None = None
         try:
             if whep:
@@ -153,6 +157,11 @@ async def attacked(*server_args: str, whep: bool) -> None:
                 assert attacker.pc is not None
                 creds = credentials(attacker.pc.localDescription.sdp, attacker.answer_sdp)
                 await attacker.frames(5)
+                # and its double on the control server, which connects the same and sends nothing
+                assert honest.control is not None
+                double = Viewer(honest.control.url)
+                await double.connect()
+                await double.frames(5)
             cpu_idle = cpu_seconds(server.pid)
             await asyncio.sleep(3.0)
             honest.baseline = honest.windows(time.time() - 3.0)
@@ -184,7 +193,7 @@ async def attacked(*server_args: str, whep: bool) -> None:
             log = server.log()
             print(f"\nflood: {sent} signed requests from as many ports in {flood_end - began:.1f} s "
                   f"({'WHEP answer alone' if whep else 'connected ws viewer'}, {' '.join(server_args) or 'shared port'})")
-            for name in "ab":
+            for name in ("a", "b", CONTROL):
                 print(f"  viewer {name}: before {honest.baseline[name]}; during {during[name]}; after {after[name]}")
             print(f"  server RSS before {rss_before:.0f} MB, peak {seen.rss_peak:.0f} MB, after {rss_after:.0f} MB; "
                   f"/healthz slowest {seen.healthz_worst * 1000:.0f} ms, failures {seen.healthz_failures}; "
@@ -211,6 +220,8 @@ async def attacked(*server_args: str, whep: bool) -> None:
         finally:
             if attacker is not None:
                 await attacker.close(bye=False)
+            if double is not None:
+                await double.close(bye=False)
             if attacker_pc is not None:
                 await attacker_pc.close()
 

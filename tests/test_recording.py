@@ -4,6 +4,7 @@ from the packets viewers get, written as fragmented MP4 and read back with PyAV 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import fractions
 import json
@@ -366,7 +367,7 @@ async def test_a_full_disk_stops_recording_cleanly_while_a_viewer_keeps_its_fram
     line, the state and a metric, the clip written so far plays; an honest WebRTC viewer keeps its
     frame rate all along; deleting that clip through the API gives space back and recording
     resumes by itself (a new clip of the same event)."""
-    from .honest import MACHINE_LOCK, HonestViewer, assert_unharmed
+    from .honest import MACHINE_LOCK, HonestViewer, Watched, assert_unharmed
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux)")
     mount = tmp_path / "disk"
@@ -381,6 +382,7 @@ async def test_a_full_disk_stops_recording_cleanly_while_a_viewer_keeps_its_fram
          str(mount), sys.executable, str(script), options],
         stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True, cwd=Path(__file__).parent.parent)  # noqa: SIM115
     viewer = None
+    controls = contextlib.AsyncExitStack()
     try:
         assert process.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
@@ -396,13 +398,33 @@ async def test_a_full_disk_stops_recording_cleanly_while_a_viewer_keeps_its_fram
             described: dict[str, Any] = json.loads(body)["recorders"]["default"]
             return described
 
+        # a control: the same camtrack recording the same event onto a disk with room, and a viewer
+        # of it; the honest viewer is held to what the full disk did to it beyond what the machine's
+        # load did to the control in the same seconds (tests/honest.py, assert_unharmed)
+        (tmp_path / "roomy").mkdir()
+        roomy = subprocess.Popen([sys.executable, str(script), str(tmp_path / "roomy"), "0", options],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                 cwd=Path(__file__).parent.parent)
+        controls.callback(roomy.wait, 10)
+        controls.callback(roomy.kill)
+        assert roomy.stdout is not None
+        roomy_said = json.loads(await asyncio.wait_for(asyncio.to_thread(roomy.stdout.readline), 60))
+        control = HonestViewer(f"ws://127.0.0.1:{roomy_said['port']}/ws")
+        controls.push_async_callback(control.stop)
+        await control.start()
         viewer = await HonestViewer(f"ws://127.0.0.1:{said['port']}/ws").start()
-        baseline = await viewer.watch(2.0)
+
+        async def watch(seconds: float) -> tuple[Watched, Watched]:
+            seen, control_seen = await asyncio.gather(viewer.watch(seconds), control.watch(seconds))
+            return seen, control_seen
+
+        baseline, control_baseline = await watch(2.0)
         # full within seconds: stopped
         await eventually(lambda: recorder()["state"] == "stopped", timeout=30)
         assert recorder()["problem"]
-        full = await viewer.watch(4.0)
-        assert_unharmed(baseline, full, "while the disk was full")
+        full, control_full = await watch(4.0)
+        print(f"\nviewer: before {baseline}, disk full {full}; control: before {control_baseline}, then {control_full}")
+        assert_unharmed(baseline, full, "while the disk was full", control=(control_baseline, control_full))
         assert recorder()["state"] == "stopped"
         stops = [ln for ln in log.read_text().splitlines() if "recording stopped" in ln]
         assert len(stops) == 1 and "No space left on device" in stops[0], stops
@@ -411,6 +433,9 @@ async def test_a_full_disk_stops_recording_cleanly_while_a_viewer_keeps_its_fram
         assert 'camtrack_recording_stops_total{camera="default"} 1.0' in metrics
         # what was written plays (closed as far as it went)
         clip = inside / "default" / time.strftime("%Y-%m-%d", time.gmtime(said["started"] - 1.0))
+        # (closed by the writer thread after the failed write: on a starved machine that may come after
+        # the 4 s above)
+        await eventually(lambda: bool(list(clip.glob("*.mp4"))), timeout=15)
         (written,) = list(clip.glob("*.mp4"))
         assert decode_errors(written) == ""
         assert written.stat().st_size > 500_000
@@ -423,11 +448,13 @@ async def test_a_full_disk_stops_recording_cleanly_while_a_viewer_keeps_its_fram
                          timeout=15)
         resumed = [ln for ln in log.read_text().splitlines() if "recording resumes" in ln]
         assert len(resumed) == 1, resumed
-        after = await viewer.watch(2.0)
-        assert_unharmed(baseline, after, "after recording resumed")
+        after, control_after = await watch(2.0)
+        print(f"viewer after recording resumed {after}; control then {control_after}")
+        assert_unharmed(baseline, after, "after recording resumed", control=(control_baseline, control_after))
     finally:
         if viewer is not None:
             await viewer.stop()
+        await controls.aclose()
         process.kill()
         process.wait(10)
         os.close(lock)

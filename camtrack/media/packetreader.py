@@ -69,6 +69,9 @@ class PacketReader:
         self.started = time.monotonic()
         #: seconds from attaching to the first packet handed out, and whether it was a keyframe
         self.first_packet: tuple[float, bool] | None = None
+        #: when (time.monotonic()) the viewer first asked for a packet: for a WebRTC viewer, once
+        #: its peer is connected (ICE and DTLS done), which `first_packet` counts in
+        self.first_read: float | None = None
         #: packets skipped over by falling behind, and the times that made it wait for a keyframe
         self.skipped = 0
         self.resyncs = 0
@@ -112,6 +115,7 @@ class PacketReader:
         packet's (a squeezed start run), else None. FeedClosed when the feed or the reader closed."""
         if self._pending is None:
             # the viewer takes its first packet: start from a keyframe now
+            self.first_read = time.monotonic()
             self._pending = deque(self._start_run(self.feed.start_packets()))
             self._synced = bool(self._pending)
             if self._pending:
