@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import socket
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -210,3 +213,88 @@ def test_which_cameras_have_sound(tmp_path):
 
     assert isinstance(audio_source_factory("rtsp://127.0.0.1:1/x", "auto")(), SessionAudioSource)
     assert isinstance(audio_source_factory("rtsp://127.0.0.1:1/x", "auto", rtsp_transport="udp")(), AvAudioSource)
+
+
+class SilentServer:
+    """A real TCP server on 127.0.0.1 that accepts and never answers (a camera stuck after its
+    accept): a client that opens it waits out its open timeout. Counts the connections it took."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self.url = f"rtsp://127.0.0.1:{self._listener.getsockname()[1]}/cam"
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="silent server", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted.append(connection)  # (held open, never read nor answered)
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
+        for connection in self.accepted:
+            connection.close()
+
+
+def stopped_then_opened(source: Any, error: type[BaseException]) -> float:
+    """The feed stopping a run from the loop's thread (the run's stop, then its source's `interrupt`)
+    while the run's thread is between its check of the stop and the source's `open`, made
+    deterministic: interrupted, then opened. The seconds open took to raise `error` ("stopped")."""
+    source.interrupt()
+    began = time.monotonic()
+    try:
+        with pytest.raises(error, match="stopped"):
+            source.open()
+        return time.monotonic() - began
+    finally:
+        source.close()
+
+
+def test_a_streams_sound_stopped_just_before_it_opens_stays_stopped():
+    """PyAV's reader of a stream's sound (an rtsp:// camera over UDP, http://...): its open used to
+    clear the interrupt and wait for the silent camera's answer (5.2 s, then 'Invalid data found'), holding a
+    stopping feed's run."""
+    with SilentServer() as server:
+        took = stopped_then_opened(AvAudioSource(server.url, rtsp_transport="udp"), OSError)
+        print(f"a stream's sound stopped before it opened: open returned in {took * 1000:.1f} ms")
+        assert took < 1.0, took
+        assert not server.accepted  # (nothing opened: no connection left to the camera)
+
+
+def test_a_sessions_sound_stopped_just_before_its_pyav_reader_opens_stays_stopped():
+    """An rtsp:// camera's sound over TCP (`SessionAudioSource`) whose camtrack reader cannot read it
+    (here rtsps://) goes to a PyAV reader made after the feed's interrupt, which went to camtrack's
+    reader: the PyAV reader is stopped too. The interleaving made deterministic: the interrupt comes
+    while the PyAV reader is made. It used to open the silent camera and wait its answer (5.2 s)."""
+    from camtrack.sources.rtspaudio import SessionAudioSource
+
+    with SilentServer() as server:
+        made: list[AvAudioSource] = []
+
+        def pyav_reader() -> AvAudioSource:
+            source.interrupt()  # (the feed stops the run now)
+            made.append(AvAudioSource(server.url))
+            return made[0]
+
+        source = SessionAudioSource(server.url.replace("rtsp://", "rtsps://"), fallback=pyav_reader)
+        began = time.monotonic()
+        try:
+            with pytest.raises(OSError, match="stopped"):
+                source.open()
+            took = time.monotonic() - began
+        finally:
+            source.close()
+        print(f"a session's sound stopped as its PyAV reader was made: open returned in {took * 1000:.1f} ms")
+        assert made and took < 1.0, took
+        assert not server.accepted
