@@ -7,6 +7,7 @@ import asyncio
 import fractions
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -19,6 +20,7 @@ from camtrack.media.reader import PacketReader
 from camtrack.sources.audio import AvAudioSource, ToneSource, audio_source_factory, beeping, known_audio_codec
 
 from .conftest import eventually
+from .silent_server import SilentServer
 
 # each listens for a second or two to real-time sound
 pytestmark = pytest.mark.slow
@@ -210,3 +212,56 @@ def test_which_cameras_have_sound(tmp_path):
 
     assert isinstance(audio_source_factory("rtsp://127.0.0.1:1/x", "auto")(), SessionAudioSource)
     assert isinstance(audio_source_factory("rtsp://127.0.0.1:1/x", "auto", rtsp_transport="udp")(), AvAudioSource)
+
+
+def stopped_then_opened(source: Any, error: type[BaseException]) -> float:
+    """The feed stopping a run from the loop's thread (the run's stop, then its source's `interrupt`)
+    while the run's thread is between its check of the stop and the source's `open`, made
+    deterministic: interrupted, then opened. The seconds open took to raise `error` ("stopped")."""
+    source.interrupt()
+    began = time.monotonic()
+    try:
+        with pytest.raises(error, match="stopped"):
+            source.open()
+        return time.monotonic() - began
+    finally:
+        source.close()
+
+
+def test_a_streams_sound_stopped_just_before_it_opens_stays_stopped():
+    """PyAV's reader of a stream's sound (an rtsp:// camera over UDP, http://...): its open used to
+    clear the interrupt and wait for the silent camera's answer (5.2 s, then 'Invalid data found'), holding a
+    stopping feed's run."""
+    with SilentServer() as server:
+        took = stopped_then_opened(AvAudioSource(server.url, rtsp_transport="udp"), OSError)
+        print(f"a stream's sound stopped before it opened: open returned in {took * 1000:.1f} ms")
+        assert took < 1.0, took
+        assert not server.accepted  # (nothing opened: no connection left to the camera)
+
+
+def test_a_sessions_sound_stopped_just_before_its_pyav_reader_opens_stays_stopped():
+    """An rtsp:// camera's sound over TCP (`SessionAudioSource`) whose camtrack reader cannot read it
+    (here rtsps://) goes to a PyAV reader made after the feed's interrupt, which went to camtrack's
+    reader: the PyAV reader is stopped too. The interleaving made deterministic: the interrupt comes
+    while the PyAV reader is made. It used to open the silent camera and wait its answer (5.2 s)."""
+    from camtrack.sources.rtspaudio import SessionAudioSource
+
+    with SilentServer() as server:
+        made: list[AvAudioSource] = []
+
+        def pyav_reader() -> AvAudioSource:
+            source.interrupt()  # (the feed stops the run now)
+            made.append(AvAudioSource(server.url))
+            return made[0]
+
+        source = SessionAudioSource(server.url.replace("rtsp://", "rtsps://"), fallback=pyav_reader)
+        began = time.monotonic()
+        try:
+            with pytest.raises(OSError, match="stopped"):
+                source.open()
+            took = time.monotonic() - began
+        finally:
+            source.close()
+        print(f"a session's sound stopped as its PyAV reader was made: open returned in {took * 1000:.1f} ms")
+        assert made and took < 1.0, took
+        assert not server.accepted

@@ -446,3 +446,35 @@ async def test_create_app_decides_auto_as_the_command_line_does(tmp_path):
     # and both transcode it when each viewer has its own encoder
     app = create_app(Config(source=source, width=320, height=240, encoder="per-viewer"))
     assert app[CAMERAS].first.feed is None
+
+
+@pytest.mark.parametrize("reader", ["own", "pyav"])
+def test_a_camera_stopped_just_before_it_opens_stays_stopped(reader: str) -> None:
+    """A passthrough run stopped from the loop's thread (the run's stop, then its source's) while its
+    thread is between its check of the stop and the source's `open`: that stop holds. The interleaving
+    made deterministic: stopped, then opened. Both readers used to clear the interrupt at open (the
+    stall watch's interrupt must not keep a source closed), connect to the silent camera and wait for
+    its answer, holding the stopping run and the next run of the camera, which waits for it."""
+    import threading
+
+    from camtrack.media.passthrough import _Run
+    from camtrack.sources.demux import DemuxSource
+    from camtrack.sources.rtsp import RtspSource
+
+    from .silent_server import SilentServer
+
+    with SilentServer() as server:
+        threads = threading.active_count()
+        source = RtspSource(server.url) if reader == "own" else DemuxSource(server.url)
+        run = _Run(PassthroughFeed("stopped", lambda: source), source, None)  # (never started)
+        run.stop()
+        began = time.monotonic()
+        try:
+            with pytest.raises(OSError, match="stopped"):
+                source.open()
+            took = time.monotonic() - began
+        finally:
+            source.close()
+        print(f"{reader}: a camera stopped before it opened: open returned in {took * 1000:.1f} ms")
+        assert took < 1.0, took
+        assert not server.accepted and threading.active_count() == threads

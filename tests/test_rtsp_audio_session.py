@@ -406,3 +406,19 @@ async def test_a_listener_alone_opens_the_session_and_the_picture_joins_it() -> 
         video.close()
         audio.close()
         await camera.stop()
+
+
+def test_a_cameras_sound_stopped_just_before_it_opens_stays_stopped() -> None:
+    """camtrack's reader of a camera's sound (`RtspAudioSource`), interrupted by the stopping feed
+    while its run's thread is between its check of the stop and the open (made deterministic:
+    interrupted, then opened), stays stopped. Its open used to clear the interrupt, connect to the
+    silent camera and wait for its answer (5.0 s, the read timeout), holding the stopping run."""
+    from .silent_server import SilentServer
+    from .test_audio import stopped_then_opened
+
+    with SilentServer() as server:
+        read_sound_of(server.url)
+        took = stopped_then_opened(RtspAudioSource(server.url), rtsp.RtspError)
+        print(f"a camera's sound stopped before it opened: open returned in {took * 1000:.1f} ms")
+        assert took < 1.0, took
+        assert not server.accepted and server.url not in rtsp._SESSIONS  # (no connection, no session left)

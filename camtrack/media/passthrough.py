@@ -355,7 +355,13 @@ class _Run:
 
     def stop(self) -> None:
         self._stop.set()
-        self.source.interrupt()
+        # for good where the source can tell it from the stall watch's interrupt (a source that opens
+        # again after): one that came just before the source's open is not lost in it
+        stop = getattr(self.source, "stop", None)
+        if callable(stop):
+            stop()
+        else:
+            self.source.interrupt()
 
     def _set_state(self, state: str) -> None:
         if state != self.state:

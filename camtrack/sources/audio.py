@@ -102,7 +102,12 @@ class AvAudioSource:
         self.codec_name = ""
 
     def open(self) -> None:
-        self._stop.clear()
+        # an interrupt is for good (the feed makes a source anew for each run, and interrupts it only
+        # to stop the run): never cleared here, or one that came between the run's check of its stop
+        # and this open would be lost, and a silent camera would hold the stopping run until the open
+        # gave up (5 s: it waits an answer for the read timeout)
+        if self._stop.is_set():
+            raise OSError("stopped before it opened")
         self._open_container()
         self._wall = None
 
@@ -182,6 +187,7 @@ class AvAudioSource:
             container.close()
 
     def interrupt(self) -> None:
+        """Stop for good (from any thread): a paced wait ends, and any later open raises at once."""
         self._stop.set()
 
 

@@ -95,6 +95,8 @@ class DemuxSource:
         self._has_b_frames = False
         self._reordered = False
         self._interrupted = threading.Event()
+        #: set by `stop`, for good (the interrupt is cleared at each open: the stall watch's)
+        self._stopped = threading.Event()
         #: rtsp:// goes through a guard that keeps the bounds camtrack's own reader keeps (rtspguard.py)
         self.guarded = url.lower().startswith("rtsp://")
         self._guard: RtspGuard | None = None
@@ -135,9 +137,13 @@ class DemuxSource:
     def open(self) -> None:
         """Open the stream, within `open_timeout` in all for rtsp:// (the guard's deadline)."""
         self._interrupted.clear()
+        if self._stopped.is_set():  # (after the clear: a stop from now on interrupts this open)
+            raise OSError("stopped before it opened")
         self._close_guard()
         if self.guarded:
             self._guard = RtspGuard(self.url, open_timeout=self.open_timeout, read_timeout=self.read_timeout)
+            if self._interrupted.is_set():  # (a stop that came before its guard could be cut)
+                self._guard.cut("interrupted")
         try:
             self._open_container()
         except Exception as exc:
@@ -300,6 +306,13 @@ class DemuxSource:
             return
         if due > now:
             self._interrupted.wait(due - now)
+
+    def stop(self) -> None:
+        """Stop for good (from any thread; the feed's run stopping): `interrupt`, and any later open
+        raises at once. A run makes its source anew; `interrupt` alone (the stall watch's) lets the
+        source open again."""
+        self._stopped.set()
+        self.interrupt()
 
     def interrupt(self) -> None:
         """End a wait for pacing, or (rtsp://) a blocked read, early (from any thread); the next read

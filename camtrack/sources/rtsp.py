@@ -1118,6 +1118,8 @@ class RtspSource:
         #: the session last opened (what it learnt of the picture outlives its closing)
         self._known: RtspSession | None = None
         self._interrupted = threading.Event()
+        #: set by `stop`, for good (the interrupt is cleared at each open: the stall watch's)
+        self._stopped = threading.Event()
         #: why the last read gave None (the stream ended), for the log and the camera's state
         self.end_reason: str | None = None
         #: PyAV's reader, once this camera turned out to need it
@@ -1164,6 +1166,8 @@ class RtspSource:
         self.close()
         self.fallback = None
         self._interrupted.clear()
+        if self._stopped.is_set():  # (after the clear: a stop from now on interrupts this open)
+            raise RtspError("stopped before it opened")
         self.end_reason = None
         try:
             self._session = self._known = acquire(self.url, "video", open_timeout=self.open_timeout,
@@ -1177,6 +1181,8 @@ class RtspSource:
                 self._unsupported = str(exc)
             self.fallback = DemuxSource(self.url, rtsp_transport="tcp", open_timeout=self.open_timeout,
                                         read_timeout=self.read_timeout)
+            if self._stopped.is_set():  # (a stop that came while it was made)
+                self.fallback.stop()
             self.fallback.open()
         except BaseException:
             self.close()
@@ -1207,6 +1213,16 @@ class RtspSource:
         if session.depacketizer is not None:
             self.lost = session.depacketizer.lost
         return packet
+
+    def stop(self) -> None:
+        """Stop for good (from any thread; the feed's run stopping): `interrupt`, and any later open
+        raises at once. A run makes its source anew; `interrupt` alone (the stall watch's) lets the
+        source open again."""
+        self._stopped.set()
+        fallback = self.fallback
+        if fallback is not None:
+            fallback.stop()
+        self.interrupt()
 
     def interrupt(self) -> None:
         self._interrupted.set()

@@ -57,9 +57,17 @@ class RtspAudioSource:
 
     def open(self) -> None:
         self.close()
-        self._interrupted.clear()
+        # an interrupt is for good (the feed makes a source anew for each run, and interrupts it only
+        # to stop the run): never cleared here, or one that came between the run's check of its stop
+        # and this open would be lost, and a silent camera would hold the stopping run until the open
+        # gave up (5 s: it waits an answer for the read timeout)
+        if self._interrupted.is_set():
+            raise RtspError("stopped before it opened")
         session = acquire(self.url, "audio", open_timeout=self.timeouts[0], read_timeout=self.timeouts[1])
         self._session = session
+        if self._interrupted.is_set():  # (stopped while it opened: the session is let go of at once)
+            self.close()
+            raise RtspError("stopped while it opened")
         track = session.audio
         if track is None:
             problem = session.audio_problem
@@ -164,6 +172,7 @@ class RtspAudioSource:
             self._head += FRAME_SAMPLES / AUDIO_CLOCK_RATE
 
     def interrupt(self) -> None:
+        """Stop for good (from any thread): a wait for the sound ends, and any later open raises at once."""
         self._interrupted.set()
         session = self._session
         if session is not None:
@@ -189,6 +198,8 @@ class SessionAudioSource:
         self._fallback_factory = fallback
         self._current: Any = self._own
         self._said = ""
+        #: set by `interrupt`, for good: also stops a PyAV reader made after it
+        self._stopped = threading.Event()
 
     def open(self) -> None:
         self._current = self._own
@@ -199,6 +210,8 @@ class SessionAudioSource:
                 logger.info("%s: %s; reading the sound with PyAV in a session of its own", self.description, exc)
                 self._said = str(exc)
             self._current = self._fallback_factory()
+            if self._stopped.is_set():  # (an interrupt that went to camtrack's reader while this was made)
+                self._current.interrupt()
             self._current.open()
 
     @property
@@ -211,6 +224,7 @@ class SessionAudioSource:
         return chunk
 
     def interrupt(self) -> None:
+        self._stopped.set()
         self._current.interrupt()
 
     def close(self) -> None:
