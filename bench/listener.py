@@ -173,15 +173,19 @@ class Listener:
             await self._session.close()
 
 
-def onsets(times: list[tuple[float, bool]], gap: float = 0.5) -> list[float]:
-    """The times where a run of true values starts (after at least `gap` s of false ones)."""
+def onsets(times: list[tuple[float, bool]], gap: float = 0.5, seen_start: bool = False) -> list[float]:
+    """The times where a run of true values starts (after at least `gap` s of false ones). With
+    `seen_start`, only runs whose start was seen: a run the values begin in (a stream joined in the
+    middle of a beep or a mark) has no onset, not one at its first value."""
     found: list[float] = []
     last_on: float | None = None
+    previous = True  # (before the first value: unknown, taken as on)
     for at, on in sorted(times):
         if on:
-            if last_on is None or at - last_on > gap:
+            if (last_on is None or at - last_on > gap) and (not seen_start or not previous):
                 found.append(at)
             last_on = at
+        previous = on
     return found
 
 
@@ -197,7 +201,9 @@ def lip_sync(listener: Listener, threshold: float = 0.05) -> dict[str, Any]:
     audio = [(at, frame_rms(frame) > threshold) for _, frame in listener.audio
              if frame.pts is not None
              and (at := listener.sent_at("audio", frame.pts, frame.sample_rate or 48000)) is not None]
-    marks, beeps = onsets(video), onsets(audio)
+    # (a listener joins the pattern anywhere: a beep or a mark it joined in the middle of is left out,
+    # else it reads as one starting at its first frame, up to 100 ms late: seen in a loaded run)
+    marks, beeps = onsets(video, seen_start=True), onsets(audio, seen_start=True)
     offsets = []
     for beep in beeps:
         nearest = min(marks, key=lambda mark: abs(mark - beep), default=None)
