@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from typing import Any
+
+import pytest
 
 
 class SilentServer:
@@ -36,3 +40,22 @@ class SilentServer:
         self._thread.join(5)
         for connection in self.accepted:
             connection.close()
+
+
+def open_refused_in(source: Any, error: type[BaseException]) -> float:
+    """The seconds `source.open()` took to raise `error` ("stopped ..."); the source closed after."""
+    began = time.monotonic()
+    try:
+        with pytest.raises(error, match="stopped"):
+            source.open()
+        return time.monotonic() - began
+    finally:
+        source.close()
+
+
+def stopped_then_opened(source: Any, error: type[BaseException]) -> float:
+    """The feed stopping a run from the loop's thread (the run's stop, then its source's `interrupt`)
+    while the run's thread is between its check of the stop and the source's `open`, made
+    deterministic: interrupted, then opened. The seconds open took to raise `error` ("stopped")."""
+    source.interrupt()
+    return open_refused_in(source, error)

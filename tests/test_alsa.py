@@ -466,15 +466,9 @@ def test_a_microphone_stopped_just_before_it_opens_stays_stopped(devices):
     it, start a child on the stuck device and wait OPEN_TIMEOUT (5 s) for it: a stopping feed held."""
     from camtrack.sources.alsa import AlsaAudioSource
 
-    source = AlsaAudioSource(STUCK_MIC)
-    source.interrupt()
-    began = time.monotonic()
-    try:
-        with pytest.raises(OSError, match="stopped"):
-            source.open()
-        took = time.monotonic() - began
-    finally:
-        source.close()
+    from .silent_server import stopped_then_opened
+
+    took = stopped_then_opened(AlsaAudioSource(STUCK_MIC), OSError)
     print(f"a microphone stopped before it opened: open returned in {took * 1000:.1f} ms")
     assert took < 1.0, took
     assert not alsa_children()

@@ -7,7 +7,6 @@ import asyncio
 import fractions
 import time
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
@@ -20,7 +19,7 @@ from camtrack.media.reader import PacketReader
 from camtrack.sources.audio import AvAudioSource, ToneSource, audio_source_factory, beeping, known_audio_codec
 
 from .conftest import eventually
-from .silent_server import SilentServer
+from .silent_server import SilentServer, open_refused_in, stopped_then_opened
 
 # each listens for a second or two to real-time sound
 pytestmark = pytest.mark.slow
@@ -214,20 +213,6 @@ def test_which_cameras_have_sound(tmp_path):
     assert isinstance(audio_source_factory("rtsp://127.0.0.1:1/x", "auto", rtsp_transport="udp")(), AvAudioSource)
 
 
-def stopped_then_opened(source: Any, error: type[BaseException]) -> float:
-    """The feed stopping a run from the loop's thread (the run's stop, then its source's `interrupt`)
-    while the run's thread is between its check of the stop and the source's `open`, made
-    deterministic: interrupted, then opened. The seconds open took to raise `error` ("stopped")."""
-    source.interrupt()
-    began = time.monotonic()
-    try:
-        with pytest.raises(error, match="stopped"):
-            source.open()
-        return time.monotonic() - began
-    finally:
-        source.close()
-
-
 def test_a_streams_sound_stopped_just_before_it_opens_stays_stopped():
     """PyAV's reader of a stream's sound (an rtsp:// camera over UDP, http://...): its open used to
     clear the interrupt and wait for the silent camera's answer (5.2 s, then 'Invalid data found'), holding a
@@ -255,13 +240,7 @@ def test_a_sessions_sound_stopped_just_before_its_pyav_reader_opens_stays_stoppe
             return made[0]
 
         source = SessionAudioSource(server.url.replace("rtsp://", "rtsps://"), fallback=pyav_reader)
-        began = time.monotonic()
-        try:
-            with pytest.raises(OSError, match="stopped"):
-                source.open()
-            took = time.monotonic() - began
-        finally:
-            source.close()
+        took = open_refused_in(source, OSError)
         print(f"a session's sound stopped as its PyAV reader was made: open returned in {took * 1000:.1f} ms")
         assert made and took < 1.0, took
         assert not server.accepted

@@ -413,8 +413,7 @@ def test_a_cameras_sound_stopped_just_before_it_opens_stays_stopped() -> None:
     while its run's thread is between its check of the stop and the open (made deterministic:
     interrupted, then opened), stays stopped. Its open used to clear the interrupt, connect to the
     silent camera and wait for its answer (5.0 s, the read timeout), holding the stopping run."""
-    from .silent_server import SilentServer
-    from .test_audio import stopped_then_opened
+    from .silent_server import SilentServer, stopped_then_opened
 
     with SilentServer() as server:
         read_sound_of(server.url)
