@@ -217,16 +217,9 @@ def test_lip_sync_in_chromium_is_within_80_ms(sandbox, tmp_path):  # noqa: F811
 def test_the_websocket_fallback_plays_the_sound_once_unmuted(sandbox, tmp_path):  # noqa: F811
     """?transport=ws on HTTPS (WebCodecs): the page asks for the sound on the socket; the button and
     the meter come with it, and once unmuted the player plays the tone's packets."""
-    from .test_browser_fallback import certificate, chromium_and_server, wait_for_server
-    from .test_browser_fallback import plays as plays_page
+    from .test_browser_fallback import webcodecs_page
 
-    cert, key = certificate(tmp_path)
-    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
-    with chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--width", "320",
-                             "--height", "240") as (context, _restart):
-        wait_for_server(context, base)
-        page, _ = plays_page(context, base, "?transport=ws", frames=10)
-        assert page.evaluate("[window.camtrack.transport, window.camtrack.decoder]") == ["websocket", "webcodecs"]
+    with webcodecs_page(sandbox, tmp_path) as page:
         page.wait_for_function("!document.getElementById('sound').hidden", timeout=30000)
         page.wait_for_function("parseFloat(document.getElementById('sound-level').style.height) > 0",
                                timeout=30000)

@@ -98,6 +98,20 @@ def chromium_and_server(sandbox, tmp_path: Path, *options: str):
                 server.stop()
 
 
+@contextlib.contextmanager
+def webcodecs_page(sandbox, tmp_path: Path):
+    """Chromium and server.py (320x240) on HTTPS (WebCodecs needs a secure context), the page playing
+    the websocket fallback (?transport=ws) with its WebCodecs player: the page."""
+    cert, key = certificate(tmp_path)
+    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
+    with chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--width", "320",
+                             "--height", "240") as (context, _restart):
+        wait_for_server(context, base)
+        page, _ = plays(context, base, "?transport=ws", frames=10)
+        assert page.evaluate("[window.camtrack.transport, window.camtrack.decoder]") == ["websocket", "webcodecs"]
+        yield page
+
+
 def wait_for_server(context, base: str, timeout: float = 30.0) -> None:
     """Until the server answers in the namespace (a page that loads; then closed)."""
     page = context.new_page()

@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from . import netns as netns_mod
-from .test_browser import PORT, sandbox  # noqa: F401 - the fixture
-from .test_browser_fallback import certificate, chromium_and_server, plays, wait_for_server
+from .test_browser import sandbox  # noqa: F401 - the fixture
+from .test_browser_fallback import webcodecs_page
 from .ws_lipsync import measure_settled, settled_median
 
 pytestmark = pytest.mark.slow
@@ -20,13 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(180)
 def test_the_webcodecs_player_plays_the_sound_in_sync_once_unmuted(sandbox, tmp_path):  # noqa: F811
-    cert, key = certificate(tmp_path)
-    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
-    with chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--width", "320",
-                             "--height", "240") as (context, _restart):
-        wait_for_server(context, base)
-        page, _ = plays(context, base, "?transport=ws", frames=10)
-        assert page.evaluate("[window.camtrack.transport, window.camtrack.decoder]") == ["websocket", "webcodecs"]
+    with webcodecs_page(sandbox, tmp_path) as page:
         page.wait_for_function("!document.getElementById('sound').hidden", timeout=30000)
         page.click("#sound")
         page.wait_for_function("window.camtrack.player.sound.played > 20", timeout=30000)
@@ -72,12 +65,7 @@ def test_a_closed_webcodecs_player_draws_no_picture_it_held(sandbox, tmp_path): 
     it reconnects or stops) while some wait: none is drawn afterwards (they were: on the canvas the next
     player draws on, up to HOLD, 400 ms, later). The sound's need is set to 2 s so that every picture is
     held the longest (the hold itself is what tests/test_ws_lipsync.py's other test measures)."""
-    cert, key = certificate(tmp_path)
-    base = f"https://{netns_mod.SERVER_ADDRESS}:{PORT}/"
-    with chromium_and_server(sandbox, tmp_path, "--cert", str(cert), "--key", str(key), "--width", "320",
-                             "--height", "240") as (context, _restart):
-        wait_for_server(context, base)
-        page, _ = plays(context, base, "?transport=ws", frames=10)
+    with webcodecs_page(sandbox, tmp_path) as page:
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         assert page.evaluate("window.camtrack.decoder") == "webcodecs"
