@@ -471,4 +471,4 @@ def test_a_camera_stopped_just_before_it_opens_stays_stopped(reader: str) -> Non
         took = open_refused_in(source, OSError)
         print(f"{reader}: a camera stopped before it opened: open returned in {took * 1000:.1f} ms")
         assert took < 1.0, took
-        assert not server.accepted and threading.active_count() == threads
+        assert not server.accepted and threading.active_count() <= threads  # (none left; an earlier test's may end)

@@ -318,8 +318,9 @@ class DemuxSource:
         """End a wait for pacing, or (rtsp://) a blocked read, early (from any thread); the next read
         returns None."""
         self._interrupted.set()
-        if self._guard is not None:
-            self._guard.cut("interrupted")
+        guard = self._guard  # (once: open and close, on the reader's thread, may set it meanwhile)
+        if guard is not None:
+            guard.cut("interrupted")
 
     def close(self) -> None:
         self._close_container()

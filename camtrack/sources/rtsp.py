@@ -1226,8 +1226,9 @@ class RtspSource:
 
     def interrupt(self) -> None:
         self._interrupted.set()
-        if self.fallback is not None:
-            self.fallback.interrupt()
+        fallback = self.fallback  # (once: open, on the reader's thread, may set it meanwhile)
+        if fallback is not None:
+            fallback.interrupt()
         session = self._session
         if session is not None:
             session.wake()

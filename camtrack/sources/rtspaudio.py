@@ -202,6 +202,8 @@ class SessionAudioSource:
         self._stopped = threading.Event()
 
     def open(self) -> None:
+        if self._stopped.is_set():  # (an interrupt that went to the PyAV reader of an earlier open)
+            raise RtspError("stopped before it opened")
         self._current = self._own
         try:
             self._own.open()
