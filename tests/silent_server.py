@@ -1,4 +1,5 @@
-"""A camera stuck after its accept, for the tests of stopping a source that opens it."""
+"""A camera stuck after its accept, for the tests of stopping a source that opens it and of start-up
+with a camera that never answers."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ class SilentServer:
     def __init__(self) -> None:
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self.url = f"rtsp://127.0.0.1:{self._listener.getsockname()[1]}/cam"
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"rtsp://127.0.0.1:{self.port}/cam"
         self.accepted: list[socket.socket] = []
+        #: when the first connection came (time.monotonic())
+        self.first: float | None = None
         self._thread = threading.Thread(target=self._accept, name="silent server", daemon=True)
         self._thread.start()
 
@@ -29,12 +33,17 @@ class SilentServer:
                 connection, _ = self._listener.accept()
             except OSError:
                 return
+            if self.first is None:
+                self.first = time.monotonic()
             self.accepted.append(connection)  # (held open, never read nor answered)
 
     def __enter__(self) -> SilentServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         self._thread.join(5)

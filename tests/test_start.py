@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from . import netns as netns_mod
+from .silent_server import SilentServer
 from .test_browser import sandbox  # noqa: F401 - the fixture: Chromium in a namespace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,42 +204,12 @@ def test_a_camera_this_user_may_not_open_says_permission_denied(tmp_path):
     assert device_problem(str(tmp_path / "video8")) == f"no such device ({tmp_path / 'video8'} does not exist)"
 
 
-class SilentCamera:
-    """A loopback "camera" that accepts connections and never says a word."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        #: when camtrack first connected (time.monotonic())
-        self.first: float | None = None
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.first is None:
-                self.first = time.monotonic()
-            self.accepted.append(connection)  # held open, never answered
-
-    def close(self) -> None:
-        self.listener.close()
-        for connection in self.accepted:
-            connection.close()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme,mode", [("http", "auto"), ("http", "transcode"), ("http", "passthrough"),
                                          ("rtsp", "auto")])
 def test_a_camera_that_never_answers_is_one_line_within_the_time_out(scheme, mode):
     """An HTTP camera that never answered stalled start-up 36 s with FFmpeg's own output."""
-    camera = SilentCamera()
+    camera = SilentServer()
     url = f"{scheme}://127.0.0.1:{camera.port}/video.mjpg"
     try:
         done, took = run_server("--source", url, "--mode", mode, "--port", str(free_port()))
