@@ -52,6 +52,13 @@ def stamp_time(stamp: int, near: float) -> float:
     return (base + delta) / 1000
 
 
+#: how much earlier than the capture time the recorder compares a picture's stamp may read: the
+#: pattern draws it (floored to the ms) just before the capture thread takes the frame's time, and a
+#: loaded machine may pause the thread between the two (a CI run's clip ended on a picture stamped
+#: 0.4 ms before its post-roll's end, the capture time that ended it being after it)
+STAMP_EARLY = 0.05
+
+
 def decoded_stamps(path: Path, near: float) -> list[float]:
     """The capture times the pattern stamped on every picture of the clip, in order."""
     with av.open(str(path)) as container:
@@ -84,6 +91,10 @@ def ffprobe(path: Path) -> dict[str, Any]:
 
 
 async def wait_preroll(recorder: Recorder, seconds: float) -> None:
+    """Until the pre-roll holds `seconds`. (A full pre-roll holds from `--pre-roll` to under
+    `--pre-roll` plus one GOP: the oldest GOP goes when the next keyframe is `--pre-roll` old, so
+    with 1 s GOPs a 2 s pre-roll spans 3 s only when a GOP came out longer than 1 s; waiting for 3 s
+    failed one run in four on an idle machine.)"""
     await eventually(lambda: recorder.preroll.span >= seconds, timeout=20)
 
 
@@ -100,7 +111,7 @@ async def test_a_clip_starts_pre_roll_before_its_event_and_ends_post_roll_after(
     with the encoder's own parameter sets, which ffmpeg decodes without an error."""
     _, app = await serve(record=str(tmp_path), pre_roll=2.0, post_roll=1.5, keyframe_interval=1.0, **NO_FLOOR)
     recorder = recorder_of(app)
-    await wait_preroll(recorder, 3.0)
+    await wait_preroll(recorder, 2.5)
     assert recorder.state == "idle" and recorder.clip is None
     started = time.time()
     recorder.event_started("doorbell-1", started, kind="doorbell")
@@ -117,7 +128,7 @@ async def test_a_clip_starts_pre_roll_before_its_event_and_ends_post_roll_after(
     stamps = decoded_stamps(path, started)
     assert stamps[0] <= started - 2.0, f"first picture {started - stamps[0]:.2f} s before the event"
     assert stamps[0] >= started - 2.0 - 1.5, "more than a GOP of pre-roll beyond the asked"
-    assert stamps[-1] >= ended + 1.5, f"last picture {stamps[-1] - ended:.2f} s after the end"
+    assert stamps[-1] >= ended + 1.5 - STAMP_EARLY, f"last picture {stamps[-1] - ended:.3f} s after the end"
     # in capture order (a stamp's low bits may be misread in a picture the encoder squeezed under
     # load: a pair or two out of step is the reading's, not the order's)
     disorder = [(a, b) for a, b in zip(stamps, stamps[1:], strict=False) if b <= a]
@@ -164,7 +175,7 @@ async def test_overlapping_and_adjacent_events_make_one_clip(serve, tmp_path):
     (clip,) = await finished(recorder.store)
     assert clip["events"] == ["a", "b", "c"] and clip["kinds"] == ["motion", "doorbell"]
     stamps = decoded_stamps(recorder.store.path(clip["id"]), last_end)
-    assert stamps[-1] >= last_end + 2.0
+    assert stamps[-1] >= last_end + 2.0 - STAMP_EARLY
     # a later event, after the post-roll, is a clip of its own
     recorder.event_started("d", time.time())
     recorder.event_ended("d", time.time())
@@ -709,7 +720,7 @@ async def test_an_event_posted_to_the_api_makes_a_clip_of_its_kind(serve, tmp_pa
     (clip,) = await finished(recorder.store)
     assert clip["events"] == [event["id"]] and clip["kinds"] == ["doorbell"]
     stamps = decoded_stamps(recorder.store.path(clip["id"]), event["start"])
-    assert stamps[0] <= event["start"] - 1.0 and stamps[-1] >= event["start"] + 1.0 + 0.5
+    assert stamps[0] <= event["start"] - 1.0 and stamps[-1] >= event["start"] + 1.0 + 0.5 - STAMP_EARLY
 
 
 def test_a_clip_file_a_crash_left_without_its_sidecar_is_closed_and_listed(tmp_path):

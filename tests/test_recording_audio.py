@@ -92,7 +92,7 @@ async def test_a_clip_of_the_pattern_has_its_tone_in_sync_with_its_marks_from_th
     picture's mark of the same second."""
     _, app = await serve(record=str(tmp_path), pre_roll=2.0, post_roll=1.5, keyframe_interval=1.0, **NO_FLOOR)
     recorder = recorder_of(app)
-    await wait_preroll(recorder, 3.0)
+    await wait_preroll(recorder, 2.5)
     # the sound held from the oldest picture held on (the sound's feed may start after the pictures,
     # and a clip that began before there was sound to record would fail the starts' check below;
     # NB this did not stop that check failing on a starved machine, the sound starting 340 ms after
