@@ -213,13 +213,22 @@ async def test_a_keyframe_made_moments_ago_answers_a_request():
         await eventually(lambda: encoder.stats.keyframes >= 1 and not encoder._keyframe_wanted)
         await asyncio.sleep(KEYFRAME_ANSWERS)  # the first keyframe's age, not a wait for readiness
         # a request forces a fresh keyframe; ask again at once: the one just made answers
-        keyframes = encoder.stats.keyframes
-        encoder.request_keyframe()
-        await eventually(lambda: encoder.stats.keyframes > keyframes)
-        made = time.monotonic()
-        forced = encoder.stats.forced_keyframes
-        run = encoder.start_packets()
-        encoder.request_keyframe()
+        for _ in range(5):
+            keyframes = encoder.stats.keyframes
+            encoder.request_keyframe()
+            await eventually(lambda keyframes=keyframes: encoder.stats.keyframes > keyframes)  # type: ignore[misc]
+            made = time.monotonic()
+            forced = encoder.stats.forced_keyframes
+            # (its age when asked: a loaded machine's loop can come back to this test more than
+            # KEYFRAME_ANSWERS after the keyframe, which then no longer answers: not checkable, again)
+            age = time.monotonic() - encoder._last_keyframe
+            run = encoder.start_packets()
+            encoder.request_keyframe()
+            if age < KEYFRAME_ANSWERS * 0.8:
+                break
+            await eventually(lambda: not encoder._keyframe_wanted)  # (the request start_packets made)
+            await asyncio.sleep(KEYFRAME_ANSWERS)  # (that keyframe's age, not a wait for readiness)
+        assert age < KEYFRAME_ANSWERS * 0.8, f"the keyframe was {age:.3f} s old each time this test looked"
         assert run and run[0].keyframe and not encoder._keyframe_wanted
         await eventually(lambda: encoder.stats.frames >= run[-1].seq + 3)
         if time.monotonic() - made < KEYFRAME_ANSWERS:  # (not checkable on a stalled machine)
