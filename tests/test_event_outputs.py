@@ -22,12 +22,13 @@ from aiohttp import web
 from paho.mqtt.enums import CallbackAPIVersion
 
 from camtrack import Config, create_app
-from camtrack.app import EVENTS
+from camtrack.app import CAMERAS, EVENTS
 from camtrack.client import Viewer
 from camtrack.events import EventBus
 from camtrack.events.webhook import Webhook
 
 from .conftest import eventually
+from .test_alsa import heartbeat as loop_pauses
 from .test_events import Reporting, read_sse, root
 from .test_processing import count_frames
 
@@ -131,12 +132,30 @@ async def test_a_webhook_that_hangs_or_refuses_delays_neither_the_api_nor_a_view
             # streamed, the viewer's pictures on time
             async def burst() -> list[tuple[str, float]]:
                 return [await start_and_end(root(url), http) for _ in range(150)]
-            frames, results = await asyncio.gather(count_frames(viewer, 3.0), burst())
+
+            async def watched() -> tuple[int, int]:
+                """The viewer's pictures in 3 s, and the camera's encoder's in the same seconds."""
+                encoder = app[CAMERAS].first.encoder
+                encoded = encoder.stats.frames
+                frames = await count_frames(viewer, 3.0)
+                return frames, encoder.stats.frames - encoded
+
+            async with loop_pauses() as pauses:
+                (frames, encoded), results = await asyncio.gather(watched(), burst())
             slowest = max(took for _, took in results)
             streamed = await read_sse(stream, 300, timeout=10)
+        print(f"a webhook that {way}: the viewer got {frames} pictures in 3 s at 20 fps, the encoder made {encoded}; "
+              f"the loop's longest pause {max(pauses) * 1000:.0f} ms; the slowest event call {slowest * 1000:.0f} ms")
         assert slowest < 2.0, f"an event call took {slowest:.2f} s"
         assert [m["data"]["event"]["id"] for m in streamed[::2]] == [event_id for event_id, _ in results]
-        assert frames >= 40, f"the viewer got {frames} pictures in 3 s at 20 fps"
+        # the viewer's pictures on time: the loop never held (a webhook call waited for on it would
+        # hold it for its 5 s time-out), and the viewer got what the camera's encoder made in those
+        # seconds; the encoder itself, which skips to the newest picture when it falls behind, made
+        # 37 of 57 captured in one run under two busy loops (the viewer got 35): the bare "40 of the
+        # camera's 60" failed 2 runs in 10 so (at 27 and 35)
+        assert max(pauses) < 2.0, f"the event loop paused {max(pauses):.2f} s"
+        assert frames >= 0.75 * encoded and frames >= 20, \
+            f"the viewer got {frames} pictures in 3 s at 20 fps, of {encoded} encoded meanwhile"
         webhook = app[EVENTS].webhook
         # its own queue holds the newest 256; the oldest it lost are counted
         await eventually(lambda: webhook.describe()["failed"] >= 1, 15 if way == "hangs" else 5)
