@@ -318,15 +318,16 @@ def assert_unharmed(baseline: Watched, seen: Watched, what: str, min_fps: float 
 
 @asynccontextmanager
 async def control_viewer(options: Sequence[str], camera: str, env: dict[str, str] | None = None,
-                         also: Sequence[str] = ()) -> AsyncIterator[HonestViewer]:
+                         also: Sequence[str] = (), query: str = "") -> AsyncIterator[HonestViewer]:
     """An honest viewer of `camera` on a camtrack process of its own with `options` (those of the
     server a test attacks: `CamtrackProcess.options`), which nothing attacks: what the machine's
     load alone does to a viewer in the same seconds (the `control` of `assert_unharmed`); honest
     viewers of the cameras in `also` too, not measured, so that the control serves what the
-    attacked server serves (on a starved machine a busier server's viewers fare worse). It runs
-    inside the test's MACHINE_LOCK (it takes none)."""
+    attacked server serves (on a starved machine a busier server's viewers fare worse); `query` is
+    added to their /ws URLs as to the attacked server's viewers' (a --token's). It runs inside the
+    test's MACHINE_LOCK (it takes none)."""
     async with CamtrackProcess(*options, env=env, lock=False) as control:
-        viewers = [HonestViewer(control.ws(name)) for name in (camera, *also)]
+        viewers = [HonestViewer(control.ws(name) + query) for name in (camera, *also)]
         try:
             for viewer in viewers:
                 await viewer.start()
@@ -388,7 +389,7 @@ async def honest_pair(server: CamtrackProcess, attacked: str = "a", other: str =
     async with contextlib.AsyncExitStack() as stack:
         if control:
             pair.control = await stack.enter_async_context(
-                control_viewer(server.options, attacked, server.env, also=(other,)))
+                control_viewer(server.options, attacked, server.env, also=(other,), query=query))
         try:
             for viewer in pair.viewers.values():
                 await viewer.start()

@@ -152,7 +152,7 @@ async def test_join_churn_on_a_passed_through_camera_shares_one_bridge():
             "--camera", f"a={camera.url}", "--camera", "b=pattern", "--width", "320", "--height", "240") as server:
         modes = {c["name"]: c["mode"] for c in (await server.json("/api/cameras"))["cameras"]}
         assert modes == {"a": "passthrough", "b": "transcode"}, modes
-        async with honest_pair(server, "a", "b") as honest:
+        async with honest_pair(server, "a", "b", control=True) as honest:
             rss_before = server.rss_mb()
             cpu = CpuWindow(server.pid)
             baseline = await honest.take_baseline(3)
@@ -234,7 +234,7 @@ async def test_pipelined_metrics_cost_less_than_they_ask():
     line per client."""
     async with CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320",
                                "--height", "240", "--token", "secret") as server:
-        async with honest_pair(server, "a", "b", "&token=secret") as honest:
+        async with honest_pair(server, "a", "b", "&token=secret", control=True) as honest:
             status, body = await server.get("/metrics")
             assert status == 200 and "camtrack_viewers" in body  # open, token or not (docs/health.md: Metrics)
             rss_before = server.rss_mb()
@@ -321,7 +321,7 @@ async def test_offers_with_hundreds_of_m_lines_are_refused_before_parsing():
     before any parsing or peer; the honest viewers keep their pictures; the refusals show."""
     async with CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320",
                                "--height", "240") as server:
-        async with honest_pair(server, "a", "b") as honest:
+        async with honest_pair(server, "a", "b", control=True) as honest:
             rss_before = server.rss_mb()
             baseline = await honest.take_baseline(3)
             report("baseline", baseline)
