@@ -79,7 +79,10 @@ async def test_frozen_viewers_do_not_lock_a_newcomer_out(loopback_ice):
                 print(f"3 frozen viewers, --max-viewers 3: the newcomer played {waited:.1f} s after they froze "
                       f"(refused {refused} times), then {baseline}; RSS {rss_before:.0f} -> {server.rss_mb():.0f} MB")
                 assert waited < 15, f"the newcomer waited {waited:.1f} s for a place"
-                assert_unharmed(baseline, baseline, "the newcomer")
+                # (it plays: 20 fps at least in its first 3 s, with nothing to compare with on a loaded
+                # machine; the bar of 25 held with 0.7 fps to spare under load, 25.7 fps with 2 busy
+                # loops beside, load average 10 on the 2 cores)
+                assert_unharmed(baseline, baseline, "the newcomer", min_fps=20.0)
                 assert await server.metric("camtrack_viewers_unresponsive_total") == 3
                 cameras = await server.json("/api/cameras")
                 assert cameras["cameras"][0]["unresponsive"] == 3, cameras

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -108,9 +107,10 @@ def test_the_page_says_processing_is_stalled(sandbox, tmp_path):
         text = page.evaluate("document.getElementById('processing-state').textContent")
         assert text.startswith("processing stalled"), text
         # the picture keeps flowing meanwhile
+        # (half a second of it within 10 s: waited for, not a fixed sleep of 1 s that a loaded
+        # machine's Chromium may spend getting half a second further)
         t0 = page.evaluate("document.querySelector('video').currentTime")
-        time.sleep(1.0)
-        assert page.evaluate("document.querySelector('video').currentTime") > t0 + 0.5
+        page.wait_for_function(f"document.querySelector('video').currentTime > {t0 + 0.5}", timeout=10000)
 
 
 def drawn_pairs(page, count: int) -> list[dict]:
