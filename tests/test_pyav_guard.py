@@ -282,9 +282,11 @@ class Back:
 
 async def a_comes_back(server: CamtrackProcess, a: HonestViewer, b: HonestViewer, reason: str) -> Back:
     """Wait for camera a to play again by itself (its back-off is at most 10 s): a second of pictures
-    at the camera's rate (NO SIGNAL pictures come a few a second); then what `Back` holds."""
+    at the bar's rate (NO SIGNAL pictures come 5 a second); then what `Back` holds. (Not 28 of the
+    camera's 30: a loaded machine that gives 26 a second steadily passes the checks that follow,
+    which ask 25, but never ended this wait.)"""
     back = time.time()
-    await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 28, timeout=25)
+    await eventually(lambda: a.window(max(back, time.time() - 1.0)).frames >= 25, timeout=25)
     after_a, after_b = await asyncio.gather(a.watch(4), b.watch(4))
     rss = server.rss_mb()
     log = server.log()
