@@ -7,7 +7,7 @@ import json
 
 import aiohttp
 import pytest
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from camtrack.app import CAMERAS
 from camtrack.client import Viewer
@@ -235,7 +235,9 @@ async def test_an_end_of_candidates_before_any_candidate_does_not_fail_the_peer(
         viewer = Viewer(url, session)
         viewer.ws = ws = await session.ws_connect(url)
         assert (await ws.receive_json())["type"] == "hello"
-        pc = viewer.pc = RTCPeerConnection()
+        # (no ICE servers: aiortc's default is Google's STUN server, a DNS look-up in the loop's
+        # executor that leaves the machine and, offline, holds the gathering up to its 5 s time-out)
+        pc = viewer.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
         viewer.track = got
         pc.on("track", lambda track: got.done() or got.set_result(track))

@@ -21,7 +21,7 @@ from aioice import stun
 
 from camtrack.client import Viewer
 
-from .honest import CamtrackProcess, honest_pair
+from .honest import CONTROL, CamtrackProcess, honest_pair
 
 #: the stranger's stray responses, and the forged requests, and how long each flood lasts
 STRAYS = 100_000
@@ -92,11 +92,15 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
     server = CamtrackProcess("--camera", "a=pattern", "--camera", "b=pattern", "--width", "320", "--height", "240",
                              "--workers", "2")
     attacker = Viewer(server.ws("a"))
+    double: Viewer | None = None
     async with server:
         started = time.monotonic()
         health = await server.json("/healthz")
         assert [w["ready"] for w in health["workers"]] == [True, True]
-        async with honest_pair(server, "a", "b") as honest:
+        # (with a control viewer of an unattacked camtrack with the same options beside: the honest
+        # viewers are held to what the flood did to them beyond what the machine's load, the flooding
+        # threads' included, did to the control in the same seconds; tests/honest.py)
+        async with honest_pair(server, "a", "b", control=True) as honest:
             try:
                 # the attacker: a viewer on a worker (the least loaded takes it: one of the honest
                 # viewers' workers), which reads its session's ufrag off its own answer
@@ -105,6 +109,11 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
                 ufrag = re.search(r"a=ice-ufrag:(\S+)", attacker.answer_sdp)[1]
                 health = await server.json("/healthz")
                 assert sorted(w["peers"] for w in health["workers"]) == [1, 2]
+                # and the attacker's double on the control server, which connects the same and sends nothing
+                assert honest.control is not None
+                double = Viewer(honest.control.url)
+                await double.connect()
+                await double.frames(5, timeout=30)
 
                 baseline_at = time.time()
                 await asyncio.sleep(4.6)  # (a report may come late: a second's margin for it)
@@ -149,7 +158,7 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
                           f"RSS {rss_before:.0f} -> peak {peak:.0f} -> {rss_after:.0f} MB; CPU during the flood: "
                           + ", ".join(f"{name} {share:.2f}" for name, share in cpu.items()) + "; "
                           + "; ".join(f"{n}: baseline {honest.baseline[n]} | during {during[n]} | after {after[n]}"
-                                      for n in honest.viewers))
+                                      for n in (*honest.viewers, CONTROL)))
                 print(report, f"({time.monotonic() - started:.0f} s since the server answered)")
                 for name, viewer in honest.viewers.items():
                     assert viewer.error is None, (name, viewer.error, report)
@@ -169,6 +178,8 @@ async def test_the_worker_hand_off_forwards_only_what_the_main_process_checked(l
                 await attacker.frames(5, timeout=10)
             finally:
                 await attacker.close(bye=False)
+                if double is not None:
+                    await double.close(bye=False)
 
 
 def test_the_main_process_checks_what_it_hands_a_worker():
