@@ -860,18 +860,21 @@ async def test_a_codec_asked_for_in_the_url(serve):
 async def test_rtsp_attackers_harm_no_honest_viewer(loopback_ice):
     """camtrack as its own process, an honest WebRTC viewer and an honest ffmpeg RTSP client of it;
     meanwhile 10 RTSP clients PLAY and never read, 8 DESCRIBE and hold, 4 send half a request, and
-    one floods OPTIONS. The honest viewer keeps its frame rate and latency (tests/honest.py's bar),
-    ffmpeg gets its pictures, the stalled ones are cut off, the server's memory stays put."""
-    from .honest import CamtrackProcess, HonestViewer, assert_unharmed
+    one floods OPTIONS. The honest viewer keeps its frame rate and latency (tests/honest.py's bar,
+    beside a control viewer of an unattacked camtrack with the same options in the same seconds:
+    ffmpeg's decoding and the attackers share the machine's two cores with both), ffmpeg gets its
+    pictures, the stalled ones are cut off, the server's memory stays put."""
+    from .honest import CamtrackProcess, HonestViewer, assert_unharmed, control_viewer
     from .honest import free_port as free
 
     rtsp = free()
-    async with CamtrackProcess("--source", "pattern", "--width", "640", "--height", "480", "--bitrate", "3000000",
-                               "--rtsp-port", str(rtsp)) as server:
+    options = ("--source", "pattern", "--width", "640", "--height", "480", "--bitrate", "3000000")
+    async with CamtrackProcess(*options, "--rtsp-port", str(rtsp)) as server, \
+            control_viewer((*options, "--rtsp-port", "0"), "default") as control:
         honest = await HonestViewer(server.ws()).start()
         attackers: list[Raw] = []
         try:
-            baseline = await honest.watch(3)
+            baseline, control_baseline = await asyncio.gather(honest.watch(3), control.watch(3))
             rss_before = server.rss_mb()
             url = f"rtsp://127.0.0.1:{rtsp}/default"
             attacked = time.time()
@@ -907,17 +910,18 @@ async def test_rtsp_attackers_harm_no_honest_viewer(loopback_ice):
             while await cut_off() < 10:
                 assert time.monotonic() < deadline, f"cut off: {await cut_off()}"
                 await asyncio.sleep(0.5)
-            during = honest.window(attacked)
+            during, control_during = honest.window(attacked), control.window(attacked)
             print("\nwindows:", [str(honest.window(attacked + i, attacked + i + 2)) for i in range(0, 16, 2)])
             flooding.cancel()
             for raw in attackers:
                 raw.close()
-            after = await honest.watch(3)
+            after, control_after = await asyncio.gather(honest.watch(3), control.watch(3))
             rss_after = server.rss_mb()
             print(f"\nbaseline {baseline}; during the RTSP attack {during}; after {after}; "
-                  f"RSS {rss_before:.0f} -> {rss_after:.0f} MB")
-            assert_unharmed(baseline, during, "during the RTSP attack")
-            assert_unharmed(baseline, after, "after the RTSP attack")
+                  f"RSS {rss_before:.0f} -> {rss_after:.0f} MB; control: baseline {control_baseline}, "
+                  f"during {control_during}, after {control_after}")
+            assert_unharmed(baseline, during, "during the RTSP attack", control=(control_baseline, control_during))
+            assert_unharmed(baseline, after, "after the RTSP attack", control=(control_baseline, control_after))
             assert rss_after < rss_before + 60
             assert await server.metric("camtrack_rtsp_refused_total", reason="request") >= 1  # (the flood, 503)
         finally:
